@@ -1,0 +1,4 @@
+//! `consentctl`: see `consentd::ctl`.
+fn main() {
+    std::process::exit(consentd::ctl::main());
+}

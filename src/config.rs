@@ -1,0 +1,300 @@
+//! The office daemon's TOML configuration, validated before anything starts.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a misspelt `operators` must not silently leave
+//! the control socket without its intended access list. Relative paths are resolved against the
+//! directory holding the config file, so a network directory can be moved as a whole.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Largest config file read.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+/// Most uids in one role list.
+pub const ROLE_UIDS_MAX: usize = 1024;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This office's id in the roster (e.g. `de`).
+    pub office: String,
+    /// This office's jurisdiction code (e.g. `DE`); must equal the roster's.
+    pub jurisdiction: String,
+    pub data_dir: PathBuf,
+    /// The signed roster file.
+    pub roster: PathBuf,
+    /// Hex of the network's root public key, pinned here: the only key trusted to sign the roster.
+    pub root_pub: String,
+    /// Secret key files (mode 0600).
+    pub signing_key: PathBuf,
+    pub transport_key: PathBuf,
+    /// Secret key of the keyed hash under which subject identifiers are indexed.
+    pub index_key: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    pub control: ControlConfig,
+    #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    /// Socket file mode, octal string (default "0660"): who may connect at all. Roles decide the rest.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Uids that may read and write.
+    #[serde(default)]
+    pub operators: Vec<u32>,
+    /// Uids that may only read.
+    #[serde(default)]
+    pub auditors: Vec<u32>,
+}
+
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub office: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. "info" or "consentd=debug".
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: default_log_filter(),
+        }
+    }
+}
+
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+/// What a uid may do on the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Operator,
+    Auditor,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is larger than {CONFIG_BYTES_MAX} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| invalid(one_line(&e.to_string())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.roster,
+            &mut self.signing_key,
+            &mut self.transport_key,
+            &mut self.index_key,
+            &mut self.control.socket,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks what can be checked without touching other files.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_office_id(&self.office) {
+            return Err(format!(
+                "office {:?} is not a valid office id (a-z, 0-9, -; starting with a letter)",
+                self.office
+            ));
+        }
+        if self.jurisdiction.is_empty() || self.jurisdiction.len() > 8 {
+            return Err(format!("jurisdiction {:?} is not valid", self.jurisdiction));
+        }
+        self.socket_mode()?;
+        for (name, list) in [
+            ("control.operators", &self.control.operators),
+            ("control.auditors", &self.control.auditors),
+        ] {
+            if list.len() > ROLE_UIDS_MAX {
+                return Err(format!("{name} lists more than {ROLE_UIDS_MAX} uids"));
+            }
+        }
+        if let Some(uid) = self
+            .control
+            .operators
+            .iter()
+            .find(|u| self.control.auditors.contains(u))
+        {
+            return Err(format!(
+                "uid {uid} is listed as both operator and auditor; give it one role"
+            ));
+        }
+        for peer in &self.peers {
+            if peer.office == self.office {
+                return Err(format!("peer {:?} is this office itself", peer.office));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn socket_mode(&self) -> Result<u32, String> {
+        let text = self.control.socket_mode.trim_start_matches("0o");
+        u32::from_str_radix(text, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "control.socket_mode {:?} is not an octal file mode such as \"0660\"",
+                    self.control.socket_mode
+                )
+            })
+    }
+
+    pub fn role_of(&self, uid: u32) -> Option<Role> {
+        if self.control.operators.contains(&uid) {
+            Some(Role::Operator)
+        } else if self.control.auditors.contains(&uid) {
+            Some(Role::Auditor)
+        } else {
+            None
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+pub fn is_office_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && l.trim_matches('^').trim() != "")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+office = "de"
+jurisdiction = "DE"
+data_dir = "data"
+roster = "../roster.json"
+root_pub = "00"
+signing_key = "signing.key"
+transport_key = "transport.key"
+index_key = "index.key"
+listen = "127.0.0.1:7400"
+
+[control]
+socket = "control.sock"
+operators = [1000]
+auditors = [1001]
+
+[[peer]]
+office = "sg"
+address = "127.0.0.1:7401"
+"#;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("consentd.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn loads_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), GOOD)).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.role_of(1000), Some(Role::Operator));
+        assert_eq!(c.role_of(1001), Some(Role::Auditor));
+        assert_eq!(c.role_of(1002), None);
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.peers.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("[control]", "colour = \"red\"\n[control]");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn a_uid_cannot_hold_two_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("auditors = [1001]", "auditors = [1000]");
+        assert!(Config::load(&write(dir.path(), &text)).is_err());
+    }
+}

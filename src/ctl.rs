@@ -1,0 +1,660 @@
+//! `consentctl`: the operator's and auditor's command-line tool.
+//!
+//! Every command either talks to the office daemon over its control socket, or (network, keygen,
+//! roster) works on files offline. Output is human-readable by default and exactly one JSON value
+//! with `--json`. Any failure prints one line `error: …` on stderr, nothing on stdout, and exits 1.
+
+use crate::network::{self, NewOffice};
+use crate::protocol::{self, Client, Empty, Request, IMPORT_CHUNK_RECORDS_MAX, REQUEST_BYTES_MAX};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "consentctl", version, about = "Operate a consentd office: consent, data-subject requests, transfers, keys and rosters")]
+pub struct Cli {
+    /// Control socket of the office daemon [default: $CONSENTD_SOCKET, else /run/consentd/control.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print exactly one JSON value on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Local test networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Generate an office's secret keys (or, with --root, the network's root key)
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long)]
+        root: bool,
+    },
+    /// Build, sign and verify the roster of offices
+    #[command(subcommand)]
+    Roster(RosterCmd),
+    /// Consent records
+    #[command(subcommand)]
+    Consent(ConsentCmd),
+    /// Data-subject requests
+    #[command(subcommand)]
+    Request(RequestCmd),
+    /// Cross-border transfer records
+    #[command(subcommand)]
+    Transfer(TransferCmd),
+    /// Everything held about one subject
+    #[command(subcommand)]
+    Subject(SubjectCmd),
+    /// Import records from a JSON Lines file (one write per line, e.g. {"op":"consent.grant",...})
+    Import {
+        #[arg(long, value_name = "F.jsonl")]
+        file: PathBuf,
+    },
+    /// The office's identity and counters
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Write a root key, a signed roster and one config per office under DIR
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Comma-separated office ids (us,sg,de,cn,co,au,uk,nl; others as id=JURISDICTION)
+        #[arg(long)]
+        offices: String,
+        /// The i-th office listens on port N+i (default: free ports)
+        #[arg(long, value_name = "N")]
+        base_port: Option<u16>,
+        #[arg(long, default_value = "local")]
+        network: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RosterCmd {
+    /// Create an empty, unsigned roster
+    New {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long)]
+        network: String,
+    },
+    /// Add an office (the roster must be signed again)
+    Add {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long)]
+        office: String,
+        #[arg(long)]
+        jurisdiction: String,
+        /// Hex public key or a file holding it
+        #[arg(long)]
+        signing_pub: String,
+        #[arg(long)]
+        transport_pub: String,
+        /// host:port where the office listens for QUIC
+        #[arg(long)]
+        address: String,
+    },
+    /// Sign the roster with the root key
+    Sign {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        root_key: PathBuf,
+    },
+    /// Verify the roster against the root public key
+    Verify {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long, value_name = "HEX|FILE")]
+        root_pub: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct SubjectPurpose {
+    /// E-mail address, phone number in international format (+CC...), or id:ACCOUNT
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    purpose: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConsentCmd {
+    /// Record that consent (or another legal basis) was given
+    Grant {
+        #[command(flatten)]
+        sp: SubjectPurpose,
+        /// consent, contract, legal_obligation or legitimate_interest
+        #[arg(long)]
+        basis: String,
+        #[arg(long)]
+        service: Option<String>,
+        /// The notice or form shown (e.g. "web form v3")
+        #[arg(long)]
+        evidence: Option<String>,
+        /// customer, end_user (default) or visitor
+        #[arg(long)]
+        person: Option<String>,
+        /// controller or processor (default follows --person)
+        #[arg(long)]
+        role: Option<String>,
+        /// When it happened (RFC 3339; default now; never in the future)
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Record that consent was withdrawn
+    Withdraw {
+        #[command(flatten)]
+        sp: SubjectPurpose,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// May we process this subject's data for this purpose (now, or at --at)?
+    Check {
+        #[command(flatten)]
+        sp: SubjectPurpose,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Every consent event for a subject, oldest first
+    History {
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RequestCmd {
+    /// Open a data-subject request; prints its id and legal due date
+    Open {
+        #[arg(long)]
+        subject: String,
+        /// access, rectification, erasure, portability, withdrawal, objection or restriction
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        received: Option<String>,
+        /// Whose law sets the clock (default: the office's; e.g. US-CA for California residents)
+        #[arg(long)]
+        jurisdiction: Option<String>,
+    },
+    /// Extend a request's deadline (the person must be told why)
+    Extend {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Close a request
+    Close {
+        id: String,
+        /// completed or refused
+        #[arg(long)]
+        outcome: String,
+        /// Required when refused: why
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// List requests
+    List {
+        #[arg(long)]
+        overdue: bool,
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TransferCmd {
+    /// Record a transfer of personal data to another jurisdiction
+    Record {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        recipient: String,
+        /// Comma-separated data categories
+        #[arg(long, value_delimiter = ',')]
+        categories: Vec<String>,
+        #[arg(long)]
+        mechanism: String,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Transfer impact assessment reference
+        #[arg(long)]
+        tia: Option<String>,
+        #[arg(long)]
+        recipient_kind: Option<String>,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// List transfers
+    List {
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SubjectCmd {
+    /// All records held about a subject (rights of access and portability)
+    Export {
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+/// Runs consentctl; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                };
+            }
+            // clap's message spans lines (usage, tips); keep the first, as INTERFACE.md promises.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("error: {first} (see consentctl --help)");
+            return 2;
+        }
+    };
+    let json = cli.json;
+    match run(cli) {
+        Ok((value, human)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+            } else {
+                print!("{}", human(&value));
+            }
+            0
+        }
+        Err(message) => {
+            eprintln!("error: {}", message.replace('\n', " "));
+            1
+        }
+    }
+}
+
+type Human = fn(&Value) -> String;
+
+fn run(cli: Cli) -> Result<(Value, Human), String> {
+    let socket = cli.socket.unwrap_or_else(crate::daemon::default_socket);
+    let call = |request: Request| -> Result<Value, String> {
+        Client::connect(&socket)
+            .and_then(|mut c| c.call(&request))
+            .map_err(|e| e.to_string())
+    };
+    let s = |e: network::NetworkError| e.to_string();
+    Ok(match cli.command {
+        Command::Network(NetworkCmd::Init {
+            dir,
+            offices,
+            base_port,
+            network,
+        }) => {
+            let offices = network::parse_offices(&offices).map_err(s)?;
+            (
+                network::init(&dir, &offices, base_port, &network).map_err(s)?,
+                human_network,
+            )
+        }
+        Command::Keygen { out, root } => (network::keygen(&out, root).map_err(s)?, human_object),
+        Command::Roster(cmd) => {
+            let v = match cmd {
+                RosterCmd::New { roster, network } => network::roster_new(&roster, &network),
+                RosterCmd::Add {
+                    roster,
+                    office,
+                    jurisdiction,
+                    signing_pub,
+                    transport_pub,
+                    address,
+                } => network::roster_add(
+                    &roster,
+                    NewOffice {
+                        id: office,
+                        jurisdiction,
+                        signing_pub,
+                        transport_pub,
+                        address,
+                    },
+                ),
+                RosterCmd::Sign { roster, root_key } => network::roster_sign(&roster, &root_key),
+                RosterCmd::Verify { roster, root_pub } => {
+                    network::roster_verify(&roster, &root_pub)
+                }
+            };
+            (v.map_err(s)?, human_object)
+        }
+        Command::Consent(cmd) => match cmd {
+            ConsentCmd::Grant {
+                sp,
+                basis,
+                service,
+                evidence,
+                person,
+                role,
+                at,
+            } => (
+                call(Request::ConsentGrant(protocol::ConsentGrant {
+                    subject: sp.subject,
+                    purpose: sp.purpose,
+                    basis,
+                    service,
+                    evidence,
+                    person,
+                    role,
+                    at,
+                }))?,
+                human_id,
+            ),
+            ConsentCmd::Withdraw { sp, at } => (
+                call(Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                    subject: sp.subject,
+                    purpose: sp.purpose,
+                    at,
+                }))?,
+                human_id,
+            ),
+            ConsentCmd::Check { sp, at } => (
+                call(Request::ConsentCheck(protocol::ConsentCheck {
+                    subject: sp.subject,
+                    purpose: sp.purpose,
+                    at,
+                }))?,
+                human_check,
+            ),
+            ConsentCmd::History { subject } => (
+                call(Request::ConsentHistory(protocol::SubjectArg { subject }))?,
+                human_history,
+            ),
+        },
+        Command::Request(cmd) => match cmd {
+            RequestCmd::Open {
+                subject,
+                kind,
+                received,
+                jurisdiction,
+            } => (
+                call(Request::RequestOpen(protocol::RequestOpen {
+                    subject,
+                    kind,
+                    received,
+                    jurisdiction,
+                }))?,
+                human_due,
+            ),
+            RequestCmd::Extend { id, reason, at } => (
+                call(Request::RequestExtend(protocol::RequestExtend {
+                    id,
+                    reason,
+                    at,
+                }))?,
+                human_due,
+            ),
+            RequestCmd::Close {
+                id,
+                outcome,
+                note,
+                at,
+            } => (
+                call(Request::RequestClose(protocol::RequestClose {
+                    id,
+                    outcome,
+                    note,
+                    at,
+                }))?,
+                human_object,
+            ),
+            RequestCmd::List { overdue, as_of } => (
+                call(Request::RequestList(protocol::RequestList {
+                    overdue,
+                    as_of,
+                }))?,
+                human_requests,
+            ),
+        },
+        Command::Transfer(cmd) => match cmd {
+            TransferCmd::Record {
+                to,
+                recipient,
+                categories,
+                mechanism,
+                subject,
+                tia,
+                recipient_kind,
+                at,
+            } => (
+                call(Request::TransferRecord(protocol::TransferRecordArgs {
+                    to,
+                    recipient,
+                    categories,
+                    mechanism,
+                    subject,
+                    tia,
+                    recipient_kind,
+                    at,
+                }))?,
+                human_id,
+            ),
+            TransferCmd::List { subject } => (
+                call(Request::TransferList(protocol::TransferList { subject }))?,
+                human_list,
+            ),
+        },
+        Command::Subject(SubjectCmd::Export { subject }) => (
+            call(Request::SubjectExport(protocol::SubjectArg { subject }))?,
+            human_pretty,
+        ),
+        Command::Import { file } => (import(&socket, &file)?, human_object),
+        Command::Status => (call(Request::Status(Empty {}))?, human_object),
+    })
+}
+
+/// Reads a JSON Lines file, checks every line, then sends it in chunks below the request limit.
+fn import(socket: &Path, file: &Path) -> Result<Value, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut lines: Vec<(usize, Request)> = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let request: Request = serde_json::from_str(trimmed)
+            .map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
+        if !request.is_write() || matches!(request, Request::Import(_)) {
+            return Err(format!(
+                "{}: line {n}: {} cannot be imported; lines are writes such as consent.grant",
+                file.display(),
+                request.op()
+            ));
+        }
+        lines.push((n, request));
+    }
+    let mut client = Client::connect(socket).map_err(|e| e.to_string())?;
+    let mut imported = 0u64;
+    let mut chunk: Vec<Request> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut first_line = 0usize;
+    let mut send = |chunk: &mut Vec<Request>, first_line: usize| -> Result<(), String> {
+        let request = Request::Import(protocol::Import {
+            records: std::mem::take(chunk),
+            first_line,
+        });
+        let answer = client
+            .call(&request)
+            .map_err(|e| format!("{e} ({imported} records before it were imported)"))?;
+        imported += answer["imported"].as_u64().unwrap_or(0);
+        Ok(())
+    };
+    for (n, request) in lines {
+        let size = serde_json::to_vec(&request).expect("json").len() + 1;
+        // Leave room for the frame's own fields under the daemon's limit.
+        let full = chunk.len() >= IMPORT_CHUNK_RECORDS_MAX
+            || chunk_bytes + size > REQUEST_BYTES_MAX - 4096;
+        if full && !chunk.is_empty() {
+            send(&mut chunk, first_line)?;
+            chunk_bytes = 0;
+        }
+        if chunk.is_empty() {
+            first_line = n;
+        }
+        chunk_bytes += size;
+        chunk.push(request);
+    }
+    if !chunk.is_empty() {
+        send(&mut chunk, first_line)?;
+    }
+    Ok(serde_json::json!({ "imported": imported }))
+}
+
+// ---- human-readable output -------------------------------------------------------------------
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn human_object(v: &Value) -> String {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", scalar(v)))
+            .collect(),
+        other => format!("{}\n", scalar(other)),
+    }
+}
+
+fn human_pretty(v: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).expect("json"))
+}
+
+fn human_id(v: &Value) -> String {
+    format!("{}\n", scalar(&v["id"]))
+}
+
+fn human_check(v: &Value) -> String {
+    if v["granted"] == Value::Bool(true) {
+        format!("granted (record {})\n", scalar(&v["record"]))
+    } else if v["record"].is_null() {
+        "not granted (no consent recorded)\n".into()
+    } else {
+        format!("not granted (record {})\n", scalar(&v["record"]))
+    }
+}
+
+fn human_due(v: &Value) -> String {
+    format!(
+        "{}\ndue {} ({})\n",
+        scalar(&v["id"]),
+        scalar(&v["due"]),
+        scalar(&v["due_rule"])
+    )
+}
+
+fn human_history(v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no consent events\n".into();
+    }
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{}  {:<8} {:<20} basis={} service={} office={}\n",
+                scalar(&r["at"]),
+                scalar(&r["action"]),
+                scalar(&r["purpose"]),
+                scalar(&r["basis"]),
+                scalar(&r["service"]),
+                scalar(&r["office"])
+            )
+        })
+        .collect()
+}
+
+fn human_requests(v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no requests\n".into();
+    }
+    let mut out = format!(
+        "{:<32}  {:<13} {:<10} {:<10} {:<6}\n",
+        "ID", "KIND", "STATUS", "DUE", "JUR"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<32}  {:<13} {:<10} {:<10} {:<6}{}\n",
+            scalar(&r["id"]),
+            scalar(&r["kind"]),
+            scalar(&r["status"]),
+            scalar(&r["due"]),
+            scalar(&r["jurisdiction"]),
+            if r["overdue"] == Value::Bool(true) {
+                "  OVERDUE"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
+
+fn human_list(v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "none\n".into();
+    }
+    rows.iter()
+        .map(human_object)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn human_network(v: &Value) -> String {
+    let mut out = format!(
+        "network {} in {}\nroot public key {}\n",
+        scalar(&v["network"]),
+        scalar(&v["dir"]),
+        scalar(&v["root_pub"])
+    );
+    for o in v["offices"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<4} {:<6} {:<21} consentd --config {}\n",
+            scalar(&o["office"]),
+            scalar(&o["jurisdiction"]),
+            scalar(&o["listen"]),
+            scalar(&o["config"])
+        );
+    }
+    out
+}

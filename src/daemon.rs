@@ -1,0 +1,424 @@
+//! The office daemon: start-up checks, the control socket, signals and systemd notification.
+//!
+//! Start-up refuses, with one clear line, anything that would make the office's records
+//! untrustworthy: a roster not signed by the pinned root key, a secret key that is missing or
+//! readable by others, a key that is not the roster's key for this office, an unknown config key,
+//! or a data directory that belongs to another office.
+
+use crate::config::{Config, Role};
+use crate::office::{Office, OfficeError, OfficeParts};
+use crate::protocol::{
+    encode_frame, RequestFrame, ResponseFrame, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
+};
+use consentd_storage::{Store, WriteBatch};
+use consentd_sync::{keys, roster::SignedRoster};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+
+/// Most control connections served at once; further clients wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 256;
+/// A connection idle this long between requests is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed to read one request once its length is known.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of an oversized request drained so its sender can read our refusal.
+const DRAIN_BYTES_MAX: u64 = 64 << 20;
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "consentd.redb";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+fn fail(message: impl Into<String>) -> StartupError {
+    StartupError(message.into())
+}
+
+/// An office checked and opened, ready to serve.
+pub struct Prepared {
+    pub config: Config,
+    pub office: Arc<Office>,
+}
+
+/// Loads and checks everything; opens the store. Touches no socket.
+pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
+    let config = Config::load(config_path).map_err(|e| fail(e.to_string()))?;
+    let root_pub = keys::parse_public_key(&config.root_pub)
+        .map_err(|e| fail(format!("config {}: root_pub: {e}", config_path.display())))?;
+    let roster = SignedRoster::load(&config.roster)
+        .and_then(|r| r.verify(&root_pub))
+        .map_err(|e| fail(format!("roster {}: {e}", config.roster.display())))?;
+    let entry = roster.office(&config.office).ok_or_else(|| {
+        fail(format!(
+            "office {:?} is not in the roster {}",
+            config.office,
+            config.roster.display()
+        ))
+    })?;
+    if entry.jurisdiction != config.jurisdiction {
+        return Err(fail(format!(
+            "config says jurisdiction {} but the roster says {} for office {}",
+            config.jurisdiction, entry.jurisdiction, config.office
+        )));
+    }
+    let signing = keys::read_secret_key(&config.signing_key).map_err(|e| fail(e.to_string()))?;
+    if signing.verifying_key() != entry.signing_key {
+        return Err(fail(format!(
+            "signing key {} is not the roster's signing key for office {}",
+            config.signing_key.display(),
+            config.office
+        )));
+    }
+    let transport =
+        keys::read_secret_key(&config.transport_key).map_err(|e| fail(e.to_string()))?;
+    if transport.verifying_key() != entry.transport_key {
+        return Err(fail(format!(
+            "transport key {} is not the roster's transport key for office {}",
+            config.transport_key.display(),
+            config.office
+        )));
+    }
+    let index_key = keys::read_secret32(&config.index_key).map_err(|e| fail(e.to_string()))?;
+    for peer in &config.peers {
+        if roster.office(&peer.office).is_none() {
+            return Err(fail(format!(
+                "peer {:?} is not in the roster {}",
+                peer.office,
+                config.roster.display()
+            )));
+        }
+    }
+
+    create_private_dir(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join(DB_FILE))
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
+    claim_store(&store, &config, &roster.roster().network)?;
+
+    let office = Office::new(OfficeParts {
+        id: config.office.clone(),
+        jurisdiction: config.jurisdiction.clone(),
+        store,
+        signing,
+        roster,
+        index_key,
+    });
+    Ok(Prepared {
+        config,
+        office: Arc::new(office),
+    })
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartupError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| fail(format!("cannot create data directory {}: {e}", dir.display())))
+}
+
+/// A data directory belongs to one office of one network forever: pointing another office's config
+/// at it would mix two offices' records under one identity.
+fn claim_store(store: &Store, config: &Config, network: &str) -> Result<(), StartupError> {
+    let owner = format!("{network}/{}", config.office);
+    match store.meta("owner").map_err(|e| fail(e.to_string()))? {
+        Some(existing) if existing == owner.as_bytes() => Ok(()),
+        Some(existing) => Err(fail(format!(
+            "data directory {} belongs to office {}, not {owner}",
+            config.data_dir.display(),
+            String::from_utf8_lossy(&existing)
+        ))),
+        None => {
+            let batch = WriteBatch {
+                meta: vec![("owner".into(), owner.into_bytes())],
+                ..WriteBatch::default()
+            };
+            store
+                .commit_blocking(batch)
+                .map(|_| ())
+                .map_err(|e| fail(e.to_string()))
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let mut sigterm =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler; only SIGINT stops");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Serves the control socket until `shutdown` resolves, then stops cleanly: requests in flight
+/// finish and are acknowledged, the store is closed, the socket file removed.
+pub async fn run(
+    prepared: Prepared,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let Prepared { config, office } = prepared;
+    let listener = bind_control_socket(&config)?;
+    let socket_path = config.control.socket.clone();
+    tracing::info!(
+        office = %config.office,
+        jurisdiction = %config.jurisdiction,
+        socket = %socket_path.display(),
+        "consentd ready"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
+
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, &office, &config, stop).await;
+            drop(permit);
+        });
+    }
+
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    drop(listener);
+    let _ = std::fs::remove_file(&socket_path);
+    // Requests already being served finish (their writes become durable and are acknowledged).
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while permits.available_permits() < CONNECTIONS_MAX && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    office.store().shutdown();
+    watchdog.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn bind_control_socket(config: &Config) -> Result<UnixListener, StartupError> {
+    let path = &config.control.socket;
+    if path.exists() {
+        // A live daemon answers; a stale file from a crash does not and is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(fail(format!(
+                "another consentd is already serving {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            fail(format!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            fail(format!(
+                "cannot create socket directory {}: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| fail(format!("cannot bind control socket {}: {e}", path.display())))?;
+    let mode = config.socket_mode().map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| fail(format!("cannot set mode of {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+async fn watchdog(mut stop: watch::Receiver<bool>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    // Ping at half the interval systemd asked for, as sd_watchdog_enabled(3) recommends.
+    let every = Duration::from_micros(usec / 2);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    office: &Office,
+    config: &Config,
+    mut stop: watch::Receiver<bool>,
+) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let role = config.role_of(uid);
+    loop {
+        let mut len = [0u8; 4];
+        let read = tokio::select! {
+            r = tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut len)) => r,
+            _ = stop.changed() => return,
+        };
+        match read {
+            Ok(Ok(_)) => {}
+            _ => return, // closed, idle or broken: nothing to answer
+        }
+        let len = u32::from_be_bytes(len) as u64;
+        if len > REQUEST_BYTES_MAX as u64 {
+            tracing::warn!(uid, bytes = len, "refused oversized control request");
+            let message = format!(
+                "request of {len} bytes exceeds the limit of {REQUEST_BYTES_MAX} bytes; split it (consentctl import does this for files)"
+            );
+            let _ = send(&mut stream, &ResponseFrame::error(message)).await;
+            // Drain (bounded) so the client's write completes and it can read the refusal.
+            let mut sink = tokio::io::sink();
+            let mut limited = (&mut stream).take(len.min(DRAIN_BYTES_MAX));
+            let _ = tokio::time::timeout(READ_TIMEOUT, tokio::io::copy(&mut limited, &mut sink))
+                .await;
+            return;
+        }
+        let mut payload = vec![0u8; len as usize];
+        match tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut payload)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let response = handle(&payload, uid, role, office, config).await;
+        if send(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(stream: &mut UnixStream, frame: &ResponseFrame) -> std::io::Result<()> {
+    let payload = serde_json::to_vec(frame).expect("responses serialise");
+    stream.write_all(&encode_frame(&payload)).await
+}
+
+async fn handle(
+    payload: &[u8],
+    uid: u32,
+    role: Option<Role>,
+    office: &Office,
+    config: &Config,
+) -> ResponseFrame {
+    let started = Instant::now();
+    let Some(role) = role else {
+        tracing::warn!(uid, "refused control request from a uid with no role");
+        return ResponseFrame::error(format!(
+            "uid {uid} has no role on office {}: add it to control.operators or control.auditors in the office's config",
+            config.office
+        ));
+    };
+    // Check the version before the body so an old client gets a version error, not a parse error.
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => {
+            if let Some(ver) = v.get("v").and_then(Value::as_u64) {
+                if ver != u64::from(PROTOCOL_VERSION) {
+                    return ResponseFrame::error(format!(
+                        "protocol version {ver} is not supported; this consentd speaks version {PROTOCOL_VERSION} (use the consentctl that came with it)"
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(uid, "refused malformed control request");
+            return ResponseFrame::error(format!("malformed request: {e}"));
+        }
+    }
+    let frame: RequestFrame = match serde_json::from_slice(payload) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(uid, "refused invalid control request");
+            return ResponseFrame::error(format!("invalid request: {e}"));
+        }
+    };
+    let op = frame.request.op();
+    if frame.request.is_write() && role != Role::Operator {
+        tracing::warn!(uid, op, role = role.name(), "refused write from a read-only role");
+        return ResponseFrame::error(format!(
+            "uid {uid} has the {} role, which may only read; {op} needs the operator role",
+            role.name()
+        ));
+    }
+    let result = office.execute(frame.request).await;
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(value) => {
+            tracing::debug!(uid, op, elapsed_us, "ok");
+            ResponseFrame::ok(value)
+        }
+        Err(e) => {
+            // The message may echo the caller's own input; the log gets only the class.
+            match &e {
+                OfficeError::Invalid(_) | OfficeError::NotFound(_) => {
+                    tracing::info!(uid, op, elapsed_us, "refused: invalid input")
+                }
+                OfficeError::Storage(_) => {
+                    tracing::error!(uid, op, error = %e, "storage failure")
+                }
+                OfficeError::Integrity(_) => {
+                    tracing::error!(uid, op, "integrity failure in stored records")
+                }
+            }
+            ResponseFrame::error(match e {
+                OfficeError::Storage(s) => {
+                    format!("storage failure, nothing was written: {s}")
+                }
+                other => other.to_string(),
+            })
+        }
+    }
+}
+
+/// Sets up logging to stderr (journald captures it under systemd).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONSENTD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// The default control socket for clients.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("CONSENTD_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/consentd/control.sock"))
+}

@@ -1,0 +1,14 @@
+//! consentd: an office daemon that keeps signed, replicated consent, data-subject request and
+//! cross-border transfer records. See ARCHITECTURE.md for the code map and its invariants.
+
+pub mod clock;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod demo;
+pub mod network;
+pub mod office;
+pub mod protocol;
+pub mod record;
+pub mod subject;
+pub mod vocab;

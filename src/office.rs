@@ -1,0 +1,986 @@
+//! One office's records: authoring signed changes and answering queries.
+//!
+//! Writes go through a [`Draft`]: the documents a write touches are loaded from their stored,
+//! *verified* envelopes, changed in one Automerge transaction per operation, signed, and turned into
+//! one `WriteBatch` whose projections and index entries are recomputed from the documents' new state.
+//! The batch is acknowledged only after the store's durable group commit returns.
+//!
+//! Two writers must never author concurrent changes to the same document with the same actor, and two
+//! grants for a new (subject, purpose) must not create two records; so a write holds the lock shards
+//! of the keys it touches (consent token, or record id) from load until its commit is durable.
+//! Reads take no locks: they read projections in their own redb read transaction.
+
+use crate::clock;
+use crate::protocol::{self, Request, LIST_ROWS_MAX, TEXT_BYTES_MAX};
+use crate::record::{
+    self, doc_id_hex, epoch_day, fmt_date, fmt_time, ConsentEvent, ConsentRecord, DocId, Extension,
+    Record, RequestRecord, StatusEvent, TransferRecord, KIND_REQUEST, KIND_TRANSFER,
+};
+use crate::subject::{Subject, SubjectHasher, SubjectKind};
+use crate::vocab;
+use automerge::{transaction::Transactable, ActorId, Automerge, ROOT};
+use chrono::{DateTime, NaiveDate, Utc};
+use consentd_storage::{RecordUpdate, Store, StorageError, WriteBatch};
+use consentd_sync::envelope::{self, Envelope};
+use consentd_sync::roster::VerifiedRoster;
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+/// Lock shards; a power of two well above the number of concurrent clients, so that unrelated
+/// writes almost never wait on each other.
+const LOCK_SHARDS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfficeError {
+    /// The caller's input is wrong; the message says how.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A stored envelope or document failed verification: the store was tampered with or corrupted.
+    #[error("integrity: {0}")]
+    Integrity(String),
+}
+
+type Result<T, E = OfficeError> = std::result::Result<T, E>;
+
+fn invalid(message: impl Into<String>) -> OfficeError {
+    OfficeError::Invalid(message.into())
+}
+
+/// Everything an office needs, checked by the daemon before it is built.
+pub struct OfficeParts {
+    pub id: String,
+    pub jurisdiction: String,
+    pub store: Store,
+    pub signing: SigningKey,
+    pub roster: VerifiedRoster,
+    pub index_key: [u8; 32],
+}
+
+pub struct Office {
+    id: String,
+    jurisdiction: String,
+    store: Store,
+    signing: SigningKey,
+    roster: VerifiedRoster,
+    hasher: SubjectHasher,
+    /// This process's Automerge actor: the signing key plus a random incarnation, so that a restarted
+    /// office never reuses an (actor, seq) pair even if it lost its database.
+    actor: ActorId,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    started: Instant,
+}
+
+impl Office {
+    pub fn new(parts: OfficeParts) -> Office {
+        let incarnation: [u8; 8] = rand::random();
+        let actor = envelope::actor_for(&parts.signing.verifying_key(), incarnation);
+        Office {
+            id: parts.id,
+            jurisdiction: parts.jurisdiction,
+            store: parts.store,
+            signing: parts.signing,
+            roster: parts.roster,
+            hasher: SubjectHasher::new(parts.index_key),
+            actor,
+            locks: (0..LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs one request for a caller already allowed to run it.
+    pub async fn execute(&self, request: Request) -> Result<Value> {
+        match request {
+            Request::Import(import) => {
+                if import.records.len() > protocol::IMPORT_CHUNK_RECORDS_MAX {
+                    return Err(invalid(format!(
+                        "an import request holds at most {} records; consentctl splits files for you",
+                        protocol::IMPORT_CHUNK_RECORDS_MAX
+                    )));
+                }
+                let n = import.records.len();
+                let mut ops = Vec::with_capacity(n);
+                for (i, r) in import.records.into_iter().enumerate() {
+                    let line = import.first_line + i;
+                    let op = self
+                        .prepare(r)
+                        .map_err(|e| invalid(format!("line {line}: {e}")))?;
+                    ops.push(op);
+                }
+                self.write(ops).await?;
+                Ok(json!({ "imported": n }))
+            }
+            r if r.is_write() => {
+                let op = self.prepare(r)?;
+                let mut out = self.write(vec![op]).await?;
+                Ok(out.pop().expect("one answer per op"))
+            }
+            Request::ConsentCheck(a) => self.consent_check(&a.subject, &a.purpose, a.at.as_deref()),
+            Request::ConsentHistory(a) => self.consent_history(&a.subject),
+            Request::RequestList(a) => self.request_list(a.overdue, a.as_of.as_deref()),
+            Request::TransferList(a) => self.transfer_list(a.subject.as_deref()),
+            Request::SubjectExport(a) => self.subject_export(&a.subject),
+            Request::Status(_) => self.status(),
+            other => unreachable!("{} is a write", other.op()),
+        }
+    }
+
+    // ---- writes -------------------------------------------------------------------------------
+
+    /// Validates one write request into an operation; touches no storage.
+    fn prepare(&self, request: Request) -> Result<Op> {
+        let now = Utc::now();
+        match request {
+            Request::ConsentGrant(a) => {
+                let subject = parse_subject(&a.subject)?;
+                vocab::check_purpose(&a.purpose).map_err(invalid)?;
+                vocab::check("basis", &a.basis, vocab::BASES).map_err(invalid)?;
+                if let Some(s) = &a.service {
+                    vocab::check("service", s, vocab::SERVICES).map_err(invalid)?;
+                }
+                let person = a.person.unwrap_or_else(|| "end_user".into());
+                vocab::check("kind of person", &person, vocab::PERSONS).map_err(invalid)?;
+                let role = a
+                    .role
+                    .unwrap_or_else(|| vocab::default_role(&person).into());
+                vocab::check("role", &role, vocab::ROLES).map_err(invalid)?;
+                check_text("evidence", a.evidence.as_deref())?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::Consent {
+                    subject,
+                    purpose: a.purpose,
+                    person,
+                    role,
+                    event: ConsentEvent {
+                        action: "grant".into(),
+                        at: fmt_time(at),
+                        basis: Some(a.basis),
+                        service: a.service,
+                        evidence: a.evidence,
+                        office: self.id.clone(),
+                    },
+                })
+            }
+            Request::ConsentWithdraw(a) => {
+                let subject = parse_subject(&a.subject)?;
+                vocab::check_purpose(&a.purpose).map_err(invalid)?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::Consent {
+                    subject,
+                    purpose: a.purpose,
+                    person: "end_user".into(),
+                    role: vocab::default_role("end_user").into(),
+                    event: ConsentEvent {
+                        action: "withdraw".into(),
+                        at: fmt_time(at),
+                        basis: None,
+                        service: None,
+                        evidence: None,
+                        office: self.id.clone(),
+                    },
+                })
+            }
+            Request::RequestOpen(a) => {
+                let subject = parse_subject(&a.subject)?;
+                vocab::check("request kind", &a.kind, vocab::REQUEST_KINDS).map_err(invalid)?;
+                let received = event_time(a.received.as_deref(), now)?;
+                let jurisdiction = a.jurisdiction.unwrap_or_else(|| self.jurisdiction.clone());
+                let due = clock::due_date(&jurisdiction, &a.kind, received)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let received = fmt_time(received);
+                Ok(Op::RequestOpen(RequestRecord {
+                    subject_kind: subject_kind_name(subject.kind()).into(),
+                    subject: subject.as_str().into(),
+                    kind: a.kind,
+                    jurisdiction,
+                    received: received.clone(),
+                    due: fmt_date(due.date),
+                    due_rule: due.rule.into(),
+                    due_explanation: due.explanation,
+                    status: record::REQUEST_OPEN_STATUS.into(),
+                    extension: None,
+                    outcome: None,
+                    note: None,
+                    history: vec![StatusEvent {
+                        status: record::REQUEST_OPEN_STATUS.into(),
+                        at: received,
+                        note: None,
+                        office: self.id.clone(),
+                    }],
+                    office: self.id.clone(),
+                }))
+            }
+            Request::RequestExtend(a) => {
+                let id = record::parse_doc_id(&a.id).map_err(invalid)?;
+                if a.reason.trim().is_empty() {
+                    return Err(invalid(
+                        "--reason is required: the person must be told why the answer is late",
+                    ));
+                }
+                check_text("reason", Some(&a.reason))?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::RequestExtend {
+                    id,
+                    reason: a.reason,
+                    at,
+                })
+            }
+            Request::RequestClose(a) => {
+                let id = record::parse_doc_id(&a.id).map_err(invalid)?;
+                vocab::check("outcome", &a.outcome, vocab::OUTCOMES).map_err(invalid)?;
+                check_text("note", a.note.as_deref())?;
+                if a.outcome == "refused" && a.note.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                    return Err(invalid(
+                        "a refusal must be explained: add --note with the reason (e.g. the legal retention duty)",
+                    ));
+                }
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::RequestClose {
+                    id,
+                    outcome: a.outcome,
+                    note: a.note,
+                    at,
+                })
+            }
+            Request::TransferRecord(a) => {
+                let subject = a.subject.as_deref().map(parse_subject).transpose()?;
+                if a.categories.is_empty() {
+                    return Err(invalid("--categories needs at least one data category"));
+                }
+                for c in &a.categories {
+                    vocab::check("data category", c, vocab::CATEGORIES).map_err(invalid)?;
+                }
+                vocab::check("transfer mechanism", &a.mechanism, vocab::MECHANISMS)
+                    .map_err(invalid)?;
+                if let Some(k) = &a.recipient_kind {
+                    vocab::check("recipient kind", k, vocab::RECIPIENT_KINDS).map_err(invalid)?;
+                }
+                check_jurisdiction(&a.to)?;
+                if a.recipient.trim().is_empty() {
+                    return Err(invalid("--recipient must name who receives the data"));
+                }
+                check_text("recipient", Some(&a.recipient))?;
+                check_text("tia", a.tia.as_deref())?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::Transfer(TransferRecord {
+                    subject_kind: subject
+                        .as_ref()
+                        .map(|s| subject_kind_name(s.kind()).into()),
+                    subject: subject.map(|s| s.as_str().into()),
+                    categories: a.categories,
+                    from: self.jurisdiction.clone(),
+                    to: a.to,
+                    recipient: a.recipient,
+                    recipient_kind: a.recipient_kind,
+                    mechanism: a.mechanism,
+                    tia: a.tia,
+                    at: fmt_time(at),
+                    office: self.id.clone(),
+                }))
+            }
+            other => Err(invalid(format!("{} is not a write operation", other.op()))),
+        }
+    }
+
+    /// Applies operations as one durable batch; answers once it is durable.
+    async fn write(&self, ops: Vec<Op>) -> Result<Vec<Value>> {
+        let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let _guards = self.lock(&keys).await;
+
+        let mut draft = Draft::new(self);
+        let mut answers = Vec::with_capacity(ops.len());
+        for op in ops {
+            answers.push(draft.apply(op)?);
+        }
+        let (batch, touched) = draft.finish()?;
+        let receipt = self.store.commit(batch).await?;
+        tracing::debug!(
+            records = touched,
+            commit = receipt.commit_seq,
+            "write acknowledged"
+        );
+        Ok(answers)
+    }
+
+    fn lock_key(&self, op: &Op) -> Option<[u8; 32]> {
+        match op {
+            Op::Consent {
+                subject, purpose, ..
+            } => Some(self.hasher.consent_token(subject, purpose)),
+            Op::RequestExtend { id, .. } | Op::RequestClose { id, .. } => {
+                let mut key = [0u8; 32];
+                key[..16].copy_from_slice(id);
+                Some(key)
+            }
+            // A new random id is known to nobody else yet.
+            Op::RequestOpen(_) | Op::Transfer(_) => None,
+        }
+    }
+
+    async fn lock(&self, keys: &[[u8; 32]]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut shards: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                let n = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
+                (n % LOCK_SHARDS as u64) as usize
+            })
+            .collect();
+        // Ascending order everywhere: two writers can never wait on each other in a cycle.
+        shards.sort_unstable();
+        shards.dedup();
+        let mut guards = Vec::with_capacity(shards.len());
+        for s in shards {
+            guards.push(self.locks[s].lock().await);
+        }
+        guards
+    }
+
+    /// Loads a document from its stored envelopes, verifying every one.
+    fn load_doc(&self, id: &DocId) -> Result<Option<Automerge>> {
+        let stored = self.store.doc_envelopes(id)?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let mut changes = Vec::with_capacity(stored.len());
+        for bytes in stored {
+            let env = Envelope::decode(&bytes).map_err(|e| {
+                OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id)))
+            })?;
+            let verified = envelope::verify(env, &self.roster).map_err(|e| {
+                OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id)))
+            })?;
+            if verified.doc_id() != *id {
+                return Err(OfficeError::Integrity(format!(
+                    "record {}: envelope signed for another record",
+                    doc_id_hex(id)
+                )));
+            }
+            changes.push(verified.change().clone());
+        }
+        let mut doc = Automerge::new().with_actor(self.actor.clone());
+        doc.apply_changes(changes)
+            .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;
+        Ok(Some(doc))
+    }
+
+    /// The index entries for a record: keyed hashes of its subject (never the subject itself).
+    fn index_entries(&self, record: &Record) -> Result<(Vec<[u8; 32]>, Option<i32>)> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(s) = record.subject() {
+            let subject = Subject::parse(s).map_err(|e| {
+                OfficeError::Integrity(format!("stored subject does not parse: {e}"))
+            })?;
+            keys.push(self.hasher.subject_token(&subject));
+            if let Record::Consent(c) = record {
+                keys.push(self.hasher.consent_token(&subject, &c.purpose));
+            }
+        }
+        let due = match record {
+            Record::Request(r) if r.is_open() => {
+                let d = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
+                    .map_err(|e| OfficeError::Integrity(format!("stored due date: {e}")))?;
+                Some(epoch_day(d))
+            }
+            _ => None,
+        };
+        Ok((keys, due))
+    }
+
+    // ---- reads --------------------------------------------------------------------------------
+
+    fn read_record(&self, id: &DocId) -> Result<Option<Record>> {
+        match self.store.projection(id)? {
+            None => Ok(None),
+            Some((_, bytes)) => Record::from_projection(&bytes)
+                .map(Some)
+                .map_err(OfficeError::Integrity),
+        }
+    }
+
+    fn records_by_key(&self, key: &[u8; 32]) -> Result<Vec<(DocId, Record)>> {
+        let mut out = Vec::new();
+        for id in self.store.docs_by_key(key)? {
+            if let Some(r) = self.read_record(&id)? {
+                out.push((id, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// "May we contact this person for this purpose at this time?" Granted only if the latest event at
+    /// or before `at` is a grant; a withdrawal at the same instant as a grant wins.
+    pub fn consent_check(&self, subject: &str, purpose: &str, at: Option<&str>) -> Result<Value> {
+        let subject = parse_subject(subject)?;
+        vocab::check_purpose(purpose).map_err(invalid)?;
+        let at = match at {
+            Some(t) => parse_time(t)?,
+            None => Utc::now(),
+        };
+        let token = self.hasher.consent_token(&subject, purpose);
+        let mut latest: Option<(DateTime<Utc>, bool, DocId)> = None;
+        for (id, record) in self.records_by_key(&token)? {
+            let Record::Consent(c) = record else { continue };
+            for e in &c.events {
+                let t = parse_stored_time(&e.at)?;
+                if t > at {
+                    continue;
+                }
+                let withdraw = e.action == "withdraw";
+                // Order by time, then withdrawal after grant, so an equal-time withdrawal is "later".
+                if latest.is_none_or(|(lt, lw, _)| (t, withdraw) >= (lt, lw)) {
+                    latest = Some((t, withdraw, id));
+                }
+            }
+        }
+        Ok(match latest {
+            Some((_, withdraw, id)) => json!({ "granted": !withdraw, "record": doc_id_hex(&id) }),
+            None => json!({ "granted": false, "record": null }),
+        })
+    }
+
+    pub fn consent_history(&self, subject: &str) -> Result<Value> {
+        let subject = parse_subject(subject)?;
+        let token = self.hasher.subject_token(&subject);
+        let mut rows = Vec::new();
+        for (id, record) in self.records_by_key(&token)? {
+            let Record::Consent(c) = record else { continue };
+            for e in c.events {
+                let t = parse_stored_time(&e.at)?;
+                let withdraw = e.action == "withdraw";
+                let mut row = serde_json::to_value(&e).expect("events serialise");
+                row["id"] = json!(doc_id_hex(&id));
+                row["purpose"] = json!(c.purpose);
+                rows.push(((t, withdraw), row));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Value::Array(rows.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    pub fn request_list(&self, overdue: bool, as_of: Option<&str>) -> Result<Value> {
+        let as_of = match as_of {
+            Some(t) => parse_time(t)?,
+            None => Utc::now(),
+        };
+        let mut rows: Vec<(String, Value)> = Vec::new();
+        if overdue {
+            // Due on day D means answered by the end of D: overdue once the date is past D.
+            for (_, id) in self
+                .store
+                .docs_due_before(epoch_day(as_of.date_naive()), LIST_ROWS_MAX)?
+            {
+                if let Some(Record::Request(r)) = self.read_record(&id)? {
+                    if r.is_open() {
+                        rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                    }
+                }
+            }
+        } else {
+            for (id, bytes) in self.store.projections_of_kind(KIND_REQUEST, LIST_ROWS_MAX)? {
+                if let Record::Request(r) =
+                    Record::from_projection(&bytes).map_err(OfficeError::Integrity)?
+                {
+                    rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                }
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Value::Array(rows.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    pub fn transfer_list(&self, subject: Option<&str>) -> Result<Value> {
+        let mut rows: Vec<(String, Value)> = Vec::new();
+        let records: Vec<(DocId, Record)> = match subject {
+            Some(s) => {
+                let subject = parse_subject(s)?;
+                self.records_by_key(&self.hasher.subject_token(&subject))?
+            }
+            None => self
+                .store
+                .projections_of_kind(KIND_TRANSFER, LIST_ROWS_MAX)?
+                .into_iter()
+                .map(|(id, b)| Ok((id, Record::from_projection(&b)?)))
+                .collect::<std::result::Result<_, String>>()
+                .map_err(OfficeError::Integrity)?,
+        };
+        for (id, r) in records {
+            if let Record::Transfer(t) = r {
+                rows.push((t.at.clone(), with_id(&id, &t)));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Value::Array(rows.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    /// Everything held about one subject (rights of access and portability).
+    pub fn subject_export(&self, subject: &str) -> Result<Value> {
+        let subject = parse_subject(subject)?;
+        let (mut consents, mut requests, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, r) in self.records_by_key(&self.hasher.subject_token(&subject))? {
+            match r {
+                Record::Consent(c) => consents.push(with_id(&id, &c)),
+                Record::Request(q) => requests.push(with_id(&id, &q)),
+                Record::Transfer(t) => transfers.push(with_id(&id, &t)),
+            }
+        }
+        Ok(json!({
+            "subject": subject.as_str(),
+            "subject_kind": subject_kind_name(subject.kind()),
+            "office": self.id,
+            "exported_at": fmt_time(Utc::now()),
+            "consents": consents,
+            "requests": requests,
+            "transfers": transfers,
+        }))
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        let stats = self.store.stats()?;
+        Ok(json!({
+            "office": self.id,
+            "jurisdiction": self.jurisdiction,
+            "network": self.roster.roster().network,
+            "roster_serial": self.roster.roster().serial,
+            "records": stats.records,
+            "envelopes": stats.envelopes,
+            "tombstones": 0,
+            "durable_commits": stats.commits_durable,
+            "batches_committed": stats.batches_committed,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+    }
+}
+
+/// A validated write operation.
+enum Op {
+    Consent {
+        subject: Subject,
+        purpose: String,
+        person: String,
+        role: String,
+        event: ConsentEvent,
+    },
+    RequestOpen(RequestRecord),
+    RequestExtend {
+        id: DocId,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    RequestClose {
+        id: DocId,
+        outcome: String,
+        note: Option<String>,
+        at: DateTime<Utc>,
+    },
+    Transfer(TransferRecord),
+}
+
+/// The documents one write touches, with the envelopes it authored.
+struct Draft<'o> {
+    office: &'o Office,
+    docs: BTreeMap<DocId, DraftDoc>,
+    /// Consent records chosen or created in this draft, so an import can grant then withdraw.
+    consent_docs: HashMap<[u8; 32], DocId>,
+}
+
+struct DraftDoc {
+    doc: Automerge,
+    envelopes: Vec<([u8; 32], Vec<u8>)>,
+}
+
+impl<'o> Draft<'o> {
+    fn new(office: &'o Office) -> Self {
+        Draft {
+            office,
+            docs: BTreeMap::new(),
+            consent_docs: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> Result<Value> {
+        match op {
+            Op::Consent {
+                subject,
+                purpose,
+                person,
+                role,
+                event,
+            } => {
+                let token = self.office.hasher.consent_token(&subject, &purpose);
+                let existing = match self.consent_docs.get(&token) {
+                    Some(id) => Some(*id),
+                    // Offices that created the same (subject, purpose) concurrently leave several
+                    // records; all are read by `check`, and new events go to the smallest id.
+                    None => self.office.store.docs_by_key(&token)?.into_iter().min(),
+                };
+                let event = serde_json::to_value(&event).expect("events serialise");
+                let id = match existing {
+                    Some(id) => {
+                        self.change(id, |tx| record::append_to_root_list(tx, "events", &event))?;
+                        id
+                    }
+                    None => {
+                        let id: DocId = rand::random();
+                        let record = Record::Consent(ConsentRecord {
+                            subject_kind: subject_kind_name(subject.kind()).into(),
+                            subject: subject.as_str().into(),
+                            person,
+                            purpose,
+                            role,
+                            office: self.office.id.clone(),
+                            events: vec![serde_json::from_value(event).expect("round trip")],
+                        });
+                        self.create(id, &record)?;
+                        id
+                    }
+                };
+                self.consent_docs.insert(token, id);
+                Ok(json!({ "id": doc_id_hex(&id) }))
+            }
+            Op::RequestOpen(request) => {
+                let id: DocId = rand::random();
+                let answer = json!({
+                    "id": doc_id_hex(&id),
+                    "due": request.due,
+                    "due_rule": request.due_rule,
+                    "due_explanation": request.due_explanation,
+                    "jurisdiction": request.jurisdiction,
+                });
+                self.create(id, &Record::Request(request))?;
+                Ok(answer)
+            }
+            Op::RequestExtend { id, reason, at } => {
+                let r = self.request(&id)?;
+                if !r.is_open() {
+                    return Err(invalid(format!(
+                        "request {} is closed ({}); only an open request can be extended",
+                        doc_id_hex(&id),
+                        r.status
+                    )));
+                }
+                if r.extension.is_some() {
+                    return Err(invalid(format!(
+                        "request {} was already extended to {}; the law allows one extension",
+                        doc_id_hex(&id),
+                        r.due
+                    )));
+                }
+                let original_due = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
+                    .map_err(|e| OfficeError::Integrity(e.to_string()))?;
+                if at.date_naive() > original_due {
+                    return Err(invalid(format!(
+                        "request {} was due {}: an extension must be notified within the original period",
+                        doc_id_hex(&id),
+                        r.due
+                    )));
+                }
+                let received = parse_stored_time(&r.received)?;
+                let due = clock::extended_due(&r.jurisdiction, &r.kind, received)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let extension = serde_json::to_value(Extension {
+                    reason: reason.clone(),
+                    at: fmt_time(at),
+                    previous_due: r.due.clone(),
+                })
+                .expect("serialises");
+                let history = serde_json::to_value(StatusEvent {
+                    status: "extended".into(),
+                    at: fmt_time(at),
+                    note: Some(reason),
+                    office: self.office.id.clone(),
+                })
+                .expect("serialises");
+                let date = fmt_date(due.date);
+                self.change(id, |tx| {
+                    let e = |e: automerge::AutomergeError| e.to_string();
+                    tx.put(ROOT, "due", date.as_str()).map_err(e)?;
+                    tx.put(ROOT, "due_rule", due.rule).map_err(e)?;
+                    tx.put(ROOT, "due_explanation", due.explanation.as_str())
+                        .map_err(e)?;
+                    tx.put(ROOT, "status", "extended").map_err(e)?;
+                    record::put_json(tx, &ROOT, "extension", &extension).map_err(e)?;
+                    record::append_to_root_list(tx, "history", &history)
+                })?;
+                Ok(json!({
+                    "id": doc_id_hex(&id),
+                    "due": date,
+                    "due_rule": due.rule,
+                    "due_explanation": due.explanation,
+                }))
+            }
+            Op::RequestClose {
+                id,
+                outcome,
+                note,
+                at,
+            } => {
+                let r = self.request(&id)?;
+                if !r.is_open() {
+                    return Err(invalid(format!(
+                        "request {} is already closed ({})",
+                        doc_id_hex(&id),
+                        r.status
+                    )));
+                }
+                let history = serde_json::to_value(StatusEvent {
+                    status: outcome.clone(),
+                    at: fmt_time(at),
+                    note: note.clone(),
+                    office: self.office.id.clone(),
+                })
+                .expect("serialises");
+                self.change(id, |tx| {
+                    let e = |e: automerge::AutomergeError| e.to_string();
+                    tx.put(ROOT, "status", outcome.as_str()).map_err(e)?;
+                    tx.put(ROOT, "outcome", outcome.as_str()).map_err(e)?;
+                    if let Some(n) = &note {
+                        tx.put(ROOT, "note", n.as_str()).map_err(e)?;
+                    }
+                    record::append_to_root_list(tx, "history", &history)
+                })?;
+                Ok(json!({ "id": doc_id_hex(&id), "status": outcome, "outcome": outcome }))
+            }
+            Op::Transfer(t) => {
+                let id: DocId = rand::random();
+                self.create(id, &Record::Transfer(t))?;
+                Ok(json!({ "id": doc_id_hex(&id) }))
+            }
+        }
+    }
+
+    fn request(&mut self, id: &DocId) -> Result<RequestRecord> {
+        let doc = &self.load(id)?.doc;
+        match Record::from_doc(doc).map_err(OfficeError::Integrity)? {
+            Record::Request(r) => Ok(r),
+            _ => Err(OfficeError::NotFound(format!(
+                "record {} is not a request",
+                doc_id_hex(id)
+            ))),
+        }
+    }
+
+    fn load(&mut self, id: &DocId) -> Result<&mut DraftDoc> {
+        if !self.docs.contains_key(id) {
+            let doc = self.office.load_doc(id)?.ok_or_else(|| {
+                OfficeError::NotFound(format!(
+                    "no request with id {}; `consentctl request list` shows the ids",
+                    doc_id_hex(id)
+                ))
+            })?;
+            self.docs.insert(
+                *id,
+                DraftDoc {
+                    doc,
+                    envelopes: Vec::new(),
+                },
+            );
+        }
+        Ok(self.docs.get_mut(id).expect("just inserted"))
+    }
+
+    fn create(&mut self, id: DocId, record: &Record) -> Result<()> {
+        debug_assert!(!self.docs.contains_key(&id), "random ids do not collide");
+        self.docs.insert(
+            id,
+            DraftDoc {
+                doc: Automerge::new().with_actor(self.office.actor.clone()),
+                envelopes: Vec::new(),
+            },
+        );
+        self.change(id, |tx| record.write_new(tx).map_err(|e| e.to_string()))
+    }
+
+    /// Authors one change to a document in the draft and signs it.
+    fn change(
+        &mut self,
+        id: DocId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), String>,
+    ) -> Result<()> {
+        let signing = &self.office.signing;
+        let entry = self.load(&id)?;
+        let mut tx = entry.doc.transaction();
+        if let Err(e) = f(&mut tx) {
+            tx.rollback();
+            return Err(OfficeError::Integrity(format!(
+                "record {}: {e}",
+                doc_id_hex(&id)
+            )));
+        }
+        tx.commit();
+        let change = entry
+            .doc
+            .get_last_local_change()
+            .expect("a committed transaction has a change");
+        let env = envelope::sign(id, &change, signing);
+        entry.envelopes.push((change.hash().0, env.encode()));
+        Ok(())
+    }
+
+    /// Turns the draft into one write batch: new envelopes plus recomputed projection and indexes.
+    fn finish(self) -> Result<(WriteBatch, usize)> {
+        let mut batch = WriteBatch::default();
+        let touched = self.docs.len();
+        for (id, d) in self.docs {
+            if d.envelopes.is_empty() {
+                continue;
+            }
+            let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
+            let (index_keys, due_day) = self.office.index_entries(&record)?;
+            batch.updates.push(RecordUpdate {
+                doc_id: id,
+                kind: record.kind_tag(),
+                envelopes: d.envelopes,
+                projection: record.to_projection(),
+                index_keys,
+                due_day,
+            });
+        }
+        debug_assert!(
+            batch.updates.iter().all(|u| !u.envelopes.is_empty()),
+            "every update carries the envelopes that justify it"
+        );
+        Ok((batch, touched))
+    }
+}
+
+fn with_id<T: serde::Serialize>(id: &DocId, record: &T) -> Value {
+    let mut v = serde_json::to_value(record).expect("records serialise");
+    v["id"] = json!(doc_id_hex(id));
+    v
+}
+
+fn request_view(id: &DocId, r: &RequestRecord, as_of: DateTime<Utc>) -> Value {
+    let mut v = with_id(id, r);
+    let overdue = r.is_open() && r.due.as_str() < fmt_date(as_of.date_naive()).as_str();
+    v["overdue"] = json!(overdue);
+    v
+}
+
+pub fn subject_kind_name(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Email => "email",
+        SubjectKind::Phone => "phone",
+        SubjectKind::Opaque => "id",
+    }
+}
+
+fn parse_subject(raw: &str) -> Result<Subject> {
+    Subject::parse(raw).map_err(|e| invalid(e.to_string()))
+}
+
+fn check_text(field: &str, text: Option<&str>) -> Result<()> {
+    match text {
+        Some(t) if t.len() > TEXT_BYTES_MAX => Err(invalid(format!(
+            "{field} is {} bytes; the limit is {TEXT_BYTES_MAX}",
+            t.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_jurisdiction(code: &str) -> Result<()> {
+    let ok = code.is_ascii()
+        && code.len() >= 2
+        && code.len() <= 6
+        && code[..2].chars().all(|c| c.is_ascii_uppercase())
+        && (code.len() == 2
+            || (code.as_bytes()[2] == b'-'
+                && code[3..]
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid jurisdiction {code:?}: use an ISO 3166 code such as DE, SG or US-CA"
+        )))
+    }
+}
+
+/// Parses an operator-supplied time: RFC 3339 (`2026-03-31T10:00:00Z`) or a date (`2026-03-31`,
+/// meaning midnight UTC).
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    let t = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    Err(invalid(format!(
+        "invalid time {t:?}: use RFC 3339 such as 2026-03-31T10:00:00Z, or a date such as 2026-03-31"
+    )))
+}
+
+fn parse_stored_time(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| OfficeError::Integrity(format!("stored time {text:?}: {e}")))
+}
+
+/// The time of an event being recorded: now by default, never in the future.
+fn event_time(at: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    match at {
+        None => Ok(now),
+        Some(text) => {
+            let t = parse_time(text)?;
+            if t > now {
+                Err(invalid(format!(
+                    "time {} is in the future; events are recorded when they happened",
+                    fmt_time(t)
+                )))
+            } else {
+                Ok(t)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_both_forms_and_refuse_the_future() {
+        let now = parse_time("2026-05-01T00:00:00Z").unwrap();
+        assert_eq!(
+            fmt_time(parse_time("2026-03-31").unwrap()),
+            "2026-03-31T00:00:00Z"
+        );
+        assert_eq!(
+            fmt_time(parse_time("2026-03-31T12:00:00+02:00").unwrap()),
+            "2026-03-31T10:00:00Z"
+        );
+        assert!(parse_time("31/03/2026").is_err());
+        assert!(event_time(Some("2026-05-02"), now).is_err());
+        assert_eq!(event_time(None, now).unwrap(), now);
+    }
+
+    #[test]
+    fn jurisdictions_are_iso_codes() {
+        for ok in ["DE", "US-CA", "GB"] {
+            assert!(check_jurisdiction(ok).is_ok(), "{ok}");
+        }
+        for bad in ["de", "D", "US_CA", "USA-CA1234", "€€", "D€"] {
+            assert!(check_jurisdiction(bad).is_err(), "{bad}");
+        }
+    }
+}

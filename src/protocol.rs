@@ -1,0 +1,379 @@
+//! The control-socket protocol between `consentctl` (or any local client) and `consentd`.
+//!
+//! Frame layout, both directions:
+//!
+//! | bytes | field                                                       |
+//! |-------|-------------------------------------------------------------|
+//! | 4     | payload length, u32 big-endian                              |
+//! | n     | payload: one UTF-8 JSON object                              |
+//!
+//! A request payload is `{"v": 1, "request": {"op": "consent.grant", ...args}}`; a response payload is
+//! `{"ok": VALUE}` or `{"error": "one line"}`. The version lets a newer daemon refuse an older client
+//! with a clear message instead of misreading it. Requests are limited to [`REQUEST_BYTES_MAX`]; the
+//! daemon answers a larger one with an error without reading it into memory.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest request the daemon reads. Import files are sent in chunks below this.
+pub const REQUEST_BYTES_MAX: usize = 1 << 20;
+/// Largest response a client accepts (listings are bounded by [`LIST_ROWS_MAX`] rows).
+pub const RESPONSE_BYTES_MAX: usize = 256 << 20;
+/// Most rows a listing returns.
+pub const LIST_ROWS_MAX: usize = 100_000;
+/// Most records in one `import` request; consentctl splits files into chunks of this size.
+pub const IMPORT_CHUNK_RECORDS_MAX: usize = 1_000;
+/// Longest free text (evidence, notes, reasons) in one field.
+pub const TEXT_BYTES_MAX: usize = 4096;
+/// How long a client waits for a response before giving up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    pub v: u32,
+    pub request: Request,
+}
+
+/// Every operation of the control socket. Write operations are also the lines of an import file.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "op")]
+pub enum Request {
+    #[serde(rename = "consent.grant", alias = "consent grant")]
+    ConsentGrant(ConsentGrant),
+    #[serde(rename = "consent.withdraw", alias = "consent withdraw")]
+    ConsentWithdraw(ConsentWithdraw),
+    #[serde(rename = "consent.check", alias = "consent check")]
+    ConsentCheck(ConsentCheck),
+    #[serde(rename = "consent.history", alias = "consent history")]
+    ConsentHistory(SubjectArg),
+    #[serde(rename = "request.open", alias = "request open")]
+    RequestOpen(RequestOpen),
+    #[serde(rename = "request.extend", alias = "request extend")]
+    RequestExtend(RequestExtend),
+    #[serde(rename = "request.close", alias = "request close")]
+    RequestClose(RequestClose),
+    #[serde(rename = "request.list", alias = "request list")]
+    RequestList(RequestList),
+    #[serde(rename = "transfer.record", alias = "transfer record")]
+    TransferRecord(TransferRecordArgs),
+    #[serde(rename = "transfer.list", alias = "transfer list")]
+    TransferList(TransferList),
+    #[serde(rename = "subject.export", alias = "subject export")]
+    SubjectExport(SubjectArg),
+    #[serde(rename = "import")]
+    Import(Import),
+    #[serde(rename = "status")]
+    Status(Empty),
+}
+
+impl Request {
+    /// Whether the operation changes state (refused for the auditor role).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::ConsentGrant(_)
+                | Request::ConsentWithdraw(_)
+                | Request::RequestOpen(_)
+                | Request::RequestExtend(_)
+                | Request::RequestClose(_)
+                | Request::TransferRecord(_)
+                | Request::Import(_)
+        )
+    }
+
+    /// The operation's wire name, for logs and errors.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::ConsentGrant(_) => "consent.grant",
+            Request::ConsentWithdraw(_) => "consent.withdraw",
+            Request::ConsentCheck(_) => "consent.check",
+            Request::ConsentHistory(_) => "consent.history",
+            Request::RequestOpen(_) => "request.open",
+            Request::RequestExtend(_) => "request.extend",
+            Request::RequestClose(_) => "request.close",
+            Request::RequestList(_) => "request.list",
+            Request::TransferRecord(_) => "transfer.record",
+            Request::TransferList(_) => "transfer.list",
+            Request::SubjectExport(_) => "subject.export",
+            Request::Import(_) => "import",
+            Request::Status(_) => "status",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectArg {
+    pub subject: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentGrant {
+    pub subject: String,
+    pub purpose: String,
+    pub basis: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub evidence: Option<String>,
+    /// Kind of person: customer, end_user (default) or visitor.
+    #[serde(default)]
+    pub person: Option<String>,
+    /// controller or processor; default follows the kind of person.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentWithdraw {
+    pub subject: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentCheck {
+    pub subject: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOpen {
+    pub subject: String,
+    pub kind: String,
+    #[serde(default)]
+    pub received: Option<String>,
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RequestExtend {
+    pub id: String,
+    pub reason: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RequestClose {
+    pub id: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RequestList {
+    #[serde(default)]
+    pub overdue: bool,
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRecordArgs {
+    pub to: String,
+    pub recipient: String,
+    pub categories: Vec<String>,
+    pub mechanism: String,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub tia: Option<String>,
+    #[serde(default)]
+    pub recipient_kind: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TransferList {
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Import {
+    /// Write requests, in file order. `first_line` numbers them in error messages.
+    pub records: Vec<Request>,
+    #[serde(default)]
+    pub first_line: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFrame {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ResponseFrame {
+    pub fn ok(value: Value) -> Self {
+        ResponseFrame {
+            ok: Some(value),
+            error: None,
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        // One line, always: a multi-line error would break `error: …` parsing by scripts.
+        let line = message.replace(['\n', '\r'], " ");
+        ResponseFrame {
+            ok: None,
+            error: Some(line),
+        }
+    }
+}
+
+/// Encodes one frame: length prefix plus payload.
+pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame payload below 4 GiB");
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to consentd at {path}: {source} (is the daemon running? set --socket or CONSENTD_SOCKET)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("connection to consentd failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("consentd sent a malformed response: {0}")]
+    Malformed(String),
+    /// The daemon refused the request; the message is its own one-line explanation.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A blocking control-socket client: one connection, any number of sequential calls.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        Ok(Client { stream })
+    }
+
+    pub fn call(&mut self, request: &Request) -> Result<Value, ClientError> {
+        let frame = RequestFrame {
+            v: PROTOCOL_VERSION,
+            request: request.clone(),
+        };
+        let payload = serde_json::to_vec(&frame).expect("requests serialise");
+        self.call_raw(&payload)
+    }
+
+    /// Sends an already-encoded payload. Public so tests can send what a well-behaved client never would.
+    pub fn call_raw(&mut self, payload: &[u8]) -> Result<Value, ClientError> {
+        let written = self.stream.write_all(&encode_frame(payload));
+        // If the daemon refused an oversized request it answers and closes early; our write then
+        // fails, but its answer is already waiting to be read, and is the better error.
+        let response = read_frame(&mut self.stream, RESPONSE_BYTES_MAX);
+        match (written, response) {
+            (_, Ok(bytes)) => {
+                let frame: ResponseFrame = serde_json::from_slice(&bytes)
+                    .map_err(|e| ClientError::Malformed(e.to_string()))?;
+                match (frame.ok, frame.error) {
+                    (_, Some(error)) => Err(ClientError::Refused(error)),
+                    (Some(value), None) => Ok(value),
+                    (None, None) => Err(ClientError::Malformed("neither ok nor error".into())),
+                }
+            }
+            (Err(e), Err(_)) => Err(ClientError::Io(e)),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Reads one frame from a blocking stream, refusing payloads over `limit` bytes.
+pub fn read_frame(stream: &mut impl Read, limit: usize) -> Result<Vec<u8>, ClientError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(ClientError::Malformed(format!(
+            "response of {len} bytes exceeds the limit of {limit} bytes"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_by_op_and_refuse_unknown_fields() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"consent.grant","subject":"a@b.co","purpose":"marketing","basis":"consent"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.op(), "consent.grant");
+        assert!(r.is_write());
+        let bad = serde_json::from_str::<Request>(
+            r#"{"op":"consent.check","subject":"a@b.co","purpose":"m","colour":"red"}"#,
+        );
+        assert!(bad.is_err(), "unknown field accepted");
+        let spaced: Request =
+            serde_json::from_str(r#"{"op":"consent withdraw","subject":"a@b.co","purpose":"m"}"#)
+                .unwrap();
+        assert_eq!(spaced.op(), "consent.withdraw");
+    }
+
+    #[test]
+    fn errors_stay_on_one_line() {
+        let f = ResponseFrame::error("first\nsecond");
+        assert_eq!(f.error.as_deref(), Some("first second"));
+    }
+
+    #[test]
+    fn frames_refuse_oversized_payloads() {
+        let bytes = encode_frame(&[b'x'; 10]);
+        assert_eq!(read_frame(&mut &bytes[..], 10).unwrap().len(), 10);
+        assert!(read_frame(&mut &bytes[..], 9).is_err());
+    }
+}

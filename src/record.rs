@@ -1,0 +1,341 @@
+//! The three record kinds and their Automerge encoding.
+//!
+//! One Automerge document per record (DESIGN.md 1). A document's root map holds the record's fields
+//! as plain scalars, lists and maps, so that [`Record::from_doc`] can read any merge of concurrent
+//! changes back into the typed form through `AutoSerde`. The typed form, serialised as JSON, is also
+//! the *projection* stored beside the envelopes: queries read projections and never load documents.
+//!
+//! Fields hold the normalised subject identifier in plain text for now; the erasure issue encrypts
+//! personal fields under per-subject keys (see ARCHITECTURE.md, "Where personal data lives").
+
+use automerge::{transaction::Transactable, Automerge, ObjId, ObjType, ReadDoc, ROOT};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Storage kind tags (`consentd_storage::RecordUpdate::kind`). Never renumber: they are on disk.
+pub const KIND_CONSENT: u8 = 1;
+pub const KIND_REQUEST: u8 = 2;
+pub const KIND_TRANSFER: u8 = 3;
+
+/// A record's id: 128 random bits, shown as 32 lowercase hex characters.
+pub type DocId = [u8; 16];
+
+pub fn doc_id_hex(id: &DocId) -> String {
+    hex::encode(id)
+}
+
+pub fn parse_doc_id(text: &str) -> Result<DocId, String> {
+    let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 16);
+    match bytes {
+        Some(b) => Ok(b.try_into().expect("length checked")),
+        None => Err(format!(
+            "invalid record id {text:?}: expected 32 hexadecimal characters as printed by consentctl"
+        )),
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with a `Z`, with sub-second digits only when present.
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub fn fmt_date(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+/// Days since 1970-01-01, the due index's key.
+pub fn epoch_day(d: NaiveDate) -> i32 {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+    i32::try_from(d.signed_duration_since(epoch).num_days()).expect("date within i32 days")
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Consent(ConsentRecord),
+    Request(RequestRecord),
+    Transfer(TransferRecord),
+}
+
+/// Consent for one subject and one purpose, with every grant and withdrawal ever recorded for it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConsentRecord {
+    pub subject: String,
+    pub subject_kind: String,
+    pub person: String,
+    pub purpose: String,
+    pub role: String,
+    pub office: String,
+    pub events: Vec<ConsentEvent>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConsentEvent {
+    /// `grant` or `withdraw`.
+    pub action: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The notice or evidence shown when consent was given (e.g. "web form v3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    pub office: String,
+}
+
+/// A data-subject request (§8) and its legal clock.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    pub subject: String,
+    pub subject_kind: String,
+    pub kind: String,
+    pub jurisdiction: String,
+    pub received: String,
+    pub due: String,
+    pub due_rule: String,
+    pub due_explanation: String,
+    /// `received` while open; `completed` or `refused` once closed.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Extension>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub history: Vec<StatusEvent>,
+    pub office: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Extension {
+    pub reason: String,
+    pub at: String,
+    pub previous_due: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatusEvent {
+    pub status: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub office: String,
+}
+
+/// A cross-border transfer of personal data (§5).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TransferRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_kind: Option<String>,
+    pub categories: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub recipient: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_kind: Option<String>,
+    pub mechanism: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tia: Option<String>,
+    pub at: String,
+    pub office: String,
+}
+
+pub const REQUEST_OPEN_STATUS: &str = "received";
+
+impl RequestRecord {
+    pub fn is_open(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
+impl Record {
+    pub fn kind_tag(&self) -> u8 {
+        match self {
+            Record::Consent(_) => KIND_CONSENT,
+            Record::Request(_) => KIND_REQUEST,
+            Record::Transfer(_) => KIND_TRANSFER,
+        }
+    }
+
+    /// The normalised subject identifier this record is about, if any.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Record::Consent(c) => Some(&c.subject),
+            Record::Request(r) => Some(&r.subject),
+            Record::Transfer(t) => t.subject.as_deref(),
+        }
+    }
+
+    /// Reads a record back from any merge of its document's changes.
+    pub fn from_doc(doc: &Automerge) -> Result<Record, String> {
+        let value = serde_json::to_value(automerge::AutoSerde::from(doc))
+            .map_err(|e| format!("document does not serialise: {e}"))?;
+        serde_json::from_value(value).map_err(|e| format!("document is not a valid record: {e}"))
+    }
+
+    pub fn to_projection(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records always serialise")
+    }
+
+    pub fn from_projection(bytes: &[u8]) -> Result<Record, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("corrupt projection: {e}"))
+    }
+
+    /// Writes a new record's fields into an empty document's root.
+    pub fn write_new(&self, tx: &mut impl Transactable) -> Result<(), automerge::AutomergeError> {
+        let Value::Object(map) = serde_json::to_value(self).expect("records always serialise")
+        else {
+            unreachable!("records serialise to objects")
+        };
+        for (key, value) in &map {
+            put_json(tx, &ROOT, key, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts a JSON value under `key` of map `obj`, creating nested maps and lists as Automerge objects.
+pub fn put_json(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    key: &str,
+    value: &Value,
+) -> Result<(), automerge::AutomergeError> {
+    match value {
+        Value::Null => tx.delete(obj, key),
+        Value::Bool(b) => tx.put(obj, key, *b),
+        Value::Number(n) => tx.put(obj, key, n.as_i64().unwrap_or_default()),
+        Value::String(s) => tx.put(obj, key, s.as_str()),
+        Value::Array(items) => {
+            let list = tx.put_object(obj, key, ObjType::List)?;
+            for (i, item) in items.iter().enumerate() {
+                insert_json(tx, &list, i, item)?;
+            }
+            Ok(())
+        }
+        Value::Object(fields) => {
+            let map = tx.put_object(obj, key, ObjType::Map)?;
+            for (k, v) in fields {
+                put_json(tx, &map, k, v)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Inserts a JSON value at `index` of list `list`.
+pub fn insert_json(
+    tx: &mut impl Transactable,
+    list: &ObjId,
+    index: usize,
+    value: &Value,
+) -> Result<(), automerge::AutomergeError> {
+    match value {
+        Value::Object(fields) => {
+            let map = tx.insert_object(list, index, ObjType::Map)?;
+            for (k, v) in fields {
+                put_json(tx, &map, k, v)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            let inner = tx.insert_object(list, index, ObjType::List)?;
+            for (i, item) in items.iter().enumerate() {
+                insert_json(tx, &inner, i, item)?;
+            }
+            Ok(())
+        }
+        Value::String(s) => tx.insert(list, index, s.as_str()),
+        Value::Bool(b) => tx.insert(list, index, *b),
+        Value::Number(n) => tx.insert(list, index, n.as_i64().unwrap_or_default()),
+        Value::Null => tx.insert(list, index, automerge::ScalarValue::Null),
+    }
+}
+
+/// Appends a JSON value to the list stored under `key` at the root.
+pub fn append_to_root_list(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    key: &str,
+    value: &Value,
+) -> Result<(), String> {
+    let list = match tx.get(ROOT, key).map_err(|e| e.to_string())? {
+        Some((automerge::Value::Object(ObjType::List), id)) => id,
+        _ => return Err(format!("document has no list {key:?}")),
+    };
+    let len = tx.length(&list);
+    insert_json(tx, &list, len, value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consent() -> Record {
+        Record::Consent(ConsentRecord {
+            subject: "alice@example.com".into(),
+            subject_kind: "email".into(),
+            person: "end_user".into(),
+            purpose: "marketing".into(),
+            role: "processor".into(),
+            office: "de".into(),
+            events: vec![ConsentEvent {
+                action: "grant".into(),
+                at: "2026-01-31T00:00:00Z".into(),
+                basis: Some("consent".into()),
+                service: Some("sms".into()),
+                evidence: Some("web form v3".into()),
+                office: "de".into(),
+            }],
+        })
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_document() {
+        let record = consent();
+        let mut doc = Automerge::new();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx))
+            .unwrap();
+        assert_eq!(Record::from_doc(&doc).unwrap(), record);
+    }
+
+    #[test]
+    fn appended_events_merge_from_two_replicas() {
+        let record = consent();
+        let mut a = Automerge::new();
+        a.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx))
+            .unwrap();
+        let mut b = a.fork();
+        let withdraw = serde_json::json!({"action":"withdraw","at":"2026-02-01T00:00:00Z","office":"sg"});
+        let mut tx = b.transaction();
+        append_to_root_list(&mut tx, "events", &withdraw).unwrap();
+        tx.commit();
+        let regrant = serde_json::json!({"action":"grant","at":"2026-02-02T00:00:00Z","office":"de"});
+        let mut tx = a.transaction();
+        append_to_root_list(&mut tx, "events", &regrant).unwrap();
+        tx.commit();
+        a.merge(&mut b).unwrap();
+        let Record::Consent(merged) = Record::from_doc(&a).unwrap() else {
+            panic!("kind changed")
+        };
+        assert_eq!(merged.events.len(), 3, "both concurrent appends survive");
+    }
+
+    #[test]
+    fn doc_ids_parse_only_as_printed() {
+        let id = [7u8; 16];
+        assert_eq!(parse_doc_id(&doc_id_hex(&id)).unwrap(), id);
+        assert!(parse_doc_id("xyz").is_err());
+        assert!(parse_doc_id("0707").is_err());
+    }
+
+    #[test]
+    fn epoch_days_order_dates() {
+        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(epoch_day(d("1970-01-02")), 1);
+        assert!(epoch_day(d("2026-04-30")) > epoch_day(d("2026-03-31")));
+    }
+}

@@ -1,0 +1,272 @@
+//! On-disk layout: table definitions and the byte encodings of their keys and values.
+//!
+//! This module is the single source of truth for the file format (LAYOUT.md repeats it for readers
+//! who do not read Rust). Every key is a fixed-size byte array compared with `memcmp`, so the
+//! encodings below are chosen to make *byte order equal the order we need* (position order,
+//! numeric due-day order, prefix grouping). Nothing domain-specific is stored here: the caller
+//! hands us opaque bytes, 16-byte document ids, 32-byte change hashes and 32-byte keyed index
+//! hashes (never personal data).
+//!
+//! | table         | key                                   | value                               |
+//! |---------------|---------------------------------------|-------------------------------------|
+//! | `envelopes`   | `hash[32]`                            | envelope bytes                      |
+//! | `doc_changes` | `doc[16] ‖ position u32 BE` (20)      | `hash[32]`                          |
+//! | `projections` | `doc[16]`                             | `kind u8 ‖ projection bytes`        |
+//! | `doc_meta`    | `doc[16]`                             | [`DocMeta`] encoding (see below)    |
+//! | `index`       | `index_key[32] ‖ doc[16]` (48)        | `()`                                |
+//! | `due`         | `(day i32 BE, sign bit flipped) ‖ doc[16]` (20) | `()`                      |
+//! | `kinds`       | `kind u8 ‖ doc[16]` (17)              | `()`                                |
+//! | `meta`        | `&str` (caller's key)                 | caller's bytes                      |
+//! | `sys`         | `&str` (our own key)                  | `u64`                               |
+//!
+//! Why each choice:
+//! - Composite keys are concatenated fixed-width arrays (`&[u8; N]`, compared by `memcmp`) rather
+//!   than redb tuples: one comparison instead of one per element, no length prefixes, and the
+//!   prefix of a key (a doc id, an index key, a kind) is a contiguous key range, so "all docs under
+//!   index key K" is one seek plus a walk over exactly the matching entries.
+//! - Big-endian integers sort numerically under `memcmp`; for the signed due day the sign bit is
+//!   flipped (`day as u32 ^ 0x8000_0000`) so that negative days sort before positive ones.
+//! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
+//!   scanning: those entries are keyed by the indexed value, not by the doc.
+//! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
+//!
+//! `DocMeta` value encoding (version 1, little-endian integers, 13 + 32·n bytes):
+//! ```text
+//! [0]      encoding version = 1
+//! [1]      kind
+//! [2..6]   next change position, u32 LE (the position the next new envelope of this doc gets)
+//! [6]      due flag: 0 = not in the due index, 1 = in it
+//! [7..11]  due day, i32 LE (0 when the flag is 0)
+//! [11..13] n = number of index keys, u16 LE
+//! [13..]   n index keys of 32 bytes, sorted ascending, no duplicates
+//! ```
+
+use redb::TableDefinition;
+
+use crate::{DocId, Hash, IndexKey, Result, StorageError};
+
+/// Version of the whole file layout, stored in `sys` under [`SYS_FORMAT_VERSION`]. Bump it on any
+/// incompatible change to a table or encoding; [`crate::Store::open`] refuses other versions.
+pub const FORMAT_VERSION: u64 = 1;
+
+pub(crate) const ENVELOPES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("envelopes");
+pub(crate) const DOC_CHANGES: TableDefinition<&[u8; 20], &[u8; 32]> =
+    TableDefinition::new("doc_changes");
+pub(crate) const PROJECTIONS: TableDefinition<&[u8; 16], &[u8]> =
+    TableDefinition::new("projections");
+pub(crate) const DOC_META: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("doc_meta");
+pub(crate) const INDEX: TableDefinition<&[u8; 48], ()> = TableDefinition::new("index");
+pub(crate) const DUE: TableDefinition<&[u8; 20], ()> = TableDefinition::new("due");
+pub(crate) const KINDS: TableDefinition<&[u8; 17], ()> = TableDefinition::new("kinds");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const SYS: TableDefinition<&str, u64> = TableDefinition::new("sys");
+
+/// `sys` keys. Counters are updated inside the same write transaction as the data they count,
+/// so they can never disagree with the tables after a crash.
+pub(crate) const SYS_FORMAT_VERSION: &str = "format_version";
+pub(crate) const SYS_RECORDS: &str = "records";
+pub(crate) const SYS_ENVELOPES: &str = "envelopes";
+/// Number of the last durable commit; persisted so commit numbers keep increasing across restarts.
+pub(crate) const SYS_COMMIT_SEQ: &str = "commit_seq";
+
+/// `doc_changes` key: doc id, then the position big-endian so a doc's changes sort in stored order.
+#[inline]
+pub(crate) fn change_key(doc: &DocId, position: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(doc);
+    k[16..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// `index` key: the index key first, so all docs under one key form one contiguous range.
+#[inline]
+pub(crate) fn index_entry(key: &IndexKey, doc: &DocId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(key);
+    k[32..].copy_from_slice(doc);
+    k
+}
+
+/// Encodes a signed day so that unsigned big-endian byte order equals numeric order.
+#[inline]
+pub(crate) fn encode_day(day: i32) -> [u8; 4] {
+    ((day as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+#[inline]
+pub(crate) fn decode_day(bytes: [u8; 4]) -> i32 {
+    (u32::from_be_bytes(bytes) ^ 0x8000_0000) as i32
+}
+
+/// `due` key: encoded day, then doc id (ties between docs due the same day sort by doc id).
+#[inline]
+pub(crate) fn due_key(day: i32, doc: &DocId) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&encode_day(day));
+    k[4..].copy_from_slice(doc);
+    k
+}
+
+#[inline]
+pub(crate) fn split_due_key(k: &[u8; 20]) -> (i32, DocId) {
+    let day = decode_day(k[..4].try_into().expect("4 bytes"));
+    let doc: DocId = k[4..].try_into().expect("16 bytes");
+    (day, doc)
+}
+
+/// `kinds` key: kind first so all docs of one kind form one contiguous range.
+#[inline]
+pub(crate) fn kind_key(kind: u8, doc: &DocId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = kind;
+    k[1..].copy_from_slice(doc);
+    k
+}
+
+/// Splits a `&[u8; 16 + N]`-style key suffix into a doc id.
+#[inline]
+pub(crate) fn doc_suffix<const N: usize>(k: &[u8; N]) -> DocId {
+    k[N - 16..].try_into().expect("doc id is the 16-byte key suffix")
+}
+
+const DOC_META_VERSION: u8 = 1;
+const DOC_META_HEADER: usize = 13;
+
+/// What we must remember about a record to update it without scanning other tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DocMeta {
+    pub kind: u8,
+    /// Position the next newly stored envelope of this doc gets in `doc_changes`.
+    pub next_pos: u32,
+    pub due_day: Option<i32>,
+    /// Sorted ascending, deduplicated.
+    pub index_keys: Vec<IndexKey>,
+}
+
+impl DocMeta {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        debug_assert!(
+            self.index_keys.windows(2).all(|w| w[0] < w[1]),
+            "DocMeta index keys must be sorted and unique before encoding"
+        );
+        let n = u16::try_from(self.index_keys.len())
+            .expect("index key count is limited far below u16::MAX by MAX_INDEX_KEYS");
+        let mut out = Vec::with_capacity(DOC_META_HEADER + 32 * self.index_keys.len());
+        out.push(DOC_META_VERSION);
+        out.push(self.kind);
+        out.extend_from_slice(&self.next_pos.to_le_bytes());
+        out.push(u8::from(self.due_day.is_some()));
+        out.extend_from_slice(&self.due_day.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        for k in &self.index_keys {
+            out.extend_from_slice(k);
+        }
+        out
+    }
+
+    pub(crate) fn decode(doc: &DocId, b: &[u8]) -> Result<DocMeta> {
+        let corrupt = |why: &str| {
+            StorageError::Corrupt(format!("doc_meta of doc {}: {why}", hex16(doc)))
+        };
+        if b.len() < DOC_META_HEADER {
+            return Err(corrupt("value shorter than its header"));
+        }
+        if b[0] != DOC_META_VERSION {
+            return Err(corrupt(&format!("unknown encoding version {}", b[0])));
+        }
+        let kind = b[1];
+        let next_pos = u32::from_le_bytes(b[2..6].try_into().expect("4 bytes"));
+        let due_day = match b[6] {
+            0 => None,
+            1 => Some(i32::from_le_bytes(b[7..11].try_into().expect("4 bytes"))),
+            f => return Err(corrupt(&format!("bad due flag {f}"))),
+        };
+        let n = usize::from(u16::from_le_bytes(b[11..13].try_into().expect("2 bytes")));
+        let rest = &b[DOC_META_HEADER..];
+        if rest.len() != 32 * n {
+            return Err(corrupt("index key list length does not match its count"));
+        }
+        let index_keys: Vec<IndexKey> = rest
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32-byte chunk"))
+            .collect();
+        if !index_keys.windows(2).all(|w| w[0] < w[1]) {
+            return Err(corrupt("index keys not sorted and unique"));
+        }
+        Ok(DocMeta { kind, next_pos, due_day, index_keys })
+    }
+}
+
+/// Hex of a doc id, for error messages (doc ids are random, not personal data).
+pub(crate) fn hex16(doc: &DocId) -> String {
+    doc.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex of a hash prefix, for error messages.
+pub(crate) fn hex_prefix(h: &Hash) -> String {
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_encoding_orders_numerically() {
+        let days = [i32::MIN, -100_000, -1, 0, 1, 19_000, 20_000, i32::MAX];
+        for w in days.windows(2) {
+            assert!(
+                encode_day(w[0]) < encode_day(w[1]),
+                "{} must sort before {}",
+                w[0],
+                w[1]
+            );
+        }
+        for d in days {
+            assert_eq!(decode_day(encode_day(d)), d);
+        }
+    }
+
+    #[test]
+    fn due_key_round_trips() {
+        let doc = [7u8; 16];
+        assert_eq!(split_due_key(&due_key(-3, &doc)), (-3, doc));
+        assert!(due_key(-1, &[0xff; 16]) < due_key(0, &[0; 16]));
+    }
+
+    #[test]
+    fn change_keys_sort_by_position_within_doc() {
+        let doc = [1u8; 16];
+        assert!(change_key(&doc, 255) < change_key(&doc, 256));
+        assert!(change_key(&doc, u32::MAX) < change_key(&[2u8; 16], 0));
+    }
+
+    #[test]
+    fn doc_meta_round_trips_and_rejects_garbage() {
+        let doc = [9u8; 16];
+        let m = DocMeta {
+            kind: 3,
+            next_pos: 70_000,
+            due_day: Some(-5),
+            index_keys: vec![[1; 32], [2; 32]],
+        };
+        let enc = m.encode();
+        assert_eq!(enc.len(), 13 + 64);
+        assert_eq!(DocMeta::decode(&doc, &enc).unwrap(), m);
+
+        let none = DocMeta { kind: 0, next_pos: 0, due_day: None, index_keys: vec![] };
+        assert_eq!(DocMeta::decode(&doc, &none.encode()).unwrap(), none);
+
+        assert!(DocMeta::decode(&doc, &enc[..enc.len() - 1]).is_err());
+        assert!(DocMeta::decode(&doc, &[1, 2, 3]).is_err());
+        let mut bad_version = enc.clone();
+        bad_version[0] = 2;
+        assert!(DocMeta::decode(&doc, &bad_version).is_err());
+        let mut bad_flag = enc.clone();
+        bad_flag[6] = 7;
+        assert!(DocMeta::decode(&doc, &bad_flag).is_err());
+        let mut unsorted = enc;
+        unsorted[13] = 5; // first key now sorts after the second
+        assert!(DocMeta::decode(&doc, &unsorted).is_err());
+    }
+}

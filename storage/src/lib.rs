@@ -1,0 +1,552 @@
+//! consentd's storage layer: the only crate that knows redb.
+//!
+//! It stores opaque bytes keyed by 16-byte document ids ([`DocId`]), 32-byte change hashes
+//! ([`Hash`]) and 32-byte keyed index hashes ([`IndexKey`]); it knows nothing of consent,
+//! Automerge or signatures. The table layout and byte encodings are documented in [`layout`] and
+//! in `LAYOUT.md`.
+//!
+//! Writes go through one writer thread that groups concurrent batches into one durable redb
+//! transaction ("group commit", see `writer.rs`); a commit resolves only once the transaction
+//! carrying its batch is durable. Reads open a fresh redb read transaction per call: redb is MVCC,
+//! so reads never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use tokio::sync::{mpsc, oneshot};
+
+mod budget;
+pub mod layout;
+mod writer;
+
+use budget::ByteBudget;
+use layout::*;
+use writer::{Request, Shared};
+
+/// Random id of one record (one Automerge document).
+pub type DocId = [u8; 16];
+/// Change hash (SHA-256 of an Automerge change); identifies one envelope.
+pub type Hash = [u8; 32];
+/// A secondary index key: a keyed hash computed by the caller, never personal data.
+pub type IndexKey = [u8; 32];
+
+/// Largest accepted encoded envelope.
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+/// Largest accepted projection.
+pub const MAX_PROJECTION_BYTES: usize = 1 << 20;
+/// Most secondary index keys one record may have.
+pub const MAX_INDEX_KEYS: usize = 64;
+/// Largest accepted meta value.
+pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
+/// Longest accepted meta key.
+pub const MAX_META_KEY_BYTES: usize = 256;
+/// Largest accepted batch (estimated in-memory size). Equal to [`MAX_BYTES_PER_COMMIT`] so that
+/// every accepted batch fits in one group commit.
+pub const MAX_BATCH_BYTES: usize = MAX_BYTES_PER_COMMIT;
+/// At most this many batches share one durable commit.
+pub const MAX_BATCHES_PER_COMMIT: usize = 4096;
+/// A group stops growing once its batches reach this many bytes (a single batch may reach it).
+pub const MAX_BYTES_PER_COMMIT: usize = 16 << 20;
+/// Capacity of the writer channel, in batches. Twice a full group, so the next full group can
+/// queue while the current one is being fsynced.
+pub const CHANNEL_CAPACITY: usize = 2 * MAX_BATCHES_PER_COMMIT;
+/// Bytes of batches accepted but not yet answered. Together with [`CHANNEL_CAPACITY`] this bounds
+/// the memory queued for the writer; `commit` waits when it is reached.
+pub const MAX_QUEUED_BYTES: usize = 4 * MAX_BYTES_PER_COMMIT;
+
+/// Fixed per-update / per-batch overhead counted in the byte estimate (ids, kind, due day, Vec
+/// headers), so that many tiny updates still count for something.
+const UPDATE_OVERHEAD_BYTES: usize = 64;
+const BATCH_OVERHEAD_BYTES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("cannot start the storage writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("database error while {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("database is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage format version {found} is not supported (this build reads version {expected})")]
+    Format { found: u64, expected: u64 },
+    #[error("{what}: {size} exceeds the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// The group commit that carried this batch failed; nothing of the group was written.
+    #[error("commit failed, the batch was not written: {0}")]
+    CommitFailed(String),
+    /// `shutdown()` was called (or the store dropped); no further writes are accepted.
+    #[error("store is closed")]
+    Closed,
+    /// The writer thread is not running (it panicked); the batch was not written.
+    #[error("storage writer thread has stopped; the batch was not written")]
+    WriterGone,
+    /// The writer thread stopped after accepting the batch but before answering: the batch may
+    /// or may not be durable.
+    #[error("storage writer thread stopped before confirming the commit; the batch may or may not be durable")]
+    CommitUnconfirmed,
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Attaches what we were doing to a redb error.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, context: &'static str) -> Result<T>;
+}
+
+impl<T, E: Into<redb::Error>> Ctx<T> for std::result::Result<T, E> {
+    fn ctx(self, context: &'static str) -> Result<T> {
+        self.map_err(|e| StorageError::Database {
+            context,
+            source: e.into(),
+        })
+    }
+}
+
+/// The new full state of one record, as the caller computed it.
+#[derive(Debug, Clone, Default)]
+pub struct RecordUpdate {
+    pub doc_id: DocId,
+    pub kind: u8,
+    /// New envelopes for this document: (change hash, encoded envelope bytes). Appended to the
+    /// doc's change list in this order; a hash already stored (for any doc) is skipped
+    /// (idempotent).
+    pub envelopes: Vec<(Hash, Vec<u8>)>,
+    /// Replaces the record's projection (plain current state, opaque bytes).
+    pub projection: Vec<u8>,
+    /// Replaces the record's secondary index keys (the old keys of this doc are removed).
+    /// Duplicates are ignored.
+    pub index_keys: Vec<IndexKey>,
+    /// Due day (days since 1970-01-01) in the due index; None removes the doc from the due index.
+    pub due_day: Option<i32>,
+}
+
+/// Everything one caller wants written atomically.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub updates: Vec<RecordUpdate>,
+    /// Meta key/value puts (applied after the updates).
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// Number of the durable commit that carried this batch. Increases by one per group commit
+    /// and persists across restarts; batches grouped together share it.
+    pub commit_seq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records (docs) stored.
+    pub records: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Durable group commits since open.
+    pub commits_durable: u64,
+    /// Batches carried by those commits since open.
+    pub batches_committed: u64,
+    /// Group commits that failed since open (each failed every batch in it).
+    pub commits_failed: u64,
+    /// Number of the last durable commit (persisted; 0 for a new store).
+    pub last_commit_seq: u64,
+}
+
+/// Handle to the store. Cheap to clone; all clones share one database and one writer thread.
+/// The writer stops when [`Store::shutdown`] is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    /// `None` once shut down. Commits clone the sender; the writer exits when every clone is gone
+    /// and the queue is drained, so work accepted before shutdown is still committed and answered.
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    budget: Arc<ByteBudget>,
+    path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // These mutexes guard an Option swap only; a panic cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        // Drop our sender first: the writer drains what is queued, then sees the channel close.
+        drop(lock(&self.tx).take());
+        // Hold the lock while joining so a concurrent shutdown() also returns only after the drain.
+        let mut writer = lock(&self.writer);
+        if let Some(handle) = writer.take() {
+            if handle.join().is_err() {
+                tracing::error!("storage writer thread had panicked");
+            }
+        }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Request>> {
+        lock(&self.tx).clone().ok_or(StorageError::Closed)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Checks a batch against the limits and returns its estimated size.
+fn check_batch(purges: &[DocId], batch: &WriteBatch) -> Result<usize> {
+    fn limit(what: &'static str, size: usize, limit: usize) -> Result<()> {
+        if size > limit {
+            Err(StorageError::TooLarge { what, size, limit })
+        } else {
+            Ok(())
+        }
+    }
+    let mut bytes = BATCH_OVERHEAD_BYTES + 16 * purges.len();
+    for u in &batch.updates {
+        limit("projection bytes", u.projection.len(), MAX_PROJECTION_BYTES)?;
+        limit("index keys of one record", u.index_keys.len(), MAX_INDEX_KEYS)?;
+        for (_, e) in &u.envelopes {
+            limit("envelope bytes", e.len(), MAX_ENVELOPE_BYTES)?;
+            bytes = bytes.saturating_add(32 + e.len());
+        }
+        bytes = bytes.saturating_add(
+            UPDATE_OVERHEAD_BYTES + u.projection.len() + 32 * u.index_keys.len(),
+        );
+    }
+    for (k, v) in &batch.meta {
+        limit("meta key bytes", k.len(), MAX_META_KEY_BYTES)?;
+        limit("meta value bytes", v.len(), MAX_META_VALUE_BYTES)?;
+        bytes = bytes.saturating_add(k.len() + v.len());
+    }
+    limit("batch bytes", bytes, MAX_BATCH_BYTES)?;
+    Ok(bytes)
+}
+
+fn split_projection(doc: &DocId, v: &[u8]) -> Result<(u8, Vec<u8>)> {
+    match v.split_first() {
+        Some((&kind, rest)) => Ok((kind, rest.to_vec())),
+        None => Err(StorageError::Corrupt(format!(
+            "projection of doc {} is empty (no kind byte)",
+            hex16(doc)
+        ))),
+    }
+}
+
+impl Store {
+    /// Opens (creating if new) the database file at `path`, creates missing tables, and starts
+    /// the writer thread. Fails if another process (or another `Store`) has the file open.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = redb::Builder::new()
+            .create(path)
+            .map_err(|source| StorageError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let last_seq = writer::init(&db)?;
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::default());
+        shared.last_commit_seq.store(last_seq, Ordering::Release);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let handle = std::thread::Builder::new()
+            .name("consentd-storage-writer".into())
+            .spawn({
+                let db = Arc::clone(&db);
+                let shared = Arc::clone(&shared);
+                move || writer::run(db, rx, shared)
+            })
+            .map_err(StorageError::Spawn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                shared,
+                budget: ByteBudget::new(MAX_QUEUED_BYTES),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Writes `batch` atomically. Resolves only after the durable commit that includes it.
+    /// Waits (asynchronously) while the writer queue is full.
+    pub async fn commit(&self, batch: WriteBatch) -> Result<CommitReceipt> {
+        self.commit_purge(Vec::new(), batch).await
+    }
+
+    /// Like [`Store::commit`], but first deletes the docs in `purge` entirely (envelopes, change
+    /// list, projection, index, due and kind entries), in the same transaction as `batch` — e.g.
+    /// to apply a tombstone and record it in meta atomically. Purging an unknown doc is a no-op.
+    /// Note: redb does not zero freed pages; deleted bytes may linger in the file until reused.
+    pub async fn commit_purge(&self, purge: Vec<DocId>, batch: WriteBatch) -> Result<CommitReceipt> {
+        let bytes = check_batch(&purge, &batch)?;
+        // Budget before sender: a commit waiting for budget must not keep the writer alive
+        // across a shutdown.
+        let permit = self.inner.budget.acquire(bytes).await;
+        let tx = self.inner.sender()?;
+        let (reply, answer) = oneshot::channel();
+        let req = Request { purges: purge, batch, bytes, reply, _permit: permit };
+        tx.send(req).await.map_err(|_| StorageError::WriterGone)?;
+        drop(tx);
+        answer.await.map_err(|_| StorageError::CommitUnconfirmed)?
+    }
+
+    /// Blocking [`Store::commit`], for plain threads.
+    ///
+    /// # Panics
+    /// If called from within an async context of a Tokio runtime (Tokio's blocking channel
+    /// operations refuse to block a runtime thread); use [`Store::commit`] there.
+    pub fn commit_blocking(&self, batch: WriteBatch) -> Result<CommitReceipt> {
+        self.commit_purge_blocking(Vec::new(), batch)
+    }
+
+    /// Blocking [`Store::commit_purge`]. Same panics as [`Store::commit_blocking`].
+    pub fn commit_purge_blocking(&self, purge: Vec<DocId>, batch: WriteBatch) -> Result<CommitReceipt> {
+        let bytes = check_batch(&purge, &batch)?;
+        let permit = self.inner.budget.acquire_blocking(bytes);
+        let tx = self.inner.sender()?;
+        let (reply, answer) = oneshot::channel();
+        let req = Request { purges: purge, batch, bytes, reply, _permit: permit };
+        tx.blocking_send(req).map_err(|_| StorageError::WriterGone)?;
+        drop(tx);
+        answer.blocking_recv().map_err(|_| StorageError::CommitUnconfirmed)?
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        self.inner.db.begin_read().ctx("beginning a read transaction")
+    }
+
+    /// The stored envelope with this change hash.
+    pub fn envelope(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        let r = self.read()?;
+        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let v = t.get(hash).ctx("reading table envelopes")?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    pub fn has_envelope(&self, hash: &Hash) -> Result<bool> {
+        let r = self.read()?;
+        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        Ok(t.get(hash).ctx("reading table envelopes")?.is_some())
+    }
+
+    /// Change hashes of a doc, in the order they were stored.
+    pub fn doc_change_hashes(&self, doc: &DocId) -> Result<Vec<Hash>> {
+        let r = self.read()?;
+        let t = r.open_table(DOC_CHANGES).ctx("opening table doc_changes")?;
+        let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
+        let mut out = Vec::new();
+        for item in t.range::<&[u8; 20]>(&lo..=&hi).ctx("reading table doc_changes")? {
+            let (_, v) = item.ctx("reading table doc_changes")?;
+            out.push(*v.value());
+        }
+        Ok(out)
+    }
+
+    /// Envelopes of a doc, in the order they were stored (one snapshot).
+    pub fn doc_envelopes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>> {
+        let r = self.read()?;
+        let changes = r.open_table(DOC_CHANGES).ctx("opening table doc_changes")?;
+        let envelopes = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
+        let mut out = Vec::new();
+        for item in changes.range::<&[u8; 20]>(&lo..=&hi).ctx("reading table doc_changes")? {
+            let (_, h) = item.ctx("reading table doc_changes")?;
+            let hash = h.value();
+            let env = envelopes.get(hash).ctx("reading table envelopes")?.ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "doc {} lists change {} whose envelope is missing",
+                    hex16(doc),
+                    hex_prefix(hash)
+                ))
+            })?;
+            out.push(env.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The record's projection: (kind, bytes). One point lookup.
+    pub fn projection(&self, doc: &DocId) -> Result<Option<(u8, Vec<u8>)>> {
+        let r = self.read()?;
+        let t = r.open_table(PROJECTIONS).ctx("opening table projections")?;
+        let v = t.get(doc).ctx("reading table projections")?;
+        v.map(|g| split_projection(doc, g.value())).transpose()
+    }
+
+    /// Docs indexed under `key`: one seek to the key's range and a walk over exactly its entries.
+    pub fn docs_by_key(&self, key: &IndexKey) -> Result<Vec<DocId>> {
+        let r = self.read()?;
+        let t = r.open_table(INDEX).ctx("opening table index")?;
+        let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
+        let mut out = Vec::new();
+        for item in t.range::<&[u8; 48]>(&lo..=&hi).ctx("reading table index")? {
+            let (k, _) = item.ctx("reading table index")?;
+            out.push(doc_suffix(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// [`Store::docs_by_key`] plus each doc's projection, from one consistent snapshot:
+    /// `(doc, kind, projection bytes)`. The "may we contact this person now?" path.
+    pub fn projections_by_key(&self, key: &IndexKey) -> Result<Vec<(DocId, u8, Vec<u8>)>> {
+        let r = self.read()?;
+        let index = r.open_table(INDEX).ctx("opening table index")?;
+        let projections = r.open_table(PROJECTIONS).ctx("opening table projections")?;
+        let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
+        let mut out = Vec::new();
+        for item in index.range::<&[u8; 48]>(&lo..=&hi).ctx("reading table index")? {
+            let (k, _) = item.ctx("reading table index")?;
+            let doc = doc_suffix(k.value());
+            let v = projections.get(&doc).ctx("reading table projections")?.ok_or_else(|| {
+                StorageError::Corrupt(format!("indexed doc {} has no projection", hex16(&doc)))
+            })?;
+            let (kind, bytes) = split_projection(&doc, v.value())?;
+            out.push((doc, kind, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` docs whose due day is `< day_exclusive`, ascending by due day (then doc id).
+    pub fn docs_due_before(&self, day_exclusive: i32, limit: usize) -> Result<Vec<(i32, DocId)>> {
+        let r = self.read()?;
+        let t = r.open_table(DUE).ctx("opening table due")?;
+        let hi = due_key(day_exclusive, &[0; 16]);
+        let mut out = Vec::new();
+        for item in t.range::<&[u8; 20]>(..&hi).ctx("reading table due")?.take(limit) {
+            let (k, _) = item.ctx("reading table due")?;
+            out.push(split_due_key(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records of `kind` with their projections, ascending by doc id.
+    pub fn projections_of_kind(&self, kind: u8, limit: usize) -> Result<Vec<(DocId, Vec<u8>)>> {
+        self.projections_of_kind_after(kind, None, limit)
+    }
+
+    /// Paging form of [`Store::projections_of_kind`]: records of `kind` with doc id strictly
+    /// greater than `after` (pass the last doc id of the previous page).
+    pub fn projections_of_kind_after(
+        &self,
+        kind: u8,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Vec<u8>)>> {
+        use std::ops::Bound;
+        let r = self.read()?;
+        let kinds = r.open_table(KINDS).ctx("opening table kinds")?;
+        let projections = r.open_table(PROJECTIONS).ctx("opening table projections")?;
+        let lo = kind_key(kind, after.unwrap_or(&[0; 16]));
+        let hi = kind_key(kind, &[0xff; 16]);
+        let lower = match after {
+            Some(_) => Bound::Excluded(&lo),
+            None => Bound::Included(&lo),
+        };
+        let mut out = Vec::new();
+        for item in kinds
+            .range::<&[u8; 17]>((lower, Bound::Included(&hi)))
+            .ctx("reading table kinds")?
+            .take(limit)
+        {
+            let (k, _) = item.ctx("reading table kinds")?;
+            let doc = doc_suffix(k.value());
+            let v = projections.get(&doc).ctx("reading table projections")?.ok_or_else(|| {
+                StorageError::Corrupt(format!("listed doc {} has no projection", hex16(&doc)))
+            })?;
+            let (stored_kind, bytes) = split_projection(&doc, v.value())?;
+            debug_assert_eq!(stored_kind, kind, "kinds table disagrees with projection");
+            out.push((doc, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored change hashes greater than `after`, ascending (for walking the whole
+    /// envelope set, e.g. to build a reconciliation set, without loading it all at once).
+    pub fn envelope_hashes_after(&self, after: Option<&Hash>, limit: usize) -> Result<Vec<Hash>> {
+        use std::ops::Bound;
+        let r = self.read()?;
+        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let lower = match after {
+            Some(h) => Bound::Excluded(h),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range::<&Hash>((lower, Bound::Unbounded))
+            .ctx("reading table envelopes")?
+            .take(limit)
+        {
+            let (k, _) = item.ctx("reading table envelopes")?;
+            out.push(*k.value());
+        }
+        Ok(out)
+    }
+
+    /// A meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.read()?;
+        let t = r.open_table(META).ctx("opening table meta")?;
+        let v = t.get(key).ctx("reading table meta")?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// Counters. O(1): record and envelope counts are maintained in the write transactions.
+    pub fn stats(&self) -> Result<Stats> {
+        let r = self.read()?;
+        let t = r.open_table(SYS).ctx("opening table sys")?;
+        let get = |k: &str| -> Result<u64> {
+            Ok(t.get(k).ctx("reading table sys")?.map_or(0, |g| g.value()))
+        };
+        let s = &self.inner.shared;
+        Ok(Stats {
+            records: get(SYS_RECORDS)?,
+            envelopes: get(SYS_ENVELOPES)?,
+            commits_durable: s.commits_durable.load(Ordering::Relaxed),
+            batches_committed: s.batches_committed.load(Ordering::Relaxed),
+            commits_failed: s.commits_failed.load(Ordering::Relaxed),
+            last_commit_seq: s.last_commit_seq.load(Ordering::Acquire),
+        })
+    }
+
+    /// Stops accepting writes, commits and answers everything already accepted, and stops the
+    /// writer thread. Idempotent; also runs when the last handle is dropped. Blocks until the
+    /// writer has drained. Reads keep working until the last handle is dropped.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync + 'static>() {}
+    is::<Store>();
+    is::<StorageError>();
+}

@@ -1,0 +1,573 @@
+//! Integration tests of the public API of consentd-storage.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use consentd_storage::*;
+
+fn doc(n: u32) -> DocId {
+    let mut d = [0u8; 16];
+    d[..4].copy_from_slice(&n.to_be_bytes());
+    d[15] = 0xd0;
+    d
+}
+
+fn hash(n: u32, salt: u8) -> Hash {
+    let mut h = [salt; 32];
+    h[..4].copy_from_slice(&n.to_be_bytes());
+    h
+}
+
+fn ikey(n: u32) -> IndexKey {
+    let mut k = [0x11u8; 32];
+    k[..4].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// One record with one envelope, one index key and a due day derived from `n`.
+fn simple_update(n: u32) -> RecordUpdate {
+    RecordUpdate {
+        doc_id: doc(n),
+        kind: 1,
+        envelopes: vec![(hash(n, 0xaa), format!("env-{n}").into_bytes())],
+        projection: format!("proj-{n}").into_bytes(),
+        index_keys: vec![ikey(n)],
+        due_day: Some(n as i32),
+    }
+}
+
+fn batch(updates: Vec<RecordUpdate>) -> WriteBatch {
+    WriteBatch {
+        updates,
+        meta: vec![],
+    }
+}
+
+fn open_temp() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.redb")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn round_trip_update_and_idempotence() {
+    let (_dir, store) = open_temp();
+    let d = doc(1);
+    let (h1, h2, h3) = (hash(1, 1), hash(2, 1), hash(3, 1));
+    let (k_a, k_b, k_c) = (ikey(100), ikey(200), ikey(300));
+
+    let r1 = store
+        .commit_blocking(WriteBatch {
+            updates: vec![RecordUpdate {
+                doc_id: d,
+                kind: 7,
+                envelopes: vec![(h1, b"one".to_vec()), (h2, b"two".to_vec())],
+                projection: b"state-1".to_vec(),
+                index_keys: vec![k_a, k_b, k_a], // duplicate is ignored
+                due_day: Some(-3),
+            }],
+            meta: vec![("peer/x".into(), b"cursor".to_vec())],
+        })
+        .unwrap();
+
+    assert_eq!(store.envelope(&h1).unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(store.has_envelope(&h2).unwrap());
+    assert!(!store.has_envelope(&h3).unwrap());
+    assert_eq!(store.envelope(&h3).unwrap(), None);
+    assert_eq!(
+        store.doc_envelopes(&d).unwrap(),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    assert_eq!(store.projection(&d).unwrap(), Some((7, b"state-1".to_vec())));
+    assert_eq!(store.projection(&doc(2)).unwrap(), None);
+    assert_eq!(store.docs_by_key(&k_a).unwrap(), vec![d]);
+    assert_eq!(store.docs_by_key(&k_b).unwrap(), vec![d]);
+    assert_eq!(store.docs_by_key(&k_c).unwrap(), Vec::<DocId>::new());
+    assert_eq!(store.docs_due_before(-2, 10).unwrap(), vec![(-3, d)]);
+    assert_eq!(store.docs_due_before(-3, 10).unwrap(), vec![]);
+    assert_eq!(
+        store.projections_of_kind(7, 10).unwrap(),
+        vec![(d, b"state-1".to_vec())]
+    );
+    assert_eq!(store.meta("peer/x").unwrap().as_deref(), Some(&b"cursor"[..]));
+    assert_eq!(store.meta("peer/y").unwrap(), None);
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes), (1, 2));
+
+    // Update: h2 again (already stored) and h1 again in the same update, one new change h3;
+    // new kind, index keys {b, c}, no due day.
+    let r2 = store
+        .commit_blocking(batch(vec![RecordUpdate {
+            doc_id: d,
+            kind: 8,
+            envelopes: vec![
+                (h2, b"two-again".to_vec()),
+                (h3, b"three".to_vec()),
+                (h1, b"one-again".to_vec()),
+                (h3, b"three-again".to_vec()),
+            ],
+            projection: b"state-2".to_vec(),
+            index_keys: vec![k_c, k_b],
+            due_day: None,
+        }]))
+        .unwrap();
+    assert!(r2.commit_seq > r1.commit_seq);
+
+    assert_eq!(
+        store.doc_envelopes(&d).unwrap(),
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()],
+        "re-sent hashes must not be duplicated nor overwritten"
+    );
+    assert_eq!(
+        store.doc_change_hashes(&d).unwrap(),
+        vec![h1, h2, h3]
+    );
+    assert_eq!(store.projection(&d).unwrap(), Some((8, b"state-2".to_vec())));
+    assert_eq!(store.docs_by_key(&k_a).unwrap(), Vec::<DocId>::new(), "old key kept");
+    assert_eq!(store.docs_by_key(&k_b).unwrap(), vec![d]);
+    assert_eq!(store.docs_by_key(&k_c).unwrap(), vec![d]);
+    assert_eq!(store.docs_due_before(i32::MAX, 10).unwrap(), vec![], "old due kept");
+    assert_eq!(store.projections_of_kind(7, 10).unwrap(), vec![], "old kind kept");
+    assert_eq!(store.projections_of_kind(8, 10).unwrap().len(), 1);
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes), (1, 3));
+
+    // The same hash offered for another doc is skipped as well (hashes are global).
+    store
+        .commit_blocking(batch(vec![RecordUpdate {
+            doc_id: doc(2),
+            kind: 8,
+            envelopes: vec![(h1, b"other".to_vec())],
+            ..Default::default()
+        }]))
+        .unwrap();
+    assert_eq!(store.doc_envelopes(&doc(2)).unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(store.envelope(&h1).unwrap().as_deref(), Some(&b"one"[..]));
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes), (2, 3));
+}
+
+#[test]
+fn shared_keys_due_order_and_kind_paging() {
+    let (_dir, store) = open_temp();
+    let shared = ikey(9);
+    let days = [5, -10, 0, 5, 20_000, i32::MIN, -1];
+    let updates: Vec<RecordUpdate> = days
+        .iter()
+        .enumerate()
+        .map(|(i, &day)| RecordUpdate {
+            doc_id: doc(i as u32),
+            kind: 3,
+            projection: vec![i as u8],
+            index_keys: vec![shared, ikey(1000 + i as u32)],
+            due_day: Some(day),
+            ..Default::default()
+        })
+        .collect();
+    store.commit_blocking(batch(updates)).unwrap();
+
+    let mut by_key = store.docs_by_key(&shared).unwrap();
+    by_key.sort();
+    assert_eq!(by_key, (0..7).map(doc).collect::<Vec<_>>());
+    let recs = store.projections_by_key(&shared).unwrap();
+    assert_eq!(recs.len(), 7);
+    assert!(recs.iter().all(|(d, kind, p)| *kind == 3
+        && doc(u32::from(p[0])) == *d));
+
+    let due = store.docs_due_before(6, 100).unwrap();
+    let got_days: Vec<i32> = due.iter().map(|(d, _)| *d).collect();
+    assert_eq!(got_days, vec![i32::MIN, -10, -1, 0, 5, 5], "ascending, numeric");
+    assert_eq!(store.docs_due_before(6, 2).unwrap().len(), 2, "limit honoured");
+    assert_eq!(store.docs_due_before(i32::MIN, 100).unwrap(), vec![]);
+
+    let mut all = Vec::new();
+    let mut after: Option<DocId> = None;
+    loop {
+        let page = store.projections_of_kind_after(3, after.as_ref(), 3).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().0);
+        all.extend(page);
+    }
+    assert_eq!(all.len(), 7);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(store.projections_of_kind(4, 100).unwrap(), vec![]);
+}
+
+#[test]
+fn purge_removes_everything_of_a_doc() {
+    let (_dir, store) = open_temp();
+    store
+        .commit_blocking(batch(vec![simple_update(1), simple_update(2)]))
+        .unwrap();
+    store
+        .commit_purge_blocking(
+            vec![doc(1), doc(99)], // unknown doc: no-op
+            WriteBatch {
+                updates: vec![],
+                meta: vec![("tombstone/1".into(), b"t".to_vec())],
+            },
+        )
+        .unwrap();
+    assert_eq!(store.projection(&doc(1)).unwrap(), None);
+    assert!(!store.has_envelope(&hash(1, 0xaa)).unwrap());
+    assert_eq!(store.doc_envelopes(&doc(1)).unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(store.docs_by_key(&ikey(1)).unwrap(), Vec::<DocId>::new());
+    assert_eq!(store.docs_due_before(i32::MAX, 10).unwrap(), vec![(2, doc(2))]);
+    assert_eq!(store.projections_of_kind(1, 10).unwrap().len(), 1);
+    assert_eq!(store.meta("tombstone/1").unwrap().as_deref(), Some(&b"t"[..]));
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes), (1, 1));
+    assert!(store.has_envelope(&hash(2, 0xaa)).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn group_commit_batches_concurrent_commits() {
+    let (_dir, store) = open_temp();
+    const N: u32 = 200;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N as usize));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = store.clone();
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.commit(batch(vec![simple_update(i)])).await
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().commit_seq);
+    }
+    let s = store.stats().unwrap();
+    eprintln!(
+        "200 concurrent commits -> {} durable commits, {} distinct receipts",
+        s.commits_durable,
+        {
+            let mut d = seqs.clone();
+            d.sort();
+            d.dedup();
+            d.len()
+        }
+    );
+    assert_eq!(s.batches_committed, u64::from(N));
+    assert!(
+        s.commits_durable < u64::from(N),
+        "no batching happened: {} commits for {N} batches",
+        s.commits_durable
+    );
+    assert_eq!((s.records, s.envelopes), (u64::from(N), u64::from(N)));
+    assert_eq!(s.last_commit_seq, *seqs.iter().max().unwrap());
+    for i in 0..N {
+        assert_eq!(
+            store.projection(&doc(i)).unwrap(),
+            Some((1, format!("proj-{i}").into_bytes()))
+        );
+        assert_eq!(store.docs_by_key(&ikey(i)).unwrap(), vec![doc(i)]);
+    }
+}
+
+#[test]
+fn data_and_counters_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let last_seq;
+    {
+        let store = Store::open(&path).unwrap();
+        for i in 0..10 {
+            store.commit_blocking(batch(vec![simple_update(i)])).unwrap();
+        }
+        last_seq = store
+            .commit_blocking(WriteBatch {
+                updates: vec![],
+                meta: vec![("k".into(), b"v".to_vec())],
+            })
+            .unwrap()
+            .commit_seq;
+        // Opening the same file twice must fail while it is open.
+        assert!(matches!(Store::open(&path), Err(StorageError::Open { .. })));
+        store.shutdown();
+    } // dropped here: file closed
+    let store = Store::open(&path).unwrap();
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes), (10, 10));
+    assert_eq!(s.last_commit_seq, last_seq);
+    assert_eq!((s.commits_durable, s.batches_committed), (0, 0), "since open");
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+    for i in 0..10 {
+        assert_eq!(store.doc_envelopes(&doc(i)).unwrap(), vec![format!("env-{i}").into_bytes()]);
+        assert_eq!(store.docs_due_before(i32::MAX, 100).unwrap().len(), 10);
+    }
+    let r = store.commit_blocking(batch(vec![simple_update(10)])).unwrap();
+    assert_eq!(r.commit_seq, last_seq + 1, "commit numbers continue across restarts");
+    assert_eq!(store.stats().unwrap().records, 11);
+}
+
+#[tokio::test]
+async fn commit_after_shutdown_is_closed() {
+    let (_dir, store) = open_temp();
+    let other = store.clone();
+    store.commit(batch(vec![simple_update(1)])).await.unwrap();
+    store.shutdown();
+    store.shutdown(); // idempotent
+    assert!(matches!(
+        other.commit(batch(vec![simple_update(2)])).await,
+        Err(StorageError::Closed)
+    ));
+    let blocking = other.clone();
+    let r = std::thread::spawn(move || blocking.commit_blocking(WriteBatch::default()))
+        .join()
+        .unwrap();
+    assert!(matches!(r, Err(StorageError::Closed)));
+    // Reads still work on a shut-down store.
+    assert!(other.projection(&doc(1)).unwrap().is_some());
+    assert_eq!(other.projection(&doc(2)).unwrap(), None);
+}
+
+#[test]
+fn shutdown_drains_queued_commits() {
+    let (_dir, store) = open_temp();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let s = store.clone();
+            std::thread::spawn(move || s.commit_blocking(batch(vec![simple_update(i)])))
+        })
+        .collect();
+    // Every commit either ran before shutdown (Ok, durable) or after it (Closed): none is lost
+    // or left hanging.
+    store.shutdown();
+    let mut ok = 0;
+    for h in handles {
+        match h.join().unwrap() {
+            Ok(_) => ok += 1,
+            Err(StorageError::Closed) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(store.stats().unwrap().records, ok);
+}
+
+#[test]
+fn over_limit_batches_are_rejected() {
+    let (_dir, store) = open_temp();
+    let big_env = RecordUpdate {
+        envelopes: vec![(hash(1, 1), vec![0; MAX_ENVELOPE_BYTES + 1])],
+        ..simple_update(1)
+    };
+    let big_proj = RecordUpdate {
+        projection: vec![0; MAX_PROJECTION_BYTES + 1],
+        ..simple_update(2)
+    };
+    let many_keys = RecordUpdate {
+        index_keys: (0..MAX_INDEX_KEYS as u32 + 1).map(ikey).collect(),
+        ..simple_update(3)
+    };
+    for u in [big_env, big_proj, many_keys] {
+        let err = store.commit_blocking(batch(vec![u])).unwrap_err();
+        assert!(matches!(err, StorageError::TooLarge { .. }), "{err}");
+    }
+    let big_meta = WriteBatch {
+        updates: vec![],
+        meta: vec![("m".into(), vec![0; MAX_META_VALUE_BYTES + 1])],
+    };
+    let err = store.commit_blocking(big_meta).unwrap_err();
+    assert!(err.to_string().contains("meta value bytes"), "{err}");
+    // 17 envelopes of 1 MiB each: every one within limits, the batch over MAX_BATCH_BYTES.
+    let huge = RecordUpdate {
+        envelopes: (0..17)
+            .map(|i| (hash(i, 2), vec![0; MAX_ENVELOPE_BYTES]))
+            .collect(),
+        ..simple_update(4)
+    };
+    let err = store.commit_blocking(batch(vec![huge])).unwrap_err();
+    assert!(err.to_string().contains("batch bytes"), "{err}");
+
+    // Exactly at the limits is fine.
+    let at_limit = RecordUpdate {
+        envelopes: vec![(hash(5, 1), vec![1; MAX_ENVELOPE_BYTES])],
+        projection: vec![2; MAX_PROJECTION_BYTES],
+        index_keys: (0..MAX_INDEX_KEYS as u32).map(ikey).collect(),
+        ..simple_update(5)
+    };
+    store.commit_blocking(batch(vec![at_limit])).unwrap();
+    let s = store.stats().unwrap();
+    assert_eq!((s.records, s.envelopes, s.batches_committed), (1, 1, 1));
+    assert_eq!(store.docs_by_key(&ikey(63)).unwrap(), vec![doc(5)]);
+}
+
+/// Large batches respect the byte bounds and still all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_concurrent_batches_split_into_bounded_commits() {
+    let (_dir, store) = open_temp();
+    let mut tasks = Vec::new();
+    for i in 0..12u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let u = RecordUpdate {
+                envelopes: (0..6)
+                    .map(|j| (hash(i * 10 + j, 3), vec![j as u8; MAX_ENVELOPE_BYTES]))
+                    .collect(),
+                ..simple_update(i)
+            };
+            store.commit(batch(vec![u])).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let s = store.stats().unwrap();
+    // 12 batches of ~6 MiB: at most 2 fit under 16 MiB, so at least 6 commits.
+    assert!(s.commits_durable >= 6, "{s:?}");
+    assert_eq!((s.records, s.envelopes, s.batches_committed), (12, 72, 12));
+}
+
+const KILL_DB_ENV: &str = "CONSENTD_STORAGE_KILL_TEST_DB";
+
+/// Child half of `acknowledged_commits_survive_kill`: commits forever, printing each ack.
+#[test]
+#[ignore = "helper run as a child process by acknowledged_commits_survive_kill"]
+fn kill_test_child_writer() {
+    let Ok(path) = std::env::var(KILL_DB_ENV) else {
+        return;
+    };
+    let store = Store::open(std::path::Path::new(&path)).unwrap();
+    let mut i = 0u32;
+    loop {
+        // Several writer threads so acks come from group commits, not only single ones.
+        let handles: Vec<_> = (0..4)
+            .map(|j| {
+                let s = store.clone();
+                let n = i * 4 + j;
+                std::thread::spawn(move || {
+                    s.commit_blocking(batch(vec![simple_update(n)])).unwrap();
+                    n
+                })
+            })
+            .collect();
+        for h in handles {
+            let n = h.join().unwrap();
+            println!("acked {n}");
+        }
+        i += 1;
+    }
+}
+
+/// A commit that was acknowledged survives the process being SIGKILLed at an arbitrary point.
+#[test]
+fn acknowledged_commits_survive_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_test_child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(KILL_DB_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while acked.len() < 300 {
+        let line = lines.next().expect("child ended early").unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked.push(n.parse::<u32>().unwrap());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no destructors
+    child.wait().unwrap();
+
+    let store = Store::open(&path).unwrap();
+    for n in &acked {
+        assert_eq!(
+            store.projection(&doc(*n)).unwrap(),
+            Some((1, format!("proj-{n}").into_bytes())),
+            "acknowledged doc {n} lost"
+        );
+    }
+    let s = store.stats().unwrap();
+    assert!(s.records >= acked.len() as u64);
+    assert_eq!(s.records, s.envelopes, "counters match the data after recovery");
+    assert_eq!(
+        store.docs_due_before(i32::MAX, usize::MAX).unwrap().len() as u64,
+        s.records
+    );
+}
+
+/// Not a correctness test: prints per-operation timings. Run with
+/// `cargo test -p consentd-storage --release --test store -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn measure_point_reads_and_commits() {
+    use std::time::Instant;
+    let (_dir, store) = open_temp();
+    const N: u32 = 20_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        store
+            .commit_blocking(batch(chunk.iter().map(|&i| simple_update(i)).collect()))
+            .unwrap();
+    }
+    let t = Instant::now();
+    for i in 0..N {
+        let docs = store.docs_by_key(&ikey(i)).unwrap();
+        let p = store.projection(&docs[0]).unwrap();
+        assert!(p.is_some());
+    }
+    let e = t.elapsed();
+    println!(
+        "docs_by_key + projection: {:.2} µs per pair (two read txns)",
+        e.as_secs_f64() * 1e6 / f64::from(N)
+    );
+    let t = Instant::now();
+    for i in 0..N {
+        assert_eq!(store.projections_by_key(&ikey(i)).unwrap().len(), 1);
+    }
+    println!(
+        "projections_by_key: {:.2} µs per call (one read txn)",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+    );
+    let t = Instant::now();
+    for i in 0..N {
+        assert!(store.projection(&doc(i)).unwrap().is_some());
+    }
+    println!(
+        "projection: {:.2} µs per call",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+    );
+
+    // Sequential single-batch commits: one fsync each.
+    let t = Instant::now();
+    for i in N..N + 200 {
+        store.commit_blocking(batch(vec![simple_update(i)])).unwrap();
+    }
+    println!(
+        "sequential durable commits: {:.0} µs each",
+        t.elapsed().as_secs_f64() * 1e6 / 200.0
+    );
+
+    // Concurrent commits from 64 threads.
+    let before = store.stats().unwrap();
+    let t = Instant::now();
+    let handles: Vec<_> = (0..64u32)
+        .map(|th| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for k in 0..100 {
+                    let n = 100_000 + th * 1000 + k;
+                    s.commit_blocking(batch(vec![simple_update(n)])).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let e = t.elapsed();
+    let after = store.stats().unwrap();
+    println!(
+        "64 threads x 100 commits: {:.0} batches/s, {} durable commits for {} batches",
+        6400.0 / e.as_secs_f64(),
+        after.commits_durable - before.commits_durable,
+        after.batches_committed - before.batches_committed
+    );
+}

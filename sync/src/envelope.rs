@@ -1,0 +1,811 @@
+//! Signed change envelopes: the unit of replication.
+//!
+//! Every Automerge change travels as an [`Envelope`] signed by the office that authored it, and
+//! every office verifies every envelope against the roster before storing or applying it. The only
+//! way to obtain a [`VerifiedEnvelope`] is [`verify`] or [`verify_batch`].
+//!
+//! # Wire encoding (`CDE1`)
+//!
+//! | offset | length | field       | meaning                                                        |
+//! |-------:|-------:|-------------|----------------------------------------------------------------|
+//! |      0 |      4 | magic       | `b"CDE1"` (consentd envelope, version 1)                       |
+//! |      4 |     16 | doc_id      | the record's random 128-bit document id                        |
+//! |     20 |     32 | signer      | the authoring office's ed25519 signing public key              |
+//! |     52 |     64 | signature   | ed25519 signature over the signed message (below)              |
+//! |    116 |      4 | change_len  | length of `change`, u32 big-endian, at most [`MAX_CHANGE_BYTES`] |
+//! |    120 |      n | change      | raw (uncompressed) Automerge change chunk                      |
+//!
+//! The encoding is exact: `decode` rejects a buffer shorter or longer than `120 + change_len`.
+//!
+//! # Signed message
+//!
+//! `b"consentd/envelope/v1\0" ‖ doc_id (16) ‖ change_hash (32)`. The Automerge change hash is
+//! SHA-256 over the change including its dependencies' hashes, so the signature covers the change's
+//! whole ancestry (DESIGN.md, "Change hashes are a Merkle DAG"). It also covers `extra_bytes`,
+//! which is why the signature travels beside the change rather than inside it. `doc_id` is signed
+//! so an envelope cannot be replayed into another document.
+//!
+//! # Actor binding
+//!
+//! An office's Automerge actor id is 40 bytes: its signing public key (32) ‖ an 8-byte incarnation,
+//! random per daemon start (a restarted daemon must never reuse (actor, seq) pairs, and it does not
+//! persist its last seq). A verified envelope's change was authored under an actor bound to the
+//! key that signed it, so no office can author ops in another office's name.
+//!
+//! Automerge's `isolate`/`transaction_at` (editing at historical heads) author under a derived
+//! actor (a magic prefix ‖ level ‖ the base actor), which is not bound in this sense: the daemon
+//! must author only at the current heads, or its changes will be rejected by every peer.
+//!
+//! # Canonical bytes
+//!
+//! Automerge's change hash covers the chunk body but not the 4-byte checksum in the chunk header,
+//! and a deflate-compressed chunk hashes the same as its uncompressed form. We accept only the
+//! uncompressed chunk with a matching checksum, so each signed change has exactly one byte string
+//! (and no decompression bomb is ever inflated). The header's length field is LEB128, which
+//! Automerge already refuses in overlong form.
+//!
+//! Errors name the office, the document and the change hash (hex), never change content: the
+//! content is personal data.
+
+use std::fmt;
+
+use automerge::{ActorId, Change};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey, SIGNATURE_LENGTH};
+use rand::rngs::OsRng;
+use rand::RngCore;
+
+use crate::roster::VerifiedRoster;
+
+/// Magic prefix of an encoded envelope, version 1.
+pub const MAGIC: [u8; 4] = *b"CDE1";
+/// Bytes before the change: magic, doc id, signer, signature, change length.
+pub const HEADER_LEN: usize = 4 + 16 + 32 + SIGNATURE_LENGTH + 4;
+/// Largest change an envelope may carry. A consent record's change is ~110 bytes; this leaves room
+/// for long evidence text while bounding what one peer can make another allocate and hash.
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+/// Largest encoded envelope.
+pub const MAX_ENVELOPE_BYTES: usize = HEADER_LEN + MAX_CHANGE_BYTES;
+/// Domain separation for envelope signatures (office keys sign nothing else under this tag).
+pub const ENVELOPE_SIGN_DOMAIN: &[u8] = b"consentd/envelope/v1\0";
+/// Length of the signed message.
+pub const SIGNED_MESSAGE_LEN: usize = ENVELOPE_SIGN_DOMAIN.len() + 16 + 32;
+/// Length of an office's Automerge actor id: signing key ‖ incarnation.
+pub const ACTOR_ID_LEN: usize = 32 + INCARNATION_LEN;
+/// Length of the per-start incarnation suffix of an actor id.
+pub const INCARNATION_LEN: usize = 8;
+/// Envelopes verified per `ed25519_dalek::verify_batch` call. Batching saves ~half the cost per
+/// signature; bounding the batch bounds the work wasted when a batch fails and every member is
+/// re-verified one by one to find the culprit.
+pub const MAX_VERIFY_BATCH: usize = 64;
+
+/// Automerge chunk header: magic (4) ‖ checksum (4) ‖ chunk type (1) ‖ LEB128 length.
+const AUTOMERGE_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_TYPE_OFFSET: usize = 8;
+const CHUNK_TYPE_CHANGE: u8 = 1;
+const CHECKSUM_RANGE: std::ops::Range<usize> = 4..8;
+
+/// An envelope as received: nothing in it has been checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub doc_id: [u8; 16],
+    /// The authoring office's ed25519 signing public key.
+    pub signer: [u8; 32],
+    pub signature: [u8; SIGNATURE_LENGTH],
+    /// Raw Automerge change chunk bytes.
+    pub change: Vec<u8>,
+}
+
+/// Hand-written so that logging an envelope never prints change content (personal data).
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("doc_id", &hex::encode(self.doc_id))
+            .field("signer", &hex::encode(self.signer))
+            .field("change_len", &self.change.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is truncated: {actual} bytes, expected {expected}")]
+    Truncated { expected: usize, actual: usize },
+
+    #[error("envelope has {extra} trailing bytes after the change")]
+    TrailingBytes { extra: usize },
+
+    #[error("not a consentd envelope (bad magic; expected CDE1)")]
+    BadMagic,
+
+    #[error("envelope change is {len} bytes; at most {max} are allowed")]
+    ChangeTooLarge { len: usize, max: usize },
+
+    #[error("envelope for doc {doc} is signed by {signer}, which is not an office in the roster")]
+    UnknownSigner { doc: String, signer: String },
+
+    #[error("envelope from office {office} for doc {doc} does not carry a valid Automerge change: {reason}")]
+    MalformedChange {
+        office: String,
+        doc: String,
+        reason: String,
+    },
+
+    #[error("envelope from office {office} for doc {doc} carries a non-canonical change encoding: {reason}")]
+    NonCanonicalChange {
+        office: String,
+        doc: String,
+        reason: &'static str,
+    },
+
+    #[error(
+        "envelope from office {office} for doc {doc}: change {hash} was authored by actor {actor}, which is not bound to that office's key"
+    )]
+    ActorNotBound {
+        office: String,
+        doc: String,
+        hash: String,
+        actor: String,
+    },
+
+    #[error("envelope from office {office} for doc {doc}: signature over change {hash} does not verify")]
+    BadSignature {
+        office: String,
+        doc: String,
+        hash: String,
+    },
+}
+
+impl Envelope {
+    /// Encodes per the table in the module docs.
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(
+            self.change.len() <= MAX_CHANGE_BYTES,
+            "encoding an envelope whose change ({} bytes) every peer will reject",
+            self.change.len()
+        );
+        let len = u32::try_from(self.change.len())
+            .expect("change length fits in u32 (MAX_CHANGE_BYTES is far below u32::MAX)");
+        let mut out = Vec::with_capacity(HEADER_LEN + self.change.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.doc_id);
+        out.extend_from_slice(&self.signer);
+        out.extend_from_slice(&self.signature);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.change);
+        debug_assert_eq!(out.len(), HEADER_LEN + self.change.len(), "header layout");
+        out
+    }
+
+    /// Decodes exactly one envelope occupying all of `bytes`. Checks framing only; see [`verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(EnvelopeError::Truncated {
+                expected: HEADER_LEN,
+                actual: bytes.len(),
+            });
+        }
+        let (magic, rest) = bytes.split_at(4);
+        if magic != MAGIC {
+            return Err(EnvelopeError::BadMagic);
+        }
+        let (doc_id, rest) = rest.split_at(16);
+        let (signer, rest) = rest.split_at(32);
+        let (signature, rest) = rest.split_at(SIGNATURE_LENGTH);
+        let (len, change) = rest.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().expect("split_at(4)")) as usize;
+        if len > MAX_CHANGE_BYTES {
+            return Err(EnvelopeError::ChangeTooLarge {
+                len,
+                max: MAX_CHANGE_BYTES,
+            });
+        }
+        if change.len() < len {
+            return Err(EnvelopeError::Truncated {
+                expected: HEADER_LEN + len,
+                actual: bytes.len(),
+            });
+        }
+        if change.len() > len {
+            return Err(EnvelopeError::TrailingBytes {
+                extra: change.len() - len,
+            });
+        }
+        Ok(Envelope {
+            doc_id: doc_id.try_into().expect("split_at(16)"),
+            signer: signer.try_into().expect("split_at(32)"),
+            signature: signature.try_into().expect("split_at(64)"),
+            change: change.to_vec(),
+        })
+    }
+}
+
+/// An envelope whose signer is a roster office, whose change parses, is canonically encoded and
+/// was authored under that office's actor, and whose signature verifies. Only [`verify`] and
+/// [`verify_batch`] make one.
+#[derive(Clone)]
+pub struct VerifiedEnvelope {
+    envelope: Envelope,
+    change: Change,
+    hash: [u8; 32],
+    office: String,
+}
+
+impl fmt::Debug for VerifiedEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedEnvelope")
+            .field("office", &self.office)
+            .field("doc_id", &hex::encode(self.envelope.doc_id))
+            .field("hash", &hex::encode(self.hash))
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedEnvelope {
+    pub fn doc_id(&self) -> [u8; 16] {
+        self.envelope.doc_id
+    }
+
+    /// The Automerge change hash (the envelope's id for storage and reconciliation).
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    pub fn change(&self) -> &Change {
+        &self.change
+    }
+
+    /// Id of the office that authored and signed the change.
+    pub fn office(&self) -> &str {
+        &self.office
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// `(envelope, parsed change, office id)`.
+    pub fn into_parts(self) -> (Envelope, Change, String) {
+        (self.envelope, self.change, self.office)
+    }
+}
+
+/// The Automerge actor id for an office: its signing key ‖ `incarnation`.
+pub fn actor_for(signer: &VerifyingKey, incarnation: [u8; INCARNATION_LEN]) -> ActorId {
+    let mut bytes = [0u8; ACTOR_ID_LEN];
+    bytes[..32].copy_from_slice(signer.as_bytes());
+    bytes[32..].copy_from_slice(&incarnation);
+    ActorId::from(bytes)
+}
+
+/// A fresh random incarnation, drawn once per daemon start.
+pub fn new_incarnation() -> [u8; INCARNATION_LEN] {
+    let mut out = [0u8; INCARNATION_LEN];
+    OsRng.fill_bytes(&mut out);
+    out
+}
+
+/// Whether `actor` is bound to `signer` (40 bytes, the first 32 of which are the key).
+pub fn actor_is_bound(actor: &ActorId, signer: &[u8; 32]) -> bool {
+    let bytes = actor.to_bytes();
+    bytes.len() == ACTOR_ID_LEN && bytes[..32] == signer[..]
+}
+
+/// The exact bytes an office signs for a change in `doc_id`.
+pub fn signed_message(doc_id: &[u8; 16], change_hash: &[u8; 32]) -> [u8; SIGNED_MESSAGE_LEN] {
+    let mut msg = [0u8; SIGNED_MESSAGE_LEN];
+    let (domain, rest) = msg.split_at_mut(ENVELOPE_SIGN_DOMAIN.len());
+    domain.copy_from_slice(ENVELOPE_SIGN_DOMAIN);
+    rest[..16].copy_from_slice(doc_id);
+    rest[16..].copy_from_slice(change_hash);
+    msg
+}
+
+/// Signs a change this office authored.
+///
+/// The caller guarantees the change was authored under [`actor_for`]`(key, _)` and is at most
+/// [`MAX_CHANGE_BYTES`]; [`try_sign`] checks both instead. Automerge produces uncompressed chunks
+/// with a valid checksum, which is the canonical form [`verify`] requires.
+pub fn sign(doc_id: [u8; 16], change: &Change, key: &SigningKey) -> Envelope {
+    let signer = key.verifying_key().to_bytes();
+    debug_assert!(
+        actor_is_bound(change.actor_id(), &signer),
+        "signing a change whose actor is not bound to this office's key: every peer will reject it"
+    );
+    debug_assert!(
+        change.raw_bytes().len() <= MAX_CHANGE_BYTES,
+        "signing a change larger than MAX_CHANGE_BYTES: every peer will reject it"
+    );
+    debug_assert!(
+        canonical_encoding_problem(change.raw_bytes(), &change.hash().0).is_none(),
+        "automerge's raw_bytes is not the canonical uncompressed chunk"
+    );
+    let hash = change.hash().0;
+    let signature = key.sign(&signed_message(&doc_id, &hash));
+    Envelope {
+        doc_id,
+        signer,
+        signature: signature.to_bytes(),
+        change: change.raw_bytes().to_vec(),
+    }
+}
+
+/// [`sign`], but refusing (instead of debug-asserting) a change no peer would accept: too large, or
+/// authored under an actor not bound to `key`. For callers whose change size depends on user input.
+pub fn try_sign(
+    doc_id: [u8; 16],
+    change: &Change,
+    key: &SigningKey,
+) -> Result<Envelope, EnvelopeError> {
+    let signer = key.verifying_key().to_bytes();
+    let len = change.raw_bytes().len();
+    if len > MAX_CHANGE_BYTES {
+        return Err(EnvelopeError::ChangeTooLarge {
+            len,
+            max: MAX_CHANGE_BYTES,
+        });
+    }
+    if !actor_is_bound(change.actor_id(), &signer) {
+        return Err(EnvelopeError::ActorNotBound {
+            office: hex::encode(signer),
+            doc: hex::encode(doc_id),
+            hash: hex::encode(change.hash().0),
+            actor: change.actor_id().to_hex_string(),
+        });
+    }
+    Ok(sign(doc_id, change, key))
+}
+
+/// Verifies one envelope against the roster.
+pub fn verify(env: Envelope, roster: &VerifiedRoster) -> Result<VerifiedEnvelope, EnvelopeError> {
+    let checked = precheck(env, roster)?;
+    checked.verify_single()
+}
+
+/// Verifies many envelopes, in order, with batch signature verification as the fast path.
+///
+/// Each run of up to [`MAX_VERIFY_BATCH`] envelopes that pass the non-signature checks is verified
+/// with one `ed25519_dalek::verify_batch` call; if that fails, its members are verified one by one
+/// so that exactly the bad ones are reported.
+///
+/// Batch verification agrees with single (strict) verification on every signature produced by
+/// ed25519 signing. They can disagree only on a signature deliberately built with a small-order
+/// component in R, which only the holder of the signing key can make, i.e. a roster office,
+/// about its own envelopes; roster keys themselves are checked to be torsion-free.
+pub fn verify_batch(
+    envs: Vec<Envelope>,
+    roster: &VerifiedRoster,
+) -> Vec<Result<VerifiedEnvelope, EnvelopeError>> {
+    let mut results: Vec<Option<Result<VerifiedEnvelope, EnvelopeError>>> = Vec::new();
+    results.resize_with(envs.len(), || None);
+    let mut pending: Vec<(usize, Prechecked)> = Vec::with_capacity(MAX_VERIFY_BATCH);
+    for (i, env) in envs.into_iter().enumerate() {
+        match precheck(env, roster) {
+            Ok(checked) => pending.push((i, checked)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+        if pending.len() == MAX_VERIFY_BATCH {
+            verify_chunk(&mut pending, &mut results);
+        }
+    }
+    verify_chunk(&mut pending, &mut results);
+    results
+        .into_iter()
+        .map(|r| r.expect("every envelope gets a result: a precheck error or a chunk verdict"))
+        .collect()
+}
+
+/// Verifies and drains `pending` into `results`.
+fn verify_chunk(
+    pending: &mut Vec<(usize, Prechecked)>,
+    results: &mut [Option<Result<VerifiedEnvelope, EnvelopeError>>],
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let messages: Vec<&[u8]> = pending.iter().map(|(_, p)| &p.message[..]).collect();
+    let signatures: Vec<Signature> = pending.iter().map(|(_, p)| p.signature).collect();
+    let keys: Vec<VerifyingKey> = pending.iter().map(|(_, p)| p.key).collect();
+    let batch_ok = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    for (i, checked) in pending.drain(..) {
+        debug_assert!(results[i].is_none(), "envelope {i} verified twice");
+        results[i] = Some(if batch_ok {
+            Ok(checked.into_verified())
+        } else {
+            checked.verify_single()
+        });
+    }
+}
+
+/// An envelope that passed every check except the signature, with what the signature check needs.
+struct Prechecked {
+    envelope: Envelope,
+    change: Change,
+    hash: [u8; 32],
+    office: String,
+    key: VerifyingKey,
+    signature: Signature,
+    message: [u8; SIGNED_MESSAGE_LEN],
+}
+
+impl Prechecked {
+    fn verify_single(self) -> Result<VerifiedEnvelope, EnvelopeError> {
+        // Strict: rejects small-order R and non-canonical S, so one change has one valid signature
+        // encoding per key (no malleated duplicates in storage).
+        match self.key.verify_strict(&self.message, &self.signature) {
+            Ok(()) => Ok(self.into_verified()),
+            Err(_) => Err(EnvelopeError::BadSignature {
+                office: self.office,
+                doc: hex::encode(self.envelope.doc_id),
+                hash: hex::encode(self.hash),
+            }),
+        }
+    }
+
+    fn into_verified(self) -> VerifiedEnvelope {
+        VerifiedEnvelope {
+            envelope: self.envelope,
+            change: self.change,
+            hash: self.hash,
+            office: self.office,
+        }
+    }
+}
+
+/// All checks except the signature, cheapest first so junk from unknown keys costs little.
+fn precheck(env: Envelope, roster: &VerifiedRoster) -> Result<Prechecked, EnvelopeError> {
+    let doc = || hex::encode(env.doc_id);
+    let office = roster
+        .office_by_signer(&env.signer)
+        .ok_or_else(|| EnvelopeError::UnknownSigner {
+            doc: doc(),
+            signer: hex::encode(env.signer),
+        })?;
+    debug_assert_eq!(
+        office.signing_key.as_bytes(),
+        &env.signer,
+        "roster index maps a signer to another office's key"
+    );
+    if env.change.len() > MAX_CHANGE_BYTES {
+        return Err(EnvelopeError::ChangeTooLarge {
+            len: env.change.len(),
+            max: MAX_CHANGE_BYTES,
+        });
+    }
+    // Before parsing: a compressed chunk would be inflated by the parser, unbounded.
+    if env.change.get(CHUNK_TYPE_OFFSET) != Some(&CHUNK_TYPE_CHANGE)
+        && env.change.get(..4) == Some(&AUTOMERGE_MAGIC[..])
+    {
+        return Err(EnvelopeError::NonCanonicalChange {
+            office: office.id.clone(),
+            doc: doc(),
+            reason: "not an uncompressed change chunk",
+        });
+    }
+    // Recomputes the hash from the bytes; we never trust a hash someone else computed.
+    let change =
+        Change::try_from(&env.change[..]).map_err(|e| EnvelopeError::MalformedChange {
+            office: office.id.clone(),
+            doc: doc(),
+            reason: e.to_string(),
+        })?;
+    let hash = change.hash().0;
+    if let Some(reason) = canonical_encoding_problem(&env.change, &hash) {
+        return Err(EnvelopeError::NonCanonicalChange {
+            office: office.id.clone(),
+            doc: doc(),
+            reason,
+        });
+    }
+    // Only the change's author matters: `other_actor_ids` are actors whose ops this change
+    // references (e.g. as predecessors), not actors it writes as.
+    if !actor_is_bound(change.actor_id(), &env.signer) {
+        return Err(EnvelopeError::ActorNotBound {
+            office: office.id.clone(),
+            doc: doc(),
+            hash: hex::encode(hash),
+            actor: change.actor_id().to_hex_string(),
+        });
+    }
+    Ok(Prechecked {
+        message: signed_message(&env.doc_id, &hash),
+        signature: Signature::from_bytes(&env.signature),
+        key: office.signing_key,
+        office: office.id.clone(),
+        change,
+        hash,
+        envelope: env,
+    })
+}
+
+/// Why `bytes` (already parsed by Automerge into a change with `hash`) is not the one canonical
+/// encoding of that change, if it is not.
+fn canonical_encoding_problem(bytes: &[u8], hash: &[u8; 32]) -> Option<&'static str> {
+    if bytes.get(..4) != Some(&AUTOMERGE_MAGIC[..]) {
+        return Some("missing Automerge chunk magic");
+    }
+    if bytes.get(CHUNK_TYPE_OFFSET) != Some(&CHUNK_TYPE_CHANGE) {
+        return Some("not an uncompressed change chunk");
+    }
+    // Automerge's parser does not check the header checksum, which is outside the hash.
+    if bytes[CHECKSUM_RANGE] != hash[..4] {
+        return Some("chunk checksum does not match the change hash");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::generate;
+    use crate::roster::tests::roster_with;
+    use crate::roster::{Roster, VerifiedRoster};
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    struct Net {
+        roster: VerifiedRoster,
+        keys: Vec<SigningKey>,
+    }
+
+    fn net(ids: &[&str]) -> Net {
+        let root = generate();
+        let (roster, keys): (Roster, _) = roster_with(ids);
+        let roster = roster.sign(&root).unwrap().verify(&root.verifying_key()).unwrap();
+        Net { roster, keys }
+    }
+
+    /// A real change authored under `actor_key`'s actor, putting `value` at ROOT.
+    fn change_as(actor_key: &VerifyingKey, value: &str) -> Change {
+        let mut doc = Automerge::new().with_actor(actor_for(actor_key, new_incarnation()));
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "purpose", value)?;
+            tx.put(ROOT, "subject", "tok-123")?;
+            Ok(())
+        })
+        .unwrap();
+        doc.get_last_local_change().unwrap()
+    }
+
+    fn envelope(key: &SigningKey, doc_id: [u8; 16], value: &str) -> Envelope {
+        sign(doc_id, &change_as(&key.verifying_key(), value), key)
+    }
+
+    #[test]
+    fn sign_encode_decode_verify() {
+        let n = net(&["us", "de"]);
+        let change = change_as(&n.keys[1].verifying_key(), "marketing");
+        let doc_id = [9u8; 16];
+        let env = sign(doc_id, &change, &n.keys[1]);
+        let bytes = env.encode();
+        assert_eq!(&bytes[..4], b"CDE1");
+        assert_eq!(bytes.len(), HEADER_LEN + change.raw_bytes().len());
+        assert_eq!(
+            u32::from_be_bytes(bytes[116..120].try_into().unwrap()) as usize,
+            change.raw_bytes().len()
+        );
+        let decoded = Envelope::decode(&bytes).unwrap();
+        assert_eq!(decoded, env);
+
+        let v = verify(decoded, &n.roster).unwrap();
+        assert_eq!(v.office(), "de");
+        assert_eq!(v.doc_id(), doc_id);
+        assert_eq!(v.hash(), change.hash().0);
+        assert_eq!(v.change().hash(), change.hash());
+        assert_eq!(v.envelope(), &env);
+        let (e, c, office) = v.into_parts();
+        assert_eq!((e, c.hash(), office.as_str()), (env, change.hash(), "de"));
+    }
+
+    #[test]
+    fn verified_change_applies_to_a_fresh_document() {
+        let n = net(&["us"]);
+        let env = envelope(&n.keys[0], [1; 16], "analytics");
+        let (_, change, _) = verify(env, &n.roster).unwrap().into_parts();
+        let mut doc = Automerge::new();
+        doc.apply_changes([change]).unwrap();
+        use automerge::ReadDoc;
+        let (value, _) = doc.get(ROOT, "purpose").unwrap().unwrap();
+        assert_eq!(value.into_string().unwrap(), "analytics");
+    }
+
+    #[test]
+    fn every_flipped_change_byte_is_rejected() {
+        let n = net(&["us"]);
+        let env = envelope(&n.keys[0], [2; 16], "x");
+        for i in 0..env.change.len() {
+            let mut bad = env.clone();
+            bad.change[i] ^= 0x01;
+            match verify(bad, &n.roster) {
+                Err(
+                    EnvelopeError::MalformedChange { .. }
+                    | EnvelopeError::NonCanonicalChange { .. }
+                    | EnvelopeError::BadSignature { .. }
+                    | EnvelopeError::ActorNotBound { .. },
+                ) => {}
+                other => panic!("flipping change byte {i} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_doc_id_or_signature_is_rejected() {
+        let n = net(&["us"]);
+        let env = envelope(&n.keys[0], [3; 16], "x");
+        let mut moved = env.clone();
+        moved.doc_id[0] ^= 1;
+        let mut resigned = env.clone();
+        resigned.signature[10] ^= 1;
+        for bad in [moved, resigned] {
+            let err = verify(bad, &n.roster).unwrap_err();
+            assert!(matches!(err, EnvelopeError::BadSignature { .. }), "{err:?}");
+            assert!(err.to_string().contains("office us"), "{err}");
+        }
+        verify(env, &n.roster).unwrap();
+    }
+
+    #[test]
+    fn checksum_only_tamper_is_rejected_as_non_canonical() {
+        // The checksum is outside the change hash, so without our check this would verify.
+        let n = net(&["us"]);
+        let mut env = envelope(&n.keys[0], [4; 16], "x");
+        env.change[5] ^= 0xff;
+        let err = verify(env, &n.roster).unwrap_err();
+        assert!(matches!(err, EnvelopeError::NonCanonicalChange { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn compressed_chunk_is_rejected_before_parsing() {
+        let n = net(&["us"]);
+        let mut env = envelope(&n.keys[0], [4; 16], "x");
+        env.change[CHUNK_TYPE_OFFSET] = 2;
+        let err = verify(env, &n.roster).unwrap_err();
+        assert!(matches!(err, EnvelopeError::NonCanonicalChange { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn signer_not_in_roster_is_unknown() {
+        let n = net(&["us"]);
+        let outsider = generate();
+        let env = envelope(&outsider, [5; 16], "x");
+        let err = verify(env, &n.roster).unwrap_err();
+        assert!(matches!(err, EnvelopeError::UnknownSigner { .. }), "{err:?}");
+        assert!(err.to_string().contains(&hex::encode(outsider.verifying_key().as_bytes())));
+        assert!(err.to_string().contains(&hex::encode([5u8; 16])));
+    }
+
+    #[test]
+    fn actor_bound_to_another_office_is_rejected() {
+        let n = net(&["us", "de"]);
+        // de signs correctly, but the change claims to be authored by us's actor.
+        let change = change_as(&n.keys[0].verifying_key(), "forged");
+        let doc_id = [6u8; 16];
+        let hash = change.hash().0;
+        let env = Envelope {
+            doc_id,
+            signer: n.keys[1].verifying_key().to_bytes(),
+            signature: n.keys[1].sign(&signed_message(&doc_id, &hash)).to_bytes(),
+            change: change.raw_bytes().to_vec(),
+        };
+        let err = verify(env, &n.roster).unwrap_err();
+        assert!(matches!(err, EnvelopeError::ActorNotBound { ref office, .. } if office == "de"), "{err:?}");
+        assert!(matches!(
+            try_sign(doc_id, &change, &n.keys[1]),
+            Err(EnvelopeError::ActorNotBound { .. })
+        ));
+
+        // A random (unbound, 16-byte) actor is rejected as well.
+        let mut doc = Automerge::new();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(ROOT, "k", "v").map(|_| ()))
+            .unwrap();
+        let change = doc.get_last_local_change().unwrap();
+        let hash = change.hash().0;
+        let env = Envelope {
+            doc_id,
+            signer: n.keys[1].verifying_key().to_bytes(),
+            signature: n.keys[1].sign(&signed_message(&doc_id, &hash)).to_bytes(),
+            change: change.raw_bytes().to_vec(),
+        };
+        assert!(matches!(
+            verify(env, &n.roster),
+            Err(EnvelopeError::ActorNotBound { .. })
+        ));
+    }
+
+    #[test]
+    fn framing_errors() {
+        let n = net(&["us"]);
+        let bytes = envelope(&n.keys[0], [7; 16], "x").encode();
+
+        for cut in [0, 3, HEADER_LEN - 1, HEADER_LEN, bytes.len() - 1] {
+            assert!(
+                matches!(
+                    Envelope::decode(&bytes[..cut]),
+                    Err(EnvelopeError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            Envelope::decode(&trailing),
+            Err(EnvelopeError::TrailingBytes { extra: 1 })
+        );
+        let mut magic = bytes.clone();
+        magic[3] = b'2';
+        assert_eq!(Envelope::decode(&magic), Err(EnvelopeError::BadMagic));
+        let mut huge = bytes.clone();
+        huge[116..120].copy_from_slice(&(MAX_CHANGE_BYTES as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&huge),
+            Err(EnvelopeError::ChangeTooLarge { .. })
+        ));
+        Envelope::decode(&bytes).unwrap();
+    }
+
+    #[test]
+    fn debug_output_hides_change_content() {
+        let n = net(&["us"]);
+        let env = envelope(&n.keys[0], [8; 16], "very-secret-purpose");
+        assert!(String::from_utf8_lossy(&env.change).contains("very-secret-purpose"));
+        let v = verify(env.clone(), &n.roster).unwrap();
+        for text in [format!("{env:?}"), format!("{v:?}")] {
+            assert!(!text.contains("very-secret"), "{text}");
+            assert!(!text.contains("tok-123"), "{text}");
+        }
+    }
+
+    #[test]
+    fn batch_verify_isolates_exactly_the_bad_envelopes() {
+        let n = net(&["us", "de", "sg"]);
+        let outsider = generate();
+        // More than one chunk, so both a failing and a passing chunk are exercised.
+        let count = MAX_VERIFY_BATCH * 2 + 5;
+        let mut envs: Vec<Envelope> = (0..count)
+            .map(|i| envelope(&n.keys[i % 3], [i as u8; 16], &format!("p{i}")))
+            .collect();
+        let bad_sig = 17;
+        let unknown = MAX_VERIFY_BATCH + 3;
+        envs[bad_sig].signature[0] ^= 1;
+        envs[unknown] = envelope(&outsider, [0; 16], "x");
+
+        let results = verify_batch(envs.clone(), &n.roster);
+        assert_eq!(results.len(), count);
+        for (i, r) in results.iter().enumerate() {
+            match i {
+                _ if i == bad_sig => assert!(
+                    matches!(r, Err(EnvelopeError::BadSignature { .. })),
+                    "{i}: {r:?}"
+                ),
+                _ if i == unknown => assert!(
+                    matches!(r, Err(EnvelopeError::UnknownSigner { .. })),
+                    "{i}: {r:?}"
+                ),
+                _ => {
+                    let v = r.as_ref().unwrap_or_else(|e| panic!("{i}: {e}"));
+                    assert_eq!(v.envelope(), &envs[i], "results out of order at {i}");
+                }
+            }
+        }
+        assert!(verify_batch(Vec::new(), &n.roster).is_empty());
+    }
+
+    #[test]
+    fn try_sign_refuses_oversized_changes() {
+        let n = net(&["us"]);
+        let key = &n.keys[0];
+        let mut doc = Automerge::new().with_actor(actor_for(&key.verifying_key(), [0; 8]));
+        // Random-ish text that deflate cannot shrink below the limit either way; we only
+        // store uncompressed bytes anyway.
+        let big: String = (0..MAX_CHANGE_BYTES + 1)
+            .map(|i| char::from(b'a' + ((i * 7919) % 26) as u8))
+            .collect();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(ROOT, "evidence", big).map(|_| ()))
+            .unwrap();
+        let change = doc.get_last_local_change().unwrap();
+        assert!(matches!(
+            try_sign([0; 16], &change, key),
+            Err(EnvelopeError::ChangeTooLarge { .. })
+        ));
+    }
+}
