@@ -272,14 +272,7 @@ pub fn main() -> i32 {
                     0
                 };
             }
-            // clap's message spans lines (usage, tips); keep the first, as INTERFACE.md promises.
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("error: {first} (see consentctl --help)");
+            eprintln!("error: {} (see consentctl --help)", clap_error_line(&e));
             return 2;
         }
     };
@@ -297,6 +290,24 @@ pub fn main() -> i32 {
             eprintln!("error: {}", message.replace('\n', " "));
             1
         }
+    }
+}
+
+/// clap's errors span lines (the message, the arguments it means, usage, tips); INTERFACE.md
+/// promises one line, so keep the first paragraph joined into one.
+pub fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = paragraph.join(" ");
+    let line = line.trim_start_matches("error: ").trim();
+    if line.is_empty() {
+        "invalid arguments".into()
+    } else {
+        line.to_string()
     }
 }
 

@@ -41,9 +41,10 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("error: {} (see consentd --help)", first.trim_start_matches("error: "));
+            eprintln!(
+                "error: {} (see consentd --help)",
+                consentd::ctl::clap_error_line(&e)
+            );
             std::process::exit(2);
         }
     };

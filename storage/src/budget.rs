@@ -45,7 +45,10 @@ impl ByteBudget {
     /// Callers guarantee `n <= capacity` (batches are size-checked first), so every request can
     /// eventually be granted once earlier permits are released.
     fn try_take(&self, n: usize) -> bool {
-        debug_assert!(n <= self.capacity, "permit of {n} bytes can never be granted");
+        debug_assert!(
+            n <= self.capacity,
+            "permit of {n} bytes can never be granted"
+        );
         let mut used = self.lock();
         if *used + n <= self.capacity {
             *used += n;
@@ -63,20 +66,29 @@ impl ByteBudget {
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             if self.try_take(n) {
-                return Permit { budget: Arc::clone(self), n };
+                return Permit {
+                    budget: Arc::clone(self),
+                    n,
+                };
             }
             notified.await;
         }
     }
 
     pub(crate) fn acquire_blocking(self: &Arc<Self>, n: usize) -> Permit {
-        debug_assert!(n <= self.capacity, "permit of {n} bytes can never be granted");
+        debug_assert!(
+            n <= self.capacity,
+            "permit of {n} bytes can never be granted"
+        );
         let mut used = self.lock();
         while *used + n > self.capacity {
             used = self.cv.wait(used).unwrap_or_else(|p| p.into_inner());
         }
         *used += n;
-        Permit { budget: Arc::clone(self), n }
+        Permit {
+            budget: Arc::clone(self),
+            n,
+        }
     }
 
     fn release(&self, n: usize) {
@@ -115,7 +127,10 @@ mod tests {
             let _p = b2.acquire_blocking(5);
         });
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!t.is_finished(), "second permit must wait while over capacity");
+        assert!(
+            !t.is_finished(),
+            "second permit must wait while over capacity"
+        );
         drop(p);
         t.join().unwrap();
         assert_eq!(b.used(), 0);
@@ -130,7 +145,10 @@ mod tests {
             let _p = b2.acquire(5).await;
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!t.is_finished(), "second permit must wait while over capacity");
+        assert!(
+            !t.is_finished(),
+            "second permit must wait while over capacity"
+        );
         drop(p);
         t.await.unwrap();
         assert_eq!(b.used(), 0);

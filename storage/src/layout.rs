@@ -126,7 +126,9 @@ pub(crate) fn kind_key(kind: u8, doc: &DocId) -> [u8; 17] {
 /// Splits a `&[u8; 16 + N]`-style key suffix into a doc id.
 #[inline]
 pub(crate) fn doc_suffix<const N: usize>(k: &[u8; N]) -> DocId {
-    k[N - 16..].try_into().expect("doc id is the 16-byte key suffix")
+    k[N - 16..]
+        .try_into()
+        .expect("doc id is the 16-byte key suffix")
 }
 
 const DOC_META_VERSION: u8 = 1;
@@ -165,9 +167,8 @@ impl DocMeta {
     }
 
     pub(crate) fn decode(doc: &DocId, b: &[u8]) -> Result<DocMeta> {
-        let corrupt = |why: &str| {
-            StorageError::Corrupt(format!("doc_meta of doc {}: {why}", hex16(doc)))
-        };
+        let corrupt =
+            |why: &str| StorageError::Corrupt(format!("doc_meta of doc {}: {why}", hex16(doc)));
         if b.len() < DOC_META_HEADER {
             return Err(corrupt("value shorter than its header"));
         }
@@ -193,7 +194,12 @@ impl DocMeta {
         if !index_keys.windows(2).all(|w| w[0] < w[1]) {
             return Err(corrupt("index keys not sorted and unique"));
         }
-        Ok(DocMeta { kind, next_pos, due_day, index_keys })
+        Ok(DocMeta {
+            kind,
+            next_pos,
+            due_day,
+            index_keys,
+        })
     }
 }
 
@@ -254,7 +260,12 @@ mod tests {
         assert_eq!(enc.len(), 13 + 64);
         assert_eq!(DocMeta::decode(&doc, &enc).unwrap(), m);
 
-        let none = DocMeta { kind: 0, next_pos: 0, due_day: None, index_keys: vec![] };
+        let none = DocMeta {
+            kind: 0,
+            next_pos: 0,
+            due_day: None,
+            index_keys: vec![],
+        };
         assert_eq!(DocMeta::decode(&doc, &none.encode()).unwrap(), none);
 
         assert!(DocMeta::decode(&doc, &enc[..enc.len() - 1]).is_err());

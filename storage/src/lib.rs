@@ -81,7 +81,9 @@ pub enum StorageError {
     },
     #[error("database is corrupt: {0}")]
     Corrupt(String),
-    #[error("storage format version {found} is not supported (this build reads version {expected})")]
+    #[error(
+        "storage format version {found} is not supported (this build reads version {expected})"
+    )]
     Format { found: u64, expected: u64 },
     #[error("{what}: {size} exceeds the limit of {limit}")]
     TooLarge {
@@ -228,14 +230,17 @@ fn check_batch(purges: &[DocId], batch: &WriteBatch) -> Result<usize> {
     let mut bytes = BATCH_OVERHEAD_BYTES + 16 * purges.len();
     for u in &batch.updates {
         limit("projection bytes", u.projection.len(), MAX_PROJECTION_BYTES)?;
-        limit("index keys of one record", u.index_keys.len(), MAX_INDEX_KEYS)?;
+        limit(
+            "index keys of one record",
+            u.index_keys.len(),
+            MAX_INDEX_KEYS,
+        )?;
         for (_, e) in &u.envelopes {
             limit("envelope bytes", e.len(), MAX_ENVELOPE_BYTES)?;
             bytes = bytes.saturating_add(32 + e.len());
         }
-        bytes = bytes.saturating_add(
-            UPDATE_OVERHEAD_BYTES + u.projection.len() + 32 * u.index_keys.len(),
-        );
+        bytes = bytes
+            .saturating_add(UPDATE_OVERHEAD_BYTES + u.projection.len() + 32 * u.index_keys.len());
     }
     for (k, v) in &batch.meta {
         limit("meta key bytes", k.len(), MAX_META_KEY_BYTES)?;
@@ -306,14 +311,24 @@ impl Store {
     /// list, projection, index, due and kind entries), in the same transaction as `batch` — e.g.
     /// to apply a tombstone and record it in meta atomically. Purging an unknown doc is a no-op.
     /// Note: redb does not zero freed pages; deleted bytes may linger in the file until reused.
-    pub async fn commit_purge(&self, purge: Vec<DocId>, batch: WriteBatch) -> Result<CommitReceipt> {
+    pub async fn commit_purge(
+        &self,
+        purge: Vec<DocId>,
+        batch: WriteBatch,
+    ) -> Result<CommitReceipt> {
         let bytes = check_batch(&purge, &batch)?;
         // Budget before sender: a commit waiting for budget must not keep the writer alive
         // across a shutdown.
         let permit = self.inner.budget.acquire(bytes).await;
         let tx = self.inner.sender()?;
         let (reply, answer) = oneshot::channel();
-        let req = Request { purges: purge, batch, bytes, reply, _permit: permit };
+        let req = Request {
+            purges: purge,
+            batch,
+            bytes,
+            reply,
+            _permit: permit,
+        };
         tx.send(req).await.map_err(|_| StorageError::WriterGone)?;
         drop(tx);
         answer.await.map_err(|_| StorageError::CommitUnconfirmed)?
@@ -329,19 +344,35 @@ impl Store {
     }
 
     /// Blocking [`Store::commit_purge`]. Same panics as [`Store::commit_blocking`].
-    pub fn commit_purge_blocking(&self, purge: Vec<DocId>, batch: WriteBatch) -> Result<CommitReceipt> {
+    pub fn commit_purge_blocking(
+        &self,
+        purge: Vec<DocId>,
+        batch: WriteBatch,
+    ) -> Result<CommitReceipt> {
         let bytes = check_batch(&purge, &batch)?;
         let permit = self.inner.budget.acquire_blocking(bytes);
         let tx = self.inner.sender()?;
         let (reply, answer) = oneshot::channel();
-        let req = Request { purges: purge, batch, bytes, reply, _permit: permit };
-        tx.blocking_send(req).map_err(|_| StorageError::WriterGone)?;
+        let req = Request {
+            purges: purge,
+            batch,
+            bytes,
+            reply,
+            _permit: permit,
+        };
+        tx.blocking_send(req)
+            .map_err(|_| StorageError::WriterGone)?;
         drop(tx);
-        answer.blocking_recv().map_err(|_| StorageError::CommitUnconfirmed)?
+        answer
+            .blocking_recv()
+            .map_err(|_| StorageError::CommitUnconfirmed)?
     }
 
     fn read(&self) -> Result<ReadTransaction> {
-        self.inner.db.begin_read().ctx("beginning a read transaction")
+        self.inner
+            .db
+            .begin_read()
+            .ctx("beginning a read transaction")
     }
 
     /// The stored envelope with this change hash.
@@ -364,7 +395,10 @@ impl Store {
         let t = r.open_table(DOC_CHANGES).ctx("opening table doc_changes")?;
         let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
         let mut out = Vec::new();
-        for item in t.range::<&[u8; 20]>(&lo..=&hi).ctx("reading table doc_changes")? {
+        for item in t
+            .range::<&[u8; 20]>(&lo..=&hi)
+            .ctx("reading table doc_changes")?
+        {
             let (_, v) = item.ctx("reading table doc_changes")?;
             out.push(*v.value());
         }
@@ -378,16 +412,22 @@ impl Store {
         let envelopes = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
         let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
         let mut out = Vec::new();
-        for item in changes.range::<&[u8; 20]>(&lo..=&hi).ctx("reading table doc_changes")? {
+        for item in changes
+            .range::<&[u8; 20]>(&lo..=&hi)
+            .ctx("reading table doc_changes")?
+        {
             let (_, h) = item.ctx("reading table doc_changes")?;
             let hash = h.value();
-            let env = envelopes.get(hash).ctx("reading table envelopes")?.ok_or_else(|| {
-                StorageError::Corrupt(format!(
-                    "doc {} lists change {} whose envelope is missing",
-                    hex16(doc),
-                    hex_prefix(hash)
-                ))
-            })?;
+            let env = envelopes
+                .get(hash)
+                .ctx("reading table envelopes")?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "doc {} lists change {} whose envelope is missing",
+                        hex16(doc),
+                        hex_prefix(hash)
+                    ))
+                })?;
             out.push(env.value().to_vec());
         }
         Ok(out)
@@ -422,12 +462,18 @@ impl Store {
         let projections = r.open_table(PROJECTIONS).ctx("opening table projections")?;
         let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
         let mut out = Vec::new();
-        for item in index.range::<&[u8; 48]>(&lo..=&hi).ctx("reading table index")? {
+        for item in index
+            .range::<&[u8; 48]>(&lo..=&hi)
+            .ctx("reading table index")?
+        {
             let (k, _) = item.ctx("reading table index")?;
             let doc = doc_suffix(k.value());
-            let v = projections.get(&doc).ctx("reading table projections")?.ok_or_else(|| {
-                StorageError::Corrupt(format!("indexed doc {} has no projection", hex16(&doc)))
-            })?;
+            let v = projections
+                .get(&doc)
+                .ctx("reading table projections")?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("indexed doc {} has no projection", hex16(&doc)))
+                })?;
             let (kind, bytes) = split_projection(&doc, v.value())?;
             out.push((doc, kind, bytes));
         }
@@ -440,7 +486,11 @@ impl Store {
         let t = r.open_table(DUE).ctx("opening table due")?;
         let hi = due_key(day_exclusive, &[0; 16]);
         let mut out = Vec::new();
-        for item in t.range::<&[u8; 20]>(..&hi).ctx("reading table due")?.take(limit) {
+        for item in t
+            .range::<&[u8; 20]>(..&hi)
+            .ctx("reading table due")?
+            .take(limit)
+        {
             let (k, _) = item.ctx("reading table due")?;
             out.push(split_due_key(k.value()));
         }
@@ -478,9 +528,12 @@ impl Store {
         {
             let (k, _) = item.ctx("reading table kinds")?;
             let doc = doc_suffix(k.value());
-            let v = projections.get(&doc).ctx("reading table projections")?.ok_or_else(|| {
-                StorageError::Corrupt(format!("listed doc {} has no projection", hex16(&doc)))
-            })?;
+            let v = projections
+                .get(&doc)
+                .ctx("reading table projections")?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!("listed doc {} has no projection", hex16(&doc)))
+                })?;
             let (stored_kind, bytes) = split_projection(&doc, v.value())?;
             debug_assert_eq!(stored_kind, kind, "kinds table disagrees with projection");
             out.push((doc, bytes));

@@ -28,13 +28,13 @@ use crate::{
     MAX_BATCHES_PER_COMMIT, MAX_BYTES_PER_COMMIT,
 };
 
-/// Whether each commit also records redb's allocator state ("quick repair").
+/// Whether each commit also records redb's allocator state ("quick repair", 2-phase commit).
 ///
-/// Why on: without it, reopening after a crash walks and checksums the whole file before the
-/// daemon can serve anything, which grows with the store (1M records) and races the systemd
-/// watchdog. With it, recovery is near-instant; the extra cost per commit is paid once per
-/// *group*, so group commit absorbs it.
-pub(crate) const QUICK_REPAIR: bool = true;
+/// Why off: measured here, it made every durable commit 2-20x slower (an extra fsync plus the
+/// allocator-state write), while the full repair it avoids took 0.18-0.47 s to reopen a 272 MiB
+/// file of 200k records after a SIGKILL/abort: a once-per-crash cost of about a second at 1M
+/// records, against a cost on every commit. Revisit if the store grows far beyond that.
+pub(crate) const QUICK_REPAIR: bool = false;
 
 /// One caller's work, queued to the writer.
 pub(crate) struct Request {
@@ -142,8 +142,12 @@ impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self> {
         Ok(Tables {
             envelopes: txn.open_table(ENVELOPES).ctx("opening table envelopes")?,
-            doc_changes: txn.open_table(DOC_CHANGES).ctx("opening table doc_changes")?,
-            projections: txn.open_table(PROJECTIONS).ctx("opening table projections")?,
+            doc_changes: txn
+                .open_table(DOC_CHANGES)
+                .ctx("opening table doc_changes")?,
+            projections: txn
+                .open_table(PROJECTIONS)
+                .ctx("opening table projections")?,
             doc_meta: txn.open_table(DOC_META).ctx("opening table doc_meta")?,
             index: txn.open_table(INDEX).ctx("opening table index")?,
             due: txn.open_table(DUE).ctx("opening table due")?,
@@ -178,9 +182,12 @@ impl Counters {
     }
 
     fn store(&self, sys: &mut Table<'_, &'static str, u64>) -> Result<()> {
-        sys.insert(SYS_RECORDS, self.records).ctx("writing table sys")?;
-        sys.insert(SYS_ENVELOPES, self.envelopes).ctx("writing table sys")?;
-        sys.insert(SYS_COMMIT_SEQ, self.commit_seq).ctx("writing table sys")?;
+        sys.insert(SYS_RECORDS, self.records)
+            .ctx("writing table sys")?;
+        sys.insert(SYS_ENVELOPES, self.envelopes)
+            .ctx("writing table sys")?;
+        sys.insert(SYS_COMMIT_SEQ, self.commit_seq)
+            .ctx("writing table sys")?;
         Ok(())
     }
 
@@ -216,7 +223,9 @@ pub(crate) fn commit_group<'a>(
                 apply_update(&mut t, &mut c, u)?;
             }
             for (k, v) in &batch.meta {
-                t.meta.insert(k.as_str(), v.as_slice()).ctx("writing table meta")?;
+                t.meta
+                    .insert(k.as_str(), v.as_slice())
+                    .ctx("writing table meta")?;
             }
         }
         c.commit_seq += 1;
@@ -243,7 +252,11 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
     // stored (for any doc, or earlier in this same update) is skipped, so re-delivery is harmless.
     let mut next_pos = old_pos;
     for (hash, bytes) in &u.envelopes {
-        if t.envelopes.get(hash).ctx("reading table envelopes")?.is_some() {
+        if t.envelopes
+            .get(hash)
+            .ctx("reading table envelopes")?
+            .is_some()
+        {
             continue;
         }
         t.envelopes
@@ -306,7 +319,9 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
             debug_assert!(existed, "due entry listed in doc_meta was missing");
         }
         if let Some(d) = u.due_day {
-            t.due.insert(&due_key(d, doc), ()).ctx("writing table due")?;
+            t.due
+                .insert(&due_key(d, doc), ())
+                .ctx("writing table due")?;
         }
     }
 
@@ -485,8 +500,14 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let good = WriteBatch { updates: vec![update(1, 1)], meta: vec![] };
-        let bad = WriteBatch { updates: vec![update(2, 2)], meta: vec![] };
+        let good = WriteBatch {
+            updates: vec![update(1, 1)],
+            meta: vec![],
+        };
+        let bad = WriteBatch {
+            updates: vec![update(2, 2)],
+            meta: vec![],
+        };
         let err = commit_group(&db, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
 

@@ -1,0 +1,151 @@
+//! Bad input gets one `error: …` line and a non-zero exit, and the daemon goes on serving with
+//! nothing lost.
+mod common;
+use common::*;
+use consentd::protocol::Client;
+use std::os::unix::fs::PermissionsExt;
+
+fn grant(sock: &std::path::Path) {
+    ok(sock, &["consent", "grant", "--subject", "alice@example.com", "--purpose", "marketing", "--basis", "consent"]);
+}
+
+fn still_serving(sock: &std::path::Path) {
+    let v = ok(sock, &["consent", "check", "--subject", "alice@example.com", "--purpose", "marketing"]);
+    assert_eq!(v["granted"], true, "the daemon still serves and lost nothing");
+}
+
+#[test]
+fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    grant(&sock);
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "vibes"], "basis"),
+        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--at", "yesterday"], "invalid time"),
+        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--at", "2999-01-01T00:00:00Z"], "future"),
+        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--service", "telegraph"], "service"),
+        (&["consent", "check", "--subject", "", "--purpose", "marketing"], "subject"),
+        (&["consent", "check", "--subject", "12345", "--purpose", "marketing"], "international"),
+        (&["request", "open", "--subject", "a@example.com", "--kind", "gossip"], "request kind"),
+        (&["request", "open", "--subject", "a@example.com", "--kind", "access", "--jurisdiction", "XX"], "jurisdiction"),
+        (&["request", "close", "00112233445566778899aabbccddeeff", "--outcome", "completed"], "no request"),
+        (&["request", "extend", "not-an-id", "--reason", "x"], "record id"),
+        (&["transfer", "record", "--to", "SG", "--recipient", "x", "--categories", "souls", "--mechanism", "scc"], "category"),
+        (&["request", "list", "--as-of", "31/12/2026"], "invalid time"),
+        (&["consent", "grnt"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let e = err(&sock, args);
+        assert!(e.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: {e}");
+        still_serving(&sock);
+    }
+}
+
+#[test]
+fn an_oversized_request_is_refused_without_harm() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    grant(&sock);
+    // A single command-line argument cannot reach 1 MiB (the kernel caps it), but one import line can.
+    let huge = "x".repeat(2 << 20);
+    let file = net.path().join("huge.jsonl");
+    std::fs::write(&file, format!("{{\"op\":\"consent.grant\",\"subject\":\"a@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"{huge}\"}}\n")).unwrap();
+    let e = err(&sock, &["import", "--file", file.to_str().unwrap()]);
+    assert!(e.contains("exceeds the limit"), "{e}");
+    still_serving(&sock);
+    // The same through a raw frame far over the limit.
+    let e = Client::connect(&sock).unwrap().call_raw(&vec![b' '; 8 << 20]).unwrap_err().to_string();
+    assert!(e.contains("exceeds the limit"), "{e}");
+    still_serving(&sock);
+    // Below the frame limit but over the field limit: refused by field.
+    let long = "x".repeat(5000);
+    let e = err(&sock, &["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--evidence", &long]);
+    assert!(e.contains("evidence"), "{e}");
+    still_serving(&sock);
+}
+
+#[test]
+fn malformed_frames_are_refused() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    grant(&sock);
+    let mut c = Client::connect(&sock).unwrap();
+    for payload in [&b"not json"[..], b"{\"v\":1}", b"{\"v\":99,\"request\":{\"op\":\"status\"}}", b"{\"v\":1,\"request\":{\"op\":\"drop.tables\"}}", &[0xff, 0xfe, 0x00]] {
+        let e = c.call_raw(payload).unwrap_err().to_string();
+        assert!(!e.is_empty());
+    }
+    let e = c.call_raw(b"{\"v\":99,\"request\":{\"op\":\"status\"}}").unwrap_err().to_string();
+    assert!(e.contains("protocol version 99"), "{e}");
+    // The same connection still works after refusals.
+    let v = c.call_raw(b"{\"v\":1,\"request\":{\"op\":\"status\"}}").unwrap();
+    assert_eq!(v["office"], "de");
+    // A client that hangs up mid-frame does not disturb the daemon.
+    {
+        use std::io::Write;
+        let mut raw = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        raw.write_all(&[0, 0, 1, 0, b'{']).unwrap();
+    }
+    still_serving(&sock);
+}
+
+#[test]
+fn a_daemon_that_is_not_running_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
+    let e = err(&sock, &["status"]);
+    assert!(e.contains("nothing.sock") && e.contains("running"), "{e}");
+}
+
+#[test]
+fn the_auditor_role_reads_but_never_writes() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let uid = unsafe { libc::getuid() };
+    // This test's own uid becomes an auditor.
+    net.edit_config("de", |t| {
+        t.replace(&format!("operators = [{uid}]"), "operators = []")
+            .replace("auditors = []", &format!("auditors = [{uid}]"))
+    });
+    let _d = net.start("de");
+    let e = err(&sock, &["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent"]);
+    assert!(e.contains("auditor") && e.contains("operator"), "{e}");
+    let e = err(&sock, &["request", "open", "--subject", "a@example.com", "--kind", "access"]);
+    assert!(e.contains("auditor"), "{e}");
+    let check = ok(&sock, &["consent", "check", "--subject", "a@example.com", "--purpose", "marketing"]);
+    assert_eq!(check["granted"], false, "nothing was written");
+    assert_eq!(ok(&sock, &["status"])["records"], 0);
+}
+
+/// With root, a real second uid: one listed as auditor, one with no role at all.
+#[test]
+fn other_uids_get_only_their_role() {
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to run consentctl as another uid");
+        return;
+    }
+    let (auditor, stranger) = (65534u32, 65533u32);
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    net.edit_config("de", |t| {
+        t.replace("auditors = []", &format!("auditors = [{auditor}]"))
+            .replace("socket_mode = \"0660\"", "socket_mode = \"0666\"")
+    });
+    for p in [net.path(), &net.path().join("de")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let _d = net.start("de");
+    grant(&sock);
+    let args = ["consent", "grant", "--subject", "b@example.com", "--purpose", "marketing", "--basis", "consent"];
+    let e = assert_error(&ctl_as(&sock, &args, Some(auditor)));
+    assert!(e.contains("auditor"), "{e}");
+    let read = ctl_as(&sock, &["consent", "check", "--subject", "alice@example.com", "--purpose", "marketing"], Some(auditor));
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let e = assert_error(&ctl_as(&sock, &["status"], Some(stranger)));
+    assert!(e.contains("no role"), "{e}");
+    still_serving(&sock);
+    assert_eq!(ok(&sock, &["status"])["records"], 1, "no write from another uid landed");
+}

@@ -1,0 +1,201 @@
+//! Shared harness for black-box tests: real `consentd` processes, real Unix sockets, and the real
+//! `consentctl` binary. Nothing here reaches into the daemon's memory.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use serde_json::Value;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CONSENTD: &str = env!("CARGO_BIN_EXE_consentd");
+pub const CONSENTCTL: &str = env!("CARGO_BIN_EXE_consentctl");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A local network made by `consentctl network init` in a temporary directory.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+}
+
+impl Net {
+    pub fn init(offices: &str) -> Net {
+        let dir = tempfile::Builder::new()
+            .prefix("consentd-test-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(CONSENTCTL)
+            .args(["--json", "network", "init", "--dir"])
+            .arg(dir.path())
+            .args(["--offices", offices])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "network init: {}", text(&out.stderr));
+        Net { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn config(&self, office: &str) -> PathBuf {
+        self.path().join(office).join("consentd.toml")
+    }
+    pub fn socket(&self, office: &str) -> PathBuf {
+        self.path().join(office).join("control.sock")
+    }
+    pub fn data_dir(&self, office: &str) -> PathBuf {
+        self.path().join(office).join("data")
+    }
+    pub fn start(&self, office: &str) -> Daemon {
+        Daemon::start(&self.config(office), &self.socket(office))
+    }
+    /// Rewrites one office's config text.
+    pub fn edit_config(&self, office: &str, f: impl FnOnce(String) -> String) {
+        let path = self.config(office);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, f(text)).unwrap();
+    }
+}
+
+/// A running daemon process. Dropping it kills the process.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, socket: &Path) -> Daemon {
+        let log = config.with_extension(format!("log.{}", std::process::id()));
+        let child = Command::new(CONSENTD)
+            .arg("--config")
+            .arg(config)
+            .env("CONSENTD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child: Some(child),
+            socket: socket.to_owned(),
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return d;
+            }
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("consentd exited with {status} before ready: {}", d.log_text());
+            }
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "consentd not ready: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: the clean shutdown path. Returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("consentd did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `consentctl --socket S --json ARGS`.
+pub fn ctl(socket: &Path, args: &[&str]) -> Output {
+    ctl_as(socket, args, None)
+}
+
+/// Runs consentctl as another uid (needs root).
+pub fn ctl_as(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(CONSENTCTL);
+    cmd.arg("--socket").arg(socket).arg("--json").args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().unwrap()
+}
+
+/// Runs consentctl and expects success and one JSON value on stdout.
+pub fn ok(socket: &Path, args: &[&str]) -> Value {
+    let out = ctl(socket, args);
+    assert!(
+        out.status.success(),
+        "consentctl {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", text(&out.stdout)))
+}
+
+/// Checks the error contract: non-zero exit, nothing on stdout, one `error: ` line on stderr.
+pub fn assert_error(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got success");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout not empty on error: {}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: "), "stderr: {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    err
+}
+
+pub fn err(socket: &Path, args: &[&str]) -> String {
+    assert_error(&ctl(socket, args))
+}
+
+/// Counts occurrences of `needle` in every file under `dir`.
+pub fn occurrences_under(dir: &Path, needle: &[u8]) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            count += occurrences_under(&path, needle);
+        } else {
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            count += bytes.windows(needle.len()).filter(|w| *w == needle).count();
+        }
+    }
+    count
+}
