@@ -12,7 +12,11 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "consentctl", version, about = "Operate a consentd office: consent, data-subject requests, transfers, keys and rosters")]
+#[command(
+    name = "consentctl",
+    version,
+    about = "Operate a consentd office: consent, data-subject requests, transfers, keys and rosters"
+)]
 pub struct Cli {
     /// Control socket of the office daemon [default: $CONSENTD_SOCKET, else /run/consentd/control.sock]
     #[arg(long, global = true, value_name = "PATH")]
@@ -489,7 +493,8 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
 
 /// Reads a JSON Lines file, checks every line, then sends it in chunks below the request limit.
 fn import(socket: &Path, file: &Path) -> Result<Value, String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let f =
+        std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut lines: Vec<(usize, Request)> = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let n = i + 1;
@@ -645,10 +650,7 @@ fn human_list(v: &Value) -> String {
     if rows.is_empty() {
         return "none\n".into();
     }
-    rows.iter()
-        .map(human_object)
-        .collect::<Vec<_>>()
-        .join("\n")
+    rows.iter().map(human_object).collect::<Vec<_>>().join("\n")
 }
 
 fn human_network(v: &Value) -> String {

@@ -119,7 +119,12 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
 fn create_private_dir(dir: &Path) -> Result<(), StartupError> {
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| fail(format!("cannot create data directory {}: {e}", dir.display())))
+        .map_err(|e| {
+            fail(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })
 }
 
 /// A data directory belongs to one office of one network forever: pointing another office's config
@@ -148,15 +153,15 @@ fn claim_store(store: &Store, config: &Config, network: &str) -> Result<(), Star
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn termination_signal() {
-    let mut sigterm =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler; only SIGINT stops");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler; only SIGINT stops");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
     tokio::select! {
         _ = sigterm.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -249,19 +254,31 @@ fn bind_control_socket(config: &Config) -> Result<UnixListener, StartupError> {
             ))
         })?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| fail(format!("cannot bind control socket {}: {e}", path.display())))?;
+    let listener = UnixListener::bind(path).map_err(|e| {
+        fail(format!(
+            "cannot bind control socket {}: {e}",
+            path.display()
+        ))
+    })?;
     let mode = config.socket_mode().map_err(fail)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail(format!("cannot set mode of {}: {e}", path.display())))?;
     Ok(listener)
 }
 
-async fn watchdog(mut stop: watch::Receiver<bool>) {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
+/// The watchdog interval systemd asked for, following sd_watchdog_enabled(3): `WATCHDOG_USEC` set
+/// and positive, and `WATCHDOG_PID` either unset or our own pid. (sd-notify 0.4 insists on the
+/// pid being set, which systemd does not promise.)
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then_some(usec),
     }
+}
+
+async fn watchdog(mut stop: watch::Receiver<bool>) {
+    let Some(usec) = watchdog_usec() else { return };
     // Ping at half the interval systemd asked for, as sd_watchdog_enabled(3) recommends.
     let every = Duration::from_micros(usec / 2);
     loop {
@@ -306,8 +323,8 @@ async fn serve_connection(
             // Drain (bounded) so the client's write completes and it can read the refusal.
             let mut sink = tokio::io::sink();
             let mut limited = (&mut stream).take(len.min(DRAIN_BYTES_MAX));
-            let _ = tokio::time::timeout(READ_TIMEOUT, tokio::io::copy(&mut limited, &mut sink))
-                .await;
+            let _ =
+                tokio::time::timeout(READ_TIMEOUT, tokio::io::copy(&mut limited, &mut sink)).await;
             return;
         }
         let mut payload = vec![0u8; len as usize];
@@ -367,7 +384,12 @@ async fn handle(
     };
     let op = frame.request.op();
     if frame.request.is_write() && role != Role::Operator {
-        tracing::warn!(uid, op, role = role.name(), "refused write from a read-only role");
+        tracing::warn!(
+            uid,
+            op,
+            role = role.name(),
+            "refused write from a read-only role"
+        );
         return ResponseFrame::error(format!(
             "uid {uid} has the {} role, which may only read; {op} needs the operator role",
             role.name()

@@ -34,7 +34,10 @@ pub fn run(keep: bool) -> Result<(), String> {
     println!("# consentd demo in {}", dir.display());
     let offices = crate::network::parse_offices("de,sg").map_err(|e| e.to_string())?;
     crate::network::init(&dir, &offices, None, "demo").map_err(|e| e.to_string())?;
-    println!("$ consentctl network init --dir {} --offices de,sg", dir.display());
+    println!(
+        "$ consentctl network init --dir {} --offices de,sg",
+        dir.display()
+    );
 
     let exe = std::env::current_exe().map_err(|e| format!("cannot find consentd itself: {e}"))?;
     let de = start(&exe, &dir, "de")?;

@@ -75,7 +75,9 @@ pub fn parse_offices(list: &str) -> Result<Vec<(String, String)>, NetworkError> 
         out.push((id, jurisdiction));
     }
     if out.is_empty() {
-        return Err(err("--offices needs at least one office, e.g. --offices de,sg"));
+        return Err(err(
+            "--offices needs at least one office, e.g. --offices de,sg",
+        ));
     }
     if out.len() > INIT_OFFICES_MAX {
         return Err(err(format!("at most {INIT_OFFICES_MAX} offices")));

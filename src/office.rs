@@ -20,7 +20,7 @@ use crate::subject::{Subject, SubjectHasher, SubjectKind};
 use crate::vocab;
 use automerge::{transaction::Transactable, ActorId, Automerge, ROOT};
 use chrono::{DateTime, NaiveDate, Utc};
-use consentd_storage::{RecordUpdate, Store, StorageError, WriteBatch};
+use consentd_storage::{RecordUpdate, StorageError, Store, WriteBatch};
 use consentd_sync::envelope::{self, Envelope};
 use consentd_sync::roster::VerifiedRoster;
 use ed25519_dalek::SigningKey;
@@ -278,9 +278,7 @@ impl Office {
                 check_text("tia", a.tia.as_deref())?;
                 let at = event_time(a.at.as_deref(), now)?;
                 Ok(Op::Transfer(TransferRecord {
-                    subject_kind: subject
-                        .as_ref()
-                        .map(|s| subject_kind_name(s.kind()).into()),
+                    subject_kind: subject.as_ref().map(|s| subject_kind_name(s.kind()).into()),
                     subject: subject.map(|s| s.as_str().into()),
                     categories: a.categories,
                     from: self.jurisdiction.clone(),
@@ -360,12 +358,10 @@ impl Office {
         }
         let mut changes = Vec::with_capacity(stored.len());
         for bytes in stored {
-            let env = Envelope::decode(&bytes).map_err(|e| {
-                OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id)))
-            })?;
-            let verified = envelope::verify(env, &self.roster).map_err(|e| {
-                OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id)))
-            })?;
+            let env = Envelope::decode(&bytes)
+                .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;
+            let verified = envelope::verify(env, &self.roster)
+                .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;
             if verified.doc_id() != *id {
                 return Err(OfficeError::Integrity(format!(
                     "record {}: envelope signed for another record",
@@ -414,14 +410,14 @@ impl Office {
         }
     }
 
+    /// The records under one index key, read from one snapshot: the hot path of `consent check`.
     fn records_by_key(&self, key: &[u8; 32]) -> Result<Vec<(DocId, Record)>> {
-        let mut out = Vec::new();
-        for id in self.store.docs_by_key(key)? {
-            if let Some(r) = self.read_record(&id)? {
-                out.push((id, r));
-            }
-        }
-        Ok(out)
+        self.store
+            .projections_by_key(key)?
+            .into_iter()
+            .map(|(id, _, bytes)| Ok((id, Record::from_projection(&bytes)?)))
+            .collect::<std::result::Result<_, String>>()
+            .map_err(OfficeError::Integrity)
     }
 
     /// "May we contact this person for this purpose at this time?" Granted only if the latest event at
@@ -470,7 +466,7 @@ impl Office {
                 rows.push(((t, withdraw), row));
             }
         }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by_key(|a| a.0);
         Ok(Value::Array(rows.into_iter().map(|(_, r)| r).collect()))
     }
 
@@ -493,7 +489,10 @@ impl Office {
                 }
             }
         } else {
-            for (id, bytes) in self.store.projections_of_kind(KIND_REQUEST, LIST_ROWS_MAX)? {
+            for (id, bytes) in self
+                .store
+                .projections_of_kind(KIND_REQUEST, LIST_ROWS_MAX)?
+            {
                 if let Record::Request(r) =
                     Record::from_projection(&bytes).map_err(OfficeError::Integrity)?
                 {

@@ -309,11 +309,13 @@ mod tests {
         a.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx))
             .unwrap();
         let mut b = a.fork();
-        let withdraw = serde_json::json!({"action":"withdraw","at":"2026-02-01T00:00:00Z","office":"sg"});
+        let withdraw =
+            serde_json::json!({"action":"withdraw","at":"2026-02-01T00:00:00Z","office":"sg"});
         let mut tx = b.transaction();
         append_to_root_list(&mut tx, "events", &withdraw).unwrap();
         tx.commit();
-        let regrant = serde_json::json!({"action":"grant","at":"2026-02-02T00:00:00Z","office":"de"});
+        let regrant =
+            serde_json::json!({"action":"grant","at":"2026-02-02T00:00:00Z","office":"de"});
         let mut tx = a.transaction();
         append_to_root_list(&mut tx, "events", &regrant).unwrap();
         tx.commit();

@@ -7,7 +7,12 @@
 //! lowercase snake_case because they appear on command lines and in JSON.
 
 /// Legal bases for processing (§2.1).
-pub const BASES: &[&str] = &["consent", "contract", "legal_obligation", "legitimate_interest"];
+pub const BASES: &[&str] = &[
+    "consent",
+    "contract",
+    "legal_obligation",
+    "legitimate_interest",
+];
 
 /// The three kinds of people the statement covers (intro).
 pub const PERSONS: &[&str] = &["customer", "end_user", "visitor"];

@@ -6,12 +6,37 @@ use consentd::protocol::Client;
 use std::os::unix::fs::PermissionsExt;
 
 fn grant(sock: &std::path::Path) {
-    ok(sock, &["consent", "grant", "--subject", "alice@example.com", "--purpose", "marketing", "--basis", "consent"]);
+    ok(
+        sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+        ],
+    );
 }
 
 fn still_serving(sock: &std::path::Path) {
-    let v = ok(sock, &["consent", "check", "--subject", "alice@example.com", "--purpose", "marketing"]);
-    assert_eq!(v["granted"], true, "the daemon still serves and lost nothing");
+    let v = ok(
+        sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    assert_eq!(
+        v["granted"], true,
+        "the daemon still serves and lost nothing"
+    );
 }
 
 #[test]
@@ -22,23 +47,151 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
     grant(&sock);
 
     let cases: &[(&[&str], &str)] = &[
-        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "vibes"], "basis"),
-        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--at", "yesterday"], "invalid time"),
-        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--at", "2999-01-01T00:00:00Z"], "future"),
-        (&["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--service", "telegraph"], "service"),
-        (&["consent", "check", "--subject", "", "--purpose", "marketing"], "subject"),
-        (&["consent", "check", "--subject", "12345", "--purpose", "marketing"], "international"),
-        (&["request", "open", "--subject", "a@example.com", "--kind", "gossip"], "request kind"),
-        (&["request", "open", "--subject", "a@example.com", "--kind", "access", "--jurisdiction", "XX"], "jurisdiction"),
-        (&["request", "close", "00112233445566778899aabbccddeeff", "--outcome", "completed"], "no request"),
-        (&["request", "extend", "not-an-id", "--reason", "x"], "record id"),
-        (&["transfer", "record", "--to", "SG", "--recipient", "x", "--categories", "souls", "--mechanism", "scc"], "category"),
-        (&["request", "list", "--as-of", "31/12/2026"], "invalid time"),
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "marketing",
+                "--basis",
+                "vibes",
+            ],
+            "basis",
+        ),
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "marketing",
+                "--basis",
+                "consent",
+                "--at",
+                "yesterday",
+            ],
+            "invalid time",
+        ),
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "marketing",
+                "--basis",
+                "consent",
+                "--at",
+                "2999-01-01T00:00:00Z",
+            ],
+            "future",
+        ),
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "marketing",
+                "--basis",
+                "consent",
+                "--service",
+                "telegraph",
+            ],
+            "service",
+        ),
+        (
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "",
+                "--purpose",
+                "marketing",
+            ],
+            "subject",
+        ),
+        (
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "12345",
+                "--purpose",
+                "marketing",
+            ],
+            "international",
+        ),
+        (
+            &[
+                "request",
+                "open",
+                "--subject",
+                "a@example.com",
+                "--kind",
+                "gossip",
+            ],
+            "request kind",
+        ),
+        (
+            &[
+                "request",
+                "open",
+                "--subject",
+                "a@example.com",
+                "--kind",
+                "access",
+                "--jurisdiction",
+                "XX",
+            ],
+            "jurisdiction",
+        ),
+        (
+            &[
+                "request",
+                "close",
+                "00112233445566778899aabbccddeeff",
+                "--outcome",
+                "completed",
+            ],
+            "no request",
+        ),
+        (
+            &["request", "extend", "not-an-id", "--reason", "x"],
+            "record id",
+        ),
+        (
+            &[
+                "transfer",
+                "record",
+                "--to",
+                "SG",
+                "--recipient",
+                "x",
+                "--categories",
+                "souls",
+                "--mechanism",
+                "scc",
+            ],
+            "category",
+        ),
+        (
+            &["request", "list", "--as-of", "31/12/2026"],
+            "invalid time",
+        ),
         (&["consent", "grnt"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
         let e = err(&sock, args);
-        assert!(e.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: {e}");
+        assert!(
+            e.to_lowercase().contains(&needle.to_lowercase()),
+            "{args:?}: {e}"
+        );
         still_serving(&sock);
     }
 }
@@ -57,12 +210,30 @@ fn an_oversized_request_is_refused_without_harm() {
     assert!(e.contains("exceeds the limit"), "{e}");
     still_serving(&sock);
     // The same through a raw frame far over the limit.
-    let e = Client::connect(&sock).unwrap().call_raw(&vec![b' '; 8 << 20]).unwrap_err().to_string();
+    let e = Client::connect(&sock)
+        .unwrap()
+        .call_raw(&vec![b' '; 8 << 20])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("exceeds the limit"), "{e}");
     still_serving(&sock);
     // Below the frame limit but over the field limit: refused by field.
     let long = "x".repeat(5000);
-    let e = err(&sock, &["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent", "--evidence", &long]);
+    let e = err(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "a@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            &long,
+        ],
+    );
     assert!(e.contains("evidence"), "{e}");
     still_serving(&sock);
 }
@@ -74,14 +245,25 @@ fn malformed_frames_are_refused() {
     let _d = net.start("de");
     grant(&sock);
     let mut c = Client::connect(&sock).unwrap();
-    for payload in [&b"not json"[..], b"{\"v\":1}", b"{\"v\":99,\"request\":{\"op\":\"status\"}}", b"{\"v\":1,\"request\":{\"op\":\"drop.tables\"}}", &[0xff, 0xfe, 0x00]] {
+    for payload in [
+        &b"not json"[..],
+        b"{\"v\":1}",
+        b"{\"v\":99,\"request\":{\"op\":\"status\"}}",
+        b"{\"v\":1,\"request\":{\"op\":\"drop.tables\"}}",
+        &[0xff, 0xfe, 0x00],
+    ] {
         let e = c.call_raw(payload).unwrap_err().to_string();
         assert!(!e.is_empty());
     }
-    let e = c.call_raw(b"{\"v\":99,\"request\":{\"op\":\"status\"}}").unwrap_err().to_string();
+    let e = c
+        .call_raw(b"{\"v\":99,\"request\":{\"op\":\"status\"}}")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("protocol version 99"), "{e}");
     // The same connection still works after refusals.
-    let v = c.call_raw(b"{\"v\":1,\"request\":{\"op\":\"status\"}}").unwrap();
+    let v = c
+        .call_raw(b"{\"v\":1,\"request\":{\"op\":\"status\"}}")
+        .unwrap();
     assert_eq!(v["office"], "de");
     // A client that hangs up mid-frame does not disturb the daemon.
     {
@@ -111,11 +293,43 @@ fn the_auditor_role_reads_but_never_writes() {
             .replace("auditors = []", &format!("auditors = [{uid}]"))
     });
     let _d = net.start("de");
-    let e = err(&sock, &["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing", "--basis", "consent"]);
+    let e = err(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "a@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+        ],
+    );
     assert!(e.contains("auditor") && e.contains("operator"), "{e}");
-    let e = err(&sock, &["request", "open", "--subject", "a@example.com", "--kind", "access"]);
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "a@example.com",
+            "--kind",
+            "access",
+        ],
+    );
     assert!(e.contains("auditor"), "{e}");
-    let check = ok(&sock, &["consent", "check", "--subject", "a@example.com", "--purpose", "marketing"]);
+    let check = ok(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "a@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
     assert_eq!(check["granted"], false, "nothing was written");
     assert_eq!(ok(&sock, &["status"])["records"], 0);
 }
@@ -139,13 +353,37 @@ fn other_uids_get_only_their_role() {
     }
     let _d = net.start("de");
     grant(&sock);
-    let args = ["consent", "grant", "--subject", "b@example.com", "--purpose", "marketing", "--basis", "consent"];
+    let args = [
+        "consent",
+        "grant",
+        "--subject",
+        "b@example.com",
+        "--purpose",
+        "marketing",
+        "--basis",
+        "consent",
+    ];
     let e = assert_error(&ctl_as(&sock, &args, Some(auditor)));
     assert!(e.contains("auditor"), "{e}");
-    let read = ctl_as(&sock, &["consent", "check", "--subject", "alice@example.com", "--purpose", "marketing"], Some(auditor));
+    let read = ctl_as(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+        ],
+        Some(auditor),
+    );
     assert!(read.status.success(), "{}", text(&read.stderr));
     let e = assert_error(&ctl_as(&sock, &["status"], Some(stranger)));
     assert!(e.contains("no role"), "{e}");
     still_serving(&sock);
-    assert_eq!(ok(&sock, &["status"])["records"], 1, "no write from another uid landed");
+    assert_eq!(
+        ok(&sock, &["status"])["records"],
+        1,
+        "no write from another uid landed"
+    );
 }

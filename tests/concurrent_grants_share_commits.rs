@@ -41,7 +41,12 @@ fn a_thousand_concurrent_grants_are_all_durable() {
             failures.push(e.to_string());
         }
     }
-    assert!(failures.is_empty(), "{} grants failed, e.g. {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} grants failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
 
     let status = ok(&sock, &["status"]);
     let commits = status["durable_commits"].as_u64().unwrap() - commits_before;

@@ -13,9 +13,20 @@ fn consent_and_requests_survive_a_restart() {
     let grant = ok(
         &sock,
         &[
-            "consent", "grant", "--subject", "alice@example.com", "--purpose", "marketing",
-            "--basis", "consent", "--service", "sms", "--evidence", "web form v3",
-            "--at", "2026-01-10T09:00:00Z",
+            "consent",
+            "grant",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--service",
+            "sms",
+            "--evidence",
+            "web form v3",
+            "--at",
+            "2026-01-10T09:00:00Z",
         ],
     );
     let record = grant["id"].as_str().unwrap().to_string();
@@ -23,21 +34,41 @@ fn consent_and_requests_survive_a_restart() {
 
     let check = ok(
         &sock,
-        &["consent", "check", "--subject", " Alice@Example.COM ", "--purpose", "marketing"],
+        &[
+            "consent",
+            "check",
+            "--subject",
+            " Alice@Example.COM ",
+            "--purpose",
+            "marketing",
+        ],
     );
     assert_eq!(check, json!({"granted": true, "record": record}));
 
     let withdraw = ok(
         &sock,
         &[
-            "consent", "withdraw", "--subject", "alice@example.com", "--purpose", "marketing",
-            "--at", "2026-02-01T00:00:00Z",
+            "consent",
+            "withdraw",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2026-02-01T00:00:00Z",
         ],
     );
     assert_eq!(withdraw["id"], record, "a withdrawal joins the same record");
     let after = ok(
         &sock,
-        &["consent", "check", "--subject", "alice@example.com", "--purpose", "marketing"],
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+        ],
     );
     assert_eq!(after["granted"], false);
 
@@ -45,37 +76,65 @@ fn consent_and_requests_survive_a_restart() {
     let then = ok(
         &sock,
         &[
-            "consent", "check", "--subject", "alice@example.com", "--purpose", "marketing",
-            "--at", "2026-01-20T00:00:00Z",
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2026-01-20T00:00:00Z",
         ],
     );
     assert_eq!(then["granted"], true);
     let before = ok(
         &sock,
         &[
-            "consent", "check", "--subject", "alice@example.com", "--purpose", "marketing",
-            "--at", "2026-01-01T00:00:00Z",
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2026-01-01T00:00:00Z",
         ],
     );
     assert_eq!(before, json!({"granted": false, "record": null}));
     let other_purpose = ok(
         &sock,
-        &["consent", "check", "--subject", "alice@example.com", "--purpose", "newsletter"],
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "newsletter",
+        ],
     );
     assert_eq!(other_purpose["granted"], false);
 
     let opened = ok(
         &sock,
         &[
-            "request", "open", "--subject", "alice@example.com", "--kind", "access",
-            "--received", "2026-03-31T10:00:00Z",
+            "request",
+            "open",
+            "--subject",
+            "alice@example.com",
+            "--kind",
+            "access",
+            "--received",
+            "2026-03-31T10:00:00Z",
         ],
     );
     assert_eq!(opened["due"], "2026-04-30");
     assert!(opened["due_rule"].as_str().unwrap().contains("gdpr"));
     let request = opened["id"].as_str().unwrap().to_string();
 
-    let history = ok(&sock, &["consent", "history", "--subject", "alice@example.com"]);
+    let history = ok(
+        &sock,
+        &["consent", "history", "--subject", "alice@example.com"],
+    );
     let actions: Vec<&str> = history
         .as_array()
         .unwrap()
@@ -94,15 +153,28 @@ fn consent_and_requests_survive_a_restart() {
     let _daemon = net.start("de");
     let again = ok(
         &sock,
-        &["consent", "check", "--subject", " Alice@Example.COM ", "--purpose", "marketing"],
+        &[
+            "consent",
+            "check",
+            "--subject",
+            " Alice@Example.COM ",
+            "--purpose",
+            "marketing",
+        ],
     );
     assert_eq!(again, after, "same answer after restart");
     assert_eq!(
         ok(
             &sock,
             &[
-                "consent", "check", "--subject", "alice@example.com", "--purpose", "marketing",
-                "--at", "2026-01-20T00:00:00Z",
+                "consent",
+                "check",
+                "--subject",
+                "alice@example.com",
+                "--purpose",
+                "marketing",
+                "--at",
+                "2026-01-20T00:00:00Z",
             ],
         ),
         then
@@ -114,7 +186,10 @@ fn consent_and_requests_survive_a_restart() {
     assert_eq!(rows[0]["due"], "2026-04-30");
     assert_eq!(rows[0]["kind"], "access");
     assert_eq!(
-        ok(&sock, &["consent", "history", "--subject", "alice@example.com"]),
+        ok(
+            &sock,
+            &["consent", "history", "--subject", "alice@example.com"]
+        ),
         history
     );
     assert_eq!(ok(&sock, &["status"])["records"], 2);
@@ -126,10 +201,49 @@ fn a_withdrawal_at_the_same_instant_as_a_grant_wins() {
     let sock = net.socket("de");
     let _d = net.start("de");
     let at = "2026-05-05T05:05:05Z";
-    ok(&sock, &["consent", "withdraw", "--subject", "+49 30 1234 5678", "--purpose", "calls", "--at", at]);
-    ok(&sock, &["consent", "grant", "--subject", "+4930-12345678", "--purpose", "calls", "--basis", "consent", "--at", at]);
-    let check = ok(&sock, &["consent", "check", "--subject", "0049 30 12345678", "--purpose", "calls"]);
-    assert_eq!(check["granted"], false, "withdrawal wins a tie, whatever the order recorded");
+    ok(
+        &sock,
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "+49 30 1234 5678",
+            "--purpose",
+            "calls",
+            "--at",
+            at,
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "+4930-12345678",
+            "--purpose",
+            "calls",
+            "--basis",
+            "consent",
+            "--at",
+            at,
+        ],
+    );
+    let check = ok(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "0049 30 12345678",
+            "--purpose",
+            "calls",
+        ],
+    );
+    assert_eq!(
+        check["granted"], false,
+        "withdrawal wins a tie, whatever the order recorded"
+    );
 }
 
 #[test]
@@ -138,7 +252,19 @@ fn requests_extend_close_and_fall_overdue() {
     let sock = net.socket("de");
     let _d = net.start("de");
     let open = |received: &str| {
-        ok(&sock, &["request", "open", "--subject", "bob@example.org", "--kind", "erasure", "--received", received])
+        ok(
+            &sock,
+            &[
+                "request",
+                "open",
+                "--subject",
+                "bob@example.org",
+                "--kind",
+                "erasure",
+                "--received",
+                received,
+            ],
+        )
     };
     let a = open("2026-01-31T12:00:00Z");
     assert_eq!(a["due"], "2026-02-28");
@@ -146,28 +272,114 @@ fn requests_extend_close_and_fall_overdue() {
     let a_id = a["id"].as_str().unwrap();
     let b_id = b["id"].as_str().unwrap();
 
-    let ext = ok(&sock, &["request", "extend", a_id, "--reason", "complex: 40 systems", "--at", "2026-02-10T00:00:00Z"]);
+    let ext = ok(
+        &sock,
+        &[
+            "request",
+            "extend",
+            a_id,
+            "--reason",
+            "complex: 40 systems",
+            "--at",
+            "2026-02-10T00:00:00Z",
+        ],
+    );
     assert_eq!(ext["due"], "2026-04-30");
     assert!(ext["due_rule"].as_str().is_some());
-    let twice = err(&sock, &["request", "extend", a_id, "--reason", "again", "--at", "2026-02-11T00:00:00Z"]);
+    let twice = err(
+        &sock,
+        &[
+            "request",
+            "extend",
+            a_id,
+            "--reason",
+            "again",
+            "--at",
+            "2026-02-11T00:00:00Z",
+        ],
+    );
     assert!(twice.contains("already extended"), "{twice}");
 
-    let overdue = ok(&sock, &["request", "list", "--overdue", "--as-of", "2026-05-01T00:00:00Z"]);
-    let ids: Vec<&str> = overdue.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [a_id], "only the extended request is past due on 2026-05-01");
-    let on_due_day = ok(&sock, &["request", "list", "--overdue", "--as-of", "2026-04-30T23:00:00Z"]);
-    assert!(on_due_day.as_array().unwrap().is_empty(), "not overdue on its due day");
+    let overdue = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-05-01T00:00:00Z",
+        ],
+    );
+    let ids: Vec<&str> = overdue
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [a_id],
+        "only the extended request is past due on 2026-05-01"
+    );
+    let on_due_day = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-04-30T23:00:00Z",
+        ],
+    );
+    assert!(
+        on_due_day.as_array().unwrap().is_empty(),
+        "not overdue on its due day"
+    );
 
     let refused = err(&sock, &["request", "close", a_id, "--outcome", "refused"]);
     assert!(refused.contains("--note"), "{refused}");
-    ok(&sock, &["request", "close", a_id, "--outcome", "refused", "--note", "10-year financial record retention duty"]);
-    let overdue = ok(&sock, &["request", "list", "--overdue", "--as-of", "2026-12-01T00:00:00Z"]);
-    let ids: Vec<&str> = overdue.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ok(
+        &sock,
+        &[
+            "request",
+            "close",
+            a_id,
+            "--outcome",
+            "refused",
+            "--note",
+            "10-year financial record retention duty",
+        ],
+    );
+    let overdue = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-12-01T00:00:00Z",
+        ],
+    );
+    let ids: Vec<&str> = overdue
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [b_id], "a closed request is never overdue");
     let all = ok(&sock, &["request", "list"]);
-    let closed = all.as_array().unwrap().iter().find(|r| r["id"] == a_id).unwrap();
+    let closed = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == a_id)
+        .unwrap();
     assert_eq!(closed["status"], "refused");
-    assert_eq!(closed["history"].as_array().unwrap().len(), 3, "received, extended, refused");
+    assert_eq!(
+        closed["history"].as_array().unwrap().len(),
+        3,
+        "received, extended, refused"
+    );
     let again = err(&sock, &["request", "close", a_id, "--outcome", "completed"]);
     assert!(again.contains("already closed"), "{again}");
 }
@@ -177,26 +389,91 @@ fn transfers_and_subject_export() {
     let net = Net::init("de");
     let sock = net.socket("de");
     let _d = net.start("de");
-    ok(&sock, &["consent", "grant", "--subject", "carol@example.com", "--purpose", "marketing", "--basis", "consent"]);
-    ok(&sock, &["request", "open", "--subject", "carol@example.com", "--kind", "portability"]);
-    let t = ok(&sock, &[
-        "transfer", "record", "--to", "SG", "--recipient", "Office SG", "--categories", "phone_number,content",
-        "--mechanism", "bcr", "--subject", "carol@example.com", "--tia", "TIA-2026-7", "--recipient-kind", "group_company",
-    ]);
-    ok(&sock, &["transfer", "record", "--to", "US", "--recipient", "Carrier Inc", "--categories", "traffic_data", "--mechanism", "scc"]);
-    let mine = ok(&sock, &["transfer", "list", "--subject", "carol@example.com"]);
+    ok(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "carol@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "carol@example.com",
+            "--kind",
+            "portability",
+        ],
+    );
+    let t = ok(
+        &sock,
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "SG",
+            "--recipient",
+            "Office SG",
+            "--categories",
+            "phone_number,content",
+            "--mechanism",
+            "bcr",
+            "--subject",
+            "carol@example.com",
+            "--tia",
+            "TIA-2026-7",
+            "--recipient-kind",
+            "group_company",
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "traffic_data",
+            "--mechanism",
+            "scc",
+        ],
+    );
+    let mine = ok(
+        &sock,
+        &["transfer", "list", "--subject", "carol@example.com"],
+    );
     assert_eq!(mine.as_array().unwrap().len(), 1);
     assert_eq!(mine[0]["id"], t["id"]);
     assert_eq!(mine[0]["from"], "DE");
     assert_eq!(mine[0]["categories"], json!(["phone_number", "content"]));
-    assert_eq!(ok(&sock, &["transfer", "list"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        ok(&sock, &["transfer", "list"]).as_array().unwrap().len(),
+        2
+    );
 
-    let export = ok(&sock, &["subject", "export", "--subject", "CAROL@example.com"]);
+    let export = ok(
+        &sock,
+        &["subject", "export", "--subject", "CAROL@example.com"],
+    );
     assert_eq!(export["subject"], "carol@example.com");
     assert_eq!(export["consents"].as_array().unwrap().len(), 1);
     assert_eq!(export["requests"].as_array().unwrap().len(), 1);
     assert_eq!(export["transfers"].as_array().unwrap().len(), 1);
-    let nobody = ok(&sock, &["subject", "export", "--subject", "dave@example.com"]);
+    let nobody = ok(
+        &sock,
+        &["subject", "export", "--subject", "dave@example.com"],
+    );
     assert!(nobody["consents"].as_array().unwrap().is_empty());
 }
 
@@ -217,8 +494,34 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     std::fs::write(&file, lines).unwrap();
     let out = ok(&sock, &["import", "--file", file.to_str().unwrap()]);
     assert_eq!(out["imported"], 2502);
-    assert_eq!(ok(&sock, &["consent", "check", "--subject", "user2499@example.com", "--purpose", "marketing"])["granted"], true);
-    assert_eq!(ok(&sock, &["consent", "check", "--subject", "user7@example.com", "--purpose", "marketing"])["granted"], false);
+    assert_eq!(
+        ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "user2499@example.com",
+                "--purpose",
+                "marketing"
+            ]
+        )["granted"],
+        true
+    );
+    assert_eq!(
+        ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "user7@example.com",
+                "--purpose",
+                "marketing"
+            ]
+        )["granted"],
+        false
+    );
     assert_eq!(ok(&sock, &["request", "list"])[0]["due"], "2026-04-30");
 
     let bad = net.path().join("bad.jsonl");
@@ -229,5 +532,18 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     std::fs::write(&read_op, "{\"op\":\"status\"}\n").unwrap();
     let e = err(&sock, &["import", "--file", read_op.to_str().unwrap()]);
     assert!(e.contains("cannot be imported"), "{e}");
-    assert_eq!(ok(&sock, &["consent", "check", "--subject", "x@example.com", "--purpose", "marketing"])["granted"], false);
+    assert_eq!(
+        ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "x@example.com",
+                "--purpose",
+                "marketing"
+            ]
+        )["granted"],
+        false
+    );
 }

@@ -19,7 +19,11 @@ fn start_error(net: &Net, office: &str) -> String {
 fn a_roster_signed_by_another_root_is_refused() {
     let net = Net::init("de,sg");
     let other = Net::init("de,sg");
-    std::fs::copy(other.path().join("roster.json"), net.path().join("roster.json")).unwrap();
+    std::fs::copy(
+        other.path().join("roster.json"),
+        net.path().join("roster.json"),
+    )
+    .unwrap();
     let e = start_error(&net, "de");
     assert!(e.contains("roster") && e.contains("does not verify"), "{e}");
 }
@@ -55,7 +59,11 @@ fn a_missing_secret_key_is_refused() {
 fn a_key_that_is_not_the_rosters_is_refused() {
     let net = Net::init("de,sg");
     std::fs::remove_file(net.path().join("de/signing.key")).unwrap();
-    std::fs::copy(net.path().join("sg/signing.key"), net.path().join("de/signing.key")).unwrap();
+    std::fs::copy(
+        net.path().join("sg/signing.key"),
+        net.path().join("de/signing.key"),
+    )
+    .unwrap();
     let e = start_error(&net, "de");
     assert!(e.contains("not the roster's signing key"), "{e}");
 }
@@ -74,7 +82,12 @@ fn a_data_directory_of_another_office_is_refused() {
     let d = net.start("sg");
     assert!(d.stop());
     let sg_data = net.data_dir("sg");
-    net.edit_config("de", |t| t.replace(net.data_dir("de").to_str().unwrap(), sg_data.to_str().unwrap()));
+    net.edit_config("de", |t| {
+        t.replace(
+            net.data_dir("de").to_str().unwrap(),
+            sg_data.to_str().unwrap(),
+        )
+    });
     let e = start_error(&net, "de");
     assert!(e.contains("belongs to office"), "{e}");
 }
@@ -84,7 +97,7 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     let net = Net::init("de");
     let _d = net.start("de");
     let e = start_error(&net, "de");
-    assert!(e.contains("already") , "{e}");
+    assert!(e.contains("already"), "{e}");
     still_ok(&net);
 }
 
@@ -95,7 +108,12 @@ fn still_ok(net: &Net) {
 #[test]
 fn check_config_validates_without_serving() {
     let net = Net::init("de");
-    let out = Command::new(CONSENTD).arg("check-config").arg("--config").arg(net.config("de")).output().unwrap();
+    let out = Command::new(CONSENTD)
+        .arg("check-config")
+        .arg("--config")
+        .arg(net.config("de"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!net.socket("de").exists());
 }

@@ -33,6 +33,15 @@ pub type Hash = [u8; 32];
 /// A secondary index key: a keyed hash computed by the caller, never personal data.
 pub type IndexKey = [u8; 32];
 
+/// Tables grouped by what they may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableClass {
+    /// Ids, change hashes, counters and the caller's keyed index hashes only: never personal data.
+    IndexOnly,
+    /// The caller's opaque payloads: envelopes, projections and meta values.
+    Payload,
+}
+
 /// Largest accepted encoded envelope.
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 /// Largest accepted projection.
@@ -587,6 +596,65 @@ impl Store {
             commits_failed: s.commits_failed.load(Ordering::Relaxed),
             last_commit_seq: s.last_commit_seq.load(Ordering::Acquire),
         })
+    }
+
+    /// Every key and value byte of the tables of one [`TableClass`], per table, from one snapshot.
+    ///
+    /// For checking *where* data lives (tests, audits of the erasure promise), not for serving: it
+    /// reads whole tables into memory.
+    pub fn dump_tables(&self, class: TableClass) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        use redb::ReadableTable;
+        let r = self.read()?;
+        let mut out = Vec::new();
+        macro_rules! dump {
+            ($def:expr, $name:literal, |$k:ident, $v:ident, $buf:ident| $body:block) => {{
+                let t = r.open_table($def).ctx(concat!("opening table ", $name))?;
+                let mut $buf = Vec::new();
+                for item in t.iter().ctx(concat!("reading table ", $name))? {
+                    let ($k, $v) = item.ctx(concat!("reading table ", $name))?;
+                    $body
+                }
+                out.push(($name, $buf));
+            }};
+        }
+        match class {
+            TableClass::IndexOnly => {
+                dump!(DOC_CHANGES, "doc_changes", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(DOC_META, "doc_meta", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(INDEX, "index", |k, _v, b| {
+                    b.extend_from_slice(k.value())
+                });
+                dump!(DUE, "due", |k, _v, b| { b.extend_from_slice(k.value()) });
+                dump!(KINDS, "kinds", |k, _v, b| {
+                    b.extend_from_slice(k.value())
+                });
+                dump!(SYS, "sys", |k, v, b| {
+                    b.extend_from_slice(k.value().as_bytes());
+                    b.extend_from_slice(&v.value().to_le_bytes());
+                });
+            }
+            TableClass::Payload => {
+                dump!(ENVELOPES, "envelopes", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(PROJECTIONS, "projections", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(META, "meta", |k, v, b| {
+                    b.extend_from_slice(k.value().as_bytes());
+                    b.extend_from_slice(v.value());
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Stops accepting writes, commits and answers everything already accepted, and stops the

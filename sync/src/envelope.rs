@@ -147,7 +147,9 @@ pub enum EnvelopeError {
         actor: String,
     },
 
-    #[error("envelope from office {office} for doc {doc}: signature over change {hash} does not verify")]
+    #[error(
+        "envelope from office {office} for doc {doc}: signature over change {hash} does not verify"
+    )]
     BadSignature {
         office: String,
         doc: String,
@@ -454,12 +456,13 @@ impl Prechecked {
 /// All checks except the signature, cheapest first so junk from unknown keys costs little.
 fn precheck(env: Envelope, roster: &VerifiedRoster) -> Result<Prechecked, EnvelopeError> {
     let doc = || hex::encode(env.doc_id);
-    let office = roster
-        .office_by_signer(&env.signer)
-        .ok_or_else(|| EnvelopeError::UnknownSigner {
-            doc: doc(),
-            signer: hex::encode(env.signer),
-        })?;
+    let office =
+        roster
+            .office_by_signer(&env.signer)
+            .ok_or_else(|| EnvelopeError::UnknownSigner {
+                doc: doc(),
+                signer: hex::encode(env.signer),
+            })?;
     debug_assert_eq!(
         office.signing_key.as_bytes(),
         &env.signer,
@@ -482,12 +485,11 @@ fn precheck(env: Envelope, roster: &VerifiedRoster) -> Result<Prechecked, Envelo
         });
     }
     // Recomputes the hash from the bytes; we never trust a hash someone else computed.
-    let change =
-        Change::try_from(&env.change[..]).map_err(|e| EnvelopeError::MalformedChange {
-            office: office.id.clone(),
-            doc: doc(),
-            reason: e.to_string(),
-        })?;
+    let change = Change::try_from(&env.change[..]).map_err(|e| EnvelopeError::MalformedChange {
+        office: office.id.clone(),
+        doc: doc(),
+        reason: e.to_string(),
+    })?;
     let hash = change.hash().0;
     if let Some(reason) = canonical_encoding_problem(&env.change, &hash) {
         return Err(EnvelopeError::NonCanonicalChange {
@@ -550,7 +552,11 @@ mod tests {
     fn net(ids: &[&str]) -> Net {
         let root = generate();
         let (roster, keys): (Roster, _) = roster_with(ids);
-        let roster = roster.sign(&root).unwrap().verify(&root.verifying_key()).unwrap();
+        let roster = roster
+            .sign(&root)
+            .unwrap()
+            .verify(&root.verifying_key())
+            .unwrap();
         Net { roster, keys }
     }
 
@@ -650,7 +656,10 @@ mod tests {
         let mut env = envelope(&n.keys[0], [4; 16], "x");
         env.change[5] ^= 0xff;
         let err = verify(env, &n.roster).unwrap_err();
-        assert!(matches!(err, EnvelopeError::NonCanonicalChange { .. }), "{err:?}");
+        assert!(
+            matches!(err, EnvelopeError::NonCanonicalChange { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -659,7 +668,10 @@ mod tests {
         let mut env = envelope(&n.keys[0], [4; 16], "x");
         env.change[CHUNK_TYPE_OFFSET] = 2;
         let err = verify(env, &n.roster).unwrap_err();
-        assert!(matches!(err, EnvelopeError::NonCanonicalChange { .. }), "{err:?}");
+        assert!(
+            matches!(err, EnvelopeError::NonCanonicalChange { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -668,8 +680,13 @@ mod tests {
         let outsider = generate();
         let env = envelope(&outsider, [5; 16], "x");
         let err = verify(env, &n.roster).unwrap_err();
-        assert!(matches!(err, EnvelopeError::UnknownSigner { .. }), "{err:?}");
-        assert!(err.to_string().contains(&hex::encode(outsider.verifying_key().as_bytes())));
+        assert!(
+            matches!(err, EnvelopeError::UnknownSigner { .. }),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .contains(&hex::encode(outsider.verifying_key().as_bytes())));
         assert!(err.to_string().contains(&hex::encode([5u8; 16])));
     }
 
@@ -687,7 +704,10 @@ mod tests {
             change: change.raw_bytes().to_vec(),
         };
         let err = verify(env, &n.roster).unwrap_err();
-        assert!(matches!(err, EnvelopeError::ActorNotBound { ref office, .. } if office == "de"), "{err:?}");
+        assert!(
+            matches!(err, EnvelopeError::ActorNotBound { ref office, .. } if office == "de"),
+            "{err:?}"
+        );
         assert!(matches!(
             try_sign(doc_id, &change, &n.keys[1]),
             Err(EnvelopeError::ActorNotBound { .. })
@@ -800,8 +820,10 @@ mod tests {
         let big: String = (0..MAX_CHANGE_BYTES + 1)
             .map(|i| char::from(b'a' + ((i * 7919) % 26) as u8))
             .collect();
-        doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(ROOT, "evidence", big).map(|_| ()))
-            .unwrap();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "evidence", big).map(|_| ())
+        })
+        .unwrap();
         let change = doc.get_last_local_change().unwrap();
         assert!(matches!(
             try_sign([0; 16], &change, key),

@@ -173,7 +173,9 @@ pub fn read_public_key(path_or_hex: &str) -> Result<VerifyingKey, KeyError> {
     if text.len() as u64 > MAX_KEY_FILE_BYTES {
         return Err(KeyError::MalformedFile {
             path: path.to_path_buf(),
-            reason: format!("longer than {MAX_KEY_FILE_BYTES} bytes; expected {KEY_HEX_LEN} hex characters"),
+            reason: format!(
+                "longer than {MAX_KEY_FILE_BYTES} bytes; expected {KEY_HEX_LEN} hex characters"
+            ),
         });
     }
     parse_public_key(&text).map_err(|e| match e {
@@ -316,7 +318,10 @@ mod tests {
 
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("{}\n", hex::encode(key.to_bytes())));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let back = read_secret_key(&path).unwrap();
         assert_eq!(back.to_bytes(), key.to_bytes());
@@ -353,11 +358,13 @@ mod tests {
         );
 
         // Any single group/other bit is enough to refuse, for both secret kinds.
-        set_mode(&path, 0o604);
-        assert!(matches!(
-            read_secret32(&path),
-            Err(KeyError::InsecurePermissions { mode: 0o604, .. })
-        ));
+        for mode in [0o604, 0o640, 0o610, 0o601, 0o620] {
+            set_mode(&path, mode);
+            match read_secret32(&path) {
+                Err(KeyError::InsecurePermissions { mode: m, .. }) if m == mode => {}
+                other => panic!("mode {mode:04o} gave {other:?}"),
+            }
+        }
         set_mode(&path, 0o400);
         read_secret_key(&path).expect("owner-only read access is fine");
     }
@@ -378,7 +385,10 @@ mod tests {
         let cases: &[(&str, &[u8])] = &[
             ("short", b"abcd\n"),
             ("long", &[b'a'; 66]),
-            ("nonhex", b"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"),
+            (
+                "nonhex",
+                b"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n",
+            ),
             ("empty", b""),
             ("huge", &[b'0'; 4096]),
         ];
@@ -387,7 +397,10 @@ mod tests {
             fs::write(&path, content).unwrap();
             set_mode(&path, 0o600);
             let err = read_secret_key(&path).unwrap_err();
-            assert!(matches!(err, KeyError::MalformedFile { .. }), "{name}: {err:?}");
+            assert!(
+                matches!(err, KeyError::MalformedFile { .. }),
+                "{name}: {err:?}"
+            );
             let msg = err.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(!msg.contains("zzzz"), "error quotes file content: {msg}");

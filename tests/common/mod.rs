@@ -48,6 +48,9 @@ impl Net {
     pub fn start(&self, office: &str) -> Daemon {
         Daemon::start(&self.config(office), &self.socket(office))
     }
+    pub fn start_with_env(&self, office: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.config(office), &self.socket(office), env)
+    }
     /// Rewrites one office's config text.
     pub fn edit_config(&self, office: &str, f: impl FnOnce(String) -> String) {
         let path = self.config(office);
@@ -65,11 +68,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, socket: &Path) -> Daemon {
+        Daemon::start_with_env(config, socket, &[])
+    }
+
+    pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_extension(format!("log.{}", std::process::id()));
         let child = Command::new(CONSENTD)
             .arg("--config")
             .arg(config)
             .env("CONSENTD_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -86,7 +94,10 @@ impl Daemon {
                 return d;
             }
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("consentd exited with {status} before ready: {}", d.log_text());
+                panic!(
+                    "consentd exited with {status} before ready: {}",
+                    d.log_text()
+                );
             }
             assert!(
                 started.elapsed() < READY_TIMEOUT,

@@ -1,0 +1,130 @@
+//! The daemon's life under a service manager: READY=1 once serving, watchdog pings while alive,
+//! STOPPING=1 on SIGTERM; and logs that never name a data subject.
+mod common;
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+fn receive_until(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < within {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {within:?}; saw {seen:?}");
+}
+
+#[test]
+fn notifies_ready_watchdog_and_stopping() {
+    let net = Net::init("de");
+    let notify_path = net.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let d = net.start_with_env(
+        "de",
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    receive_until(&notify, "READY=1", Duration::from_secs(10));
+    // Pings come at half the interval; two in a row show the timer runs.
+    receive_until(&notify, "WATCHDOG=1", Duration::from_secs(10));
+    receive_until(&notify, "WATCHDOG=1", Duration::from_secs(10));
+    assert_eq!(ok(&net.socket("de"), &["status"])["office"], "de");
+    let pid = d.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    receive_until(&notify, "STOPPING=1", Duration::from_secs(10));
+    assert!(d.stop(), "exit status 0 after SIGTERM");
+}
+
+#[test]
+fn debug_logs_name_no_subject() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let d = net.start_with_env("de", &[("CONSENTD_LOG", "trace")]);
+    ok(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "secret form",
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    err(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "vibes",
+        ],
+    );
+    err(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "alice@@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "+44 20 7946 0958",
+            "--kind",
+            "erasure",
+        ],
+    );
+    ok(
+        &sock,
+        &["subject", "export", "--subject", "alice@example.com"],
+    );
+    let log = d.log_text();
+    assert!(d.stop());
+    assert!(
+        log.contains("consentd ready"),
+        "the log was captured: {log}"
+    );
+    for needle in ["alice", "example.com", "secret form", "7946", "vibes"] {
+        assert!(!log.contains(needle), "log contains {needle:?}:\n{log}");
+    }
+}
