@@ -1,100 +1,143 @@
-//! Legal clocks: when a data-subject request falls due.
+//! Legal clocks: when a data-subject request falls due, and why.
 //!
-//! Every jurisdiction's deadline is one row of [`RULES`], a static table. Each row names the
-//! jurisdictions and request kinds it covers, the period it counts, the legal source it comes
-//! from, and what an extension does. The functions below only look a row up and apply it, so a
-//! later change that adds jurisdictions or holiday calendars adds rows (and a calendar step in
-//! [`Period::apply`]), not new code paths.
+//! Every deadline is one row of [`RULES`], a static table: which jurisdictions and request kinds
+//! it covers, what it counts (calendar months, calendar days or business days), whether a
+//! deadline on a non-working day moves to the next working day, what an extension does, and the
+//! legal source. [`Clock`] looks a row up and applies it with the jurisdiction's holiday calendar
+//! ([`crate::calendar`]); it never guesses: a jurisdiction without a calendar, or a date outside
+//! the loaded years, is an error. docs/legal-clocks.md lists every row with its source.
 //!
-//! Days are counted from the **UTC calendar date** of receipt. Weekends and public holidays are
-//! **not** applied yet: every period here is counted in calendar days or calendar months, and
-//! each explanation says so. Where the law counts business days (Colombia), the row is labelled
-//! as a calendar approximation.
+//! Days are counted from the **UTC calendar date** on which the clock starts (receipt, or for the
+//! UK the day requested identity, clarification or fee arrives). The clock reads no time itself:
+//! every instant is an argument, so the table is tested deterministically.
 
-use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
-use serde::Serialize;
+use crate::calendar::{Calendar, Calendars, DayKind};
+use chrono::{DateTime, Days, Months, NaiveDate, Utc};
+
+/// The default length of a company-policy period (China, US outside California), in days.
+pub const COMPANY_POLICY_DAYS_DEFAULT: u32 = 30;
+/// Longest company-policy period accepted from config.
+pub const COMPANY_POLICY_DAYS_MAX: u32 = 365;
+/// Furthest an operator-notified extension date may lie beyond the original due date.
+pub const NOTIFIED_EXTENSION_DAYS_MAX: u64 = 366;
+
+/// EU member states: GDPR applies with the member state's own holiday calendar.
+pub const EU_MEMBER_STATES: &[&str] = &[
+    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IT",
+    "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
+];
 
 /// A due date and what produced it, shown to the operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     /// The last day on which the answer is on time (inclusive).
     pub date: NaiveDate,
-    /// Stable name of the rule that produced the date, e.g. `"gdpr-art12-one-month"`.
+    /// Stable name of the rule that produced the date, e.g. `gdpr-art12-one-month`.
     pub rule: &'static str,
-    /// One or two sentences for the operator: the source, the count, and its caveats.
+    /// The reasoning, step by step: source, count, and any move off a non-working day.
     pub explanation: String,
+    /// A second deadline some laws set: confirm receipt by this day (CCPA: 10 business days).
+    pub confirm_by: Option<NaiveDate>,
 }
 
-/// Why no due date could be computed. Each message is one line and says what to do.
+/// Why no due date could be computed. One line each, saying what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {
-    #[error("unknown jurisdiction {0:?}: use one of US, US-CA, SG, DE, NL, CN, CO, AU, GB or another EU member state code")]
+    #[error("unknown jurisdiction {0:?}: use an ISO code such as DE, NL, GB, US, US-CA, SG, CN, CO or AU")]
     UnknownJurisdiction(String),
-    #[error("unknown request kind {0:?}: use one of access, rectification, erasure, portability, withdrawal, objection, restriction")]
-    UnknownKind(String),
-    #[error("extension not allowed in {jurisdiction} (rule {rule}): {reason}")]
-    ExtensionNotAllowed {
+    #[error("no holiday calendar for {jurisdiction}: add {jurisdiction}.txt to the [clock] calendar_dir (see docs/legal-clocks.md)")]
+    NoCalendar { jurisdiction: String },
+    #[error("the {jurisdiction} holiday calendar ({origin}) covers {first}-{last}, not {date}; add that year to it rather than guess")]
+    OutsideCalendar {
         jurisdiction: String,
+        origin: String,
+        date: NaiveDate,
+        first: i32,
+        last: i32,
+    },
+    #[error("extension not allowed under {rule}: {reason}")]
+    ExtensionNotAllowed {
         rule: &'static str,
         reason: &'static str,
     },
-    #[error("due date for a request received on {received} is outside the supported date range")]
-    OutOfRange { received: NaiveDate },
+    #[error("too late to extend: the extension must be announced by {due} (rule {rule}), and the notice is dated {notice}")]
+    ExtensionWindowPassed {
+        rule: &'static str,
+        due: NaiveDate,
+        notice: NaiveDate,
+    },
+    #[error(
+        "rule {rule} extends to the date the person was told: give it with --until YYYY-MM-DD"
+    )]
+    UntilRequired { rule: &'static str },
+    #[error("rule {rule} fixes the extended date itself; drop --until")]
+    UntilNotAllowed { rule: &'static str },
+    #[error("--until {until} must be after the current due date {due} and at most {NOTIFIED_EXTENSION_DAYS_MAX} days beyond it")]
+    UntilOutOfRange { until: NaiveDate, due: NaiveDate },
+    #[error("date arithmetic overflow from {0}")]
+    OutOfRange(NaiveDate),
 }
 
-/// The request kinds the clocks know (the rights of §8 of the privacy statement).
-pub const REQUEST_KINDS: &[&str] = &[
-    "access",
-    "rectification",
-    "erasure",
-    "portability",
-    "withdrawal",
-    "objection",
-    "restriction",
-];
-
-/// A length of time counted from the day of receipt.
+/// A length of time counted from the day the clock starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
-    /// The same day-of-month `n` months later, or that month's last day (see [`add_months_clamped`]).
+    /// The same day-of-month `n` months later, or that month's last day when it has none.
     CalendarMonths(u32),
     /// `n` calendar days later.
-    CalendarDays(u64),
+    CalendarDays(u32),
+    /// The `n`-th working day after the start day (weekends and holidays skipped).
+    BusinessDays(u32),
+    /// `[clock] company_policy_days` calendar days.
+    CompanyPolicyDays,
 }
 
-impl Period {
-    /// Applies the period to the day of receipt. `None` only beyond chrono's date range.
-    pub fn apply(self, received: NaiveDate) -> Option<NaiveDate> {
-        match self {
-            Period::CalendarMonths(n) => received.checked_add_months(Months::new(n)),
-            Period::CalendarDays(n) => received.checked_add_days(Days::new(n)),
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Period::CalendarMonths(1) => "one calendar month".to_string(),
-            Period::CalendarMonths(n) => format!("{n} calendar months"),
-            Period::CalendarDays(1) => "one calendar day".to_string(),
-            Period::CalendarDays(n) => format!("{n} calendar days"),
-        }
-    }
+/// Whose word the rule is: shown in every explanation so policy is never mistaken for law.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    Law,
+    /// The law says "reasonable period"; the regulator's guidance gives the number.
+    Guidance,
+    CompanyPolicy,
 }
 
-/// Which jurisdiction codes a rule row covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// The extended deadline counts `period` from the clock's start (GDPR: three months in all).
+    FromStart {
+        period: Period,
+        rule: &'static str,
+        source: &'static str,
+    },
+    /// The extended deadline adds `period` after the original deadline (Colombia).
+    AfterDue {
+        period: Period,
+        rule: &'static str,
+        source: &'static str,
+    },
+    /// The law fixes no length: the deadline becomes the date the person was told in writing.
+    NotifiedDate {
+        rule: &'static str,
+        source: &'static str,
+    },
+    NotAllowed {
+        reason: &'static str,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Jurisdictions {
-    /// Exactly these codes.
     Codes(&'static [&'static str]),
-    /// `US` and every `US-xx` subdivision not matched by an earlier row (e.g. `US-CA`).
-    UsFederalOrOtherState,
+    EuMemberStates,
+    /// `US` and every `US-xx` not matched by an earlier row.
+    UsOther,
 }
 
 impl Jurisdictions {
     fn matches(self, code: &str) -> bool {
         match self {
             Jurisdictions::Codes(codes) => codes.contains(&code),
-            Jurisdictions::UsFederalOrOtherState => {
+            Jurisdictions::EuMemberStates => EU_MEMBER_STATES.contains(&code),
+            Jurisdictions::UsOther => {
                 code == "US"
                     || code
                         .strip_prefix("US-")
@@ -104,336 +147,487 @@ impl Jurisdictions {
     }
 }
 
-/// Which request kinds a rule row covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kinds {
-    Any,
-    Only(&'static [&'static str]),
-}
-
-impl Kinds {
-    fn matches(self, kind: &str) -> bool {
-        match self {
-            Kinds::Any => true,
-            Kinds::Only(kinds) => kinds.contains(&kind),
-        }
-    }
-}
-
-/// What `extended_due` does under a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Extension {
-    /// The extended deadline is `total`, counted again from the day of receipt.
-    Total {
-        total: Period,
-        rule: &'static str,
-        source: &'static str,
-        note: &'static str,
-    },
-    /// No extension exists; `reason` tells the operator what the law asks instead.
-    NotAllowed { reason: &'static str },
-}
-
-/// One row of the rule table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One row of the table.
+#[derive(Debug)]
 pub struct Rule {
+    pub id: &'static str,
     pub jurisdictions: Jurisdictions,
-    pub kinds: Kinds,
-    /// Stable rule name, reported as `due_rule`.
-    pub rule: &'static str,
-    /// Where the period comes from (statute, article, or "company policy").
-    pub source: &'static str,
+    /// `None`: every kind.
+    pub kinds: Option<&'static [&'static str]>,
     pub period: Period,
-    /// Caveat shown after the computation (approximations, policy vs law).
-    pub note: &'static str,
+    /// A deadline on a weekend or holiday moves to the next working day.
+    pub roll_to_working_day: bool,
     pub extension: Extension,
+    /// Confirm receipt within this period (CCPA).
+    pub confirm: Option<Period>,
+    /// The clock restarts when requested identity, clarification or fee is received (UK).
+    pub restart_on_identity: bool,
+    pub authority: Authority,
+    pub source: &'static str,
 }
 
-/// EU member states (ISO 3166-1 alpha-2, plus `EL`, the EU's own code for Greece).
-pub const EU_MEMBER_STATES: &[&str] = &[
-    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "EL", "HU", "IE", "IT",
-    "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
-];
-
-/// Alternative spellings accepted for a jurisdiction code (after ASCII upper-casing).
-const ALIASES: &[(&str, &str)] = &[("UK", "GB")];
-
-const NO_HOLIDAYS: &str =
-    "Weekends and public holidays are not applied yet; the date is a plain calendar count.";
-
-const GDPR_EXTENSION_NOTE: &str = "Art. 12(3) allows two further months for complex or numerous \
-requests (three months from receipt in total); the person must be told of the extension and the \
-reasons within the first month.";
-
-/// The rule table. The first row whose jurisdictions and kinds match wins, so specific rows
-/// (e.g. `US-CA`) come before general ones (`US` and other states).
-///
-/// Deadlines are inclusive: an answer sent on the due date is on time.
+/// The table. The first row matching (jurisdiction, kind) applies.
 pub static RULES: &[Rule] = &[
-    // --- EU and UK GDPR -----------------------------------------------------------------
     Rule {
-        jurisdictions: Jurisdictions::Codes(EU_MEMBER_STATES),
-        kinds: Kinds::Any,
-        rule: "gdpr-art12-one-month",
-        source: "GDPR (EU) 2016/679 Art. 12(3)",
-        period: Period::CalendarMonths(1),
-        note: NO_HOLIDAYS,
-        extension: Extension::Total {
-            total: Period::CalendarMonths(3),
-            rule: "gdpr-art12-3-extension",
-            source: "GDPR (EU) 2016/679 Art. 12(3)",
-            note: GDPR_EXTENSION_NOTE,
-        },
-    },
-    Rule {
+        id: "uk-gdpr-art12-one-month",
         jurisdictions: Jurisdictions::Codes(&["GB"]),
-        kinds: Kinds::Any,
-        rule: "gdpr-art12-one-month",
-        source: "UK GDPR Art. 12(3)",
+        kinds: None,
         period: Period::CalendarMonths(1),
-        note: NO_HOLIDAYS,
-        extension: Extension::Total {
-            total: Period::CalendarMonths(3),
+        roll_to_working_day: true,
+        extension: Extension::FromStart {
+            period: Period::CalendarMonths(3),
+            rule: "uk-gdpr-art12-3-extension",
+            source: "UK GDPR Art. 12(3): two further months where requests are complex or numerous, if the person is told with reasons within the first month",
+        },
+        confirm: None,
+        restart_on_identity: true,
+        authority: Authority::Law,
+        source: "UK GDPR Art. 12(3) and the ICO's right-of-access guidance (a deadline on a weekend or bank holiday moves to the next working day; the clock restarts when requested ID, clarification or fee arrives)",
+    },
+    Rule {
+        id: "gdpr-art12-one-month",
+        jurisdictions: Jurisdictions::EuMemberStates,
+        kinds: None,
+        period: Period::CalendarMonths(1),
+        roll_to_working_day: true,
+        extension: Extension::FromStart {
+            period: Period::CalendarMonths(3),
             rule: "gdpr-art12-3-extension",
-            source: "UK GDPR Art. 12(3)",
-            note: GDPR_EXTENSION_NOTE,
+            source: "GDPR Art. 12(3): two further months where requests are complex or numerous, if the person is told with reasons within the first month",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "GDPR (EU) 2016/679 Art. 12(3), counted per Regulation (EEC, Euratom) 1182/71 Art. 3 (a period ending on a Saturday, Sunday or public holiday ends with the next working day)",
     },
-    // --- United States ------------------------------------------------------------------
     Rule {
+        id: "ccpa-opt-out-15-business-days",
         jurisdictions: Jurisdictions::Codes(&["US-CA"]),
-        kinds: Kinds::Any,
-        rule: "ccpa-45-days",
-        source: "CCPA, Cal. Civ. Code § 1798.130(a)(2)",
-        period: Period::CalendarDays(45),
-        note: "CCPA counts calendar days. (Opt-out requests under the CCPA regulations have \
-shorter clocks, not modelled yet.)",
-        extension: Extension::Total {
-            total: Period::CalendarDays(90),
-            rule: "ccpa-45-days-extension",
-            source: "CCPA, Cal. Civ. Code § 1798.130(a)(2)",
-            note: "The CCPA allows one extension of 45 more days when reasonably necessary; the \
-consumer must be told within the first 45 days.",
+        kinds: Some(&["opt_out"]),
+        period: Period::BusinessDays(15),
+        roll_to_working_day: false,
+        extension: Extension::NotAllowed {
+            reason: "CCPA regulations require opt-outs of sale or sharing to be acted on within 15 business days, with no extension",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "Cal. Code Regs. tit. 11 § 7026(f) (opt-out of sale/sharing within 15 business days)",
     },
     Rule {
-        jurisdictions: Jurisdictions::UsFederalOrOtherState,
-        kinds: Kinds::Any,
-        rule: "company-policy",
-        source: "company policy (no federal US deadline; mirrors the CCPA's 45 days)",
+        id: "ccpa-45-days",
+        jurisdictions: Jurisdictions::Codes(&["US-CA"]),
+        kinds: None,
         period: Period::CalendarDays(45),
-        note: "This is company policy, not a statutory deadline. Check whether the person's \
-state has its own law.",
-        extension: Extension::Total {
-            total: Period::CalendarDays(90),
-            rule: "company-policy-extension",
-            source: "company policy (mirrors the CCPA's 45-day extension)",
-            note: "Company policy allows one extension of 45 more days; tell the person within \
-the first 45 days.",
+        roll_to_working_day: false,
+        extension: Extension::FromStart {
+            period: Period::CalendarDays(90),
+            rule: "ccpa-45-day-extension",
+            source: "Cal. Civ. Code § 1798.130(a)(2)(B); Cal. Code Regs. tit. 11 § 7021(b): once, by 45 more days, with notice and reasons within the first 45",
         },
+        confirm: Some(Period::BusinessDays(10)),
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "Cal. Civ. Code § 1798.130(a)(2); Cal. Code Regs. tit. 11 § 7021 (respond within 45 calendar days; confirm receipt within 10 business days)",
     },
-    // --- Singapore ----------------------------------------------------------------------
     Rule {
+        id: "us-company-policy-45-days",
+        jurisdictions: Jurisdictions::UsOther,
+        kinds: None,
+        period: Period::CalendarDays(45),
+        roll_to_working_day: false,
+        extension: Extension::FromStart {
+            period: Period::CalendarDays(90),
+            rule: "us-company-policy-extension",
+            source: "company policy, modelled on the CCPA: once, by 45 more days, with notice within the first 45",
+        },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::CompanyPolicy,
+        source: "company policy for US residents outside California (no general federal deadline), modelled on the CCPA's 45 days",
+    },
+    Rule {
+        id: "pdpa-access-30-days",
         jurisdictions: Jurisdictions::Codes(&["SG"]),
-        kinds: Kinds::Any,
-        rule: "pdpa-30-days",
-        source: "PDPA 2012 ss. 21-22; Personal Data Protection Regulations 2021 regs. 4-5",
+        kinds: Some(&["access"]),
         period: Period::CalendarDays(30),
-        note: "PDPA asks for a response as soon as reasonably possible; 30 days is the point by \
-which the individual must at least be told when they will get it.",
-        extension: Extension::NotAllowed {
-            reason: "PDPA has no extension; if the organisation cannot respond within 30 days it \
-must tell the individual in writing, within those 30 days, the time by which it will respond. \
-Record that date with the request instead.",
+        roll_to_working_day: false,
+        extension: Extension::NotifiedDate {
+            rule: "pdpa-notified-date",
+            source: "PDP Regulations 2021 reg. 5(2): if access cannot be given within 30 days, tell the individual in writing when it will be",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "PDPA 2012 s. 21 and PDP Regulations 2021 reg. 5 (access as soon as reasonably possible, within 30 days)",
     },
-    // --- Australia ----------------------------------------------------------------------
     Rule {
+        id: "pdpa-company-30-days",
+        jurisdictions: Jurisdictions::Codes(&["SG"]),
+        kinds: None,
+        period: Period::CalendarDays(30),
+        roll_to_working_day: false,
+        extension: Extension::NotifiedDate {
+            rule: "pdpa-notified-date",
+            source: "company policy: the individual is told in writing when the answer will come",
+        },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::CompanyPolicy,
+        source: "PDPA 2012 s. 22 (correction 'as soon as practicable'); the company answers within 30 days like access requests",
+    },
+    Rule {
+        id: "app12-reasonable-period-30-days",
         jurisdictions: Jurisdictions::Codes(&["AU"]),
-        kinds: Kinds::Any,
-        rule: "app12-reasonable-period-default-30",
-        source: "Privacy Act 1988 (Cth), APP 12.4 / APP 13.5 (\"within a reasonable period\")",
+        kinds: None,
         period: Period::CalendarDays(30),
-        note: "The law says \"a reasonable period\"; 30 calendar days is the OAIC's guidance and \
-our default.",
-        extension: Extension::NotAllowed {
-            reason: "the APPs have no formal extension; the 30-day default already is the \
-reasonable period. If more time is genuinely needed, tell the individual why and when they will \
-get a response, and record it with the request.",
+        roll_to_working_day: false,
+        extension: Extension::NotifiedDate {
+            rule: "app12-notified-date",
+            source: "APP 12.4 sets a reasonable period; beyond 30 days the individual is told when the answer will come",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Guidance,
+        source: "Privacy Act 1988 (Cth) APP 12.4(a)(ii) 'within a reasonable period'; OAIC APP guidelines ch. 12: generally 30 calendar days",
     },
-    // --- Colombia (business days approximated as calendar days) -------------------------
     Rule {
+        id: "ley1581-consulta-10-business-days",
         jurisdictions: Jurisdictions::Codes(&["CO"]),
-        kinds: Kinds::Only(&["access"]),
-        rule: "ley1581-art14-consulta-10-days-calendar-approximation",
-        source: "Ley 1581 de 2012 Art. 14 (consultas: 10 días hábiles)",
-        period: Period::CalendarDays(10),
-        note: "The law counts business days; this counts calendar days (earlier, so never late) \
-until business days arrive with the holiday calendars.",
-        extension: Extension::Total {
-            total: Period::CalendarDays(15),
-            rule: "ley1581-art14-consulta-extension-calendar-approximation",
-            source: "Ley 1581 de 2012 Art. 14 (5 more días hábiles)",
-            note: "Art. 14 allows 5 more business days (counted here as calendar days); the \
-person must be told the reasons and the new date before the first deadline.",
+        kinds: Some(&["access", "portability"]),
+        period: Period::BusinessDays(10),
+        roll_to_working_day: false,
+        extension: Extension::AfterDue {
+            period: Period::BusinessDays(5),
+            rule: "ley1581-consulta-extension",
+            source: "Ley 1581 de 2012 art. 14: 5 more business days, telling the person the reasons and the new date before the first term ends",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "Ley 1581 de 2012 art. 14 (consultas: 10 business days from receipt)",
     },
     Rule {
+        id: "ley1581-reclamo-15-business-days",
         jurisdictions: Jurisdictions::Codes(&["CO"]),
-        kinds: Kinds::Any,
-        rule: "ley1581-art15-reclamo-15-days-calendar-approximation",
-        source: "Ley 1581 de 2012 Art. 15 (reclamos: 15 días hábiles)",
-        period: Period::CalendarDays(15),
-        note: "The law counts business days; this counts calendar days (earlier, so never late) \
-until business days arrive with the holiday calendars.",
-        extension: Extension::Total {
-            total: Period::CalendarDays(23),
-            rule: "ley1581-art15-reclamo-extension-calendar-approximation",
-            source: "Ley 1581 de 2012 Art. 15 (8 more días hábiles)",
-            note: "Art. 15 allows 8 more business days (counted here as calendar days); the \
-person must be told the reasons and the new date before the first deadline.",
+        kinds: None,
+        period: Period::BusinessDays(15),
+        roll_to_working_day: false,
+        extension: Extension::AfterDue {
+            period: Period::BusinessDays(8),
+            rule: "ley1581-reclamo-extension",
+            source: "Ley 1581 de 2012 art. 15: 8 more business days, telling the person the reasons and the new date before the first term ends",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::Law,
+        source: "Ley 1581 de 2012 art. 15 (reclamos: 15 business days from receipt)",
     },
-    // --- China --------------------------------------------------------------------------
     Rule {
+        id: "pipl-company-policy",
         jurisdictions: Jurisdictions::Codes(&["CN"]),
-        kinds: Kinds::Any,
-        rule: "company-policy-pipl-art50",
-        source:
-            "company policy under PIPL Art. 50 (which requires timely handling, no fixed period)",
-        period: Period::CalendarDays(30),
-        note: "30 days is company policy, not law: PIPL Art. 50 sets no number of days.",
-        extension: Extension::NotAllowed {
-            reason: "PIPL Art. 50 requires timely handling and company policy grants no \
-extension; if the request cannot be handled in time, tell the individual why and record it.",
+        kinds: None,
+        period: Period::CompanyPolicyDays,
+        roll_to_working_day: false,
+        extension: Extension::NotifiedDate {
+            rule: "pipl-company-policy-notified-date",
+            source: "company policy: the person is told when the answer will come",
         },
+        confirm: None,
+        restart_on_identity: false,
+        authority: Authority::CompanyPolicy,
+        source: "PIPL art. 50 requires timely handling but sets no period; this is the company's policy ([clock] company_policy_days), not law",
     },
 ];
 
-/// Normalises a jurisdiction code: trimmed, ASCII upper case, aliases resolved.
-fn canonical_jurisdiction(jurisdiction: &str) -> String {
-    let code = jurisdiction.trim().to_ascii_uppercase();
-    match ALIASES.iter().find(|(alias, _)| *alias == code) {
-        Some((_, canonical)) => (*canonical).to_string(),
-        None => code,
+/// Normalises a jurisdiction code: upper case, `UK` read as `GB`.
+pub fn normalise_jurisdiction(code: &str) -> String {
+    let upper = code.trim().to_ascii_uppercase();
+    if upper == "UK" {
+        "GB".into()
+    } else {
+        upper
     }
 }
 
-/// Finds the rule that governs a request of `kind` in `jurisdiction`.
-///
-/// Jurisdiction codes are matched case-insensitively; `UK` is accepted for `GB`.
 pub fn rule_for(jurisdiction: &str, kind: &str) -> Result<&'static Rule, ClockError> {
-    let kind_norm = kind.trim().to_ascii_lowercase();
-    if !REQUEST_KINDS.contains(&kind_norm.as_str()) {
-        return Err(ClockError::UnknownKind(kind.to_string()));
-    }
-    let code = canonical_jurisdiction(jurisdiction);
+    let j = normalise_jurisdiction(jurisdiction);
     RULES
         .iter()
-        .find(|r| r.jurisdictions.matches(&code) && r.kinds.matches(&kind_norm))
-        .ok_or_else(|| ClockError::UnknownJurisdiction(jurisdiction.to_string()))
+        .find(|r| r.jurisdictions.matches(&j) && r.kinds.is_none_or(|k| k.contains(&kind)))
+        .ok_or(ClockError::UnknownJurisdiction(jurisdiction.to_string()))
 }
 
-/// Whether any rule covers `jurisdiction`.
-pub fn is_known_jurisdiction(jurisdiction: &str) -> bool {
-    let code = canonical_jurisdiction(jurisdiction);
-    RULES.iter().any(|r| r.jurisdictions.matches(&code))
+/// The legal clocks with the calendars and policy in force.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    calendars: Calendars,
+    company_policy_days: u32,
 }
 
-fn explain(
-    source: &str,
-    period: Period,
-    received: NaiveDate,
-    due: NaiveDate,
-    notes: &[&str],
-) -> String {
-    let mut text = format!(
-        "{source}: {} from the day of receipt ({received}, UTC) gives {due}",
-        period.describe()
-    );
-    if matches!(period, Period::CalendarMonths(_)) && due.day() != received.day() {
-        // The same day-of-month does not exist there; the month's last day was used.
-        text.push_str(&format!(
-            " (day {} does not exist in that month, so its last day)",
-            received.day()
-        ));
-    }
-    text.push('.');
-    for note in notes {
-        if !note.is_empty() {
-            text.push(' ');
-            text.push_str(note);
+impl Clock {
+    pub fn new(calendars: Calendars, company_policy_days: u32) -> Clock {
+        debug_assert!(
+            (1..=COMPANY_POLICY_DAYS_MAX).contains(&company_policy_days),
+            "config validation bounds the policy period"
+        );
+        Clock {
+            calendars,
+            company_policy_days,
         }
     }
-    if !notes.contains(&NO_HOLIDAYS) {
-        text.push(' ');
-        text.push_str(NO_HOLIDAYS);
+
+    pub fn builtin() -> Clock {
+        Clock::new(Calendars::builtin(), COMPANY_POLICY_DAYS_DEFAULT)
     }
-    text
-}
 
-/// The due date of a request of `kind` (e.g. `"access"`) received at `received` in `jurisdiction`.
-///
-/// The count starts from the UTC calendar date of `received`.
-pub fn due_date(
-    jurisdiction: &str,
-    kind: &str,
-    received: DateTime<Utc>,
-) -> Result<Due, ClockError> {
-    let rule = rule_for(jurisdiction, kind)?;
-    let day = received.date_naive();
-    let date = rule
-        .period
-        .apply(day)
-        .ok_or(ClockError::OutOfRange { received: day })?;
-    Ok(Due {
-        date,
-        rule: rule.rule,
-        explanation: explain(rule.source, rule.period, day, date, &[rule.note]),
-    })
-}
+    pub fn calendars(&self) -> &Calendars {
+        &self.calendars
+    }
 
-/// The due date after the extension the law allows, counted from the day of receipt.
-///
-/// Errors with [`ClockError::ExtensionNotAllowed`] where the jurisdiction has no extension;
-/// the error's reason says what the law asks instead.
-pub fn extended_due(
-    jurisdiction: &str,
-    kind: &str,
-    received: DateTime<Utc>,
-) -> Result<Due, ClockError> {
-    let rule = rule_for(jurisdiction, kind)?;
-    match rule.extension {
-        Extension::NotAllowed { reason } => Err(ClockError::ExtensionNotAllowed {
-            jurisdiction: canonical_jurisdiction(jurisdiction),
-            rule: rule.rule,
-            reason,
-        }),
-        Extension::Total {
-            total,
-            rule: ext_rule,
-            source,
-            note,
-        } => {
-            let day = received.date_naive();
-            let date = total
-                .apply(day)
-                .ok_or(ClockError::OutOfRange { received: day })?;
-            Ok(Due {
-                date,
-                rule: ext_rule,
-                explanation: explain(source, total, day, date, &[note, rule.note]),
+    /// The deadline for a request of `kind` under `jurisdiction` whose clock starts at `start`.
+    pub fn due(
+        &self,
+        jurisdiction: &str,
+        kind: &str,
+        start: DateTime<Utc>,
+    ) -> Result<Due, ClockError> {
+        let j = normalise_jurisdiction(jurisdiction);
+        let rule = rule_for(&j, kind)?;
+        let day = start.date_naive();
+        let mut steps = Vec::new();
+        let date = self.count(&j, rule.period, day, rule.roll_to_working_day, &mut steps)?;
+        let confirm_by = match rule.confirm {
+            Some(p) => Some(self.count(&j, p, day, false, &mut Vec::new())?),
+            None => None,
+        };
+        let mut explanation = format!("{}: {}", rule.source, steps.join("; "));
+        if let Some(c) = confirm_by {
+            explanation += &format!("; confirm receipt by {c}");
+        }
+        explanation += authority_note(rule.authority);
+        Ok(Due {
+            date,
+            rule: rule.id,
+            explanation,
+            confirm_by,
+        })
+    }
+
+    /// The deadline after an extension announced at `notice`. `start` is when the clock started,
+    /// `current_due` the deadline being extended; `until` is the date told to the person, for rules
+    /// whose extension is whatever date was notified.
+    pub fn extended(
+        &self,
+        jurisdiction: &str,
+        kind: &str,
+        start: DateTime<Utc>,
+        current_due: NaiveDate,
+        notice: DateTime<Utc>,
+        until: Option<NaiveDate>,
+    ) -> Result<Due, ClockError> {
+        let j = normalise_jurisdiction(jurisdiction);
+        let rule = rule_for(&j, kind)?;
+        let (rule_id, source) = match rule.extension {
+            Extension::NotAllowed { reason } => {
+                return Err(ClockError::ExtensionNotAllowed {
+                    rule: rule.id,
+                    reason,
+                })
+            }
+            Extension::FromStart { rule, source, .. }
+            | Extension::AfterDue { rule, source, .. }
+            | Extension::NotifiedDate { rule, source } => (rule, source),
+        };
+        // Every extension here must be announced within the period it extends.
+        if notice.date_naive() > current_due {
+            return Err(ClockError::ExtensionWindowPassed {
+                rule: rule.id,
+                due: current_due,
+                notice: notice.date_naive(),
+            });
+        }
+        let mut steps = Vec::new();
+        let date = match rule.extension {
+            Extension::FromStart { period, .. } => {
+                if until.is_some() {
+                    return Err(ClockError::UntilNotAllowed { rule: rule_id });
+                }
+                self.count(
+                    &j,
+                    period,
+                    start.date_naive(),
+                    rule.roll_to_working_day,
+                    &mut steps,
+                )?
+            }
+            Extension::AfterDue { period, .. } => {
+                if until.is_some() {
+                    return Err(ClockError::UntilNotAllowed { rule: rule_id });
+                }
+                self.count(&j, period, current_due, false, &mut steps)?
+            }
+            Extension::NotifiedDate { .. } => {
+                let until = until.ok_or(ClockError::UntilRequired { rule: rule_id })?;
+                let latest = current_due
+                    .checked_add_days(Days::new(NOTIFIED_EXTENSION_DAYS_MAX))
+                    .ok_or(ClockError::OutOfRange(current_due))?;
+                if until <= current_due || until > latest {
+                    return Err(ClockError::UntilOutOfRange {
+                        until,
+                        due: current_due,
+                    });
+                }
+                steps.push(format!("the person was told {until}"));
+                until
+            }
+            Extension::NotAllowed { .. } => unreachable!("returned above"),
+        };
+        debug_assert!(date > current_due, "an extension moves the deadline later");
+        Ok(Due {
+            date,
+            rule: rule_id,
+            explanation: format!(
+                "{source}: {} (announced {}, before {current_due}){}",
+                steps.join("; "),
+                notice.date_naive(),
+                authority_note(rule.authority)
+            ),
+            confirm_by: None,
+        })
+    }
+
+    fn calendar(&self, jurisdiction: &str) -> Result<&Calendar, ClockError> {
+        self.calendars
+            .get(jurisdiction)
+            .ok_or_else(|| ClockError::NoCalendar {
+                jurisdiction: jurisdiction.to_string(),
             })
+    }
+
+    fn day_kind<'c>(&self, cal: &'c Calendar, d: NaiveDate) -> Result<DayKind<'c>, ClockError> {
+        cal.day(d).ok_or_else(|| {
+            let (first, last) = cal.years();
+            ClockError::OutsideCalendar {
+                jurisdiction: cal.jurisdiction().to_string(),
+                origin: cal.origin().to_string(),
+                date: d,
+                first,
+                last,
+            }
+        })
+    }
+
+    /// Applies `period` from `start`, then (if asked) moves off non-working days, recording each
+    /// step for the explanation.
+    fn count(
+        &self,
+        jurisdiction: &str,
+        period: Period,
+        start: NaiveDate,
+        roll: bool,
+        steps: &mut Vec<String>,
+    ) -> Result<NaiveDate, ClockError> {
+        let overflow = || ClockError::OutOfRange(start);
+        let mut date = match period {
+            Period::CalendarMonths(n) => {
+                let d = start
+                    .checked_add_months(Months::new(n))
+                    .ok_or_else(overflow)?;
+                let what = if n == 1 {
+                    "one calendar month".to_string()
+                } else {
+                    format!("{n} calendar months")
+                };
+                if d.format("%d").to_string() != start.format("%d").to_string() {
+                    steps.push(format!(
+                        "{what} from {start} gives {d} (that month has no day {}, so its last day)",
+                        start.format("%-d")
+                    ));
+                } else {
+                    steps.push(format!("{what} from {start} gives {d}"));
+                }
+                d
+            }
+            Period::CalendarDays(n) => {
+                let d = start
+                    .checked_add_days(Days::new(u64::from(n)))
+                    .ok_or_else(overflow)?;
+                steps.push(format!("{n} calendar days from {start} gives {d}"));
+                d
+            }
+            Period::CompanyPolicyDays => {
+                let n = self.company_policy_days;
+                let d = start
+                    .checked_add_days(Days::new(u64::from(n)))
+                    .ok_or_else(overflow)?;
+                steps.push(format!(
+                    "{n} calendar days (company policy) from {start} gives {d}"
+                ));
+                d
+            }
+            Period::BusinessDays(n) => {
+                let cal = self.calendar(jurisdiction)?;
+                let mut d = start;
+                let mut counted = 0;
+                let mut skipped = Vec::new();
+                while counted < n {
+                    d = d.succ_opt().ok_or_else(overflow)?;
+                    match self.day_kind(cal, d)? {
+                        DayKind::Working => counted += 1,
+                        DayKind::Holiday(name) => skipped.push(format!("{d} {name}")),
+                        DayKind::Weekend(_) => {}
+                    }
+                }
+                let holidays = if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and the holidays {}", skipped.join(", "))
+                };
+                steps.push(format!(
+                    "{n} business days after {start}, skipping weekends{holidays}, gives {d}"
+                ));
+                d
+            }
+        };
+        if roll {
+            let cal = self.calendar(jurisdiction)?;
+            let original = date;
+            let mut why = Vec::new();
+            loop {
+                match self.day_kind(cal, date)? {
+                    DayKind::Working => break,
+                    DayKind::Weekend(_) => why.push(format!("{date} is a {}", date.format("%A"))),
+                    DayKind::Holiday(name) => why.push(format!("{date} is {name}")),
+                }
+                date = date.succ_opt().ok_or_else(overflow)?;
+            }
+            if date != original {
+                steps.push(format!(
+                    "{}, so the next working day {date}",
+                    why.join(", ")
+                ));
+            } else {
+                steps.push(format!("{date} is a working day in {jurisdiction}"));
+            }
         }
+        Ok(date)
     }
 }
 
-/// The same day-of-month `months` later, or that month's last day when the day does not exist
-/// there (2026-01-31 + 1 → 2026-02-28). Saturates at [`NaiveDate::MAX`] beyond chrono's range.
-pub fn add_months_clamped(date: NaiveDate, months: u32) -> NaiveDate {
-    date.checked_add_months(Months::new(months))
-        .unwrap_or(NaiveDate::MAX)
+fn authority_note(a: Authority) -> &'static str {
+    match a {
+        Authority::Law => "",
+        Authority::Guidance => {
+            " (the number is the regulator's guidance; the law says a reasonable period)"
+        }
+        Authority::CompanyPolicy => " (company policy, not a statutory deadline)",
+    }
+}
+
+/// Whether the clock restarts on receipt of requested identity, clarification or fee.
+pub fn restarts_on_identity(jurisdiction: &str, kind: &str) -> bool {
+    rule_for(jurisdiction, kind).is_ok_and(|r| r.restart_on_identity)
 }
 
 #[cfg(test)]
@@ -443,228 +637,68 @@ mod tests {
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
-
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
     }
 
-    fn due(j: &str, kind: &str, received: &str) -> Due {
-        due_date(j, kind, at(received)).unwrap()
+    #[test]
+    fn every_row_is_reachable_and_named_uniquely() {
+        let mut ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "rule ids are unique");
+        for r in RULES {
+            assert!(!r.source.is_empty(), "{} names its source", r.id);
+        }
     }
 
     #[test]
-    fn gdpr_end_of_march_clamps_to_end_of_april() {
-        let due = due("DE", "access", "2026-03-31T10:00:00Z");
-        assert_eq!(due.date, d("2026-04-30"));
-        assert_eq!(due.rule, "gdpr-art12-one-month");
-        assert!(
-            due.explanation.contains("Art. 12(3)"),
-            "{}",
-            due.explanation
-        );
-        assert!(
-            due.explanation.contains("not applied yet"),
-            "{}",
-            due.explanation
-        );
+    fn explanations_show_the_reasoning() {
+        let c = Clock::builtin();
+        let due = c.due("GB", "access", at("2026-01-31T10:00:00Z")).unwrap();
+        assert_eq!(due.date, d("2026-03-02"), "2026-02-28 is a Saturday");
+        assert!(due.explanation.contains("Saturday"), "{}", due.explanation);
         assert!(due.explanation.contains("last day"), "{}", due.explanation);
-    }
-
-    #[test]
-    fn gdpr_end_of_january_clamps_to_end_of_february() {
-        assert_eq!(
-            due("DE", "access", "2026-01-31T09:00:00Z").date,
-            d("2026-02-28")
-        );
-        assert_eq!(
-            due("NL", "erasure", "2026-01-31T09:00:00Z").date,
-            d("2026-02-28")
-        );
-        assert_eq!(
-            due("GB", "access", "2026-01-31T09:00:00Z").date,
-            d("2026-02-28")
-        );
-    }
-
-    #[test]
-    fn gdpr_leap_year() {
-        assert_eq!(
-            due("DE", "access", "2028-01-31T12:00:00Z").date,
-            d("2028-02-29")
-        );
-        assert_eq!(
-            due("DE", "access", "2028-01-29T12:00:00Z").date,
-            d("2028-02-29")
-        );
-    }
-
-    #[test]
-    fn gdpr_crosses_year() {
-        let due = due("DE", "portability", "2026-12-15T08:00:00Z");
-        assert_eq!(due.date, d("2027-01-15"));
-        assert!(!due.explanation.contains("last day"), "{}", due.explanation);
-    }
-
-    #[test]
-    fn gdpr_other_member_states_and_aliases() {
-        for j in ["FR", "fr", " ie ", "EL", "GR", "UK", "gb"] {
-            assert_eq!(
-                due(j, "access", "2026-02-10T00:00:00Z").date,
-                d("2026-03-10"),
-                "{j}"
-            );
-        }
-    }
-
-    #[test]
-    fn late_evening_receipt_uses_utc_date() {
-        assert_eq!(
-            due("DE", "access", "2026-01-31T23:30:00Z").date,
-            d("2026-02-28")
-        );
-        // 23:30 in New York on 30 January is already 31 January in UTC.
-        assert_eq!(
-            due("DE", "access", "2026-01-30T23:30:00-05:00").date,
-            d("2026-02-28")
-        );
-        // 00:30 in Berlin on 1 March is still 28 February in UTC.
-        assert_eq!(
-            due("DE", "access", "2026-03-01T00:30:00+01:00").date,
-            d("2026-03-28")
-        );
-    }
-
-    #[test]
-    fn gdpr_extension_is_three_months_from_receipt() {
-        let due = extended_due("DE", "access", at("2026-01-31T10:00:00Z")).unwrap();
-        assert_eq!(due.date, d("2026-04-30"));
-        assert_eq!(due.rule, "gdpr-art12-3-extension");
-        let due = extended_due("GB", "erasure", at("2026-11-30T10:00:00Z")).unwrap();
-        assert_eq!(due.date, d("2027-02-28"));
-    }
-
-    #[test]
-    fn california_45_days_and_extension_90() {
-        let due = due("US-CA", "access", "2026-01-01T12:00:00Z");
-        assert_eq!(due.date, d("2026-02-15"));
-        assert_eq!(due.rule, "ccpa-45-days");
-        let ext = extended_due("US-CA", "access", at("2026-01-01T12:00:00Z")).unwrap();
-        assert_eq!(ext.date, d("2026-04-01"));
-    }
-
-    #[test]
-    fn us_other_states_are_company_policy() {
-        let due1 = due("US", "erasure", "2026-01-01T00:00:00Z");
-        assert_eq!(due1.date, d("2026-02-15"));
-        assert_eq!(due1.rule, "company-policy");
+        let cn = c.due("CN", "access", at("2026-03-01T00:00:00Z")).unwrap();
         assert!(
-            due1.explanation.contains("company policy"),
+            cn.explanation.contains("company policy"),
             "{}",
-            due1.explanation
+            cn.explanation
         );
+    }
+
+    #[test]
+    fn policy_days_come_from_config() {
+        let c = Clock::new(Calendars::builtin(), 15);
         assert_eq!(
-            due("US-NY", "erasure", "2026-01-01T00:00:00Z").rule,
-            "company-policy"
+            c.due("CN", "access", at("2026-03-01T00:00:00Z"))
+                .unwrap()
+                .date,
+            d("2026-03-16")
         );
+    }
+
+    #[test]
+    fn unknown_jurisdictions_and_missing_calendars_are_errors() {
+        let c = Clock::builtin();
+        assert!(matches!(
+            c.due("XX", "access", at("2026-03-01T00:00:00Z")),
+            Err(ClockError::UnknownJurisdiction(_))
+        ));
+        assert!(matches!(
+            c.due("FR", "access", at("2026-03-01T00:00:00Z")),
+            Err(ClockError::NoCalendar { .. })
+        ));
+        assert!(matches!(
+            c.due("DE", "access", at("2028-12-15T00:00:00Z")),
+            Err(ClockError::OutsideCalendar { .. })
+        ));
         assert_eq!(
-            due("us-ca", "erasure", "2026-01-01T00:00:00Z").rule,
-            "ccpa-45-days"
+            c.due("uk", "access", at("2026-03-31T09:00:00Z"))
+                .unwrap()
+                .rule,
+            "uk-gdpr-art12-one-month"
         );
-    }
-
-    #[test]
-    fn singapore_australia_china() {
-        let sg = due("SG", "access", "2026-01-01T00:00:00Z");
-        assert_eq!((sg.date, sg.rule), (d("2026-01-31"), "pdpa-30-days"));
-        let au = due("AU", "access", "2026-01-01T00:00:00Z");
-        assert_eq!(
-            (au.date, au.rule),
-            (d("2026-01-31"), "app12-reasonable-period-default-30")
-        );
-        let cn = due("CN", "access", "2026-01-01T00:00:00Z");
-        assert_eq!(
-            (cn.date, cn.rule),
-            (d("2026-01-31"), "company-policy-pipl-art50")
-        );
-        assert!(cn.explanation.contains("not law"), "{}", cn.explanation);
-    }
-
-    #[test]
-    fn colombia_calendar_approximation() {
-        let access = due("CO", "access", "2026-01-01T00:00:00Z");
-        assert_eq!(access.date, d("2026-01-11"));
-        assert!(
-            access.rule.starts_with("ley1581-") && access.rule.ends_with("-calendar-approximation")
-        );
-        assert!(
-            access.explanation.contains("business days"),
-            "{}",
-            access.explanation
-        );
-        let erasure = due("CO", "erasure", "2026-01-01T00:00:00Z");
-        assert_eq!(erasure.date, d("2026-01-16"));
-        assert_ne!(erasure.rule, access.rule);
-    }
-
-    #[test]
-    fn unknown_jurisdiction_errors() {
-        let err = due_date("XX", "access", at("2026-01-01T00:00:00Z")).unwrap_err();
-        assert_eq!(err, ClockError::UnknownJurisdiction("XX".into()));
-        assert!(due_date("", "access", at("2026-01-01T00:00:00Z")).is_err());
-        assert!(due_date("US-CALIFORNIA", "access", at("2026-01-01T00:00:00Z")).is_err());
-        assert!(!is_known_jurisdiction("XX"));
-        assert!(is_known_jurisdiction("DE"));
-    }
-
-    #[test]
-    fn unknown_kind_errors() {
-        let err = due_date("DE", "complaint", at("2026-01-01T00:00:00Z")).unwrap_err();
-        assert_eq!(err, ClockError::UnknownKind("complaint".into()));
-    }
-
-    #[test]
-    fn singapore_extension_errors_with_explanation() {
-        let err = extended_due("SG", "access", at("2026-01-01T00:00:00Z")).unwrap_err();
-        match &err {
-            ClockError::ExtensionNotAllowed {
-                jurisdiction,
-                rule,
-                reason,
-            } => {
-                assert_eq!(jurisdiction, "SG");
-                assert_eq!(*rule, "pdpa-30-days");
-                assert!(reason.contains("time by which it will respond"), "{reason}");
-            }
-            other => panic!("expected ExtensionNotAllowed, got {other:?}"),
-        }
-        assert!(!err.to_string().contains('\n'));
-    }
-
-    #[test]
-    fn every_kind_has_a_rule_in_every_office_jurisdiction() {
-        let received = at("2026-05-31T12:00:00Z");
-        for j in ["US", "US-CA", "SG", "DE", "NL", "CN", "CO", "AU", "GB"] {
-            for kind in REQUEST_KINDS {
-                let due = due_date(j, kind, received).unwrap();
-                assert!(due.date > received.date_naive(), "{j} {kind}");
-                match extended_due(j, kind, received) {
-                    Ok(ext) => assert!(ext.date > due.date, "{j} {kind}"),
-                    Err(ClockError::ExtensionNotAllowed { .. }) => {}
-                    Err(e) => panic!("{j} {kind}: {e}"),
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn add_months_clamped_cases() {
-        assert_eq!(add_months_clamped(d("2026-01-31"), 1), d("2026-02-28"));
-        assert_eq!(add_months_clamped(d("2026-03-31"), 1), d("2026-04-30"));
-        assert_eq!(add_months_clamped(d("2028-01-31"), 1), d("2028-02-29"));
-        assert_eq!(add_months_clamped(d("2026-12-15"), 1), d("2027-01-15"));
-        assert_eq!(add_months_clamped(d("2026-01-31"), 3), d("2026-04-30"));
-        assert_eq!(add_months_clamped(d("2026-05-17"), 0), d("2026-05-17"));
-        assert_eq!(add_months_clamped(d("2026-05-17"), 24), d("2028-05-17"));
-        assert_eq!(add_months_clamped(NaiveDate::MAX, 1), NaiveDate::MAX);
     }
 }

@@ -37,6 +37,48 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub clock: ClockConfig,
+    #[serde(default)]
+    pub consent: ConsentConfig,
+}
+
+/// Legal clocks (docs/legal-clocks.md).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Directory of holiday calendar files (`<JURISDICTION>.txt`) replacing the built-in ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_dir: Option<PathBuf>,
+    /// Days for deadlines the law leaves open (China; US outside California).
+    #[serde(default = "default_policy_days")]
+    pub company_policy_days: u32,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            calendar_dir: None,
+            company_policy_days: default_policy_days(),
+        }
+    }
+}
+
+fn default_policy_days() -> u32 {
+    crate::clock::COMPANY_POLICY_DAYS_DEFAULT
+}
+
+/// Consent vocabulary additions.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Purposes this office uses beyond the built-in vocabulary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
+    /// Purposes (built-in or added) that count as marketing: refused for minors without
+    /// parental consent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marketing_purposes: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -152,6 +194,11 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let Some(dir) = &mut self.clock.calendar_dir {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
     }
 
     /// Checks what can be checked without touching other files.
@@ -183,6 +230,28 @@ impl Config {
             return Err(format!(
                 "uid {uid} is listed as both operator and auditor; give it one role"
             ));
+        }
+        let days = self.clock.company_policy_days;
+        if !(1..=crate::clock::COMPANY_POLICY_DAYS_MAX).contains(&days) {
+            return Err(format!(
+                "clock.company_policy_days = {days} is outside 1..={}",
+                crate::clock::COMPANY_POLICY_DAYS_MAX
+            ));
+        }
+        for p in self
+            .consent
+            .purposes
+            .iter()
+            .chain(&self.consent.marketing_purposes)
+        {
+            crate::vocab::check_purpose_syntax(p).map_err(|e| format!("consent: {e}"))?;
+        }
+        for p in &self.consent.marketing_purposes {
+            if !crate::vocab::PURPOSES.contains(&p.as_str()) && !self.consent.purposes.contains(p) {
+                return Err(format!(
+                    "consent.marketing_purposes names {p:?}, which is neither built in nor in consent.purposes"
+                ));
+            }
         }
         for peer in &self.peers {
             if peer.office == self.office {

@@ -143,9 +143,18 @@ enum ConsentCmd {
         basis: String,
         #[arg(long)]
         service: Option<String>,
-        /// The notice or form shown (e.g. "web form v3")
+        /// How consent was collected (e.g. "web form v3"); required with --basis consent
         #[arg(long)]
         evidence: Option<String>,
+        /// Version of the privacy notice shown (or name it in --evidence)
+        #[arg(long)]
+        notice: Option<String>,
+        /// The person is under 18 (marketing then needs --parental-consent)
+        #[arg(long)]
+        under_18: bool,
+        /// Evidence that a parent or guardian consented
+        #[arg(long)]
+        parental_consent: Option<String>,
         /// customer, end_user (default) or visitor
         #[arg(long)]
         person: Option<String>,
@@ -192,11 +201,26 @@ enum RequestCmd {
         #[arg(long)]
         jurisdiction: Option<String>,
     },
-    /// Extend a request's deadline (the person must be told why)
+    /// Extend a request's deadline (the person must be told why, within the original period)
     Extend {
         id: String,
         #[arg(long)]
         reason: String,
+        /// When the person was told (default now)
+        #[arg(long)]
+        at: Option<String>,
+        /// The date told to the person, where the law sets no extension length (SG, AU, CN)
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        until: Option<String>,
+    },
+    /// Record a step of a request's lifecycle
+    Update {
+        id: String,
+        /// identity_requested, identity_received or in_progress
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        note: Option<String>,
         #[arg(long)]
         at: Option<String>,
     },
@@ -214,8 +238,13 @@ enum RequestCmd {
     },
     /// List requests
     List {
+        /// Only open requests past their due date
         #[arg(long)]
         overdue: bool,
+        /// Only open requests due within N days (e.g. 7d)
+        #[arg(long, value_name = "DAYS")]
+        due_within: Option<String>,
+        /// Answer as of this time (default now)
         #[arg(long)]
         as_of: Option<String>,
     },
@@ -372,6 +401,9 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                 basis,
                 service,
                 evidence,
+                notice,
+                under_18,
+                parental_consent,
                 person,
                 role,
                 at,
@@ -382,6 +414,9 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                     basis,
                     service,
                     evidence,
+                    notice,
+                    under_18,
+                    parental_consent,
                     person,
                     role,
                     at,
@@ -424,13 +459,33 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                 }))?,
                 human_due,
             ),
-            RequestCmd::Extend { id, reason, at } => (
+            RequestCmd::Extend {
+                id,
+                reason,
+                at,
+                until,
+            } => (
                 call(Request::RequestExtend(protocol::RequestExtend {
                     id,
                     reason,
                     at,
+                    until,
                 }))?,
                 human_due,
+            ),
+            RequestCmd::Update {
+                id,
+                status,
+                note,
+                at,
+            } => (
+                call(Request::RequestUpdate(protocol::RequestUpdate {
+                    id,
+                    status,
+                    note,
+                    at,
+                }))?,
+                human_object,
             ),
             RequestCmd::Close {
                 id,
@@ -446,9 +501,14 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                 }))?,
                 human_object,
             ),
-            RequestCmd::List { overdue, as_of } => (
+            RequestCmd::List {
+                overdue,
+                due_within,
+                as_of,
+            } => (
                 call(Request::RequestList(protocol::RequestList {
                     overdue,
+                    due_within,
                     as_of,
                 }))?,
                 human_requests,
@@ -484,7 +544,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
         },
         Command::Subject(SubjectCmd::Export { subject }) => (
             call(Request::SubjectExport(protocol::SubjectArg { subject }))?,
-            human_pretty,
+            human_export,
         ),
         Command::Import { file } => (import(&socket, &file)?, human_object),
         Command::Status => (call(Request::Status(Empty {}))?, human_object),
@@ -571,8 +631,76 @@ fn human_object(v: &Value) -> String {
     }
 }
 
-fn human_pretty(v: &Value) -> String {
-    format!("{}\n", serde_json::to_string_pretty(v).expect("json"))
+/// A subject export in the words of the office's law (e.g. "individual" in Singapore).
+fn human_export(v: &Value) -> String {
+    let t = &v["terms"];
+    let mut out = format!(
+        "{} held about the {} {} ({}) at office {} ({})\n",
+        capitalise(&scalar(&t["personal_data"])),
+        scalar(&t["data_subject"]),
+        scalar(&v["subject"]),
+        scalar(&v["subject_kind"]),
+        scalar(&v["office"]),
+        scalar(&v["jurisdiction"]),
+    );
+    let role = |r: &Value| match r.as_str() {
+        Some("controller") => scalar(&t["controller"]),
+        Some("processor") => scalar(&t["processor"]),
+        _ => scalar(r),
+    };
+    let consents = v["consents"].as_array().cloned().unwrap_or_default();
+    out += &format!("\nconsent records: {}\n", consents.len());
+    for c in &consents {
+        out += &format!(
+            "  {}  purpose {}  we act as {}\n",
+            scalar(&c["id"]),
+            scalar(&c["purpose"]),
+            role(&c["role"])
+        );
+        for e in c["events"].as_array().into_iter().flatten() {
+            out += &format!(
+                "    {}  {:<8} basis={} service={} evidence={}\n",
+                scalar(&e["at"]),
+                scalar(&e["action"]),
+                scalar(&e["basis"]),
+                scalar(&e["service"]),
+                scalar(&e["evidence"])
+            );
+        }
+    }
+    let requests = v["requests"].as_array().cloned().unwrap_or_default();
+    out += &format!("\nrequests: {}\n", requests.len());
+    for r in &requests {
+        out += &format!(
+            "  {}  {:<13} {:<18} due {} ({})\n",
+            scalar(&r["id"]),
+            scalar(&r["kind"]),
+            scalar(&r["status"]),
+            scalar(&r["due"]),
+            scalar(&r["due_rule"])
+        );
+    }
+    let transfers = v["transfers"].as_array().cloned().unwrap_or_default();
+    out += &format!("\ntransfers: {}\n", transfers.len());
+    for x in &transfers {
+        out += &format!(
+            "  {}  {} -> {} to {} under {}\n",
+            scalar(&x["id"]),
+            scalar(&x["from"]),
+            scalar(&x["to"]),
+            scalar(&x["recipient"]),
+            scalar(&x["mechanism"])
+        );
+    }
+    out
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 fn human_id(v: &Value) -> String {

@@ -5,8 +5,10 @@
 //! readable by others, a key that is not the roster's key for this office, an unknown config key,
 //! or a data directory that belongs to another office.
 
+use crate::calendar::Calendars;
+use crate::clock::Clock;
 use crate::config::{Config, Role};
-use crate::office::{Office, OfficeError, OfficeParts};
+use crate::office::{Office, OfficeError, OfficeParts, Purposes};
 use crate::protocol::{
     encode_frame, RequestFrame, ResponseFrame, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
 };
@@ -97,6 +99,13 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         }
     }
 
+    let calendars = match &config.clock.calendar_dir {
+        Some(dir) => Calendars::with_overrides(dir).map_err(|e| fail(e.to_string()))?,
+        None => Calendars::builtin(),
+    };
+    let clock = Clock::new(calendars, config.clock.company_policy_days);
+    let purposes = Purposes::new(&config.consent.purposes, &config.consent.marketing_purposes);
+
     create_private_dir(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join(DB_FILE))
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
@@ -109,6 +118,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         signing,
         roster,
         index_key,
+        clock,
+        purposes,
     });
     Ok(Prepared {
         config,
@@ -186,6 +197,7 @@ pub async fn run(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let (stop_tx, stop_rx) = watch::channel(false);
     let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
+    let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -225,6 +237,7 @@ pub async fn run(
     }
     office.store().shutdown();
     watchdog.abort();
+    reminders.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -284,6 +297,31 @@ async fn watchdog(mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How far ahead the daily reminder looks for requests falling due.
+const REMINDER_DAYS: u64 = 3;
+/// How often the reminder runs.
+const REMINDER_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Once a day (and at start), warns in the log about open requests due within three days. The
+/// log names record ids and counts only, never who the requests are about.
+async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
+    loop {
+        match office.due_soon(REMINDER_DAYS) {
+            Ok(due) if !due.is_empty() => tracing::warn!(
+                count = due.len(),
+                ids = %due.join(","),
+                "requests fall due within {REMINDER_DAYS} days"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot check requests falling due"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REMINDER_EVERY) => {}
             _ = stop.changed() => return,
         }
     }

@@ -170,6 +170,8 @@ pub fn init(
                 })
                 .collect(),
             log: LogConfig::default(),
+            clock: Default::default(),
+            consent: Default::default(),
         };
         let text = format!(
             "# consentd configuration for office {id} ({jurisdiction}), written by consentctl network init.\n{}",

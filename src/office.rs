@@ -10,7 +10,7 @@
 //! of the keys it touches (consent token, or record id) from load until its commit is durable.
 //! Reads take no locks: they read projections in their own redb read transaction.
 
-use crate::clock;
+use crate::clock::{self, Clock};
 use crate::protocol::{self, Request, LIST_ROWS_MAX, TEXT_BYTES_MAX};
 use crate::record::{
     self, doc_id_hex, epoch_day, fmt_date, fmt_time, ConsentEvent, ConsentRecord, DocId, Extension,
@@ -60,6 +60,44 @@ pub struct OfficeParts {
     pub signing: SigningKey,
     pub roster: VerifiedRoster,
     pub index_key: [u8; 32],
+    pub clock: Clock,
+    pub purposes: Purposes,
+}
+
+/// The purposes this office records consent for: the built-in vocabulary plus its config.
+#[derive(Debug, Clone)]
+pub struct Purposes {
+    allowed: Vec<String>,
+    marketing: Vec<String>,
+}
+
+impl Purposes {
+    pub fn new(extra: &[String], extra_marketing: &[String]) -> Purposes {
+        let mut allowed: Vec<String> = vocab::PURPOSES.iter().map(|p| p.to_string()).collect();
+        allowed.extend(extra.iter().cloned());
+        let mut marketing: Vec<String> = vocab::MARKETING_PURPOSES
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        marketing.extend(extra_marketing.iter().cloned());
+        Purposes { allowed, marketing }
+    }
+
+    fn check(&self, purpose: &str) -> Result<()> {
+        vocab::check_purpose_syntax(purpose).map_err(invalid)?;
+        if self.allowed.iter().any(|p| p == purpose) {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "unknown purpose {purpose:?}: expected one of {} (offices add their own under [consent] purposes)",
+                self.allowed.join(", ")
+            )))
+        }
+    }
+
+    fn is_marketing(&self, purpose: &str) -> bool {
+        self.marketing.iter().any(|p| p == purpose)
+    }
 }
 
 pub struct Office {
@@ -74,6 +112,8 @@ pub struct Office {
     actor: ActorId,
     locks: Vec<tokio::sync::Mutex<()>>,
     started: Instant,
+    clock: Clock,
+    purposes: Purposes,
 }
 
 impl Office {
@@ -92,6 +132,8 @@ impl Office {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             started: Instant::now(),
+            clock: parts.clock,
+            purposes: parts.purposes,
         }
     }
 
@@ -132,7 +174,7 @@ impl Office {
             }
             Request::ConsentCheck(a) => self.consent_check(&a.subject, &a.purpose, a.at.as_deref()),
             Request::ConsentHistory(a) => self.consent_history(&a.subject),
-            Request::RequestList(a) => self.request_list(a.overdue, a.as_of.as_deref()),
+            Request::RequestList(a) => self.request_list(&a),
             Request::TransferList(a) => self.transfer_list(a.subject.as_deref()),
             Request::SubjectExport(a) => self.subject_export(&a.subject),
             Request::Status(_) => self.status(),
@@ -148,10 +190,30 @@ impl Office {
         match request {
             Request::ConsentGrant(a) => {
                 let subject = parse_subject(&a.subject)?;
-                vocab::check_purpose(&a.purpose).map_err(invalid)?;
+                self.purposes.check(&a.purpose)?;
                 vocab::check("basis", &a.basis, vocab::BASES).map_err(invalid)?;
                 if let Some(s) = &a.service {
                     vocab::check("service", s, vocab::SERVICES).map_err(invalid)?;
+                }
+                check_text("notice", a.notice.as_deref())?;
+                check_text("parental consent", a.parental_consent.as_deref())?;
+                if a.basis == "consent" {
+                    check_consent_evidence(a.evidence.as_deref(), a.notice.as_deref())?;
+                }
+                let parental = a.parental_consent.filter(|p| !p.trim().is_empty());
+                if self.purposes.is_marketing(&a.purpose) && parental.is_none() {
+                    // A minor flagged on this grant, or on the record already held for the pair.
+                    let token = self.hasher.consent_token(&subject, &a.purpose);
+                    let known_minor = self
+                        .records_by_key(&token)?
+                        .iter()
+                        .any(|(_, r)| matches!(r, Record::Consent(c) if c.minor && c.parental_consent.is_none()));
+                    if a.under_18 || known_minor {
+                        return Err(invalid(format!(
+                            "{} is marketing and the person is under 18: record a parent's or guardian's consent with --parental-consent (privacy statement §10)",
+                            a.purpose
+                        )));
+                    }
                 }
                 let person = a.person.unwrap_or_else(|| "end_user".into());
                 vocab::check("kind of person", &person, vocab::PERSONS).map_err(invalid)?;
@@ -166,31 +228,37 @@ impl Office {
                     purpose: a.purpose,
                     person,
                     role,
+                    minor: a.under_18,
+                    parental_consent: parental,
                     event: ConsentEvent {
                         action: "grant".into(),
                         at: fmt_time(at),
                         basis: Some(a.basis),
                         service: a.service,
                         evidence: a.evidence,
+                        notice: a.notice,
                         office: self.id.clone(),
                     },
                 })
             }
             Request::ConsentWithdraw(a) => {
                 let subject = parse_subject(&a.subject)?;
-                vocab::check_purpose(&a.purpose).map_err(invalid)?;
+                self.purposes.check(&a.purpose)?;
                 let at = event_time(a.at.as_deref(), now)?;
                 Ok(Op::Consent {
                     subject,
                     purpose: a.purpose,
                     person: "end_user".into(),
                     role: vocab::default_role("end_user").into(),
+                    minor: false,
+                    parental_consent: None,
                     event: ConsentEvent {
                         action: "withdraw".into(),
                         at: fmt_time(at),
                         basis: None,
                         service: None,
                         evidence: None,
+                        notice: None,
                         office: self.id.clone(),
                     },
                 })
@@ -199,8 +267,17 @@ impl Office {
                 let subject = parse_subject(&a.subject)?;
                 vocab::check("request kind", &a.kind, vocab::REQUEST_KINDS).map_err(invalid)?;
                 let received = event_time(a.received.as_deref(), now)?;
-                let jurisdiction = a.jurisdiction.unwrap_or_else(|| self.jurisdiction.clone());
-                let due = clock::due_date(&jurisdiction, &a.kind, received)
+                let jurisdiction = match a.jurisdiction {
+                    Some(j) => {
+                        let j = clock::normalise_jurisdiction(&j);
+                        check_jurisdiction(&j)?;
+                        j
+                    }
+                    None => self.jurisdiction.clone(),
+                };
+                let due = self
+                    .clock
+                    .due(&jurisdiction, &a.kind, received)
                     .map_err(|e| invalid(e.to_string()))?;
                 let received = fmt_time(received);
                 Ok(Op::RequestOpen(RequestRecord {
@@ -209,9 +286,11 @@ impl Office {
                     kind: a.kind,
                     jurisdiction,
                     received: received.clone(),
+                    clock_start: None,
                     due: fmt_date(due.date),
                     due_rule: due.rule.into(),
                     due_explanation: due.explanation,
+                    confirm_by: due.confirm_by.map(fmt_date),
                     status: record::REQUEST_OPEN_STATUS.into(),
                     extension: None,
                     outcome: None,
@@ -234,9 +313,27 @@ impl Office {
                 }
                 check_text("reason", Some(&a.reason))?;
                 let at = event_time(a.at.as_deref(), now)?;
+                let until = a
+                    .until
+                    .as_deref()
+                    .map(|u| parse_time(u).map(|t| t.date_naive()))
+                    .transpose()?;
                 Ok(Op::RequestExtend {
                     id,
                     reason: a.reason,
+                    at,
+                    until,
+                })
+            }
+            Request::RequestUpdate(a) => {
+                let id = record::parse_doc_id(&a.id).map_err(invalid)?;
+                vocab::check("status", &a.status, vocab::UPDATE_STATUSES).map_err(invalid)?;
+                check_text("note", a.note.as_deref())?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::RequestUpdate {
+                    id,
+                    status: a.status,
+                    note: a.note,
                     at,
                 })
             }
@@ -322,7 +419,9 @@ impl Office {
             Op::Consent {
                 subject, purpose, ..
             } => Some(self.hasher.consent_token(subject, purpose)),
-            Op::RequestExtend { id, .. } | Op::RequestClose { id, .. } => {
+            Op::RequestExtend { id, .. }
+            | Op::RequestClose { id, .. }
+            | Op::RequestUpdate { id, .. } => {
                 let mut key = [0u8; 32];
                 key[..16].copy_from_slice(id);
                 Some(key)
@@ -424,7 +523,7 @@ impl Office {
     /// or before `at` is a grant; a withdrawal at the same instant as a grant wins.
     pub fn consent_check(&self, subject: &str, purpose: &str, at: Option<&str>) -> Result<Value> {
         let subject = parse_subject(subject)?;
-        vocab::check_purpose(purpose).map_err(invalid)?;
+        self.purposes.check(purpose)?;
         let at = match at {
             Some(t) => parse_time(t)?,
             None => Utc::now(),
@@ -470,13 +569,33 @@ impl Office {
         Ok(Value::Array(rows.into_iter().map(|(_, r)| r).collect()))
     }
 
-    pub fn request_list(&self, overdue: bool, as_of: Option<&str>) -> Result<Value> {
-        let as_of = match as_of {
+    pub fn request_list(&self, args: &protocol::RequestList) -> Result<Value> {
+        let as_of = match &args.as_of {
             Some(t) => parse_time(t)?,
             None => Utc::now(),
         };
+        let within_days = args.due_within.as_deref().map(parse_days).transpose()?;
         let mut rows: Vec<(String, Value)> = Vec::new();
-        if overdue {
+        if let Some(days) = within_days {
+            // Open and due from today up to `days` days ahead (overdue ones are `--overdue`'s job).
+            let today = as_of.date_naive();
+            let last = today
+                .checked_add_days(chrono::Days::new(days))
+                .ok_or_else(|| invalid("--due-within is too far ahead"))?;
+            for (day, id) in self
+                .store
+                .docs_due_before(epoch_day(last) + 1, LIST_ROWS_MAX)?
+            {
+                if day < epoch_day(today) {
+                    continue;
+                }
+                if let Some(Record::Request(r)) = self.read_record(&id)? {
+                    if r.is_open() && (!args.overdue || r.due.as_str() < fmt_date(today).as_str()) {
+                        rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                    }
+                }
+            }
+        } else if args.overdue {
             // Due on day D means answered by the end of D: overdue once the date is past D.
             for (_, id) in self
                 .store
@@ -502,6 +621,22 @@ impl Office {
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Value::Array(rows.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    /// Ids of open requests due between today and `days` days ahead (for the daily reminder).
+    pub fn due_soon(&self, days: u64) -> Result<Vec<String>> {
+        let today = Utc::now().date_naive();
+        let last = today + chrono::Days::new(days);
+        let mut ids = Vec::new();
+        for (day, id) in self
+            .store
+            .docs_due_before(epoch_day(last) + 1, LIST_ROWS_MAX)?
+        {
+            if day >= epoch_day(today) {
+                ids.push(doc_id_hex(&id));
+            }
+        }
+        Ok(ids)
     }
 
     pub fn transfer_list(&self, subject: Option<&str>) -> Result<Value> {
@@ -543,6 +678,8 @@ impl Office {
             "subject": subject.as_str(),
             "subject_kind": subject_kind_name(subject.kind()),
             "office": self.id,
+            "jurisdiction": self.jurisdiction,
+            "terms": vocab::terms(&self.jurisdiction),
             "exported_at": fmt_time(Utc::now()),
             "consents": consents,
             "requests": requests,
@@ -575,12 +712,21 @@ enum Op {
         purpose: String,
         person: String,
         role: String,
+        minor: bool,
+        parental_consent: Option<String>,
         event: ConsentEvent,
     },
     RequestOpen(RequestRecord),
     RequestExtend {
         id: DocId,
         reason: String,
+        at: DateTime<Utc>,
+        until: Option<NaiveDate>,
+    },
+    RequestUpdate {
+        id: DocId,
+        status: String,
+        note: Option<String>,
         at: DateTime<Utc>,
     },
     RequestClose {
@@ -621,6 +767,8 @@ impl<'o> Draft<'o> {
                 purpose,
                 person,
                 role,
+                minor,
+                parental_consent,
                 event,
             } => {
                 let token = self.office.hasher.consent_token(&subject, &purpose);
@@ -633,7 +781,17 @@ impl<'o> Draft<'o> {
                 let event = serde_json::to_value(&event).expect("events serialise");
                 let id = match existing {
                     Some(id) => {
-                        self.change(id, |tx| record::append_to_root_list(tx, "events", &event))?;
+                        self.change(id, |tx| {
+                            let e = |e: automerge::AutomergeError| e.to_string();
+                            // Once a minor, always recorded as one: the flag is only ever set.
+                            if minor {
+                                tx.put(ROOT, "minor", true).map_err(e)?;
+                            }
+                            if let Some(p) = &parental_consent {
+                                tx.put(ROOT, "parental_consent", p.as_str()).map_err(e)?;
+                            }
+                            record::append_to_root_list(tx, "events", &event)
+                        })?;
                         id
                     }
                     None => {
@@ -645,6 +803,8 @@ impl<'o> Draft<'o> {
                             purpose,
                             role,
                             office: self.office.id.clone(),
+                            minor,
+                            parental_consent,
                             events: vec![serde_json::from_value(event).expect("round trip")],
                         });
                         self.create(id, &record)?;
@@ -666,8 +826,14 @@ impl<'o> Draft<'o> {
                 self.create(id, &Record::Request(request))?;
                 Ok(answer)
             }
-            Op::RequestExtend { id, reason, at } => {
+            Op::RequestExtend {
+                id,
+                reason,
+                at,
+                until,
+            } => {
                 let r = self.request(&id)?;
+                check_lifecycle_time(&id, &r, at)?;
                 if !r.is_open() {
                     return Err(invalid(format!(
                         "request {} is closed ({}); only an open request can be extended",
@@ -682,18 +848,14 @@ impl<'o> Draft<'o> {
                         r.due
                     )));
                 }
-                let original_due = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
+                let current_due = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
                     .map_err(|e| OfficeError::Integrity(e.to_string()))?;
-                if at.date_naive() > original_due {
-                    return Err(invalid(format!(
-                        "request {} was due {}: an extension must be notified within the original period",
-                        doc_id_hex(&id),
-                        r.due
-                    )));
-                }
-                let received = parse_stored_time(&r.received)?;
-                let due = clock::extended_due(&r.jurisdiction, &r.kind, received)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let start = parse_stored_time(r.clock_start.as_deref().unwrap_or(&r.received))?;
+                let due = self
+                    .office
+                    .clock
+                    .extended(&r.jurisdiction, &r.kind, start, current_due, at, until)
+                    .map_err(|e| invalid(format!("request {}: {e}", doc_id_hex(&id))))?;
                 let extension = serde_json::to_value(Extension {
                     reason: reason.clone(),
                     at: fmt_time(at),
@@ -725,6 +887,81 @@ impl<'o> Draft<'o> {
                     "due_explanation": due.explanation,
                 }))
             }
+            Op::RequestUpdate {
+                id,
+                status,
+                note,
+                at,
+            } => {
+                let r = self.request(&id)?;
+                check_lifecycle_time(&id, &r, at)?;
+                if !r.is_open() {
+                    return Err(invalid(format!(
+                        "request {} is closed ({})",
+                        doc_id_hex(&id),
+                        r.status
+                    )));
+                }
+                if !vocab::status_transition_allowed(&r.status, &status) {
+                    return Err(invalid(format!(
+                        "request {} is {}; it cannot move to {status} (see docs/legal-clocks.md for the lifecycle)",
+                        doc_id_hex(&id),
+                        r.status
+                    )));
+                }
+                // UK: the clock starts again on the day requested identity, clarification or a fee
+                // is received.
+                let restart = status == "identity_received"
+                    && clock::restarts_on_identity(&r.jurisdiction, &r.kind);
+                let due = if restart {
+                    Some(
+                        self.office
+                            .clock
+                            .due(&r.jurisdiction, &r.kind, at)
+                            .map_err(|e| invalid(format!("request {}: {e}", doc_id_hex(&id))))?,
+                    )
+                } else {
+                    None
+                };
+                let history = serde_json::to_value(StatusEvent {
+                    status: status.clone(),
+                    at: fmt_time(at),
+                    note: note.clone(),
+                    office: self.office.id.clone(),
+                })
+                .expect("serialises");
+                let due_fields = due.as_ref().map(|d| {
+                    (
+                        fmt_date(d.date),
+                        d.rule,
+                        format!(
+                            "clock restarted on {} when what was asked of the person arrived; {}",
+                            at.date_naive(),
+                            d.explanation
+                        ),
+                    )
+                });
+                self.change(id, |tx| {
+                    let e = |e: automerge::AutomergeError| e.to_string();
+                    tx.put(ROOT, "status", status.as_str()).map_err(e)?;
+                    if let Some((date, rule, explanation)) = &due_fields {
+                        tx.put(ROOT, "due", date.as_str()).map_err(e)?;
+                        tx.put(ROOT, "due_rule", *rule).map_err(e)?;
+                        tx.put(ROOT, "due_explanation", explanation.as_str())
+                            .map_err(e)?;
+                        tx.put(ROOT, "clock_start", fmt_time(at).as_str())
+                            .map_err(e)?;
+                    }
+                    record::append_to_root_list(tx, "history", &history)
+                })?;
+                let mut answer = json!({ "id": doc_id_hex(&id), "status": status });
+                if let Some((date, rule, explanation)) = due_fields {
+                    answer["due"] = json!(date);
+                    answer["due_rule"] = json!(rule);
+                    answer["due_explanation"] = json!(explanation);
+                }
+                Ok(answer)
+            }
             Op::RequestClose {
                 id,
                 outcome,
@@ -732,6 +969,7 @@ impl<'o> Draft<'o> {
                 at,
             } => {
                 let r = self.request(&id)?;
+                check_lifecycle_time(&id, &r, at)?;
                 if !r.is_open() {
                     return Err(invalid(format!(
                         "request {} is already closed ({})",
@@ -885,6 +1123,67 @@ fn parse_subject(raw: &str) -> Result<Subject> {
     Subject::parse(raw).map_err(|e| invalid(e.to_string()))
 }
 
+/// Basis `consent` needs evidence of how it was collected and the notice version shown: from
+/// `--notice`, or named in the evidence itself ("web form v3").
+fn check_consent_evidence(evidence: Option<&str>, notice: Option<&str>) -> Result<()> {
+    let evidence = evidence.map(str::trim).filter(|e| !e.is_empty()).ok_or_else(|| {
+        invalid("basis consent needs --evidence saying how consent was collected (e.g. \"web form v3\")")
+    })?;
+    let has_notice = notice.is_some_and(|n| !n.trim().is_empty()) || names_a_version(evidence);
+    if has_notice {
+        Ok(())
+    } else {
+        Err(invalid(
+            "basis consent needs the privacy notice version shown: add --notice VERSION, or name it in --evidence (e.g. \"web form v3\")",
+        ))
+    }
+}
+
+/// Whether text names a version: a word like `v3`, `v2.1`, `2024-05` or `3.0`.
+fn names_a_version(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '(' || c == ')')
+        .any(|w| {
+            let w = w.strip_prefix(['v', 'V']).unwrap_or(w);
+            !w.is_empty()
+                && w.starts_with(|c: char| c.is_ascii_digit())
+                && w.chars()
+                    .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+        })
+}
+
+/// A lifecycle event happens after receipt and after the request's last recorded event.
+fn check_lifecycle_time(id: &DocId, r: &RequestRecord, at: DateTime<Utc>) -> Result<()> {
+    let received = parse_stored_time(&r.received)?;
+    if at < received {
+        return Err(invalid(format!(
+            "request {} was received {}; a later event cannot be dated before it",
+            doc_id_hex(id),
+            r.received
+        )));
+    }
+    if let Some(last) = r.history.iter().map(|h| h.at.as_str()).max() {
+        let last_t = parse_stored_time(last)?;
+        if at < last_t {
+            return Err(invalid(format!(
+                "request {}'s last event is dated {last}; events are recorded in order",
+                doc_id_hex(id)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `7d` or `7` as a number of days (at most 3660).
+fn parse_days(text: &str) -> Result<u64> {
+    const DAYS_MAX: u64 = 3660;
+    text.trim()
+        .trim_end_matches('d')
+        .parse::<u64>()
+        .ok()
+        .filter(|d| *d <= DAYS_MAX)
+        .ok_or_else(|| invalid(format!("invalid --due-within {text:?}: use a number of days such as 7d (at most {DAYS_MAX})")))
+}
+
 fn check_text(field: &str, text: Option<&str>) -> Result<()> {
     match text {
         Some(t) if t.len() > TEXT_BYTES_MAX => Err(invalid(format!(
@@ -971,6 +1270,24 @@ mod tests {
         assert!(parse_time("31/03/2026").is_err());
         assert!(event_time(Some("2026-05-02"), now).is_err());
         assert_eq!(event_time(None, now).unwrap(), now);
+    }
+
+    #[test]
+    fn consent_evidence_must_name_the_notice() {
+        assert!(check_consent_evidence(Some("web form v3"), None).is_ok());
+        assert!(check_consent_evidence(Some("signup form (2024-05)"), None).is_ok());
+        assert!(check_consent_evidence(Some("web form"), Some("3.1")).is_ok());
+        assert!(check_consent_evidence(Some("web form"), None).is_err());
+        assert!(check_consent_evidence(None, Some("v3")).is_err());
+        assert!(check_consent_evidence(Some("  "), Some("v3")).is_err());
+        assert!(!names_a_version("vague words only"));
+    }
+
+    #[test]
+    fn days_parse_with_or_without_suffix() {
+        assert_eq!(parse_days("7d").unwrap(), 7);
+        assert_eq!(parse_days("30").unwrap(), 30);
+        assert!(parse_days("a week").is_err());
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Request {
     RequestExtend(RequestExtend),
     #[serde(rename = "request.close", alias = "request close")]
     RequestClose(RequestClose),
+    #[serde(rename = "request.update", alias = "request update")]
+    RequestUpdate(RequestUpdate),
     #[serde(rename = "request.list", alias = "request list")]
     RequestList(RequestList),
     #[serde(rename = "transfer.record", alias = "transfer record")]
@@ -82,6 +84,7 @@ impl Request {
                 | Request::RequestOpen(_)
                 | Request::RequestExtend(_)
                 | Request::RequestClose(_)
+                | Request::RequestUpdate(_)
                 | Request::TransferRecord(_)
                 | Request::Import(_)
         )
@@ -97,6 +100,7 @@ impl Request {
             Request::RequestOpen(_) => "request.open",
             Request::RequestExtend(_) => "request.extend",
             Request::RequestClose(_) => "request.close",
+            Request::RequestUpdate(_) => "request.update",
             Request::RequestList(_) => "request.list",
             Request::TransferRecord(_) => "transfer.record",
             Request::TransferList(_) => "transfer.list",
@@ -127,6 +131,15 @@ pub struct ConsentGrant {
     pub service: Option<String>,
     #[serde(default)]
     pub evidence: Option<String>,
+    /// Version of the privacy notice shown (required with basis `consent` unless the evidence names it).
+    #[serde(default)]
+    pub notice: Option<String>,
+    /// The person is under 18.
+    #[serde(default)]
+    pub under_18: bool,
+    /// Evidence of a parent's or guardian's consent, for a person under 18.
+    #[serde(default)]
+    pub parental_consent: Option<String>,
     /// Kind of person: customer, end_user (default) or visitor.
     #[serde(default)]
     pub person: Option<String>,
@@ -171,6 +184,22 @@ pub struct RequestOpen {
 pub struct RequestExtend {
     pub id: String,
     pub reason: String,
+    /// When the person was told (default now).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// The new date told to the person, where the law fixes no extension length (SG, AU, CN).
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RequestUpdate {
+    pub id: String,
+    /// identity_requested, identity_received or in_progress
+    pub status: String,
+    #[serde(default)]
+    pub note: Option<String>,
     #[serde(default)]
     pub at: Option<String>,
 }
@@ -191,6 +220,9 @@ pub struct RequestClose {
 pub struct RequestList {
     #[serde(default)]
     pub overdue: bool,
+    /// Only open requests due within this many days of `as_of` (`7d` or `7`).
+    #[serde(default)]
+    pub due_within: Option<String>,
     #[serde(default)]
     pub as_of: Option<String>,
 }

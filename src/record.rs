@@ -67,6 +67,12 @@ pub struct ConsentRecord {
     pub purpose: String,
     pub role: String,
     pub office: String,
+    /// The person is under 18 (§10).
+    #[serde(default)]
+    pub minor: bool,
+    /// Evidence that a parent or guardian consented, for a minor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parental_consent: Option<String>,
     pub events: Vec<ConsentEvent>,
 }
 
@@ -79,9 +85,12 @@ pub struct ConsentEvent {
     pub basis: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    /// The notice or evidence shown when consent was given (e.g. "web form v3").
+    /// How consent was collected (e.g. "web form v3").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// The version of the privacy notice the person was shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
     pub office: String,
 }
 
@@ -93,9 +102,15 @@ pub struct RequestRecord {
     pub kind: String,
     pub jurisdiction: String,
     pub received: String,
+    /// When the legal clock started, if not at receipt (UK: when requested identity arrived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_start: Option<String>,
     pub due: String,
     pub due_rule: String,
     pub due_explanation: String,
+    /// Confirm receipt by this day (CCPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_by: Option<String>,
     /// `received` while open; `completed` or `refused` once closed.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,12 +297,15 @@ mod tests {
             purpose: "marketing".into(),
             role: "processor".into(),
             office: "de".into(),
+            minor: false,
+            parental_consent: None,
             events: vec![ConsentEvent {
                 action: "grant".into(),
                 at: "2026-01-31T00:00:00Z".into(),
                 basis: Some("consent".into()),
                 service: Some("sms".into()),
                 evidence: Some("web form v3".into()),
+                notice: None,
                 office: "de".into(),
             }],
         })

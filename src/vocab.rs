@@ -76,7 +76,8 @@ pub const MECHANISMS: &[&str] = &[
     "none_required",
 ];
 
-/// Data-subject rights (§8): the kinds of request.
+/// Data-subject rights (§8): the kinds of request; `opt_out` is the CCPA's opt-out of sale or
+/// sharing, which California clocks separately.
 pub const REQUEST_KINDS: &[&str] = &[
     "access",
     "rectification",
@@ -85,7 +86,95 @@ pub const REQUEST_KINDS: &[&str] = &[
     "withdrawal",
     "objection",
     "restriction",
+    "opt_out",
 ];
+
+/// Purposes of processing (§2.2: account, services, analysis, support, sales, marketing,
+/// improvement and personalisation; §4.1: billing and fraud prevention; §9: cookie categories).
+/// Offices add their own with `[consent] purposes` in config.
+pub const PURPOSES: &[&str] = &[
+    "account_management",
+    "service_delivery",
+    "service_analytics",
+    "support",
+    "sales",
+    "marketing",
+    "product_improvement",
+    "personalisation",
+    "billing",
+    "fraud_prevention",
+    "legal_compliance",
+    "cookies_performance",
+    "cookies_functional",
+    "cookies_marketing",
+];
+
+/// Purposes that are marketing (§7.3, §10): refused for a person under 18 without parental consent.
+pub const MARKETING_PURPOSES: &[&str] =
+    &["marketing", "sales", "cookies_marketing", "personalisation"];
+
+/// Statuses of an open request, in lifecycle order; `completed` and `refused` close it.
+pub const REQUEST_STATUSES: &[&str] = &[
+    "received",
+    "identity_requested",
+    "identity_received",
+    "in_progress",
+    "extended",
+    "completed",
+    "refused",
+];
+
+/// Statuses an operator sets with `request update` (extension and closing have their own commands).
+pub const UPDATE_STATUSES: &[&str] = &["identity_requested", "identity_received", "in_progress"];
+
+/// Whether a request may move from `from` to `to` with `request update`.
+pub fn status_transition_allowed(from: &str, to: &str) -> bool {
+    match to {
+        // Identity, clarification or a fee can be asked for at any open stage.
+        "identity_requested" => matches!(
+            from,
+            "received" | "identity_received" | "in_progress" | "extended"
+        ),
+        "identity_received" => from == "identity_requested",
+        // Work starts once nothing is awaited from the person.
+        "in_progress" => matches!(from, "received" | "identity_received" | "extended"),
+        _ => false,
+    }
+}
+
+/// The words a jurisdiction's law uses for the roles (BRIEF.md, terminology).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Terms {
+    pub data_subject: &'static str,
+    pub controller: &'static str,
+    pub processor: &'static str,
+    pub personal_data: &'static str,
+}
+
+pub fn terms(jurisdiction: &str) -> Terms {
+    match jurisdiction {
+        // PDPA 2012.
+        "SG" => Terms {
+            data_subject: "individual",
+            controller: "organisation",
+            processor: "data intermediary",
+            personal_data: "personal data",
+        },
+        // CCPA 2018.
+        "US-CA" => Terms {
+            data_subject: "consumer",
+            controller: "business",
+            processor: "service provider",
+            personal_data: "personal information",
+        },
+        _ => Terms {
+            data_subject: "data subject",
+            controller: "controller",
+            processor: "processor",
+            personal_data: "personal data",
+        },
+    }
+}
 
 /// Outcomes of a closed request.
 pub const OUTCOMES: &[&str] = &["completed", "refused"];
@@ -111,9 +200,9 @@ pub fn check(field: &str, word: &str, allowed: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Checks a free-form purpose name: a short lowercase token such as `marketing` or `billing-sms`.
-/// Purposes are not a closed list (each office names its own), but they are identifiers, not prose.
-pub fn check_purpose(purpose: &str) -> Result<(), String> {
+/// Checks a purpose name's form: a short lowercase token such as `marketing` or `billing-sms`.
+/// Which purposes exist is [`PURPOSES`] plus the office's config; this checks only the spelling.
+pub fn check_purpose_syntax(purpose: &str) -> Result<(), String> {
     const PURPOSE_BYTES_MAX: usize = 64;
     let ok = !purpose.is_empty()
         && purpose.len() <= PURPOSE_BYTES_MAX
@@ -143,12 +232,41 @@ mod tests {
 
     #[test]
     fn purposes_are_identifiers() {
-        assert!(check_purpose("marketing").is_ok());
-        assert!(check_purpose("billing-sms.v2").is_ok());
-        assert!(check_purpose("Marketing").is_err());
-        assert!(check_purpose("").is_err());
-        assert!(check_purpose("a b").is_err());
-        assert!(check_purpose(&"a".repeat(65)).is_err());
+        assert!(check_purpose_syntax("marketing").is_ok());
+        assert!(check_purpose_syntax("billing-sms.v2").is_ok());
+        assert!(check_purpose_syntax("Marketing").is_err());
+        assert!(check_purpose_syntax("").is_err());
+        assert!(check_purpose_syntax("a b").is_err());
+        assert!(check_purpose_syntax(&"a".repeat(65)).is_err());
+        for p in PURPOSES.iter().chain(MARKETING_PURPOSES) {
+            assert!(check_purpose_syntax(p).is_ok(), "{p}");
+        }
+        assert!(MARKETING_PURPOSES.iter().all(|m| PURPOSES.contains(m)));
+    }
+
+    #[test]
+    fn lifecycle_transitions() {
+        assert!(status_transition_allowed("received", "identity_requested"));
+        assert!(status_transition_allowed(
+            "identity_requested",
+            "identity_received"
+        ));
+        assert!(
+            !status_transition_allowed("received", "identity_received"),
+            "nothing was asked"
+        );
+        assert!(
+            !status_transition_allowed("identity_requested", "in_progress"),
+            "still waiting"
+        );
+        assert!(!status_transition_allowed("completed", "in_progress"));
+    }
+
+    #[test]
+    fn terms_follow_the_law() {
+        assert_eq!(terms("SG").processor, "data intermediary");
+        assert_eq!(terms("US-CA").data_subject, "consumer");
+        assert_eq!(terms("DE").controller, "controller");
     }
 
     #[test]

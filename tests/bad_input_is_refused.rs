@@ -17,6 +17,8 @@ fn grant(sock: &std::path::Path) {
             "marketing",
             "--basis",
             "consent",
+            "--evidence",
+            "web form v3",
         ],
     );
 }
@@ -70,6 +72,8 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
                 "marketing",
                 "--basis",
                 "consent",
+                "--evidence",
+                "web form v3",
                 "--at",
                 "yesterday",
             ],
@@ -85,6 +89,8 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
                 "marketing",
                 "--basis",
                 "consent",
+                "--evidence",
+                "web form v3",
                 "--at",
                 "2999-01-01T00:00:00Z",
             ],
@@ -205,7 +211,7 @@ fn an_oversized_request_is_refused_without_harm() {
     // A single command-line argument cannot reach 1 MiB (the kernel caps it), but one import line can.
     let huge = "x".repeat(2 << 20);
     let file = net.path().join("huge.jsonl");
-    std::fs::write(&file, format!("{{\"op\":\"consent.grant\",\"subject\":\"a@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"{huge}\"}}\n")).unwrap();
+    std::fs::write(&file, format!("{{\"op\":\"consent.grant\",\"subject\":\"a@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"v1 {huge}\"}}\n")).unwrap();
     let e = err(&sock, &["import", "--file", file.to_str().unwrap()]);
     assert!(e.contains("exceeds the limit"), "{e}");
     still_serving(&sock);
@@ -304,6 +310,8 @@ fn the_auditor_role_reads_but_never_writes() {
             "marketing",
             "--basis",
             "consent",
+            "--evidence",
+            "web form v3",
         ],
     );
     assert!(e.contains("auditor") && e.contains("operator"), "{e}");
@@ -362,6 +370,8 @@ fn other_uids_get_only_their_role() {
         "marketing",
         "--basis",
         "consent",
+        "--evidence",
+        "web form v3",
     ];
     let e = assert_error(&ctl_as(&sock, &args, Some(auditor)));
     assert!(e.contains("auditor"), "{e}");

@@ -65,7 +65,7 @@ fn debug_logs_name_no_subject() {
             "--basis",
             "consent",
             "--evidence",
-            "secret form",
+            "secret form v2",
         ],
     );
     ok(
@@ -124,7 +124,7 @@ fn debug_logs_name_no_subject() {
         log.contains("consentd ready"),
         "the log was captured: {log}"
     );
-    for needle in ["alice", "example.com", "secret form", "7946", "vibes"] {
+    for needle in ["alice", "example.com", "secret form v2", "7946", "vibes"] {
         assert!(!log.contains(needle), "log contains {needle:?}:\n{log}");
     }
 }

@@ -109,7 +109,7 @@ fn consent_and_requests_survive_a_restart() {
             "--subject",
             "alice@example.com",
             "--purpose",
-            "newsletter",
+            "sales",
         ],
     );
     assert_eq!(other_purpose["granted"], false);
@@ -209,7 +209,7 @@ fn a_withdrawal_at_the_same_instant_as_a_grant_wins() {
             "--subject",
             "+49 30 1234 5678",
             "--purpose",
-            "calls",
+            "service_delivery",
             "--at",
             at,
         ],
@@ -222,9 +222,11 @@ fn a_withdrawal_at_the_same_instant_as_a_grant_wins() {
             "--subject",
             "+4930-12345678",
             "--purpose",
-            "calls",
+            "service_delivery",
             "--basis",
             "consent",
+            "--evidence",
+            "web form v3",
             "--at",
             at,
         ],
@@ -237,7 +239,7 @@ fn a_withdrawal_at_the_same_instant_as_a_grant_wins() {
             "--subject",
             "0049 30 12345678",
             "--purpose",
-            "calls",
+            "service_delivery",
         ],
     );
     assert_eq!(
@@ -267,7 +269,10 @@ fn requests_extend_close_and_fall_overdue() {
         )
     };
     let a = open("2026-01-31T12:00:00Z");
-    assert_eq!(a["due"], "2026-02-28");
+    assert_eq!(
+        a["due"], "2026-03-02",
+        "2026-02-28 is a Saturday: next working day"
+    );
     let b = open("2026-06-15T00:00:00Z");
     let a_id = a["id"].as_str().unwrap();
     let b_id = b["id"].as_str().unwrap();
@@ -400,6 +405,8 @@ fn transfers_and_subject_export() {
             "marketing",
             "--basis",
             "consent",
+            "--evidence",
+            "web form v3",
         ],
     );
     ok(
@@ -486,7 +493,7 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     let mut lines = String::from("# consent imported from the old CRM\n");
     for i in 0..2500 {
         lines += &format!(
-            "{{\"op\":\"consent.grant\",\"subject\":\"user{i}@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"at\":\"2025-01-01T00:00:00Z\"}}\n"
+            "{{\"op\":\"consent.grant\",\"subject\":\"user{i}@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"crm import v1\",\"at\":\"2025-01-01T00:00:00Z\"}}\n"
         );
     }
     lines += "{\"op\":\"consent.withdraw\",\"subject\":\"user7@example.com\",\"purpose\":\"marketing\",\"at\":\"2025-02-01T00:00:00Z\"}\n";

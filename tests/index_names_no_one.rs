@@ -24,6 +24,8 @@ fn index_tables_hold_keyed_hashes_not_identifiers() {
             "consent",
             "--service",
             "sms",
+            "--evidence",
+            "web form v3",
         ],
     );
     ok(
@@ -47,7 +49,7 @@ fn index_tables_hold_keyed_hashes_not_identifiers() {
             "--subject",
             "+44 20 7946 0958",
             "--purpose",
-            "calls",
+            "service_delivery",
             "--basis",
             "contract",
         ],

@@ -101,6 +101,8 @@ fn keygen_roster_add_sign_and_start() {
             "marketing",
             "--basis",
             "consent",
+            "--evidence",
+            "web form v3",
         ],
     );
     assert!(d.stop());
