@@ -472,6 +472,14 @@ impl Office {
         let mut doc = Automerge::new().with_actor(self.actor.clone());
         doc.apply_changes(changes)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;
+        // Envelopes are signed for this id, and the document must say the same: otherwise a
+        // change history was replayed from another record.
+        if record::doc_names(&doc) != Some(doc_id_hex(id)) {
+            return Err(OfficeError::Integrity(format!(
+                "record {}: the document names another record",
+                doc_id_hex(id)
+            )));
+        }
         Ok(Some(doc))
     }
 
@@ -1042,7 +1050,14 @@ impl<'o> Draft<'o> {
                 envelopes: Vec::new(),
             },
         );
-        self.change(id, |tx| record.write_new(tx).map_err(|e| e.to_string()))
+        self.change(id, |tx| {
+            // The document names itself in its first change. Without this, two records with the
+            // same content authored by one process have byte-identical first changes, hence the
+            // same change hash, and one would overwrite the other in a store keyed by hash.
+            tx.put(ROOT, record::DOC_ID_FIELD, doc_id_hex(&id).as_str())
+                .map_err(|e| e.to_string())?;
+            record.write_new(tx).map_err(|e| e.to_string())
+        })
     }
 
     /// Authors one change to a document in the draft and signs it.

@@ -50,6 +50,20 @@ pub fn epoch_day(d: NaiveDate) -> i32 {
     i32::try_from(d.signed_duration_since(epoch).num_days()).expect("date within i32 days")
 }
 
+/// The root field in which a document names its own record id (hex), set by its first change.
+pub const DOC_ID_FIELD: &str = "id";
+
+/// The record id a document names, if any.
+pub fn doc_names(doc: &Automerge) -> Option<String> {
+    match doc.get(ROOT, DOC_ID_FIELD).ok()?? {
+        (automerge::Value::Scalar(s), _) => match s.as_ref() {
+            automerge::ScalarValue::Str(text) => Some(text.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {

@@ -1,0 +1,251 @@
+//! Consent rules on a real daemon: evidence and notice version for basis `consent`, the purpose
+//! vocabulary (extendable in config), and no marketing to a person under 18 without a parent's
+//! consent.
+mod common;
+use common::*;
+
+fn grant(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["consent", "grant", "--subject", "kim@example.com"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run(sock: &std::path::Path, args: Vec<String>) -> std::process::Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctl(sock, &refs)
+}
+
+#[test]
+fn consent_needs_evidence_and_the_notice_version() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let e = assert_error(&run(
+        &sock,
+        grant(&["--purpose", "marketing", "--basis", "consent"]),
+    ));
+    assert!(e.contains("--evidence"), "{e}");
+    let e = assert_error(&run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form",
+        ]),
+    ));
+    assert!(e.contains("notice"), "{e}");
+    assert!(run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form",
+            "--notice",
+            "2026.1"
+        ])
+    )
+    .status
+    .success());
+    assert!(run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3"
+        ])
+    )
+    .status
+    .success());
+    // Other bases rest on the contract or the law, not on a form.
+    assert!(run(
+        &sock,
+        grant(&["--purpose", "billing", "--basis", "contract"])
+    )
+    .status
+    .success());
+    let history = ok(
+        &sock,
+        &["consent", "history", "--subject", "kim@example.com"],
+    );
+    assert_eq!(history[0]["notice"], "2026.1");
+}
+
+#[test]
+fn purposes_come_from_the_vocabulary_and_config() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    net.edit_config("de", |t| {
+        t.replace("[consent]", "[consent]\npurposes = [\"loyalty_programme\"]\nmarketing_purposes = [\"loyalty_programme\"]")
+    });
+    let _d = net.start("de");
+    let e = assert_error(&run(
+        &sock,
+        grant(&["--purpose", "astrology", "--basis", "contract"]),
+    ));
+    assert!(
+        e.contains("unknown purpose") && e.contains("marketing"),
+        "{e}"
+    );
+    assert!(run(
+        &sock,
+        grant(&["--purpose", "loyalty_programme", "--basis", "contract"])
+    )
+    .status
+    .success());
+    let e = assert_error(&run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "loyalty_programme",
+            "--basis",
+            "contract",
+            "--under-18",
+        ]),
+    ));
+    assert!(
+        e.contains("under 18"),
+        "configured marketing purposes are marketing: {e}"
+    );
+}
+
+#[test]
+fn no_marketing_to_minors_without_parental_consent() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let e = assert_error(&run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "app v2",
+            "--under-18",
+        ]),
+    ));
+    assert!(
+        e.contains("under 18") && e.contains("--parental-consent"),
+        "{e}"
+    );
+    // Service messages are not marketing.
+    assert!(run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "service_delivery",
+            "--basis",
+            "contract",
+            "--under-18"
+        ])
+    )
+    .status
+    .success());
+    assert!(run(
+        &sock,
+        grant(&[
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "app v2",
+            "--under-18",
+            "--parental-consent",
+            "signed form P-17 v1"
+        ])
+    )
+    .status
+    .success());
+    let check = ok(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "kim@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    assert_eq!(check["granted"], true);
+
+    // A minor flagged once stays flagged: a later grant for the same purpose without the flag is
+    // still refused when no parental consent is on record.
+    let sales = |extra: &[&str]| {
+        let mut v = vec![
+            "consent",
+            "grant",
+            "--subject",
+            "lee@example.com",
+            "--purpose",
+            "sales",
+            "--basis",
+            "contract",
+        ];
+        v.extend_from_slice(extra);
+        ctl(&sock, &v)
+    };
+    assert!(!sales(&["--under-18"]).status.success());
+    assert!(sales(&[
+        "--under-18",
+        "--person",
+        "customer",
+        "--parental-consent",
+        "guardian email v1"
+    ])
+    .status
+    .success());
+}
+
+#[test]
+fn the_decision_is_the_same_whichever_order_events_arrive() {
+    // Grant and withdrawal recorded at the same instant (as two offices might) give the same
+    // answer in either order: the withdrawal wins.
+    for order in [["grant", "withdraw"], ["withdraw", "grant"]] {
+        let net = Net::init("de");
+        let sock = net.socket("de");
+        let _d = net.start("de");
+        for action in order {
+            let mut args = vec![
+                "consent",
+                action,
+                "--subject",
+                "+49 30 1234 5678",
+                "--purpose",
+                "marketing",
+                "--at",
+                "2026-05-05T05:05:05Z",
+            ];
+            if action == "grant" {
+                args.extend(["--basis", "consent", "--evidence", "ivr v1"]);
+            }
+            ok(&sock, &args);
+        }
+        let check = ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "+493012345678",
+                "--purpose",
+                "marketing",
+            ],
+        );
+        assert_eq!(check["granted"], false, "order {order:?}");
+    }
+}

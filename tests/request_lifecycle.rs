@@ -1,0 +1,427 @@
+//! Requests through their lifecycle on a real daemon, with each jurisdiction's clock: the issue's
+//! acceptance example, the UK restart on identity, Singapore's notified date, and the ordering rules.
+mod common;
+use common::*;
+
+fn open(
+    sock: &std::path::Path,
+    jurisdiction: &str,
+    kind: &str,
+    received: &str,
+) -> serde_json::Value {
+    ok(
+        sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "amy@example.com",
+            "--kind",
+            kind,
+            "--jurisdiction",
+            jurisdiction,
+            "--received",
+            received,
+        ],
+    )
+}
+
+#[test]
+fn the_acceptance_example_gb_and_california() {
+    let net = Net::init("uk");
+    let sock = net.socket("uk");
+    let _d = net.start("uk");
+    let gb = open(&sock, "GB", "access", "2026-03-31T09:00:00Z");
+    assert_eq!(gb["due"], "2026-04-30");
+    assert_eq!(gb["due_rule"], "uk-gdpr-art12-one-month");
+    let ca = open(&sock, "US-CA", "access", "2026-03-31T09:00:00Z");
+    assert_eq!(ca["due"], "2026-05-15");
+    assert_eq!(ca["due_rule"], "ccpa-45-days");
+    let ext = ok(
+        &sock,
+        &[
+            "request",
+            "extend",
+            ca["id"].as_str().unwrap(),
+            "--reason",
+            "complex: records in 12 systems",
+            "--at",
+            "2026-04-20T00:00:00Z",
+        ],
+    );
+    assert_eq!(ext["due"], "2026-06-29");
+    assert_eq!(ext["due_rule"], "ccpa-45-day-extension");
+    let ca2 = open(&sock, "US-CA", "access", "2026-03-31T09:00:00Z");
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "extend",
+            ca2["id"].as_str().unwrap(),
+            "--reason",
+            "late",
+            "--at",
+            "2026-05-20T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("too late"), "{e}");
+
+    let overdue = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-05-01T00:00:00Z",
+        ],
+    );
+    let ids: Vec<&str> = overdue
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [gb["id"].as_str().unwrap()],
+        "only the GB request is overdue on 1 May"
+    );
+
+    // Closing it takes it off the overdue list.
+    ok(
+        &sock,
+        &[
+            "request",
+            "close",
+            gb["id"].as_str().unwrap(),
+            "--outcome",
+            "completed",
+            "--at",
+            "2026-05-02T00:00:00Z",
+        ],
+    );
+    let overdue = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-05-03T00:00:00Z",
+        ],
+    );
+    assert!(overdue.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn uk_identity_received_restarts_the_clock() {
+    let net = Net::init("uk");
+    let sock = net.socket("uk");
+    let _d = net.start("uk");
+    let r = open(&sock, "GB", "access", "2026-03-31T09:00:00Z");
+    let id = r["id"].as_str().unwrap();
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "identity_received",
+            "--at",
+            "2026-04-02T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("cannot move"), "nothing was asked yet: {e}");
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "identity_requested",
+            "--at",
+            "2026-04-01T00:00:00Z",
+            "--note",
+            "passport copy asked",
+        ],
+    );
+    let got = ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "identity_received",
+            "--at",
+            "2026-04-10T12:00:00Z",
+        ],
+    );
+    assert_eq!(
+        got["due"], "2026-05-11",
+        "one month from 10 Apr is Sunday 10 May: Monday 11 May"
+    );
+    assert!(got["due_explanation"]
+        .as_str()
+        .unwrap()
+        .contains("restarted"));
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "in_progress",
+            "--at",
+            "2026-04-11T00:00:00Z",
+        ],
+    );
+    // The extension then counts three months from the restart.
+    let ext = ok(
+        &sock,
+        &[
+            "request",
+            "extend",
+            id,
+            "--reason",
+            "numerous requests",
+            "--at",
+            "2026-04-20T00:00:00Z",
+        ],
+    );
+    assert_eq!(ext["due"], "2026-07-10");
+    let list = ok(&sock, &["request", "list"]);
+    let statuses: Vec<&str> = list[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "received",
+            "identity_requested",
+            "identity_received",
+            "in_progress",
+            "extended"
+        ]
+    );
+
+    // Elsewhere the clock runs on from receipt.
+    let de = open(&sock, "DE", "access", "2026-03-31T09:00:00Z");
+    let de_id = de["id"].as_str().unwrap();
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            de_id,
+            "--status",
+            "identity_requested",
+            "--at",
+            "2026-04-01T00:00:00Z",
+        ],
+    );
+    let got = ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            de_id,
+            "--status",
+            "identity_received",
+            "--at",
+            "2026-04-10T00:00:00Z",
+        ],
+    );
+    assert!(
+        got.get("due").is_none(),
+        "no restart under EU GDPR here: {got}"
+    );
+}
+
+#[test]
+fn singapore_records_the_date_told_to_the_individual() {
+    let net = Net::init("sg");
+    let sock = net.socket("sg");
+    let _d = net.start("sg");
+    let r = ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "tan@example.sg",
+            "--kind",
+            "access",
+            "--received",
+            "2026-03-31T09:00:00Z",
+        ],
+    );
+    assert_eq!(r["due"], "2026-04-30");
+    let id = r["id"].as_str().unwrap();
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "extend",
+            id,
+            "--reason",
+            "archive retrieval",
+            "--at",
+            "2026-04-25T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("--until"), "{e}");
+    let ext = ok(
+        &sock,
+        &[
+            "request",
+            "extend",
+            id,
+            "--reason",
+            "archive retrieval",
+            "--at",
+            "2026-04-25T00:00:00Z",
+            "--until",
+            "2026-05-20",
+        ],
+    );
+    assert_eq!(ext["due"], "2026-05-20");
+    assert_eq!(ext["due_rule"], "pdpa-notified-date");
+    // Terms of the PDPA in the export.
+    let export = ok(&sock, &["subject", "export", "--subject", "tan@example.sg"]);
+    assert_eq!(export["terms"]["data_subject"], "individual");
+    assert_eq!(export["terms"]["processor"], "data intermediary");
+    let human = ctl_human(&sock, &["subject", "export", "--subject", "tan@example.sg"]);
+    assert!(human.contains("individual"), "{human}");
+}
+
+fn ctl_human(sock: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(CONSENTCTL)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn lifecycle_times_are_ordered_and_within_bounds() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let r = open(&sock, "DE", "erasure", "2026-03-31T09:00:00Z");
+    let id = r["id"].as_str().unwrap();
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "in_progress",
+            "--at",
+            "2026-03-30T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("before"), "{e}");
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "in_progress",
+            "--at",
+            "2026-04-05T00:00:00Z",
+        ],
+    );
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "close",
+            id,
+            "--outcome",
+            "completed",
+            "--at",
+            "2026-04-02T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("in order"), "{e}");
+    let e = err(
+        &sock,
+        &[
+            "request",
+            "update",
+            id,
+            "--status",
+            "in_progress",
+            "--at",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert!(e.contains("future"), "{e}");
+    let e = err(&sock, &["request", "update", id, "--status", "completed"]);
+    assert!(e.contains("status"), "{e}");
+}
+
+#[test]
+fn due_within_lists_what_falls_due_soon() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let soon = open(&sock, "DE", "access", "2026-03-31T09:00:00Z"); // due 2026-04-30
+    let later = open(&sock, "DE", "access", "2026-04-15T09:00:00Z"); // due 2026-05-15
+    let past = open(&sock, "DE", "access", "2026-02-10T09:00:00Z"); // due 2026-03-10
+    let rows = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--due-within",
+            "7d",
+            "--as-of",
+            "2026-04-25T00:00:00Z",
+        ],
+    );
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [soon["id"].as_str().unwrap()]);
+    let rows = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--due-within",
+            "30",
+            "--as-of",
+            "2026-04-25T00:00:00Z",
+        ],
+    );
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(
+        !rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == past["id"]),
+        "overdue ones are --overdue's"
+    );
+    let _ = later;
+    let e = err(&sock, &["request", "list", "--due-within", "soon"]);
+    assert!(e.contains("due-within"), "{e}");
+}
