@@ -425,3 +425,39 @@ fn due_within_lists_what_falls_due_soon() {
     let e = err(&sock, &["request", "list", "--due-within", "soon"]);
     assert!(e.contains("due-within"), "{e}");
 }
+
+#[test]
+fn the_daemon_warns_about_requests_falling_due_without_naming_anyone() {
+    let net = Net::init("sg");
+    let sock = net.socket("sg");
+    let d = net.start("sg");
+    // Singapore counts 30 calendar days: received 29 days ago falls due tomorrow.
+    let received = (chrono::Utc::now() - chrono::Duration::days(29)).to_rfc3339();
+    let soon = ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "wei@example.sg",
+            "--kind",
+            "access",
+            "--received",
+            &received,
+        ],
+    );
+    assert!(d.stop());
+    let d = net.start("sg");
+    // The reminder runs at start; wait for it to reach the log.
+    let id = soon["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    while !d.log_text().contains(id) && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("fall due within 3 days") && log.contains(id),
+        "{log}"
+    );
+    assert!(!log.contains("wei@"), "{log}");
+}
