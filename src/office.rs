@@ -157,19 +157,21 @@ impl Office {
                 }
                 let n = import.records.len();
                 let mut ops = Vec::with_capacity(n);
+                let mut lines = Vec::with_capacity(n);
                 for (i, r) in import.records.into_iter().enumerate() {
                     let line = import.first_line + i;
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;
                     ops.push(op);
+                    lines.push(line);
                 }
-                self.write(ops).await?;
+                self.write(ops, Some(&lines)).await?;
                 Ok(json!({ "imported": n }))
             }
             r if r.is_write() => {
                 let op = self.prepare(r)?;
-                let mut out = self.write(vec![op]).await?;
+                let mut out = self.write(vec![op], None).await?;
                 Ok(out.pop().expect("one answer per op"))
             }
             Request::ConsentCheck(a) => self.consent_check(&a.subject, &a.purpose, a.at.as_deref()),
@@ -392,8 +394,9 @@ impl Office {
         }
     }
 
-    /// Applies operations as one durable batch; answers once it is durable.
-    async fn write(&self, ops: Vec<Op>) -> Result<Vec<Value>> {
+    /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
+    /// operations of an import in its errors.
+    async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -401,8 +404,17 @@ impl Office {
 
         let mut draft = Draft::new(self);
         let mut answers = Vec::with_capacity(ops.len());
-        for op in ops {
-            answers.push(draft.apply(op)?);
+        for (i, op) in ops.into_iter().enumerate() {
+            let answer = draft.apply(op).map_err(|e| match (lines, e) {
+                (Some(lines), OfficeError::Invalid(m)) => {
+                    invalid(format!("line {}: {m}", lines[i]))
+                }
+                (Some(lines), OfficeError::NotFound(m)) => {
+                    OfficeError::NotFound(format!("line {}: {m}", lines[i]))
+                }
+                (_, e) => e,
+            })?;
+            answers.push(answer);
         }
         let (batch, touched) = draft.finish()?;
         let receipt = self.store.commit(batch).await?;

@@ -535,6 +535,18 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     std::fs::write(&bad, "{\"op\":\"consent.grant\",\"subject\":\"x@example.com\",\"purpose\":\"marketing\",\"basis\":\"vibes\"}\n").unwrap();
     let e = err(&sock, &["import", "--file", bad.to_str().unwrap()]);
     assert!(e.contains("line 1") && e.contains("basis"), "{e}");
+    // An error found while applying (not parsing) still names its line, and nothing of the
+    // file lands.
+    let unknown = net.path().join("unknown.jsonl");
+    std::fs::write(&unknown, "{\"op\":\"request.open\",\"subject\":\"y@example.com\",\"kind\":\"access\"}\n{\"op\":\"request.close\",\"id\":\"00112233445566778899aabbccddeeff\",\"outcome\":\"completed\"}\n").unwrap();
+    let before = ok(&sock, &["status"])["records"].clone();
+    let e = err(&sock, &["import", "--file", unknown.to_str().unwrap()]);
+    assert!(e.contains("line 2") && e.contains("no request"), "{e}");
+    assert_eq!(
+        ok(&sock, &["status"])["records"],
+        before,
+        "the chunk is all or nothing"
+    );
     let read_op = net.path().join("read.jsonl");
     std::fs::write(&read_op, "{\"op\":\"status\"}\n").unwrap();
     let e = err(&sock, &["import", "--file", read_op.to_str().unwrap()]);
