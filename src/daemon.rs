@@ -110,6 +110,11 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         roster,
         index_key,
     });
+    // Refuse to start (and so to sign) if the log no longer reproduces the last checkpoint.
+    office
+        .audit()
+        .open(office.store())
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     Ok(Prepared {
         config,
         office: Arc::new(office),
@@ -186,6 +191,10 @@ pub async fn run(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let (stop_tx, stop_rx) = watch::channel(false);
     let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
+    let checkpoints = tokio::spawn(crate::audit::export::checkpoint_timer(
+        office.clone(),
+        stop_rx.clone(),
+    ));
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -225,6 +234,7 @@ pub async fn run(
     }
     office.store().shutdown();
     watchdog.abort();
+    checkpoints.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -331,6 +341,16 @@ async fn serve_connection(
         match tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut payload)).await {
             Ok(Ok(_)) => {}
             _ => return,
+        }
+        if crate::audit::export::is_export(&payload) {
+            // Streams many frames, so it cannot go through `handle`'s one answer.
+            if crate::audit::export::serve(&mut stream, uid, role, office)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
         let response = handle(&payload, uid, role, office, config).await;
         if send(&mut stream, &response).await.is_err() {
