@@ -322,11 +322,11 @@ fn human_verify(v: &Value) -> String {
             out += &format!(
                 "{:<8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9}\n",
                 id,
-                o["envelopes"],
+                o["envelopes"].as_u64().unwrap_or(0),
                 n("consent"),
                 n("request"),
                 n("transfer"),
-                o["tombstones"],
+                o["tombstones"].as_u64().unwrap_or(0),
                 o["log_size"].as_u64().map_or("-".into(), |s| s.to_string())
             );
         }

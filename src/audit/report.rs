@@ -119,7 +119,11 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
             Record::Request(r) => {
                 let row = requests
                     .entry((r.office.clone(), r.jurisdiction.clone()))
-                    .or_default();
+                    .or_insert_with(|| RequestRow {
+                        office: r.office.clone(),
+                        jurisdiction: r.jurisdiction.clone(),
+                        ..RequestRow::default()
+                    });
                 row.total += 1;
                 let due = date(&r.due);
                 if let Some(ext) = &r.extension {
@@ -170,7 +174,12 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
             Record::Transfer(t) => {
                 let row = transfers
                     .entry((t.office.clone(), t.from.clone(), t.to.clone()))
-                    .or_default();
+                    .or_insert_with(|| TransferRow {
+                        office: t.office.clone(),
+                        from: t.from.clone(),
+                        to: t.to.clone(),
+                        ..TransferRow::default()
+                    });
                 row.total += 1;
                 let leaves_eea =
                     EEA.contains(&country(&t.from)) && !EEA.contains(&country(&t.to));
@@ -271,6 +280,10 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
 /// Human tables.
 pub fn human(v: &Value) -> String {
     let mut out = format!(
@@ -288,14 +301,14 @@ pub fn human(v: &Value) -> String {
             "{:<8} {:<6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>14} {:>9} {:>8}\n",
             r["office"].as_str().unwrap_or("-"),
             r["jurisdiction"].as_str().unwrap_or("-"),
-            r["total"],
-            r["answered_in_time"],
-            r["answered_late"],
-            r["refused"],
-            r["extended"],
-            r["extended_with_timely_notice"],
-            r["open_within_time"],
-            r["open_overdue"]
+            n(&r["total"]),
+            n(&r["answered_in_time"]),
+            n(&r["answered_late"]),
+            n(&r["refused"]),
+            n(&r["extended"]),
+            n(&r["extended_with_timely_notice"]),
+            n(&r["open_within_time"]),
+            n(&r["open_overdue"])
         );
     }
     out += "\nTRANSFERS\n";
@@ -309,9 +322,9 @@ pub fn human(v: &Value) -> String {
             r["office"].as_str().unwrap_or("-"),
             r["from"].as_str().unwrap_or("-"),
             r["to"].as_str().unwrap_or("-"),
-            r["total"],
-            r["without_mechanism"],
-            r["without_tia"]
+            n(&r["total"]),
+            n(&r["without_mechanism"]),
+            n(&r["without_tia"])
         );
     }
     for (title, key) in [
