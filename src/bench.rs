@@ -6,12 +6,12 @@
 use std::time::Instant;
 
 use automerge::Automerge;
+use consentd_sync::b64;
 use consentd_sync::envelope;
 use consentd_sync::keys;
 use consentd_sync::merkle;
 use consentd_sync::roster::{OfficeEntry, Roster};
 use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
-use consentd_sync::b64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 
@@ -141,7 +141,10 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
     for l in &lines {
         w.write(l).expect("in memory");
     }
-    for (i, chunk) in leaves.chunks(crate::audit::bundle::LEAVES_PER_LINE).enumerate() {
+    for (i, chunk) in leaves
+        .chunks(crate::audit::bundle::LEAVES_PER_LINE)
+        .enumerate()
+    {
         w.write(&Line::Leaves {
             office: "de".into(),
             first: (i * crate::audit::bundle::LEAVES_PER_LINE) as u64,

@@ -887,7 +887,11 @@ impl<'o> Draft<'o> {
         );
         debug_assert_eq!(
             batch.log.len(),
-            batch.updates.iter().map(|u| u.envelopes.len()).sum::<usize>(),
+            batch
+                .updates
+                .iter()
+                .map(|u| u.envelopes.len())
+                .sum::<usize>(),
             "every authored envelope has its log leaf in the same batch"
         );
         Ok((batch, touched))

@@ -4,10 +4,10 @@
 mod common;
 use common::audit::*;
 use common::*;
-use serde_json::Value;
 use consentd_storage::{Store, WriteBatch};
 use consentd_sync::tlog::{self, LogLeaf};
 use consentd_sync::tombstone::{Reason, Tombstone};
+use serde_json::Value;
 
 #[test]
 fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind() {
@@ -23,9 +23,20 @@ fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind
     let root = net.path().join("root.pub");
     let out = ctl(
         &net.socket("de"),
-        &["audit", "verify", bundle.to_str().unwrap(), "--root-pub", root.to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+        ],
     );
-    assert!(out.status.success(), "verify failed: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["counts"]["envelopes"], 3000);
@@ -41,14 +52,27 @@ fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind
     // The report runs on the same bundle: every request is open and overdue as of export.
     let rep = ok(
         &net.socket("de"),
-        &["audit", "report", bundle.to_str().unwrap(), "--root-pub", root.to_str().unwrap()],
+        &[
+            "audit",
+            "report",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+        ],
     );
     assert_eq!(rep["requests"][0]["office"], "de");
     assert_eq!(rep["requests"][0]["total"], 1000);
     assert_eq!(rep["transfers"][0]["without_tia"], 0);
     let csv = ctl(
         &net.socket("de"),
-        &["audit", "report", bundle.to_str().unwrap(), "--root-pub", root.to_str().unwrap(), "--csv"],
+        &[
+            "audit",
+            "report",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+            "--csv",
+        ],
     );
     assert!(text(&csv.stdout).starts_with("section,office,jurisdiction,record,metric,value\n"));
     drop(d);
@@ -71,7 +95,15 @@ fn an_auditor_uid_may_export_and_a_planted_logged_tombstone_verifies() {
     let doc: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
     let heads = store.doc_change_hashes(&doc).unwrap();
     let key = consentd_sync::keys::read_secret_key(&net.path().join("de/signing.key")).unwrap();
-    let t = Tombstone::sign(doc, heads, Reason::Erasure, "request/test", 1_780_000_000, &key).unwrap();
+    let t = Tombstone::sign(
+        doc,
+        heads,
+        Reason::Erasure,
+        "request/test",
+        1_780_000_000,
+        &key,
+    )
+    .unwrap();
     let log = consentd::audit::log::log_id(&tlog::origin("local", "de"));
     store
         .commit_blocking(WriteBatch {

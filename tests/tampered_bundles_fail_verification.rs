@@ -24,7 +24,10 @@ fn exported() -> (Net, Vec<String>) {
         .as_str()
         .unwrap()
         .to_string();
-    ok(&net.socket("de"), &["request", "close", &id, "--outcome", "completed"]);
+    ok(
+        &net.socket("de"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
     assert!(d.stop());
     let store = Store::open(&net.data_dir("de").join("consentd.redb")).unwrap();
     let doc: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
@@ -45,7 +48,11 @@ fn exported() -> (Net, Vec<String>) {
     let path = export(&net, "de", "b.jsonl");
     let l = lines(&path);
     let clean = verify_bytes(&rebuild(&l), &root_pub(&net));
-    assert!(clean.ok(), "the untampered bundle must verify: {:?}", clean.failures);
+    assert!(
+        clean.ok(),
+        "the untampered bundle must verify: {:?}",
+        clean.failures
+    );
     (net, l)
 }
 
@@ -78,7 +85,9 @@ fn flipping_any_sampled_byte_of_any_envelope_or_tombstone_is_caught_and_named() 
     {
         let tomb = line_type(&l[i]) == "tombstone";
         let len = consentd_sync::b64::decode(
-            serde_json::from_str::<Value>(&l[i]).unwrap()["data"].as_str().unwrap(),
+            serde_json::from_str::<Value>(&l[i]).unwrap()["data"]
+                .as_str()
+                .unwrap(),
         )
         .unwrap()
         .len();
@@ -118,7 +127,9 @@ fn flipping_any_byte_of_the_checkpoint_is_caught() {
         for bit in [0x01u8, 0x02] {
             let mut bytes = note.clone().into_bytes();
             bytes[pos] ^= bit;
-            let Ok(bad_note) = String::from_utf8(bytes) else { continue };
+            let Ok(bad_note) = String::from_utf8(bytes) else {
+                continue;
+            };
             let mut v2 = v.clone();
             v2["note"] = Value::String(bad_note);
             let mut bad = l.clone();
@@ -141,7 +152,13 @@ fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
     let root = root_pub(&net);
     let v: Value = serde_json::from_str(&l[1]).unwrap();
     let entry = v["roster"]["roster"]["offices"][0].clone();
-    for field in ["id", "jurisdiction", "signing_key", "transport_key", "address"] {
+    for field in [
+        "id",
+        "jurisdiction",
+        "signing_key",
+        "transport_key",
+        "address",
+    ] {
         let text = entry[field].as_str().unwrap().to_string();
         for pos in [0, text.len() / 2, text.len() - 1] {
             let mut bytes = text.clone().into_bytes();
@@ -151,9 +168,27 @@ fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
                 b'0' => b'1',
                 b'D' => b'E',
                 b'.' => b':',
-                c if c.is_ascii_digit() => if c == b'9' { b'8' } else { c + 1 },
-                c if c.is_ascii_lowercase() => if c == b'z' { b'y' } else { c + 1 },
-                c if c.is_ascii_uppercase() => if c == b'Z' { b'Y' } else { c + 1 },
+                c if c.is_ascii_digit() => {
+                    if c == b'9' {
+                        b'8'
+                    } else {
+                        c + 1
+                    }
+                }
+                c if c.is_ascii_lowercase() => {
+                    if c == b'z' {
+                        b'y'
+                    } else {
+                        c + 1
+                    }
+                }
+                c if c.is_ascii_uppercase() => {
+                    if c == b'Z' {
+                        b'Y'
+                    } else {
+                        c + 1
+                    }
+                }
                 c => c ^ 1,
             };
             let mut v2 = v.clone();
@@ -162,7 +197,12 @@ fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
             let mut bad = l.clone();
             bad[1] = v2.to_string();
             let o = verify_bytes(&rebuild(&bad), &root);
-            assert_eq!(checks(&o), vec!["roster_signature"], "{field}@{pos}: {:?}", o.failures);
+            assert_eq!(
+                checks(&o),
+                vec!["roster_signature"],
+                "{field}@{pos}: {:?}",
+                o.failures
+            );
         }
     }
     // Serial and network too.
@@ -170,7 +210,10 @@ fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
     v2["roster"]["roster"]["serial"] = serde_json::json!(7);
     let mut bad = l.clone();
     bad[1] = v2.to_string();
-    assert_eq!(checks(&verify_bytes(&rebuild(&bad), &root)), vec!["roster_signature"]);
+    assert_eq!(
+        checks(&verify_bytes(&rebuild(&bad), &root)),
+        vec!["roster_signature"]
+    );
 
     // A roster signed by a key other than the root, through the real CLI.
     let rogue = consentd_sync::keys::generate();
@@ -196,7 +239,10 @@ fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["failures"][0]["check"], "roster_signature");
     let err = text(&out.stderr);
-    assert!(err.starts_with("error: verification failed") && err.contains("roster_signature"), "{err}");
+    assert!(
+        err.starts_with("error: verification failed") && err.contains("roster_signature"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -268,7 +314,11 @@ fn reordering_the_log_is_caught() {
     let mut bad = l.clone();
     bad[i] = v.to_string();
     let o = verify_bytes(&rebuild(&bad), &root);
-    let f = o.failures.iter().find(|f| f.check == "log_root").expect("log_root");
+    let f = o
+        .failures
+        .iter()
+        .find(|f| f.check == "log_root")
+        .expect("log_root");
     assert_eq!(f.office.as_deref(), Some("de"));
     // Dropping a leaf is caught the same way.
     let mut v: Value = serde_json::from_str(&l[i]).unwrap();

@@ -206,7 +206,9 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
             let v = Client::connect(socket)
                 .and_then(|mut c| c.call(&Request::AuditCheckpoint(Empty {})))
                 .map_err(|e| e.to_string())?;
-            print(json_out, &v, |v| v["note"].as_str().unwrap_or("").to_string());
+            print(json_out, &v, |v| {
+                v["note"].as_str().unwrap_or("").to_string()
+            });
             Ok(0)
         }
         AuditCmd::Verify {

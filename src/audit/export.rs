@@ -89,7 +89,9 @@ pub async fn checkpoint_timer(
         }
         let o = office.clone();
         let r = tokio::task::spawn_blocking(move || {
-            o.audit().checkpoint(o.store(), o.signing_key()).map(|(s, _)| s)
+            o.audit()
+                .checkpoint(o.store(), o.signing_key())
+                .map(|(s, _)| s)
         })
         .await;
         match r {
@@ -147,7 +149,15 @@ pub async fn serve(
     let (result, socket) = tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(EXPORT_QUEUE_CHUNKS);
-            let producer = s.spawn(move || write_bundle(office, ChunkSink { tx, buf: Vec::new() }));
+            let producer = s.spawn(move || {
+                write_bundle(
+                    office,
+                    ChunkSink {
+                        tx,
+                        buf: Vec::new(),
+                    },
+                )
+            });
             let mut socket: io::Result<()> = Ok(());
             for chunk in rx.iter() {
                 let framed = encode_frame(&chunk);
@@ -287,18 +297,22 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     }
     let mut cursor = None;
     loop {
-        let page = snap.tombstones_after(cursor.as_ref(), EXPORT_PAGE).map_err(st)?;
+        let page = snap
+            .tombstones_after(cursor.as_ref(), EXPORT_PAGE)
+            .map_err(st)?;
         let Some(last) = page.last() else { break };
         cursor = Some((last.0, last.1));
         for (_, _, t) in &page {
-            w.write(&Line::Tombstone { data: b64::encode(t) })
-                .map_err(io)?;
+            w.write(&Line::Tombstone {
+                data: b64::encode(t),
+            })
+            .map_err(io)?;
         }
     }
     let (mut out, summary) = w.finish().map_err(io)?;
     out.flush().map_err(io)?;
-    let inner = out.into_inner().map_err(|e| io(e.into_error()))?;
-    drop(inner); // ChunkSink flushes its last partial chunk in Drop-free flush above
+    // Dropping the sink closes the channel: the socket side sees the end of the data.
+    drop(out);
     Ok(summary)
 }
 
@@ -306,17 +320,20 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
 /// atomically: a failed export leaves no file at `out`.
 pub fn export_to_file(socket: &Path, out: &Path, progress: bool) -> Result<Value, String> {
     let started = Instant::now();
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|source| {
-            ClientError::Connect {
-                path: socket.to_owned(),
-                source,
-            }
-            .to_string()
-        })?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+        ClientError::Connect {
+            path: socket.to_owned(),
+            source,
+        }
+        .to_string()
+    })?;
     let cerr = |e: io::Error| format!("connection to consentd failed: {e}");
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(cerr)?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(cerr)?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(cerr)?;
+    stream
+        .set_write_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(cerr)?;
     let frame = RequestFrame {
         v: PROTOCOL_VERSION,
         request: Request::AuditExport(Empty {}),
@@ -385,7 +402,7 @@ fn receive(
     let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
     let mut bytes = 0u64;
     let mut bar = super::cli::Progress::new(progress, "exporting");
-    let _ = expected_envelopes;
+    let of = expected_envelopes.map_or(String::new(), |n| format!(" ({n} envelopes)"));
     loop {
         let mut len = [0u8; 4];
         stream
@@ -406,7 +423,7 @@ fn receive(
         out.write_all(&buf[..len])
             .map_err(|e| format!("writing the bundle: {e}"))?;
         bytes += len as u64;
-        bar.update(|| format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64));
+        bar.update(|| format!("{:.1} MiB{of}", bytes as f64 / (1 << 20) as f64));
     }
     let file = out
         .into_inner()

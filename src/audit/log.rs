@@ -101,16 +101,11 @@ impl AuditLog {
     /// it. Blocking (reads the whole log once); the daemon calls it at start-up.
     pub fn open(&self, store: &Store) -> Result<Option<Signed>, AuditError> {
         let mut state = self.lock();
-        self.open_locked(&mut state, &store.snapshot()?, store)?;
+        self.open_locked(&mut state, &store.snapshot()?)?;
         Ok(state.latest.clone())
     }
 
-    fn open_locked(
-        &self,
-        state: &mut State,
-        snap: &Snapshot,
-        store: &Store,
-    ) -> Result<(), AuditError> {
+    fn open_locked(&self, state: &mut State, snap: &Snapshot) -> Result<(), AuditError> {
         if state.frontier.is_some() {
             return Ok(());
         }
@@ -131,7 +126,6 @@ impl AuditLog {
         let check = persisted.as_ref().map(|p| &p.checkpoint);
         catch_up(&mut frontier, snap, &self.log_id, size, check)?;
         debug_assert_eq!(frontier.size(), size, "caught up to the snapshot");
-        let _ = store; // the store is only needed by callers that sign
         state.frontier = Some(frontier);
         state.latest = persisted;
         Ok(())
@@ -171,7 +165,7 @@ impl AuditLog {
         // Under the lock: no other checkpoint can interleave, so this snapshot is at least as
         // new as the one the frontier was last advanced from.
         let snap = store.snapshot()?;
-        self.open_locked(&mut state, &snap, store)?;
+        self.open_locked(&mut state, &snap)?;
         let frontier = state.frontier.as_mut().expect("opened above");
         let size = snap.log_size(&self.log_id)?;
         if size < frontier.size() {
@@ -249,4 +243,94 @@ fn catch_up(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consentd_sync::merkle;
+
+    fn leaf(i: u8) -> LogLeaf {
+        LogLeaf::envelope([i; 16], [i; 32])
+    }
+
+    fn append(store: &Store, log: &AuditLog, from: u8, to: u8) {
+        store
+            .commit_blocking(WriteBatch {
+                log: (from..to).map(|i| log.entry(&leaf(i))).collect(),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn checkpoints_grow_persist_and_survive_a_restart_consistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let key = consentd_sync::keys::generate();
+        let store = Store::open(&path).unwrap();
+        let log = AuditLog::new("net", "de");
+        append(&store, &log, 0, 5);
+        let (a, snap) = log.checkpoint(&store, &key).unwrap();
+        assert_eq!(a.checkpoint.size, 5);
+        assert_eq!(snap.log_size(&log.log_id()).unwrap(), 5);
+        let leaves: Vec<_> = (0..5).map(|i| leaf(i).merkle_hash()).collect();
+        assert_eq!(a.checkpoint.root, merkle::root(&leaves));
+        // Nothing new: the same checkpoint, not a second signature of the same size.
+        assert_eq!(log.checkpoint(&store, &key).unwrap().0, a);
+        // Persisted before it was returned.
+        assert_eq!(store.checkpoint("de").unwrap().unwrap(), a.note.as_bytes());
+
+        // "Restart": a fresh AuditLog rebuilds from the store and extends consistently.
+        store.shutdown();
+        drop((store, snap));
+        let store = Store::open(&path).unwrap();
+        let log = AuditLog::new("net", "de");
+        assert_eq!(log.open(&store).unwrap(), Some(a.clone()));
+        append(&store, &log, 5, 9);
+        let (b, _) = log.checkpoint(&store, &key).unwrap();
+        assert_eq!(b.checkpoint.size, 9);
+        let all: Vec<_> = (0..9).map(|i| leaf(i).merkle_hash()).collect();
+        let proof = merkle::consistency_proof(&all, 5).unwrap();
+        assert!(merkle::verify_consistency(
+            5,
+            9,
+            &a.checkpoint.root,
+            &b.checkpoint.root,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn a_stored_checkpoint_the_log_does_not_reproduce_stops_all_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let key = consentd_sync::keys::generate();
+        let log = AuditLog::new("net", "de");
+        append(&store, &log, 0, 3);
+        // A checkpoint of size 2 over other leaves (as if the log had been rewritten).
+        let forged = Checkpoint {
+            origin: log.origin().to_string(),
+            size: 2,
+            root: [9; 32],
+        };
+        let bigger = Checkpoint {
+            size: 7,
+            ..forged.clone()
+        };
+        for cp in [forged, bigger] {
+            store
+                .commit_blocking(WriteBatch {
+                    checkpoints: vec![("de".into(), cp.sign(&key).into_bytes())],
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+            let fresh = AuditLog::new("net", "de");
+            assert!(matches!(fresh.open(&store), Err(AuditError::Integrity(_))));
+            assert!(matches!(
+                fresh.checkpoint(&store, &key),
+                Err(AuditError::Integrity(_))
+            ));
+        }
+    }
 }

@@ -181,8 +181,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                         ..TransferRow::default()
                     });
                 row.total += 1;
-                let leaves_eea =
-                    EEA.contains(&country(&t.from)) && !EEA.contains(&country(&t.to));
+                let leaves_eea = EEA.contains(&country(&t.from)) && !EEA.contains(&country(&t.to));
                 let leaves_cn = country(&t.from) == "CN" && country(&t.to) != "CN";
                 let no_mechanism = (leaves_eea && t.mechanism == "none_required")
                     || (leaves_cn && !t.mechanism.starts_with("cn_"));
@@ -294,7 +293,16 @@ pub fn human(v: &Value) -> String {
     );
     out += &format!(
         "{:<8} {:<6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>14} {:>9} {:>8}\n",
-        "OFFICE", "JUR", "TOTAL", "IN_TIME", "LATE", "REFUSED", "EXTENDED", "TIMELY_NOTICE", "OPEN_OK", "OVERDUE"
+        "OFFICE",
+        "JUR",
+        "TOTAL",
+        "IN_TIME",
+        "LATE",
+        "REFUSED",
+        "EXTENDED",
+        "TIMELY_NOTICE",
+        "OPEN_OK",
+        "OVERDUE"
     );
     for r in v["requests"].as_array().into_iter().flatten() {
         out += &format!(
@@ -360,7 +368,11 @@ pub fn csv(v: &Value) -> String {
     let mut out = String::from("section,office,jurisdiction,record,metric,value\n");
     let s = |x: &Value| x.as_str().unwrap_or("").to_string();
     let mut row = |cols: [String; 6]| {
-        out += &cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
+        out += &cols
+            .iter()
+            .map(|c| csv_field(c))
+            .collect::<Vec<_>>()
+            .join(",");
         out.push('\n');
     };
     for r in v["requests"].as_array().into_iter().flatten() {

@@ -34,18 +34,39 @@ use std::io::BufRead;
 use std::sync::{mpsc, Mutex};
 
 use automerge::Change;
+use consentd_sync::b64;
 use consentd_sync::envelope::{self, Envelope, EnvelopeError};
 use consentd_sync::merkle::{self, Hash};
 use consentd_sync::roster::VerifiedRoster;
 use consentd_sync::tlog::{self, LogLeaf, VerifiedCheckpoint, LEAF_ENVELOPE, LEAF_TOMBSTONE};
 use consentd_sync::tombstone::{self, Tombstone, VerifiedTombstone};
-use consentd_sync::b64;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::bundle::{Line, ReadError, Reader, FORMAT, VERSION};
 use super::cli::Progress;
+
+/// Every check's name, in the order of the table above and of docs/audit-bundle.md.
+pub const CHECKS: &[&str] = &[
+    "bundle_format",
+    "roster_signature",
+    "checkpoint_signature",
+    "log_root",
+    "envelope_encoding",
+    "envelope_signer",
+    "envelope_actor",
+    "envelope_signature",
+    "envelope_duplicate",
+    "causal_completeness",
+    "log_missing",
+    "log_inclusion",
+    "log_completeness",
+    "tombstone_encoding",
+    "tombstone_signature",
+    "tombstone_authority",
+    "consistency",
+];
 
 /// Envelopes per work item handed to a worker thread.
 pub const VERIFY_BATCH: usize = 1024;
@@ -76,6 +97,7 @@ pub struct Failure {
 
 impl Failure {
     fn new(check: &'static str, detail: impl Into<String>) -> Failure {
+        debug_assert!(CHECKS.contains(&check), "undocumented check {check}");
         Failure {
             check,
             office: None,
@@ -193,8 +215,7 @@ fn created_type(change: &Change) -> Option<&'static str> {
             (&op.obj, &op.key)
         {
             if k.as_str() == "type" {
-                if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)) = &op.action
-                {
+                if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)) = &op.action {
                     return Some(match s.as_str() {
                         "consent" => "consent",
                         "request" => "request",
@@ -312,9 +333,9 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             Ok(Line::Roster { roster: signed }) if *no == 2 => {
                 match signed.verify(&opts.root_pub) {
                     Ok(r) => roster = Some(r),
-                    Err(e) => failures.push(
-                        Failure::new("roster_signature", e.to_string()).line(*no),
-                    ),
+                    Err(e) => {
+                        failures.push(Failure::new("roster_signature", e.to_string()).line(*no))
+                    }
                 }
             }
             Ok(_) => failures.push(
@@ -324,9 +345,8 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 )
                 .line(*no),
             ),
-            Err(e) => failures.push(
-                Failure::new("bundle_format", format!("not a bundle line: {e}")).line(*no),
-            ),
+            Err(e) => failures
+                .push(Failure::new("bundle_format", format!("not a bundle line: {e}")).line(*no)),
         }
     }
     let (Some((network, exporter, exported_at)), Some(roster)) = (header, roster) else {
@@ -447,9 +467,8 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 }
             };
             if line.section() < section || line.section() <= 1 {
-                failures.push(
-                    Failure::new("bundle_format", "line is out of section order").line(no),
-                );
+                failures
+                    .push(Failure::new("bundle_format", "line is out of section order").line(no));
                 continue;
             }
             section = line.section();
@@ -461,29 +480,31 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                         Ok(v) if v.office != office => failures.push(
                             Failure::new(
                                 "checkpoint_signature",
-                                format!("line names office {office} but the checkpoint is {}'s", v.office),
+                                format!(
+                                    "line names office {office} but the checkpoint is {}'s",
+                                    v.office
+                                ),
                             )
                             .office(&office)
                             .line(no),
                         ),
-                        Ok(v) => {
-                            if logs.contains_key(&office) {
-                                failures.push(
-                                    Failure::new("bundle_format", "a second checkpoint for this office")
-                                        .office(&office)
-                                        .line(no),
-                                );
-                            } else {
-                                logs.insert(
-                                    office,
-                                    OfficeLog {
-                                        checkpoint: v,
-                                        leaves: Vec::new(),
-                                        root_ok: false,
-                                    },
-                                );
+                        Ok(v) => match logs.entry(office) {
+                            std::collections::btree_map::Entry::Occupied(e) => failures.push(
+                                Failure::new(
+                                    "bundle_format",
+                                    "a second checkpoint for this office",
+                                )
+                                .office(e.key())
+                                .line(no),
+                            ),
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(OfficeLog {
+                                    checkpoint: v,
+                                    leaves: Vec::new(),
+                                    root_ok: false,
+                                });
                             }
-                        }
+                        },
                         Err(e) => failures.push(
                             Failure::new("checkpoint_signature", e.to_string())
                                 .office(&office)
@@ -498,9 +519,12 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 } => {
                     let Some(log) = logs.get_mut(&office) else {
                         failures.push(
-                            Failure::new("log_root", "leaves for an office without a valid checkpoint")
-                                .office(&office)
-                                .line(no),
+                            Failure::new(
+                                "log_root",
+                                "leaves for an office without a valid checkpoint",
+                            )
+                            .office(&office)
+                            .line(no),
                         );
                         continue;
                     };
@@ -509,7 +533,10 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                         failures.push(
                             Failure::new(
                                 "log_root",
-                                format!("leaves line starts at {first}, expected {}", log.leaves.len()),
+                                format!(
+                                    "leaves line starts at {first}, expected {}",
+                                    log.leaves.len()
+                                ),
                             )
                             .office(&office)
                             .line(no),
@@ -620,7 +647,11 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             failures.push(
                 Failure::new(
                     "log_root",
-                    format!("the bundle carries {} leaves; the checkpoint says {}", hashes.len(), cp.size),
+                    format!(
+                        "the bundle carries {} leaves; the checkpoint says {}",
+                        hashes.len(),
+                        cp.size
+                    ),
                 )
                 .office(office),
             );
@@ -660,7 +691,10 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 failures.push(
                     Failure::new(
                         "causal_completeness",
-                        format!("depends on change {} which the bundle lacks", hex::encode(dep)),
+                        format!(
+                            "depends on change {} which the bundle lacks",
+                            hex::encode(dep)
+                        ),
                     )
                     .office(&office_ids[f.office as usize])
                     .record(&f.doc)
@@ -682,11 +716,14 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             Some(set) => {
                 if !set.contains(&LogLeaf::envelope(f.doc, f.hash)) {
                     failures.push(
-                        Failure::new("log_inclusion", "this envelope is not in its office's checkpointed log")
-                            .office(office)
-                            .record(&f.doc)
-                            .item(hex::encode(f.hash))
-                            .line(f.line),
+                        Failure::new(
+                            "log_inclusion",
+                            "this envelope is not in its office's checkpointed log",
+                        )
+                        .office(office)
+                        .record(&f.doc)
+                        .item(hex::encode(f.hash))
+                        .line(f.line),
                     );
                 }
             }
@@ -704,9 +741,12 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             "but the bundle carries no checkpointed log for it"
         };
         failures.push(
-            Failure::new("log_missing", format!("office authored {n} envelopes in the bundle {why}"))
-                .office(office)
-                .record(&doc),
+            Failure::new(
+                "log_missing",
+                format!("office authored {n} envelopes in the bundle {why}"),
+            )
+            .office(office)
+            .record(&doc),
         );
     }
 
@@ -837,8 +877,11 @@ pub fn check_previous(
         let ocp = &o.checkpoint.checkpoint;
         let Some(n) = new.get(office) else {
             out.push(
-                Failure::new("consistency", "the older bundle has a checkpoint for this office; the newer has none")
-                    .office(office),
+                Failure::new(
+                    "consistency",
+                    "the older bundle has a checkpoint for this office; the newer has none",
+                )
+                .office(office),
             );
             continue;
         };
@@ -858,8 +901,11 @@ pub fn check_previous(
         }
         if !n.root_ok {
             out.push(
-                Failure::new("consistency", "this bundle's log for the office does not verify, so no proof can be built")
-                    .office(office),
+                Failure::new(
+                    "consistency",
+                    "this bundle's log for the office does not verify, so no proof can be built",
+                )
+                .office(office),
             );
             continue;
         }

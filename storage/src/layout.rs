@@ -74,8 +74,7 @@ pub(crate) const SYS: TableDefinition<&str, u64> = TableDefinition::new("sys");
 pub(crate) const LOG: TableDefinition<&[u8; 24], &[u8]> = TableDefinition::new("log");
 pub(crate) const LOG_SIZES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("log_sizes");
 pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
-pub(crate) const TOMBSTONES: TableDefinition<&[u8; 48], &[u8]> =
-    TableDefinition::new("tombstones");
+pub(crate) const TOMBSTONES: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("tombstones");
 
 /// `sys` keys. Counters are updated inside the same write transaction as the data they count,
 /// so they can never disagree with the tables after a crash.

@@ -712,6 +712,9 @@ impl Store {
     }
 }
 
+/// `(doc, position in the doc's change list, change hash, envelope bytes)`.
+pub type StoredChange = (DocId, u32, Hash, Vec<u8>);
+
 /// One consistent view of the store (see [`Store::snapshot`]). Paging reads: each call returns at
 /// most `limit` rows after a cursor, so callers walk any table in bounded memory.
 pub struct Snapshot {
@@ -720,8 +723,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn log_size(&self, log: &LogId) -> Result<u64> {
-        let t = self.txn.open_table(LOG_SIZES).ctx("opening table log_sizes")?;
-        Ok(t.get(log).ctx("reading table log_sizes")?.map_or(0, |g| g.value()))
+        let t = self
+            .txn
+            .open_table(LOG_SIZES)
+            .ctx("opening table log_sizes")?;
+        Ok(t.get(log)
+            .ctx("reading table log_sizes")?
+            .map_or(0, |g| g.value()))
     }
 
     /// Up to `limit` leaves of `log` from index `from`, in order.
@@ -811,7 +819,7 @@ impl Snapshot {
         &self,
         after: Option<(DocId, u32)>,
         limit: usize,
-    ) -> Result<Vec<(DocId, u32, Hash, Vec<u8>)>> {
+    ) -> Result<Vec<StoredChange>> {
         use std::ops::Bound;
         let changes = self
             .txn

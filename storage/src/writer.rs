@@ -279,7 +279,10 @@ fn append_leaf(t: &mut Tables<'_>, log: &LogId, leaf: &[u8]) -> Result<()> {
         .ctx("writing table log")?
         .is_some();
     if taken {
-        debug_assert!(!taken, "log slot {size} already written: log_sizes is stale");
+        debug_assert!(
+            !taken,
+            "log slot {size} already written: log_sizes is stale"
+        );
         return Err(StorageError::Corrupt(format!(
             "log slot {size} is already written"
         )));

@@ -709,8 +709,10 @@ fn log_leaves_append_in_order_and_survive_purges() {
     let (_dir, store) = open_temp();
     let (a, b) = ([0xa1; 16], [0xb2; 16]);
     for n in 0..3u32 {
-        let mut w = batch(vec![simple_update(n)]);
-        w.log = vec![(a, vec![n as u8; 49]), (b, vec![0xbb; 10])];
+        let w = WriteBatch {
+            log: vec![(a, vec![n as u8; 49]), (b, vec![0xbb; 10])],
+            ..batch(vec![simple_update(n)])
+        };
         store.commit_blocking(w).unwrap();
     }
     let before = store.snapshot().unwrap();
@@ -734,8 +736,10 @@ fn log_leaves_append_in_order_and_survive_purges() {
     assert_eq!(before.changes_after(None, 100).unwrap().len(), 3);
     assert_eq!(before.envelope_count().unwrap(), 3);
 
-    let mut too_big = WriteBatch::default();
-    too_big.log = vec![(a, vec![0; MAX_LOG_LEAF_BYTES + 1])];
+    let too_big = WriteBatch {
+        log: vec![(a, vec![0; MAX_LOG_LEAF_BYTES + 1])],
+        ..WriteBatch::default()
+    };
     assert!(matches!(
         store.commit_blocking(too_big),
         Err(StorageError::TooLarge { .. })
@@ -745,18 +749,22 @@ fn log_leaves_append_in_order_and_survive_purges() {
 #[test]
 fn checkpoints_and_tombstones_are_stored_and_paged() {
     let (_dir, store) = open_temp();
-    let mut w = WriteBatch::default();
-    w.checkpoints = vec![("de".into(), b"cp1".to_vec()), ("us".into(), b"u".to_vec())];
-    w.tombstones = vec![
-        (doc(2), hash(1, 0), b"t-2-1".to_vec()),
-        (doc(1), hash(9, 0), b"t-1-9".to_vec()),
-        (doc(1), hash(3, 0), b"t-1-3".to_vec()),
-    ];
+    let w = WriteBatch {
+        checkpoints: vec![("de".into(), b"cp1".to_vec()), ("us".into(), b"u".to_vec())],
+        tombstones: vec![
+            (doc(2), hash(1, 0), b"t-2-1".to_vec()),
+            (doc(1), hash(9, 0), b"t-1-9".to_vec()),
+            (doc(1), hash(3, 0), b"t-1-3".to_vec()),
+        ],
+        ..WriteBatch::default()
+    };
     store.commit_blocking(w).unwrap();
-    let mut w = WriteBatch::default();
-    w.checkpoints = vec![("de".into(), b"cp2".to_vec())];
     // A tombstone already stored is left as it is.
-    w.tombstones = vec![(doc(1), hash(3, 0), b"other".to_vec())];
+    let w = WriteBatch {
+        checkpoints: vec![("de".into(), b"cp2".to_vec())],
+        tombstones: vec![(doc(1), hash(3, 0), b"other".to_vec())],
+        ..WriteBatch::default()
+    };
     store.commit_blocking(w).unwrap();
 
     assert_eq!(store.checkpoint("de").unwrap().unwrap(), b"cp2");

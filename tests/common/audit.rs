@@ -12,14 +12,23 @@ pub fn populate(net: &Net, office: &str, n: usize, tag: &str) {
     for i in 0..n {
         let subject = format!("p{i}-{tag}@example.com");
         let line = match i % 3 {
-            0 => serde_json::json!({"op":"consent.grant","subject":subject,"purpose":"marketing","basis":"consent"}),
-            1 => serde_json::json!({"op":"request.open","subject":subject,"kind":"access","received":"2026-01-10T00:00:00Z"}),
-            _ => serde_json::json!({"op":"transfer.record","to":"US","recipient":"Acme","categories":["phone_number"],"mechanism":"scc","tia":"TIA-7","subject":subject}),
+            0 => {
+                serde_json::json!({"op":"consent.grant","subject":subject,"purpose":"marketing","basis":"consent"})
+            }
+            1 => {
+                serde_json::json!({"op":"request.open","subject":subject,"kind":"access","received":"2026-01-10T00:00:00Z"})
+            }
+            _ => {
+                serde_json::json!({"op":"transfer.record","to":"US","recipient":"Acme","categories":["phone_number"],"mechanism":"scc","tia":"TIA-7","subject":subject})
+            }
         };
         writeln!(f, "{line}").unwrap();
     }
     drop(f);
-    let v = ok(&net.socket(office), &["import", "--file", path.to_str().unwrap()]);
+    let v = ok(
+        &net.socket(office),
+        &["import", "--file", path.to_str().unwrap()],
+    );
     assert_eq!(v["imported"], n as u64);
 }
 
@@ -83,7 +92,9 @@ pub fn line_type(line: &str) -> String {
 
 /// Index of every line of a type.
 pub fn indexes_of(lines: &[String], ty: &str) -> Vec<usize> {
-    (0..lines.len()).filter(|&i| line_type(&lines[i]) == ty).collect()
+    (0..lines.len())
+        .filter(|&i| line_type(&lines[i]) == ty)
+        .collect()
 }
 
 /// Replaces the base64 `data` of an envelope or tombstone line after editing its bytes.
