@@ -62,6 +62,9 @@ enum Command {
     },
     /// The office's identity and counters
     Status,
+    /// Audit bundles: export, offline verification, compliance report
+    #[command(subcommand)]
+    Audit(crate::audit::cli::AuditCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +313,13 @@ pub fn main() -> i32 {
         }
     };
     let json = cli.json;
+    let cli = match cli.command {
+        Command::Audit(cmd) => {
+            let socket = cli.socket.unwrap_or_else(crate::daemon::default_socket);
+            return crate::audit::cli::main(cmd, &socket, json);
+        }
+        command => Cli { command, ..cli },
+    };
     match run(cli) {
         Ok((value, human)) => {
             if json {
@@ -548,6 +558,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
         ),
         Command::Import { file } => (import(&socket, &file)?, human_object),
         Command::Status => (call(Request::Status(Empty {}))?, human_object),
+        Command::Audit(_) => unreachable!("audit commands are run by audit::cli::main"),
     })
 }
 

@@ -121,6 +121,11 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         clock,
         purposes,
     });
+    // Refuse to start (and so to sign) if the log no longer reproduces the last checkpoint.
+    office
+        .audit()
+        .open(office.store())
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     Ok(Prepared {
         config,
         office: Arc::new(office),
@@ -198,6 +203,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
     let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
+    let checkpoints = tokio::spawn(crate::audit::export::checkpoint_timer(
+        office.clone(),
+        stop_rx.clone(),
+    ));
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -238,6 +247,7 @@ pub async fn run(
     office.store().shutdown();
     watchdog.abort();
     reminders.abort();
+    checkpoints.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -369,6 +379,16 @@ async fn serve_connection(
         match tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut payload)).await {
             Ok(Ok(_)) => {}
             _ => return,
+        }
+        if crate::audit::export::is_export(&payload) {
+            // Streams many frames, so it cannot go through `handle`'s one answer.
+            if crate::audit::export::serve(&mut stream, uid, role, office)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
         let response = handle(&payload, uid, role, office, config).await;
         if send(&mut stream, &response).await.is_err() {

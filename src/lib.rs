@@ -1,6 +1,8 @@
 //! consentd: an office daemon that keeps signed, replicated consent, data-subject request and
 //! cross-border transfer records. See ARCHITECTURE.md for the code map and its invariants.
 
+pub mod audit;
+pub mod bench;
 pub mod calendar;
 pub mod clock;
 pub mod config;

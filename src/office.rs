@@ -114,12 +114,15 @@ pub struct Office {
     started: Instant,
     clock: Clock,
     purposes: Purposes,
+    /// This office's transparency log (leaves are appended by `Draft::finish`).
+    audit: crate::audit::AuditLog,
 }
 
 impl Office {
     pub fn new(parts: OfficeParts) -> Office {
         let incarnation: [u8; 8] = rand::random();
         let actor = envelope::actor_for(&parts.signing.verifying_key(), incarnation);
+        let audit = crate::audit::AuditLog::new(&parts.roster.roster().network, &parts.id);
         Office {
             id: parts.id,
             jurisdiction: parts.jurisdiction,
@@ -134,7 +137,20 @@ impl Office {
             started: Instant::now(),
             clock: parts.clock,
             purposes: parts.purposes,
+            audit,
         }
+    }
+
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
+    }
+
+    pub fn roster(&self) -> &VerifiedRoster {
+        &self.roster
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing
     }
 
     pub fn id(&self) -> &str {
@@ -180,6 +196,10 @@ impl Office {
             Request::TransferList(a) => self.transfer_list(a.subject.as_deref()),
             Request::SubjectExport(a) => self.subject_export(&a.subject),
             Request::Status(_) => self.status(),
+            Request::AuditCheckpoint(_) => crate::audit::export::checkpoint_now(self).await,
+            Request::AuditExport(_) => Err(invalid(
+                "audit.export streams its answer; use consentctl audit export --out FILE",
+            )),
             other => unreachable!("{} is a write", other.op()),
         }
     }
@@ -1088,7 +1108,11 @@ impl<'o> Draft<'o> {
                 doc_id_hex(&id)
             )));
         }
-        tx.commit();
+        // The authoring time (Unix seconds) goes into the signed change, so an auditor can tell
+        // when each event was recorded, not only when the operator says it happened.
+        tx.commit_with(
+            automerge::transaction::CommitOptions::default().with_time(Utc::now().timestamp()),
+        );
         let change = entry
             .doc
             .get_last_local_change()
@@ -1108,6 +1132,11 @@ impl<'o> Draft<'o> {
             }
             let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
             let (index_keys, due_day) = self.office.index_entries(&record)?;
+            // One log leaf per envelope, in the same durable batch (audit invariant).
+            for (hash, _) in &d.envelopes {
+                let leaf = consentd_sync::tlog::LogLeaf::envelope(id, *hash);
+                batch.log.push(self.office.audit.entry(&leaf));
+            }
             batch.updates.push(RecordUpdate {
                 doc_id: id,
                 kind: record.kind_tag(),
@@ -1120,6 +1149,15 @@ impl<'o> Draft<'o> {
         debug_assert!(
             batch.updates.iter().all(|u| !u.envelopes.is_empty()),
             "every update carries the envelopes that justify it"
+        );
+        debug_assert_eq!(
+            batch.log.len(),
+            batch
+                .updates
+                .iter()
+                .map(|u| u.envelopes.len())
+                .sum::<usize>(),
+            "every authored envelope has its log leaf in the same batch"
         );
         Ok((batch, touched))
     }

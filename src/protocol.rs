@@ -72,6 +72,12 @@ pub enum Request {
     Import(Import),
     #[serde(rename = "status")]
     Status(Empty),
+    /// Signs a checkpoint of the office's log now (if it grew) and returns it.
+    #[serde(rename = "audit.checkpoint")]
+    AuditCheckpoint(Empty),
+    /// Streams an audit bundle: see `audit::export` for the frames that follow the answer.
+    #[serde(rename = "audit.export")]
+    AuditExport(Empty),
 }
 
 impl Request {
@@ -107,6 +113,8 @@ impl Request {
             Request::SubjectExport(_) => "subject.export",
             Request::Import(_) => "import",
             Request::Status(_) => "status",
+            Request::AuditCheckpoint(_) => "audit.checkpoint",
+            Request::AuditExport(_) => "audit.export",
         }
     }
 }

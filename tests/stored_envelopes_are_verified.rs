@@ -67,6 +67,7 @@ fn an_envelope_from_a_stranger_is_caught_on_load() {
                 due_day: None,
             }],
             meta: vec![],
+            ..WriteBatch::default()
         })
         .unwrap();
     store.shutdown();

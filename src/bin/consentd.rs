@@ -30,6 +30,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Measure throughput beside a baseline on this machine
+    Bench {
+        /// Records per benchmark
+        #[arg(long, default_value_t = consentd::bench::DEFAULT_RECORDS)]
+        records: usize,
+        /// Print a JSON array of rows
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -57,6 +66,15 @@ fn main() {
                 println!("config {} is valid for office {}", config.display(), p.config.office);
             })
             .map_err(|e| e.to_string()),
+        (None, Some(Command::Bench { records, json })) => {
+            consentd::bench::run(records).map(|rows| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+                } else {
+                    print!("{}", consentd::bench::human(&rows));
+                }
+            })
+        }
         _ => Err("give --config FILE to run an office, or a command such as `consentd demo` (see consentd --help)".into()),
     };
     if let Err(message) = result {

@@ -18,6 +18,10 @@
 //! | `kinds`       | `kind u8 ‖ doc[16]` (17)              | `()`                                |
 //! | `meta`        | `&str` (caller's key)                 | caller's bytes                      |
 //! | `sys`         | `&str` (our own key)                  | `u64`                               |
+//! | `log`         | `log_id[16] ‖ index u64 BE` (24)      | leaf bytes (caller's, ≤ 64)         |
+//! | `log_sizes`   | `log_id[16]`                          | `u64` number of leaves              |
+//! | `checkpoints` | `&str` (caller's key)                 | caller's bytes (≤ 16 KiB)           |
+//! | `tombstones`  | `doc[16] ‖ hash[32]` (48)             | tombstone bytes (≤ 16 KiB)          |
 //!
 //! Why each choice:
 //! - Composite keys are concatenated fixed-width arrays (`&[u8; N]`, compared by `memcmp`) rather
@@ -29,6 +33,12 @@
 //! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
 //!   scanning: those entries are keyed by the indexed value, not by the doc.
 //! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
+//! - `log` is append-only: the only write is "append at `log_sizes[log_id]`", in the same
+//!   transaction as the batch that carries the leaves, and a purge never touches it. So a log
+//!   can never miss a leaf of an acknowledged batch, and a leaf once durable never changes
+//!   (signed checkpoints of the log stay consistent). Index big-endian: a log lists in order.
+//! - `tombstones` is keyed by doc first (all tombstones of a doc are one range) then the
+//!   tombstone's hash, so two offices' tombstones for one doc are both kept.
 //!
 //! `DocMeta` value encoding (version 1, little-endian integers, 13 + 32·n bytes):
 //! ```text
@@ -47,7 +57,8 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 
 /// Version of the whole file layout, stored in `sys` under [`SYS_FORMAT_VERSION`]. Bump it on any
 /// incompatible change to a table or encoding; [`crate::Store::open`] refuses other versions.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`.
+pub const FORMAT_VERSION: u64 = 2;
 
 pub(crate) const ENVELOPES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("envelopes");
 pub(crate) const DOC_CHANGES: TableDefinition<&[u8; 20], &[u8; 32]> =
@@ -60,6 +71,10 @@ pub(crate) const DUE: TableDefinition<&[u8; 20], ()> = TableDefinition::new("due
 pub(crate) const KINDS: TableDefinition<&[u8; 17], ()> = TableDefinition::new("kinds");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const SYS: TableDefinition<&str, u64> = TableDefinition::new("sys");
+pub(crate) const LOG: TableDefinition<&[u8; 24], &[u8]> = TableDefinition::new("log");
+pub(crate) const LOG_SIZES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("log_sizes");
+pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+pub(crate) const TOMBSTONES: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("tombstones");
 
 /// `sys` keys. Counters are updated inside the same write transaction as the data they count,
 /// so they can never disagree with the tables after a crash.
@@ -75,6 +90,24 @@ pub(crate) fn change_key(doc: &DocId, position: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(doc);
     k[16..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// `log` key: the log id, then the leaf index big-endian so a log's leaves sort in order.
+#[inline]
+pub(crate) fn log_key(log: &crate::LogId, index: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(log);
+    k[16..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `tombstones` key: doc id, then the tombstone's hash.
+#[inline]
+pub(crate) fn tombstone_key(doc: &DocId, hash: &Hash) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(doc);
+    k[16..].copy_from_slice(hash);
     k
 }
 
@@ -238,6 +271,14 @@ mod tests {
         let doc = [7u8; 16];
         assert_eq!(split_due_key(&due_key(-3, &doc)), (-3, doc));
         assert!(due_key(-1, &[0xff; 16]) < due_key(0, &[0; 16]));
+    }
+
+    #[test]
+    fn log_keys_sort_by_index_within_log() {
+        let log = [3u8; 16];
+        assert!(log_key(&log, 255) < log_key(&log, 256));
+        assert!(log_key(&log, u64::MAX) < log_key(&[4u8; 16], 0));
+        assert!(tombstone_key(&[1; 16], &[0xff; 32]) < tombstone_key(&[2; 16], &[0; 32]));
     }
 
     #[test]

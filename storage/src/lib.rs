@@ -32,6 +32,8 @@ pub type DocId = [u8; 16];
 pub type Hash = [u8; 32];
 /// A secondary index key: a keyed hash computed by the caller, never personal data.
 pub type IndexKey = [u8; 32];
+/// Id of one append-only log (the caller's choice, e.g. derived from an office's log origin).
+pub type LogId = [u8; 16];
 
 /// Tables grouped by what they may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,14 @@ pub const MAX_INDEX_KEYS: usize = 64;
 pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
 /// Longest accepted meta key.
 pub const MAX_META_KEY_BYTES: usize = 256;
+/// Largest accepted log leaf.
+pub const MAX_LOG_LEAF_BYTES: usize = 64;
+/// Largest accepted checkpoint (a signed note with a few cosignatures is well below this).
+pub const MAX_CHECKPOINT_BYTES: usize = 16 << 10;
+/// Longest accepted checkpoint key.
+pub const MAX_CHECKPOINT_KEY_BYTES: usize = 256;
+/// Largest accepted tombstone (256 heads of 32 bytes plus ~200 bytes of header).
+pub const MAX_TOMBSTONE_BYTES: usize = 16 << 10;
 /// Largest accepted batch (estimated in-memory size). Equal to [`MAX_BYTES_PER_COMMIT`] so that
 /// every accepted batch fits in one group commit.
 pub const MAX_BATCH_BYTES: usize = MAX_BYTES_PER_COMMIT;
@@ -155,6 +165,14 @@ pub struct WriteBatch {
     pub updates: Vec<RecordUpdate>,
     /// Meta key/value puts (applied after the updates).
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Leaves appended to append-only logs, in this order, after the updates: each goes to index
+    /// `log_size(log)` of its log. In the same transaction as the updates, so a log never misses
+    /// a leaf for an envelope of an acknowledged batch.
+    pub log: Vec<(LogId, Vec<u8>)>,
+    /// Checkpoint puts (key → bytes), replacing what the key held.
+    pub checkpoints: Vec<(String, Vec<u8>)>,
+    /// Tombstones stored: (doc, tombstone hash, bytes). An existing (doc, hash) is left as is.
+    pub tombstones: Vec<(DocId, Hash, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +273,19 @@ fn check_batch(purges: &[DocId], batch: &WriteBatch) -> Result<usize> {
         limit("meta key bytes", k.len(), MAX_META_KEY_BYTES)?;
         limit("meta value bytes", v.len(), MAX_META_VALUE_BYTES)?;
         bytes = bytes.saturating_add(k.len() + v.len());
+    }
+    for (_, leaf) in &batch.log {
+        limit("log leaf bytes", leaf.len(), MAX_LOG_LEAF_BYTES)?;
+        bytes = bytes.saturating_add(16 + leaf.len());
+    }
+    for (k, v) in &batch.checkpoints {
+        limit("checkpoint key bytes", k.len(), MAX_CHECKPOINT_KEY_BYTES)?;
+        limit("checkpoint bytes", v.len(), MAX_CHECKPOINT_BYTES)?;
+        bytes = bytes.saturating_add(k.len() + v.len());
+    }
+    for (_, _, v) in &batch.tombstones {
+        limit("tombstone bytes", v.len(), MAX_TOMBSTONE_BYTES)?;
+        bytes = bytes.saturating_add(48 + v.len());
     }
     limit("batch bytes", bytes, MAX_BATCH_BYTES)?;
     Ok(bytes)
@@ -598,6 +629,22 @@ impl Store {
         })
     }
 
+    /// A consistent read-only view of the whole store, for walks that must not see later writes
+    /// halfway through (an audit export). Holds one redb read transaction until dropped.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot { txn: self.read()? })
+    }
+
+    /// Number of leaves in `log`.
+    pub fn log_size(&self, log: &LogId) -> Result<u64> {
+        self.snapshot()?.log_size(log)
+    }
+
+    /// The latest checkpoint stored under `key`.
+    pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.snapshot()?.checkpoint(key)
+    }
+
     /// Every key and value byte of the tables of one [`TableClass`], per table, from one snapshot.
     ///
     /// For checking *where* data lives (tests, audits of the erasure promise), not for serving: it
@@ -662,6 +709,163 @@ impl Store {
     /// writer has drained. Reads keep working until the last handle is dropped.
     pub fn shutdown(&self) {
         self.inner.shutdown();
+    }
+}
+
+/// `(doc, position in the doc's change list, change hash, envelope bytes)`.
+pub type StoredChange = (DocId, u32, Hash, Vec<u8>);
+
+/// One consistent view of the store (see [`Store::snapshot`]). Paging reads: each call returns at
+/// most `limit` rows after a cursor, so callers walk any table in bounded memory.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+impl Snapshot {
+    pub fn log_size(&self, log: &LogId) -> Result<u64> {
+        let t = self
+            .txn
+            .open_table(LOG_SIZES)
+            .ctx("opening table log_sizes")?;
+        Ok(t.get(log)
+            .ctx("reading table log_sizes")?
+            .map_or(0, |g| g.value()))
+    }
+
+    /// Up to `limit` leaves of `log` from index `from`, in order.
+    pub fn log_leaves(&self, log: &LogId, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let t = self.txn.open_table(LOG).ctx("opening table log")?;
+        let (lo, hi) = (log_key(log, from), log_key(log, u64::MAX));
+        let mut out = Vec::new();
+        for (i, item) in t
+            .range::<&[u8; 24]>(&lo..=&hi)
+            .ctx("reading table log")?
+            .take(limit)
+            .enumerate()
+        {
+            let (k, v) = item.ctx("reading table log")?;
+            let index = u64::from_be_bytes(k.value()[16..].try_into().expect("8 bytes"));
+            if index != from + i as u64 {
+                return Err(StorageError::Corrupt(format!(
+                    "log has a gap: leaf {index} follows leaf {}",
+                    from + i as u64
+                )));
+            }
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let t = self
+            .txn
+            .open_table(CHECKPOINTS)
+            .ctx("opening table checkpoints")?;
+        let v = t.get(key).ctx("reading table checkpoints")?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// Every stored checkpoint, by key (bounded by the number of offices).
+    pub fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        use redb::ReadableTable;
+        let t = self
+            .txn
+            .open_table(CHECKPOINTS)
+            .ctx("opening table checkpoints")?;
+        let mut out = Vec::new();
+        for item in t.iter().ctx("reading table checkpoints")? {
+            let (k, v) = item.ctx("reading table checkpoints")?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` tombstones after the cursor `(doc, hash)`, ascending.
+    pub fn tombstones_after(
+        &self,
+        after: Option<&(DocId, Hash)>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Hash, Vec<u8>)>> {
+        use std::ops::Bound;
+        let t = self
+            .txn
+            .open_table(TOMBSTONES)
+            .ctx("opening table tombstones")?;
+        let key = after.map(|(d, h)| tombstone_key(d, h));
+        let lower = match &key {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range::<&[u8; 48]>((lower, Bound::Unbounded))
+            .ctx("reading table tombstones")?
+            .take(limit)
+        {
+            let (k, v) = item.ctx("reading table tombstones")?;
+            let k = k.value();
+            out.push((
+                k[..16].try_into().expect("16 bytes"),
+                k[16..].try_into().expect("32 bytes"),
+                v.value().to_vec(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored envelopes after the cursor `(doc, position)`, grouped by doc and in
+    /// each doc's stored order: `(doc, position, change hash, envelope bytes)`.
+    pub fn changes_after(
+        &self,
+        after: Option<(DocId, u32)>,
+        limit: usize,
+    ) -> Result<Vec<StoredChange>> {
+        use std::ops::Bound;
+        let changes = self
+            .txn
+            .open_table(DOC_CHANGES)
+            .ctx("opening table doc_changes")?;
+        let envelopes = self
+            .txn
+            .open_table(ENVELOPES)
+            .ctx("opening table envelopes")?;
+        let key = after.map(|(d, p)| change_key(&d, p));
+        let lower = match &key {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in changes
+            .range::<&[u8; 20]>((lower, Bound::Unbounded))
+            .ctx("reading table doc_changes")?
+            .take(limit)
+        {
+            let (k, h) = item.ctx("reading table doc_changes")?;
+            let k = k.value();
+            let doc: DocId = k[..16].try_into().expect("16 bytes");
+            let pos = u32::from_be_bytes(k[16..].try_into().expect("4 bytes"));
+            let hash = *h.value();
+            let env = envelopes
+                .get(&hash)
+                .ctx("reading table envelopes")?
+                .ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "doc {} lists change {} whose envelope is missing",
+                        hex16(&doc),
+                        hex_prefix(&hash)
+                    ))
+                })?;
+            out.push((doc, pos, hash, env.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Number of stored envelopes (O(1)).
+    pub fn envelope_count(&self) -> Result<u64> {
+        let t = self.txn.open_table(SYS).ctx("opening table sys")?;
+        Ok(t.get(SYS_ENVELOPES)
+            .ctx("reading table sys")?
+            .map_or(0, |g| g.value()))
     }
 }
 

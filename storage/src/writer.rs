@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::budget::Permit;
 use crate::layout::*;
 use crate::{
-    CommitReceipt, Ctx, DocId, IndexKey, RecordUpdate, Result, StorageError, WriteBatch,
+    CommitReceipt, Ctx, DocId, IndexKey, LogId, RecordUpdate, Result, StorageError, WriteBatch,
     MAX_BATCHES_PER_COMMIT, MAX_BYTES_PER_COMMIT,
 };
 
@@ -136,6 +136,10 @@ struct Tables<'t> {
     kinds: Table<'t, &'static [u8; 17], ()>,
     meta: Table<'t, &'static str, &'static [u8]>,
     sys: Table<'t, &'static str, u64>,
+    log: Table<'t, &'static [u8; 24], &'static [u8]>,
+    log_sizes: Table<'t, &'static [u8; 16], u64>,
+    checkpoints: Table<'t, &'static str, &'static [u8]>,
+    tombstones: Table<'t, &'static [u8; 48], &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -154,6 +158,12 @@ impl<'t> Tables<'t> {
             kinds: txn.open_table(KINDS).ctx("opening table kinds")?,
             meta: txn.open_table(META).ctx("opening table meta")?,
             sys: txn.open_table(SYS).ctx("opening table sys")?,
+            log: txn.open_table(LOG).ctx("opening table log")?,
+            log_sizes: txn.open_table(LOG_SIZES).ctx("opening table log_sizes")?,
+            checkpoints: txn
+                .open_table(CHECKPOINTS)
+                .ctx("opening table checkpoints")?,
+            tombstones: txn.open_table(TOMBSTONES).ctx("opening table tombstones")?,
         })
     }
 }
@@ -227,6 +237,26 @@ pub(crate) fn commit_group<'a>(
                     .insert(k.as_str(), v.as_slice())
                     .ctx("writing table meta")?;
             }
+            for (log, leaf) in &batch.log {
+                append_leaf(&mut t, log, leaf)?;
+            }
+            for (k, v) in &batch.checkpoints {
+                t.checkpoints
+                    .insert(k.as_str(), v.as_slice())
+                    .ctx("writing table checkpoints")?;
+            }
+            for (doc, hash, bytes) in &batch.tombstones {
+                let key = tombstone_key(doc, hash);
+                if t.tombstones
+                    .get(&key)
+                    .ctx("reading table tombstones")?
+                    .is_none()
+                {
+                    t.tombstones
+                        .insert(&key, bytes.as_slice())
+                        .ctx("writing table tombstones")?;
+                }
+            }
         }
         c.commit_seq += 1;
         c.store(&mut t.sys)?;
@@ -234,6 +264,33 @@ pub(crate) fn commit_group<'a>(
     };
     txn.commit().ctx("committing")?;
     Ok(seq)
+}
+
+/// Appends one leaf at the end of `log`. The only write the `log` table ever sees.
+fn append_leaf(t: &mut Tables<'_>, log: &LogId, leaf: &[u8]) -> Result<()> {
+    let size = t
+        .log_sizes
+        .get(log)
+        .ctx("reading table log_sizes")?
+        .map_or(0, |g| g.value());
+    let taken = t
+        .log
+        .insert(&log_key(log, size), leaf)
+        .ctx("writing table log")?
+        .is_some();
+    if taken {
+        debug_assert!(
+            !taken,
+            "log slot {size} already written: log_sizes is stale"
+        );
+        return Err(StorageError::Corrupt(format!(
+            "log slot {size} is already written"
+        )));
+    }
+    t.log_sizes
+        .insert(log, size + 1)
+        .ctx("writing table log_sizes")?;
+    Ok(())
 }
 
 fn load_doc_meta(t: &Tables<'_>, doc: &DocId) -> Result<Option<DocMeta>> {
@@ -502,11 +559,12 @@ mod tests {
         }
         let good = WriteBatch {
             updates: vec![update(1, 1)],
-            meta: vec![],
+            log: vec![([1; 16], vec![1; 49])],
+            ..WriteBatch::default()
         };
         let bad = WriteBatch {
             updates: vec![update(2, 2)],
-            meta: vec![],
+            ..WriteBatch::default()
         };
         let err = commit_group(&db, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");

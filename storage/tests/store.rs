@@ -41,6 +41,7 @@ fn batch(updates: Vec<RecordUpdate>) -> WriteBatch {
     WriteBatch {
         updates,
         meta: vec![],
+        ..WriteBatch::default()
     }
 }
 
@@ -68,6 +69,7 @@ fn round_trip_update_and_idempotence() {
                 due_day: Some(-3),
             }],
             meta: vec![("peer/x".into(), b"cursor".to_vec())],
+            ..WriteBatch::default()
         })
         .unwrap();
 
@@ -237,6 +239,7 @@ fn purge_removes_everything_of_a_doc() {
             WriteBatch {
                 updates: vec![],
                 meta: vec![("tombstone/1".into(), b"t".to_vec())],
+                ..WriteBatch::default()
             },
         )
         .unwrap();
@@ -320,6 +323,7 @@ fn data_and_counters_survive_reopen() {
             .commit_blocking(WriteBatch {
                 updates: vec![],
                 meta: vec![("k".into(), b"v".to_vec())],
+                ..WriteBatch::default()
             })
             .unwrap()
             .commit_seq;
@@ -421,6 +425,7 @@ fn over_limit_batches_are_rejected() {
     let big_meta = WriteBatch {
         updates: vec![],
         meta: vec![("m".into(), vec![0; MAX_META_VALUE_BYTES + 1])],
+        ..WriteBatch::default()
     };
     let err = store.commit_blocking(big_meta).unwrap_err();
     assert!(err.to_string().contains("meta value bytes"), "{err}");
@@ -695,4 +700,83 @@ fn measure_crash_recovery() {
         e.as_secs_f64() * 1e3
     );
     assert_eq!(s.records.to_string(), n);
+}
+
+/// Log leaves land in the same commit as the batch, in order, and a purge of the docs they
+/// describe leaves them in place (only the payload goes).
+#[test]
+fn log_leaves_append_in_order_and_survive_purges() {
+    let (_dir, store) = open_temp();
+    let (a, b) = ([0xa1; 16], [0xb2; 16]);
+    for n in 0..3u32 {
+        let w = WriteBatch {
+            log: vec![(a, vec![n as u8; 49]), (b, vec![0xbb; 10])],
+            ..batch(vec![simple_update(n)])
+        };
+        store.commit_blocking(w).unwrap();
+    }
+    let before = store.snapshot().unwrap();
+    assert_eq!(store.log_size(&a).unwrap(), 3);
+    assert_eq!(store.log_size(&b).unwrap(), 3);
+    assert_eq!(store.log_size(&[0; 16]).unwrap(), 0);
+
+    store
+        .commit_purge_blocking(vec![doc(0), doc(1)], WriteBatch::default())
+        .unwrap();
+    let snap = store.snapshot().unwrap();
+    let leaves = snap.log_leaves(&a, 0, 100).unwrap();
+    assert_eq!(leaves, vec![vec![0u8; 49], vec![1u8; 49], vec![2u8; 49]]);
+    assert_eq!(snap.log_leaves(&a, 2, 100).unwrap(), vec![vec![2u8; 49]]);
+    assert_eq!(snap.log_leaves(&a, 0, 1).unwrap().len(), 1);
+    // Only doc 2's envelope is left.
+    let changes = snap.changes_after(None, 100).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, doc(2));
+    // The older snapshot still sees the purged envelopes: one consistent view.
+    assert_eq!(before.changes_after(None, 100).unwrap().len(), 3);
+    assert_eq!(before.envelope_count().unwrap(), 3);
+
+    let too_big = WriteBatch {
+        log: vec![(a, vec![0; MAX_LOG_LEAF_BYTES + 1])],
+        ..WriteBatch::default()
+    };
+    assert!(matches!(
+        store.commit_blocking(too_big),
+        Err(StorageError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn checkpoints_and_tombstones_are_stored_and_paged() {
+    let (_dir, store) = open_temp();
+    let w = WriteBatch {
+        checkpoints: vec![("de".into(), b"cp1".to_vec()), ("us".into(), b"u".to_vec())],
+        tombstones: vec![
+            (doc(2), hash(1, 0), b"t-2-1".to_vec()),
+            (doc(1), hash(9, 0), b"t-1-9".to_vec()),
+            (doc(1), hash(3, 0), b"t-1-3".to_vec()),
+        ],
+        ..WriteBatch::default()
+    };
+    store.commit_blocking(w).unwrap();
+    // A tombstone already stored is left as it is.
+    let w = WriteBatch {
+        checkpoints: vec![("de".into(), b"cp2".to_vec())],
+        tombstones: vec![(doc(1), hash(3, 0), b"other".to_vec())],
+        ..WriteBatch::default()
+    };
+    store.commit_blocking(w).unwrap();
+
+    assert_eq!(store.checkpoint("de").unwrap().unwrap(), b"cp2");
+    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.checkpoints().unwrap().len(), 2);
+    let first = snap.tombstones_after(None, 2).unwrap();
+    assert_eq!(
+        first.iter().map(|t| t.2.clone()).collect::<Vec<_>>(),
+        vec![b"t-1-3".to_vec(), b"t-1-9".to_vec()]
+    );
+    let last = &first[1];
+    let rest = snap.tombstones_after(Some(&(last.0, last.1)), 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].2, b"t-2-1");
 }

@@ -210,3 +210,4 @@ pub fn occurrences_under(dir: &Path, needle: &[u8]) -> usize {
     }
     count
 }
+pub mod audit;

@@ -1,0 +1,441 @@
+//! `audit.export`: the daemon writes a bundle, streamed over the control socket; `consentctl
+//! audit export --out FILE` writes it to the operator's file.
+//!
+//! Why stream over the socket rather than have the daemon write FILE: the daemon runs as its own
+//! user under a hardened systemd unit (read-only file system outside its data directory), so it
+//! usually cannot write where the operator or auditor wants the file, and it must not write
+//! files with personal data wherever a client asks. The client, running as the operator, owns
+//! the file it creates (mode 0600: the bundle holds personal data).
+//!
+//! Socket exchange, after the usual request frame `{"v":1,"request":{"op":"audit.export"}}`:
+//!
+//! 1. one response frame: `{"ok":{"stream":"audit.export","envelopes":N}}` (or `{"error":…}`,
+//!    and nothing follows);
+//! 2. data frames: `u32 BE length ‖ bytes` (1 ≤ length ≤ [`EXPORT_CHUNK_BYTES`]), the bundle's
+//!    bytes in order;
+//! 3. an empty frame (length 0);
+//! 4. one response frame: `{"ok":{summary}}`, or `{"error":…}` if the export failed part way
+//!    (the client then deletes its partial file).
+//!
+//! Memory stays bounded: the producer pages through one storage snapshot
+//! ([`EXPORT_PAGE`] rows at a time) and hands chunks to the socket through a queue of
+//! [`EXPORT_QUEUE_CHUNKS`]; a slow client slows the producer down.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use chrono::Utc;
+use consentd_sync::b64;
+use consentd_sync::tlog::LogLeaf;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use super::bundle::{Line, Summary, Writer, FORMAT, LEAVES_PER_LINE, VERSION};
+use super::AuditError;
+use crate::config::Role;
+use crate::office::{Office, OfficeError};
+use crate::protocol::{
+    encode_frame, read_frame, ClientError, Empty, Request, RequestFrame, ResponseFrame,
+    CLIENT_TIMEOUT, PROTOCOL_VERSION, RESPONSE_BYTES_MAX,
+};
+use crate::record::fmt_time;
+
+/// Largest data frame.
+pub const EXPORT_CHUNK_BYTES: usize = 256 << 10;
+/// Data chunks queued between the producer and the socket.
+pub const EXPORT_QUEUE_CHUNKS: usize = 4;
+/// Rows read from storage per call.
+pub const EXPORT_PAGE: usize = 1024;
+
+impl From<AuditError> for OfficeError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Storage(s) => OfficeError::Storage(s),
+            AuditError::Integrity(m) => OfficeError::Integrity(m),
+        }
+    }
+}
+
+/// `audit.checkpoint`: signs a checkpoint now if the log grew; returns the latest.
+pub async fn checkpoint_now(office: &Office) -> Result<Value, OfficeError> {
+    // Storage's blocking commit must not run on a runtime thread.
+    let (signed, _) = tokio::task::block_in_place(|| {
+        office
+            .audit()
+            .checkpoint(office.store(), office.signing_key())
+    })?;
+    Ok(json!({
+        "office": office.id(),
+        "origin": signed.checkpoint.origin,
+        "size": signed.checkpoint.size,
+        "root": hex::encode(signed.checkpoint.root),
+        "note": signed.note,
+    }))
+}
+
+/// The daemon's checkpoint timer: signs every [`super::CHECKPOINT_INTERVAL`] if the log grew.
+pub async fn checkpoint_timer(
+    office: std::sync::Arc<Office>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(super::CHECKPOINT_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let o = office.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            o.audit()
+                .checkpoint(o.store(), o.signing_key())
+                .map(|(s, _)| s)
+        })
+        .await;
+        match r {
+            Ok(Ok(s)) => tracing::debug!(size = s.checkpoint.size, "checkpoint signed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot sign a checkpoint"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+    }
+}
+
+/// Whether a request payload asks for `audit.export` (which streams, so the daemon's ordinary
+/// one-answer path cannot serve it).
+pub fn is_export(payload: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<RequestFrame>(payload),
+        Ok(RequestFrame {
+            v: PROTOCOL_VERSION,
+            request: Request::AuditExport(_)
+        })
+    )
+}
+
+async fn send(stream: &mut UnixStream, frame: &ResponseFrame) -> io::Result<()> {
+    let payload = serde_json::to_vec(frame).expect("responses serialise");
+    stream.write_all(&encode_frame(&payload)).await
+}
+
+/// Serves one `audit.export` on `stream`. Any role may export (it is a read); a uid without a
+/// role may not. Returns an error only when the connection is unusable.
+pub async fn serve(
+    stream: &mut UnixStream,
+    uid: u32,
+    role: Option<Role>,
+    office: &Office,
+) -> io::Result<()> {
+    if role.is_none() {
+        tracing::warn!(uid, "refused audit export from a uid with no role");
+        let msg = format!(
+            "uid {uid} has no role on office {}: add it to control.operators or control.auditors in the office's config",
+            office.id()
+        );
+        return send(stream, &ResponseFrame::error(msg)).await;
+    }
+    let started = Instant::now();
+    let envelopes = office.store().stats().map(|s| s.envelopes).unwrap_or(0);
+    send(
+        stream,
+        &ResponseFrame::ok(json!({"stream": "audit.export", "envelopes": envelopes})),
+    )
+    .await?;
+    let handle = tokio::runtime::Handle::current();
+    // The producer is blocking (redb reads, a durable checkpoint commit); the socket is async.
+    // Run both on this worker thread's blocking slot: the producer on a scoped thread, the
+    // socket writes here through the runtime handle.
+    let (result, socket) = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(EXPORT_QUEUE_CHUNKS);
+            let producer = s.spawn(move || {
+                write_bundle(
+                    office,
+                    ChunkSink {
+                        tx,
+                        buf: Vec::new(),
+                    },
+                )
+            });
+            let mut socket: io::Result<()> = Ok(());
+            for chunk in rx.iter() {
+                let framed = encode_frame(&chunk);
+                socket = handle.block_on(stream.write_all(&framed));
+                if socket.is_err() {
+                    break; // dropping rx makes the producer's next send fail: it stops
+                }
+            }
+            drop(rx);
+            let result = producer
+                .join()
+                .unwrap_or_else(|_| Err("the export thread panicked".to_string()));
+            (result, socket)
+        })
+    });
+    socket?;
+    stream.write_all(&0u32.to_be_bytes()).await?;
+    match result {
+        Ok(summary) => {
+            tracing::info!(
+                uid,
+                envelopes = summary.envelopes,
+                tombstones = summary.tombstones,
+                bytes = summary.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "audit export streamed"
+            );
+            let v = serde_json::to_value(&summary).expect("summary serialises");
+            send(stream, &ResponseFrame::ok(v)).await
+        }
+        Err(e) => {
+            tracing::error!(uid, "audit export failed");
+            send(stream, &ResponseFrame::error(format!("export failed: {e}"))).await
+        }
+    }
+}
+
+/// Buffers bundle bytes into chunks of at most [`EXPORT_CHUNK_BYTES`] for the socket.
+struct ChunkSink {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = EXPORT_CHUNK_BYTES - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == EXPORT_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK_BYTES));
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+/// Writes this office's whole bundle to `out`: signs a fresh checkpoint first and walks the
+/// storage snapshot that checkpoint covers, so every envelope the office authored in the bundle
+/// is in the checkpointed log. Blocking.
+pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String> {
+    let (signed, snap) = office
+        .audit()
+        .checkpoint(office.store(), office.signing_key())
+        .map_err(|e| e.to_string())?;
+    let io = |e: io::Error| format!("writing the bundle: {e}");
+    let st = |e: consentd_storage::StorageError| format!("reading the store: {e}");
+    let mut w = Writer::new(io::BufWriter::with_capacity(EXPORT_CHUNK_BYTES, out));
+    let roster = office.roster();
+    w.write(&Line::Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        network: roster.roster().network.clone(),
+        office: office.id().to_string(),
+        exported_at: fmt_time(Utc::now()),
+    })
+    .map_err(io)?;
+    w.write(&Line::Roster {
+        roster: roster.to_signed(),
+    })
+    .map_err(io)?;
+    w.write(&Line::Checkpoint {
+        office: office.id().to_string(),
+        note: signed.note.clone(),
+    })
+    .map_err(io)?;
+    for (key, note) in snap.checkpoints().map_err(st)? {
+        // Other offices' checkpoints, as replication delivered them (our own is the fresh one).
+        if key != office.id() {
+            w.write(&Line::Checkpoint {
+                office: key,
+                note: String::from_utf8_lossy(&note).into_owned(),
+            })
+            .map_err(io)?;
+        }
+    }
+    // Our log, exactly up to the checkpoint.
+    let log = office.audit().log_id();
+    let mut next = 0u64;
+    while next < signed.checkpoint.size {
+        let want = usize::try_from(signed.checkpoint.size - next)
+            .unwrap_or(usize::MAX)
+            .min(LEAVES_PER_LINE);
+        let leaves = snap.log_leaves(&log, next, want).map_err(st)?;
+        if leaves.is_empty() {
+            return Err(format!("the log is missing leaf {next}"));
+        }
+        debug_assert!(leaves.iter().all(|l| LogLeaf::decode(l).is_some()));
+        let n = leaves.len() as u64;
+        w.write(&Line::Leaves {
+            office: office.id().to_string(),
+            first: next,
+            leaves: leaves.iter().map(hex::encode).collect(),
+        })
+        .map_err(io)?;
+        next += n;
+    }
+    let mut cursor = None;
+    loop {
+        let page = snap.changes_after(cursor, EXPORT_PAGE).map_err(st)?;
+        let Some(last) = page.last() else { break };
+        cursor = Some((last.0, last.1));
+        for (_, _, _, env) in &page {
+            w.write(&Line::Envelope {
+                data: b64::encode(env),
+            })
+            .map_err(io)?;
+        }
+    }
+    let mut cursor = None;
+    loop {
+        let page = snap
+            .tombstones_after(cursor.as_ref(), EXPORT_PAGE)
+            .map_err(st)?;
+        let Some(last) = page.last() else { break };
+        cursor = Some((last.0, last.1));
+        for (_, _, t) in &page {
+            w.write(&Line::Tombstone {
+                data: b64::encode(t),
+            })
+            .map_err(io)?;
+        }
+    }
+    let (mut out, summary) = w.finish().map_err(io)?;
+    out.flush().map_err(io)?;
+    // Dropping the sink closes the channel: the socket side sees the end of the data.
+    drop(out);
+    Ok(summary)
+}
+
+/// Client side: asks the daemon at `socket` for a bundle and writes it to `out` (mode 0600),
+/// atomically: a failed export leaves no file at `out`.
+pub fn export_to_file(socket: &Path, out: &Path, progress: bool) -> Result<Value, String> {
+    let started = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+        ClientError::Connect {
+            path: socket.to_owned(),
+            source,
+        }
+        .to_string()
+    })?;
+    let cerr = |e: io::Error| format!("connection to consentd failed: {e}");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(cerr)?;
+    stream
+        .set_write_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(cerr)?;
+    let frame = RequestFrame {
+        v: PROTOCOL_VERSION,
+        request: Request::AuditExport(Empty {}),
+    };
+    let payload = serde_json::to_vec(&frame).expect("requests serialise");
+    stream.write_all(&encode_frame(&payload)).map_err(cerr)?;
+    let first = read_response(&mut stream)?;
+    let expected = first["envelopes"].as_u64();
+
+    let tmp = partial_path(out);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let result = receive(&mut stream, file, expected, progress, started);
+    let summary = match result {
+        Ok(()) => read_response(&mut stream),
+        Err(e) => Err(e),
+    };
+    match summary {
+        Ok(summary) => {
+            std::fs::rename(&tmp, out).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("cannot move {} to {}: {e}", tmp.display(), out.display())
+            })?;
+            let mut v = summary;
+            v["out"] = json!(out.display().to_string());
+            v["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+fn read_response(stream: &mut impl Read) -> Result<Value, String> {
+    let bytes = read_frame(stream, RESPONSE_BYTES_MAX).map_err(|e| e.to_string())?;
+    let frame: ResponseFrame = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("consentd sent a malformed response: {e}"))?;
+    match (frame.ok, frame.error) {
+        (_, Some(e)) => Err(e),
+        (Some(v), None) => Ok(v),
+        (None, None) => Err("consentd sent a malformed response: neither ok nor error".into()),
+    }
+}
+
+fn receive(
+    stream: &mut impl Read,
+    file: std::fs::File,
+    expected_envelopes: Option<u64>,
+    progress: bool,
+    started: Instant,
+) -> Result<(), String> {
+    let mut out = io::BufWriter::new(file);
+    let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
+    let mut bytes = 0u64;
+    let mut bar = super::cli::Progress::new(progress, "exporting");
+    let of = expected_envelopes.map_or(String::new(), |n| format!(" ({n} envelopes)"));
+    loop {
+        let mut len = [0u8; 4];
+        stream
+            .read_exact(&mut len)
+            .map_err(|e| format!("the export stream broke off: {e}"))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            break;
+        }
+        if len > EXPORT_CHUNK_BYTES {
+            return Err(format!(
+                "consentd sent a data frame of {len} bytes; at most {EXPORT_CHUNK_BYTES} are allowed"
+            ));
+        }
+        stream
+            .read_exact(&mut buf[..len])
+            .map_err(|e| format!("the export stream broke off: {e}"))?;
+        out.write_all(&buf[..len])
+            .map_err(|e| format!("writing the bundle: {e}"))?;
+        bytes += len as u64;
+        bar.update(|| format!("{:.1} MiB{of}", bytes as f64 / (1 << 20) as f64));
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| format!("writing the bundle: {}", e.error()))?;
+    file.sync_all()
+        .map_err(|e| format!("writing the bundle: {e}"))?;
+    bar.done(|| {
+        format!(
+            "{:.1} MiB in {:.1} s",
+            bytes as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The office's own transparency log and its signed checkpoints.
+//!
+//! Leaves are written by `Office::write` in the same durable batch as the envelopes they cover
+//! (`WriteBatch::log`), so the log can never miss an acknowledged envelope. This module only
+//! *reads* the log: it keeps a Merkle [`Frontier`] of it in memory and signs checkpoints.
+//!
+//! Never two inconsistent checkpoints:
+//! - the log table is append-only (storage has no other write to it, and purges skip it), so any
+//!   two prefixes of it are consistent;
+//! - a checkpoint is signed only over leaves read from a committed snapshot (durable), under one
+//!   mutex, so sizes only grow and every signed tree is a prefix of the durable log;
+//! - each checkpoint is persisted (durable commit) before anyone sees it; a crash before the
+//!   commit loses a signature nobody saw; a crash after it leaves the checkpoint on disk, and at
+//!   the next start [`AuditLog::open`] rebuilds the frontier from the log and refuses to sign
+//!   anything if the log does not reproduce that checkpoint's root at its size.
+//! - ed25519 is deterministic, so re-signing the same (size, root) yields the same note.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use consentd_storage::{LogId, Snapshot, StorageError, Store, WriteBatch};
+use consentd_sync::merkle::Frontier;
+use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+
+/// How often the daemon signs a checkpoint when its log has grown.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// Leaves read per storage call while catching the frontier up.
+pub const LEAF_PAGE: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The stored log or checkpoint is not what this office wrote: refuse to sign.
+    #[error("audit log integrity: {0}")]
+    Integrity(String),
+}
+
+/// A checkpoint this office signed, with its note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub checkpoint: Checkpoint,
+    pub note: String,
+}
+
+pub struct AuditLog {
+    office: String,
+    origin: String,
+    log_id: LogId,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// `None` until [`AuditLog::open`] rebuilt it from the store.
+    frontier: Option<Frontier>,
+    latest: Option<Signed>,
+}
+
+/// The storage log id of a log origin: a hash, so storage never needs to know office names.
+pub fn log_id(origin: &str) -> LogId {
+    let mut h = Sha256::new();
+    h.update(b"consentd/log-id/v1\0");
+    h.update(origin.as_bytes());
+    h.finalize()[..16].try_into().expect("16 bytes")
+}
+
+impl AuditLog {
+    pub fn new(network: &str, office: &str) -> AuditLog {
+        let origin = tlog::origin(network, office);
+        AuditLog {
+            office: office.to_string(),
+            log_id: log_id(&origin),
+            origin,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn log_id(&self) -> LogId {
+        self.log_id
+    }
+
+    /// The `WriteBatch::log` entry that appends `leaf` to this office's log.
+    pub fn entry(&self, leaf: &LogLeaf) -> (LogId, Vec<u8>) {
+        (self.log_id, leaf.encode().to_vec())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves at worst a frontier behind the log, which the
+        // next catch-up repairs; never a wrong one (pushes happen one leaf at a time).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the frontier from the durable log and checks the persisted checkpoint against
+    /// it. Blocking (reads the whole log once); the daemon calls it at start-up.
+    pub fn open(&self, store: &Store) -> Result<Option<Signed>, AuditError> {
+        let mut state = self.lock();
+        self.open_locked(&mut state, &store.snapshot()?)?;
+        Ok(state.latest.clone())
+    }
+
+    fn open_locked(&self, state: &mut State, snap: &Snapshot) -> Result<(), AuditError> {
+        if state.frontier.is_some() {
+            return Ok(());
+        }
+        let persisted = match snap.checkpoint(&self.office)? {
+            None => None,
+            Some(bytes) => Some(self.parse_own(&bytes)?),
+        };
+        let mut frontier = Frontier::new();
+        let size = snap.log_size(&self.log_id)?;
+        if let Some(p) = &persisted {
+            if p.checkpoint.size > size {
+                return Err(AuditError::Integrity(format!(
+                    "the stored checkpoint covers {} leaves but the log holds only {size}: the database was rolled back or replaced; refusing to sign checkpoints",
+                    p.checkpoint.size
+                )));
+            }
+        }
+        let check = persisted.as_ref().map(|p| &p.checkpoint);
+        catch_up(&mut frontier, snap, &self.log_id, size, check)?;
+        debug_assert_eq!(frontier.size(), size, "caught up to the snapshot");
+        state.frontier = Some(frontier);
+        state.latest = persisted;
+        Ok(())
+    }
+
+    fn parse_own(&self, bytes: &[u8]) -> Result<Signed, AuditError> {
+        let bad = |why: String| AuditError::Integrity(format!("stored checkpoint: {why}"));
+        let note = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+        let parsed = tlog::parse_note(note).map_err(|e| bad(e.to_string()))?;
+        let checkpoint = tlog::parse_body(parsed.text).map_err(|e| bad(e.to_string()))?;
+        if checkpoint.origin != self.origin {
+            return Err(bad(format!(
+                "origin {} is not this office's {}",
+                checkpoint.origin, self.origin
+            )));
+        }
+        Ok(Signed {
+            checkpoint,
+            note: note.to_string(),
+        })
+    }
+
+    /// The latest checkpoint signed (None before the first).
+    pub fn latest(&self) -> Option<Signed> {
+        self.lock().latest.clone()
+    }
+
+    /// Signs (if the log grew) and persists a checkpoint of everything durable, and returns it
+    /// with the snapshot it describes, so an export can walk exactly the data it covers.
+    /// Blocking: call from a blocking thread.
+    pub fn checkpoint(
+        &self,
+        store: &Store,
+        key: &SigningKey,
+    ) -> Result<(Signed, Snapshot), AuditError> {
+        let mut state = self.lock();
+        // Under the lock: no other checkpoint can interleave, so this snapshot is at least as
+        // new as the one the frontier was last advanced from.
+        let snap = store.snapshot()?;
+        self.open_locked(&mut state, &snap)?;
+        let frontier = state.frontier.as_mut().expect("opened above");
+        let size = snap.log_size(&self.log_id)?;
+        if size < frontier.size() {
+            debug_assert!(false, "log shrank from {} to {size}", frontier.size());
+            return Err(AuditError::Integrity(format!(
+                "the log shrank from {} to {size} leaves",
+                frontier.size()
+            )));
+        }
+        catch_up(frontier, &snap, &self.log_id, size, None)?;
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: frontier.root(),
+        };
+        if let Some(latest) = &state.latest {
+            if latest.checkpoint == checkpoint {
+                return Ok((latest.clone(), snap));
+            }
+            debug_assert!(
+                latest.checkpoint.size < size,
+                "a new checkpoint of the same size would be inconsistent with the last"
+            );
+        }
+        let note = checkpoint.sign(key);
+        // Persist before publishing (returning): see the module docs.
+        store.commit_blocking(WriteBatch {
+            checkpoints: vec![(self.office.clone(), note.clone().into_bytes())],
+            ..WriteBatch::default()
+        })?;
+        let signed = Signed { checkpoint, note };
+        state.latest = Some(signed.clone());
+        Ok((signed, snap))
+    }
+}
+
+/// Pushes leaves `[frontier.size(), target)` of `log` into `frontier`. With `check`, compares
+/// the root when the frontier passes the checkpoint's size.
+fn catch_up(
+    frontier: &mut Frontier,
+    snap: &Snapshot,
+    log: &LogId,
+    target: u64,
+    check: Option<&Checkpoint>,
+) -> Result<(), AuditError> {
+    let verify_at = |f: &Frontier| -> Result<(), AuditError> {
+        match check {
+            Some(cp) if cp.size == f.size() && cp.root != f.root() => {
+                Err(AuditError::Integrity(format!(
+                    "the log no longer reproduces the stored checkpoint of size {}: refusing to sign checkpoints",
+                    cp.size
+                )))
+            }
+            _ => Ok(()),
+        }
+    };
+    verify_at(frontier)?;
+    while frontier.size() < target {
+        let want = usize::try_from(target - frontier.size())
+            .unwrap_or(usize::MAX)
+            .min(LEAF_PAGE);
+        let leaves = snap.log_leaves(log, frontier.size(), want)?;
+        if leaves.is_empty() {
+            return Err(AuditError::Integrity(format!(
+                "the log is missing leaf {}",
+                frontier.size()
+            )));
+        }
+        for bytes in leaves {
+            let leaf = LogLeaf::decode(&bytes).ok_or_else(|| {
+                AuditError::Integrity(format!("log leaf {} is malformed", frontier.size()))
+            })?;
+            frontier.push(leaf.merkle_hash());
+            verify_at(frontier)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consentd_sync::merkle;
+
+    fn leaf(i: u8) -> LogLeaf {
+        LogLeaf::envelope([i; 16], [i; 32])
+    }
+
+    fn append(store: &Store, log: &AuditLog, from: u8, to: u8) {
+        store
+            .commit_blocking(WriteBatch {
+                log: (from..to).map(|i| log.entry(&leaf(i))).collect(),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn checkpoints_grow_persist_and_survive_a_restart_consistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let key = consentd_sync::keys::generate();
+        let store = Store::open(&path).unwrap();
+        let log = AuditLog::new("net", "de");
+        append(&store, &log, 0, 5);
+        let (a, snap) = log.checkpoint(&store, &key).unwrap();
+        assert_eq!(a.checkpoint.size, 5);
+        assert_eq!(snap.log_size(&log.log_id()).unwrap(), 5);
+        let leaves: Vec<_> = (0..5).map(|i| leaf(i).merkle_hash()).collect();
+        assert_eq!(a.checkpoint.root, merkle::root(&leaves));
+        // Nothing new: the same checkpoint, not a second signature of the same size.
+        assert_eq!(log.checkpoint(&store, &key).unwrap().0, a);
+        // Persisted before it was returned.
+        assert_eq!(store.checkpoint("de").unwrap().unwrap(), a.note.as_bytes());
+
+        // "Restart": a fresh AuditLog rebuilds from the store and extends consistently.
+        store.shutdown();
+        drop((store, snap));
+        let store = Store::open(&path).unwrap();
+        let log = AuditLog::new("net", "de");
+        assert_eq!(log.open(&store).unwrap(), Some(a.clone()));
+        append(&store, &log, 5, 9);
+        let (b, _) = log.checkpoint(&store, &key).unwrap();
+        assert_eq!(b.checkpoint.size, 9);
+        let all: Vec<_> = (0..9).map(|i| leaf(i).merkle_hash()).collect();
+        let proof = merkle::consistency_proof(&all, 5).unwrap();
+        assert!(merkle::verify_consistency(
+            5,
+            9,
+            &a.checkpoint.root,
+            &b.checkpoint.root,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn a_stored_checkpoint_the_log_does_not_reproduce_stops_all_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let key = consentd_sync::keys::generate();
+        let log = AuditLog::new("net", "de");
+        append(&store, &log, 0, 3);
+        // A checkpoint of size 2 over other leaves (as if the log had been rewritten).
+        let forged = Checkpoint {
+            origin: log.origin().to_string(),
+            size: 2,
+            root: [9; 32],
+        };
+        let bigger = Checkpoint {
+            size: 7,
+            ..forged.clone()
+        };
+        for cp in [forged, bigger] {
+            store
+                .commit_blocking(WriteBatch {
+                    checkpoints: vec![("de".into(), cp.sign(&key).into_bytes())],
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+            let fresh = AuditLog::new("net", "de");
+            assert!(matches!(fresh.open(&store), Err(AuditError::Integrity(_))));
+            assert!(matches!(
+                fresh.checkpoint(&store, &key),
+                Err(AuditError::Integrity(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,979 @@
+//! `consentctl audit verify`: checks a bundle offline, trusting only the root public key.
+//!
+//! Every check has a stable name (the `check` of each failure in the JSON report; the list and
+//! what each means is in docs/audit-bundle.md):
+//!
+//! | check                 | fails when                                                          |
+//! |-----------------------|---------------------------------------------------------------------|
+//! | `bundle_format`       | a line is not valid JSON of a known type, sections are out of order, the header or end line is missing or wrong, the file is truncated |
+//! | `roster_signature`    | the roster does not verify against the root key (nothing else is checked then) |
+//! | `checkpoint_signature`| a checkpoint is malformed, not for a roster office, or its signature fails |
+//! | `log_root`            | an office's leaves do not reproduce its checkpoint (size or root): a reordered, shortened or altered log |
+//! | `envelope_encoding`   | an envelope is not valid base64 / `CDE1` / a canonical Automerge change |
+//! | `envelope_signer`     | an envelope's signer is not a roster office                         |
+//! | `envelope_actor`      | an envelope's change was authored under an actor not bound to its signer |
+//! | `envelope_signature`  | an envelope's signature over (doc, recomputed change hash) fails    |
+//! | `envelope_duplicate`  | the same change appears twice                                       |
+//! | `causal_completeness` | a change depends on a change the bundle lacks, and no tombstone covers the record |
+//! | `log_missing`         | an office authored envelopes in the bundle but the bundle has no log for it |
+//! | `log_inclusion`       | an envelope is not in its author's checkpointed log                 |
+//! | `log_completeness`    | an office's log lists an envelope or tombstone the bundle lacks, and no valid tombstone covers its record |
+//! | `tombstone_encoding`  | a tombstone is not valid base64 / `CDT1`                            |
+//! | `tombstone_signature` | a tombstone's signer is not a roster office or its signature fails  |
+//! | `tombstone_authority` | a tombstone is not in its signer's checkpointed log                 |
+//! | `consistency`         | with `--previous`: an office's log did not only grow since the older bundle |
+//!
+//! Envelopes are verified in batches of [`VERIFY_BATCH`] on a pool of worker threads (one per
+//! core) with batch ed25519 verification (`consentd_sync::envelope::verify_batch`), while the
+//! main thread reads and parses lines. Memory: the verifier keeps ids, hashes and dependency
+//! lists (~100 bytes per change), never payloads, unless the report asked it to keep the
+//! verified changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::sync::{mpsc, Mutex};
+
+use automerge::Change;
+use consentd_sync::b64;
+use consentd_sync::envelope::{self, Envelope, EnvelopeError};
+use consentd_sync::merkle::{self, Hash};
+use consentd_sync::roster::VerifiedRoster;
+use consentd_sync::tlog::{self, LogLeaf, VerifiedCheckpoint, LEAF_ENVELOPE, LEAF_TOMBSTONE};
+use consentd_sync::tombstone::{self, Tombstone, VerifiedTombstone};
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::bundle::{Line, ReadError, Reader, FORMAT, VERSION};
+use super::cli::Progress;
+
+/// Every check's name, in the order of the table above and of docs/audit-bundle.md.
+pub const CHECKS: &[&str] = &[
+    "bundle_format",
+    "roster_signature",
+    "checkpoint_signature",
+    "log_root",
+    "envelope_encoding",
+    "envelope_signer",
+    "envelope_actor",
+    "envelope_signature",
+    "envelope_duplicate",
+    "causal_completeness",
+    "log_missing",
+    "log_inclusion",
+    "log_completeness",
+    "tombstone_encoding",
+    "tombstone_signature",
+    "tombstone_authority",
+    "consistency",
+];
+
+/// Envelopes per work item handed to a worker thread.
+pub const VERIFY_BATCH: usize = 1024;
+/// Most failures listed one by one in a report (all are counted).
+pub const MAX_REPORTED_FAILURES: usize = 1000;
+/// Work items queued per worker: bounds the envelope text held in flight.
+const QUEUE_PER_WORKER: usize = 2;
+
+pub type DocId = [u8; 16];
+
+/// One failed check, naming what broke.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub check: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub office: Option<String>,
+    /// The record (document id, hex) the failure is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The item: a change hash, tombstone hash or leaf index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// Line of the bundle, counting from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    pub detail: String,
+}
+
+impl Failure {
+    fn new(check: &'static str, detail: impl Into<String>) -> Failure {
+        debug_assert!(CHECKS.contains(&check), "undocumented check {check}");
+        Failure {
+            check,
+            office: None,
+            record: None,
+            item: None,
+            line: None,
+            detail: detail.into(),
+        }
+    }
+    fn office(mut self, o: &str) -> Self {
+        self.office = Some(o.to_string());
+        self
+    }
+    fn record(mut self, d: &DocId) -> Self {
+        self.record = Some(hex::encode(d));
+        self
+    }
+    fn item(mut self, i: impl Into<String>) -> Self {
+        self.item = Some(i.into());
+        self
+    }
+    fn line(mut self, l: u64) -> Self {
+        self.line = Some(l);
+        self
+    }
+}
+
+pub struct Options {
+    pub root_pub: VerifyingKey,
+    /// Worker threads for envelope verification (default: one per core).
+    pub threads: usize,
+    /// Keep every verified change, grouped by record, for the compliance report.
+    pub collect: bool,
+    /// Progress on stderr.
+    pub progress: bool,
+}
+
+/// What verification found. `verified` is filled only with `Options::collect`.
+pub struct Outcome {
+    pub failures: Vec<Failure>,
+    pub failures_total: u64,
+    pub report: Value,
+    pub verified: Option<Verified>,
+    /// Each office's checkpoint and log, for `--previous`.
+    pub logs: BTreeMap<String, OfficeLog>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failures_total == 0
+    }
+}
+
+/// Verified data for the report: nothing here failed a check.
+pub struct Verified {
+    pub network: String,
+    pub exported_at: String,
+    pub roster: VerifiedRoster,
+    /// Each record's verified changes in bundle order, with the authoring office.
+    pub docs: BTreeMap<DocId, Vec<(String, Change)>>,
+    pub tombstones: Vec<VerifiedTombstone>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OfficeLog {
+    pub checkpoint: VerifiedCheckpoint,
+    pub leaves: Vec<LogLeaf>,
+    /// Whether the leaves reproduced the checkpoint.
+    pub root_ok: bool,
+}
+
+/// One verified envelope, reduced to what the cross-checks need.
+struct EnvFact {
+    line: u64,
+    doc: DocId,
+    hash: Hash,
+    office: u16,
+    deps: Vec<Hash>,
+    /// The record type, when this change created the record.
+    created: Option<&'static str>,
+    change: Option<Change>,
+}
+
+struct Failures {
+    list: Vec<Failure>,
+    total: u64,
+}
+
+impl Failures {
+    fn push(&mut self, f: Failure) {
+        self.total += 1;
+        if self.list.len() < MAX_REPORTED_FAILURES {
+            self.list.push(f);
+        }
+    }
+}
+
+fn envelope_check(e: &EnvelopeError) -> &'static str {
+    match e {
+        EnvelopeError::UnknownSigner { .. } => "envelope_signer",
+        EnvelopeError::ActorNotBound { .. } => "envelope_actor",
+        EnvelopeError::BadSignature { .. } => "envelope_signature",
+        _ => "envelope_encoding",
+    }
+}
+
+/// The record type a creating change writes at the root (`type`), if any.
+fn created_type(change: &Change) -> Option<&'static str> {
+    if !change.deps().is_empty() {
+        return None;
+    }
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        if let (automerge::legacy::ObjectId::Root, automerge::legacy::Key::Map(k)) =
+            (&op.obj, &op.key)
+        {
+            if k.as_str() == "type" {
+                if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)) = &op.action {
+                    return Some(match s.as_str() {
+                        "consent" => "consent",
+                        "request" => "request",
+                        "transfer" => "transfer",
+                        _ => "other",
+                    });
+                }
+            }
+        }
+    }
+    Some("other")
+}
+
+/// Verifies one batch of envelope lines (run on a worker thread).
+fn verify_lines(
+    lines: Vec<(u64, String)>,
+    roster: &VerifiedRoster,
+    office_index: &HashMap<String, u16>,
+    collect: bool,
+) -> (Vec<EnvFact>, Vec<Failure>) {
+    let mut failures = Vec::new();
+    let mut envs = Vec::with_capacity(lines.len());
+    let mut line_of = Vec::with_capacity(lines.len());
+    for (line, data) in lines {
+        let decoded = b64::decode(&data)
+            .ok_or_else(|| "not canonical base64".to_string())
+            .and_then(|b| Envelope::decode(&b).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(env) => {
+                envs.push(env);
+                line_of.push(line);
+            }
+            Err(e) => failures.push(Failure::new("envelope_encoding", e).line(line)),
+        }
+    }
+    let docs: Vec<DocId> = envs.iter().map(|e| e.doc_id).collect();
+    let mut facts = Vec::with_capacity(envs.len());
+    for (i, r) in envelope::verify_batch(envs, roster).into_iter().enumerate() {
+        match r {
+            Ok(v) => {
+                let change = v.change();
+                facts.push(EnvFact {
+                    line: line_of[i],
+                    doc: v.doc_id(),
+                    hash: v.hash(),
+                    office: office_index[v.office()],
+                    deps: change.deps().iter().map(|h| h.0).collect(),
+                    created: created_type(change),
+                    change: collect.then(|| change.clone()),
+                });
+            }
+            Err(e) => {
+                let office = match &e {
+                    EnvelopeError::MalformedChange { office, .. }
+                    | EnvelopeError::NonCanonicalChange { office, .. }
+                    | EnvelopeError::ActorNotBound { office, .. }
+                    | EnvelopeError::BadSignature { office, .. } => Some(office.clone()),
+                    _ => None,
+                };
+                let mut f = Failure::new(envelope_check(&e), e.to_string())
+                    .line(line_of[i])
+                    .record(&docs[i]);
+                f.office = office;
+                failures.push(f);
+            }
+        }
+    }
+    (facts, failures)
+}
+
+/// Verifies the bundle read from `input`.
+pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
+    let mut failures = Failures {
+        list: Vec::new(),
+        total: 0,
+    };
+    let mut reader = Reader::new(input);
+    let mut progress = Progress::new(opts.progress, "verifying");
+
+    // Header and roster first: without a verified roster nothing else can be checked.
+    let mut header: Option<(String, String, String)> = None;
+    let mut roster: Option<VerifiedRoster> = None;
+    let mut lines_before_end = 0u64;
+    let mut first_lines = Vec::new();
+    for _ in 0..2 {
+        match reader.advance() {
+            Ok(true) => first_lines.push((reader.line_no, reader.line().to_vec())),
+            Ok(false) => break,
+            Err(e) => {
+                failures.push(Failure::new("bundle_format", e.to_string()));
+                break;
+            }
+        }
+    }
+    for (no, bytes) in &first_lines {
+        match serde_json::from_slice::<Line>(bytes) {
+            Ok(Line::Header {
+                format,
+                version,
+                network,
+                office,
+                exported_at,
+            }) if *no == 1 => {
+                if format != FORMAT || version != VERSION {
+                    failures.push(
+                        Failure::new(
+                            "bundle_format",
+                            format!("not a {FORMAT} version {VERSION} (found {format} {version})"),
+                        )
+                        .line(*no),
+                    );
+                }
+                header = Some((network, office, exported_at));
+            }
+            Ok(Line::Roster { roster: signed }) if *no == 2 => {
+                match signed.verify(&opts.root_pub) {
+                    Ok(r) => roster = Some(r),
+                    Err(e) => {
+                        failures.push(Failure::new("roster_signature", e.to_string()).line(*no))
+                    }
+                }
+            }
+            Ok(_) => failures.push(
+                Failure::new(
+                    "bundle_format",
+                    "a bundle starts with a header line, then a roster line",
+                )
+                .line(*no),
+            ),
+            Err(e) => failures
+                .push(Failure::new("bundle_format", format!("not a bundle line: {e}")).line(*no)),
+        }
+    }
+    let (Some((network, exporter, exported_at)), Some(roster)) = (header, roster) else {
+        if failures.total == 0 {
+            failures.push(Failure::new(
+                "bundle_format",
+                "the bundle has no header and roster",
+            ));
+        }
+        return Outcome {
+            report: summary_json(&failures, None, &BTreeMap::new(), &Counts::default()),
+            failures: failures.list,
+            failures_total: failures.total,
+            verified: None,
+            logs: BTreeMap::new(),
+        };
+    };
+    if network != roster.roster().network {
+        failures.push(
+            Failure::new(
+                "bundle_format",
+                format!(
+                    "header names network {network}, the roster {}",
+                    roster.roster().network
+                ),
+            )
+            .line(1),
+        );
+    }
+
+    let office_ids: Vec<String> = roster.offices().map(|o| o.id.clone()).collect();
+    let office_index: HashMap<String, u16> = office_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), i as u16))
+        .collect();
+    let threads = opts.threads.max(1);
+
+    let mut logs: BTreeMap<String, OfficeLog> = BTreeMap::new();
+    let mut leaf_lines: HashMap<String, u64> = HashMap::new();
+    let mut tombstones: Vec<(u64, VerifiedTombstone)> = Vec::new();
+    let mut facts: Vec<EnvFact> = Vec::new();
+    let mut section = 1u8;
+    let mut saw_end = false;
+    let mut counts = Counts::default();
+
+    let (work_tx, work_rx) = mpsc::sync_channel::<Vec<(u64, String)>>(threads * QUEUE_PER_WORKER);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(Vec<EnvFact>, Vec<Failure>)>();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (work_rx, done_tx) = (&work_rx, done_tx.clone());
+            let (roster, office_index) = (&roster, &office_index);
+            let collect = opts.collect;
+            s.spawn(move || loop {
+                let item = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(lines) = item else { return };
+                if done_tx
+                    .send(verify_lines(lines, roster, office_index, collect))
+                    .is_err()
+                {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut batch: Vec<(u64, String)> = Vec::with_capacity(VERIFY_BATCH);
+        let drain = |facts: &mut Vec<EnvFact>, failures: &mut Failures, block: bool| {
+            let mut take = |(f, fl): (Vec<EnvFact>, Vec<Failure>)| {
+                facts.extend(f);
+                for x in fl {
+                    failures.push(x);
+                }
+            };
+            if block {
+                for r in done_rx.iter() {
+                    take(r);
+                }
+            } else {
+                while let Ok(r) = done_rx.try_recv() {
+                    take(r);
+                }
+            }
+        };
+
+        loop {
+            let more = match reader.advance() {
+                Ok(more) => more,
+                Err(e) => {
+                    let line = match &e {
+                        ReadError::TooLong { line, .. } | ReadError::Unterminated { line } => {
+                            Some(*line)
+                        }
+                        ReadError::Io(_) => None,
+                    };
+                    let mut f = Failure::new("bundle_format", e.to_string());
+                    f.line = line;
+                    failures.push(f);
+                    break;
+                }
+            };
+            if !more {
+                break;
+            }
+            let raw = reader.line();
+            let no = reader.line_no;
+            if saw_end {
+                failures.push(Failure::new("bundle_format", "lines after the end line").line(no));
+                break;
+            }
+            let line: Line = match serde_json::from_slice(raw) {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push(
+                        Failure::new("bundle_format", format!("not a bundle line: {e}")).line(no),
+                    );
+                    continue;
+                }
+            };
+            if line.section() < section || line.section() <= 1 {
+                failures
+                    .push(Failure::new("bundle_format", "line is out of section order").line(no));
+                continue;
+            }
+            section = line.section();
+            match line {
+                Line::Header { .. } | Line::Roster { .. } => unreachable!("refused above"),
+                Line::Checkpoint { office, note } => {
+                    counts.checkpoints += 1;
+                    match tlog::verify(&note, &roster) {
+                        Ok(v) if v.office != office => failures.push(
+                            Failure::new(
+                                "checkpoint_signature",
+                                format!(
+                                    "line names office {office} but the checkpoint is {}'s",
+                                    v.office
+                                ),
+                            )
+                            .office(&office)
+                            .line(no),
+                        ),
+                        Ok(v) => match logs.entry(office) {
+                            std::collections::btree_map::Entry::Occupied(e) => failures.push(
+                                Failure::new(
+                                    "bundle_format",
+                                    "a second checkpoint for this office",
+                                )
+                                .office(e.key())
+                                .line(no),
+                            ),
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(OfficeLog {
+                                    checkpoint: v,
+                                    leaves: Vec::new(),
+                                    root_ok: false,
+                                });
+                            }
+                        },
+                        Err(e) => failures.push(
+                            Failure::new("checkpoint_signature", e.to_string())
+                                .office(&office)
+                                .line(no),
+                        ),
+                    }
+                }
+                Line::Leaves {
+                    office,
+                    first,
+                    leaves,
+                } => {
+                    let Some(log) = logs.get_mut(&office) else {
+                        failures.push(
+                            Failure::new(
+                                "log_root",
+                                "leaves for an office without a valid checkpoint",
+                            )
+                            .office(&office)
+                            .line(no),
+                        );
+                        continue;
+                    };
+                    leaf_lines.entry(office.clone()).or_insert(no);
+                    if first != log.leaves.len() as u64 {
+                        failures.push(
+                            Failure::new(
+                                "log_root",
+                                format!(
+                                    "leaves line starts at {first}, expected {}",
+                                    log.leaves.len()
+                                ),
+                            )
+                            .office(&office)
+                            .line(no),
+                        );
+                    }
+                    for (i, hexleaf) in leaves.iter().enumerate() {
+                        match hex::decode(hexleaf).ok().and_then(|b| LogLeaf::decode(&b)) {
+                            Some(l) => log.leaves.push(l),
+                            None => {
+                                failures.push(
+                                    Failure::new("log_root", "malformed leaf")
+                                        .office(&office)
+                                        .item(format!("leaf {}", first + i as u64))
+                                        .line(no),
+                                );
+                                // Keep positions aligned: a placeholder that can match nothing.
+                                log.leaves.push(LogLeaf {
+                                    kind: 0,
+                                    doc: [0; 16],
+                                    hash: [0; 32],
+                                });
+                            }
+                        }
+                    }
+                    counts.leaves += leaves.len() as u64;
+                }
+                Line::Envelope { data } => {
+                    counts.envelope_lines += 1;
+                    batch.push((no, data));
+                    if batch.len() == VERIFY_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH));
+                        // Blocks when the workers are behind: bounded memory.
+                        let _ = work_tx.send(full);
+                        drain(&mut facts, &mut failures, false);
+                        progress.update(|| format!("{} envelopes", counts.envelope_lines));
+                    }
+                }
+                Line::Tombstone { data } => {
+                    counts.tombstones += 1;
+                    let decoded = b64::decode(&data)
+                        .ok_or_else(|| "not canonical base64".to_string())
+                        .and_then(|b| Tombstone::decode(&b).map_err(|e| e.to_string()));
+                    match decoded {
+                        Err(e) => failures.push(Failure::new("tombstone_encoding", e).line(no)),
+                        Ok(t) => {
+                            let doc = t.doc_id;
+                            match tombstone::verify(t, &roster) {
+                                Ok(v) => tombstones.push((no, v)),
+                                Err(e) => failures.push(
+                                    Failure::new("tombstone_signature", e.to_string())
+                                        .record(&doc)
+                                        .line(no),
+                                ),
+                            }
+                        }
+                    }
+                }
+                Line::End { lines, sha256 } => {
+                    saw_end = true;
+                    lines_before_end = no - 1;
+                    if lines != lines_before_end {
+                        failures.push(
+                            Failure::new(
+                                "bundle_format",
+                                format!("end line counts {lines} lines; the bundle has {lines_before_end}"),
+                            )
+                            .line(no),
+                        );
+                    }
+                    if sha256 != reader.digest_before() {
+                        failures.push(
+                            Failure::new(
+                                "bundle_format",
+                                "the bundle's bytes do not match the SHA-256 in its end line (damaged or edited)",
+                            )
+                            .line(no),
+                        );
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = work_tx.send(std::mem::take(&mut batch));
+        }
+        drop(work_tx);
+        drain(&mut facts, &mut failures, true);
+    });
+    let _ = lines_before_end;
+    if !saw_end {
+        failures.push(Failure::new(
+            "bundle_format",
+            "the bundle has no end line (it is truncated)",
+        ));
+    }
+    progress.done(|| format!("{} envelopes", counts.envelope_lines));
+    // Workers finish out of order; report and cross-check in bundle order.
+    facts.sort_unstable_by_key(|f| f.line);
+
+    // ---- logs reproduce their checkpoints ------------------------------------------------
+    for (office, log) in logs.iter_mut() {
+        let cp = &log.checkpoint.checkpoint;
+        if !leaf_lines.contains_key(office) && cp.size > 0 {
+            // The checkpoint verified, but the bundle does not carry this office's log.
+            continue;
+        }
+        let hashes: Vec<Hash> = log.leaves.iter().map(LogLeaf::merkle_hash).collect();
+        if hashes.len() as u64 != cp.size {
+            failures.push(
+                Failure::new(
+                    "log_root",
+                    format!(
+                        "the bundle carries {} leaves; the checkpoint says {}",
+                        hashes.len(),
+                        cp.size
+                    ),
+                )
+                .office(office),
+            );
+        } else if merkle::root(&hashes) != cp.root {
+            failures.push(
+                Failure::new(
+                    "log_root",
+                    "the leaves do not reproduce the checkpoint's root hash (a log altered, reordered or shortened)",
+                )
+                .office(office),
+            );
+        } else {
+            log.root_ok = true;
+        }
+    }
+
+    // ---- envelopes: duplicates, causal completeness, inclusion -------------------------------
+    let tombstoned: HashSet<DocId> = tombstones
+        .iter()
+        .map(|(_, t)| t.tombstone().doc_id)
+        .collect();
+    let mut present: HashMap<Hash, (DocId, u16)> = HashMap::with_capacity(facts.len());
+    for f in &facts {
+        if present.insert(f.hash, (f.doc, f.office)).is_some() {
+            failures.push(
+                Failure::new("envelope_duplicate", "this change appears twice")
+                    .record(&f.doc)
+                    .item(hex::encode(f.hash))
+                    .line(f.line),
+            );
+        }
+    }
+    for f in &facts {
+        for dep in &f.deps {
+            let ok = matches!(present.get(dep), Some((d, _)) if *d == f.doc);
+            if !ok && !tombstoned.contains(&f.doc) {
+                failures.push(
+                    Failure::new(
+                        "causal_completeness",
+                        format!(
+                            "depends on change {} which the bundle lacks",
+                            hex::encode(dep)
+                        ),
+                    )
+                    .office(&office_ids[f.office as usize])
+                    .record(&f.doc)
+                    .item(hex::encode(f.hash))
+                    .line(f.line),
+                );
+            }
+        }
+    }
+    let log_sets: HashMap<&str, HashSet<LogLeaf>> = logs
+        .iter()
+        .filter(|(_, l)| l.root_ok)
+        .map(|(o, l)| (o.as_str(), l.leaves.iter().copied().collect()))
+        .collect();
+    let mut missing_log: BTreeMap<u16, (u64, DocId)> = BTreeMap::new();
+    for f in &facts {
+        let office = &office_ids[f.office as usize];
+        match log_sets.get(office.as_str()) {
+            Some(set) => {
+                if !set.contains(&LogLeaf::envelope(f.doc, f.hash)) {
+                    failures.push(
+                        Failure::new(
+                            "log_inclusion",
+                            "this envelope is not in its office's checkpointed log",
+                        )
+                        .office(office)
+                        .record(&f.doc)
+                        .item(hex::encode(f.hash))
+                        .line(f.line),
+                    );
+                }
+            }
+            None => {
+                let e = missing_log.entry(f.office).or_insert((0, f.doc));
+                e.0 += 1;
+            }
+        }
+    }
+    for (office, (n, doc)) in missing_log {
+        let office = &office_ids[office as usize];
+        let why = if logs.contains_key(office.as_str()) {
+            "whose log does not reproduce its checkpoint"
+        } else {
+            "but the bundle carries no checkpointed log for it"
+        };
+        failures.push(
+            Failure::new(
+                "log_missing",
+                format!("office authored {n} envelopes in the bundle {why}"),
+            )
+            .office(office)
+            .record(&doc),
+        );
+    }
+
+    // ---- logs hold nothing the bundle lacks ------------------------------------------------
+    let tomb_by_hash: HashMap<Hash, &VerifiedTombstone> =
+        tombstones.iter().map(|(_, t)| (t.hash(), t)).collect();
+    for (office, log) in &logs {
+        if !log.root_ok {
+            continue;
+        }
+        for (i, leaf) in log.leaves.iter().enumerate() {
+            let ok = match leaf.kind {
+                LEAF_ENVELOPE => {
+                    matches!(present.get(&leaf.hash), Some((d, o)) if *d == leaf.doc && office_ids[*o as usize] == *office)
+                        || tombstoned.contains(&leaf.doc)
+                }
+                LEAF_TOMBSTONE => matches!(tomb_by_hash.get(&leaf.hash),
+                    Some(t) if t.office() == office && t.tombstone().doc_id == leaf.doc),
+                _ => false,
+            };
+            if !ok {
+                failures.push(
+                    Failure::new(
+                        "log_completeness",
+                        format!(
+                            "the log lists {} {} which the bundle lacks, and no tombstone covers the record",
+                            leaf.kind_name(),
+                            hex::encode(leaf.hash)
+                        ),
+                    )
+                    .office(office)
+                    .record(&leaf.doc)
+                    .item(format!("leaf {i}")),
+                );
+            }
+        }
+    }
+
+    // ---- tombstones: authority --------------------------------------------------------------
+    for (line, t) in &tombstones {
+        let doc = t.tombstone().doc_id;
+        let ok = log_sets
+            .get(t.office())
+            .is_some_and(|set| set.contains(&LogLeaf::tombstone(doc, t.hash())));
+        if !ok {
+            failures.push(
+                Failure::new(
+                    "tombstone_authority",
+                    "this tombstone is not in its signing office's checkpointed log",
+                )
+                .office(t.office())
+                .record(&doc)
+                .item(hex::encode(t.hash()))
+                .line(*line),
+            );
+        }
+    }
+
+    // ---- counts and the report ---------------------------------------------------------------
+    let mut by_office: BTreeMap<String, OfficeCounts> = BTreeMap::new();
+    for id in &office_ids {
+        by_office.insert(id.clone(), OfficeCounts::default());
+    }
+    let mut records = 0u64;
+    for f in &facts {
+        let c = by_office
+            .get_mut(&office_ids[f.office as usize])
+            .expect("every office listed");
+        c.envelopes += 1;
+        if let Some(kind) = f.created {
+            records += 1;
+            *c.records.entry(kind).or_default() += 1;
+        }
+    }
+    for (_, t) in &tombstones {
+        if let Some(c) = by_office.get_mut(t.office()) {
+            c.tombstones += 1;
+        }
+    }
+    for (o, l) in &logs {
+        if let Some(c) = by_office.get_mut(o) {
+            c.log_size = Some(l.checkpoint.checkpoint.size);
+        }
+    }
+    counts.envelopes_verified = facts.len() as u64;
+    counts.records = records;
+    let info = Info {
+        network: &network,
+        exported_by: &exporter,
+        exported_at: &exported_at,
+    };
+    let report = summary_json(&failures, Some(&info), &by_office, &counts);
+
+    let verified = opts.collect.then(|| {
+        let mut docs: BTreeMap<DocId, Vec<(String, Change)>> = BTreeMap::new();
+        for f in facts {
+            if let Some(change) = f.change {
+                docs.entry(f.doc)
+                    .or_default()
+                    .push((office_ids[f.office as usize].clone(), change));
+            }
+        }
+        Verified {
+            network: network.clone(),
+            exported_at: exported_at.clone(),
+            roster: roster.clone(),
+            docs,
+            tombstones: tombstones.into_iter().map(|(_, t)| t).collect(),
+        }
+    });
+    Outcome {
+        failures: failures.list,
+        failures_total: failures.total,
+        report,
+        verified,
+        logs,
+    }
+}
+
+/// `--previous`: every office's log in the older bundle must be a prefix of its log in the
+/// newer one (RFC 9162 consistency proof between the two checkpoints).
+pub fn check_previous(
+    old: &BTreeMap<String, OfficeLog>,
+    new: &BTreeMap<String, OfficeLog>,
+) -> Vec<Failure> {
+    let mut out = Vec::new();
+    for (office, o) in old {
+        let ocp = &o.checkpoint.checkpoint;
+        let Some(n) = new.get(office) else {
+            out.push(
+                Failure::new(
+                    "consistency",
+                    "the older bundle has a checkpoint for this office; the newer has none",
+                )
+                .office(office),
+            );
+            continue;
+        };
+        let ncp = &n.checkpoint.checkpoint;
+        if ocp.size > ncp.size {
+            out.push(
+                Failure::new(
+                    "consistency",
+                    format!(
+                        "the log shrank: the older bundle's checkpoint has {} leaves, this one {} (an older checkpoint presented as newer?)",
+                        ocp.size, ncp.size
+                    ),
+                )
+                .office(office),
+            );
+            continue;
+        }
+        if !n.root_ok {
+            out.push(
+                Failure::new(
+                    "consistency",
+                    "this bundle's log for the office does not verify, so no proof can be built",
+                )
+                .office(office),
+            );
+            continue;
+        }
+        let hashes: Vec<Hash> = n.leaves.iter().map(LogLeaf::merkle_hash).collect();
+        let proof = merkle::consistency_proof(&hashes, ocp.size).unwrap_or_default();
+        if !merkle::verify_consistency(ocp.size, ncp.size, &ocp.root, &ncp.root, &proof) {
+            out.push(
+                Failure::new(
+                    "consistency",
+                    format!(
+                        "the log of {} leaves in the older bundle is not a prefix of this one's {} leaves: the office rewrote its history",
+                        ocp.size, ncp.size
+                    ),
+                )
+                .office(office),
+            );
+        }
+    }
+    out
+}
+
+#[derive(Default, Serialize)]
+struct OfficeCounts {
+    envelopes: u64,
+    /// Records created by this office, by type.
+    records: BTreeMap<&'static str, u64>,
+    tombstones: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_size: Option<u64>,
+}
+
+#[derive(Default, Serialize)]
+struct Counts {
+    envelope_lines: u64,
+    envelopes_verified: u64,
+    records: u64,
+    tombstones: u64,
+    checkpoints: u64,
+    leaves: u64,
+}
+
+struct Info<'a> {
+    network: &'a str,
+    exported_by: &'a str,
+    exported_at: &'a str,
+}
+
+fn summary_json(
+    failures: &Failures,
+    info: Option<&Info<'_>>,
+    by_office: &BTreeMap<String, OfficeCounts>,
+    counts: &Counts,
+) -> Value {
+    json!({
+        "ok": failures.total == 0,
+        "network": info.map(|i| i.network),
+        "exported_by": info.map(|i| i.exported_by),
+        "exported_at": info.map(|i| i.exported_at),
+        "counts": {
+            "envelopes": counts.envelope_lines,
+            "envelopes_verified": counts.envelopes_verified,
+            "records": counts.records,
+            "tombstones": counts.tombstones,
+            "checkpoints": counts.checkpoints,
+            "leaves": counts.leaves,
+        },
+        "by_office": by_office,
+        "failures_total": failures.total,
+        "failures": failures.list,
+    })
+}

@@ -1,0 +1,25 @@
+//! `consentd bench --json` prints one row per benchmark with the keys INTERFACE.md names. A tiny
+//! run: this checks the table's shape, not the machine's speed.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn bench_prints_rows_with_the_interface_keys() {
+    let out = Command::new(CONSENTD)
+        .args(["bench", "--records", "64", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().expect("an array of rows");
+    assert!(rows.iter().any(|r| r["name"] == "audit_verify"));
+    for r in rows {
+        for key in ["name", "ours", "baseline", "unit", "ratio", "target", "met"] {
+            assert!(r.get(key).is_some(), "row {r} lacks {key}");
+        }
+        assert!(r["ours"].as_f64().unwrap() > 0.0);
+        assert!(r["met"].is_boolean());
+    }
+}

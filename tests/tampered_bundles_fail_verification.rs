@@ -1,0 +1,376 @@
+//! Every tampering with an export is caught and named: flipped bytes in envelopes, tombstones,
+//! checkpoints and roster entries; a removed envelope the checkpoint covers; a reordered log; a
+//! roster signed by a key other than the root; an older checkpoint presented as newer.
+//!
+//! The end line's digest is recomputed after every edit (see `rebuild`), so each case is caught
+//! by the check that matters, not by the unauthenticated digest.
+mod common;
+use common::audit::*;
+use common::*;
+use consentd::audit::verify::Outcome;
+use consentd_storage::{Store, WriteBatch};
+use consentd_sync::tlog::{self, LogLeaf};
+use consentd_sync::tombstone::{Reason, Tombstone};
+use serde_json::Value;
+use std::path::Path;
+
+/// A network with a few records of each kind, one extended and closed request, and one logged
+/// tombstone; returns the net and the bundle's lines.
+fn exported() -> (Net, Vec<String>) {
+    let net = Net::init("de");
+    let d = net.start("de");
+    populate(&net, "de", 9, "x");
+    let id = ok(&net.socket("de"), &["request", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &net.socket("de"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
+    assert!(d.stop());
+    let store = Store::open(&net.data_dir("de").join("consentd.redb")).unwrap();
+    let doc: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
+    let heads = store.doc_change_hashes(&doc).unwrap();
+    let key = consentd_sync::keys::read_secret_key(&net.path().join("de/signing.key")).unwrap();
+    let t = Tombstone::sign(doc, heads, Reason::Retention, "retention/test", 0, &key).unwrap();
+    let log = consentd::audit::log::log_id(&tlog::origin("local", "de"));
+    store
+        .commit_blocking(WriteBatch {
+            tombstones: vec![(doc, t.hash(), t.encode())],
+            log: vec![(log, LogLeaf::tombstone(doc, t.hash()).encode().to_vec())],
+            ..WriteBatch::default()
+        })
+        .unwrap();
+    store.shutdown();
+    drop(store);
+    let _d = net.start("de");
+    let path = export(&net, "de", "b.jsonl");
+    let l = lines(&path);
+    let clean = verify_bytes(&rebuild(&l), &root_pub(&net));
+    assert!(
+        clean.ok(),
+        "the untampered bundle must verify: {:?}",
+        clean.failures
+    );
+    (net, l)
+}
+
+fn checks(o: &Outcome) -> Vec<&'static str> {
+    o.failures.iter().map(|f| f.check).collect()
+}
+
+/// Positions to flip in a buffer of `len` bytes: every byte of short ones, else the first and
+/// last 8 and 48 spread across the middle (the envelope header fields are all in the first 120).
+fn positions(len: usize) -> Vec<usize> {
+    if len <= 200 {
+        return (0..len).collect();
+    }
+    let mut p: Vec<usize> = (0..120).collect();
+    p.extend((len - 8)..len);
+    p.extend((0..48).map(|i| 120 + i * (len - 128) / 48));
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+#[test]
+fn flipping_any_sampled_byte_of_any_envelope_or_tombstone_is_caught_and_named() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let mut tried = 0;
+    for i in indexes_of(&l, "envelope")
+        .into_iter()
+        .chain(indexes_of(&l, "tombstone"))
+    {
+        let tomb = line_type(&l[i]) == "tombstone";
+        let len = consentd_sync::b64::decode(
+            serde_json::from_str::<Value>(&l[i]).unwrap()["data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+        .len();
+        for pos in positions(len) {
+            let mut bad = l.clone();
+            bad[i] = edit_data(&l[i], |b| b[pos] ^= 0x01);
+            let o = verify_bytes(&rebuild(&bad), &root);
+            assert!(!o.ok(), "flip at byte {pos} of line {} accepted", i + 1);
+            let named = o.failures.iter().any(|f| f.line == Some(i as u64 + 1));
+            assert!(
+                named,
+                "flip at byte {pos} of line {}: no failure names the line: {:?}",
+                i + 1,
+                o.failures
+            );
+            if tomb {
+                assert!(
+                    checks(&o).iter().any(|c| c.starts_with("tombstone")),
+                    "{:?}",
+                    o.failures
+                );
+            }
+            tried += 1;
+        }
+    }
+    assert!(tried > 500, "only {tried} flips tried");
+}
+
+#[test]
+fn flipping_any_byte_of_the_checkpoint_is_caught() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let i = indexes_of(&l, "checkpoint")[0];
+    let v: Value = serde_json::from_str(&l[i]).unwrap();
+    let note = v["note"].as_str().unwrap().to_string();
+    for pos in 0..note.len() {
+        for bit in [0x01u8, 0x02] {
+            let mut bytes = note.clone().into_bytes();
+            bytes[pos] ^= bit;
+            let Ok(bad_note) = String::from_utf8(bytes) else {
+                continue;
+            };
+            let mut v2 = v.clone();
+            v2["note"] = Value::String(bad_note);
+            let mut bad = l.clone();
+            bad[i] = v2.to_string();
+            let o = verify_bytes(&rebuild(&bad), &root);
+            assert!(
+                checks(&o).contains(&"checkpoint_signature"),
+                "flip {bit:#x} at note byte {pos}: {:?}",
+                o.failures
+            );
+            // Without a trusted checkpoint, the office's envelopes are not vouched for.
+            assert!(checks(&o).contains(&"log_missing"), "{:?}", o.failures);
+        }
+    }
+}
+
+#[test]
+fn altering_any_roster_entry_or_signing_it_with_another_key_is_caught() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let v: Value = serde_json::from_str(&l[1]).unwrap();
+    let entry = v["roster"]["roster"]["offices"][0].clone();
+    for field in [
+        "id",
+        "jurisdiction",
+        "signing_key",
+        "transport_key",
+        "address",
+    ] {
+        let text = entry[field].as_str().unwrap().to_string();
+        for pos in [0, text.len() / 2, text.len() - 1] {
+            let mut bytes = text.clone().into_bytes();
+            // Stay within the field's alphabet so the roster still parses: a-f0-9 hex, digits.
+            bytes[pos] = match bytes[pos] {
+                b'a' => b'b',
+                b'0' => b'1',
+                b'D' => b'E',
+                b'.' => b':',
+                c if c.is_ascii_digit() => {
+                    if c == b'9' {
+                        b'8'
+                    } else {
+                        c + 1
+                    }
+                }
+                c if c.is_ascii_lowercase() => {
+                    if c == b'z' {
+                        b'y'
+                    } else {
+                        c + 1
+                    }
+                }
+                c if c.is_ascii_uppercase() => {
+                    if c == b'Z' {
+                        b'Y'
+                    } else {
+                        c + 1
+                    }
+                }
+                c => c ^ 1,
+            };
+            let mut v2 = v.clone();
+            v2["roster"]["roster"]["offices"][0][field] =
+                Value::String(String::from_utf8(bytes).unwrap());
+            let mut bad = l.clone();
+            bad[1] = v2.to_string();
+            let o = verify_bytes(&rebuild(&bad), &root);
+            assert_eq!(
+                checks(&o),
+                vec!["roster_signature"],
+                "{field}@{pos}: {:?}",
+                o.failures
+            );
+        }
+    }
+    // Serial and network too.
+    let mut v2 = v.clone();
+    v2["roster"]["roster"]["serial"] = serde_json::json!(7);
+    let mut bad = l.clone();
+    bad[1] = v2.to_string();
+    assert_eq!(
+        checks(&verify_bytes(&rebuild(&bad), &root)),
+        vec!["roster_signature"]
+    );
+
+    // A roster signed by a key other than the root, through the real CLI.
+    let rogue = consentd_sync::keys::generate();
+    let signed: consentd_sync::SignedRoster = serde_json::from_value(v["roster"].clone()).unwrap();
+    let resigned = signed.roster.sign(&rogue).unwrap();
+    let mut v2 = v.clone();
+    v2["roster"] = serde_json::to_value(&resigned).unwrap();
+    let mut bad = l.clone();
+    bad[1] = v2.to_string();
+    let path = net.path().join("rogue.jsonl");
+    std::fs::write(&path, rebuild(&bad)).unwrap();
+    let out = ctl(
+        &net.socket("de"),
+        &[
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--root-pub",
+            net.path().join("root.pub").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failures"][0]["check"], "roster_signature");
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: verification failed") && err.contains("roster_signature"),
+        "{err}"
+    );
+}
+
+#[test]
+fn removing_an_envelope_the_checkpoint_covers_is_caught_and_names_the_record() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    // Pick an envelope whose record has no tombstone.
+    let tombstoned: Vec<String> = indexes_of(&l, "tombstone")
+        .into_iter()
+        .map(|i| {
+            let v: Value = serde_json::from_str(&l[i]).unwrap();
+            hex::encode(&consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap()[4..20])
+        })
+        .collect();
+    for i in indexes_of(&l, "envelope") {
+        let v: Value = serde_json::from_str(&l[i]).unwrap();
+        let bytes = consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap();
+        let doc = hex::encode(&bytes[4..20]);
+        if tombstoned.contains(&doc) {
+            continue;
+        }
+        let mut bad = l.clone();
+        bad.remove(i);
+        let o = verify_bytes(&rebuild(&bad), &root);
+        let f = o
+            .failures
+            .iter()
+            .find(|f| f.check == "log_completeness")
+            .unwrap_or_else(|| panic!("{:?}", o.failures));
+        assert_eq!(f.record.as_deref(), Some(doc.as_str()));
+        assert_eq!(f.office.as_deref(), Some("de"));
+        return;
+    }
+    panic!("no envelope to remove");
+}
+
+#[test]
+fn removing_an_envelope_of_a_tombstoned_record_is_allowed() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let ti = indexes_of(&l, "tombstone")[0];
+    let v: Value = serde_json::from_str(&l[ti]).unwrap();
+    let doc = consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap()[4..20].to_vec();
+    // Erasure removes every envelope of the record: the log still lists them, the tombstone
+    // covers them.
+    let bad: Vec<String> = l
+        .iter()
+        .filter(|line| {
+            line_type(line) != "envelope" || {
+                let v: Value = serde_json::from_str(line).unwrap();
+                consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap()[4..20] != doc[..]
+            }
+        })
+        .cloned()
+        .collect();
+    assert!(bad.len() < l.len());
+    let o = verify_bytes(&rebuild(&bad), &root);
+    assert!(o.ok(), "{:?}", o.failures);
+}
+
+#[test]
+fn reordering_the_log_is_caught() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let i = indexes_of(&l, "leaves")[0];
+    let mut v: Value = serde_json::from_str(&l[i]).unwrap();
+    let leaves = v["leaves"].as_array_mut().unwrap();
+    leaves.swap(0, 1);
+    let mut bad = l.clone();
+    bad[i] = v.to_string();
+    let o = verify_bytes(&rebuild(&bad), &root);
+    let f = o
+        .failures
+        .iter()
+        .find(|f| f.check == "log_root")
+        .expect("log_root");
+    assert_eq!(f.office.as_deref(), Some("de"));
+    // Dropping a leaf is caught the same way.
+    let mut v: Value = serde_json::from_str(&l[i]).unwrap();
+    v["leaves"].as_array_mut().unwrap().pop();
+    let mut bad = l.clone();
+    bad[i] = v.to_string();
+    assert!(checks(&verify_bytes(&rebuild(&bad), &root)).contains(&"log_root"));
+}
+
+#[test]
+fn a_truncated_or_damaged_bundle_is_caught() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let mut bytes = rebuild(&l);
+    bytes.truncate(bytes.len() - 10);
+    assert!(checks(&verify_bytes(&bytes, &root)).contains(&"bundle_format"));
+    let cut: Vec<String> = l[..l.len() - 1].to_vec();
+    let mut joined = cut.join("\n");
+    joined.push('\n');
+    assert!(checks(&verify_bytes(joined.as_bytes(), &root)).contains(&"bundle_format"));
+}
+
+#[test]
+fn an_older_checkpoint_presented_as_newer_fails_with_previous() {
+    let net = Net::init("de");
+    let _d = net.start("de");
+    populate(&net, "de", 6, "old");
+    let older = export(&net, "de", "older.jsonl");
+    populate(&net, "de", 6, "new");
+    let newer = export(&net, "de", "newer.jsonl");
+    let root = net.path().join("root.pub");
+    let verify = |file: &Path, prev: &Path| {
+        ctl(
+            &net.socket("de"),
+            &[
+                "audit",
+                "verify",
+                file.to_str().unwrap(),
+                "--root-pub",
+                root.to_str().unwrap(),
+                "--previous",
+                prev.to_str().unwrap(),
+            ],
+        )
+    };
+    let good = verify(&newer, &older);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    let bad = verify(&older, &newer);
+    assert!(!bad.status.success());
+    let report: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let f = &report["failures"][0];
+    assert_eq!(f["check"], "consistency");
+    assert_eq!(f["office"], "de");
+    assert!(f["detail"].as_str().unwrap().contains("shrank"), "{f}");
+}
