@@ -28,6 +28,9 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+mod ingest;
+pub use ingest::{IngestReport, KIND_PENDING};
+
 /// Lock shards; a power of two well above the number of concurrent clients, so that unrelated
 /// writes almost never wait on each other.
 const LOCK_SHARDS: usize = 1024;
@@ -110,7 +113,11 @@ pub struct Office {
     /// This process's Automerge actor: the signing key plus a random incarnation, so that a restarted
     /// office never reuses an (actor, seq) pair even if it lost its database.
     actor: ActorId,
+    /// Lock shards for consent tokens: held by writes that may create a (subject, purpose) record.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Lock shards for record ids: held by every write that changes an existing record, and by
+    /// ingest. Always taken after token locks, never before, so the two tables cannot deadlock.
+    doc_locks: Vec<tokio::sync::Mutex<()>>,
     started: Instant,
     clock: Clock,
     purposes: Purposes,
@@ -132,6 +139,9 @@ impl Office {
             hasher: SubjectHasher::new(parts.index_key),
             actor,
             locks: (0..LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            doc_locks: (0..LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             started: Instant::now(),
@@ -420,9 +430,33 @@ impl Office {
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
         keys.sort_unstable();
         keys.dedup();
-        let _guards = self.lock(&keys).await;
+        let _guards = Self::lock_shards(&self.locks, &keys).await;
 
+        // With the tokens held, resolve which existing record each consent op changes, then lock
+        // every existing record touched, so ingest cannot change one between load and commit.
         let mut draft = Draft::new(self);
+        let mut docs: Vec<[u8; 32]> = Vec::new();
+        for op in &ops {
+            match op {
+                Op::Consent {
+                    subject, purpose, ..
+                } => {
+                    let token = self.hasher.consent_token(subject, purpose);
+                    if let Some(id) = self.store.docs_by_key(&token)?.into_iter().min() {
+                        draft.consent_docs.insert(token, id);
+                        docs.push(doc_lock_key(&id));
+                    }
+                }
+                Op::RequestExtend { id, .. }
+                | Op::RequestClose { id, .. }
+                | Op::RequestUpdate { id, .. } => docs.push(doc_lock_key(id)),
+                Op::RequestOpen(_) | Op::Transfer(_) => {}
+            }
+        }
+        docs.sort_unstable();
+        docs.dedup();
+        let _doc_guards = Self::lock_shards(&self.doc_locks, &docs).await;
+
         let mut answers = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
             let answer = draft.apply(op).map_err(|e| match (lines, e) {
@@ -451,19 +485,20 @@ impl Office {
             Op::Consent {
                 subject, purpose, ..
             } => Some(self.hasher.consent_token(subject, purpose)),
-            Op::RequestExtend { id, .. }
-            | Op::RequestClose { id, .. }
-            | Op::RequestUpdate { id, .. } => {
-                let mut key = [0u8; 32];
-                key[..16].copy_from_slice(id);
-                Some(key)
-            }
-            // A new random id is known to nobody else yet.
-            Op::RequestOpen(_) | Op::Transfer(_) => None,
+            // Existing records are locked by id (see `write`); a new random id is known to
+            // nobody else yet.
+            Op::RequestExtend { .. }
+            | Op::RequestClose { .. }
+            | Op::RequestUpdate { .. }
+            | Op::RequestOpen(_)
+            | Op::Transfer(_) => None,
         }
     }
 
-    async fn lock(&self, keys: &[[u8; 32]]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+    async fn lock_shards<'l>(
+        locks: &'l [tokio::sync::Mutex<()>],
+        keys: &[[u8; 32]],
+    ) -> Vec<tokio::sync::MutexGuard<'l, ()>> {
         let mut shards: Vec<usize> = keys
             .iter()
             .map(|k| {
@@ -476,13 +511,30 @@ impl Office {
         shards.dedup();
         let mut guards = Vec::with_capacity(shards.len());
         for s in shards {
-            guards.push(self.locks[s].lock().await);
+            guards.push(locks[s].lock().await);
         }
         guards
     }
 
-    /// Loads a document from its stored envelopes, verifying every one.
+    /// Loads a document to author a change: its stored envelopes, each verified, must make a
+    /// complete record that names itself.
     fn load_doc(&self, id: &DocId) -> Result<Option<Automerge>> {
+        let Some(doc) = self.load_history(id)? else {
+            return Ok(None);
+        };
+        // Envelopes are signed for this id, and the document must say the same: otherwise a
+        // change history was replayed from another record (or is still incomplete).
+        if record::doc_names(&doc) != Some(doc_id_hex(id)) {
+            return Err(OfficeError::Integrity(format!(
+                "record {}: the document does not name this record (incomplete or replayed history)",
+                doc_id_hex(id)
+            )));
+        }
+        Ok(Some(doc))
+    }
+
+    /// Loads whatever history of a document is stored, verifying every envelope.
+    fn load_history(&self, id: &DocId) -> Result<Option<Automerge>> {
         let stored = self.store.doc_envelopes(id)?;
         if stored.is_empty() {
             return Ok(None);
@@ -504,14 +556,6 @@ impl Office {
         let mut doc = Automerge::new().with_actor(self.actor.clone());
         doc.apply_changes(changes)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;
-        // Envelopes are signed for this id, and the document must say the same: otherwise a
-        // change history was replayed from another record.
-        if record::doc_names(&doc) != Some(doc_id_hex(id)) {
-            return Err(OfficeError::Integrity(format!(
-                "record {}: the document names another record",
-                doc_id_hex(id)
-            )));
-        }
         Ok(Some(doc))
     }
 
@@ -542,7 +586,7 @@ impl Office {
 
     fn read_record(&self, id: &DocId) -> Result<Option<Record>> {
         match self.store.projection(id)? {
-            None => Ok(None),
+            None | Some((KIND_PENDING, _)) => Ok(None),
             Some((_, bytes)) => Record::from_projection(&bytes)
                 .map(Some)
                 .map_err(OfficeError::Integrity),
@@ -1161,6 +1205,13 @@ impl<'o> Draft<'o> {
         );
         Ok((batch, touched))
     }
+}
+
+/// The lock key of a record id.
+fn doc_lock_key(id: &DocId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(id);
+    key
 }
 
 fn with_id<T: serde::Serialize>(id: &DocId, record: &T) -> Value {

@@ -1,0 +1,175 @@
+//! Offices apply each other's verified envelopes: a grant at one office and a withdrawal at the
+//! same instant at another converge to the same answer at both (the withdrawal wins), whatever
+//! order the envelopes arrive in, including a later change delivered before the record's first.
+//! (In-process: two offices opened from real configs; replication over QUIC is tested elsewhere.)
+mod common;
+use common::*;
+use consentd::daemon::prepare;
+use consentd::office::Office;
+use consentd::protocol::{self, Request};
+use consentd_sync::{envelope, Envelope, SignedRoster, VerifiedEnvelope};
+
+fn all_envelopes(office: &Office, roster: &consentd_sync::VerifiedRoster) -> Vec<VerifiedEnvelope> {
+    let store = office.store();
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.envelope_hashes_after(after.as_ref(), 1000).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for h in &page {
+            let bytes = store.envelope(h).unwrap().unwrap();
+            out.push(envelope::verify(Envelope::decode(&bytes).unwrap(), roster).unwrap());
+        }
+        after = page.last().copied();
+    }
+    out
+}
+
+fn roster(net: &Net) -> consentd_sync::VerifiedRoster {
+    let root = consentd_sync::keys::read_public_key(net.path().join("root.pub").to_str().unwrap())
+        .unwrap();
+    SignedRoster::load(&net.path().join("roster.json"))
+        .unwrap()
+        .verify(&root)
+        .unwrap()
+}
+
+/// Opening and closing an office block (start-up commit, writer drain): off the async threads.
+fn open_office(net: &Net, office: &str) -> std::sync::Arc<Office> {
+    tokio::task::block_in_place(|| prepare(&net.config(office)).unwrap().office)
+}
+
+fn close(office: &Office) {
+    tokio::task::block_in_place(|| office.store().shutdown());
+}
+
+async fn check(office: &Office) -> serde_json::Value {
+    office
+        .execute(Request::ConsentCheck(protocol::ConsentCheck {
+            subject: "+44 20 7946 0958".into(),
+            purpose: "marketing".into(),
+            at: None,
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_grant_and_withdrawal_converge_everywhere() {
+    let net = Net::init("de,sg");
+    let roster = roster(&net);
+    let de = open_office(&net, "de");
+    let sg = open_office(&net, "sg");
+    let at = "2026-05-05T05:05:05Z";
+    de.execute(Request::ConsentGrant(protocol::ConsentGrant {
+        subject: "+442079460958".into(),
+        purpose: "marketing".into(),
+        basis: "consent".into(),
+        service: Some("sms".into()),
+        evidence: Some("ivr v2".into()),
+        notice: None,
+        under_18: false,
+        parental_consent: None,
+        person: None,
+        role: None,
+        at: Some(at.into()),
+    }))
+    .await
+    .unwrap();
+    sg.execute(Request::ConsentWithdraw(protocol::ConsentWithdraw {
+        subject: "0044 20 7946 0958".into(),
+        purpose: "marketing".into(),
+        at: Some(at.into()),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        check(&de).await["granted"],
+        true,
+        "before sync, de only knows its grant"
+    );
+    assert_eq!(check(&sg).await["granted"], false);
+
+    let from_de = all_envelopes(&de, &roster);
+    let from_sg = all_envelopes(&sg, &roster);
+    let r = sg.ingest(from_de.clone()).await.unwrap();
+    assert_eq!(r.stored, from_de.len());
+    de.ingest(from_sg).await.unwrap();
+    assert_eq!(
+        check(&de).await["granted"],
+        false,
+        "the withdrawal wins the tie at de"
+    );
+    assert_eq!(check(&sg).await["granted"], false);
+    let again = sg.ingest(from_de).await.unwrap();
+    assert_eq!(
+        (again.stored, again.duplicates),
+        (0, 1),
+        "re-delivery is idempotent"
+    );
+    let status = |o: &Office| o.status().unwrap();
+    assert_eq!(
+        status(&de)["records"],
+        2,
+        "two records for the pair, read together"
+    );
+    assert_eq!(status(&de)["envelopes"], status(&sg)["envelopes"]);
+    close(&de);
+    close(&sg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_change_before_the_first_waits_then_completes() {
+    let net = Net::init("de,sg");
+    let roster = roster(&net);
+    let de = open_office(&net, "de");
+    let sg = open_office(&net, "sg");
+    let open = de
+        .execute(Request::RequestOpen(protocol::RequestOpen {
+            subject: "amy@example.com".into(),
+            kind: "access".into(),
+            received: Some("2026-03-31T10:00:00Z".into()),
+            jurisdiction: None,
+        }))
+        .await
+        .unwrap();
+    let id = open["id"].as_str().unwrap().to_string();
+    de.execute(Request::RequestClose(protocol::RequestClose {
+        id: id.clone(),
+        outcome: "completed".into(),
+        note: None,
+        at: Some("2026-04-02T00:00:00Z".into()),
+    }))
+    .await
+    .unwrap();
+    let mut envs = all_envelopes(&de, &roster);
+    assert_eq!(envs.len(), 2);
+    // Deliver the closing change first: it depends on the creating one.
+    let first = envs
+        .iter()
+        .position(|e| e.change().deps().is_empty())
+        .unwrap();
+    let creating = envs.remove(first);
+    let r = sg.ingest(envs).await.unwrap();
+    assert_eq!((r.stored, r.pending), (1, 1));
+    let listed = sg
+        .execute(Request::RequestList(Default::default()))
+        .await
+        .unwrap();
+    assert!(
+        listed.as_array().unwrap().is_empty(),
+        "an incomplete record is not shown"
+    );
+    let r = sg.ingest(vec![creating]).await.unwrap();
+    assert_eq!((r.stored, r.pending, r.records), (1, 0, 1));
+    let listed = sg
+        .execute(Request::RequestList(Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["status"], "completed");
+    close(&de);
+    close(&sg);
+}
