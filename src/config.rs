@@ -41,6 +41,8 @@ pub struct Config {
     pub clock: ClockConfig,
     #[serde(default)]
     pub consent: ConsentConfig,
+    #[serde(default)]
+    pub transfer: crate::policy::TransferConfig,
 }
 
 /// Legal clocks (docs/legal-clocks.md).
@@ -253,6 +255,7 @@ impl Config {
                 ));
             }
         }
+        crate::policy::TransferPolicy::from_config(&self.transfer)?;
         for peer in &self.peers {
             if peer.office == self.office {
                 return Err(format!("peer {:?} is this office itself", peer.office));

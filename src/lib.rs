@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod network;
 pub mod office;
+pub mod policy;
 pub mod protocol;
 pub mod record;
 pub mod subject;

@@ -1,0 +1,268 @@
+//! Cross-border transfer policy: may a record's personal data move from one office to another?
+//!
+//! Replicating a record to an office in another jurisdiction is itself a transfer of personal data
+//! (DESIGN.md 8). The decision is a pure function of the sending and receiving jurisdictions, the
+//! record's origin, and this table. The default table follows the privacy statement (§5): data
+//! leaves the EEA only under a transfer mechanism (adequacy, standard contractual clauses,
+//! binding corporate rules, a derogation, or the destination's own instrument), with a transfer
+//! impact assessment where one is needed; group companies share data under their intra-group
+//! agreement (§4.4). Data that originates in a *resident* jurisdiction (China by default, PIPL
+//! localisation) never leaves it. A pair the table does not name is forbidden: a transfer nobody
+//! decided on is not made.
+
+use crate::clock::EU_MEMBER_STATES;
+use serde::{Deserialize, Serialize};
+
+/// Most rules in a configured policy.
+pub const POLICY_RULES_MAX: usize = 1024;
+
+/// One row: data may move `from` → `to` under `mechanism` (`forbidden` refuses it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// A jurisdiction code, `EEA` (the EU member states) or `*`.
+    pub from: String,
+    pub to: String,
+    /// A transfer mechanism from the vocabulary, or `forbidden`.
+    pub mechanism: String,
+    /// Whether a transfer impact assessment is needed.
+    #[serde(default)]
+    pub tia: bool,
+}
+
+/// `[transfer]` in the office config.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Jurisdictions whose records' personal data never leaves them.
+    #[serde(default = "default_resident")]
+    pub resident: Vec<String>,
+    /// Rules checked before the built-in table.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<PolicyRule>,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            resident: default_resident(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn default_resident() -> Vec<String> {
+    vec!["CN".into()]
+}
+
+/// The decision for one record and one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same jurisdiction: not a cross-border transfer.
+    Domestic,
+    /// The record holds no personal data (e.g. a transfer event naming only a record id).
+    NoPersonalData,
+    Allowed {
+        mechanism: String,
+        tia_required: bool,
+    },
+    Forbidden {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn may_send(&self) -> bool {
+        !matches!(self, Verdict::Forbidden { .. })
+    }
+}
+
+/// The policy in force: configured rules first, then the built-in table.
+#[derive(Debug, Clone)]
+pub struct TransferPolicy {
+    rules: Vec<PolicyRule>,
+    resident: Vec<String>,
+}
+
+/// The built-in table (privacy statement §4.4, §5).
+fn builtin_rules() -> Vec<PolicyRule> {
+    let r = |from: &str, to: &str, mechanism: &str, tia: bool| PolicyRule {
+        from: from.into(),
+        to: to.into(),
+        mechanism: mechanism.into(),
+        tia,
+    };
+    vec![
+        // Inside the EEA personal data moves freely.
+        r("EEA", "EEA", "none_required", false),
+        // Mutual adequacy: Commission Decision 2021/1772; UK adequacy regulations for the EEA.
+        r("EEA", "GB", "adequacy", false),
+        r("GB", "EEA", "adequacy", false),
+        // Elsewhere from the EEA or the UK: standard contractual clauses (the UK's IDTA/addendum)
+        // with a transfer impact assessment.
+        r("EEA", "*", "scc", true),
+        r("GB", "*", "scc", true),
+        // China: the CAC standard contract (PIPL art. 38), for data that is not localised.
+        r("CN", "*", "cn_standard_contract", true),
+        // Other offices share with group companies under the intra-group agreement (§4.4).
+        r("*", "*", "bcr", false),
+    ]
+}
+
+fn area_matches(area: &str, code: &str) -> bool {
+    area == "*" || area == code || (area == "EEA" && EU_MEMBER_STATES.contains(&code))
+}
+
+impl TransferPolicy {
+    pub fn builtin() -> TransferPolicy {
+        TransferPolicy::from_config(&TransferConfig::default()).expect("built-in policy is valid")
+    }
+
+    pub fn from_config(config: &TransferConfig) -> Result<TransferPolicy, String> {
+        if config.rules.len() > POLICY_RULES_MAX {
+            return Err(format!("transfer: more than {POLICY_RULES_MAX} rules"));
+        }
+        for rule in &config.rules {
+            if rule.mechanism != "forbidden" {
+                crate::vocab::check(
+                    "transfer mechanism",
+                    &rule.mechanism,
+                    crate::vocab::MECHANISMS,
+                )
+                .map_err(|e| {
+                    format!(
+                        "transfer.rule {}→{}: {e} (or forbidden)",
+                        rule.from, rule.to
+                    )
+                })?;
+            }
+            for area in [&rule.from, &rule.to] {
+                if area.is_empty() || area.len() > 8 {
+                    return Err(format!("transfer.rule: invalid jurisdiction {area:?}"));
+                }
+            }
+        }
+        let mut rules = config.rules.clone();
+        rules.extend(builtin_rules());
+        Ok(TransferPolicy {
+            rules,
+            resident: config.resident.clone(),
+        })
+    }
+
+    /// May personal data that originated in `origin` move from an office in `from` to one in `to`?
+    pub fn decide(&self, origin: &str, from: &str, to: &str, personal_data: bool) -> Verdict {
+        if !personal_data {
+            return Verdict::NoPersonalData;
+        }
+        if self.resident.iter().any(|r| r == origin) && to != origin {
+            return Verdict::Forbidden {
+                reason: format!(
+                    "personal data originating in {origin} stays there (data localisation, [transfer] resident)"
+                ),
+            };
+        }
+        if from == to {
+            return Verdict::Domestic;
+        }
+        match self
+            .rules
+            .iter()
+            .find(|r| area_matches(&r.from, from) && area_matches(&r.to, to))
+        {
+            Some(r) if r.mechanism == "forbidden" => Verdict::Forbidden {
+                reason: format!("transfers {from}→{to} are forbidden by policy"),
+            },
+            Some(r) => Verdict::Allowed {
+                mechanism: r.mechanism.clone(),
+                tia_required: r.tia,
+            },
+            None => Verdict::Forbidden {
+                reason: format!("no transfer mechanism is configured for {from}→{to}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(m: &str, tia: bool) -> Verdict {
+        Verdict::Allowed {
+            mechanism: m.into(),
+            tia_required: tia,
+        }
+    }
+
+    #[test]
+    fn the_builtin_table_follows_the_statement() {
+        let p = TransferPolicy::builtin();
+        assert_eq!(
+            p.decide("DE", "DE", "NL", true),
+            allowed("none_required", false)
+        );
+        assert_eq!(p.decide("DE", "DE", "GB", true), allowed("adequacy", false));
+        assert_eq!(p.decide("GB", "GB", "NL", true), allowed("adequacy", false));
+        assert_eq!(p.decide("DE", "DE", "US", true), allowed("scc", true));
+        assert_eq!(p.decide("NL", "NL", "SG", true), allowed("scc", true));
+        assert_eq!(p.decide("SG", "SG", "AU", true), allowed("bcr", false));
+        assert_eq!(p.decide("US", "US", "US", true), Verdict::Domestic);
+        assert_eq!(p.decide("US", "US", "CO", false), Verdict::NoPersonalData);
+    }
+
+    #[test]
+    fn chinese_data_stays_in_china_by_default() {
+        let p = TransferPolicy::builtin();
+        assert!(!p.decide("CN", "CN", "SG", true).may_send());
+        // Relayed through another office, it still may not go further.
+        assert!(!p.decide("CN", "SG", "AU", true).may_send());
+        assert!(
+            p.decide("CN", "CN", "SG", false).may_send(),
+            "no personal data, no transfer"
+        );
+        let open = TransferPolicy::from_config(&TransferConfig {
+            resident: vec![],
+            rules: vec![],
+        })
+        .unwrap();
+        assert_eq!(
+            open.decide("CN", "CN", "SG", true),
+            allowed("cn_standard_contract", true)
+        );
+    }
+
+    #[test]
+    fn configured_rules_come_first_and_are_checked() {
+        let cfg = TransferConfig {
+            resident: vec!["CN".into()],
+            rules: vec![
+                PolicyRule {
+                    from: "DE".into(),
+                    to: "US".into(),
+                    mechanism: "adequacy".into(),
+                    tia: false,
+                },
+                PolicyRule {
+                    from: "*".into(),
+                    to: "CO".into(),
+                    mechanism: "forbidden".into(),
+                    tia: false,
+                },
+            ],
+        };
+        let p = TransferPolicy::from_config(&cfg).unwrap();
+        assert_eq!(p.decide("DE", "DE", "US", true), allowed("adequacy", false));
+        assert!(!p.decide("SG", "SG", "CO", true).may_send());
+        let bad = TransferConfig {
+            resident: vec![],
+            rules: vec![PolicyRule {
+                from: "DE".into(),
+                to: "US".into(),
+                mechanism: "handshake".into(),
+                tia: false,
+            }],
+        };
+        assert!(TransferPolicy::from_config(&bad).is_err());
+    }
+}
