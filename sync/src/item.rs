@@ -168,6 +168,28 @@ pub trait SetView {
     fn predecessor(&self, item: &Item) -> Option<Item>;
 }
 
+/// A borrowed view is a view, so a host can hand out `Box::new(&its_set)`.
+impl<T: SetView + ?Sized> SetView for &T {
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary {
+        (**self).summary(lo, hi)
+    }
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool) {
+        (**self).for_each_in(lo, hi, f)
+    }
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item> {
+        (**self).split_points(lo, hi, buckets)
+    }
+    fn contains(&self, item: &Item) -> bool {
+        (**self).contains(item)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn predecessor(&self, item: &Item) -> Option<Item> {
+        (**self).predecessor(item)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Chunk {
     items: Vec<Item>,
