@@ -460,6 +460,11 @@ impl Session {
         Some(f)
     }
 
+    /// Whether [`Session::poll_transmit`] has a frame waiting.
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
