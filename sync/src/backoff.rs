@@ -28,7 +28,10 @@ mod tests {
     #[test]
     fn doubles_then_caps() {
         let ms: Vec<u128> = (0..10).map(|a| reconnect_delay(a).as_millis()).collect();
-        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            ms,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         assert_eq!(reconnect_delay(u32::MAX), RECONNECT_DELAY_MAX);
         assert!((0..100).all(|a| reconnect_delay(a) <= reconnect_delay(a + 1)));
     }

@@ -58,7 +58,11 @@ pub enum SetKind {
 
 impl SetKind {
     /// Every set, in reconciliation order.
-    pub const ALL: [SetKind; 3] = [SetKind::Tombstones, SetKind::Envelopes, SetKind::Checkpoints];
+    pub const ALL: [SetKind; 3] = [
+        SetKind::Tombstones,
+        SetKind::Envelopes,
+        SetKind::Checkpoints,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -146,7 +150,10 @@ pub enum Frame {
     },
     /// Items the sender holds and the receiver lacks, found by the sender's reconciliation run;
     /// the receiver fetches them with [`Frame::Want`].
-    Have { set: SetKind, items: Vec<Item> },
+    Have {
+        set: SetKind,
+        items: Vec<Item>,
+    },
     /// Asks for items by id. The answer is one or more [`Frame::Items`] with the same `request`,
     /// together at most `bytes_max` bytes of items (but always at least one item).
     Want {
@@ -173,9 +180,14 @@ pub enum Frame {
     },
     /// Pushes the receiver has processed (stored durably, or rejected): the sender may forget
     /// them.
-    Ack { seqs: Vec<u32> },
+    Ack {
+        seqs: Vec<u32>,
+    },
     /// The sender ends the session; it closes the stream after this frame.
-    Error { code: ErrorCode, text: String },
+    Error {
+        code: ErrorCode,
+        text: String,
+    },
 }
 
 /// Frames carry personal data (envelope bytes); their `Debug` prints kinds, sets and sizes only.
@@ -360,7 +372,10 @@ impl Frame {
                 blobs,
                 missing,
             } => {
-                debug_assert!(missing.len() <= WANT_IDS_MAX, "Items over its missing limit");
+                debug_assert!(
+                    missing.len() <= WANT_IDS_MAX,
+                    "Items over its missing limit"
+                );
                 debug_assert!(blobs.len() <= WANT_IDS_MAX, "Items over its item limit");
                 out.push(KIND_ITEMS);
                 out.push(*set as u8);
@@ -378,7 +393,10 @@ impl Frame {
                 }
             }
             Frame::Push { set, seq, blob } => {
-                debug_assert!(blob.len() <= BLOB_BYTES_MAX, "pushed item over BLOB_BYTES_MAX");
+                debug_assert!(
+                    blob.len() <= BLOB_BYTES_MAX,
+                    "pushed item over BLOB_BYTES_MAX"
+                );
                 out.push(KIND_PUSH);
                 out.push(*set as u8);
                 out.extend_from_slice(&seq.to_be_bytes());
@@ -736,7 +754,10 @@ mod tests {
             }
             decoded += Frame::decode(&b).is_ok() as u32;
         }
-        assert!(decoded > 0, "no mutated frame decoded: the fuzzing is too shallow");
+        assert!(
+            decoded > 0,
+            "no mutated frame decoded: the fuzzing is too shallow"
+        );
     }
 
     #[test]
@@ -781,7 +802,10 @@ mod tests {
                 office: office.into(),
                 roster_serial: 0,
             });
-            assert!(Frame::decode(&f.encode()).is_err(), "{network:?} {office:?}");
+            assert!(
+                Frame::decode(&f.encode()).is_err(),
+                "{network:?} {office:?}"
+            );
         }
         let mut long = vec![KIND_HELLO, 0, 1, 65];
         long.extend_from_slice(&[b'a'; 65]);

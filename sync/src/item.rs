@@ -33,7 +33,12 @@ pub struct Item {
 
 impl std::fmt::Debug for Item {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Item({}, {})", self.timestamp, hex::encode(&self.id[..8]))
+        write!(
+            f,
+            "Item({}, {})",
+            self.timestamp,
+            hex::encode(&self.id[..8])
+        )
     }
 }
 
@@ -612,7 +617,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let all: ItemSet = (0..5000).map(|_| rand_item(&mut rng)).collect();
         let hidden: ItemSet = all.iter().step_by(7).copied().collect();
-        let visible: ItemSet = all.iter().filter(|i| !hidden.contains(i)).copied().collect();
+        let visible: ItemSet = all
+            .iter()
+            .filter(|i| !hidden.contains(i))
+            .copied()
+            .collect();
         let view = Without::new(&all, &hidden);
         assert_eq!(view.len(), visible.len() as u64);
         for _ in 0..200 {

@@ -248,7 +248,10 @@ impl Encoder {
             put_varint(&mut self.out, 0);
             return;
         }
-        debug_assert!(b.timestamp >= self.last_ts, "bounds must not go back in time");
+        debug_assert!(
+            b.timestamp >= self.last_ts,
+            "bounds must not go back in time"
+        );
         put_varint(&mut self.out, b.timestamp - self.last_ts + 1);
         self.last_ts = b.timestamp;
         // Bounds are zero-padded prefixes; trailing zeros need not travel.
@@ -305,7 +308,11 @@ fn minimal_bound(view: &dyn SetView, item: &Item) -> Item {
     let mut id = [0u8; 32];
     match view.predecessor(item) {
         Some(p) if p.timestamp == item.timestamp => {
-            let shared = p.id.iter().zip(&item.id).take_while(|(a, b)| a == b).count();
+            let shared =
+                p.id.iter()
+                    .zip(&item.id)
+                    .take_while(|(a, b)| a == b)
+                    .count();
             debug_assert!(shared < 32, "predecessor equals the item");
             id[..=shared].copy_from_slice(&item.id[..=shared]);
         }
@@ -639,7 +646,11 @@ mod tests {
             })
             .collect();
         let a: ItemSet = items.iter().copied().collect();
-        let b: ItemSet = items.iter().copied().filter(|i| i.id[31] % 9 != 0).collect();
+        let b: ItemSet = items
+            .iter()
+            .copied()
+            .filter(|i| i.id[31] % 9 != 0)
+            .collect();
         check_exact(&a, &b);
         check_exact(&b, &a);
     }
@@ -662,7 +673,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let all: ItemSet = (0..3000).map(|_| rand_item(&mut rng, 50)).collect();
         let hidden: ItemSet = all.iter().step_by(11).copied().collect();
-        let peer: ItemSet = all.iter().filter(|i| !hidden.contains(i)).copied().collect();
+        let peer: ItemSet = all
+            .iter()
+            .filter(|i| !hidden.contains(i))
+            .copied()
+            .collect();
         let view = Without::new(&all, &hidden);
         let (have, need, ..) = run(&view, &peer, usize::MAX);
         assert!(have.is_empty() && need.is_empty());

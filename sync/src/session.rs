@@ -75,6 +75,12 @@ pub const SERVE_WANTS_MAX: usize = 8;
 /// Times an id is asked for before the session gives up on it until the next round.
 pub const WANT_ATTEMPTS_MAX: u8 = 3;
 
+/// Whether office `local` dials office `peer` (rather than waiting for it): the one whose id
+/// sorts first dials, so each pair of offices has one connection and one sync-round initiator.
+pub fn dials(local: &str, peer: &str) -> bool {
+    local < peer
+}
+
 /// Tunable limits and intervals. [`Limits::default`] is what the daemon uses.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -222,7 +228,11 @@ pub enum SessionError {
     Protocol { peer: String, detail: &'static str },
 
     #[error("peer {peer} speaks sync protocol version {theirs}; this office speaks {ours}")]
-    Version { peer: String, theirs: u16, ours: u16 },
+    Version {
+        peer: String,
+        theirs: u16,
+        ours: u16,
+    },
 
     #[error("peer {peer} is in network {theirs:?}, this office in {ours:?}")]
     Network {
@@ -271,7 +281,11 @@ pub struct Stats {
     pub pushes_dropped: u64,
     pub rounds_completed: u64,
     pub recon_round_trips: u64,
+    /// When a round we initiated last completed (the dialer's side of `last_sync`).
     pub last_sync: Option<Instant>,
+    /// When we last answered the peer's reconciliation of the final set (checkpoints): the
+    /// acceptor's side of `last_sync`, since the initiator alone knows when its round ended.
+    pub last_answered: Option<Instant>,
     pub lag: [usize; 3],
 }
 
@@ -295,7 +309,9 @@ struct InflightWant {
     outstanding: BTreeMap<[u8; 32], Wanted>,
     deadline: Instant,
     bytes_max: u32,
+    /// Bytes and count of items delivered so far (for the budget rule and flow control).
     received_bytes: usize,
+    received_items: usize,
 }
 
 struct ReconRun {
@@ -565,6 +581,9 @@ impl Session {
                     let view = local.offered(&self.cfg.peer, set);
                     reconcile::respond(&*view, &message)
                 };
+                if set == SetKind::Checkpoints {
+                    self.stats.last_answered = Some(now);
+                }
                 match reply {
                     Ok(message) => self.send(&Frame::ReconReply {
                         set,
@@ -894,6 +913,7 @@ impl Session {
                     deadline: now + l.request_timeout,
                     bytes_max,
                     received_bytes: 0,
+                    received_items: 0,
                 },
             );
             self.send(&Frame::Want {
@@ -975,14 +995,18 @@ impl Session {
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        let bytes: usize = envs.iter().map(|e| e.envelope().change.len()).sum::<usize>()
+        let bytes: usize = envs
+            .iter()
+            .map(|e| e.envelope().change.len())
+            .sum::<usize>()
             + blobs.iter().map(|b| b.bytes.len()).sum::<usize>();
         let keys: Vec<Key> = envs
             .iter()
             .map(|e| (set, e.hash()))
             .chain(blobs.iter().map(|b| (set, b.info.item.id)))
             .collect();
-        let tombstone_docs: Vec<[u8; 16]> = blobs.iter().filter_map(|b| b.info.covers_doc).collect();
+        let tombstone_docs: Vec<[u8; 16]> =
+            blobs.iter().filter_map(|b| b.info.covers_doc).collect();
         if set == SetKind::Tombstones {
             for d in &tombstone_docs {
                 *self.pending_tombstone_docs.entry(*d).or_default() += 1;
@@ -1032,8 +1056,9 @@ impl Session {
         if req.set != set {
             return self.protocol("answered a Want with items of another set");
         }
-        req.received_bytes += blobs.iter().map(Vec::len).sum::<usize>();
-        if req.received_bytes > req.bytes_max as usize + BLOB_BYTES_MAX {
+        // Cheap bound before any verification: no honest frame carries more than the budget
+        // plus the one item allowed to exceed it.
+        if blobs.iter().map(Vec::len).sum::<usize>() > req.bytes_max as usize + BLOB_BYTES_MAX {
             return self.protocol("sent more than a Want's byte budget");
         }
         let (envs, accepted) = self.verify(set, blobs, local);
@@ -1052,9 +1077,23 @@ impl Session {
             .map(|e| (set, e.hash()))
             .chain(accepted.iter().map(|b| (set, b.info.item.id)))
             .collect();
+        // Exact rule on what was newly delivered (duplicated frames add nothing): the budget may
+        // be exceeded only by a single item.
+        req.received_bytes += envs
+            .iter()
+            .map(|e| e.envelope().change.len() + crate::envelope::HEADER_LEN)
+            .chain(accepted.iter().map(|b| b.bytes.len()))
+            .sum::<usize>();
+        req.received_items += delivered.len();
+        if req.received_items > 1 && req.received_bytes > req.bytes_max as usize {
+            return self.protocol("sent more than a Want's byte budget");
+        }
         self.store(set, envs, accepted, Vec::new(), local);
         // Delivered items that are not now pending were dropped (tombstoned): forget them.
-        for k in delivered.iter().filter(|k| !self.pending_by_key.contains_key(k)) {
+        for k in delivered
+            .iter()
+            .filter(|k| !self.pending_by_key.contains_key(k))
+        {
             self.tracked.remove(k);
         }
         if last {
@@ -1203,7 +1242,10 @@ impl Session {
         if self.phase != Phase::Open {
             return; // the sync round on (re)connect carries it
         }
-        debug_assert!(blob.len() <= BLOB_BYTES_MAX, "pushing an item over BLOB_BYTES_MAX");
+        debug_assert!(
+            blob.len() <= BLOB_BYTES_MAX,
+            "pushing an item over BLOB_BYTES_MAX"
+        );
         if self.unacked_bytes + blob.len() > self.cfg.limits.push_unacked_bytes_max
             || !self.can_receive()
         {

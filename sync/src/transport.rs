@@ -71,7 +71,9 @@ pub enum TransportError {
     #[error("office {0} is not in the roster")]
     UnknownOffice(String),
 
-    #[error("this office's transport key does not match the roster's transport key for office {0}")]
+    #[error(
+        "this office's transport key does not match the roster's transport key for office {0}"
+    )]
     OwnKeyMismatch(String),
 
     #[error("cannot build the TLS configuration: {0}")]
@@ -385,15 +387,15 @@ impl Endpoint {
                 rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified.clone()),
             ));
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let quic =
+            QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport_config());
-        let endpoint = quinn::Endpoint::server(server, listen).map_err(|source| {
-            TransportError::Bind {
+        let endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
                 addr: listen,
                 source,
-            }
-        })?;
+            })?;
         Ok(Endpoint {
             endpoint,
             roster,
@@ -440,7 +442,8 @@ impl Endpoint {
                 rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.certified.clone()),
             ));
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let quic =
+            QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
         client.transport_config(transport_config());
         // Office ids are valid DNS labels; the server ignores the name (keys, not names, count).

@@ -61,7 +61,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Encoded length of `v` as LEB128.
 pub fn varint_len(v: u64) -> usize {
-    (((64 - v.leading_zeros()).max(1) + 6) / 7) as usize
+    (64 - v.leading_zeros()).max(1).div_ceil(7) as usize
 }
 
 pub struct Reader<'a> {

@@ -173,7 +173,7 @@ struct OfficeSim {
 }
 
 fn is_resident(author: &str, doc: &[u8; 16]) -> bool {
-    author == OFFICES[CN] && doc[0] % 2 == 0
+    author == OFFICES[CN] && doc[0].is_multiple_of(2)
 }
 
 impl OfficeSim {
@@ -571,7 +571,8 @@ impl Sim {
             return;
         }
         if let Err(e) = conn.sess[d.to_side].handle_frame(now, &d.bytes, &self.offices[office]) {
-            self.errors.push(format!("{} session error: {e}", OFFICES[office]));
+            self.errors
+                .push(format!("{} session error: {e}", OFFICES[office]));
         }
         self.drain(d.link);
     }
@@ -677,9 +678,9 @@ impl Sim {
         for li in 0..self.links.len() {
             let ends = self.links[li].ends;
             if let Some(conn) = self.links[li].conn.as_mut() {
-                for side in 0..2 {
-                    if conn.sess[side].poll_timeout().is_some_and(|t| t <= now_i) {
-                        conn.sess[side].handle_timeout(now_i, &self.offices[ends[side]]);
+                for (sess, office) in conn.sess.iter_mut().zip(ends) {
+                    if sess.poll_timeout().is_some_and(|t| t <= now_i) {
+                        sess.handle_timeout(now_i, &self.offices[office]);
                     }
                 }
                 self.drain(li);
@@ -838,13 +839,9 @@ impl Sim {
             for o in &self.offices {
                 let resident = is_resident(OFFICES[*author], doc);
                 let held = o.store.bytes.contains_key(key);
-                let ok = if tombstoned.contains(doc) {
-                    !held
-                } else if resident && o.idx != CN {
-                    !held
-                } else {
-                    held
-                };
+                // Gone everywhere if tombstoned; never outside CN if resident; else everywhere.
+                let should_hold = !tombstoned.contains(doc) && (!resident || o.idx == CN);
+                let ok = held == should_hold;
                 if !ok {
                     return Err(format!(
                         "write {} by {} wrongly {} at {}",
@@ -1093,7 +1090,10 @@ fn forged_and_tampered_items_from_a_hostile_peer_are_rejected_and_never_stored()
     })
     .unwrap();
     assert_eq!(v.rejects.len(), n + 1);
-    assert!(v.office.store.bytes.is_empty(), "something hostile was stored");
+    assert!(
+        v.office.store.bytes.is_empty(),
+        "something hostile was stored"
+    );
     assert!(v.office.store.sets.iter().all(ItemSet::is_empty));
 
     // 8. Malformed bytes end the session with an Error frame, and nothing was stored.
@@ -1101,7 +1101,10 @@ fn forged_and_tampered_items_from_a_hostile_peer_are_rejected_and_never_stored()
         .sess
         .handle_frame(v.now, &[0x06, 1, 2], &v.office)
         .unwrap_err();
-    assert!(err.to_string().contains("peer us sent a malformed frame"), "{err}");
+    assert!(
+        err.to_string().contains("peer us sent a malformed frame"),
+        "{err}"
+    );
     let out = v.settle();
     assert!(matches!(out.last(), Some(Frame::Error { .. })), "{out:?}");
     assert!(v.sess.is_closed());
@@ -1186,4 +1189,150 @@ fn hello_must_match_the_authenticated_office_and_network() {
         .handle_frame(now, &Frame::Ack { seqs: vec![] }.encode(), &office)
         .unwrap_err();
     assert!(err.to_string().contains("before its hello"), "{err}");
+}
+
+fn lone_office(net: &Net, idx: usize) -> OfficeSim {
+    OfficeSim {
+        idx,
+        id: OFFICES[idx].into(),
+        roster: net.roster.clone(),
+        store: Store {
+            sets: Default::default(),
+            hidden: ItemSet::new(),
+            bytes: HashMap::new(),
+            doc_items: HashMap::new(),
+            tombstoned: HashSet::new(),
+        },
+        up: true,
+        rejects: Vec::new(),
+    }
+}
+
+fn open_session(net: &Net, office: &OfficeSim, limits: Limits, now: Instant) -> Session {
+    let mut s = Session::new(SessionConfig {
+        hello: Hello {
+            version: PROTOCOL_VERSION,
+            network: "sim-net".into(),
+            office: office.id.clone(),
+            roster_serial: 1,
+        },
+        peer: "us".into(),
+        dialer: false,
+        roster: net.roster.clone(),
+        limits,
+    });
+    let peer_hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        network: "sim-net".into(),
+        office: "us".into(),
+        roster_serial: 1,
+    });
+    s.handle_frame(now, &peer_hello.encode(), office).unwrap();
+    while s.poll_transmit().is_some() {}
+    while s.poll_action().is_some() {}
+    s
+}
+
+#[test]
+fn pushes_beyond_the_unstored_limit_are_dropped_unacknowledged_until_the_disk_catches_up() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let net = make_net(&mut rng);
+    let office = lone_office(&net, 2);
+    let now = Instant::now();
+    let limits = Limits {
+        unstored_bytes_max: 1_000,
+        ..Limits::default()
+    };
+    let mut s = open_session(&net, &office, limits, now);
+    let mut batches = Vec::new();
+    for seq in 0..20u32 {
+        let (_, env) = new_envelope(&net.keys[0], &mut rng, 10 + seq as u64, seq as u64);
+        let push = Frame::Push {
+            set: SetKind::Envelopes,
+            seq,
+            blob: env.encode(),
+        };
+        s.handle_frame(now, &push.encode(), &office).unwrap();
+        while let Some(a) = s.poll_action() {
+            if let Action::Store(b) = a {
+                batches.push(b.id);
+            }
+        }
+    }
+    assert!(s.unstored_bytes() <= 1_000);
+    assert!(s.stats().pushes_dropped > 0, "nothing was dropped");
+    assert_eq!(
+        batches.len() as u64 + s.stats().pushes_dropped,
+        20,
+        "each push is either stored or dropped"
+    );
+    // No Ack before the durable commit; one per stored push after it.
+    assert!(s.poll_transmit().is_none());
+    for b in &batches {
+        s.stored(now, *b, &office);
+    }
+    let mut acked = 0;
+    while let Some(f) = s.poll_transmit() {
+        if let Frame::Ack { seqs } = Frame::decode(&f).unwrap() {
+            acked += seqs.len();
+        }
+    }
+    assert_eq!(acked, batches.len());
+    assert_eq!(s.unstored_bytes(), 0);
+}
+
+#[test]
+fn a_peer_exceeding_a_wants_byte_budget_is_cut_off() {
+    let mut rng = StdRng::seed_from_u64(78);
+    let net = make_net(&mut rng);
+    let office = lone_office(&net, 2);
+    let now = Instant::now();
+    let limits = Limits {
+        want_bytes_max: 1_000,
+        ..Limits::default()
+    };
+    let mut s = open_session(&net, &office, limits, now);
+    let envs: Vec<_> = (0..30)
+        .map(|i| new_envelope(&net.keys[0], &mut rng, 5, i).1)
+        .collect();
+    let items: Vec<Item> = envs
+        .iter()
+        .map(|e| envelope::verify(e.clone(), &net.roster).unwrap().item())
+        .collect();
+    s.handle_frame(
+        now,
+        &Frame::Have {
+            set: SetKind::Envelopes,
+            items,
+        }
+        .encode(),
+        &office,
+    )
+    .unwrap();
+    let want = Frame::decode(&s.poll_transmit().unwrap()).unwrap();
+    let Frame::Want { request, .. } = want else {
+        panic!("expected a Want, got {want:?}");
+    };
+    // Answer with all 30 envelopes (~7 KB) against a 1,000-byte budget.
+    let err = s
+        .handle_frame(
+            now,
+            &Frame::Items {
+                set: SetKind::Envelopes,
+                request,
+                last: true,
+                blobs: envs.iter().map(|e| e.encode()).collect(),
+                missing: vec![],
+            }
+            .encode(),
+            &office,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("byte budget"), "{err}");
+}
+
+#[test]
+fn the_office_sorting_first_dials() {
+    use consentd_sync::session::dials;
+    assert!(dials("au", "us") && !dials("us", "au") && !dials("us", "us"));
 }

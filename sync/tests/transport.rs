@@ -11,7 +11,9 @@ use consentd_sync::envelope::{self, actor_for};
 use consentd_sync::frame::{Frame, Hello, SetKind, PROTOCOL_VERSION};
 use consentd_sync::item::{Item, ItemSet, SetView};
 use consentd_sync::roster::{OfficeEntry, Roster, VerifiedRoster};
-use consentd_sync::session::{Action, BlobInfo, Limits, Local, Session, SessionConfig, SessionError};
+use consentd_sync::session::{
+    Action, BlobInfo, Limits, Local, Session, SessionConfig, SessionError,
+};
 use consentd_sync::transport::{Endpoint, FrameReader, FrameWriter, TransportError};
 use ed25519_dalek::SigningKey;
 use rand::rngs::OsRng;
@@ -94,14 +96,20 @@ async fn roster_offices_connect_and_exchange_frames() {
     let de_addr = addr(&de);
     let server = tokio::spawn(async move {
         let mut link = de.accept().await.unwrap().unwrap();
-        assert_eq!(link.peer, "us", "identity comes from the client's roster key");
+        assert_eq!(
+            link.peer, "us",
+            "identity comes from the client's roster key"
+        );
         let got = link.reader.recv().await.unwrap().unwrap();
         assert_eq!(Frame::decode(&got).unwrap(), hello("us"));
         let big = link.reader.recv().await.unwrap().unwrap();
         link.writer.send(&hello("de").encode()).await.unwrap();
         link.writer.send(&big).await.unwrap();
         link.writer.finish();
-        assert!(link.reader.recv().await.unwrap().is_none(), "clean end of stream");
+        assert!(
+            link.reader.recv().await.unwrap().is_none(),
+            "clean end of stream"
+        );
         de
     });
     let t = Instant::now();
@@ -192,7 +200,9 @@ async fn a_server_presenting_another_offices_key_is_refused_by_the_client() {
         Err(TransportError::Refused { reason, .. }) => {
             assert!(
                 reason.contains("office sg presented transport key")
-                    && reason.contains(&hex::encode(net.offices[1].transport.verifying_key().as_bytes())),
+                    && reason.contains(&hex::encode(
+                        net.offices[1].transport.verifying_key().as_bytes()
+                    )),
                 "{reason}"
             );
         }
@@ -374,7 +384,8 @@ async fn drive(
 fn envelopes(key: &SigningKey, n: usize) -> Vec<envelope::Envelope> {
     (0..n)
         .map(|i| {
-            let mut doc = Automerge::new().with_actor(actor_for(&key.verifying_key(), [i as u8; 8]));
+            let mut doc =
+                Automerge::new().with_actor(actor_for(&key.verifying_key(), [i as u8; 8]));
             doc.transact_with::<_, _, automerge::AutomergeError, _>(
                 |_| CommitOptions::default().with_time(1_700_000_000_000 + i as i64),
                 |tx| {
