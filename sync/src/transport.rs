@@ -471,20 +471,51 @@ impl Endpoint {
         })
     }
 
-    /// Waits for the next incoming connection and authenticates it. `Err` values are refused or
-    /// failed attempts, to log; keep accepting after them. `None` once the endpoint is closed.
-    pub async fn accept(&self) -> Option<Result<Link, TransportError>> {
+    /// Waits for the next incoming connection attempt. `None` once the endpoint is closed.
+    ///
+    /// Authenticating it ([`Accepting::finish`]) takes a handshake round trip or, for a peer
+    /// that stalls, up to [`IDLE_TIMEOUT`]: spawn it, so one slow peer does not hold up others.
+    pub async fn accept(&self) -> Option<Accepting> {
         let incoming = self.endpoint.accept().await?;
-        let addr = incoming.remote_address();
-        Some(self.accept_incoming(incoming, addr).await)
+        Some(Accepting {
+            addr: incoming.remote_address(),
+            incoming,
+            roster: self.roster.clone(),
+        })
     }
 
-    async fn accept_incoming(
-        &self,
-        incoming: quinn::Incoming,
-        addr: SocketAddr,
-    ) -> Result<Link, TransportError> {
-        let connection = incoming.await.map_err(|e| handshake_error(addr, e))?;
+    /// This office's id.    /// This office's id.
+    pub fn office(&self) -> &str {
+        &self.office
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits until every connection is closed cleanly.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// An incoming connection attempt, not yet authenticated.
+pub struct Accepting {
+    incoming: quinn::Incoming,
+    addr: SocketAddr,
+    roster: Arc<VerifiedRoster>,
+}
+
+impl Accepting {
+    pub fn remote_address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Completes the handshake. `Err` is a refused or failed attempt, to log.
+    pub async fn finish(self) -> Result<Link, TransportError> {
+        let addr = self.addr;
+        let connection = self.incoming.await.map_err(|e| handshake_error(addr, e))?;
         let key = connection
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -514,21 +545,6 @@ impl Endpoint {
             },
             reader: FrameReader::new(peer, recv),
         })
-    }
-
-    /// This office's id.
-    pub fn office(&self) -> &str {
-        &self.office
-    }
-
-    /// Closes every connection and stops accepting.
-    pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"shutdown");
-    }
-
-    /// Waits until every connection is closed cleanly.
-    pub async fn wait_idle(&self) {
-        self.endpoint.wait_idle().await;
     }
 }
 

@@ -95,7 +95,7 @@ async fn roster_offices_connect_and_exchange_frames() {
     let (us, de) = (bind(&net, 0), bind(&net, 1));
     let de_addr = addr(&de);
     let server = tokio::spawn(async move {
-        let mut link = de.accept().await.unwrap().unwrap();
+        let mut link = de.accept().await.unwrap().finish().await.unwrap();
         assert_eq!(
             link.peer, "us",
             "identity comes from the client's roster key"
@@ -159,7 +159,7 @@ async fn a_key_outside_the_roster_is_refused_on_both_sides() {
         LOOPBACK.parse().unwrap(),
     )
     .unwrap();
-    let server = tokio::spawn(async move { de.accept().await.unwrap() });
+    let server = tokio::spawn(async move { de.accept().await.unwrap().finish().await });
     let client = fake_us.connect_addr("de", de_addr).await;
     let refused = server.await.unwrap();
     let key = hex::encode(stranger.transport.verifying_key().as_bytes());
@@ -194,7 +194,7 @@ async fn a_server_presenting_another_offices_key_is_refused_by_the_client() {
     let net = net();
     let (us, de) = (bind(&net, 0), bind(&net, 1));
     let de_addr = addr(&de);
-    let server = tokio::spawn(async move { de.accept().await.unwrap() });
+    let server = tokio::spawn(async move { de.accept().await.unwrap().finish().await });
     // us dials "sg" but reaches de, which presents de's (roster) key.
     match us.connect_addr("sg", de_addr).await {
         Err(TransportError::Refused { reason, .. }) => {
@@ -219,7 +219,7 @@ async fn a_roster_key_whose_hello_claims_another_office_is_refused() {
     let de_addr = addr(&de);
     let roster = net.roster.clone();
     let server = tokio::spawn(async move {
-        let mut link = de.accept().await.unwrap().unwrap();
+        let mut link = de.accept().await.unwrap().finish().await.unwrap();
         assert_eq!(link.peer, "sg");
         let mut s = Session::new(config(&roster, "de", &link.peer, false));
         let frame = link.reader.recv().await.unwrap().unwrap();
@@ -254,9 +254,9 @@ async fn oversized_and_zero_frame_lengths_are_refused_without_allocating() {
     let (us, de) = (bind(&net, 0), bind(&net, 1));
     let de_addr = addr(&de);
     let server = tokio::spawn(async move {
-        let mut link = de.accept().await.unwrap().unwrap();
+        let mut link = de.accept().await.unwrap().finish().await.unwrap();
         let first = link.reader.recv().await;
-        let mut link2 = de.accept().await.unwrap().unwrap();
+        let mut link2 = de.accept().await.unwrap().finish().await.unwrap();
         let second = link2.reader.recv().await;
         (first.map(|_| ()), second.map(|_| ()))
     });
@@ -425,7 +425,7 @@ async fn two_sessions_reconcile_over_quic() {
     let (done, _) = tokio::sync::watch::channel(0usize);
     let done2 = done.clone();
     let server = tokio::spawn(async move {
-        let link = de.accept().await.unwrap().unwrap();
+        let link = de.accept().await.unwrap().finish().await.unwrap();
         let s = Session::new(config(&roster, "de", &link.peer, false));
         let (_c, w, r) = link.split();
         drive(s, w, r, de_mem, 500, done2).await
