@@ -265,6 +265,13 @@ impl VerifiedEnvelope {
         &self.envelope
     }
 
+    /// The envelope as an item of the replicated envelope set: the change's own timestamp
+    /// (milliseconds, as its author recorded it; negative clamps to 0) and its hash. Every office
+    /// derives the same item from the same envelope, which is what reconciliation needs.
+    pub fn item(&self) -> crate::item::Item {
+        crate::item::Item::new(self.change.timestamp().max(0) as u64, self.hash)
+    }
+
     /// `(envelope, parsed change, office id)`.
     pub fn into_parts(self) -> (Envelope, Change, String) {
         (self.envelope, self.change, self.office)

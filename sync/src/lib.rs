@@ -8,18 +8,34 @@
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proofs (pure functions).
 //! - [`tlog`]: each office's transparency log: leaves and C2SP signed-note checkpoints.
 //! - [`b64`]: strict standard base64, as signed notes and audit bundles spell bytes.
+//! - [`item`]: set items, fingerprints and the sorted [`item::ItemSet`] reconciliation reads.
+//! - [`reconcile`]: range-based set reconciliation (negentropy's algorithm), sans I/O.
+//! - [`frame`]: the sync protocol's frames and their byte layouts (docs/sync-protocol.md).
+//! - [`session`]: one peer connection's protocol state machine, sans I/O and clock-free.
+//! - [`backoff`]: reconnect delays, a pure function of the attempt count.
+//! - [`transport`]: QUIC (quinn) with roster-pinned raw public keys; the only async, I/O part.
 //!
-//! The core does no I/O; the only file-system access is the explicit load/save helpers in `keys`
-//! and `roster`. Set reconciliation and the QUIC transport will live here too.
+//! Everything but `transport` and the explicit load/save helpers in `keys` and `roster` does no
+//! I/O and reads no clock: time comes in as an argument, so a simulation can drive it.
 
 pub mod b64;
+pub mod backoff;
 pub mod envelope;
+pub mod frame;
+pub mod item;
 pub mod keys;
 pub mod merkle;
+pub mod reconcile;
 pub mod roster;
+pub mod session;
 pub mod tlog;
 pub mod tombstone;
+pub mod transport;
+mod wire;
 
 pub use envelope::{Envelope, EnvelopeError, VerifiedEnvelope};
+pub use frame::{Frame, Hello, SetKind};
+pub use item::{Item, ItemSet, SetView, Without};
 pub use keys::KeyError;
 pub use roster::{Office, OfficeEntry, Roster, RosterError, SignedRoster, VerifiedRoster};
+pub use wire::DecodeError;

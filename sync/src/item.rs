@@ -1,0 +1,648 @@
+//! Items of a replicated set, their fingerprints, and the sorted set the reconciliation reads.
+//!
+//! Every replicated set (tombstones, envelopes, checkpoints) is a set of [`Item`]s: a timestamp
+//! and a 32-byte id (for an envelope, the Automerge change hash). Items sort by (timestamp, id), so
+//! recent items cluster at the end of the order and a peer that was offline for an hour differs
+//! from the others only in the last few ranges.
+//!
+//! A range's fingerprint is the one negentropy uses: the sum of its ids as 256-bit little-endian
+//! integers mod 2^256, hashed with the count. Sums are incremental (add on insert, subtract on
+//! remove), which is what lets [`ItemSet`] answer a range's fingerprint from per-chunk sums, and
+//! lets [`Without`] subtract a hidden subset without a pass over the whole set.
+
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+/// Largest timestamp an item may carry. `u64::MAX` is reserved for the "infinity" bound that
+/// closes the last range of a reconciliation message.
+pub const TIMESTAMP_MAX: u64 = u64::MAX - 1;
+/// Length of a range fingerprint on the wire.
+pub const FINGERPRINT_LEN: usize = 16;
+/// Items per chunk of an [`ItemSet`] before the chunk splits in two. Big enough that the chunk
+/// index of a million-item set is ~1,000 entries; small enough that an insert moves at most a few
+/// kilobytes.
+pub const CHUNK_ITEMS_MAX: usize = 1024;
+
+/// One element of a replicated set. Ordered by timestamp, then id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Item {
+    pub timestamp: u64,
+    pub id: [u8; 32],
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Item({}, {})",
+            self.timestamp,
+            hex::encode(&self.id[..8])
+        )
+    }
+}
+
+impl Item {
+    /// An item; timestamps above [`TIMESTAMP_MAX`] are clamped to it.
+    pub fn new(timestamp: u64, id: [u8; 32]) -> Item {
+        Item {
+            timestamp: timestamp.min(TIMESTAMP_MAX),
+            id,
+        }
+    }
+
+    /// The lowest bound: every item is at or above it.
+    pub const MIN: Item = Item {
+        timestamp: 0,
+        id: [0; 32],
+    };
+
+    /// The "infinity" bound: above every item (items never carry `u64::MAX`).
+    pub const INFINITY: Item = Item {
+        timestamp: u64::MAX,
+        id: [0; 32],
+    };
+
+    pub fn is_infinity(&self) -> bool {
+        self.timestamp == u64::MAX
+    }
+}
+
+/// A 256-bit sum of ids (mod 2^256), as four little-endian u64 limbs.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Accumulator([u64; 4]);
+
+impl Accumulator {
+    fn limbs(id: &[u8; 32]) -> [u64; 4] {
+        let mut l = [0u64; 4];
+        for (i, limb) in l.iter_mut().enumerate() {
+            *limb = u64::from_le_bytes(id[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        }
+        l
+    }
+
+    fn add_limbs(&mut self, o: [u64; 4]) {
+        let mut carry = false;
+        for (a, b) in self.0.iter_mut().zip(o) {
+            let (s1, c1) = a.overflowing_add(b);
+            let (s2, c2) = s1.overflowing_add(carry as u64);
+            *a = s2;
+            carry = c1 || c2;
+        }
+    }
+
+    fn sub_limbs(&mut self, o: [u64; 4]) {
+        let mut borrow = false;
+        for (a, b) in self.0.iter_mut().zip(o) {
+            let (d1, b1) = a.overflowing_sub(b);
+            let (d2, b2) = d1.overflowing_sub(borrow as u64);
+            *a = d2;
+            borrow = b1 || b2;
+        }
+    }
+
+    pub fn add(&mut self, id: &[u8; 32]) {
+        self.add_limbs(Self::limbs(id));
+    }
+
+    pub fn sub(&mut self, id: &[u8; 32]) {
+        self.sub_limbs(Self::limbs(id));
+    }
+
+    pub fn add_acc(&mut self, other: &Accumulator) {
+        self.add_limbs(other.0);
+    }
+
+    pub fn sub_acc(&mut self, other: &Accumulator) {
+        self.sub_limbs(other.0);
+    }
+
+    /// `SHA-256(sum as 32 little-endian bytes ‖ LEB128(count))`, first 16 bytes. The count is
+    /// hashed in so that sets whose sums collide by construction (e.g. `{a, b}` and `{a+b}`) still
+    /// differ unless their sizes match too.
+    pub fn fingerprint(&self, count: u64) -> [u8; FINGERPRINT_LEN] {
+        let mut h = Sha256::new();
+        for limb in self.0 {
+            h.update(limb.to_le_bytes());
+        }
+        let mut buf = Vec::with_capacity(10);
+        crate::wire::put_varint(&mut buf, count);
+        h.update(&buf);
+        let digest = h.finalize();
+        digest[..FINGERPRINT_LEN]
+            .try_into()
+            .expect("SHA-256 is longer than a fingerprint")
+    }
+}
+
+/// Count and id sum of a range: everything a fingerprint is made of.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Summary {
+    pub count: u64,
+    pub sum: Accumulator,
+}
+
+impl Summary {
+    pub fn fingerprint(&self) -> [u8; FINGERPRINT_LEN] {
+        self.sum.fingerprint(self.count)
+    }
+}
+
+/// What the reconciliation needs from a local set: read-only queries over half-open ranges
+/// `[lo, hi)` of the (timestamp, id) order. Bounds need not be members of the set.
+///
+/// Implemented by [`ItemSet`] and by [`Without`] (a set minus a hidden subset, e.g. the records a
+/// transfer policy keeps from one peer).
+pub trait SetView {
+    /// Count and id sum of the items in `[lo, hi)`.
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary;
+    /// Calls `f` on each item in `[lo, hi)`, in order, until it returns `false`.
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool);
+    /// Up to `buckets - 1` items of `[lo, hi)` that split it into `buckets` parts of roughly
+    /// equal size, in increasing order. Each returned item starts a part; the first part starts
+    /// at `lo`. Fewer are returned when the range holds fewer items.
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item>;
+    /// Whether `item` is in the view.
+    fn contains(&self, item: &Item) -> bool;
+    /// Number of items in the view.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The item immediately before `item` in the view (the greatest item below it), if any.
+    fn predecessor(&self, item: &Item) -> Option<Item>;
+}
+
+/// A borrowed view is a view, so a host can hand out `Box::new(&its_set)`.
+impl<T: SetView + ?Sized> SetView for &T {
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary {
+        (**self).summary(lo, hi)
+    }
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool) {
+        (**self).for_each_in(lo, hi, f)
+    }
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item> {
+        (**self).split_points(lo, hi, buckets)
+    }
+    fn contains(&self, item: &Item) -> bool {
+        (**self).contains(item)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn predecessor(&self, item: &Item) -> Option<Item> {
+        (**self).predecessor(item)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Chunk {
+    items: Vec<Item>,
+    sum: Accumulator,
+}
+
+impl Chunk {
+    fn from_items(items: Vec<Item>) -> Chunk {
+        let mut sum = Accumulator::default();
+        for it in &items {
+            sum.add(&it.id);
+        }
+        Chunk { items, sum }
+    }
+}
+
+/// A sorted, de-duplicated set of items held in chunks of at most [`CHUNK_ITEMS_MAX`], each with
+/// its id sum, so that inserts cost O(chunk + chunks) and a range fingerprint costs O(chunks +
+/// chunk) rather than O(range). A million items take ~45 MB.
+///
+/// The daemon keeps one per replicated set in memory (rebuilt from storage at start-up, updated on
+/// every commit); the sync session reads it through [`SetView`].
+#[derive(Clone, Debug, Default)]
+pub struct ItemSet {
+    chunks: Vec<Chunk>,
+    /// `starts[i]` = number of items in chunks before `i` (global rank of chunk `i`'s first item).
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl FromIterator<Item> for ItemSet {
+    fn from_iter<T: IntoIterator<Item = Item>>(iter: T) -> Self {
+        let mut items: Vec<Item> = iter.into_iter().collect();
+        items.sort_unstable();
+        items.dedup();
+        ItemSet::from_sorted_unique(items)
+    }
+}
+
+impl ItemSet {
+    pub fn new() -> ItemSet {
+        ItemSet::default()
+    }
+
+    /// Builds from items already sorted and unique (checked in debug builds).
+    pub fn from_sorted_unique(items: Vec<Item>) -> ItemSet {
+        debug_assert!(
+            items.windows(2).all(|w| w[0] < w[1]),
+            "from_sorted_unique given unsorted or duplicate items"
+        );
+        let len = items.len();
+        let half = CHUNK_ITEMS_MAX / 2;
+        let chunks: Vec<Chunk> = items
+            .chunks(half.max(1))
+            .map(|c| Chunk::from_items(c.to_vec()))
+            .collect();
+        let mut set = ItemSet {
+            chunks,
+            starts: Vec::new(),
+            len,
+        };
+        set.reindex(0);
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// All items, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Item> + '_ {
+        self.chunks.iter().flat_map(|c| c.items.iter())
+    }
+
+    /// Fingerprint-ready summary of the whole set (e.g. for a state digest).
+    pub fn total(&self) -> Summary {
+        let mut sum = Accumulator::default();
+        for c in &self.chunks {
+            sum.add_acc(&c.sum);
+        }
+        Summary {
+            count: self.len as u64,
+            sum,
+        }
+    }
+
+    /// Index of the chunk that holds or would hold `item`.
+    fn chunk_for(&self, item: &Item) -> usize {
+        // The last chunk whose first item is <= item; chunk 0 when item is below all.
+        let after = self
+            .chunks
+            .partition_point(|c| c.items.first().is_some_and(|f| f <= item));
+        after.saturating_sub(1)
+    }
+
+    fn reindex(&mut self, from: usize) {
+        self.starts.truncate(from);
+        let mut acc = if from == 0 {
+            0
+        } else {
+            self.starts[from - 1] + self.chunks[from - 1].items.len()
+        };
+        for c in &self.chunks[from..] {
+            self.starts.push(acc);
+            acc += c.items.len();
+        }
+        debug_assert_eq!(acc, self.len, "chunk index out of step with the item count");
+    }
+
+    /// Inserts `item`; returns whether it was new.
+    pub fn insert(&mut self, item: Item) -> bool {
+        if self.chunks.is_empty() {
+            self.chunks.push(Chunk::default());
+        }
+        let ci = self.chunk_for(&item);
+        let chunk = &mut self.chunks[ci];
+        match chunk.items.binary_search(&item) {
+            Ok(_) => return false,
+            Err(pos) => {
+                chunk.items.insert(pos, item);
+                chunk.sum.add(&item.id);
+            }
+        }
+        self.len += 1;
+        if chunk.items.len() > CHUNK_ITEMS_MAX {
+            let tail = Chunk::from_items(chunk.items.split_off(chunk.items.len() / 2));
+            chunk.sum.sub_acc(&tail.sum);
+            self.chunks.insert(ci + 1, tail);
+        }
+        self.reindex(ci);
+        true
+    }
+
+    /// Removes `item`; returns whether it was present.
+    pub fn remove(&mut self, item: &Item) -> bool {
+        if self.chunks.is_empty() {
+            return false;
+        }
+        let ci = self.chunk_for(item);
+        let chunk = &mut self.chunks[ci];
+        match chunk.items.binary_search(item) {
+            Err(_) => return false,
+            Ok(pos) => {
+                chunk.items.remove(pos);
+                chunk.sum.sub(&item.id);
+            }
+        }
+        self.len -= 1;
+        if chunk.items.is_empty() {
+            self.chunks.remove(ci);
+        }
+        self.reindex(ci.min(self.chunks.len()));
+        true
+    }
+
+    pub fn contains(&self, item: &Item) -> bool {
+        if self.chunks.is_empty() {
+            return false;
+        }
+        self.chunks[self.chunk_for(item)]
+            .items
+            .binary_search(item)
+            .is_ok()
+    }
+
+    /// Global rank of `bound`: how many items are below it.
+    pub fn rank(&self, bound: &Item) -> usize {
+        if self.chunks.is_empty() {
+            return 0;
+        }
+        let ci = self.chunk_for(bound);
+        self.starts[ci] + self.chunks[ci].items.partition_point(|it| it < bound)
+    }
+
+    /// The item of rank `i` (0-based).
+    pub fn get(&self, i: usize) -> Option<&Item> {
+        if i >= self.len {
+            return None;
+        }
+        let ci = self.starts.partition_point(|&s| s <= i) - 1;
+        self.chunks[ci].items.get(i - self.starts[ci])
+    }
+
+    /// Summary of the items whose ranks are in `ranks`.
+    fn summary_ranks(&self, ranks: Range<usize>) -> Summary {
+        let mut out = Summary::default();
+        if ranks.start >= ranks.end {
+            return out;
+        }
+        out.count = (ranks.end - ranks.start) as u64;
+        let first = self.starts.partition_point(|&s| s <= ranks.start) - 1;
+        let last = self.starts.partition_point(|&s| s < ranks.end) - 1;
+        for ci in first..=last {
+            let c = &self.chunks[ci];
+            let lo = ranks.start.saturating_sub(self.starts[ci]);
+            let hi = (ranks.end - self.starts[ci]).min(c.items.len());
+            if lo == 0 && hi == c.items.len() {
+                out.sum.add_acc(&c.sum);
+            } else if hi - lo <= c.items.len() / 2 {
+                for it in &c.items[lo..hi] {
+                    out.sum.add(&it.id);
+                }
+            } else {
+                // Fewer additions to take the excluded ends off the chunk's sum.
+                let mut s = c.sum;
+                for it in c.items[..lo].iter().chain(&c.items[hi..]) {
+                    s.sub(&it.id);
+                }
+                out.sum.add_acc(&s);
+            }
+        }
+        out
+    }
+}
+
+impl SetView for ItemSet {
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary {
+        self.summary_ranks(self.rank(lo)..self.rank(hi))
+    }
+
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool) {
+        let (mut i, end) = (self.rank(lo), self.rank(hi));
+        if i >= end {
+            return;
+        }
+        let mut ci = self.starts.partition_point(|&s| s <= i) - 1;
+        while i < end {
+            let c = &self.chunks[ci];
+            let off = i - self.starts[ci];
+            let take = (c.items.len() - off).min(end - i);
+            for it in &c.items[off..off + take] {
+                if !f(it) {
+                    return;
+                }
+            }
+            i += take;
+            ci += 1;
+        }
+    }
+
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item> {
+        let (a, b) = (self.rank(lo), self.rank(hi));
+        let n = b.saturating_sub(a);
+        let buckets = buckets.max(1).min(n.max(1));
+        (1..buckets)
+            .map(|k| *self.get(a + n * k / buckets).expect("rank within the set"))
+            .collect()
+    }
+
+    fn contains(&self, item: &Item) -> bool {
+        ItemSet::contains(self, item)
+    }
+
+    fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    fn predecessor(&self, item: &Item) -> Option<Item> {
+        let r = self.rank(item);
+        r.checked_sub(1).and_then(|i| self.get(i)).copied()
+    }
+}
+
+/// `all` minus `hidden`: the set an office offers a peer when policy keeps some items from it.
+/// `hidden` must be a subset of `all` (checked in debug builds when the view is made), so its
+/// counts and sums can simply be subtracted.
+pub struct Without<'a> {
+    all: &'a ItemSet,
+    hidden: &'a ItemSet,
+}
+
+impl<'a> Without<'a> {
+    pub fn new(all: &'a ItemSet, hidden: &'a ItemSet) -> Without<'a> {
+        debug_assert!(
+            hidden.len() > 10_000 || hidden.iter().all(|h| all.contains(h)),
+            "hidden items must be a subset of the set they are hidden from"
+        );
+        Without { all, hidden }
+    }
+}
+
+impl SetView for Without<'_> {
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary {
+        let mut s = self.all.summary(lo, hi);
+        let h = self.hidden.summary(lo, hi);
+        s.count -= h.count;
+        s.sum.sub_acc(&h.sum);
+        s
+    }
+
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool) {
+        self.all.for_each_in(lo, hi, &mut |it| {
+            if self.hidden.contains(it) {
+                true
+            } else {
+                f(it)
+            }
+        });
+    }
+
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item> {
+        // Any increasing bounds inside the range are valid split points; the underlying set's are
+        // balanced enough when little is hidden.
+        self.all.split_points(lo, hi, buckets)
+    }
+
+    fn contains(&self, item: &Item) -> bool {
+        self.all.contains(item) && !self.hidden.contains(item)
+    }
+
+    fn len(&self) -> u64 {
+        (self.all.len() - self.hidden.len()) as u64
+    }
+
+    fn predecessor(&self, item: &Item) -> Option<Item> {
+        let mut cur = *item;
+        loop {
+            let p = self.all.predecessor(&cur)?;
+            if !self.hidden.contains(&p) {
+                return Some(p);
+            }
+            cur = p;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+
+    fn rand_item(rng: &mut StdRng) -> Item {
+        let mut id = [0u8; 32];
+        rng.fill(&mut id);
+        Item::new(rng.gen_range(0..50), id)
+    }
+
+    fn naive_summary(set: &BTreeSet<Item>, lo: &Item, hi: &Item) -> Summary {
+        let mut s = Summary::default();
+        for it in set.range(*lo..*hi) {
+            s.count += 1;
+            s.sum.add(&it.id);
+        }
+        s
+    }
+
+    #[test]
+    fn accumulator_add_sub_round_trip_and_carry() {
+        let mut a = Accumulator::default();
+        let ff = [0xff; 32];
+        a.add(&ff);
+        a.add(&[1; 32]);
+        a.sub(&[1; 32]);
+        assert_eq!(a, Accumulator([u64::MAX; 4]));
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        a.add(&one); // wraps to zero mod 2^256
+        assert_eq!(a, Accumulator::default());
+        assert_ne!(a.fingerprint(0), a.fingerprint(1));
+    }
+
+    #[test]
+    fn item_set_matches_btreeset_under_random_operations() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut set = ItemSet::new();
+        let mut model = BTreeSet::new();
+        let mut pool = Vec::new();
+        for step in 0..20_000 {
+            if rng.gen_bool(0.7) || pool.is_empty() {
+                let it = rand_item(&mut rng);
+                pool.push(it);
+                assert_eq!(set.insert(it), model.insert(it));
+            } else {
+                let it = pool[rng.gen_range(0..pool.len())];
+                assert_eq!(set.remove(&it), model.remove(&it));
+            }
+            assert_eq!(set.len(), model.len());
+            if step % 997 == 0 {
+                assert!(set.iter().copied().eq(model.iter().copied()));
+                for _ in 0..20 {
+                    let mut a = rand_item(&mut rng);
+                    let mut b = rand_item(&mut rng);
+                    if a > b {
+                        std::mem::swap(&mut a, &mut b);
+                    }
+                    assert_eq!(set.summary(&a, &b), naive_summary(&model, &a, &b));
+                    let mut seen = Vec::new();
+                    set.for_each_in(&a, &b, &mut |it| {
+                        seen.push(*it);
+                        true
+                    });
+                    assert!(seen.iter().eq(model.range(a..b)));
+                    assert_eq!(set.rank(&a), model.range(..a).count());
+                    assert_eq!(set.predecessor(&a), model.range(..a).next_back().copied());
+                    let splits = set.split_points(&a, &b, 16);
+                    assert!(splits.windows(2).all(|w| w[0] < w[1]));
+                    assert!(splits.iter().all(|s| a <= *s && *s < b));
+                }
+                assert_eq!(
+                    set.total(),
+                    naive_summary(&model, &Item::MIN, &Item::INFINITY)
+                );
+            }
+        }
+        for it in pool {
+            set.remove(&it);
+        }
+        assert!(set.is_empty());
+        assert_eq!(set.total(), Summary::default());
+    }
+
+    #[test]
+    fn without_subtracts_hidden_items() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let all: ItemSet = (0..5000).map(|_| rand_item(&mut rng)).collect();
+        let hidden: ItemSet = all.iter().step_by(7).copied().collect();
+        let visible: ItemSet = all
+            .iter()
+            .filter(|i| !hidden.contains(i))
+            .copied()
+            .collect();
+        let view = Without::new(&all, &hidden);
+        assert_eq!(view.len(), visible.len() as u64);
+        for _ in 0..200 {
+            let mut a = rand_item(&mut rng);
+            let mut b = rand_item(&mut rng);
+            if a > b {
+                std::mem::swap(&mut a, &mut b);
+            }
+            assert_eq!(view.summary(&a, &b), visible.summary(&a, &b));
+            let mut seen = Vec::new();
+            view.for_each_in(&a, &b, &mut |it| {
+                seen.push(*it);
+                true
+            });
+            let mut want = Vec::new();
+            visible.for_each_in(&a, &b, &mut |it| {
+                want.push(*it);
+                true
+            });
+            assert_eq!(seen, want);
+            assert_eq!(view.predecessor(&a), visible.predecessor(&a));
+        }
+    }
+}

@@ -1,0 +1,694 @@
+//! QUIC transport: quinn 0.11 over rustls 0.23 (ring only), TLS 1.3, ALPN `consentd/1`, both
+//! sides authenticated by the offices' roster *transport* keys as RFC 7250 raw public keys.
+//!
+//! # Why raw public keys
+//!
+//! The roster already pins one ed25519 transport key per office; a certificate would only wrap
+//! that key in X.509 fields (names, validity, extensions) that we would then have to parse from
+//! strangers and ignore. With raw public keys the peer presents exactly a SubjectPublicKeyInfo,
+//! which we compare byte for byte with the roster, during the handshake:
+//!
+//! - **client side** (dialing office X): the server must present X's roster transport key; any
+//!   other key, even another office's, fails the handshake.
+//! - **server side**: the client must present *some* office's roster transport key (not ours);
+//!   the office it belongs to is the peer's identity. A key outside the roster fails the
+//!   handshake. The office the client then *claims* in its Hello must be that office, or the
+//!   session refuses it ([`crate::session::SessionError::Identity`]).
+//!
+//! Refusals surface as [`TransportError::Refused`] on the refusing side, naming the address and
+//! the key (never anything else), for the host to log. Exactly one crypto provider is used, ring,
+//! passed explicitly to every config (no process-wide default is installed or needed).
+//!
+//! # Framing
+//!
+//! One bidirectional stream per connection, opened by the dialer. Each frame travels as a u32
+//! big-endian length followed by the frame ([`crate::frame`]); a length of 0 or above
+//! [`FRAME_BYTES_MAX`] is refused before anything is allocated.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
+    UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use zeroize::Zeroizing;
+
+use crate::frame::FRAME_BYTES_MAX;
+use crate::roster::VerifiedRoster;
+
+/// The ALPN protocol id; a peer that does not offer it fails the handshake.
+pub const ALPN: &[u8] = b"consentd/1";
+/// Bytes of the length prefix before each frame.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// A connection with no traffic for this long is closed (keep-alives run far more often).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive interval, well inside [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (33 bytes: 0 unused bits ‖ key) }.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// DER prefix of an ed25519 PKCS#8 v1 private key (RFC 8410): version 0, the algorithm, and an
+/// OCTET STRING wrapping the 32-byte seed.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("office {0} is not in the roster")]
+    UnknownOffice(String),
+
+    #[error(
+        "this office's transport key does not match the roster's transport key for office {0}"
+    )]
+    OwnKeyMismatch(String),
+
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(String),
+
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot start a connection to office {office} at {addr}: {source}")]
+    Connect {
+        office: String,
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectError,
+    },
+
+    /// The handshake failed because one side refused the other's key (or ALPN). On the side that
+    /// refused, `reason` names the key and why; this is the value to log.
+    #[error("connection with {addr} refused: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+
+    #[error("connection with {addr} failed: {source}")]
+    Connection {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+
+    #[error("peer office {office} sent a frame of {len} bytes; frames are 1 to {max} bytes")]
+    BadFrameLength {
+        office: String,
+        len: usize,
+        max: usize,
+    },
+
+    #[error("stream with office {office} failed: {reason}")]
+    Stream { office: String, reason: String },
+
+    #[error("the endpoint is closed")]
+    EndpointClosed,
+}
+
+/// Why a peer's key was refused, carried through rustls as the handshake error.
+#[derive(Debug)]
+struct KeyRefusal(String);
+
+impl fmt::Display for KeyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyRefusal {}
+
+fn refuse(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(KeyRefusal(reason)),
+    )))
+}
+
+/// The ed25519 key inside a raw-public-key "certificate", if it is exactly an ed25519 SPKI.
+fn spki_key(der: &[u8]) -> Option<[u8; 32]> {
+    if der.len() != ED25519_SPKI_PREFIX.len() + 32 || der[..12] != ED25519_SPKI_PREFIX {
+        return None;
+    }
+    der[12..].try_into().ok()
+}
+
+fn spki_der(key: &[u8; 32]) -> Vec<u8> {
+    let mut v = ED25519_SPKI_PREFIX.to_vec();
+    v.extend_from_slice(key);
+    v
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(
+    key: &SigningKey,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TransportError> {
+    let mut pkcs8 = Zeroizing::new(ED25519_PKCS8_PREFIX.to_vec());
+    pkcs8.extend_from_slice(key.as_bytes());
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    let signer = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TransportError::Tls(format!("transport key: {e}")))?;
+    let spki = spki_der(key.verifying_key().as_bytes());
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(spki)],
+        signer,
+    )))
+}
+
+fn verify_signature(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// Client side: the server must present exactly `expected` (the dialed office's roster key).
+#[derive(Debug)]
+struct PinnedServer {
+    office: String,
+    expected: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(key) = spki_key(end_entity) else {
+            return Err(refuse(format!(
+                "office {} presented something other than an ed25519 raw public key",
+                self.office
+            )));
+        };
+        if !intermediates.is_empty() || key != self.expected {
+            return Err(refuse(format!(
+                "office {} presented transport key {}, but the roster's is {}",
+                self.office,
+                hex::encode(key),
+                hex::encode(self.expected)
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// Server side: the client must present some other office's roster transport key.
+#[derive(Debug)]
+struct RosterClients {
+    roster: Arc<VerifiedRoster>,
+    own: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for RosterClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let Some(key) = spki_key(end_entity) else {
+            return Err(refuse(
+                "client presented something other than an ed25519 raw public key".into(),
+            ));
+        };
+        if !intermediates.is_empty() {
+            return Err(refuse("client sent a certificate chain".into()));
+        }
+        if key == self.own {
+            return Err(refuse(format!(
+                "client presented this office's own transport key {}",
+                hex::encode(key)
+            )));
+        }
+        if office_by_transport_key(&self.roster, &key).is_none() {
+            return Err(refuse(format!(
+                "client transport key {} is not in the roster",
+                hex::encode(key)
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// The office whose roster transport key is `key`.
+pub fn office_by_transport_key(roster: &VerifiedRoster, key: &[u8; 32]) -> Option<String> {
+    roster
+        .offices()
+        .find(|o| o.transport_key.as_bytes() == key)
+        .map(|o| o.id.clone())
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    // One bidirectional stream per connection; a peer may open no more.
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// An office's QUIC endpoint: listens for peers and dials them.
+pub struct Endpoint {
+    endpoint: quinn::Endpoint,
+    roster: Arc<VerifiedRoster>,
+    office: String,
+    certified: Arc<CertifiedKey>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Endpoint {
+    /// Binds `listen` as office `office`, whose transport secret key is `transport_key` (it must
+    /// match the roster). Must be called within a tokio runtime.
+    pub fn bind(
+        roster: Arc<VerifiedRoster>,
+        office: &str,
+        transport_key: &SigningKey,
+        listen: SocketAddr,
+    ) -> Result<Endpoint, TransportError> {
+        let entry = roster
+            .office(office)
+            .ok_or_else(|| TransportError::UnknownOffice(office.to_string()))?;
+        if entry.transport_key != transport_key.verifying_key() {
+            return Err(TransportError::OwnKeyMismatch(office.to_string()));
+        }
+        let provider = provider();
+        let certified = certified_key(transport_key, &provider)?;
+        let verifier = Arc::new(RosterClients {
+            roster: roster.clone(),
+            own: transport_key.verifying_key().to_bytes(),
+            provider: provider.clone(),
+        });
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(
+                rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified.clone()),
+            ));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic =
+            QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport_config());
+        let endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
+                addr: listen,
+                source,
+            })?;
+        Ok(Endpoint {
+            endpoint,
+            roster,
+            office: office.to_string(),
+            certified,
+            provider,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Dials office `peer` at its roster address.
+    pub async fn connect(&self, peer: &str) -> Result<Link, TransportError> {
+        let addr = self
+            .roster
+            .office(peer)
+            .ok_or_else(|| TransportError::UnknownOffice(peer.to_string()))?
+            .address;
+        self.connect_addr(peer, addr).await
+    }
+
+    /// Dials office `peer` at `addr` (tests, or an address override); the server must still
+    /// present `peer`'s roster transport key.
+    pub async fn connect_addr(&self, peer: &str, addr: SocketAddr) -> Result<Link, TransportError> {
+        let expected = self
+            .roster
+            .office(peer)
+            .ok_or_else(|| TransportError::UnknownOffice(peer.to_string()))?
+            .transport_key
+            .to_bytes();
+        let verifier = Arc::new(PinnedServer {
+            office: peer.to_string(),
+            expected,
+            provider: self.provider.clone(),
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(
+                rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.certified.clone()),
+            ));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic =
+            QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(transport_config());
+        // Office ids are valid DNS labels; the server ignores the name (keys, not names, count).
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, peer)
+            .map_err(|source| TransportError::Connect {
+                office: peer.to_string(),
+                addr,
+                source,
+            })?;
+        let connection = connecting.await.map_err(|e| handshake_error(addr, e))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|source| TransportError::Connection { addr, source })?;
+        Ok(Link {
+            peer: peer.to_string(),
+            connection,
+            writer: FrameWriter {
+                peer: peer.to_string(),
+                send,
+            },
+            reader: FrameReader::new(peer.to_string(), recv),
+        })
+    }
+
+    /// Waits for the next incoming connection attempt. `None` once the endpoint is closed.
+    ///
+    /// Authenticating it ([`Accepting::finish`]) takes a handshake round trip or, for a peer
+    /// that stalls, up to [`IDLE_TIMEOUT`]: spawn it, so one slow peer does not hold up others.
+    pub async fn accept(&self) -> Option<Accepting> {
+        let incoming = self.endpoint.accept().await?;
+        Some(Accepting {
+            addr: incoming.remote_address(),
+            incoming,
+            roster: self.roster.clone(),
+        })
+    }
+
+    /// This office's id.    /// This office's id.
+    pub fn office(&self) -> &str {
+        &self.office
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits until every connection is closed cleanly.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// An incoming connection attempt, not yet authenticated.
+pub struct Accepting {
+    incoming: quinn::Incoming,
+    addr: SocketAddr,
+    roster: Arc<VerifiedRoster>,
+}
+
+impl Accepting {
+    pub fn remote_address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Completes the handshake. `Err` is a refused or failed attempt, to log.
+    pub async fn finish(self) -> Result<Link, TransportError> {
+        let addr = self.addr;
+        let connection = self.incoming.await.map_err(|e| handshake_error(addr, e))?;
+        let key = connection
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(|c| spki_key(c)));
+        // The verifier already required a roster key; look up whose it is.
+        let Some(peer) = key.and_then(|k| office_by_transport_key(&self.roster, &k)) else {
+            connection.close(1u32.into(), b"unknown key");
+            return Err(TransportError::Refused {
+                addr,
+                reason: "peer identity missing after the handshake".into(),
+            });
+        };
+        // The dialer opens the stream and sends its Hello first, which makes it visible here.
+        let (send, recv) = tokio::time::timeout(IDLE_TIMEOUT, connection.accept_bi())
+            .await
+            .map_err(|_| TransportError::Stream {
+                office: peer.clone(),
+                reason: "no stream opened".into(),
+            })?
+            .map_err(|source| TransportError::Connection { addr, source })?;
+        Ok(Link {
+            peer: peer.clone(),
+            connection,
+            writer: FrameWriter {
+                peer: peer.clone(),
+                send,
+            },
+            reader: FrameReader::new(peer, recv),
+        })
+    }
+}
+
+fn handshake_error(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
+    match e {
+        // A TLS failure (ours: the reason is our verifier's; theirs: an alert code).
+        quinn::ConnectionError::TransportError(t) => TransportError::Refused {
+            addr,
+            reason: t.reason,
+        },
+        quinn::ConnectionError::ConnectionClosed(c) => TransportError::Refused {
+            addr,
+            reason: format!("peer closed the handshake: {}", c.error_code),
+        },
+        source => TransportError::Connection { addr, source },
+    }
+}
+
+/// An authenticated connection to one peer office, with its frame stream.
+pub struct Link {
+    /// The peer's office id, from its roster transport key.
+    pub peer: String,
+    pub connection: quinn::Connection,
+    pub writer: FrameWriter,
+    pub reader: FrameReader,
+}
+
+impl Link {
+    pub fn split(self) -> (quinn::Connection, FrameWriter, FrameReader) {
+        (self.connection, self.writer, self.reader)
+    }
+}
+
+/// Writes length-prefixed frames. [`FrameWriter::send`] is not cancel-safe (a cancelled send may
+/// leave half a frame on the stream): await it to completion, e.g. in a dedicated writer task.
+pub struct FrameWriter {
+    peer: String,
+    send: quinn::SendStream,
+}
+
+impl FrameWriter {
+    /// Sends one encoded frame (from `Session::poll_transmit`).
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        debug_assert!(
+            !frame.is_empty() && frame.len() <= FRAME_BYTES_MAX,
+            "sending a frame of {} bytes",
+            frame.len()
+        );
+        let len = (frame.len() as u32).to_be_bytes();
+        let stream_err = |e: quinn::WriteError| TransportError::Stream {
+            office: self.peer.clone(),
+            reason: e.to_string(),
+        };
+        self.send.write_all(&len).await.map_err(stream_err)?;
+        self.send.write_all(frame).await.map_err(stream_err)
+    }
+
+    /// Writes raw bytes, bypassing framing: only for tests of a peer that breaks the framing.
+    #[doc(hidden)]
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| TransportError::Stream {
+                office: self.peer.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Ends our side of the stream after the frames sent so far.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// Reads length-prefixed frames.
+pub struct FrameReader {
+    peer: String,
+    recv: quinn::RecvStream,
+    /// Bytes of the frame being assembled (length prefix included); never more than
+    /// `LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX`, because a length is checked as soon as it is here.
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(peer: String, recv: quinn::RecvStream) -> FrameReader {
+        FrameReader {
+            peer,
+            recv,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes still needed to complete the length prefix, or the frame.
+    fn wanted(&self) -> Result<usize, TransportError> {
+        if self.buf.len() < LENGTH_PREFIX_BYTES {
+            return Ok(LENGTH_PREFIX_BYTES - self.buf.len());
+        }
+        let len = u32::from_be_bytes(
+            self.buf[..LENGTH_PREFIX_BYTES]
+                .try_into()
+                .expect("prefix is 4 bytes"),
+        ) as usize;
+        if len == 0 || len > FRAME_BYTES_MAX {
+            return Err(TransportError::BadFrameLength {
+                office: self.peer.clone(),
+                len,
+                max: FRAME_BYTES_MAX,
+            });
+        }
+        Ok(LENGTH_PREFIX_BYTES + len - self.buf.len())
+    }
+
+    /// The next frame's bytes (for `Session::handle_frame`), or `None` when the peer finished
+    /// the stream cleanly between frames.
+    ///
+    /// Cancel-safe: bytes read before a cancellation stay buffered for the next call, so this
+    /// may race other branches in `tokio::select!`.
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        loop {
+            let wanted = self.wanted()?;
+            if wanted == 0 {
+                let frame = self.buf[LENGTH_PREFIX_BYTES..].to_vec();
+                self.buf.clear();
+                return Ok(Some(frame));
+            }
+            // `read_chunk` is cancel-safe; asking for exactly what is missing keeps `buf` within
+            // one frame.
+            match self.recv.read_chunk(wanted, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(TransportError::Stream {
+                        office: self.peer.clone(),
+                        reason: "stream ended inside a frame".into(),
+                    })
+                }
+                Err(e) => {
+                    return Err(TransportError::Stream {
+                        office: self.peer.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+}
