@@ -172,6 +172,7 @@ pub fn init(
             log: LogConfig::default(),
             clock: Default::default(),
             consent: Default::default(),
+            retention: Default::default(),
         };
         let text = format!(
             "# consentd configuration for office {id} ({jurisdiction}), written by consentctl network init.\n{}",

@@ -214,6 +214,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                     late.extend(late_withdrawals(&id, changes));
                 }
             }
+            Record::Hold(_) => {}
         }
     }
     json!({
