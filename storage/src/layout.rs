@@ -356,10 +356,10 @@ mod tests {
         let mut bad_flag = enc.clone();
         bad_flag[6] = 7;
         assert!(DocMeta::decode(&doc, &bad_flag).is_err());
-        let mut unsorted = enc;
         let mut bad_expiry = enc.clone();
         bad_expiry[11] = 9;
         assert!(DocMeta::decode(&doc, &bad_expiry).is_err());
+        let mut unsorted = enc;
         unsorted[18] = 5; // first key now sorts after the second
         assert!(DocMeta::decode(&doc, &unsorted).is_err());
     }
