@@ -599,7 +599,10 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
         Command::Import { file } => (import(&socket, &file)?, human_object),
         Command::Status => (call(Request::Status(Empty {}))?, human_object),
         Command::Retention(RetentionCmd::Run { as_of, dry_run }) => (
-            call(Request::RetentionRun(protocol::RetentionRun { as_of, dry_run }))?,
+            call(Request::RetentionRun(protocol::RetentionRun {
+                as_of,
+                dry_run,
+            }))?,
             human_object,
         ),
         Command::Hold(HoldCmd::Set {

@@ -86,6 +86,9 @@ pub enum KeyError {
 
 type Result<T, E = KeyError> = std::result::Result<T, E>;
 
+/// A `WriteBatch::keys` entry: (owner, key id, wrapped key).
+pub type KeyEntry = (IndexKey, KeyId, Vec<u8>);
+
 /// Which records a key seals. Records a legal duty keeps through an erasure request (consent
 /// proof, request confirmations, financial records, holds) use the `Kept` key, the rest the
 /// `Erasable` key, so an erasure can destroy the erasable key while the kept records stay
@@ -287,27 +290,28 @@ impl KeyStore {
     /// Opens the key store of the data directory `dir`: creates the first KEK for a new store,
     /// and finishes a rotation a crash interrupted. Blocking; called at start-up.
     pub fn open(dir: &Path, store: Store) -> Result<KeyStore> {
-        let generation = match store.meta(META_KEK_GENERATION)? {
-            Some(b) => u64::from_le_bytes(b.as_slice().try_into().map_err(|_| {
-                KeyError::Integrity("meta kek_generation is not 8 bytes".into())
-            })?),
-            None => {
-                let first = 1;
-                let path = kek_path(dir, first);
-                if path.exists() {
-                    // A crash after writing the first KEK but before recording it.
-                    shred(&path)?;
+        let generation =
+            match store.meta(META_KEK_GENERATION)? {
+                Some(b) => u64::from_le_bytes(b.as_slice().try_into().map_err(|_| {
+                    KeyError::Integrity("meta kek_generation is not 8 bytes".into())
+                })?),
+                None => {
+                    let first = 1;
+                    let path = kek_path(dir, first);
+                    if path.exists() {
+                        // A crash after writing the first KEK but before recording it.
+                        shred(&path)?;
+                    }
+                    let kek: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
+                    write_new_secret(&path, &*kek)?;
+                    sync_dir(dir)?;
+                    store.commit_blocking(WriteBatch {
+                        meta: vec![(META_KEK_GENERATION.into(), first.to_le_bytes().to_vec())],
+                        ..WriteBatch::default()
+                    })?;
+                    first
                 }
-                let kek: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
-                write_new_secret(&path, &*kek)?;
-                sync_dir(dir)?;
-                store.commit_blocking(WriteBatch {
-                    meta: vec![(META_KEK_GENERATION.into(), first.to_le_bytes().to_vec())],
-                    ..WriteBatch::default()
-                })?;
-                first
-            }
-        };
+            };
         let current = read_kek(&kek_path(dir, generation)).map_err(|e| {
             KeyError::Integrity(format!(
                 "the current key-encryption key (generation {generation}) cannot be read: {e}; without it no sealed field can be read"
@@ -357,10 +361,7 @@ impl KeyStore {
 
     /// Makes a new subject key for `owner`: `(id, key, batch entry)`. The entry must go into
     /// the same `WriteBatch` as the first record sealed under the key.
-    pub fn new_key(
-        &self,
-        owner: &IndexKey,
-    ) -> (KeyId, Zeroizing<[u8; KEY_BYTES]>, (IndexKey, KeyId, Vec<u8>)) {
+    pub fn new_key(&self, owner: &IndexKey) -> (KeyId, Zeroizing<[u8; KEY_BYTES]>, KeyEntry) {
         let id: KeyId = rand::random();
         let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
         let entry = self.wrap_for_store(owner, &id, &key);
@@ -370,12 +371,7 @@ impl KeyStore {
 
     /// The `WriteBatch::keys` entry storing `key` (wrapped under the current KEK). Also the
     /// replication hook: an office receiving a subject key from a peer stores it with this.
-    pub fn wrap_for_store(
-        &self,
-        owner: &IndexKey,
-        id: &KeyId,
-        key: &[u8; KEY_BYTES],
-    ) -> (IndexKey, KeyId, Vec<u8>) {
+    pub fn wrap_for_store(&self, owner: &IndexKey, id: &KeyId, key: &[u8; KEY_BYTES]) -> KeyEntry {
         let keks = lock(&self.keks);
         (
             *owner,
@@ -505,10 +501,9 @@ impl KeyStore {
             let key = unwrap_with(kek, &id, &owner, &wrapped).ok_or_else(|| {
                 KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
             })?;
-            batch.key_rewraps.push((
-                id,
-                wrap(&keks.current, keks.generation, &id, &owner, &key),
-            ));
+            batch
+                .key_rewraps
+                .push((id, wrap(&keks.current, keks.generation, &id, &owner, &key)));
         }
         let batch = (!batch.key_rewraps.is_empty()).then_some(batch);
         Ok((Some(last), batch))

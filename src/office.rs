@@ -11,12 +11,12 @@
 //! Reads take no locks: they read projections in their own redb read transaction.
 
 use crate::clock::{self, Clock};
+use crate::keystore::{KeyError, KeyStore};
 use crate::protocol::{self, Request, LIST_ROWS_MAX, TEXT_BYTES_MAX};
 use crate::record::{
     self, doc_id_hex, epoch_day, fmt_date, fmt_time, ConsentEvent, ConsentRecord, DocId, Extension,
     Record, RequestRecord, StatusEvent, TransferRecord, KIND_REQUEST, KIND_TRANSFER,
 };
-use crate::keystore::{KeyError, KeyStore};
 use crate::sealed;
 use crate::subject::{Subject, SubjectHasher, SubjectKind};
 use crate::vocab;

@@ -146,7 +146,8 @@ pub fn open_record(keys: &KeyStore, mut record: Record) -> Result<Record, KeyErr
         if !is_sealed(text) {
             return Ok(());
         }
-        let id = key_id(text).ok_or_else(|| KeyError::Integrity("malformed sealed field".into()))?;
+        let id =
+            key_id(text).ok_or_else(|| KeyError::Integrity("malformed sealed field".into()))?;
         let key = keys.key(&id)?;
         *text = open_with(&key, text).ok_or_else(|| {
             KeyError::Integrity("a sealed field does not open under its key".into())

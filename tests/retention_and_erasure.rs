@@ -10,7 +10,7 @@
 //!   any file opens the old ciphertext or the old wrapped key.
 mod common;
 
-use common::audit::{export, verify_bytes, root_pub};
+use common::audit::{export, root_pub, verify_bytes};
 use common::*;
 use consentd_storage::{RecordUpdate, Store, WriteBatch};
 use std::path::Path;
@@ -24,7 +24,10 @@ fn run(net: &Net, as_of: &str, dry: bool) -> serde_json::Value {
 }
 
 fn exists(net: &Net, subject: &str, id: &str) -> bool {
-    let v = ok(&net.socket("de"), &["subject", "export", "--subject", subject]);
+    let v = ok(
+        &net.socket("de"),
+        &["subject", "export", "--subject", subject],
+    );
     ["consents", "requests", "transfers", "holds"]
         .iter()
         .flat_map(|k| v[*k].as_array().unwrap().clone())
@@ -44,67 +47,161 @@ fn records_expire_on_the_scheduled_day_holds_keep_them_and_audit_still_verifies(
     let proof = id_of(ok(
         &s,
         &[
-            "consent", "grant", "--subject", "p@example.com", "--purpose", "marketing",
-            "--basis", "consent", "--evidence", "web form v3", "--at", "2020-01-10T09:00:00Z",
+            "consent",
+            "grant",
+            "--subject",
+            "p@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+            "--at",
+            "2020-01-10T09:00:00Z",
         ],
     ));
     ok(
         &s,
         &[
-            "consent", "withdraw", "--subject", "p@example.com", "--purpose", "marketing",
-            "--at", "2021-03-15T18:00:00Z",
+            "consent",
+            "withdraw",
+            "--subject",
+            "p@example.com",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2021-03-15T18:00:00Z",
         ],
     );
     // Sales on legitimate interest → 12 months from 2025-06-10.
     let sales = id_of(ok(
         &s,
         &[
-            "consent", "grant", "--subject", "m@example.com", "--purpose", "sales",
-            "--basis", "legitimate_interest", "--at", "2025-06-10T12:00:00Z",
+            "consent",
+            "grant",
+            "--subject",
+            "m@example.com",
+            "--purpose",
+            "sales",
+            "--basis",
+            "legitimate_interest",
+            "--at",
+            "2025-06-10T12:00:00Z",
         ],
     ));
     // SMS transfer → 6 months from 2026-01-31 = 2026-07-31.
     let sms = id_of(ok(
         &s,
         &[
-            "transfer", "record", "--to", "US", "--recipient", "Carrier Inc",
-            "--categories", "phone_number,content", "--mechanism", "scc", "--tia", "TIA-1",
-            "--subject", "+4930123456", "--at", "2026-01-31T10:00:00Z",
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "phone_number,content",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "TIA-1",
+            "--subject",
+            "+4930123456",
+            "--at",
+            "2026-01-31T10:00:00Z",
         ],
     ));
     // A closed request → 5 years from closing, 2025-02-01 → 2030-02-01.
     let closed = id_of(ok(
         &s,
         &[
-            "request", "open", "--subject", "r@example.com", "--kind", "access",
-            "--received", "2025-01-06T00:00:00Z",
+            "request",
+            "open",
+            "--subject",
+            "r@example.com",
+            "--kind",
+            "access",
+            "--received",
+            "2025-01-06T00:00:00Z",
         ],
     ));
     ok(
         &s,
-        &["request", "close", &closed, "--outcome", "completed", "--at", "2025-02-01T08:00:00Z"],
+        &[
+            "request",
+            "close",
+            &closed,
+            "--outcome",
+            "completed",
+            "--at",
+            "2025-02-01T08:00:00Z",
+        ],
     );
     // An open request and an active consent never expire.
     let open = id_of(ok(
         &s,
-        &["request", "open", "--subject", "o@example.com", "--kind", "access",
-          "--received", "2025-01-06T00:00:00Z"],
+        &[
+            "request",
+            "open",
+            "--subject",
+            "o@example.com",
+            "--kind",
+            "access",
+            "--received",
+            "2025-01-06T00:00:00Z",
+        ],
     ));
     let active = id_of(ok(
         &s,
-        &["consent", "grant", "--subject", "a@example.com", "--purpose", "marketing",
-          "--basis", "consent", "--evidence", "web form v1", "--at", "2019-01-01T00:00:00Z"],
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "a@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v1",
+            "--at",
+            "2019-01-01T00:00:00Z",
+        ],
     ));
     // A held subject's SMS transfer, due the same day as the other one.
     let held = id_of(ok(
         &s,
         &[
-            "transfer", "record", "--to", "US", "--recipient", "Carrier Inc",
-            "--categories", "phone_number", "--mechanism", "scc", "--tia", "TIA-1",
-            "--subject", "h@example.com", "--at", "2026-01-31T10:00:00Z",
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "phone_number",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "TIA-1",
+            "--subject",
+            "h@example.com",
+            "--at",
+            "2026-01-31T10:00:00Z",
         ],
     ));
-    ok(&s, &["hold", "set", "--subject", "h@example.com", "--reason", "court order 17"]);
+    ok(
+        &s,
+        &[
+            "hold",
+            "set",
+            "--subject",
+            "h@example.com",
+            "--reason",
+            "court order 17",
+        ],
+    );
     let before = ok(&s, &["status"]);
     assert_eq!(before["tombstones"], 0);
     let records = before["records"].as_u64().unwrap();
@@ -118,9 +215,27 @@ fn records_expire_on_the_scheduled_day_holds_keep_them_and_audit_still_verifies(
 
     // Each record goes on its day, not the day before.
     let steps: [(&str, &str, &str, &str, &str); 3] = [
-        ("2026-03-14", "2026-03-15", "p@example.com", &proof, "retention/consent-proof"),
-        ("2026-06-09", "2026-06-10", "m@example.com", &sales, "retention/marketing"),
-        ("2026-07-30", "2026-07-31", "+4930123456", &sms, "retention/sms-voice"),
+        (
+            "2026-03-14",
+            "2026-03-15",
+            "p@example.com",
+            &proof,
+            "retention/consent-proof",
+        ),
+        (
+            "2026-06-09",
+            "2026-06-10",
+            "m@example.com",
+            &sales,
+            "retention/marketing",
+        ),
+        (
+            "2026-07-30",
+            "2026-07-31",
+            "+4930123456",
+            &sms,
+            "retention/sms-voice",
+        ),
     ];
     let mut tombstones = 0;
     for (eve, day, subject, id, rule) in steps {
@@ -136,7 +251,11 @@ fn records_expire_on_the_scheduled_day_holds_keep_them_and_audit_still_verifies(
     }
     // The held transfer stayed through its day; it goes once the hold is cleared.
     let r = run(&net, "2026-08-01", false);
-    assert_eq!((r["deleted"].as_u64(), r["held"].as_u64()), (Some(0), Some(1)), "{r}");
+    assert_eq!(
+        (r["deleted"].as_u64(), r["held"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
     assert!(exists(&net, "h@example.com", &held));
     ok(&s, &["hold", "clear", "--subject", "h@example.com"]);
     let r = run(&net, "2026-08-01", false);
@@ -148,8 +267,19 @@ fn records_expire_on_the_scheduled_day_holds_keep_them_and_audit_still_verifies(
     // A child's record without parental consent goes at the next pass.
     let child = id_of(ok(
         &s,
-        &["consent", "grant", "--subject", "kid@example.com", "--purpose", "support",
-          "--basis", "contract", "--under-18", "--at", "2026-03-01T00:00:00Z"],
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "kid@example.com",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+            "--under-18",
+            "--at",
+            "2026-03-01T00:00:00Z",
+        ],
     ));
     let r = run(&net, "2026-03-01", false);
     assert_eq!(r["by_reason"]["retention/child-data"], 1, "{r}");
@@ -197,9 +327,24 @@ fn a_replayed_envelope_for_a_tombstoned_record_is_dropped_and_counted() {
     let s = net.socket("de");
     let id = id_of(ok(
         &s,
-        &["transfer", "record", "--to", "US", "--recipient", "Carrier Inc",
-          "--categories", "phone_number", "--mechanism", "scc", "--tia", "T",
-          "--subject", "z@example.com", "--at", "2026-01-31T10:00:00Z"],
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "phone_number",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "T",
+            "--subject",
+            "z@example.com",
+            "--at",
+            "2026-01-31T10:00:00Z",
+        ],
     ));
     assert!(d.stop());
     let db = net.data_dir("de").join("consentd.redb");
@@ -273,32 +418,81 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
     const EVIDENCE: &str = "ZQX-distinctive-evidence-7781";
     let net = Net::init("de");
     net.edit_config("de", |t| {
-        t.replace("compact_after_deletions = 1000", "compact_after_deletions = 1")
+        t.replace(
+            "compact_after_deletions = 1000",
+            "compact_after_deletions = 1",
+        )
     });
     let d = net.start("de");
     let s = net.socket("de");
     let erasable = id_of(ok(
         &s,
-        &["consent", "grant", "--subject", SUBJECT, "--purpose", "support",
-          "--basis", "legitimate_interest", "--evidence", EVIDENCE],
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            SUBJECT,
+            "--purpose",
+            "support",
+            "--basis",
+            "legitimate_interest",
+            "--evidence",
+            EVIDENCE,
+        ],
     ));
     let transfer = id_of(ok(
         &s,
-        &["transfer", "record", "--to", "US", "--recipient", "Acme Mail",
-          "--categories", "email_address", "--mechanism", "scc", "--tia", "T",
-          "--subject", SUBJECT],
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Acme Mail",
+            "--categories",
+            "email_address",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "T",
+            "--subject",
+            SUBJECT,
+        ],
     ));
     let proof = id_of(ok(
         &s,
-        &["consent", "grant", "--subject", SUBJECT, "--purpose", "marketing",
-          "--basis", "consent", "--evidence", "web form v3"],
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            SUBJECT,
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+        ],
     ));
-    let request = id_of(ok(&s, &["request", "open", "--subject", SUBJECT, "--kind", "erasure"]));
+    let request = id_of(ok(
+        &s,
+        &["request", "open", "--subject", SUBJECT, "--kind", "erasure"],
+    ));
     // Another subject's records stay readable throughout.
     let other = id_of(ok(
         &s,
-        &["consent", "grant", "--subject", "other@example.com", "--purpose", "support",
-          "--basis", "contract", "--evidence", "other evidence"],
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "other@example.com",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+            "--evidence",
+            "other evidence",
+        ],
     ));
     assert!(d.stop());
     let data = net.data_dir("de");
@@ -317,7 +511,12 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
         let kid = consentd::sealed::key_id(&ev).unwrap();
         let (owner, wrapped) = store.key(&kid).unwrap().unwrap();
         store.shutdown();
-        (consentd::sealed::sealed_bytes(&ev).unwrap(), kid, owner, wrapped)
+        (
+            consentd::sealed::sealed_bytes(&ev).unwrap(),
+            kid,
+            owner,
+            wrapped,
+        )
     };
     let unwraps = |w: &[u8; 32]| consentd::keystore::unwrap_with(w, &key_id, &owner, &wrapped);
     // Positive control: today the KEK file on disk unwraps the key, which opens the evidence.
@@ -334,17 +533,31 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
     );
 
     let _d = net.start("de");
-    let closed = ok(&s, &["request", "close", &request, "--outcome", "completed"]);
+    let closed = ok(
+        &s,
+        &["request", "close", &request, "--outcome", "completed"],
+    );
     let report = &closed["erasure"];
     assert_eq!(report["deleted"], 2, "{closed}");
     let kept: Vec<(String, String)> = report["kept"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| (k["id"].as_str().unwrap().into(), k["rule"].as_str().unwrap().into()))
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().into(),
+                k["rule"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert!(kept.contains(&(proof.clone(), "consent-proof".into())), "{kept:?}");
-    assert!(kept.contains(&(request.clone(), "request-confirmation".into())), "{kept:?}");
+    assert!(
+        kept.contains(&(proof.clone(), "consent-proof".into())),
+        "{kept:?}"
+    );
+    assert!(
+        kept.contains(&(request.clone(), "request-confirmation".into())),
+        "{kept:?}"
+    );
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(report["keys_destroyed"].as_u64().unwrap() >= 1, "{closed}");
     // The kept records are still readable and list the outcome; the rest is gone.
@@ -357,7 +570,10 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
     assert!(exists(&net, "other@example.com", &other));
     let st = ok(&s, &["status"]);
     assert_eq!(st["tombstones"], 2);
-    assert!(st["kek_generation"].as_u64().unwrap() >= 2, "the KEK was rotated: {st}");
+    assert!(
+        st["kek_generation"].as_u64().unwrap() >= 2,
+        "the KEK was rotated: {st}"
+    );
     assert!(_d.stop());
 
     // After erasure, rotation and compaction: nothing readable is left under the data dir.
@@ -368,7 +584,11 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
         "no window of any file unwraps the destroyed key"
     );
     assert!(
-        !any_window(&data, |w| consentd::sealed::open_bytes_with(w, &sealed_evidence).is_some()),
+        !any_window(&data, |w| consentd::sealed::open_bytes_with(
+            w,
+            &sealed_evidence
+        )
+        .is_some()),
         "no window of any file opens the old ciphertext"
     );
     // And the office still starts and reads what it kept.

@@ -29,7 +29,12 @@ pub fn key(record: &Record) -> String {
             c.purpose.clone(),
             c.events.first().map(|e| e.at.as_str()).unwrap_or(""),
         ),
-        Record::Request(r) => (r.office.as_str(), "request", r.kind.clone(), r.received.as_str()),
+        Record::Request(r) => (
+            r.office.as_str(),
+            "request",
+            r.kind.clone(),
+            r.received.as_str(),
+        ),
         Record::Transfer(t) => (
             t.office.as_str(),
             "transfer",

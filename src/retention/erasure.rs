@@ -46,7 +46,10 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     let mut todo = Vec::new();
     for (rid, r) in office.records_by_key(&token)? {
         let why = if rid == id {
-            Some(("request-confirmation", "this request's confirmation (§7: 5 years)"))
+            Some((
+                "request-confirmation",
+                "this request's confirmation (§7: 5 years)",
+            ))
         } else if held {
             Some(("legal-hold", "the subject is under a legal hold"))
         } else {

@@ -187,7 +187,9 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
         *report.by_reason.entry(d.policy.clone()).or_default() += 1;
     }
     if report.held > 0 {
-        report.by_reason.insert("held/legal-hold".into(), report.held);
+        report
+            .by_reason
+            .insert("held/legal-hold".into(), report.held);
     }
     if dry_run {
         report.deleted = todo.len() as u64;
@@ -247,15 +249,10 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
             };
             let heads: Vec<[u8; 32]> = doc.get_heads().into_iter().map(|h| h.0).collect();
             drop(doc);
-            let t = Tombstone::sign(
-                d.id,
-                heads,
-                d.reason,
-                &d.policy,
-                now,
-                office.signing_key(),
-            )
-            .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&d.id))))?;
+            let t = Tombstone::sign(d.id, heads, d.reason, &d.policy, now, office.signing_key())
+                .map_err(|e| {
+                    OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&d.id)))
+                })?;
             let hash = t.hash();
             batch.tombstones.push((d.id, hash, t.encode()));
             // The tombstone's log leaf goes in the same durable batch (audit invariant).

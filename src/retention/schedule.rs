@@ -89,7 +89,8 @@ pub const RULES: &[Rule] = &[
         max_months: 24,
         legal_duty: false,
         child_data: false,
-        source: "§7: other services' data for the contract's duration (policy: deleted when it ends)",
+        source:
+            "§7: other services' data for the contract's duration (policy: deleted when it ends)",
     },
     Rule {
         id: "sms-voice",
@@ -129,7 +130,8 @@ pub const RULES: &[Rule] = &[
         max_months: 120,
         legal_duty: true,
         child_data: false,
-        source: "policy: why records outlived their schedule is kept as long as request confirmations",
+        source:
+            "policy: why records outlived their schedule is kept as long as request confirmations",
     },
     Rule {
         id: "child-data",
@@ -139,7 +141,8 @@ pub const RULES: &[Rule] = &[
         max_months: 0,
         legal_duty: false,
         child_data: true,
-        source: "§10: data of persons under 18 received without parental consent is deleted promptly",
+        source:
+            "§10: data of persons under 18 received without parental consent is deleted promptly",
     },
 ];
 
@@ -362,10 +365,7 @@ mod tests {
         for r in RULES {
             assert!(r.months <= r.max_months, "{}", r.id);
             // Tombstone policies are `retention/<id>` and must be valid policy ids.
-            assert!(r
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'-'));
+            assert!(r.id.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
             assert!(!r.source.is_empty());
         }
     }
@@ -395,7 +395,11 @@ mod tests {
     fn marketing_on_another_basis_runs_twelve_months_from_the_last_event() {
         let r = Record::Consent(consent(
             "sales",
-            vec![event("grant", "2025-01-31T00:00:00Z", Some("legitimate_interest"))],
+            vec![event(
+                "grant",
+                "2025-01-31T00:00:00Z",
+                Some("legitimate_interest"),
+            )],
         ));
         let (d, rule) = Schedule::default().expiry(&r, marketing).unwrap();
         // Calendar months; the 31st clamps to the month's last day.
@@ -500,7 +504,10 @@ mod tests {
         c.minor = true;
         let r = Record::Consent(c.clone());
         let (d, rule) = Schedule::default().expiry(&r, marketing).unwrap();
-        assert_eq!((d, rule.id, rule.child_data), (day("2026-03-01"), "child-data", true));
+        assert_eq!(
+            (d, rule.id, rule.child_data),
+            (day("2026-03-01"), "child-data", true)
+        );
         c.parental_consent = Some("signed form".into());
         assert_eq!(classify(&Record::Consent(c), marketing).id, "basis-end");
     }

@@ -452,7 +452,10 @@ impl Store {
     pub fn is_tombstoned(&self, doc: &DocId) -> Result<bool> {
         let r = self.read()?;
         let t = r.open_table(TOMBSTONES).ctx("opening table tombstones")?;
-        let (lo, hi) = (tombstone_key(doc, &[0; 32]), tombstone_key(doc, &[0xff; 32]));
+        let (lo, hi) = (
+            tombstone_key(doc, &[0; 32]),
+            tombstone_key(doc, &[0xff; 32]),
+        );
         Ok(t.range::<&[u8; 48]>(&lo..=&hi)
             .ctx("reading table tombstones")?
             .next()
@@ -511,7 +514,10 @@ impl Store {
     pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
         let r = self.read()?;
         let t = r.open_table(KEY_OWNERS).ctx("opening table key_owners")?;
-        let (lo, hi) = (key_owner_key(owner, &[0; 16]), key_owner_key(owner, &[0xff; 16]));
+        let (lo, hi) = (
+            key_owner_key(owner, &[0; 16]),
+            key_owner_key(owner, &[0xff; 16]),
+        );
         let mut out = Vec::new();
         for item in t
             .range::<&[u8; 48]>(&lo..=&hi)

@@ -57,11 +57,7 @@ pub(crate) struct Shared {
     pub last_commit_seq: AtomicU64,
 }
 
-pub(crate) fn run(
-    db: Arc<RwLock<Database>>,
-    mut rx: mpsc::Receiver<Request>,
-    shared: Arc<Shared>,
-) {
+pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
     let mut carried: Option<Request> = None;
     loop {
         // Block for the first request; `None` means every sender is gone (shutdown) and the
@@ -334,7 +330,10 @@ pub(crate) fn commit_group<'a>(
 
 /// Whether any tombstone names `doc`.
 fn has_tombstone(t: &Tables<'_>, doc: &DocId) -> Result<bool> {
-    let (lo, hi) = (tombstone_key(doc, &[0; 32]), tombstone_key(doc, &[0xff; 32]));
+    let (lo, hi) = (
+        tombstone_key(doc, &[0; 32]),
+        tombstone_key(doc, &[0xff; 32]),
+    );
     Ok(t.tombstones
         .range::<&[u8; 48]>(&lo..=&hi)
         .ctx("reading table tombstones")?
