@@ -43,6 +43,41 @@ pub struct Config {
     pub consent: ConsentConfig,
     #[serde(default)]
     pub transfer: crate::policy::TransferConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// Retention schedule overrides and pass settings (docs/retention.md).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Rule id → period (`6m`, `2y`), within the limits the privacy statement sets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub periods: std::collections::BTreeMap<String, String>,
+    /// Compact the store after a pass that deleted at least this many records.
+    #[serde(default = "default_compact_after")]
+    pub compact_after_deletions: u64,
+    /// Run the retention pass daily in the daemon.
+    #[serde(default = "default_true")]
+    pub daily_pass: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            periods: Default::default(),
+            compact_after_deletions: default_compact_after(),
+            daily_pass: true,
+        }
+    }
+}
+
+fn default_compact_after() -> u64 {
+    crate::retention::COMPACT_AFTER_DEFAULT
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Legal clocks (docs/legal-clocks.md).

@@ -62,9 +62,49 @@ enum Command {
     },
     /// The office's identity and counters
     Status,
+    /// Retention: delete what is past its schedule (docs/retention.md)
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+    /// Legal holds: keep every record of a subject past its schedule
+    #[command(subcommand)]
+    Hold(HoldCmd),
     /// Audit bundles: export, offline verification, compliance report
     #[command(subcommand)]
     Audit(crate::audit::cli::AuditCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCmd {
+    /// Delete every record past its retention, through signed tombstones
+    Run {
+        /// Judge expiry at this time (default now)
+        #[arg(long, value_name = "T")]
+        as_of: Option<String>,
+        /// Count what would be deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HoldCmd {
+    /// Keep every record of a subject until the hold is cleared
+    Set {
+        #[arg(long)]
+        subject: String,
+        /// The legal duty (e.g. "court order 2026-17")
+        #[arg(long)]
+        reason: String,
+        #[arg(long, value_name = "T")]
+        at: Option<String>,
+    },
+    /// Clear a subject's holds
+    Clear {
+        #[arg(long)]
+        subject: String,
+        #[arg(long, value_name = "T")]
+        at: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -558,6 +598,29 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
         ),
         Command::Import { file } => (import(&socket, &file)?, human_object),
         Command::Status => (call(Request::Status(Empty {}))?, human_object),
+        Command::Retention(RetentionCmd::Run { as_of, dry_run }) => (
+            call(Request::RetentionRun(protocol::RetentionRun {
+                as_of,
+                dry_run,
+            }))?,
+            human_object,
+        ),
+        Command::Hold(HoldCmd::Set {
+            subject,
+            reason,
+            at,
+        }) => (
+            call(Request::HoldSet(protocol::HoldSet {
+                subject,
+                reason,
+                at,
+            }))?,
+            human_object,
+        ),
+        Command::Hold(HoldCmd::Clear { subject, at }) => (
+            call(Request::HoldClear(protocol::HoldClear { subject, at }))?,
+            human_object,
+        ),
         Command::Audit(_) => unreachable!("audit commands are run by audit::cli::main"),
     })
 }
@@ -576,7 +639,7 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
         }
         let request: Request = serde_json::from_str(trimmed)
             .map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
-        if !request.is_write() || matches!(request, Request::Import(_)) {
+        if !request.is_write() || matches!(request, Request::Import(_) | Request::RetentionRun(_)) {
             return Err(format!(
                 "{}: line {n}: {} cannot be imported; lines are writes such as consent.grant",
                 file.display(),

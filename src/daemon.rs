@@ -111,6 +111,14 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     claim_store(&store, &config, &roster.roster().network)?;
 
+    let keys = crate::keystore::KeyStore::open(&config.data_dir, store.clone())
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
+    let retention = crate::retention::Settings {
+        schedule: crate::retention::schedule::Schedule::new(&config.retention.periods)
+            .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?,
+        compact_after: config.retention.compact_after_deletions,
+        daily: config.retention.daily_pass,
+    };
     let office = Office::new(OfficeParts {
         id: config.office.clone(),
         jurisdiction: config.jurisdiction.clone(),
@@ -120,6 +128,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         index_key,
         clock,
         purposes,
+        keys,
+        retention,
     });
     // Refuse to start (and so to sign) if the log no longer reproduces the last checkpoint.
     office
@@ -207,6 +217,7 @@ pub async fn run(
         office.clone(),
         stop_rx.clone(),
     ));
+    let retention = tokio::spawn(crate::retention::daily(office.clone(), stop_rx.clone()));
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -248,6 +259,7 @@ pub async fn run(
     watchdog.abort();
     reminders.abort();
     checkpoints.abort();
+    retention.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -173,6 +173,7 @@ pub fn init(
             clock: Default::default(),
             consent: Default::default(),
             transfer: Default::default(),
+            retention: Default::default(),
         };
         let text = format!(
             "# consentd configuration for office {id} ({jurisdiction}), written by consentctl network init.\n{}",

@@ -11,11 +11,13 @@
 //! Reads take no locks: they read projections in their own redb read transaction.
 
 use crate::clock::{self, Clock};
+use crate::keystore::{KeyError, KeyStore};
 use crate::protocol::{self, Request, LIST_ROWS_MAX, TEXT_BYTES_MAX};
 use crate::record::{
     self, doc_id_hex, epoch_day, fmt_date, fmt_time, ConsentEvent, ConsentRecord, DocId, Extension,
     Record, RequestRecord, StatusEvent, TransferRecord, KIND_REQUEST, KIND_TRANSFER,
 };
+use crate::sealed;
 use crate::subject::{Subject, SubjectHasher, SubjectKind};
 use crate::vocab;
 use automerge::{transaction::Transactable, ActorId, Automerge, ROOT};
@@ -29,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 mod ingest;
-pub use ingest::{IngestReport, KIND_PENDING};
+pub use ingest::{IngestReport, TravellingKey, KIND_PENDING};
 
 /// Lock shards; a power of two well above the number of concurrent clients, so that unrelated
 /// writes almost never wait on each other.
@@ -49,6 +51,15 @@ pub enum OfficeError {
     Integrity(String),
 }
 
+impl From<KeyError> for OfficeError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Storage(s) => OfficeError::Storage(s),
+            other => OfficeError::Integrity(other.to_string()),
+        }
+    }
+}
+
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
 
 fn invalid(message: impl Into<String>) -> OfficeError {
@@ -65,6 +76,10 @@ pub struct OfficeParts {
     pub index_key: [u8; 32],
     pub clock: Clock,
     pub purposes: Purposes,
+    /// Subject keys sealing personal fields (keystore.rs).
+    pub keys: KeyStore,
+    /// Retention schedule and pass settings (retention/).
+    pub retention: crate::retention::Settings,
 }
 
 /// The purposes this office records consent for: the built-in vocabulary plus its config.
@@ -98,7 +113,7 @@ impl Purposes {
         }
     }
 
-    fn is_marketing(&self, purpose: &str) -> bool {
+    pub(crate) fn is_marketing(&self, purpose: &str) -> bool {
         self.marketing.iter().any(|p| p == purpose)
     }
 }
@@ -109,7 +124,7 @@ pub struct Office {
     store: Store,
     signing: SigningKey,
     roster: VerifiedRoster,
-    hasher: SubjectHasher,
+    pub(crate) hasher: SubjectHasher,
     /// This process's Automerge actor: the signing key plus a random incarnation, so that a restarted
     /// office never reuses an (actor, seq) pair even if it lost its database.
     actor: ActorId,
@@ -120,9 +135,11 @@ pub struct Office {
     doc_locks: Vec<tokio::sync::Mutex<()>>,
     started: Instant,
     clock: Clock,
-    purposes: Purposes,
+    pub(crate) purposes: Purposes,
     /// This office's transparency log (leaves are appended by `Draft::finish`).
     audit: crate::audit::AuditLog,
+    pub(crate) keys: KeyStore,
+    pub(crate) retention: crate::retention::Settings,
 }
 
 impl Office {
@@ -148,7 +165,22 @@ impl Office {
             clock: parts.clock,
             purposes: parts.purposes,
             audit,
+            keys: parts.keys,
+            retention: parts.retention,
         }
+    }
+
+    /// Whether a record was deleted here for good. Replication ingest calls this before storing
+    /// an envelope: a later or replayed envelope for a tombstoned record is dropped (storage also
+    /// drops it inside the write transaction and counts it, so a race cannot resurrect it).
+    pub fn is_tombstoned(&self, doc: &DocId) -> Result<bool> {
+        Ok(self.store.is_tombstoned(doc)?)
+    }
+
+    /// Opens a stored projection: decodes it and opens its sealed personal fields.
+    pub(crate) fn open_projection(&self, bytes: &[u8]) -> Result<Record> {
+        let record = Record::from_projection(bytes).map_err(OfficeError::Integrity)?;
+        Ok(sealed::open_record(&self.keys, record)?)
     }
 
     pub fn audit(&self) -> &crate::audit::AuditLog {
@@ -194,6 +226,10 @@ impl Office {
                 }
                 self.write(ops, Some(&lines)).await?;
                 Ok(json!({ "imported": n }))
+            }
+            Request::RetentionRun(a) => crate::retention::pass::run_request(self, &a).await,
+            Request::RequestClose(a) if a.outcome == "completed" => {
+                crate::retention::erasure::close(self, a).await
             }
             r if r.is_write() => {
                 let op = self.prepare(r)?;
@@ -334,6 +370,7 @@ impl Office {
                         office: self.id.clone(),
                     }],
                     office: self.id.clone(),
+                    erasure: None,
                 }))
             }
             Request::RequestExtend(a) => {
@@ -384,6 +421,7 @@ impl Office {
                     outcome: a.outcome,
                     note: a.note,
                     at,
+                    erasure: None,
                 })
             }
             Request::TransferRecord(a) => {
@@ -420,8 +458,45 @@ impl Office {
                     office: self.id.clone(),
                 }))
             }
+            Request::HoldSet(a) => {
+                let subject = parse_subject(&a.subject)?;
+                if a.reason.trim().is_empty() {
+                    return Err(invalid(
+                        "--reason is required: say which legal duty keeps the records (e.g. a court order)",
+                    ));
+                }
+                check_text("reason", Some(&a.reason))?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::HoldSet(record::HoldRecord {
+                    subject_kind: subject_kind_name(subject.kind()).into(),
+                    subject: subject.as_str().into(),
+                    reason: a.reason,
+                    set_at: fmt_time(at),
+                    cleared_at: None,
+                    office: self.id.clone(),
+                }))
+            }
+            Request::HoldClear(a) => {
+                let subject = parse_subject(&a.subject)?;
+                let at = event_time(a.at.as_deref(), now)?;
+                Ok(Op::HoldClear { subject, at })
+            }
             other => Err(invalid(format!("{} is not a write operation", other.op()))),
         }
+    }
+
+    /// Closes a request whose erasure already ran, recording what was deleted and kept.
+    pub(crate) async fn close_with_erasure_report(
+        &self,
+        a: protocol::RequestClose,
+        report: Option<Value>,
+    ) -> Result<Value> {
+        let mut op = self.prepare(Request::RequestClose(a))?;
+        if let Op::RequestClose { erasure, .. } = &mut op {
+            *erasure = report;
+        }
+        let mut out = self.write(vec![op], None).await?;
+        Ok(out.pop().expect("one answer per op"))
     }
 
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
@@ -431,6 +506,8 @@ impl Office {
         keys.sort_unstable();
         keys.dedup();
         let _guards = Self::lock_shards(&self.locks, &keys).await;
+        // Subject keys picked by this write stay until its commit is durable (keystore.rs).
+        let _keys_in_use = self.keys.using().await;
 
         // With the tokens held, resolve which existing record each consent op changes, then lock
         // every existing record touched, so ingest cannot change one between load and commit.
@@ -450,7 +527,13 @@ impl Office {
                 Op::RequestExtend { id, .. }
                 | Op::RequestClose { id, .. }
                 | Op::RequestUpdate { id, .. } => docs.push(doc_lock_key(id)),
-                Op::RequestOpen(_) | Op::Transfer(_) => {}
+                Op::HoldClear { subject, .. } => {
+                    let token = self.hasher.subject_token(subject);
+                    for id in self.store.docs_by_key(&token)? {
+                        docs.push(doc_lock_key(&id));
+                    }
+                }
+                Op::RequestOpen(_) | Op::Transfer(_) | Op::HoldSet(_) => {}
             }
         }
         docs.sort_unstable();
@@ -487,12 +570,29 @@ impl Office {
             } => Some(self.hasher.consent_token(subject, purpose)),
             // Existing records are locked by id (see `write`); a new random id is known to
             // nobody else yet.
+            Op::HoldClear { subject, .. } => Some(self.hasher.subject_token(subject)),
             Op::RequestExtend { .. }
+            | Op::HoldSet(_)
             | Op::RequestClose { .. }
             | Op::RequestUpdate { .. }
             | Op::RequestOpen(_)
             | Op::Transfer(_) => None,
         }
+    }
+
+    /// Takes the token locks, then the record locks, in the one order every writer uses.
+    pub(crate) async fn lock_tokens_then_docs(
+        &self,
+        tokens: &[[u8; 32]],
+        docs: &[DocId],
+    ) -> (
+        Vec<tokio::sync::MutexGuard<'_, ()>>,
+        Vec<tokio::sync::MutexGuard<'_, ()>>,
+    ) {
+        let t = Self::lock_shards(&self.locks, tokens).await;
+        let keys: Vec<[u8; 32]> = docs.iter().map(doc_lock_key).collect();
+        let d = Self::lock_shards(&self.doc_locks, &keys).await;
+        (t, d)
     }
 
     async fn lock_shards<'l>(
@@ -518,7 +618,7 @@ impl Office {
 
     /// Loads a document to author a change: its stored envelopes, each verified, must make a
     /// complete record that names itself.
-    fn load_doc(&self, id: &DocId) -> Result<Option<Automerge>> {
+    pub(crate) fn load_doc(&self, id: &DocId) -> Result<Option<Automerge>> {
         let Some(doc) = self.load_history(id)? else {
             return Ok(None);
         };
@@ -584,23 +684,20 @@ impl Office {
 
     // ---- reads --------------------------------------------------------------------------------
 
-    fn read_record(&self, id: &DocId) -> Result<Option<Record>> {
+    pub(crate) fn read_record(&self, id: &DocId) -> Result<Option<Record>> {
         match self.store.projection(id)? {
             None | Some((KIND_PENDING, _)) => Ok(None),
-            Some((_, bytes)) => Record::from_projection(&bytes)
-                .map(Some)
-                .map_err(OfficeError::Integrity),
+            Some((_, bytes)) => self.open_projection(&bytes).map(Some),
         }
     }
 
     /// The records under one index key, read from one snapshot: the hot path of `consent check`.
-    fn records_by_key(&self, key: &[u8; 32]) -> Result<Vec<(DocId, Record)>> {
+    pub(crate) fn records_by_key(&self, key: &[u8; 32]) -> Result<Vec<(DocId, Record)>> {
         self.store
             .projections_by_key(key)?
             .into_iter()
-            .map(|(id, _, bytes)| Ok((id, Record::from_projection(&bytes)?)))
-            .collect::<std::result::Result<_, String>>()
-            .map_err(OfficeError::Integrity)
+            .map(|(id, _, bytes)| Ok((id, self.open_projection(&bytes)?)))
+            .collect()
     }
 
     /// "May we contact this person for this purpose at this time?" Granted only if the latest event at
@@ -696,9 +793,7 @@ impl Office {
                 .store
                 .projections_of_kind(KIND_REQUEST, LIST_ROWS_MAX)?
             {
-                if let Record::Request(r) =
-                    Record::from_projection(&bytes).map_err(OfficeError::Integrity)?
-                {
+                if let Record::Request(r) = self.open_projection(&bytes)? {
                     rows.push((r.due.clone(), request_view(&id, &r, as_of)));
                 }
             }
@@ -734,9 +829,8 @@ impl Office {
                 .store
                 .projections_of_kind(KIND_TRANSFER, LIST_ROWS_MAX)?
                 .into_iter()
-                .map(|(id, b)| Ok((id, Record::from_projection(&b)?)))
-                .collect::<std::result::Result<_, String>>()
-                .map_err(OfficeError::Integrity)?,
+                .map(|(id, b)| Ok((id, self.open_projection(&b)?)))
+                .collect::<Result<_>>()?,
         };
         for (id, r) in records {
             if let Record::Transfer(t) = r {
@@ -751,11 +845,13 @@ impl Office {
     pub fn subject_export(&self, subject: &str) -> Result<Value> {
         let subject = parse_subject(subject)?;
         let (mut consents, mut requests, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
+        let mut holds = Vec::new();
         for (id, r) in self.records_by_key(&self.hasher.subject_token(&subject))? {
             match r {
                 Record::Consent(c) => consents.push(with_id(&id, &c)),
                 Record::Request(q) => requests.push(with_id(&id, &q)),
                 Record::Transfer(t) => transfers.push(with_id(&id, &t)),
+                Record::Hold(h) => holds.push(with_id(&id, &h)),
             }
         }
         Ok(json!({
@@ -768,6 +864,7 @@ impl Office {
             "consents": consents,
             "requests": requests,
             "transfers": transfers,
+            "holds": holds,
         }))
     }
 
@@ -780,7 +877,10 @@ impl Office {
             "roster_serial": self.roster.roster().serial,
             "records": stats.records,
             "envelopes": stats.envelopes,
-            "tombstones": 0,
+            "tombstones": stats.tombstones,
+            "dropped_after_tombstone": stats.dropped_after_tombstone,
+            "kek_generation": self.keys.generation(),
+            "deleted_aggregates": crate::retention::aggregates::list(&self.store)?,
             "durable_commits": stats.commits_durable,
             "batches_committed": stats.batches_committed,
             "uptime_s": self.started.elapsed().as_secs(),
@@ -818,8 +918,15 @@ enum Op {
         outcome: String,
         note: Option<String>,
         at: DateTime<Utc>,
+        /// What an erasure deleted and kept (set by `close_with_erasure_report`).
+        erasure: Option<Value>,
     },
     Transfer(TransferRecord),
+    HoldSet(record::HoldRecord),
+    HoldClear {
+        subject: Subject,
+        at: DateTime<Utc>,
+    },
 }
 
 /// The documents one write touches, with the envelopes it authored.
@@ -828,6 +935,9 @@ struct Draft<'o> {
     docs: BTreeMap<DocId, DraftDoc>,
     /// Consent records chosen or created in this draft, so an import can grant then withdraw.
     consent_docs: HashMap<[u8; 32], DocId>,
+    /// Subject keys made in this draft (key owner → key id), stored by its batch.
+    new_keys: HashMap<[u8; 32], consentd_storage::KeyId>,
+    key_entries: Vec<([u8; 32], consentd_storage::KeyId, Vec<u8>)>,
 }
 
 struct DraftDoc {
@@ -841,6 +951,42 @@ impl<'o> Draft<'o> {
             office,
             docs: BTreeMap::new(),
             consent_docs: HashMap::new(),
+            new_keys: HashMap::new(),
+            key_entries: Vec::new(),
+        }
+    }
+
+    /// The key sealing new records of this subject and class: one already stored, one made
+    /// earlier in this draft, or a new one (stored by this draft's batch).
+    fn subject_key(
+        &mut self,
+        subject: &str,
+        class: crate::keystore::KeyClass,
+    ) -> Result<(consentd_storage::KeyId, zeroize::Zeroizing<[u8; 32]>)> {
+        let subject = Subject::parse(subject)
+            .map_err(|e| OfficeError::Integrity(format!("subject does not parse: {e}")))?;
+        let owner = crate::keystore::owner(&self.office.hasher.subject_token(&subject), class);
+        let keys = &self.office.keys;
+        if let Some(id) = self.new_keys.get(&owner) {
+            return Ok((*id, keys.key(id)?));
+        }
+        if let Some(id) = keys.keys_of(&owner)?.into_iter().min() {
+            return Ok((id, keys.key(&id)?));
+        }
+        let (id, key, entry) = keys.new_key(&owner);
+        self.new_keys.insert(owner, id);
+        self.key_entries.push(entry);
+        Ok((id, key))
+    }
+
+    /// Seals a personal text for an existing document, under the key sealing its subject
+    /// (plain for a record that names nobody).
+    fn seal_for(&mut self, id: &DocId, text: &str) -> Result<String> {
+        let doc = &self.load(id)?.doc;
+        let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
+        match sealed::record_key_id(&record) {
+            Some(kid) => Ok(sealed::seal(&kid, &*self.office.keys.key(&kid)?, text)),
+            None => Ok(text.to_string()),
         }
     }
 
@@ -862,9 +1008,16 @@ impl<'o> Draft<'o> {
                     // records; all are read by `check`, and new events go to the smallest id.
                     None => self.office.store.docs_by_key(&token)?.into_iter().min(),
                 };
-                let event = serde_json::to_value(&event).expect("events serialise");
+                let mut event = serde_json::to_value(&event).expect("events serialise");
                 let id = match existing {
                     Some(id) => {
+                        let parental_consent = match &parental_consent {
+                            Some(p) => Some(self.seal_for(&id, p)?),
+                            None => None,
+                        };
+                        if let Some(ev) = event["evidence"].as_str().map(str::to_string) {
+                            event["evidence"] = json!(self.seal_for(&id, &ev)?);
+                        }
                         self.change(id, |tx| {
                             let e = |e: automerge::AutomergeError| e.to_string();
                             // Once a minor, always recorded as one: the flag is only ever set.
@@ -940,6 +1093,7 @@ impl<'o> Draft<'o> {
                     .clock
                     .extended(&r.jurisdiction, &r.kind, start, current_due, at, until)
                     .map_err(|e| invalid(format!("request {}: {e}", doc_id_hex(&id))))?;
+                let reason = self.seal_for(&id, &reason)?;
                 let extension = serde_json::to_value(Extension {
                     reason: reason.clone(),
                     at: fmt_time(at),
@@ -1007,6 +1161,10 @@ impl<'o> Draft<'o> {
                 } else {
                     None
                 };
+                let note = match note {
+                    Some(n) => Some(self.seal_for(&id, &n)?),
+                    None => None,
+                };
                 let history = serde_json::to_value(StatusEvent {
                     status: status.clone(),
                     at: fmt_time(at),
@@ -1051,6 +1209,7 @@ impl<'o> Draft<'o> {
                 outcome,
                 note,
                 at,
+                erasure,
             } => {
                 let r = self.request(&id)?;
                 check_lifecycle_time(&id, &r, at)?;
@@ -1061,6 +1220,10 @@ impl<'o> Draft<'o> {
                         r.status
                     )));
                 }
+                let note = match note {
+                    Some(n) => Some(self.seal_for(&id, &n)?),
+                    None => None,
+                };
                 let history = serde_json::to_value(StatusEvent {
                     status: outcome.clone(),
                     at: fmt_time(at),
@@ -1075,9 +1238,44 @@ impl<'o> Draft<'o> {
                     if let Some(n) = &note {
                         tx.put(ROOT, "note", n.as_str()).map_err(e)?;
                     }
+                    if let Some(report) = &erasure {
+                        record::put_json(tx, &ROOT, "erasure", report).map_err(e)?;
+                    }
                     record::append_to_root_list(tx, "history", &history)
                 })?;
-                Ok(json!({ "id": doc_id_hex(&id), "status": outcome, "outcome": outcome }))
+                let mut answer =
+                    json!({ "id": doc_id_hex(&id), "status": outcome, "outcome": outcome });
+                if let Some(report) = erasure {
+                    answer["erasure"] = report;
+                }
+                Ok(answer)
+            }
+            Op::HoldSet(hold) => {
+                let id: DocId = rand::random();
+                self.create(id, &Record::Hold(hold))?;
+                Ok(json!({ "id": doc_id_hex(&id), "held": true }))
+            }
+            Op::HoldClear { subject, at } => {
+                let token = self.office.hasher.subject_token(&subject);
+                let mut cleared = Vec::new();
+                for (id, r) in self.office.records_by_key(&token)? {
+                    if let Record::Hold(h) = r {
+                        if h.cleared_at.is_none() {
+                            let at = fmt_time(at);
+                            self.change(id, |tx| {
+                                tx.put(ROOT, "cleared_at", at.as_str())
+                                    .map_err(|e| e.to_string())
+                            })?;
+                            cleared.push(doc_id_hex(&id));
+                        }
+                    }
+                }
+                if cleared.is_empty() {
+                    return Err(OfficeError::NotFound(
+                        "no active hold for this subject".into(),
+                    ));
+                }
+                Ok(json!({ "cleared": cleared, "held": false }))
             }
             Op::Transfer(t) => {
                 let id: DocId = rand::random();
@@ -1119,6 +1317,22 @@ impl<'o> Draft<'o> {
 
     fn create(&mut self, id: DocId, record: &Record) -> Result<()> {
         debug_assert!(!self.docs.contains_key(&id), "random ids do not collide");
+        // Personal fields are sealed under the subject's key before they reach the document
+        // (whose history is forever), so destroying the key erases them everywhere.
+        let mut record = record.clone();
+        if let Some(subject) = record.subject().map(str::to_string) {
+            let kept = crate::retention::schedule::legally_kept(&record, |p| {
+                self.office.purposes.is_marketing(p)
+            });
+            let class = if kept.is_some() {
+                crate::keystore::KeyClass::Kept
+            } else {
+                crate::keystore::KeyClass::Erasable
+            };
+            let (kid, key) = self.subject_key(&subject, class)?;
+            sealed::seal_record(&mut record, &kid, &key);
+        }
+        let record = &record;
         self.docs.insert(
             id,
             DraftDoc {
@@ -1168,14 +1382,26 @@ impl<'o> Draft<'o> {
 
     /// Turns the draft into one write batch: new envelopes plus recomputed projection and indexes.
     fn finish(self) -> Result<(WriteBatch, usize)> {
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch {
+            keys: self.key_entries,
+            ..WriteBatch::default()
+        };
         let touched = self.docs.len();
         for (id, d) in self.docs {
             if d.envelopes.is_empty() {
                 continue;
             }
             let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
-            let (index_keys, due_day) = self.office.index_entries(&record)?;
+            let plain = sealed::open_record(&self.office.keys, record.clone())?;
+            let (index_keys, due_day) = self.office.index_entries(&plain)?;
+            // The expiry is recomputed on every change (retention/schedule.rs).
+            let expiry = self
+                .office
+                .retention
+                .schedule
+                .expiry(&plain, |p| self.office.purposes.is_marketing(p))
+                .map(|(day, _)| epoch_day(day));
+            batch.expiries.push((id, expiry));
             // One log leaf per envelope, in the same durable batch (audit invariant).
             for (hash, _) in &d.envelopes {
                 let leaf = consentd_sync::tlog::LogLeaf::envelope(id, *hash);

@@ -78,6 +78,13 @@ pub enum Request {
     /// Streams an audit bundle: see `audit::export` for the frames that follow the answer.
     #[serde(rename = "audit.export")]
     AuditExport(Empty),
+    /// Deletes every record past its retention (retention/pass.rs).
+    #[serde(rename = "retention.run", alias = "retention run")]
+    RetentionRun(RetentionRun),
+    #[serde(rename = "hold.set", alias = "hold set")]
+    HoldSet(HoldSet),
+    #[serde(rename = "hold.clear", alias = "hold clear")]
+    HoldClear(HoldClear),
 }
 
 impl Request {
@@ -93,6 +100,9 @@ impl Request {
                 | Request::RequestUpdate(_)
                 | Request::TransferRecord(_)
                 | Request::Import(_)
+                | Request::RetentionRun(_)
+                | Request::HoldSet(_)
+                | Request::HoldClear(_)
         )
     }
 
@@ -115,6 +125,9 @@ impl Request {
             Request::Status(_) => "status",
             Request::AuditCheckpoint(_) => "audit.checkpoint",
             Request::AuditExport(_) => "audit.export",
+            Request::RetentionRun(_) => "retention.run",
+            Request::HoldSet(_) => "hold.set",
+            Request::HoldClear(_) => "hold.clear",
         }
     }
 }
@@ -257,6 +270,34 @@ pub struct TransferRecordArgs {
 pub struct TransferList {
     #[serde(default)]
     pub subject: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRun {
+    /// Judge expiry at this time (default now; may be in the future, to preview).
+    #[serde(default)]
+    pub as_of: Option<String>,
+    /// Count what would be deleted; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSet {
+    pub subject: String,
+    pub reason: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HoldClear {
+    pub subject: String,
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -17,6 +17,7 @@ use serde_json::Value;
 pub const KIND_CONSENT: u8 = 1;
 pub const KIND_REQUEST: u8 = 2;
 pub const KIND_TRANSFER: u8 = 3;
+pub const KIND_HOLD: u8 = 4;
 
 /// A record's id: 128 random bits, shown as 32 lowercase hex characters.
 pub type DocId = [u8; 16];
@@ -70,6 +71,21 @@ pub enum Record {
     Consent(ConsentRecord),
     Request(RequestRecord),
     Transfer(TransferRecord),
+    Hold(HoldRecord),
+}
+
+/// A legal hold (e.g. litigation, an authority's order): while active, none of the subject's
+/// records is deleted by retention or erasure. Signed like every record, so it replicates and an
+/// auditor can see why records outlived their schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HoldRecord {
+    pub subject: String,
+    pub subject_kind: String,
+    pub reason: String,
+    pub set_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<String>,
+    pub office: String,
 }
 
 /// Consent for one subject and one purpose, with every grant and withdrawal ever recorded for it.
@@ -135,6 +151,10 @@ pub struct RequestRecord {
     pub note: Option<String>,
     pub history: Vec<StatusEvent>,
     pub office: String,
+    /// For a completed erasure request: what was deleted and what a legal duty kept, and why
+    /// (record ids, kinds and rule ids only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -187,6 +207,7 @@ impl Record {
             Record::Consent(_) => KIND_CONSENT,
             Record::Request(_) => KIND_REQUEST,
             Record::Transfer(_) => KIND_TRANSFER,
+            Record::Hold(_) => KIND_HOLD,
         }
     }
 
@@ -196,6 +217,7 @@ impl Record {
             Record::Consent(c) => Some(&c.subject),
             Record::Request(r) => Some(&r.subject),
             Record::Transfer(t) => t.subject.as_deref(),
+            Record::Hold(h) => Some(&h.subject),
         }
     }
 

@@ -36,6 +36,11 @@ fn roster(net: &Net) -> consentd_sync::VerifiedRoster {
         .unwrap()
 }
 
+fn keys_of(office: &Office, envs: &[VerifiedEnvelope]) -> Vec<consentd::office::TravellingKey> {
+    let docs: Vec<[u8; 16]> = envs.iter().map(|e| e.doc_id()).collect();
+    office.keys_for(&docs).unwrap()
+}
+
 /// Opening and closing an office block (start-up commit, writer drain): off the async threads.
 fn open_office(net: &Net, office: &str) -> std::sync::Arc<Office> {
     tokio::task::block_in_place(|| prepare(&net.config(office)).unwrap().office)
@@ -94,16 +99,32 @@ async fn concurrent_grant_and_withdrawal_converge_everywhere() {
 
     let from_de = all_envelopes(&de, &roster);
     let from_sg = all_envelopes(&sg, &roster);
-    let r = sg.ingest(from_de.clone()).await.unwrap();
-    assert_eq!(r.stored, from_de.len());
-    de.ingest(from_sg).await.unwrap();
+    // Without the subject key the record is stored but unreadable.
+    let r = sg.ingest(from_de.clone(), vec![]).await.unwrap();
+    assert_eq!((r.stored, r.pending, r.records), (from_de.len(), 1, 0));
+    assert_eq!(check(&sg).await["granted"], false);
+    // Keys travel with their records: re-delivered with the key, it becomes readable.
+    let r = sg
+        .ingest(from_de.clone(), keys_of(&de, &from_de))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stored, r.duplicates, r.records, r.keys),
+        (0, from_de.len(), 1, 1),
+        "stored before; readable now"
+    );
+    let r = de
+        .ingest(from_sg.clone(), keys_of(&sg, &from_sg))
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.records, r.keys), (from_sg.len(), 1, 1));
     assert_eq!(
         check(&de).await["granted"],
         false,
         "the withdrawal wins the tie at de"
     );
     assert_eq!(check(&sg).await["granted"], false);
-    let again = sg.ingest(from_de).await.unwrap();
+    let again = sg.ingest(from_de, vec![]).await.unwrap();
     assert_eq!(
         (again.stored, again.duplicates),
         (0, 1),
@@ -116,6 +137,19 @@ async fn concurrent_grant_and_withdrawal_converge_everywhere() {
         "two records for the pair, read together"
     );
     assert_eq!(status(&de)["envelopes"], status(&sg)["envelopes"]);
+    for office in [&de, &sg] {
+        let history = office
+            .execute(Request::ConsentHistory(protocol::SubjectArg {
+                subject: "+442079460958".into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            history.as_array().unwrap().len(),
+            2,
+            "both events readable at both offices"
+        );
+    }
     close(&de);
     close(&sg);
 }
@@ -152,7 +186,8 @@ async fn a_later_change_before_the_first_waits_then_completes() {
         .position(|e| e.change().deps().is_empty())
         .unwrap();
     let creating = envs.remove(first);
-    let r = sg.ingest(envs).await.unwrap();
+    let keys = keys_of(&de, &envs);
+    let r = sg.ingest(envs, keys.clone()).await.unwrap();
     assert_eq!((r.stored, r.pending), (1, 1));
     let listed = sg
         .execute(Request::RequestList(Default::default()))
@@ -162,7 +197,7 @@ async fn a_later_change_before_the_first_waits_then_completes() {
         listed.as_array().unwrap().is_empty(),
         "an incomplete record is not shown"
     );
-    let r = sg.ingest(vec![creating]).await.unwrap();
+    let r = sg.ingest(vec![creating], keys).await.unwrap();
     assert_eq!((r.stored, r.pending, r.records), (1, 0, 1));
     let listed = sg
         .execute(Request::RequestList(Default::default()))

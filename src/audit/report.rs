@@ -198,8 +198,16 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                 }
             }
             Record::Consent(c) => {
+                // Consent proof runs from the withdrawal: an active consent is the proof the
+                // company relies on (docs/retention.md, rule consent-proof).
+                let withdrawn = c
+                    .events
+                    .iter()
+                    .filter_map(|e| Some((time(&e.at)?, e.action == "withdraw")))
+                    .max()
+                    .is_some_and(|(_, w)| w);
                 if let Some(last) = c.events.iter().filter_map(|e| time(&e.at)).max() {
-                    if (as_of - last).num_days() > CONSENT_PROOF_RETENTION_DAYS {
+                    if withdrawn && (as_of - last).num_days() > CONSENT_PROOF_RETENTION_DAYS {
                         retention.push(Finding {
                             office: c.office.clone(),
                             record: id.clone(),
@@ -214,6 +222,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                     late.extend(late_withdrawals(&id, changes));
                 }
             }
+            Record::Hold(_) => {}
         }
     }
     json!({

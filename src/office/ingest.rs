@@ -1,26 +1,39 @@
 //! Applying envelopes that other offices authored.
 //!
 //! The sync layer hands over envelopes it has already verified against the roster (a
-//! [`VerifiedEnvelope`] cannot be obtained otherwise). Here they are grouped by record, merged into
-//! each record's document, and stored with the recomputed projection and index entries in one
-//! durable batch; the caller acknowledges to the peer only after [`Office::ingest`] returns.
+//! [`VerifiedEnvelope`] cannot be obtained otherwise), together with the subject keys that seal
+//! their records' personal fields: keys travel with their records, and only to offices that may
+//! hold those records. Here the envelopes are grouped by record, merged into each record's
+//! document, and stored, with the recomputed projection, index entries, expiry and any newly
+//! received key (wrapped under this office's key-encryption key), in one durable batch; the
+//! caller acknowledges to the peer only after [`Office::ingest`] returns.
 //!
-//! A record whose history arrived only in part (a later change before the change that created
-//! the record) cannot be read yet: its envelopes are stored under [`KIND_PENDING`] with no
-//! projection and no index entries, so queries do not see it, and the next ingest that completes
-//! its history makes it a record like any other.
+//! A record that cannot be read yet is stored as [`KIND_PENDING`], with no projection and no
+//! index entries, so queries do not see it: either its history arrived only in part (a later
+//! change before the one that created it), or the key sealing it has not arrived. The next
+//! ingest that completes it makes it a record like any other. A record a tombstone deletes is
+//! never stored again (the store drops it inside the transaction; it is counted here).
 
 use super::{doc_lock_key, Office, OfficeError, Result};
-use crate::record::{doc_id_hex, doc_names, DocId, Record};
+use crate::keystore::{self, KeyClass};
+use crate::record::{doc_id_hex, doc_names, epoch_day, DocId, Record};
+use crate::sealed;
+use crate::subject::Subject;
 use automerge::Automerge;
-use consentd_storage::{RecordUpdate, WriteBatch};
+use consentd_storage::{KeyId, RecordUpdate, WriteBatch};
 use consentd_sync::VerifiedEnvelope;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use zeroize::Zeroizing;
 
-/// Storage kind of a record whose history is incomplete (see the module docs).
+/// Storage kind of a record that cannot be read yet (see the module docs).
 pub const KIND_PENDING: u8 = 0;
 /// Most envelopes applied in one ingest call; the sync layer's batches are smaller.
 pub const INGEST_ENVELOPES_MAX: usize = 4096;
+/// Most subject keys delivered with one ingest.
+pub const INGEST_KEYS_MAX: usize = 4096;
+
+/// A subject key as it travels between offices (over the mutually authenticated QUIC link).
+pub type TravellingKey = (KeyId, Zeroizing<[u8; 32]>);
 
 /// What one ingest did, for the peer's acknowledgement and the `peers` counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,18 +42,27 @@ pub struct IngestReport {
     pub stored: usize,
     /// Envelopes this office already held.
     pub duplicates: usize,
-    /// Records whose history is still incomplete after this ingest.
+    /// Envelopes of records a tombstone deletes: dropped.
+    pub tombstoned: usize,
+    /// Records that cannot be read yet (incomplete history or missing key).
     pub pending: usize,
     /// Records that became readable or changed.
     pub records: usize,
+    /// Subject keys stored by this ingest.
+    pub keys: usize,
 }
 
 impl Office {
-    /// Stores and applies envelopes other offices authored; returns once they are durable.
-    pub async fn ingest(&self, envelopes: Vec<VerifiedEnvelope>) -> Result<IngestReport> {
-        if envelopes.len() > INGEST_ENVELOPES_MAX {
+    /// Stores and applies envelopes other offices authored, with the subject keys sealing their
+    /// records; returns once everything is durable.
+    pub async fn ingest(
+        &self,
+        envelopes: Vec<VerifiedEnvelope>,
+        keys: Vec<TravellingKey>,
+    ) -> Result<IngestReport> {
+        if envelopes.len() > INGEST_ENVELOPES_MAX || keys.len() > INGEST_KEYS_MAX {
             return Err(OfficeError::Invalid(format!(
-                "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes"
+                "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes and {INGEST_KEYS_MAX} keys"
             )));
         }
         let mut report = IngestReport::default();
@@ -48,22 +70,29 @@ impl Office {
         for env in envelopes {
             if self.store.has_envelope(&env.hash())? {
                 report.duplicates += 1;
-                continue;
+                // A record held as pending may become readable now (its key came along).
+                if !keys.is_empty() && self.is_pending(&env.doc_id())? {
+                    by_doc.entry(env.doc_id()).or_default();
+                }
+            } else if self.is_tombstoned(&env.doc_id())? {
+                report.tombstoned += 1;
+            } else {
+                by_doc.entry(env.doc_id()).or_default().push(env);
             }
-            by_doc.entry(env.doc_id()).or_default().push(env);
         }
         if by_doc.is_empty() {
             return Ok(report);
         }
-        let keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
-        let _guards = Self::lock_shards(&self.doc_locks, &keys).await;
+        let received: HashMap<KeyId, Zeroizing<[u8; 32]>> = keys.into_iter().collect();
+        let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
+        let _guards = Self::lock_shards(&self.doc_locks, &lock_keys).await;
+        // Keys are neither destroyed nor rotated while this batch uses them.
+        let _keys_in_use = self.keys.using().await;
 
         let mut batch = WriteBatch::default();
+        let mut stored_keys: Vec<KeyId> = Vec::new();
         for (id, envs) in by_doc {
-            let mut doc = match self.load_history(&id)? {
-                Some(doc) => doc,
-                None => Automerge::new(),
-            };
+            let mut doc = self.load_history(&id)?.unwrap_or_else(Automerge::new);
             let mut new = Vec::with_capacity(envs.len());
             let mut changes = Vec::with_capacity(envs.len());
             for env in envs {
@@ -76,23 +105,25 @@ impl Office {
                 changes.push(env.change().clone());
                 new.push((env.hash(), env.envelope().encode()));
             }
-            if new.is_empty() {
+            if new.is_empty() && !self.is_pending(&id)? {
                 continue;
             }
             doc.apply_changes(changes)
                 .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
             report.stored += new.len();
-            let update = match doc_names(&doc) {
+            let pending = |new| RecordUpdate {
+                doc_id: id,
+                kind: KIND_PENDING,
+                envelopes: new,
+                projection: Vec::new(),
+                index_keys: Vec::new(),
+                due_day: None,
+            };
+            match doc_names(&doc) {
                 None => {
                     report.pending += 1;
-                    RecordUpdate {
-                        doc_id: id,
-                        kind: KIND_PENDING,
-                        envelopes: new,
-                        projection: Vec::new(),
-                        index_keys: Vec::new(),
-                        due_day: None,
-                    }
+                    batch.updates.push(pending(new));
+                    continue;
                 }
                 Some(name) if name != doc_id_hex(&id) => {
                     return Err(OfficeError::Integrity(format!(
@@ -100,27 +131,92 @@ impl Office {
                         doc_id_hex(&id)
                     )))
                 }
-                Some(_) => {
-                    let record = Record::from_doc(&doc).map_err(|e| {
-                        OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
-                    })?;
-                    let (index_keys, due_day) = self.index_entries(&record)?;
-                    report.records += 1;
-                    RecordUpdate {
-                        doc_id: id,
-                        kind: record.kind_tag(),
-                        envelopes: new,
-                        projection: record.to_projection(),
-                        index_keys,
-                        due_day,
+                Some(_) => {}
+            }
+            let record = Record::from_doc(&doc)
+                .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
+            // The key sealing the record: held here already, or arriving with it.
+            let kid = sealed::record_key_id(&record);
+            let arriving = match kid {
+                Some(k) if self.keys.key(&k).is_err() => match received.get(&k) {
+                    Some(key) => {
+                        self.keys.hold_received(k, key);
+                        Some((k, key))
                     }
-                }
+                    None => {
+                        report.pending += 1;
+                        batch.updates.push(pending(new));
+                        continue;
+                    }
+                },
+                _ => None,
             };
-            batch.updates.push(update);
+            let plain = sealed::open_record(&self.keys, record.clone())?;
+            if let (Some((k, key)), Some(subject)) = (arriving, plain.subject()) {
+                let subject = Subject::parse(subject).map_err(|e| {
+                    OfficeError::Integrity(format!("record {}: subject: {e}", doc_id_hex(&id)))
+                })?;
+                let is_marketing = |p: &str| self.purposes.is_marketing(p);
+                let class =
+                    if crate::retention::schedule::legally_kept(&plain, is_marketing).is_some() {
+                        KeyClass::Kept
+                    } else {
+                        KeyClass::Erasable
+                    };
+                let owner = keystore::owner(&self.hasher.subject_token(&subject), class);
+                batch.keys.push(self.keys.wrap_for_store(&owner, &k, key));
+                stored_keys.push(k);
+            }
+            let (index_keys, due_day) = self.index_entries(&plain)?;
+            let expiry = self
+                .retention
+                .schedule
+                .expiry(&plain, |p| self.purposes.is_marketing(p))
+                .map(|(day, _)| epoch_day(day));
+            batch.expiries.push((id, expiry));
+            report.records += 1;
+            batch.updates.push(RecordUpdate {
+                doc_id: id,
+                kind: record.kind_tag(),
+                envelopes: new,
+                projection: record.to_projection(),
+                index_keys,
+                due_day,
+            });
         }
+        stored_keys.sort_unstable();
+        stored_keys.dedup();
+        report.keys = stored_keys.len();
         if !batch.updates.is_empty() {
             self.store.commit(batch).await?;
         }
         Ok(report)
+    }
+
+    fn is_pending(&self, id: &DocId) -> Result<bool> {
+        Ok(matches!(
+            self.store.projection(id)?,
+            Some((KIND_PENDING, _))
+        ))
+    }
+
+    /// The subject keys sealing these records, to send with them to a peer that may hold them.
+    pub fn keys_for(&self, docs: &[DocId]) -> Result<Vec<TravellingKey>> {
+        let mut out: BTreeMap<KeyId, Zeroizing<[u8; 32]>> = BTreeMap::new();
+        for id in docs {
+            let Some((kind, bytes)) = self.store.projection(id)? else {
+                continue;
+            };
+            if kind == KIND_PENDING {
+                continue;
+            }
+            let record = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+            if let Some(k) = sealed::record_key_id(&record) {
+                if let std::collections::btree_map::Entry::Vacant(e) = out.entry(k) {
+                    e.insert(self.keys.key(&k)?);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 }

@@ -22,6 +22,9 @@
 //! | `log_sizes`   | `log_id[16]`                          | `u64` number of leaves              |
 //! | `checkpoints` | `&str` (caller's key)                 | caller's bytes (≤ 16 KiB)           |
 //! | `tombstones`  | `doc[16] ‖ hash[32]` (48)             | tombstone bytes (≤ 16 KiB)          |
+//! | `expiry`      | `(day i32 BE, sign bit flipped) ‖ doc[16]` (20) | `()`                      |
+//! | `keys`        | `key_id[16]`                          | `owner[32] ‖ wrapped key bytes`     |
+//! | `key_owners`  | `owner[32] ‖ key_id[16]` (48)         | `()`                                |
 //!
 //! Why each choice:
 //! - Composite keys are concatenated fixed-width arrays (`&[u8; N]`, compared by `memcmp`) rather
@@ -39,16 +42,22 @@
 //!   (signed checkpoints of the log stay consistent). Index big-endian: a log lists in order.
 //! - `tombstones` is keyed by doc first (all tombstones of a doc are one range) then the
 //!   tombstone's hash, so two offices' tombstones for one doc are both kept.
+//! - `expiry` is the `due` layout again: "every doc expiring before day D" is one range.
+//! - `keys` holds the caller's wrapped secret keys by key id (the caller decrypts by the key id
+//!   written in its ciphertext); `key_owners` groups them under the caller's keyed hash of their
+//!   owner, so "every key of this owner" is one range. The storage crate never sees a plain key.
 //!
-//! `DocMeta` value encoding (version 1, little-endian integers, 13 + 32·n bytes):
+//! `DocMeta` value encoding (version 2, little-endian integers, 18 + 32·n bytes):
 //! ```text
-//! [0]      encoding version = 1
+//! [0]      encoding version = 2
 //! [1]      kind
 //! [2..6]   next change position, u32 LE (the position the next new envelope of this doc gets)
 //! [6]      due flag: 0 = not in the due index, 1 = in it
 //! [7..11]  due day, i32 LE (0 when the flag is 0)
-//! [11..13] n = number of index keys, u16 LE
-//! [13..]   n index keys of 32 bytes, sorted ascending, no duplicates
+//! [11]     expiry flag: 0 = not in the expiry index, 1 = in it
+//! [12..16] expiry day, i32 LE (0 when the flag is 0)
+//! [16..18] n = number of index keys, u16 LE
+//! [18..]   n index keys of 32 bytes, sorted ascending, no duplicates
 //! ```
 
 use redb::TableDefinition;
@@ -57,8 +66,10 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 
 /// Version of the whole file layout, stored in `sys` under [`SYS_FORMAT_VERSION`]. Bump it on any
 /// incompatible change to a table or encoding; [`crate::Store::open`] refuses other versions.
-/// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`.
-pub const FORMAT_VERSION: u64 = 2;
+/// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`; version 3 added `expiry`,
+/// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
+/// counters.
+pub const FORMAT_VERSION: u64 = 3;
 
 pub(crate) const ENVELOPES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("envelopes");
 pub(crate) const DOC_CHANGES: TableDefinition<&[u8; 20], &[u8; 32]> =
@@ -75,6 +86,9 @@ pub(crate) const LOG: TableDefinition<&[u8; 24], &[u8]> = TableDefinition::new("
 pub(crate) const LOG_SIZES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("log_sizes");
 pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 pub(crate) const TOMBSTONES: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("tombstones");
+pub(crate) const EXPIRY: TableDefinition<&[u8; 20], ()> = TableDefinition::new("expiry");
+pub(crate) const KEYS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("keys");
+pub(crate) const KEY_OWNERS: TableDefinition<&[u8; 48], ()> = TableDefinition::new("key_owners");
 
 /// `sys` keys. Counters are updated inside the same write transaction as the data they count,
 /// so they can never disagree with the tables after a crash.
@@ -83,6 +97,19 @@ pub(crate) const SYS_RECORDS: &str = "records";
 pub(crate) const SYS_ENVELOPES: &str = "envelopes";
 /// Number of the last durable commit; persisted so commit numbers keep increasing across restarts.
 pub(crate) const SYS_COMMIT_SEQ: &str = "commit_seq";
+/// Number of entries in `tombstones`.
+pub(crate) const SYS_TOMBSTONES: &str = "tombstones";
+/// Envelopes refused because their doc has a tombstone (tombstones win forever).
+pub(crate) const SYS_DROPPED: &str = "dropped_after_tombstone";
+
+/// `key_owners` key: the owner's keyed hash first, so all keys of one owner are one range.
+#[inline]
+pub(crate) fn key_owner_key(owner: &IndexKey, key: &crate::KeyId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(owner);
+    k[32..].copy_from_slice(key);
+    k
+}
 
 /// `doc_changes` key: doc id, then the position big-endian so a doc's changes sort in stored order.
 #[inline]
@@ -164,8 +191,8 @@ pub(crate) fn doc_suffix<const N: usize>(k: &[u8; N]) -> DocId {
         .expect("doc id is the 16-byte key suffix")
 }
 
-const DOC_META_VERSION: u8 = 1;
-const DOC_META_HEADER: usize = 13;
+const DOC_META_VERSION: u8 = 2;
+const DOC_META_HEADER: usize = 18;
 
 /// What we must remember about a record to update it without scanning other tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +201,8 @@ pub(crate) struct DocMeta {
     /// Position the next newly stored envelope of this doc gets in `doc_changes`.
     pub next_pos: u32,
     pub due_day: Option<i32>,
+    /// Day from which the record may be deleted (the `expiry` index), if any.
+    pub expiry_day: Option<i32>,
     /// Sorted ascending, deduplicated.
     pub index_keys: Vec<IndexKey>,
 }
@@ -192,6 +221,8 @@ impl DocMeta {
         out.extend_from_slice(&self.next_pos.to_le_bytes());
         out.push(u8::from(self.due_day.is_some()));
         out.extend_from_slice(&self.due_day.unwrap_or(0).to_le_bytes());
+        out.push(u8::from(self.expiry_day.is_some()));
+        out.extend_from_slice(&self.expiry_day.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&n.to_le_bytes());
         for k in &self.index_keys {
             out.extend_from_slice(k);
@@ -215,7 +246,12 @@ impl DocMeta {
             1 => Some(i32::from_le_bytes(b[7..11].try_into().expect("4 bytes"))),
             f => return Err(corrupt(&format!("bad due flag {f}"))),
         };
-        let n = usize::from(u16::from_le_bytes(b[11..13].try_into().expect("2 bytes")));
+        let expiry_day = match b[11] {
+            0 => None,
+            1 => Some(i32::from_le_bytes(b[12..16].try_into().expect("4 bytes"))),
+            f => return Err(corrupt(&format!("bad expiry flag {f}"))),
+        };
+        let n = usize::from(u16::from_le_bytes(b[16..18].try_into().expect("2 bytes")));
         let rest = &b[DOC_META_HEADER..];
         if rest.len() != 32 * n {
             return Err(corrupt("index key list length does not match its count"));
@@ -231,6 +267,7 @@ impl DocMeta {
             kind,
             next_pos,
             due_day,
+            expiry_day,
             index_keys,
         })
     }
@@ -295,16 +332,18 @@ mod tests {
             kind: 3,
             next_pos: 70_000,
             due_day: Some(-5),
+            expiry_day: Some(20_000),
             index_keys: vec![[1; 32], [2; 32]],
         };
         let enc = m.encode();
-        assert_eq!(enc.len(), 13 + 64);
+        assert_eq!(enc.len(), 18 + 64);
         assert_eq!(DocMeta::decode(&doc, &enc).unwrap(), m);
 
         let none = DocMeta {
             kind: 0,
             next_pos: 0,
             due_day: None,
+            expiry_day: None,
             index_keys: vec![],
         };
         assert_eq!(DocMeta::decode(&doc, &none.encode()).unwrap(), none);
@@ -312,13 +351,16 @@ mod tests {
         assert!(DocMeta::decode(&doc, &enc[..enc.len() - 1]).is_err());
         assert!(DocMeta::decode(&doc, &[1, 2, 3]).is_err());
         let mut bad_version = enc.clone();
-        bad_version[0] = 2;
+        bad_version[0] = 1;
         assert!(DocMeta::decode(&doc, &bad_version).is_err());
         let mut bad_flag = enc.clone();
         bad_flag[6] = 7;
         assert!(DocMeta::decode(&doc, &bad_flag).is_err());
+        let mut bad_expiry = enc.clone();
+        bad_expiry[11] = 9;
+        assert!(DocMeta::decode(&doc, &bad_expiry).is_err());
         let mut unsorted = enc;
-        unsorted[13] = 5; // first key now sorts after the second
+        unsorted[18] = 5; // first key now sorts after the second
         assert!(DocMeta::decode(&doc, &unsorted).is_err());
     }
 }

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
@@ -34,6 +34,8 @@ pub type Hash = [u8; 32];
 pub type IndexKey = [u8; 32];
 /// Id of one append-only log (the caller's choice, e.g. derived from an office's log origin).
 pub type LogId = [u8; 16];
+/// Id of one of the caller's wrapped secret keys.
+pub type KeyId = [u8; 16];
 
 /// Tables grouped by what they may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub const MAX_CHECKPOINT_BYTES: usize = 16 << 10;
 pub const MAX_CHECKPOINT_KEY_BYTES: usize = 256;
 /// Largest accepted tombstone (256 heads of 32 bytes plus ~200 bytes of header).
 pub const MAX_TOMBSTONE_BYTES: usize = 16 << 10;
+/// Largest accepted wrapped key (a 32-byte key sealed with a nonce, a tag and a header).
+pub const MAX_WRAPPED_KEY_BYTES: usize = 256;
 /// Largest accepted batch (estimated in-memory size). Equal to [`MAX_BYTES_PER_COMMIT`] so that
 /// every accepted batch fits in one group commit.
 pub const MAX_BATCH_BYTES: usize = MAX_BYTES_PER_COMMIT;
@@ -172,7 +176,19 @@ pub struct WriteBatch {
     /// Checkpoint puts (key → bytes), replacing what the key held.
     pub checkpoints: Vec<(String, Vec<u8>)>,
     /// Tombstones stored: (doc, tombstone hash, bytes). An existing (doc, hash) is left as is.
+    /// Once a doc has a tombstone, every later update of it is dropped and counted
+    /// ([`Stats::dropped_after_tombstone`]).
     pub tombstones: Vec<(DocId, Hash, Vec<u8>)>,
+    /// Expiry days (after the updates): `Some(day)` puts the doc in the expiry index at `day`,
+    /// `None` takes it out. A doc that does not exist is skipped.
+    pub expiries: Vec<(DocId, Option<i32>)>,
+    /// Wrapped keys stored or replaced: (owner's keyed hash, key id, wrapped bytes).
+    pub keys: Vec<(IndexKey, KeyId, Vec<u8>)>,
+    /// Keys removed (applied before `keys`): (owner, key id).
+    pub key_deletes: Vec<(IndexKey, KeyId)>,
+    /// Wrapped bytes replaced (the owner stays), only for keys still stored: a re-wrap racing
+    /// a deletion must not bring the deleted key back.
+    pub key_rewraps: Vec<(KeyId, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +212,10 @@ pub struct Stats {
     pub commits_failed: u64,
     /// Number of the last durable commit (persisted; 0 for a new store).
     pub last_commit_seq: u64,
+    /// Tombstones stored.
+    pub tombstones: u64,
+    /// Envelopes dropped because their doc has a tombstone (persisted).
+    pub dropped_after_tombstone: u64,
 }
 
 /// Handle to the store. Cheap to clone; all clones share one database and one writer thread.
@@ -206,7 +226,9 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// Read-locked for every transaction begin and every commit; write-locked only by
+    /// [`Store::compact`], which needs the database to itself.
+    db: Arc<RwLock<Database>>,
     /// `None` once shut down. Commits clone the sender; the writer exits when every clone is gone
     /// and the queue is drained, so work accepted before shutdown is still committed and answered.
     tx: Mutex<Option<mpsc::Sender<Request>>>,
@@ -287,6 +309,15 @@ fn check_batch(purges: &[DocId], batch: &WriteBatch) -> Result<usize> {
         limit("tombstone bytes", v.len(), MAX_TOMBSTONE_BYTES)?;
         bytes = bytes.saturating_add(48 + v.len());
     }
+    for (_, _, w) in &batch.keys {
+        limit("wrapped key bytes", w.len(), MAX_WRAPPED_KEY_BYTES)?;
+        bytes = bytes.saturating_add(64 + w.len());
+    }
+    for (_, w) in &batch.key_rewraps {
+        limit("wrapped key bytes", w.len(), MAX_WRAPPED_KEY_BYTES)?;
+        bytes = bytes.saturating_add(16 + w.len());
+    }
+    bytes = bytes.saturating_add(20 * batch.expiries.len() + 48 * batch.key_deletes.len());
     limit("batch bytes", bytes, MAX_BATCH_BYTES)?;
     Ok(bytes)
 }
@@ -312,7 +343,7 @@ impl Store {
                 source,
             })?;
         let last_seq = writer::init(&db)?;
-        let db = Arc::new(db);
+        let db = Arc::new(RwLock::new(db));
         let shared = Arc::new(Shared::default());
         shared.last_commit_seq.store(last_seq, Ordering::Release);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -411,8 +442,104 @@ impl Store {
     fn read(&self) -> Result<ReadTransaction> {
         self.inner
             .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .begin_read()
             .ctx("beginning a read transaction")
+    }
+
+    /// Whether any tombstone names `doc` (tombstones win forever: the doc must never come back).
+    pub fn is_tombstoned(&self, doc: &DocId) -> Result<bool> {
+        let r = self.read()?;
+        let t = r.open_table(TOMBSTONES).ctx("opening table tombstones")?;
+        let (lo, hi) = (
+            tombstone_key(doc, &[0; 32]),
+            tombstone_key(doc, &[0xff; 32]),
+        );
+        Ok(t.range::<&[u8; 48]>(&lo..=&hi)
+            .ctx("reading table tombstones")?
+            .next()
+            .is_some())
+    }
+
+    /// Up to `limit` docs whose expiry day is `< day_exclusive`, ascending by day (then doc id),
+    /// starting after the cursor `after` (the last row of the previous page).
+    pub fn docs_expiring_before(
+        &self,
+        day_exclusive: i32,
+        after: Option<(i32, DocId)>,
+        limit: usize,
+    ) -> Result<Vec<(i32, DocId)>> {
+        use std::ops::Bound;
+        let r = self.read()?;
+        let t = r.open_table(EXPIRY).ctx("opening table expiry")?;
+        let hi = due_key(day_exclusive, &[0; 16]);
+        let lo = after.map(|(d, doc)| due_key(d, &doc));
+        let lower = match &lo {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range::<&[u8; 20]>((lower, Bound::Excluded(&hi)))
+            .ctx("reading table expiry")?
+            .take(limit)
+        {
+            let (k, _) = item.ctx("reading table expiry")?;
+            out.push(split_due_key(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// The expiry day of a doc, if it has one.
+    pub fn expiry_of(&self, doc: &DocId) -> Result<Option<i32>> {
+        let r = self.read()?;
+        let t = r.open_table(DOC_META).ctx("opening table doc_meta")?;
+        let v = t.get(doc).ctx("reading table doc_meta")?;
+        match v {
+            Some(g) => Ok(DocMeta::decode(doc, g.value())?.expiry_day),
+            None => Ok(None),
+        }
+    }
+
+    /// A wrapped key and its owner: `(owner, wrapped bytes)`.
+    pub fn key(&self, id: &KeyId) -> Result<Option<(IndexKey, Vec<u8>)>> {
+        let r = self.read()?;
+        let t = r.open_table(KEYS).ctx("opening table keys")?;
+        let v = t.get(id).ctx("reading table keys")?;
+        v.map(|g| split_key_value(id, g.value())).transpose()
+    }
+
+    /// Ids of every key stored under `owner`.
+    pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
+        let r = self.read()?;
+        let t = r.open_table(KEY_OWNERS).ctx("opening table key_owners")?;
+        let (lo, hi) = (
+            key_owner_key(owner, &[0; 16]),
+            key_owner_key(owner, &[0xff; 16]),
+        );
+        let mut out = Vec::new();
+        for item in t
+            .range::<&[u8; 48]>(&lo..=&hi)
+            .ctx("reading table key_owners")?
+        {
+            let (k, _) = item.ctx("reading table key_owners")?;
+            out.push(doc_suffix(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the file so that it holds only live pages and shrinks it (redb `compact`).
+    /// Waits for the commit in progress and blocks reads while it runs. Returns `Ok(false)` when
+    /// there was nothing to do, and an error when a read transaction (a snapshot, an export) is
+    /// still open: try again later. Freed pages are not zeroed by this either: what must not
+    /// survive has to be unreadable (encrypted under a destroyed key) before it is deleted.
+    pub fn compact(&self) -> Result<bool> {
+        let mut db = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+        db.compact().map_err(|e| StorageError::Database {
+            context: "compacting",
+            source: e.into(),
+        })
     }
 
     /// The stored envelope with this change hash.
@@ -611,6 +738,21 @@ impl Store {
         Ok(v.map(|g| g.value().to_vec()))
     }
 
+    /// Up to `limit` meta entries whose key starts with `prefix`, ascending by key.
+    pub fn meta_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let r = self.read()?;
+        let t = r.open_table(META).ctx("opening table meta")?;
+        let mut out = Vec::new();
+        for item in t.range::<&str>(prefix..).ctx("reading table meta")? {
+            let (k, v) = item.ctx("reading table meta")?;
+            if !k.value().starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Counters. O(1): record and envelope counts are maintained in the write transactions.
     pub fn stats(&self) -> Result<Stats> {
         let r = self.read()?;
@@ -622,6 +764,8 @@ impl Store {
         Ok(Stats {
             records: get(SYS_RECORDS)?,
             envelopes: get(SYS_ENVELOPES)?,
+            tombstones: get(SYS_TOMBSTONES)?,
+            dropped_after_tombstone: get(SYS_DROPPED)?,
             commits_durable: s.commits_durable.load(Ordering::Relaxed),
             batches_committed: s.batches_committed.load(Ordering::Relaxed),
             commits_failed: s.commits_failed.load(Ordering::Relaxed),
@@ -678,6 +822,12 @@ impl Store {
                     b.extend_from_slice(k.value())
                 });
                 dump!(DUE, "due", |k, _v, b| { b.extend_from_slice(k.value()) });
+                dump!(EXPIRY, "expiry", |k, _v, b| {
+                    b.extend_from_slice(k.value())
+                });
+                dump!(KEY_OWNERS, "key_owners", |k, _v, b| {
+                    b.extend_from_slice(k.value())
+                });
                 dump!(KINDS, "kinds", |k, _v, b| {
                     b.extend_from_slice(k.value())
                 });
@@ -692,6 +842,10 @@ impl Store {
                     b.extend_from_slice(v.value());
                 });
                 dump!(PROJECTIONS, "projections", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(KEYS, "keys", |k, v, b| {
                     b.extend_from_slice(k.value());
                     b.extend_from_slice(v.value());
                 });
@@ -710,6 +864,16 @@ impl Store {
     pub fn shutdown(&self) {
         self.inner.shutdown();
     }
+}
+
+fn split_key_value(id: &KeyId, v: &[u8]) -> Result<(IndexKey, Vec<u8>)> {
+    if v.len() < 32 {
+        return Err(StorageError::Corrupt(format!(
+            "key {} is shorter than its owner",
+            hex16(id)
+        )));
+    }
+    Ok((v[..32].try_into().expect("32 bytes"), v[32..].to_vec()))
 }
 
 /// `(doc, position in the doc's change list, change hash, envelope bytes)`.
@@ -856,6 +1020,32 @@ impl Snapshot {
                     ))
                 })?;
             out.push((doc, pos, hash, env.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored keys after the cursor `after`, ascending by key id:
+    /// `(key id, owner, wrapped bytes)`. For re-wrapping every key under a new wrapping key.
+    pub fn keys_after(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, IndexKey, Vec<u8>)>> {
+        use std::ops::Bound;
+        let t = self.txn.open_table(KEYS).ctx("opening table keys")?;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range::<&[u8; 16]>((lower, Bound::Unbounded))
+            .ctx("reading table keys")?
+            .take(limit)
+        {
+            let (k, v) = item.ctx("reading table keys")?;
+            let (owner, wrapped) = split_key_value(k.value(), v.value())?;
+            out.push((*k.value(), owner, wrapped));
         }
         Ok(out)
     }

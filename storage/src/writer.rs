@@ -15,7 +15,7 @@
 //!   bound is carried over to start the next group, not reordered).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     pub last_commit_seq: AtomicU64,
 }
 
-pub(crate) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
+pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
     let mut carried: Option<Request> = None;
     loop {
         // Block for the first request; `None` means every sender is gone (shutdown) and the
@@ -87,7 +87,11 @@ pub(crate) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Request>, shared: Ar
         }
 
         let started = Instant::now();
-        let result = commit_group(&db, group.iter().map(|r| (r.purges.as_slice(), &r.batch)));
+        // A read guard: only compaction takes the write side, and it must not run mid-commit.
+        let result = {
+            let db = db.read().unwrap_or_else(|p| p.into_inner());
+            commit_group(&db, group.iter().map(|r| (r.purges.as_slice(), &r.batch)))
+        };
         match result {
             Ok(seq) => {
                 // Stats first, so a caller that sees its receipt also sees its commit counted.
@@ -140,6 +144,9 @@ struct Tables<'t> {
     log_sizes: Table<'t, &'static [u8; 16], u64>,
     checkpoints: Table<'t, &'static str, &'static [u8]>,
     tombstones: Table<'t, &'static [u8; 48], &'static [u8]>,
+    expiry: Table<'t, &'static [u8; 20], ()>,
+    keys: Table<'t, &'static [u8; 16], &'static [u8]>,
+    key_owners: Table<'t, &'static [u8; 48], ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -164,6 +171,9 @@ impl<'t> Tables<'t> {
                 .open_table(CHECKPOINTS)
                 .ctx("opening table checkpoints")?,
             tombstones: txn.open_table(TOMBSTONES).ctx("opening table tombstones")?,
+            expiry: txn.open_table(EXPIRY).ctx("opening table expiry")?,
+            keys: txn.open_table(KEYS).ctx("opening table keys")?,
+            key_owners: txn.open_table(KEY_OWNERS).ctx("opening table key_owners")?,
         })
     }
 }
@@ -173,6 +183,8 @@ struct Counters {
     records: u64,
     envelopes: u64,
     commit_seq: u64,
+    tombstones: u64,
+    dropped: u64,
 }
 
 fn read_sys(sys: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64> {
@@ -188,6 +200,8 @@ impl Counters {
             records: read_sys(sys, SYS_RECORDS)?,
             envelopes: read_sys(sys, SYS_ENVELOPES)?,
             commit_seq: read_sys(sys, SYS_COMMIT_SEQ)?,
+            tombstones: read_sys(sys, SYS_TOMBSTONES)?,
+            dropped: read_sys(sys, SYS_DROPPED)?,
         })
     }
 
@@ -197,6 +211,10 @@ impl Counters {
         sys.insert(SYS_ENVELOPES, self.envelopes)
             .ctx("writing table sys")?;
         sys.insert(SYS_COMMIT_SEQ, self.commit_seq)
+            .ctx("writing table sys")?;
+        sys.insert(SYS_TOMBSTONES, self.tombstones)
+            .ctx("writing table sys")?;
+        sys.insert(SYS_DROPPED, self.dropped)
             .ctx("writing table sys")?;
         Ok(())
     }
@@ -230,7 +248,50 @@ pub(crate) fn commit_group<'a>(
                 purge_doc(&mut t, &mut c, doc)?;
             }
             for u in &batch.updates {
+                // Tombstones win forever: a change for a deleted doc (a late or replayed
+                // envelope) is dropped here, in the transaction, whoever sent it.
+                if has_tombstone(&t, &u.doc_id)? {
+                    c.dropped += u.envelopes.len().max(1) as u64;
+                    continue;
+                }
                 apply_update(&mut t, &mut c, u)?;
+            }
+            for (doc, day) in &batch.expiries {
+                set_expiry(&mut t, doc, *day)?;
+            }
+            for (owner, id) in &batch.key_deletes {
+                t.keys.remove(id).ctx("writing table keys")?;
+                t.key_owners
+                    .remove(&key_owner_key(owner, id))
+                    .ctx("writing table key_owners")?;
+            }
+            for (id, wrapped) in &batch.key_rewraps {
+                let owner = match t.keys.get(id).ctx("reading table keys")? {
+                    Some(v) if v.value().len() >= 32 => v.value()[..32].to_vec(),
+                    Some(_) => {
+                        return Err(StorageError::Corrupt(format!(
+                            "key {} is shorter than its owner",
+                            hex16(id)
+                        )))
+                    }
+                    None => continue,
+                };
+                let mut value = owner;
+                value.extend_from_slice(wrapped);
+                t.keys
+                    .insert(id, value.as_slice())
+                    .ctx("writing table keys")?;
+            }
+            for (owner, id, wrapped) in &batch.keys {
+                let mut value = Vec::with_capacity(32 + wrapped.len());
+                value.extend_from_slice(owner);
+                value.extend_from_slice(wrapped);
+                t.keys
+                    .insert(id, value.as_slice())
+                    .ctx("writing table keys")?;
+                t.key_owners
+                    .insert(&key_owner_key(owner, id), ())
+                    .ctx("writing table key_owners")?;
             }
             for (k, v) in &batch.meta {
                 t.meta
@@ -255,6 +316,7 @@ pub(crate) fn commit_group<'a>(
                     t.tombstones
                         .insert(&key, bytes.as_slice())
                         .ctx("writing table tombstones")?;
+                    c.tombstones += 1;
                 }
             }
         }
@@ -264,6 +326,48 @@ pub(crate) fn commit_group<'a>(
     };
     txn.commit().ctx("committing")?;
     Ok(seq)
+}
+
+/// Whether any tombstone names `doc`.
+fn has_tombstone(t: &Tables<'_>, doc: &DocId) -> Result<bool> {
+    let (lo, hi) = (
+        tombstone_key(doc, &[0; 32]),
+        tombstone_key(doc, &[0xff; 32]),
+    );
+    Ok(t.tombstones
+        .range::<&[u8; 48]>(&lo..=&hi)
+        .ctx("reading table tombstones")?
+        .next()
+        .is_some())
+}
+
+/// Moves a doc in the expiry index. A doc that does not exist (purged, or dropped above) is
+/// skipped: there is nothing left to expire.
+fn set_expiry(t: &mut Tables<'_>, doc: &DocId, day: Option<i32>) -> Result<()> {
+    let Some(mut meta) = load_doc_meta(t, doc)? else {
+        return Ok(());
+    };
+    if meta.expiry_day == day {
+        return Ok(());
+    }
+    if let Some(old) = meta.expiry_day {
+        let existed = t
+            .expiry
+            .remove(&due_key(old, doc))
+            .ctx("writing table expiry")?
+            .is_some();
+        debug_assert!(existed, "expiry entry listed in doc_meta was missing");
+    }
+    if let Some(d) = day {
+        t.expiry
+            .insert(&due_key(d, doc), ())
+            .ctx("writing table expiry")?;
+    }
+    meta.expiry_day = day;
+    t.doc_meta
+        .insert(doc, meta.encode().as_slice())
+        .ctx("writing table doc_meta")?;
+    Ok(())
 }
 
 /// Appends one leaf at the end of `log`. The only write the `log` table ever sees.
@@ -416,6 +520,8 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
         kind: u.kind,
         next_pos,
         due_day: u.due_day,
+        // The expiry is set by `WriteBatch::expiries`, after the update; keep it until then.
+        expiry_day: old.as_ref().and_then(|m| m.expiry_day),
         index_keys: keys,
     };
     t.doc_meta
@@ -466,6 +572,11 @@ fn purge_doc(t: &mut Tables<'_>, c: &mut Counters, doc: &DocId) -> Result<bool> 
     if let Some(d) = old.due_day {
         t.due.remove(&due_key(d, doc)).ctx("writing table due")?;
     }
+    if let Some(d) = old.expiry_day {
+        t.expiry
+            .remove(&due_key(d, doc))
+            .ctx("writing table expiry")?;
+    }
     t.kinds
         .remove(&kind_key(old.kind, doc))
         .ctx("writing table kinds")?;
@@ -497,7 +608,13 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
                 }
                 sys.insert(SYS_FORMAT_VERSION, FORMAT_VERSION)
                     .ctx("writing table sys")?;
-                for k in [SYS_RECORDS, SYS_ENVELOPES, SYS_COMMIT_SEQ] {
+                for k in [
+                    SYS_RECORDS,
+                    SYS_ENVELOPES,
+                    SYS_COMMIT_SEQ,
+                    SYS_TOMBSTONES,
+                    SYS_DROPPED,
+                ] {
                     sys.insert(k, 0).ctx("writing table sys")?;
                 }
                 0

@@ -780,3 +780,72 @@ fn checkpoints_and_tombstones_are_stored_and_paged() {
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].2, b"t-2-1");
 }
+
+#[test]
+fn tombstoned_docs_refuse_updates_expiry_pages_and_keys_rewrap_only_if_present() {
+    let (_dir, store) = open_temp();
+    store
+        .commit_blocking(WriteBatch {
+            updates: vec![simple_update(1), simple_update(2)],
+            expiries: vec![(doc(1), Some(100)), (doc(2), Some(50)), (doc(9), Some(1))],
+            keys: vec![(ikey(1), [7; 16], vec![1; 80])],
+            ..WriteBatch::default()
+        })
+        .unwrap();
+    assert_eq!(store.expiry_of(&doc(1)).unwrap(), Some(100));
+    assert_eq!(
+        store.expiry_of(&doc(9)).unwrap(),
+        None,
+        "unknown docs are skipped"
+    );
+    let due = store.docs_expiring_before(101, None, 10).unwrap();
+    assert_eq!(due, vec![(50, doc(2)), (100, doc(1))]);
+    assert_eq!(
+        store.docs_expiring_before(101, Some(due[0]), 10).unwrap(),
+        vec![(100, doc(1))]
+    );
+    assert!(store.docs_expiring_before(50, None, 10).unwrap().is_empty());
+
+    // Purge doc 2 with a tombstone; a later update of it is dropped and counted.
+    store
+        .commit_purge_blocking(
+            vec![doc(2)],
+            WriteBatch {
+                tombstones: vec![(doc(2), hash(2, 0), b"t".to_vec())],
+                ..WriteBatch::default()
+            },
+        )
+        .unwrap();
+    assert!(store.is_tombstoned(&doc(2)).unwrap());
+    assert!(!store.is_tombstoned(&doc(1)).unwrap());
+    assert_eq!(store.docs_expiring_before(101, None, 10).unwrap().len(), 1);
+    store
+        .commit_blocking(batch(vec![simple_update(2)]))
+        .unwrap();
+    assert!(store.projection(&doc(2)).unwrap().is_none());
+    let st = store.stats().unwrap();
+    assert_eq!((st.tombstones, st.dropped_after_tombstone), (1, 1));
+
+    // Keys: grouped by owner; a re-wrap of a deleted key does not bring it back.
+    assert_eq!(store.keys_of(&ikey(1)).unwrap(), vec![[7u8; 16]]);
+    store
+        .commit_blocking(WriteBatch {
+            key_rewraps: vec![([7; 16], vec![2; 80]), ([8; 16], vec![3; 80])],
+            ..WriteBatch::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store.key(&[7; 16]).unwrap().unwrap(),
+        (ikey(1), vec![2; 80])
+    );
+    assert!(store.key(&[8; 16]).unwrap().is_none());
+    store
+        .commit_blocking(WriteBatch {
+            key_deletes: vec![(ikey(1), [7; 16])],
+            ..WriteBatch::default()
+        })
+        .unwrap();
+    assert!(store.key(&[7; 16]).unwrap().is_none());
+    assert!(store.keys_of(&ikey(1)).unwrap().is_empty());
+    assert!(store.compact().is_ok());
+}

@@ -1,0 +1,583 @@
+//! Per-subject keys, wrapped under a key-encryption key (KEK) that lives outside the database.
+//!
+//! Personal fields of records are sealed (XChaCha20-Poly1305) under a random 32-byte *subject
+//! key* (see `sealed.rs`). Destroying the key makes every copy of those fields unreadable at
+//! once: the Automerge history, the envelopes, projections, and copies left behind in pages redb
+//! freed but did not zero (DESIGN.md 6 and 7). That is how deletion is physical.
+//!
+//! The subject keys themselves are stored in redb (`keys` table), *wrapped* under the KEK. A
+//! destroyed subject key's wrapped bytes may also linger in a freed redb page, so after every
+//! pass that destroyed keys the KEK is **rotated**: a new KEK file is written, every remaining
+//! subject key is re-wrapped under it, and the old KEK file is overwritten and removed. A stale
+//! wrapped key is then sealed under a KEK that no longer exists anywhere.
+//!
+//! KEK files are `kek-<generation>.key` (32 bytes, mode 0600) in the data directory; the current
+//! generation is the meta value [`META_KEK_GENERATION`]. Every wrapped key starts with the
+//! generation it is wrapped under, so a rotation can proceed in pages and resume after a crash:
+//!
+//! 1. write `kek-(g+1).key` and fsync it and the directory;
+//! 2. commit `kek_generation = g+1` (durable); new keys are wrapped under g+1 from now on;
+//! 3. re-wrap every key still under g, in pages (each page one durable commit);
+//! 4. overwrite `kek-g.key` with random bytes, fsync, unlink, fsync the directory.
+//!
+//! At start-up ([`KeyStore::open`]) a KEK file newer than the committed generation (crash
+//! between 1 and 2) is shredded, and an older one (crash between 2 and 4) is used to finish the
+//! re-wrap and then shredded.
+//!
+//! Limits, stated plainly: overwriting a file does not guarantee the old blocks are gone on a
+//! copy-on-write or log-structured filesystem, or on an SSD that remaps writes; backups and
+//! snapshots of the data directory keep what they copied; swap may hold keys. Put the data
+//! directory on an encrypted volume for defence in depth.
+//!
+//! Replication hook: records sealed here must stay readable at the other offices allowed to
+//! hold them, so a subject key has to travel with its subject's records (over the authenticated
+//! peer channel, never in an envelope or a bundle). [`KeyStore::key`] gives the plain key to
+//! send; the receiving office stores it with [`KeyStore::wrap_for_store`] in the same batch as
+//! the records it decrypts. An office that applies a tombstone destroys the key once no record
+//! it holds uses it, exactly as locally.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use consentd_storage::{IndexKey, KeyId, StorageError, Store, WriteBatch};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Bytes of a subject key and of a KEK.
+pub const KEY_BYTES: usize = 32;
+const NONCE_BYTES: usize = 24;
+const TAG_BYTES: usize = 16;
+/// Encoded wrapped key: generation u64 BE ‖ nonce ‖ sealed key.
+pub const WRAPPED_BYTES: usize = 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES;
+/// Meta key holding the current KEK generation (u64 LE).
+pub const META_KEK_GENERATION: &str = "kek_generation";
+/// Keys re-wrapped per durable commit during a rotation.
+pub const REWRAP_PAGE: usize = 4096;
+/// Most unwrapped subject keys kept in memory; beyond it the cache is cleared (keys are
+/// unwrapped again on demand, ~1 µs each).
+pub const KEY_CACHE_MAX: usize = 1 << 20;
+
+const WRAP_DOMAIN: &[u8] = b"consentd/key-wrap/v1\0";
+const OWNER_DOMAIN: &[u8] = b"consentd/key-owner/v1\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A KEK or wrapped key is missing or does not decrypt: the keys on disk are not the ones
+    /// this office wrote.
+    #[error("key store integrity: {0}")]
+    Integrity(String),
+    /// The record's key was destroyed (the record was erased) or never reached this office.
+    #[error("the key of a sealed field is not held here (erased, or not yet received)")]
+    Missing,
+}
+
+type Result<T, E = KeyError> = std::result::Result<T, E>;
+
+/// A `WriteBatch::keys` entry: (owner, key id, wrapped key).
+pub type KeyEntry = (IndexKey, KeyId, Vec<u8>);
+
+/// Which records a key seals. Records a legal duty keeps through an erasure request (consent
+/// proof, request confirmations, financial records, holds) use the `Kept` key, the rest the
+/// `Erasable` key, so an erasure can destroy the erasable key while the kept records stay
+/// readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyClass {
+    Kept = 1,
+    Erasable = 2,
+}
+
+/// The storage owner of a subject's keys of one class: a hash of the subject's keyed token
+/// (never the subject itself).
+pub fn owner(subject_token: &[u8; 32], class: KeyClass) -> IndexKey {
+    let mut h = Sha256::new();
+    h.update(OWNER_DOMAIN);
+    h.update(subject_token);
+    h.update([class as u8]);
+    h.finalize().into()
+}
+
+fn kek_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("kek-{generation}.key"))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn wrap_aad(id: &KeyId, owner: &IndexKey) -> Vec<u8> {
+    let mut aad = WRAP_DOMAIN.to_vec();
+    aad.extend_from_slice(id);
+    aad.extend_from_slice(owner);
+    aad
+}
+
+/// Wraps a subject key under a KEK of generation `generation`.
+pub fn wrap(
+    kek: &[u8; KEY_BYTES],
+    generation: u64,
+    id: &KeyId,
+    owner: &IndexKey,
+    key: &[u8; KEY_BYTES],
+) -> Vec<u8> {
+    let nonce: [u8; NONCE_BYTES] = rand::random();
+    let sealed = XChaCha20Poly1305::new(kek.into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: key,
+                aad: &wrap_aad(id, owner),
+            },
+        )
+        .expect("XChaCha20-Poly1305 encryption of 32 bytes cannot fail");
+    let mut out = Vec::with_capacity(WRAPPED_BYTES);
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    debug_assert_eq!(out.len(), WRAPPED_BYTES, "wrapped key has a fixed size");
+    out
+}
+
+/// The KEK generation a wrapped key names.
+pub fn wrapped_generation(wrapped: &[u8]) -> Option<u64> {
+    (wrapped.len() == WRAPPED_BYTES)
+        .then(|| u64::from_be_bytes(wrapped[..8].try_into().expect("8 bytes")))
+}
+
+/// Unwraps with a candidate KEK; `None` if it is not the right KEK or the bytes were altered.
+pub fn unwrap_with(
+    kek: &[u8; KEY_BYTES],
+    id: &KeyId,
+    owner: &IndexKey,
+    wrapped: &[u8],
+) -> Option<Zeroizing<[u8; KEY_BYTES]>> {
+    if wrapped.len() != WRAPPED_BYTES {
+        return None;
+    }
+    let plain = XChaCha20Poly1305::new(kek.into())
+        .decrypt(
+            XNonce::from_slice(&wrapped[8..8 + NONCE_BYTES]),
+            Payload {
+                msg: &wrapped[8 + NONCE_BYTES..],
+                aad: &wrap_aad(id, owner),
+            },
+        )
+        .ok()?;
+    let plain = Zeroizing::new(plain);
+    let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+    key.copy_from_slice(&plain);
+    Some(key)
+}
+
+struct Keks {
+    generation: u64,
+    current: Zeroizing<[u8; KEY_BYTES]>,
+    /// Older KEKs still needed while a rotation re-wraps (normally empty).
+    older: Vec<(u64, Zeroizing<[u8; KEY_BYTES]>)>,
+}
+
+impl Keks {
+    fn get(&self, generation: u64) -> Option<&[u8; KEY_BYTES]> {
+        if generation == self.generation {
+            return Some(&self.current);
+        }
+        self.older
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, k)| &**k)
+    }
+}
+
+/// The office's subject keys.
+pub struct KeyStore {
+    dir: PathBuf,
+    store: Store,
+    keks: Mutex<Keks>,
+    cache: Mutex<HashMap<KeyId, Zeroizing<[u8; KEY_BYTES]>>>,
+    /// One rotation at a time.
+    rotating: tokio::sync::Mutex<()>,
+    /// Writes that seal under existing keys hold it shared until their commit is durable; key
+    /// destruction holds it exclusively while it decides which keys no record uses, so a key is
+    /// never destroyed under a record being written.
+    in_use: tokio::sync::RwLock<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Guarded data is replaced whole under the lock; a panic cannot leave it half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Overwrites a file with random bytes, syncs, and removes it (see the module's limits).
+fn shred(path: &Path) -> Result<()> {
+    let len = std::fs::metadata(path).map_err(io(path))?.len() as usize;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let noise: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+    f.write_all(&noise).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    drop(f);
+    std::fs::remove_file(path).map_err(io(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn read_kek(path: &Path) -> Result<Zeroizing<[u8; KEY_BYTES]>> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(io(path))?);
+    if bytes.len() != KEY_BYTES {
+        return Err(KeyError::Integrity(format!(
+            "{} is {} bytes, not {KEY_BYTES}",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    let mut k = Zeroizing::new([0u8; KEY_BYTES]);
+    k.copy_from_slice(&bytes);
+    Ok(k)
+}
+
+/// Generations of the `kek-<g>.key` files in `dir`.
+fn kek_files(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(g) = name
+            .strip_prefix("kek-")
+            .and_then(|r| r.strip_suffix(".key"))
+            .and_then(|g| g.parse::<u64>().ok())
+        {
+            out.push(g);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl KeyStore {
+    /// Opens the key store of the data directory `dir`: creates the first KEK for a new store,
+    /// and finishes a rotation a crash interrupted. Blocking; called at start-up.
+    pub fn open(dir: &Path, store: Store) -> Result<KeyStore> {
+        let generation =
+            match store.meta(META_KEK_GENERATION)? {
+                Some(b) => u64::from_le_bytes(b.as_slice().try_into().map_err(|_| {
+                    KeyError::Integrity("meta kek_generation is not 8 bytes".into())
+                })?),
+                None => {
+                    let first = 1;
+                    let path = kek_path(dir, first);
+                    if path.exists() {
+                        // A crash after writing the first KEK but before recording it.
+                        shred(&path)?;
+                    }
+                    let kek: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
+                    write_new_secret(&path, &*kek)?;
+                    sync_dir(dir)?;
+                    store.commit_blocking(WriteBatch {
+                        meta: vec![(META_KEK_GENERATION.into(), first.to_le_bytes().to_vec())],
+                        ..WriteBatch::default()
+                    })?;
+                    first
+                }
+            };
+        let current = read_kek(&kek_path(dir, generation)).map_err(|e| {
+            KeyError::Integrity(format!(
+                "the current key-encryption key (generation {generation}) cannot be read: {e}; without it no sealed field can be read"
+            ))
+        })?;
+        let mut older = Vec::new();
+        for g in kek_files(dir)? {
+            if g > generation {
+                // Written by a rotation that never committed: nothing is wrapped under it.
+                shred(&kek_path(dir, g))?;
+            } else if g < generation {
+                older.push((g, read_kek(&kek_path(dir, g))?));
+            }
+        }
+        let ks = KeyStore {
+            dir: dir.to_path_buf(),
+            store,
+            keks: Mutex::new(Keks {
+                generation,
+                current,
+                older,
+            }),
+            cache: Mutex::new(HashMap::new()),
+            rotating: tokio::sync::Mutex::new(()),
+            in_use: tokio::sync::RwLock::new(()),
+        };
+        if !lock(&ks.keks).older.is_empty() {
+            ks.rewrap_blocking()?;
+        }
+        Ok(ks)
+    }
+
+    /// Held by a write from choosing its keys until its commit is durable.
+    pub async fn using(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.in_use.read().await
+    }
+
+    /// Held while deciding which keys to destroy and destroying them.
+    pub async fn destroying(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.in_use.write().await
+    }
+
+    /// The current KEK generation.
+    pub fn generation(&self) -> u64 {
+        lock(&self.keks).generation
+    }
+
+    /// Makes a new subject key for `owner`: `(id, key, batch entry)`. The entry must go into
+    /// the same `WriteBatch` as the first record sealed under the key.
+    pub fn new_key(&self, owner: &IndexKey) -> (KeyId, Zeroizing<[u8; KEY_BYTES]>, KeyEntry) {
+        let id: KeyId = rand::random();
+        let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
+        let entry = self.wrap_for_store(owner, &id, &key);
+        self.remember(id, &key);
+        (id, key, entry)
+    }
+
+    /// The `WriteBatch::keys` entry storing `key` (wrapped under the current KEK). Also the
+    /// replication hook: an office receiving a subject key from a peer stores it with this.
+    pub fn wrap_for_store(&self, owner: &IndexKey, id: &KeyId, key: &[u8; KEY_BYTES]) -> KeyEntry {
+        let keks = lock(&self.keks);
+        (
+            *owner,
+            *id,
+            wrap(&keks.current, keks.generation, id, owner, key),
+        )
+    }
+
+    /// Holds a subject key received from a peer in memory, so the records it arrived with can
+    /// be opened before the batch that stores it (wrapped, via [`KeyStore::wrap_for_store`]) is
+    /// durable. [`KeyStore::forget`] drops it again.
+    pub fn hold_received(&self, id: KeyId, key: &[u8; KEY_BYTES]) {
+        self.remember(id, key);
+    }
+
+    fn remember(&self, id: KeyId, key: &[u8; KEY_BYTES]) {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, Zeroizing::new(*key));
+    }
+
+    /// The plain subject key `id` (from memory, or unwrapped from the store). Also the
+    /// replication hook for sending a key to a peer that may hold its records.
+    pub fn key(&self, id: &KeyId) -> Result<Zeroizing<[u8; KEY_BYTES]>> {
+        if let Some(k) = lock(&self.cache).get(id) {
+            return Ok(k.clone());
+        }
+        let (owner, wrapped) = self.store.key(id)?.ok_or(KeyError::Missing)?;
+        let key = {
+            let keks = lock(&self.keks);
+            let generation = wrapped_generation(&wrapped)
+                .ok_or_else(|| KeyError::Integrity("a wrapped key has the wrong length".into()))?;
+            let kek = keks.get(generation).ok_or_else(|| {
+                KeyError::Integrity(format!(
+                    "a key is wrapped under KEK generation {generation}, which is not held"
+                ))
+            })?;
+            unwrap_with(kek, id, &owner, &wrapped).ok_or_else(|| {
+                KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
+            })?
+        };
+        self.remember(*id, &key);
+        Ok(key)
+    }
+
+    /// Ids of the keys stored for `owner`.
+    pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
+        Ok(self.store.keys_of(owner)?)
+    }
+
+    /// Drops destroyed keys from memory (after the commit that deleted them).
+    pub fn forget(&self, ids: &[KeyId]) {
+        let mut cache = lock(&self.cache);
+        for id in ids {
+            cache.remove(id);
+        }
+    }
+
+    /// Rotates the KEK (module docs, steps 1-4). Run after every pass that destroyed keys.
+    pub async fn rotate(&self) -> Result<()> {
+        let _one = self.rotating.lock().await;
+        let next = self.generation() + 1;
+        let path = kek_path(&self.dir, next);
+        let kek: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
+        write_new_secret(&path, &*kek)?;
+        sync_dir(&self.dir)?;
+        self.store
+            .commit(WriteBatch {
+                meta: vec![(META_KEK_GENERATION.into(), next.to_le_bytes().to_vec())],
+                ..WriteBatch::default()
+            })
+            .await?;
+        {
+            let mut keks = lock(&self.keks);
+            let old = std::mem::replace(&mut keks.current, kek);
+            let old_generation = std::mem::replace(&mut keks.generation, next);
+            keks.older.push((old_generation, old));
+        }
+        self.rewrap().await
+    }
+
+    /// Steps 3-4: re-wraps every key not under the current KEK, then shreds older KEK files.
+    async fn rewrap(&self) -> Result<()> {
+        let mut cursor: Option<KeyId> = None;
+        loop {
+            let (page, batch) = self.rewrap_page(cursor.as_ref())?;
+            if let Some(batch) = batch {
+                self.store.commit(batch).await?;
+            }
+            match page {
+                Some(last) => cursor = Some(last),
+                None => break,
+            }
+        }
+        self.shred_older()
+    }
+
+    fn rewrap_blocking(&self) -> Result<()> {
+        let mut cursor: Option<KeyId> = None;
+        loop {
+            let (page, batch) = self.rewrap_page(cursor.as_ref())?;
+            if let Some(batch) = batch {
+                self.store.commit_blocking(batch)?;
+            }
+            match page {
+                Some(last) => cursor = Some(last),
+                None => break,
+            }
+        }
+        self.shred_older()
+    }
+
+    /// One page of re-wrapping: the last key id seen (None at the end) and the batch to commit.
+    fn rewrap_page(&self, after: Option<&KeyId>) -> Result<(Option<KeyId>, Option<WriteBatch>)> {
+        let rows = self.store.snapshot()?.keys_after(after, REWRAP_PAGE)?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            return Ok((None, None));
+        };
+        let keks = lock(&self.keks);
+        let mut batch = WriteBatch::default();
+        for (id, owner, wrapped) in rows {
+            let generation = wrapped_generation(&wrapped)
+                .ok_or_else(|| KeyError::Integrity("a wrapped key has the wrong length".into()))?;
+            if generation == keks.generation {
+                continue;
+            }
+            let kek = keks.get(generation).ok_or_else(|| {
+                KeyError::Integrity(format!(
+                    "a key is wrapped under KEK generation {generation}, which is not held"
+                ))
+            })?;
+            let key = unwrap_with(kek, &id, &owner, &wrapped).ok_or_else(|| {
+                KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
+            })?;
+            batch
+                .key_rewraps
+                .push((id, wrap(&keks.current, keks.generation, &id, &owner, &key)));
+        }
+        let batch = (!batch.key_rewraps.is_empty()).then_some(batch);
+        Ok((Some(last), batch))
+    }
+
+    fn shred_older(&self) -> Result<()> {
+        let older: Vec<u64> = lock(&self.keks).older.iter().map(|(g, _)| *g).collect();
+        for g in older {
+            let path = kek_path(&self.dir, g);
+            if path.exists() {
+                shred(&path)?;
+            }
+            lock(&self.keks).older.retain(|(o, _)| *o != g);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_keys_open_only_under_their_kek_id_and_owner() {
+        let kek = [7u8; 32];
+        let (id, owner, key) = ([1u8; 16], [2u8; 32], [3u8; 32]);
+        let w = wrap(&kek, 5, &id, &owner, &key);
+        assert_eq!(wrapped_generation(&w), Some(5));
+        assert_eq!(*unwrap_with(&kek, &id, &owner, &w).unwrap(), key);
+        assert!(unwrap_with(&[8u8; 32], &id, &owner, &w).is_none());
+        assert!(unwrap_with(&kek, &[9u8; 16], &owner, &w).is_none());
+        assert!(unwrap_with(&kek, &id, &[9u8; 32], &w).is_none());
+        let mut flipped = w.clone();
+        flipped[40] ^= 1;
+        assert!(unwrap_with(&kek, &id, &owner, &flipped).is_none());
+    }
+
+    #[test]
+    fn owners_differ_by_class() {
+        let t = [4u8; 32];
+        assert_ne!(owner(&t, KeyClass::Kept), owner(&t, KeyClass::Erasable));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotation_rewraps_every_key_and_removes_the_old_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let o = [5u8; 32];
+        let (id, key, entry) = ks.new_key(&o);
+        store
+            .commit(WriteBatch {
+                keys: vec![entry],
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+        let old_kek = std::fs::read(dir.path().join("kek-1.key")).unwrap();
+        ks.rotate().await.unwrap();
+        assert!(!dir.path().join("kek-1.key").exists());
+        assert!(dir.path().join("kek-2.key").exists());
+        ks.forget(&[id]);
+        assert_eq!(*ks.key(&id).unwrap(), *key);
+        let (_, wrapped) = store.key(&id).unwrap().unwrap();
+        assert_eq!(wrapped_generation(&wrapped), Some(2));
+        let old: [u8; 32] = old_kek.try_into().unwrap();
+        assert!(unwrap_with(&old, &id, &o, &wrapped).is_none());
+    }
+}

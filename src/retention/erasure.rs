@@ -1,0 +1,82 @@
+//! Erasure requests (§8, right to erasure): completing an `erasure` request deletes every record
+//! of its subject except those a legal duty keeps, and the request records what was kept and why
+//! (§7: a deletion may be refused where a legal retention duty forbids it, and the refusal is
+//! explained).
+//!
+//! The deletions run *before* the request is closed: if closing fails, the operator closes it
+//! again and the erasure (now finding only the kept records) runs again, so the two never
+//! disagree. Erasure runs for `request close` over the socket; an imported `request.close` line
+//! only closes (bulk imports carry history, not new decisions).
+
+use super::pass::{self, Deletion};
+use super::schedule;
+use crate::office::{Office, OfficeError};
+use crate::protocol;
+use crate::record::{self, doc_id_hex, Record};
+use consentd_sync::tombstone::Reason;
+use serde_json::{json, Value};
+
+type Result<T, E = OfficeError> = std::result::Result<T, E>;
+
+fn kind_name(r: &Record) -> &'static str {
+    match r {
+        Record::Consent(_) => "consent",
+        Record::Request(_) => "request",
+        Record::Transfer(_) => "transfer",
+        Record::Hold(_) => "hold",
+    }
+}
+
+/// `request close ID --outcome completed`: erases first when the request is an erasure request.
+pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> {
+    let id = record::parse_doc_id(&a.id).map_err(OfficeError::Invalid)?;
+    let target = match office.read_record(&id)? {
+        Some(Record::Request(r)) if r.kind == "erasure" && r.is_open() => Some(r),
+        _ => None,
+    };
+    let Some(request) = target else {
+        return office.close_with_erasure_report(a, None).await;
+    };
+    let marketing = |p: &str| office.purposes.is_marketing(p);
+    let token = pass::subject_token(office, &Record::Request(request))?
+        .expect("a request names its subject");
+    let held = pass::is_held(office, &token)?;
+    let policy = format!("request/{}", doc_id_hex(&id));
+    let mut kept = Vec::new();
+    let mut todo = Vec::new();
+    for (rid, r) in office.records_by_key(&token)? {
+        let why = if rid == id {
+            Some((
+                "request-confirmation",
+                "this request's confirmation (§7: 5 years)",
+            ))
+        } else if held {
+            Some(("legal-hold", "the subject is under a legal hold"))
+        } else {
+            schedule::legally_kept(&r, marketing).map(|rule| (rule.id, rule.source))
+        };
+        match why {
+            Some((rule, reason)) => kept.push(json!({
+                "id": doc_id_hex(&rid),
+                "kind": kind_name(&r),
+                "rule": rule,
+                "why": reason,
+            })),
+            None => todo.push(Deletion {
+                id: rid,
+                record: r,
+                reason: Reason::Erasure,
+                policy: policy.clone(),
+                still_expired_by: None,
+            }),
+        }
+    }
+    let out = pass::delete_exclusive(office, todo).await?;
+    let report = json!({
+        "deleted": out.deleted,
+        "deleted_records": out.deleted_ids.iter().map(doc_id_hex).collect::<Vec<_>>(),
+        "kept": kept,
+        "keys_destroyed": out.keys_destroyed,
+    });
+    office.close_with_erasure_report(a, Some(report)).await
+}

@@ -1,0 +1,345 @@
+//! The retention pass, and the one deletion path it shares with erasure requests.
+//!
+//! A pass walks the storage `expiry` index up to its date. A record whose subject is under an
+//! active legal hold is counted `held` and stays (it is looked at again by the next pass); every
+//! other expired record is deleted by [`delete`]:
+//!
+//! 1. under the record's write locks, load it (verifying its envelopes) and sign a tombstone
+//!    over its heads (`retention/<rule>` or `request/<id>`; no personal data);
+//! 2. commit, in ONE durable batch: the purge of its envelopes, projection and index entries,
+//!    the tombstone, the tombstone's log leaf (kind 2) and the anonymous counts it adds;
+//! 3. destroy the subject keys no remaining record uses, then rotate the key-encryption key, so
+//!    copies left in freed pages are unreadable; compact after large passes.
+
+use super::{aggregates, schedule};
+use crate::keystore::{self, KeyClass};
+use crate::office::{parse_time, Office, OfficeError};
+use crate::protocol;
+use crate::record::{doc_id_hex, epoch_day, fmt_time, DocId, Record};
+use crate::sealed;
+use crate::subject::Subject;
+use chrono::{DateTime, Utc};
+use consentd_storage::WriteBatch;
+use consentd_sync::tlog::LogLeaf;
+use consentd_sync::tombstone::{Reason, Tombstone};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+type Result<T, E = OfficeError> = std::result::Result<T, E>;
+
+/// Expiry index rows read per storage call.
+pub const SCAN_PAGE: usize = 4096;
+/// Records deleted per durable batch (each carries a tombstone of up to 16 KiB).
+pub const DELETE_CHUNK: usize = 256;
+/// Compaction waits for open read transactions this many times before giving up for this pass.
+pub const COMPACT_TRIES: u32 = 20;
+
+/// One pass or erasure at a time: aggregates are read-modify-written and keys destroyed only
+/// after a full look at what remains.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A record to delete.
+pub struct Deletion {
+    pub id: DocId,
+    pub record: Record,
+    pub reason: Reason,
+    /// Tombstone policy: `retention/<rule>` or `request/<id>`.
+    pub policy: String,
+    /// Delete only if its expiry is still on or before this day (a change since the scan may
+    /// have moved it); `None` for erasure.
+    pub still_expired_by: Option<i32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub deleted: u64,
+    pub keys_destroyed: u64,
+    pub compacted: bool,
+    pub deleted_ids: Vec<DocId>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub deleted: u64,
+    pub held: u64,
+    pub kept: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    pub keys_destroyed: u64,
+    pub compacted: bool,
+    pub seconds: f64,
+}
+
+pub async fn run_request(office: &Office, a: &protocol::RetentionRun) -> Result<Value> {
+    // A date in the future is allowed: it previews (with --dry-run) what a later pass deletes.
+    let as_of = match &a.as_of {
+        Some(t) => parse_time(t)?,
+        None => Utc::now(),
+    };
+    let r = run(office, as_of, a.dry_run).await?;
+    Ok(json!({
+        "as_of": fmt_time(as_of),
+        "dry_run": a.dry_run,
+        "deleted": r.deleted,
+        "held": r.held,
+        "kept": r.kept,
+        "by_reason": r.by_reason,
+        "keys_destroyed": r.keys_destroyed,
+        "compacted": r.compacted,
+        "seconds": r.seconds,
+    }))
+}
+
+/// The subject token of a plain record, if it names a subject.
+pub(crate) fn subject_token(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
+    match record.subject() {
+        None => Ok(None),
+        Some(s) => {
+            let subject = Subject::parse(s)
+                .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+            Ok(Some(office.hasher.subject_token(&subject)))
+        }
+    }
+}
+
+/// Whether a subject is under an active legal hold.
+pub(crate) fn is_held(office: &Office, token: &[u8; 32]) -> Result<bool> {
+    Ok(office
+        .records_by_key(token)?
+        .iter()
+        .any(|(_, r)| matches!(r, Record::Hold(h) if h.cleared_at.is_none())))
+}
+
+/// Runs a pass judging expiry at `as_of`.
+pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result<Report> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let today = epoch_day(as_of.date_naive());
+    let records_before = office.store().stats()?.records;
+    let marketing = |p: &str| office.purposes.is_marketing(p);
+    let mut report = Report::default();
+    let mut held_cache: HashMap<[u8; 32], bool> = HashMap::new();
+    let mut todo: Vec<Deletion> = Vec::new();
+    let mut children: BTreeSet<[u8; 32]> = BTreeSet::new();
+    let mut cursor = None;
+    loop {
+        let page = office
+            .store()
+            .docs_expiring_before(today + 1, cursor, SCAN_PAGE)?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        cursor = Some(last);
+        for (_, id) in page {
+            let Some(record) = office.read_record(&id)? else {
+                continue;
+            };
+            let token = subject_token(office, &record)?;
+            if let Some(t) = token {
+                let held = match held_cache.get(&t) {
+                    Some(h) => *h,
+                    None => {
+                        let h = is_held(office, &t)?;
+                        held_cache.insert(t, h);
+                        h
+                    }
+                };
+                if held {
+                    report.held += 1;
+                    continue;
+                }
+            }
+            let rule = schedule::classify(&record, marketing);
+            if rule.child_data {
+                children.extend(token);
+            }
+            todo.push(Deletion {
+                id,
+                record,
+                reason: if rule.child_data {
+                    Reason::ChildData
+                } else {
+                    Reason::Retention
+                },
+                policy: format!("retention/{}", rule.id),
+                still_expired_by: Some(today),
+            });
+        }
+    }
+    // §10: the rest of a child's records without parental consent go too, except those a
+    // legal duty keeps.
+    let queued: BTreeSet<DocId> = todo.iter().map(|d| d.id).collect();
+    for t in children {
+        for (id, record) in office.records_by_key(&t)? {
+            if queued.contains(&id) || schedule::legally_kept(&record, marketing).is_some() {
+                continue;
+            }
+            todo.push(Deletion {
+                id,
+                record,
+                reason: Reason::ChildData,
+                policy: "retention/child-data".into(),
+                still_expired_by: None,
+            });
+        }
+    }
+    for d in &todo {
+        *report.by_reason.entry(d.policy.clone()).or_default() += 1;
+    }
+    if report.held > 0 {
+        report
+            .by_reason
+            .insert("held/legal-hold".into(), report.held);
+    }
+    if dry_run {
+        report.deleted = todo.len() as u64;
+    } else {
+        let out = delete(office, todo).await?;
+        report.deleted = out.deleted;
+        report.keys_destroyed = out.keys_destroyed;
+        report.compacted = out.compacted;
+    }
+    report.kept = records_before
+        .saturating_sub(report.deleted)
+        .saturating_sub(report.held);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Lock keys of a record: its id (request, transfer and hold writes) and, for a consent
+/// record, its (subject, purpose) token (consent writes).
+/// The consent token a deletion must hold (so no grant appends to a record being deleted).
+fn lock_token(office: &Office, d: &Deletion) -> Result<Option<[u8; 32]>> {
+    match &d.record {
+        Record::Consent(c) => {
+            let subject = Subject::parse(&c.subject)
+                .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+            Ok(Some(office.hasher.consent_token(&subject, &c.purpose)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Deletes records through signed tombstones (module docs). Callers hold [`ONE_AT_A_TIME`]
+/// (erasure takes it through [`delete_exclusive`]).
+async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let mut subjects: BTreeSet<[u8; 32]> = BTreeSet::new();
+    for chunk in todo.chunks(DELETE_CHUNK) {
+        let mut tokens = Vec::new();
+        for d in chunk {
+            tokens.extend(lock_token(office, d)?);
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        let ids: Vec<DocId> = chunk.iter().map(|d| d.id).collect();
+        let _guards = office.lock_tokens_then_docs(&tokens, &ids).await;
+        let mut batch = WriteBatch::default();
+        let mut purges = Vec::with_capacity(chunk.len());
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let now = Utc::now().timestamp();
+        for d in chunk {
+            if let Some(day) = d.still_expired_by {
+                match office.store().expiry_of(&d.id)? {
+                    Some(e) if e <= day => {}
+                    _ => continue, // changed since the scan: no longer expired
+                }
+            }
+            let Some(doc) = office.load_doc(&d.id)? else {
+                continue; // already gone
+            };
+            let heads: Vec<[u8; 32]> = doc.get_heads().into_iter().map(|h| h.0).collect();
+            drop(doc);
+            let t = Tombstone::sign(d.id, heads, d.reason, &d.policy, now, office.signing_key())
+                .map_err(|e| {
+                    OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&d.id)))
+                })?;
+            let hash = t.hash();
+            batch.tombstones.push((d.id, hash, t.encode()));
+            // The tombstone's log leaf goes in the same durable batch (audit invariant).
+            batch
+                .log
+                .push(office.audit().entry(&LogLeaf::tombstone(d.id, hash)));
+            *counts.entry(aggregates::key(&d.record)).or_default() += 1;
+            purges.push(d.id);
+            subjects.extend(subject_token(office, &d.record)?);
+            out.deleted_ids.push(d.id);
+        }
+        if purges.is_empty() {
+            continue;
+        }
+        batch.meta = aggregates::increments(office.store(), &counts)?;
+        debug_assert_eq!(
+            batch.tombstones.len(),
+            batch.log.len(),
+            "every tombstone has its log leaf in the same batch"
+        );
+        out.deleted += purges.len() as u64;
+        office.store().commit_purge(purges, batch).await?;
+    }
+    out.keys_destroyed = destroy_unused_keys(office, &subjects).await?;
+    if out.keys_destroyed > 0 {
+        office.keys.rotate().await?;
+    }
+    if out.deleted > 0 && out.deleted >= office.retention.compact_after {
+        out.compacted = compact(office).await;
+    }
+    Ok(out)
+}
+
+/// [`delete`] for callers that do not hold the pass lock (erasure).
+pub(crate) async fn delete_exclusive(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    delete(office, todo).await
+}
+
+/// Destroys every key of these subjects that no remaining record is sealed under.
+async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> Result<u64> {
+    if subjects.is_empty() {
+        return Ok(0);
+    }
+    // No write may pick a key while we decide which keys are unused (keystore.rs).
+    let _exclusive = office.keys.destroying().await;
+    let mut batch = WriteBatch::default();
+    let mut ids = Vec::new();
+    for token in subjects {
+        let mut in_use = BTreeSet::new();
+        for (_, _, bytes) in office.store().projections_by_key(token)? {
+            let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+            in_use.extend(sealed::record_key_id(&r));
+        }
+        for class in [KeyClass::Kept, KeyClass::Erasable] {
+            let owner = keystore::owner(token, class);
+            for id in office.keys.keys_of(&owner)? {
+                if !in_use.contains(&id) {
+                    batch.key_deletes.push((owner, id));
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    office.store().commit(batch).await?;
+    office.keys.forget(&ids);
+    Ok(ids.len() as u64)
+}
+
+/// Compacts the store, retrying while read transactions are open. Returns whether it ran.
+async fn compact(office: &Office) -> bool {
+    for _ in 0..COMPACT_TRIES {
+        let store = office.store().clone();
+        match tokio::task::spawn_blocking(move || store.compact()).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) => tracing::debug!(error = %e, "compaction deferred"),
+            Err(e) => {
+                tracing::error!(error = %e, "compaction task failed");
+                return false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("compaction skipped: read transactions stayed open");
+    false
+}

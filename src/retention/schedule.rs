@@ -1,0 +1,514 @@
+//! The retention schedule as data: one row per kind of record, saying which event its period
+//! runs from, how long it is, whether a legal duty keeps it through an erasure request, and
+//! where the rule comes from (docs/retention.md explains every row).
+//!
+//! A record's expiry day is computed from its current state whenever it changes
+//! (`Office` puts it in the storage `expiry` index); the retention pass deletes every record
+//! whose expiry day is on or before the pass's date. A record with no expiry (an active consent,
+//! an open request, an active hold) stays until a change gives it one.
+
+use crate::record::{ConsentRecord, Record};
+use chrono::{DateTime, Months, NaiveDate, Utc};
+use std::collections::BTreeMap;
+
+/// Which event a period runs from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// The record's last event, but only once that event is a withdrawal (an active consent
+    /// has no expiry: it is the proof the company relies on while it contacts the person).
+    LastEventOnceWithdrawn,
+    /// The record's last event, whatever it is.
+    LastEvent,
+    /// When the transfer took place.
+    TransferTime,
+    /// When the request was closed (open requests have no expiry).
+    RequestClosed,
+    /// When the hold was cleared (active holds have no expiry).
+    HoldCleared,
+}
+
+/// One row of the schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    /// Stable id, used in tombstone policies (`retention/<id>`), answers and config overrides.
+    pub id: &'static str,
+    /// Which records the row covers, for people.
+    pub covers: &'static str,
+    pub anchor: Anchor,
+    /// Default length in calendar months (0 = at the anchor event itself).
+    pub months: u32,
+    /// Longest period config may set (the statement's "up to").
+    pub max_months: u32,
+    /// A legal duty keeps these records: an erasure request does not delete them, and config may
+    /// not shorten the period below the default.
+    pub legal_duty: bool,
+    /// Deleted as §10 child data (tombstone reason 3) rather than as retention (reason 1).
+    pub child_data: bool,
+    /// Where the row comes from.
+    pub source: &'static str,
+}
+
+/// The built-in schedule (privacy statement §7 and §10). Order does not matter: [`classify`]
+/// picks the row.
+pub const RULES: &[Rule] = &[
+    Rule {
+        id: "consent-proof",
+        covers: "consent records holding a grant under basis consent",
+        anchor: Anchor::LastEventOnceWithdrawn,
+        months: 60,
+        max_months: 120,
+        legal_duty: true,
+        child_data: false,
+        source: "§7: proof that consent was given or withdrawn is kept 5 years",
+    },
+    Rule {
+        id: "financial",
+        covers: "billing records; transfers of payment data or to payment providers",
+        anchor: Anchor::LastEvent,
+        months: 120,
+        max_months: 120,
+        legal_duty: true,
+        child_data: false,
+        source: "§7: corporate and financial records up to 10 years",
+    },
+    Rule {
+        id: "marketing",
+        covers: "marketing and sales records on a basis other than consent",
+        anchor: Anchor::LastEvent,
+        months: 12,
+        max_months: 12,
+        legal_duty: false,
+        child_data: false,
+        source: "§7: marketing and sales data up to 12 months",
+    },
+    Rule {
+        id: "basis-end",
+        covers: "other legal-basis records (contract, legal obligation, legitimate interest)",
+        anchor: Anchor::LastEventOnceWithdrawn,
+        months: 0,
+        max_months: 24,
+        legal_duty: false,
+        child_data: false,
+        source:
+            "§7: other services' data for the contract's duration (policy: deleted when it ends)",
+    },
+    Rule {
+        id: "sms-voice",
+        covers: "transfers of SMS and voice data only (phone number, traffic, location, content)",
+        anchor: Anchor::TransferTime,
+        months: 6,
+        max_months: 24,
+        legal_duty: false,
+        child_data: false,
+        source: "§7: SMS and voice data 6 months, up to 2 years where a jurisdiction requires",
+    },
+    Rule {
+        id: "transfer-other",
+        covers: "other transfer records",
+        anchor: Anchor::TransferTime,
+        months: 12,
+        max_months: 24,
+        legal_duty: false,
+        child_data: false,
+        source: "policy: §7 gives no period for other services' transfers; 12 months",
+    },
+    Rule {
+        id: "request-confirmation",
+        covers: "closed data-subject requests",
+        anchor: Anchor::RequestClosed,
+        months: 60,
+        max_months: 120,
+        legal_duty: true,
+        child_data: false,
+        source: "§7: confirmations of handled data-subject requests are kept 5 years",
+    },
+    Rule {
+        id: "hold-record",
+        covers: "cleared legal holds",
+        anchor: Anchor::HoldCleared,
+        months: 60,
+        max_months: 120,
+        legal_duty: true,
+        child_data: false,
+        source:
+            "policy: why records outlived their schedule is kept as long as request confirmations",
+    },
+    Rule {
+        id: "child-data",
+        covers: "consent records of a person under 18 without recorded parental consent",
+        anchor: Anchor::LastEvent,
+        months: 0,
+        max_months: 0,
+        legal_duty: false,
+        child_data: true,
+        source:
+            "§10: data of persons under 18 received without parental consent is deleted promptly",
+    },
+];
+
+/// SMS and voice data categories (§3).
+pub const SMS_VOICE_CATEGORIES: &[&str] =
+    &["phone_number", "traffic_data", "location_data", "content"];
+/// Purposes whose records are financial records.
+pub const FINANCIAL_PURPOSES: &[&str] = &["billing"];
+
+pub fn rule(id: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.id == id)
+}
+
+fn must(id: &str) -> &'static Rule {
+    rule(id).expect("rule ids used in classify are in RULES")
+}
+
+fn grants_consent(c: &ConsentRecord) -> bool {
+    c.events
+        .iter()
+        .any(|e| e.action == "grant" && e.basis.as_deref() == Some("consent"))
+}
+
+/// The row that governs a record. `is_marketing` says whether a purpose counts as marketing.
+pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
+    match record {
+        Record::Consent(c) if c.minor && c.parental_consent.is_none() => must("child-data"),
+        Record::Consent(c) if FINANCIAL_PURPOSES.contains(&c.purpose.as_str()) => must("financial"),
+        Record::Consent(c) if grants_consent(c) => must("consent-proof"),
+        Record::Consent(c) if is_marketing(&c.purpose) => must("marketing"),
+        Record::Consent(_) => must("basis-end"),
+        Record::Request(_) => must("request-confirmation"),
+        Record::Hold(_) => must("hold-record"),
+        Record::Transfer(t) => {
+            let financial = t.categories.iter().any(|c| c == "payment_data")
+                || t.recipient_kind.as_deref() == Some("payment_provider");
+            if financial {
+                must("financial")
+            } else if t
+                .categories
+                .iter()
+                .all(|c| SMS_VOICE_CATEGORIES.contains(&c.as_str()))
+            {
+                must("sms-voice")
+            } else {
+                must("transfer-other")
+            }
+        }
+    }
+}
+
+/// Whether a legal duty keeps this record through an erasure request (§7, §8.4).
+pub fn legally_kept(record: &Record, is_marketing: impl Fn(&str) -> bool) -> Option<&'static Rule> {
+    let r = classify(record, is_marketing);
+    r.legal_duty.then_some(r)
+}
+
+/// The schedule in force at one office: the built-in rows with the office's overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Schedule {
+    months: BTreeMap<&'static str, u32>,
+}
+
+/// Parses `6m`, `2y` or `0` into months.
+fn parse_months(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if t == "0" {
+        return Some(0);
+    }
+    let (n, unit) = t.split_at(t.len().checked_sub(1)?);
+    let n: u32 = n.parse().ok()?;
+    match unit {
+        "m" => Some(n),
+        "y" => n.checked_mul(12),
+        _ => None,
+    }
+}
+
+impl Schedule {
+    /// The built-in schedule with `overrides` (rule id → `6m` / `2y`) from `[retention]`.
+    pub fn new(overrides: &BTreeMap<String, String>) -> Result<Schedule, String> {
+        let mut months = BTreeMap::new();
+        for (id, text) in overrides {
+            let r = rule(id).ok_or_else(|| {
+                format!(
+                    "[retention] periods: unknown rule {id:?}; rules are {}",
+                    RULES.iter().map(|r| r.id).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let m = parse_months(text).ok_or_else(|| {
+                format!("[retention] periods.{id}: {text:?} is not a period such as 6m or 2y")
+            })?;
+            if m > r.max_months {
+                return Err(format!(
+                    "[retention] periods.{id}: {text} is longer than the {} months the privacy statement allows",
+                    r.max_months
+                ));
+            }
+            if r.legal_duty && m < r.months {
+                return Err(format!(
+                    "[retention] periods.{id}: {text} is shorter than the {} months a legal duty requires",
+                    r.months
+                ));
+            }
+            months.insert(r.id, m);
+        }
+        Ok(Schedule { months })
+    }
+
+    pub fn months(&self, r: &Rule) -> u32 {
+        self.months.get(r.id).copied().unwrap_or(r.months)
+    }
+
+    /// The first day on which `record` may be deleted, and the row that says so; `None` while
+    /// no period runs (active consent, open request, active hold).
+    pub fn expiry(
+        &self,
+        record: &Record,
+        is_marketing: impl Fn(&str) -> bool,
+    ) -> Option<(NaiveDate, &'static Rule)> {
+        let r = classify(record, is_marketing);
+        let anchor = anchor_time(record, r.anchor)?;
+        let day = anchor
+            .date_naive()
+            .checked_add_months(Months::new(self.months(r)))?;
+        Some((day, r))
+    }
+}
+
+fn parse(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// The time a row's period runs from, if it runs yet.
+fn anchor_time(record: &Record, anchor: Anchor) -> Option<DateTime<Utc>> {
+    match (record, anchor) {
+        (Record::Consent(c), Anchor::LastEvent | Anchor::LastEventOnceWithdrawn) => {
+            // The latest event by time; a withdrawal wins a tie, as in `consent check`.
+            let (t, withdraw) = c
+                .events
+                .iter()
+                .filter_map(|e| Some((parse(&e.at)?, e.action == "withdraw")))
+                .max()?;
+            (anchor == Anchor::LastEvent || withdraw).then_some(t)
+        }
+        (Record::Transfer(t), _) => parse(&t.at),
+        (Record::Request(r), _) => {
+            let outcome = r.outcome.as_deref()?;
+            let closed = r.history.iter().rev().find(|h| h.status == outcome)?;
+            parse(&closed.at)
+        }
+        (Record::Hold(h), _) => parse(h.cleared_at.as_deref()?),
+        (Record::Consent(_), _) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ConsentEvent, HoldRecord, RequestRecord, StatusEvent, TransferRecord};
+
+    fn event(action: &str, at: &str, basis: Option<&str>) -> ConsentEvent {
+        ConsentEvent {
+            action: action.into(),
+            at: at.into(),
+            basis: basis.map(Into::into),
+            service: None,
+            evidence: None,
+            notice: None,
+            office: "de".into(),
+        }
+    }
+
+    fn consent(purpose: &str, events: Vec<ConsentEvent>) -> ConsentRecord {
+        ConsentRecord {
+            subject: "a@example.com".into(),
+            subject_kind: "email".into(),
+            person: "end_user".into(),
+            purpose: purpose.into(),
+            role: "processor".into(),
+            office: "de".into(),
+            minor: false,
+            parental_consent: None,
+            events,
+        }
+    }
+
+    fn transfer(categories: &[&str], recipient_kind: Option<&str>) -> Record {
+        Record::Transfer(TransferRecord {
+            subject: None,
+            subject_kind: None,
+            categories: categories.iter().map(|c| c.to_string()).collect(),
+            from: "DE".into(),
+            to: "US".into(),
+            recipient: "Acme".into(),
+            recipient_kind: recipient_kind.map(Into::into),
+            mechanism: "scc".into(),
+            tia: None,
+            at: "2026-01-31T10:00:00Z".into(),
+            office: "de".into(),
+        })
+    }
+
+    fn marketing(p: &str) -> bool {
+        crate::vocab::MARKETING_PURPOSES.contains(&p)
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn every_rule_is_reachable_and_ids_are_unique_policy_text() {
+        let mut ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), RULES.len());
+        for r in RULES {
+            assert!(r.months <= r.max_months, "{}", r.id);
+            // Tombstone policies are `retention/<id>` and must be valid policy ids.
+            assert!(r.id.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+            assert!(!r.source.is_empty());
+        }
+    }
+
+    #[test]
+    fn consent_proof_runs_five_years_from_the_withdrawal_and_not_while_active() {
+        let s = Schedule::default();
+        let active = Record::Consent(consent(
+            "marketing",
+            vec![event("grant", "2020-02-29T08:00:00Z", Some("consent"))],
+        ));
+        assert_eq!(classify(&active, marketing).id, "consent-proof");
+        assert!(s.expiry(&active, marketing).is_none());
+        let withdrawn = Record::Consent(consent(
+            "marketing",
+            vec![
+                event("grant", "2020-02-29T08:00:00Z", Some("consent")),
+                event("withdraw", "2021-03-15T23:59:59Z", None),
+            ],
+        ));
+        let (d, r) = s.expiry(&withdrawn, marketing).unwrap();
+        assert_eq!((d, r.id), (day("2026-03-15"), "consent-proof"));
+        assert!(legally_kept(&withdrawn, marketing).is_some());
+    }
+
+    #[test]
+    fn marketing_on_another_basis_runs_twelve_months_from_the_last_event() {
+        let r = Record::Consent(consent(
+            "sales",
+            vec![event(
+                "grant",
+                "2025-01-31T00:00:00Z",
+                Some("legitimate_interest"),
+            )],
+        ));
+        let (d, rule) = Schedule::default().expiry(&r, marketing).unwrap();
+        // Calendar months; the 31st clamps to the month's last day.
+        assert_eq!((d, rule.id), (day("2026-01-31"), "marketing"));
+        assert!(legally_kept(&r, marketing).is_none());
+        let other = Record::Consent(consent(
+            "support",
+            vec![event("grant", "2025-01-31T00:00:00Z", Some("contract"))],
+        ));
+        assert_eq!(classify(&other, marketing).id, "basis-end");
+        assert!(Schedule::default().expiry(&other, marketing).is_none());
+    }
+
+    #[test]
+    fn transfers_by_category_and_overrides_within_limits() {
+        let sms = transfer(&["phone_number", "content"], None);
+        let s = Schedule::default();
+        assert_eq!(s.expiry(&sms, marketing).unwrap().0, day("2026-07-31"));
+        let fin = transfer(&["phone_number", "payment_data"], None);
+        assert_eq!(s.expiry(&fin, marketing).unwrap().0, day("2036-01-31"));
+        assert!(legally_kept(&fin, marketing).is_some());
+        let pay = transfer(&["account_data"], Some("payment_provider"));
+        assert_eq!(classify(&pay, marketing).id, "financial");
+        assert_eq!(
+            classify(&transfer(&["email_address"], None), marketing).id,
+            "transfer-other"
+        );
+
+        let mut o = BTreeMap::new();
+        o.insert("sms-voice".to_string(), "2y".to_string());
+        let s2 = Schedule::new(&o).unwrap();
+        assert_eq!(s2.expiry(&sms, marketing).unwrap().0, day("2028-01-31"));
+        o.insert("sms-voice".to_string(), "25m".to_string());
+        assert!(Schedule::new(&o).unwrap_err().contains("longer"));
+        let mut o = BTreeMap::new();
+        o.insert("consent-proof".to_string(), "1y".to_string());
+        assert!(Schedule::new(&o).unwrap_err().contains("legal duty"));
+        let mut o = BTreeMap::new();
+        o.insert("sms".to_string(), "6m".to_string());
+        assert!(Schedule::new(&o).unwrap_err().contains("unknown rule"));
+        o.clear();
+        o.insert("marketing".to_string(), "a year".to_string());
+        assert!(Schedule::new(&o).is_err());
+    }
+
+    #[test]
+    fn requests_and_holds_run_from_closing_and_clearing() {
+        let mut r = RequestRecord {
+            subject: "a@example.com".into(),
+            subject_kind: "email".into(),
+            kind: "erasure".into(),
+            jurisdiction: "DE".into(),
+            received: "2026-01-05T00:00:00Z".into(),
+            clock_start: None,
+            due: "2026-02-05".into(),
+            due_rule: "x".into(),
+            due_explanation: "x".into(),
+            confirm_by: None,
+            status: "received".into(),
+            extension: None,
+            outcome: None,
+            note: None,
+            history: vec![],
+            office: "de".into(),
+            erasure: None,
+        };
+        let s = Schedule::default();
+        assert!(s.expiry(&Record::Request(r.clone()), marketing).is_none());
+        r.outcome = Some("completed".into());
+        r.status = "completed".into();
+        r.history.push(StatusEvent {
+            status: "completed".into(),
+            at: "2026-01-20T12:00:00Z".into(),
+            note: None,
+            office: "de".into(),
+        });
+        let (d, rule) = s.expiry(&Record::Request(r), marketing).unwrap();
+        assert_eq!((d, rule.id), (day("2031-01-20"), "request-confirmation"));
+
+        let mut h = HoldRecord {
+            subject: "a@example.com".into(),
+            subject_kind: "email".into(),
+            reason: "litigation".into(),
+            set_at: "2026-01-01T00:00:00Z".into(),
+            cleared_at: None,
+            office: "de".into(),
+        };
+        assert!(s.expiry(&Record::Hold(h.clone()), marketing).is_none());
+        h.cleared_at = Some("2026-06-01T00:00:00Z".into());
+        assert_eq!(
+            s.expiry(&Record::Hold(h), marketing).unwrap().0,
+            day("2031-06-01")
+        );
+    }
+
+    #[test]
+    fn child_data_expires_at_once_unless_a_parent_consented() {
+        let mut c = consent(
+            "support",
+            vec![event("grant", "2026-03-01T10:00:00Z", Some("contract"))],
+        );
+        c.minor = true;
+        let r = Record::Consent(c.clone());
+        let (d, rule) = Schedule::default().expiry(&r, marketing).unwrap();
+        assert_eq!(
+            (d, rule.id, rule.child_data),
+            (day("2026-03-01"), "child-data", true)
+        );
+        c.parental_consent = Some("signed form".into());
+        assert_eq!(classify(&Record::Consent(c), marketing).id, "basis-end");
+    }
+}
