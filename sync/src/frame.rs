@@ -54,12 +54,21 @@ pub enum SetKind {
     Tombstones = 0,
     Envelopes = 1,
     Checkpoints = 2,
+    /// Subject keys sealing the personal fields of records the receiver may hold. They travel
+    /// only over the mutually authenticated link, before the envelopes they open; the receiver
+    /// keeps one only together with a record that uses it.
+    Keys = 3,
 }
 
 impl SetKind {
-    /// Every set, in reconciliation order.
-    pub const ALL: [SetKind; 3] = [
+    /// How many sets there are (array sizes indexed by [`SetKind::index`]).
+    pub const COUNT: usize = 4;
+
+    /// Every set, in reconciliation order: deletions first, then the keys that open the
+    /// envelopes that follow, then checkpoints over them.
+    pub const ALL: [SetKind; SetKind::COUNT] = [
         SetKind::Tombstones,
+        SetKind::Keys,
         SetKind::Envelopes,
         SetKind::Checkpoints,
     ];
@@ -69,6 +78,7 @@ impl SetKind {
             SetKind::Tombstones => "tombstones",
             SetKind::Envelopes => "envelopes",
             SetKind::Checkpoints => "checkpoints",
+            SetKind::Keys => "keys",
         }
     }
 
@@ -81,6 +91,7 @@ impl SetKind {
             0 => Ok(SetKind::Tombstones),
             1 => Ok(SetKind::Envelopes),
             2 => Ok(SetKind::Checkpoints),
+            3 => Ok(SetKind::Keys),
             _ => Err(DecodeError::Invalid {
                 what: "set",
                 detail: "unknown set kind",
@@ -816,8 +827,8 @@ mod tests {
     fn unknown_kinds_and_sets_are_errors() {
         assert_eq!(Frame::decode(&[0x00]), Err(DecodeError::UnknownKind(0)));
         assert_eq!(Frame::decode(&[0x42]), Err(DecodeError::UnknownKind(0x42)));
-        let mut push = vec![KIND_PUSH, 3, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert!(Frame::decode(&push).is_err());
+        let mut push = vec![KIND_PUSH, 4, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert!(Frame::decode(&push).is_err(), "set 4 does not exist");
         push[1] = 1;
         assert!(Frame::decode(&push).is_ok());
     }

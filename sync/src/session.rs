@@ -204,7 +204,10 @@ pub enum Action {
     },
     /// A sync round completed: both sides held the same items (as offered) when it started.
     /// `lag` is how many items per set we lacked then.
-    Synced { at: Instant, lag: [usize; 3] },
+    Synced {
+        at: Instant,
+        lag: [usize; SetKind::COUNT],
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +289,7 @@ pub struct Stats {
     /// When we last answered the peer's reconciliation of the final set (checkpoints): the
     /// acceptor's side of `last_sync`, since the initiator alone knows when its round ended.
     pub last_answered: Option<Instant>,
-    pub lag: [usize; 3],
+    pub lag: [usize; SetKind::COUNT],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -352,14 +355,14 @@ pub struct Session {
     recon: Option<ReconRun>,
     epoch: u32,
     round_sets: VecDeque<SetKind>,
-    round_lag: [usize; 3],
+    round_lag: [usize; SetKind::COUNT],
     /// The round's reconciliations are done; it completes when fetching drains.
     round_fetching: bool,
     next_round_at: Option<Instant>,
     last_round_start: Option<Instant>,
 
     // Fetching.
-    queues: [VecDeque<Wanted>; 3],
+    queues: [VecDeque<Wanted>; SetKind::COUNT],
     tracked: HashSet<Key>,
     inflight: BTreeMap<u32, InflightWant>,
     next_request: u32,
@@ -404,7 +407,7 @@ impl Session {
             recon: None,
             epoch: 0,
             round_sets: VecDeque::new(),
-            round_lag: [0; 3],
+            round_lag: [0; SetKind::COUNT],
             round_fetching: false,
             next_round_at: None,
             last_round_start: None,
@@ -736,7 +739,7 @@ impl Session {
             self.next_round_at = None;
             self.last_round_start = Some(now);
             self.round_sets = SetKind::ALL.into_iter().collect();
-            self.round_lag = [0; 3];
+            self.round_lag = [0; SetKind::COUNT];
             self.start_next_recon(now, local);
         }
     }

@@ -103,6 +103,7 @@ fn verify_test_blob(roster: &VerifiedRoster, set: SetKind, b: &[u8]) -> Result<B
         SetKind::Tombstones => TOMBSTONE_MAGIC,
         SetKind::Checkpoints => CHECKPOINT_MAGIC,
         SetKind::Envelopes => return Err("envelopes are not blobs".into()),
+        SetKind::Keys => return Err("keys are not simulated".into()),
     };
     if b.len() != 4 + 16 + 8 + 32 + 64 || &b[..4] != magic {
         return Err(format!("malformed {}", set.name()));
@@ -154,7 +155,7 @@ fn new_envelope(
 type Key = (SetKind, [u8; 32]);
 
 struct Store {
-    sets: [ItemSet; 3],
+    sets: [ItemSet; SetKind::COUNT],
     /// CN-resident envelopes: held, never offered to any peer.
     hidden: ItemSet,
     bytes: HashMap<Key, Vec<u8>>,
@@ -242,6 +243,7 @@ impl OfficeSim {
 
     /// What every office must agree on: tombstones, offered envelopes, checkpoints.
     fn digest(&self) -> [Summary; 3] {
+        // Keys are not simulated (their set stays empty everywhere).
         let offered = Without::new(&self.store.sets[1], &self.store.hidden);
         [
             self.store.sets[0].total(),
