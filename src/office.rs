@@ -140,7 +140,18 @@ pub struct Office {
     audit: crate::audit::AuditLog,
     pub(crate) keys: KeyStore,
     pub(crate) retention: crate::retention::Settings,
+    /// Envelopes made durable here (authored or ingested), for replication to push and index.
+    committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
 }
+
+/// Envelopes one durable commit added: `(record, change hash, envelope bytes)`.
+#[derive(Debug)]
+pub struct Committed {
+    pub envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>,
+}
+
+/// Commits announced but not yet taken by a slow replicator before it must resynchronise.
+const COMMITTED_BACKLOG: usize = 4096;
 
 impl Office {
     pub fn new(parts: OfficeParts) -> Office {
@@ -167,6 +178,7 @@ impl Office {
             audit,
             keys: parts.keys,
             retention: parts.retention,
+            committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
         }
     }
 
@@ -181,6 +193,33 @@ impl Office {
     pub(crate) fn open_projection(&self, bytes: &[u8]) -> Result<Record> {
         let record = Record::from_projection(bytes).map_err(OfficeError::Integrity)?;
         Ok(sealed::open_record(&self.keys, record)?)
+    }
+
+    /// Envelopes as they become durable (authored here or ingested from peers).
+    pub fn subscribe_committed(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Committed>> {
+        self.committed.subscribe()
+    }
+
+    fn committed_envelopes(&self, batch: &WriteBatch) -> Vec<(DocId, [u8; 32], Vec<u8>)> {
+        if self.committed.receiver_count() == 0 {
+            return Vec::new();
+        }
+        batch
+            .updates
+            .iter()
+            .flat_map(|u| u.envelopes.iter().map(|(h, b)| (u.doc_id, *h, b.clone())))
+            .collect()
+    }
+
+    fn announce(&self, envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>) {
+        if !envelopes.is_empty() {
+            // No receiver (no peers configured) is fine: nothing to tell.
+            let _ = self
+                .committed
+                .send(std::sync::Arc::new(Committed { envelopes }));
+        }
     }
 
     pub fn audit(&self) -> &crate::audit::AuditLog {
@@ -554,7 +593,9 @@ impl Office {
             answers.push(answer);
         }
         let (batch, touched) = draft.finish()?;
+        let announce = self.committed_envelopes(&batch);
         let receipt = self.store.commit(batch).await?;
+        self.announce(announce);
         tracing::debug!(
             records = touched,
             commit = receipt.commit_seq,

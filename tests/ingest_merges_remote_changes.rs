@@ -36,9 +36,11 @@ fn roster(net: &Net) -> consentd_sync::VerifiedRoster {
         .unwrap()
 }
 
-fn keys_of(office: &Office, envs: &[VerifiedEnvelope]) -> Vec<consentd::office::TravellingKey> {
+type Keys = std::collections::HashMap<[u8; 16], zeroize::Zeroizing<[u8; 32]>>;
+
+fn keys_of(office: &Office, envs: &[VerifiedEnvelope]) -> Keys {
     let docs: Vec<[u8; 16]> = envs.iter().map(|e| e.doc_id()).collect();
-    office.keys_for(&docs).unwrap()
+    office.keys_for(&docs).unwrap().into_iter().collect()
 }
 
 /// Opening and closing an office block (start-up commit, writer drain): off the async threads.
@@ -100,12 +102,12 @@ async fn concurrent_grant_and_withdrawal_converge_everywhere() {
     let from_de = all_envelopes(&de, &roster);
     let from_sg = all_envelopes(&sg, &roster);
     // Without the subject key the record is stored but unreadable.
-    let r = sg.ingest(from_de.clone(), vec![]).await.unwrap();
+    let r = sg.ingest(from_de.clone(), &Keys::new()).await.unwrap();
     assert_eq!((r.stored, r.pending, r.records), (from_de.len(), 1, 0));
     assert_eq!(check(&sg).await["granted"], false);
     // Keys travel with their records: re-delivered with the key, it becomes readable.
     let r = sg
-        .ingest(from_de.clone(), keys_of(&de, &from_de))
+        .ingest(from_de.clone(), &keys_of(&de, &from_de))
         .await
         .unwrap();
     assert_eq!(
@@ -114,7 +116,7 @@ async fn concurrent_grant_and_withdrawal_converge_everywhere() {
         "stored before; readable now"
     );
     let r = de
-        .ingest(from_sg.clone(), keys_of(&sg, &from_sg))
+        .ingest(from_sg.clone(), &keys_of(&sg, &from_sg))
         .await
         .unwrap();
     assert_eq!((r.stored, r.records, r.keys), (from_sg.len(), 1, 1));
@@ -124,7 +126,7 @@ async fn concurrent_grant_and_withdrawal_converge_everywhere() {
         "the withdrawal wins the tie at de"
     );
     assert_eq!(check(&sg).await["granted"], false);
-    let again = sg.ingest(from_de, vec![]).await.unwrap();
+    let again = sg.ingest(from_de, &Keys::new()).await.unwrap();
     assert_eq!(
         (again.stored, again.duplicates),
         (0, 1),
@@ -187,7 +189,7 @@ async fn a_later_change_before_the_first_waits_then_completes() {
         .unwrap();
     let creating = envs.remove(first);
     let keys = keys_of(&de, &envs);
-    let r = sg.ingest(envs, keys.clone()).await.unwrap();
+    let r = sg.ingest(envs, &keys).await.unwrap();
     assert_eq!((r.stored, r.pending), (1, 1));
     let listed = sg
         .execute(Request::RequestList(Default::default()))
@@ -197,7 +199,7 @@ async fn a_later_change_before_the_first_waits_then_completes() {
         listed.as_array().unwrap().is_empty(),
         "an incomplete record is not shown"
     );
-    let r = sg.ingest(vec![creating], keys).await.unwrap();
+    let r = sg.ingest(vec![creating], &keys).await.unwrap();
     assert_eq!((r.stored, r.pending, r.records), (1, 0, 1));
     let listed = sg
         .execute(Request::RequestList(Default::default()))

@@ -29,8 +29,6 @@ use zeroize::Zeroizing;
 pub const KIND_PENDING: u8 = 0;
 /// Most envelopes applied in one ingest call; the sync layer's batches are smaller.
 pub const INGEST_ENVELOPES_MAX: usize = 4096;
-/// Most subject keys delivered with one ingest.
-pub const INGEST_KEYS_MAX: usize = 4096;
 
 /// A subject key as it travels between offices (over the mutually authenticated QUIC link).
 pub type TravellingKey = (KeyId, Zeroizing<[u8; 32]>);
@@ -58,11 +56,11 @@ impl Office {
     pub async fn ingest(
         &self,
         envelopes: Vec<VerifiedEnvelope>,
-        keys: Vec<TravellingKey>,
+        received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
     ) -> Result<IngestReport> {
-        if envelopes.len() > INGEST_ENVELOPES_MAX || keys.len() > INGEST_KEYS_MAX {
+        if envelopes.len() > INGEST_ENVELOPES_MAX {
             return Err(OfficeError::Invalid(format!(
-                "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes and {INGEST_KEYS_MAX} keys"
+                "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes"
             )));
         }
         let mut report = IngestReport::default();
@@ -71,7 +69,7 @@ impl Office {
             if self.store.has_envelope(&env.hash())? {
                 report.duplicates += 1;
                 // A record held as pending may become readable now (its key came along).
-                if !keys.is_empty() && self.is_pending(&env.doc_id())? {
+                if !received.is_empty() && self.is_pending(&env.doc_id())? {
                     by_doc.entry(env.doc_id()).or_default();
                 }
             } else if self.is_tombstoned(&env.doc_id())? {
@@ -83,7 +81,6 @@ impl Office {
         if by_doc.is_empty() {
             return Ok(report);
         }
-        let received: HashMap<KeyId, Zeroizing<[u8; 32]>> = keys.into_iter().collect();
         let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
         let _guards = Self::lock_shards(&self.doc_locks, &lock_keys).await;
         // Keys are neither destroyed nor rotated while this batch uses them.
@@ -188,7 +185,9 @@ impl Office {
         stored_keys.dedup();
         report.keys = stored_keys.len();
         if !batch.updates.is_empty() {
+            let announce = self.committed_envelopes(&batch);
             self.store.commit(batch).await?;
+            self.announce(announce);
         }
         Ok(report)
     }
