@@ -62,6 +62,8 @@ enum Command {
     },
     /// The office's identity and counters
     Status,
+    /// Replication peers: connected, last successful sync, lag, refusals
+    Peers,
     /// Retention: delete what is past its schedule (docs/retention.md)
     #[command(subcommand)]
     Retention(RetentionCmd),
@@ -598,6 +600,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
         ),
         Command::Import { file } => (import(&socket, &file)?, human_object),
         Command::Status => (call(Request::Status(Empty {}))?, human_object),
+        Command::Peers => (call(Request::Peers(Empty {}))?, human_peers),
         Command::Retention(RetentionCmd::Run { as_of, dry_run }) => (
             call(Request::RetentionRun(protocol::RetentionRun {
                 as_of,
@@ -853,6 +856,30 @@ fn human_list(v: &Value) -> String {
         return "none\n".into();
     }
     rows.iter().map(human_object).collect::<Vec<_>>().join("\n")
+}
+
+fn human_peers(v: &Value) -> String {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no peers configured\n".into();
+    }
+    let mut out = format!(
+        "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8}\n",
+        "OFFICE", "ADDRESS", "CONNECTED", "LAST SYNC", "LAG", "STORED", "REJECTED"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8}\n",
+            scalar(&r["office"]),
+            scalar(&r["address"]),
+            scalar(&r["connected"]),
+            scalar(&r["last_sync"]),
+            scalar(&r["lag"]),
+            scalar(&r["stored"]),
+            scalar(&r["rejected"])
+        );
+    }
+    out
 }
 
 fn human_network(v: &Value) -> String {

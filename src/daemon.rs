@@ -48,6 +48,9 @@ fn fail(message: impl Into<String>) -> StartupError {
 pub struct Prepared {
     pub config: Config,
     pub office: Arc<Office>,
+    /// The QUIC transport key (checked against the roster), for replication.
+    pub transport: ed25519_dalek::SigningKey,
+    pub roster: Arc<consentd_sync::VerifiedRoster>,
 }
 
 /// Loads and checks everything; opens the store. Touches no socket.
@@ -124,7 +127,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         jurisdiction: config.jurisdiction.clone(),
         store,
         signing,
-        roster,
+        roster: roster.clone(),
         index_key,
         clock,
         purposes,
@@ -139,6 +142,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     Ok(Prepared {
         config,
         office: Arc::new(office),
+        transport,
+        roster: Arc::new(roster),
     })
 }
 
@@ -200,7 +205,12 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let Prepared { config, office } = prepared;
+    let Prepared {
+        config,
+        office,
+        transport,
+        roster,
+    } = prepared;
     let listener = bind_control_socket(&config)?;
     let socket_path = config.control.socket.clone();
     tracing::info!(
@@ -213,6 +223,26 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
     let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
+    // Replication: one QUIC endpoint, a session per peer link (replicate.rs).
+    let replication = if config.peers.is_empty() {
+        None
+    } else {
+        let policy = crate::policy::TransferPolicy::from_config(&config.transfer).map_err(fail)?;
+        let replicator = crate::replicate::Replicator::new(
+            office.clone(),
+            roster,
+            policy,
+            crate::replicate::peers_of(&config),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        office.attach_replicator(&replicator);
+        let (listen, stop) = (config.listen, stop_rx.clone());
+        Some(tokio::spawn(async move {
+            if let Err(e) = replicator.run(transport, listen, stop).await {
+                tracing::error!(error = %e, "replication stopped");
+            }
+        }))
+    };
     let checkpoints = tokio::spawn(crate::audit::export::checkpoint_timer(
         office.clone(),
         stop_rx.clone(),
@@ -258,6 +288,10 @@ pub async fn run(
     office.store().shutdown();
     watchdog.abort();
     reminders.abort();
+    if let Some(r) = replication {
+        // Links close on the stop signal; give them a moment to say goodbye.
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
     checkpoints.abort();
     retention.abort();
     tracing::info!("stopped");

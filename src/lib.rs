@@ -15,6 +15,7 @@ pub mod office;
 pub mod policy;
 pub mod protocol;
 pub mod record;
+pub mod replicate;
 pub mod retention;
 pub mod sealed;
 pub mod subject;

@@ -142,6 +142,8 @@ pub struct Office {
     pub(crate) retention: crate::retention::Settings,
     /// Envelopes made durable here (authored or ingested), for replication to push and index.
     committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
+    /// The replicator, once the daemon starts one (for `peers`).
+    replication: std::sync::OnceLock<std::sync::Weak<crate::replicate::Replicator>>,
 }
 
 /// Envelopes one durable commit added: `(record, change hash, envelope bytes)`.
@@ -179,6 +181,7 @@ impl Office {
             keys: parts.keys,
             retention: parts.retention,
             committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
+            replication: std::sync::OnceLock::new(),
         }
     }
 
@@ -193,6 +196,55 @@ impl Office {
     pub(crate) fn open_projection(&self, bytes: &[u8]) -> Result<Record> {
         let record = Record::from_projection(bytes).map_err(OfficeError::Integrity)?;
         Ok(sealed::open_record(&self.keys, record)?)
+    }
+
+    pub fn attach_replicator(&self, r: &std::sync::Arc<crate::replicate::Replicator>) {
+        let _ = self.replication.set(std::sync::Arc::downgrade(r));
+    }
+
+    /// `consentctl peers`: every configured peer, or an empty list for a lone office.
+    pub fn peers(&self) -> Value {
+        match self.replication.get().and_then(std::sync::Weak::upgrade) {
+            Some(r) => r.peers_json(),
+            None => Value::Array(Vec::new()),
+        }
+    }
+
+    /// A digest of what this office holds for replication: SHA-256 over every envelope hash and
+    /// every tombstone, in order. Two offices holding the same set have the same digest, so
+    /// convergence can be checked from outside. O(n) in the records held.
+    pub fn state_digest(&self) -> Result<String> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"consentd/state-digest/v1\0envelopes");
+        let mut after = None;
+        loop {
+            let page = self.store.envelope_hashes_after(after.as_ref(), 4096)?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            for hash in &page {
+                h.update(hash);
+            }
+            after = Some(last);
+        }
+        h.update(b"\0tombstones");
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .snapshot()?
+                .tombstones_after(after.as_ref(), 4096)?;
+            let Some((doc, hash, _)) = page.last().cloned() else {
+                break;
+            };
+            for (d, t, _) in &page {
+                h.update(d);
+                h.update(t);
+            }
+            after = Some((doc, hash));
+        }
+        Ok(hex::encode(h.finalize()))
     }
 
     /// Envelopes as they become durable (authored here or ingested from peers).
@@ -281,6 +333,7 @@ impl Office {
             Request::TransferList(a) => self.transfer_list(a.subject.as_deref()),
             Request::SubjectExport(a) => self.subject_export(&a.subject),
             Request::Status(_) => self.status(),
+            Request::Peers(_) => Ok(self.peers()),
             Request::AuditCheckpoint(_) => crate::audit::export::checkpoint_now(self).await,
             Request::AuditExport(_) => Err(invalid(
                 "audit.export streams its answer; use consentctl audit export --out FILE",
@@ -919,6 +972,7 @@ impl Office {
             "records": stats.records,
             "envelopes": stats.envelopes,
             "tombstones": stats.tombstones,
+            "digest": self.state_digest()?,
             "dropped_after_tombstone": stats.dropped_after_tombstone,
             "kek_generation": self.keys.generation(),
             "deleted_aggregates": crate::retention::aggregates::list(&self.store)?,

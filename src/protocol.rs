@@ -72,6 +72,8 @@ pub enum Request {
     Import(Import),
     #[serde(rename = "status")]
     Status(Empty),
+    #[serde(rename = "peers")]
+    Peers(Empty),
     /// Signs a checkpoint of the office's log now (if it grew) and returns it.
     #[serde(rename = "audit.checkpoint")]
     AuditCheckpoint(Empty),
@@ -123,6 +125,7 @@ impl Request {
             Request::SubjectExport(_) => "subject.export",
             Request::Import(_) => "import",
             Request::Status(_) => "status",
+            Request::Peers(_) => "peers",
             Request::AuditCheckpoint(_) => "audit.checkpoint",
             Request::AuditExport(_) => "audit.export",
             Request::RetentionRun(_) => "retention.run",

@@ -58,6 +58,34 @@ impl Office {
         envelopes: Vec<VerifiedEnvelope>,
         received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
     ) -> Result<IngestReport> {
+        self.ingest_and_reopen(envelopes, received, &[]).await
+    }
+
+    /// Tries again to open every pending record, with keys that arrived since (at most
+    /// `limit` records per call).
+    pub async fn reopen_pending(
+        &self,
+        received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
+        limit: usize,
+    ) -> Result<IngestReport> {
+        let pending: Vec<DocId> = self
+            .store
+            .projections_of_kind(KIND_PENDING, limit)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if pending.is_empty() {
+            return Ok(IngestReport::default());
+        }
+        self.ingest_and_reopen(Vec::new(), received, &pending).await
+    }
+
+    async fn ingest_and_reopen(
+        &self,
+        envelopes: Vec<VerifiedEnvelope>,
+        received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
+        reopen: &[DocId],
+    ) -> Result<IngestReport> {
         if envelopes.len() > INGEST_ENVELOPES_MAX {
             return Err(OfficeError::Invalid(format!(
                 "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes"
@@ -77,6 +105,9 @@ impl Office {
             } else {
                 by_doc.entry(env.doc_id()).or_default().push(env);
             }
+        }
+        for id in reopen {
+            by_doc.entry(*id).or_default();
         }
         if by_doc.is_empty() {
             return Ok(report);

@@ -1,0 +1,772 @@
+//! Replication between offices: the daemon side of the sync protocol (docs/sync-protocol.md).
+//!
+//! The protocol itself lives in `consentd_sync` as a sans-I/O [`Session`]; this module is its host.
+//! It keeps the replicated sets in memory ([`Sets`]: envelope items, subject-key items), decides
+//! per peer what the transfer policy hides ([`crate::policy`]), runs one QUIC endpoint with a task
+//! per peer link, and turns the session's actions into storage work:
+//!
+//! - `Store` (envelopes) → [`Office::ingest`] with the keys received so far, then `stored`;
+//! - `Store` (keys) → held in memory until a record that uses them is ingested;
+//! - `Fetch` → envelopes or keys this peer may have, from the store;
+//! - `Reject` → a warning naming the peer, set and ids, never content.
+//!
+//! What is sent is what policy allows: a record whose personal data may not go to a peer's
+//! jurisdiction is hidden from that peer's view of the sets, so it is never even announced, and
+//! neither is its key. Tombstones and checkpoints are not replicated yet (their sets stay empty,
+//! and a peer offering one is refused).
+
+use crate::office::{Committed, Office, KIND_PENDING};
+use crate::policy::{TransferPolicy, Verdict};
+use crate::record::{DocId, Record};
+use consentd_storage::KeyId;
+use consentd_sync::backoff::reconnect_delay;
+use consentd_sync::frame::PROTOCOL_VERSION;
+use consentd_sync::item::{Item, ItemSet, SetView, Without};
+use consentd_sync::session::{
+    dials, Action, BlobInfo, Limits, Local, Session, SessionConfig, StoreBatch,
+};
+use consentd_sync::transport::{Endpoint, Link};
+use consentd_sync::{Envelope, Hello, SetKind, VerifiedRoster};
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// Magic of a subject-key blob (docs/sync-protocol.md, "Subject keys").
+pub const KEY_BLOB_MAGIC: &[u8; 4] = b"CDK1";
+const KEY_BLOB_BYTES: usize = 4 + 16 + 32;
+const KEY_ITEM_DOMAIN: &[u8] = b"consentd/key-item/v1";
+/// Most received keys held in memory while waiting for their records.
+pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
+/// Pending records re-opened when keys arrive, per batch of keys.
+const PENDING_REOPEN_MAX: usize = 4096;
+/// Envelopes read per storage page when the sets are built at start.
+const BUILD_PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReplicationError(String);
+
+/// The set item of a subject key: its id hashed, so the id set says nothing about the key.
+pub fn key_item(id: &KeyId) -> Item {
+    let mut h = Sha256::new();
+    h.update(KEY_ITEM_DOMAIN);
+    h.update(id);
+    Item::new(0, h.finalize().into())
+}
+
+fn key_blob(id: &KeyId, key: &[u8; 32]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(KEY_BLOB_BYTES);
+    b.extend_from_slice(KEY_BLOB_MAGIC);
+    b.extend_from_slice(id);
+    b.extend_from_slice(key);
+    b
+}
+
+fn parse_key_blob(b: &[u8]) -> Option<(KeyId, Zeroizing<[u8; 32]>)> {
+    if b.len() != KEY_BLOB_BYTES || &b[..4] != KEY_BLOB_MAGIC {
+        return None;
+    }
+    let id: KeyId = b[4..20].try_into().ok()?;
+    let key: [u8; 32] = b[20..52].try_into().ok()?;
+    Some((id, Zeroizing::new(key)))
+}
+
+/// What one record is, for the policy: where its personal data comes from, whether it has any,
+/// its items and the key sealing it.
+#[derive(Debug, Default, Clone)]
+struct DocInfo {
+    origin: Option<String>,
+    personal: bool,
+    items: Vec<Item>,
+    key: Option<KeyId>,
+}
+
+/// The replicated sets and what policy hides from each peer.
+#[derive(Default)]
+struct Sets {
+    envelopes: ItemSet,
+    keys: ItemSet,
+    empty: ItemSet,
+    /// Envelope hash → record.
+    env_doc: HashMap<[u8; 32], DocId>,
+    docs: HashMap<DocId, DocInfo>,
+    /// Key item id → key id.
+    key_ids: HashMap<[u8; 32], KeyId>,
+    /// Per peer: envelope items and key items policy keeps from it.
+    hidden: HashMap<String, (ItemSet, ItemSet)>,
+    /// Keys received from peers, held until a record using them is ingested.
+    received: HashMap<KeyId, Zeroizing<[u8; 32]>>,
+}
+
+/// The state of one peer, for `consentctl peers`.
+#[derive(Debug, Default, Clone)]
+struct PeerStatus {
+    connected: bool,
+    last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    lag_envelopes: usize,
+    rejected: u64,
+    refusals: u64,
+    stored: u64,
+    last_error: Option<String>,
+}
+
+/// A locally durable item to push: (its record, if any; set; blob).
+type Push = (Option<DocId>, SetKind, Vec<u8>);
+
+pub struct Replicator {
+    office: Arc<Office>,
+    roster: Arc<VerifiedRoster>,
+    me: String,
+    jurisdiction: String,
+    policy: TransferPolicy,
+    peers: Vec<(String, SocketAddr)>,
+    sets: Mutex<Sets>,
+    status: Mutex<BTreeMap<String, PeerStatus>>,
+    /// Locally durable items to push: (record, set, blob).
+    pushes: tokio::sync::broadcast::Sender<Arc<Push>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the sets usable: every update is a whole insert.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Replicator {
+    /// Builds the sets from the store (every envelope and the key of every readable record).
+    pub fn new(
+        office: Arc<Office>,
+        roster: Arc<VerifiedRoster>,
+        policy: TransferPolicy,
+        peers: Vec<(String, SocketAddr)>,
+    ) -> Result<Arc<Replicator>, ReplicationError> {
+        let me = office.id().to_string();
+        let jurisdiction = roster
+            .office(&me)
+            .map(|o| o.jurisdiction.clone())
+            .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
+        let rep = Arc::new(Replicator {
+            office,
+            roster,
+            me,
+            jurisdiction,
+            policy,
+            peers,
+            sets: Mutex::new(Sets::default()),
+            status: Mutex::new(BTreeMap::new()),
+            pushes: tokio::sync::broadcast::channel(4096).0,
+        });
+        rep.build()?;
+        Ok(rep)
+    }
+
+    fn build(&self) -> Result<(), ReplicationError> {
+        let store = self.office.store();
+        let err = |e: &dyn std::fmt::Display| ReplicationError(format!("building sets: {e}"));
+        let mut after = None;
+        let mut touched = HashSet::new();
+        loop {
+            let page = store
+                .envelope_hashes_after(after.as_ref(), BUILD_PAGE)
+                .map_err(|e| err(&e))?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            for h in page {
+                let Some(bytes) = store.envelope(&h).map_err(|e| err(&e))? else {
+                    continue;
+                };
+                let env = Envelope::decode(&bytes).map_err(|e| err(&e))?;
+                let change = automerge::Change::try_from(&env.change[..]).map_err(|e| err(&e))?;
+                let item = Item::new(change.timestamp().max(0) as u64, h);
+                let signer = self
+                    .roster
+                    .office_by_signer(&env.signer)
+                    .map(|o| o.id.clone());
+                let mut sets = lock(&self.sets);
+                sets.envelopes.insert(item);
+                sets.env_doc.insert(h, env.doc_id);
+                let info = sets.docs.entry(env.doc_id).or_default();
+                info.items.push(item);
+                if info.origin.is_none() {
+                    info.origin = signer;
+                }
+                touched.insert(env.doc_id);
+            }
+            after = Some(last);
+        }
+        for doc in touched {
+            self.refresh_doc(&doc)?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads a record's origin, personal-data flag and key, then recomputes what each peer
+    /// may see of it.
+    fn refresh_doc(&self, doc: &DocId) -> Result<(), ReplicationError> {
+        let projection = self
+            .office
+            .store()
+            .projection(doc)
+            .map_err(|e| ReplicationError(e.to_string()))?;
+        let record = match projection {
+            Some((kind, bytes)) if kind != KIND_PENDING => Record::from_projection(&bytes).ok(),
+            _ => None,
+        };
+        let mut sets = lock(&self.sets);
+        let sets = &mut *sets;
+        let info = sets.docs.entry(*doc).or_default();
+        if let Some(r) = &record {
+            info.personal = r.subject().is_some();
+            info.key = crate::sealed::record_key_id(r);
+            if let Some(origin) = self.roster.office(record_office(r)) {
+                info.origin = Some(origin.id.clone());
+            }
+        } else {
+            // Unreadable here: treat as personal, so policy is applied to it all the same.
+            info.personal = true;
+        }
+        if let Some(k) = info.key {
+            let item = key_item(&k);
+            sets.keys.insert(item);
+            sets.key_ids.insert(item.id, k);
+        }
+        let info = info.clone();
+        for (peer, _) in &self.peers {
+            let hidden = sets.hidden.entry(peer.clone()).or_default();
+            let verdict = self.verdict(&info, peer);
+            for item in &info.items {
+                if verdict.may_send() {
+                    hidden.0.remove(item);
+                } else {
+                    hidden.0.insert(*item);
+                }
+            }
+            if let Some(k) = info.key {
+                if verdict.may_send() {
+                    hidden.1.remove(&key_item(&k));
+                } else {
+                    hidden.1.insert(key_item(&k));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verdict(&self, info: &DocInfo, peer: &str) -> Verdict {
+        let jurisdiction_of = |office: &str| {
+            self.roster
+                .office(office)
+                .map(|o| o.jurisdiction.clone())
+                .unwrap_or_default()
+        };
+        let origin = info
+            .origin
+            .as_deref()
+            .map(jurisdiction_of)
+            .unwrap_or_else(|| self.jurisdiction.clone());
+        self.policy.decide(
+            &origin,
+            &self.jurisdiction,
+            &jurisdiction_of(peer),
+            info.personal,
+        )
+    }
+
+    /// A digest of the replicated state: equal at two offices exactly when they hold the same
+    /// envelopes (and, once replicated, tombstones).
+    pub fn digest(&self) -> String {
+        let sets = lock(&self.sets);
+        let mut h = Sha256::new();
+        h.update(b"consentd/state-digest/v1");
+        h.update(sets.envelopes.total().fingerprint());
+        h.update((sets.envelopes.len() as u64).to_be_bytes());
+        hex::encode(h.finalize())
+    }
+
+    pub fn peers_json(&self) -> Value {
+        let status = lock(&self.status);
+        Value::Array(
+            self.peers
+                .iter()
+                .map(|(peer, address)| {
+                    let s = status.get(peer).cloned().unwrap_or_default();
+                    json!({
+                        "office": peer,
+                        "address": address.to_string(),
+                        "connected": s.connected,
+                        "last_sync": s.last_sync.map(crate::record::fmt_time),
+                        "lag": s.lag_envelopes,
+                        "stored": s.stored,
+                        "rejected": s.rejected,
+                        "refusals": s.refusals,
+                        "last_error": s.last_error,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn set_status(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
+        f(lock(&self.status).entry(peer.to_string()).or_default());
+    }
+
+    /// Runs the endpoint until `stop`: listens, dials the peers this office dials, and keeps
+    /// every link's session going.
+    pub async fn run(
+        self: Arc<Self>,
+        transport_key: SigningKey,
+        listen: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), ReplicationError> {
+        let endpoint = Arc::new(
+            Endpoint::bind(self.roster.clone(), &self.me, &transport_key, listen)
+                .map_err(|e| ReplicationError(format!("cannot listen on {listen}: {e}")))?,
+        );
+        tracing::info!(address = %listen, peers = self.peers.len(), "replication listening");
+        let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));
+        for (peer, address) in self.peers.clone() {
+            if dials(&self.me, &peer) {
+                tokio::spawn(
+                    self.clone()
+                        .dial_loop(endpoint.clone(), peer, address, stop.clone()),
+                );
+            }
+        }
+        let mut stop_accept = stop.clone();
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(accepting) = incoming else { break };
+                    let (rep, stop) = (self.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        let from = accepting.remote_address();
+                        match accepting.finish().await {
+                            Ok(link) => rep.run_link(link, false, stop).await,
+                            Err(e) => tracing::warn!(%from, error = %e, "refused a replication connection"),
+                        }
+                    });
+                }
+                _ = stop_accept.changed() => break,
+            }
+        }
+        forward.abort();
+        endpoint.close();
+        Ok(())
+    }
+
+    async fn dial_loop(
+        self: Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        peer: String,
+        address: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut attempt = 0u32;
+        loop {
+            match endpoint.connect_addr(&peer, address).await {
+                Ok(link) => {
+                    attempt = 0;
+                    self.clone().run_link(link, true, stop.clone()).await;
+                }
+                Err(e) => {
+                    self.set_status(&peer, |s| s.last_error = Some(e.to_string()));
+                    tracing::debug!(peer = %peer, error = %e, "cannot reach peer");
+                }
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let delay = reconnect_delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Turns each durable local commit into set updates and pushes.
+    async fn forward_commits(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut rx = self.office.subscribe_committed();
+        loop {
+            let committed: Arc<Committed> = tokio::select! {
+                c = rx.recv() => match c {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed commits are found by the next sync round's reconciliation
+                        // against the store-built sets after a restart; rebuild now instead.
+                        tracing::warn!(missed = n, "replication fell behind local commits; rebuilding sets");
+                        if let Err(e) = self.build() {
+                            tracing::error!(error = %e, "cannot rebuild replication sets");
+                        }
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+                _ = stop.changed() => return,
+            };
+            self.absorb(&committed);
+        }
+    }
+
+    /// Adds durable envelopes to the sets and queues them for pushing: a record's key first,
+    /// so the peer can open the record the moment its envelopes land.
+    fn absorb(&self, committed: &Committed) {
+        let mut docs = HashSet::new();
+        let mut pushes = Vec::new();
+        for (doc, hash, bytes) in &committed.envelopes {
+            let Ok(env) = Envelope::decode(bytes) else {
+                continue;
+            };
+            let Ok(change) = automerge::Change::try_from(&env.change[..]) else {
+                continue;
+            };
+            let item = Item::new(change.timestamp().max(0) as u64, *hash);
+            let signer = self
+                .roster
+                .office_by_signer(&env.signer)
+                .map(|o| o.id.clone());
+            {
+                let mut sets = lock(&self.sets);
+                if sets.envelopes.insert(item) {
+                    sets.env_doc.insert(*hash, *doc);
+                    let info = sets.docs.entry(*doc).or_default();
+                    info.items.push(item);
+                    if info.origin.is_none() {
+                        info.origin = signer;
+                    }
+                }
+            }
+            docs.insert(*doc);
+            pushes.push((*doc, bytes.clone()));
+        }
+        for doc in &docs {
+            let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
+            if let Err(e) = self.refresh_doc(doc) {
+                tracing::error!(error = %e, "cannot update replication sets");
+            }
+            let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
+            if let (None, Some(kid)) = (had_key, key) {
+                if let Ok(k) = self.office.keys.key(&kid) {
+                    let blob = key_blob(&kid, &k);
+                    let _ = self
+                        .pushes
+                        .send(Arc::new((Some(*doc), SetKind::Keys, blob)));
+                }
+            }
+        }
+        for (doc, bytes) in pushes {
+            let _ = self
+                .pushes
+                .send(Arc::new((Some(doc), SetKind::Envelopes, bytes)));
+        }
+    }
+
+    /// Runs one peer link until it closes or `stop`.
+    async fn run_link(self: Arc<Self>, link: Link, dialer: bool, mut stop: watch::Receiver<bool>) {
+        let peer = link.peer.clone();
+        let (connection, mut writer, mut reader) = link.split();
+        let mut session = Session::new(SessionConfig {
+            hello: Hello {
+                version: PROTOCOL_VERSION,
+                network: self.roster.roster().network.clone(),
+                office: self.me.clone(),
+                roster_serial: self.roster.roster().serial,
+            },
+            peer: peer.clone(),
+            dialer,
+            roster: self.roster.clone(),
+            limits: Limits::default(),
+        });
+        let mut pushes = self.pushes.subscribe();
+        self.set_status(&peer, |s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        tracing::info!(peer = %peer, dialer, "replication link up");
+        let mut answered = None;
+        let outcome: Result<(), String> = async {
+            loop {
+                while let Some(frame) = session.poll_transmit() {
+                    writer.send(&frame).await.map_err(|e| e.to_string())?;
+                }
+                while let Some(action) = session.poll_action() {
+                    self.act(&peer, &mut session, action).await?;
+                }
+                if session.poll_transmit_pending() {
+                    continue;
+                }
+                // The acceptor learns a round ended when it answers the last set's query.
+                if !dialer && session.stats().last_answered != answered {
+                    answered = session.stats().last_answered;
+                    self.set_status(&peer, |s| s.last_sync = Some(chrono::Utc::now()));
+                }
+                let deadline = session
+                    .poll_timeout()
+                    .map(tokio::time::Instant::from_std)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    frame = reader.recv(), if session.can_receive() => match frame {
+                        Ok(Some(bytes)) => {
+                            let result = {
+                                let sets = lock(&self.sets);
+                                session.handle_frame(Instant::now(), &bytes, &self.view(&sets))
+                            };
+                            if let Err(e) = result {
+                                while let Some(frame) = session.poll_transmit() {
+                                    let _ = writer.send(&frame).await;
+                                }
+                                return Err(e.to_string());
+                            }
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(e) => return Err(e.to_string()),
+                    },
+                    push = pushes.recv() => {
+                        if let Ok(push) = push {
+                            let (doc, set, blob) = &*push;
+                            if doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
+                                session.push_local(Instant::now(), *set, blob.clone());
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let sets = lock(&self.sets);
+                        session.handle_timeout(Instant::now(), &self.view(&sets));
+                    }
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        writer.finish();
+        connection.close(0u32.into(), b"bye");
+        self.set_status(&peer, |s| {
+            s.connected = false;
+            if let Err(e) = &outcome {
+                s.last_error = Some(e.clone());
+            }
+        });
+        match outcome {
+            Ok(()) => tracing::info!(peer = %peer, "replication link closed"),
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "replication link failed"),
+        }
+    }
+
+    fn may_send_doc(&self, doc: &DocId, peer: &str) -> bool {
+        let sets = lock(&self.sets);
+        match sets.docs.get(doc) {
+            Some(info) => self.verdict(info, peer).may_send(),
+            None => false,
+        }
+    }
+
+    fn view<'a>(&'a self, sets: &'a Sets) -> View<'a> {
+        View { rep: self, sets }
+    }
+
+    async fn act(&self, peer: &str, session: &mut Session, action: Action) -> Result<(), String> {
+        match action {
+            Action::Connected { .. } => {}
+            Action::Store(batch) => self.store(peer, session, batch).await?,
+            Action::Fetch {
+                request, set, ids, ..
+            } => {
+                let found = self.fetch(peer, set, &ids);
+                session.fetched(request, found);
+            }
+            Action::Reject { peer, set, reason } => {
+                self.set_status(&peer, |s| s.rejected += 1);
+                tracing::warn!(peer = %peer, set = set.name(), reason = %reason, "rejected replicated item");
+            }
+            Action::Synced { lag, .. } => {
+                self.set_status(peer, |s| {
+                    s.last_sync = Some(chrono::Utc::now());
+                    s.lag_envelopes = lag[SetKind::Envelopes.index()];
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn store(
+        &self,
+        peer: &str,
+        session: &mut Session,
+        batch: StoreBatch,
+    ) -> Result<(), String> {
+        match batch.set {
+            SetKind::Keys => {
+                let received = {
+                    let mut sets = lock(&self.sets);
+                    if sets.received.len() + batch.blobs.len() > RECEIVED_KEYS_MAX {
+                        // Bounded memory: keys not yet used are fetched again next round.
+                        sets.received.clear();
+                    }
+                    for blob in &batch.blobs {
+                        if let Some((id, key)) = parse_key_blob(&blob.bytes) {
+                            sets.received.insert(id, key);
+                        }
+                    }
+                    sets.received.clone()
+                };
+                // Records that arrived before their key can be opened now.
+                self.office
+                    .reopen_pending(&received, PENDING_REOPEN_MAX)
+                    .await
+                    .map_err(|e| format!("cannot open records from {peer}: {e}"))?;
+            }
+            SetKind::Envelopes => {
+                let received = lock(&self.sets).received.clone();
+                let report = self
+                    .office
+                    .ingest(batch.envelopes, &received)
+                    .await
+                    .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
+                self.set_status(peer, |s| s.stored += report.stored as u64);
+            }
+            // verify_blob refuses these, so the session never asks to store them.
+            SetKind::Tombstones | SetKind::Checkpoints => {}
+        }
+        let sets = lock(&self.sets);
+        session.stored(Instant::now(), batch.id, &self.view(&sets));
+        Ok(())
+    }
+
+    fn fetch(&self, peer: &str, set: SetKind, ids: &[[u8; 32]]) -> Vec<([u8; 32], Vec<u8>)> {
+        let mut out = Vec::new();
+        match set {
+            SetKind::Envelopes => {
+                for id in ids {
+                    let doc = lock(&self.sets).env_doc.get(id).copied();
+                    let Some(doc) = doc else { continue };
+                    if !self.may_send_doc(&doc, peer) {
+                        continue; // policy: answered as missing
+                    }
+                    if let Ok(Some(bytes)) = self.office.store().envelope(id) {
+                        out.push((*id, bytes));
+                    }
+                }
+            }
+            SetKind::Keys => {
+                for id in ids {
+                    let (kid, hidden) = {
+                        let sets = lock(&self.sets);
+                        let kid = sets.key_ids.get(id).copied();
+                        let hidden = sets
+                            .hidden
+                            .get(peer)
+                            .is_some_and(|h| h.1.contains(&Item::new(0, *id)));
+                        (kid, hidden)
+                    };
+                    let Some(kid) = kid else { continue };
+                    if hidden {
+                        continue;
+                    }
+                    if let Ok(key) = self.office.keys.key(&kid) {
+                        out.push((*id, key_blob(&kid, &key)));
+                    }
+                }
+            }
+            SetKind::Tombstones | SetKind::Checkpoints => {}
+        }
+        out
+    }
+}
+
+/// Which office authored a record (its `office` field).
+fn record_office(r: &Record) -> &str {
+    match r {
+        Record::Consent(c) => &c.office,
+        Record::Request(q) => &q.office,
+        Record::Transfer(t) => &t.office,
+        Record::Hold(h) => &h.office,
+    }
+}
+
+/// The session's view of this office: the sets under one lock, and the store for tombstones.
+struct View<'a> {
+    rep: &'a Replicator,
+    sets: &'a Sets,
+}
+
+impl Local for View<'_> {
+    fn offered(&self, peer: &str, set: SetKind) -> Box<dyn SetView + '_> {
+        let hidden = self.sets.hidden.get(peer);
+        match (set, hidden) {
+            (SetKind::Envelopes, Some(h)) => Box::new(Without::new(&self.sets.envelopes, &h.0)),
+            (SetKind::Envelopes, None) => Box::new(&self.sets.envelopes),
+            (SetKind::Keys, Some(h)) => Box::new(Without::new(&self.sets.keys, &h.1)),
+            (SetKind::Keys, None) => Box::new(&self.sets.keys),
+            (SetKind::Tombstones | SetKind::Checkpoints, _) => Box::new(&self.sets.empty),
+        }
+    }
+
+    fn holds(&self, set: SetKind, item: &Item) -> bool {
+        match set {
+            SetKind::Envelopes => self.sets.envelopes.contains(item),
+            SetKind::Keys => {
+                self.sets.keys.contains(item)
+                    || self.sets.received.keys().any(|k| key_item(k).id == item.id)
+            }
+            SetKind::Tombstones | SetKind::Checkpoints => false,
+        }
+    }
+
+    fn is_tombstoned(&self, doc_id: &[u8; 16]) -> bool {
+        self.rep.office.is_tombstoned(doc_id).unwrap_or(false)
+    }
+
+    fn verify_blob(&self, set: SetKind, blob: &[u8]) -> Result<BlobInfo, String> {
+        match set {
+            SetKind::Keys => {
+                let (id, _) =
+                    parse_key_blob(blob).ok_or_else(|| "malformed subject key".to_string())?;
+                Ok(BlobInfo {
+                    item: key_item(&id),
+                    office: String::new(),
+                    covers_doc: None,
+                })
+            }
+            other => Err(format!("{} are not replicated yet", other.name())),
+        }
+    }
+}
+
+/// Resolves the peers of a config against the roster.
+pub fn peers_of(config: &crate::config::Config) -> Vec<(String, SocketAddr)> {
+    config
+        .peers
+        .iter()
+        .map(|p| (p.office.clone(), p.address))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_blobs_round_trip_and_refuse_garbage() {
+        let id = [7u8; 16];
+        let blob = key_blob(&id, &[9u8; 32]);
+        let (got, key) = parse_key_blob(&blob).unwrap();
+        assert_eq!(got, id);
+        assert_eq!(*key, [9u8; 32]);
+        assert!(parse_key_blob(&blob[..51]).is_none());
+        let mut bad = blob.clone();
+        bad[0] = b'X';
+        assert!(parse_key_blob(&bad).is_none());
+        assert_ne!(
+            key_item(&id).id[..16],
+            id,
+            "the item does not show the key id"
+        );
+    }
+}
