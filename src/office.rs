@@ -146,10 +146,12 @@ pub struct Office {
     replication: std::sync::OnceLock<std::sync::Weak<crate::replicate::Replicator>>,
 }
 
-/// Envelopes one durable commit added: `(record, change hash, envelope bytes)`.
-#[derive(Debug)]
+/// What one durable commit added: envelopes `(record, change hash, envelope bytes)` and
+/// tombstones `(record, tombstone hash, tombstone bytes)`.
+#[derive(Debug, Default)]
 pub struct Committed {
     pub envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>,
+    pub tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
 }
 
 /// Commits announced but not yet taken by a slow replicator before it must resynchronise.
@@ -268,10 +270,32 @@ impl Office {
     fn announce(&self, envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>) {
         if !envelopes.is_empty() {
             // No receiver (no peers configured) is fine: nothing to tell.
-            let _ = self
-                .committed
-                .send(std::sync::Arc::new(Committed { envelopes }));
+            let _ = self.committed.send(std::sync::Arc::new(Committed {
+                envelopes,
+                tombstones: Vec::new(),
+            }));
         }
+    }
+
+    /// Tells replication about tombstones this office made durable (retention, erasure).
+    pub(crate) fn announce_tombstones(&self, tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>) {
+        if !tombstones.is_empty() && self.committed.receiver_count() > 0 {
+            let _ = self.committed.send(std::sync::Arc::new(Committed {
+                envelopes: Vec::new(),
+                tombstones,
+            }));
+        }
+    }
+
+    /// Applies tombstones received from peers (verified by the caller); see
+    /// `retention::pass::apply_remote`. Returns the records purged.
+    pub async fn apply_remote_tombstones(
+        &self,
+        tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
+    ) -> Result<u64> {
+        Ok(crate::retention::pass::apply_remote(self, tombstones)
+            .await?
+            .deleted)
     }
 
     pub fn audit(&self) -> &crate::audit::AuditLog {

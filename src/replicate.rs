@@ -12,8 +12,10 @@
 //!
 //! What is sent is what policy allows: a record whose personal data may not go to a peer's
 //! jurisdiction is hidden from that peer's view of the sets, so it is never even announced, and
-//! neither is its key. Tombstones and checkpoints are not replicated yet (their sets stay empty,
-//! and a peer offering one is refused).
+//! neither is its key. Tombstones go to every peer and are reconciled first: a record a peer
+//! deleted is purged here (and its unused keys destroyed) before its envelopes could return.
+//! Checkpoints are not replicated yet (their set stays empty, and a peer offering one is
+//! refused).
 
 use crate::office::{Committed, Office, KIND_PENDING};
 use crate::policy::{TransferPolicy, Verdict};
@@ -25,6 +27,7 @@ use consentd_sync::item::{Item, ItemSet, SetView, Without};
 use consentd_sync::session::{
     dials, Action, BlobInfo, Limits, Local, Session, SessionConfig, StoreBatch,
 };
+use consentd_sync::tombstone::{self, Tombstone};
 use consentd_sync::transport::{Endpoint, Link};
 use consentd_sync::{Envelope, Hello, SetKind, VerifiedRoster};
 use ed25519_dalek::SigningKey;
@@ -51,6 +54,11 @@ const BUILD_PAGE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ReplicationError(String);
+
+/// The set item of a tombstone: its time and hash, as every office derives them.
+fn tombstone_item(t: &Tombstone, hash: [u8; 32]) -> Item {
+    Item::new(t.time.max(0) as u64, hash)
+}
 
 /// The set item of a subject key: its id hashed, so the id set says nothing about the key.
 pub fn key_item(id: &KeyId) -> Item {
@@ -90,6 +98,9 @@ struct DocInfo {
 /// The replicated sets and what policy hides from each peer.
 #[derive(Default)]
 struct Sets {
+    tombstones: ItemSet,
+    /// Tombstone hash → (record, bytes). Small (no personal data), kept to answer peers.
+    tombstone_bytes: HashMap<[u8; 32], (DocId, Vec<u8>)>,
     envelopes: ItemSet,
     keys: ItemSet,
     empty: ItemSet,
@@ -203,7 +214,49 @@ impl Replicator {
         for doc in touched {
             self.refresh_doc(&doc)?;
         }
+        let snapshot = store.snapshot().map_err(|e| err(&e))?;
+        let mut after = None;
+        loop {
+            let page = snapshot
+                .tombstones_after(after.as_ref(), BUILD_PAGE)
+                .map_err(|e| err(&e))?;
+            let Some((doc, hash, _)) = page.last().cloned() else {
+                break;
+            };
+            let mut sets = lock(&self.sets);
+            for (d, h, bytes) in page {
+                if let Ok(t) = Tombstone::decode(&bytes) {
+                    sets.tombstones.insert(tombstone_item(&t, h));
+                    sets.tombstone_bytes.insert(h, (d, bytes));
+                }
+            }
+            after = Some((doc, hash));
+        }
         Ok(())
+    }
+
+    /// Takes a purged record out of the envelope set (and its key, once destroyed).
+    fn forget_doc(&self, doc: &DocId, tombstone: (Item, Vec<u8>)) {
+        let mut sets = lock(&self.sets);
+        let sets = &mut *sets;
+        let (item, bytes) = tombstone;
+        sets.tombstones.insert(item);
+        sets.tombstone_bytes.insert(item.id, (*doc, bytes));
+        if let Some(info) = sets.docs.remove(doc) {
+            for i in &info.items {
+                sets.envelopes.remove(i);
+                sets.env_doc.remove(&i.id);
+                for hidden in sets.hidden.values_mut() {
+                    hidden.0.remove(i);
+                }
+            }
+            if let Some(k) = info.key {
+                if self.office.keys.key(&k).is_err() {
+                    sets.keys.remove(&key_item(&k));
+                    sets.key_ids.remove(&key_item(&k).id);
+                }
+            }
+        }
     }
 
     /// Re-reads a record's origin, personal-data flag and key, then recomputes what each peer
@@ -418,6 +471,15 @@ impl Replicator {
     /// Adds durable envelopes to the sets and queues them for pushing: a record's key first,
     /// so the peer can open the record the moment its envelopes land.
     fn absorb(&self, committed: &Committed) {
+        // Deletions first: they travel ahead of everything else.
+        for (doc, hash, bytes) in &committed.tombstones {
+            if let Ok(t) = Tombstone::decode(bytes) {
+                self.forget_doc(doc, (tombstone_item(&t, *hash), bytes.clone()));
+                let _ = self
+                    .pushes
+                    .send(Arc::new((None, SetKind::Tombstones, bytes.clone())));
+            }
+        }
         let mut docs = HashSet::new();
         let mut pushes = Vec::new();
         for (doc, hash, bytes) in &committed.envelopes {
@@ -631,8 +693,30 @@ impl Replicator {
                     .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
                 self.set_status(peer, |s| s.stored += report.stored as u64);
             }
+            SetKind::Tombstones => {
+                let mut todo = Vec::with_capacity(batch.blobs.len());
+                for blob in &batch.blobs {
+                    let Some(doc) = blob.info.covers_doc else {
+                        continue;
+                    };
+                    todo.push((doc, blob.info.item.id, blob.bytes.clone()));
+                }
+                let purged = self
+                    .office
+                    .apply_remote_tombstones(todo.clone())
+                    .await
+                    .map_err(|e| format!("cannot apply tombstones from {peer}: {e}"))?;
+                for (doc, hash, bytes) in todo {
+                    if let Ok(t) = Tombstone::decode(&bytes) {
+                        self.forget_doc(&doc, (tombstone_item(&t, hash), bytes));
+                    }
+                }
+                if purged > 0 {
+                    tracing::info!(peer = %peer, records = purged, "applied tombstones");
+                }
+            }
             // verify_blob refuses these, so the session never asks to store them.
-            SetKind::Tombstones | SetKind::Checkpoints => {}
+            SetKind::Checkpoints => {}
         }
         let sets = lock(&self.sets);
         session.stored(Instant::now(), batch.id, &self.view(&sets));
@@ -674,7 +758,15 @@ impl Replicator {
                     }
                 }
             }
-            SetKind::Tombstones | SetKind::Checkpoints => {}
+            SetKind::Tombstones => {
+                let sets = lock(&self.sets);
+                for id in ids {
+                    if let Some((_, bytes)) = sets.tombstone_bytes.get(id) {
+                        out.push((*id, bytes.clone()));
+                    }
+                }
+            }
+            SetKind::Checkpoints => {}
         }
         out
     }
@@ -704,7 +796,9 @@ impl Local for View<'_> {
             (SetKind::Envelopes, None) => Box::new(&self.sets.envelopes),
             (SetKind::Keys, Some(h)) => Box::new(Without::new(&self.sets.keys, &h.1)),
             (SetKind::Keys, None) => Box::new(&self.sets.keys),
-            (SetKind::Tombstones | SetKind::Checkpoints, _) => Box::new(&self.sets.empty),
+            // Tombstones name no one: every peer gets every one.
+            (SetKind::Tombstones, _) => Box::new(&self.sets.tombstones),
+            (SetKind::Checkpoints, _) => Box::new(&self.sets.empty),
         }
     }
 
@@ -715,7 +809,8 @@ impl Local for View<'_> {
                 self.sets.keys.contains(item)
                     || self.sets.received.keys().any(|k| key_item(k).id == item.id)
             }
-            SetKind::Tombstones | SetKind::Checkpoints => false,
+            SetKind::Tombstones => self.sets.tombstones.contains(item),
+            SetKind::Checkpoints => false,
         }
     }
 
@@ -732,6 +827,16 @@ impl Local for View<'_> {
                     item: key_item(&id),
                     office: String::new(),
                     covers_doc: None,
+                })
+            }
+            SetKind::Tombstones => {
+                let t = Tombstone::decode(blob).map_err(|e| e.to_string())?;
+                let hash = t.hash();
+                let verified = tombstone::verify(t, &self.rep.roster).map_err(|e| e.to_string())?;
+                Ok(BlobInfo {
+                    item: tombstone_item(verified.tombstone(), hash),
+                    office: verified.office().to_string(),
+                    covers_doc: Some(verified.tombstone().doc_id),
                 })
             }
             other => Err(format!("{} are not replicated yet", other.name())),

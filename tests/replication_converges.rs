@@ -250,3 +250,67 @@ fn an_office_of_another_network_is_refused() {
     assert_eq!(status["records"], 0, "nothing from the stranger was stored");
     drop(stranger_de);
 }
+
+#[test]
+fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
+    let net = Net::init("de,sg,uk");
+    let de = net.start("de");
+    let sg = net.start("sg");
+    let uk = net.start("uk");
+    // SMS data moved on 2026-01-10: the schedule deletes it six months later.
+    ok(
+        &net.socket("de"),
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "phone_number,traffic_data",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "TIA-9",
+            "--subject",
+            "+49 30 1234 5678",
+            "--at",
+            "2026-01-10T00:00:00Z",
+        ],
+    );
+    grant(&net, "sg", "tan@example.sg");
+    converge(&net, &["de", "sg", "uk"], 2);
+    // uk goes away holding the record; de deletes it meanwhile.
+    assert!(uk.stop());
+    let run = ok(
+        &net.socket("de"),
+        &["retention", "run", "--as-of", "2026-07-11T00:00:00Z"],
+    );
+    assert_eq!(run["deleted"], 1, "{run}");
+    let started = Instant::now();
+    while ok(&net.socket("sg"), &["status"])["tombstones"] != 1 {
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "sg never got the tombstone"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // uk returns with its old copy: the tombstone wins everywhere, and uk drops its copy too.
+    let _uk = net.start("uk");
+    converge(&net, &["de", "sg", "uk"], 1);
+    for office in ["de", "sg", "uk"] {
+        let s = ok(&net.socket(office), &["status"]);
+        assert_eq!(
+            (s["records"].as_u64(), s["tombstones"].as_u64()),
+            (Some(1), Some(1)),
+            "{office}: {s}"
+        );
+        let transfers = ok(&net.socket(office), &["transfer", "list"]);
+        assert!(
+            transfers.as_array().unwrap().is_empty(),
+            "{office} still lists the deleted transfer"
+        );
+    }
+    drop((de, sg));
+}

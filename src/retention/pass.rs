@@ -275,7 +275,9 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
             "every tombstone has its log leaf in the same batch"
         );
         out.deleted += purges.len() as u64;
+        let announce = batch.tombstones.clone();
         office.store().commit_purge(purges, batch).await?;
+        office.announce_tombstones(announce);
     }
     out.keys_destroyed = destroy_unused_keys(office, &subjects).await?;
     if out.keys_destroyed > 0 {
@@ -285,6 +287,68 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
         out.compacted = compact(office).await;
     }
     Ok(out)
+}
+
+/// Applies tombstones other offices signed (already verified against the roster by the caller):
+/// each record is purged in the same durable batch that stores its tombstone, then the subject
+/// keys no remaining record uses are destroyed and the key-encryption key rotated, exactly as
+/// for a local deletion. No log leaf: this office did not author them. Returns the records
+/// purged.
+pub(crate) async fn apply_remote(
+    office: &Office,
+    tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
+) -> Result<Outcome> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut out = Outcome::default();
+    let mut subjects: BTreeSet<[u8; 32]> = BTreeSet::new();
+    for chunk in tombstones.chunks(DELETE_CHUNK) {
+        let mut todo = Vec::with_capacity(chunk.len());
+        let mut tokens = Vec::new();
+        for (doc, hash, bytes) in chunk {
+            if office.is_tombstoned(doc)? {
+                continue; // already applied: tombstones win once, forever
+            }
+            // Read before purging: its subject's keys may become unused.
+            let record = office.read_record(doc).ok().flatten();
+            if let Some(r) = &record {
+                if let Some(d) = lock_token_of(office, r)? {
+                    tokens.push(d);
+                }
+                subjects.extend(subject_token(office, r)?);
+            }
+            todo.push((*doc, *hash, bytes.clone()));
+        }
+        if todo.is_empty() {
+            continue;
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        let ids: Vec<DocId> = todo.iter().map(|t| t.0).collect();
+        let _guards = office.lock_tokens_then_docs(&tokens, &ids).await;
+        let batch = WriteBatch {
+            tombstones: todo,
+            ..WriteBatch::default()
+        };
+        out.deleted += ids.len() as u64;
+        out.deleted_ids.extend(ids.iter().copied());
+        office.store().commit_purge(ids, batch).await?;
+    }
+    out.keys_destroyed = destroy_unused_keys(office, &subjects).await?;
+    if out.keys_destroyed > 0 {
+        office.keys.rotate().await?;
+    }
+    Ok(out)
+}
+
+fn lock_token_of(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
+    match record {
+        Record::Consent(c) => {
+            let subject = Subject::parse(&c.subject)
+                .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+            Ok(Some(office.hasher.consent_token(&subject, &c.purpose)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// [`delete`] for callers that do not hold the pass lock (erasure).
