@@ -572,6 +572,10 @@ impl Office {
                     tia: a.tia,
                     at: fmt_time(at),
                     office: self.id.clone(),
+                    records: vec![],
+                    to_office: None,
+                    status: None,
+                    reason: None,
                 }))
             }
             Request::HoldSet(a) => {
@@ -780,6 +784,15 @@ impl Office {
     /// The index entries for a record: keyed hashes of its subject (never the subject itself).
     fn index_entries(&self, record: &Record) -> Result<(Vec<[u8; 32]>, Option<i32>)> {
         let mut keys = Vec::with_capacity(2);
+        // A replication event marks each (record, destination, status) it reports, so that it
+        // is reported once (transfer_marker).
+        if let Record::Transfer(t) = record {
+            if let (Some(to), Some(status)) = (&t.to_office, &t.status) {
+                for r in t.records.iter().take(TRANSFER_EVENT_RECORDS_MAX) {
+                    keys.push(transfer_marker(r, to, status));
+                }
+            }
+        }
         if let Some(s) = record.subject() {
             let subject = Subject::parse(s).map_err(|e| {
                 OfficeError::Integrity(format!("stored subject does not parse: {e}"))
@@ -934,6 +947,66 @@ impl Office {
             }
         }
         Ok(ids)
+    }
+
+    /// Records replication events (module `replicate`), each (record, office, status) once: a
+    /// signed transfer record per batch naming the records, from, to and mechanism (or the
+    /// reason for a refusal). Returns how many records were newly reported.
+    pub async fn record_transfer_events(&self, events: Vec<TransferEvent>) -> Result<usize> {
+        // (to office, to jurisdiction, status, mechanism or reason) → (record id, categories)
+        let mut groups: BTreeMap<EventGroup, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for e in events {
+            let id = doc_id_hex(&e.record);
+            if !self
+                .store
+                .docs_by_key(&transfer_marker(&id, &e.to_office, e.status))?
+                .is_empty()
+            {
+                continue; // reported before
+            }
+            groups
+                .entry((e.to_office, e.to_jurisdiction, e.status, e.detail))
+                .or_default()
+                .push((id, e.categories));
+        }
+        let mut reported = 0;
+        let now = fmt_time(Utc::now());
+        let mut ops = Vec::new();
+        for ((to_office, to, status, detail), records) in groups {
+            for chunk in records.chunks(TRANSFER_EVENT_RECORDS_MAX) {
+                let mut categories: Vec<String> =
+                    chunk.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+                categories.sort();
+                categories.dedup();
+                let refused = status == "refused";
+                reported += chunk.len();
+                ops.push(Op::Transfer(TransferRecord {
+                    subject: None,
+                    subject_kind: None,
+                    categories,
+                    from: self.jurisdiction.clone(),
+                    to: to.clone(),
+                    recipient: format!("office {to_office}"),
+                    recipient_kind: Some("group_company".into()),
+                    mechanism: if refused {
+                        "forbidden".into()
+                    } else {
+                        detail.clone()
+                    },
+                    tia: None,
+                    at: now.clone(),
+                    office: self.id.clone(),
+                    records: chunk.iter().map(|(id, _)| id.clone()).collect(),
+                    to_office: Some(to_office.clone()),
+                    status: Some(status.into()),
+                    reason: refused.then(|| detail.clone()),
+                }));
+            }
+        }
+        if !ops.is_empty() {
+            self.write(ops, None).await?;
+        }
+        Ok(reported)
     }
 
     pub fn transfer_list(&self, subject: Option<&str>) -> Result<Value> {
@@ -1550,6 +1623,39 @@ impl<'o> Draft<'o> {
         );
         Ok((batch, touched))
     }
+}
+
+/// Most records one replication transfer event names (each is an index marker; the store allows
+/// 64 index keys per record).
+pub const TRANSFER_EVENT_RECORDS_MAX: usize = 48;
+
+/// The index marker of "record `record` was transferred to (or kept from) office `to`": not
+/// personal data (ids and office names), so a plain hash.
+pub fn transfer_marker(record: &str, to: &str, status: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consentd/transfer-event/v1\0");
+    for part in [record, to, status] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// Transfer events recorded together: (to office, to jurisdiction, status, mechanism or reason).
+type EventGroup = (String, String, &'static str, String);
+
+/// One record's personal data moving to (or kept from) a peer office, as replication saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferEvent {
+    pub record: DocId,
+    pub to_office: String,
+    pub to_jurisdiction: String,
+    /// `transferred` or `refused`.
+    pub status: &'static str,
+    /// The mechanism that allowed it, or for a refusal the reason.
+    pub detail: String,
+    pub categories: Vec<String>,
 }
 
 /// The lock key of a record id.

@@ -191,6 +191,19 @@ pub struct TransferRecord {
     pub tia: Option<String>,
     pub at: String,
     pub office: String,
+    /// For a transfer made by replication: the records (ids) whose personal data moved, or
+    /// would have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<String>,
+    /// For replication: the office the records went to (or were kept from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_office: Option<String>,
+    /// For replication: `transferred`, or `refused` when policy forbade the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why a transfer was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub const REQUEST_OPEN_STATUS: &str = "received";

@@ -17,7 +17,7 @@
 //! Checkpoints are not replicated yet (their set stays empty, and a peer offering one is
 //! refused).
 
-use crate::office::{Committed, Office, KIND_PENDING};
+use crate::office::{Committed, Office, TransferEvent, KIND_PENDING};
 use crate::policy::{TransferPolicy, Verdict};
 use crate::record::{DocId, Record};
 use consentd_storage::KeyId;
@@ -93,6 +93,8 @@ struct DocInfo {
     personal: bool,
     items: Vec<Item>,
     key: Option<KeyId>,
+    /// Data categories its personal data falls in, for transfer events.
+    categories: Vec<String>,
 }
 
 /// The replicated sets and what policy hides from each peer.
@@ -141,7 +143,22 @@ pub struct Replicator {
     status: Mutex<BTreeMap<String, PeerStatus>>,
     /// Locally durable items to push: (record, set, blob).
     pushes: tokio::sync::broadcast::Sender<Arc<Push>>,
+    /// Transfers and refusals to record (one task writes them, so each is checked once).
+    events: tokio::sync::mpsc::Sender<TransferEvent>,
+    events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
+    /// Events already queued by this process, so a bulk sync queues each once.
+    raised: Mutex<HashSet<(DocId, String, &'static str)>>,
 }
+
+/// Most remembered raised events; the set is cleared when full (the store's markers still make
+/// each event durable once).
+const RAISED_REMEMBERED_MAX: usize = 1 << 20;
+
+/// Transfer events waiting to be recorded; beyond this they are dropped and raised again by
+/// the next sync of the same records.
+const EVENTS_QUEUED_MAX: usize = 1 << 16;
+/// Events recorded per batch.
+const EVENTS_BATCH_MAX: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the sets usable: every update is a whole insert.
@@ -161,6 +178,7 @@ impl Replicator {
             .office(&me)
             .map(|o| o.jurisdiction.clone())
             .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED_MAX);
         let rep = Arc::new(Replicator {
             office,
             roster,
@@ -171,6 +189,9 @@ impl Replicator {
             sets: Mutex::new(Sets::default()),
             status: Mutex::new(BTreeMap::new()),
             pushes: tokio::sync::broadcast::channel(4096).0,
+            events: events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+            raised: Mutex::new(HashSet::new()),
         });
         rep.build()?;
         Ok(rep)
@@ -277,6 +298,10 @@ impl Replicator {
         if let Some(r) = &record {
             info.personal = r.subject().is_some();
             info.key = crate::sealed::record_key_id(r);
+            info.categories = match r {
+                Record::Transfer(t) => t.categories.clone(),
+                _ => vec!["contact_data".into()],
+            };
             if let Some(origin) = self.roster.office(record_office(r)) {
                 info.origin = Some(origin.id.clone());
             }
@@ -293,6 +318,9 @@ impl Replicator {
         for (peer, _) in &self.peers {
             let hidden = sets.hidden.entry(peer.clone()).or_default();
             let verdict = self.verdict(&info, peer);
+            if let Verdict::Forbidden { reason } = &verdict {
+                self.raise(doc, &info, peer, "refused", reason.clone());
+            }
             for item in &info.items {
                 if verdict.may_send() {
                     hidden.0.remove(item);
@@ -309,6 +337,72 @@ impl Replicator {
             }
         }
         Ok(())
+    }
+
+    /// Queues a transfer event for `doc` and `peer` (recorded once, by the events task).
+    fn raise(&self, doc: &DocId, info: &DocInfo, peer: &str, status: &'static str, detail: String) {
+        {
+            let mut raised = lock(&self.raised);
+            if raised.len() >= RAISED_REMEMBERED_MAX {
+                raised.clear();
+            }
+            if !raised.insert((*doc, peer.to_string(), status)) {
+                return;
+            }
+        }
+        let event = TransferEvent {
+            record: *doc,
+            to_office: peer.to_string(),
+            to_jurisdiction: self.jurisdiction_of(peer),
+            status,
+            detail,
+            categories: info.categories.clone(),
+        };
+        if self.events.try_send(event).is_err() {
+            tracing::warn!(peer = %peer, "transfer event queue full; the next sync raises it again");
+        }
+    }
+
+    /// Raises a transfer event if sending `doc` to `peer` moves personal data across a border.
+    fn note_sent(&self, doc: &DocId, peer: &str) {
+        let info = lock(&self.sets).docs.get(doc).cloned();
+        if let Some(info) = info {
+            if let Verdict::Allowed { mechanism, .. } = self.verdict(&info, peer) {
+                self.raise(doc, &info, peer, "transferred", mechanism);
+            }
+        }
+    }
+
+    fn jurisdiction_of(&self, office: &str) -> String {
+        self.roster
+            .office(office)
+            .map(|o| o.jurisdiction.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records queued transfer events, in batches.
+    async fn record_events(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut rx) = lock(&self.events_rx).take() else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                e = rx.recv() => match e { Some(e) => e, None => return },
+                _ = stop.changed() => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < EVENTS_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            match self.office.record_transfer_events(batch).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "recorded cross-border transfer events"),
+                Err(e) => tracing::error!(error = %e, "cannot record transfer events"),
+            }
+        }
     }
 
     fn verdict(&self, info: &DocInfo, peer: &str) -> Verdict {
@@ -383,6 +477,7 @@ impl Replicator {
         );
         tracing::info!(address = %listen, peers = self.peers.len(), "replication listening");
         let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));
+        let events = tokio::spawn(self.clone().record_events(stop.clone()));
         for (peer, address) in self.peers.clone() {
             if dials(&self.me, &peer) {
                 tokio::spawn(
@@ -409,6 +504,7 @@ impl Replicator {
             }
         }
         forward.abort();
+        events.abort();
         endpoint.close();
         Ok(())
     }
@@ -595,6 +691,9 @@ impl Replicator {
                             let (doc, set, blob) = &*push;
                             if doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
                                 session.push_local(Instant::now(), *set, blob.clone());
+                                if let (Some(d), SetKind::Envelopes) = (doc, set) {
+                                    self.note_sent(d, &peer);
+                                }
                             }
                         }
                     }
@@ -735,6 +834,7 @@ impl Replicator {
                     }
                     if let Ok(Some(bytes)) = self.office.store().envelope(id) {
                         out.push((*id, bytes));
+                        self.note_sent(&doc, peer);
                     }
                 }
             }

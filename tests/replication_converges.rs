@@ -158,52 +158,6 @@ fn an_office_that_was_down_catches_up() {
 }
 
 #[test]
-fn china_resident_records_never_leave_china() {
-    let net = Net::init("cn,sg");
-    let _d: Vec<Daemon> = ["cn", "sg"].iter().map(|o| net.start(o)).collect();
-    grant(&net, "cn", "wang@example.cn");
-    grant(&net, "sg", "tan@example.sg");
-    // cn receives sg's record (SG→CN under the group agreement); wait for it.
-    let started = Instant::now();
-    while ok(&net.socket("cn"), &["status"])["records"] != 2 {
-        assert!(
-            started.elapsed() < CONVERGE_TIMEOUT,
-            "cn never received sg's record"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Give a full push and round the chance to leak, then look at sg.
-    std::thread::sleep(Duration::from_secs(2));
-    let sg = ok(&net.socket("sg"), &["status"]);
-    assert_eq!(sg["records"], 1, "sg holds only its own record: {sg}");
-    assert_eq!(sg["envelopes"], 1);
-    let check = ok(
-        &net.socket("sg"),
-        &[
-            "consent",
-            "check",
-            "--subject",
-            "wang@example.cn",
-            "--purpose",
-            "marketing",
-        ],
-    );
-    assert_eq!(check, serde_json::json!({"granted": false, "record": null}));
-    let cn = ok(
-        &net.socket("cn"),
-        &[
-            "consent",
-            "check",
-            "--subject",
-            "tan@example.sg",
-            "--purpose",
-            "marketing",
-        ],
-    );
-    assert_eq!(cn["granted"], true);
-}
-
-#[test]
 fn an_office_of_another_network_is_refused() {
     let net = Net::init("de,sg");
     let stranger = Net::init("de,sg");
@@ -251,6 +205,112 @@ fn an_office_of_another_network_is_refused() {
     drop(stranger_de);
 }
 
+fn check_marketing(net: &Net, office: &str, subject: &str) -> serde_json::Value {
+    ok(
+        &net.socket(office),
+        &[
+            "consent",
+            "check",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+        ],
+    )
+}
+
+/// Waits for a transfer-list row with `status` at `office`.
+fn transfer_event(net: &Net, office: &str, status: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let list = ok(&net.socket(office), &["transfer", "list"]);
+        if let Some(r) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["status"] == status)
+        {
+            return r.clone();
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "no {status} event at {office}: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn china_resident_records_never_leave_china() {
+    let net = Net::init("cn,sg");
+    let cn = net.start("cn");
+    let sg = net.start("sg");
+    grant(&net, "cn", "wang@example.cn");
+    grant(&net, "sg", "tan@example.sg");
+    let cn_record = check_marketing(&net, "cn", "wang@example.cn")["record"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // cn receives sg's record (SG→CN under the group agreement).
+    let started = Instant::now();
+    while check_marketing(&net, "cn", "tan@example.sg")["granted"] != true {
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "cn never received sg's record"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The refusal is a signed record at cn, shown by `transfer list`, naming the record.
+    let refusal = transfer_event(&net, "cn", "refused");
+    assert_eq!(refusal["records"][0], cn_record.as_str(), "{refusal}");
+    assert_eq!(refusal["to_office"], "sg");
+    assert_eq!(
+        (refusal["from"].as_str(), refusal["to"].as_str()),
+        (Some("CN"), Some("SG"))
+    );
+    assert!(
+        refusal["reason"].as_str().unwrap().contains("stays"),
+        "{refusal}"
+    );
+    // sg's record did move to China, and sg records that transfer with its mechanism.
+    let moved = transfer_event(&net, "sg", "transferred");
+    assert_eq!(
+        (
+            moved["from"].as_str(),
+            moved["to"].as_str(),
+            moved["mechanism"].as_str()
+        ),
+        (Some("SG"), Some("CN"), Some("bcr"))
+    );
+    assert_eq!(
+        check_marketing(&net, "sg", "wang@example.cn"),
+        serde_json::json!({"granted": false, "record": null})
+    );
+    // Further rounds add no second refusal.
+    std::thread::sleep(Duration::from_secs(2));
+    let list = ok(&net.socket("cn"), &["transfer", "list"]);
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"] == "refused")
+            .count(),
+        1,
+        "{list}"
+    );
+    // Nothing of the record is in sg's data directory: no envelope of it in sg's store.
+    assert!(sg.stop());
+    drop(cn);
+    let store = consentd_storage::Store::open(&net.data_dir("sg").join("consentd.redb")).unwrap();
+    let id: [u8; 16] = hex::decode(&cn_record).unwrap().try_into().unwrap();
+    assert!(
+        store.doc_envelopes(&id).unwrap().is_empty(),
+        "cn's record reached sg"
+    );
+    assert!(store.projection(&id).unwrap().is_none());
+    store.shutdown();
+}
+
 #[test]
 fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
     let net = Net::init("de,sg,uk");
@@ -280,7 +340,22 @@ fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
         ],
     );
     grant(&net, "sg", "tan@example.sg");
-    converge(&net, &["de", "sg", "uk"], 2);
+    let operator_transfers = |office: &str| -> usize {
+        let list = ok(&net.socket(office), &["transfer", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t.get("status").is_none())
+            .count()
+    };
+    let started = Instant::now();
+    while ["sg", "uk"].iter().any(|o| operator_transfers(o) != 1) {
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "the transfer record did not spread"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // uk goes away holding the record; de deletes it meanwhile.
     assert!(uk.stop());
     let run = ok(
@@ -301,15 +376,16 @@ fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
     converge(&net, &["de", "sg", "uk"], 1);
     for office in ["de", "sg", "uk"] {
         let s = ok(&net.socket(office), &["status"]);
+        assert_eq!(s["tombstones"], 1, "{office}: {s}");
         assert_eq!(
-            (s["records"].as_u64(), s["tombstones"].as_u64()),
-            (Some(1), Some(1)),
-            "{office}: {s}"
-        );
-        let transfers = ok(&net.socket(office), &["transfer", "list"]);
-        assert!(
-            transfers.as_array().unwrap().is_empty(),
+            operator_transfers(office),
+            0,
             "{office} still lists the deleted transfer"
+        );
+        assert_eq!(
+            check_marketing(&net, office, "tan@example.sg")["granted"],
+            true,
+            "{office}"
         );
     }
     drop((de, sg));

@@ -345,6 +345,10 @@ mod tests {
             tia: None,
             at: "2026-01-31T10:00:00Z".into(),
             office: "de".into(),
+            records: vec![],
+            to_office: None,
+            status: None,
+            reason: None,
         })
     }
 
