@@ -142,6 +142,8 @@ pub struct Office {
     pub(crate) retention: crate::retention::Settings,
     /// Envelopes made durable here (authored or ingested), for replication to push and index.
     committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
+    /// Envelopes peers offered for records a tombstone deletes, dropped by ingest (since start).
+    pub(crate) dropped_replayed: std::sync::atomic::AtomicU64,
     /// The replicator, once the daemon starts one (for `peers`).
     replication: std::sync::OnceLock<std::sync::Weak<crate::replicate::Replicator>>,
 }
@@ -184,6 +186,7 @@ impl Office {
             retention: parts.retention,
             committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
             replication: std::sync::OnceLock::new(),
+            dropped_replayed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -1070,7 +1073,8 @@ impl Office {
             "envelopes": stats.envelopes,
             "tombstones": stats.tombstones,
             "digest": self.state_digest()?,
-            "dropped_after_tombstone": stats.dropped_after_tombstone,
+            "dropped_after_tombstone": stats.dropped_after_tombstone
+                + self.dropped_replayed.load(std::sync::atomic::Ordering::Relaxed),
             "kek_generation": self.keys.generation(),
             "deleted_aggregates": crate::retention::aggregates::list(&self.store)?,
             "durable_commits": stats.commits_durable,

@@ -126,6 +126,10 @@ struct PeerStatus {
     rejected: u64,
     refusals: u64,
     stored: u64,
+    /// Envelopes this peer offered for records a tombstone deletes, dropped by the session (this
+    /// link) and by ingest (since start).
+    dropped_session: u64,
+    dropped_ingest: u64,
     last_error: Option<String>,
 }
 
@@ -451,6 +455,7 @@ impl Replicator {
                         "lag": s.lag_envelopes,
                         "stored": s.stored,
                         "rejected": s.rejected,
+                        "dropped": s.dropped_session + s.dropped_ingest,
                         "refusals": s.refusals,
                         "last_error": s.last_error,
                     })
@@ -649,6 +654,7 @@ impl Replicator {
         });
         tracing::info!(peer = %peer, dialer, "replication link up");
         let mut answered = None;
+        let mut dropped_seen = 0u64;
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
@@ -659,6 +665,15 @@ impl Replicator {
                 }
                 if session.poll_transmit_pending() {
                     continue;
+                }
+                let dropped = session.stats().dropped_tombstoned;
+                if dropped != dropped_seen {
+                    // Counted in `status` too: every envelope of a deleted record that came back.
+                    self.office
+                        .dropped_replayed
+                        .fetch_add(dropped - dropped_seen, std::sync::atomic::Ordering::Relaxed);
+                    dropped_seen = dropped;
+                    self.set_status(&peer, |s| s.dropped_session = dropped);
                 }
                 // The acceptor learns a round ended when it answers the last set's query.
                 if !dialer && session.stats().last_answered != answered {
@@ -790,7 +805,10 @@ impl Replicator {
                     .ingest(batch.envelopes, &received)
                     .await
                     .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
-                self.set_status(peer, |s| s.stored += report.stored as u64);
+                self.set_status(peer, |s| {
+                    s.stored += report.stored as u64;
+                    s.dropped_ingest += report.tombstoned as u64;
+                });
             }
             SetKind::Tombstones => {
                 let mut todo = Vec::with_capacity(batch.blobs.len());

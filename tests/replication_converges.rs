@@ -358,6 +358,22 @@ fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
     }
     // uk goes away holding the record; de deletes it meanwhile.
     assert!(uk.stop());
+    let old_envelopes = {
+        let store =
+            consentd_storage::Store::open(&net.data_dir("uk").join("consentd.redb")).unwrap();
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.envelope_hashes_after(after.as_ref(), 1000).unwrap();
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            all.extend(page.iter().map(|h| store.envelope(h).unwrap().unwrap()));
+            after = Some(last);
+        }
+        store.shutdown();
+        all
+    };
     let run = ok(
         &net.socket("de"),
         &["retention", "run", "--as-of", "2026-07-11T00:00:00Z"],
@@ -371,6 +387,29 @@ fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // An office replaying its old copy (here a test peer holding uk's keys and uk's old envelopes)
+    // is counted as dropped, and nothing comes back.
+    let dropped = || {
+        ok(&net.socket("de"), &["status"])["dropped_after_tombstone"]
+            .as_u64()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(common::peer::push_as(
+        net.path(),
+        "uk",
+        "de",
+        old_envelopes,
+        || dropped() >= 1,
+    ));
+    drop(runtime);
+    assert!(
+        dropped() >= 1,
+        "the replayed envelope of the deleted record was not counted as dropped"
+    );
     // uk returns with its old copy: the tombstone wins everywhere, and uk drops its copy too.
     let _uk = net.start("uk");
     converge(&net, &["de", "sg", "uk"], 1);
@@ -389,4 +428,170 @@ fn a_deleted_record_never_comes_back_from_an_office_that_was_away() {
         );
     }
     drop((de, sg));
+}
+
+#[test]
+fn retention_deletes_on_the_scheduled_day_across_three_offices() {
+    let net = Net::init("de,sg,uk");
+    let _d: Vec<Daemon> = ["de", "sg", "uk"].iter().map(|o| net.start(o)).collect();
+    let run = |as_of: &str| ok(&net.socket("de"), &["retention", "run", "--as-of", as_of]);
+    // Consent proof at de: withdrawn 2021-03-15, kept 5 years → deleted on 2026-03-15.
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "p@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+            "--at",
+            "2020-01-10T09:00:00Z",
+        ],
+    );
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "p@example.com",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2021-03-15T18:00:00Z",
+        ],
+    );
+    // Sales at sg on legitimate interest, 12 months → 2026-06-10.
+    ok(
+        &net.socket("sg"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "m@example.com",
+            "--purpose",
+            "sales",
+            "--basis",
+            "legitimate_interest",
+            "--at",
+            "2025-06-10T12:00:00Z",
+        ],
+    );
+    // SMS data at uk, 6 months → 2026-07-31; its subject is put on hold at de.
+    ok(
+        &net.socket("uk"),
+        &[
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "Carrier Inc",
+            "--categories",
+            "phone_number,content",
+            "--mechanism",
+            "scc",
+            "--tia",
+            "TIA-1",
+            "--subject",
+            "+4930123456",
+            "--at",
+            "2026-01-31T10:00:00Z",
+        ],
+    );
+    let started = Instant::now();
+    while ok(&net.socket("de"), &["transfer", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("status").is_some())
+        || check_marketing(&net, "de", "p@example.com")["record"].is_null()
+        || ok(
+            &net.socket("de"),
+            &["consent", "history", "--subject", "m@example.com"],
+        )
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "records did not reach de"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(
+        &net.socket("de"),
+        &[
+            "hold",
+            "set",
+            "--subject",
+            "+49 30 123456",
+            "--reason",
+            "litigation LIT-7",
+        ],
+    );
+
+    assert_eq!(
+        run("2026-03-14T00:00:00Z")["deleted"],
+        0,
+        "one day early: kept"
+    );
+    assert_eq!(
+        run("2026-03-15T00:00:00Z")["deleted"],
+        1,
+        "the consent proof, on its day"
+    );
+    assert_eq!(run("2026-06-09T00:00:00Z")["deleted"], 0);
+    assert_eq!(
+        run("2026-06-10T00:00:00Z")["deleted"],
+        1,
+        "the sales consent, on its day"
+    );
+    let held = run("2026-07-31T00:00:00Z");
+    assert_eq!(
+        (held["deleted"].as_u64(), held["held"].as_u64()),
+        (Some(0), Some(1)),
+        "{held}"
+    );
+    ok(
+        &net.socket("de"),
+        &["hold", "clear", "--subject", "+4930123456"],
+    );
+    assert_eq!(
+        run("2026-07-31T00:00:00Z")["deleted"],
+        1,
+        "the SMS data once the hold is cleared"
+    );
+
+    // The deletions reach every office.
+    for office in ["de", "sg", "uk"] {
+        let started = Instant::now();
+        while ok(&net.socket(office), &["status"])["tombstones"] != 3 {
+            assert!(
+                started.elapsed() < CONVERGE_TIMEOUT,
+                "{office} lacks tombstones"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            check_marketing(&net, office, "p@example.com")["record"].is_null(),
+            "{office}"
+        );
+        assert!(
+            ok(
+                &net.socket(office),
+                &["consent", "history", "--subject", "m@example.com"]
+            )
+            .as_array()
+            .unwrap()
+            .is_empty(),
+            "{office}"
+        );
+    }
 }

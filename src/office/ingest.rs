@@ -102,6 +102,8 @@ impl Office {
                 }
             } else if self.is_tombstoned(&env.doc_id())? {
                 report.tombstoned += 1;
+                self.dropped_replayed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             } else {
                 by_doc.entry(env.doc_id()).or_default().push(env);
             }

@@ -2,6 +2,8 @@
 //! `consentctl` binary. Nothing here reaches into the daemon's memory.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod peer;
+
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
