@@ -481,6 +481,15 @@ pub fn run(keep: bool) -> Result<(), String> {
             "\n# The network keeps running (--keep) in {}",
             kept.display()
         );
+        if let Some(bin) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned))
+        {
+            println!(
+                "  consentctl is next to consentd: export PATH={}:$PATH",
+                bin.display()
+            );
+        }
         for (office, pid) in &pids {
             println!(
                 "  {office}: consentctl --socket {}/{office}/control.sock status   (pid {pid}, log {}/{office}/consentd.log)",
