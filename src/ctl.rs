@@ -780,11 +780,11 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-fn human_id(v: &Value) -> String {
+pub(crate) fn human_id(v: &Value) -> String {
     format!("{}\n", scalar(&v["id"]))
 }
 
-fn human_check(v: &Value) -> String {
+pub(crate) fn human_check(v: &Value) -> String {
     if v["granted"] == Value::Bool(true) {
         format!("granted (record {})\n", scalar(&v["record"]))
     } else if v["record"].is_null() {
@@ -794,7 +794,7 @@ fn human_check(v: &Value) -> String {
     }
 }
 
-fn human_due(v: &Value) -> String {
+pub(crate) fn human_due(v: &Value) -> String {
     format!(
         "{}\ndue {} ({})\n",
         scalar(&v["id"]),
@@ -823,7 +823,7 @@ fn human_history(v: &Value) -> String {
         .collect()
 }
 
-fn human_requests(v: &Value) -> String {
+pub(crate) fn human_requests(v: &Value) -> String {
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         return "no requests\n".into();
@@ -858,7 +858,7 @@ fn human_list(v: &Value) -> String {
     rows.iter().map(human_object).collect::<Vec<_>>().join("\n")
 }
 
-fn human_peers(v: &Value) -> String {
+pub(crate) fn human_peers(v: &Value) -> String {
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         return "no peers configured\n".into();

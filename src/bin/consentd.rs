@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Run the product end to end on loopback with a fresh temporary network
     Demo {
-        /// Keep the temporary network directory instead of deleting it
+        /// Leave the network running and print how to reach and stop each office
         #[arg(long)]
         keep: bool,
     },
