@@ -415,26 +415,45 @@ pub fn run(keep: bool) -> Result<(), String> {
         "de should list the three requests opened at us, uk and co",
         requests.as_array().map_or(0, Vec::len) == 3,
     )?;
-    let transfers = op.quiet("cn", &Request::TransferList(Default::default()))?;
-    let refusals = transfers
-        .as_array()
-        .map_or(0, |a| a.iter().filter(|t| is_refusal(t)).count());
-    println!("$ consentctl --socket $D/cn/control.sock transfer list");
-    for t in transfers.as_array().into_iter().flatten() {
+    // Replication records each refusal (and each first cross-border move) as a signed transfer
+    // record; they are written just after the sync that caused them.
+    let waiting = Instant::now();
+    let transfers = loop {
+        let t = op.quiet("cn", &Request::TransferList(Default::default()))?;
+        let refused = t
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| is_refusal(x)).count());
+        if refused >= OFFICES.len() - 1 || waiting.elapsed() > Duration::from_secs(10) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rows = transfers.as_array().cloned().unwrap_or_default();
+    let refusals: Vec<&Value> = rows.iter().filter(|t| is_refusal(t)).collect();
+    let moved = rows.iter().filter(|t| t["status"] == "transferred").count();
+    let manual = rows.iter().filter(|t| t.get("status").is_none()).count();
+    println!(
+        "$ consentctl --socket $D/cn/control.sock transfer list   ({} rows)",
+        rows.len()
+    );
+    println!("  {manual} recorded by operators, {moved} cross-border moves recorded by replication, {} refusals:", refusals.len());
+    for t in &refusals {
         println!(
-            "  {} {} -> {} to {} under {}",
+            "  {} refused {} record(s) to office {} ({}): {}",
             t["office"].as_str().unwrap_or("-"),
-            t["from"].as_str().unwrap_or("-"),
+            t["records"].as_array().map_or(0, Vec::len),
+            t["to_office"].as_str().unwrap_or("-"),
             t["to"].as_str().unwrap_or("-"),
-            t["recipient"].as_str().unwrap_or("-"),
-            t["mechanism"].as_str().unwrap_or("-")
+            t["reason"].as_str().unwrap_or("-")
         );
     }
-    if refusals == 0 {
-        println!("  note: policy withheld wang's record from every peer (sg above does not know wang), but no signed refusal appears in `transfer list`: refusal and replication transfer events are not recorded yet (known gap)");
-    }
+    expect(
+        "cn should record a signed refusal for each office wang's record was kept from",
+        refusals.len() == OFFICES.len() - 1,
+    )?;
     refused.push(format!(
-        "cn -> every other office: wang's consent stays in China (PIPL localisation); {refusals} signed refusals in cn's `transfer list`"
+        "cn -> every other office: wang's consent stays in China (PIPL localisation); {} signed refusals in cn's `transfer list`",
+        refusals.len()
     ));
 
     println!("\n# 4. Audit: export a bundle from one office, verify it offline with the root key");
