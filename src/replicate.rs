@@ -163,6 +163,8 @@ const RAISED_REMEMBERED_MAX: usize = 1 << 20;
 const EVENTS_QUEUED_MAX: usize = 1 << 16;
 /// Events recorded per batch.
 const EVENTS_BATCH_MAX: usize = 4096;
+/// How long events are collected before they are recorded together.
+const EVENTS_WINDOW: Duration = Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the sets usable: every update is a whole insert.
@@ -394,11 +396,14 @@ impl Replicator {
                 e = rx.recv() => match e { Some(e) => e, None => return },
                 _ = stop.changed() => return,
             };
+            // Collect for a moment: a sync moves records in bursts, and one signed record per
+            // (peer, mechanism) per burst is far less noise than one per record.
             let mut batch = vec![first];
+            let window = tokio::time::Instant::now() + EVENTS_WINDOW;
             while batch.len() < EVENTS_BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
+                match tokio::time::timeout_at(window, rx.recv()).await {
+                    Ok(Some(e)) => batch.push(e),
+                    Ok(None) | Err(_) => break,
                 }
             }
             match self.office.record_transfer_events(batch).await {
