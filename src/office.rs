@@ -845,8 +845,24 @@ impl Office {
         };
         let token = self.hasher.consent_token(&subject, purpose);
         let mut latest: Option<(DateTime<Utc>, bool, DocId)> = None;
-        for (id, record) in self.records_by_key(&token)? {
-            let Record::Consent(c) = record else { continue };
+        // The hot path: only actions and times decide, so the sealed personal fields stay sealed
+        // (no decryption, no key lookup).
+        for (id, kind, bytes) in self.store.projections_by_key(&token)? {
+            if kind != crate::record::KIND_CONSENT {
+                continue;
+            }
+            // Only what decides: each event's action and time.
+            #[derive(serde::Deserialize)]
+            struct Decisive {
+                events: Vec<DecisiveEvent>,
+            }
+            #[derive(serde::Deserialize)]
+            struct DecisiveEvent {
+                action: String,
+                at: String,
+            }
+            let c: Decisive = serde_json::from_slice(&bytes)
+                .map_err(|e| OfficeError::Integrity(format!("corrupt projection: {e}")))?;
             for e in &c.events {
                 let t = parse_stored_time(&e.at)?;
                 if t > at {

@@ -15,6 +15,7 @@ fn bench_prints_rows_with_the_interface_keys() {
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().expect("an array of rows");
     assert!(rows.iter().any(|r| r["name"] == "audit_verify"));
+    assert!(rows.iter().any(|r| r["name"] == "consent_check_p50"));
     for r in rows {
         for key in ["name", "ours", "baseline", "unit", "ratio", "target", "met"] {
             assert!(r.get(key).is_some(), "row {r} lacks {key}");

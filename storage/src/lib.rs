@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod baseline;
 mod budget;
 pub mod layout;
 mod writer;

@@ -1,0 +1,52 @@
+//! Raw redb baselines for `consentd bench`: the same operations done with redb directly, so the
+//! benchmark can show our figures beside the best a plain use of redb does on this machine. Lives
+//! here because this is the only crate that knows redb.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use crate::{Result, StorageError};
+
+const TABLE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("raw");
+
+fn db_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("baseline: {e}"))
+}
+
+/// Inserts `n` random 32-byte keys with `value_len`-byte values (one durable commit), then times
+/// `samples` point lookups, each in its own read transaction and copying the value out — what a
+/// consent check's storage read costs at least.
+pub fn point_lookup_latencies(
+    dir: &Path,
+    n: usize,
+    value_len: usize,
+    samples: usize,
+) -> Result<Vec<Duration>> {
+    let db = Database::create(dir.join("raw-baseline.redb")).map_err(db_err)?;
+    let mut keys = Vec::with_capacity(n);
+    let value = vec![0x5a; value_len];
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut t = tx.open_table(TABLE).map_err(db_err)?;
+        for i in 0..n {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            t.insert(&k, value.as_slice()).map_err(db_err)?;
+            keys.push(k);
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    let mut out = Vec::with_capacity(samples);
+    for s in 0..samples {
+        let k = &keys[(s * 7919) % keys.len().max(1)];
+        let started = Instant::now();
+        let r = db.begin_read().map_err(db_err)?;
+        let t = r.open_table(TABLE).map_err(db_err)?;
+        let v = t.get(k).map_err(db_err)?.map(|g| g.value().to_vec());
+        out.push(started.elapsed());
+        debug_assert!(v.is_some(), "every sampled key was inserted");
+    }
+    Ok(out)
+}
