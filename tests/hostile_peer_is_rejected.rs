@@ -68,3 +68,33 @@ fn grant_works(net: &Net) {
         ],
     );
 }
+
+#[test]
+fn a_roster_key_claiming_another_office_is_refused() {
+    let net = Net::init("de,sg,uk");
+    let de = net.start("de");
+    let sg_signing = keys::read_secret_key(&net.path().join("sg/signing.key")).unwrap();
+    let (change, doc) = one_change(&sg_signing);
+    let env = envelope::sign(doc, &change, &sg_signing);
+    // sg's transport key authenticates the connection; its hello says it is uk.
+    let refused = || de.log_text().contains("claims office uk");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(peer::push_claiming(
+        net.path(),
+        "sg",
+        "uk",
+        "de",
+        vec![env.encode()],
+        refused,
+    ));
+    drop(runtime);
+    assert!(refused(), "{}", de.log_text());
+    assert_eq!(
+        ok(&net.socket("de"), &["status"])["envelopes"],
+        0,
+        "nothing from the impostor was stored"
+    );
+}

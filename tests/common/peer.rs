@@ -44,6 +44,19 @@ pub async fn push_as(
     envelopes: Vec<Vec<u8>>,
     done: impl Fn() -> bool,
 ) {
+    push_claiming(dir, me, me, to, envelopes, done).await
+}
+
+/// As [`push_as`], but the session's Hello claims to be office `claim` while the transport
+/// authenticates with `me`'s roster key.
+pub async fn push_claiming(
+    dir: &Path,
+    me: &str,
+    claim: &str,
+    to: &str,
+    envelopes: Vec<Vec<u8>>,
+    done: impl Fn() -> bool,
+) {
     let roster = roster(dir);
     let transport = keys::read_secret_key(&dir.join(me).join("transport.key")).unwrap();
     let endpoint = Endpoint::bind(
@@ -60,7 +73,7 @@ pub async fn push_as(
         hello: Hello {
             version: consentd_sync::frame::PROTOCOL_VERSION,
             network: roster.roster().network.clone(),
-            office: me.into(),
+            office: claim.into(),
             roster_serial: roster.roster().serial,
         },
         peer: to.into(),
