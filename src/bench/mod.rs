@@ -1,0 +1,93 @@
+//! `consentd bench`: measured figures beside a baseline on the same machine, one row each.
+//!
+//! A row is `{name, ours, baseline, unit, ratio, target, met}` (INTERFACE.md). Rows are
+//! independent functions in [`BENCHES`], one module per family of rows:
+//! - `check`: `consent check` latency, in-process and over the socket, against raw redb;
+//! - `verify`: `audit verify` throughput against a bare ed25519 loop.
+
+mod check;
+mod verify;
+
+pub use verify::{synthetic_bundle, Synthetic};
+
+use serde::Serialize;
+
+/// Default number of records per benchmark.
+pub const DEFAULT_RECORDS: usize = 10_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: &'static str,
+    pub ours: f64,
+    pub baseline: f64,
+    pub unit: &'static str,
+    /// `ours / baseline` (higher is better for every unit here).
+    pub ratio: f64,
+    pub target: f64,
+    pub met: bool,
+}
+
+impl Row {
+    pub(crate) fn new(
+        name: &'static str,
+        unit: &'static str,
+        ours: f64,
+        baseline: f64,
+        target: f64,
+    ) -> Row {
+        let ratio = if baseline > 0.0 { ours / baseline } else { 0.0 };
+        Row {
+            name,
+            ours,
+            baseline,
+            unit,
+            ratio,
+            target,
+            met: ratio >= target,
+        }
+    }
+}
+
+type Bench = fn(usize) -> Result<Vec<Row>, String>;
+
+/// Every benchmark, in output order.
+pub const BENCHES: &[(&str, Bench)] = &[
+    ("consent_check", check::consent_check),
+    ("audit_verify", verify::audit_verify),
+];
+
+pub fn run(records: usize) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    for (_, b) in BENCHES {
+        rows.extend(b(records.max(1))?);
+    }
+    Ok(rows)
+}
+
+/// Checks timed per latency row.
+pub(crate) const CHECK_SAMPLES: usize = 20_000;
+
+pub(crate) fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64()
+}
+/// Human table.
+pub fn human(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<26} {:>14} {:>14} {:<12} {:>6} {:>6} {:>4}\n",
+        "NAME", "OURS", "BASELINE", "UNIT", "RATIO", "TARGET", "MET"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<26} {:>14.0} {:>14.0} {:<12} {:>6.2} {:>6.2} {:>4}\n",
+            r.name,
+            r.ours,
+            r.baseline,
+            r.unit,
+            r.ratio,
+            r.target,
+            if r.met { "yes" } else { "no" }
+        );
+    }
+    out
+}

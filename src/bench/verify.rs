@@ -1,0 +1,179 @@
+//! `audit verify` throughput row and the synthetic bundle it (and tests) verify.
+
+use std::time::Instant;
+
+use crate::audit::bundle::{Line, Writer, FORMAT, VERSION};
+use crate::audit::verify;
+use crate::record::{ConsentEvent, ConsentRecord, Record};
+use automerge::Automerge;
+use consentd_sync::b64;
+use consentd_sync::envelope;
+use consentd_sync::keys;
+use consentd_sync::merkle;
+use consentd_sync::roster::{OfficeEntry, Roster};
+use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use super::Row;
+
+/// A synthetic bundle from one office of `n` consent records (one envelope each), plus the
+/// (key, signed message, signature) triples of its envelopes for a bare verification loop.
+pub struct Synthetic {
+    pub bundle: Vec<u8>,
+    pub root_pub: VerifyingKey,
+    pub triples: Vec<(VerifyingKey, Vec<u8>, Signature)>,
+}
+
+pub fn synthetic_bundle(n: usize) -> Synthetic {
+    let root = keys::generate();
+    let signing = keys::generate();
+    let mut roster = Roster::new("bench").expect("valid name");
+    roster
+        .add_office(OfficeEntry {
+            id: "de".into(),
+            jurisdiction: "DE".into(),
+            signing_key: keys::public_hex(&signing.verifying_key()),
+            transport_key: keys::public_hex(&keys::generate().verifying_key()),
+            address: "127.0.0.1:7400".into(),
+        })
+        .expect("valid office");
+    roster.serial = 1;
+    let signed = roster.sign(&root).expect("valid roster");
+    let actor = envelope::actor_for(&signing.verifying_key(), envelope::new_incarnation());
+    let mut envelopes = Vec::with_capacity(n);
+    let mut leaves = Vec::with_capacity(n);
+    let mut triples = Vec::with_capacity(n);
+    for i in 0..n {
+        let doc_id: [u8; 16] = rand::random();
+        let record = Record::Consent(ConsentRecord {
+            subject: format!("person{i}@example.com"),
+            subject_kind: "email".into(),
+            person: "end_user".into(),
+            purpose: "marketing".into(),
+            role: "processor".into(),
+            office: "de".into(),
+            minor: false,
+            parental_consent: None,
+            events: vec![ConsentEvent {
+                action: "grant".into(),
+                at: "2026-01-31T00:00:00Z".into(),
+                basis: Some("consent".into()),
+                service: Some("sms".into()),
+                evidence: Some("web form v3".into()),
+                notice: None,
+                office: "de".into(),
+            }],
+        });
+        let mut doc = Automerge::new().with_actor(actor.clone());
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            // As the office does: the document names itself in its first change.
+            automerge::transaction::Transactable::put(
+                tx,
+                automerge::ROOT,
+                crate::record::DOC_ID_FIELD,
+                hex::encode(doc_id).as_str(),
+            )?;
+            record.write_new(tx)
+        })
+        .expect("writes");
+        let change = doc.get_last_local_change().expect("one change");
+        let env = envelope::sign(doc_id, &change, &signing);
+        let hash = change.hash().0;
+        triples.push((
+            signing.verifying_key(),
+            envelope::signed_message(&doc_id, &hash).to_vec(),
+            Signature::from_bytes(&env.signature),
+        ));
+        leaves.push(LogLeaf::envelope(doc_id, hash));
+        envelopes.push(env.encode());
+    }
+    let hashes: Vec<merkle::Hash> = leaves.iter().map(LogLeaf::merkle_hash).collect();
+    let cp = Checkpoint {
+        origin: tlog::origin("bench", "de"),
+        size: n as u64,
+        root: merkle::root(&hashes),
+    };
+    let mut w = Writer::new(Vec::new());
+    let lines = [
+        Line::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            network: "bench".into(),
+            office: "de".into(),
+            exported_at: "2026-02-01T00:00:00Z".into(),
+        },
+        Line::Roster { roster: signed },
+        Line::Checkpoint {
+            office: "de".into(),
+            note: cp.sign(&signing),
+        },
+    ];
+    for l in &lines {
+        w.write(l).expect("in memory");
+    }
+    for (i, chunk) in leaves
+        .chunks(crate::audit::bundle::LEAVES_PER_LINE)
+        .enumerate()
+    {
+        w.write(&Line::Leaves {
+            office: "de".into(),
+            first: (i * crate::audit::bundle::LEAVES_PER_LINE) as u64,
+            leaves: chunk.iter().map(|l| hex::encode(l.encode())).collect(),
+        })
+        .expect("in memory");
+    }
+    for e in &envelopes {
+        w.write(&Line::Envelope {
+            data: b64::encode(e),
+        })
+        .expect("in memory");
+    }
+    let (bundle, _) = w.finish().expect("in memory");
+    Synthetic {
+        bundle,
+        root_pub: root.verifying_key(),
+        triples,
+    }
+}
+
+/// Whole-bundle verification (every check, all cores, batch signatures) against a bare
+/// single-threaded `verify_strict` loop over the same signatures.
+pub(super) fn audit_verify(n: usize) -> Result<Vec<Row>, String> {
+    let s = synthetic_bundle(n);
+    let opts = verify::Options {
+        root_pub: s.root_pub,
+        threads: std::thread::available_parallelism().map_or(2, |p| p.get()),
+        collect: false,
+        progress: false,
+    };
+    // Warm up once (page cache, allocator), then take the best of three.
+    let mut best_ours = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let outcome = verify::verify(&s.bundle[..], &opts);
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        if !outcome.ok() {
+            return Err(format!(
+                "the benchmark bundle does not verify: {:?}",
+                outcome.failures.first()
+            ));
+        }
+        best_ours = best_ours.max(rate);
+    }
+    let mut best_base = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for (k, m, sig) in &s.triples {
+            k.verify_strict(m, sig)
+                .map_err(|_| "bench signature does not verify".to_string())?;
+        }
+        best_base = best_base.max(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(vec![Row::new(
+        "audit_verify",
+        "envelopes/s",
+        best_ours,
+        best_base,
+        0.8,
+    )])
+}
