@@ -25,7 +25,7 @@ use consentd_sync::backoff::reconnect_delay;
 use consentd_sync::frame::PROTOCOL_VERSION;
 use consentd_sync::item::{Item, ItemSet, SetView, Without};
 use consentd_sync::session::{
-    dials, Action, BlobInfo, Limits, Local, Session, SessionConfig, StoreBatch,
+    dials, Action, BlobInfo, Limits, Local, ReconCounters, Session, SessionConfig, StoreBatch,
 };
 use consentd_sync::tombstone::{self, Tombstone};
 use consentd_sync::transport::{Endpoint, Link};
@@ -131,6 +131,8 @@ struct PeerStatus {
     dropped_session: u64,
     dropped_ingest: u64,
     last_error: Option<String>,
+    /// Per set, the last reconciliation this office initiated on the link (round trips, bytes).
+    last_recon: [ReconCounters; SetKind::COUNT],
 }
 
 /// A locally durable item to push: (its record, if any; set; blob).
@@ -463,6 +465,7 @@ impl Replicator {
                         "dropped": s.dropped_session + s.dropped_ingest,
                         "refusals": s.refusals,
                         "last_error": s.last_error,
+                        "last_recon": last_recon_json(&s.last_recon),
                     })
                 })
                 .collect(),
@@ -660,6 +663,7 @@ impl Replicator {
         tracing::info!(peer = %peer, dialer, "replication link up");
         let mut answered = None;
         let mut dropped_seen = 0u64;
+        let mut last_recon = [ReconCounters::default(); SetKind::COUNT];
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
@@ -679,6 +683,11 @@ impl Replicator {
                         .fetch_add(dropped - dropped_seen, std::sync::atomic::Ordering::Relaxed);
                     dropped_seen = dropped;
                     self.set_status(&peer, |s| s.dropped_session = dropped);
+                }
+                let recon = session.stats().last_recon;
+                if recon != last_recon {
+                    last_recon = recon;
+                    self.set_status(&peer, |s| s.last_recon = recon);
                 }
                 // The acceptor learns a round ended when it answers the last set's query.
                 if !dialer && session.stats().last_answered != answered {
@@ -893,6 +902,27 @@ impl Replicator {
         }
         out
     }
+}
+
+/// `{"envelopes": {"round_trips", "bytes_sent", "bytes_received", "have", "need",
+/// "complete"}, …}`: the last reconciliation of each set this office initiated on a link.
+fn last_recon_json(r: &[ReconCounters; SetKind::COUNT]) -> Value {
+    let mut out = serde_json::Map::new();
+    for set in SetKind::ALL {
+        let c = r[set.index()];
+        out.insert(
+            set.name().to_string(),
+            json!({
+                "round_trips": c.round_trips,
+                "bytes_sent": c.bytes_sent,
+                "bytes_received": c.bytes_received,
+                "have": c.have,
+                "need": c.need,
+                "complete": c.complete,
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 /// Which office authored a record (its `office` field).

@@ -3,9 +3,12 @@
 //! A row is `{name, ours, baseline, unit, ratio, target, met}` (INTERFACE.md). Rows are
 //! independent functions in [`BENCHES`], one module per family of rows:
 //! - `check`: `consent check` latency, in-process and over the socket, against raw redb;
-//! - `verify`: `audit verify` throughput against a bare ed25519 loop.
+//! - `verify`: `audit verify` throughput against a bare ed25519 loop;
+//! - `sync`: cold sync, delta sync and fan-out between daemons (rows whose figures are
+//!   lower-is-better — latency, bytes, round trips — report ratio = baseline / ours instead).
 
 mod check;
+mod sync;
 mod verify;
 
 pub use verify::{synthetic_bundle, Synthetic};
@@ -54,11 +57,21 @@ type Bench = fn(usize) -> Result<Vec<Row>, String>;
 pub const BENCHES: &[(&str, Bench)] = &[
     ("consent_check", check::consent_check),
     ("audit_verify", verify::audit_verify),
+    ("replication", sync::replication),
+    ("delta_sync_core", sync::delta_core),
+    ("fan_out", sync::fan_out),
 ];
 
+/// Runs every benchmark, or only those named in `CONSENTD_BENCH_ONLY` (comma-separated names
+/// from [`BENCHES`], e.g. `replication,fan_out`).
 pub fn run(records: usize) -> Result<Vec<Row>, String> {
+    let only = std::env::var("CONSENTD_BENCH_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
     let mut rows = Vec::new();
-    for (_, b) in BENCHES {
+    for (name, b) in BENCHES {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
         rows.extend(b(records.max(1))?);
     }
     Ok(rows)

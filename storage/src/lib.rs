@@ -19,6 +19,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod baseline;
+pub mod baseline_sync;
 mod budget;
 pub mod layout;
 mod writer;

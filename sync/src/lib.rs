@@ -20,6 +20,7 @@
 
 pub mod b64;
 pub mod backoff;
+pub mod baseline;
 pub mod envelope;
 pub mod frame;
 pub mod item;

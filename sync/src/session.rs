@@ -290,6 +290,29 @@ pub struct Stats {
     /// acceptor's side of `last_sync`, since the initiator alone knows when its round ended.
     pub last_answered: Option<Instant>,
     pub lag: [usize; SetKind::COUNT],
+    /// Per set, the last reconciliation run this side initiated (`consentctl peers`, bench).
+    pub last_recon: [ReconCounters; SetKind::COUNT],
+}
+
+/// One reconciliation run of one set, as its initiator counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconCounters {
+    /// Replies received (one per query: a query and its reply are one round trip).
+    pub round_trips: u32,
+    /// ReconQuery and ReconReply frames' bytes, each with its 4-byte length prefix.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Items learnt: held here and not there, and the reverse.
+    pub have: usize,
+    pub need: usize,
+    /// The run ended (both sides agreed, or it stopped at the learning limit).
+    pub complete: bool,
+}
+
+/// Bytes a reconciliation frame carrying `message` takes on the stream: length prefix, kind,
+/// set, epoch, round, message length, message.
+fn recon_frame_bytes(message: &[u8]) -> u64 {
+    (4 + 14 + message.len()) as u64
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -755,6 +778,10 @@ impl Session {
             let view = local.offered(&self.cfg.peer, set);
             rec.initiate(&*view)
         };
+        self.stats.last_recon[set.index()] = ReconCounters {
+            bytes_sent: recon_frame_bytes(&message),
+            ..ReconCounters::default()
+        };
         self.send(&Frame::ReconQuery {
             set,
             epoch: self.epoch,
@@ -789,6 +816,9 @@ impl Session {
         }
         let mut run = self.recon.take().expect("matched above");
         self.stats.recon_round_trips += 1;
+        let counters = &mut self.stats.last_recon[set.index()];
+        counters.round_trips += 1;
+        counters.bytes_received += recon_frame_bytes(message);
         let next = {
             let view = local.offered(&self.cfg.peer, set);
             run.rec.reconcile(&*view, message)
@@ -805,6 +835,7 @@ impl Session {
             Ok(Some(query)) => {
                 run.round += 1;
                 run.deadline = now + self.cfg.limits.request_timeout;
+                self.stats.last_recon[set.index()].bytes_sent += recon_frame_bytes(&query);
                 self.send(&Frame::ReconQuery {
                     set,
                     epoch,
@@ -820,6 +851,10 @@ impl Session {
                 }
                 let (have, need) = run.rec.into_parts();
                 self.round_lag[set.index()] = need.len();
+                let counters = &mut self.stats.last_recon[set.index()];
+                counters.have = have.len();
+                counters.need = need.len();
+                counters.complete = true;
                 for chunk in have.chunks(HAVE_ITEMS_MAX) {
                     self.send(&Frame::Have {
                         set,

@@ -1,0 +1,532 @@
+//! Replication rows (issue 7 rows 4-6; issue 5's benchmark acceptance).
+//!
+//! Every daemon here is the real daemon (`daemon::prepare` + `daemon::run`: control socket,
+//! store, replicator, QUIC on 127.0.0.1) running **in this process**, one tokio runtime for all
+//! of them, with keys generated at run time by `network::init`. In-process daemons let the bench
+//! watch each office's durable commits directly (`Office::subscribe_committed`, the same
+//! broadcast the replicator reads), so observing an arrival adds no latency and every instant is
+//! read from one clock. The processes' CPU share is the same: everything runs on the machine's
+//! cores either way.
+//!
+//! - `cold_sync`: office `nl` imports N consents; office `de` starts empty and dials `nl` at
+//!   once (`de` sorts first); timed from `de`'s start until its state digest equals `nl`'s.
+//!   Baseline, in records/s of the sum of: (a) the same envelope bytes over a raw quinn stream
+//!   on loopback plus a raw redb insert of them (4,096 per durable commit), and (b) the design
+//!   floor: batch-verifying every envelope against the roster and applying its change to an
+//!   Automerge document, on all cores, nothing else. Target: ours ≤ 1.5 × (a + b), i.e. a
+//!   rate ratio ≥ 0.67.
+//! - `delta_sync_*_daemons`: after the cold sync, `de` stops; `nl` writes 50 records and `de`
+//!   (opened offline) 50 others; `de` starts again and reconciles. The counters are `de`'s last
+//!   envelope-set reconciliation (`consentctl peers --json` → `last_recon.envelopes`). These
+//!   differences are recent (the newest timestamps), the common case of an office that was
+//!   offline for a while.
+//! - `delta_sync_*_core`: the sync core in process (`reconcile::Reconciler` against
+//!   `reconcile::respond`), two sets of N items differing in 100 items scattered over a year:
+//!   the worst case for range reconciliation, and the only level measured at 1,000,000 when
+//!   loading two daemons would take too long.
+//!
+//!   Round trips are shown as `ours` with the baseline 1 (sending the whole id list is one
+//!   round trip), ratio = baseline / ours, target 0.25 (≤ 4 round trips). Bytes are the
+//!   reconciliation frames both ways (length prefixes included) against the full id list one
+//!   way (N × 32 bytes), ratio = id list / ours, target 100 (≤ 1 %).
+//! - `fan_out_p50/p99`: seven offices (EEA jurisdictions, all connected); `de` writes one
+//!   consent at a time; a sample is the time from the write request until the record is durable
+//!   at all six peers. Baseline per sample: a raw quinn fan-out of the same envelope bytes to six
+//!   endpoints with a one-byte ack from each, plus one ed25519 signature, one verification and
+//!   two durable single-insert redb commits (the sender's and a receiver's). Shown in µs, ratio =
+//!   baseline / ours; target p99 ≤ 3× (ratio ≥ 0.33).
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::office::Office;
+use crate::protocol::{self, Request};
+use consentd_sync::envelope::{self, Envelope};
+use consentd_sync::item::{Item, ItemSet};
+use consentd_sync::reconcile::{self, Reconciler};
+use consentd_sync::VerifiedRoster;
+use tokio::runtime::Runtime;
+
+use super::{percentile, Row};
+
+/// Records each side writes while the other cannot hear it (delta rows): 100 differences.
+const DELTA_EACH_SIDE: usize = 50;
+/// Bytes of one id in "the full id list".
+const ID_BYTES: usize = 32;
+/// How often convergence is checked.
+const POLL: Duration = Duration::from_millis(5);
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+/// A row whose figures are lower-is-better (latency, bytes, round trips): ratio = baseline /
+/// ours, so a higher ratio is better, as everywhere in the table.
+fn lower_is_better(
+    name: &'static str,
+    unit: &'static str,
+    ours: f64,
+    baseline: f64,
+    target: f64,
+) -> Row {
+    let ratio = if ours > 0.0 { baseline / ours } else { 0.0 };
+    Row {
+        name,
+        ours,
+        baseline,
+        unit,
+        ratio,
+        target,
+        met: ratio >= target,
+    }
+}
+
+fn runtime() -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(e)
+}
+
+/// A daemon running in this process.
+struct Daemon {
+    office: Arc<Office>,
+    roster: Arc<VerifiedRoster>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::daemon::StartupError>>,
+}
+
+fn config(dir: &Path, office: &str) -> std::path::PathBuf {
+    dir.join(office).join("consentd.toml")
+}
+
+fn start(rt: &Runtime, config: &Path) -> Result<Daemon, String> {
+    let prepared = crate::daemon::prepare(config).map_err(e)?;
+    let office = prepared.office.clone();
+    let roster = prepared.roster.clone();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(crate::daemon::run(prepared, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(Daemon {
+        office,
+        roster,
+        stop,
+        task,
+    })
+}
+
+/// Waits until nothing holds `office` any more, so its database is closed and may be opened
+/// again.
+fn release(office: Arc<Office>) -> Result<(), String> {
+    let weak: Weak<Office> = Arc::downgrade(&office);
+    drop(office);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weak.upgrade().is_some() {
+        if Instant::now() > deadline {
+            return Err("a stopped office is still held after 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn stop(self, rt: &Runtime) -> Result<(), String> {
+        let _ = self.stop.send(());
+        rt.block_on(self.task).map_err(e)?.map_err(e)?;
+        release(self.office)
+    }
+}
+
+fn grant(subject: String) -> Request {
+    Request::ConsentGrant(protocol::ConsentGrant {
+        subject,
+        purpose: "marketing".into(),
+        basis: "consent".into(),
+        service: Some("sms".into()),
+        evidence: Some("web form v3".into()),
+        notice: None,
+        under_18: false,
+        parental_consent: None,
+        person: None,
+        role: None,
+        at: Some("2026-01-31T00:00:00Z".into()),
+    })
+}
+
+/// Imports consents for `{tag}{i}@example.com`, `i` in `range`, through the real write path.
+fn load(
+    rt: &Runtime,
+    office: &Office,
+    tag: &str,
+    range: std::ops::Range<usize>,
+) -> Result<(), String> {
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(protocol::IMPORT_CHUNK_RECORDS_MAX) {
+        let records = chunk
+            .iter()
+            .map(|i| grant(format!("{tag}{i}@example.com")))
+            .collect();
+        rt.block_on(office.execute(Request::Import(protocol::Import {
+            records,
+            first_line: 1,
+        })))
+        .map_err(e)?;
+    }
+    Ok(())
+}
+
+/// An envelope: (change hash, bytes).
+type Blob = ([u8; 32], Vec<u8>);
+
+/// Every envelope an office holds.
+fn envelopes(office: &Office) -> Result<Vec<Blob>, String> {
+    let store = office.store();
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .envelope_hashes_after(after.as_ref(), 4096)
+            .map_err(e)?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        for h in page {
+            if let Some(b) = store.envelope(&h).map_err(e)? {
+                out.push((h, b));
+            }
+        }
+        after = Some(last);
+    }
+    Ok(out)
+}
+
+/// Waits until `b` holds exactly what `a` holds (equal envelope counts, then equal state
+/// digests); returns the instant it was first seen.
+fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = Instant::now();
+        let (na, nb) = (
+            a.store().stats().map_err(e)?.envelopes,
+            b.store().stats().map_err(e)?.envelopes,
+        );
+        if na == nb && a.state_digest().map_err(e)? == b.state_digest().map_err(e)? {
+            return Ok(now);
+        }
+        if now > deadline {
+            return Err(format!(
+                "offices did not converge within {timeout:?} ({na} and {nb} envelopes)"
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The design floor of ingest: batch-verify every envelope against the roster and apply its
+/// change to a fresh Automerge document, split over all cores. Returns the time taken.
+fn verify_apply_floor(blobs: &[Blob], roster: &VerifiedRoster) -> Result<Duration, String> {
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let per = blobs.len().div_ceil(threads).max(1);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = blobs
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || -> Result<(), String> {
+                    let envs = chunk
+                        .iter()
+                        .map(|(_, b)| Envelope::decode(b).map_err(e))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for v in envelope::verify_batch(envs, roster) {
+                        let v = v.map_err(e)?;
+                        let mut doc = automerge::Automerge::new();
+                        doc.apply_changes([v.change().clone()]).map_err(e)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "floor thread panicked".to_string())?)
+    })?;
+    Ok(started.elapsed())
+}
+
+/// Cold sync and delta sync between two daemons (rows 4 and 5, daemon level).
+pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
+    let dir = tempfile::tempdir().map_err(e)?;
+    let offices = crate::network::parse_offices("de,nl").map_err(e)?;
+    crate::network::init(dir.path(), &offices, None, "bench").map_err(e)?;
+    let rt = runtime()?;
+    let a = start(&rt, &config(dir.path(), "nl"))?;
+    load(&rt, &a.office, "cold", 0..n)?;
+    let timeout = Duration::from_secs(120) + Duration::from_millis(n as u64);
+
+    // Cold sync: de starts empty and dials nl.
+    let started = Instant::now();
+    let b = start(&rt, &config(dir.path(), "de"))?;
+    let done = converged(&a.office, &b.office, timeout)?;
+    let cold = done - started;
+    let rate = n as f64 / cold.as_secs_f64();
+
+    // Baselines over the same envelope bytes.
+    let blobs = envelopes(&a.office)?;
+    let raw_quic = rt.block_on(consentd_sync::baseline::transfer(
+        &blobs.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+    ))?;
+    let items: Vec<([u8; 32], &[u8])> = blobs.iter().map(|(h, b)| (*h, &b[..])).collect();
+    let raw_redb =
+        consentd_storage::baseline_sync::bulk_insert(&dir.path().join("raw-sync.redb"), &items)
+            .map_err(e)?;
+    let floor = verify_apply_floor(&blobs, &a.roster)?;
+    let base = raw_quic + raw_redb + floor;
+    let base_rate = blobs.len() as f64 / base.as_secs_f64();
+    tracing::info!(
+        records = n,
+        envelopes = blobs.len(),
+        cold_ms = cold.as_millis() as u64,
+        raw_quic_ms = raw_quic.as_millis() as u64,
+        raw_redb_ms = raw_redb.as_millis() as u64,
+        floor_ms = floor.as_millis() as u64,
+        "cold sync"
+    );
+    drop(items);
+    drop(blobs);
+
+    // Delta sync: 50 new records on each side while de is down, then de reconnects.
+    b.stop(&rt)?;
+    load(&rt, &a.office, "delta-nl", 0..DELTA_EACH_SIDE)?;
+    {
+        let offline = crate::daemon::prepare(&config(dir.path(), "de")).map_err(e)?;
+        load(&rt, &offline.office, "delta-de", 0..DELTA_EACH_SIDE)?;
+        offline.office.store().shutdown();
+        release(offline.office)?;
+    }
+    let b = start(&rt, &config(dir.path(), "de"))?;
+    converged(&a.office, &b.office, timeout)?;
+    let peers = b.office.peers();
+    let recon = peers
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["office"] == "nl"))
+        .map(|p| p["last_recon"]["envelopes"].clone())
+        .ok_or("de lists no peer nl")?;
+    if recon["complete"] != true {
+        return Err(format!(
+            "de's envelope reconciliation is incomplete: {recon}"
+        ));
+    }
+    let round_trips = recon["round_trips"].as_f64().unwrap_or(0.0);
+    let bytes = recon["bytes_sent"].as_f64().unwrap_or(0.0)
+        + recon["bytes_received"].as_f64().unwrap_or(0.0);
+    tracing::info!(%recon, "delta sync between daemons");
+    b.stop(&rt)?;
+    a.stop(&rt)?;
+    let id_list = (n * ID_BYTES) as f64;
+    Ok(vec![
+        Row::new("cold_sync", "records/s", rate, base_rate, 1.0 / 1.5),
+        lower_is_better(
+            "delta_sync_round_trips_daemons",
+            "round trips",
+            round_trips,
+            1.0,
+            0.25,
+        ),
+        lower_is_better("delta_sync_bytes_daemons", "bytes", bytes, id_list, 100.0),
+    ])
+}
+
+fn random_item(span_ms: u64, offset_ms: u64) -> Item {
+    Item::new(
+        offset_ms + rand::random::<u64>() % span_ms,
+        rand::random::<[u8; 32]>(),
+    )
+}
+
+/// Delta sync of the sync core: two sets of `n` items differing in 100 scattered items.
+pub(super) fn delta_core(n: usize) -> Result<Vec<Row>, String> {
+    const YEAR_MS: u64 = 365 * 86_400_000;
+    const NOW_MS: u64 = 1_760_000_000_000;
+    let common = n.saturating_sub(DELTA_EACH_SIDE);
+    let mut a: ItemSet = (0..common).map(|_| random_item(YEAR_MS, NOW_MS)).collect();
+    let mut b = a.clone();
+    for _ in 0..DELTA_EACH_SIDE {
+        a.insert(random_item(YEAR_MS, NOW_MS));
+        b.insert(random_item(YEAR_MS, NOW_MS));
+    }
+    let frame = |m: &[u8]| (4 + 14 + m.len()) as f64;
+    let mut rec = Reconciler::new(usize::MAX);
+    let mut query = rec.initiate(&a);
+    let (mut round_trips, mut bytes) = (0u32, frame(&query));
+    loop {
+        let reply = reconcile::respond(&b, &query).map_err(e)?;
+        round_trips += 1;
+        bytes += frame(&reply);
+        match rec.reconcile(&a, &reply).map_err(e)? {
+            Some(q) => {
+                bytes += frame(&q);
+                query = q;
+            }
+            None => break,
+        }
+    }
+    let (have, need) = rec.into_parts();
+    if have.len() != DELTA_EACH_SIDE || need.len() != DELTA_EACH_SIDE {
+        return Err(format!(
+            "core reconciliation learnt {} and {} differences, not {DELTA_EACH_SIDE} each",
+            have.len(),
+            need.len()
+        ));
+    }
+    Ok(vec![
+        lower_is_better(
+            "delta_sync_round_trips_core",
+            "round trips",
+            round_trips as f64,
+            1.0,
+            0.25,
+        ),
+        lower_is_better(
+            "delta_sync_bytes_core",
+            "bytes",
+            bytes,
+            (n * ID_BYTES) as f64,
+            100.0,
+        ),
+    ])
+}
+
+/// The seven fan-out offices: EEA jurisdictions, so policy lets every record go everywhere.
+const FAN_OUT_OFFICES: &str = "de,nl,at=AT,be=BE,es=ES,fr=FR,it=IT";
+/// Writes before the timed ones (connections warm, first transfer events written).
+const FAN_OUT_WARMUP: usize = 10;
+
+/// One record written at `de` reaching six peers (row 6).
+pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
+    let samples = (n / 20).clamp(20, 500);
+    let dir = tempfile::tempdir().map_err(e)?;
+    let offices = crate::network::parse_offices(FAN_OUT_OFFICES).map_err(e)?;
+    crate::network::init(dir.path(), &offices, None, "bench").map_err(e)?;
+    let rt = runtime()?;
+    let mut daemons = Vec::new();
+    for (id, _) in &offices {
+        daemons.push((id.clone(), start(&rt, &config(dir.path(), id))?));
+    }
+    // Every link up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = daemons.iter().all(|(_, d)| {
+            d.office
+                .peers()
+                .as_array()
+                .is_some_and(|p| p.iter().all(|p| p["connected"] == true))
+        });
+        if all {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("fan-out offices did not all connect within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Arrivals: every durable commit at each peer, stamped as it is announced.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, [u8; 16], Instant, usize)>();
+    for (peer, (_, d)) in daemons.iter().enumerate().skip(1) {
+        let mut sub = d.office.subscribe_committed();
+        let tx = tx.clone();
+        rt.spawn(async move {
+            loop {
+                match sub.recv().await {
+                    Ok(c) => {
+                        let at = Instant::now();
+                        for (doc, _, bytes) in &c.envelopes {
+                            let _ = tx.send((peer, *doc, at, bytes.len()));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    let origin = daemons[0].1.office.clone();
+    let peers = daemons.len() - 1;
+    let mut latencies = Vec::with_capacity(samples);
+    let mut envelope_bytes = 0usize;
+    for i in 0..FAN_OUT_WARMUP + samples {
+        let started = Instant::now();
+        let answer = rt
+            .block_on(origin.execute(grant(format!("fan{i}@example.com"))))
+            .map_err(e)?;
+        let doc = crate::record::parse_doc_id(answer["id"].as_str().unwrap_or(""))?;
+        let mut reached = std::collections::HashSet::new();
+        let mut last = started;
+        while reached.len() < peers {
+            let got = rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(30), rx.recv()).await });
+            match got {
+                Ok(Some((peer, d, at, len))) if d == doc => {
+                    if reached.insert(peer) {
+                        last = last.max(at);
+                    }
+                    envelope_bytes = len;
+                }
+                Ok(Some(_)) => {} // other records (transfer events) replicating meanwhile
+                _ => return Err(format!("write {i} did not reach all six peers in 30 s")),
+            }
+        }
+        if i >= FAN_OUT_WARMUP {
+            latencies.push(last - started);
+        }
+    }
+    drop(origin);
+    for (_, d) in daemons {
+        d.stop(&rt)?;
+    }
+    // Baseline: raw quinn fan-out with acks, plus sign, verify and two durable commits.
+    let blob = vec![0x5a; envelope_bytes.max(1)];
+    let quic = rt.block_on(consentd_sync::baseline::fan_out(&blob, peers, samples))?;
+    let commits = consentd_storage::baseline_sync::commit_latencies(
+        &dir.path().join("raw-commit.redb"),
+        &blob,
+        2 * samples,
+    )
+    .map_err(e)?;
+    let key = consentd_sync::keys::generate();
+    let message = envelope::signed_message(&[7; 16], &[9; 32]);
+    let mut baseline = Vec::with_capacity(samples);
+    for i in 0..samples {
+        use ed25519_dalek::Signer;
+        let t = Instant::now();
+        let sig = key.sign(&message);
+        let signed = t.elapsed();
+        let t = Instant::now();
+        key.verifying_key()
+            .verify_strict(&message, &sig)
+            .map_err(|_| "bench signature does not verify")?;
+        let verified = t.elapsed();
+        baseline.push(quic[i] + signed + verified + commits[2 * i] + commits[2 * i + 1]);
+    }
+    latencies.sort_unstable();
+    baseline.sort_unstable();
+    let us = |sorted: &[Duration], p: f64| percentile(sorted, p) * 1e6;
+    Ok(vec![
+        lower_is_better(
+            "fan_out_p50",
+            "us",
+            us(&latencies, 0.5),
+            us(&baseline, 0.5),
+            0.0,
+        ),
+        lower_is_better(
+            "fan_out_p99",
+            "us",
+            us(&latencies, 0.99),
+            us(&baseline, 0.99),
+            1.0 / 3.0,
+        ),
+    ])
+}
