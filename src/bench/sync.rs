@@ -400,7 +400,7 @@ pub(super) fn delta_core(n: usize) -> Result<Vec<Row>, String> {
 }
 
 /// The seven fan-out offices: EEA jurisdictions, so policy lets every record go everywhere.
-const FAN_OUT_OFFICES: &str = "de,nl,at=AT,be=BE,es=ES,fr=FR,it=IT";
+const FAN_OUT_OFFICES: &str = "de,dea=DE,deb=DE,dec=DE,ded=DE,dee=DE,def=DE";
 /// Writes before the timed ones (connections warm, first transfer events written).
 const FAN_OUT_WARMUP: usize = 10;
 
@@ -461,7 +461,9 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
         let answer = rt
             .block_on(origin.execute(grant(format!("fan{i}@example.com"))))
             .map_err(e)?;
+        let acked = started.elapsed();
         let doc = crate::record::parse_doc_id(answer["id"].as_str().unwrap_or(""))?;
+        let mut arrivals = Vec::new();
         let mut reached = std::collections::HashSet::new();
         let mut last = started;
         while reached.len() < peers {
@@ -470,6 +472,7 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
             match got {
                 Ok(Some((peer, d, at, len))) if d == doc => {
                     if reached.insert(peer) {
+                        arrivals.push((at - started).as_millis());
                         last = last.max(at);
                     }
                     envelope_bytes = len;
@@ -477,6 +480,9 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
                 Ok(Some(_)) => {} // other records (transfer events) replicating meanwhile
                 _ => return Err(format!("write {i} did not reach all six peers in 30 s")),
             }
+        }
+        if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+            eprintln!("fan-out write {i}: acked {acked:?}, arrivals ms {arrivals:?}");
         }
         if i >= FAN_OUT_WARMUP {
             latencies.push(last - started);
