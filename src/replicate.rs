@@ -113,8 +113,12 @@ struct Sets {
     key_ids: HashMap<[u8; 32], KeyId>,
     /// Per peer: envelope items and key items policy keeps from it.
     hidden: HashMap<String, (ItemSet, ItemSet)>,
-    /// Keys received from peers, held until a record using them is ingested.
-    received: HashMap<KeyId, Zeroizing<[u8; 32]>>,
+    /// Keys received from peers, held until a record using them is ingested. Shared with
+    /// ingest by reference count (copied only if a key arrives while a batch is being stored),
+    /// so storing a batch does not copy every key received so far.
+    received: Arc<HashMap<KeyId, Zeroizing<[u8; 32]>>>,
+    /// The set items of `received`, so `holds` is a lookup, not a hash of every received key.
+    received_items: HashSet<[u8; 32]>,
 }
 
 /// The state of one peer, for `consentctl peers`.
@@ -797,11 +801,13 @@ impl Replicator {
                     let mut sets = lock(&self.sets);
                     if sets.received.len() + batch.blobs.len() > RECEIVED_KEYS_MAX {
                         // Bounded memory: keys not yet used are fetched again next round.
-                        sets.received.clear();
+                        sets.received = Arc::default();
+                        sets.received_items.clear();
                     }
                     for blob in &batch.blobs {
                         if let Some((id, key)) = parse_key_blob(&blob.bytes) {
-                            sets.received.insert(id, key);
+                            sets.received_items.insert(key_item(&id).id);
+                            Arc::make_mut(&mut sets.received).insert(id, key);
                         }
                     }
                     sets.received.clone()
@@ -959,8 +965,7 @@ impl Local for View<'_> {
         match set {
             SetKind::Envelopes => self.sets.envelopes.contains(item),
             SetKind::Keys => {
-                self.sets.keys.contains(item)
-                    || self.sets.received.keys().any(|k| key_item(k).id == item.id)
+                self.sets.keys.contains(item) || self.sets.received_items.contains(&item.id)
             }
             SetKind::Tombstones => self.sets.tombstones.contains(item),
             SetKind::Checkpoints => false,

@@ -82,6 +82,11 @@ fn lower_is_better(
     }
 }
 
+/// `CONSENTD_BENCH_TRACE=1`: progress and per-sample detail on stderr.
+fn trace() -> bool {
+    std::env::var_os("CONSENTD_BENCH_TRACE").is_some()
+}
+
 fn runtime() -> Result<Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -207,6 +212,7 @@ fn envelopes(office: &Office) -> Result<Vec<Blob>, String> {
 /// digests); returns the instant it was first seen.
 fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, String> {
     let deadline = Instant::now() + timeout;
+    let mut next_trace = Instant::now();
     loop {
         let now = Instant::now();
         let (na, nb) = (
@@ -215,6 +221,13 @@ fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, Strin
         );
         if na == nb && a.state_digest().map_err(e)? == b.state_digest().map_err(e)? {
             return Ok(now);
+        }
+        if trace() && now >= next_trace {
+            eprintln!(
+                "converging: {na} and {nb} envelopes, {:?} left",
+                deadline - now
+            );
+            next_trace = now + Duration::from_millis(250);
         }
         if now > deadline {
             return Err(format!(
@@ -263,7 +276,11 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     crate::network::init(dir.path(), &offices, None, "bench").map_err(e)?;
     let rt = runtime()?;
     let a = start(&rt, &config(dir.path(), "nl"))?;
+    let t = Instant::now();
     load(&rt, &a.office, "cold", 0..n)?;
+    if trace() {
+        eprintln!("imported {n} records in {:?}", t.elapsed());
+    }
     let timeout = Duration::from_secs(120) + Duration::from_millis(n as u64);
 
     // Cold sync: de starts empty and dials nl.
@@ -285,15 +302,12 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let floor = verify_apply_floor(&blobs, &a.roster)?;
     let base = raw_quic + raw_redb + floor;
     let base_rate = blobs.len() as f64 / base.as_secs_f64();
-    tracing::info!(
-        records = n,
-        envelopes = blobs.len(),
-        cold_ms = cold.as_millis() as u64,
-        raw_quic_ms = raw_quic.as_millis() as u64,
-        raw_redb_ms = raw_redb.as_millis() as u64,
-        floor_ms = floor.as_millis() as u64,
-        "cold sync"
-    );
+    if trace() {
+        eprintln!(
+            "cold sync of {n} records: {cold:?}; baseline {} envelopes: quic {raw_quic:?} + redb {raw_redb:?} + verify/apply floor {floor:?}",
+            blobs.len()
+        );
+    }
     drop(items);
     drop(blobs);
 
@@ -322,7 +336,9 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let round_trips = recon["round_trips"].as_f64().unwrap_or(0.0);
     let bytes = recon["bytes_sent"].as_f64().unwrap_or(0.0)
         + recon["bytes_received"].as_f64().unwrap_or(0.0);
-    tracing::info!(%recon, "delta sync between daemons");
+    if trace() {
+        eprintln!("delta sync between daemons: {recon}");
+    }
     b.stop(&rt)?;
     a.stop(&rt)?;
     let id_list = (n * ID_BYTES) as f64;
@@ -481,7 +497,7 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
                 _ => return Err(format!("write {i} did not reach all six peers in 30 s")),
             }
         }
-        if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+        if trace() {
             eprintln!("fan-out write {i}: acked {acked:?}, arrivals ms {arrivals:?}");
         }
         if i >= FAN_OUT_WARMUP {
