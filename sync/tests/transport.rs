@@ -325,7 +325,7 @@ async fn drive(
     mut local: Mem,
     target: usize,
     done: tokio::sync::watch::Sender<usize>,
-) -> Mem {
+) -> (Mem, consentd_sync::session::Stats) {
     let mut rx = done.subscribe();
     let mut counted = false;
     let mut finished = false;
@@ -373,7 +373,7 @@ async fn drive(
         tokio::select! {
             f = reader.recv() => match f.unwrap() {
                 Some(bytes) => session.handle_frame(Instant::now(), &bytes, &local).unwrap(),
-                None => return local,
+                None => return (local, session.stats().clone()),
             },
             _ = rx.changed() => {}
             _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now(), &local),
@@ -434,13 +434,19 @@ async fn two_sessions_reconcile_over_quic() {
     let s = Session::new(config(&net.roster, "us", "de", true));
     let (conn, w, r) = link.split();
     let t = Instant::now();
-    let us_done = drive(s, w, r, us_mem, 500, done).await;
+    let (us_done, us_stats) = drive(s, w, r, us_mem, 500, done).await;
     let elapsed = t.elapsed();
-    let de_done = server.await.unwrap();
+    let (de_done, _) = server.await.unwrap();
     drop(conn);
     // us: 300 own + 100 of de's; de: 200 own + 100 of us's; the union is 500.
     assert_eq!(us_done.envelopes.len(), 500);
     assert_eq!(de_done.envelopes.len(), 500);
     assert!(us_done.envelopes.iter().eq(de_done.envelopes.iter()));
+    // The dialer initiated the round; its counters describe the envelope reconciliation.
+    let recon = us_stats.last_recon[SetKind::Envelopes.index()];
+    assert!(recon.complete, "{recon:?}");
+    // us lacks de_envs[100..200]; de lacks us_envs[100..300].
+    assert_eq!((recon.have, recon.need), (200, 100), "{recon:?}");
+    assert!(recon.round_trips >= 1 && recon.bytes_sent > 0 && recon.bytes_received > 0);
     println!("sync round over QUIC, 200 envelopes missing each way: {elapsed:?}");
 }
