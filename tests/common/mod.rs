@@ -114,6 +114,19 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Sends `signal` to the daemon (e.g. SIGSTOP/SIGCONT to pause and resume it).
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// `kill -9`: no shutdown path at all. Waits until the process is gone.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
