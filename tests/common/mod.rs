@@ -74,15 +74,41 @@ impl Daemon {
     }
 
     pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_wrapped(config, socket, env, &[])
+    }
+
+    /// Starts the daemon under `wrapper` (e.g. `ip netns exec NS`), which must exec it in place
+    /// so that the pid is the daemon's.
+    pub fn start_wrapped(
+        config: &Path,
+        socket: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Daemon {
         let log = config.with_extension(format!("log.{}", std::process::id()));
-        let child = Command::new(CONSENTD)
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(CONSENTD),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(CONSENTD);
+                c
+            }
+        };
+        let child = cmd
             .arg("--config")
             .arg(config)
             .env("CONSENTD_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            // Appended: a restarted daemon's log follows its predecessor's.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut d = Daemon {
