@@ -39,10 +39,10 @@ const BASE: i64 = 1_735_689_600;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v
+        Ok(v) if !v.is_empty() => v
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
+        _ => default,
     }
 }
 
