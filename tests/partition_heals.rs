@@ -20,6 +20,8 @@
 //! replays a schedule (the machine's timing still varies), `CONSENTD_PARTITION_STEPS` (default
 //! 160) scales it. The network-namespace variant runs when this process may create namespaces
 //! (root, `ip netns`), and says why it skipped otherwise.
+// Offices are addressed by index throughout (daemon states, sockets, sides of a split).
+#![allow(clippy::needless_range_loop)]
 mod common;
 use chrono::SecondsFormat;
 use common::*;
