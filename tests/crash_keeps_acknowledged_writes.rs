@@ -153,6 +153,105 @@ fn writer(
     }
 }
 
+/// An erasable record and what became of it.
+#[derive(Clone, Debug)]
+enum Erasable {
+    /// Granted (acknowledged): `at`, record id.
+    Live(String, String),
+    /// Erased (the erasure's completion acknowledged): record id.
+    Erased(String),
+    /// The grant was in flight at the kill.
+    MaybeLive(String),
+    /// The erasure's completion was in flight at the kill: `at`, record id.
+    MaybeErased(String, String),
+}
+
+/// What the eraser saw in one cycle.
+#[derive(Default)]
+struct EraserRun {
+    subjects: Vec<(String, Erasable)>,
+    /// Acknowledged erasure requests.
+    requests: Vec<String>,
+    /// An erasure request open in flight at the kill.
+    open_in_flight: bool,
+    erasures: u64,
+}
+
+/// One more writer: erasable records (`support` on legitimate interest), each erased by an
+/// erasure request completed at once. Every erasure destroys a subject key and rotates the
+/// key-encryption key, so kills land in deletions and KEK rotations too.
+fn eraser(socket: PathBuf, cycle: u64, clock: Arc<AtomicU64>) -> EraserRun {
+    let mut run = EraserRun::default();
+    let Ok(mut client) = Client::connect(&socket) else {
+        return run;
+    };
+    for k in 0.. {
+        let subject = format!("x{cycle}-{k}@crash.test");
+        let t = at(clock.fetch_add(1, Ordering::SeqCst));
+        let grant = Request::ConsentGrant(protocol::ConsentGrant {
+            subject: subject.clone(),
+            purpose: "support".into(),
+            basis: "legitimate_interest".into(),
+            service: None,
+            evidence: Some("support ticket".into()),
+            notice: None,
+            under_18: false,
+            parental_consent: None,
+            person: None,
+            role: None,
+            at: Some(t.clone()),
+        });
+        let id = match client.call(&grant) {
+            Ok(v) => v["id"].as_str().unwrap().to_string(),
+            Err(ClientError::Refused(e)) => panic!("erasable grant refused: {e}"),
+            Err(_) => {
+                run.subjects.push((subject, Erasable::MaybeLive(t)));
+                return run;
+            }
+        };
+        run.subjects
+            .push((subject.clone(), Erasable::Live(t.clone(), id.clone())));
+        let open = Request::RequestOpen(protocol::RequestOpen {
+            subject: subject.clone(),
+            kind: "erasure".into(),
+            received: Some(at(clock.fetch_add(1, Ordering::SeqCst))),
+            jurisdiction: None,
+        });
+        let request = match client.call(&open) {
+            Ok(v) => v["id"].as_str().unwrap().to_string(),
+            Err(ClientError::Refused(e)) => panic!("erasure request refused: {e}"),
+            Err(_) => {
+                run.open_in_flight = true;
+                return run;
+            }
+        };
+        run.requests.push(request.clone());
+        let close = Request::RequestClose(protocol::RequestClose {
+            id: request,
+            outcome: "completed".into(),
+            note: None,
+            at: None,
+        });
+        match client.call(&close) {
+            Ok(v) => {
+                assert_eq!(
+                    v["erasure"]["deleted_records"],
+                    serde_json::json!([id.clone()]),
+                    "the erasure deletes the subject's one erasable record: {v}"
+                );
+                run.subjects.last_mut().unwrap().1 = Erasable::Erased(id);
+                run.erasures += 1;
+            }
+            Err(ClientError::Refused(e)) => panic!("erasure refused: {e}"),
+            Err(_) => {
+                run.subjects.last_mut().unwrap().1 = Erasable::MaybeErased(t, id);
+                return run;
+            }
+        }
+    }
+    run
+}
+
 /// Signs checkpoints until the daemon dies; returns (size, root) of each.
 fn checkpointer(socket: PathBuf, seed: u64, stop: Arc<AtomicBool>) -> Vec<(u64, String)> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -186,6 +285,8 @@ struct Model {
     in_flight_opens: usize,
     /// Subjects written since the last full check.
     touched: BTreeSet<String>,
+    erasable: BTreeMap<String, Erasable>,
+    erasable_touched: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -198,6 +299,8 @@ struct Figures {
     events_checked: u64,
     requests_checked: u64,
     writes_per_cycle: Vec<u64>,
+    erasures: u64,
+    erasures_checked: u64,
 }
 
 fn action(op: &Op) -> &'static str {
@@ -243,6 +346,107 @@ impl Model {
                 }
                 Op::Open { .. } => self.in_flight_opens += 1,
             }
+        }
+    }
+
+    fn absorb_eraser(&mut self, run: EraserRun, figures: &mut Figures) {
+        figures.erasures += run.erasures;
+        figures.acked += run.requests.len() as u64;
+        self.requests.extend(run.requests);
+        if run.open_in_flight {
+            figures.in_flight += 1;
+            self.in_flight_opens += 1;
+        }
+        for (subject, state) in run.subjects {
+            match &state {
+                Erasable::Live(_, id) => {
+                    figures.acked += 1;
+                    self.consent_records.insert(id.clone());
+                }
+                Erasable::Erased(id) => {
+                    figures.acked += 2;
+                    self.consent_records.remove(id);
+                }
+                Erasable::MaybeLive(_) => figures.in_flight += 1,
+                Erasable::MaybeErased(_, id) => {
+                    // Held until the restart shows whether the erasure landed.
+                    self.consent_records.insert(id.clone());
+                    figures.acked += 1;
+                    figures.in_flight += 1;
+                }
+            }
+            self.erasable_touched.insert(subject.clone());
+            self.erasable.insert(subject, state);
+        }
+    }
+
+    /// Erasable subjects: live ones present, erased ones gone, in-flight ones settled.
+    fn check_erasable(&mut self, client: &mut Client, all: bool, figures: &mut Figures) {
+        let subjects: Vec<String> = if all {
+            self.erasable.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.erasable_touched)
+                .into_iter()
+                .collect()
+        };
+        for subject in subjects {
+            let history = client
+                .call(&Request::ConsentHistory(protocol::SubjectArg {
+                    subject: subject.clone(),
+                }))
+                .unwrap();
+            let rows: Vec<(String, String)> = history
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        normal_time(r["at"].as_str().unwrap()),
+                        r["id"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            let state = self.erasable[&subject].clone();
+            let next = match state {
+                Erasable::Live(t, id) => {
+                    assert_eq!(
+                        rows,
+                        vec![(t.clone(), id.clone())],
+                        "LOST: the acknowledged erasable grant of {subject}"
+                    );
+                    Erasable::Live(t, id)
+                }
+                Erasable::Erased(id) => {
+                    assert!(
+                        rows.is_empty(),
+                        "RESURRECTED: {subject}'s record {id} was erased (acknowledged) and is back: {history}"
+                    );
+                    Erasable::Erased(id)
+                }
+                Erasable::MaybeLive(t) => match rows.as_slice() {
+                    [] => {
+                        self.erasable.remove(&subject);
+                        continue;
+                    }
+                    [(rt, id)] if *rt == t => {
+                        figures.in_flight_landed += 1;
+                        self.consent_records.insert(id.clone());
+                        Erasable::Live(t, id.clone())
+                    }
+                    _ => panic!("{subject}: events nobody sent: {history}"),
+                },
+                Erasable::MaybeErased(t, id) => match rows.as_slice() {
+                    [] => {
+                        figures.in_flight_landed += 1;
+                        self.consent_records.remove(&id);
+                        Erasable::Erased(id)
+                    }
+                    [(rt, rid)] if *rt == t && *rid == id => Erasable::Live(t, id),
+                    _ => panic!("{subject}: events nobody sent: {history}"),
+                },
+            };
+            figures.erasures_checked += 1;
+            self.erasable.insert(subject, next);
         }
     }
 
@@ -302,6 +506,7 @@ impl Model {
                 }
             }
         }
+        self.check_erasable(&mut client, all, figures);
         let list = client
             .call(&Request::RequestList(protocol::RequestList::default()))
             .unwrap();
@@ -333,14 +538,71 @@ impl Model {
             assert!(self.in_flight_events.is_empty());
         }
         let status = client.call(&Request::Status(protocol::Empty {})).unwrap();
-        if all || self.in_flight_events.is_empty() {
-            assert_eq!(
-                status["records"].as_u64().unwrap(),
-                (self.consent_records.len() + self.requests.len()) as u64,
-                "status counts records nobody wrote (or lost some): {status}"
+        let known = (self.consent_records.len() + self.requests.len()) as u64;
+        if status["records"].as_u64().unwrap() != known {
+            let docs = held_docs(socket);
+            let model: BTreeSet<&String> =
+                self.consent_records.iter().chain(&self.requests).collect();
+            let extra: Vec<_> = docs.iter().filter(|d| !model.contains(d)).collect();
+            let missing: Vec<_> = model.iter().filter(|d| !docs.contains(**d)).collect();
+            let list = client
+                .call(&Request::RequestList(protocol::RequestList::default()))
+                .unwrap();
+            let rows: Vec<&serde_json::Value> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| extra.iter().any(|e| r["id"] == e.as_str()))
+                .collect();
+            let erasable: Vec<_> = self
+                .erasable
+                .iter()
+                .filter(|(_, st)| {
+                    let id = match st {
+                        Erasable::Live(_, id)
+                        | Erasable::Erased(id)
+                        | Erasable::MaybeErased(_, id) => id,
+                        Erasable::MaybeLive(_) => return false,
+                    };
+                    extra.contains(&id)
+                })
+                .collect();
+            panic!(
+                "status counts {} records, the acknowledged writes make {known}: held but unknown {extra:?} (as requests: {rows:?}; erasable: {erasable:?}), known but not held {missing:?}: {status}",
+                status["records"]
             );
         }
     }
+}
+
+/// Records an office holds (envelopes, minus tombstoned), from an export: for diagnostics.
+fn held_docs(socket: &Path) -> BTreeSet<String> {
+    let out = socket.with_file_name("held.jsonl");
+    let o = std::process::Command::new(CONSENTCTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(["audit", "export", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (mut docs, mut gone) = (BTreeSet::new(), BTreeSet::new());
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let data = || consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "envelope" => {
+                let e = consentd_sync::envelope::Envelope::decode(&data()).unwrap();
+                docs.insert(hex::encode(e.doc_id));
+            }
+            "tombstone" => {
+                let t = consentd_sync::tombstone::Tombstone::decode(&data()).unwrap();
+                gone.insert(hex::encode(t.doc_id));
+            }
+            _ => {}
+        }
+    }
+    docs.difference(&gone).cloned().collect()
 }
 
 /// The log and checkpoint of an exported bundle, read without verifying the rest (cheap).
@@ -486,6 +748,10 @@ fn acknowledged_writes_survive_kill_9() {
                 std::thread::spawn(move || writer(sock, mine, format!("w{w}"), wseed, clock))
             })
             .collect();
+        let er = {
+            let (sock, clock) = (sock.clone(), clock.clone());
+            std::thread::spawn(move || eraser(sock, cycle, clock))
+        };
         let cp = {
             let (sock, stop, cseed) = (sock.clone(), stop.clone(), rng.gen());
             std::thread::spawn(move || checkpointer(sock, cseed, stop))
@@ -500,6 +766,7 @@ fn acknowledged_writes_survive_kill_9() {
             subjects[w] = mine;
             model.absorb(run, &mut figures);
         }
+        model.absorb_eraser(er.join().unwrap(), &mut figures);
         figures.writes_per_cycle.push(figures.acked - acked_before);
         before = cp.join().unwrap();
         figures.checkpoints_before_kills += before.len() as u64;
@@ -519,7 +786,8 @@ fn acknowledged_writes_survive_kill_9() {
     eprintln!(
         "crash suite seed={seed} cycles={cycles} writers={writers}: kills={} (SIGKILL after {:?} ms), \
          restarts={} all opened; acknowledged writes={} (per cycle {:?}), in flight at a kill={} \
-         (landed {}, settled); checked {} consent events and {} requests per restart in total, all present, \
+         (landed {}, settled); {} erasures acknowledged (each destroys a key and rotates the KEK), \
+         {} erasable-record checks (erased stay gone, live stay readable); checked {} consent events and {} requests per restart in total, all present, \
          nothing unsent present, record counts exact; checkpoints signed before kills={} all reproduced \
          with consistency proofs to the next; audit verify --previous ok ({}); \
          wall time {:.1}s",
@@ -530,6 +798,8 @@ fn acknowledged_writes_survive_kill_9() {
         w,
         figures.in_flight,
         figures.in_flight_landed,
+        figures.erasures,
+        figures.erasures_checked,
         figures.events_checked,
         figures.requests_checked,
         figures.checkpoints_before_kills,
