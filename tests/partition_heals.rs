@@ -89,7 +89,17 @@ impl Netns {
             Err(e) => Err(format!("no `ip` command: {e}")),
             Ok(o) if !o.status.success() => Err(format!("ip netns add: {}", text(&o.stderr))),
             Ok(_) => {
+                // Bridges and veth pairs must work too.
+                let bridge = run(&["ip", "-n", &probe, "link", "add", "b0", "type", "bridge"]);
+                let veth = run(&[
+                    "ip", "-n", &probe, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+                ]);
                 let _ = run(&["ip", "netns", "del", &probe]);
+                for (what, o) in [("bridge", bridge), ("veth", veth)] {
+                    if !o.status.success() {
+                        return Err(format!("cannot make a {what}: {}", text(&o.stderr).trim()));
+                    }
+                }
                 Ok(())
             }
         }
@@ -175,12 +185,13 @@ enum State {
     Down,
 }
 
+/// Fields drop in order: daemons first, then their namespaces, then the directory.
 struct Cluster {
-    net: Net,
     states: Vec<State>,
     netns: Option<Netns>,
     /// Side of each office while the network is split.
     split: Option<Vec<usize>>,
+    net: Net,
 }
 
 impl Cluster {
