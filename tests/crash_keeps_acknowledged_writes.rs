@@ -301,6 +301,9 @@ struct Figures {
     writes_per_cycle: Vec<u64>,
     erasures: u64,
     erasures_checked: u64,
+    /// Erasures whose completion was in flight at a kill, and how many of them had landed.
+    erasures_in_flight: u64,
+    erasures_landed: u64,
 }
 
 fn action(op: &Op) -> &'static str {
@@ -370,6 +373,7 @@ impl Model {
                 Erasable::MaybeLive(_) => figures.in_flight += 1,
                 Erasable::MaybeErased(_, id) => {
                     // Held until the restart shows whether the erasure landed.
+                    figures.erasures_in_flight += 1;
                     self.consent_records.insert(id.clone());
                     figures.acked += 1;
                     figures.in_flight += 1;
@@ -438,6 +442,7 @@ impl Model {
                 Erasable::MaybeErased(t, id) => match rows.as_slice() {
                     [] => {
                         figures.in_flight_landed += 1;
+                        figures.erasures_landed += 1;
                         self.consent_records.remove(&id);
                         Erasable::Erased(id)
                     }
@@ -786,7 +791,7 @@ fn acknowledged_writes_survive_kill_9() {
     eprintln!(
         "crash suite seed={seed} cycles={cycles} writers={writers}: kills={} (SIGKILL after {:?} ms), \
          restarts={} all opened; acknowledged writes={} (per cycle {:?}), in flight at a kill={} \
-         (landed {}, settled); {} erasures acknowledged (each destroys a key and rotates the KEK), \
+         (landed {}, settled); {} erasures acknowledged (each destroys a key and rotates the KEK) and {} in flight at a kill ({} had landed), \
          {} erasable-record checks (erased stay gone, live stay readable); checked {} consent events and {} requests per restart in total, all present, \
          nothing unsent present, record counts exact; checkpoints signed before kills={} all reproduced \
          with consistency proofs to the next; audit verify --previous ok ({}); \
@@ -799,6 +804,8 @@ fn acknowledged_writes_survive_kill_9() {
         figures.in_flight,
         figures.in_flight_landed,
         figures.erasures,
+        figures.erasures_in_flight,
+        figures.erasures_landed,
         figures.erasures_checked,
         figures.events_checked,
         figures.requests_checked,
