@@ -182,20 +182,32 @@ fn claim_store(store: &Store, config: &Config, network: &str) -> Result<(), Star
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler; only SIGINT stops");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on either.
+/// Call it inside the runtime before [`run`] binds the control socket: a handler installed only
+/// when the future is first polled (after the socket accepts) left a window in which a SIGTERM
+/// sent at readiness killed the daemon by the signal's default action instead of stopping it
+/// cleanly (tests/sigterm_at_ready_is_clean.rs).
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
+                tracing::error!(error = %e, "cannot install a signal handler; one of SIGTERM/SIGINT stops");
+                only.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::error!(error = %e, "cannot install signal handlers; stop the daemon with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -93,9 +93,10 @@ fn serve(config: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime
-        .block_on(consentd::daemon::run(
-            prepared,
-            consentd::daemon::termination_signal(),
-        ))
+        .block_on(async {
+            // Handlers first (inside the runtime), then the socket: see `termination_signal`.
+            let shutdown = consentd::daemon::termination_signal();
+            consentd::daemon::run(prepared, shutdown).await
+        })
         .map_err(|e| e.to_string())
 }
