@@ -50,6 +50,9 @@ pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
 const PENDING_REOPEN_MAX: usize = 4096;
 /// Envelopes read per storage page when the sets are built at start.
 const BUILD_PAGE: usize = 4096;
+/// Most incoming QUIC handshakes authenticated at once (each is bounded in time by
+/// `transport::HELLO_TIMEOUT`); further attempts are refused without a handshake.
+pub const HANDSHAKES_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -497,14 +500,23 @@ impl Replicator {
             }
         }
         let mut stop_accept = stop.clone();
+        // Handshakes in progress are bounded: beyond that, attempts are turned away unhandled.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(accepting) = incoming else { break };
+                    let from = accepting.remote_address();
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        accepting.refuse();
+                        tracing::warn!(%from, "refused a replication connection: {HANDSHAKES_MAX} handshakes already in progress");
+                        continue;
+                    };
                     let (rep, stop) = (self.clone(), stop.clone());
                     tokio::spawn(async move {
-                        let from = accepting.remote_address();
-                        match accepting.finish().await {
+                        let link = accepting.finish().await;
+                        drop(permit);
+                        match link {
                             Ok(link) => rep.run_link(link, false, stop).await,
                             Err(e) => tracing::warn!(%from, error = %e, "refused a replication connection"),
                         }

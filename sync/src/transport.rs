@@ -54,6 +54,18 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive interval, well inside [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// The peer's first frame (its Hello, a few hundred bytes at most) must arrive this soon after
+/// the link is up, and a listener waits no longer than this for the dialer to open its stream.
+/// QUIC keep-alives answer for an idle peer, so without it a peer that authenticates and then
+/// says nothing would hold its link (and a task) forever.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once a frame's first byte is here, the frame must be complete within this much time plus
+/// one second per [`FRAME_MIN_BYTES_PER_SEC`] of its announced length (a full 1 MiB frame gets
+/// 69 s; a 100-byte frame 5 s). A slow sender that trickles bytes or never finishes a frame is
+/// cut off, and a part-frame is held only for that long.
+pub const FRAME_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+/// The slowest transfer rate a frame in progress may have (16 KiB/s = 128 kbit/s).
+pub const FRAME_MIN_BYTES_PER_SEC: u64 = 16 * 1024;
 
 /// DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
 /// 1.3.101.112 }, BIT STRING (33 bytes: 0 unused bits ‖ key) }.
@@ -484,7 +496,7 @@ impl Endpoint {
         })
     }
 
-    /// This office's id.    /// This office's id.
+    /// This office's id.
     pub fn office(&self) -> &str {
         &self.office
     }
@@ -512,10 +524,28 @@ impl Accepting {
         self.addr
     }
 
-    /// Completes the handshake. `Err` is a refused or failed attempt, to log.
+    /// Turns the attempt away at once (a QUIC CONNECTION_REFUSED, no handshake, no state kept):
+    /// for a listener already authenticating as many peers as it allows.
+    pub fn refuse(self) {
+        self.incoming.refuse();
+    }
+
+    /// Completes the handshake (within [`HELLO_TIMEOUT`]). `Err` is a refused or failed attempt,
+    /// to log.
     pub async fn finish(self) -> Result<Link, TransportError> {
         let addr = self.addr;
-        let connection = self.incoming.await.map_err(|e| handshake_error(addr, e))?;
+        let connection = match tokio::time::timeout(HELLO_TIMEOUT, self.incoming).await {
+            Ok(r) => r.map_err(|e| handshake_error(addr, e))?,
+            Err(_) => {
+                return Err(TransportError::Refused {
+                    addr,
+                    reason: format!(
+                        "handshake not completed within {} s",
+                        HELLO_TIMEOUT.as_secs()
+                    ),
+                })
+            }
+        };
         let key = connection
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -529,12 +559,20 @@ impl Accepting {
             });
         };
         // The dialer opens the stream and sends its Hello first, which makes it visible here.
-        let (send, recv) = tokio::time::timeout(IDLE_TIMEOUT, connection.accept_bi())
-            .await
-            .map_err(|_| TransportError::Stream {
-                office: peer.clone(),
-                reason: "no stream opened".into(),
-            })?
+        let (send, recv) =
+            match tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    connection.close(2u32.into(), b"no stream opened");
+                    return Err(TransportError::Stream {
+                        office: peer,
+                        reason: format!(
+                            "no stream opened within {} s of the handshake",
+                            HELLO_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+            }
             .map_err(|source| TransportError::Connection { addr, source })?;
         Ok(Link {
             peer: peer.clone(),
@@ -627,6 +665,10 @@ pub struct FrameReader {
     /// Bytes of the frame being assembled (length prefix included); never more than
     /// `LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX`, because a length is checked as soon as it is here.
     buf: Vec<u8>,
+    /// Until the first frame is complete: when it must be ([`HELLO_TIMEOUT`] from the link).
+    first_by: Option<tokio::time::Instant>,
+    /// When the frame in progress began arriving (its first byte).
+    started: Option<tokio::time::Instant>,
 }
 
 impl FrameReader {
@@ -635,7 +677,30 @@ impl FrameReader {
             peer,
             recv,
             buf: Vec::new(),
+            first_by: Some(tokio::time::Instant::now() + HELLO_TIMEOUT),
+            started: None,
         }
+    }
+
+    /// When the bytes awaited now must have arrived, if there is a deadline: the first frame's,
+    /// or the frame in progress's ([`FRAME_TIMEOUT_BASE`] plus its length at
+    /// [`FRAME_MIN_BYTES_PER_SEC`]). Between frames after the first, a peer may be idle.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let frame = self.started.map(|t| {
+            let len = self.announced().unwrap_or(0) as u64;
+            t + FRAME_TIMEOUT_BASE + Duration::from_secs(len / FRAME_MIN_BYTES_PER_SEC)
+        });
+        match (self.first_by, frame) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The announced length of the frame in progress, once its prefix is here.
+    fn announced(&self) -> Option<usize> {
+        let prefix: [u8; LENGTH_PREFIX_BYTES] =
+            self.buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+        Some(u32::from_be_bytes(prefix) as usize)
     }
 
     /// Bytes still needed to complete the length prefix, or the frame.
@@ -668,13 +733,47 @@ impl FrameReader {
             let wanted = self.wanted()?;
             if wanted == 0 {
                 let frame = self.buf[LENGTH_PREFIX_BYTES..].to_vec();
-                self.buf.clear();
+                // Give the part-frame's memory back: a frame is up to 1 MiB.
+                self.buf = Vec::new();
+                self.started = None;
+                self.first_by = None;
                 return Ok(Some(frame));
             }
-            // `read_chunk` is cancel-safe; asking for exactly what is missing keeps `buf` within
-            // one frame.
-            match self.recv.read_chunk(wanted, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+            // `read_chunk` is cancel-safe (and so is a timeout around it); asking for exactly
+            // what is missing keeps `buf` within one frame.
+            let deadline = self.deadline();
+            let read = self.recv.read_chunk(wanted, true);
+            let read = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let reason = if self.first_by.is_some() && self.buf.is_empty() {
+                            format!("sent no hello within {} s", HELLO_TIMEOUT.as_secs())
+                        } else {
+                            format!(
+                                "slow sender: {} bytes of a frame{} arrived in time",
+                                self.buf.len().saturating_sub(LENGTH_PREFIX_BYTES),
+                                self.announced()
+                                    .map(|n| format!(" of {n} bytes"))
+                                    .unwrap_or_default()
+                            )
+                        };
+                        self.buf = Vec::new();
+                        return Err(TransportError::Stream {
+                            office: self.peer.clone(),
+                            reason,
+                        });
+                    }
+                },
+                None => read.await,
+            };
+            match read {
+                Ok(Some(chunk)) => {
+                    if self.buf.is_empty() {
+                        self.started = Some(tokio::time::Instant::now());
+                    }
+                    self.buf.extend_from_slice(&chunk.bytes)
+                }
                 Ok(None) if self.buf.is_empty() => return Ok(None),
                 Ok(None) => {
                     return Err(TransportError::Stream {
