@@ -102,7 +102,8 @@ impl Calendar {
                         .collect::<Result<_, _>>()
                         .map_err(|_| err(n, format!("invalid years {rest:?}")))?;
                     match parts[..] {
-                        [a, b] if a <= b && b - a < CALENDAR_YEARS_MAX && a > 1900 => {
+                        // `a > 1900` first: with it and `a <= b`, `b - a` cannot overflow.
+                        [a, b] if a > 1900 && a <= b && b - a < CALENDAR_YEARS_MAX => {
                             years = Some((a, b))
                         }
                         _ => {
@@ -323,6 +324,8 @@ mod tests {
             "jurisdiction required"
         );
         assert!(Calendar::parse("jurisdiction XX\nyears 2028 2026\n", "t").is_err());
+        // Regression (hostile input suite): `b - a` overflowed before `a` was bounded.
+        assert!(Calendar::parse("jurisdiction XX\nyears -2147483648 2147483647\n", "t").is_err());
     }
 
     #[test]

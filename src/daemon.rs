@@ -25,6 +25,12 @@ use tokio::sync::{watch, Semaphore};
 
 /// Most control connections served at once; further clients wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 256;
+/// Most control connections one uid with a role holds at once; more are answered with an error
+/// and closed, so one operator's runaway script cannot take every connection.
+pub const CONNECTIONS_PER_UID_MAX: usize = 32;
+/// Most control connections held at once by all uids without a role together (each is refused
+/// after one request anyway): strangers cannot crowd out the operators.
+pub const ROLELESS_CONNECTIONS_MAX: usize = 16;
 /// A connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed to read one request once its length is known.
@@ -251,6 +257,7 @@ pub async fn run(
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let open_per_uid: Arc<OpenConnections> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -269,8 +276,9 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
+        let open = open_per_uid.clone();
         tokio::spawn(async move {
-            serve_connection(stream, &office, &config, stop).await;
+            serve_connection(stream, &office, &config, stop, &open).await;
             drop(permit);
         });
     }
@@ -383,11 +391,50 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
     }
 }
 
+/// Control connections open per uid with a role (`Some(uid)`) and for all uids without one
+/// (`None`).
+type OpenConnections = std::sync::Mutex<std::collections::HashMap<Option<u32>, usize>>;
+
+/// One counted connection; gives its slot back when dropped.
+struct Slot<'a> {
+    open: &'a OpenConnections,
+    key: Option<u32>,
+}
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a OpenConnections, key: Option<u32>) -> Option<Slot<'a>> {
+        let max = match key {
+            Some(_) => CONNECTIONS_PER_UID_MAX,
+            None => ROLELESS_CONNECTIONS_MAX,
+        };
+        let mut map = open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { open, key })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn serve_connection(
     mut stream: UnixStream,
     office: &Office,
     config: &Config,
     mut stop: watch::Receiver<bool>,
+    open: &OpenConnections,
 ) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
@@ -397,6 +444,23 @@ async fn serve_connection(
         }
     };
     let role = config.role_of(uid);
+    let Some(_slot) = Slot::take(open, role.map(|_| uid)) else {
+        let message = match role {
+            Some(_) => format!(
+                "uid {uid} already has {CONNECTIONS_PER_UID_MAX} control connections open; close some and retry"
+            ),
+            None => format!(
+                "uid {uid} has no role on office {}, and {ROLELESS_CONNECTIONS_MAX} connections from uids without a role are already open",
+                config.office
+            ),
+        };
+        tracing::warn!(
+            uid,
+            "refused a control connection: too many open for this uid"
+        );
+        let _ = send(&mut stream, &ResponseFrame::error(message)).await;
+        return;
+    };
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
@@ -434,10 +498,14 @@ async fn serve_connection(
             {
                 return;
             }
+            if role.is_none() {
+                return;
+            }
             continue;
         }
         let response = handle(&payload, uid, role, office, config).await;
-        if send(&mut stream, &response).await.is_err() {
+        // A uid without a role gets its refusal and nothing more: the connection is not kept.
+        if send(&mut stream, &response).await.is_err() || role.is_none() {
             return;
         }
     }
