@@ -690,3 +690,72 @@ fn a_flood_of_connection_attempts_is_refused_logged_and_leaves_memory_and_operat
         FLOOD_ATTEMPTS / 4,
     );
 }
+
+/// Bug found by this suite: one roster key could open any number of links, each with its own
+/// session, task and copy of every push (500 idle links grew the daemon by 18 MB, 36 KiB each,
+/// without bound). Now an office holds at most `LINKS_PER_PEER_MAX` (4) accepted links; more are
+/// closed at once and logged.
+#[test]
+fn links_from_one_roster_key_are_bounded() {
+    const LINKS: usize = 500;
+    let net = Net::init("de,sg");
+    let sock = net.socket("de");
+    let mut de = net.start("de");
+    grant(&sock, "alice@example.com");
+    let dir = net.path().to_path_buf();
+    let rt = peer::runtime();
+    let hello = framed(&peer::hello(&dir, "sg"));
+    // Baseline after one link, so the endpoint's own buffers are counted.
+    rt.block_on(raw_case(&dir, hello.clone(), true));
+    let before = de.rss_kib();
+    let (links, endpoint) = rt.block_on(async {
+        let sg = peer::endpoint_as(&dir, "sg");
+        let mut links = Vec::new();
+        for _ in 0..LINKS {
+            if let Ok(link) = peer::dial(&sg, "de", peer::address(&dir, "de")).await {
+                let (c, mut w, r) = link.split();
+                let _ = w.send_raw(&hello).await;
+                links.push((c, w, r));
+            }
+        }
+        // Bounded wait until the daemon has dealt with every attempt.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = de.log_text();
+            if count(&log, "links from this office already open")
+                + count(&log, "replication link up")
+                > LINKS
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (links, sg)
+    });
+    let after = de.rss_kib();
+    let log = de.log_text();
+    // One link up from the baseline, then at most 4 at once.
+    let up = count(&log, "replication link up") - 1;
+    let refused = count(&log, "links from this office already open");
+    assert!(de.is_running());
+    assert!(up <= 4, "{up} links accepted at once from sg");
+    assert_eq!(
+        up + refused,
+        LINKS,
+        "every attempt accepted or refused and logged"
+    );
+    assert!(log.contains("peer=sg"), "refusals name the office");
+    assert!(
+        after < before + RSS_GROWTH_MAX_KIB,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(granted(&sock, "alice@example.com"));
+    drop(links);
+    drop(endpoint);
+    drop(rt);
+    println!(
+        "hostile peers / many links: sg's real key opened {LINKS} links, each sending its hello; \
+         checked: {up} accepted, {refused} refused and logged naming sg, VmRSS {before} -> \
+         {after} KiB, operators served"
+    );
+}

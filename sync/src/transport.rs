@@ -54,15 +54,17 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive interval, well inside [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// The peer's first frame (its Hello, a few hundred bytes at most) must arrive this soon after
-/// the link is up, and a listener waits no longer than this for the dialer to open its stream.
+/// The peer's first frame (its Hello, a few hundred bytes at most) must arrive after at most
+/// this much waiting once the link is up, and a listener waits no longer than this for the dialer to open its stream.
 /// QUIC keep-alives answer for an idle peer, so without it a peer that authenticates and then
 /// says nothing would hold its link (and a task) forever.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Once a frame's first byte is here, the frame must be complete within this much time plus
-/// one second per [`FRAME_MIN_BYTES_PER_SEC`] of its announced length (a full 1 MiB frame gets
-/// 69 s; a 100-byte frame 5 s). A slow sender that trickles bytes or never finishes a frame is
-/// cut off, and a part-frame is held only for that long.
+/// Once a frame's first byte is here, the frame must be complete after at most this much time
+/// spent waiting on the peer, plus one second per [`FRAME_MIN_BYTES_PER_SEC`] of its announced
+/// length (a full 1 MiB frame gets 69 s; a 100-byte frame 5 s). A slow sender that trickles
+/// bytes or never finishes a frame is cut off, and a part-frame is held only for that long.
+/// Time our own host spends not reading (busy storing, or holding back while its frames to the
+/// peer pile up) does not count.
 pub const FRAME_TIMEOUT_BASE: Duration = Duration::from_secs(5);
 /// The slowest transfer rate a frame in progress may have (16 KiB/s = 128 kbit/s).
 pub const FRAME_MIN_BYTES_PER_SEC: u64 = 16 * 1024;
@@ -665,10 +667,24 @@ pub struct FrameReader {
     /// Bytes of the frame being assembled (length prefix included); never more than
     /// `LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX`, because a length is checked as soon as it is here.
     buf: Vec<u8>,
-    /// Until the first frame is complete: when it must be ([`HELLO_TIMEOUT`] from the link).
-    first_by: Option<tokio::time::Instant>,
-    /// When the frame in progress began arriving (its first byte).
-    started: Option<tokio::time::Instant>,
+    /// Whether a frame has been completed yet (the first is the peer's Hello).
+    had_frame: bool,
+    /// Time spent waiting on the peer for the frame in progress (or, before the first frame, for
+    /// it to begin). Only time inside [`FrameReader::recv`] counts: while our host is busy and
+    /// not reading, a peer held back by flow control is not slow.
+    waited: Duration,
+}
+
+/// Adds the time until it is dropped (also on cancellation) to a waiting total.
+struct Waiting<'a> {
+    since: tokio::time::Instant,
+    total: &'a mut Duration,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.total += self.since.elapsed();
+    }
 }
 
 impl FrameReader {
@@ -677,20 +693,21 @@ impl FrameReader {
             peer,
             recv,
             buf: Vec::new(),
-            first_by: Some(tokio::time::Instant::now() + HELLO_TIMEOUT),
-            started: None,
+            had_frame: false,
+            waited: Duration::ZERO,
         }
     }
 
-    /// When the bytes awaited now must have arrived, if there is a deadline: the first frame's,
-    /// or the frame in progress's ([`FRAME_TIMEOUT_BASE`] plus its length at
-    /// [`FRAME_MIN_BYTES_PER_SEC`]). Between frames after the first, a peer may be idle.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        let frame = self.started.map(|t| {
+    /// How long we may wait on the peer for what we await now, if there is a limit: the first
+    /// frame within [`HELLO_TIMEOUT`]; a frame once begun within [`FRAME_TIMEOUT_BASE`] plus its
+    /// length at [`FRAME_MIN_BYTES_PER_SEC`]. Between frames after the first, a peer may be idle.
+    fn budget(&self) -> Option<Duration> {
+        let frame = (!self.buf.is_empty()).then(|| {
             let len = self.announced().unwrap_or(0) as u64;
-            t + FRAME_TIMEOUT_BASE + Duration::from_secs(len / FRAME_MIN_BYTES_PER_SEC)
+            FRAME_TIMEOUT_BASE + Duration::from_secs(len / FRAME_MIN_BYTES_PER_SEC)
         });
-        match (self.first_by, frame) {
+        let first = (!self.had_frame).then_some(HELLO_TIMEOUT);
+        match (first, frame) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -735,42 +752,49 @@ impl FrameReader {
                 let frame = self.buf[LENGTH_PREFIX_BYTES..].to_vec();
                 // Give the part-frame's memory back: a frame is up to 1 MiB.
                 self.buf = Vec::new();
-                self.started = None;
-                self.first_by = None;
+                self.had_frame = true;
+                self.waited = Duration::ZERO;
                 return Ok(Some(frame));
             }
             // `read_chunk` is cancel-safe (and so is a timeout around it); asking for exactly
             // what is missing keeps `buf` within one frame.
-            let deadline = self.deadline();
-            let read = self.recv.read_chunk(wanted, true);
-            let read = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let reason = if self.first_by.is_some() && self.buf.is_empty() {
-                            format!("sent no hello within {} s", HELLO_TIMEOUT.as_secs())
-                        } else {
-                            format!(
-                                "slow sender: {} bytes of a frame{} arrived in time",
-                                self.buf.len().saturating_sub(LENGTH_PREFIX_BYTES),
-                                self.announced()
-                                    .map(|n| format!(" of {n} bytes"))
-                                    .unwrap_or_default()
-                            )
-                        };
-                        self.buf = Vec::new();
-                        return Err(TransportError::Stream {
-                            office: self.peer.clone(),
-                            reason,
-                        });
-                    }
-                },
-                None => read.await,
+            let read = match self.budget() {
+                Some(budget) => {
+                    let left = budget.saturating_sub(self.waited);
+                    let _waiting = Waiting {
+                        since: tokio::time::Instant::now(),
+                        total: &mut self.waited,
+                    };
+                    tokio::time::timeout(left, self.recv.read_chunk(wanted, true)).await
+                }
+                None => Ok(self.recv.read_chunk(wanted, true).await),
+            };
+            let read = match read {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = if !self.had_frame && self.buf.is_empty() {
+                        format!("sent no hello within {} s", HELLO_TIMEOUT.as_secs())
+                    } else {
+                        format!(
+                            "slow sender: {} bytes of a frame{} arrived in time",
+                            self.buf.len().saturating_sub(LENGTH_PREFIX_BYTES),
+                            self.announced()
+                                .map(|n| format!(" of {n} bytes"))
+                                .unwrap_or_default()
+                        )
+                    };
+                    self.buf = Vec::new();
+                    return Err(TransportError::Stream {
+                        office: self.peer.clone(),
+                        reason,
+                    });
+                }
             };
             match read {
                 Ok(Some(chunk)) => {
-                    if self.buf.is_empty() {
-                        self.started = Some(tokio::time::Instant::now());
+                    if self.buf.is_empty() && self.had_frame {
+                        // A new frame begins: its own budget (idle time before it is free).
+                        self.waited = Duration::ZERO;
                     }
                     self.buf.extend_from_slice(&chunk.bytes)
                 }
