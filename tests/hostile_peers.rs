@@ -533,6 +533,8 @@ fn a_slow_sender_is_cut_off_and_its_part_frame_released() {
 
 /// Attempts in the flood.
 const FLOOD_ATTEMPTS: usize = 2000;
+/// Random UDP datagrams sent at the QUIC port after the flood.
+const DATAGRAMS: usize = 2000;
 /// Attempts in flight at once.
 const FLOOD_CONCURRENCY: usize = 128;
 
@@ -636,6 +638,15 @@ fn a_flood_of_connection_attempts_is_refused_logged_and_leaves_memory_and_operat
         out
     });
     let flood_secs = started.elapsed().as_secs_f64();
+    // Random UDP datagrams at the QUIC port: not QUIC at all (dropped by quinn unanswered and
+    // unlogged: logging unauthenticated garbage would itself be a way to flood the log).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut junk_rng = rand::rngs::StdRng::seed_from_u64(9);
+    for _ in 0..DATAGRAMS {
+        let mut d = vec![0u8; junk_rng.gen_range(1..1400)];
+        junk_rng.fill_bytes(&mut d);
+        let _ = udp.send_to(&d, peer::address(&dir, "de"));
+    }
     stop.store(true, Ordering::Relaxed);
     operator.join().unwrap();
     drop(rt);
@@ -680,7 +691,7 @@ fn a_flood_of_connection_attempts_is_refused_logged_and_leaves_memory_and_operat
     println!(
         "hostile peers / flood: {FLOOD_ATTEMPTS} connection attempts ({FLOOD_CONCURRENCY} at once) in \
          {flood_secs:.1} s: {} with a key outside the roster, {} with sg's key claiming de, {} \
-         with sg's key sending random bytes; checked: 0 strangers connected, every roster-keyed \
+         with sg's key sending random bytes, then {DATAGRAMS} random UDP datagrams; checked: 0 strangers connected, every roster-keyed \
          link ended by the daemon, {refused} refusals ({busy} over the handshake limit) + \
          {failed} failed links logged with address or office, {claims} impostor hellos named, \
          {checks} consent checks during the flood all succeeded, VmRSS {rss_before} -> {rss_after} \
