@@ -25,11 +25,10 @@ use tokio::sync::{watch, Semaphore};
 
 /// Most control connections served at once; further clients wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 256;
-/// Most control connections one uid with a role holds at once; more are answered with an error
-/// and closed, so one operator's runaway script cannot take every connection.
-pub const CONNECTIONS_PER_UID_MAX: usize = 32;
 /// Most control connections held at once by all uids without a role together (each is refused
-/// after one request anyway): strangers cannot crowd out the operators.
+/// after one request anyway; more are refused at once): strangers cannot crowd out the
+/// operators. Uids with a role are trusted with the whole [`CONNECTIONS_MAX`] (an operator's
+/// application may well run hundreds of clients; the excess waits in the listen backlog).
 pub const ROLELESS_CONNECTIONS_MAX: usize = 16;
 /// A connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -257,7 +256,7 @@ pub async fn run(
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let open_per_uid: Arc<OpenConnections> = Arc::default();
+    let roleless_open: Arc<OpenConnections> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -276,7 +275,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
-        let open = open_per_uid.clone();
+        let open = roleless_open.clone();
         tokio::spawn(async move {
             serve_connection(stream, &office, &config, stop, &open).await;
             drop(permit);
@@ -391,41 +390,29 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
     }
 }
 
-/// Control connections open per uid with a role (`Some(uid)`) and for all uids without one
-/// (`None`).
-type OpenConnections = std::sync::Mutex<std::collections::HashMap<Option<u32>, usize>>;
+/// Control connections open from uids without a role.
+type OpenConnections = std::sync::Mutex<usize>;
 
-/// One counted connection; gives its slot back when dropped.
+/// One counted connection from a uid without a role; gives its slot back when dropped.
 struct Slot<'a> {
     open: &'a OpenConnections,
-    key: Option<u32>,
 }
 
 impl<'a> Slot<'a> {
-    fn take(open: &'a OpenConnections, key: Option<u32>) -> Option<Slot<'a>> {
-        let max = match key {
-            Some(_) => CONNECTIONS_PER_UID_MAX,
-            None => ROLELESS_CONNECTIONS_MAX,
-        };
-        let mut map = open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key).or_default();
-        if *n >= max {
+    fn take(open: &'a OpenConnections) -> Option<Slot<'a>> {
+        let mut n = open.lock().unwrap_or_else(|p| p.into_inner());
+        if *n >= ROLELESS_CONNECTIONS_MAX {
             return None;
         }
         *n += 1;
-        Some(Slot { open, key })
+        Some(Slot { open })
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
+        let mut n = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
     }
 }
 
@@ -444,22 +431,20 @@ async fn serve_connection(
         }
     };
     let role = config.role_of(uid);
-    let Some(_slot) = Slot::take(open, role.map(|_| uid)) else {
-        let message = match role {
-            Some(_) => format!(
-                "uid {uid} already has {CONNECTIONS_PER_UID_MAX} control connections open; close some and retry"
-            ),
-            None => format!(
-                "uid {uid} has no role on office {}, and {ROLELESS_CONNECTIONS_MAX} connections from uids without a role are already open",
-                config.office
-            ),
-        };
-        tracing::warn!(
-            uid,
-            "refused a control connection: too many open for this uid"
-        );
-        let _ = send(&mut stream, &ResponseFrame::error(message)).await;
-        return;
+    let _slot = match role {
+        Some(_) => None,
+        None => match Slot::take(open) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(uid, "refused a control connection from a uid with no role: {ROLELESS_CONNECTIONS_MAX} already open");
+                let message = format!(
+                    "uid {uid} has no role on office {}: add it to control.operators or control.auditors in the office's config",
+                    config.office
+                );
+                let _ = send(&mut stream, &ResponseFrame::error(message)).await;
+                return;
+            }
+        },
     };
     loop {
         let mut len = [0u8; 4];
