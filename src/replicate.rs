@@ -782,7 +782,8 @@ impl Replicator {
             }
         }
         .await;
-        writer.finish();
+        // Let a last Error frame reach the peer (bounded) before closing: it says why.
+        writer.finish_and_wait(Duration::from_secs(1)).await;
         connection.close(0u32.into(), b"bye");
         self.set_status(&peer, |s| {
             s.connected = false;

@@ -658,6 +658,13 @@ impl FrameWriter {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Ends our side of the stream and waits (at most `within`) until the peer has received
+    /// everything sent, so a last Error frame reaches it before the connection is closed.
+    pub async fn finish_and_wait(&mut self, within: Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(within, self.send.stopped()).await;
+    }
 }
 
 /// Reads length-prefixed frames.
