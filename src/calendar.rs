@@ -50,6 +50,14 @@ pub enum CalendarError {
     Read { origin: String, message: String },
 }
 
+/// A line as quoted in an error: at most 80 characters of it.
+fn shorten(line: &str) -> String {
+    match line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
 /// One jurisdiction's working days over a span of whole years.
 #[derive(Debug, Clone)]
 pub struct Calendar {
@@ -130,7 +138,7 @@ impl Calendar {
                     let d = parse_day(date).ok_or_else(|| {
                         err(
                             n,
-                            format!("expected `YYYY-MM-DD name`, `workday …`, `years …` or `jurisdiction …`, got {line:?}"),
+                            format!("expected `YYYY-MM-DD name`, `workday …`, `years …` or `jurisdiction …`, got {:?}", shorten(line)),
                         )
                     })?;
                     let name = if rest.is_empty() {

@@ -399,6 +399,8 @@ fn assert_one_line_error(what: &str, (success, err): (bool, String)) -> String {
         1,
         "{what}: one line: {err:?}"
     );
+    // Clear means readable: an error quotes the bad input only in part.
+    assert!(err.len() < 1024, "{what}: a {}-byte error line", err.len());
     err
 }
 
