@@ -25,6 +25,11 @@ use tokio::sync::{watch, Semaphore};
 
 /// Most control connections served at once; further clients wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 256;
+/// Most control connections held at once by all uids without a role together (each is refused
+/// after one request anyway; more are refused at once): strangers cannot crowd out the
+/// operators. Uids with a role are trusted with the whole [`CONNECTIONS_MAX`] (an operator's
+/// application may well run hundreds of clients; the excess waits in the listen backlog).
+pub const ROLELESS_CONNECTIONS_MAX: usize = 16;
 /// A connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed to read one request once its length is known.
@@ -267,6 +272,7 @@ pub async fn run(
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let roleless_open: Arc<OpenConnections> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -285,8 +291,9 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
+        let open = roleless_open.clone();
         tokio::spawn(async move {
-            serve_connection(stream, &office, &config, stop).await;
+            serve_connection(stream, &office, &config, stop, &open).await;
             drop(permit);
         });
     }
@@ -484,11 +491,38 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
     }
 }
 
+/// Control connections open from uids without a role.
+type OpenConnections = std::sync::Mutex<usize>;
+
+/// One counted connection from a uid without a role; gives its slot back when dropped.
+struct Slot<'a> {
+    open: &'a OpenConnections,
+}
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a OpenConnections) -> Option<Slot<'a>> {
+        let mut n = open.lock().unwrap_or_else(|p| p.into_inner());
+        if *n >= ROLELESS_CONNECTIONS_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { open })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut n = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+    }
+}
+
 async fn serve_connection(
     mut stream: UnixStream,
     office: &Office,
     config: &Config,
     mut stop: watch::Receiver<bool>,
+    open: &OpenConnections,
 ) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
@@ -498,6 +532,21 @@ async fn serve_connection(
         }
     };
     let role = config.role_of(uid);
+    let _slot = match role {
+        Some(_) => None,
+        None => match Slot::take(open) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(uid, "refused a control connection from a uid with no role: {ROLELESS_CONNECTIONS_MAX} already open");
+                let message = format!(
+                    "uid {uid} has no role on office {}: add it to control.operators or control.auditors in the office's config",
+                    config.office
+                );
+                let _ = send(&mut stream, &ResponseFrame::error(message)).await;
+                return;
+            }
+        },
+    };
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
@@ -535,10 +584,14 @@ async fn serve_connection(
             {
                 return;
             }
+            if role.is_none() {
+                return;
+            }
             continue;
         }
         let response = handle(&payload, uid, role, office, config).await;
-        if send(&mut stream, &response).await.is_err() {
+        // A uid without a role gets its refusal and nothing more: the connection is not kept.
+        if send(&mut stream, &response).await.is_err() || role.is_none() {
             return;
         }
     }

@@ -335,7 +335,8 @@ impl Office {
                 let mut ops = Vec::with_capacity(n);
                 let mut lines = Vec::with_capacity(n);
                 for (i, r) in import.records.into_iter().enumerate() {
-                    let line = import.first_line + i;
+                    // Saturating: `first_line` is the client's number, any u64.
+                    let line = import.first_line.saturating_add(i);
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;

@@ -50,6 +50,45 @@ pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
 const PENDING_REOPEN_MAX: usize = 4096;
 /// Envelopes read per storage page when the sets are built at start.
 const BUILD_PAGE: usize = 4096;
+/// Most incoming QUIC handshakes authenticated at once (each is bounded in time by
+/// `transport::HELLO_TIMEOUT`); further attempts are refused without a handshake.
+pub const HANDSHAKES_MAX: usize = 64;
+/// Most accepted links one peer office holds at once (one, plus room for a reconnect while an
+/// old link is still timing out); more are closed at once and logged.
+pub const LINKS_PER_PEER_MAX: usize = 4;
+
+/// One accepted link counted against its office's [`LINKS_PER_PEER_MAX`]; freed when dropped.
+struct LinkSlot {
+    links: Arc<Mutex<HashMap<String, usize>>>,
+    peer: String,
+}
+
+impl LinkSlot {
+    fn take(links: &Arc<Mutex<HashMap<String, usize>>>, peer: &str) -> Option<LinkSlot> {
+        let mut map = lock(links);
+        let n = map.entry(peer.to_string()).or_default();
+        if *n >= LINKS_PER_PEER_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(LinkSlot {
+            links: links.clone(),
+            peer: peer.to_string(),
+        })
+    }
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.links);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -497,15 +536,32 @@ impl Replicator {
             }
         }
         let mut stop_accept = stop.clone();
+        // Handshakes in progress are bounded: beyond that, attempts are turned away unhandled.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+        let links: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(accepting) = incoming else { break };
-                    let (rep, stop) = (self.clone(), stop.clone());
+                    let from = accepting.remote_address();
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        accepting.refuse();
+                        tracing::warn!(%from, "refused a replication connection: {HANDSHAKES_MAX} handshakes already in progress");
+                        continue;
+                    };
+                    let (rep, stop, links) = (self.clone(), stop.clone(), links.clone());
                     tokio::spawn(async move {
-                        let from = accepting.remote_address();
-                        match accepting.finish().await {
-                            Ok(link) => rep.run_link(link, false, stop).await,
+                        let link = accepting.finish().await;
+                        drop(permit);
+                        match link {
+                            Ok(link) => {
+                                let Some(_slot) = LinkSlot::take(&links, &link.peer) else {
+                                    link.connection.close(3u32.into(), b"too many links");
+                                    tracing::warn!(%from, peer = %link.peer, "refused a replication connection: {LINKS_PER_PEER_MAX} links from this office already open");
+                                    return;
+                                };
+                                rep.run_link(link, false, stop).await
+                            }
                             Err(e) => tracing::warn!(%from, error = %e, "refused a replication connection"),
                         }
                     });
@@ -726,7 +782,8 @@ impl Replicator {
             }
         }
         .await;
-        writer.finish();
+        // Let a last Error frame reach the peer (bounded) before closing: it says why.
+        writer.finish_and_wait(Duration::from_secs(1)).await;
         connection.close(0u32.into(), b"bye");
         self.set_status(&peer, |s| {
             s.connected = false;
