@@ -202,6 +202,64 @@ impl AuditLog {
     }
 }
 
+/// The frontier of the first `size` leaves of `log` (another office's, as replication stored
+/// it), checked against `check` when the frontier passes its size. Reads the log once.
+pub fn frontier_of(
+    snap: &Snapshot,
+    log: &LogId,
+    size: u64,
+    check: Option<&Checkpoint>,
+) -> Result<Frontier, AuditError> {
+    let mut f = Frontier::new();
+    catch_up(&mut f, snap, log, size, check)?;
+    Ok(f)
+}
+
+/// Leaves `[from, from + count)` of `log` (fewer if the log ends first).
+pub fn read_leaves(
+    snap: &Snapshot,
+    log: &LogId,
+    from: u64,
+    count: usize,
+) -> Result<Vec<LogLeaf>, AuditError> {
+    snap.log_leaves(log, from, count)?
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            LogLeaf::decode(b).ok_or_else(|| {
+                AuditError::Integrity(format!("log leaf {} is malformed", from + i as u64))
+            })
+        })
+        .collect()
+}
+
+/// RFC 9162 MTH of leaves `[a, b)` of `log`, streamed page by page (bounded memory).
+pub fn subtree_root(
+    snap: &Snapshot,
+    log: &LogId,
+    a: u64,
+    b: u64,
+) -> Result<consentd_sync::merkle::Hash, AuditError> {
+    let mut f = Frontier::new();
+    let mut next = a;
+    while next < b {
+        let want = usize::try_from(b - next)
+            .unwrap_or(usize::MAX)
+            .min(LEAF_PAGE);
+        let leaves = read_leaves(snap, log, next, want)?;
+        if leaves.is_empty() {
+            return Err(AuditError::Integrity(format!(
+                "the log is missing leaf {next}"
+            )));
+        }
+        for l in &leaves {
+            f.push(l.merkle_hash());
+        }
+        next += leaves.len() as u64;
+    }
+    Ok(f.root())
+}
+
 /// Pushes leaves `[frontier.size(), target)` of `log` into `frontier`. With `check`, compares
 /// the root when the frontier passes the checkpoint's size.
 fn catch_up(
