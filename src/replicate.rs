@@ -207,6 +207,8 @@ pub struct Replicator {
     /// same log, and storage appends at the stored size, so appends are checked and made one
     /// at a time.
     log_lock: tokio::sync::Mutex<()>,
+    /// Subtree roots of logs served to peers (see `audit::log::subtree_root_cached`).
+    subtrees: Arc<Mutex<crate::audit::log::SubtreeCache>>,
 }
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
@@ -265,6 +267,7 @@ impl Replicator {
             raised: Mutex::new(HashSet::new()),
             log_ids,
             log_lock: tokio::sync::Mutex::new(()),
+            subtrees: Arc::new(Mutex::new(Default::default())),
         });
         rep.build()?;
         rep.build_logs()?;
@@ -579,17 +582,20 @@ impl Replicator {
             return None;
         }
         let o = self.office.clone();
+        let cache = self.subtrees.clone();
         let r = tokio::task::spawn_blocking(move || {
             let snap = o.store().snapshot().map_err(|e| e.to_string())?;
             let leaves = crate::audit::log::read_leaves(&snap, &lid, first, count as usize)
                 .map_err(|e| e.to_string())?;
             let end = first + leaves.len() as u64;
             let mut failed = None;
+            let mut cache = lock(&cache);
             let proof = logsync::consistency_proof(end, size, &mut |a, b| {
-                crate::audit::log::subtree_root(&snap, &lid, a, b).unwrap_or_else(|e| {
-                    failed = Some(e.to_string());
-                    [0; 32]
-                })
+                crate::audit::log::subtree_root_cached(&snap, &lid, a, b, &mut cache)
+                    .unwrap_or_else(|e| {
+                        failed = Some(e.to_string());
+                        [0; 32]
+                    })
             });
             match failed {
                 Some(e) => Err(e),

@@ -260,6 +260,50 @@ pub fn subtree_root(
     Ok(f.root())
 }
 
+/// Perfect subtrees (a power of two of leaves, aligned to their size) of at least this many
+/// leaves are remembered by [`subtree_root_cached`]; smaller ranges are read and hashed.
+pub const SUBTREE_CACHE_MIN: u64 = 1024;
+/// Most subtree roots one cache keeps (~5 MiB); it is cleared when full.
+pub const SUBTREE_CACHE_MAX: usize = 65_536;
+
+/// Remembered subtree roots: (log, first leaf, end) → MTH.
+pub type SubtreeCache = std::collections::HashMap<(LogId, u64, u64), consentd_sync::merkle::Hash>;
+
+/// [`subtree_root`] that remembers perfect aligned subtrees. Their roots never change (a log
+/// only grows, and such a subtree is a node of every larger tree), so consecutive consistency
+/// proofs over one log, which share most of their subtrees, cost O(log n) reads of at most
+/// [`SUBTREE_CACHE_MIN`] leaves each instead of rereading the log's tail every time.
+pub fn subtree_root_cached(
+    snap: &Snapshot,
+    log: &LogId,
+    a: u64,
+    b: u64,
+    cache: &mut SubtreeCache,
+) -> Result<consentd_sync::merkle::Hash, AuditError> {
+    let n = b - a;
+    if n <= SUBTREE_CACHE_MIN {
+        return subtree_root(snap, log, a, b);
+    }
+    let perfect = n.is_power_of_two() && a.is_multiple_of(n);
+    if perfect {
+        if let Some(h) = cache.get(&(*log, a, b)) {
+            return Ok(*h);
+        }
+    }
+    // RFC 9162: split at the largest power of two below n.
+    let k = 1u64 << (63 - (n - 1).leading_zeros());
+    let left = subtree_root_cached(snap, log, a, a + k, cache)?;
+    let right = subtree_root_cached(snap, log, a + k, b, cache)?;
+    let h = consentd_sync::merkle::node_hash(&left, &right);
+    if perfect {
+        if cache.len() >= SUBTREE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((*log, a, b), h);
+    }
+    Ok(h)
+}
+
 /// Pushes leaves `[frontier.size(), target)` of `log` into `frontier`. With `check`, compares
 /// the root when the frontier passes the checkpoint's size.
 fn catch_up(
@@ -357,6 +401,49 @@ mod tests {
             &b.checkpoint.root,
             &proof
         ));
+    }
+
+    #[test]
+    fn cached_subtree_roots_equal_plain_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let log = AuditLog::new("net", "de");
+        let n = 5000u64;
+        store
+            .commit_blocking(WriteBatch {
+                log: (0..n)
+                    .map(|i| {
+                        let mut doc = [0u8; 16];
+                        doc[..8].copy_from_slice(&i.to_be_bytes());
+                        log.entry(&LogLeaf::envelope(doc, [1; 32]))
+                    })
+                    .collect(),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let snap = store.snapshot().unwrap();
+        let mut cache = SubtreeCache::new();
+        for (a, b) in [
+            (0, n),
+            (0, 4096),
+            (1000, 4999),
+            (2048, 5000),
+            (0, n),
+            (3, 2051),
+        ] {
+            assert_eq!(
+                subtree_root_cached(&snap, &log.log_id(), a, b, &mut cache).unwrap(),
+                subtree_root(&snap, &log.log_id(), a, b).unwrap(),
+                "[{a}, {b})"
+            );
+        }
+        assert!(
+            cache.contains_key(&(log.log_id(), 0, 4096)),
+            "perfect subtrees remembered"
+        );
+        assert!(cache
+            .keys()
+            .all(|(_, a, b)| (b - a).is_power_of_two() && a.is_multiple_of(b - a)));
     }
 
     #[test]

@@ -1317,11 +1317,18 @@ impl Session {
             let first = f.frontier.size();
             let size = f.target.checkpoint.size;
             debug_assert!(first < size, "a finished follow is removed");
-            let count = (size - first).min(per_want as u64) as u32;
-            let bytes = count as usize * LEAF_LEN;
-            if self.unstored_bytes + reserved + bytes > self.cfg.limits.unstored_bytes_max {
+            // Within what may wait for the disk; what is pending frees room when stored.
+            let room = self
+                .cfg
+                .limits
+                .unstored_bytes_max
+                .saturating_sub(self.unstored_bytes + reserved)
+                / LEAF_LEN;
+            let count = (size - first).min(per_want.min(room) as u64) as u32;
+            if count == 0 {
                 break;
             }
+            let bytes = count as usize * LEAF_LEN;
             reserved += bytes;
             let request = self.next_request;
             self.next_request = self.next_request.wrapping_add(1);
