@@ -238,29 +238,33 @@ fn envelope_check(e: &EnvelopeError) -> &'static str {
     }
 }
 
-/// The record type a creating change writes at the root (`type`), if any.
-fn created_type(change: &Change) -> Option<&'static str> {
+/// For a creating change: the record type it writes at the root (`type`), and whether it writes
+/// `status: "refused"`. `None` for later changes.
+fn created_type(change: &Change) -> Option<(&'static str, bool)> {
     if !change.deps().is_empty() {
         return None;
     }
+    // One pass over the root's puts: the type, and whether the record says "refused" (a
+    // replication refusal, decoded in full only then: they are few).
     let expanded = change.decode();
+    let (mut kind, mut refused) = ("other", false);
     for op in &expanded.operations {
-        if let (automerge::legacy::ObjectId::Root, automerge::legacy::Key::Map(k)) =
-            (&op.obj, &op.key)
+        if let (
+            automerge::legacy::ObjectId::Root,
+            automerge::legacy::Key::Map(k),
+            automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)),
+        ) = (&op.obj, &op.key, &op.action)
         {
-            if k.as_str() == "type" {
-                if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)) = &op.action {
-                    return Some(match s.as_str() {
-                        "consent" => "consent",
-                        "request" => "request",
-                        "transfer" => "transfer",
-                        _ => "other",
-                    });
-                }
+            match (k.as_str(), s.as_str()) {
+                ("type", "consent") => kind = "consent",
+                ("type", "request") => kind = "request",
+                ("type", "transfer") => kind = "transfer",
+                ("status", "refused") => refused = true,
+                _ => {}
             }
         }
     }
-    Some("other")
+    Some((kind, refused))
 }
 
 /// Verifies one batch of envelope lines (run on a worker thread).
@@ -291,15 +295,15 @@ fn verify_lines(
         match r {
             Ok(v) => {
                 let change = v.change();
-                let created = created_type(change);
+                let creation = created_type(change);
                 facts.push(EnvFact {
                     line: line_of[i],
                     doc: v.doc_id(),
                     hash: v.hash(),
                     office: office_index[v.office()],
                     deps: change.deps().iter().map(|h| h.0).collect(),
-                    created,
-                    refusal: (created == Some("transfer"))
+                    created: creation.map(|c| c.0),
+                    refusal: (creation == Some(("transfer", true)))
                         .then(|| refusal_of(change, v.office()))
                         .flatten(),
                     change: collect.then(|| change.clone()),
