@@ -47,8 +47,8 @@ fn refusals(net: &Net, office: &str) -> usize {
         .count()
 }
 
-/// Waits until de and sg hold the same records, cn holds those plus its own, cn refused its
-/// record to both, and every office holds every office's same latest checkpoint, unchanged for
+/// Waits until de and sg hold the same records, cn holds those plus its `cn_extra` own, cn refused each
+/// to both, and every office holds every office's same latest checkpoint, unchanged for
 /// `QUIET`.
 fn converge(net: &Net, cn_extra: u64) {
     let started = Instant::now();
@@ -61,7 +61,7 @@ fn converge(net: &Net, cn_extra: u64) {
             && cn["records"].as_u64() >= de["records"].as_u64().map(|n| n + cn_extra)
             && s.iter().all(|x| x["logs"] == *logs)
             && logs.as_object().is_some_and(|m| m.len() == OFFICES.len())
-            && refusals(net, "cn") >= 2;
+            && refusals(net, "cn") >= 2 * cn_extra as usize;
         if settled {
             match &quiet {
                 Some((v, t)) if v == logs && t.elapsed() >= QUIET => return,
@@ -86,22 +86,31 @@ fn converge(net: &Net, cn_extra: u64) {
     }
 }
 
-/// `consentctl --json audit verify FILE --root-pub KEY`: (exit code, report).
-fn audit_verify(net: &Net, bundle: &std::path::Path) -> (i32, Value) {
+/// `consentctl --json audit verify FILE --root-pub KEY [--previous OLD]`: (exit code, report).
+fn audit_verify_previous(
+    net: &Net,
+    bundle: &std::path::Path,
+    previous: Option<&std::path::Path>,
+) -> (i32, Value) {
     let root = net.path().join("root.pub");
-    let out = ctl(
-        &net.socket("de"),
-        &[
-            "audit",
-            "verify",
-            bundle.to_str().unwrap(),
-            "--root-pub",
-            root.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "audit",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--root-pub",
+        root.to_str().unwrap(),
+    ];
+    if let Some(p) = previous {
+        args.extend(["--previous", p.to_str().unwrap()]);
+    }
+    let out = ctl(&net.socket("de"), &args);
     let report = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", text(&out.stderr)));
     (out.status.code().unwrap_or(-1), report)
+}
+
+fn audit_verify(net: &Net, bundle: &std::path::Path) -> (i32, Value) {
+    audit_verify_previous(net, bundle, None)
 }
 
 fn checks(outcome: &consentd::audit::verify::Outcome) -> Vec<(&'static str, Option<String>)> {
@@ -115,7 +124,7 @@ fn checks(outcome: &consentd::audit::verify::Outcome) -> Vec<(&'static str, Opti
 #[test]
 fn bundles_from_every_office_verify_and_name_what_policy_withheld() {
     let net = Net::init("cn,de,sg");
-    let _daemons: Vec<Daemon> = OFFICES.iter().map(|o| net.start(o)).collect();
+    let mut daemons: Vec<Daemon> = OFFICES.iter().map(|o| net.start(o)).collect();
     // Writes at every office, cn's own resident record among them (it never leaves China).
     let wang = grant(&net, "cn", "wang@example.cn");
     grant(&net, "de", "anna@example.de");
@@ -287,4 +296,24 @@ fn bundles_from_every_office_verify_and_name_what_policy_withheld() {
     });
     assert!(wang_missing, "{:?}", out.failures);
     assert_eq!(out.report["counts"]["withheld"], 0);
+
+    // de restarts (its followed logs are rebuilt from storage and checked against the stored
+    // checkpoints), cn writes another resident record, and the logs move on: de's new bundle
+    // verifies, also as a consistent successor of its first (`--previous`: every office's log,
+    // cn's and sg's included, only grew).
+    let de = daemons.remove(1);
+    assert!(de.stop());
+    daemons.push(net.start("de"));
+    grant(&net, "cn", "li@example.cn");
+    converge(&net, 2);
+    let again = export(&net, "de", "de-2.jsonl");
+    let (code, report) = audit_verify_previous(&net, &again, Some(&bundles[1].1));
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["counts"]["withheld_records"], 2, "{report}");
+    let before = lines(&bundles[1].1).len();
+    assert!(lines(&again).len() > before);
+    // And the first bundle presented as the successor of the second is caught.
+    let (code, report) = audit_verify_previous(&net, &bundles[1].1, Some(&again));
+    assert_ne!(code, 0);
+    assert!(report.to_string().contains("consistency"), "{report}");
 }
