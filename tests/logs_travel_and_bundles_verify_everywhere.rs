@@ -47,9 +47,9 @@ fn refusals(net: &Net, office: &str) -> usize {
         .count()
 }
 
-/// Waits until de and sg hold the same records, cn holds those plus its `cn_extra` own, cn refused each
-/// to both, and every office holds every office's same latest checkpoint, unchanged for
-/// `QUIET`.
+/// Waits until de and sg hold the same records, cn holds those plus its `cn_extra` own, cn
+/// refused each to both, and every office holds every office's same latest checkpoint,
+/// unchanged for `QUIET`.
 fn converge(net: &Net, cn_extra: u64) {
     let started = Instant::now();
     let mut quiet: Option<(Value, Instant)> = None;

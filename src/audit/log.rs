@@ -446,6 +446,64 @@ mod tests {
             .all(|(_, a, b)| (b - a).is_power_of_two() && a.is_multiple_of(b - a)));
     }
 
+    /// The cost of serving a whole log in LeavesWant batches (the proofs), cached against
+    /// uncached. `cargo test --lib serving_a_log -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn serving_a_log_costs_reads_of_each_batch_not_of_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let log = AuditLog::new("net", "de");
+        let n = 200_000u64;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+            store
+                .commit_blocking(WriteBatch {
+                    log: chunk
+                        .iter()
+                        .map(|&i| {
+                            log.entry(&LogLeaf::envelope([1; 16], {
+                                let mut h = [0u8; 32];
+                                h[..8].copy_from_slice(&i.to_be_bytes());
+                                h
+                            }))
+                        })
+                        .collect(),
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+        }
+        let snap = store.snapshot().unwrap();
+        let batch = consentd_sync::logsync::LEAVES_PER_FRAME_MAX as u64;
+        for cached in [true, false] {
+            let started = std::time::Instant::now();
+            let mut cache = SubtreeCache::new();
+            let mut first = 0;
+            while first < n {
+                let end = (first + batch).min(n);
+                let leaves =
+                    read_leaves(&snap, &log.log_id(), first, (end - first) as usize).unwrap();
+                assert_eq!(leaves.len() as u64, end - first);
+                consentd_sync::logsync::consistency_proof(end, n, &mut |a, b| {
+                    if cached {
+                        subtree_root_cached(&snap, &log.log_id(), a, b, &mut cache).unwrap()
+                    } else {
+                        subtree_root(&snap, &log.log_id(), a, b).unwrap()
+                    }
+                });
+                first = end;
+            }
+            println!(
+                "serving {n} leaves in batches of {batch}: {:.2} s ({})",
+                started.elapsed().as_secs_f64(),
+                if cached {
+                    "cached subtrees"
+                } else {
+                    "uncached"
+                }
+            );
+        }
+    }
+
     #[test]
     fn a_stored_checkpoint_the_log_does_not_reproduce_stops_all_signing() {
         let dir = tempfile::tempdir().unwrap();
