@@ -29,12 +29,18 @@
 //! # Protocol
 //!
 //! Both sides send [`Hello`] first. The dialer then runs a *sync round*: it reconciles the
-//! tombstone set, then envelopes, then checkpoints; for each, it asks for what it lacks
+//! tombstone set, then keys, envelopes and checkpoints; for each, it asks for what it lacks
 //! ([`Frame::Want`]) and tells the peer what the peer lacks ([`Frame::Have`]), which the peer then
 //! asks for. Rounds repeat every [`Limits::resync_interval`]. Either side starts a round early
 //! when it may have missed something (a push that was never acknowledged, an item dropped under
 //! load). New local items are pushed at once ([`Frame::Push`]) and acknowledged after their
 //! durable commit ([`Frame::Ack`]).
+//!
+//! A checkpoint of another office's log the host follows ([`Local::log_frontier`]) is not
+//! stored as a blob: the session fetches the leaves it covers from the peer that sent it
+//! ([`Frame::LeavesWant`], [`Action::FetchLeaves`] on the serving side), checks each batch with
+//! [`logsync::extend`] against the signed root, and hands proven batches to the host as
+//! [`LogBatch`]es; a checkpoint that contradicts the leaves held is [`LogBatch::Equivocation`].
 //!
 //! Every request carries an id and a deadline; a stale, duplicated or reordered answer is ignored
 //! (it matches no outstanding request), a lost one times out and is retried or left to the next
@@ -51,7 +57,10 @@
 //!   learnt per reconciliation run (a longer run stops and runs again after fetching);
 //! - pushed, not acknowledged: [`Limits::push_unacked_bytes_max`]; beyond it new items wait for
 //!   the next round;
-//! - serving: at most [`SERVE_WANTS_MAX`] of the peer's Wants at once (more are ignored);
+//! - serving: at most [`SERVE_WANTS_MAX`] of the peer's Wants at once (more are ignored), and
+//!   [`SERVE_LEAF_WANTS_MAX`] of its LeavesWants;
+//! - logs: one follow per roster office, [`LOG_WANTS_IN_FLIGHT_MAX`] LeavesWants in flight, each
+//!   at most `want_bytes_max` of leaves and within the unstored budget;
 //! - outgoing: [`Session::can_receive`] turns false past [`Limits::outgoing_bytes_max`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
