@@ -82,7 +82,7 @@ pub fn extend(
     Ok(next)
 }
 
-/// PROOF(end, D[size]) (RFC 9162 §2.1.4.1) for the sender of a batch, computed from subtree
+/// `PROOF(end, D[size])` (RFC 9162 §2.1.4.1) for the sender of a batch, computed from subtree
 /// roots: `subtree(a, b)` must return MTH of leaves `[a, b)` of the log. The host reads its
 /// stored leaves for that; this function only decides which subtrees the proof needs, so a proof
 /// costs O(size − end) leaf hashes plus O(log size) subtrees left of `end`.
