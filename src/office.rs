@@ -1081,7 +1081,24 @@ impl Office {
 
     pub fn status(&self) -> Result<Value> {
         let stats = self.store.stats()?;
+        // The tree size of every office's latest checkpoint held (this office's own included):
+        // equal maps at two offices mean their logs have converged.
+        let mut logs = serde_json::Map::new();
+        for (office, note) in self.store.snapshot()?.checkpoints()? {
+            let size = std::str::from_utf8(&note)
+                .ok()
+                .and_then(|n| consentd_sync::tlog::parse_note(n).ok())
+                .and_then(|n| consentd_sync::tlog::parse_body(n.text).ok())
+                .map(|c| c.size);
+            logs.insert(office, json!(size));
+        }
+        let equivocations = self
+            .store
+            .meta_with_prefix(crate::replicate::EQUIVOCATION_META_PREFIX, 1000)?
+            .len();
         Ok(json!({
+            "logs": logs,
+            "equivocations": equivocations,
             "office": self.id,
             "jurisdiction": self.jurisdiction,
             "network": self.roster.roster().network,
