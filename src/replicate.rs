@@ -1135,9 +1135,6 @@ impl Replicator {
             }
         }
         .await;
-        // Let a last Error frame reach the peer (bounded) before closing: it says why.
-        writer.finish_and_wait(Duration::from_secs(1)).await;
-        connection.close(0u32.into(), b"bye");
         self.set_status(&peer, |s| {
             s.connected = false;
             if let Err(e) = &outcome {
@@ -1148,6 +1145,9 @@ impl Replicator {
             Ok(()) => tracing::info!(peer = %peer, "replication link closed"),
             Err(e) => tracing::warn!(peer = %peer, error = %e, "replication link failed"),
         }
+        // Let a last Error frame reach the peer (bounded) before closing: it says why.
+        writer.finish_and_wait(Duration::from_secs(1)).await;
+        connection.close(0u32.into(), b"bye");
     }
 
     fn may_send_doc(&self, doc: &DocId, peer: &str) -> bool {

@@ -77,8 +77,7 @@ fn count(log: &str, needle: &str) -> usize {
 }
 
 /// The daemon's log once `enough(log)` holds, or after 30 s (the caller's assertions then say
-/// what is missing). The daemon logs a failed link once it has closed it, up to a second after
-/// its last frame.
+/// what is missing): the daemon may log an attempt a moment after the peer saw it end.
 fn log_when(de: &Daemon, enough: impl Fn(&str) -> bool) -> String {
     let started = Instant::now();
     loop {
