@@ -651,6 +651,14 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
         }
         lines.push((n, request));
     }
+    let imported = import_requests(socket, lines)?;
+    Ok(serde_json::json!({ "imported": imported }))
+}
+
+/// Sends already-checked write requests (with their line numbers) as `import` requests in
+/// chunks below the request limits; returns how many records were imported. `consentctl import`
+/// and `consentd bench` (batched ingest row) both use it.
+pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u64, String> {
     let mut client = Client::connect(socket).map_err(|e| e.to_string())?;
     let mut imported = 0u64;
     let mut chunk: Vec<Request> = Vec::new();
@@ -685,7 +693,7 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
     if !chunk.is_empty() {
         send(&mut chunk, first_line)?;
     }
-    Ok(serde_json::json!({ "imported": imported }))
+    Ok(imported)
 }
 
 // ---- human-readable output -------------------------------------------------------------------
