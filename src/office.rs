@@ -1347,7 +1347,7 @@ impl<'o> Draft<'o> {
                         id
                     }
                     None => {
-                        let id: DocId = rand::random();
+                        let id: DocId = time_ordered_id();
                         let record = Record::Consent(ConsentRecord {
                             subject_kind: subject_kind_name(subject.kind()).into(),
                             subject: subject.as_str().into(),
@@ -1367,7 +1367,7 @@ impl<'o> Draft<'o> {
                 Ok(json!({ "id": doc_id_hex(&id) }))
             }
             Op::RequestOpen(request) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 let answer = json!({
                     "id": doc_id_hex(&id),
                     "due": request.due,
@@ -1566,7 +1566,7 @@ impl<'o> Draft<'o> {
                 Ok(answer)
             }
             Op::HoldSet(hold) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 self.create(id, &Record::Hold(hold))?;
                 Ok(json!({ "id": doc_id_hex(&id), "held": true }))
             }
@@ -1593,7 +1593,7 @@ impl<'o> Draft<'o> {
                 Ok(json!({ "cleared": cleared, "held": false }))
             }
             Op::Transfer(t) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 self.create(id, &Record::Transfer(t))?;
                 Ok(json!({ "id": doc_id_hex(&id) }))
             }
@@ -1805,6 +1805,22 @@ pub struct TransferEvent {
 }
 
 /// The lock key of a record id.
+/// A new record (or subject key) id: 48 bits of Unix milliseconds, big-endian, then 80 random
+/// bits. Ids made close in time sort close together, so a commit of many new records appends to
+/// the id-keyed tables (projections, doc meta, kinds, change lists, expiry) instead of
+/// rewriting one random page per record in each: measured, random ids made each 1,000-record
+/// import commit copy-on-write most pages of every table, and the commit time grew with the file.
+/// 80 random bits per millisecond keep collisions out of reach; the creation time the id reveals
+/// is also in the record's signed change.
+pub(crate) fn time_ordered_id() -> [u8; 16] {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut id: [u8; 16] = rand::random();
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    id
+}
+
 fn doc_lock_key(id: &DocId) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(id);
