@@ -1715,8 +1715,9 @@ impl<'o> Draft<'o> {
                 continue;
             }
             let (record, plain) = match d.created {
-                // Created by one change from this very record: reading the document back (a
-                // third of an import's CPU) would give the same record; debug builds check.
+                // Created by one change from this very record: reading the document back
+                // would give the same record (debug builds check) at the cost of a full
+                // Automerge read per record.
                 Some(created) => {
                     debug_assert_eq!(
                         Record::from_doc(&d.doc).as_ref(),
@@ -1808,8 +1809,7 @@ pub struct TransferEvent {
 /// A new record (or subject key) id: 48 bits of Unix milliseconds, big-endian, then 80 random
 /// bits. Ids made close in time sort close together, so a commit of many new records appends to
 /// the id-keyed tables (projections, doc meta, kinds, change lists, expiry) instead of
-/// rewriting one random page per record in each: measured, random ids made each 1,000-record
-/// import commit copy-on-write most pages of every table, and the commit time grew with the file.
+/// copying-on-write one random page per record in each (ARCHITECTURE.md, "Departures").
 /// 80 random bits per millisecond keep collisions out of reach; the creation time the id reveals
 /// is also in the record's signed change.
 pub(crate) fn time_ordered_id() -> [u8; 16] {
