@@ -362,7 +362,7 @@ impl KeyStore {
     /// Makes a new subject key for `owner`: `(id, key, batch entry)`. The entry must go into
     /// the same `WriteBatch` as the first record sealed under the key.
     pub fn new_key(&self, owner: &IndexKey) -> (KeyId, Zeroizing<[u8; KEY_BYTES]>, KeyEntry) {
-        let id: KeyId = rand::random();
+        let id: KeyId = crate::office::time_ordered_id();
         let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
         let entry = self.wrap_for_store(owner, &id, &key);
         self.remember(id, &key);

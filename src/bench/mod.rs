@@ -2,13 +2,17 @@
 //!
 //! A row is `{name, ours, baseline, unit, ratio, target, met}` (INTERFACE.md). Rows are
 //! independent functions in [`BENCHES`], one module per family of rows:
+//! - `write`: batched ingest against the authoring-and-signing floor, 64 concurrent clients,
+//!   memory and disk per record (issue 7 rows 1, 2, 7; one daemon run, so rows 7 print early);
 //! - `check`: `consent check` latency, in-process and over the socket, against raw redb;
-//! - `verify`: `audit verify` throughput against a bare ed25519 loop.
+//! - `verify`: `audit verify` throughput against a bare batch ed25519 loop on all cores.
 
 mod check;
 mod verify;
+mod write;
 
 pub use verify::{synthetic_bundle, Synthetic};
+pub use write::raw_redb_child;
 
 use serde::Serialize;
 
@@ -52,6 +56,7 @@ type Bench = fn(usize) -> Result<Vec<Row>, String>;
 
 /// Every benchmark, in output order.
 pub const BENCHES: &[(&str, Bench)] = &[
+    ("writes", write::writes),
     ("consent_check", check::consent_check),
     ("audit_verify", verify::audit_verify),
 ];

@@ -39,6 +39,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The raw redb side of the bench's memory row, run by `consentd bench` as a child process
+    #[command(hide = true)]
+    BenchRawRedb {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        records: usize,
+    },
 }
 
 fn main() {
@@ -74,6 +84,9 @@ fn main() {
                     print!("{}", consentd::bench::human(&rows));
                 }
             })
+        }
+        (None, Some(Command::BenchRawRedb { db, input, records })) => {
+            consentd::bench::raw_redb_child(&db, &input, records)
         }
         _ => Err("give --config FILE to run an office, or a command such as `consentd demo` (see consentd --help)".into()),
     };
