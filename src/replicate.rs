@@ -152,6 +152,12 @@ pub struct Replicator {
     events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
     /// Events already queued by this process, so a bulk sync queues each once.
     raised: Mutex<HashSet<(DocId, String, &'static str)>>,
+    /// Local commits, subscribed to *before* the sets are built from the store, so a commit
+    /// made between the build and `forward_commits` starting is not missed. (It was: a write
+    /// acknowledged right after a restart was in neither the built sets nor the stream, and
+    /// never replicated until the office restarted again; tests/partition_heals.rs.) A commit
+    /// both built and received is absorbed twice, which changes nothing.
+    committed_rx: Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Committed>>>>,
 }
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
@@ -185,6 +191,7 @@ impl Replicator {
             .map(|o| o.jurisdiction.clone())
             .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED_MAX);
+        let committed_rx = office.subscribe_committed();
         let rep = Arc::new(Replicator {
             office,
             roster,
@@ -198,6 +205,7 @@ impl Replicator {
             events: events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             raised: Mutex::new(HashSet::new()),
+            committed_rx: Mutex::new(Some(committed_rx)),
         });
         rep.build()?;
         Ok(rep)
@@ -552,7 +560,8 @@ impl Replicator {
 
     /// Turns each durable local commit into set updates and pushes.
     async fn forward_commits(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut rx = self.office.subscribe_committed();
+        let subscribed = lock(&self.committed_rx).take();
+        let mut rx = subscribed.unwrap_or_else(|| self.office.subscribe_committed());
         loop {
             let committed: Arc<Committed> = tokio::select! {
                 c = rx.recv() => match c {
