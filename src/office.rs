@@ -335,7 +335,8 @@ impl Office {
                 let mut ops = Vec::with_capacity(n);
                 let mut lines = Vec::with_capacity(n);
                 for (i, r) in import.records.into_iter().enumerate() {
-                    let line = import.first_line + i;
+                    // Saturating: `first_line` is the client's number, any u64.
+                    let line = import.first_line.saturating_add(i);
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;
@@ -1080,7 +1081,24 @@ impl Office {
 
     pub fn status(&self) -> Result<Value> {
         let stats = self.store.stats()?;
+        // The tree size of every office's latest checkpoint held (this office's own included):
+        // equal maps at two offices mean their logs have converged.
+        let mut logs = serde_json::Map::new();
+        for (office, note) in self.store.snapshot()?.checkpoints()? {
+            let size = std::str::from_utf8(&note)
+                .ok()
+                .and_then(|n| consentd_sync::tlog::parse_note(n).ok())
+                .and_then(|n| consentd_sync::tlog::parse_body(n.text).ok())
+                .map(|c| c.size);
+            logs.insert(office, json!(size));
+        }
+        let equivocations = self
+            .store
+            .meta_with_prefix(crate::replicate::EQUIVOCATION_META_PREFIX, 1000)?
+            .len();
         Ok(json!({
+            "logs": logs,
+            "equivocations": equivocations,
             "office": self.id,
             "jurisdiction": self.jurisdiction,
             "network": self.roster.roster().network,
