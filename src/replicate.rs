@@ -677,8 +677,17 @@ impl Replicator {
             }
             if let Some(k) = info.key {
                 if self.office.keys.key(&k).is_err() {
-                    sets.keys.remove(&key_item(&k));
-                    sets.key_ids.remove(&key_item(&k).id);
+                    let item = key_item(&k);
+                    sets.keys.remove(&item);
+                    sets.key_ids.remove(&item.id);
+                    // A hidden set must stay a subset of the set it is hidden from
+                    // (`Without`): a destroyed key policy kept from a peer (a China-resident
+                    // record's) leaves that peer's hidden keys too. It did not, and cn's links
+                    // panicked on `Without::new`'s check after deleting a resident record (in a
+                    // release build the view would have subtracted a key it no longer held).
+                    for hidden in sets.hidden.values_mut() {
+                        hidden.1.remove(&item);
+                    }
                 }
             }
         }
