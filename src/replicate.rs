@@ -240,6 +240,12 @@ pub struct Replicator {
     events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
     /// Events already queued by this process, so a bulk sync queues each once.
     raised: Mutex<HashSet<(DocId, String, &'static str)>>,
+    /// Local commits, subscribed to *before* the sets are built from the store, so a commit
+    /// made between the build and `forward_commits` starting is not missed. (It was: a write
+    /// acknowledged right after a restart was in neither the built sets nor the stream, and
+    /// never replicated until the office restarted again; tests/partition_heals.rs.) A commit
+    /// both built and received is absorbed twice, which changes nothing.
+    committed_rx: Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Committed>>>>,
     /// Storage log id (of each roster office's origin) → office, for checkpoint items.
     log_ids: HashMap<[u8; 16], String>,
     /// Held while appending to another office's log: sessions of several peers may deliver the
@@ -281,6 +287,7 @@ impl Replicator {
             .map(|o| o.jurisdiction.clone())
             .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED_MAX);
+        let committed_rx = office.subscribe_committed();
         let network = roster.roster().network.clone();
         let log_ids = roster
             .offices()
@@ -304,6 +311,7 @@ impl Replicator {
             events: events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             raised: Mutex::new(HashSet::new()),
+            committed_rx: Mutex::new(Some(committed_rx)),
             log_ids,
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
@@ -669,8 +677,17 @@ impl Replicator {
             }
             if let Some(k) = info.key {
                 if self.office.keys.key(&k).is_err() {
-                    sets.keys.remove(&key_item(&k));
-                    sets.key_ids.remove(&key_item(&k).id);
+                    let item = key_item(&k);
+                    sets.keys.remove(&item);
+                    sets.key_ids.remove(&item.id);
+                    // A hidden set must stay a subset of the set it is hidden from
+                    // (`Without`): a destroyed key policy kept from a peer (a China-resident
+                    // record's) leaves that peer's hidden keys too. It did not, and cn's links
+                    // panicked on `Without::new`'s check after deleting a resident record (in a
+                    // release build the view would have subtracted a key it no longer held).
+                    for hidden in sets.hidden.values_mut() {
+                        hidden.1.remove(&item);
+                    }
                 }
             }
         }
@@ -961,7 +978,8 @@ impl Replicator {
 
     /// Turns each durable local commit into set updates and pushes.
     async fn forward_commits(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut rx = self.office.subscribe_committed();
+        let subscribed = lock(&self.committed_rx).take();
+        let mut rx = subscribed.unwrap_or_else(|| self.office.subscribe_committed());
         loop {
             let committed: Arc<Committed> = tokio::select! {
                 c = rx.recv() => match c {

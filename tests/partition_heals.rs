@@ -857,7 +857,14 @@ fn partition_suite(netns: bool) {
     let faulted = started.elapsed();
     c.heal(&mut f);
     let (took, all) = converge(&c);
-    let (events, requests) = check(&c, &m, &all);
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&c, &m, &all)));
+    let (events, requests) = match checked {
+        Ok(v) => v,
+        Err(panic) => {
+            eprintln!("network kept in {}", preserve(&c));
+            std::panic::resume_unwind(panic)
+        }
+    };
     // One more round of kills after healing: the converged state survives a restart of everyone.
     let digests: Vec<Value> = (0..OFFICES.len())
         .map(|i| status(&c, i)["digest"].clone())
