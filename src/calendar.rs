@@ -50,6 +50,14 @@ pub enum CalendarError {
     Read { origin: String, message: String },
 }
 
+/// A line as quoted in an error: at most 80 characters of it.
+fn shorten(line: &str) -> String {
+    match line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
 /// One jurisdiction's working days over a span of whole years.
 #[derive(Debug, Clone)]
 pub struct Calendar {
@@ -102,7 +110,8 @@ impl Calendar {
                         .collect::<Result<_, _>>()
                         .map_err(|_| err(n, format!("invalid years {rest:?}")))?;
                     match parts[..] {
-                        [a, b] if a <= b && b - a < CALENDAR_YEARS_MAX && a > 1900 => {
+                        // `a > 1900` first: with it and `a <= b`, `b - a` cannot overflow.
+                        [a, b] if a > 1900 && a <= b && b - a < CALENDAR_YEARS_MAX => {
                             years = Some((a, b))
                         }
                         _ => {
@@ -129,7 +138,7 @@ impl Calendar {
                     let d = parse_day(date).ok_or_else(|| {
                         err(
                             n,
-                            format!("expected `YYYY-MM-DD name`, `workday …`, `years …` or `jurisdiction …`, got {line:?}"),
+                            format!("expected `YYYY-MM-DD name`, `workday …`, `years …` or `jurisdiction …`, got {:?}", shorten(line)),
                         )
                     })?;
                     let name = if rest.is_empty() {
@@ -349,5 +358,15 @@ mod tests {
         );
         assert!(cals.get("FR").is_some());
         assert!(cals.get("DE").is_some(), "others stay built in");
+    }
+
+    /// Found by the hostile input suite: `b - a` overflowed (a panic with overflow checks)
+    /// before `a` was bounded.
+    #[test]
+    fn years_far_apart_are_refused_not_an_overflow() {
+        let e = Calendar::parse("jurisdiction XX\nyears -2147483648 2147483647\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("years"), "{e}");
     }
 }

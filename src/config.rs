@@ -336,12 +336,21 @@ pub fn is_office_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Longest parser message kept in an error: the parser quotes the offending line, which may be
+/// as long as the file.
+const MESSAGE_CHARS_MAX: usize = 300;
+
 fn one_line(s: &str) -> String {
-    s.split('\n')
+    let line = s
+        .split('\n')
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('|') && l.trim_matches('^').trim() != "")
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    match line.char_indices().nth(MESSAGE_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
 }
 
 #[cfg(test)]

@@ -651,29 +651,35 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
         }
         lines.push((n, request));
     }
-    let mut client = Client::connect(socket).map_err(|e| e.to_string())?;
-    let mut imported = 0u64;
+    let imported = import_requests(socket, lines)?;
+    Ok(serde_json::json!({ "imported": imported }))
+}
+
+/// Import chunks in flight at once: while the daemon commits one chunk (fsync), it authors the
+/// next. Two suffice to keep both stages busy.
+const IMPORT_IN_FLIGHT: usize = 2;
+
+/// Sends already-checked write requests (with their line numbers) as `import` requests in
+/// chunks below the request limits; returns how many records were imported. `consentctl import`
+/// and `consentd bench` (batched ingest row) both use it.
+///
+/// Up to [`IMPORT_IN_FLIGHT`] chunks are in flight, on separate connections, but a chunk that
+/// names a subject or record id of a chunk still in flight waits for it: lines about the same
+/// subject or record are applied in file order, as if sent one chunk at a time. On a failure no
+/// further chunk is sent; every chunk before the failing one was imported.
+pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u64, String> {
+    // Split into chunks first.
+    let mut chunks: Vec<(usize, Vec<Request>)> = Vec::new();
     let mut chunk: Vec<Request> = Vec::new();
     let mut chunk_bytes = 0usize;
     let mut first_line = 0usize;
-    let mut send = |chunk: &mut Vec<Request>, first_line: usize| -> Result<(), String> {
-        let request = Request::Import(protocol::Import {
-            records: std::mem::take(chunk),
-            first_line,
-        });
-        let answer = client
-            .call(&request)
-            .map_err(|e| format!("{e} ({imported} records before it were imported)"))?;
-        imported += answer["imported"].as_u64().unwrap_or(0);
-        Ok(())
-    };
     for (n, request) in lines {
         let size = serde_json::to_vec(&request).expect("json").len() + 1;
         // Leave room for the frame's own fields under the daemon's limit.
         let full = chunk.len() >= IMPORT_CHUNK_RECORDS_MAX
             || chunk_bytes + size > REQUEST_BYTES_MAX - 4096;
         if full && !chunk.is_empty() {
-            send(&mut chunk, first_line)?;
+            chunks.push((first_line, std::mem::take(&mut chunk)));
             chunk_bytes = 0;
         }
         if chunk.is_empty() {
@@ -683,9 +689,127 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
         chunk.push(request);
     }
     if !chunk.is_empty() {
-        send(&mut chunk, first_line)?;
+        chunks.push((first_line, chunk));
     }
-    Ok(serde_json::json!({ "imported": imported }))
+    let keys: Vec<std::collections::HashSet<String>> = chunks
+        .iter()
+        .map(|(_, c)| c.iter().filter_map(conflict_key).collect())
+        .collect();
+    let conflicts = |a: &std::collections::HashSet<String>,
+                     b: &std::collections::HashSet<String>| {
+        a.contains(ANY) || b.contains(ANY) || a.iter().any(|k| b.contains(k))
+    };
+
+    let workers = IMPORT_IN_FLIGHT.min(chunks.len()).max(1);
+    let mut clients = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        clients.push(Client::connect(socket).map_err(|e| e.to_string())?);
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<u64, String>)>();
+    std::thread::scope(|s| {
+        let mut work = Vec::with_capacity(workers);
+        for mut client in clients {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Request)>();
+            let done = done_tx.clone();
+            s.spawn(move || {
+                for (idx, request) in rx {
+                    let r = client
+                        .call(&request)
+                        .map(|a| a["imported"].as_u64().unwrap_or(0))
+                        .map_err(|e| e.to_string());
+                    if done.send((idx, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+            work.push(tx);
+        }
+        drop(done_tx);
+        let mut free: Vec<usize> = (0..workers).collect();
+        let mut in_flight: Vec<(usize, usize)> = Vec::new(); // (chunk, worker)
+        let mut chunks = chunks.into_iter().enumerate().peekable();
+        let mut imported = 0u64;
+        let mut failure: Option<(usize, String)> = None;
+        let mut first_lines = Vec::new();
+        loop {
+            while failure.is_none() && !free.is_empty() {
+                let Some((idx, _)) = chunks.peek() else { break };
+                if in_flight
+                    .iter()
+                    .any(|(c, _)| conflicts(&keys[*c], &keys[*idx]))
+                {
+                    break;
+                }
+                let (idx, (first_line, records)) = chunks.next().expect("peeked");
+                first_lines.push((idx, first_line));
+                let w = free.pop().expect("a free worker");
+                let request = Request::Import(protocol::Import {
+                    records,
+                    first_line,
+                });
+                work[w]
+                    .send((idx, request))
+                    .map_err(|_| "an import connection stopped".to_string())?;
+                in_flight.push((idx, w));
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            let (idx, r) = done_rx
+                .recv()
+                .map_err(|_| "an import connection stopped".to_string())?;
+            let pos = in_flight
+                .iter()
+                .position(|(c, _)| *c == idx)
+                .expect("answers come for chunks in flight");
+            free.push(in_flight.swap_remove(pos).1);
+            match r {
+                Ok(n) => imported += n,
+                Err(e) => {
+                    if failure.as_ref().is_none_or(|(j, _)| idx < *j) {
+                        failure = Some((idx, e));
+                    }
+                }
+            }
+        }
+        drop(work);
+        match failure {
+            None => Ok(imported),
+            Some((idx, e)) => {
+                let line = first_lines
+                    .iter()
+                    .find(|(c, _)| *c == idx)
+                    .map_or(0, |(_, l)| *l);
+                Err(format!(
+                    "{e} ({imported} records were imported, including every line before {line})"
+                ))
+            }
+        }
+    })
+}
+
+/// Conflicts with every chunk (lines whose effects the client cannot tell).
+const ANY: &str = "*";
+
+/// What an import line touches, as far as ordering goes: its subject (normalised), the record
+/// it names, or [`ANY`].
+fn conflict_key(r: &Request) -> Option<String> {
+    let subject = |s: &str| match crate::subject::Subject::parse(s) {
+        Ok(s) => format!("s:{}", s.as_str()),
+        Err(_) => format!("s:{s}"),
+    };
+    Some(match r {
+        Request::ConsentGrant(a) => subject(&a.subject),
+        Request::ConsentWithdraw(a) => subject(&a.subject),
+        Request::RequestOpen(a) => subject(&a.subject),
+        Request::HoldSet(a) => subject(&a.subject),
+        Request::HoldClear(a) => subject(&a.subject),
+        Request::TransferRecord(a) => subject(a.subject.as_deref()?),
+        Request::RequestExtend(a) => format!("r:{}", a.id.to_ascii_lowercase()),
+        Request::RequestUpdate(a) => format!("r:{}", a.id.to_ascii_lowercase()),
+        Request::RequestClose(a) => format!("r:{}", a.id.to_ascii_lowercase()),
+        _ => ANY.to_string(),
+    })
 }
 
 // ---- human-readable output -------------------------------------------------------------------

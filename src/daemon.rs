@@ -25,6 +25,11 @@ use tokio::sync::{watch, Semaphore};
 
 /// Most control connections served at once; further clients wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 256;
+/// Most control connections held at once by all uids without a role together (each is refused
+/// after one request anyway; more are refused at once): strangers cannot crowd out the
+/// operators. Uids with a role are trusted with the whole [`CONNECTIONS_MAX`] (an operator's
+/// application may well run hundreds of clients; the excess waits in the listen backlog).
+pub const ROLELESS_CONNECTIONS_MAX: usize = 16;
 /// A connection idle this long between requests is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed to read one request once its length is known.
@@ -182,20 +187,32 @@ fn claim_store(store: &Store, config: &Config, network: &str) -> Result<(), Star
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler; only SIGINT stops");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on either.
+/// Call it inside the runtime before [`run`] binds the control socket: a handler installed only
+/// when the future is first polled (after the socket accepts) left a window in which a SIGTERM
+/// sent at readiness killed the daemon by the signal's default action instead of stopping it
+/// cleanly (tests/sigterm_at_ready_is_clean.rs).
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
+                tracing::error!(error = %e, "cannot install a signal handler; one of SIGTERM/SIGINT stops");
+                only.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::error!(error = %e, "cannot install signal handlers; stop the daemon with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
@@ -211,12 +228,16 @@ pub async fn run(
         transport,
         roster,
     } = prepared;
-    let listener = bind_control_socket(&config)?;
+    let (listener, activated) = match activated_control_socket(&config)? {
+        Some(listener) => (listener, true),
+        None => (bind_control_socket(&config)?, false),
+    };
     let socket_path = config.control.socket.clone();
     tracing::info!(
         office = %config.office,
         jurisdiction = %config.jurisdiction,
         socket = %socket_path.display(),
+        socket_activated = activated,
         "consentd ready"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -251,6 +272,7 @@ pub async fn run(
 
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let roleless_open: Arc<OpenConnections> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -269,8 +291,9 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
+        let open = roleless_open.clone();
         tokio::spawn(async move {
-            serve_connection(stream, &office, &config, stop).await;
+            serve_connection(stream, &office, &config, stop, &open).await;
             drop(permit);
         });
     }
@@ -279,7 +302,11 @@ pub async fn run(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     drop(listener);
-    let _ = std::fs::remove_file(&socket_path);
+    // A socket systemd passed us belongs to consentd.socket: it stays, so that operators'
+    // connections queue while the service restarts. Our own socket file goes with us.
+    if !activated {
+        let _ = std::fs::remove_file(&socket_path);
+    }
     // Requests already being served finish (their writes become durable and are acknowledged).
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while permits.available_permits() < CONNECTIONS_MAX && Instant::now() < deadline {
@@ -296,6 +323,87 @@ pub async fn run(
     retention.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The first file descriptor systemd passes (sd_listen_fds(3)).
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// The control socket systemd passed us (socket activation by `consentd.socket`), if any,
+/// following sd_listen_fds(3): `LISTEN_PID` is our pid and `LISTEN_FDS` counts descriptors from
+/// fd 3. Exactly one is expected, and it must be a listening Unix stream socket bound to the path
+/// the config names: a unit and a config that disagree would leave operators' `consentctl`
+/// talking to nothing, so that is refused at start rather than discovered later. The variables
+/// are left in place: removing them would race with other threads reading the environment, and
+/// the daemon starts no child process that could mistake the descriptor for its own.
+fn activated_control_socket(config: &Config) -> Result<Option<UnixListener>, StartupError> {
+    use std::os::fd::FromRawFd;
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(None);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    match fds.parse::<u32>() {
+        Ok(0) => return Ok(None),
+        Ok(1) => {}
+        _ => {
+            return Err(fail(format!(
+                "systemd passed LISTEN_FDS={fds}; consentd.socket must pass exactly one socket"
+            )))
+        }
+    }
+    let fd = SD_LISTEN_FDS_START;
+    // SAFETY: sd_listen_fds(3) hands fd 3 to this process (LISTEN_PID is ours), and this is the
+    // only code that takes ownership of it, once, at start.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    check_activated_socket(&std_listener, fd, &config.control.socket)?;
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(std_listener))
+        .map(Some)
+        .map_err(|e| fail(format!("cannot use the socket systemd passed: {e}")))
+}
+
+/// Refuses a passed descriptor that is not a listening Unix stream socket bound to `want`.
+fn check_activated_socket(
+    listener: &std::os::unix::net::UnixListener,
+    fd: i32,
+    want: &Path,
+) -> Result<(), StartupError> {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: fd is open (owned by `listener`); kind/len are valid for writes of their size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || kind != libc::SOCK_STREAM {
+        return Err(fail(
+            "the descriptor systemd passed is not a stream socket (consentd.socket needs ListenStream=)",
+        ));
+    }
+    let bound = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    match bound {
+        Some(path) if path == want => Ok(()),
+        Some(path) => Err(fail(format!(
+            "systemd passed a socket bound to {} but [control] socket is {}; make them agree",
+            path.display(),
+            want.display()
+        ))),
+        None => Err(fail(
+            "the socket systemd passed is not a Unix socket bound to a path",
+        )),
+    }
 }
 
 fn bind_control_socket(config: &Config) -> Result<UnixListener, StartupError> {
@@ -383,11 +491,38 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
     }
 }
 
+/// Control connections open from uids without a role.
+type OpenConnections = std::sync::Mutex<usize>;
+
+/// One counted connection from a uid without a role; gives its slot back when dropped.
+struct Slot<'a> {
+    open: &'a OpenConnections,
+}
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a OpenConnections) -> Option<Slot<'a>> {
+        let mut n = open.lock().unwrap_or_else(|p| p.into_inner());
+        if *n >= ROLELESS_CONNECTIONS_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { open })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut n = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+    }
+}
+
 async fn serve_connection(
     mut stream: UnixStream,
     office: &Office,
     config: &Config,
     mut stop: watch::Receiver<bool>,
+    open: &OpenConnections,
 ) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
@@ -397,6 +532,21 @@ async fn serve_connection(
         }
     };
     let role = config.role_of(uid);
+    let _slot = match role {
+        Some(_) => None,
+        None => match Slot::take(open) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(uid, "refused a control connection from a uid with no role: {ROLELESS_CONNECTIONS_MAX} already open");
+                let message = format!(
+                    "uid {uid} has no role on office {}: add it to control.operators or control.auditors in the office's config",
+                    config.office
+                );
+                let _ = send(&mut stream, &ResponseFrame::error(message)).await;
+                return;
+            }
+        },
+    };
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
@@ -434,10 +584,14 @@ async fn serve_connection(
             {
                 return;
             }
+            if role.is_none() {
+                return;
+            }
             continue;
         }
         let response = handle(&payload, uid, role, office, config).await;
-        if send(&mut stream, &response).await.is_err() {
+        // A uid without a role gets its refusal and nothing more: the connection is not kept.
+        if send(&mut stream, &response).await.is_err() || role.is_none() {
             return;
         }
     }

@@ -26,9 +26,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a daemon may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// The one verification failure the demo tolerates: each office's bundle carries only its own
-/// log, so envelopes authored elsewhere have no log in it (other offices' logs do not replicate).
-const KNOWN_GAP: &str = "log_missing";
+/// How long the logs must look converged (every office holding every office's same latest
+/// checkpoint) before the export: longer than an office takes to sign and push a checkpoint
+/// after writing, so nothing it wrote is still on its way.
+const LOGS_QUIET: Duration = Duration::from_millis(2500);
 
 /// Pids of the running daemons, for the signal handler: a demo stopped by SIGINT, SIGTERM or
 /// SIGHUP passes SIGTERM on to its daemons before it dies, so none is left behind.
@@ -457,6 +458,53 @@ pub fn run(keep: bool) -> Result<(), String> {
     ));
 
     println!("\n# 4. Audit: export a bundle from one office, verify it offline with the root key");
+    // Checkpoints travel with their log leaves: wait until every office holds every office's
+    // latest checkpoint (status `logs`), so de's bundle can account for every envelope it holds.
+    let logs_wait = Instant::now();
+    let mut quiet_since: Option<(Value, Instant)> = None;
+    let logs = loop {
+        let mut rows = Vec::new();
+        for office in OFFICES {
+            rows.push(op.status(office)?);
+        }
+        let first = rows[0]["logs"].clone();
+        let same = rows.iter().all(|r| r["logs"] == first)
+            && first.as_object().is_some_and(|m| m.len() == OFFICES.len());
+        let digests = rows
+            .iter()
+            .zip(OFFICES)
+            .filter(|(_, o)| **o != RESIDENT)
+            .all(|(r, _)| r["digest"] == rows[0]["digest"]);
+        if same && digests {
+            match &quiet_since {
+                Some((v, t)) if *v == first && t.elapsed() >= LOGS_QUIET => break first,
+                Some((v, _)) if *v == first => {}
+                _ => quiet_since = Some((first, Instant::now())),
+            }
+        } else {
+            quiet_since = None;
+        }
+        if logs_wait.elapsed() > CONVERGE_TIMEOUT {
+            return Err(format!(
+                "the offices' logs did not converge within {CONVERGE_TIMEOUT:?}: `status` logs {}",
+                rows.iter()
+                    .zip(OFFICES)
+                    .map(|(r, o)| format!("{o}={}", r["logs"]))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sizes: Vec<String> = logs
+        .as_object()
+        .map(|m| m.iter().map(|(o, n)| format!("{o}:{n}")).collect())
+        .unwrap_or_default();
+    println!(
+        "  every office holds every office's latest checkpoint and its log leaves ({}; {:.1} s)",
+        sizes.join(" "),
+        logs_wait.elapsed().as_secs_f64()
+    );
     let bundle = dir.join("audit-de.jsonl");
     println!("$ consentctl --socket $D/de/control.sock audit export --out $D/audit-de.jsonl");
     let exported = crate::audit::export::export_to_file(&op.socket("de"), &bundle, false)?;
@@ -552,10 +600,21 @@ fn verify(dir: &Path, bundle: &Path) -> Result<AuditResult, String> {
         "{} envelopes, {} records, {} tombstones, {} checkpoints, {} log leaves",
         c["envelopes"], c["records"], c["tombstones"], c["checkpoints"], c["leaves"]
     );
+    let withheld = format!(
+        "{} log leaves of {} record(s) withheld from de by their office's signed refusal (transfer policy), not dropped",
+        c["withheld"], c["withheld_records"]
+    );
+    if outcome.ok() && c["withheld_records"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!(
+            "the bundle from de verified, but reports no record withheld: cn's resident record should be ({counted})"
+        ));
+    }
     if outcome.ok() {
         return Ok(AuditResult {
-            line: format!("OK: every check passed ({counted})"),
-            summary: "bundle from de verified: OK, every check passed".into(),
+            line: format!("OK: every check passed ({counted}); {withheld}"),
+            summary: format!(
+                "bundle from de verified: OK (exit 0), every check passed, every office's log included; {withheld}"
+            ),
         });
     }
     println!(
@@ -570,32 +629,11 @@ fn verify(dir: &Path, bundle: &Path) -> Result<AuditResult, String> {
             f.detail
         );
     }
-    let other: Vec<&str> = outcome
-        .failures
-        .iter()
-        .filter(|f| f.check != KNOWN_GAP)
-        .map(|f| f.check)
-        .collect();
-    if !other.is_empty() || outcome.failures_total as usize != outcome.failures.len() {
-        return Err(format!(
-            "the audit bundle does not verify: failed checks {other:?} (beyond the known {KNOWN_GAP}); see above"
-        ));
-    }
-    let offices: Vec<&str> = outcome
-        .failures
-        .iter()
-        .filter_map(|f| f.office.as_deref())
-        .collect();
-    Ok(AuditResult {
-        line: format!(
-            "KNOWN LIMITATION: every failure is {KNOWN_GAP}: de's bundle carries de's log only, and the logs of {} are not replicated yet; every signature, the roster and causal completeness verified",
-            offices.join(",")
-        ),
-        summary: format!(
-            "bundle from de: verify exits 1 with {} {KNOWN_GAP} failures only (known limitation: other offices' logs are not replicated); all other checks pass",
-            outcome.failures_total
-        ),
-    })
+    let checks: std::collections::BTreeSet<&str> =
+        outcome.failures.iter().map(|f| f.check).collect();
+    Err(format!(
+        "the audit bundle from de does not verify: failed checks {checks:?}; see above"
+    ))
 }
 
 fn is_refusal(t: &Value) -> bool {

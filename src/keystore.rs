@@ -362,7 +362,7 @@ impl KeyStore {
     /// Makes a new subject key for `owner`: `(id, key, batch entry)`. The entry must go into
     /// the same `WriteBatch` as the first record sealed under the key.
     pub fn new_key(&self, owner: &IndexKey) -> (KeyId, Zeroizing<[u8; KEY_BYTES]>, KeyEntry) {
-        let id: KeyId = rand::random();
+        let id: KeyId = crate::office::time_ordered_id();
         let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
         let entry = self.wrap_for_store(owner, &id, &key);
         self.remember(id, &key);
@@ -447,6 +447,13 @@ impl KeyStore {
             })
             .await?;
         {
+            // No write may be between wrapping a key and its durable commit while the current
+            // KEK changes: a key wrapped under the old KEK but committed after the re-wrap scan
+            // passed its id would stay under a KEK that `shred_older` then destroys, and the
+            // office could never read it again (found by tests/partition_heals.rs). Writes hold
+            // `using` from wrapping until durable, so once this is held every key wrapped under
+            // the old KEK is in the store, where the re-wrap below finds it.
+            let _no_writes = self.in_use.write().await;
             let mut keks = lock(&self.keks);
             let old = std::mem::replace(&mut keks.current, kek);
             let old_generation = std::mem::replace(&mut keks.generation, next);
@@ -579,5 +586,43 @@ mod tests {
         assert_eq!(wrapped_generation(&wrapped), Some(2));
         let old: [u8; 32] = old_kek.try_into().unwrap();
         assert!(unwrap_with(&old, &id, &o, &wrapped).is_none());
+    }
+
+    /// Regression (tests/partition_heals.rs): a write that wrapped a key under the old KEK and
+    /// commits while a rotation runs must not leave it under a KEK the rotation shreds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_wrapped_during_a_rotation_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let ks = std::sync::Arc::new(
+            tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        // A write picks (and wraps) its key under generation 1, holding `using`...
+        let using = ks.using().await;
+        let (id, key, entry) = ks.new_key(&[6u8; 32]);
+        // ...while a rotation starts.
+        let rotation = tokio::spawn({
+            let ks = ks.clone();
+            async move { ks.rotate().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The write commits and lets go; only then may the rotation swap KEKs and re-wrap.
+        store
+            .commit(WriteBatch {
+                keys: vec![entry],
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+        drop(using);
+        rotation.await.unwrap().unwrap();
+        assert!(!dir.path().join("kek-1.key").exists());
+        ks.forget(&[id]);
+        assert_eq!(
+            *ks.key(&id).unwrap_or_else(|e| panic!("{e}")),
+            *key,
+            "the key written during the rotation is readable"
+        );
     }
 }

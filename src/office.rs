@@ -31,11 +31,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 mod ingest;
-pub use ingest::{IngestReport, TravellingKey, KIND_PENDING};
+mod locks;
 
-/// Lock shards; a power of two well above the number of concurrent clients, so that unrelated
-/// writes almost never wait on each other.
-const LOCK_SHARDS: usize = 1024;
+pub use ingest::{IngestReport, TravellingKey, KIND_PENDING};
+use locks::{KeyGuard, KeyLocks};
+
+/// Writes of at least this many operations (imports) author on several threads.
+const PARALLEL_OPS_MIN: usize = 64;
+
+/// Threads one write authors on: one per core.
+fn authoring_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfficeError {
@@ -128,11 +136,12 @@ pub struct Office {
     /// This process's Automerge actor: the signing key plus a random incarnation, so that a restarted
     /// office never reuses an (actor, seq) pair even if it lost its database.
     actor: ActorId,
-    /// Lock shards for consent tokens: held by writes that may create a (subject, purpose) record.
-    locks: Vec<tokio::sync::Mutex<()>>,
-    /// Lock shards for record ids: held by every write that changes an existing record, and by
-    /// ingest. Always taken after token locks, never before, so the two tables cannot deadlock.
-    doc_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Consent-token (and subject-token) locks: held by writes that may create a (subject,
+    /// purpose) record, until durable.
+    locks: KeyLocks,
+    /// Record-id locks: held by every write that changes an existing record, and by ingest.
+    /// Always taken after token locks, never before, so the two tables cannot deadlock.
+    doc_locks: KeyLocks,
     started: Instant,
     clock: Clock,
     pub(crate) purposes: Purposes,
@@ -172,12 +181,8 @@ impl Office {
             roster: parts.roster,
             hasher: SubjectHasher::new(parts.index_key),
             actor,
-            locks: (0..LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            doc_locks: (0..LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            locks: KeyLocks::default(),
+            doc_locks: KeyLocks::default(),
             started: Instant::now(),
             clock: parts.clock,
             purposes: parts.purposes,
@@ -335,7 +340,8 @@ impl Office {
                 let mut ops = Vec::with_capacity(n);
                 let mut lines = Vec::with_capacity(n);
                 for (i, r) in import.records.into_iter().enumerate() {
-                    let line = import.first_line + i;
+                    // Saturating: `first_line` is the client's number, any u64.
+                    let line = import.first_line.saturating_add(i);
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;
@@ -628,7 +634,7 @@ impl Office {
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
         keys.sort_unstable();
         keys.dedup();
-        let _guards = Self::lock_shards(&self.locks, &keys).await;
+        let _guards = self.locks.lock(&keys).await;
         // Subject keys picked by this write stay until its commit is durable (keystore.rs).
         let _keys_in_use = self.keys.using().await;
 
@@ -661,22 +667,36 @@ impl Office {
         }
         docs.sort_unstable();
         docs.dedup();
-        let _doc_guards = Self::lock_shards(&self.doc_locks, &docs).await;
+        let _doc_guards = self.doc_locks.lock(&docs).await;
 
-        let mut answers = Vec::with_capacity(ops.len());
-        for (i, op) in ops.into_iter().enumerate() {
-            let answer = draft.apply(op).map_err(|e| match (lines, e) {
-                (Some(lines), OfficeError::Invalid(m)) => {
-                    invalid(format!("line {}: {m}", lines[i]))
-                }
-                (Some(lines), OfficeError::NotFound(m)) => {
-                    OfficeError::NotFound(format!("line {}: {m}", lines[i]))
-                }
-                (_, e) => e,
-            })?;
-            answers.push(answer);
-        }
-        let (batch, touched) = draft.finish()?;
+        let at_line = |i: usize, e: OfficeError| match (lines, e) {
+            (Some(lines), OfficeError::Invalid(m)) if i < lines.len() => {
+                invalid(format!("line {}: {m}", lines[i]))
+            }
+            (Some(lines), OfficeError::NotFound(m)) if i < lines.len() => {
+                OfficeError::NotFound(format!("line {}: {m}", lines[i]))
+            }
+            (_, e) => e,
+        };
+        let threads = authoring_threads().min(ops.len() / (PARALLEL_OPS_MIN / 2).max(1));
+        let (batch, touched, answers) = if ops.len() < PARALLEL_OPS_MIN || threads < 2 {
+            let mut answers = Vec::with_capacity(ops.len());
+            for (i, op) in ops.into_iter().enumerate() {
+                answers.push(draft.apply(op).map_err(|e| at_line(i, e))?);
+            }
+            let (batch, touched) = draft.finish()?;
+            (batch, touched, answers)
+        } else {
+            let authored = self.author_in_parallel(ops, draft.consent_docs, threads);
+            // The drafts' documents (~17 KB each) were freed on the authoring threads, whose
+            // malloc arenas would otherwise keep that memory resident after the import.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free memory to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            authored.map_err(|(i, e)| at_line(i, e))?
+        };
         let announce = self.committed_envelopes(&batch);
         let receipt = self.store.commit(batch).await?;
         self.announce(announce);
@@ -686,6 +706,110 @@ impl Office {
             "write acknowledged"
         );
         Ok(answers)
+    }
+
+    /// Authors an import's operations on `threads` threads (the design floor's work is
+    /// authoring and signing, which is per document and parallel), each with its own draft, and
+    /// merges the drafts into one batch for one durable commit. Operations that could touch the
+    /// same document or the same subject key go to the same draft, in their original order: those
+    /// with a subject by subject, those naming an existing record by its id. The write's locks
+    /// are already held. On failure: the failing operation with the smallest index (as the
+    /// sequential path would report), or `usize::MAX` for a failure outside any operation.
+    fn author_in_parallel(
+        &self,
+        ops: Vec<Op>,
+        consent_docs: HashMap<[u8; 32], DocId>,
+        threads: usize,
+    ) -> std::result::Result<(WriteBatch, usize, Vec<Value>), (usize, OfficeError)> {
+        use std::hash::{Hash, Hasher};
+        let n = ops.len();
+        let mut parts: Vec<Vec<(usize, Op)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, op) in ops.into_iter().enumerate() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            match &op {
+                Op::Consent { subject, .. } | Op::HoldClear { subject, .. } => {
+                    subject.as_str().hash(&mut h)
+                }
+                Op::RequestOpen(r) => r.subject.hash(&mut h),
+                Op::HoldSet(r) => r.subject.hash(&mut h),
+                Op::Transfer(t) => match &t.subject {
+                    Some(s) => s.hash(&mut h),
+                    None => i.hash(&mut h),
+                },
+                Op::RequestExtend { id, .. }
+                | Op::RequestUpdate { id, .. }
+                | Op::RequestClose { id, .. } => id.hash(&mut h),
+            }
+            parts[(h.finish() % threads as u64) as usize].push((i, op));
+        }
+        let consent_docs = &consent_docs;
+        type Part =
+            std::result::Result<(WriteBatch, usize, Vec<(usize, Value)>), (usize, OfficeError)>;
+        let results: Vec<Part> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|part| {
+                    s.spawn(move || -> Part {
+                        let mut draft = Draft::new(self);
+                        draft.consent_docs = consent_docs.clone();
+                        let mut answers = Vec::with_capacity(part.len());
+                        for (i, op) in part {
+                            answers.push((i, draft.apply(op).map_err(|e| (i, e))?));
+                        }
+                        let (batch, touched) = draft.finish().map_err(|e| (usize::MAX, e))?;
+                        Ok((batch, touched, answers))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut first_failure: Option<(usize, OfficeError)> = None;
+        let mut batch = WriteBatch::default();
+        let mut touched = 0;
+        let mut answers: Vec<Value> = vec![Value::Null; n];
+        for r in results {
+            match r {
+                Err((i, e)) => {
+                    if first_failure.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_failure = Some((i, e));
+                    }
+                }
+                Ok((b, t, a)) => {
+                    touched += t;
+                    for (i, v) in a {
+                        answers[i] = v;
+                    }
+                    let WriteBatch {
+                        updates,
+                        meta,
+                        log,
+                        checkpoints,
+                        tombstones,
+                        expiries,
+                        keys,
+                        key_deletes,
+                        key_rewraps,
+                    } = b;
+                    batch.updates.extend(updates);
+                    batch.meta.extend(meta);
+                    batch.log.extend(log);
+                    batch.checkpoints.extend(checkpoints);
+                    batch.tombstones.extend(tombstones);
+                    batch.expiries.extend(expiries);
+                    batch.keys.extend(keys);
+                    batch.key_deletes.extend(key_deletes);
+                    batch.key_rewraps.extend(key_rewraps);
+                }
+            }
+        }
+        match first_failure {
+            Some(f) => Err(f),
+            None => Ok((batch, touched, answers)),
+        }
     }
 
     fn lock_key(&self, op: &Op) -> Option<[u8; 32]> {
@@ -710,35 +834,11 @@ impl Office {
         &self,
         tokens: &[[u8; 32]],
         docs: &[DocId],
-    ) -> (
-        Vec<tokio::sync::MutexGuard<'_, ()>>,
-        Vec<tokio::sync::MutexGuard<'_, ()>>,
-    ) {
-        let t = Self::lock_shards(&self.locks, tokens).await;
+    ) -> (KeyGuard<'_>, KeyGuard<'_>) {
+        let t = self.locks.lock(tokens).await;
         let keys: Vec<[u8; 32]> = docs.iter().map(doc_lock_key).collect();
-        let d = Self::lock_shards(&self.doc_locks, &keys).await;
+        let d = self.doc_locks.lock(&keys).await;
         (t, d)
-    }
-
-    async fn lock_shards<'l>(
-        locks: &'l [tokio::sync::Mutex<()>],
-        keys: &[[u8; 32]],
-    ) -> Vec<tokio::sync::MutexGuard<'l, ()>> {
-        let mut shards: Vec<usize> = keys
-            .iter()
-            .map(|k| {
-                let n = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
-                (n % LOCK_SHARDS as u64) as usize
-            })
-            .collect();
-        // Ascending order everywhere: two writers can never wait on each other in a cycle.
-        shards.sort_unstable();
-        shards.dedup();
-        let mut guards = Vec::with_capacity(shards.len());
-        for s in shards {
-            guards.push(locks[s].lock().await);
-        }
-        guards
     }
 
     /// Loads a document to author a change: its stored envelopes, each verified, must make a
@@ -1080,7 +1180,24 @@ impl Office {
 
     pub fn status(&self) -> Result<Value> {
         let stats = self.store.stats()?;
+        // The tree size of every office's latest checkpoint held (this office's own included):
+        // equal maps at two offices mean their logs have converged.
+        let mut logs = serde_json::Map::new();
+        for (office, note) in self.store.snapshot()?.checkpoints()? {
+            let size = std::str::from_utf8(&note)
+                .ok()
+                .and_then(|n| consentd_sync::tlog::parse_note(n).ok())
+                .and_then(|n| consentd_sync::tlog::parse_body(n.text).ok())
+                .map(|c| c.size);
+            logs.insert(office, json!(size));
+        }
+        let equivocations = self
+            .store
+            .meta_with_prefix(crate::replicate::EQUIVOCATION_META_PREFIX, 1000)?
+            .len();
         Ok(json!({
+            "logs": logs,
+            "equivocations": equivocations,
             "office": self.id,
             "jurisdiction": self.jurisdiction,
             "network": self.roster.roster().network,
@@ -1155,6 +1272,10 @@ struct Draft<'o> {
 struct DraftDoc {
     doc: Automerge,
     envelopes: Vec<([u8; 32], Vec<u8>)>,
+    /// For a document this draft created and did not change again: the record its one change
+    /// wrote (sealed) and the same record in clear. `finish` uses them instead of reading the
+    /// document back (tests check in debug builds that the document says the same).
+    created: Option<Box<(Record, Record)>>,
 }
 
 impl<'o> Draft<'o> {
@@ -1244,7 +1365,7 @@ impl<'o> Draft<'o> {
                         id
                     }
                     None => {
-                        let id: DocId = rand::random();
+                        let id: DocId = time_ordered_id();
                         let record = Record::Consent(ConsentRecord {
                             subject_kind: subject_kind_name(subject.kind()).into(),
                             subject: subject.as_str().into(),
@@ -1264,7 +1385,7 @@ impl<'o> Draft<'o> {
                 Ok(json!({ "id": doc_id_hex(&id) }))
             }
             Op::RequestOpen(request) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 let answer = json!({
                     "id": doc_id_hex(&id),
                     "due": request.due,
@@ -1463,7 +1584,7 @@ impl<'o> Draft<'o> {
                 Ok(answer)
             }
             Op::HoldSet(hold) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 self.create(id, &Record::Hold(hold))?;
                 Ok(json!({ "id": doc_id_hex(&id), "held": true }))
             }
@@ -1490,7 +1611,7 @@ impl<'o> Draft<'o> {
                 Ok(json!({ "cleared": cleared, "held": false }))
             }
             Op::Transfer(t) => {
-                let id: DocId = rand::random();
+                let id: DocId = time_ordered_id();
                 self.create(id, &Record::Transfer(t))?;
                 Ok(json!({ "id": doc_id_hex(&id) }))
             }
@@ -1521,6 +1642,7 @@ impl<'o> Draft<'o> {
                 DraftDoc {
                     doc,
                     envelopes: Vec::new(),
+                    created: None,
                 },
             );
         }
@@ -1531,6 +1653,7 @@ impl<'o> Draft<'o> {
         debug_assert!(!self.docs.contains_key(&id), "random ids do not collide");
         // Personal fields are sealed under the subject's key before they reach the document
         // (whose history is forever), so destroying the key erases them everywhere.
+        let plain = record.clone();
         let mut record = record.clone();
         if let Some(subject) = record.subject().map(str::to_string) {
             let kept = crate::retention::schedule::legally_kept(&record, |p| {
@@ -1550,6 +1673,7 @@ impl<'o> Draft<'o> {
             DraftDoc {
                 doc: Automerge::new().with_actor(self.office.actor.clone()),
                 envelopes: Vec::new(),
+                created: None,
             },
         );
         self.change(id, |tx| {
@@ -1559,7 +1683,10 @@ impl<'o> Draft<'o> {
             tx.put(ROOT, record::DOC_ID_FIELD, doc_id_hex(&id).as_str())
                 .map_err(|e| e.to_string())?;
             record.write_new(tx).map_err(|e| e.to_string())
-        })
+        })?;
+        let entry = self.docs.get_mut(&id).expect("just created");
+        entry.created = Some(Box::new((record.clone(), plain)));
+        Ok(())
     }
 
     /// Authors one change to a document in the draft and signs it.
@@ -1570,6 +1697,8 @@ impl<'o> Draft<'o> {
     ) -> Result<()> {
         let signing = &self.office.signing;
         let entry = self.load(&id)?;
+        // Changed again: `finish` must read the document back.
+        entry.created = None;
         let mut tx = entry.doc.transaction();
         if let Err(e) = f(&mut tx) {
             tx.rollback();
@@ -1603,8 +1732,24 @@ impl<'o> Draft<'o> {
             if d.envelopes.is_empty() {
                 continue;
             }
-            let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
-            let plain = sealed::open_record(&self.office.keys, record.clone())?;
+            let (record, plain) = match d.created {
+                // Created by one change from this very record: reading the document back
+                // would give the same record (debug builds check) at the cost of a full
+                // Automerge read per record.
+                Some(created) => {
+                    debug_assert_eq!(
+                        Record::from_doc(&d.doc).as_ref(),
+                        Ok(&created.0),
+                        "a new document reads back as the record that wrote it"
+                    );
+                    *created
+                }
+                None => {
+                    let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
+                    let plain = sealed::open_record(&self.office.keys, record.clone())?;
+                    (record, plain)
+                }
+            };
             let (index_keys, due_day) = self.office.index_entries(&plain)?;
             // The expiry is recomputed on every change (retention/schedule.rs).
             let expiry = self
@@ -1679,6 +1824,21 @@ pub struct TransferEvent {
 }
 
 /// The lock key of a record id.
+/// A new record (or subject key) id: 48 bits of Unix milliseconds, big-endian, then 80 random
+/// bits. Ids made close in time sort close together, so a commit of many new records appends to
+/// the id-keyed tables (projections, doc meta, kinds, change lists, expiry) instead of
+/// copying-on-write one random page per record in each (ARCHITECTURE.md, "Departures").
+/// 80 random bits per millisecond keep collisions out of reach; the creation time the id reveals
+/// is also in the record's signed change.
+pub(crate) fn time_ordered_id() -> [u8; 16] {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut id: [u8; 16] = rand::random();
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    id
+}
+
 fn doc_lock_key(id: &DocId) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(id);

@@ -14,8 +14,16 @@
 //! jurisdiction is hidden from that peer's view of the sets, so it is never even announced, and
 //! neither is its key. Tombstones go to every peer and are reconciled first: a record a peer
 //! deleted is purged here (and its unused keys destroyed) before its envelopes could return.
-//! Checkpoints are not replicated yet (their set stays empty, and a peer offering one is
-//! refused).
+//!
+//! Checkpoints and logs (docs/sync-protocol.md, "Logs"): the checkpoint set holds the latest
+//! signed checkpoint of every office (this office's own is signed and pushed within
+//! [`CHECKPOINT_PUBLISH_INTERVAL`] of its log growing). A peer's checkpoint of another office is
+//! verified against that office's roster key; the session then fetches the leaves it covers in
+//! batches, each proven against the signed root, and this module appends them to that office's
+//! log in storage (one writer, [`Replicator::log_lock`]) with the checkpoint in the commit of the
+//! batch that completes it. Leaves name ids and hashes only, so every office gets every log,
+//! whatever the transfer policy withholds. Equivocation (an office's two signed histories) is
+//! logged at error level and kept as evidence in meta (`equivocation/v1/…`).
 
 use crate::office::{Committed, Office, TransferEvent, KIND_PENDING};
 use crate::policy::{TransferPolicy, Verdict};
@@ -24,9 +32,13 @@ use consentd_storage::KeyId;
 use consentd_sync::backoff::reconnect_delay;
 use consentd_sync::frame::PROTOCOL_VERSION;
 use consentd_sync::item::{Item, ItemSet, SetView, Without};
+use consentd_sync::logsync;
+use consentd_sync::merkle::{Frontier, Hash};
 use consentd_sync::session::{
-    dials, Action, BlobInfo, Limits, Local, ReconCounters, Session, SessionConfig, StoreBatch,
+    dials, Action, BlobInfo, Limits, Local, LogBatch, ReconCounters, Session, SessionConfig,
+    StoreBatch,
 };
+use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
 use consentd_sync::tombstone::{self, Tombstone};
 use consentd_sync::transport::{Endpoint, Link};
 use consentd_sync::{Envelope, Hello, SetKind, VerifiedRoster};
@@ -50,6 +62,51 @@ pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
 const PENDING_REOPEN_MAX: usize = 4096;
 /// Envelopes read per storage page when the sets are built at start.
 const BUILD_PAGE: usize = 4096;
+/// Most incoming QUIC handshakes authenticated at once (each is bounded in time by
+/// `transport::HELLO_TIMEOUT`); further attempts are refused without a handshake.
+pub const HANDSHAKES_MAX: usize = 64;
+/// Most accepted links one peer office holds at once (one, plus room for a reconnect while an
+/// old link is still timing out); more are closed at once and logged.
+pub const LINKS_PER_PEER_MAX: usize = 4;
+
+/// One accepted link counted against its office's [`LINKS_PER_PEER_MAX`]; freed when dropped.
+struct LinkSlot {
+    links: Arc<Mutex<HashMap<String, usize>>>,
+    peer: String,
+}
+
+impl LinkSlot {
+    fn take(links: &Arc<Mutex<HashMap<String, usize>>>, peer: &str) -> Option<LinkSlot> {
+        let mut map = lock(links);
+        let n = map.entry(peer.to_string()).or_default();
+        if *n >= LINKS_PER_PEER_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(LinkSlot {
+            links: links.clone(),
+            peer: peer.to_string(),
+        })
+    }
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.links);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+/// How often this office signs a checkpoint if its log grew, and pushes it to its peers: other
+/// offices need it to account for the envelopes they already received (log_inclusion).
+pub const CHECKPOINT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_ITEM_DOMAIN: &[u8] = b"consentd/checkpoint-item/v1\0";
+/// Meta key prefix of equivocation evidence.
+pub const EQUIVOCATION_META_PREFIX: &str = "equivocation/v1/";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -58,6 +115,20 @@ pub struct ReplicationError(String);
 /// The set item of a tombstone: its time and hash, as every office derives them.
 fn tombstone_item(t: &Tombstone, hash: [u8; 32]) -> Item {
     Item::new(t.time.max(0) as u64, hash)
+}
+
+/// The set item of a checkpoint: timestamp = tree size; id = the log's storage id (16 bytes:
+/// which office) ‖ 16 bytes of a hash of the checkpoint body, so `holds` can tell "an older
+/// checkpoint of a log held further" without the note, and the same tree signed twice (other
+/// signature lines) is one item.
+pub fn checkpoint_item(cp: &Checkpoint) -> Item {
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&crate::audit::log::log_id(&cp.origin));
+    let mut h = Sha256::new();
+    h.update(CHECKPOINT_ITEM_DOMAIN);
+    h.update(cp.body().as_bytes());
+    id[16..].copy_from_slice(&h.finalize()[..16]);
+    Item::new(cp.size.min(consentd_sync::item::TIMESTAMP_MAX), id)
 }
 
 /// The set item of a subject key: its id hashed, so the id set says nothing about the key.
@@ -105,7 +176,6 @@ struct Sets {
     tombstone_bytes: HashMap<[u8; 32], (DocId, Vec<u8>)>,
     envelopes: ItemSet,
     keys: ItemSet,
-    empty: ItemSet,
     /// Envelope hash → record.
     env_doc: HashMap<[u8; 32], DocId>,
     docs: HashMap<DocId, DocInfo>,
@@ -119,6 +189,25 @@ struct Sets {
     received: Arc<HashMap<KeyId, Zeroizing<[u8; 32]>>>,
     /// The set items of `received`, so `holds` is a lookup, not a hash of every received key.
     received_items: HashSet<[u8; 32]>,
+    /// The latest checkpoint held of every office (this one's included): one item each.
+    checkpoints: ItemSet,
+    /// Office → its checkpoint's item, the checkpoint and its note.
+    checkpoint_of: HashMap<String, (Item, Checkpoint, Vec<u8>)>,
+    /// Other offices' logs as stored: the frontier of the leaves held.
+    logs: HashMap<String, Frontier>,
+}
+
+impl Sets {
+    /// Makes `cp` (signed by `office`) the checkpoint held for that office.
+    fn set_checkpoint(&mut self, office: &str, cp: Checkpoint, note: Vec<u8>) {
+        let item = checkpoint_item(&cp);
+        if let Some((old, _, _)) = self.checkpoint_of.get(office) {
+            self.checkpoints.remove(old);
+        }
+        self.checkpoints.insert(item);
+        self.checkpoint_of
+            .insert(office.to_string(), (item, cp, note));
+    }
 }
 
 /// The state of one peer, for `consentctl peers`.
@@ -158,6 +247,20 @@ pub struct Replicator {
     events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
     /// Events already queued by this process, so a bulk sync queues each once.
     raised: Mutex<HashSet<(DocId, String, &'static str)>>,
+    /// Local commits, subscribed to *before* the sets are built from the store, so a commit
+    /// made between the build and `forward_commits` starting is not missed. (It was: a write
+    /// acknowledged right after a restart was in neither the built sets nor the stream, and
+    /// never replicated until the office restarted again; tests/partition_heals.rs.) A commit
+    /// both built and received is absorbed twice, which changes nothing.
+    committed_rx: Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Committed>>>>,
+    /// Storage log id (of each roster office's origin) → office, for checkpoint items.
+    log_ids: HashMap<[u8; 16], String>,
+    /// Held while appending to another office's log: sessions of several peers may deliver the
+    /// same log, and storage appends at the stored size, so appends are checked and made one
+    /// at a time.
+    log_lock: tokio::sync::Mutex<()>,
+    /// Subtree roots of logs served to peers (see `audit::log::subtree_root_cached`).
+    subtrees: Arc<Mutex<crate::audit::log::SubtreeCache>>,
 }
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
@@ -191,6 +294,17 @@ impl Replicator {
             .map(|o| o.jurisdiction.clone())
             .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED_MAX);
+        let committed_rx = office.subscribe_committed();
+        let network = roster.roster().network.clone();
+        let log_ids = roster
+            .offices()
+            .map(|o| {
+                (
+                    crate::audit::log::log_id(&tlog::origin(&network, &o.id)),
+                    o.id.clone(),
+                )
+            })
+            .collect();
         let rep = Arc::new(Replicator {
             office,
             roster,
@@ -204,8 +318,13 @@ impl Replicator {
             events: events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             raised: Mutex::new(HashSet::new()),
+            committed_rx: Mutex::new(Some(committed_rx)),
+            log_ids,
+            log_lock: tokio::sync::Mutex::new(()),
+            subtrees: Arc::new(Mutex::new(Default::default())),
         });
         rep.build()?;
+        rep.build_logs()?;
         Ok(rep)
     }
 
@@ -268,6 +387,286 @@ impl Replicator {
         Ok(())
     }
 
+    fn log_id_of(&self, office: &str) -> consentd_storage::LogId {
+        crate::audit::log::log_id(&tlog::origin(&self.roster.roster().network, office))
+    }
+
+    /// Loads every office's stored checkpoint and rebuilds the frontier of each other office's
+    /// stored log, checking that it reproduces the stored checkpoint (as `AuditLog::open` does
+    /// for this office's own log). A log that does not is not offered, and is logged.
+    fn build_logs(&self) -> Result<(), ReplicationError> {
+        let err = |e: &dyn std::fmt::Display| ReplicationError(format!("loading logs: {e}"));
+        let snap = self.office.store().snapshot().map_err(|e| err(&e))?;
+        let mut notes: HashMap<String, Vec<u8>> = snap
+            .checkpoints()
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .collect();
+        let mut sets = lock(&self.sets);
+        for o in self.roster.offices() {
+            if o.id == self.me {
+                continue;
+            }
+            let lid = self.log_id_of(&o.id);
+            let size = snap.log_size(&lid).map_err(|e| err(&e))?;
+            let cp = notes.remove(&o.id).and_then(|note| {
+                let v = std::str::from_utf8(&note)
+                    .ok()
+                    .and_then(|n| tlog::verify(n, &self.roster).ok())
+                    .filter(|v| v.office == o.id && v.checkpoint.size <= size);
+                if v.is_none() {
+                    tracing::error!(office = %o.id, "the stored checkpoint of this office's log does not verify or exceeds its leaves; not offered");
+                }
+                v.map(|v| (v.checkpoint, note))
+            });
+            match crate::audit::log::frontier_of(&snap, &lid, size, cp.as_ref().map(|c| &c.0)) {
+                Ok(f) => {
+                    sets.logs.insert(o.id.clone(), f);
+                    if let Some((c, note)) = cp {
+                        sets.set_checkpoint(&o.id, c, note);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(office = %o.id, error = %e, "the stored log of this office does not reproduce its checkpoint; not offered");
+                }
+            }
+        }
+        if let Some(own) = self.office.audit().latest() {
+            sets.set_checkpoint(&self.me, own.checkpoint, own.note.into_bytes());
+        }
+        Ok(())
+    }
+
+    /// Signs a checkpoint whenever this office's log grew (or one was signed elsewhere, e.g. by
+    /// an export) and pushes it, so peers can account for what they received from us.
+    async fn publish_checkpoints(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut published: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECKPOINT_PUBLISH_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            let office = self.office.clone();
+            let signed = tokio::task::spawn_blocking(move || {
+                office
+                    .audit()
+                    .checkpoint(office.store(), office.signing_key())
+                    .map(|(s, _)| s)
+            })
+            .await;
+            let signed = match signed {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot sign a checkpoint");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint task failed");
+                    continue;
+                }
+            };
+            if published.as_deref() == Some(signed.note.as_str()) {
+                continue;
+            }
+            published = Some(signed.note.clone());
+            let note = signed.note.into_bytes();
+            lock(&self.sets).set_checkpoint(&self.me, signed.checkpoint, note.clone());
+            let _ = self
+                .pushes
+                .send(Arc::new((None, SetKind::Checkpoints, note)));
+        }
+    }
+
+    /// Appends leaves of `office`'s log that a session verified against its signed checkpoint
+    /// (and the checkpoint, on the batch that completes it). Leaves already held must be equal.
+    async fn store_log_leaves(
+        &self,
+        peer: &str,
+        office: &str,
+        first: u64,
+        leaves: Vec<LogLeaf>,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        let _one_writer = self.log_lock.lock().await;
+        let lid = self.log_id_of(office);
+        let held = lock(&self.sets)
+            .logs
+            .get(office)
+            .cloned()
+            .unwrap_or_default();
+        if first > held.size() {
+            // Another session's append of this log failed or was refused meanwhile: the
+            // session's view is ahead of storage. Its next round starts from what is stored.
+            tracing::warn!(peer = %peer, office = %office, first, held = held.size(), "log leaves beyond the leaves held; not stored");
+            return Ok(());
+        }
+        let overlap = usize::try_from(held.size() - first)
+            .unwrap_or(usize::MAX)
+            .min(leaves.len());
+        if overlap > 0 {
+            let stored = {
+                let snap = self
+                    .office
+                    .store()
+                    .snapshot()
+                    .map_err(|e| format!("reading the log of {office}: {e}"))?;
+                crate::audit::log::read_leaves(&snap, &lid, first, overlap)
+                    .map_err(|e| format!("reading the log of {office}: {e}"))?
+            };
+            if let Some(i) = (0..overlap).find(|&i| stored.get(i) != Some(&leaves[i])) {
+                // Both runs of leaves were proven against checkpoints this office signed: it
+                // signed two histories.
+                let held_note = lock(&self.sets)
+                    .checkpoint_of
+                    .get(office)
+                    .map(|c| c.2.clone())
+                    .unwrap_or_default();
+                self.keep_equivocation(
+                    peer,
+                    office,
+                    held_note,
+                    checkpoint.clone().unwrap_or_default(),
+                    format!(
+                        "leaf {} differs between two logs it signed",
+                        first + i as u64
+                    ),
+                )
+                .await;
+                return Ok(());
+            }
+        }
+        let tail = &leaves[overlap..];
+        let mut next = held.clone();
+        for l in tail {
+            next.push(l.merkle_hash());
+        }
+        let cp = checkpoint.and_then(|note| {
+            let v = std::str::from_utf8(&note)
+                .ok()
+                .and_then(|n| tlog::verify(n, &self.roster).ok())?;
+            let newer = lock(&self.sets)
+                .checkpoint_of
+                .get(office)
+                .is_none_or(|c| c.1.size < v.checkpoint.size);
+            // The session proved it; check again against what storage will hold.
+            let ok = v.office == office
+                && v.checkpoint.size == next.size()
+                && v.checkpoint.root == next.root();
+            debug_assert!(
+                ok || !newer,
+                "a session-verified checkpoint does not match the log"
+            );
+            (ok && newer).then_some((v.checkpoint, note))
+        });
+        if tail.is_empty() && cp.is_none() {
+            return Ok(());
+        }
+        let batch = consentd_storage::WriteBatch {
+            log: tail.iter().map(|l| (lid, l.encode().to_vec())).collect(),
+            checkpoints: cp
+                .iter()
+                .map(|(_, note)| (office.to_string(), note.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        self.office
+            .store()
+            .commit(batch)
+            .await
+            .map_err(|e| format!("cannot store the log of {office} from {peer}: {e}"))?;
+        let mut sets = lock(&self.sets);
+        sets.logs.insert(office.to_string(), next);
+        if let Some((c, note)) = cp {
+            tracing::debug!(peer = %peer, office = %office, size = c.size, "stored a checkpoint and its leaves");
+            sets.set_checkpoint(office, c, note);
+        }
+        Ok(())
+    }
+
+    /// Keeps evidence that `office` signed two inconsistent histories, and says so loudly.
+    async fn keep_equivocation(
+        &self,
+        peer: &str,
+        office: &str,
+        held: Vec<u8>,
+        conflicting: Vec<u8>,
+        detail: String,
+    ) {
+        tracing::error!(peer = %peer, office = %office, detail = %detail, "EQUIVOCATION: office signed two inconsistent checkpoints of its log; evidence kept, nothing of the second history stored");
+        let mut h = Sha256::new();
+        h.update(&held);
+        h.update(&conflicting);
+        let key = format!(
+            "{EQUIVOCATION_META_PREFIX}{office}/{}",
+            hex::encode(&h.finalize()[..16])
+        );
+        let evidence = json!({
+            "office": office,
+            "held": String::from_utf8_lossy(&held),
+            "conflicting": String::from_utf8_lossy(&conflicting),
+            "detail": detail,
+            "received_from": peer,
+            "detected_at": crate::record::fmt_time(chrono::Utc::now()),
+        });
+        let batch = consentd_storage::WriteBatch {
+            meta: vec![(key, evidence.to_string().into_bytes())],
+            ..Default::default()
+        };
+        if let Err(e) = self.office.store().commit(batch).await {
+            tracing::error!(office = %office, error = %e, "cannot store equivocation evidence");
+        }
+    }
+
+    /// Leaves `[first, first + count)` of `office`'s log (ours or a followed one) and the
+    /// consistency proof from there to `size`, if the log held reaches `size`.
+    async fn serve_leaves(
+        &self,
+        office: String,
+        size: u64,
+        first: u64,
+        count: u32,
+    ) -> Option<(Vec<LogLeaf>, Vec<Hash>)> {
+        let lid = self.log_id_of(&office);
+        // Only what a checkpoint we hold covers: leaves beyond it are not yet accounted for.
+        let covered = lock(&self.sets)
+            .checkpoint_of
+            .get(&office)
+            .map_or(0, |c| c.1.size);
+        if size > covered {
+            return None;
+        }
+        let o = self.office.clone();
+        let cache = self.subtrees.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let snap = o.store().snapshot().map_err(|e| e.to_string())?;
+            let leaves = crate::audit::log::read_leaves(&snap, &lid, first, count as usize)
+                .map_err(|e| e.to_string())?;
+            let end = first + leaves.len() as u64;
+            let mut failed = None;
+            let mut cache = lock(&cache);
+            let proof = logsync::consistency_proof(end, size, &mut |a, b| {
+                crate::audit::log::subtree_root_cached(&snap, &lid, a, b, &mut cache)
+                    .unwrap_or_else(|e| {
+                        failed = Some(e.to_string());
+                        [0; 32]
+                    })
+            });
+            match failed {
+                Some(e) => Err(e),
+                None => Ok((leaves, proof)),
+            }
+        })
+        .await;
+        match r {
+            Ok(Ok(found)) => Some(found),
+            Ok(Err(e)) => {
+                tracing::error!(office = %office, error = %e, "cannot read a log to serve it");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Takes a purged record out of the envelope set (and its key, once destroyed).
     fn forget_doc(&self, doc: &DocId, tombstone: (Item, Vec<u8>)) {
         let mut sets = lock(&self.sets);
@@ -285,8 +684,17 @@ impl Replicator {
             }
             if let Some(k) = info.key {
                 if self.office.keys.key(&k).is_err() {
-                    sets.keys.remove(&key_item(&k));
-                    sets.key_ids.remove(&key_item(&k).id);
+                    let item = key_item(&k);
+                    sets.keys.remove(&item);
+                    sets.key_ids.remove(&item.id);
+                    // A hidden set must stay a subset of the set it is hidden from
+                    // (`Without`): a destroyed key policy kept from a peer (a China-resident
+                    // record's) leaves that peer's hidden keys too. It did not, and cn's links
+                    // panicked on `Without::new`'s check after deleting a resident record (in a
+                    // release build the view would have subtracted a key it no longer held).
+                    for hidden in sets.hidden.values_mut() {
+                        hidden.1.remove(&item);
+                    }
                 }
             }
         }
@@ -495,6 +903,7 @@ impl Replicator {
         tracing::info!(address = %listen, peers = self.peers.len(), "replication listening");
         let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));
         let events = tokio::spawn(self.clone().record_events(stop.clone()));
+        let checkpoints = tokio::spawn(self.clone().publish_checkpoints(stop.clone()));
         for (peer, address) in self.peers.clone() {
             if dials(&self.me, &peer) {
                 tokio::spawn(
@@ -504,15 +913,32 @@ impl Replicator {
             }
         }
         let mut stop_accept = stop.clone();
+        // Handshakes in progress are bounded: beyond that, attempts are turned away unhandled.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+        let links: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(accepting) = incoming else { break };
-                    let (rep, stop) = (self.clone(), stop.clone());
+                    let from = accepting.remote_address();
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        accepting.refuse();
+                        tracing::warn!(%from, "refused a replication connection: {HANDSHAKES_MAX} handshakes already in progress");
+                        continue;
+                    };
+                    let (rep, stop, links) = (self.clone(), stop.clone(), links.clone());
                     tokio::spawn(async move {
-                        let from = accepting.remote_address();
-                        match accepting.finish().await {
-                            Ok(link) => rep.run_link(link, false, stop).await,
+                        let link = accepting.finish().await;
+                        drop(permit);
+                        match link {
+                            Ok(link) => {
+                                let Some(_slot) = LinkSlot::take(&links, &link.peer) else {
+                                    link.connection.close(3u32.into(), b"too many links");
+                                    tracing::warn!(%from, peer = %link.peer, "refused a replication connection: {LINKS_PER_PEER_MAX} links from this office already open");
+                                    return;
+                                };
+                                rep.run_link(link, false, stop).await
+                            }
                             Err(e) => tracing::warn!(%from, error = %e, "refused a replication connection"),
                         }
                     });
@@ -522,6 +948,7 @@ impl Replicator {
         }
         forward.abort();
         events.abort();
+        checkpoints.abort();
         endpoint.close();
         Ok(())
     }
@@ -559,7 +986,8 @@ impl Replicator {
 
     /// Turns each durable local commit into set updates and pushes.
     async fn forward_commits(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut rx = self.office.subscribe_committed();
+        let subscribed = lock(&self.committed_rx).take();
+        let mut rx = subscribed.unwrap_or_else(|| self.office.subscribe_committed());
         loop {
             let committed: Arc<Committed> = tokio::select! {
                 c = rx.recv() => match c {
@@ -739,8 +1167,6 @@ impl Replicator {
             }
         }
         .await;
-        writer.finish();
-        connection.close(0u32.into(), b"bye");
         self.set_status(&peer, |s| {
             s.connected = false;
             if let Err(e) = &outcome {
@@ -751,6 +1177,9 @@ impl Replicator {
             Ok(()) => tracing::info!(peer = %peer, "replication link closed"),
             Err(e) => tracing::warn!(peer = %peer, error = %e, "replication link failed"),
         }
+        // Let a last Error frame reach the peer (bounded) before closing: it says why.
+        writer.finish_and_wait(Duration::from_secs(1)).await;
+        connection.close(0u32.into(), b"bye");
     }
 
     fn may_send_doc(&self, doc: &DocId, peer: &str) -> bool {
@@ -784,6 +1213,16 @@ impl Replicator {
                     s.last_sync = Some(chrono::Utc::now());
                     s.lag_envelopes = lag[SetKind::Envelopes.index()];
                 });
+            }
+            Action::FetchLeaves {
+                request,
+                office,
+                size,
+                first,
+                count,
+            } => {
+                let found = self.serve_leaves(office, size, first, count).await;
+                session.leaves_fetched(request, found);
             }
         }
         Ok(())
@@ -852,8 +1291,34 @@ impl Replicator {
                     tracing::info!(peer = %peer, records = purged, "applied tombstones");
                 }
             }
-            // verify_blob refuses these, so the session never asks to store them.
-            SetKind::Checkpoints => {}
+            // Every office's log is followed (`log_frontier`), so checkpoints come as log work.
+            SetKind::Checkpoints => match batch.log {
+                Some(LogBatch::Append {
+                    office,
+                    first,
+                    leaves,
+                    checkpoint,
+                }) => {
+                    self.store_log_leaves(peer, &office, first, leaves, checkpoint)
+                        .await?
+                }
+                Some(LogBatch::Equivocation { office, note }) => {
+                    let held = lock(&self.sets)
+                        .checkpoint_of
+                        .get(&office)
+                        .map(|c| c.2.clone())
+                        .unwrap_or_default();
+                    self.keep_equivocation(
+                        peer,
+                        &office,
+                        held,
+                        note,
+                        "two checkpoints of one size with different roots".into(),
+                    )
+                    .await;
+                }
+                None => {}
+            },
         }
         let sets = lock(&self.sets);
         session.stored(Instant::now(), batch.id, &self.view(&sets));
@@ -904,7 +1369,18 @@ impl Replicator {
                     }
                 }
             }
-            SetKind::Checkpoints => {}
+            SetKind::Checkpoints => {
+                let sets = lock(&self.sets);
+                for id in ids {
+                    if let Some((_, _, note)) = sets
+                        .checkpoint_of
+                        .values()
+                        .find(|(item, _, _)| item.id == *id)
+                    {
+                        out.push((*id, note.clone()));
+                    }
+                }
+            }
         }
         out
     }
@@ -957,7 +1433,8 @@ impl Local for View<'_> {
             (SetKind::Keys, None) => Box::new(&self.sets.keys),
             // Tombstones name no one: every peer gets every one.
             (SetKind::Tombstones, _) => Box::new(&self.sets.tombstones),
-            (SetKind::Checkpoints, _) => Box::new(&self.sets.empty),
+            // Checkpoints and leaves name no one: every peer gets every office's log.
+            (SetKind::Checkpoints, _) => Box::new(&self.sets.checkpoints),
         }
     }
 
@@ -968,7 +1445,22 @@ impl Local for View<'_> {
                 self.sets.keys.contains(item) || self.sets.received_items.contains(&item.id)
             }
             SetKind::Tombstones => self.sets.tombstones.contains(item),
-            SetKind::Checkpoints => false,
+            // Held when it is ours, or older than what we hold of that log (nothing to fetch).
+            SetKind::Checkpoints => {
+                let prefix: [u8; 16] = item.id[..16].try_into().expect("16 bytes");
+                let Some(office) = self.rep.log_ids.get(&prefix) else {
+                    return false;
+                };
+                let held_leaves = self.sets.logs.get(office).map_or(0, Frontier::size);
+                match self.sets.checkpoint_of.get(office) {
+                    Some((held, _, _)) => {
+                        held.id == item.id
+                            || held.timestamp > item.timestamp
+                            || held_leaves > item.timestamp
+                    }
+                    None => held_leaves > item.timestamp,
+                }
+            }
         }
     }
 
@@ -997,8 +1489,30 @@ impl Local for View<'_> {
                     covers_doc: Some(verified.tombstone().doc_id),
                 })
             }
-            other => Err(format!("{} are not replicated yet", other.name())),
+            SetKind::Checkpoints => {
+                let note = std::str::from_utf8(blob).map_err(|_| "checkpoint is not UTF-8")?;
+                let v = tlog::verify(note, &self.rep.roster).map_err(|e| e.to_string())?;
+                if v.office == self.rep.me {
+                    return Err(format!(
+                        "a checkpoint of this office's own log of {} leaves that this office does not hold (restored from an old backup?)",
+                        v.checkpoint.size
+                    ));
+                }
+                Ok(BlobInfo {
+                    item: checkpoint_item(&v.checkpoint),
+                    office: v.office,
+                    covers_doc: None,
+                })
+            }
+            SetKind::Envelopes => Err("envelopes are not blobs".into()),
         }
+    }
+
+    fn log_frontier(&self, office: &str) -> Option<Frontier> {
+        if office == self.rep.me || self.rep.roster.office(office).is_none() {
+            return None;
+        }
+        Some(self.sets.logs.get(office).cloned().unwrap_or_default())
     }
 }
 

@@ -14,13 +14,28 @@ fn bench_prints_rows_with_the_interface_keys() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().expect("an array of rows");
-    assert!(rows.iter().any(|r| r["name"] == "audit_verify"));
-    assert!(rows.iter().any(|r| r["name"] == "consent_check_p50"));
+    for name in [
+        "ingest",
+        "ingest_vs_raw_redb",
+        "writes_64_clients",
+        "writes_64_clients_vs_redb",
+        "writes_64_clients_p99",
+        "consent_check_p50",
+        "memory_per_record",
+        "disk_per_record",
+        "audit_verify",
+    ] {
+        assert!(rows.iter().any(|r| r["name"] == name), "no row {name}");
+    }
     for r in rows {
         for key in ["name", "ours", "baseline", "unit", "ratio", "target", "met"] {
             assert!(r.get(key).is_some(), "row {r} lacks {key}");
         }
         assert!(r["ours"].as_f64().unwrap() > 0.0);
+        assert!(
+            r["baseline"].as_f64().unwrap() > 0.0,
+            "row {r} has no baseline"
+        );
         assert!(r["met"].is_boolean());
     }
 }

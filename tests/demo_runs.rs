@@ -66,9 +66,14 @@ fn demo_converges_verifies_and_exits_zero() {
     );
     assert!(out.contains("audit verify"), "no audit verify step:\n{out}");
     assert!(
-        out.contains("  audit        bundle from de"),
-        "no audit result in the summary:\n{out}"
+        out.contains("  audit        bundle from de verified: OK (exit 0)"),
+        "the bundle exported at de does not verify (every office's log must travel):\n{out}"
     );
+    assert!(
+        out.contains("withheld from de by their office's signed refusal"),
+        "no withheld count for cn's resident record:\n{out}"
+    );
+    assert!(!out.contains("KNOWN LIMITATION"), "{out}");
     // Answers read at other offices than the one that wrote.
     assert!(
         out.contains("not granted (record"),

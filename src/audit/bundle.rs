@@ -7,8 +7,9 @@
 //! 1. `header` — format name and version, network, exporting office, export time;
 //! 2. `roster` — the root-signed roster, exactly as `roster.json` holds it;
 //! 3. `checkpoint` — one per office seen: its latest signed checkpoint (a C2SP signed note);
-//! 4. `leaves` — an office's whole log up to its checkpoint, in order, up to
-//!    [`LEAVES_PER_LINE`] leaves per line (hex of the 49-byte leaf);
+//! 4. `leaves` — every office's whole log up to its checkpoint (the exporter's first, then each
+//!    other office's as replication delivered it), in order, up to [`LEAVES_PER_LINE`] leaves
+//!    per line (hex of the 49-byte leaf);
 //! 5. `envelope` — every envelope held (base64 of the `CDE1` bytes), grouped by record;
 //! 6. `tombstone` — every tombstone held (base64 of the `CDT1` bytes);
 //! 7. `end` — the number of lines before it and the SHA-256 of all their bytes (detects

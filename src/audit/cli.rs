@@ -314,22 +314,38 @@ fn human_verify(v: &Value) -> String {
         c["checkpoints"],
         c["leaves"]
     );
+    let withheld = c["withheld"].as_u64().unwrap_or(0);
+    if withheld > 0 {
+        out += &format!(
+            "{withheld} log leaves ({} records) withheld from {} by their offices' signed refusals (transfer policy), not dropped\n",
+            c["withheld_records"],
+            v["exported_by"].as_str().unwrap_or("-")
+        );
+    }
     out += &format!(
-        "\n{:<8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9}\n",
-        "OFFICE", "ENVELOPES", "CONSENT", "REQUEST", "TRANSFER", "TOMBSTONES", "LOG_SIZE"
+        "\n{:<8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}\n",
+        "OFFICE",
+        "ENVELOPES",
+        "CONSENT",
+        "REQUEST",
+        "TRANSFER",
+        "TOMBSTONES",
+        "LOG_SIZE",
+        "WITHHELD"
     );
     if let Some(offices) = v["by_office"].as_object() {
         for (id, o) in offices {
             let n = |k: &str| o["records"][k].as_u64().unwrap_or(0);
             out += &format!(
-                "{:<8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9}\n",
+                "{:<8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9} {:>9}\n",
                 id,
                 o["envelopes"].as_u64().unwrap_or(0),
                 n("consent"),
                 n("request"),
                 n("transfer"),
                 o["tombstones"].as_u64().unwrap_or(0),
-                o["log_size"].as_u64().map_or("-".into(), |s| s.to_string())
+                o["log_size"].as_u64().map_or("-".into(), |s| s.to_string()),
+                o["withheld"].as_u64().unwrap_or(0)
             );
         }
     }

@@ -252,36 +252,53 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
         note: signed.note.clone(),
     })
     .map_err(io)?;
+    // Every log to write: ours up to the fresh checkpoint, then every other office's, as
+    // replication stored it (leaves and checkpoint commit together, so the snapshot's log
+    // reaches the snapshot's checkpoint).
+    let mut logs = vec![(
+        office.id().to_string(),
+        office.audit().log_id(),
+        signed.checkpoint.size,
+    )];
     for (key, note) in snap.checkpoints().map_err(st)? {
-        // Other offices' checkpoints, as replication delivered them (our own is the fresh one).
-        if key != office.id() {
-            w.write(&Line::Checkpoint {
-                office: key,
-                note: String::from_utf8_lossy(&note).into_owned(),
-            })
-            .map_err(io)?;
+        if key == office.id() {
+            continue; // ours is the fresh one above
         }
-    }
-    // Our log, exactly up to the checkpoint.
-    let log = office.audit().log_id();
-    let mut next = 0u64;
-    while next < signed.checkpoint.size {
-        let want = usize::try_from(signed.checkpoint.size - next)
-            .unwrap_or(usize::MAX)
-            .min(LEAVES_PER_LINE);
-        let leaves = snap.log_leaves(&log, next, want).map_err(st)?;
-        if leaves.is_empty() {
-            return Err(format!("the log is missing leaf {next}"));
-        }
-        debug_assert!(leaves.iter().all(|l| LogLeaf::decode(l).is_some()));
-        let n = leaves.len() as u64;
-        w.write(&Line::Leaves {
-            office: office.id().to_string(),
-            first: next,
-            leaves: leaves.iter().map(hex::encode).collect(),
+        let text = String::from_utf8_lossy(&note).into_owned();
+        let size = consentd_sync::tlog::parse_note(&text)
+            .and_then(|n| consentd_sync::tlog::parse_body(n.text))
+            .map_err(|e| format!("the stored checkpoint of office {key}: {e}"))?
+            .size;
+        let origin = consentd_sync::tlog::origin(&roster.roster().network, &key);
+        logs.push((key.clone(), super::log::log_id(&origin), size));
+        w.write(&Line::Checkpoint {
+            office: key,
+            note: text,
         })
         .map_err(io)?;
-        next += n;
+    }
+    for (log_office, log, size) in &logs {
+        let mut next = 0u64;
+        while next < *size {
+            let want = usize::try_from(size - next)
+                .unwrap_or(usize::MAX)
+                .min(LEAVES_PER_LINE);
+            let leaves = snap.log_leaves(log, next, want).map_err(st)?;
+            if leaves.is_empty() {
+                return Err(format!(
+                    "the log of office {log_office} is missing leaf {next}"
+                ));
+            }
+            debug_assert!(leaves.iter().all(|l| LogLeaf::decode(l).is_some()));
+            let n = leaves.len() as u64;
+            w.write(&Line::Leaves {
+                office: log_office.clone(),
+                first: next,
+                leaves: leaves.iter().map(hex::encode).collect(),
+            })
+            .map_err(io)?;
+            next += n;
+        }
     }
     let mut cursor = None;
     loop {

@@ -202,6 +202,108 @@ impl AuditLog {
     }
 }
 
+/// The frontier of the first `size` leaves of `log` (another office's, as replication stored
+/// it), checked against `check` when the frontier passes its size. Reads the log once.
+pub fn frontier_of(
+    snap: &Snapshot,
+    log: &LogId,
+    size: u64,
+    check: Option<&Checkpoint>,
+) -> Result<Frontier, AuditError> {
+    let mut f = Frontier::new();
+    catch_up(&mut f, snap, log, size, check)?;
+    Ok(f)
+}
+
+/// Leaves `[from, from + count)` of `log` (fewer if the log ends first).
+pub fn read_leaves(
+    snap: &Snapshot,
+    log: &LogId,
+    from: u64,
+    count: usize,
+) -> Result<Vec<LogLeaf>, AuditError> {
+    snap.log_leaves(log, from, count)?
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            LogLeaf::decode(b).ok_or_else(|| {
+                AuditError::Integrity(format!("log leaf {} is malformed", from + i as u64))
+            })
+        })
+        .collect()
+}
+
+/// RFC 9162 MTH of leaves `[a, b)` of `log`, streamed page by page (bounded memory).
+pub fn subtree_root(
+    snap: &Snapshot,
+    log: &LogId,
+    a: u64,
+    b: u64,
+) -> Result<consentd_sync::merkle::Hash, AuditError> {
+    let mut f = Frontier::new();
+    let mut next = a;
+    while next < b {
+        let want = usize::try_from(b - next)
+            .unwrap_or(usize::MAX)
+            .min(LEAF_PAGE);
+        let leaves = read_leaves(snap, log, next, want)?;
+        if leaves.is_empty() {
+            return Err(AuditError::Integrity(format!(
+                "the log is missing leaf {next}"
+            )));
+        }
+        for l in &leaves {
+            f.push(l.merkle_hash());
+        }
+        next += leaves.len() as u64;
+    }
+    Ok(f.root())
+}
+
+/// Perfect subtrees (a power of two of leaves, aligned to their size) of at least this many
+/// leaves are remembered by [`subtree_root_cached`]; smaller ranges are read and hashed.
+pub const SUBTREE_CACHE_MIN: u64 = 1024;
+/// Most subtree roots one cache keeps (~5 MiB); it is cleared when full.
+pub const SUBTREE_CACHE_MAX: usize = 65_536;
+
+/// Remembered subtree roots: (log, first leaf, end) → MTH.
+pub type SubtreeCache = std::collections::HashMap<(LogId, u64, u64), consentd_sync::merkle::Hash>;
+
+/// [`subtree_root`] that remembers perfect aligned subtrees. Their roots never change (a log
+/// only grows, and such a subtree is a node of every larger tree), so consecutive consistency
+/// proofs over one log, which share most of their subtrees, cost O(log n) reads of at most
+/// [`SUBTREE_CACHE_MIN`] leaves each instead of rereading the log's tail every time.
+pub fn subtree_root_cached(
+    snap: &Snapshot,
+    log: &LogId,
+    a: u64,
+    b: u64,
+    cache: &mut SubtreeCache,
+) -> Result<consentd_sync::merkle::Hash, AuditError> {
+    let n = b - a;
+    if n <= SUBTREE_CACHE_MIN {
+        return subtree_root(snap, log, a, b);
+    }
+    let perfect = n.is_power_of_two() && a.is_multiple_of(n);
+    if perfect {
+        if let Some(h) = cache.get(&(*log, a, b)) {
+            return Ok(*h);
+        }
+    }
+    // RFC 9162: split at the largest power of two below n.
+    let k = 1u64 << (63 - (n - 1).leading_zeros());
+    let left = subtree_root_cached(snap, log, a, a + k, cache)?;
+    let right = subtree_root_cached(snap, log, a + k, b, cache)?;
+    let h = consentd_sync::merkle::node_hash(&left, &right);
+    if perfect {
+        if cache.len() >= SUBTREE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((*log, a, b), h);
+    }
+    Ok(h)
+}
+
 /// Pushes leaves `[frontier.size(), target)` of `log` into `frontier`. With `check`, compares
 /// the root when the frontier passes the checkpoint's size.
 fn catch_up(
@@ -299,6 +401,107 @@ mod tests {
             &b.checkpoint.root,
             &proof
         ));
+    }
+
+    #[test]
+    fn cached_subtree_roots_equal_plain_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let log = AuditLog::new("net", "de");
+        let n = 5000u64;
+        store
+            .commit_blocking(WriteBatch {
+                log: (0..n)
+                    .map(|i| {
+                        let mut doc = [0u8; 16];
+                        doc[..8].copy_from_slice(&i.to_be_bytes());
+                        log.entry(&LogLeaf::envelope(doc, [1; 32]))
+                    })
+                    .collect(),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let snap = store.snapshot().unwrap();
+        let mut cache = SubtreeCache::new();
+        for (a, b) in [
+            (0, n),
+            (0, 4096),
+            (1000, 4999),
+            (2048, 5000),
+            (0, n),
+            (3, 2051),
+        ] {
+            assert_eq!(
+                subtree_root_cached(&snap, &log.log_id(), a, b, &mut cache).unwrap(),
+                subtree_root(&snap, &log.log_id(), a, b).unwrap(),
+                "[{a}, {b})"
+            );
+        }
+        assert!(
+            cache.contains_key(&(log.log_id(), 0, 4096)),
+            "perfect subtrees remembered"
+        );
+        assert!(cache
+            .keys()
+            .all(|(_, a, b)| (b - a).is_power_of_two() && a.is_multiple_of(b - a)));
+    }
+
+    /// The cost of serving a whole log in LeavesWant batches (the proofs), cached against
+    /// uncached. `cargo test --lib serving_a_log -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn serving_a_log_costs_reads_of_each_batch_not_of_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let log = AuditLog::new("net", "de");
+        let n = 200_000u64;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+            store
+                .commit_blocking(WriteBatch {
+                    log: chunk
+                        .iter()
+                        .map(|&i| {
+                            log.entry(&LogLeaf::envelope([1; 16], {
+                                let mut h = [0u8; 32];
+                                h[..8].copy_from_slice(&i.to_be_bytes());
+                                h
+                            }))
+                        })
+                        .collect(),
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+        }
+        let snap = store.snapshot().unwrap();
+        let batch = consentd_sync::logsync::LEAVES_PER_FRAME_MAX as u64;
+        for cached in [true, false] {
+            let started = std::time::Instant::now();
+            let mut cache = SubtreeCache::new();
+            let mut first = 0;
+            while first < n {
+                let end = (first + batch).min(n);
+                let leaves =
+                    read_leaves(&snap, &log.log_id(), first, (end - first) as usize).unwrap();
+                assert_eq!(leaves.len() as u64, end - first);
+                consentd_sync::logsync::consistency_proof(end, n, &mut |a, b| {
+                    if cached {
+                        subtree_root_cached(&snap, &log.log_id(), a, b, &mut cache).unwrap()
+                    } else {
+                        subtree_root(&snap, &log.log_id(), a, b).unwrap()
+                    }
+                });
+                first = end;
+            }
+            println!(
+                "serving {n} leaves in batches of {batch}: {:.2} s ({})",
+                started.elapsed().as_secs_f64(),
+                if cached {
+                    "cached subtrees"
+                } else {
+                    "uncached"
+                }
+            );
+        }
     }
 
     #[test]

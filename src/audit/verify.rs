@@ -17,11 +17,22 @@
 //! | `causal_completeness` | a change depends on a change the bundle lacks, and no tombstone covers the record |
 //! | `log_missing`         | an office authored envelopes in the bundle but the bundle has no log for it |
 //! | `log_inclusion`       | an envelope is not in its author's checkpointed log                 |
-//! | `log_completeness`    | an office's log lists an envelope or tombstone the bundle lacks, and no valid tombstone covers its record |
+//! | `log_completeness`    | an office's log lists an envelope or tombstone the bundle lacks, no valid tombstone covers its record, and the office did not refuse (in a signed transfer record) to send the record to the exporter |
 //! | `tombstone_encoding`  | a tombstone is not valid base64 / `CDT1`                            |
 //! | `tombstone_signature` | a tombstone's signer is not a roster office or its signature fails  |
 //! | `tombstone_authority` | a tombstone is not in its signer's checkpointed log                 |
 //! | `consistency`         | with `--previous`: an office's log did not only grow since the older bundle |
+//!
+//! **Withheld records.** Transfer policy keeps some records from some offices (CN-resident
+//! records never leave cn), yet their log leaves travel everywhere, so a bundle can lack
+//! envelopes its logs list. An office that refuses a record to a peer writes a signed transfer
+//! record (`status: "refused"`, `records`, `to_office`, `office`; no personal data) that
+//! replicates everywhere. A missing envelope leaf of office X's log is *withheld*, not dropped,
+//! exactly when the bundle holds a verified refusal signed by X itself naming the record and
+//! the exporting office: X authored the change, and X says it never sent the record there.
+//! Nobody else can sign that statement for X, and an exporter that received a record and
+//! dropped it has no such refusal (X sent it, so X did not refuse it), so a silent drop still
+//! fails `log_completeness`. Withheld leaves are reported as the `withheld` count.
 //!
 //! Envelopes are verified in batches of [`VERIFY_BATCH`] on a pool of worker threads (one per
 //! core) with batch ed25519 verification (`consentd_sync::envelope::verify_batch`), while the
@@ -178,7 +189,30 @@ struct EnvFact {
     deps: Vec<Hash>,
     /// The record type, when this change created the record.
     created: Option<&'static str>,
+    /// When this change created a replication refusal: (the office refused, the records).
+    refusal: Option<(String, Vec<DocId>)>,
     change: Option<Change>,
+}
+
+/// A creating change of a transfer record that says its office refused to send records to
+/// another office: (that office, the records). Such records hold no personal data, so their
+/// fields are plain.
+fn refusal_of(change: &Change, signer_office: &str) -> Option<(String, Vec<DocId>)> {
+    let mut doc = automerge::Automerge::new();
+    doc.apply_changes([change.clone()]).ok()?;
+    let crate::record::Record::Transfer(t) = crate::record::Record::from_doc(&doc).ok()? else {
+        return None;
+    };
+    // The record's own office field must be its signer's: an office refuses for itself only.
+    if t.status.as_deref() != Some("refused") || t.office != signer_office {
+        return None;
+    }
+    let records = t
+        .records
+        .iter()
+        .filter_map(|r| hex::decode(r).ok()?.try_into().ok())
+        .collect();
+    Some((t.to_office?, records))
 }
 
 struct Failures {
@@ -204,29 +238,33 @@ fn envelope_check(e: &EnvelopeError) -> &'static str {
     }
 }
 
-/// The record type a creating change writes at the root (`type`), if any.
-fn created_type(change: &Change) -> Option<&'static str> {
+/// For a creating change: the record type it writes at the root (`type`), and whether it writes
+/// `status: "refused"`. `None` for later changes.
+fn created_type(change: &Change) -> Option<(&'static str, bool)> {
     if !change.deps().is_empty() {
         return None;
     }
+    // One pass over the root's puts: the type, and whether the record says "refused" (a
+    // replication refusal, decoded in full only then: they are few).
     let expanded = change.decode();
+    let (mut kind, mut refused) = ("other", false);
     for op in &expanded.operations {
-        if let (automerge::legacy::ObjectId::Root, automerge::legacy::Key::Map(k)) =
-            (&op.obj, &op.key)
+        if let (
+            automerge::legacy::ObjectId::Root,
+            automerge::legacy::Key::Map(k),
+            automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)),
+        ) = (&op.obj, &op.key, &op.action)
         {
-            if k.as_str() == "type" {
-                if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)) = &op.action {
-                    return Some(match s.as_str() {
-                        "consent" => "consent",
-                        "request" => "request",
-                        "transfer" => "transfer",
-                        _ => "other",
-                    });
-                }
+            match (k.as_str(), s.as_str()) {
+                ("type", "consent") => kind = "consent",
+                ("type", "request") => kind = "request",
+                ("type", "transfer") => kind = "transfer",
+                ("status", "refused") => refused = true,
+                _ => {}
             }
         }
     }
-    Some("other")
+    Some((kind, refused))
 }
 
 /// Verifies one batch of envelope lines (run on a worker thread).
@@ -257,13 +295,17 @@ fn verify_lines(
         match r {
             Ok(v) => {
                 let change = v.change();
+                let creation = created_type(change);
                 facts.push(EnvFact {
                     line: line_of[i],
                     doc: v.doc_id(),
                     hash: v.hash(),
                     office: office_index[v.office()],
                     deps: change.deps().iter().map(|h| h.0).collect(),
-                    created: created_type(change),
+                    created: creation.map(|c| c.0),
+                    refusal: (creation == Some(("transfer", true)))
+                        .then(|| refusal_of(change, v.office()))
+                        .flatten(),
                     change: collect.then(|| change.clone()),
                 });
             }
@@ -753,6 +795,19 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     // ---- logs hold nothing the bundle lacks ------------------------------------------------
     let tomb_by_hash: HashMap<Hash, &VerifiedTombstone> =
         tombstones.iter().map(|(_, t)| (t.hash(), t)).collect();
+    // Records each office refused to send to the exporter (see the module docs).
+    let mut refused: HashMap<DocId, HashSet<u16>> = HashMap::new();
+    for f in &facts {
+        if let Some((to, records)) = &f.refusal {
+            if *to == exporter {
+                for r in records {
+                    refused.entry(*r).or_default().insert(f.office);
+                }
+            }
+        }
+    }
+    let mut withheld_records: HashSet<DocId> = HashSet::new();
+    let mut withheld_by: BTreeMap<String, u64> = BTreeMap::new();
     for (office, log) in &logs {
         if !log.root_ok {
             continue;
@@ -767,7 +822,17 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                     Some(t) if t.office() == office && t.tombstone().doc_id == leaf.doc),
                 _ => false,
             };
-            if !ok {
+            let withheld = !ok
+                && leaf.kind == LEAF_ENVELOPE
+                && refused
+                    .get(&leaf.doc)
+                    .zip(office_index.get(office.as_str()))
+                    .is_some_and(|(by, o)| by.contains(o));
+            if withheld {
+                counts.withheld += 1;
+                *withheld_by.entry(office.clone()).or_default() += 1;
+                withheld_records.insert(leaf.doc);
+            } else if !ok {
                 failures.push(
                     Failure::new(
                         "log_completeness",
@@ -831,6 +896,12 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             c.log_size = Some(l.checkpoint.checkpoint.size);
         }
     }
+    for (o, n) in withheld_by {
+        if let Some(c) = by_office.get_mut(&o) {
+            c.withheld = n;
+        }
+    }
+    counts.withheld_records = withheld_records.len() as u64;
     counts.envelopes_verified = facts.len() as u64;
     counts.records = records;
     let info = Info {
@@ -935,6 +1006,8 @@ struct OfficeCounts {
     tombstones: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_size: Option<u64>,
+    /// Leaves of this office's log whose envelopes it refused to send to the exporter.
+    withheld: u64,
 }
 
 #[derive(Default, Serialize)]
@@ -945,6 +1018,10 @@ struct Counts {
     tombstones: u64,
     checkpoints: u64,
     leaves: u64,
+    /// Log leaves whose envelopes the bundle lacks because their office refused, in a signed
+    /// transfer record, to send their record to the exporter (policy), and those records.
+    withheld: u64,
+    withheld_records: u64,
 }
 
 struct Info<'a> {
@@ -971,6 +1048,8 @@ fn summary_json(
             "tombstones": counts.tombstones,
             "checkpoints": counts.checkpoints,
             "leaves": counts.leaves,
+            "withheld": counts.withheld,
+            "withheld_records": counts.withheld_records,
         },
         "by_office": by_office,
         "failures_total": failures.total,

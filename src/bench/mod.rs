@@ -2,16 +2,20 @@
 //!
 //! A row is `{name, ours, baseline, unit, ratio, target, met}` (INTERFACE.md). Rows are
 //! independent functions in [`BENCHES`], one module per family of rows:
+//! - `write`: batched ingest against the authoring-and-signing floor, 64 concurrent clients,
+//!   memory and disk per record (issue 7 rows 1, 2, 7; one daemon run, so rows 7 print early);
 //! - `check`: `consent check` latency, in-process and over the socket, against raw redb;
-//! - `verify`: `audit verify` throughput against a bare ed25519 loop;
+//! - `verify`: `audit verify` throughput against a bare batch ed25519 loop on all cores;
 //! - `sync`: cold sync, delta sync and fan-out between daemons (rows whose figures are
 //!   lower-is-better — latency, bytes, round trips — report ratio = baseline / ours instead).
 
 mod check;
 mod sync;
 mod verify;
+mod write;
 
 pub use verify::{synthetic_bundle, Synthetic};
+pub use write::raw_redb_child;
 
 use serde::Serialize;
 
@@ -55,6 +59,7 @@ type Bench = fn(usize) -> Result<Vec<Row>, String>;
 
 /// Every benchmark, in output order.
 pub const BENCHES: &[(&str, Bench)] = &[
+    ("writes", write::writes),
     ("consent_check", check::consent_check),
     ("audit_verify", verify::audit_verify),
     ("replication", sync::replication),

@@ -39,6 +39,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The raw redb side of the bench's memory row, run by `consentd bench` as a child process
+    #[command(hide = true)]
+    BenchRawRedb {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        records: usize,
+    },
 }
 
 fn main() {
@@ -75,6 +85,9 @@ fn main() {
                 }
             })
         }
+        (None, Some(Command::BenchRawRedb { db, input, records })) => {
+            consentd::bench::raw_redb_child(&db, &input, records)
+        }
         _ => Err("give --config FILE to run an office, or a command such as `consentd demo` (see consentd --help)".into()),
     };
     if let Err(message) = result {
@@ -93,9 +106,10 @@ fn serve(config: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime
-        .block_on(consentd::daemon::run(
-            prepared,
-            consentd::daemon::termination_signal(),
-        ))
+        .block_on(async {
+            // Handlers first (inside the runtime), then the socket: see `termination_signal`.
+            let shutdown = consentd::daemon::termination_signal();
+            consentd::daemon::run(prepared, shutdown).await
+        })
         .map_err(|e| e.to_string())
 }

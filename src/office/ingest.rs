@@ -115,7 +115,7 @@ impl Office {
             return Ok(report);
         }
         let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
-        let _guards = Self::lock_shards(&self.doc_locks, &lock_keys).await;
+        let _guards = self.doc_locks.lock(&lock_keys).await;
         // Keys are neither destroyed nor rotated while this batch uses them.
         let _keys_in_use = self.keys.using().await;
 

@@ -294,6 +294,14 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
 /// keys no remaining record uses are destroyed and the key-encryption key rotated, exactly as
 /// for a local deletion. No log leaf: this office did not author them. Returns the records
 /// purged.
+///
+/// A tombstone for a record that is already deleted (two offices deleted it independently, e.g.
+/// on both sides of a partition) is stored all the same, without a second purge: every office
+/// then holds the union of the tombstones, so their tombstone sets, and the digests over them,
+/// converge. Dropping it instead left each office with whichever tombstone reached it first,
+/// while the replicator's in-memory set counted the dropped one as held, so reconciliation saw
+/// nothing to repair and the offices never converged (tests/partition_heals.rs,
+/// tests/concurrent_deletions_converge.rs).
 pub(crate) async fn apply_remote(
     office: &Office,
     tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
@@ -303,10 +311,14 @@ pub(crate) async fn apply_remote(
     let mut subjects: BTreeSet<[u8; 32]> = BTreeSet::new();
     for chunk in tombstones.chunks(DELETE_CHUNK) {
         let mut todo = Vec::with_capacity(chunk.len());
+        let mut more = Vec::new();
         let mut tokens = Vec::new();
         for (doc, hash, bytes) in chunk {
             if office.is_tombstoned(doc)? {
-                continue; // already applied: tombstones win once, forever
+                // Already deleted (tombstones win once, forever): keep this tombstone too
+                // (storage ignores a (doc, hash) it holds).
+                more.push((*doc, *hash, bytes.clone()));
+                continue;
             }
             // Read before purging: its subject's keys may become unused.
             let record = office.read_record(doc).ok().flatten();
@@ -318,13 +330,14 @@ pub(crate) async fn apply_remote(
             }
             todo.push((*doc, *hash, bytes.clone()));
         }
-        if todo.is_empty() {
+        if todo.is_empty() && more.is_empty() {
             continue;
         }
         tokens.sort_unstable();
         tokens.dedup();
         let ids: Vec<DocId> = todo.iter().map(|t| t.0).collect();
         let _guards = office.lock_tokens_then_docs(&tokens, &ids).await;
+        todo.extend(more);
         let batch = WriteBatch {
             tombstones: todo,
             ..WriteBatch::default()

@@ -11,7 +11,10 @@
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::item::{Item, TIMESTAMP_MAX};
+use crate::logsync::{LEAVES_PER_FRAME_MAX, PROOF_HASHES_MAX};
+use crate::merkle::Hash;
 use crate::roster::{MAX_NETWORK_NAME_LEN, MAX_OFFICE_ID_LEN};
+use crate::tlog::{LogLeaf, LEAF_LEN};
 use crate::wire::{DecodeError, Reader};
 
 /// The protocol version this build speaks, sent in [`Hello`].
@@ -43,6 +46,8 @@ const KIND_ITEMS: u8 = 0x06;
 const KIND_PUSH: u8 = 0x07;
 const KIND_ACK: u8 = 0x08;
 const KIND_ERROR: u8 = 0x09;
+const KIND_LEAVES_WANT: u8 = 0x0A;
+const KIND_LEAVES: u8 = 0x0B;
 
 /// Encoded size of an item: timestamp u64 ‖ id.
 const ITEM_BYTES: usize = 8 + 32;
@@ -199,6 +204,24 @@ pub enum Frame {
         code: ErrorCode,
         text: String,
     },
+    /// Asks for leaves `[first, first + count)` of `office`'s log, with a consistency proof from
+    /// the tree of `first + count` leaves to the tree of `size` leaves (the checkpoint the asker
+    /// is verifying against). `first + count ≤ size`, `1 ≤ count ≤ LEAVES_PER_FRAME_MAX`.
+    LeavesWant {
+        request: u32,
+        office: String,
+        size: u64,
+        first: u64,
+        count: u32,
+    },
+    /// The answer to a [`Frame::LeavesWant`]: leaves from `first` on (at most the count asked
+    /// for; none when the sender does not hold that log up to `size`) and the proof.
+    Leaves {
+        request: u32,
+        first: u64,
+        leaves: Vec<LogLeaf>,
+        proof: Vec<Hash>,
+    },
 }
 
 /// Frames carry personal data (envelope bytes); their `Debug` prints kinds, sets and sizes only.
@@ -250,6 +273,27 @@ impl std::fmt::Debug for Frame {
             }
             Frame::Ack { seqs } => write!(f, "Ack({} seqs)", seqs.len()),
             Frame::Error { code, text } => write!(f, "Error({code:?}, {text:?})"),
+            Frame::LeavesWant {
+                request,
+                office,
+                size,
+                first,
+                count,
+            } => write!(
+                f,
+                "LeavesWant(#{request}, {office}, size {size}, {first}+{count})"
+            ),
+            Frame::Leaves {
+                request,
+                first,
+                leaves,
+                proof,
+            } => write!(
+                f,
+                "Leaves(#{request}, {first}+{}, proof {})",
+                leaves.len(),
+                proof.len()
+            ),
         }
     }
 }
@@ -433,6 +477,48 @@ impl Frame {
                 out.extend_from_slice(&(end as u16).to_be_bytes());
                 out.extend_from_slice(&text.as_bytes()[..end]);
             }
+            Frame::LeavesWant {
+                request,
+                office,
+                size,
+                first,
+                count,
+            } => {
+                debug_assert!(
+                    (1..=LEAVES_PER_FRAME_MAX as u32).contains(count),
+                    "LeavesWant count out of range"
+                );
+                out.push(KIND_LEAVES_WANT);
+                out.extend_from_slice(&request.to_be_bytes());
+                out.push(office.len() as u8);
+                out.extend_from_slice(office.as_bytes());
+                out.extend_from_slice(&size.to_be_bytes());
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
+            }
+            Frame::Leaves {
+                request,
+                first,
+                leaves,
+                proof,
+            } => {
+                debug_assert!(
+                    leaves.len() <= LEAVES_PER_FRAME_MAX,
+                    "Leaves over its limit"
+                );
+                debug_assert!(proof.len() <= PROOF_HASHES_MAX, "proof over its limit");
+                out.push(KIND_LEAVES);
+                out.extend_from_slice(&request.to_be_bytes());
+                out.extend_from_slice(&first.to_be_bytes());
+                put_u32_len(&mut out, leaves.len());
+                for l in leaves {
+                    out.extend_from_slice(&l.encode());
+                }
+                out.push(proof.len() as u8);
+                for h in proof {
+                    out.extend_from_slice(h);
+                }
+            }
         }
         debug_assert!(
             out.len() <= FRAME_BYTES_MAX,
@@ -612,6 +698,67 @@ impl Frame {
                     .collect();
                 Frame::Error { code, text }
             }
+            KIND_LEAVES_WANT => {
+                let request = r.u32("request")?;
+                let n = r.u8("office length")? as usize;
+                if n > MAX_OFFICE_ID_LEN {
+                    return Err(DecodeError::OutOfRange {
+                        what: "office id length",
+                        value: n as u64,
+                        max: MAX_OFFICE_ID_LEN as u64,
+                    });
+                }
+                let office = check_name(r.bytes(n, "office id")?, "office id")?;
+                let size = r.u64("log size")?;
+                let first = r.u64("first leaf")?;
+                let count = r.u32("leaf count")?;
+                if count == 0 || count as usize > LEAVES_PER_FRAME_MAX {
+                    return Err(DecodeError::OutOfRange {
+                        what: "LeavesWant leaf count",
+                        value: count as u64,
+                        max: LEAVES_PER_FRAME_MAX as u64,
+                    });
+                }
+                if first.checked_add(count as u64).is_none_or(|end| end > size) {
+                    return Err(DecodeError::Invalid {
+                        what: "LeavesWant range",
+                        detail: "first + count exceeds the log size",
+                    });
+                }
+                Frame::LeavesWant {
+                    request,
+                    office,
+                    size,
+                    first,
+                    count,
+                }
+            }
+            KIND_LEAVES => {
+                let request = r.u32("request")?;
+                let first = r.u64("first leaf")?;
+                let n = r.u32("leaf count")?;
+                let n = r.check_count(n as u64, LEAVES_PER_FRAME_MAX, LEAF_LEN, "Leaves count")?;
+                let mut leaves = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let bytes = r.bytes(LEAF_LEN, "leaf")?;
+                    leaves.push(LogLeaf::decode(bytes).ok_or(DecodeError::Invalid {
+                        what: "leaf",
+                        detail: "unknown leaf kind",
+                    })?);
+                }
+                let m = r.u8("proof length")?;
+                let m = r.check_count(m as u64, PROOF_HASHES_MAX, 32, "proof length")?;
+                let mut proof = Vec::with_capacity(m);
+                for _ in 0..m {
+                    proof.push(r.array("proof hash")?);
+                }
+                Frame::Leaves {
+                    request,
+                    first,
+                    leaves,
+                    proof,
+                }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish("frame")?;
@@ -630,6 +777,8 @@ impl Frame {
             Frame::Push { .. } => "push",
             Frame::Ack { .. } => "ack",
             Frame::Error { .. } => "error",
+            Frame::LeavesWant { .. } => "leaves-want",
+            Frame::Leaves { .. } => "leaves",
         }
     }
 }
@@ -698,6 +847,22 @@ mod tests {
             Frame::Error {
                 code: ErrorCode::Identity,
                 text: "office de presented the key of office us".into(),
+            },
+            Frame::LeavesWant {
+                request: 4,
+                office: "cn".into(),
+                size: 100,
+                first: 90,
+                count: 10,
+            },
+            Frame::Leaves {
+                request: 4,
+                first: 90,
+                leaves: vec![
+                    LogLeaf::envelope([1; 16], [2; 32]),
+                    LogLeaf::tombstone([3; 16], [4; 32]),
+                ],
+                proof: vec![[5; 32]],
             },
         ]
     }
@@ -802,6 +967,47 @@ mod tests {
         let mut items = vec![KIND_ITEMS, 1, 0, 0, 0, 1, 1];
         items.extend_from_slice(&(WANT_IDS_MAX as u16 + 1).to_be_bytes());
         assert!(Frame::decode(&items).is_err());
+    }
+
+    #[test]
+    fn oversized_and_impossible_leaf_batches_are_refused() {
+        // More leaves than a frame may carry (checked before the bytes are read).
+        let mut leaves = vec![KIND_LEAVES, 0, 0, 0, 1];
+        leaves.extend_from_slice(&0u64.to_be_bytes());
+        leaves.extend_from_slice(&(LEAVES_PER_FRAME_MAX as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            Frame::decode(&leaves),
+            Err(DecodeError::OutOfRange { .. })
+        ));
+        // A leaf of an unknown kind.
+        let good = Frame::Leaves {
+            request: 1,
+            first: 0,
+            leaves: vec![LogLeaf::envelope([1; 16], [2; 32])],
+            proof: vec![],
+        }
+        .encode();
+        let mut bad = good.clone();
+        bad[1 + 4 + 8 + 4] = 7;
+        assert!(Frame::decode(&bad).is_err());
+        // A proof longer than any tree needs.
+        let mut long = good.clone();
+        *long.last_mut().unwrap() = (PROOF_HASHES_MAX + 1) as u8;
+        long.extend(std::iter::repeat_n(0u8, 32 * (PROOF_HASHES_MAX + 1)));
+        assert!(Frame::decode(&long).is_err());
+        // Asking for nothing, for too much, or past the log's size.
+        for (size, first, count) in [
+            (10u64, 0u64, 0u32),
+            (1 << 20, 0, LEAVES_PER_FRAME_MAX as u32 + 1),
+            (10, 5, 6),
+            (u64::MAX, u64::MAX, 1),
+        ] {
+            let mut f = vec![KIND_LEAVES_WANT, 0, 0, 0, 1, 2, b'c', b'n'];
+            f.extend_from_slice(&size.to_be_bytes());
+            f.extend_from_slice(&first.to_be_bytes());
+            f.extend_from_slice(&count.to_be_bytes());
+            assert!(Frame::decode(&f).is_err(), "{size} {first} {count}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`tombstone`]: signed statements that a record is deleted for good.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proofs (pure functions).
 //! - [`tlog`]: each office's transparency log: leaves and C2SP signed-note checkpoints.
+//! - [`logsync`]: following other offices' logs: batches of leaves checked against a signed
+//!   checkpoint with RFC 9162 consistency proofs (pure).
 //! - [`b64`]: strict standard base64, as signed notes and audit bundles spell bytes.
 //! - [`item`]: set items, fingerprints and the sorted [`item::ItemSet`] reconciliation reads.
 //! - [`reconcile`]: range-based set reconciliation (negentropy's algorithm), sans I/O.
@@ -25,6 +27,7 @@ pub mod envelope;
 pub mod frame;
 pub mod item;
 pub mod keys;
+pub mod logsync;
 pub mod merkle;
 pub mod reconcile;
 pub mod roster;

@@ -29,12 +29,18 @@
 //! # Protocol
 //!
 //! Both sides send [`Hello`] first. The dialer then runs a *sync round*: it reconciles the
-//! tombstone set, then envelopes, then checkpoints; for each, it asks for what it lacks
+//! tombstone set, then keys, envelopes and checkpoints; for each, it asks for what it lacks
 //! ([`Frame::Want`]) and tells the peer what the peer lacks ([`Frame::Have`]), which the peer then
 //! asks for. Rounds repeat every [`Limits::resync_interval`]. Either side starts a round early
 //! when it may have missed something (a push that was never acknowledged, an item dropped under
 //! load). New local items are pushed at once ([`Frame::Push`]) and acknowledged after their
 //! durable commit ([`Frame::Ack`]).
+//!
+//! A checkpoint of another office's log the host follows ([`Local::log_frontier`]) is not
+//! stored as a blob: the session fetches the leaves it covers from the peer that sent it
+//! ([`Frame::LeavesWant`], [`Action::FetchLeaves`] on the serving side), checks each batch with
+//! [`logsync::extend`] against the signed root, and hands proven batches to the host as
+//! [`LogBatch`]es; a checkpoint that contradicts the leaves held is [`LogBatch::Equivocation`].
 //!
 //! Every request carries an id and a deadline; a stale, duplicated or reordered answer is ignored
 //! (it matches no outstanding request), a lost one times out and is retried or left to the next
@@ -51,7 +57,10 @@
 //!   learnt per reconciliation run (a longer run stops and runs again after fetching);
 //! - pushed, not acknowledged: [`Limits::push_unacked_bytes_max`]; beyond it new items wait for
 //!   the next round;
-//! - serving: at most [`SERVE_WANTS_MAX`] of the peer's Wants at once (more are ignored);
+//! - serving: at most [`SERVE_WANTS_MAX`] of the peer's Wants at once (more are ignored), and
+//!   [`SERVE_LEAF_WANTS_MAX`] of its LeavesWants;
+//! - logs: one follow per roster office, [`LOG_WANTS_IN_FLIGHT_MAX`] LeavesWants in flight, each
+//!   at most `want_bytes_max` of leaves and within the unstored budget;
 //! - outgoing: [`Session::can_receive`] turns false past [`Limits::outgoing_bytes_max`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -64,8 +73,11 @@ use crate::frame::{
     FRAME_BYTES_MAX, HAVE_ITEMS_MAX, ITEMS_BLOB_OVERHEAD, PROTOCOL_VERSION, WANT_IDS_MAX,
 };
 use crate::item::{Item, SetView};
+use crate::logsync::{self, LEAVES_PER_FRAME_MAX};
+use crate::merkle::{Frontier, Hash};
 use crate::reconcile::{self, Reconciler};
 use crate::roster::VerifiedRoster;
+use crate::tlog::{self, LogLeaf, VerifiedCheckpoint, LEAF_LEN};
 use crate::wire::DecodeError;
 
 /// Most of a peer's Wants a session serves at once; further Wants are ignored until one is
@@ -74,6 +86,11 @@ use crate::wire::DecodeError;
 pub const SERVE_WANTS_MAX: usize = 8;
 /// Times an id is asked for before the session gives up on it until the next round.
 pub const WANT_ATTEMPTS_MAX: u8 = 3;
+/// Most of a peer's [`Frame::LeavesWant`]s a session serves at once (each is up to 784 KiB of
+/// leaves and a proof that reads the log); more are ignored until one is answered.
+pub const SERVE_LEAF_WANTS_MAX: usize = 2;
+/// Our [`Frame::LeavesWant`]s in flight at once (over all logs followed).
+pub const LOG_WANTS_IN_FLIGHT_MAX: usize = 2;
 
 /// Whether office `local` dials office `peer` (rather than waiting for it): the one whose id
 /// sorts first dials, so each pair of offices has one connection and one sync-round initiator.
@@ -143,6 +160,28 @@ pub struct BlobInfo {
     pub covers_doc: Option<[u8; 16]>,
 }
 
+/// Log work for the host, carried by a [`StoreBatch`] of [`SetKind::Checkpoints`].
+#[derive(Debug)]
+pub enum LogBatch {
+    /// Leaves `[first, first + leaves.len())` of `office`'s log, each batch proven (RFC 9162
+    /// consistency) to be a prefix of the signed tree `checkpoint` is on the last batch. Store
+    /// them, and the checkpoint note when present, in one durable commit, and only if `first`
+    /// is the number of that office's leaves held (leaves already held must be equal: a
+    /// difference is equivocation by `office`).
+    Append {
+        office: String,
+        first: u64,
+        leaves: Vec<LogLeaf>,
+        /// The signed note, on the batch that reaches its tree size (or alone when the leaves
+        /// held already reproduce it).
+        checkpoint: Option<Vec<u8>>,
+    },
+    /// `office` signed `note`, a checkpoint of a tree of the size of the leaves held whose root
+    /// differs from theirs, while those leaves were proven against an earlier checkpoint it
+    /// signed: two histories. Keep the note as evidence beside the checkpoint held, and log it.
+    Equivocation { office: String, note: Vec<u8> },
+}
+
 /// A tombstone or checkpoint that passed [`Local::verify_blob`].
 #[derive(Clone, Debug)]
 pub struct AcceptedBlob {
@@ -164,12 +203,20 @@ pub trait Local {
     /// Verifies a tombstone or checkpoint received from a peer (never called for envelopes).
     /// The error text is logged: ids and office names only.
     fn verify_blob(&self, set: SetKind, blob: &[u8]) -> Result<BlobInfo, String>;
+    /// The leaves held of `office`'s log, as a Merkle frontier, if this host follows that log;
+    /// `None` (the default) for its own log and for hosts that keep no logs. For a followed
+    /// office, a verified checkpoint is not stored as a blob: the session fetches the leaves it
+    /// covers, checks them, and hands them to the host in [`LogBatch::Append`]s.
+    fn log_frontier(&self, office: &str) -> Option<Frontier> {
+        let _ = office;
+        None
+    }
 }
 
 /// Identifies a [`StoreBatch`] in [`Session::stored`].
 pub type BatchId = u64;
 
-/// Verified items to store durably. Exactly one of `envelopes` and `blobs` is non-empty.
+/// Verified items to store durably. Exactly one of `envelopes`, `blobs` and `log` is non-empty.
 #[derive(Debug)]
 pub struct StoreBatch {
     pub id: BatchId,
@@ -178,6 +225,8 @@ pub struct StoreBatch {
     pub envelopes: Vec<VerifiedEnvelope>,
     /// For tombstones and checkpoints: accepted by [`Local::verify_blob`].
     pub blobs: Vec<AcceptedBlob>,
+    /// For checkpoints of a followed log ([`Local::log_frontier`]): leaves and notes to store.
+    pub log: Option<LogBatch>,
 }
 
 /// Work for the host.
@@ -207,6 +256,17 @@ pub enum Action {
     Synced {
         at: Instant,
         lag: [usize; SetKind::COUNT],
+    },
+    /// The peer asks for leaves `[first, first + count)` of `office`'s log with a consistency
+    /// proof to its tree of `size` leaves: load them (see [`logsync::consistency_proof`]) and
+    /// call [`Session::leaves_fetched`] (`None` when this office does not hold that log up to
+    /// `size`).
+    FetchLeaves {
+        request: u32,
+        office: String,
+        size: u64,
+        first: u64,
+        count: u32,
     },
 }
 
@@ -282,6 +342,10 @@ pub struct Stats {
     pub dropped_tombstoned: u64,
     /// Pushes dropped because too much was waiting to be stored.
     pub pushes_dropped: u64,
+    /// Log leaves received, verified and handed to the host.
+    pub leaves_received: u64,
+    /// Checkpoints of a followed log older than the leaves held (nothing to fetch).
+    pub checkpoints_stale: u64,
     pub rounds_completed: u64,
     pub recon_round_trips: u64,
     /// When a round we initiated last completed (the dialer's side of `last_sync`).
@@ -366,6 +430,22 @@ struct Serving {
     bytes_max: u32,
 }
 
+/// One followed office's log being brought up to a checkpoint.
+struct LogFollow {
+    target: VerifiedCheckpoint,
+    /// The leaves held plus those received and handed to the host.
+    frontier: Frontier,
+    inflight: Option<LeavesRequest>,
+    attempts: u8,
+}
+
+struct LeavesRequest {
+    request: u32,
+    first: u64,
+    count: u32,
+    deadline: Instant,
+}
+
 /// One peer connection's protocol state. See the module docs.
 pub struct Session {
     cfg: SessionConfig,
@@ -405,6 +485,11 @@ pub struct Session {
 
     // The peer's Wants we are answering.
     serving: BTreeMap<u32, Serving>,
+    // The peer's LeavesWants we are answering: request → first leaf.
+    serving_leaves: BTreeMap<u32, u64>,
+
+    // Other offices' logs being fetched, by office (ordered: requests reach the wire).
+    logs: BTreeMap<String, LogFollow>,
 
     stats: Stats,
 }
@@ -447,6 +532,8 @@ impl Session {
             unacked: BTreeMap::new(),
             unacked_bytes: 0,
             serving: BTreeMap::new(),
+            serving_leaves: BTreeMap::new(),
+            logs: BTreeMap::new(),
             stats: Stats::default(),
         };
         s.send(&hello);
@@ -484,6 +571,8 @@ impl Session {
             && self.pending.is_empty()
             && self.unacked.is_empty()
             && self.serving.is_empty()
+            && self.serving_leaves.is_empty()
+            && self.logs.is_empty()
             && self.outgoing.is_empty()
     }
 
@@ -526,6 +615,11 @@ impl Session {
         }
         for u in self.unacked.values() {
             min(u.deadline);
+        }
+        for f in self.logs.values() {
+            if let Some(r) = &f.inflight {
+                min(r.deadline);
+            }
         }
         t
     }
@@ -674,8 +768,36 @@ impl Session {
                 last,
                 blobs,
                 missing,
-            } => self.handle_items(set, request, last, blobs, missing, local)?,
-            Frame::Push { set, seq, blob } => self.handle_push(set, seq, blob, local),
+            } => self.handle_items(now, set, request, last, blobs, missing, local)?,
+            Frame::Push { set, seq, blob } => self.handle_push(now, set, seq, blob, local),
+            Frame::LeavesWant {
+                request,
+                office,
+                size,
+                first,
+                count,
+            } => {
+                if self.serving_leaves.len() >= SERVE_LEAF_WANTS_MAX
+                    || self.serving_leaves.contains_key(&request)
+                {
+                    self.stats.stale_frames += 1;
+                } else {
+                    self.serving_leaves.insert(request, first);
+                    self.actions.push_back(Action::FetchLeaves {
+                        request,
+                        office,
+                        size,
+                        first,
+                        count,
+                    });
+                }
+            }
+            Frame::Leaves {
+                request,
+                first,
+                leaves,
+                proof,
+            } => self.handle_leaves(request, first, leaves, proof)?,
             Frame::Ack { seqs } => {
                 for s in seqs {
                     if let Some(u) = self.unacked.remove(&s) {
@@ -734,7 +856,9 @@ impl Session {
     }
 
     fn fetch_idle(&self) -> bool {
-        self.inflight.is_empty() && self.queues.iter().all(VecDeque::is_empty)
+        self.inflight.is_empty()
+            && self.queues.iter().all(VecDeque::is_empty)
+            && self.logs.is_empty()
     }
 
     /// Starts due rounds, sends Wants, completes rounds.
@@ -743,6 +867,7 @@ impl Session {
             return;
         }
         self.pump_wants(now, local);
+        self.pump_logs(now);
         if self.round_fetching && self.fetch_idle() && self.recon.is_none() {
             self.round_fetching = false;
             self.stats.rounds_completed += 1;
@@ -1073,13 +1198,292 @@ impl Session {
             set,
             envelopes: envs,
             blobs,
+            log: None,
         }));
         Some(id)
+    }
+
+    /// Hands the host one [`LogBatch`], counted against the unstored budget like items.
+    fn store_log(&mut self, log: LogBatch) {
+        let bytes = match &log {
+            LogBatch::Append {
+                leaves, checkpoint, ..
+            } => leaves.len() * LEAF_LEN + checkpoint.as_ref().map_or(0, Vec::len),
+            LogBatch::Equivocation { note, .. } => note.len(),
+        };
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.unstored_bytes += bytes;
+        self.pending.insert(
+            id,
+            Pending {
+                bytes,
+                keys: Vec::new(),
+                tombstone_docs: Vec::new(),
+                acks: Vec::new(),
+            },
+        );
+        self.actions.push_back(Action::Store(StoreBatch {
+            id,
+            set: SetKind::Checkpoints,
+            envelopes: Vec::new(),
+            blobs: Vec::new(),
+            log: Some(log),
+        }));
+    }
+
+    /// Takes the checkpoints of followed logs out of `accepted` and starts (or retargets)
+    /// fetching their leaves; returns the rest, to be stored as blobs.
+    fn follow_logs(
+        &mut self,
+        now: Instant,
+        set: SetKind,
+        accepted: Vec<AcceptedBlob>,
+        local: &dyn Local,
+    ) -> Vec<AcceptedBlob> {
+        if set != SetKind::Checkpoints {
+            return accepted;
+        }
+        let mut rest = Vec::new();
+        for blob in accepted {
+            let Some(held) = local.log_frontier(&blob.info.office) else {
+                rest.push(blob);
+                continue;
+            };
+            // The host verified it; verify again here, so what the session follows is exactly
+            // a checkpoint the roster's key for that office signed.
+            let verified = std::str::from_utf8(&blob.bytes)
+                .map_err(|_| "checkpoint is not UTF-8".to_string())
+                .and_then(|n| tlog::verify(n, &self.cfg.roster).map_err(|e| e.to_string()));
+            match verified {
+                Ok(vc) if vc.office == blob.info.office => self.follow(now, vc, held),
+                Ok(vc) => self.reject(
+                    SetKind::Checkpoints,
+                    format!(
+                        "checkpoint verified as office {}'s, the host says {}'s",
+                        vc.office, blob.info.office
+                    ),
+                ),
+                Err(e) => self.reject(SetKind::Checkpoints, e),
+            }
+        }
+        rest
+    }
+
+    fn reject(&mut self, set: SetKind, reason: String) {
+        self.stats.rejected += 1;
+        self.actions.push_back(Action::Reject {
+            peer: self.cfg.peer.clone(),
+            set,
+            reason,
+        });
+    }
+
+    /// Starts bringing `vc.office`'s log (of which `held` is held) up to `vc`.
+    fn follow(&mut self, now: Instant, vc: VerifiedCheckpoint, held: Frontier) {
+        let cp = &vc.checkpoint;
+        if let Some(f) = self.logs.get_mut(&vc.office) {
+            if cp.size > f.target.checkpoint.size {
+                // A newer tree: aim for it. An answer to the old request is stale now (it was
+                // proven against the old size); ask again.
+                f.target = vc;
+                f.inflight = None;
+                f.attempts = 0;
+            }
+            self.pump_logs(now);
+            return;
+        }
+        match cp.size.cmp(&held.size()) {
+            std::cmp::Ordering::Less => {
+                // Older than the leaves held: nothing to fetch. (Its consistency with them is
+                // the auditor's `--previous` check; the session keeps no old leaves.)
+                self.stats.checkpoints_stale += 1;
+            }
+            std::cmp::Ordering::Equal if cp.root == held.root() => {
+                self.store_log(LogBatch::Append {
+                    office: vc.office.clone(),
+                    first: held.size(),
+                    leaves: Vec::new(),
+                    checkpoint: Some(vc.note.into_bytes()),
+                });
+            }
+            std::cmp::Ordering::Equal => {
+                let reason = format!(
+                    "EQUIVOCATION: office {} signed a checkpoint of {} leaves whose root differs from the {} leaves held, which an earlier checkpoint it signed covers",
+                    vc.office, cp.size, cp.size
+                );
+                self.reject(SetKind::Checkpoints, reason);
+                self.store_log(LogBatch::Equivocation {
+                    office: vc.office.clone(),
+                    note: vc.note.into_bytes(),
+                });
+            }
+            std::cmp::Ordering::Greater => {
+                self.logs.insert(
+                    vc.office.clone(),
+                    LogFollow {
+                        target: vc,
+                        frontier: held,
+                        inflight: None,
+                        attempts: 0,
+                    },
+                );
+                self.pump_logs(now);
+            }
+        }
+    }
+
+    /// Sends LeavesWants for followed logs, within the in-flight and unstored limits.
+    fn pump_logs(&mut self, now: Instant) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        // The Want byte budget bounds leaf batches too.
+        let per_want =
+            (self.cfg.limits.want_bytes_max as usize / LEAF_LEN).clamp(1, LEAVES_PER_FRAME_MAX);
+        let mut frames = Vec::new();
+        let mut in_flight = self.logs.values().filter(|f| f.inflight.is_some()).count();
+        // Leaves asked for and not yet received count against the unstored budget.
+        let mut reserved: usize = self
+            .logs
+            .values()
+            .filter_map(|f| f.inflight.as_ref())
+            .map(|r| r.count as usize * LEAF_LEN)
+            .sum();
+        let can_receive = self.can_receive();
+        for (office, f) in self.logs.iter_mut() {
+            if in_flight >= LOG_WANTS_IN_FLIGHT_MAX || !can_receive {
+                break;
+            }
+            if f.inflight.is_some() {
+                continue;
+            }
+            let first = f.frontier.size();
+            let size = f.target.checkpoint.size;
+            debug_assert!(first < size, "a finished follow is removed");
+            // Within what may wait for the disk; what is pending frees room when stored.
+            let room = self
+                .cfg
+                .limits
+                .unstored_bytes_max
+                .saturating_sub(self.unstored_bytes + reserved)
+                / LEAF_LEN;
+            let count = (size - first).min(per_want.min(room) as u64) as u32;
+            if count == 0 {
+                break;
+            }
+            let bytes = count as usize * LEAF_LEN;
+            reserved += bytes;
+            let request = self.next_request;
+            self.next_request = self.next_request.wrapping_add(1);
+            f.inflight = Some(LeavesRequest {
+                request,
+                first,
+                count,
+                deadline: now + self.cfg.limits.request_timeout,
+            });
+            in_flight += 1;
+            frames.push(Frame::LeavesWant {
+                request,
+                office: office.clone(),
+                size,
+                first,
+                count,
+            });
+        }
+        for f in frames {
+            self.send(&f);
+        }
+    }
+
+    fn handle_leaves(
+        &mut self,
+        request: u32,
+        first: u64,
+        leaves: Vec<LogLeaf>,
+        proof: Vec<Hash>,
+    ) -> Result<(), SessionError> {
+        let Some(office) = self
+            .logs
+            .iter()
+            .find(|(_, f)| f.inflight.as_ref().is_some_and(|r| r.request == request))
+            .map(|(o, _)| o.clone())
+        else {
+            self.stats.stale_frames += 1;
+            return Ok(());
+        };
+        let f = self.logs.get_mut(&office).expect("found above");
+        let asked = f.inflight.take().expect("found above");
+        if first != asked.first || leaves.len() > asked.count as usize {
+            return self.protocol("answered a LeavesWant with other leaves than asked for");
+        }
+        let size = f.target.checkpoint.size;
+        if leaves.is_empty() {
+            // The peer offered (or relayed) this checkpoint but does not hold its leaves.
+            self.logs.remove(&office);
+            self.reject(
+                SetKind::Checkpoints,
+                format!("did not serve leaves {first}.. of office {office}'s log up to its checkpoint of {size}"),
+            );
+            return Ok(());
+        }
+        match logsync::extend(&f.frontier, &leaves, &proof, &f.target.checkpoint) {
+            Err(e) => {
+                self.logs.remove(&office);
+                self.reject(
+                    SetKind::Checkpoints,
+                    format!("office {office}'s log: {e}; nothing of it stored"),
+                );
+            }
+            Ok(next) => {
+                self.stats.leaves_received += leaves.len() as u64;
+                let done = next.size() == size;
+                f.frontier = next;
+                f.attempts = 0;
+                let checkpoint = done.then(|| f.target.note.clone().into_bytes());
+                if done {
+                    self.logs.remove(&office);
+                }
+                self.store_log(LogBatch::Append {
+                    office,
+                    first,
+                    leaves,
+                    checkpoint,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The host loaded what the peer asked for in [`Action::FetchLeaves`] `request`: the leaves
+    /// from the first asked for on and the consistency proof, or `None` if it does not hold
+    /// that log up to the size asked for.
+    pub fn leaves_fetched(&mut self, request: u32, found: Option<(Vec<LogLeaf>, Vec<Hash>)>) {
+        let Some(first) = self.serving_leaves.remove(&request) else {
+            debug_assert!(false, "leaves_fetched() for unknown request {request}");
+            return;
+        };
+        if self.phase != Phase::Open {
+            return;
+        }
+        let (mut leaves, mut proof) = found.unwrap_or_default();
+        if leaves.len() > LEAVES_PER_FRAME_MAX || proof.len() > logsync::PROOF_HASHES_MAX {
+            debug_assert!(false, "the host loaded more leaves than asked for");
+            leaves.clear();
+            proof.clear();
+        }
+        self.send(&Frame::Leaves {
+            request,
+            first,
+            leaves,
+            proof,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
     fn handle_items(
         &mut self,
+        now: Instant,
         set: SetKind,
         request: u32,
         last: bool,
@@ -1126,6 +1530,7 @@ impl Session {
         if req.received_items > 1 && req.received_bytes > req.bytes_max as usize {
             return self.protocol("sent more than a Want's byte budget");
         }
+        let accepted = self.follow_logs(now, set, accepted, local);
         self.store(set, envs, accepted, Vec::new(), local);
         // Delivered items that are not now pending were dropped (tombstoned): forget them.
         for k in delivered
@@ -1148,7 +1553,14 @@ impl Session {
         Ok(())
     }
 
-    fn handle_push(&mut self, set: SetKind, seq: u32, blob: Vec<u8>, local: &dyn Local) {
+    fn handle_push(
+        &mut self,
+        now: Instant,
+        set: SetKind,
+        seq: u32,
+        blob: Vec<u8>,
+        local: &dyn Local,
+    ) {
         if self.unstored_bytes + blob.len() > self.cfg.limits.unstored_bytes_max {
             // Too much waiting for the disk: drop it unacknowledged; the pusher times out and
             // the next round brings it.
@@ -1156,6 +1568,14 @@ impl Session {
             return;
         }
         let (envs, accepted) = self.verify(set, vec![blob], local);
+        let followed = accepted.len();
+        let accepted = self.follow_logs(now, set, accepted, local);
+        if followed > accepted.len() {
+            // A checkpoint of a followed log: its leaves are fetched by request, and a lost
+            // fetch is retried by the next round, so the push itself is done with.
+            self.ack_now(vec![seq]);
+            return;
+        }
         let key = envs
             .first()
             .map(|e| (set, e.item()))
@@ -1326,6 +1746,21 @@ impl Session {
             for (_, wanted) in std::mem::take(&mut w.outstanding) {
                 self.requeue(w.set, wanted);
             }
+        }
+        let mut dropped = Vec::new();
+        for (office, f) in self.logs.iter_mut() {
+            if f.inflight.as_ref().is_some_and(|r| now >= r.deadline) {
+                f.inflight = None;
+                f.attempts += 1;
+                if f.attempts >= WANT_ATTEMPTS_MAX {
+                    dropped.push(office.clone());
+                }
+            }
+        }
+        for office in dropped {
+            // The peer keeps not answering: leave this log to the next round.
+            self.logs.remove(&office);
+            self.want_round(now);
         }
         let late: Vec<u32> = self
             .unacked

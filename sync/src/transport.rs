@@ -54,6 +54,20 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive interval, well inside [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// The peer's first frame (its Hello, a few hundred bytes at most) must arrive after at most
+/// this much waiting once the link is up, and a listener waits no longer than this for the dialer to open its stream.
+/// QUIC keep-alives answer for an idle peer, so without it a peer that authenticates and then
+/// says nothing would hold its link (and a task) forever.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once a frame's first byte is here, the frame must be complete after at most this much time
+/// spent waiting on the peer, plus one second per [`FRAME_MIN_BYTES_PER_SEC`] of its announced
+/// length (a full 1 MiB frame gets 69 s; a 100-byte frame 5 s). A slow sender that trickles
+/// bytes or never finishes a frame is cut off, and a part-frame is held only for that long.
+/// Time our own host spends not reading (busy storing, or holding back while its frames to the
+/// peer pile up) does not count.
+pub const FRAME_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+/// The slowest transfer rate a frame in progress may have (16 KiB/s = 128 kbit/s).
+pub const FRAME_MIN_BYTES_PER_SEC: u64 = 16 * 1024;
 
 /// DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
 /// 1.3.101.112 }, BIT STRING (33 bytes: 0 unused bits ‖ key) }.
@@ -484,7 +498,7 @@ impl Endpoint {
         })
     }
 
-    /// This office's id.    /// This office's id.
+    /// This office's id.
     pub fn office(&self) -> &str {
         &self.office
     }
@@ -512,10 +526,28 @@ impl Accepting {
         self.addr
     }
 
-    /// Completes the handshake. `Err` is a refused or failed attempt, to log.
+    /// Turns the attempt away at once (a QUIC CONNECTION_REFUSED, no handshake, no state kept):
+    /// for a listener already authenticating as many peers as it allows.
+    pub fn refuse(self) {
+        self.incoming.refuse();
+    }
+
+    /// Completes the handshake (within [`HELLO_TIMEOUT`]). `Err` is a refused or failed attempt,
+    /// to log.
     pub async fn finish(self) -> Result<Link, TransportError> {
         let addr = self.addr;
-        let connection = self.incoming.await.map_err(|e| handshake_error(addr, e))?;
+        let connection = match tokio::time::timeout(HELLO_TIMEOUT, self.incoming).await {
+            Ok(r) => r.map_err(|e| handshake_error(addr, e))?,
+            Err(_) => {
+                return Err(TransportError::Refused {
+                    addr,
+                    reason: format!(
+                        "handshake not completed within {} s",
+                        HELLO_TIMEOUT.as_secs()
+                    ),
+                })
+            }
+        };
         let key = connection
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -529,12 +561,20 @@ impl Accepting {
             });
         };
         // The dialer opens the stream and sends its Hello first, which makes it visible here.
-        let (send, recv) = tokio::time::timeout(IDLE_TIMEOUT, connection.accept_bi())
-            .await
-            .map_err(|_| TransportError::Stream {
-                office: peer.clone(),
-                reason: "no stream opened".into(),
-            })?
+        let (send, recv) =
+            match tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    connection.close(2u32.into(), b"no stream opened");
+                    return Err(TransportError::Stream {
+                        office: peer,
+                        reason: format!(
+                            "no stream opened within {} s of the handshake",
+                            HELLO_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+            }
             .map_err(|source| TransportError::Connection { addr, source })?;
         Ok(Link {
             peer: peer.clone(),
@@ -618,6 +658,13 @@ impl FrameWriter {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Ends our side of the stream and waits (at most `within`) until the peer has received
+    /// everything sent, so a last Error frame reaches it before the connection is closed.
+    pub async fn finish_and_wait(&mut self, within: Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(within, self.send.stopped()).await;
+    }
 }
 
 /// Reads length-prefixed frames.
@@ -627,6 +674,24 @@ pub struct FrameReader {
     /// Bytes of the frame being assembled (length prefix included); never more than
     /// `LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX`, because a length is checked as soon as it is here.
     buf: Vec<u8>,
+    /// Whether a frame has been completed yet (the first is the peer's Hello).
+    had_frame: bool,
+    /// Time spent waiting on the peer for the frame in progress (or, before the first frame, for
+    /// it to begin). Only time inside [`FrameReader::recv`] counts: while our host is busy and
+    /// not reading, a peer held back by flow control is not slow.
+    waited: Duration,
+}
+
+/// Adds the time until it is dropped (also on cancellation) to a waiting total.
+struct Waiting<'a> {
+    since: tokio::time::Instant,
+    total: &'a mut Duration,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.total += self.since.elapsed();
+    }
 }
 
 impl FrameReader {
@@ -635,7 +700,31 @@ impl FrameReader {
             peer,
             recv,
             buf: Vec::new(),
+            had_frame: false,
+            waited: Duration::ZERO,
         }
+    }
+
+    /// How long we may wait on the peer for what we await now, if there is a limit: the first
+    /// frame within [`HELLO_TIMEOUT`]; a frame once begun within [`FRAME_TIMEOUT_BASE`] plus its
+    /// length at [`FRAME_MIN_BYTES_PER_SEC`]. Between frames after the first, a peer may be idle.
+    fn budget(&self) -> Option<Duration> {
+        let frame = (!self.buf.is_empty()).then(|| {
+            let len = self.announced().unwrap_or(0) as u64;
+            FRAME_TIMEOUT_BASE + Duration::from_secs(len / FRAME_MIN_BYTES_PER_SEC)
+        });
+        let first = (!self.had_frame).then_some(HELLO_TIMEOUT);
+        match (first, frame) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The announced length of the frame in progress, once its prefix is here.
+    fn announced(&self) -> Option<usize> {
+        let prefix: [u8; LENGTH_PREFIX_BYTES] =
+            self.buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+        Some(u32::from_be_bytes(prefix) as usize)
     }
 
     /// Bytes still needed to complete the length prefix, or the frame.
@@ -668,13 +757,54 @@ impl FrameReader {
             let wanted = self.wanted()?;
             if wanted == 0 {
                 let frame = self.buf[LENGTH_PREFIX_BYTES..].to_vec();
-                self.buf.clear();
+                // Give the part-frame's memory back: a frame is up to 1 MiB.
+                self.buf = Vec::new();
+                self.had_frame = true;
+                self.waited = Duration::ZERO;
                 return Ok(Some(frame));
             }
-            // `read_chunk` is cancel-safe; asking for exactly what is missing keeps `buf` within
-            // one frame.
-            match self.recv.read_chunk(wanted, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+            // `read_chunk` is cancel-safe (and so is a timeout around it); asking for exactly
+            // what is missing keeps `buf` within one frame.
+            let read = match self.budget() {
+                Some(budget) => {
+                    let left = budget.saturating_sub(self.waited);
+                    let _waiting = Waiting {
+                        since: tokio::time::Instant::now(),
+                        total: &mut self.waited,
+                    };
+                    tokio::time::timeout(left, self.recv.read_chunk(wanted, true)).await
+                }
+                None => Ok(self.recv.read_chunk(wanted, true).await),
+            };
+            let read = match read {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = if !self.had_frame && self.buf.is_empty() {
+                        format!("sent no hello within {} s", HELLO_TIMEOUT.as_secs())
+                    } else {
+                        format!(
+                            "slow sender: {} bytes of a frame{} arrived in time",
+                            self.buf.len().saturating_sub(LENGTH_PREFIX_BYTES),
+                            self.announced()
+                                .map(|n| format!(" of {n} bytes"))
+                                .unwrap_or_default()
+                        )
+                    };
+                    self.buf = Vec::new();
+                    return Err(TransportError::Stream {
+                        office: self.peer.clone(),
+                        reason,
+                    });
+                }
+            };
+            match read {
+                Ok(Some(chunk)) => {
+                    if self.buf.is_empty() && self.had_frame {
+                        // A new frame begins: its own budget (idle time before it is free).
+                        self.waited = Duration::ZERO;
+                    }
+                    self.buf.extend_from_slice(&chunk.bytes)
+                }
                 Ok(None) if self.buf.is_empty() => return Ok(None),
                 Ok(None) => {
                     return Err(TransportError::Stream {

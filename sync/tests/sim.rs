@@ -513,6 +513,9 @@ impl Sim {
                             self.c.rounds += 1;
                         }
                         Action::Connected { .. } => {}
+                        Action::FetchLeaves { .. } => {
+                            unreachable!("the simulation follows no logs")
+                        }
                     }
                 }
             }

@@ -353,6 +353,7 @@ async fn drive(
                 }
                 Action::Reject { reason, .. } => panic!("honest item rejected: {reason}"),
                 Action::Synced { .. } | Action::Connected { .. } => {}
+                Action::FetchLeaves { .. } => panic!("this test follows no logs"),
             }
         }
         if session.poll_transmit_pending() {

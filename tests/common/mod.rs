@@ -74,15 +74,41 @@ impl Daemon {
     }
 
     pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_wrapped(config, socket, env, &[])
+    }
+
+    /// Starts the daemon under `wrapper` (e.g. `ip netns exec NS`), which must exec it in place
+    /// so that the pid is the daemon's.
+    pub fn start_wrapped(
+        config: &Path,
+        socket: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Daemon {
         let log = config.with_extension(format!("log.{}", std::process::id()));
-        let child = Command::new(CONSENTD)
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(CONSENTD),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(CONSENTD);
+                c
+            }
+        };
+        let child = cmd
             .arg("--config")
             .arg(config)
             .env("CONSENTD_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            // Appended: a restarted daemon's log follows its predecessor's.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut d = Daemon {
@@ -112,6 +138,34 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` to the daemon (e.g. SIGSTOP/SIGCONT to pause and resume it).
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// `kill -9`: no shutdown path at all. Waits until the process is gone.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
+    /// Resident memory of the daemon process (VmRSS from /proc), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     pub fn log_text(&self) -> String {
