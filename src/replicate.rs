@@ -229,7 +229,13 @@ struct PeerStatus {
 }
 
 /// A locally durable item to push: (its record, if any; set; blob).
-type Push = (Option<DocId>, SetKind, Vec<u8>);
+/// An item to push to connected peers: (record, set, blob, the peer it came from). The peer an
+/// item came from already holds it; pushing it back would only make that peer verify it again
+/// and make this office record a transfer to an office that sent, not received, the data.
+type Push = (Option<DocId>, SetKind, Vec<u8>, Option<String>);
+/// Most received item hashes remembered with the peer that sent them until their commit is
+/// announced (then they are taken out); cleared when full, which only costs a redundant push.
+const RECEIVED_FROM_MAX: usize = 65_536;
 
 pub struct Replicator {
     office: Arc<Office>,
@@ -240,8 +246,10 @@ pub struct Replicator {
     peers: Vec<(String, SocketAddr)>,
     sets: Mutex<Sets>,
     status: Mutex<BTreeMap<String, PeerStatus>>,
-    /// Locally durable items to push: (record, set, blob).
+    /// Locally durable items to push: (record, set, blob, source peer).
     pushes: tokio::sync::broadcast::Sender<Arc<Push>>,
+    /// Hashes of envelopes and tombstones being stored from a peer → that peer (see [`Push`]).
+    received_from: Mutex<HashMap<[u8; 32], String>>,
     /// Transfers and refusals to record (one task writes them, so each is checked once).
     events: tokio::sync::mpsc::Sender<TransferEvent>,
     events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
@@ -315,6 +323,7 @@ impl Replicator {
             sets: Mutex::new(Sets::default()),
             status: Mutex::new(BTreeMap::new()),
             pushes: tokio::sync::broadcast::channel(4096).0,
+            received_from: Mutex::new(HashMap::new()),
             events: events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             raised: Mutex::new(HashSet::new()),
@@ -473,7 +482,7 @@ impl Replicator {
             lock(&self.sets).set_checkpoint(&self.me, signed.checkpoint, note.clone());
             let _ = self
                 .pushes
-                .send(Arc::new((None, SetKind::Checkpoints, note)));
+                .send(Arc::new((None, SetKind::Checkpoints, note, None)));
         }
     }
 
@@ -1016,9 +1025,10 @@ impl Replicator {
         for (doc, hash, bytes) in &committed.tombstones {
             if let Ok(t) = Tombstone::decode(bytes) {
                 self.forget_doc(doc, (tombstone_item(&t, *hash), bytes.clone()));
-                let _ = self
-                    .pushes
-                    .send(Arc::new((None, SetKind::Tombstones, bytes.clone())));
+                let source = lock(&self.received_from).remove(hash);
+                let _ =
+                    self.pushes
+                        .send(Arc::new((None, SetKind::Tombstones, bytes.clone(), source)));
             }
         }
         let mut docs = HashSet::new();
@@ -1047,7 +1057,8 @@ impl Replicator {
                 }
             }
             docs.insert(*doc);
-            pushes.push((*doc, bytes.clone()));
+            let source = lock(&self.received_from).remove(hash);
+            pushes.push((*doc, bytes.clone(), source));
         }
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
@@ -1060,14 +1071,14 @@ impl Replicator {
                     let blob = key_blob(&kid, &k);
                     let _ = self
                         .pushes
-                        .send(Arc::new((Some(*doc), SetKind::Keys, blob)));
+                        .send(Arc::new((Some(*doc), SetKind::Keys, blob, None)));
                 }
             }
         }
-        for (doc, bytes) in pushes {
+        for (doc, bytes, source) in pushes {
             let _ = self
                 .pushes
-                .send(Arc::new((Some(doc), SetKind::Envelopes, bytes)));
+                .send(Arc::new((Some(doc), SetKind::Envelopes, bytes, source)));
         }
     }
 
@@ -1149,8 +1160,9 @@ impl Replicator {
                     },
                     push = pushes.recv() => {
                         if let Ok(push) = push {
-                            let (doc, set, blob) = &*push;
-                            if doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
+                            let (doc, set, blob, source) = &*push;
+                            let echo = source.as_deref() == Some(peer.as_str());
+                            if !echo && doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
                                 session.push_local(Instant::now(), *set, blob.clone());
                                 if let (Some(d), SetKind::Envelopes) = (doc, set) {
                                     self.note_sent(d, &peer);
@@ -1180,6 +1192,18 @@ impl Replicator {
         // Let a last Error frame reach the peer (bounded) before closing: it says why.
         writer.finish_and_wait(Duration::from_secs(1)).await;
         connection.close(0u32.into(), b"bye");
+    }
+
+    /// Notes which peer sent the items about to be stored, so their announcement is not pushed
+    /// back to it (see [`Push`]).
+    fn remember_sources(&self, peer: &str, hashes: impl Iterator<Item = [u8; 32]>) {
+        let mut from = lock(&self.received_from);
+        for hash in hashes {
+            if from.len() >= RECEIVED_FROM_MAX {
+                from.clear();
+            }
+            from.insert(hash, peer.to_string());
+        }
     }
 
     fn may_send_doc(&self, doc: &DocId, peer: &str) -> bool {
@@ -1259,6 +1283,7 @@ impl Replicator {
             }
             SetKind::Envelopes => {
                 let received = lock(&self.sets).received.clone();
+                self.remember_sources(peer, batch.envelopes.iter().map(|e| e.hash()));
                 let report = self
                     .office
                     .ingest(batch.envelopes, &received)
@@ -1277,6 +1302,7 @@ impl Replicator {
                     };
                     todo.push((doc, blob.info.item.id, blob.bytes.clone()));
                 }
+                self.remember_sources(peer, todo.iter().map(|(_, hash, _)| *hash));
                 let purged = self
                     .office
                     .apply_remote_tombstones(todo.clone())
