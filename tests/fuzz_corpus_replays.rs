@@ -146,3 +146,39 @@ fn seeds_are_real_valid_values() {
         assert!(ok.is_ok(), "seed {name}/{seed}: {}", ok.unwrap_err());
     }
 }
+
+fn regression(target_name: &str, name: &str) -> Vec<u8> {
+    let path = fuzz_dir().join("regressions").join(target_name).join(name);
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    target(target_name)(&data);
+    data
+}
+
+/// Found by the `checkpoint` target in its first second: a signed-note body with an extension
+/// line after the root hash. C2SP allows extension lines and `tlog::parse_body` accepts (and
+/// drops) them; the harness wrongly required the body to re-encode byte for byte.
+#[test]
+fn fuzz_regression_checkpoint_body_with_an_extension_line() {
+    let data = regression("checkpoint", "extension-line-after-root");
+    let text = std::str::from_utf8(&data).unwrap();
+    let note = consentd_sync::tlog::parse_note(text).unwrap();
+    let cp = consentd_sync::tlog::parse_body(note.text).unwrap();
+    assert!(note.text.starts_with(&cp.body()) && note.text != cp.body());
+}
+
+/// Found by the `reconcile` target: `01 00 00 00`, a message whose only range is an explicit
+/// skip to infinity. It is legal and means the same as the empty message `01`, which is how
+/// it re-encodes (skips are implicit in our encoder); the harness wrongly required identical
+/// bytes.
+#[test]
+fn fuzz_regression_reconcile_explicit_trailing_skip() {
+    use consentd_sync::reconcile::Message;
+    let data = regression("reconcile", "explicit-trailing-skip");
+    let m = Message::decode(&data[1..]).unwrap();
+    assert_eq!(m.encode(), vec![1]);
+    assert_eq!(
+        Message::decode(&[1]).unwrap().encode(),
+        m.encode(),
+        "both encodings mean the same"
+    );
+}
