@@ -182,3 +182,11 @@ fn fuzz_regression_reconcile_explicit_trailing_skip() {
         "both encodings mean the same"
     );
 }
+
+/// Found by the `reconcile` target (a real bug, fixed in `reconcile::process`): a reply whose
+/// one id list covers a range where the initiator holds 102 items made it learn all 102 at
+/// once, past its cap of 64 (`Limits::recon_items_max`). The cap now holds per item.
+#[test]
+fn fuzz_regression_reconcile_id_list_over_the_learning_cap() {
+    regression("reconcile", "id-list-over-the-learning-cap");
+}
