@@ -9,12 +9,9 @@ use crate::calendar::Calendars;
 use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::office::{Office, OfficeError, OfficeParts, Purposes};
-use crate::protocol::{
-    encode_frame, RequestFrame, ResponseFrame, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
-};
+use crate::protocol::{encode_frame, RequestRefusal, ResponseFrame, REQUEST_BYTES_MAX};
 use consentd_storage::{Store, WriteBatch};
 use consentd_sync::{keys, roster::SignedRoster};
-use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -617,27 +614,19 @@ async fn handle(
             config.office
         ));
     };
-    // Check the version before the body so an old client gets a version error, not a parse error.
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(v) => {
-            if let Some(ver) = v.get("v").and_then(Value::as_u64) {
-                if ver != u64::from(PROTOCOL_VERSION) {
-                    return ResponseFrame::error(format!(
-                        "protocol version {ver} is not supported; this consentd speaks version {PROTOCOL_VERSION} (use the consentctl that came with it)"
-                    ));
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(uid, "refused malformed control request");
-            return ResponseFrame::error(format!("malformed request: {e}"));
-        }
-    }
-    let frame: RequestFrame = match serde_json::from_slice(payload) {
+    let frame = match crate::protocol::parse_request(payload) {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(uid, "refused invalid control request");
-            return ResponseFrame::error(format!("invalid request: {e}"));
+            match &e {
+                RequestRefusal::Malformed(_) => {
+                    tracing::warn!(uid, "refused malformed control request")
+                }
+                RequestRefusal::Invalid(_) => {
+                    tracing::warn!(uid, "refused invalid control request")
+                }
+                RequestRefusal::Version(_) => {}
+            }
+            return ResponseFrame::error(e.to_string());
         }
     };
     let op = frame.request.op();

@@ -9,6 +9,9 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
+/// Entry points shared by the fuzz targets (fuzz/) and their stable replay test.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keystore;
 pub mod network;
 pub mod office;

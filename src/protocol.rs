@@ -339,6 +339,37 @@ impl ResponseFrame {
     }
 }
 
+/// Why a request payload was refused before it reached the office.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestRefusal {
+    /// Not JSON at all.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// JSON naming a protocol version this daemon does not speak.
+    #[error("protocol version {0} is not supported; this consentd speaks version {PROTOCOL_VERSION} (use the consentctl that came with it)")]
+    Version(u64),
+    /// JSON that is not a known request with valid arguments.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Parses one control-socket request payload, as the daemon does for every request: the
+/// version is checked before the body, so an old client gets a version error, not a parse
+/// error. Pure, and the entry point of the `control_request` fuzz target.
+pub fn parse_request(payload: &[u8]) -> Result<RequestFrame, RequestRefusal> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => {
+            if let Some(ver) = v.get("v").and_then(Value::as_u64) {
+                if ver != u64::from(PROTOCOL_VERSION) {
+                    return Err(RequestRefusal::Version(ver));
+                }
+            }
+        }
+        Err(e) => return Err(RequestRefusal::Malformed(e.to_string())),
+    }
+    serde_json::from_slice(payload).map_err(|e| RequestRefusal::Invalid(e.to_string()))
+}
+
 /// Encodes one frame: length prefix plus payload.
 pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("frame payload below 4 GiB");

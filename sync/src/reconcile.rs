@@ -387,6 +387,13 @@ fn process(
                     let ours = items_in(view, &lower, &upper);
                     let (mut i, mut j) = (0, 0);
                     while i < ours.len() || j < theirs.len() {
+                        // The cap holds per item, not per range: one id list (an honest peer's
+                        // for a range where it holds few items and we hold many, or a hostile
+                        // one spanning everything) would otherwise make us learn our whole set.
+                        // Items are learnt in order, so the next run continues from here.
+                        if have.len() + need.len() >= *items_max {
+                            return None;
+                        }
                         match (ours.get(i), theirs.get(j)) {
                             (Some(a), Some(b)) if a == b => {
                                 i += 1;
@@ -601,6 +608,40 @@ mod tests {
         assert_eq!(have, sa.difference(&sb).copied().collect::<Vec<_>>());
         assert_eq!(need, sb.difference(&sa).copied().collect::<Vec<_>>());
         (rounds, up, down)
+    }
+
+    /// Found by fuzzing (fuzz/regressions/reconcile/id-list-over-the-learning-cap): a reply
+    /// with one id list over a range where we hold many items made the initiator learn all of
+    /// them at once, past `items_max`. The cap holds per item, and repeated runs still find
+    /// every difference.
+    #[test]
+    fn one_id_list_never_teaches_more_than_the_cap() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let ours: ItemSet = (0..5_000).map(|_| rand_item(&mut rng, 1_000)).collect();
+        // A cold peer (or a hostile one): "in [MIN, INFINITY) I hold nothing".
+        let mut enc = Encoder::new();
+        enc.range(&Item::MIN, &Item::INFINITY, &Mode::IdList(vec![]));
+        let reply = enc.finish();
+        let mut rec = Reconciler::new(100);
+        rec.initiate(&ours);
+        assert_eq!(rec.reconcile(&ours, &reply).unwrap(), None);
+        assert!(rec.truncated());
+        assert_eq!(rec.have().len(), 100);
+        assert!(rec.need().is_empty());
+        // Honest cold sync with a small cap: each run learns at most the cap, and running
+        // again after "fetching" what was learnt converges to the exact difference.
+        let mut theirs = ItemSet::new();
+        for _ in 0..200 {
+            let (have, need, _, _, _, truncated) = run(&ours, &theirs, 700);
+            assert!(have.len() + need.len() <= 700);
+            for it in have {
+                theirs.insert(it);
+            }
+            if !truncated {
+                break;
+            }
+        }
+        assert_eq!(ours.total(), theirs.total());
     }
 
     #[test]

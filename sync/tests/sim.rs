@@ -9,7 +9,15 @@
 //! leave it), no envelope of a tombstoned document survives anywhere, every write is present or
 //! covered by a tombstone, and no honest frame was ever rejected.
 //!
-//! - `cargo test -p consentd-sync --test sim` runs `CONSENTD_SIM_SEEDS` seeds (default 24).
+//! A crash loses everything not yet durable: received batches awaiting their commit (never
+//! acknowledged, so the sender pushes or offers them again), the office's own writes awaiting
+//! theirs (never acknowledged to the operator, never pushed: they must then appear nowhere), every
+//! session, and every frame in flight on its links.
+//!
+//! - `cargo test -p consentd-sync --test sim` runs `CONSENTD_SIM_SEEDS` seeds (default 24, the CI
+//!   run) from `CONSENTD_SIM_FIRST_SEED` (default 0) and prints what was injected and checked
+//!   (`-- --nocapture`; `CONSENTD_SIM_VERBOSE=1` for every seed). docs/reliability.md has the
+//!   nightly size.
 //! - A failing seed is printed; `CONSENTD_SIM_SEED=<n>` replays exactly that seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -302,23 +310,132 @@ struct PendingStore {
     batch: StoreBatch,
 }
 
-#[derive(Default, Debug)]
+/// What one run injected and what it checked (summed over seeds for the final report).
+#[derive(Default, Debug, Clone, PartialEq)]
 struct Counters {
+    // Injected.
     frames: u64,
     lost: u64,
     duplicated: u64,
+    /// Frames scheduled to arrive before a frame sent earlier on the same link and direction.
+    reordered: u64,
     partitions: u64,
+    /// Times one office was cut off from every peer at once.
+    isolations: u64,
     crashes: u64,
+    /// Received batches a crash caught between arrival and durable commit (lost; never acked).
     lost_batches: u64,
+    /// Local writes a crash caught before their durable commit (lost; never acknowledged).
+    lost_local: u64,
+    /// Frames in flight to or from a connection a crash or partition cut.
+    cut_frames: u64,
+    // Work done.
     writes: u64,
     tombstones: u64,
     checkpoints: u64,
     connections: u64,
     rounds: u64,
+    // Checked after convergence.
+    /// (acknowledged write, office) pairs checked present, or absent when tombstoned/resident.
+    checked_pairs: u64,
+    /// Local writes lost in a crash, checked absent at every office.
+    checked_lost: u64,
+    /// Offices checked to hold no envelope of any tombstoned document.
+    checked_tombstoned: u64,
+    /// Milliseconds from healing to convergence.
+    heal_ms: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        let Counters {
+            frames,
+            lost,
+            duplicated,
+            reordered,
+            partitions,
+            isolations,
+            crashes,
+            lost_batches,
+            lost_local,
+            cut_frames,
+            writes,
+            tombstones,
+            checkpoints,
+            connections,
+            rounds,
+            checked_pairs,
+            checked_lost,
+            checked_tombstoned,
+            heal_ms,
+        } = o;
+        self.frames += frames;
+        self.lost += lost;
+        self.duplicated += duplicated;
+        self.reordered += reordered;
+        self.partitions += partitions;
+        self.isolations += isolations;
+        self.crashes += crashes;
+        self.lost_batches += lost_batches;
+        self.lost_local += lost_local;
+        self.cut_frames += cut_frames;
+        self.writes += writes;
+        self.tombstones += tombstones;
+        self.checkpoints += checkpoints;
+        self.connections += connections;
+        self.rounds += rounds;
+        self.checked_pairs += checked_pairs;
+        self.checked_lost += checked_lost;
+        self.checked_tombstoned += checked_tombstoned;
+        self.heal_ms = self.heal_ms.max(*heal_ms);
+    }
+
+    fn injected(&self) -> String {
+        format!(
+            "{} partitions ({} isolations), {} crashes losing {} received batches and {} local writes before their durable commit; {} frames: {} lost, {} duplicated, {} reordered, {} cut by crashes and partitions",
+            self.partitions,
+            self.isolations,
+            self.crashes,
+            self.lost_batches,
+            self.lost_local,
+            self.frames,
+            self.lost,
+            self.duplicated,
+            self.reordered,
+            self.cut_frames
+        )
+    }
+
+    fn checked(&self) -> String {
+        format!(
+            "{} writes, {} tombstones, {} checkpoints over {} connections and {} sync rounds; converged, {} (write, office) pairs present or rightly absent, {} lost writes absent everywhere, {} offices clean of tombstoned docs",
+            self.writes,
+            self.tombstones,
+            self.checkpoints,
+            self.connections,
+            self.rounds,
+            self.checked_pairs,
+            self.checked_lost,
+            self.checked_tombstoned
+        )
+    }
+}
+
+/// A local write between authoring and its durable commit: lost if its office crashes first,
+/// acknowledged (and pushed) once committed.
+struct LocalCommit {
+    office: usize,
+    set: SetKind,
+    bytes: Vec<u8>,
+    what: LocalWrite,
+}
+
+enum LocalWrite {
+    Envelope(Box<consentd_sync::VerifiedEnvelope>),
+    Blob(BlobInfo),
 }
 
 struct Sim {
-    seed: u64,
     rng: StdRng,
     base: Instant,
     now: u64,
@@ -328,12 +445,19 @@ struct Sim {
     /// Keyed by (time, sequence): delivery order is deterministic.
     inflight: BTreeMap<(u64, u64), Delivery>,
     stores: BTreeMap<(u64, u64), PendingStore>,
+    /// Local writes waiting for their durable commit.
+    local: BTreeMap<(u64, u64), LocalCommit>,
+    /// Latest scheduled arrival per (link, generation, receiving side), to count reordering.
+    last_arrival: HashMap<(usize, u64, usize), u64>,
     seq: u64,
     gen: u64,
     faults: bool,
     limits: Limits,
     roster: Arc<VerifiedRoster>,
+    /// Acknowledged (durably committed) envelope writes: (doc, key, author).
     writes: Vec<([u8; 16], Key, usize)>,
+    /// Envelope writes lost in a crash before their commit: must appear nowhere.
+    lost_writes: Vec<Key>,
     errors: Vec<String>,
     c: Counters,
 }
@@ -387,7 +511,6 @@ impl Sim {
             resync_min_interval: Duration::from_millis(200),
         };
         Sim {
-            seed,
             rng,
             base: Instant::now(),
             now: 0,
@@ -396,12 +519,15 @@ impl Sim {
             links,
             inflight: BTreeMap::new(),
             stores: BTreeMap::new(),
+            local: BTreeMap::new(),
+            last_arrival: HashMap::new(),
             seq: 0,
             gen: 0,
             faults: true,
             limits,
             roster: net.roster,
             writes: Vec::new(),
+            lost_writes: Vec::new(),
             errors: Vec::new(),
             c: Counters::default(),
         }
@@ -553,6 +679,11 @@ impl Sim {
         }
         for i in 0..copies {
             let at = self.now + delay + i * self.rng.gen_range(0..60);
+            let last = self.last_arrival.entry((li, gen, to_side)).or_insert(0);
+            if at < *last {
+                self.c.reordered += 1;
+            }
+            *last = (*last).max(at);
             let k = (at, self.next_seq());
             self.inflight.insert(
                 k,
@@ -569,12 +700,10 @@ impl Sim {
     fn deliver(&mut self, d: Delivery) {
         let now = self.at(self.now);
         let office = self.links[d.link].ends[d.to_side];
-        let Some(conn) = self.links[d.link].conn.as_mut() else {
+        let Some(conn) = self.links[d.link].conn.as_mut().filter(|c| c.gen == d.gen) else {
+            self.c.cut_frames += 1;
             return;
         };
-        if conn.gen != d.gen {
-            return;
-        }
         if let Err(e) = conn.sess[d.to_side].handle_frame(now, &d.bytes, &self.offices[office]) {
             self.errors
                 .push(format!("{} session error: {e}", OFFICES[office]));
@@ -582,10 +711,12 @@ impl Sim {
         self.drain(d.link);
     }
 
+    /// An office authors a write; it becomes durable (acknowledged, pushed) 0–19 ms later,
+    /// unless the office crashes first.
     fn local_write(&mut self, office: usize) {
         let now = self.now;
         let r: f64 = self.rng.gen();
-        let (set, bytes) = if r < 0.08 {
+        let (set, bytes, what) = if r < 0.08 {
             // Tombstone a document this office holds (chosen deterministically by seed).
             let mut docs: Vec<[u8; 16]> = self.offices[office]
                 .store
@@ -600,37 +731,67 @@ impl Sim {
             let doc = docs[self.rng.gen_range(0..docs.len())];
             let blob = signed_blob(TOMBSTONE_MAGIC, doc, now, &self.keys[office]);
             let info = verify_test_blob(&self.roster, SetKind::Tombstones, &blob).unwrap();
-            self.offices[office].apply_blob(SetKind::Tombstones, &info, &blob);
-            self.c.tombstones += 1;
-            (SetKind::Tombstones, blob)
+            (SetKind::Tombstones, blob, LocalWrite::Blob(info))
         } else if r < 0.12 {
             let mut body = [0u8; 16];
             body[..8].copy_from_slice(&self.c.checkpoints.to_be_bytes());
             body[8] = office as u8;
+            body[9..].copy_from_slice(&self.seq.to_be_bytes()[1..]);
             let blob = signed_blob(CHECKPOINT_MAGIC, body, now, &self.keys[office]);
             let info = verify_test_blob(&self.roster, SetKind::Checkpoints, &blob).unwrap();
-            self.offices[office].apply_blob(SetKind::Checkpoints, &info, &blob);
-            self.c.checkpoints += 1;
-            (SetKind::Checkpoints, blob)
+            (SetKind::Checkpoints, blob, LocalWrite::Blob(info))
         } else {
-            self.c.writes += 1;
-            let (doc, env) = new_envelope(&self.keys[office], &mut self.rng, now, self.c.writes);
+            let n = self.next_seq();
+            let (doc, env) = new_envelope(&self.keys[office], &mut self.rng, now, n);
             let v = envelope::verify(env, &self.roster).unwrap();
-            self.writes
-                .push((doc, (SetKind::Envelopes, v.hash()), office));
-            self.offices[office].apply_envelope(&v);
-            if is_resident(v.office(), &doc) {
-                return; // never pushed: policy keeps it home
-            }
-            (SetKind::Envelopes, v.envelope().encode())
+            debug_assert_eq!(v.doc_id(), doc);
+            let bytes = v.envelope().encode();
+            (SetKind::Envelopes, bytes, LocalWrite::Envelope(Box::new(v)))
         };
-        let t = self.at(now);
+        let at = now + self.rng.gen_range(0..20);
+        let k = (at, self.next_seq());
+        self.local.insert(
+            k,
+            LocalCommit {
+                office,
+                set,
+                bytes,
+                what,
+            },
+        );
+    }
+
+    /// A local write's durable commit: from now on it is acknowledged, so it must survive any
+    /// crash and reach every office allowed to hold it. Pushed only now.
+    fn commit_local(&mut self, w: LocalCommit) {
+        let office = w.office;
+        match &w.what {
+            LocalWrite::Envelope(v) => {
+                self.c.writes += 1;
+                let doc = v.doc_id();
+                self.writes
+                    .push((doc, (SetKind::Envelopes, v.hash()), office));
+                self.offices[office].apply_envelope(v);
+                if is_resident(v.office(), &doc) {
+                    return; // never pushed: policy keeps it home
+                }
+            }
+            LocalWrite::Blob(info) => {
+                if w.set == SetKind::Tombstones {
+                    self.c.tombstones += 1;
+                } else {
+                    self.c.checkpoints += 1;
+                }
+                self.offices[office].apply_blob(w.set, info, &w.bytes);
+            }
+        }
+        let t = self.at(self.now);
         for li in 0..self.links.len() {
             let Some(side) = self.links[li].ends.iter().position(|&e| e == office) else {
                 continue;
             };
             if let Some(conn) = self.links[li].conn.as_mut() {
-                conn.sess[side].push_local(t, set, bytes.clone());
+                conn.sess[side].push_local(t, w.set, w.bytes.clone());
                 self.drain(li);
             }
         }
@@ -644,13 +805,29 @@ impl Sim {
                 self.drop_conn(li);
             }
         }
+        // Everything not yet durable is gone: received batches awaiting their commit (so never
+        // acknowledged to the sender) and the office's own writes awaiting theirs (never
+        // acknowledged to the operator, never pushed).
         let before = self.stores.len();
         self.stores.retain(|_, p| p.office != office);
         self.c.lost_batches += (before - self.stores.len()) as u64;
+        let mut lost = Vec::new();
+        self.local.retain(|_, w| {
+            if w.office != office {
+                return true;
+            }
+            if let LocalWrite::Envelope(v) = &w.what {
+                lost.push((SetKind::Envelopes, v.hash()));
+            }
+            false
+        });
+        self.c.lost_local += lost.len() as u64;
+        self.lost_writes.extend(lost);
     }
 
     fn converged(&self) -> bool {
         self.stores.is_empty()
+            && self.local.is_empty()
             && self
                 .offices
                 .windows(2)
@@ -680,6 +857,13 @@ impl Sim {
                 }
             }
         }
+        while let Some((&(t, s), _)) = self.local.first_key_value() {
+            if t > self.now {
+                break;
+            }
+            let w = self.local.remove(&(t, s)).unwrap();
+            self.commit_local(w);
+        }
         for li in 0..self.links.len() {
             let ends = self.links[li].ends;
             if let Some(conn) = self.links[li].conn.as_mut() {
@@ -703,6 +887,9 @@ impl Sim {
         if let Some((&(a, _), _)) = self.stores.first_key_value() {
             t = t.min(a);
         }
+        if let Some((&(a, _), _)) = self.local.first_key_value() {
+            t = t.min(a);
+        }
         for l in &self.links {
             match &l.conn {
                 Some(c) => {
@@ -719,10 +906,11 @@ impl Sim {
         t.max(self.now + 1)
     }
 
-    fn run(&mut self) -> Result<String, String> {
+    fn run(&mut self) -> Result<Counters, String> {
         let mut next_write = 0u64;
         let mut next_partition = 300u64;
         let mut next_crash = 1_500u64;
+        let mut crash_due = next_crash;
         let mut restarts: Vec<(u64, usize)> = Vec::new();
         while self.now < CHAOS_MS {
             if self.now >= next_write {
@@ -741,6 +929,7 @@ impl Sim {
                 }
                 // Sometimes cut one office off entirely.
                 if self.rng.gen_bool(0.1) {
+                    self.c.isolations += 1;
                     let o = self.rng.gen_range(0..OFFICES.len());
                     for li in 0..self.links.len() {
                         if self.links[li].ends.contains(&o) {
@@ -752,12 +941,33 @@ impl Sim {
                 next_partition = self.now + self.rng.gen_range(100..600);
             }
             if self.now >= next_crash {
-                let o = self.rng.gen_range(0..OFFICES.len());
-                if self.offices[o].up {
-                    self.crash(o);
-                    restarts.push((self.now + self.rng.gen_range(200..3_000), o));
+                // Most crashes hit an office with work not yet durable (received batches or its
+                // own writes awaiting their commit), the moment that loses the most.
+                let mut busy: Vec<usize> = self
+                    .stores
+                    .values()
+                    .map(|p| p.office)
+                    .chain(self.local.values().map(|w| w.office))
+                    .filter(|&o| self.offices[o].up)
+                    .collect();
+                busy.sort_unstable();
+                busy.dedup();
+                if busy.is_empty() && self.now < crash_due + 300 {
+                    // Wait (up to 300 ms) for an office to be mid-commit.
+                    next_crash = self.now + 3;
+                } else {
+                    let o = if !busy.is_empty() && self.rng.gen_bool(0.8) {
+                        busy[self.rng.gen_range(0..busy.len())]
+                    } else {
+                        self.rng.gen_range(0..OFFICES.len())
+                    };
+                    if self.offices[o].up {
+                        self.crash(o);
+                        restarts.push((self.now + self.rng.gen_range(200..3_000), o));
+                    }
+                    next_crash = self.now + self.rng.gen_range(500..3_000);
+                    crash_due = next_crash;
                 }
-                next_crash = self.now + self.rng.gen_range(500..3_000);
             }
             restarts.retain(|&(t, o)| {
                 if t <= self.now {
@@ -814,18 +1024,15 @@ impl Sim {
             }
             self.now = self.next_event(next_check);
         }
-        let heal_ms = self.now - heal_start;
+        self.c.heal_ms = self.now - heal_start;
         self.check_invariants()?;
-        Ok(format!(
-            "seed {}: converged {heal_ms} ms after healing; {:?}; {} envelopes, {} tombstones held",
-            self.seed,
-            self.c,
-            self.offices[0].store.sets[1].len(),
-            self.offices[0].store.sets[0].len()
-        ))
+        Ok(self.c.clone())
     }
 
-    fn check_invariants(&self) -> Result<(), String> {
+    /// After convergence: honest traffic was never refused, tombstoned documents are gone
+    /// everywhere, every acknowledged write is everywhere policy allows (or tombstoned), and every
+    /// write a crash lost before its commit is nowhere.
+    fn check_invariants(&mut self) -> Result<(), String> {
         if let Some(e) = self.errors.first() {
             return Err(format!("honest session failed: {e}"));
         }
@@ -838,6 +1045,7 @@ impl Sim {
                     return Err(format!("{} holds envelopes of a tombstoned doc", o.id));
                 }
             }
+            self.c.checked_tombstoned += 1;
         }
         let tombstoned = &self.offices[0].store.tombstoned;
         for (doc, key, author) in &self.writes {
@@ -856,13 +1064,28 @@ impl Sim {
                         o.id
                     ));
                 }
+                self.c.checked_pairs += 1;
             }
+        }
+        for key in &self.lost_writes {
+            if let Some(o) = self
+                .offices
+                .iter()
+                .find(|o| o.store.bytes.contains_key(key))
+            {
+                return Err(format!(
+                    "write {} lost in a crash before its commit is present at {}",
+                    hex::encode(&key.1[..8]),
+                    o.id
+                ));
+            }
+            self.c.checked_lost += 1;
         }
         Ok(())
     }
 }
 
-fn run_seed(seed: u64) -> Result<String, String> {
+fn run_seed(seed: u64) -> Result<Counters, String> {
     match catch_unwind(AssertUnwindSafe(|| Sim::new(seed).run())) {
         Ok(r) => r,
         Err(p) => Err(p
@@ -873,40 +1096,92 @@ fn run_seed(seed: u64) -> Result<String, String> {
     }
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {s:?}"))
+    })
+}
+
+/// `CONSENTD_SIM_SEED=n` replays seed n (verbose); otherwise seeds `CONSENTD_SIM_FIRST_SEED`
+/// (default 0) onwards, `CONSENTD_SIM_SEEDS` of them (default 24: the CI run), on
+/// `CONSENTD_SIM_THREADS` threads (default: every core). `CONSENTD_SIM_VERBOSE=1` prints every
+/// seed's figures.
 #[test]
 fn seven_offices_converge_under_partitions_loss_duplication_reordering_and_crashes() {
-    let seeds: Vec<u64> = match std::env::var("CONSENTD_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("CONSENTD_SIM_SEED must be a number")],
-        Err(_) => {
-            let n: u64 = std::env::var("CONSENTD_SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(24);
-            (0..n).collect()
+    let (seeds, verbose): (Vec<u64>, bool) = match env_u64("CONSENTD_SIM_SEED") {
+        Some(s) => (vec![s], true),
+        None => {
+            let first = env_u64("CONSENTD_SIM_FIRST_SEED").unwrap_or(0);
+            let n = env_u64("CONSENTD_SIM_SEEDS").unwrap_or(24);
+            (
+                (first..first + n).collect(),
+                std::env::var_os("CONSENTD_SIM_VERBOSE").is_some(),
+            )
         }
     };
+    let threads = env_u64("CONSENTD_SIM_THREADS")
+        .map(|t| t.max(1) as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(seeds.len());
     let start = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type SeedResult = (u64, Result<Counters, String>, Duration);
+    let results: std::sync::Mutex<Vec<SeedResult>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else {
+                    return;
+                };
+                let t = Instant::now();
+                let r = run_seed(seed);
+                results.lock().unwrap().push((seed, r, t.elapsed()));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|r| r.0);
+    let mut total = Counters::default();
     let mut failed = Vec::new();
-    for &seed in &seeds {
-        match run_seed(seed) {
-            Ok(report) => {
-                if seeds.len() == 1 || seed < 2 {
-                    println!("{report}");
+    let mut slowest = (0, Duration::ZERO);
+    for (seed, r, took) in &results {
+        if *took > slowest.1 {
+            slowest = (*seed, *took);
+        }
+        match r {
+            Ok(c) => {
+                if verbose {
+                    println!(
+                        "seed {seed} ({took:.1?}): converged {} ms after healing\n  injected: {}\n  checked: {}",
+                        c.heal_ms,
+                        c.injected(),
+                        c.checked()
+                    );
                 }
+                total.add(c);
             }
             Err(e) => {
                 eprintln!(
-                    "sim seed {seed} FAILED: {e}\n  replay: CONSENTD_SIM_SEED={seed} cargo test -p consentd-sync --test sim -- --nocapture"
+                    "sim seed {seed} FAILED: {e}\n  replay: CONSENTD_SIM_SEED={seed} cargo test -p consentd-sync --test sim -- --nocapture seven_offices"
                 );
-                failed.push(seed);
+                failed.push(*seed);
             }
         }
     }
     println!(
-        "{} seeds in {:.1?} ({} failed)",
+        "sim: {} seeds ({}..={}) in {:.1?} on {threads} threads, {} failed; slowest seed {} ({:.1?}); slowest convergence {} ms after healing\n  injected: {}\n  checked: {}",
         seeds.len(),
+        seeds.first().unwrap(),
+        seeds.last().unwrap(),
         start.elapsed(),
-        failed.len()
+        failed.len(),
+        slowest.0,
+        slowest.1,
+        total.heal_ms,
+        total.injected(),
+        total.checked()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
