@@ -24,6 +24,14 @@ fn bench_prints_rows_with_the_interface_keys() {
         "memory_per_record",
         "disk_per_record",
         "audit_verify",
+        "audit_verify_vs_bare_loop",
+        "cold_sync",
+        "delta_sync_round_trips_daemons",
+        "delta_sync_bytes_daemons",
+        "delta_sync_round_trips_core",
+        "delta_sync_bytes_core",
+        "fan_out_p50",
+        "fan_out_p99",
     ] {
         assert!(rows.iter().any(|r| r["name"] == name), "no row {name}");
     }
