@@ -174,6 +174,26 @@ pub struct ConsentGrant {
     pub at: Option<String>,
 }
 
+impl ConsentGrant {
+    /// A grant with every optional field empty (service, evidence, notice, …), to complete with
+    /// struct update syntax.
+    pub fn new(subject: impl Into<String>, purpose: &str, basis: &str) -> ConsentGrant {
+        ConsentGrant {
+            subject: subject.into(),
+            purpose: purpose.into(),
+            basis: basis.into(),
+            service: None,
+            evidence: None,
+            notice: None,
+            under_18: false,
+            parental_consent: None,
+            person: None,
+            role: None,
+            at: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentWithdraw {

@@ -35,8 +35,8 @@ use consentd_sync::item::{Item, ItemSet, SetView, Without};
 use consentd_sync::logsync;
 use consentd_sync::merkle::{Frontier, Hash};
 use consentd_sync::session::{
-    dials, Action, BlobInfo, Limits, Local, LogBatch, ReconCounters, Session, SessionConfig,
-    StoreBatch,
+    dials, Action, BatchId, BlobInfo, Limits, Local, LogBatch, ReconCounters, Session,
+    SessionConfig, StoreBatch,
 };
 use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
 use consentd_sync::tombstone::{self, Tombstone};
@@ -60,6 +60,12 @@ const KEY_ITEM_DOMAIN: &[u8] = b"consentd/key-item/v1";
 pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
 /// Pending records re-opened when keys arrive, per batch of keys.
 const PENDING_REOPEN_MAX: usize = 4096;
+/// Envelope batches one link stores at once. While one batch is in its durable commit, the next
+/// is verified and applied on the other core: a cold sync is a pipeline (receive, verify, apply,
+/// commit), and with one batch at a time only one stage ran at once. Each batch is at most one
+/// Want's answer (`Limits::want_bytes_max`), and all of them together stay within the session's
+/// unstored budget, so this bounds concurrency, not memory.
+pub const STORES_IN_FLIGHT_MAX: usize = 3;
 /// Envelopes read per storage page when the sets are built at start.
 const BUILD_PAGE: usize = 4096;
 /// Most incoming QUIC handshakes authenticated at once (each is bounded in time by
@@ -1107,13 +1113,44 @@ impl Replicator {
         let mut answered = None;
         let mut dropped_seen = 0u64;
         let mut last_recon = [ReconCounters::default(); SetKind::COUNT];
+        // Envelope batches being stored by their own tasks (see [`STORES_IN_FLIGHT_MAX`]); each
+        // reports its batch id here once durable.
+        let (stored_tx, mut stored_rx) =
+            tokio::sync::mpsc::channel::<(BatchId, Result<(), String>)>(STORES_IN_FLIGHT_MAX);
+        let mut storing = 0usize;
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
                     writer.send(&frame).await.map_err(|e| e.to_string())?;
                 }
                 while let Some(action) = session.poll_action() {
-                    self.act(&peer, &mut session, action).await?;
+                    match action {
+                        Action::Store(batch) if batch.set == SetKind::Envelopes => {
+                            if storing == STORES_IN_FLIGHT_MAX {
+                                self.finish_store(&mut session, &mut stored_rx, &mut storing)
+                                    .await?;
+                            }
+                            storing += 1;
+                            let (rep, peer, done) = (self.clone(), peer.clone(), stored_tx.clone());
+                            tokio::spawn(async move {
+                                let id = batch.id;
+                                let result = rep.store_envelopes(&peer, batch).await;
+                                let _ = done.send((id, result)).await;
+                            });
+                        }
+                        action => {
+                            // Everything else sees the envelopes stored before it, as when
+                            // batches were stored one at a time: keys re-open pending records,
+                            // tombstones purge what they cover, logs follow their records.
+                            if matches!(action, Action::Store(_)) {
+                                while storing > 0 {
+                                    self.finish_store(&mut session, &mut stored_rx, &mut storing)
+                                        .await?;
+                                }
+                            }
+                            self.act(&peer, &mut session, action).await?;
+                        }
+                    }
                 }
                 if session.poll_transmit_pending() {
                     continue;
@@ -1169,6 +1206,12 @@ impl Replicator {
                                 }
                             }
                         }
+                    }
+                    Some((id, result)) = stored_rx.recv(), if storing > 0 => {
+                        storing -= 1;
+                        result?;
+                        let sets = lock(&self.sets);
+                        session.stored(Instant::now(), id, &self.view(&sets));
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         let sets = lock(&self.sets);
@@ -1258,6 +1301,7 @@ impl Replicator {
         session: &mut Session,
         batch: StoreBatch,
     ) -> Result<(), String> {
+        let id = batch.id;
         match batch.set {
             SetKind::Keys => {
                 let received = {
@@ -1281,19 +1325,7 @@ impl Replicator {
                     .await
                     .map_err(|e| format!("cannot open records from {peer}: {e}"))?;
             }
-            SetKind::Envelopes => {
-                let received = lock(&self.sets).received.clone();
-                self.remember_sources(peer, batch.envelopes.iter().map(|e| e.hash()));
-                let report = self
-                    .office
-                    .ingest(batch.envelopes, &received)
-                    .await
-                    .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
-                self.set_status(peer, |s| {
-                    s.stored += report.stored as u64;
-                    s.dropped_ingest += report.tombstoned as u64;
-                });
-            }
+            SetKind::Envelopes => self.store_envelopes(peer, batch).await?,
             SetKind::Tombstones => {
                 let mut todo = Vec::with_capacity(batch.blobs.len());
                 for blob in &batch.blobs {
@@ -1347,7 +1379,43 @@ impl Replicator {
             },
         }
         let sets = lock(&self.sets);
-        session.stored(Instant::now(), batch.id, &self.view(&sets));
+        session.stored(Instant::now(), id, &self.view(&sets));
+        Ok(())
+    }
+
+    /// Ingests one batch of verified envelopes; returns once they are durable.
+    async fn store_envelopes(&self, peer: &str, batch: StoreBatch) -> Result<(), String> {
+        debug_assert_eq!(batch.set, SetKind::Envelopes, "an envelope batch");
+        let received = lock(&self.sets).received.clone();
+        self.remember_sources(peer, batch.envelopes.iter().map(|e| e.hash()));
+        let report = self
+            .office
+            .ingest(batch.envelopes, &received)
+            .await
+            .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
+        self.set_status(peer, |s| {
+            s.stored += report.stored as u64;
+            s.dropped_ingest += report.tombstoned as u64;
+        });
+        Ok(())
+    }
+
+    /// Waits for one envelope batch stored by its own task and tells the session.
+    async fn finish_store(
+        &self,
+        session: &mut Session,
+        stored_rx: &mut tokio::sync::mpsc::Receiver<(BatchId, Result<(), String>)>,
+        storing: &mut usize,
+    ) -> Result<(), String> {
+        debug_assert!(*storing > 0, "waiting for a store that was never started");
+        let (id, result) = stored_rx
+            .recv()
+            .await
+            .ok_or_else(|| "a store task vanished".to_string())?;
+        *storing -= 1;
+        result?;
+        let sets = lock(&self.sets);
+        session.stored(Instant::now(), id, &self.view(&sets));
         Ok(())
     }
 

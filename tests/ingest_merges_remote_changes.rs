@@ -210,3 +210,88 @@ async fn a_later_change_before_the_first_waits_then_completes() {
     close(&de);
     close(&sg);
 }
+
+fn grant_request(subject: String) -> Request {
+    Request::ConsentGrant(protocol::ConsentGrant {
+        service: Some("sms".into()),
+        evidence: Some("web form v3".into()),
+        ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+    })
+}
+
+async fn granted(office: &Office, subject: &str) -> serde_json::Value {
+    office
+        .execute(Request::ConsentCheck(protocol::ConsentCheck {
+            subject: subject.into(),
+            purpose: "marketing".into(),
+            at: None,
+        }))
+        .await
+        .unwrap()["granted"]
+        .clone()
+}
+
+/// A batch of hundreds of records (a cold sync's) is merged on one thread per core; a few at a
+/// time, on the caller's thread. Both must store the same state and report the same counts,
+/// including records whose key has not arrived and envelopes already held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_merges_on_every_core_like_small_ones() {
+    let net = Net::init("de,sg,nl");
+    let roster = roster(&net);
+    let de = open_office(&net, "de");
+    let records = 300;
+    de.execute(Request::Import(protocol::Import {
+        records: (0..records)
+            .map(|i| grant_request(format!("user{i}@example.com")))
+            .collect(),
+        first_line: 1,
+    }))
+    .await
+    .unwrap();
+    let envs = all_envelopes(&de, &roster);
+    assert_eq!(envs.len(), records);
+    let all_keys = keys_of(&de, &envs);
+    // Keys for the first two thirds of the records only (in envelope order).
+    let some_keys = keys_of(&de, &envs[..records * 2 / 3]);
+    assert!(some_keys.len() < all_keys.len());
+
+    // sg: one batch, merged in parallel.
+    let sg = open_office(&net, "sg");
+    let big = sg.ingest(envs.clone(), &some_keys).await.unwrap();
+    // nl: the same envelopes ten at a time, merged on the calling thread.
+    let nl = open_office(&net, "nl");
+    let mut small = consentd::office::IngestReport::default();
+    for chunk in envs.chunks(10) {
+        let r = nl.ingest(chunk.to_vec(), &some_keys).await.unwrap();
+        small.stored += r.stored;
+        small.pending += r.pending;
+        small.records += r.records;
+        small.keys += r.keys;
+    }
+    assert_eq!(big.stored, records);
+    assert_eq!(
+        (big.stored, big.pending, big.records, big.keys),
+        (small.stored, small.pending, small.records, small.keys),
+        "parallel and sequential merges report alike"
+    );
+    assert_eq!(big.records + big.pending, records);
+    assert_eq!(big.pending, records - records * 2 / 3);
+    assert_eq!(sg.state_digest().unwrap(), nl.state_digest().unwrap());
+    assert_eq!(
+        sg.status().unwrap()["records"],
+        nl.status().unwrap()["records"]
+    );
+
+    // Re-delivered with every key: all readable, nothing stored twice.
+    let again = sg.ingest(envs.clone(), &all_keys).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, records));
+    assert_eq!(again.records, records - records * 2 / 3);
+    assert_eq!(sg.status().unwrap()["records"], records);
+    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
+    for i in [0, records / 2, records - 1] {
+        assert_eq!(granted(&sg, &format!("user{i}@example.com")).await, true);
+    }
+    close(&de);
+    close(&sg);
+    close(&nl);
+}

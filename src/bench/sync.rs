@@ -48,6 +48,7 @@ use consentd_sync::reconcile::{self, Reconciler};
 use consentd_sync::VerifiedRoster;
 use tokio::runtime::Runtime;
 
+use super::write::grant;
 use super::{percentile, Row};
 
 /// Records each side writes while the other cannot hear it (delta rows): 100 differences.
@@ -143,22 +144,6 @@ impl Daemon {
         rt.block_on(self.task).map_err(e)?.map_err(e)?;
         release(self.office)
     }
-}
-
-fn grant(subject: String) -> Request {
-    Request::ConsentGrant(protocol::ConsentGrant {
-        subject,
-        purpose: "marketing".into(),
-        basis: "consent".into(),
-        service: Some("sms".into()),
-        evidence: Some("web form v3".into()),
-        notice: None,
-        under_18: false,
-        parental_consent: None,
-        person: None,
-        role: None,
-        at: Some("2026-01-31T00:00:00Z".into()),
-    })
 }
 
 /// Imports consents for `{tag}{i}@example.com`, `i` in `range`, through the real write path.

@@ -72,17 +72,10 @@ type Encoded = Vec<([u8; 32], Vec<u8>)>;
 /// A consent grant as the bench writes it (the same shape as `consentctl consent grant`).
 pub(crate) fn grant(subject: String) -> Request {
     Request::ConsentGrant(protocol::ConsentGrant {
-        subject,
-        purpose: "marketing".into(),
-        basis: "consent".into(),
         service: Some("sms".into()),
         evidence: Some("web form v3".into()),
-        notice: None,
-        under_18: false,
-        parental_consent: None,
-        person: None,
-        role: None,
         at: Some("2026-01-31T00:00:00Z".into()),
+        ..protocol::ConsentGrant::new(subject, "marketing", "consent")
     })
 }
 
