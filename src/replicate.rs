@@ -234,10 +234,16 @@ struct PeerStatus {
     last_recon: [ReconCounters; SetKind::COUNT],
 }
 
-/// A locally durable item to push: (its record, if any; set; blob).
-/// An item to push to connected peers: (record, set, blob, the peer it came from). The peer an
-/// item came from already holds it; pushing it back would only make that peer verify it again
-/// and make this office record a transfer to an office that sent, not received, the data.
+/// An item to push to connected peers: (record, set, blob, the peer it came from).
+///
+/// Envelopes (and subject keys) are pushed only by the office that authored them; one received
+/// from a peer is not relayed. In a full mesh every other office hears the author directly, so a
+/// relay is redundant: with seven offices each write became 6 pushes plus 30 relays, each relay
+/// verified by its receiver (and found held) and recorded by its sender as a cross-border
+/// transfer to an office that already had the record. An office that cannot reach the author
+/// still gets the record from any office that can, at their next sync round (on connect and every
+/// `Limits::resync_interval`). Tombstones are relayed: deletions are rare and should arrive
+/// everywhere at once. The peer a tombstone came from already holds it, so it is not sent back.
 type Push = (Option<DocId>, SetKind, Vec<u8>, Option<String>);
 /// Most received item hashes remembered with the peer that sent them until their commit is
 /// announced (then they are taken out); cleared when full, which only costs a redundant push.
@@ -1038,6 +1044,9 @@ impl Replicator {
             }
         }
         let mut docs = HashSet::new();
+        // Records with an envelope this office authored (or whose source was forgotten): only
+        // these are pushed, with their keys. See [`Push`] for why received ones are not relayed.
+        let mut local_docs = HashSet::new();
         let mut pushes = Vec::new();
         for (doc, hash, bytes) in &committed.envelopes {
             let Ok(env) = Envelope::decode(bytes) else {
@@ -1063,8 +1072,10 @@ impl Replicator {
                 }
             }
             docs.insert(*doc);
-            let source = lock(&self.received_from).remove(hash);
-            pushes.push((*doc, bytes.clone(), source));
+            if lock(&self.received_from).remove(hash).is_none() {
+                local_docs.insert(*doc);
+                pushes.push((*doc, bytes.clone()));
+            }
         }
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
@@ -1072,6 +1083,9 @@ impl Replicator {
                 tracing::error!(error = %e, "cannot update replication sets");
             }
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
+            if !local_docs.contains(doc) {
+                continue;
+            }
             if let (None, Some(kid)) = (had_key, key) {
                 if let Ok(k) = self.office.keys.key(&kid) {
                     let blob = key_blob(&kid, &k);
@@ -1081,10 +1095,10 @@ impl Replicator {
                 }
             }
         }
-        for (doc, bytes, source) in pushes {
+        for (doc, bytes) in pushes {
             let _ = self
                 .pushes
-                .send(Arc::new((Some(doc), SetKind::Envelopes, bytes, source)));
+                .send(Arc::new((Some(doc), SetKind::Envelopes, bytes, None)));
         }
     }
 
