@@ -5,7 +5,8 @@
 //! per peer what the transfer policy hides ([`crate::policy`]), runs one QUIC endpoint with a task
 //! per peer link, and turns the session's actions into storage work:
 //!
-//! - `Store` (envelopes) → [`Office::ingest`] with the keys received so far, then `stored`;
+//! - `Store` (envelopes) → [`Office::ingest`] with the keys received so far, then `stored`, on a
+//!   task of its own, up to [`STORES_IN_FLIGHT_MAX`] batches per link at once;
 //! - `Store` (keys) → held in memory until a record that uses them is ingested;
 //! - `Fetch` → envelopes or keys this peer may have, from the store;
 //! - `Reject` → a warning naming the peer, set and ids, never content.
