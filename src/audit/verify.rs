@@ -734,8 +734,14 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                             .line(no),
                         );
                     }
+                    // Decoded into a stack buffer: `hex::decode` allocated per leaf, on the
+                    // reading thread, for every leaf of every log.
+                    let mut bytes = [0u8; tlog::LEAF_LEN];
                     for (i, hexleaf) in leaves.iter().enumerate() {
-                        match hex::decode(hexleaf).ok().and_then(|b| LogLeaf::decode(&b)) {
+                        let leaf = hex::decode_to_slice(hexleaf, &mut bytes)
+                            .ok()
+                            .and_then(|()| LogLeaf::decode(&bytes));
+                        match leaf {
                             Some(l) => log.leaves.push(l),
                             None => {
                                 failures.push(
