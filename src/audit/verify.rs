@@ -40,6 +40,7 @@
 //! lists (~100 bytes per change), never payloads, unless the report asked it to keep the
 //! verified changes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::sync::{mpsc, Mutex};
@@ -57,6 +58,7 @@ use serde_json::{json, Value};
 
 use super::bundle::{Line, ReadError, Reader, FORMAT, VERSION};
 use super::cli::Progress;
+use super::root_puts;
 
 /// Every check's name, in the order of the table above and of docs/audit-bundle.md.
 pub const CHECKS: &[&str] = &[
@@ -191,7 +193,9 @@ struct EnvFact {
     created: Option<&'static str>,
     /// When this change created a replication refusal: (the office refused, the records).
     refusal: Option<(String, Vec<DocId>)>,
-    change: Option<Change>,
+    /// Boxed: a `Change` is several hundred bytes, and without `Options::collect` every fact
+    /// would carry that much empty space through the workers' result vectors and `facts`.
+    change: Option<Box<Change>>,
 }
 
 /// A creating change of a transfer record that says its office refused to send records to
@@ -245,31 +249,150 @@ fn created_type(change: &Change) -> Option<(&'static str, bool)> {
         return None;
     }
     // One pass over the root's puts: the type, and whether the record says "refused" (a
-    // replication refusal, decoded in full only then: they are few).
-    let expanded = change.decode();
-    let (mut kind, mut refused) = ("other", false);
-    for op in &expanded.operations {
-        if let (
-            automerge::legacy::ObjectId::Root,
-            automerge::legacy::Key::Map(k),
-            automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)),
-        ) = (&op.obj, &op.key, &op.action)
-        {
-            match (k.as_str(), s.as_str()) {
-                ("type", "consent") => kind = "consent",
-                ("type", "request") => kind = "request",
-                ("type", "transfer") => kind = "transfer",
-                ("status", "refused") => refused = true,
-                _ => {}
+    // replication refusal, decoded in full only then: they are few). Read from the op columns
+    // directly (no allocation); `Change::decode` only if the columns are not laid out as that
+    // reader expects.
+    let mut creation = Creation::default();
+    let fast = root_puts::for_each_root_string_put(change.raw_bytes(), change.len(), |k, v| {
+        creation.see(k, v)
+    });
+    let slow = || {
+        let mut creation = Creation::default();
+        for op in &change.decode().operations {
+            if let (
+                automerge::legacy::ObjectId::Root,
+                automerge::legacy::Key::Map(k),
+                automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)),
+            ) = (&op.obj, &op.key, &op.action)
+            {
+                creation.see(k, s);
             }
         }
+        creation
+    };
+    let creation = match fast {
+        Some(()) => {
+            debug_assert_eq!(
+                creation,
+                slow(),
+                "the op column reader disagrees with Change::decode"
+            );
+            creation
+        }
+        None => slow(),
+    };
+    Some((creation.kind, creation.refused))
+}
+
+/// What a creating change's root puts say: the record type and whether it is a refusal.
+#[derive(Debug, PartialEq, Eq)]
+struct Creation {
+    kind: &'static str,
+    refused: bool,
+}
+
+impl Default for Creation {
+    fn default() -> Creation {
+        Creation {
+            kind: "other",
+            refused: false,
+        }
     }
-    Some((kind, refused))
+}
+
+impl Creation {
+    /// One root string put, in op order (a later `type` wins, as it does in the document).
+    fn see(&mut self, key: &str, value: &str) {
+        match (key, value) {
+            ("type", "consent") => self.kind = "consent",
+            ("type", "request") => self.kind = "request",
+            ("type", "transfer") => self.kind = "transfer",
+            ("status", "refused") => self.refused = true,
+            _ => {}
+        }
+    }
+}
+
+/// A bundle line as the reading thread sees it: envelope lines reduced to their `data`.
+enum Parsed<'a> {
+    Envelope(Cow<'a, [u8]>),
+    Other(Line),
+}
+
+impl Parsed<'_> {
+    fn section(&self) -> u8 {
+        match self {
+            Parsed::Envelope(_) => Line::Envelope {
+                data: String::new(),
+            }
+            .section(),
+            Parsed::Other(l) => l.section(),
+        }
+    }
+}
+
+/// Envelope lines queued for one worker: their `data` (base64) packed into one buffer, so that
+/// queueing a line copies its bytes once and allocates nothing per line.
+#[derive(Default)]
+struct EnvelopeBatch {
+    text: Vec<u8>,
+    /// Each line's number and the end of its `data` in `text` (it starts where the previous ends).
+    lines: Vec<(u64, usize)>,
+}
+
+impl EnvelopeBatch {
+    fn with_capacity(lines: usize) -> EnvelopeBatch {
+        EnvelopeBatch {
+            // A consent record's envelope is ~600 base64 characters.
+            text: Vec::with_capacity(lines * 640),
+            lines: Vec::with_capacity(lines),
+        }
+    }
+
+    fn push(&mut self, line: u64, data: &[u8]) {
+        self.text.extend_from_slice(data);
+        self.lines.push((line, self.text.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut start = 0;
+        self.lines.iter().map(move |&(line, end)| {
+            debug_assert!(start <= end && end <= self.text.len(), "batch offsets");
+            let data = self.text.get(start..end).unwrap_or_default();
+            start = end;
+            (line, data)
+        })
+    }
+}
+
+/// What `Writer` writes for an envelope line, around its `data`.
+const ENVELOPE_PREFIX: &[u8] = br#"{"type":"envelope","data":""#;
+const ENVELOPE_SUFFIX: &[u8] = br#""}"#;
+
+/// The `data` of an envelope line laid out exactly as `Writer` writes it with nothing but base64
+/// symbols inside the string (so no JSON escape can change its meaning), without a JSON parser:
+/// parsing every envelope line through serde's tagged-enum buffering was a serial cost on the
+/// reading thread. `None` for anything else, which then goes through serde as before.
+fn envelope_data(raw: &[u8]) -> Option<&[u8]> {
+    let data = raw
+        .strip_prefix(ENVELOPE_PREFIX)?
+        .strip_suffix(ENVELOPE_SUFFIX)?;
+    data.iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+        .then_some(data)
 }
 
 /// Verifies one batch of envelope lines (run on a worker thread).
 fn verify_lines(
-    lines: Vec<(u64, String)>,
+    lines: &EnvelopeBatch,
     roster: &VerifiedRoster,
     office_index: &HashMap<String, u16>,
     collect: bool,
@@ -277,10 +400,13 @@ fn verify_lines(
     let mut failures = Vec::new();
     let mut envs = Vec::with_capacity(lines.len());
     let mut line_of = Vec::with_capacity(lines.len());
-    for (line, data) in lines {
-        let decoded = b64::decode(&data)
-            .ok_or_else(|| "not canonical base64".to_string())
-            .and_then(|b| Envelope::decode(&b).map_err(|e| e.to_string()));
+    let mut bytes = Vec::new();
+    for (line, data) in lines.iter() {
+        let decoded = if b64::decode_into(data, &mut bytes) {
+            Envelope::decode(&bytes).map_err(|e| e.to_string())
+        } else {
+            Err("not canonical base64".to_string())
+        };
         match decoded {
             Ok(env) => {
                 envs.push(env);
@@ -306,7 +432,7 @@ fn verify_lines(
                     refusal: (creation == Some(("transfer", true)))
                         .then(|| refusal_of(change, v.office()))
                         .flatten(),
-                    change: collect.then(|| change.clone()),
+                    change: collect.then(|| Box::new(change.clone())),
                 });
             }
             Err(e) => {
@@ -435,7 +561,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     let mut saw_end = false;
     let mut counts = Counts::default();
 
-    let (work_tx, work_rx) = mpsc::sync_channel::<Vec<(u64, String)>>(threads * QUEUE_PER_WORKER);
+    let (work_tx, work_rx) = mpsc::sync_channel::<EnvelopeBatch>(threads * QUEUE_PER_WORKER);
     let work_rx = Mutex::new(work_rx);
     let (done_tx, done_rx) = mpsc::channel::<(Vec<EnvFact>, Vec<Failure>)>();
     std::thread::scope(|s| {
@@ -447,7 +573,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 let item = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(lines) = item else { return };
                 if done_tx
-                    .send(verify_lines(lines, roster, office_index, collect))
+                    .send(verify_lines(&lines, roster, office_index, collect))
                     .is_err()
                 {
                     return;
@@ -455,7 +581,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             });
         }
         drop(done_tx);
-        let mut batch: Vec<(u64, String)> = Vec::with_capacity(VERIFY_BATCH);
+        let mut batch = EnvelopeBatch::with_capacity(VERIFY_BATCH);
         let drain = |facts: &mut Vec<EnvFact>, failures: &mut Failures, block: bool| {
             let mut take = |(f, fl): (Vec<EnvFact>, Vec<Failure>)| {
                 facts.extend(f);
@@ -499,14 +625,19 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 failures.push(Failure::new("bundle_format", "lines after the end line").line(no));
                 break;
             }
-            let line: Line = match serde_json::from_slice(raw) {
-                Ok(l) => l,
-                Err(e) => {
-                    failures.push(
-                        Failure::new("bundle_format", format!("not a bundle line: {e}")).line(no),
-                    );
-                    continue;
-                }
+            let line = match envelope_data(raw) {
+                Some(data) => Parsed::Envelope(Cow::Borrowed(data)),
+                None => match serde_json::from_slice(raw) {
+                    Ok(Line::Envelope { data }) => Parsed::Envelope(Cow::Owned(data.into_bytes())),
+                    Ok(l) => Parsed::Other(l),
+                    Err(e) => {
+                        failures.push(
+                            Failure::new("bundle_format", format!("not a bundle line: {e}"))
+                                .line(no),
+                        );
+                        continue;
+                    }
+                },
             };
             if line.section() < section || line.section() <= 1 {
                 failures
@@ -514,8 +645,27 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 continue;
             }
             section = line.section();
+            let line = match line {
+                Parsed::Envelope(data) => {
+                    counts.envelope_lines += 1;
+                    batch.push(no, &data);
+                    if batch.len() == VERIFY_BATCH {
+                        let full = std::mem::replace(
+                            &mut batch,
+                            EnvelopeBatch::with_capacity(VERIFY_BATCH),
+                        );
+                        // Blocks when the workers are behind: bounded memory.
+                        let _ = work_tx.send(full);
+                        drain(&mut facts, &mut failures, false);
+                        progress.update(|| format!("{} envelopes", counts.envelope_lines));
+                    }
+                    continue;
+                }
+                Parsed::Other(line) => line,
+            };
             match line {
                 Line::Header { .. } | Line::Roster { .. } => unreachable!("refused above"),
+                Line::Envelope { .. } => unreachable!("parsed as Parsed::Envelope"),
                 Line::Checkpoint { office, note } => {
                     counts.checkpoints += 1;
                     match tlog::verify(&note, &roster) {
@@ -584,8 +734,14 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                             .line(no),
                         );
                     }
+                    // Decoded into a stack buffer: `hex::decode` allocated per leaf, on the
+                    // reading thread, for every leaf of every log.
+                    let mut bytes = [0u8; tlog::LEAF_LEN];
                     for (i, hexleaf) in leaves.iter().enumerate() {
-                        match hex::decode(hexleaf).ok().and_then(|b| LogLeaf::decode(&b)) {
+                        let leaf = hex::decode_to_slice(hexleaf, &mut bytes)
+                            .ok()
+                            .and_then(|()| LogLeaf::decode(&bytes));
+                        match leaf {
                             Some(l) => log.leaves.push(l),
                             None => {
                                 failures.push(
@@ -604,17 +760,6 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                         }
                     }
                     counts.leaves += leaves.len() as u64;
-                }
-                Line::Envelope { data } => {
-                    counts.envelope_lines += 1;
-                    batch.push((no, data));
-                    if batch.len() == VERIFY_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH));
-                        // Blocks when the workers are behind: bounded memory.
-                        let _ = work_tx.send(full);
-                        drain(&mut facts, &mut failures, false);
-                        progress.update(|| format!("{} envelopes", counts.envelope_lines));
-                    }
                 }
                 Line::Tombstone { data } => {
                     counts.tombstones += 1;
@@ -917,7 +1062,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             if let Some(change) = f.change {
                 docs.entry(f.doc)
                     .or_default()
-                    .push((office_ids[f.office as usize].clone(), change));
+                    .push((office_ids[f.office as usize].clone(), *change));
             }
         }
         Verified {
@@ -1055,4 +1200,97 @@ fn summary_json(
         "failures_total": failures.total,
         "failures": failures.list,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn only_plain_envelope_lines_skip_the_json_parser() {
+        assert_eq!(
+            envelope_data(br#"{"type":"envelope","data":"Q0RFMQ+/=="}"#),
+            Some(&b"Q0RFMQ+/=="[..])
+        );
+        for other in [
+            &br#"{"type":"envelope","data":"Q0RF\/MQ=="}"#[..],
+            br#"{"type":"envelope","data":"Q0RF","x":"MQ=="}"#,
+            br#"{"type":"envelope","data":"Q0RFMQ=="}"#.as_slice().strip_suffix(b"}").unwrap(),
+            b"{\"type\":\"envelope\",\"data\":\"Q0RFMQ==\"}\r",
+            br#"{"data":"Q0RFMQ==","type":"envelope"}"#,
+            br#"{"type":"tombstone","data":"Q0RUMQ=="}"#,
+        ] {
+            assert_eq!(
+                envelope_data(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    /// Rewrites `bundle`'s end line to match its other lines.
+    fn reseal(bundle: &[u8]) -> Vec<u8> {
+        let body_end = bundle[..bundle.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let body = &bundle[..body_end];
+        let mut out = body.to_vec();
+        let end = Line::End {
+            lines: body.iter().filter(|&&b| b == b'\n').count() as u64,
+            sha256: hex::encode(Sha256::digest(body)),
+        };
+        out.extend_from_slice(&serde_json::to_vec(&end).unwrap());
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn envelope_lines_json_spells_differently_verify_the_same() {
+        let s = crate::bench::synthetic_bundle(40);
+        let opts = Options {
+            root_pub: s.root_pub,
+            threads: 2,
+            collect: false,
+            progress: false,
+        };
+        assert!(
+            verify(&s.bundle[..], &opts).ok(),
+            "the synthetic bundle verifies"
+        );
+        // Escaped slashes and reordered keys: the same lines to a JSON parser, so the same verdict.
+        let text = String::from_utf8(s.bundle.clone()).unwrap();
+        let mut respelled = String::new();
+        for line in text.lines() {
+            match line.strip_prefix(r#"{"type":"envelope","data":"#) {
+                Some(rest) if line.contains('/') => {
+                    respelled.push_str(r#"{"data":"#);
+                    respelled.push_str(&rest[..rest.len() - 1].replace('/', r"\/"));
+                    respelled.push_str(r#","type":"envelope"}"#);
+                }
+                _ => respelled.push_str(line),
+            }
+            respelled.push('\n');
+        }
+        assert_ne!(respelled, text, "some envelope has a '/' to escape");
+        let outcome = verify(&reseal(respelled.as_bytes())[..], &opts);
+        assert!(outcome.ok(), "{:?}", outcome.failures.first());
+        assert_eq!(outcome.report["counts"]["envelopes_verified"], 40);
+        // A damaged symbol in a plain line still fails as envelope_encoding, on its line.
+        let damaged = text.replacen(
+            r#"{"type":"envelope","data":"Q"#,
+            r#"{"type":"envelope","data":"*"#,
+            1,
+        );
+        let outcome = verify(&reseal(damaged.as_bytes())[..], &opts);
+        let encoding: Vec<_> = outcome
+            .failures
+            .iter()
+            .filter(|f| f.check == "envelope_encoding")
+            .collect();
+        assert_eq!(encoding.len(), 1, "{:?}", outcome.failures);
+        assert_eq!(encoding[0].line, Some(5), "the first envelope line");
+    }
 }

@@ -28,45 +28,71 @@ pub fn encode(data: &[u8]) -> String {
     out
 }
 
-fn value(c: u8) -> Option<u32> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    } as u32)
-}
+/// Sentinel in [`DECODE`] for a byte outside the alphabet (no symbol value has bit 7 set).
+const INVALID: u8 = 0x80;
+
+/// Each byte's symbol value, or [`INVALID`]: one table lookup per symbol, since decoding envelope
+/// lines is on the `audit verify` hot path.
+const DECODE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Decodes strict padded standard base64; `None` for anything else.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
+    let mut out = Vec::new();
+    decode_into(text.as_bytes(), &mut out).then_some(out)
+}
+
+/// [`decode`] into `out` (cleared first, so a caller can reuse one buffer for many decodes).
+/// Returns whether `text` was strict padded standard base64; `out` is unspecified when not.
+pub fn decode_into(text: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if !text.len().is_multiple_of(4) {
+        return false;
     }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let quads = bytes.len() / 4;
-    for (q, quad) in bytes.chunks(4).enumerate() {
-        let last = q + 1 == quads;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
+    let Some((body, last)) = text.split_last_chunk::<4>() else {
+        return true; // the empty string
+    };
+    out.reserve(text.len() / 4 * 3);
+    // Every quad but the last has no padding: four symbols, three bytes.
+    for quad in body.chunks_exact(4) {
+        let v = [quad[0], quad[1], quad[2], quad[3]].map(|c| DECODE[c as usize]);
+        if (v[0] | v[1] | v[2] | v[3]) & INVALID != 0 {
+            return false;
         }
-        let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = (n << 6) | value(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        let keep = 3 - pad;
-        // Canonical: the bits the padding hides must be zero.
-        if got[keep..].iter().any(|&b| b != 0) {
-            return None;
-        }
-        out.extend_from_slice(&got[..keep]);
+        let n = (u32::from(v[0]) << 18)
+            | (u32::from(v[1]) << 12)
+            | (u32::from(v[2]) << 6)
+            | u32::from(v[3]);
+        out.extend_from_slice(&n.to_be_bytes()[1..]);
     }
-    Some(out)
+    let pad = last.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return false;
+    }
+    let mut n = 0u32;
+    for &c in &last[..4 - pad] {
+        let v = DECODE[c as usize];
+        if v & INVALID != 0 {
+            return false;
+        }
+        n = (n << 6) | u32::from(v);
+    }
+    n <<= 6 * pad as u32;
+    let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+    let keep = 3 - pad;
+    // Canonical: the bits the padding hides must be zero.
+    if got[keep..].iter().any(|&b| b != 0) {
+        return false;
+    }
+    out.extend_from_slice(&got[..keep]);
+    true
 }
 
 #[cfg(test)]
@@ -98,5 +124,14 @@ mod tests {
         }
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(decode(&encode(&all)).unwrap(), all);
+        // Padding or a bad symbol anywhere but the last quad, and a reused buffer.
+        let mut buf = vec![7u8; 3];
+        for bad in ["Zg==Zm9v", "Zm9vZg=v", "Zm*vZm9v", "Zm9v-m9v", "Zm9v=m9v"] {
+            assert!(!decode_into(bad.as_bytes(), &mut buf), "{bad:?} accepted");
+        }
+        assert!(decode_into(b"Zm9vYmE=", &mut buf));
+        assert_eq!(buf, b"fooba");
+        assert!(decode_into(b"", &mut buf));
+        assert!(buf.is_empty());
     }
 }
