@@ -61,6 +61,17 @@ const KEY_ITEM_DOMAIN: &[u8] = b"consentd/key-item/v1";
 pub const RECEIVED_KEYS_MAX: usize = 1 << 20;
 /// Pending records re-opened when keys arrive, per batch of keys.
 const PENDING_REOPEN_MAX: usize = 4096;
+/// Most bytes of frames queued for one peer's writer task before the link is closed.
+///
+/// The link's loop hands frames to a writer task instead of awaiting each send, because both
+/// peers awaiting sends deadlocked a cold sync of 1,000,000 records: each side's frames waited for
+/// QUIC flow-control credit that only the other side's reading could give, and neither read while
+/// it was sending (nl's 10 MB of `Have` frames one way, de's reconciliation replies the other).
+/// Now both always read. What is queued is bounded by the protocol's own limits (the peer's Wants
+/// served at once × their byte budget, one reconciliation reply per set, `Have` frames of one
+/// bounded run, pushes within the unacknowledged budget): well under this, so only a peer that
+/// stops reading while it keeps asking reaches it, and it is cut off.
+pub const LINK_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Envelope batches one link stores at once. While one batch is in its durable commit, the next
 /// is verified and applied on the other core: a cold sync is a pipeline (receive, verify, apply,
 /// commit), and with one batch at a time only one stage ran at once. Each batch is at most one
@@ -1107,6 +1118,33 @@ impl Replicator {
     async fn run_link(self: Arc<Self>, link: Link, dialer: bool, mut stop: watch::Receiver<bool>) {
         let peer = link.peer.clone();
         let (connection, mut writer, mut reader) = link.split();
+        // Frames go out through their own task, so this loop never waits on the network and
+        // always keeps reading (see [`LINK_QUEUED_BYTES_MAX`]).
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let writer_task = tokio::spawn({
+            let queued = queued.clone();
+            async move {
+                while let Some(frame) = out_rx.recv().await {
+                    let sent = writer.send(&frame).await;
+                    queued.fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+                    sent.map_err(|e| e.to_string())?;
+                }
+                // Let a last Error frame reach the peer (bounded) before closing: it says why.
+                writer.finish_and_wait(Duration::from_secs(1)).await;
+                Ok::<(), String>(())
+            }
+        });
+        let send = |frame: Vec<u8>| -> Result<(), String> {
+            let before = queued.fetch_add(frame.len(), std::sync::atomic::Ordering::Relaxed);
+            if before + frame.len() > LINK_QUEUED_BYTES_MAX {
+                return Err(format!(
+                    "peer is not reading: over {LINK_QUEUED_BYTES_MAX} bytes queued for it"
+                ));
+            }
+            out.send(frame)
+                .map_err(|_| "link writer stopped".to_string())
+        };
         let mut session = Session::new(SessionConfig {
             hello: Hello {
                 version: PROTOCOL_VERSION,
@@ -1136,7 +1174,7 @@ impl Replicator {
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
-                    writer.send(&frame).await.map_err(|e| e.to_string())?;
+                    send(frame)?;
                 }
                 while let Some(action) = session.poll_action() {
                     match action {
@@ -1202,7 +1240,7 @@ impl Replicator {
                             };
                             if let Err(e) = result {
                                 while let Some(frame) = session.poll_transmit() {
-                                    let _ = writer.send(&frame).await;
+                                    let _ = send(frame);
                                 }
                                 return Err(e.to_string());
                             }
@@ -1232,11 +1270,20 @@ impl Replicator {
                         let sets = lock(&self.sets);
                         session.handle_timeout(Instant::now(), &self.view(&sets));
                     }
+                    _ = out.closed() => return Err("link writer stopped".to_string()),
                     _ = stop.changed() => return Ok(()),
                 }
             }
         }
         .await;
+        drop(out);
+        // The writer sends what is queued, then finishes the stream (bounded in time); its error,
+        // if it stopped early, is the reason the link failed.
+        let written = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+        let outcome = match (outcome, written) {
+            (Ok(()), Ok(Ok(Err(e)))) => Err(e),
+            (outcome, _) => outcome,
+        };
         self.set_status(&peer, |s| {
             s.connected = false;
             if let Err(e) = &outcome {
@@ -1247,8 +1294,6 @@ impl Replicator {
             Ok(()) => tracing::info!(peer = %peer, "replication link closed"),
             Err(e) => tracing::warn!(peer = %peer, error = %e, "replication link failed"),
         }
-        // Let a last Error frame reach the peer (bounded) before closing: it says why.
-        writer.finish_and_wait(Duration::from_secs(1)).await;
         connection.close(0u32.into(), b"bye");
     }
 
