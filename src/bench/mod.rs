@@ -68,7 +68,8 @@ pub const BENCHES: &[(&str, Bench)] = &[
 ];
 
 /// Runs every benchmark, or only those named in `CONSENTD_BENCH_ONLY` (comma-separated names
-/// from [`BENCHES`], e.g. `replication,fan_out`).
+/// from [`BENCHES`], e.g. `replication,fan_out`). With `CONSENTD_BENCH_TRACE` set, each family's
+/// rows are also printed to stderr as soon as they are measured.
 pub fn run(records: usize) -> Result<Vec<Row>, String> {
     let only = std::env::var("CONSENTD_BENCH_ONLY").unwrap_or_default();
     let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
@@ -77,7 +78,13 @@ pub fn run(records: usize) -> Result<Vec<Row>, String> {
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        rows.extend(b(records.max(1))?);
+        let family = b(records.max(1)).map_err(|e| format!("{name}: {e}"))?;
+        if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+            // A long run (1,000,000 records takes an hour or more) keeps what it measured so far
+            // even if a later family fails.
+            eprint!("{}", human(&family));
+        }
+        rows.extend(family);
     }
     Ok(rows)
 }
