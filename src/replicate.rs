@@ -1122,7 +1122,7 @@ impl Replicator {
         // always keeps reading (see [`LINK_QUEUED_BYTES_MAX`]).
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let writer_task = tokio::spawn({
+        let mut writer_task = tokio::spawn({
             let queued = queued.clone();
             async move {
                 while let Some(frame) = out_rx.recv().await {
@@ -1276,13 +1276,13 @@ impl Replicator {
             }
         }
         .await;
-        drop(out);
-        // The writer sends what is queued, then finishes the stream (bounded in time); its error,
-        // if it stopped early, is the reason the link failed.
-        let written = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
-        let outcome = match (outcome, written) {
-            (Ok(()), Ok(Ok(Err(e)))) => Err(e),
-            (outcome, _) => outcome,
+        // A writer that stopped early (a failed send) holds the reason the link failed.
+        let outcome = match outcome {
+            Err(e) if writer_task.is_finished() => match (&mut writer_task).await {
+                Ok(Err(reason)) => Err(reason),
+                _ => Err(e),
+            },
+            outcome => outcome,
         };
         self.set_status(&peer, |s| {
             s.connected = false;
@@ -1294,6 +1294,11 @@ impl Replicator {
             Ok(()) => tracing::info!(peer = %peer, "replication link closed"),
             Err(e) => tracing::warn!(peer = %peer, error = %e, "replication link failed"),
         }
+        // Logged first: a peer that sees the link end may look for the reason at once. Then the
+        // writer sends what is queued (a last Error frame says why) and finishes the stream,
+        // bounded in time.
+        drop(out);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
         connection.close(0u32.into(), b"bye");
     }
 
