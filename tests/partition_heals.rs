@@ -646,6 +646,19 @@ fn status(c: &Cluster, i: usize) -> Value {
 /// Waits until the six non-CN offices' digests are equal, every office has the same
 /// tombstones, and cn holds exactly theirs plus records only it signed. Returns the time taken
 /// and each office's holdings.
+/// Every office's envelope and tombstone counts, for failure messages.
+fn counts(c: &Cluster) -> Vec<String> {
+    (0..OFFICES.len())
+        .map(|i| {
+            let s = status(c, i);
+            format!(
+                "{}: {} envelopes, {} tombstones",
+                OFFICES[i], s["envelopes"], s["tombstones"]
+            )
+        })
+        .collect()
+}
+
 /// Every office's state digest, once two samples 2 s apart agree (at most 60 s).
 fn quiet_digests(c: &Cluster) -> Vec<Value> {
     let sample = || -> Vec<Value> {
@@ -893,15 +906,7 @@ fn partition_suite(netns: bool) {
     // the last records it stored, collected for `EVENTS_WINDOW` (500 ms) before they are signed;
     // one written between the sample and the kill changed cn's digest (seed 2807371259).
     let digests = quiet_digests(&c);
-    let before_counts: Vec<String> = (0..OFFICES.len())
-        .map(|i| {
-            let s = status(&c, i);
-            format!(
-                "{}: {} envelopes, {} tombstones",
-                OFFICES[i], s["envelopes"], s["tombstones"]
-            )
-        })
-        .collect();
+    let before_counts = counts(&c);
     for i in 0..OFFICES.len() {
         let State::Up(d) = std::mem::replace(&mut c.states[i], State::Down) else {
             unreachable!()
@@ -912,15 +917,7 @@ fn partition_suite(netns: bool) {
         f.restarts += 1;
     }
     let after = quiet_digests(&c);
-    let counts: Vec<String> = (0..OFFICES.len())
-        .map(|i| {
-            let s = status(&c, i);
-            format!(
-                "{}: {} envelopes, {} tombstones",
-                OFFICES[i], s["envelopes"], s["tombstones"]
-            )
-        })
-        .collect();
+    let counts = counts(&c);
     assert_eq!(
         digests, after,
         "the converged state changed across kill -9 and restart (now {counts:?}; before {before_counts:?})"
