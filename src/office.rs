@@ -157,11 +157,14 @@ pub struct Office {
     replication: std::sync::OnceLock<std::sync::Weak<crate::replicate::Replicator>>,
 }
 
-/// What one durable commit added: envelopes `(record, change hash, envelope bytes)` and
-/// tombstones `(record, tombstone hash, tombstone bytes)`.
+/// What one durable commit added: envelopes `(record, change hash, envelope bytes)`, the facts
+/// replication keeps of each record they changed (`None` while a record cannot be read yet), and
+/// tombstones `(record, tombstone hash, tombstone bytes)`. The facts travel here so that the
+/// replicator does not read every record back from the store after its commit.
 #[derive(Debug, Default)]
 pub struct Committed {
     pub envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>,
+    pub records: Vec<(DocId, Option<crate::record::RecordFacts>)>,
     pub tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
 }
 
@@ -264,24 +267,41 @@ impl Office {
         self.committed.subscribe()
     }
 
-    fn committed_envelopes(&self, batch: &WriteBatch) -> Vec<(DocId, [u8; 32], Vec<u8>)> {
+    /// What replication must learn of `batch` once it is durable; `None` when nobody listens.
+    fn announcement(&self, batch: &WriteBatch) -> Option<Committed> {
         if self.committed.receiver_count() == 0 {
-            return Vec::new();
+            return None;
         }
-        batch
+        let envelopes = batch
             .updates
             .iter()
             .flat_map(|u| u.envelopes.iter().map(|(h, b)| (u.doc_id, *h, b.clone())))
-            .collect()
+            .collect();
+        let records = batch
+            .updates
+            .iter()
+            .map(|u| {
+                let facts = (u.kind != KIND_PENDING)
+                    .then(|| crate::record::RecordFacts::from_projection(&u.projection).ok())
+                    .flatten();
+                debug_assert!(
+                    u.kind == KIND_PENDING || facts.is_some(),
+                    "a projection this office just wrote reads back"
+                );
+                (u.doc_id, facts)
+            })
+            .collect();
+        Some(Committed {
+            envelopes,
+            records,
+            tombstones: Vec::new(),
+        })
     }
 
-    fn announce(&self, envelopes: Vec<(DocId, [u8; 32], Vec<u8>)>) {
-        if !envelopes.is_empty() {
+    fn announce(&self, committed: Option<Committed>) {
+        if let Some(c) = committed.filter(|c| !c.envelopes.is_empty() || !c.records.is_empty()) {
             // No receiver (no peers configured) is fine: nothing to tell.
-            let _ = self.committed.send(std::sync::Arc::new(Committed {
-                envelopes,
-                tombstones: Vec::new(),
-            }));
+            let _ = self.committed.send(std::sync::Arc::new(c));
         }
     }
 
@@ -289,8 +309,8 @@ impl Office {
     pub(crate) fn announce_tombstones(&self, tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>) {
         if !tombstones.is_empty() && self.committed.receiver_count() > 0 {
             let _ = self.committed.send(std::sync::Arc::new(Committed {
-                envelopes: Vec::new(),
                 tombstones,
+                ..Committed::default()
             }));
         }
     }
@@ -697,7 +717,7 @@ impl Office {
             }
             authored.map_err(|(i, e)| at_line(i, e))?
         };
-        let announce = self.committed_envelopes(&batch);
+        let announce = self.announcement(&batch);
         let receipt = self.store.commit(batch).await?;
         self.announce(announce);
         tracing::debug!(

@@ -206,6 +206,74 @@ pub struct TransferRecord {
     pub reason: Option<String>,
 }
 
+/// What replication needs to know of a record: its author office, whether it holds personal data,
+/// the key sealing that data and, for transfer events, its data categories. Read from a
+/// projection without building the record ([`Record::from_projection`] allocates every field
+/// and event; here the rest is skipped), when a record becomes durable and when a daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// The office the record names as the one that wrote it.
+    pub office: String,
+    /// It names a subject.
+    pub personal: bool,
+    /// The subject key its sealed personal fields open with.
+    pub key: Option<consentd_storage::KeyId>,
+    /// A transfer record's data categories; `None` for the other kinds (contact data).
+    pub categories: Option<Vec<String>>,
+}
+
+/// The fields of a projection that [`RecordFacts`] reads; serde skips the others.
+#[derive(Deserialize)]
+struct FactFields {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    subject: Option<String>,
+    office: String,
+    #[serde(default)]
+    categories: Option<Vec<String>>,
+}
+
+impl RecordFacts {
+    pub fn of(record: &Record) -> RecordFacts {
+        let (office, categories) = match record {
+            Record::Consent(c) => (&c.office, None),
+            Record::Request(r) => (&r.office, None),
+            Record::Transfer(t) => (&t.office, Some(t.categories.clone())),
+            Record::Hold(h) => (&h.office, None),
+        };
+        RecordFacts {
+            office: office.clone(),
+            personal: record.subject().is_some(),
+            key: crate::sealed::record_key_id(record),
+            categories,
+        }
+    }
+
+    pub fn from_projection(bytes: &[u8]) -> Result<RecordFacts, String> {
+        let f: FactFields =
+            serde_json::from_slice(bytes).map_err(|e| format!("corrupt projection: {e}"))?;
+        let transfer = match f.kind.as_str() {
+            "transfer" => true,
+            "consent" | "request" | "hold" => false,
+            other => return Err(format!("corrupt projection: unknown record type {other:?}")),
+        };
+        if transfer && f.categories.is_none() {
+            return Err("corrupt projection: a transfer without categories".into());
+        }
+        Ok(RecordFacts {
+            office: f.office,
+            personal: f.subject.is_some(),
+            key: f
+                .subject
+                .as_deref()
+                .filter(|s| crate::sealed::is_sealed(s))
+                .and_then(crate::sealed::key_id),
+            categories: if transfer { f.categories } else { None },
+        })
+    }
+}
+
 pub const REQUEST_OPEN_STATUS: &str = "received";
 
 impl RequestRecord {
@@ -236,8 +304,14 @@ impl Record {
 
     /// Reads a record back from any merge of its document's changes.
     pub fn from_doc(doc: &Automerge) -> Result<Record, String> {
-        let value = serde_json::to_value(automerge::AutoSerde::from(doc))
-            .map_err(|e| format!("document does not serialise: {e}"))?;
+        let value = doc_json(doc, &ROOT, ObjType::Map);
+        debug_assert_eq!(
+            Some(&value),
+            serde_json::to_value(automerge::AutoSerde::from(doc))
+                .ok()
+                .as_ref(),
+            "the document reads as AutoSerde reads it"
+        );
         serde_json::from_value(value).map_err(|e| format!("document is not a valid record: {e}"))
     }
 
@@ -259,6 +333,49 @@ impl Record {
             put_json(tx, &ROOT, key, value)?;
         }
         Ok(())
+    }
+}
+
+/// An object of a document as JSON, the way `automerge::AutoSerde` writes it (the winning value of
+/// each key, lists in order, text as a string), but walked in one pass per object: `AutoSerde`
+/// seeks every key and list index again (`get`), which cost more than the walk itself on every
+/// record a cold sync merges.
+fn doc_json(doc: &Automerge, obj: &ObjId, ty: ObjType) -> Value {
+    let value = |v: automerge::ValueRef<'_>, id: ObjId| match v {
+        automerge::ValueRef::Object(ty) => doc_json(doc, &id, ty),
+        automerge::ValueRef::Scalar(s) => scalar_json(&s),
+    };
+    match ty {
+        ObjType::Map | ObjType::Table => Value::Object(
+            doc.map_range(obj, ..)
+                .map(|item| {
+                    let id = item.id();
+                    (item.key.into_owned(), value(item.value, id))
+                })
+                .collect(),
+        ),
+        ObjType::List => Value::Array(
+            doc.list_range(obj, ..)
+                .map(|item| {
+                    let id = item.id();
+                    value(item.value, id)
+                })
+                .collect(),
+        ),
+        ObjType::Text => Value::String(doc.text(obj).unwrap_or_default()),
+    }
+}
+
+fn scalar_json(s: &automerge::ScalarValueRef<'_>) -> Value {
+    use automerge::ScalarValueRef as S;
+    match s {
+        S::Str(text) => Value::String(text.to_string()),
+        S::Int(i) => Value::from(*i),
+        S::Uint(u) => Value::from(*u),
+        S::Boolean(b) => Value::Bool(*b),
+        S::Null => Value::Null,
+        // Kinds records never write: exactly as Automerge serialises them.
+        other => serde_json::to_value(automerge::ScalarValue::from(other)).unwrap_or(Value::Null),
     }
 }
 
@@ -391,6 +508,118 @@ mod tests {
             panic!("kind changed")
         };
         assert_eq!(merged.events.len(), 3, "both concurrent appends survive");
+    }
+
+    /// `from_doc` walks documents itself; it must read every value as `AutoSerde` does, including
+    /// concurrent puts (one winner), list edits, nested objects and scalar kinds records never
+    /// write.
+    #[test]
+    fn a_document_reads_as_autoserde_reads_it() {
+        use automerge::ScalarValue;
+        let mut a = Automerge::new();
+        a.transact::<_, _, automerge::AutomergeError>(|tx| {
+            consent().write_new(tx).unwrap();
+            tx.put(ROOT, "counter", ScalarValue::counter(5))?;
+            tx.put(ROOT, "when", ScalarValue::Timestamp(1_700_000_000))?;
+            tx.put(ROOT, "blob", ScalarValue::Bytes(vec![1, 2, 3]))?;
+            tx.put(ROOT, "ratio", 0.5f64)?;
+            tx.put(ROOT, "big", u64::MAX)?;
+            tx.put(ROOT, "nothing", ScalarValue::Null)?;
+            let text = tx.put_object(ROOT, "text", ObjType::Text)?;
+            tx.splice_text(&text, 0, 0, "héllo")?;
+            let l = tx.put_object(ROOT, "nested", ObjType::List)?;
+            let m = tx.insert_object(&l, 0, ObjType::Map)?;
+            tx.put(&m, "k", -3i64)?;
+            tx.insert(&l, 1, "second")?;
+            Ok(())
+        })
+        .unwrap();
+        let mut b = a.fork();
+        a.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "purpose", "from a")?;
+            let (_, l) = tx.get(ROOT, "nested")?.unwrap();
+            tx.delete(&l, 1)?;
+            Ok(())
+        })
+        .unwrap();
+        b.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "purpose", "from b")?;
+            let (_, l) = tx.get(ROOT, "nested")?.unwrap();
+            tx.insert(&l, 0, "first")?;
+            Ok(())
+        })
+        .unwrap();
+        a.merge(&mut b).unwrap();
+        for doc in [&a, &b] {
+            let ours = doc_json(doc, &ROOT, ObjType::Map);
+            let theirs = serde_json::to_value(automerge::AutoSerde::from(doc)).unwrap();
+            assert_eq!(ours, theirs);
+            assert_eq!(ours["text"], "héllo");
+        }
+        let merged = doc_json(&a, &ROOT, ObjType::Map);
+        assert_eq!(merged["nested"].as_array().unwrap().len(), 2, "{merged}");
+    }
+
+    /// Replication reads these facts from projections; they must be what the record says.
+    #[test]
+    fn facts_read_from_a_projection_are_the_records() {
+        let sealed = crate::sealed::seal(&[9; 16], &[3; 32], "alice@example.com");
+        let mut sealed_consent = consent();
+        if let Record::Consent(c) = &mut sealed_consent {
+            c.subject = sealed.clone();
+        }
+        let transfer = |subject: Option<String>, categories: Vec<String>| {
+            Record::Transfer(TransferRecord {
+                subject,
+                subject_kind: None,
+                categories,
+                from: "DE".into(),
+                to: "US".into(),
+                recipient: "a processor".into(),
+                recipient_kind: None,
+                mechanism: "scc".into(),
+                tia: None,
+                at: "2026-01-31T00:00:00Z".into(),
+                office: "nl".into(),
+                records: vec![],
+                to_office: None,
+                status: None,
+                reason: None,
+            })
+        };
+        let hold = Record::Hold(HoldRecord {
+            subject: sealed.clone(),
+            subject_kind: "email".into(),
+            reason: "court order".into(),
+            set_at: "2026-01-31T00:00:00Z".into(),
+            cleared_at: None,
+            office: "uk".into(),
+        });
+        let records = [
+            consent(),
+            sealed_consent,
+            transfer(None, vec!["billing_data".into(), "contact_data".into()]),
+            transfer(Some(sealed.clone()), vec![]),
+            hold,
+        ];
+        for r in &records {
+            let facts = RecordFacts::from_projection(&r.to_projection()).unwrap();
+            assert_eq!(facts, RecordFacts::of(r), "{r:?}");
+        }
+        let of = |r: &Record| RecordFacts::of(r);
+        assert_eq!(of(&records[0]).key, None, "a plain subject has no key");
+        assert_eq!(of(&records[1]).key, Some([9; 16]));
+        assert!(!of(&records[2]).personal && of(&records[3]).personal);
+        assert_eq!(of(&records[2]).categories.unwrap().len(), 2);
+        assert_eq!(of(&records[4]).office, "uk");
+        for bad in [
+            &b"{}"[..],
+            br#"{"type":"letter","office":"de"}"#,
+            br#"{"type":"transfer","office":"de"}"#,
+            b"not json",
+        ] {
+            assert!(RecordFacts::from_projection(bad).is_err());
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@
 
 use crate::office::{Committed, Office, TransferEvent, KIND_PENDING};
 use crate::policy::{TransferPolicy, Verdict};
-use crate::record::{DocId, Record};
+use crate::record::{DocId, RecordFacts};
 use consentd_storage::KeyId;
 use consentd_sync::backoff::reconnect_delay;
 use consentd_sync::frame::PROTOCOL_VERSION;
@@ -182,8 +182,9 @@ struct DocInfo {
     personal: bool,
     items: Vec<Item>,
     key: Option<KeyId>,
-    /// Data categories its personal data falls in, for transfer events.
-    categories: Vec<String>,
+    /// A transfer record's data categories, for transfer events; `None`: contact data (the
+    /// other kinds), which costs no allocation per record.
+    categories: Option<Vec<String>>,
 }
 
 /// The replicated sets and what policy hides from each peer.
@@ -364,22 +365,22 @@ impl Replicator {
     fn build(&self) -> Result<(), ReplicationError> {
         let store = self.office.store();
         let err = |e: &dyn std::fmt::Display| ReplicationError(format!("building sets: {e}"));
+        // One read snapshot walks every stored change, record by record (a read transaction per
+        // envelope cost more than parsing it at 1,000,000 records).
+        let snapshot = store.snapshot().map_err(|e| err(&e))?;
         let mut after = None;
         let mut touched = HashSet::new();
         loop {
-            let page = store
-                .envelope_hashes_after(after.as_ref(), BUILD_PAGE)
+            let page = snapshot
+                .changes_after(after, BUILD_PAGE)
                 .map_err(|e| err(&e))?;
-            let Some(last) = page.last().copied() else {
+            let Some(&(doc, pos, _, _)) = page.last() else {
                 break;
             };
-            for h in page {
-                let Some(bytes) = store.envelope(&h).map_err(|e| err(&e))? else {
-                    continue;
-                };
+            for (_, _, h, bytes) in page {
                 let env = Envelope::decode(&bytes).map_err(|e| err(&e))?;
-                let change = automerge::Change::try_from(&env.change[..]).map_err(|e| err(&e))?;
-                let item = Item::new(change.timestamp().max(0) as u64, h);
+                let time = change_time(&env.change).ok_or_else(|| err(&"not a change"))?;
+                let item = Item::new(time, h);
                 let signer = self
                     .roster
                     .office_by_signer(&env.signer)
@@ -394,12 +395,11 @@ impl Replicator {
                 }
                 touched.insert(env.doc_id);
             }
-            after = Some(last);
+            after = Some((doc, pos));
         }
         for doc in touched {
             self.refresh_doc(&doc)?;
         }
-        let snapshot = store.snapshot().map_err(|e| err(&e))?;
         let mut after = None;
         loop {
             let page = snapshot
@@ -741,21 +741,27 @@ impl Replicator {
             .store()
             .projection(doc)
             .map_err(|e| ReplicationError(e.to_string()))?;
-        let record = match projection {
-            Some((kind, bytes)) if kind != KIND_PENDING => Record::from_projection(&bytes).ok(),
+        let facts = match projection {
+            Some((kind, bytes)) if kind != KIND_PENDING => {
+                RecordFacts::from_projection(&bytes).ok()
+            }
             _ => None,
         };
+        self.set_facts(doc, facts);
+        Ok(())
+    }
+
+    /// Takes in what a record is (`None`: it cannot be read here yet), then recomputes what each
+    /// peer may see of it.
+    fn set_facts(&self, doc: &DocId, facts: Option<RecordFacts>) {
         let mut sets = lock(&self.sets);
         let sets = &mut *sets;
         let info = sets.docs.entry(*doc).or_default();
-        if let Some(r) = &record {
-            info.personal = r.subject().is_some();
-            info.key = crate::sealed::record_key_id(r);
-            info.categories = match r {
-                Record::Transfer(t) => t.categories.clone(),
-                _ => vec!["contact_data".into()],
-            };
-            if let Some(origin) = self.roster.office(record_office(r)) {
+        if let Some(f) = facts {
+            info.personal = f.personal;
+            info.key = f.key;
+            info.categories = f.categories;
+            if let Some(origin) = self.roster.office(&f.office) {
                 info.origin = Some(origin.id.clone());
             }
         } else {
@@ -789,7 +795,6 @@ impl Replicator {
                 }
             }
         }
-        Ok(())
     }
 
     /// Queues a transfer event for `doc` and `peer` (recorded once, by the events task).
@@ -809,7 +814,10 @@ impl Replicator {
             to_jurisdiction: self.jurisdiction_of(peer),
             status,
             detail,
-            categories: info.categories.clone(),
+            categories: info
+                .categories
+                .clone()
+                .unwrap_or_else(|| vec!["contact_data".into()]),
         };
         if self.events.try_send(event).is_err() {
             tracing::warn!(peer = %peer, "transfer event queue full; the next sync raises it again");
@@ -1064,10 +1072,10 @@ impl Replicator {
             let Ok(env) = Envelope::decode(bytes) else {
                 continue;
             };
-            let Ok(change) = automerge::Change::try_from(&env.change[..]) else {
+            let Some(time) = change_time(&env.change) else {
                 continue;
             };
-            let item = Item::new(change.timestamp().max(0) as u64, *hash);
+            let item = Item::new(time, *hash);
             let signer = self
                 .roster
                 .office_by_signer(&env.signer)
@@ -1089,10 +1097,19 @@ impl Replicator {
                 pushes.push((*doc, bytes.clone()));
             }
         }
+        // What each record is came with the commit; a record it did not describe is read back.
+        let mut facts: HashMap<DocId, Option<RecordFacts>> =
+            committed.records.iter().cloned().collect();
+        docs.extend(facts.keys().copied());
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
-            if let Err(e) = self.refresh_doc(doc) {
-                tracing::error!(error = %e, "cannot update replication sets");
+            match facts.remove(doc) {
+                Some(f) => self.set_facts(doc, f),
+                None => {
+                    if let Err(e) = self.refresh_doc(doc) {
+                        tracing::error!(error = %e, "cannot update replication sets");
+                    }
+                }
             }
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
             if !local_docs.contains(doc) {
@@ -1566,14 +1583,22 @@ fn last_recon_json(r: &[ReconCounters; SetKind::COUNT]) -> Value {
     Value::Object(out)
 }
 
-/// Which office authored a record (its `office` field).
-fn record_office(r: &Record) -> &str {
-    match r {
-        Record::Consent(c) => &c.office,
-        Record::Request(q) => &q.office,
-        Record::Transfer(t) => &t.office,
-        Record::Hold(h) => &h.office,
-    }
+/// A stored change's authoring time (its reconciliation item's timestamp; negative times count
+/// as 0). Read from the header without expanding the change (`change_bytes`); Automerge
+/// answers for a layout that reader does not expect. `None`: not a change.
+fn change_time(change: &[u8]) -> Option<u64> {
+    let time = match crate::change_bytes::change_time(change) {
+        Some(t) => t,
+        None => automerge::Change::try_from(change).ok()?.timestamp(),
+    };
+    debug_assert_eq!(
+        Some(time),
+        automerge::Change::try_from(change)
+            .ok()
+            .map(|c| c.timestamp()),
+        "the header reader agrees with Automerge"
+    );
+    Some(time.max(0) as u64)
 }
 
 /// The session's view of this office: the sets under one lock, and the store for tombstones.

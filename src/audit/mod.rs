@@ -19,7 +19,6 @@ pub mod cli;
 pub mod export;
 pub mod log;
 pub mod report;
-mod root_puts;
 pub mod verify;
 
 pub use log::{AuditError, AuditLog, CHECKPOINT_INTERVAL};

@@ -58,7 +58,7 @@ use serde_json::{json, Value};
 
 use super::bundle::{Line, ReadError, Reader, FORMAT, VERSION};
 use super::cli::Progress;
-use super::root_puts;
+use crate::change_bytes;
 
 /// Every check's name, in the order of the table above and of docs/audit-bundle.md.
 pub const CHECKS: &[&str] = &[
@@ -253,7 +253,7 @@ fn created_type(change: &Change) -> Option<(&'static str, bool)> {
     // directly (no allocation); `Change::decode` only if the columns are not laid out as that
     // reader expects.
     let mut creation = Creation::default();
-    let fast = root_puts::for_each_root_string_put(change.raw_bytes(), change.len(), |k, v| {
+    let fast = change_bytes::for_each_root_string_put(change.raw_bytes(), change.len(), |k, v| {
         creation.see(k, v)
     });
     let slow = || {

@@ -198,7 +198,7 @@ impl Office {
         stored_keys.dedup();
         report.keys = stored_keys.len();
         if !batch.updates.is_empty() {
-            let announce = self.committed_envelopes(&batch);
+            let announce = self.announcement(&batch);
             self.store.commit(batch).await?;
             self.announce(announce);
         }

@@ -1,18 +1,23 @@
-//! The string values a change puts at the document root, read straight from its op columns.
+//! Facts read straight from a verified Automerge change's bytes, without expanding it.
 //!
-//! `audit verify` needs, for each creating change, the record type it writes at the root and
-//! whether it writes `status: "refused"`. `Change::decode` answers that but expands every op
-//! into owned legacy structures (strings, predecessor lists, an actor map): in the profile of
-//! `consentd bench` (row `audit_verify`) it cost as much as parsing the change itself. This
-//! module walks only the five columns the question needs (object, key string, action, value
-//! metadata, value bytes) without allocating.
+//! Two readers, both for changes Automerge has already parsed and verified (a stored envelope's,
+//! or one `Change::try_from` accepted), so they are readers of valid data, not validators: on
+//! anything they do not expect (a compressed chunk, a deflated column, a run past the end, bad
+//! UTF-8) they return `None` and the caller falls back to Automerge. They never panic on any
+//! input. Layout: the Automerge binary format, "Change chunks" and "Column encodings" (RLE runs: a
+//! signed LEB128 count, positive = a repeated value, negative = that many literal values, zero = a
+//! run of nulls whose length follows).
 //!
-//! It runs only on changes Automerge has already parsed and verified (`Change::try_from` reads
-//! every op), so it is a reader of valid data, not a validator: on anything it does not expect
-//! (a deflated column, a run past the end, bad UTF-8) it returns `None` and the caller falls back
-//! to `Change::decode`. It never panics on any input. Column layout: the Automerge binary format,
-//! "Change chunks" and "Column encodings" (RLE runs: a signed LEB128 count, positive = a repeated
-//! value, negative = that many literal values, zero = a run of nulls whose length follows).
+//! - [`change_time`]: the authoring time in the change header. Replication keys every envelope
+//!   by it (its reconciliation item) when it starts and whenever an envelope becomes durable;
+//!   `Change::try_from` hashes the chunk and decodes every op to answer that (the replicator's
+//!   share of a cold sync's CPU, and most of a restart's at 1,000,000 records).
+//! - [`for_each_root_string_put`]: `audit verify` needs, for each creating change, the record
+//!   type it writes at the root and whether it writes `status: "refused"`. `Change::decode`
+//!   answers that but expands every op into owned legacy structures (strings, predecessor lists,
+//!   an actor map): in the profile of `consentd bench` (row `audit_verify`) it cost as much as
+//!   parsing the change itself. This walks only the five columns the question needs (object, key
+//!   string, action, value metadata, value bytes) without allocating.
 
 /// Automerge column specs (`id << 4 | type`) of the columns read here.
 const OBJ_ACTOR: u32 = 1; // id 0, actor
@@ -34,14 +39,24 @@ const CHUNK_PREFIX: usize = 9;
 /// this reader expects.
 const MAX_COLUMNS: u64 = 64;
 
-/// Calls `f(key, value)` for each op of `change` (raw bytes of an uncompressed change chunk with
-/// `ops` ops) that puts a string at the root map, in op order. `None` when the bytes are not laid
-/// out as this reader expects; the caller then uses `Change::decode`.
-pub fn for_each_root_string_put(
-    change: &[u8],
-    ops: usize,
-    mut f: impl FnMut(&str, &str),
-) -> Option<()> {
+/// Automerge's magic bytes, first in every chunk.
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Chunk type of an uncompressed change.
+const CHUNK_CHANGE: u8 = 1;
+
+/// The authoring time (`Change::timestamp`) in the header of `change`, the raw bytes of an
+/// uncompressed change chunk. `None` when the bytes are not laid out as expected; the caller then
+/// asks Automerge.
+pub fn change_time(change: &[u8]) -> Option<i64> {
+    header_to_time(change).map(|(time, _)| time)
+}
+
+/// Reads a change chunk's header up to its time: the time, and the rest of the chunk's body
+/// (from the message on).
+fn header_to_time(change: &[u8]) -> Option<(i64, Bytes<'_>)> {
+    if change.get(..4)? != MAGIC || *change.get(8)? != CHUNK_CHANGE {
+        return None;
+    }
     let mut body = Bytes(change.get(CHUNK_PREFIX..)?);
     let len = usize::try_from(body.uleb()?).ok()?;
     let mut c = Bytes(body.take(len)?);
@@ -50,7 +65,19 @@ pub fn for_each_root_string_put(
     c.take_prefixed()?; // actor
     c.uleb()?; // seq
     c.uleb()?; // start op
-    c.sleb()?; // time
+    let time = c.sleb()?;
+    Some((time, c))
+}
+
+/// Calls `f(key, value)` for each op of `change` (raw bytes of an uncompressed change chunk with
+/// `ops` ops) that puts a string at the root map, in op order. `None` when the bytes are not laid
+/// out as this reader expects; the caller then uses `Change::decode`.
+pub fn for_each_root_string_put(
+    change: &[u8],
+    ops: usize,
+    mut f: impl FnMut(&str, &str),
+) -> Option<()> {
+    let (_, mut c) = header_to_time(change)?;
     c.take_prefixed()?; // message
     for _ in 0..c.uleb()? {
         c.take_prefixed()?; // other actors
@@ -318,13 +345,63 @@ mod tests {
         let bytes = change.raw_bytes();
         for cut in 0..bytes.len() {
             let _ = for_each_root_string_put(&bytes[..cut], change.len(), |_, _| {});
+            let _ = change_time(&bytes[..cut]);
         }
         let mut flipped = bytes.to_vec();
         for i in 0..flipped.len() {
             flipped[i] ^= 0xff;
             let _ = for_each_root_string_put(&flipped, change.len(), |_, _| {});
+            let _ = change_time(&flipped);
             flipped[i] ^= 0xff;
         }
         assert!(for_each_root_string_put(&[], 1, |_, _| {}).is_none());
+        assert!(change_time(&[]).is_none());
+        assert!(
+            change_time(&bytes[..bytes.len() - 1]).is_none(),
+            "a chunk shorter than its declared length is not read"
+        );
+        assert_eq!(change_time(bytes), Some(change.timestamp()));
+    }
+
+    /// The header time as Automerge reads it, for changes with and without dependencies and
+    /// messages, and for times of every sign and size a `with_time` accepts.
+    #[test]
+    fn change_time_agrees_with_automerge() {
+        let mut doc = Automerge::new();
+        // (Automerge itself overflows on times near i64::MIN and i64::MAX in debug builds.)
+        let times = [
+            0,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            1_735_689_600,
+            1 << 40,
+            -(1 << 40),
+        ];
+        for (i, time) in times.into_iter().enumerate() {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, "n", i as i64).unwrap();
+            let mut options = automerge::transaction::CommitOptions::default().with_time(time);
+            if i % 2 == 1 {
+                options = options.with_message(format!("change {i}"));
+            }
+            tx.commit_with(options);
+            let change = doc.get_last_local_change().unwrap();
+            assert_eq!(change.timestamp(), time);
+            assert_eq!(change_time(change.raw_bytes()), Some(time), "time {time}");
+        }
+        // A change of another actor with several dependencies.
+        let mut other = doc.fork();
+        let mut tx = other.transaction();
+        tx.put(ROOT, "other", "x").unwrap();
+        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(42));
+        let change = other.get_last_local_change().unwrap();
+        assert!(!change.deps().is_empty());
+        assert_eq!(change_time(change.raw_bytes()), Some(42));
+        // Another chunk type (a whole document) is not a change.
+        assert_eq!(change_time(&doc.save()), None);
     }
 }
