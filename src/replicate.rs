@@ -245,6 +245,8 @@ struct PeerStatus {
     last_error: Option<String>,
     /// Per set, the last reconciliation this office initiated on the link (round trips, bytes).
     last_recon: [ReconCounters; SetKind::COUNT],
+    /// Per set, the last one of those that found a difference.
+    last_exchange: [ReconCounters; SetKind::COUNT],
 }
 
 /// An item to push to connected peers: (record, set, blob, the peer it came from).
@@ -919,6 +921,7 @@ impl Replicator {
                         "refusals": s.refusals,
                         "last_error": s.last_error,
                         "last_recon": last_recon_json(&s.last_recon),
+                        "last_exchange": last_recon_json(&s.last_exchange),
                     })
                 })
                 .collect(),
@@ -1237,7 +1240,11 @@ impl Replicator {
                 let recon = session.stats().last_recon;
                 if recon != last_recon {
                     last_recon = recon;
-                    self.set_status(&peer, |s| s.last_recon = recon);
+                    let exchange = session.stats().last_exchange;
+                    self.set_status(&peer, |s| {
+                        s.last_recon = recon;
+                        s.last_exchange = exchange;
+                    });
                 }
                 // The acceptor learns a round ended when it answers the last set's query.
                 if !dialer && session.stats().last_answered != answered {

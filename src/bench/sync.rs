@@ -17,7 +17,8 @@
 //!   rate ratio ≥ 0.67.
 //! - `delta_sync_*_daemons`: after the cold sync, `de` stops; `nl` writes 50 records and `de`
 //!   (opened offline) 50 others; `de` starts again and reconciles. The counters are `de`'s last
-//!   envelope-set reconciliation (`consentctl peers --json` → `last_recon.envelopes`). These
+//!   envelope-set reconciliation that found the difference (`consentctl peers --json` →
+//!   `last_exchange.envelopes`; a periodic round after it finds nothing). These
 //!   differences are recent (the newest timestamps), the common case of an office that was
 //!   offline for a while.
 //! - `delta_sync_*_core`: the sync core in process (`reconcile::Reconciler` against
@@ -313,11 +314,11 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let recon = peers
         .as_array()
         .and_then(|p| p.iter().find(|p| p["office"] == "nl"))
-        .map(|p| p["last_recon"]["envelopes"].clone())
+        .map(|p| p["last_exchange"]["envelopes"].clone())
         .ok_or("de lists no peer nl")?;
     if recon["complete"] != true {
         return Err(format!(
-            "de's envelope reconciliation is incomplete: {recon}"
+            "de lists no complete envelope reconciliation that found the difference: {recon}"
         ));
     }
     let round_trips = recon["round_trips"].as_f64().unwrap_or(0.0);

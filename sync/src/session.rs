@@ -356,6 +356,9 @@ pub struct Stats {
     pub lag: [usize; SetKind::COUNT],
     /// Per set, the last reconciliation run this side initiated (`consentctl peers`, bench).
     pub last_recon: [ReconCounters; SetKind::COUNT],
+    /// Per set, the last completed run that found a difference (`have` or `need` not empty):
+    /// what catching up last cost, which a later run finding nothing does not overwrite.
+    pub last_exchange: [ReconCounters; SetKind::COUNT],
 }
 
 /// One reconciliation run of one set, as its initiator counts it.
@@ -980,6 +983,9 @@ impl Session {
                 counters.have = have.len();
                 counters.need = need.len();
                 counters.complete = true;
+                if counters.have + counters.need > 0 {
+                    self.stats.last_exchange[set.index()] = *counters;
+                }
                 for chunk in have.chunks(HAVE_ITEMS_MAX) {
                     self.send(&Frame::Have {
                         set,

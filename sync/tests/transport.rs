@@ -316,14 +316,15 @@ fn config(roster: &Arc<VerifiedRoster>, me: &str, peer: &str, dialer: bool) -> S
     }
 }
 
-/// Drives `session` over a link until both sides hold `target` envelopes (counted in `done`),
-/// then finishes the stream and reads until the peer finishes too.
+/// Drives `session` over a link until both sides hold `target` envelopes and have completed
+/// `rounds` sync rounds they initiated (counted in `done`), then finishes the stream and reads
+/// until the peer finishes too.
 async fn drive(
     mut session: Session,
     mut writer: FrameWriter,
     mut reader: FrameReader,
     mut local: Mem,
-    target: usize,
+    (target, rounds): (usize, u64),
     done: tokio::sync::watch::Sender<usize>,
 ) -> (Mem, consentd_sync::session::Stats) {
     let mut rx = done.subscribe();
@@ -359,7 +360,8 @@ async fn drive(
         if session.poll_transmit_pending() {
             continue;
         }
-        if !counted && local.envelopes.len() >= target {
+        if !counted && local.envelopes.len() >= target && session.stats().rounds_completed >= rounds
+        {
             counted = true;
             done.send_modify(|n| *n += 1);
         }
@@ -429,13 +431,16 @@ async fn two_sessions_reconcile_over_quic() {
         let link = de.accept().await.unwrap().finish().await.unwrap();
         let s = Session::new(config(&roster, "de", &link.peer, false));
         let (_c, w, r) = link.split();
-        drive(s, w, r, de_mem, 500, done2).await
+        drive(s, w, r, de_mem, (500, 0), done2).await
     });
     let link = us.connect_addr("de", de_addr).await.unwrap();
-    let s = Session::new(config(&net.roster, "us", "de", true));
+    // A second round soon after the first: it finds nothing to exchange.
+    let mut cfg = config(&net.roster, "us", "de", true);
+    cfg.limits.resync_interval = Duration::from_millis(300);
+    let s = Session::new(cfg);
     let (conn, w, r) = link.split();
     let t = Instant::now();
-    let (us_done, us_stats) = drive(s, w, r, us_mem, 500, done).await;
+    let (us_done, us_stats) = drive(s, w, r, us_mem, (500, 2), done).await;
     let elapsed = t.elapsed();
     let (de_done, _) = server.await.unwrap();
     drop(conn);
@@ -443,11 +448,16 @@ async fn two_sessions_reconcile_over_quic() {
     assert_eq!(us_done.envelopes.len(), 500);
     assert_eq!(de_done.envelopes.len(), 500);
     assert!(us_done.envelopes.iter().eq(de_done.envelopes.iter()));
-    // The dialer initiated the round; its counters describe the envelope reconciliation.
+    // The dialer initiated the rounds; its counters describe the envelope reconciliations. The
+    // last one found nothing; the last exchange is the first round's.
     let recon = us_stats.last_recon[SetKind::Envelopes.index()];
     assert!(recon.complete, "{recon:?}");
+    assert_eq!((recon.have, recon.need), (0, 0), "{recon:?}");
+    let exchange = us_stats.last_exchange[SetKind::Envelopes.index()];
+    assert!(exchange.complete, "{exchange:?}");
     // us lacks de_envs[100..200]; de lacks us_envs[100..300].
-    assert_eq!((recon.have, recon.need), (200, 100), "{recon:?}");
-    assert!(recon.round_trips >= 1 && recon.bytes_sent > 0 && recon.bytes_received > 0);
+    assert_eq!((exchange.have, exchange.need), (200, 100), "{exchange:?}");
+    assert!(exchange.round_trips >= 1 && exchange.bytes_sent > 0 && exchange.bytes_received > 0);
+    assert!(us_stats.rounds_completed >= 2);
     println!("sync round over QUIC, 200 envelopes missing each way: {elapsed:?}");
 }
