@@ -828,10 +828,12 @@ impl Replicator {
 
     /// Raises a transfer event if sending `doc` to `peer` moves personal data across a border.
     fn note_sent(&self, doc: &DocId, peer: &str) {
-        let info = lock(&self.sets).docs.get(doc).cloned();
-        if let Some(info) = info {
-            if let Verdict::Allowed { mechanism, .. } = self.verdict(&info, peer) {
-                self.raise(doc, &info, peer, "transferred", mechanism);
+        // Under the sets lock (then `raised`'s, the order `set_facts` takes them in): cloning the
+        // record's info for every envelope sent cost an allocation per item and field.
+        let sets = lock(&self.sets);
+        if let Some(info) = sets.docs.get(doc) {
+            if let Verdict::Allowed { mechanism, .. } = self.verdict(info, peer) {
+                self.raise(doc, info, peer, "transferred", mechanism);
             }
         }
     }
