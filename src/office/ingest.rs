@@ -22,7 +22,7 @@ use crate::subject::Subject;
 use automerge::Automerge;
 use consentd_storage::{KeyId, RecordUpdate, WriteBatch};
 use consentd_sync::VerifiedEnvelope;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use zeroize::Zeroizing;
 
 /// Storage kind of a record that cannot be read yet (see the module docs).
@@ -35,6 +35,8 @@ const PARALLEL_DOCS_MIN: usize = 32;
 
 /// A subject key as it travels between offices (over the mutually authenticated QUIC link).
 pub type TravellingKey = (KeyId, Zeroizing<[u8; 32]>);
+/// Subject keys that arrived with an ingest's envelopes.
+type ReceivedKeys = HashMap<KeyId, Zeroizing<[u8; 32]>>;
 
 /// What one ingest did, for the peer's acknowledgement and the `peers` counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -96,14 +98,19 @@ impl Office {
         }
         let mut report = IngestReport::default();
         let mut by_doc: BTreeMap<DocId, Vec<VerifiedEnvelope>> = BTreeMap::new();
-        for env in envelopes {
-            if self.store.has_envelope(&env.hash())? {
+        // One read transaction for the batch's lookups, not one per envelope.
+        let hashes: Vec<[u8; 32]> = envelopes.iter().map(VerifiedEnvelope::hash).collect();
+        let held = self.store.has_envelopes(&hashes)?;
+        let docs: Vec<DocId> = envelopes.iter().map(VerifiedEnvelope::doc_id).collect();
+        let tombstoned = self.store.are_tombstoned(&docs)?;
+        for ((env, held), tombstoned) in envelopes.into_iter().zip(held).zip(tombstoned) {
+            if held {
                 report.duplicates += 1;
                 // A record held as pending may become readable now (its key came along).
                 if !received.is_empty() && self.is_pending(&env.doc_id())? {
                     by_doc.entry(env.doc_id()).or_default();
                 }
-            } else if self.is_tombstoned(&env.doc_id())? {
+            } else if tombstoned {
                 report.tombstoned += 1;
                 self.dropped_replayed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -121,6 +128,20 @@ impl Office {
         let _guards = self.doc_locks.lock(&lock_keys).await;
         // Keys are neither destroyed nor rotated while this batch uses them.
         let _keys_in_use = self.keys.using().await;
+        // Checked again under the locks: a concurrent ingest may have stored some meanwhile.
+        let hashes: Vec<[u8; 32]> = by_doc
+            .values()
+            .flatten()
+            .map(VerifiedEnvelope::hash)
+            .collect();
+        let stored_meanwhile: HashSet<[u8; 32]> = self
+            .store
+            .has_envelopes(&hashes)?
+            .into_iter()
+            .zip(hashes)
+            .filter_map(|(held, h)| held.then_some(h))
+            .collect();
+        let held = &stored_meanwhile;
 
         // Each record is merged on its own (one document, one key, one projection), so large
         // batches (a cold sync's) are split over one thread per core, as imports are.
@@ -133,7 +154,7 @@ impl Office {
                 self.merge_doc(
                     id,
                     envs,
-                    received,
+                    (received, held),
                     &mut report,
                     &mut batch,
                     &mut stored_keys,
@@ -163,7 +184,7 @@ impl Office {
                                 self.merge_doc(
                                     id,
                                     envs,
-                                    received,
+                                    (received, held),
                                     &mut report,
                                     &mut batch,
                                     &mut keys,
@@ -210,7 +231,7 @@ impl Office {
         &self,
         id: DocId,
         envs: Vec<VerifiedEnvelope>,
-        received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
+        (received, held): (&ReceivedKeys, &HashSet<[u8; 32]>),
         report: &mut IngestReport,
         batch: &mut WriteBatch,
         stored_keys: &mut Vec<KeyId>,
@@ -219,8 +240,7 @@ impl Office {
         let mut new = Vec::with_capacity(envs.len());
         let mut changes = Vec::with_capacity(envs.len());
         for env in envs {
-            // Checked again under the lock: a concurrent ingest may have stored it meanwhile.
-            if self.store.has_envelope(&env.hash())? {
+            if held.contains(&env.hash()) {
                 report.duplicates += 1;
                 continue;
             }

@@ -452,16 +452,7 @@ impl Store {
 
     /// Whether any tombstone names `doc` (tombstones win forever: the doc must never come back).
     pub fn is_tombstoned(&self, doc: &DocId) -> Result<bool> {
-        let r = self.read()?;
-        let t = r.open_table(TOMBSTONES).ctx("opening table tombstones")?;
-        let (lo, hi) = (
-            tombstone_key(doc, &[0; 32]),
-            tombstone_key(doc, &[0xff; 32]),
-        );
-        Ok(t.range::<&[u8; 48]>(&lo..=&hi)
-            .ctx("reading table tombstones")?
-            .next()
-            .is_some())
+        Ok(self.are_tombstoned(std::slice::from_ref(doc))?[0])
     }
 
     /// Up to `limit` docs whose expiry day is `< day_exclusive`, ascending by day (then doc id),
@@ -556,6 +547,35 @@ impl Store {
         let r = self.read()?;
         let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
         Ok(t.get(hash).ctx("reading table envelopes")?.is_some())
+    }
+
+    /// [`Store::has_envelope`] for many hashes in one read transaction (an ingest batch's: a
+    /// transaction and a table open per envelope cost more than the lookups).
+    pub fn has_envelopes(&self, hashes: &[Hash]) -> Result<Vec<bool>> {
+        let r = self.read()?;
+        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        hashes
+            .iter()
+            .map(|h| Ok(t.get(h).ctx("reading table envelopes")?.is_some()))
+            .collect()
+    }
+
+    /// [`Store::is_tombstoned`] for many docs in one read transaction.
+    pub fn are_tombstoned(&self, docs: &[DocId]) -> Result<Vec<bool>> {
+        let r = self.read()?;
+        let t = r.open_table(TOMBSTONES).ctx("opening table tombstones")?;
+        docs.iter()
+            .map(|doc| {
+                let (lo, hi) = (
+                    tombstone_key(doc, &[0; 32]),
+                    tombstone_key(doc, &[0xff; 32]),
+                );
+                Ok(t.range::<&[u8; 48]>(&lo..=&hi)
+                    .ctx("reading table tombstones")?
+                    .next()
+                    .is_some())
+            })
+            .collect()
     }
 
     /// Change hashes of a doc, in the order they were stored.

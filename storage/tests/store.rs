@@ -76,6 +76,11 @@ fn round_trip_update_and_idempotence() {
     assert_eq!(store.envelope(&h1).unwrap().as_deref(), Some(&b"one"[..]));
     assert!(store.has_envelope(&h2).unwrap());
     assert!(!store.has_envelope(&h3).unwrap());
+    assert_eq!(
+        store.has_envelopes(&[h3, h1, h2, h3]).unwrap(),
+        vec![false, true, true, false],
+        "one answer per hash, in order"
+    );
     assert_eq!(store.envelope(&h3).unwrap(), None);
     assert_eq!(
         store.doc_envelopes(&d).unwrap(),
@@ -818,6 +823,10 @@ fn tombstoned_docs_refuse_updates_expiry_pages_and_keys_rewrap_only_if_present()
         .unwrap();
     assert!(store.is_tombstoned(&doc(2)).unwrap());
     assert!(!store.is_tombstoned(&doc(1)).unwrap());
+    assert_eq!(
+        store.are_tombstoned(&[doc(1), doc(2), doc(1)]).unwrap(),
+        vec![false, true, false]
+    );
     assert_eq!(store.docs_expiring_before(101, None, 10).unwrap().len(), 1);
     store
         .commit_blocking(batch(vec![simple_update(2)]))
