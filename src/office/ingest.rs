@@ -245,8 +245,11 @@ impl Office {
                 continue;
             }
             debug_assert_eq!(env.doc_id(), id, "grouped by record");
-            changes.push(env.change().clone());
-            new.push((env.hash(), env.envelope().encode()));
+            let hash = env.hash();
+            // Moved, not cloned: a change holds its bytes and op columns.
+            let (envelope, change, _) = env.into_parts();
+            new.push((hash, envelope.encode()));
+            changes.push(change);
         }
         if new.is_empty() && !self.is_pending(&id)? {
             return Ok(());
