@@ -1514,14 +1514,27 @@ impl Replicator {
         let mut out = Vec::new();
         match set {
             SetKind::Envelopes => {
+                let mut sendable = Vec::with_capacity(ids.len());
                 for id in ids {
                     let doc = lock(&self.sets).env_doc.get(id).copied();
                     let Some(doc) = doc else { continue };
                     if !self.may_send_doc(&doc, peer) {
                         continue; // policy: answered as missing
                     }
-                    if let Ok(Some(bytes)) = self.office.store().envelope(id) {
-                        out.push((*id, bytes));
+                    sendable.push((*id, doc));
+                }
+                let hashes: Vec<[u8; 32]> = sendable.iter().map(|(id, _)| *id).collect();
+                let found = match self.office.store().envelopes(&hashes) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        // Answered as missing: the peer asks again next round.
+                        tracing::error!(error = %e, "cannot read envelopes a peer asked for");
+                        return out;
+                    }
+                };
+                for ((id, doc), bytes) in sendable.into_iter().zip(found) {
+                    if let Some(bytes) = bytes {
+                        out.push((id, bytes));
                         self.note_sent(&doc, peer);
                     }
                 }

@@ -312,7 +312,10 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let b = start(&rt, &config(dir.path(), "de"))?;
     if trace() {
         // Start-up rebuilds the replication sets from every stored envelope.
-        eprintln!("de restarted holding {n} records in {:?}", restarted.elapsed());
+        eprintln!(
+            "de restarted holding {n} records in {:?}",
+            restarted.elapsed()
+        );
     }
     converged(&a.office, &b.office, timeout)?;
     let peers = b.office.peers();

@@ -537,16 +537,28 @@ impl Store {
 
     /// The stored envelope with this change hash.
     pub fn envelope(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
-        let r = self.read()?;
-        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
-        let v = t.get(hash).ctx("reading table envelopes")?;
-        Ok(v.map(|g| g.value().to_vec()))
+        Ok(self.envelopes(std::slice::from_ref(hash))?.pop().flatten())
     }
 
     pub fn has_envelope(&self, hash: &Hash) -> Result<bool> {
         let r = self.read()?;
         let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
         Ok(t.get(hash).ctx("reading table envelopes")?.is_some())
+    }
+
+    /// [`Store::envelope`] for many hashes in one read transaction (a peer's Want of up to 1,024:
+    /// a transaction per envelope cost more than reading it).
+    pub fn envelopes(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let r = self.read()?;
+        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        hashes
+            .iter()
+            .map(|h| {
+                Ok(t.get(h)
+                    .ctx("reading table envelopes")?
+                    .map(|g| g.value().to_vec()))
+            })
+            .collect()
     }
 
     /// [`Store::has_envelope`] for many hashes in one read transaction (an ingest batch's: a

@@ -81,6 +81,10 @@ fn round_trip_update_and_idempotence() {
         vec![false, true, true, false],
         "one answer per hash, in order"
     );
+    assert_eq!(
+        store.envelopes(&[h2, h3, h1]).unwrap(),
+        vec![Some(b"two".to_vec()), None, Some(b"one".to_vec())]
+    );
     assert_eq!(store.envelope(&h3).unwrap(), None);
     assert_eq!(
         store.doc_envelopes(&d).unwrap(),
