@@ -311,7 +311,11 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let restarted = Instant::now();
     let b = start(&rt, &config(dir.path(), "de"))?;
     if trace() {
-        // Start-up rebuilds the replication sets from every stored envelope.
+        // Start-up rebuilds the replication sets from every stored envelope; the office lists
+        // its peers once the replicator is attached.
+        while b.office.peers().as_array().is_none_or(|p| p.is_empty()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         eprintln!(
             "de restarted holding {n} records in {:?}",
             restarted.elapsed()
