@@ -168,6 +168,15 @@ pub struct Committed {
     pub tombstones: Vec<(DocId, [u8; 32], Vec<u8>)>,
 }
 
+/// The facts of a stored record, from its kind and projection; `None` while it cannot be read
+/// here (pending) or when the projection does not parse.
+pub(crate) fn stored_facts(kind: u8, projection: &[u8]) -> Option<crate::record::RecordFacts> {
+    if kind == KIND_PENDING {
+        return None;
+    }
+    crate::record::RecordFacts::from_projection(projection).ok()
+}
+
 /// Commits announced but not yet taken by a slow replicator before it must resynchronise.
 const COMMITTED_BACKLOG: usize = 4096;
 
@@ -281,9 +290,7 @@ impl Office {
             .updates
             .iter()
             .map(|u| {
-                let facts = (u.kind != KIND_PENDING)
-                    .then(|| crate::record::RecordFacts::from_projection(&u.projection).ok())
-                    .flatten();
+                let facts = stored_facts(u.kind, &u.projection);
                 debug_assert!(
                     u.kind == KIND_PENDING || facts.is_some(),
                     "a projection this office just wrote reads back"

@@ -26,7 +26,7 @@
 //! whatever the transfer policy withholds. Equivocation (an office's two signed histories) is
 //! logged at error level and kept as evidence in meta (`equivocation/v1/…`).
 
-use crate::office::{Committed, Office, TransferEvent, KIND_PENDING};
+use crate::office::{stored_facts, Committed, Office, TransferEvent};
 use crate::policy::{TransferPolicy, Verdict};
 use crate::record::{DocId, RecordFacts};
 use consentd_storage::KeyId;
@@ -399,8 +399,26 @@ impl Replicator {
             }
             after = Some((doc, pos));
         }
+        // Every record's facts from one walk over the projections, in the same snapshot (a
+        // read per record was most of a restart's time at 1,000,000 records).
+        let mut after = None;
+        loop {
+            let page = snapshot
+                .projections_after(after.as_ref(), BUILD_PAGE)
+                .map_err(|e| err(&e))?;
+            let Some(&(last, _, _)) = page.last() else {
+                break;
+            };
+            for (doc, kind, bytes) in page {
+                if touched.remove(&doc) {
+                    self.set_facts(&doc, stored_facts(kind, &bytes));
+                }
+            }
+            after = Some(last);
+        }
+        // Changes with no projection (none is expected): unreadable here, as `refresh_doc` treats them.
         for doc in touched {
-            self.refresh_doc(&doc)?;
+            self.set_facts(&doc, None);
         }
         let mut after = None;
         loop {
@@ -743,12 +761,7 @@ impl Replicator {
             .store()
             .projection(doc)
             .map_err(|e| ReplicationError(e.to_string()))?;
-        let facts = match projection {
-            Some((kind, bytes)) if kind != KIND_PENDING => {
-                RecordFacts::from_projection(&bytes).ok()
-            }
-            _ => None,
-        };
+        let facts = projection.and_then(|(kind, bytes)| stored_facts(kind, &bytes));
         self.set_facts(doc, facts);
         Ok(())
     }

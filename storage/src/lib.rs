@@ -978,6 +978,36 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// Up to `limit` projections of docs after `after`, ascending by doc: `(doc, kind, bytes)`.
+    /// For reading every record once (building replication's sets at start-up).
+    pub fn projections_after(
+        &self,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, u8, Vec<u8>)>> {
+        use std::ops::Bound;
+        let t = self
+            .txn
+            .open_table(PROJECTIONS)
+            .ctx("opening table projections")?;
+        let lower = match after {
+            Some(d) => Bound::Excluded(d),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t
+            .range::<&[u8; 16]>((lower, Bound::Unbounded))
+            .ctx("reading table projections")?
+            .take(limit)
+        {
+            let (k, v) = item.ctx("reading table projections")?;
+            let doc = *k.value();
+            let (kind, bytes) = split_projection(&doc, v.value())?;
+            out.push((doc, kind, bytes));
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` tombstones after the cursor `(doc, hash)`, ascending.
     pub fn tombstones_after(
         &self,

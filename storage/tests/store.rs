@@ -236,6 +236,44 @@ fn shared_keys_due_order_and_kind_paging() {
     assert_eq!(store.projections_of_kind(4, 100).unwrap(), vec![]);
 }
 
+/// Start-up reads every record once, page by page, from one snapshot.
+#[test]
+fn projections_page_in_doc_order_within_one_snapshot() {
+    let (_dir, store) = open_temp();
+    store
+        .commit_blocking(batch((0..5).rev().map(simple_update).collect()))
+        .unwrap();
+    let snap = store.snapshot().unwrap();
+    // Written after the snapshot: not seen by it.
+    store
+        .commit_blocking(batch(vec![simple_update(9)]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = snap.projections_after(after.as_ref(), 2).unwrap();
+        assert!(page.len() <= 2);
+        let Some(&(last, _, _)) = page.last() else {
+            break;
+        };
+        seen.extend(page);
+        after = Some(last);
+    }
+    let want: Vec<(DocId, u8, Vec<u8>)> = (0..5)
+        .map(|n| (doc(n), 1, format!("proj-{n}").into_bytes()))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(
+        store
+            .snapshot()
+            .unwrap()
+            .projections_after(None, 100)
+            .unwrap()
+            .len(),
+        6
+    );
+}
+
 #[test]
 fn purge_removes_everything_of_a_doc() {
     let (_dir, store) = open_temp();
