@@ -416,7 +416,8 @@ impl Replicator {
             }
             after = Some(last);
         }
-        // Changes with no projection (none is expected): unreadable here, as `refresh_doc` treats them.
+        // Changes with no projection (none is expected): unreadable here, as `refresh_doc`
+        // treats them.
         for doc in touched {
             self.set_facts(&doc, None);
         }
