@@ -59,8 +59,12 @@ pub const META_KEK_GENERATION: &str = "kek_generation";
 /// Keys re-wrapped per durable commit during a rotation.
 pub const REWRAP_PAGE: usize = 4096;
 /// Most unwrapped subject keys kept in memory; beyond it the cache is cleared (keys are
-/// unwrapped again on demand, ~1 µs each).
-pub const KEY_CACHE_MAX: usize = 1 << 20;
+/// unwrapped again on demand, ~1 µs each). 64 Ki keys take about 6 MiB (48 bytes and the hash
+/// table's slack each). The lookups it serves follow a record's arrival or write closely
+/// (ingest, the projection, pushing the key with the record); consent checks never need a key.
+/// At 1 Mi it kept every subject key of a million-record office resident, in plain text: about
+/// 100 MB, a quarter of the memory row's excess over raw redb at 1,000,000 records.
+pub const KEY_CACHE_MAX: usize = 1 << 16;
 
 const WRAP_DOMAIN: &[u8] = b"consentd/key-wrap/v1\0";
 const OWNER_DOMAIN: &[u8] = b"consentd/key-owner/v1\0";
