@@ -379,21 +379,18 @@ impl Replicator {
             let Some(&(doc, pos, _, _)) = page.last() else {
                 break;
             };
+            // Nothing else runs yet: the lock is taken once per page.
+            let mut sets = lock(&self.sets);
             for (_, _, h, bytes) in page {
                 let env = Envelope::decode(&bytes).map_err(|e| err(&e))?;
                 let time = change_time(&env.change).ok_or_else(|| err(&"not a change"))?;
                 let item = Item::new(time, h);
-                let signer = self
-                    .roster
-                    .office_by_signer(&env.signer)
-                    .map(|o| o.id.clone());
-                let mut sets = lock(&self.sets);
                 sets.envelopes.insert(item);
                 sets.env_doc.insert(h, env.doc_id);
                 let info = sets.docs.entry(env.doc_id).or_default();
                 info.items.push(item);
                 if info.origin.is_none() {
-                    info.origin = signer;
+                    info.origin = self.signer_office(&env.signer);
                 }
                 touched.insert(env.doc_id);
             }
@@ -852,6 +849,12 @@ impl Replicator {
         }
     }
 
+    /// The id of the office whose key signed an envelope (a record's origin until its
+    /// projection names one).
+    fn signer_office(&self, signer: &[u8; 32]) -> Option<String> {
+        self.roster.office_by_signer(signer).map(|o| o.id.clone())
+    }
+
     fn jurisdiction_of(&self, office: &str) -> String {
         self.roster
             .office(office)
@@ -1095,10 +1098,6 @@ impl Replicator {
                 continue;
             };
             let item = Item::new(time, *hash);
-            let signer = self
-                .roster
-                .office_by_signer(&env.signer)
-                .map(|o| o.id.clone());
             {
                 let mut sets = lock(&self.sets);
                 if sets.envelopes.insert(item) {
@@ -1106,7 +1105,7 @@ impl Replicator {
                     let info = sets.docs.entry(*doc).or_default();
                     info.items.push(item);
                     if info.origin.is_none() {
-                        info.origin = signer;
+                        info.origin = self.signer_office(&env.signer);
                     }
                 }
             }
