@@ -408,7 +408,7 @@ impl Replicator {
             };
             for (doc, kind, bytes) in page {
                 if touched.remove(&doc) {
-                    self.set_facts(&doc, stored_facts(kind, &bytes));
+                    self.set_facts(&doc, stored_facts(kind, &bytes).as_ref());
                 }
             }
             after = Some(last);
@@ -760,20 +760,20 @@ impl Replicator {
             .projection(doc)
             .map_err(|e| ReplicationError(e.to_string()))?;
         let facts = projection.and_then(|(kind, bytes)| stored_facts(kind, &bytes));
-        self.set_facts(doc, facts);
+        self.set_facts(doc, facts.as_ref());
         Ok(())
     }
 
     /// Takes in what a record is (`None`: it cannot be read here yet), then recomputes what each
     /// peer may see of it.
-    fn set_facts(&self, doc: &DocId, facts: Option<RecordFacts>) {
+    fn set_facts(&self, doc: &DocId, facts: Option<&RecordFacts>) {
         let mut sets = lock(&self.sets);
         let sets = &mut *sets;
         let info = sets.docs.entry(*doc).or_default();
         if let Some(f) = facts {
             info.personal = f.personal;
             info.key = f.key;
-            info.categories = f.categories;
+            info.categories = f.categories.clone();
             if let Some(origin) = self.roster.office(&f.office) {
                 info.origin = Some(origin.id.clone());
             }
@@ -1116,8 +1116,12 @@ impl Replicator {
             }
         }
         // What each record is came with the commit; a record it did not describe is read back.
-        let mut facts: HashMap<DocId, Option<RecordFacts>> =
-            committed.records.iter().cloned().collect();
+        // Borrowed: only a transfer record's categories are copied into the sets.
+        let mut facts: HashMap<DocId, Option<&RecordFacts>> = committed
+            .records
+            .iter()
+            .map(|(doc, f)| (*doc, f.as_ref()))
+            .collect();
         docs.extend(facts.keys().copied());
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
