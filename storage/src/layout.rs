@@ -9,8 +9,8 @@
 //!
 //! | table         | key                                   | value                               |
 //! |---------------|---------------------------------------|-------------------------------------|
-//! | `envelopes`   | `hash[32]`                            | envelope bytes                      |
-//! | `doc_changes` | `doc[16] ‖ position u32 BE` (20)      | `hash[32]`                          |
+//! | `changes`     | `doc[16] ‖ position u32 BE` (20)      | `hash[32] ‖ envelope bytes`         |
+//! | `envelope_at` | `hash[32]`                            | `doc[16] ‖ position u32 BE` (20)    |
 //! | `projections` | `doc[16]`                             | `kind u8 ‖ projection bytes`        |
 //! | `doc_meta`    | `doc[16]`                             | [`DocMeta`] encoding (see below)    |
 //! | `index`       | `index_key[32] ‖ doc[16]` (48)        | `()`                                |
@@ -33,6 +33,12 @@
 //!   index key K" is one seek plus a walk over exactly the matching entries.
 //! - Big-endian integers sort numerically under `memcmp`; for the signed due day the sign bit is
 //!   flipped (`day as u32 ^ 0x8000_0000`) so that negative days sort before positive ones.
+//! - Envelopes live in `changes`, under their doc and position, and `envelope_at` finds one by
+//!   hash. Doc ids are time-ordered, so the large values (an envelope is ~0.7 KiB) are appended
+//!   in id order and redb packs their leaves full; only the 52-byte `envelope_at` entries land at
+//!   random (hashes are random). Keyed by hash, the envelopes themselves filled their leaves to
+//!   68 % (random inserts split pages evenly), about 0.4 KiB of file per record. A doc's history
+//!   is one range read, and a walk over all changes (start-up) reads one table in order.
 //! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
 //!   scanning: those entries are keyed by the indexed value, not by the doc.
 //! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
@@ -68,11 +74,20 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// incompatible change to a table or encoding; [`crate::Store::open`] refuses other versions.
 /// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`; version 3 added `expiry`,
 /// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
-/// counters.
-pub const FORMAT_VERSION: u64 = 3;
+/// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
+/// position), with `envelope_at` replacing `doc_changes`. A version-3 file is migrated on open
+/// ([`crate::writer::init`]).
+pub const FORMAT_VERSION: u64 = 4;
 
-pub(crate) const ENVELOPES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("envelopes");
-pub(crate) const DOC_CHANGES: TableDefinition<&[u8; 20], &[u8; 32]> =
+/// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
+pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
+/// `hash` → `doc ‖ position` (the key of the envelope in [`CHANGES`]).
+pub(crate) const ENVELOPE_AT: TableDefinition<&[u8; 32], &[u8; 20]> =
+    TableDefinition::new("envelope_at");
+/// Format 3's tables, read only by the migration to format 4.
+pub(crate) const V3_ENVELOPES: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("envelopes");
+pub(crate) const V3_DOC_CHANGES: TableDefinition<&[u8; 20], &[u8; 32]> =
     TableDefinition::new("doc_changes");
 pub(crate) const PROJECTIONS: TableDefinition<&[u8; 16], &[u8]> =
     TableDefinition::new("projections");
@@ -111,13 +126,36 @@ pub(crate) fn key_owner_key(owner: &IndexKey, key: &crate::KeyId) -> [u8; 48] {
     k
 }
 
-/// `doc_changes` key: doc id, then the position big-endian so a doc's changes sort in stored order.
+/// `changes` key: doc id, then the position big-endian so a doc's changes sort in stored order.
 #[inline]
 pub(crate) fn change_key(doc: &DocId, position: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(doc);
     k[16..].copy_from_slice(&position.to_be_bytes());
     k
+}
+
+/// Splits a `changes` value into the change hash and the envelope bytes.
+#[inline]
+pub(crate) fn split_change_value<'v>(key: &[u8; 20], v: &'v [u8]) -> Result<(Hash, &'v [u8])> {
+    if v.len() < 32 {
+        let doc: DocId = key[..16].try_into().expect("16 bytes");
+        return Err(StorageError::Corrupt(format!(
+            "a change of doc {} is shorter than its hash",
+            hex16(&doc)
+        )));
+    }
+    Ok((v[..32].try_into().expect("32 bytes"), &v[32..]))
+}
+
+/// Splits a `changes` key into the doc id and the position.
+#[inline]
+pub(crate) fn split_change_key(k: &[u8; 20]) -> (DocId, u32) {
+    let doc: DocId = k[..16].try_into().expect("16 bytes");
+    (
+        doc,
+        u32::from_be_bytes(k[16..].try_into().expect("4 bytes")),
+    )
 }
 
 /// `log` key: the log id, then the leaf index big-endian so a log's leaves sort in order.
@@ -198,7 +236,7 @@ const DOC_META_HEADER: usize = 18;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DocMeta {
     pub kind: u8,
-    /// Position the next newly stored envelope of this doc gets in `doc_changes`.
+    /// Position the next newly stored envelope of this doc gets in `changes`.
     pub next_pos: u32,
     pub due_day: Option<i32>,
     /// Day from which the record may be deleted (the `expiry` index), if any.

@@ -541,22 +541,39 @@ impl Store {
     }
 
     pub fn has_envelope(&self, hash: &Hash) -> Result<bool> {
-        let r = self.read()?;
-        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
-        Ok(t.get(hash).ctx("reading table envelopes")?.is_some())
+        Ok(self.has_envelopes(std::slice::from_ref(hash))?[0])
     }
 
     /// [`Store::envelope`] for many hashes in one read transaction (a peer's Want of up to 1,024:
     /// a transaction per envelope cost more than reading it).
     pub fn envelopes(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
         let r = self.read()?;
-        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let changes = r.open_table(CHANGES).ctx("opening table changes")?;
         hashes
             .iter()
             .map(|h| {
-                Ok(t.get(h)
-                    .ctx("reading table envelopes")?
-                    .map(|g| g.value().to_vec()))
+                let Some(key) = at.get(h).ctx("reading table envelope_at")? else {
+                    return Ok(None);
+                };
+                let key = *key.value();
+                let v = changes
+                    .get(&key)
+                    .ctx("reading table changes")?
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "change {} is indexed but not stored",
+                            hex_prefix(h)
+                        ))
+                    })?;
+                let (stored, envelope) = split_change_value(&key, v.value())?;
+                if stored != *h {
+                    return Err(StorageError::Corrupt(format!(
+                        "change {} is indexed at another change's place",
+                        hex_prefix(h)
+                    )));
+                }
+                Ok(Some(envelope.to_vec()))
             })
             .collect()
     }
@@ -565,10 +582,10 @@ impl Store {
     /// transaction and a table open per envelope cost more than the lookups).
     pub fn has_envelopes(&self, hashes: &[Hash]) -> Result<Vec<bool>> {
         let r = self.read()?;
-        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
         hashes
             .iter()
-            .map(|h| Ok(t.get(h).ctx("reading table envelopes")?.is_some()))
+            .map(|h| Ok(t.get(h).ctx("reading table envelope_at")?.is_some()))
             .collect()
     }
 
@@ -593,15 +610,15 @@ impl Store {
     /// Change hashes of a doc, in the order they were stored.
     pub fn doc_change_hashes(&self, doc: &DocId) -> Result<Vec<Hash>> {
         let r = self.read()?;
-        let t = r.open_table(DOC_CHANGES).ctx("opening table doc_changes")?;
+        let t = r.open_table(CHANGES).ctx("opening table changes")?;
         let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
         let mut out = Vec::new();
         for item in t
             .range::<&[u8; 20]>(&lo..=&hi)
-            .ctx("reading table doc_changes")?
+            .ctx("reading table changes")?
         {
-            let (_, v) = item.ctx("reading table doc_changes")?;
-            out.push(*v.value());
+            let (k, v) = item.ctx("reading table changes")?;
+            out.push(split_change_value(k.value(), v.value())?.0);
         }
         Ok(out)
     }
@@ -609,27 +626,15 @@ impl Store {
     /// Envelopes of a doc, in the order they were stored (one snapshot).
     pub fn doc_envelopes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>> {
         let r = self.read()?;
-        let changes = r.open_table(DOC_CHANGES).ctx("opening table doc_changes")?;
-        let envelopes = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let changes = r.open_table(CHANGES).ctx("opening table changes")?;
         let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
         let mut out = Vec::new();
         for item in changes
             .range::<&[u8; 20]>(&lo..=&hi)
-            .ctx("reading table doc_changes")?
+            .ctx("reading table changes")?
         {
-            let (_, h) = item.ctx("reading table doc_changes")?;
-            let hash = h.value();
-            let env = envelopes
-                .get(hash)
-                .ctx("reading table envelopes")?
-                .ok_or_else(|| {
-                    StorageError::Corrupt(format!(
-                        "doc {} lists change {} whose envelope is missing",
-                        hex16(doc),
-                        hex_prefix(hash)
-                    ))
-                })?;
-            out.push(env.value().to_vec());
+            let (k, v) = item.ctx("reading table changes")?;
+            out.push(split_change_value(k.value(), v.value())?.1.to_vec());
         }
         Ok(out)
     }
@@ -747,7 +752,7 @@ impl Store {
     pub fn envelope_hashes_after(&self, after: Option<&Hash>, limit: usize) -> Result<Vec<Hash>> {
         use std::ops::Bound;
         let r = self.read()?;
-        let t = r.open_table(ENVELOPES).ctx("opening table envelopes")?;
+        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
         let lower = match after {
             Some(h) => Bound::Excluded(h),
             None => Bound::Unbounded,
@@ -755,10 +760,10 @@ impl Store {
         let mut out = Vec::new();
         for item in t
             .range::<&Hash>((lower, Bound::Unbounded))
-            .ctx("reading table envelopes")?
+            .ctx("reading table envelope_at")?
             .take(limit)
         {
-            let (k, _) = item.ctx("reading table envelopes")?;
+            let (k, _) = item.ctx("reading table envelope_at")?;
             out.push(*k.value());
         }
         Ok(out)
@@ -844,7 +849,7 @@ impl Store {
         }
         match class {
             TableClass::IndexOnly => {
-                dump!(DOC_CHANGES, "doc_changes", |k, v, b| {
+                dump!(ENVELOPE_AT, "envelope_at", |k, v, b| {
                     b.extend_from_slice(k.value());
                     b.extend_from_slice(v.value());
                 });
@@ -871,7 +876,7 @@ impl Store {
                 });
             }
             TableClass::Payload => {
-                dump!(ENVELOPES, "envelopes", |k, v, b| {
+                dump!(CHANGES, "changes", |k, v, b| {
                     b.extend_from_slice(k.value());
                     b.extend_from_slice(v.value());
                 });
@@ -1049,14 +1054,7 @@ impl Snapshot {
         limit: usize,
     ) -> Result<Vec<StoredChange>> {
         use std::ops::Bound;
-        let changes = self
-            .txn
-            .open_table(DOC_CHANGES)
-            .ctx("opening table doc_changes")?;
-        let envelopes = self
-            .txn
-            .open_table(ENVELOPES)
-            .ctx("opening table envelopes")?;
+        let changes = self.txn.open_table(CHANGES).ctx("opening table changes")?;
         let key = after.map(|(d, p)| change_key(&d, p));
         let lower = match &key {
             Some(k) => Bound::Excluded(k),
@@ -1065,25 +1063,13 @@ impl Snapshot {
         let mut out = Vec::new();
         for item in changes
             .range::<&[u8; 20]>((lower, Bound::Unbounded))
-            .ctx("reading table doc_changes")?
+            .ctx("reading table changes")?
             .take(limit)
         {
-            let (k, h) = item.ctx("reading table doc_changes")?;
-            let k = k.value();
-            let doc: DocId = k[..16].try_into().expect("16 bytes");
-            let pos = u32::from_be_bytes(k[16..].try_into().expect("4 bytes"));
-            let hash = *h.value();
-            let env = envelopes
-                .get(&hash)
-                .ctx("reading table envelopes")?
-                .ok_or_else(|| {
-                    StorageError::Corrupt(format!(
-                        "doc {} lists change {} whose envelope is missing",
-                        hex16(&doc),
-                        hex_prefix(&hash)
-                    ))
-                })?;
-            out.push((doc, pos, hash, env.value().to_vec()));
+            let (k, v) = item.ctx("reading table changes")?;
+            let (doc, pos) = split_change_key(k.value());
+            let (hash, envelope) = split_change_value(k.value(), v.value())?;
+            out.push((doc, pos, hash, envelope.to_vec()));
         }
         Ok(out)
     }
