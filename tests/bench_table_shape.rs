@@ -23,6 +23,7 @@ fn bench_prints_rows_with_the_interface_keys() {
         "consent_check_p50",
         "memory_per_record",
         "disk_per_record",
+        "disk_per_record_file_length",
         "audit_verify",
         "audit_verify_vs_bare_loop",
         "cold_sync",
