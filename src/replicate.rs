@@ -178,7 +178,9 @@ fn parse_key_blob(b: &[u8]) -> Option<(KeyId, Zeroizing<[u8; 32]>)> {
 /// its items and the key sealing it.
 #[derive(Debug, Default, Clone)]
 struct DocInfo {
-    origin: Option<String>,
+    /// The roster position of the office the record's personal data comes from
+    /// ([`VerifiedRoster::index_of`]): one byte instead of a `String` per record.
+    origin: Option<u8>,
     personal: bool,
     items: Vec<Item>,
     key: Option<KeyId>,
@@ -195,8 +197,6 @@ struct Sets {
     tombstone_bytes: HashMap<[u8; 32], (DocId, Vec<u8>)>,
     envelopes: ItemSet,
     keys: ItemSet,
-    /// Envelope hash → record.
-    env_doc: HashMap<[u8; 32], DocId>,
     docs: HashMap<DocId, DocInfo>,
     /// Key item id → key id.
     key_ids: HashMap<[u8; 32], KeyId>,
@@ -386,7 +386,6 @@ impl Replicator {
                 let time = change_time(&env.change).ok_or_else(|| err(&"not a change"))?;
                 let item = Item::new(time, h);
                 sets.envelopes.insert(item);
-                sets.env_doc.insert(h, env.doc_id);
                 let info = sets.docs.entry(env.doc_id).or_default();
                 info.items.push(item);
                 if info.origin.is_none() {
@@ -728,7 +727,6 @@ impl Replicator {
         if let Some(info) = sets.docs.remove(doc) {
             for i in &info.items {
                 sets.envelopes.remove(i);
-                sets.env_doc.remove(&i.id);
                 for hidden in sets.hidden.values_mut() {
                     hidden.0.remove(i);
                 }
@@ -768,14 +766,22 @@ impl Replicator {
     /// peer may see of it.
     fn set_facts(&self, doc: &DocId, facts: Option<&RecordFacts>) {
         let mut sets = lock(&self.sets);
-        let sets = &mut *sets;
-        let info = sets.docs.entry(*doc).or_default();
+        // Split borrows: the record's info is read while the peers' hidden sets change, without
+        // cloning it (and its items) for every record absorbed.
+        let Sets {
+            docs,
+            keys,
+            key_ids,
+            hidden: hidden_of,
+            ..
+        } = &mut *sets;
+        let info = docs.entry(*doc).or_default();
         if let Some(f) = facts {
             info.personal = f.personal;
             info.key = f.key;
             info.categories = f.categories.clone();
-            if let Some(origin) = self.roster.office(&f.office) {
-                info.origin = Some(origin.id.clone());
+            if let Some(origin) = self.roster.index_of(&f.office) {
+                info.origin = Some(origin);
             }
         } else {
             // Unreadable here: treat as personal, so policy is applied to it all the same.
@@ -783,15 +789,19 @@ impl Replicator {
         }
         if let Some(k) = info.key {
             let item = key_item(&k);
-            sets.keys.insert(item);
-            sets.key_ids.insert(item.id, k);
+            keys.insert(item);
+            key_ids.insert(item.id, k);
         }
-        let info = info.clone();
+        let info = &*info;
         for (peer, _) in &self.peers {
-            let hidden = sets.hidden.entry(peer.clone()).or_default();
-            let verdict = self.verdict(&info, peer);
+            // Not `entry(peer.clone())`: that allocates the peer's name for every record.
+            if !hidden_of.contains_key(peer) {
+                hidden_of.insert(peer.clone(), Default::default());
+            }
+            let hidden = hidden_of.get_mut(peer).expect("inserted above");
+            let verdict = self.verdict(info, peer);
             if let Verdict::Forbidden { reason } = &verdict {
-                self.raise(doc, &info, peer, "refused", reason.clone());
+                self.raise(doc, info, peer, "refused", reason.clone());
             }
             for item in &info.items {
                 if verdict.may_send() {
@@ -851,8 +861,8 @@ impl Replicator {
 
     /// The id of the office whose key signed an envelope (a record's origin until its
     /// projection names one).
-    fn signer_office(&self, signer: &[u8; 32]) -> Option<String> {
-        self.roster.office_by_signer(signer).map(|o| o.id.clone())
+    fn signer_office(&self, signer: &[u8; 32]) -> Option<u8> {
+        self.roster.index_by_signer(signer)
     }
 
     fn jurisdiction_of(&self, office: &str) -> String {
@@ -899,8 +909,8 @@ impl Replicator {
         };
         let origin = info
             .origin
-            .as_deref()
-            .map(jurisdiction_of)
+            .and_then(|i| self.roster.office_at(i))
+            .map(|o| o.jurisdiction.clone())
             .unwrap_or_else(|| self.jurisdiction.clone());
         self.policy.decide(
             &origin,
@@ -1101,7 +1111,6 @@ impl Replicator {
             {
                 let mut sets = lock(&self.sets);
                 if sets.envelopes.insert(item) {
-                    sets.env_doc.insert(*hash, *doc);
                     let info = sets.docs.entry(*doc).or_default();
                     info.items.push(item);
                     if info.origin.is_none() {
@@ -1531,17 +1540,9 @@ impl Replicator {
         let mut out = Vec::new();
         match set {
             SetKind::Envelopes => {
-                let mut sendable = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let doc = lock(&self.sets).env_doc.get(id).copied();
-                    let Some(doc) = doc else { continue };
-                    if !self.may_send_doc(&doc, peer) {
-                        continue; // policy: answered as missing
-                    }
-                    sendable.push((*id, doc));
-                }
-                let hashes: Vec<[u8; 32]> = sendable.iter().map(|(id, _)| *id).collect();
-                let found = match self.office.store().envelopes(&hashes) {
+                // The store says which record each envelope belongs to (an in-memory map of
+                // every envelope's record cost ~100 bytes per record).
+                let found = match self.office.store().envelopes(ids) {
                     Ok(found) => found,
                     Err(e) => {
                         // Answered as missing: the peer asks again next round.
@@ -1549,11 +1550,13 @@ impl Replicator {
                         return out;
                     }
                 };
-                for ((id, doc), bytes) in sendable.into_iter().zip(found) {
-                    if let Some(bytes) = bytes {
-                        out.push((id, bytes));
-                        self.note_sent(&doc, peer);
+                for (id, found) in ids.iter().zip(found) {
+                    let Some((doc, bytes)) = found else { continue };
+                    if !self.may_send_doc(&doc, peer) {
+                        continue; // policy: answered as missing
                     }
+                    out.push((*id, bytes));
+                    self.note_sent(&doc, peer);
                 }
             }
             SetKind::Keys => {

@@ -537,7 +537,11 @@ impl Store {
 
     /// The stored envelope with this change hash.
     pub fn envelope(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
-        Ok(self.envelopes(std::slice::from_ref(hash))?.pop().flatten())
+        Ok(self
+            .envelopes(std::slice::from_ref(hash))?
+            .pop()
+            .flatten()
+            .map(|(_, bytes)| bytes))
     }
 
     pub fn has_envelope(&self, hash: &Hash) -> Result<bool> {
@@ -545,8 +549,8 @@ impl Store {
     }
 
     /// [`Store::envelope`] for many hashes in one read transaction (a peer's Want of up to 1,024:
-    /// a transaction per envelope cost more than reading it).
-    pub fn envelopes(&self, hashes: &[Hash]) -> Result<Vec<Option<Vec<u8>>>> {
+    /// a transaction per envelope cost more than reading it), each with the doc it belongs to.
+    pub fn envelopes(&self, hashes: &[Hash]) -> Result<Vec<Option<DocEnvelope>>> {
         let r = self.read()?;
         let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
@@ -573,7 +577,7 @@ impl Store {
                         hex_prefix(h)
                     )));
                 }
-                Ok(Some(envelope.to_vec()))
+                Ok(Some((split_change_key(&key).0, envelope.to_vec())))
             })
             .collect()
     }
@@ -916,6 +920,9 @@ fn split_key_value(id: &KeyId, v: &[u8]) -> Result<(IndexKey, Vec<u8>)> {
 }
 
 /// `(doc, position in the doc's change list, change hash, envelope bytes)`.
+/// An envelope with the doc it belongs to: `(doc, envelope bytes)`.
+pub type DocEnvelope = (DocId, Vec<u8>);
+
 pub type StoredChange = (DocId, u32, Hash, Vec<u8>);
 
 /// One consistent view of the store (see [`Store::snapshot`]). Paging reads: each call returns at

@@ -83,7 +83,8 @@ fn round_trip_update_and_idempotence() {
     );
     assert_eq!(
         store.envelopes(&[h2, h3, h1]).unwrap(),
-        vec![Some(b"two".to_vec()), None, Some(b"one".to_vec())]
+        vec![Some((d, b"two".to_vec())), None, Some((d, b"one".to_vec()))],
+        "one answer per hash, in order, with the doc it belongs to"
     );
     assert_eq!(store.envelope(&h3).unwrap(), None);
     assert_eq!(
