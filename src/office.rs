@@ -142,6 +142,13 @@ pub struct Office {
     /// Record-id locks: held by every write that changes an existing record, and by ingest.
     /// Always taken after token locks, never before, so the two tables cannot deadlock.
     doc_locks: KeyLocks,
+    /// Held while a large write (an import chunk) authors on every core, and released before
+    /// its commit. Chunks then author one after another, so each chunk's ids (time-ordered) are
+    /// later than the previous chunk's and reach the store in that order: the id-keyed tables
+    /// are appended to. Authored concurrently (consentctl pipelines chunks), two chunks' ids
+    /// interleaved, and each commit split pages of the previous one's. Authoring already uses
+    /// every core, so only the overlap with the previous chunk's commit matters, and it stays.
+    authoring: tokio::sync::Mutex<()>,
     started: Instant,
     clock: Clock,
     pub(crate) purposes: Purposes,
@@ -195,6 +202,7 @@ impl Office {
             actor,
             locks: KeyLocks::default(),
             doc_locks: KeyLocks::default(),
+            authoring: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             clock: parts.clock,
             purposes: parts.purposes,
@@ -714,6 +722,7 @@ impl Office {
             let (batch, touched) = draft.finish()?;
             (batch, touched, answers)
         } else {
+            let _authoring = self.authoring.lock().await;
             let authored = self.author_in_parallel(ops, draft.consent_docs, threads);
             // The drafts' documents (~17 KB each) were freed on the authoring threads, whose
             // malloc arenas would otherwise keep that memory resident after the import.
