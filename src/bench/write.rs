@@ -120,7 +120,8 @@ pub(crate) fn vm_rss(pid: u32) -> Result<u64, String> {
 /// Row 7 compares allocated bytes (`du`), not lengths (`ls -l`): redb grows a file by doubling
 /// up to 4 GiB (then by 4 GiB regions) and leaves the grown tail sparse until it writes there, so
 /// a length measures where the last growth step landed more than what the records take (at
-/// 1,000,000 records our file was 4 GiB long with about 2.4 GB allocated).
+/// 1,000,000 records, during the 64-client phase, our file was 4 GiB long with 2.6 GB
+/// allocated).
 pub(crate) fn disk_usage(path: &Path) -> Result<(u64, u64), String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
