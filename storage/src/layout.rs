@@ -37,8 +37,9 @@
 //!   hash. Doc ids are time-ordered, so the large values (an envelope is ~0.7 KiB) are appended
 //!   in id order and redb packs their leaves full; only the 52-byte `envelope_at` entries land at
 //!   random (hashes are random). Keyed by hash, the envelopes themselves filled their leaves to
-//!   68 % (random inserts split pages evenly), about 0.3 KiB more file per record than now. A doc's history
-//!   is one range read, and a walk over all changes (start-up) reads one table in order.
+//!   68 % (random inserts split pages evenly): about 0.3 KiB more file per record than now.
+//!   A doc's history is one range read, and a walk over all changes (start-up) reads one table
+//!   in order.
 //! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
 //!   scanning: those entries are keyed by the indexed value, not by the doc.
 //! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
