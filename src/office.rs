@@ -722,8 +722,10 @@ impl Office {
             let (batch, touched) = draft.finish()?;
             (batch, touched, answers)
         } else {
-            let _authoring = self.authoring.lock().await;
+            let authoring = self.authoring.lock().await;
             let authored = self.author_in_parallel(ops, draft.consent_docs, threads);
+            // The ids are made: the next chunk may author while this one trims and commits.
+            drop(authoring);
             // The drafts' documents (~17 KB each) were freed on the authoring threads, whose
             // malloc arenas would otherwise keep that memory resident after the import.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
