@@ -546,8 +546,8 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
     Ok(())
 }
 
-/// Deletes a doc and everything keyed by it: envelopes (`changes`, `envelope_at`), projection, index, due and
-/// kind entries. Returns whether the doc existed.
+/// Deletes a doc and everything keyed by it: envelopes (`changes`, `envelope_at`), projection,
+/// index, due and kind entries. Returns whether the doc existed.
 fn purge_doc(t: &mut Tables<'_>, c: &mut Counters, doc: &DocId) -> Result<bool> {
     let Some(old) = load_doc_meta(t, doc)? else {
         return Ok(false);
@@ -672,6 +672,8 @@ const MIGRATE_CHUNK: usize = 4_096;
 /// see a half-migrated file because `Store::open` runs this before it returns.
 fn migrate_v3(db: &Database, chunk: usize) -> Result<()> {
     debug_assert!(chunk > 0, "a migration chunk must move something");
+    // Every envelope is rewritten once: say why this start is slow.
+    tracing::info!("migrating the storage file from format 3 to 4");
     let mut moved = 0u64;
     loop {
         let mut txn = db.begin_write().ctx("beginning a write transaction")?;
