@@ -179,7 +179,8 @@ fn parse_key_blob(b: &[u8]) -> Option<(KeyId, Zeroizing<[u8; 32]>)> {
 #[derive(Debug, Default, Clone)]
 struct DocInfo {
     /// The roster position of the office the record's personal data comes from
-    /// ([`VerifiedRoster::index_of`]): one byte instead of a `String` per record.
+    /// ([`VerifiedRoster::index_of`]): one byte instead of a `String` per record. Until the
+    /// record's projection names its office, the office that signed its first envelope.
     origin: Option<u8>,
     personal: bool,
     items: Vec<Item>,
@@ -389,7 +390,7 @@ impl Replicator {
                 let info = sets.docs.entry(env.doc_id).or_default();
                 info.items.push(item);
                 if info.origin.is_none() {
-                    info.origin = self.signer_office(&env.signer);
+                    info.origin = self.roster.index_by_signer(&env.signer);
                 }
                 touched.insert(env.doc_id);
             }
@@ -859,12 +860,6 @@ impl Replicator {
         }
     }
 
-    /// The id of the office whose key signed an envelope (a record's origin until its
-    /// projection names one).
-    fn signer_office(&self, signer: &[u8; 32]) -> Option<u8> {
-        self.roster.index_by_signer(signer)
-    }
-
     fn jurisdiction_of(&self, office: &str) -> String {
         self.roster
             .office(office)
@@ -901,12 +896,6 @@ impl Replicator {
     }
 
     fn verdict(&self, info: &DocInfo, peer: &str) -> Verdict {
-        let jurisdiction_of = |office: &str| {
-            self.roster
-                .office(office)
-                .map(|o| o.jurisdiction.clone())
-                .unwrap_or_default()
-        };
         let origin = info
             .origin
             .and_then(|i| self.roster.office_at(i))
@@ -915,7 +904,7 @@ impl Replicator {
         self.policy.decide(
             &origin,
             &self.jurisdiction,
-            &jurisdiction_of(peer),
+            &self.jurisdiction_of(peer),
             info.personal,
         )
     }
@@ -1114,7 +1103,7 @@ impl Replicator {
                     let info = sets.docs.entry(*doc).or_default();
                     info.items.push(item);
                     if info.origin.is_none() {
-                        info.origin = self.signer_office(&env.signer);
+                        info.origin = self.roster.index_by_signer(&env.signer);
                     }
                 }
             }
