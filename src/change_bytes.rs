@@ -1,7 +1,8 @@
 //! Facts read straight from a verified Automerge change's bytes, without expanding it.
 //!
-//! Two readers, both for changes Automerge has already parsed and verified (a stored envelope's,
-//! or one `Change::try_from` accepted), so they are readers of valid data, not validators: on
+//! Two readers, both for changes already verified (a stored envelope's, one `Change::try_from`
+//! accepted, or one `consentd_sync::change_chunk` vouched for, which is the validating reader of
+//! the same format), so they are readers of valid data, not validators: on
 //! anything they do not expect (a compressed chunk, a deflated column, a run past the end, bad
 //! UTF-8) they return `None` and the caller falls back to Automerge. They never panic on any
 //! input. Layout: the Automerge binary format, "Change chunks" and "Column encodings" (RLE runs: a

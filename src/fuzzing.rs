@@ -420,7 +420,8 @@ fn apply(host: &mut Host, b: &consentd_sync::session::StoreBatch) {
 // Signed formats.
 
 /// Envelopes: decode∘encode is the identity; verification never panics, and single and batch
-/// verification reach the same verdict.
+/// verification reach the same verdict, as does `check_batch` (which reads the change without
+/// Automerge where it can), with the same op count and dependencies.
 pub fn envelope(data: &[u8]) {
     let Ok(env) = Envelope::decode(data) else {
         return;
@@ -428,13 +429,27 @@ pub fn envelope(data: &[u8]) {
     assert_eq!(env.encode(), data, "envelope does not re-encode");
     let roster = &net().roster;
     let single = envelope::verify(env.clone(), roster);
-    let batch = envelope::verify_batch(vec![env.clone(), env], roster);
+    let batch = envelope::verify_batch(vec![env.clone(), env.clone()], roster);
     for b in &batch {
         assert_eq!(
             single.as_ref().map(|v| v.hash()).map_err(|e| e.to_string()),
             b.as_ref().map(|v| v.hash()).map_err(|e| e.to_string()),
             "single and batch verification disagree"
         );
+    }
+    for c in envelope::check_batch(vec![env], roster) {
+        let want = single
+            .as_ref()
+            .map(|v| {
+                let deps: Vec<[u8; 32]> = v.change().deps().iter().map(|h| h.0).collect();
+                (v.change().len(), deps, v.hash())
+            })
+            .map_err(|e| e.to_string());
+        let got = c
+            .as_ref()
+            .map(|c| (c.ops(), c.deps().to_vec(), c.hash()))
+            .map_err(|e| e.to_string());
+        assert_eq!(want, got, "verify and check_batch disagree");
     }
     if let Ok(v) = single {
         assert!(envelope::actor_is_bound(

@@ -35,10 +35,10 @@
 //! fails `log_completeness`. Withheld leaves are reported as the `withheld` count.
 //!
 //! Envelopes are verified in batches of [`VERIFY_BATCH`] on a pool of worker threads (one per
-//! core) with batch ed25519 verification (`consentd_sync::envelope::verify_batch`), while the
-//! main thread reads and parses lines. Memory: the verifier keeps ids, hashes and dependency
-//! lists (~100 bytes per change), never payloads, unless the report asked it to keep the
-//! verified changes.
+//! core) with batch ed25519 verification (`consentd_sync::envelope::check_batch`: every check of
+//! `verify_batch`, reading each change without expanding it), while the main thread reads and
+//! parses lines. Memory: the verifier keeps ids, hashes and dependency lists (~100 bytes per
+//! change), never payloads, unless the report asked it to keep the verified changes.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,7 +47,7 @@ use std::sync::{mpsc, Mutex};
 
 use automerge::Change;
 use consentd_sync::b64;
-use consentd_sync::envelope::{self, Envelope, EnvelopeError};
+use consentd_sync::envelope::{self, CheckedEnvelope, Envelope, EnvelopeError};
 use consentd_sync::merkle::{self, Hash};
 use consentd_sync::roster::VerifiedRoster;
 use consentd_sync::tlog::{self, LogLeaf, VerifiedCheckpoint, LEAF_ENVELOPE, LEAF_TOMBSTONE};
@@ -219,6 +219,39 @@ fn refusal_of(change: &Change, signer_office: &str) -> Option<(String, Vec<DocId
     Some((t.to_office?, records))
 }
 
+/// A map key that is, or ends in, a SHA-256 hash, hashed by the hash's first 8 bytes only (and
+/// compared whole). Those bytes are uniform, and std's SipHash is keyed per process, so no bundle
+/// can choose keys that share buckets; SipHash over all 32 or 49 bytes, field by field, made the
+/// duplicate, causal and log-inclusion checks most of the single-threaded tail of `verify`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ByPrefix<K>(K);
+
+/// Keys [`ByPrefix`] can take: where their SHA-256 hash is.
+trait HashPrefix {
+    fn sha256(&self) -> &Hash;
+}
+
+impl HashPrefix for Hash {
+    fn sha256(&self) -> &Hash {
+        self
+    }
+}
+
+impl HashPrefix for LogLeaf {
+    fn sha256(&self) -> &Hash {
+        &self.hash
+    }
+}
+
+impl<K: HashPrefix> std::hash::Hash for ByPrefix<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let h = self.0.sha256();
+        state.write_u64(u64::from_le_bytes([
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+        ]));
+    }
+}
+
 struct Failures {
     list: Vec<Failure>,
     total: u64,
@@ -244,8 +277,8 @@ fn envelope_check(e: &EnvelopeError) -> &'static str {
 
 /// For a creating change: the record type it writes at the root (`type`), and whether it writes
 /// `status: "refused"`. `None` for later changes.
-fn created_type(change: &Change) -> Option<(&'static str, bool)> {
-    if !change.deps().is_empty() {
+fn created_type(v: &CheckedEnvelope) -> Option<(&'static str, bool)> {
+    if !v.deps().is_empty() {
         return None;
     }
     // One pass over the root's puts: the type, and whether the record says "refused" (a
@@ -253,11 +286,14 @@ fn created_type(change: &Change) -> Option<(&'static str, bool)> {
     // directly (no allocation); `Change::decode` only if the columns are not laid out as that
     // reader expects.
     let mut creation = Creation::default();
-    let fast = change_bytes::for_each_root_string_put(change.raw_bytes(), change.len(), |k, v| {
-        creation.see(k, v)
+    let fast = change_bytes::for_each_root_string_put(v.change_bytes(), v.ops(), |k, val| {
+        creation.see(k, val)
     });
     let slow = || {
         let mut creation = Creation::default();
+        let Some(change) = v.expand() else {
+            return creation;
+        };
         for op in &change.decode().operations {
             if let (
                 automerge::legacy::ObjectId::Root,
@@ -385,9 +421,41 @@ fn envelope_data(raw: &[u8]) -> Option<&[u8]> {
     let data = raw
         .strip_prefix(ENVELOPE_PREFIX)?
         .strip_suffix(ENVELOPE_SUFFIX)?;
-    data.iter()
-        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
-        .then_some(data)
+    b64::only_symbols(data).then_some(data)
+}
+
+/// Each byte's value as a hex digit (either case, as `hex::decode_to_slice` takes them), or 0xff.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0u8;
+    while i < 10 {
+        t[(b'0' + i) as usize] = i;
+        i += 1;
+    }
+    let mut i = 0u8;
+    while i < 6 {
+        t[(b'a' + i) as usize] = 10 + i;
+        t[(b'A' + i) as usize] = 10 + i;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes `text` (exactly `2 * out.len()` hex digits) into `out`; whether it could. A table
+/// lookup per digit: the `hex` crate's decoder was ~1 % of `audit verify`'s CPU, all of it on
+/// the reading thread (a million leaves of 98 digits each at the full scale).
+fn hex_to_slice(text: &[u8], out: &mut [u8]) -> bool {
+    if text.len() != 2 * out.len() {
+        return false;
+    }
+    let mut bad = 0u8;
+    for (pair, b) in text.chunks_exact(2).zip(out.iter_mut()) {
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        bad |= hi | lo;
+        *b = (hi << 4) | (lo & 0x0f);
+    }
+    // A digit is at most 0x0f; only the 0xff sentinel sets the high bits.
+    bad & 0xf0 == 0
 }
 
 /// Verifies one batch of envelope lines (run on a worker thread).
@@ -417,22 +485,49 @@ fn verify_lines(
     }
     let docs: Vec<DocId> = envs.iter().map(|e| e.doc_id).collect();
     let mut facts = Vec::with_capacity(envs.len());
-    for (i, r) in envelope::verify_batch(envs, roster).into_iter().enumerate() {
+    for (i, r) in envelope::check_batch(envs, roster).into_iter().enumerate() {
         match r {
             Ok(v) => {
-                let change = v.change();
-                let creation = created_type(change);
+                let office = roster
+                    .office_at(v.office_index())
+                    .expect("a checked envelope's office is in the roster");
+                let creation = created_type(&v);
+                // Expanded into Automerge's `Change` only where its ops are read: a refusal's
+                // records, or every change when the report asked to keep them.
+                let refusal = (creation == Some(("transfer", true)))
+                    .then(|| refusal_of(&v.expand()?, &office.id))
+                    .flatten();
+                let change = if collect {
+                    match v.expand() {
+                        Some(c) => Some(Box::new(c)),
+                        None => {
+                            failures.push(
+                                Failure::new("envelope_encoding", "the change does not parse")
+                                    .line(line_of[i])
+                                    .record(&docs[i]),
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 facts.push(EnvFact {
                     line: line_of[i],
                     doc: v.doc_id(),
                     hash: v.hash(),
-                    office: office_index[v.office()],
-                    deps: change.deps().iter().map(|h| h.0).collect(),
+                    office: {
+                        let at = u16::from(v.office_index());
+                        debug_assert_eq!(
+                            office_index[&office.id], at,
+                            "office_index is roster order"
+                        );
+                        at
+                    },
+                    deps: v.deps().to_vec(),
                     created: creation.map(|c| c.0),
-                    refusal: (creation == Some(("transfer", true)))
-                        .then(|| refusal_of(change, v.office()))
-                        .flatten(),
-                    change: collect.then(|| Box::new(change.clone())),
+                    refusal,
+                    change,
                 });
             }
             Err(e) => {
@@ -738,9 +833,9 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                     // reading thread, for every leaf of every log.
                     let mut bytes = [0u8; tlog::LEAF_LEN];
                     for (i, hexleaf) in leaves.iter().enumerate() {
-                        let leaf = hex::decode_to_slice(hexleaf, &mut bytes)
-                            .ok()
-                            .and_then(|()| LogLeaf::decode(&bytes));
+                        let leaf = hex_to_slice(hexleaf.as_bytes(), &mut bytes)
+                            .then(|| LogLeaf::decode(&bytes))
+                            .flatten();
                         match leaf {
                             Some(l) => log.leaves.push(l),
                             None => {
@@ -860,9 +955,12 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
         .iter()
         .map(|(_, t)| t.tombstone().doc_id)
         .collect();
-    let mut present: HashMap<Hash, (DocId, u16)> = HashMap::with_capacity(facts.len());
+    let mut present: HashMap<ByPrefix<Hash>, (DocId, u16)> = HashMap::with_capacity(facts.len());
     for f in &facts {
-        if present.insert(f.hash, (f.doc, f.office)).is_some() {
+        if present
+            .insert(ByPrefix(f.hash), (f.doc, f.office))
+            .is_some()
+        {
             failures.push(
                 Failure::new("envelope_duplicate", "this change appears twice")
                     .record(&f.doc)
@@ -873,7 +971,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     }
     for f in &facts {
         for dep in &f.deps {
-            let ok = matches!(present.get(dep), Some((d, _)) if *d == f.doc);
+            let ok = matches!(present.get(&ByPrefix(*dep)), Some((d, _)) if *d == f.doc);
             if !ok && !tombstoned.contains(&f.doc) {
                 failures.push(
                     Failure::new(
@@ -891,17 +989,17 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             }
         }
     }
-    let log_sets: HashMap<&str, HashSet<LogLeaf>> = logs
+    let log_sets: HashMap<&str, HashSet<ByPrefix<LogLeaf>>> = logs
         .iter()
         .filter(|(_, l)| l.root_ok)
-        .map(|(o, l)| (o.as_str(), l.leaves.iter().copied().collect()))
+        .map(|(o, l)| (o.as_str(), l.leaves.iter().copied().map(ByPrefix).collect()))
         .collect();
     let mut missing_log: BTreeMap<u16, (u64, DocId)> = BTreeMap::new();
     for f in &facts {
         let office = &office_ids[f.office as usize];
         match log_sets.get(office.as_str()) {
             Some(set) => {
-                if !set.contains(&LogLeaf::envelope(f.doc, f.hash)) {
+                if !set.contains(&ByPrefix(LogLeaf::envelope(f.doc, f.hash))) {
                     failures.push(
                         Failure::new(
                             "log_inclusion",
@@ -960,7 +1058,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
         for (i, leaf) in log.leaves.iter().enumerate() {
             let ok = match leaf.kind {
                 LEAF_ENVELOPE => {
-                    matches!(present.get(&leaf.hash), Some((d, o)) if *d == leaf.doc && office_ids[*o as usize] == *office)
+                    matches!(present.get(&ByPrefix(leaf.hash)), Some((d, o)) if *d == leaf.doc && office_ids[*o as usize] == *office)
                         || tombstoned.contains(&leaf.doc)
                 }
                 LEAF_TOMBSTONE => matches!(tomb_by_hash.get(&leaf.hash),
@@ -1000,7 +1098,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
         let doc = t.tombstone().doc_id;
         let ok = log_sets
             .get(t.office())
-            .is_some_and(|set| set.contains(&LogLeaf::tombstone(doc, t.hash())));
+            .is_some_and(|set| set.contains(&ByPrefix(LogLeaf::tombstone(doc, t.hash()))));
         if !ok {
             failures.push(
                 Failure::new(
@@ -1206,6 +1304,35 @@ fn summary_json(
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    #[test]
+    fn hex_to_slice_agrees_with_the_hex_crate() {
+        let mut ours = [0u8; 4];
+        let mut theirs = [0u8; 4];
+        for text in [
+            "00ff10aB",
+            "DEADbeef",
+            "0123456",
+            "012345678",
+            "0g000000",
+            "zz000000",
+            " 0000000",
+            "",
+        ] {
+            let a = hex_to_slice(text.as_bytes(), &mut ours);
+            let b = hex::decode_to_slice(text, &mut theirs).is_ok();
+            assert_eq!(a, b, "{text:?}");
+            if a {
+                assert_eq!(ours, theirs, "{text:?}");
+            }
+        }
+        for c in 0..=255u8 {
+            let text = [b'0', c, b'0', b'0', b'0', b'0', b'0', b'0'];
+            let a = hex_to_slice(&text, &mut ours);
+            let b = hex::decode_to_slice(text, &mut theirs).is_ok();
+            assert_eq!(a, b, "byte {c}");
+        }
+    }
 
     #[test]
     fn only_plain_envelope_lines_skip_the_json_parser() {

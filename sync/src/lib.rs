@@ -23,6 +23,7 @@
 pub mod b64;
 pub mod backoff;
 pub mod baseline;
+pub mod change_chunk;
 pub mod envelope;
 pub mod frame;
 pub mod item;
