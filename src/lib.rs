@@ -4,7 +4,6 @@
 pub mod audit;
 pub mod bench;
 pub mod calendar;
-pub(crate) mod change_bytes;
 pub mod clock;
 pub mod config;
 pub mod ctl;

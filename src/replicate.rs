@@ -1615,10 +1615,10 @@ fn last_recon_json(r: &[ReconCounters; SetKind::COUNT]) -> Value {
 }
 
 /// A stored change's authoring time (its reconciliation item's timestamp; negative times count
-/// as 0). Read from the header without expanding the change (`change_bytes`); Automerge
+/// as 0). Read from the header without expanding the change (`change_chunk`); Automerge
 /// answers for a layout that reader does not expect. `None`: not a change.
 fn change_time(change: &[u8]) -> Option<u64> {
-    let time = match crate::change_bytes::change_time(change) {
+    let time = match consentd_sync::change_chunk::change_time(change) {
         Some(t) => t,
         None => automerge::Change::try_from(change).ok()?.timestamp(),
     };

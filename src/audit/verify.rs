@@ -58,7 +58,6 @@ use serde_json::{json, Value};
 
 use super::bundle::{Line, ReadError, Reader, FORMAT, VERSION};
 use super::cli::Progress;
-use crate::change_bytes;
 
 /// Every check's name, in the order of the table above and of docs/audit-bundle.md.
 pub const CHECKS: &[&str] = &[
@@ -286,7 +285,7 @@ fn created_type(v: &CheckedEnvelope) -> Option<(&'static str, bool)> {
     // directly (no allocation); `Change::decode` only if the columns are not laid out as that
     // reader expects.
     let mut creation = Creation::default();
-    let fast = change_bytes::for_each_root_string_put(v.change_bytes(), v.ops(), |k, val| {
+    let fast = consentd_sync::change_chunk::for_each_root_string_put(v.change_bytes(), |k, val| {
         creation.see(k, val)
     });
     let slow = || {

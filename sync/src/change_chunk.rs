@@ -28,7 +28,7 @@
 //!   message (UTF-8), other actors, column metadata, column data, extra bytes (any);
 //! - every LEB128 in its minimal form and at most 9 bytes (Automerge refuses overlong forms in
 //!   the header and takes them in columns; the 9-byte bound keeps values below 2^63);
-//! - columns: only the thirteen op columns Automerge writes, none deflated, in strictly
+//! - columns: only the fourteen op columns Automerge writes, none deflated, in strictly
 //!   increasing spec order; a value column only right after its metadata; the predecessor
 //!   actor and counter columns only together and only after the predecessor group;
 //! - runs (RLE): positive counts with a value, negative counts of literals, null runs of at least
@@ -57,8 +57,12 @@ pub const MAX_OPS: u64 = 1 << 16;
 const MAX_OTHER_ACTORS: u64 = 256;
 /// Longest actor id read here (consentd's are 40 bytes: key ‖ incarnation).
 const MAX_ACTOR_BYTES: u64 = 128;
-/// Most columns a change may declare here (there are thirteen kinds).
+/// Most columns a change may declare here (there are fourteen kinds).
 const MAX_COLUMNS: u64 = 16;
+/// Action code of a put (`OpType::Put`).
+const ACTION_PUT: u64 = 1;
+/// Value metadata type code of a UTF-8 string.
+const VALUE_STRING: u64 = 6;
 
 /// Column specs (`id << 4 | type`), in the order Automerge's encoder writes them.
 mod spec {
@@ -111,17 +115,89 @@ impl ChunkFacts<'_> {
 
 /// Reads `bytes` as one uncompressed Automerge change chunk; see the module doc for the contract.
 pub fn read(bytes: &[u8]) -> Option<ChunkFacts<'_>> {
+    let mut h = header(bytes)?;
+    let columns = Columns::parse(&mut h.rest)?;
+    // What follows the column data is the change's extra bytes: Automerge takes any.
+    let ops = check_ops(&columns, h.other_actors)?;
+    Some(ChunkFacts {
+        hash: Sha256::digest(&bytes[CHUNK_TYPE_AT..]).into(),
+        actor: h.actor,
+        deps: h.deps,
+        seq: h.seq,
+        start_op: h.start_op,
+        time: h.time,
+        ops,
+    })
+}
+
+/// The authoring time (`Change::timestamp`) in the header of `bytes`, an uncompressed change
+/// chunk, read without walking its ops. For changes already verified: replication keys every
+/// stored envelope by it (its reconciliation item) at start-up and whenever one becomes durable,
+/// where `Change::try_from` would hash the chunk and decode every op (most of a restart's CPU at
+/// 1,000,000 records). `None` when the header is not as [`read`] expects; ask Automerge then.
+pub fn change_time(bytes: &[u8]) -> Option<i64> {
+    header(bytes).map(|h| h.time)
+}
+
+/// Calls `f(key, value)` for each op of `bytes` (an uncompressed change chunk) that puts a string
+/// at the root map, in op order. For changes already verified: `audit verify` needs, of each
+/// creating change, the record type it writes and whether it writes `status: "refused"`, and
+/// `Change::decode` answers that by expanding every op into owned legacy structures. `None` when
+/// the chunk is not laid out as [`read`] expects; the caller then uses `Change::decode`.
+pub fn for_each_root_string_put(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> Option<()> {
+    let mut h = header(bytes)?;
+    let cols = Columns::parse(&mut h.rest)?;
+    let mut obj_actor = Rle::<u64>::new(cols.obj_actor);
+    let mut obj_ctr = Rle::<u64>::new(cols.obj_ctr);
+    let mut key_str = Rle::<&str>::new(cols.key_str);
+    let mut action = Rle::<u64>::new(cols.action);
+    let mut val_meta = Rle::<u64>::new(cols.val_meta);
+    let mut val_raw = Bytes(cols.val_raw);
+    let mut ops = 0u64;
+    while !action.finished() {
+        ops += 1;
+        if ops > MAX_OPS {
+            return None;
+        }
+        let root = matches!(
+            (obj_actor.next()?, obj_ctr.next()?),
+            (None, None) | (_, Some(0))
+        );
+        let key = key_str.next()?;
+        let act = action.next()?;
+        let meta = val_meta.next()?.unwrap_or(0);
+        let value = val_raw.take(usize::try_from(meta >> 4).ok()?)?;
+        if let (true, Some(key), Some(ACTION_PUT), VALUE_STRING) = (root, key, act, meta & 0x0f) {
+            f(key, std::str::from_utf8(value).ok()?);
+        }
+    }
+    Some(())
+}
+
+/// A change chunk's header, up to its column metadata.
+struct Header<'a> {
+    actor: &'a [u8],
+    deps: &'a [u8],
+    seq: u64,
+    start_op: u64,
+    time: i64,
+    other_actors: u64,
+    /// From the column metadata on.
+    rest: Bytes<'a>,
+}
+
+/// Reads the chunk header and the change header of `bytes`; see the module doc.
+fn header(bytes: &[u8]) -> Option<Header<'_>> {
     if bytes.get(..4)? != MAGIC || *bytes.get(CHUNK_TYPE_AT)? != CHUNK_CHANGE {
         return None;
     }
     // The hash covers the chunk type, the length and the body; with the length minimal and exact
-    // (checked next) that is every byte from the type on.
-    let mut chunk = Bytes(bytes.get(CHUNK_TYPE_AT + 1..)?);
-    let len = chunk.uleb()?;
-    if len != chunk.0.len() as u64 {
+    // (checked here) that is every byte from the type on.
+    let mut c = Bytes(bytes.get(CHUNK_TYPE_AT + 1..)?);
+    let len = c.uleb()?;
+    if len != c.0.len() as u64 {
         return None;
     }
-    let mut c = chunk;
     let deps_n = c.uleb()?;
     let deps = c.take(usize::try_from(deps_n).ok()?.checked_mul(32)?)?;
     let actor = c.prefixed(MAX_ACTOR_BYTES)?;
@@ -141,17 +217,14 @@ pub fn read(bytes: &[u8]) -> Option<ChunkFacts<'_>> {
     for _ in 0..other_actors {
         c.prefixed(MAX_ACTOR_BYTES)?;
     }
-    let columns = Columns::parse(&mut c)?;
-    // What follows the column data is the change's extra bytes: Automerge takes any.
-    let ops = check_ops(&columns, other_actors)?;
-    Some(ChunkFacts {
-        hash: Sha256::digest(&bytes[CHUNK_TYPE_AT..]).into(),
+    Some(Header {
         actor,
         deps,
         seq,
         start_op,
         time,
-        ops,
+        other_actors,
+        rest: c,
     })
 }
 
@@ -461,7 +534,14 @@ impl<'a> RleValue<'a> for i64 {
     }
 }
 
-/// A string's place in a column, checked to be UTF-8 (the reader needs no more of it).
+impl<'a> RleValue<'a> for &'a str {
+    fn read(b: &mut Bytes<'a>) -> Option<&'a str> {
+        let len = usize::try_from(b.uleb()?).ok()?;
+        std::str::from_utf8(b.take(len)?).ok()
+    }
+}
+
+/// A string's place in a column, checked to be UTF-8 (the validator needs no more of it).
 #[derive(Clone, Copy)]
 struct Text;
 
@@ -786,5 +866,131 @@ mod tests {
         assert_eq!(Bytes(&[0xc0, 0x00]).sleb(), Some(64));
         assert_eq!(Bytes(&[0xff, 0x7f]).sleb(), None, "overlong -1");
         assert_eq!(Bytes(&[0x80, 0x00]).sleb(), None, "overlong 0");
+    }
+
+    /// Root string puts as `Change::decode` sees them (the reference `for_each_root_string_put`
+    /// must match).
+    fn decoded(change: &automerge::Change) -> Vec<(String, String)> {
+        change
+            .decode()
+            .operations
+            .iter()
+            .filter_map(|op| match (&op.obj, &op.key, &op.action) {
+                (
+                    automerge::legacy::ObjectId::Root,
+                    automerge::legacy::Key::Map(k),
+                    automerge::legacy::OpType::Put(automerge::ScalarValue::Str(s)),
+                ) => Some((k.to_string(), s.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn root_puts(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for_each_root_string_put(bytes, |k, v| out.push((k.to_string(), v.to_string())))?;
+        Some(out)
+    }
+
+    #[test]
+    fn root_string_puts_agree_with_automerge() {
+        let mut doc = Automerge::new();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "type", "transfer")?;
+            tx.put(ROOT, "count", 3u64)?;
+            let m = tx.put_object(ROOT, "nested", ObjType::Map)?;
+            tx.put(&m, "status", "not at root")?;
+            let l = tx.put_object(ROOT, "list", ObjType::List)?;
+            tx.insert(&l, 0, "item")?;
+            tx.put(ROOT, "status", "refused")?;
+            tx.put(ROOT, "empty", "")?;
+            tx.put(ROOT, "bytes", ScalarValue::Bytes(vec![1, 2, 3]))?;
+            tx.put(ROOT, "long", "x".repeat(300).as_str())?;
+            Ok(())
+        })
+        .unwrap();
+        // A second change overwrites a root key (predecessors, a non-root actor reference).
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            tx.put(ROOT, "status", "sent")?;
+            tx.delete(ROOT, "empty")?;
+            Ok(())
+        })
+        .unwrap();
+        let mut samples: Vec<Vec<u8>> = doc
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        samples.extend(sample_changes());
+        for bytes in &samples {
+            let change = automerge::Change::try_from(&bytes[..]).unwrap();
+            assert_eq!(root_puts(bytes), Some(decoded(&change)), "reader disagrees");
+        }
+        let first = automerge::Change::try_from(&samples[0][..]).unwrap();
+        assert!(decoded(&first).contains(&("type".into(), "transfer".into())));
+    }
+
+    #[test]
+    fn truncated_or_garbage_bytes_give_none_not_a_panic() {
+        let bytes = sample_changes().remove(0);
+        let change = automerge::Change::try_from(&bytes[..]).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(read(&bytes[..cut]).is_none(), "cut at {cut}");
+            let _ = for_each_root_string_put(&bytes[..cut], |_, _| {});
+            assert!(change_time(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0xff;
+            let _ = read(&flipped);
+            let _ = for_each_root_string_put(&flipped, |_, _| {});
+            let _ = change_time(&flipped);
+            flipped[i] ^= 0xff;
+        }
+        assert!(for_each_root_string_put(&[], |_, _| {}).is_none());
+        assert!(change_time(&[]).is_none());
+        assert_eq!(change_time(&bytes), Some(change.timestamp()));
+    }
+
+    /// The header time as Automerge reads it, for changes with and without dependencies and
+    /// messages, and for times of every sign and size a `with_time` accepts.
+    #[test]
+    fn change_time_agrees_with_automerge() {
+        let mut doc = Automerge::new();
+        // (Automerge itself overflows on times near i64::MIN and i64::MAX in debug builds.)
+        let times = [
+            0,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            1_735_689_600,
+            1 << 40,
+            -(1 << 40),
+        ];
+        for (i, time) in times.into_iter().enumerate() {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, "n", i as i64).unwrap();
+            let mut options = automerge::transaction::CommitOptions::default().with_time(time);
+            if i % 2 == 1 {
+                options = options.with_message(format!("change {i}"));
+            }
+            tx.commit_with(options);
+            let change = doc.get_last_local_change().unwrap();
+            assert_eq!(change.timestamp(), time);
+            assert_eq!(change_time(change.raw_bytes()), Some(time), "time {time}");
+        }
+        // A change of another actor with several dependencies.
+        let mut other = doc.fork();
+        let mut tx = other.transaction();
+        tx.put(ROOT, "other", "x").unwrap();
+        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(42));
+        let change = other.get_last_local_change().unwrap();
+        assert!(!change.deps().is_empty());
+        assert_eq!(change_time(change.raw_bytes()), Some(42));
+        // Another chunk type (a whole document) is not a change.
+        assert_eq!(change_time(&doc.save()), None);
     }
 }
