@@ -421,7 +421,8 @@ fn apply(host: &mut Host, b: &consentd_sync::session::StoreBatch) {
 
 /// Envelopes: decode∘encode is the identity; verification never panics, and single and batch
 /// verification reach the same verdict, as does `check_batch` (which reads the change without
-/// Automerge where it can), with the same op count and dependencies.
+/// Automerge where it can), with the same op count and dependencies; the grouped batch equation
+/// (`batch_sig`) agrees with ed25519-dalek's on the envelope's signature bytes.
 pub fn envelope(data: &[u8]) {
     let Ok(env) = Envelope::decode(data) else {
         return;
@@ -436,6 +437,23 @@ pub fn envelope(data: &[u8]) {
             b.as_ref().map(|v| v.hash()).map_err(|e| e.to_string()),
             "single and batch verification disagree"
         );
+    }
+    // The grouped batch equation gives ed25519-dalek's verdict on any bytes, not only on the
+    // signatures the roster's offices make: over the signed message (the seeds' signatures
+    // verify) and over the change itself (never signed).
+    if let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&env.signer) {
+        let sig = ed25519_dalek::Signature::from_bytes(&env.signature);
+        let signed = single
+            .as_ref()
+            .map(|v| envelope::signed_message(&env.doc_id, &v.hash()).to_vec())
+            .unwrap_or_default();
+        for messages in [[&signed[..], &signed[..]], [&signed[..], &env.change[..]]] {
+            assert_eq!(
+                consentd_sync::batch_sig::verify_batch(&messages, &[sig, sig], &[key, key]),
+                ed25519_dalek::verify_batch(&messages, &[sig, sig], &[key, key]).is_ok(),
+                "grouped and ed25519-dalek batch verification disagree"
+            );
+        }
     }
     for c in envelope::check_batch(vec![env], roster) {
         let want = single

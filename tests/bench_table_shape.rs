@@ -26,6 +26,7 @@ fn bench_prints_rows_with_the_interface_keys() {
         "disk_per_record_file_length",
         "audit_verify",
         "audit_verify_vs_bare_loop",
+        "audit_verify_vs_grouped_batch",
         "cold_sync",
         "delta_sync_round_trips_daemons",
         "delta_sync_bytes_daemons",

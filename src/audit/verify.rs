@@ -36,7 +36,8 @@
 //!
 //! Envelopes are verified in batches of [`VERIFY_BATCH`] on a pool of worker threads (one per
 //! core) with batch ed25519 verification (`consentd_sync::envelope::check_batch`: every check of
-//! `verify_batch`, reading each change without expanding it), while the main thread reads and
+//! `verify_batch`, reading each change without expanding it, and signatures checked by
+//! `consentd_sync::batch_sig`, one curve term per signing office), while the main thread reads and
 //! parses lines. Memory: the verifier keeps ids, hashes and dependency lists (~100 bytes per
 //! change), never payloads, unless the report asked it to keep the verified changes.
 

@@ -99,12 +99,12 @@ pub(crate) fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
 /// Human table.
 pub fn human(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<26} {:>14} {:>14} {:<12} {:>6} {:>6} {:>4}\n",
+        "{:<30} {:>14} {:>14} {:<12} {:>6} {:>6} {:>4}\n",
         "NAME", "OURS", "BASELINE", "UNIT", "RATIO", "TARGET", "MET"
     );
     for r in rows {
         out += &format!(
-            "{:<26} {:>14.0} {:>14.0} {:<12} {:>6.2} {:>6.2} {:>4}\n",
+            "{:<30} {:>14.0} {:>14.0} {:<12} {:>6.2} {:>6.2} {:>4}\n",
             r.name,
             r.ours,
             r.baseline,

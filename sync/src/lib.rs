@@ -3,6 +3,8 @@
 //! - [`keys`]: office/root key generation and the key file formats.
 //! - [`roster`]: the root-signed list of offices; [`roster::VerifiedRoster`] is the only source of
 //!   trusted office keys.
+//! - [`batch_sig`]: ed25519 batch verification with equal signers' terms grouped (ed25519-dalek's
+//!   equation and verdict, about half the work for one-signer batches).
 //! - [`envelope`]: signed change envelopes, the unit of replication, and their verification.
 //! - [`tombstone`]: signed statements that a record is deleted for good.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proofs (pure functions).
@@ -23,6 +25,7 @@
 pub mod b64;
 pub mod backoff;
 pub mod baseline;
+pub mod batch_sig;
 pub mod change_chunk;
 pub mod envelope;
 pub mod frame;
