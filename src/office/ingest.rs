@@ -223,6 +223,11 @@ impl Office {
             self.store.commit(batch).await?;
             self.announce(announce);
         }
+        if threads >= 2 {
+            // A store batch of a cold sync loaded up to a thousand documents, as an import
+            // chunk authors them.
+            super::release_free_heap();
+        }
         Ok(report)
     }
 

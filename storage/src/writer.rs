@@ -108,8 +108,18 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     "group commit durable"
                 );
                 for r in group {
+                    let Request {
+                        purges,
+                        batch,
+                        reply,
+                        _permit,
+                        ..
+                    } = r;
+                    // Freed before the answer, so a caller that returns memory to the kernel
+                    // once its commit is durable (an import chunk) finds the batch gone.
+                    drop((purges, batch));
                     // A dropped receiver (cancelled caller) is fine: its data is committed anyway.
-                    let _ = r.reply.send(Ok(CommitReceipt { commit_seq: seq }));
+                    let _ = reply.send(Ok(CommitReceipt { commit_seq: seq }));
                 }
             }
             Err(e) => {
