@@ -42,7 +42,8 @@ const PARALLEL_OPS_MIN: usize = 64;
 /// Threads one write authors on: one per core.
 /// Returns free heap memory to the kernel (glibc keeps freed chunks resident in its arenas).
 /// Bounded cost: one walk of the arenas' free lists, about a millisecond for a heap of tens of
-/// MB, so it runs after bulk work only (an import chunk of up to a thousand records).
+/// MB, so it runs after bulk work only: an import chunk, or an ingest batch merged on several
+/// threads (each up to about a thousand documents).
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
