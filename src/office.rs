@@ -33,7 +33,7 @@ use std::time::Instant;
 mod ingest;
 mod locks;
 
-pub use ingest::{IngestReport, TravellingKey, KIND_PENDING};
+pub use ingest::{IngestReport, TravellingKey, INGEST_ENVELOPES_MAX, KIND_PENDING};
 use locks::{KeyGuard, KeyLocks};
 
 /// Writes of at least this many operations (imports) author on several threads.

@@ -304,14 +304,12 @@ impl Record {
 
     /// Reads a record back from any merge of its document's changes.
     pub fn from_doc(doc: &Automerge) -> Result<Record, String> {
-        let value = doc_json(doc, &ROOT, ObjType::Map);
-        debug_assert_eq!(
-            Some(&value),
-            serde_json::to_value(automerge::AutoSerde::from(doc))
-                .ok()
-                .as_ref(),
-            "the document reads as AutoSerde reads it"
-        );
+        Record::from_value(doc_value(doc))
+    }
+
+    /// Reads a record from its document's root as `AutoSerde` renders it ([`doc_value`], or
+    /// `consentd_sync::first_change` for a document made by one change).
+    pub fn from_value(value: Value) -> Result<Record, String> {
         serde_json::from_value(value).map_err(|e| format!("document is not a valid record: {e}"))
     }
 
@@ -334,6 +332,19 @@ impl Record {
         }
         Ok(())
     }
+}
+
+/// A document's root as JSON, exactly as `automerge::AutoSerde` renders it (see [`doc_json`]).
+pub fn doc_value(doc: &Automerge) -> Value {
+    let value = doc_json(doc, &ROOT, ObjType::Map);
+    debug_assert_eq!(
+        Some(&value),
+        serde_json::to_value(automerge::AutoSerde::from(doc))
+            .ok()
+            .as_ref(),
+        "the document reads as AutoSerde reads it"
+    );
+    value
 }
 
 /// An object of a document as JSON, the way `automerge::AutoSerde` writes it (the winning value of

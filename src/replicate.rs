@@ -6,7 +6,8 @@
 //! per peer link, and turns the session's actions into storage work:
 //!
 //! - `Store` (envelopes) → [`Office::ingest`] with the keys received so far, then `stored`, on a
-//!   task of its own, up to [`STORES_IN_FLIGHT_MAX`] batches per link at once;
+//!   task of its own, up to [`STORES_IN_FLIGHT_MAX`] tasks per link at once; batches arriving
+//!   while all are busy queue, and the next task stores every queued batch in one commit;
 //! - `Store` (keys) → held in memory until a record that uses them is ingested;
 //! - `Fetch` → envelopes or keys this peer may have, from the store;
 //! - `Reject` → a warning naming the peer, set and ids, never content.
@@ -26,7 +27,7 @@
 //! whatever the transfer policy withholds. Equivocation (an office's two signed histories) is
 //! logged at error level and kept as evidence in meta (`equivocation/v1/…`).
 
-use crate::office::{stored_facts, Committed, Office, TransferEvent};
+use crate::office::{stored_facts, Committed, Office, TransferEvent, INGEST_ENVELOPES_MAX};
 use crate::policy::{TransferPolicy, Verdict};
 use crate::record::{DocId, RecordFacts};
 use consentd_storage::KeyId;
@@ -42,11 +43,11 @@ use consentd_sync::session::{
 use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
 use consentd_sync::tombstone::{self, Tombstone};
 use consentd_sync::transport::{Endpoint, Link};
-use consentd_sync::{Envelope, Hello, SetKind, VerifiedRoster};
+use consentd_sync::{Envelope, Hello, SetKind, VerifiedEnvelope, VerifiedRoster};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -78,6 +79,8 @@ pub const LINK_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Want's answer (`Limits::want_bytes_max`), and all of them together stay within the session's
 /// unstored budget, so this bounds concurrency, not memory.
 pub const STORES_IN_FLIGHT_MAX: usize = 3;
+/// What a store task reports: the batches it stored, and whether their commit is durable.
+type StoreDone = (Vec<BatchId>, Result<(), String>);
 /// Envelopes read per storage page when the sets are built at start.
 const BUILD_PAGE: usize = 4096;
 /// Most incoming QUIC handshakes authenticated at once (each is bounded in time by
@@ -1204,10 +1207,13 @@ impl Replicator {
         let mut dropped_seen = 0u64;
         let mut last_recon = [ReconCounters::default(); SetKind::COUNT];
         // Envelope batches being stored by their own tasks (see [`STORES_IN_FLIGHT_MAX`]); each
-        // reports its batch id here once durable.
+        // task reports its batch ids here once durable. Batches that arrive while every task is
+        // busy wait in `store_queue`, and the next task takes all of them into one commit: a burst of
+        // single-envelope pushes costs a few durable commits, not one each.
         let (stored_tx, mut stored_rx) =
-            tokio::sync::mpsc::channel::<(BatchId, Result<(), String>)>(STORES_IN_FLIGHT_MAX);
+            tokio::sync::mpsc::channel::<StoreDone>(STORES_IN_FLIGHT_MAX);
         let mut storing = 0usize;
+        let mut store_queue: VecDeque<StoreBatch> = VecDeque::new();
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
@@ -1216,26 +1222,29 @@ impl Replicator {
                 while let Some(action) = session.poll_action() {
                     match action {
                         Action::Store(batch) if batch.set == SetKind::Envelopes => {
-                            if storing == STORES_IN_FLIGHT_MAX {
-                                self.finish_store(&mut session, &mut stored_rx, &mut storing)
-                                    .await?;
+                            store_queue.push_back(batch);
+                            if storing < STORES_IN_FLIGHT_MAX {
+                                self.start_store(&peer, &mut store_queue, &stored_tx);
+                                storing += 1;
                             }
-                            storing += 1;
-                            let (rep, peer, done) = (self.clone(), peer.clone(), stored_tx.clone());
-                            tokio::spawn(async move {
-                                let id = batch.id;
-                                let result = rep.store_envelopes(&peer, batch).await;
-                                let _ = done.send((id, result)).await;
-                            });
                         }
                         action => {
                             // Everything else sees the envelopes stored before it, as when
                             // batches were stored one at a time: keys re-open pending records,
                             // tombstones purge what they cover, logs follow their records.
                             if matches!(action, Action::Store(_)) {
-                                while storing > 0 {
-                                    self.finish_store(&mut session, &mut stored_rx, &mut storing)
+                                while storing > 0 || !store_queue.is_empty() {
+                                    if storing < STORES_IN_FLIGHT_MAX && !store_queue.is_empty() {
+                                        self.start_store(&peer, &mut store_queue, &stored_tx);
+                                        storing += 1;
+                                    } else {
+                                        self.finish_store(
+                                            &mut session,
+                                            &mut stored_rx,
+                                            &mut storing,
+                                        )
                                         .await?;
+                                    }
                                 }
                             }
                             self.act(&peer, &mut session, action).await?;
@@ -1301,11 +1310,19 @@ impl Replicator {
                             }
                         }
                     }
-                    Some((id, result)) = stored_rx.recv(), if storing > 0 => {
+                    Some((ids, result)) = stored_rx.recv(), if storing > 0 => {
                         storing -= 1;
                         result?;
-                        let sets = lock(&self.sets);
-                        session.stored(Instant::now(), id, &self.view(&sets));
+                        {
+                            let sets = lock(&self.sets);
+                            for id in ids {
+                                session.stored(Instant::now(), id, &self.view(&sets));
+                            }
+                        }
+                        if !store_queue.is_empty() {
+                            self.start_store(&peer, &mut store_queue, &stored_tx);
+                            storing += 1;
+                        }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         let sets = lock(&self.sets);
@@ -1317,9 +1334,11 @@ impl Replicator {
             }
         }
         .await;
-        // A writer that stopped early (a failed send) holds the reason the link failed.
+        // A writer that stopped early (a failed send) holds the reason the link failed. Its
+        // handle is then spent: polling a finished JoinHandle again panics.
+        let writer_stopped = outcome.is_err() && writer_task.is_finished();
         let outcome = match outcome {
-            Err(e) if writer_task.is_finished() => match (&mut writer_task).await {
+            Err(e) if writer_stopped => match (&mut writer_task).await {
                 Ok(Err(reason)) => Err(reason),
                 _ => Err(e),
             },
@@ -1339,7 +1358,9 @@ impl Replicator {
         // writer sends what is queued (a last Error frame says why) and finishes the stream,
         // bounded in time.
         drop(out);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+        if !writer_stopped {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+        }
         connection.close(0u32.into(), b"bye");
     }
 
@@ -1431,7 +1452,7 @@ impl Replicator {
                     .await
                     .map_err(|e| format!("cannot open records from {peer}: {e}"))?;
             }
-            SetKind::Envelopes => self.store_envelopes(peer, batch).await?,
+            SetKind::Envelopes => self.store_envelopes(peer, vec![batch]).await?,
             SetKind::Tombstones => {
                 let mut todo = Vec::with_capacity(batch.blobs.len());
                 for blob in &batch.blobs {
@@ -1489,14 +1510,48 @@ impl Replicator {
         Ok(())
     }
 
-    /// Ingests one batch of verified envelopes; returns once they are durable.
-    async fn store_envelopes(&self, peer: &str, batch: StoreBatch) -> Result<(), String> {
-        debug_assert_eq!(batch.set, SetKind::Envelopes, "an envelope batch");
+    /// Starts a task storing the envelope batches at the front of `queued`, as many as one
+    /// ingest takes ([`INGEST_ENVELOPES_MAX`]; at least one), in one durable commit; it reports
+    /// their ids on `done`.
+    fn start_store(
+        self: &Arc<Self>,
+        peer: &str,
+        queued: &mut VecDeque<StoreBatch>,
+        done: &tokio::sync::mpsc::Sender<StoreDone>,
+    ) {
+        let mut batches = Vec::new();
+        let mut envelopes = 0;
+        while let Some(next) = queued.front() {
+            let n = next.envelopes.len();
+            if !batches.is_empty() && envelopes + n > INGEST_ENVELOPES_MAX {
+                break;
+            }
+            envelopes += n;
+            batches.push(queued.pop_front().expect("front() was Some"));
+        }
+        debug_assert!(!batches.is_empty(), "start_store with nothing queued");
+        let (rep, peer, done) = (self.clone(), peer.to_string(), done.clone());
+        tokio::spawn(async move {
+            let ids = batches.iter().map(|b| b.id).collect();
+            let result = rep.store_envelopes(&peer, batches).await;
+            let _ = done.send((ids, result)).await;
+        });
+    }
+
+    /// Ingests batches of verified envelopes in one durable commit; returns once they are
+    /// durable.
+    async fn store_envelopes(&self, peer: &str, batches: Vec<StoreBatch>) -> Result<(), String> {
+        debug_assert!(
+            batches.iter().all(|b| b.set == SetKind::Envelopes),
+            "envelope batches"
+        );
+        let envelopes: Vec<VerifiedEnvelope> =
+            batches.into_iter().flat_map(|b| b.envelopes).collect();
         let received = lock(&self.sets).received.clone();
-        self.remember_sources(peer, batch.envelopes.iter().map(|e| e.hash()));
+        self.remember_sources(peer, envelopes.iter().map(|e| e.hash()));
         let report = self
             .office
-            .ingest(batch.envelopes, &received)
+            .ingest(envelopes, &received)
             .await
             .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
         self.set_status(peer, |s| {
@@ -1510,18 +1565,20 @@ impl Replicator {
     async fn finish_store(
         &self,
         session: &mut Session,
-        stored_rx: &mut tokio::sync::mpsc::Receiver<(BatchId, Result<(), String>)>,
+        stored_rx: &mut tokio::sync::mpsc::Receiver<StoreDone>,
         storing: &mut usize,
     ) -> Result<(), String> {
         debug_assert!(*storing > 0, "waiting for a store that was never started");
-        let (id, result) = stored_rx
+        let (ids, result) = stored_rx
             .recv()
             .await
             .ok_or_else(|| "a store task vanished".to_string())?;
         *storing -= 1;
         result?;
         let sets = lock(&self.sets);
-        session.stored(Instant::now(), id, &self.view(&sets));
+        for id in ids {
+            session.stored(Instant::now(), id, &self.view(&sets));
+        }
         Ok(())
     }
 

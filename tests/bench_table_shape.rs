@@ -28,6 +28,7 @@ fn bench_prints_rows_with_the_interface_keys() {
         "audit_verify_vs_bare_loop",
         "audit_verify_vs_grouped_batch",
         "cold_sync",
+        "cold_sync_vs_automerge_floor",
         "delta_sync_round_trips_daemons",
         "delta_sync_bytes_daemons",
         "delta_sync_round_trips_core",

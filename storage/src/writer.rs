@@ -14,6 +14,7 @@
 //! - Requests are applied in the order they were queued (a request that would overflow the byte
 //!   bound is carried over to start the next group, not reordered).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -265,6 +266,12 @@ pub(crate) fn commit_group<'a>(
             // order; updates of different docs in one batch are independent.
             let mut order: Vec<&RecordUpdate> = batch.updates.iter().collect();
             order.sort_by_key(|u| u.doc_id);
+            // A doc's expiry, when this batch sets one, is written with its update: one doc_meta
+            // write per record instead of two (the last expiry listed for a doc wins, as when
+            // they are applied one after another below).
+            let expiry_of: HashMap<&DocId, Option<i32>> =
+                batch.expiries.iter().map(|(d, day)| (d, *day)).collect();
+            let mut expiry_written: HashSet<&DocId> = HashSet::new();
             for u in order {
                 // Tombstones win forever: a change for a deleted doc (a late or replayed
                 // envelope) is dropped here, in the transaction, whoever sent it.
@@ -272,10 +279,16 @@ pub(crate) fn commit_group<'a>(
                     c.dropped += u.envelopes.len().max(1) as u64;
                     continue;
                 }
-                apply_update(&mut t, &mut c, u)?;
+                let expiry = expiry_of.get(&u.doc_id).copied();
+                apply_update(&mut t, &mut c, u, expiry)?;
+                if expiry.is_some() {
+                    expiry_written.insert(&u.doc_id);
+                }
             }
             for (doc, day) in &batch.expiries {
-                set_expiry(&mut t, doc, *day)?;
+                if !expiry_written.contains(doc) {
+                    set_expiry(&mut t, doc, *day)?;
+                }
             }
             for (owner, id) in &batch.key_deletes {
                 t.keys.remove(id).ctx("writing table keys")?;
@@ -371,7 +384,20 @@ fn set_expiry(t: &mut Tables<'_>, doc: &DocId, day: Option<i32>) -> Result<()> {
     if meta.expiry_day == day {
         return Ok(());
     }
-    if let Some(old) = meta.expiry_day {
+    move_expiry(t, doc, meta.expiry_day, day)?;
+    meta.expiry_day = day;
+    t.doc_meta
+        .insert(doc, meta.encode().as_slice())
+        .ctx("writing table doc_meta")?;
+    Ok(())
+}
+
+/// Moves `doc`'s entry in the expiry index from `old` to `new` (the caller writes doc_meta).
+fn move_expiry(t: &mut Tables<'_>, doc: &DocId, old: Option<i32>, new: Option<i32>) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(old) = old {
         let existed = t
             .expiry
             .remove(&due_key(old, doc))
@@ -379,15 +405,11 @@ fn set_expiry(t: &mut Tables<'_>, doc: &DocId, day: Option<i32>) -> Result<()> {
             .is_some();
         debug_assert!(existed, "expiry entry listed in doc_meta was missing");
     }
-    if let Some(d) = day {
+    if let Some(d) = new {
         t.expiry
             .insert(&due_key(d, doc), ())
             .ctx("writing table expiry")?;
     }
-    meta.expiry_day = day;
-    t.doc_meta
-        .insert(doc, meta.encode().as_slice())
-        .ctx("writing table doc_meta")?;
     Ok(())
 }
 
@@ -425,7 +447,14 @@ fn load_doc_meta(t: &Tables<'_>, doc: &DocId) -> Result<Option<DocMeta>> {
     }
 }
 
-fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Result<()> {
+/// Applies one record update; `expiry`, when given, is the doc's expiry day as of this batch
+/// (`WriteBatch::expiries`), written with it.
+fn apply_update(
+    t: &mut Tables<'_>,
+    c: &mut Counters,
+    u: &RecordUpdate,
+    expiry: Option<Option<i32>>,
+) -> Result<()> {
     let doc = &u.doc_id;
     let old = load_doc_meta(t, doc)?;
     let old_pos = old.as_ref().map_or(0, |m| m.next_pos);
@@ -435,17 +464,20 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
     let mut next_pos = old_pos;
     let mut value = Vec::new();
     for (hash, bytes) in &u.envelopes {
-        if t.envelope_at
-            .get(hash)
-            .ctx("reading table envelope_at")?
-            .is_some()
-        {
+        let key = change_key(doc, next_pos);
+        // Inserted first and put back if it was there: one B-tree walk for a new envelope
+        // (nearly all of them; ingest filters what it holds) instead of a lookup and an insert.
+        let held = t
+            .envelope_at
+            .insert(hash, &key)
+            .ctx("writing table envelope_at")?
+            .map(|old| *old.value());
+        if let Some(old) = held {
+            t.envelope_at
+                .insert(hash, &old)
+                .ctx("writing table envelope_at")?;
             continue;
         }
-        let key = change_key(doc, next_pos);
-        t.envelope_at
-            .insert(hash, &key)
-            .ctx("writing table envelope_at")?;
         value.clear();
         value.extend_from_slice(hash);
         value.extend_from_slice(bytes);
@@ -542,12 +574,20 @@ fn apply_update(t: &mut Tables<'_>, c: &mut Counters, u: &RecordUpdate) -> Resul
     if old.is_none() {
         c.records += 1;
     }
+    let old_expiry = old.as_ref().and_then(|m| m.expiry_day);
+    let expiry_day = match expiry {
+        Some(day) => {
+            move_expiry(t, doc, old_expiry, day)?;
+            day
+        }
+        // Not set by this batch: unchanged.
+        None => old_expiry,
+    };
     let meta = DocMeta {
         kind: u.kind,
         next_pos,
         due_day: u.due_day,
-        // The expiry is set by `WriteBatch::expiries`, after the update; keep it until then.
-        expiry_day: old.as_ref().and_then(|m| m.expiry_day),
+        expiry_day,
         index_keys: keys,
     };
     t.doc_meta

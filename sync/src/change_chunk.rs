@@ -65,7 +65,7 @@ const ACTION_PUT: u64 = 1;
 const VALUE_STRING: u64 = 6;
 
 /// Column specs (`id << 4 | type`), in the order Automerge's encoder writes them.
-mod spec {
+pub(crate) mod spec {
     pub const OBJ_ACTOR: u32 = 0x01;
     pub const OBJ_CTR: u32 = 0x02;
     pub const KEY_ACTOR: u32 = 0x11;
@@ -175,19 +175,19 @@ pub fn for_each_root_string_put(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> 
 }
 
 /// A change chunk's header, up to its column metadata.
-struct Header<'a> {
-    actor: &'a [u8],
-    deps: &'a [u8],
-    seq: u64,
-    start_op: u64,
-    time: i64,
-    other_actors: u64,
+pub(crate) struct Header<'a> {
+    pub(crate) actor: &'a [u8],
+    pub(crate) deps: &'a [u8],
+    pub(crate) seq: u64,
+    pub(crate) start_op: u64,
+    pub(crate) time: i64,
+    pub(crate) other_actors: u64,
     /// From the column metadata on.
-    rest: Bytes<'a>,
+    pub(crate) rest: Bytes<'a>,
 }
 
 /// Reads the chunk header and the change header of `bytes`; see the module doc.
-fn header(bytes: &[u8]) -> Option<Header<'_>> {
+pub(crate) fn header(bytes: &[u8]) -> Option<Header<'_>> {
     if bytes.get(..4)? != MAGIC || *bytes.get(CHUNK_TYPE_AT)? != CHUNK_CHANGE {
         return None;
     }
@@ -244,26 +244,26 @@ pub fn agrees_with_automerge(bytes: &[u8], facts: &ChunkFacts<'_>) -> bool {
 }
 
 /// The op columns' bytes, by spec; an absent column is empty.
-struct Columns<'a> {
-    obj_actor: &'a [u8],
-    obj_ctr: &'a [u8],
-    key_actor: &'a [u8],
-    key_ctr: &'a [u8],
-    key_str: &'a [u8],
-    insert: &'a [u8],
-    action: &'a [u8],
-    val_meta: &'a [u8],
-    val_raw: &'a [u8],
-    pred_group: &'a [u8],
-    pred_actor: &'a [u8],
-    pred_ctr: &'a [u8],
-    expand: &'a [u8],
-    mark_name: &'a [u8],
+pub(crate) struct Columns<'a> {
+    pub(crate) obj_actor: &'a [u8],
+    pub(crate) obj_ctr: &'a [u8],
+    pub(crate) key_actor: &'a [u8],
+    pub(crate) key_ctr: &'a [u8],
+    pub(crate) key_str: &'a [u8],
+    pub(crate) insert: &'a [u8],
+    pub(crate) action: &'a [u8],
+    pub(crate) val_meta: &'a [u8],
+    pub(crate) val_raw: &'a [u8],
+    pub(crate) pred_group: &'a [u8],
+    pub(crate) pred_actor: &'a [u8],
+    pub(crate) pred_ctr: &'a [u8],
+    pub(crate) expand: &'a [u8],
+    pub(crate) mark_name: &'a [u8],
 }
 
 impl<'a> Columns<'a> {
     /// Parses the column metadata and takes the column data from `c`.
-    fn parse(c: &mut Bytes<'a>) -> Option<Columns<'a>> {
+    pub(crate) fn parse(c: &mut Bytes<'a>) -> Option<Columns<'a>> {
         let n = c.uleb()?;
         if n > MAX_COLUMNS {
             return None;
@@ -451,10 +451,10 @@ fn value(meta: u64, raw: &mut Bytes<'_>) -> Option<bool> {
 
 /// A cursor over bytes; every read is bounds-checked and returns `None` past the end.
 #[derive(Clone, Copy)]
-struct Bytes<'a>(&'a [u8]);
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Bytes<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if n > self.0.len() {
             return None;
         }
@@ -473,7 +473,7 @@ impl<'a> Bytes<'a> {
     }
 
     /// Unsigned LEB128, minimal, at most 9 bytes.
-    fn uleb(&mut self) -> Option<u64> {
+    pub(crate) fn uleb(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for i in 0..9 {
             let byte = *self.0.get(i)?;
@@ -491,7 +491,7 @@ impl<'a> Bytes<'a> {
     }
 
     /// Signed LEB128, minimal, at most 9 bytes.
-    fn sleb(&mut self) -> Option<i64> {
+    pub(crate) fn sleb(&mut self) -> Option<i64> {
         let mut value = 0i64;
         let mut prev = 0u8;
         for i in 0..9 {
@@ -518,7 +518,7 @@ impl<'a> Bytes<'a> {
 }
 
 /// A value an RLE column holds.
-trait RleValue<'a>: Copy {
+pub(crate) trait RleValue<'a>: Copy {
     fn read(b: &mut Bytes<'a>) -> Option<Self>;
 }
 
@@ -561,7 +561,7 @@ fn utf8(bytes: &[u8]) -> bool {
 /// A run-length encoded column: a signed count, then a value (count > 0, a run), `-count`
 /// values (count < 0, literals), or a length (count 0, a run of nulls). Past its end a column
 /// reads as nulls, as Automerge's decoders do.
-struct Rle<'a, T> {
+pub(crate) struct Rle<'a, T> {
     data: Bytes<'a>,
     left: u64,
     literal: bool,
@@ -569,7 +569,7 @@ struct Rle<'a, T> {
 }
 
 impl<'a, T: RleValue<'a>> Rle<'a, T> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Rle {
             data: Bytes(data),
             left: 0,
@@ -579,7 +579,7 @@ impl<'a, T: RleValue<'a>> Rle<'a, T> {
     }
 
     /// The next value (`Some(None)` is a null); `None` if the column is not as expected.
-    fn next(&mut self) -> Option<Option<T>> {
+    pub(crate) fn next(&mut self) -> Option<Option<T>> {
         if self.left == 0 {
             if self.data.0.is_empty() {
                 return Some(None);
@@ -617,27 +617,27 @@ impl<'a, T: RleValue<'a>> Rle<'a, T> {
         }
     }
 
-    fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.left == 0 && self.data.0.is_empty()
     }
 }
 
 /// A delta-encoded integer column: an RLE of differences from the previous non-null value
 /// (starting at 0), summed saturating as Automerge does.
-struct Delta<'a> {
+pub(crate) struct Delta<'a> {
     rle: Rle<'a, i64>,
     absolute: i64,
 }
 
 impl<'a> Delta<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Delta {
             rle: Rle::new(data),
             absolute: 0,
         }
     }
 
-    fn next(&mut self) -> Option<Option<i64>> {
+    pub(crate) fn next(&mut self) -> Option<Option<i64>> {
         Some(match self.rle.next()? {
             Some(d) => {
                 self.absolute = self.absolute.saturating_add(d);
@@ -647,7 +647,7 @@ impl<'a> Delta<'a> {
         })
     }
 
-    fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.rle.finished()
     }
 }
@@ -655,7 +655,7 @@ impl<'a> Delta<'a> {
 /// A boolean column: alternating run lengths, starting with `false`. Only the first run may be
 /// empty (a column whose first value is `true`); each op must have a value (Automerge refuses an
 /// insert column that ends early).
-struct Bools<'a> {
+pub(crate) struct Bools<'a> {
     data: Bytes<'a>,
     left: u64,
     value: bool,
@@ -663,7 +663,7 @@ struct Bools<'a> {
 }
 
 impl<'a> Bools<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Bools {
             data: Bytes(data),
             left: 0,
@@ -672,7 +672,7 @@ impl<'a> Bools<'a> {
         }
     }
 
-    fn next(&mut self) -> Option<bool> {
+    pub(crate) fn next(&mut self) -> Option<bool> {
         while self.left == 0 {
             let n = self.data.uleb()?;
             if n > MAX_OPS || (n == 0 && self.started) {
@@ -686,7 +686,7 @@ impl<'a> Bools<'a> {
         Some(self.value)
     }
 
-    fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.left == 0 && self.data.0.is_empty()
     }
 }

@@ -6,6 +6,8 @@
 //! - [`batch_sig`]: ed25519 batch verification with equal signers' terms grouped (ed25519-dalek's
 //!   equation and verdict, about half the work for one-signer batches).
 //! - [`envelope`]: signed change envelopes, the unit of replication, and their verification.
+//! - [`change_chunk`]: Automerge change chunks read without expanding them; [`first_change`]: the
+//!   document a record's first change makes, read from the chunk without Automerge.
 //! - [`tombstone`]: signed statements that a record is deleted for good.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proofs (pure functions).
 //! - [`tlog`]: each office's transparency log: leaves and C2SP signed-note checkpoints.
@@ -28,6 +30,7 @@ pub mod baseline;
 pub mod batch_sig;
 pub mod change_chunk;
 pub mod envelope;
+pub mod first_change;
 pub mod frame;
 pub mod item;
 pub mod keys;
