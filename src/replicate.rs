@@ -79,6 +79,8 @@ pub const LINK_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Want's answer (`Limits::want_bytes_max`), and all of them together stay within the session's
 /// unstored budget, so this bounds concurrency, not memory.
 pub const STORES_IN_FLIGHT_MAX: usize = 3;
+/// Longest a stopping office waits for its QUIC connections to drain (see `Replicator::run`).
+const ENDPOINT_DRAIN_MAX: Duration = Duration::from_secs(2);
 /// What a store task reports: the batches it stored, and whether their commit is durable.
 type StoreDone = (Vec<BatchId>, Result<(), String>);
 /// Envelopes read per storage page when the sets are built at start.
@@ -1015,6 +1017,11 @@ impl Replicator {
         events.abort();
         checkpoints.abort();
         endpoint.close();
+        // Closed connections drain for a few round trips before the UDP port is free again;
+        // wait for that (bounded), so a stopped office has released its address when `run`
+        // returns. An office restarted at once in the same process (`consentd bench`) found
+        // the port still taken and ran without replication.
+        let _ = tokio::time::timeout(ENDPOINT_DRAIN_MAX, endpoint.wait_idle()).await;
         Ok(())
     }
 

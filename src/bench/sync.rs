@@ -221,8 +221,19 @@ fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, Strin
             next_trace = now + Duration::from_millis(250);
         }
         if now > deadline {
+            // Say what differs and what each side's links report, so a failed run explains
+            // itself.
+            let (ha, hb) = (envelope_hashes(a)?, envelope_hashes(b)?);
+            let only = |x: &std::collections::BTreeSet<[u8; 32]>,
+                        y: &std::collections::BTreeSet<[u8; 32]>| {
+                x.difference(y).take(4).map(hex::encode).collect::<Vec<_>>()
+            };
             return Err(format!(
-                "offices did not converge within {timeout:?} ({na} and {nb} envelopes)"
+                "offices did not converge within {timeout:?} ({na} and {nb} envelopes; only at the first: {:?}; only at the second: {:?}; the first's peers: {}; the second's: {})",
+                only(&ha, &hb),
+                only(&hb, &ha),
+                a.peers(),
+                b.peers()
             ));
         }
         std::thread::sleep(POLL);
@@ -238,6 +249,23 @@ enum Apply {
     /// Every change applied to a fresh Automerge document (the floor as issue 7 first measured
     /// it, before ingest stopped loading documents for new records).
     Automerge,
+}
+
+/// Every envelope hash `office` holds.
+fn envelope_hashes(office: &Office) -> Result<std::collections::BTreeSet<[u8; 32]>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = office
+            .store()
+            .envelope_hashes_after(after.as_ref(), 4096)
+            .map_err(e)?;
+        let Some(last) = page.last().copied() else {
+            return Ok(out);
+        };
+        out.extend(page);
+        after = Some(last);
+    }
 }
 
 /// The design floor of ingest: batch-verify every envelope against the roster and apply its
@@ -341,20 +369,27 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     }
     let restarted = Instant::now();
     let b = start(&rt, &config(dir.path(), "de"))?;
-    if trace() {
-        // Start-up rebuilds the replication sets from every stored envelope; the office lists
-        // its peers once the replicator is attached.
-        while b.office.peers().as_array().is_none_or(|p| p.is_empty()) {
-            if b.task.is_finished() {
-                // A daemon that failed at start never lists peers: report why.
-                return Err(match rt.block_on(b.task) {
-                    Ok(Err(err)) => format!("de did not restart: {err}"),
-                    Ok(Ok(())) => "de stopped during its restart".to_string(),
-                    Err(err) => format!("de did not restart: {err}"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    // Start-up rebuilds the replication sets from every stored envelope; the office lists its
+    // peers once the replicator is attached. A daemon that failed at start never does: say why
+    // (a silent failure here read as "did not converge" after the whole timeout).
+    let ready_by = Instant::now() + timeout;
+    while b.office.peers().as_array().is_none_or(|p| p.is_empty()) {
+        if Instant::now() > ready_by {
+            // The control socket serves but replication is not running (it logs why).
+            return Err(format!(
+                "de restarted but its replicator did not start within {timeout:?}"
+            ));
         }
+        if b.task.is_finished() {
+            return Err(match rt.block_on(b.task) {
+                Ok(Err(err)) => format!("de did not restart: {err}"),
+                Ok(Ok(())) => "de stopped during its restart".to_string(),
+                Err(err) => format!("de did not restart: {err}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if trace() {
         eprintln!(
             "de restarted holding {n} records in {:?}",
             restarted.elapsed()
