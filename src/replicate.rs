@@ -79,6 +79,10 @@ pub const LINK_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Want's answer (`Limits::want_bytes_max`), and all of them together stay within the session's
 /// unstored budget, so this bounds concurrency, not memory.
 pub const STORES_IN_FLIGHT_MAX: usize = 3;
+/// Envelopes a link queues while all its store tasks are busy before it waits for one (see
+/// `run_link`): a burst of single-envelope pushes shares one commit, while a Want's answer
+/// (about a thousand envelopes) waits for a free task, as before the queue existed.
+const STORE_QUEUE_ENVELOPES_MAX: usize = 1024;
 /// Longest a stopping office waits for its QUIC connections to drain (see `Replicator::run`).
 const ENDPOINT_DRAIN_MAX: Duration = Duration::from_secs(2);
 /// What a store task reports: the batches it stored, and whether their commit is durable.
@@ -1230,7 +1234,16 @@ impl Replicator {
                     match action {
                         Action::Store(batch) if batch.set == SetKind::Envelopes => {
                             store_queue.push_back(batch);
+                            let queued: usize = store_queue.iter().map(|b| b.envelopes.len()).sum();
                             if storing < STORES_IN_FLIGHT_MAX {
+                                self.start_store(&peer, &mut store_queue, &stored_tx);
+                                storing += 1;
+                            } else if queued >= STORE_QUEUE_ENVELOPES_MAX {
+                                // Bulk (a cold sync's Want answers): wait for a store before
+                                // reading on, so the pipeline stays a few batches deep instead
+                                // of running ahead of the disk. Small pushes keep queueing.
+                                self.finish_store(&mut session, &mut stored_rx, &mut storing)
+                                    .await?;
                                 self.start_store(&peer, &mut store_queue, &stored_tx);
                                 storing += 1;
                             }
