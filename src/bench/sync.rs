@@ -179,22 +179,11 @@ type Blob = ([u8; 32], Vec<u8>);
 
 /// Every envelope an office holds.
 fn envelopes(office: &Office) -> Result<Vec<Blob>, String> {
-    let store = office.store();
     let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .envelope_hashes_after(after.as_ref(), 4096)
-            .map_err(e)?;
-        let Some(last) = page.last().copied() else {
-            break;
-        };
-        for h in page {
-            if let Some(b) = store.envelope(&h).map_err(e)? {
-                out.push((h, b));
-            }
+    for h in envelope_hashes(office)? {
+        if let Some(b) = office.store().envelope(&h).map_err(e)? {
+            out.push((h, b));
         }
-        after = Some(last);
     }
     Ok(out)
 }
