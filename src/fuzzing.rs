@@ -232,6 +232,7 @@ fn fuzz_limits() -> Limits {
         push_unacked_bytes_max: 4_000,
         want_queue_items_max: 64,
         recon_items_max: 64,
+        deferred_rounds_max: 3,
         outgoing_bytes_max: 64 * 1024,
         request_timeout: Duration::from_millis(800),
         resync_interval: Duration::from_millis(2_000),

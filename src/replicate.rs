@@ -33,7 +33,7 @@ use crate::record::{DocId, RecordFacts};
 use consentd_storage::KeyId;
 use consentd_sync::backoff::reconnect_delay;
 use consentd_sync::frame::PROTOCOL_VERSION;
-use consentd_sync::item::{Item, ItemSet, SetView, Without};
+use consentd_sync::item::{Item, ItemSet, SetView, Union, Without};
 use consentd_sync::logsync;
 use consentd_sync::merkle::{Frontier, Hash};
 use consentd_sync::session::{
@@ -216,8 +216,10 @@ struct Sets {
     /// ingest by reference count (copied only if a key arrives while a batch is being stored),
     /// so storing a batch does not copy every key received so far.
     received: Arc<HashMap<KeyId, Zeroizing<[u8; 32]>>>,
-    /// The set items of `received`, so `holds` is a lookup, not a hash of every received key.
-    received_items: HashSet<[u8; 32]>,
+    /// The set items of the `received` keys not stored here (yet): disjoint from `keys`. They
+    /// count as held, in `holds` and in the keys view reconciled with peers ([`Union`]), so a
+    /// sync round does not learn them again (docs/sync-protocol.md, "Subject keys").
+    received_keys: ItemSet,
     /// The latest checkpoint held of every office (this one's included): one item each.
     checkpoints: ItemSet,
     /// Office → its checkpoint's item, the checkpoint and its note.
@@ -746,6 +748,7 @@ impl Replicator {
                     let item = key_item(&k);
                     sets.keys.remove(&item);
                     sets.key_ids.remove(&item.id);
+                    sets.received_keys.remove(&item);
                     // A hidden set must stay a subset of the set it is hidden from
                     // (`Without`): a destroyed key policy kept from a peer (a China-resident
                     // record's) leaves that peer's hidden keys too. It did not, and cn's links
@@ -782,6 +785,7 @@ impl Replicator {
             docs,
             keys,
             key_ids,
+            received_keys,
             hidden: hidden_of,
             ..
         } = &mut *sets;
@@ -801,6 +805,8 @@ impl Replicator {
             let item = key_item(&k);
             keys.insert(item);
             key_ids.insert(item.id, k);
+            // Stored now: served from the store, no longer held apart (the two stay disjoint).
+            received_keys.remove(&item);
         }
         let info = &*info;
         for (peer, _) in &self.peers {
@@ -1196,6 +1202,15 @@ impl Replicator {
             out.send(frame)
                 .map_err(|_| "link writer stopped".to_string())
         };
+        let limits = Limits::default();
+        // A cold sync learns keys for `deferred_rounds_max` rounds before it fetches envelopes
+        // (a round's later sets wait while a set is cut short): the keys learnt meanwhile, plus
+        // the last round's, must fit in memory, or the first are cleared before their records
+        // arrive.
+        debug_assert!(
+            (limits.deferred_rounds_max as usize + 1) * limits.recon_items_max <= RECEIVED_KEYS_MAX,
+            "received keys cannot hold what the deferred rounds learn"
+        );
         let mut session = Session::new(SessionConfig {
             hello: Hello {
                 version: PROTOCOL_VERSION,
@@ -1206,7 +1221,7 @@ impl Replicator {
             peer: peer.clone(),
             dialer,
             roster: self.roster.clone(),
-            limits: Limits::default(),
+            limits,
         });
         let mut pushes = self.pushes.subscribe();
         self.set_status(&peer, |s| {
@@ -1456,11 +1471,14 @@ impl Replicator {
                     if sets.received.len() + batch.blobs.len() > RECEIVED_KEYS_MAX {
                         // Bounded memory: keys not yet used are fetched again next round.
                         sets.received = Arc::default();
-                        sets.received_items.clear();
+                        sets.received_keys = ItemSet::new();
                     }
                     for blob in &batch.blobs {
                         if let Some((id, key)) = parse_key_blob(&blob.bytes) {
-                            sets.received_items.insert(key_item(&id).id);
+                            let item = key_item(&id);
+                            if !sets.keys.contains(&item) {
+                                sets.received_keys.insert(item);
+                            }
                             Arc::make_mut(&mut sets.received).insert(id, key);
                         }
                     }
@@ -1721,8 +1739,13 @@ impl Local for View<'_> {
         match (set, hidden) {
             (SetKind::Envelopes, Some(h)) => Box::new(Without::new(&self.sets.envelopes, &h.0)),
             (SetKind::Envelopes, None) => Box::new(&self.sets.envelopes),
-            (SetKind::Keys, Some(h)) => Box::new(Without::new(&self.sets.keys, &h.1)),
-            (SetKind::Keys, None) => Box::new(&self.sets.keys),
+            (SetKind::Keys, hidden) => {
+                let stored: Box<dyn SetView> = match hidden {
+                    Some(h) => Box::new(Without::new(&self.sets.keys, &h.1)),
+                    None => Box::new(&self.sets.keys),
+                };
+                Box::new(Union::new(stored, &self.sets.received_keys))
+            }
             // Tombstones name no one: every peer gets every one.
             (SetKind::Tombstones, _) => Box::new(&self.sets.tombstones),
             // Checkpoints and leaves name no one: every peer gets every office's log.
@@ -1734,7 +1757,7 @@ impl Local for View<'_> {
         match set {
             SetKind::Envelopes => self.sets.envelopes.contains(item),
             SetKind::Keys => {
-                self.sets.keys.contains(item) || self.sets.received_items.contains(&item.id)
+                self.sets.keys.contains(item) || self.sets.received_keys.contains(item)
             }
             SetKind::Tombstones => self.sets.tombstones.contains(item),
             // Held when it is ours, or older than what we hold of that log (nothing to fetch).

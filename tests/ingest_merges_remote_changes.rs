@@ -219,6 +219,27 @@ fn grant_request(subject: String) -> Request {
     })
 }
 
+/// Opens `de` with `records` grants to `{prefix}{i}@example.com`; returns it and its envelopes.
+async fn office_with_grants(
+    net: &Net,
+    roster: &consentd_sync::VerifiedRoster,
+    prefix: &str,
+    records: usize,
+) -> (std::sync::Arc<Office>, Vec<VerifiedEnvelope>) {
+    let de = open_office(net, "de");
+    de.execute(Request::Import(protocol::Import {
+        records: (0..records)
+            .map(|i| grant_request(format!("{prefix}{i}@example.com")))
+            .collect(),
+        first_line: 1,
+    }))
+    .await
+    .unwrap();
+    let envs = all_envelopes(&de, roster);
+    assert_eq!(envs.len(), records);
+    (de, envs)
+}
+
 async fn granted(office: &Office, subject: &str) -> serde_json::Value {
     office
         .execute(Request::ConsentCheck(protocol::ConsentCheck {
@@ -238,18 +259,8 @@ async fn granted(office: &Office, subject: &str) -> serde_json::Value {
 async fn a_large_batch_merges_on_every_core_like_small_ones() {
     let net = Net::init("de,sg,nl");
     let roster = roster(&net);
-    let de = open_office(&net, "de");
     let records = 300;
-    de.execute(Request::Import(protocol::Import {
-        records: (0..records)
-            .map(|i| grant_request(format!("user{i}@example.com")))
-            .collect(),
-        first_line: 1,
-    }))
-    .await
-    .unwrap();
-    let envs = all_envelopes(&de, &roster);
-    assert_eq!(envs.len(), records);
+    let (de, envs) = office_with_grants(&net, &roster, "user", records).await;
     let all_keys = keys_of(&de, &envs);
     // Keys for the first two thirds of the records only (in envelope order).
     let some_keys = keys_of(&de, &envs[..records * 2 / 3]);
@@ -294,4 +305,67 @@ async fn a_large_batch_merges_on_every_core_like_small_ones() {
     close(&de);
     close(&sg);
     close(&nl);
+}
+
+/// Records that arrived before their key are re-opened by the keys that seal them, and only by
+/// those: a batch of keys does not re-merge records still waiting for another key (a cold sync
+/// brings keys in thousands of batches), and a small `limit` per call still reaches every
+/// such record in turn (the scan continues where the last call stopped, wrapping around).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_arrive_later_reopen_exactly_the_records_they_seal() {
+    let net = Net::init("de,sg");
+    let roster = roster(&net);
+    let records = 40;
+    let (de, envs) = office_with_grants(&net, &roster, "late", records).await;
+    let sg = open_office(&net, "sg");
+    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
+    assert_eq!(
+        (r.stored, r.pending),
+        (records, records),
+        "no key: all pending"
+    );
+    assert_eq!(sg.status().unwrap()["pending_records"], records);
+
+    // Keys of every third record (in envelope order) arrive.
+    let thirds: Vec<VerifiedEnvelope> = envs.iter().step_by(3).cloned().collect();
+    let some_keys = keys_of(&de, &thirds);
+    assert_eq!(some_keys.len(), thirds.len());
+    let r = sg.reopen_pending(&some_keys, 4096).await.unwrap();
+    assert_eq!(
+        (r.records, r.pending, r.keys),
+        (thirds.len(), 0, thirds.len()),
+        "exactly the records those keys seal open; the others are not re-merged"
+    );
+    let mut readable = 0;
+    for i in 0..records {
+        readable += usize::from(granted(&sg, &format!("late{i}@example.com")).await == true);
+    }
+    assert_eq!(readable, thirds.len(), "the others are still pending");
+    assert_eq!(
+        sg.status().unwrap()["pending_records"],
+        records - thirds.len()
+    );
+    // Nothing more to open with the same keys.
+    let r = sg.reopen_pending(&some_keys, 4096).await.unwrap();
+    assert_eq!(r, consentd::office::IngestReport::default());
+
+    // Every key, three records per call: every remaining record opens, each exactly once.
+    let all_keys = keys_of(&de, &envs);
+    let mut opened = 0;
+    for call in 0..records {
+        let r = sg.reopen_pending(&all_keys, 3).await.unwrap();
+        assert!(r.records <= 3, "call {call} opened {} records", r.records);
+        opened += r.records;
+        if r.records == 0 {
+            break;
+        }
+    }
+    assert_eq!(opened, records - thirds.len());
+    assert_eq!(sg.status().unwrap()["pending_records"], 0);
+    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
+    for i in 0..records {
+        assert_eq!(granted(&sg, &format!("late{i}@example.com")).await, true);
+    }
+    close(&de);
+    close(&sg);
 }

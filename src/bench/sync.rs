@@ -199,12 +199,19 @@ fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, Strin
             a.store().stats().map_err(e)?.envelopes,
             b.store().stats().map_err(e)?.envelopes,
         );
-        if na == nb && a.state_digest().map_err(e)? == b.state_digest().map_err(e)? {
+        // Converged means readable too: a record stored pending (its key not yet in) is not.
+        if na == nb
+            && a.state_digest().map_err(e)? == b.state_digest().map_err(e)?
+            && pending(a)? == 0
+            && pending(b)? == 0
+        {
             return Ok(now);
         }
         if trace() && now >= next_trace {
             eprintln!(
-                "converging: {na} and {nb} envelopes, {:?} left",
+                "converging: {na} and {nb} envelopes ({} and {} records pending), {:?} left",
+                pending(a)?,
+                pending(b)?,
                 deadline - now
             );
             next_trace = now + Duration::from_millis(250);
@@ -218,7 +225,9 @@ fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, Strin
                 x.difference(y).take(4).map(hex::encode).collect::<Vec<_>>()
             };
             return Err(format!(
-                "offices did not converge within {timeout:?} ({na} and {nb} envelopes; only at the first: {:?}; only at the second: {:?}; the first's peers: {}; the second's: {})",
+                "offices did not converge within {timeout:?} ({na} and {nb} envelopes, {} and {} records pending; only at the first: {:?}; only at the second: {:?}; the first's peers: {}; the second's: {})",
+                pending(a)?,
+                pending(b)?,
                 only(&ha, &hb),
                 only(&hb, &ha),
                 a.peers(),
@@ -227,6 +236,11 @@ fn converged(a: &Office, b: &Office, timeout: Duration) -> Result<Instant, Strin
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Records `office` holds but cannot read yet (`status` → `pending_records`).
+fn pending(office: &Office) -> Result<usize, String> {
+    office.pending_records().map_err(e)
 }
 
 /// How the floor applies a record's change.

@@ -8,10 +8,12 @@
 //! received key (wrapped under this office's key-encryption key), in one durable batch; the
 //! caller acknowledges to the peer only after [`Office::ingest`] returns.
 //!
-//! A record that cannot be read yet is stored as [`KIND_PENDING`], with no projection and no
-//! index entries, so queries do not see it: either its history arrived only in part (a later
-//! change before the one that created it), or the key sealing it has not arrived. The next
-//! ingest that completes it makes it a record like any other. A record a tombstone deletes is
+//! A record that cannot be read yet is stored as [`KIND_PENDING`], with no index entries, so
+//! queries do not see it: either its history arrived only in part (a later change before the one
+//! that created it; its projection is empty), or the key sealing it has not arrived (its
+//! projection is that key's 16-byte id, so keys that arrive later re-open exactly the records
+//! they seal, [`Office::reopen_pending`]). The next ingest that completes it makes it a record
+//! like any other. A record a tombstone deletes is
 //! never stored again (the store drops it inside the transaction; it is counted here).
 
 use super::{doc_lock_key, Office, OfficeError, Result};
@@ -30,6 +32,11 @@ use zeroize::Zeroizing;
 pub const KIND_PENDING: u8 = 0;
 /// Most envelopes applied in one ingest call; the sync layer's batches are smaller.
 pub const INGEST_ENVELOPES_MAX: usize = 4096;
+/// Pending records read per [`Office::reopen_pending`] call, looking for those whose key is now
+/// held (a read costs ~2 µs; re-opening a record, an Automerge load, ~0.5 ms).
+const PENDING_SCAN_MAX: usize = 65_536;
+/// Pending records read per storage read transaction.
+const PENDING_PAGE: usize = 1024;
 /// Records per thread below which an ingest merges on the calling thread: spawning costs
 /// ~20 µs, merging one record ~100 µs.
 const PARALLEL_DOCS_MIN: usize = 32;
@@ -67,23 +74,64 @@ impl Office {
         self.ingest_and_reopen(envelopes, received, &[]).await
     }
 
-    /// Tries again to open every pending record, with keys that arrived since (at most
-    /// `limit` records per call).
+    /// Opens the pending records whose key is now held here or in `received` (at most `limit`
+    /// records per call). Records waiting for another key, or for the rest of their history, are
+    /// left alone: re-merging one costs an Automerge load, and a cold sync calls this once per
+    /// batch of keys. Each call reads at most [`PENDING_SCAN_MAX`] pending records, continuing
+    /// where the previous call stopped, so every pending record is looked at in turn however
+    /// many there are.
     pub async fn reopen_pending(
         &self,
         received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
         limit: usize,
     ) -> Result<IngestReport> {
-        let pending: Vec<DocId> = self
-            .store
-            .projections_of_kind(KIND_PENDING, limit)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let pending = self.pending_openable(received, limit)?;
         if pending.is_empty() {
             return Ok(IngestReport::default());
         }
         self.ingest_and_reopen(Vec::new(), received, &pending).await
+    }
+
+    /// The pending records [`Office::reopen_pending`] re-opens, advancing its cursor.
+    fn pending_openable(&self, received: &ReceivedKeys, limit: usize) -> Result<Vec<DocId>> {
+        let mut cursor = self
+            .pending_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut after = *cursor;
+        // From the start the table is read once; from the cursor, to its end and then from the
+        // start again (up to the scan bound either way).
+        let mut wrapped = after.is_none();
+        let mut scanned = 0;
+        let mut openable = Vec::new();
+        while scanned < PENDING_SCAN_MAX && openable.len() < limit {
+            let page =
+                self.store
+                    .projections_of_kind_after(KIND_PENDING, after.as_ref(), PENDING_PAGE)?;
+            if page.is_empty() {
+                after = None;
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                continue;
+            }
+            for (id, waiting_for) in page {
+                scanned += 1;
+                after = Some(id);
+                let Ok(key) = KeyId::try_from(waiting_for.as_slice()) else {
+                    continue; // waiting for history: an ingest of its envelopes completes it
+                };
+                if received.contains_key(&key) || self.keys.key(&key).is_ok() {
+                    openable.push(id);
+                    if openable.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        *cursor = after;
+        Ok(openable)
     }
 
     async fn ingest_and_reopen(
@@ -284,18 +332,19 @@ impl Office {
             }
         };
         report.stored += new.len();
-        let pending = |new| RecordUpdate {
+        // A pending record's projection says what it waits for (see the module docs).
+        let pending = |new, waiting_for: Option<KeyId>| RecordUpdate {
             doc_id: id,
             kind: KIND_PENDING,
             envelopes: new,
-            projection: Vec::new(),
+            projection: waiting_for.map_or_else(Vec::new, |k| k.to_vec()),
             index_keys: Vec::new(),
             due_day: None,
         };
         match name {
             None => {
                 report.pending += 1;
-                batch.updates.push(pending(new));
+                batch.updates.push(pending(new, None));
                 return Ok(());
             }
             Some(name) if name != doc_id_hex(&id) => {
@@ -318,7 +367,7 @@ impl Office {
                 }
                 None => {
                     report.pending += 1;
-                    batch.updates.push(pending(new));
+                    batch.updates.push(pending(new, Some(k)));
                     return Ok(());
                 }
             },

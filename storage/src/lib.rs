@@ -712,6 +712,25 @@ impl Store {
         self.projections_of_kind_after(kind, None, limit)
     }
 
+    /// How many records of `kind` are stored, counting at most `max` (a walk of their
+    /// `kinds` entries: O(count)).
+    pub fn count_of_kind(&self, kind: u8, max: usize) -> Result<usize> {
+        let r = self.read()?;
+        let kinds = r.open_table(KINDS).ctx("opening table kinds")?;
+        let lo = kind_key(kind, &[0; 16]);
+        let hi = kind_key(kind, &[0xff; 16]);
+        let mut n = 0;
+        for item in kinds
+            .range::<&[u8; 17]>(&lo..=&hi)
+            .ctx("reading table kinds")?
+            .take(max)
+        {
+            item.ctx("reading table kinds")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Paging form of [`Store::projections_of_kind`]: records of `kind` with doc id strictly
     /// greater than `after` (pass the last doc id of the previous page).
     pub fn projections_of_kind_after(

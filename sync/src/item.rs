@@ -525,6 +525,90 @@ impl SetView for Without<'_> {
     }
 }
 
+/// A view plus items held apart from it (disjoint from it): what a host holds, where part of what
+/// it holds is not in the set it serves. The daemon's keys view is its stored keys plus the keys
+/// received but not yet stored with a record, so reconciliation counts those as held instead of
+/// learning them again every round (a run that stops at its item limit would learn the same
+/// ones each time and never reach the rest).
+pub struct Union<'a> {
+    view: Box<dyn SetView + 'a>,
+    extra: &'a ItemSet,
+}
+
+impl<'a> Union<'a> {
+    pub fn new(view: Box<dyn SetView + 'a>, extra: &'a ItemSet) -> Union<'a> {
+        debug_assert!(
+            extra.len() > 10_000 || extra.iter().all(|e| !view.contains(e)),
+            "the extra items must be disjoint from the view"
+        );
+        Union { view, extra }
+    }
+}
+
+impl SetView for Union<'_> {
+    fn summary(&self, lo: &Item, hi: &Item) -> Summary {
+        let mut s = self.view.summary(lo, hi);
+        let e = self.extra.summary(lo, hi);
+        s.count += e.count;
+        s.sum.add_acc(&e.sum);
+        s
+    }
+
+    fn for_each_in(&self, lo: &Item, hi: &Item, f: &mut dyn FnMut(&Item) -> bool) {
+        // Merged in order: before each of the view's items, the extra items below it.
+        let (mut next, end) = (self.extra.rank(lo), self.extra.rank(hi));
+        let mut stopped = false;
+        self.view.for_each_in(lo, hi, &mut |it| {
+            while next < end {
+                let e = self.extra.get(next).expect("rank below len");
+                if e >= it {
+                    break;
+                }
+                next += 1;
+                if !f(e) {
+                    stopped = true;
+                    return false;
+                }
+            }
+            if !f(it) {
+                stopped = true;
+                return false;
+            }
+            true
+        });
+        while !stopped && next < end {
+            let e = self.extra.get(next).expect("rank below len");
+            next += 1;
+            stopped = !f(e);
+        }
+    }
+
+    fn split_points(&self, lo: &Item, hi: &Item, buckets: usize) -> Vec<Item> {
+        // Any increasing bounds inside the range are valid; the part holding more of the range's
+        // items gives the better balanced ones.
+        if self.extra.summary(lo, hi).count > self.view.summary(lo, hi).count {
+            self.extra.split_points(lo, hi, buckets)
+        } else {
+            self.view.split_points(lo, hi, buckets)
+        }
+    }
+
+    fn contains(&self, item: &Item) -> bool {
+        self.view.contains(item) || self.extra.contains(item)
+    }
+
+    fn len(&self) -> u64 {
+        self.view.len() + self.extra.len() as u64
+    }
+
+    fn predecessor(&self, item: &Item) -> Option<Item> {
+        match (self.view.predecessor(item), self.extra.predecessor(item)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,6 +727,56 @@ mod tests {
             });
             assert_eq!(seen, want);
             assert_eq!(view.predecessor(&a), visible.predecessor(&a));
+        }
+    }
+
+    #[test]
+    fn union_adds_the_extra_items_in_order() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let every: ItemSet = (0..5000).map(|_| rand_item(&mut rng)).collect();
+        // Every third item held apart; the view hides some of the rest from this peer.
+        let extra: ItemSet = every.iter().step_by(3).copied().collect();
+        let stored: ItemSet = every
+            .iter()
+            .filter(|i| !extra.contains(i))
+            .copied()
+            .collect();
+        let hidden: ItemSet = stored.iter().step_by(5).copied().collect();
+        let want: ItemSet = every
+            .iter()
+            .filter(|i| !hidden.contains(i))
+            .copied()
+            .collect();
+        let view = Union::new(Box::new(Without::new(&stored, &hidden)), &extra);
+        assert_eq!(view.len(), want.len() as u64);
+        assert_eq!(
+            view.summary(&Item::MIN, &Item::INFINITY),
+            want.summary(&Item::MIN, &Item::INFINITY)
+        );
+        for round in 0..300 {
+            let mut a = rand_item(&mut rng);
+            let mut b = rand_item(&mut rng);
+            if a > b {
+                std::mem::swap(&mut a, &mut b);
+            }
+            assert_eq!(view.summary(&a, &b), want.summary(&a, &b));
+            // Stopping early (as a responder's full message does) stops at the same item.
+            let stop_after = round % 40;
+            let collect = |v: &dyn SetView| {
+                let mut seen = Vec::new();
+                v.for_each_in(&a, &b, &mut |it| {
+                    seen.push(*it);
+                    seen.len() <= stop_after || round % 2 == 0
+                });
+                seen
+            };
+            assert_eq!(collect(&view), collect(&want));
+            assert_eq!(view.predecessor(&a), want.predecessor(&a));
+            let probe = every.get(rng.gen_range(0..every.len())).copied().unwrap();
+            assert_eq!(view.contains(&probe), want.contains(&probe));
+            let splits = view.split_points(&a, &b, 16);
+            assert!(splits.windows(2).all(|w| w[0] < w[1]));
+            assert!(splits.iter().all(|s| a <= *s && *s < b));
         }
     }
 }

@@ -46,7 +46,7 @@ mod wire;
 
 pub use envelope::{Envelope, EnvelopeError, VerifiedEnvelope};
 pub use frame::{Frame, Hello, SetKind};
-pub use item::{Item, ItemSet, SetView, Without};
+pub use item::{Item, ItemSet, SetView, Union, Without};
 pub use keys::KeyError;
 pub use roster::{Office, OfficeEntry, Roster, RosterError, SignedRoster, VerifiedRoster};
 pub use wire::DecodeError;

@@ -110,6 +110,12 @@ pub struct Limits {
     pub push_unacked_bytes_max: usize,
     pub want_queue_items_max: usize,
     pub recon_items_max: usize,
+    /// Consecutive rounds whose later sets may wait because an earlier set's differences did
+    /// not fit (`recon_items_max`, `want_queue_items_max`). Bounded because waiting is only an
+    /// order of arrival, not a need: the receiver holds what an earlier set fetched in bounded
+    /// memory (its received keys), so after this many rounds the later sets run regardless
+    /// and a set larger than that memory still cannot starve them.
+    pub deferred_rounds_max: u32,
     pub outgoing_bytes_max: usize,
     /// How long a Want, a reconciliation message or a push may go unanswered.
     pub request_timeout: Duration,
@@ -129,6 +135,7 @@ impl Default for Limits {
             push_unacked_bytes_max: 1024 * 1024,
             want_queue_items_max: 256 * 1024,
             recon_items_max: 256 * 1024,
+            deferred_rounds_max: 3,
             outgoing_bytes_max: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             resync_interval: Duration::from_secs(60),
@@ -462,6 +469,8 @@ pub struct Session {
     epoch: u32,
     round_sets: VecDeque<SetKind>,
     round_lag: [usize; SetKind::COUNT],
+    /// Rounds in a row that ended early, their later sets left for the next round.
+    deferred_rounds: u32,
     /// The round's reconciliations are done; it completes when fetching drains.
     round_fetching: bool,
     next_round_at: Option<Instant>,
@@ -519,6 +528,7 @@ impl Session {
             epoch: 0,
             round_sets: VecDeque::new(),
             round_lag: [0; SetKind::COUNT],
+            deferred_rounds: 0,
             round_fetching: false,
             next_round_at: None,
             last_round_start: None,
@@ -974,9 +984,7 @@ impl Session {
                 Ok(())
             }
             Ok(None) => {
-                if run.rec.truncated() {
-                    self.want_round(now);
-                }
+                let truncated = run.rec.truncated();
                 let (have, need) = run.rec.into_parts();
                 self.round_lag[set.index()] = need.len();
                 let counters = &mut self.stats.last_recon[set.index()];
@@ -996,8 +1004,24 @@ impl Session {
                 for it in need {
                     overflow |= !self.enqueue(set, it, local);
                 }
-                if overflow {
+                if truncated || overflow {
                     self.want_round(now);
+                }
+                if (truncated || overflow)
+                    && self.deferred_rounds < self.cfg.limits.deferred_rounds_max
+                {
+                    // Only part of this set's differences are queued. The sets after it wait
+                    // for the next round (requested above), so what comes first still lands
+                    // first: a record fetched before its key would sit unreadable (pending),
+                    // an envelope before its tombstone would be fetched only to be dropped.
+                    self.deferred_rounds += 1;
+                    for skipped in self.round_sets.drain(..) {
+                        // Not reconciled this round: the last known lag stands.
+                        self.round_lag[skipped.index()] = self.stats.lag[skipped.index()];
+                    }
+                } else if self.round_sets.is_empty() {
+                    // Every set was reconciled this round.
+                    self.deferred_rounds = 0;
                 }
                 self.start_next_recon(now, local);
                 Ok(())
