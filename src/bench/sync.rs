@@ -353,9 +353,14 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     let base_rate = blobs.len() as f64 / base.as_secs_f64();
     let base_rate_automerge = blobs.len() as f64 / base_automerge.as_secs_f64();
     if trace() {
+        // How the envelopes were grouped into de's durable commits (fewer, larger commits
+        // rewrite fewer B-tree pages per record).
+        let status = b.office.status().map_err(e)?;
         eprintln!(
-            "cold sync of {n} records: {cold:?}; baseline {} envelopes: quic {raw_quic:?} + redb {raw_redb:?} + verify/apply floor {floor:?} (with Automerge applying every change: {floor_automerge:?})",
-            blobs.len()
+            "cold sync of {n} records: {cold:?}; baseline {} envelopes: quic {raw_quic:?} + redb {raw_redb:?} + verify/apply floor {floor:?} (with Automerge applying every change: {floor_automerge:?}); de: {} durable commits of {} batches",
+            blobs.len(),
+            status["durable_commits"],
+            status["batches_committed"],
         );
     }
     drop(items);
