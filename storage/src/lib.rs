@@ -503,6 +503,15 @@ impl Store {
         v.map(|g| split_key_value(id, g.value())).transpose()
     }
 
+    /// Which of `ids` are stored, in one read transaction (no key is read out or unwrapped).
+    pub fn keys_present(&self, ids: &[KeyId]) -> Result<Vec<bool>> {
+        let r = self.read()?;
+        let t = r.open_table(KEYS).ctx("opening table keys")?;
+        ids.iter()
+            .map(|id| Ok(t.get(id).ctx("reading table keys")?.is_some()))
+            .collect()
+    }
+
     /// Ids of every key stored under `owner`.
     pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
         let r = self.read()?;
