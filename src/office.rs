@@ -172,10 +172,27 @@ pub struct Office {
     committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
     /// Envelopes peers offered for records a tombstone deletes, dropped by ingest (since start).
     pub(crate) dropped_replayed: std::sync::atomic::AtomicU64,
-    /// The replicator, once the daemon starts one (for `peers`).
-    replication: std::sync::OnceLock<std::sync::Weak<crate::replicate::Replicator>>,
+    /// Where replication stands (for `status` and `peers`).
+    replication: std::sync::Mutex<Replication>,
     /// Where [`Office::reopen_pending`] stopped reading pending records (`None`: at the start).
     pending_cursor: std::sync::Mutex<Option<DocId>>,
+}
+
+/// Where an office's replication stands.
+enum Replication {
+    /// No peers configured: a lone office.
+    Off,
+    /// Rebuilding the replication sets; these peers are configured.
+    Starting {
+        peers: Vec<(String, std::net::SocketAddr)>,
+    },
+    /// Running. Weak: the replicator's own tasks own it, and a stopped one is gone.
+    Running(std::sync::Weak<crate::replicate::Replicator>),
+    /// Could not start; `why` is shown on every peer in `peers`.
+    Failed {
+        peers: Vec<(String, std::net::SocketAddr)>,
+        why: String,
+    },
 }
 
 /// What one durable commit added: envelopes `(record, change hash, envelope bytes)`, the facts
@@ -227,7 +244,7 @@ impl Office {
             keys: parts.keys,
             retention: parts.retention,
             committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
-            replication: std::sync::OnceLock::new(),
+            replication: std::sync::Mutex::new(Replication::Off),
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
             pending_cursor: std::sync::Mutex::new(None),
         }
@@ -246,16 +263,77 @@ impl Office {
         Ok(sealed::open_record(&self.keys, record)?)
     }
 
+    /// Replication is starting: the replicator is rebuilding its sets from the store (minutes
+    /// at a million records), while the control socket already serves. `peers` lists `peers`
+    /// as not connected meanwhile.
+    pub fn replication_starting(&self, peers: Vec<(String, std::net::SocketAddr)>) {
+        *self.replication_lock() = Replication::Starting { peers };
+    }
+
+    /// Replication runs: `peers` asks the replicator.
     pub fn attach_replicator(&self, r: &std::sync::Arc<crate::replicate::Replicator>) {
-        let _ = self.replication.set(std::sync::Arc::downgrade(r));
+        *self.replication_lock() = Replication::Running(std::sync::Arc::downgrade(r));
+    }
+
+    /// Replication could not start (or stopped for good); `peers` shows why on every peer.
+    pub fn replication_failed(&self, why: String) {
+        let peers = match &*self.replication_lock() {
+            Replication::Starting { peers } => peers.clone(),
+            Replication::Running(r) => r
+                .upgrade()
+                .map(|r| r.peer_addresses().to_vec())
+                .unwrap_or_default(),
+            Replication::Off | Replication::Failed { .. } => Vec::new(),
+        };
+        *self.replication_lock() = Replication::Failed { peers, why };
+    }
+
+    fn replication_lock(&self) -> std::sync::MutexGuard<'_, Replication> {
+        // Every update replaces the whole value: a panic elsewhere cannot leave it half-made.
+        self.replication.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `status` → `replication`: `off` (no peers configured), `starting`, `running` or
+    /// `failed`.
+    pub fn replication_state(&self) -> &'static str {
+        match &*self.replication_lock() {
+            Replication::Off => "off",
+            Replication::Starting { .. } => "starting",
+            Replication::Running(_) => "running",
+            Replication::Failed { .. } => "failed",
+        }
     }
 
     /// `consentctl peers`: every configured peer, or an empty list for a lone office.
     pub fn peers(&self) -> Value {
-        match self.replication.get().and_then(std::sync::Weak::upgrade) {
-            Some(r) => r.peers_json(),
-            None => Value::Array(Vec::new()),
-        }
+        let (peers, why) = match &*self.replication_lock() {
+            Replication::Off => return Value::Array(Vec::new()),
+            Replication::Running(r) => match r.upgrade() {
+                Some(r) => return r.peers_json(),
+                None => return Value::Array(Vec::new()),
+            },
+            Replication::Starting { peers } => (
+                peers.clone(),
+                "replication is starting: rebuilding its sets from the store".to_string(),
+            ),
+            Replication::Failed { peers, why } => {
+                (peers.clone(), format!("replication failed: {why}"))
+            }
+        };
+        Value::Array(
+            peers
+                .into_iter()
+                .map(|(office, address)| {
+                    json!({
+                        "office": office,
+                        "address": address.to_string(),
+                        "connected": false,
+                        "last_sync": null,
+                        "last_error": why,
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// A digest of what this office holds for replication: SHA-256 over every envelope hash and
@@ -1269,6 +1347,7 @@ impl Office {
             "envelopes": stats.envelopes,
             "tombstones": stats.tombstones,
             "digest": self.state_digest()?,
+            "replication": self.replication_state(),
             // Replicated records not readable here yet (waiting for their key or the rest of
             // their history); counted up to PENDING_COUNT_MAX.
             "pending_records": self.pending_records()?,

@@ -244,7 +244,12 @@ impl Sets {
 /// The state of one peer, for `consentctl peers`.
 #[derive(Debug, Default, Clone)]
 struct PeerStatus {
-    connected: bool,
+    /// Links open with this peer. Usually 0 or 1, but a peer that restarts dials (or is
+    /// dialed) again while the link to its old process is still open here, until that one is
+    /// reset or idles out; "connected" is whether any is up. It was a flag that every link
+    /// end cleared, so `peers` showed the peer disconnected while its new link ran
+    /// (tests/partition_heals.rs, seed 2535193643).
+    links: u32,
     last_sync: Option<chrono::DateTime<chrono::Utc>>,
     lag_envelopes: usize,
     rejected: u64,
@@ -328,7 +333,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Replicator {
-    /// Builds the sets from the store (every envelope and the key of every readable record).
+    /// Checks this office's place in the roster and subscribes to local commits; the sets are
+    /// empty until [`Replicator::build_sets`].
     pub fn new(
         office: Arc<Office>,
         roster: Arc<VerifiedRoster>,
@@ -371,20 +377,46 @@ impl Replicator {
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
         });
-        rep.build()?;
-        rep.build_logs()?;
         Ok(rep)
     }
 
-    fn build(&self) -> Result<(), ReplicationError> {
+    /// Builds the sets from the store: every envelope, the key of every readable record,
+    /// every tombstone and every office's log. Blocking, and long on a large store (a walk over
+    /// every stored envelope: seconds at 100,000 records, a minute or more at 1,000,000 on a
+    /// cold page cache), so the daemon runs it on a blocking thread while the control socket
+    /// already serves. Commits made meanwhile are not missed: `new` subscribed to them first.
+    /// Returns early with an error once `stop` is set.
+    pub fn build_sets(&self, stop: &watch::Receiver<bool>) -> Result<(), ReplicationError> {
+        #[cfg(test)]
+        build_gate::wait(&self.roster.roster().network);
+        self.build(Some(stop))?;
+        self.build_logs()
+    }
+
+    /// The configured peers and their addresses.
+    pub fn peer_addresses(&self) -> &[(String, SocketAddr)] {
+        &self.peers
+    }
+
+    /// Adds every stored envelope, record fact and tombstone to the sets (checking `stop`, if
+    /// given, between pages).
+    fn build(&self, stop: Option<&watch::Receiver<bool>>) -> Result<(), ReplicationError> {
         let store = self.office.store();
         let err = |e: &dyn std::fmt::Display| ReplicationError(format!("building sets: {e}"));
+        let stopped = || {
+            if stop.is_some_and(|s| *s.borrow()) {
+                Err(err(&"stopped"))
+            } else {
+                Ok(())
+            }
+        };
         // One read snapshot walks every stored change, record by record (a read transaction per
         // envelope cost more than parsing it at 1,000,000 records).
         let snapshot = store.snapshot().map_err(|e| err(&e))?;
         let mut after = None;
         let mut touched = HashSet::new();
         loop {
+            stopped()?;
             let page = snapshot
                 .changes_after(after, BUILD_PAGE)
                 .map_err(|e| err(&e))?;
@@ -411,6 +443,7 @@ impl Replicator {
         // read per record was most of a restart's time at 1,000,000 records).
         let mut after = None;
         loop {
+            stopped()?;
             let page = snapshot
                 .projections_after(after.as_ref(), BUILD_PAGE)
                 .map_err(|e| err(&e))?;
@@ -945,7 +978,8 @@ impl Replicator {
                     json!({
                         "office": peer,
                         "address": address.to_string(),
-                        "connected": s.connected,
+                        "connected": s.links > 0,
+                        "links": s.links,
                         "last_sync": s.last_sync.map(crate::record::fmt_time),
                         "lag": s.lag_envelopes,
                         "stored": s.stored,
@@ -1078,8 +1112,13 @@ impl Replicator {
                         // Missed commits are found by the next sync round's reconciliation
                         // against the store-built sets after a restart; rebuild now instead.
                         tracing::warn!(missed = n, "replication fell behind local commits; rebuilding sets");
-                        if let Err(e) = self.build() {
-                            tracing::error!(error = %e, "cannot rebuild replication sets");
+                        // A walk over the whole store: on a blocking thread, not a worker.
+                        let me = self.clone();
+                        let built = tokio::task::spawn_blocking(move || me.build(None)).await;
+                        match built {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::error!(error = %e, "cannot rebuild replication sets"),
+                            Err(e) => tracing::error!(error = %e, "rebuilding replication sets failed"),
                         }
                         continue;
                     }
@@ -1225,7 +1264,7 @@ impl Replicator {
         });
         let mut pushes = self.pushes.subscribe();
         self.set_status(&peer, |s| {
-            s.connected = true;
+            s.links += 1;
             s.last_error = None;
         });
         tracing::info!(peer = %peer, dialer, "replication link up");
@@ -1380,8 +1419,11 @@ impl Replicator {
             outcome => outcome,
         };
         self.set_status(&peer, |s| {
-            s.connected = false;
-            if let Err(e) = &outcome {
+            debug_assert!(s.links > 0, "a link ends that was never counted up");
+            s.links = s.links.saturating_sub(1);
+            // The end of an old link while a newer one runs is logged below, not shown as the
+            // peer's error.
+            if let (Err(e), 0) = (&outcome, s.links) {
                 s.last_error = Some(e.clone());
             }
         });
@@ -1725,6 +1767,36 @@ fn change_time(change: &[u8]) -> Option<u64> {
         "the header reader agrees with Automerge"
     );
     Some(time.max(0) as u64)
+}
+
+/// Holds a network's set builds until a test lets them go, so a test can see the daemon while
+/// its replication is starting, however small its store.
+#[cfg(test)]
+pub(crate) mod build_gate {
+    use std::collections::HashMap;
+    use std::sync::{mpsc, Mutex};
+
+    static GATES: Mutex<Option<HashMap<String, mpsc::Receiver<()>>>> = Mutex::new(None);
+
+    /// Builds for `network` wait until the returned sender sends or is dropped.
+    pub(crate) fn close(network: &str) -> mpsc::Sender<()> {
+        let (tx, rx) = mpsc::channel();
+        let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
+        gates
+            .get_or_insert_with(HashMap::new)
+            .insert(network.to_string(), rx);
+        tx
+    }
+
+    pub(super) fn wait(network: &str) {
+        let gate = {
+            let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
+            gates.as_mut().and_then(|g| g.remove(network))
+        };
+        if let Some(rx) = gate {
+            let _ = rx.recv();
+        }
+    }
 }
 
 /// The session's view of this office: the sets under one lock, and the store for tombstones.

@@ -104,6 +104,8 @@ fn runtime() -> Result<Runtime, String> {
 /// A daemon running in this process.
 struct Daemon {
     office: Arc<Office>,
+    /// Its control socket.
+    socket: std::path::PathBuf,
     roster: Arc<VerifiedRoster>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), crate::daemon::StartupError>>,
@@ -117,12 +119,14 @@ fn start(rt: &Runtime, config: &Path) -> Result<Daemon, String> {
     let prepared = crate::daemon::prepare(config).map_err(e)?;
     let office = prepared.office.clone();
     let roster = prepared.roster.clone();
+    let socket = prepared.config.control.socket.clone();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(crate::daemon::run(prepared, async move {
         let _ = stop_rx.await;
     }));
     Ok(Daemon {
         office,
+        socket,
         roster,
         stop,
         task,
@@ -377,11 +381,32 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     }
     let restarted = Instant::now();
     let b = start(&rt, &config(dir.path(), "de"))?;
-    // Start-up rebuilds the replication sets from every stored envelope; the office lists its
-    // peers once the replicator is attached. A daemon that failed at start never does: say why
-    // (a silent failure here read as "did not converge" after the whole timeout).
+    // Start-up rebuilds the replication sets from every stored envelope, on a blocking thread
+    // while the control socket serves; `status` says `replication: running` once the replicator
+    // is attached. A daemon that failed at start never does: say why (a silent failure here
+    // read as "did not converge" after the whole timeout).
     let ready_by = Instant::now() + timeout;
-    while b.office.peers().as_array().is_none_or(|p| p.is_empty()) {
+    // First, the control socket: it answers while the sets are still being built.
+    let serving = loop {
+        let answered = crate::protocol::Client::connect(&b.socket)
+            .and_then(|mut c| c.call(&crate::protocol::Request::Status(crate::protocol::Empty {})));
+        if answered.is_ok() {
+            break restarted.elapsed();
+        }
+        if Instant::now() > ready_by {
+            return Err(format!(
+                "de restarted but its control socket never answered: {answered:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while b.office.replication_state() != "running" {
+        if b.office.replication_state() == "failed" {
+            return Err(format!(
+                "de restarted but its replication failed: {}",
+                b.office.peers()
+            ));
+        }
         if Instant::now() > ready_by {
             // The control socket serves but replication is not running (it logs why).
             return Err(format!(
@@ -399,7 +424,7 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     }
     if trace() {
         eprintln!(
-            "de restarted holding {n} records in {:?}",
+            "de restarted holding {n} records in {:?} (serving its control socket after {serving:?})",
             restarted.elapsed()
         );
     }
