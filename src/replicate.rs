@@ -1373,6 +1373,12 @@ impl Replicator {
                         Err(e) => return Err(e.to_string()),
                     },
                     push = pushes.recv() => {
+                        if let Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) = push {
+                            // More local items came than this link took in time (a bulk import
+                            // while it was busy): they were not pushed, so reconcile soon.
+                            tracing::warn!(peer = %peer, missed, "pushes to a busy link were dropped; a sync round will carry them");
+                            session.request_round(Instant::now());
+                        }
                         if let Ok(push) = push {
                             let (doc, set, blob, source) = &*push;
                             let echo = source.as_deref() == Some(peer.as_str());

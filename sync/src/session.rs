@@ -1724,6 +1724,16 @@ impl Session {
         }
     }
 
+    /// The host lost local items it meant to push (its queue of them overflowed while this
+    /// link was busy): a round soon finds them, instead of the next periodic one
+    /// (`resync_interval`). Rate-limited by `resync_min_interval`; nothing before `Open`, whose
+    /// first round covers everything anyway.
+    pub fn request_round(&mut self, now: Instant) {
+        if self.phase == Phase::Open {
+            self.want_round(now);
+        }
+    }
+
     /// A new local item: pushed at once if the push window has room, else left to the next
     /// round (which is requested).
     pub fn push_local(&mut self, now: Instant, set: SetKind, blob: Vec<u8>) {

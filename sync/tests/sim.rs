@@ -1690,7 +1690,35 @@ fn sync_tombstones_and_envelopes(items: u64, limits: Limits) -> (Vec<Session>, V
         offices[1].apply_envelope(&envelope::verify(env, &net.roster).unwrap());
     }
     let t0 = Instant::now();
-    let mut sessions: Vec<Session> = [(us, sg, true), (sg, us, false)]
+    let mut sessions = session_pair(&net, &limits);
+    // The sets of the Wants `us` sends, in order.
+    let mut wanted: Vec<SetKind> = Vec::new();
+    for step in 0..2_000u64 {
+        let now = t0 + Duration::from_millis(50 * step);
+        step_pair(&mut sessions, &mut offices, now, |side, bytes| {
+            if side == 0 {
+                if let Ok(Frame::Want { set, .. }) = Frame::decode(bytes) {
+                    wanted.push(set);
+                }
+            }
+        });
+        if offices[0].digest() == offices[1].digest() && sessions[0].is_idle() {
+            break;
+        }
+    }
+    assert_eq!(
+        offices[0].digest(),
+        offices[1].digest(),
+        "the offices did not converge"
+    );
+    assert_eq!(offices[0].store.sets[0].len(), items as usize);
+    (sessions, wanted)
+}
+
+/// A connected-to-be pair of sessions: `us` (index 0) dials `sg` (index 1).
+fn session_pair(net: &Net, limits: &Limits) -> Vec<Session> {
+    let (us, sg) = (0, 1);
+    [(us, sg, true), (sg, us, false)]
         .into_iter()
         .map(|(me, peer, dialer)| {
             Session::new(SessionConfig {
@@ -1706,47 +1734,80 @@ fn sync_tombstones_and_envelopes(items: u64, limits: Limits) -> (Vec<Session>, V
                 limits: limits.clone(),
             })
         })
-        .collect();
-    // The sets of the Wants `us` sends, in order.
-    let mut wanted: Vec<SetKind> = Vec::new();
-    for step in 0..2_000u64 {
-        let now = t0 + Duration::from_millis(50 * step);
-        for side in 0..2 {
-            while let Some(bytes) = sessions[side].poll_transmit() {
-                if side == 0 {
-                    if let Ok(Frame::Want { set, .. }) = Frame::decode(&bytes) {
-                        wanted.push(set);
-                    }
-                }
-                let (other, office) = (&mut sessions[1 - side], &offices[1 - side]);
-                other.handle_frame(now, &bytes, office).unwrap();
-            }
-            while let Some(action) = sessions[side].poll_action() {
-                match action {
-                    Action::Store(batch) => {
-                        offices[side].apply(&batch);
-                        sessions[side].stored(now, batch.id, &offices[side]);
-                    }
-                    Action::Fetch {
-                        request, set, ids, ..
-                    } => {
-                        let found = offices[side].fetch(set, &ids);
-                        sessions[side].fetched(request, found);
-                    }
-                    _ => {}
-                }
-            }
-            sessions[side].handle_timeout(now, &offices[side]);
+        .collect()
+}
+
+/// One step of a lossless link at `now`: each side's frames reach the other (`seen` is shown
+/// each, with the side that sent it), stores and fetches are done at once, then timeouts.
+fn step_pair(
+    sessions: &mut [Session],
+    offices: &mut [OfficeSim; 2],
+    now: Instant,
+    mut seen: impl FnMut(usize, &[u8]),
+) {
+    for side in 0..2 {
+        while let Some(bytes) = sessions[side].poll_transmit() {
+            seen(side, &bytes);
+            let (other, office) = (&mut sessions[1 - side], &offices[1 - side]);
+            other.handle_frame(now, &bytes, office).unwrap();
         }
-        if offices[0].digest() == offices[1].digest() && sessions[0].is_idle() {
-            break;
+        while let Some(action) = sessions[side].poll_action() {
+            match action {
+                Action::Store(batch) => {
+                    offices[side].apply(&batch);
+                    sessions[side].stored(now, batch.id, &offices[side]);
+                }
+                Action::Fetch {
+                    request, set, ids, ..
+                } => {
+                    let found = offices[side].fetch(set, &ids);
+                    sessions[side].fetched(request, found);
+                }
+                _ => {}
+            }
         }
+        sessions[side].handle_timeout(now, &offices[side]);
     }
-    assert_eq!(
-        offices[0].digest(),
-        offices[1].digest(),
-        "the offices did not converge"
-    );
-    assert_eq!(offices[0].store.sets[0].len(), items as usize);
-    (sessions, wanted)
+}
+
+/// A push the host lost (its queue of local items overflowed while the link was busy) is found
+/// by the round the host then requests, seconds later, not by the periodic round a minute on.
+/// Without the request the envelope is still missing after the same time: the control.
+#[test]
+fn a_push_the_host_lost_is_found_by_the_round_it_requests() {
+    for requested in [true, false] {
+        let mut rng = StdRng::seed_from_u64(83);
+        let net = make_net(&mut rng);
+        let (us, sg) = (0, 1);
+        let mut offices = [lone_office(&net, us), lone_office(&net, sg)];
+        let t0 = Instant::now();
+        let mut sessions = session_pair(&net, &Limits::default());
+        let mut step = 0u64;
+        let mut run = |sessions: &mut Vec<Session>, offices: &mut [OfficeSim; 2], steps: u64| {
+            for _ in 0..steps {
+                step += 1;
+                let now = t0 + Duration::from_millis(50 * step);
+                step_pair(sessions, offices, now, |_, _| {});
+            }
+            t0 + Duration::from_millis(50 * step)
+        };
+        // Connected, first round done (2 s).
+        run(&mut sessions, &mut offices, 40);
+        assert!(sessions[0].is_open() && sessions[0].stats().rounds_completed >= 1);
+        // sg stores an envelope of its own but its push never reaches the session.
+        let (_, env) = new_envelope(&net.keys[sg], &mut rng, 5_000, 7);
+        offices[1].apply_envelope(&envelope::verify(env, &net.roster).unwrap());
+        let now = run(&mut sessions, &mut offices, 1);
+        if requested {
+            sessions[1].request_round(now);
+        }
+        // 5 s of simulated time: well inside `resync_interval` (60 s).
+        run(&mut sessions, &mut offices, 100);
+        assert_eq!(
+            offices[0].digest() == offices[1].digest(),
+            requested,
+            "requested round: {requested}; the envelope reached us: {}",
+            !requested
+        );
+    }
 }
