@@ -656,6 +656,13 @@ fn counts(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// Every office's `peers`, for a failure's post-mortem.
+fn print_peers(c: &Cluster) {
+    for i in 0..OFFICES.len() {
+        eprintln!("peers at {}: {}", OFFICES[i], ok(&c.socket(i), &["peers"]));
+    }
+}
+
 /// Longest wait for every link to be up again: a dialer whose attempts failed while it was cut
 /// off retries after at most `RECONNECT_DELAY_MAX` (30 s), plus the handshake.
 const LINKS_UP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -688,9 +695,7 @@ fn links_up(c: &Cluster) -> Duration {
             return started.elapsed();
         }
         if started.elapsed() > LINKS_UP_TIMEOUT {
-            for i in 0..OFFICES.len() {
-                eprintln!("peers at {}: {}", OFFICES[i], ok(&c.socket(i), &["peers"]));
-            }
+            print_peers(c);
             panic!(
                 "links still down {LINKS_UP_TIMEOUT:?} after healing: {down:?} (network kept in {})",
                 preserve(c)
@@ -788,9 +793,7 @@ fn converge(c: &Cluster) -> (Duration, Vec<Held>) {
                 other.envelopes.difference(&all[cn].envelopes).count()
             );
             if started.elapsed() > CONVERGE_TIMEOUT {
-                for i in 0..OFFICES.len() {
-                    eprintln!("peers at {}: {}", OFFICES[i], ok(&c.socket(i), &["peers"]));
-                }
+                print_peers(c);
                 panic!(
                     "no convergence within {CONVERGE_TIMEOUT:?} after healing: {last} (network kept in {})",
                     preserve(c)
@@ -808,9 +811,7 @@ fn converge(c: &Cluster) -> (Duration, Vec<Held>) {
                 s.iter().map(|v| v["envelopes"].clone()).collect::<Vec<_>>()
             );
             if started.elapsed() > CONVERGE_TIMEOUT {
-                for i in 0..OFFICES.len() {
-                    eprintln!("peers at {}: {}", OFFICES[i], ok(&c.socket(i), &["peers"]));
-                }
+                print_peers(c);
                 panic!(
                     "no convergence within {CONVERGE_TIMEOUT:?} after healing: {last} (network kept in {})",
                     preserve(c)
