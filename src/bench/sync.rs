@@ -20,6 +20,11 @@
 //!   was measured before ingest stopped loading a document per new record: every change applied
 //!   to a fresh Automerge document. The floor fell with ingest's own cost, so the main row's
 //!   baseline fell too; this row keeps the earlier sessions' figures comparable.
+//! - `consent_check_during_sync_p99` (for scale): `consent check` over `de`'s control socket,
+//!   one connection, a check every 2 ms from `de`'s start until the cold sync converged, as
+//!   checks/s at p99; baseline: as many checks over the same connection right after, with both
+//!   daemons idle. No issue sets a target; the row keeps visible what an operator waits for
+//!   while an office takes in another's records.
 //! - `delta_sync_*_daemons`: after the cold sync, `de` stops; `nl` writes 50 records and `de`
 //!   (opened offline) 50 others; `de` starts again and reconciles. The counters are `de`'s last
 //!   envelope-set reconciliation that found the difference (`consentctl peers --json` →
@@ -332,11 +337,14 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     }
     let timeout = Duration::from_secs(120) + Duration::from_millis(n as u64);
 
-    // Cold sync: de starts empty and dials nl.
+    // Cold sync: de starts empty and dials nl. Meanwhile an operator asks de's control socket
+    // whether it may contact someone, as they would during any initial sync.
     let started = Instant::now();
     let b = start(&rt, &config(dir.path(), "de"))?;
+    let checks = CheckPoller::start(b.socket.clone(), n);
     let done = converged(&a.office, &b.office, timeout)?;
     let cold = done - started;
+    let (during, idle) = checks.finish()?;
 
     // Baselines over the same envelope bytes.
     let blobs = envelopes(&a.office)?;
@@ -466,7 +474,104 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
             0.25,
         ),
         lower_is_better("delta_sync_bytes_daemons", "bytes", bytes, id_list, 100.0),
+        Row::new(
+            "consent_check_during_sync_p99",
+            "checks/s",
+            1.0 / percentile(&during, 0.99),
+            1.0 / percentile(&idle, 0.99),
+            0.0,
+        ),
     ])
+}
+
+/// Pause between two checks of [`CheckPoller`]: an operator's steady trickle, not a load test.
+const CHECK_POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Most checks timed during one sync (~2 hours at [`CHECK_POLL_INTERVAL`]; 16 bytes each).
+const CHECK_POLL_SAMPLES_MAX: usize = 4 << 20;
+
+/// Check latencies while the daemon was busy, then idle.
+type BusyAndIdle = (Vec<Duration>, Vec<Duration>);
+
+/// Times `consent check` over a daemon's control socket on its own thread (one connection,
+/// as a long-lived client holds it), while something else keeps the daemon busy; then, once
+/// told the busy part is over, the same number of checks against the now idle daemon.
+struct CheckPoller {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<BusyAndIdle, String>>,
+}
+
+impl CheckPoller {
+    /// Starts polling `socket`, checking subjects among the `n` records `load` wrote as `cold`.
+    fn start(socket: std::path::PathBuf, n: usize) -> CheckPoller {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let connect_by = Instant::now() + Duration::from_secs(60);
+                let mut client = loop {
+                    match protocol::Client::connect(&socket) {
+                        Ok(c) => break c,
+                        Err(err) if Instant::now() > connect_by => {
+                            return Err(format!("de's control socket never answered: {err}"))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                };
+                let mut check = |i: usize| -> Result<Duration, String> {
+                    let request = Request::ConsentCheck(protocol::ConsentCheck {
+                        subject: format!("cold{}@example.com", (i * 7919) % n.max(1)),
+                        purpose: "marketing".into(),
+                        at: None,
+                    });
+                    let t = Instant::now();
+                    client.call(&request).map_err(e)?;
+                    Ok(t.elapsed())
+                };
+                let mut during = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && during.len() < CHECK_POLL_SAMPLES_MAX
+                {
+                    during.push(check(during.len())?);
+                    std::thread::sleep(CHECK_POLL_INTERVAL);
+                }
+                let mut idle = Vec::with_capacity(during.len());
+                for i in 0..during.len().max(1) {
+                    idle.push(check(i)?);
+                    std::thread::sleep(CHECK_POLL_INTERVAL);
+                }
+                Ok((during, idle))
+            }
+        });
+        CheckPoller { stop, thread }
+    }
+
+    /// Stops polling; returns the latencies while busy and then idle, each sorted.
+    fn finish(self) -> Result<BusyAndIdle, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut during, mut idle) = self
+            .thread
+            .join()
+            .map_err(|_| "the check poller panicked".to_string())??;
+        if during.is_empty() {
+            return Err("no consent check answered during the sync".into());
+        }
+        during.sort_unstable();
+        idle.sort_unstable();
+        if trace() {
+            let ms = |sorted: &[Duration], p: f64| percentile(sorted, p) * 1e3;
+            eprintln!(
+                "consent checks over de's socket: during the sync {} checks, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms; idle p50 {:.3} ms, p99 {:.3} ms",
+                during.len(),
+                ms(&during, 0.5),
+                ms(&during, 0.9),
+                ms(&during, 0.99),
+                ms(&during, 1.0),
+                ms(&idle, 0.5),
+                ms(&idle, 0.99),
+            );
+        }
+        Ok((during, idle))
+    }
 }
 
 fn random_item(span_ms: u64, offset_ms: u64) -> Item {

@@ -37,6 +37,9 @@ pub const INGEST_ENVELOPES_MAX: usize = 4096;
 const PENDING_SCAN_MAX: usize = 65_536;
 /// Pending records read per storage read transaction.
 const PENDING_PAGE: usize = 1024;
+/// Envelopes from which an ingest's lookups run off the runtime's worker (`off_worker`): a
+/// lookup costs a few µs, moving off the worker tens.
+const OFF_WORKER_ENVELOPES_MIN: usize = 64;
 /// Records per thread below which an ingest merges on the calling thread: spawning costs
 /// ~20 µs, merging one record ~100 µs.
 const PARALLEL_DOCS_MIN: usize = 32;
@@ -85,7 +88,8 @@ impl Office {
         received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
         limit: usize,
     ) -> Result<IngestReport> {
-        let pending = self.pending_openable(received, limit)?;
+        // Up to PENDING_SCAN_MAX reads: off the runtime's worker.
+        let pending = super::off_worker(|| self.pending_openable(received, limit))?;
         if pending.is_empty() {
             return Ok(IngestReport::default());
         }
@@ -157,6 +161,60 @@ impl Office {
                 "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes"
             )));
         }
+        // Thousands of lookups for a cold sync's batch: off the runtime's worker (`off_worker`).
+        let (mut report, mut by_doc) = if envelopes.len() >= OFF_WORKER_ENVELOPES_MIN {
+            super::off_worker(|| self.sort_new(envelopes, received))?
+        } else {
+            self.sort_new(envelopes, received)?
+        };
+        for id in reopen {
+            by_doc.entry(*id).or_default();
+        }
+        if by_doc.is_empty() {
+            return Ok(report);
+        }
+        let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
+        let _guards = self.doc_locks.lock(&lock_keys).await;
+        // Keys are neither destroyed nor rotated while this batch uses them.
+        let _keys_in_use = self.keys.using().await;
+        // A cold sync's batch is a thousand records, ~100 ms of merging: off the runtime's
+        // worker, so the control socket answers meanwhile (`off_worker`).
+        let docs: Vec<(DocId, Vec<VerifiedEnvelope>)> = by_doc.into_iter().collect();
+        let threads = super::authoring_threads().min(docs.len() / PARALLEL_DOCS_MIN);
+        let docs_n = docs.len();
+        let merge = || self.merge_docs(docs, threads, received);
+        let (merged, batch, mut stored_keys) = if docs_n >= PARALLEL_DOCS_MIN {
+            super::off_worker(merge)?
+        } else {
+            merge()?
+        };
+        report.stored += merged.stored;
+        report.duplicates += merged.duplicates;
+        report.pending += merged.pending;
+        report.records += merged.records;
+        stored_keys.sort_unstable();
+        stored_keys.dedup();
+        report.keys = stored_keys.len();
+        if !batch.updates.is_empty() {
+            let announce = self.announcement(&batch);
+            self.store.commit(batch).await?;
+            self.announce(announce);
+        }
+        if threads >= 2 {
+            // A store batch of a cold sync loaded up to a thousand documents, as an import
+            // chunk authors them.
+            super::release_free_heap();
+        }
+        Ok(report)
+    }
+
+    /// Sorts a batch's envelopes: those held already or deleted by a tombstone are counted,
+    /// the new ones grouped by record.
+    fn sort_new(
+        &self,
+        envelopes: Vec<VerifiedEnvelope>,
+        received: &ReceivedKeys,
+    ) -> Result<(IngestReport, BTreeMap<DocId, Vec<VerifiedEnvelope>>)> {
         let mut report = IngestReport::default();
         let mut by_doc: BTreeMap<DocId, Vec<VerifiedEnvelope>> = BTreeMap::new();
         // One read transaction for the batch's lookups, not one per envelope.
@@ -179,20 +237,21 @@ impl Office {
                 by_doc.entry(env.doc_id()).or_default().push(env);
             }
         }
-        for id in reopen {
-            by_doc.entry(*id).or_default();
-        }
-        if by_doc.is_empty() {
-            return Ok(report);
-        }
-        let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
-        let _guards = self.doc_locks.lock(&lock_keys).await;
-        // Keys are neither destroyed nor rotated while this batch uses them.
-        let _keys_in_use = self.keys.using().await;
+        Ok((report, by_doc))
+    }
+
+    /// Merges each record's new envelopes (see [`Office::merge_doc`]) on `threads` threads (on
+    /// the calling one below two); returns what was merged and the batch to commit.
+    fn merge_docs(
+        &self,
+        docs: Vec<(DocId, Vec<VerifiedEnvelope>)>,
+        threads: usize,
+        received: &ReceivedKeys,
+    ) -> Result<(IngestReport, WriteBatch, Vec<KeyId>)> {
         // Checked again under the locks: a concurrent ingest may have stored some meanwhile.
-        let hashes: Vec<[u8; 32]> = by_doc
-            .values()
-            .flatten()
+        let hashes: Vec<[u8; 32]> = docs
+            .iter()
+            .flat_map(|(_, envs)| envs)
             .map(VerifiedEnvelope::hash)
             .collect();
         let stored_meanwhile: HashSet<[u8; 32]> = self
@@ -206,8 +265,7 @@ impl Office {
 
         // Each record is merged on its own (one document, one key, one projection), so large
         // batches (a cold sync's) are split over one thread per core, as imports are.
-        let docs: Vec<(DocId, Vec<VerifiedEnvelope>)> = by_doc.into_iter().collect();
-        let threads = super::authoring_threads().min(docs.len() / PARALLEL_DOCS_MIN);
+        let mut report = IngestReport::default();
         let mut batch = WriteBatch::default();
         let mut stored_keys: Vec<KeyId> = Vec::new();
         if threads < 2 {
@@ -276,20 +334,7 @@ impl Office {
                 stored_keys.extend(keys);
             }
         }
-        stored_keys.sort_unstable();
-        stored_keys.dedup();
-        report.keys = stored_keys.len();
-        if !batch.updates.is_empty() {
-            let announce = self.announcement(&batch);
-            self.store.commit(batch).await?;
-            self.announce(announce);
-        }
-        if threads >= 2 {
-            // A store batch of a cold sync loaded up to a thousand documents, as an import
-            // chunk authors them.
-            super::release_free_heap();
-        }
-        Ok(report)
+        Ok((report, batch, stored_keys))
     }
 
     /// Merges one record's new envelopes into its document and adds what to store to `batch`.

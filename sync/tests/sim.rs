@@ -1562,6 +1562,35 @@ fn pushes_beyond_the_unstored_limit_are_dropped_unacknowledged_until_the_disk_ca
     assert_eq!(s.unstored_bytes(), 0);
 }
 
+/// The peer (office 0) offers `n` new envelopes in a Have frame; returns them and the id of
+/// the Want the session answers with.
+fn have_and_want(
+    net: &Net,
+    office: &OfficeSim,
+    s: &mut Session,
+    rng: &mut StdRng,
+    n: u64,
+    now: Instant,
+) -> (Vec<envelope::Envelope>, u32) {
+    let envs: Vec<_> = (0..n)
+        .map(|i| new_envelope(&net.keys[0], rng, 5, i).1)
+        .collect();
+    let items: Vec<Item> = envs
+        .iter()
+        .map(|e| envelope::verify(e.clone(), &net.roster).unwrap().item())
+        .collect();
+    let have = Frame::Have {
+        set: SetKind::Envelopes,
+        items,
+    };
+    s.handle_frame(now, &have.encode(), office).unwrap();
+    let want = Frame::decode(&s.poll_transmit().unwrap()).unwrap();
+    let Frame::Want { request, .. } = want else {
+        panic!("expected a Want, got {want:?}");
+    };
+    (envs, request)
+}
+
 #[test]
 fn a_peer_exceeding_a_wants_byte_budget_is_cut_off() {
     let mut rng = StdRng::seed_from_u64(78);
@@ -1573,27 +1602,7 @@ fn a_peer_exceeding_a_wants_byte_budget_is_cut_off() {
         ..Limits::default()
     };
     let mut s = open_session(&net, &office, limits, now);
-    let envs: Vec<_> = (0..30)
-        .map(|i| new_envelope(&net.keys[0], &mut rng, 5, i).1)
-        .collect();
-    let items: Vec<Item> = envs
-        .iter()
-        .map(|e| envelope::verify(e.clone(), &net.roster).unwrap().item())
-        .collect();
-    s.handle_frame(
-        now,
-        &Frame::Have {
-            set: SetKind::Envelopes,
-            items,
-        }
-        .encode(),
-        &office,
-    )
-    .unwrap();
-    let want = Frame::decode(&s.poll_transmit().unwrap()).unwrap();
-    let Frame::Want { request, .. } = want else {
-        panic!("expected a Want, got {want:?}");
-    };
+    let (envs, request) = have_and_want(&net, &office, &mut s, &mut rng, 30, now);
     // Answer with all 30 envelopes (~7 KB) against a 1,000-byte budget.
     let err = s
         .handle_frame(
@@ -1610,6 +1619,65 @@ fn a_peer_exceeding_a_wants_byte_budget_is_cut_off() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("byte budget"), "{err}");
+}
+
+/// A host decodes (and so verifies) a Want's answer without its sets locked, and hands the
+/// result to the session afterwards (`Session::decode`, then `handle_decoded`): the envelopes
+/// are checked exactly as by `handle_frame`, and a stale answer is not verified at all.
+#[test]
+fn an_answer_decoded_ahead_is_verified_and_handled_like_any_other() {
+    let mut rng = StdRng::seed_from_u64(79);
+    let net = make_net(&mut rng);
+    let office = lone_office(&net, 2);
+    let now = Instant::now();
+    let mut s = open_session(&net, &office, Limits::default(), now);
+    let (envs, request) = have_and_want(&net, &office, &mut s, &mut rng, 3, now);
+    let mut tampered = envs[1].clone();
+    tampered.signature[0] ^= 1;
+    let answer = |blobs: Vec<Vec<u8>>| {
+        Frame::Items {
+            set: SetKind::Envelopes,
+            request,
+            last: true,
+            blobs,
+            missing: vec![],
+        }
+        .encode()
+    };
+    let decoded = s.decode(&answer(vec![
+        envs[0].encode(),
+        tampered.encode(),
+        envs[2].encode(),
+    ]));
+    assert!(
+        s.poll_action().is_none() && s.stats().rejected == 0,
+        "decoding reported something before the frame was handled"
+    );
+    s.handle_decoded(now, decoded, &office).unwrap();
+    let (mut stored, mut rejected) = (Vec::new(), Vec::new());
+    while let Some(action) = s.poll_action() {
+        match action {
+            Action::Store(batch) => stored.extend(batch.envelopes.iter().map(|e| e.hash())),
+            Action::Reject { reason, .. } => rejected.push(reason),
+            _ => {}
+        }
+    }
+    let hash = |i: usize| {
+        envelope::verify(envs[i].clone(), &net.roster)
+            .unwrap()
+            .hash()
+    };
+    assert_eq!(stored, vec![hash(0), hash(2)]);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].contains("does not verify"), "{rejected:?}");
+
+    // The same request again: answered already, so stale. Nothing in it is verified (decode
+    // asserts so in debug builds) or rejected, and the session stays open.
+    let stale = s.decode(&answer(vec![tampered.encode()]));
+    s.handle_decoded(now, stale, &office).unwrap();
+    assert_eq!(s.stats().stale_frames, 1);
+    assert_eq!(s.stats().rejected, 1);
+    assert!(!s.is_closed());
 }
 
 #[test]
