@@ -266,8 +266,8 @@ struct PeerStatus {
     rejected: u64,
     refusals: u64,
     stored: u64,
-    /// Envelopes this peer offered for records a tombstone deletes, dropped by the session (this
-    /// link) and by ingest (since start).
+    /// Envelopes this peer offered for records a tombstone deletes, dropped by its links'
+    /// sessions and by ingest, since start.
     dropped_session: u64,
     dropped_ingest: u64,
     last_error: Option<String>,
@@ -1346,12 +1346,15 @@ impl Replicator {
                 }
                 let dropped = session.stats().dropped_tombstoned;
                 if dropped != dropped_seen {
+                    let new = dropped - dropped_seen;
+                    dropped_seen = dropped;
                     // Counted in `status` too: every envelope of a deleted record that came back.
                     self.office
                         .dropped_replayed
-                        .fetch_add(dropped - dropped_seen, std::sync::atomic::Ordering::Relaxed);
-                    dropped_seen = dropped;
-                    self.set_status(&peer, |s| s.dropped_session = dropped);
+                        .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+                    // Added, not set: the count is the peer's since start, over all its links
+                    // (a new link's session counts from zero).
+                    self.set_status(&peer, |s| s.dropped_session += new);
                 }
                 let recon = session.stats().last_recon;
                 if recon != last_recon {

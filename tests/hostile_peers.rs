@@ -239,11 +239,32 @@ fn forged_and_replayed_envelopes_and_tombstones_never_take_effect() {
         ],
         || dropped() > dropped0,
     ));
+    // Once more on a new link: `peers` counts what every link from sg dropped, not only the
+    // latest link's (a new link's session restarted the count from zero).
+    let dropped1 = dropped();
+    rt.block_on(peer::push_items(
+        net.path(),
+        "sg",
+        "sg",
+        "de",
+        vec![(SetKind::Envelopes, good.encode())],
+        || dropped() > dropped1,
+    ));
     drop(rt);
     let end = ok(&sock, &["status"]);
     assert!(
-        end["dropped_after_tombstone"].as_u64().unwrap() > dropped0,
+        end["dropped_after_tombstone"].as_u64().unwrap() > dropped1,
         "the envelope of the deleted record was dropped: {end}"
+    );
+    let peers = ok(&sock, &["peers"]);
+    let from_sg = peers
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["office"] == "sg"))
+        .map(|p| p["dropped"].as_u64().unwrap_or(0))
+        .unwrap_or_else(|| panic!("de lists no peer sg: {peers}"));
+    assert!(
+        from_sg >= end["dropped_after_tombstone"].as_u64().unwrap() - dropped0,
+        "peers counts the drops of both links from sg ({from_sg}): {peers}, {end}"
     );
     assert_eq!(
         end["tombstones"], 1,
