@@ -23,8 +23,8 @@
 //! - `consent_check_during_sync_p99` (for scale): `consent check` over `de`'s control socket,
 //!   one connection, a check every 2 ms from `de`'s start until the cold sync converged, as
 //!   checks/s at p99; baseline: as many checks (at most 2,000) over the same connection right
-//!   after, with both daemons idle. No issue sets a target; the row keeps visible what an operator waits for
-//!   while an office takes in another's records.
+//!   after, with both daemons idle. No issue sets a target; the row keeps visible what an
+//!   operator waits for while an office takes in another's records.
 //! - `delta_sync_*_daemons`: after the cold sync, `de` stops; `nl` writes 50 records and `de`
 //!   (opened offline) 50 others; `de` starts again and reconciles. The counters are `de`'s last
 //!   envelope-set reconciliation that found the difference (`consentctl peers --json` →

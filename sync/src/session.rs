@@ -460,7 +460,6 @@ struct LeavesRequest {
     deadline: Instant,
 }
 
-/// One peer connection's protocol state. See the module docs.
 /// A received frame as [`Session::decode`] leaves it for [`Session::handle_decoded`].
 pub struct DecodedFrame {
     /// The frame's length on the wire.
@@ -501,6 +500,7 @@ fn verify_envelopes(
     (envs, rejects)
 }
 
+/// One peer connection's protocol state. See the module docs.
 pub struct Session {
     cfg: SessionConfig,
     phase: Phase,
