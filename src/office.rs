@@ -81,6 +81,16 @@ pub(crate) fn off_worker<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
+/// [`off_worker`] when `heavy`, in place otherwise: for work whose cost depends on its size,
+/// where moving off the worker would cost more than small work itself.
+pub(crate) fn off_worker_if<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
+    if heavy {
+        off_worker(work)
+    } else {
+        work()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OfficeError {
     /// The caller's input is wrong; the message says how.
@@ -847,11 +857,7 @@ impl Office {
             };
             // A single write (~0.1 ms to author and sign) stays on the worker; a small import or
             // a burst of transfer events (each naming up to 48 records) does not.
-            if ops_n >= OFF_WORKER_OPS_MIN {
-                off_worker(author)?
-            } else {
-                author()?
-            }
+            off_worker_if(ops_n >= OFF_WORKER_OPS_MIN, author)?
         } else {
             let authoring = self.authoring.lock().await;
             let authored = off_worker(|| self.author_in_parallel(ops, draft.consent_docs, threads));
@@ -1261,11 +1267,7 @@ impl Office {
             }
             Ok(groups)
         };
-        let groups = if events_n >= OFF_WORKER_OPS_MIN {
-            off_worker(group)?
-        } else {
-            group()?
-        };
+        let groups = off_worker_if(events_n >= OFF_WORKER_OPS_MIN, group)?;
         let mut reported = 0;
         let now = fmt_time(Utc::now());
         let mut ops = Vec::new();

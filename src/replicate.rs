@@ -1138,11 +1138,9 @@ impl Replicator {
                 _ = stop.changed() => return,
             };
             // A cold sync's commit holds a thousand envelopes to decode and add to the sets.
-            if committed.envelopes.len() + committed.records.len() >= ABSORB_OFF_WORKER_MIN {
-                crate::office::off_worker(|| self.absorb(&committed));
-            } else {
-                self.absorb(&committed);
-            }
+            let heavy =
+                committed.envelopes.len() + committed.records.len() >= ABSORB_OFF_WORKER_MIN;
+            crate::office::off_worker_if(heavy, || self.absorb(&committed));
         }
     }
 
@@ -1386,11 +1384,9 @@ impl Replicator {
                                 let sets = lock(&self.sets);
                                 session.handle_decoded(Instant::now(), decoded, &self.view(&sets))
                             };
-                            let result = if bytes.len() >= FRAME_OFF_WORKER_BYTES_MIN {
-                                crate::office::off_worker(|| handle(&mut session))
-                            } else {
-                                handle(&mut session)
-                            };
+                            let heavy = bytes.len() >= FRAME_OFF_WORKER_BYTES_MIN;
+                            let result =
+                                crate::office::off_worker_if(heavy, || handle(&mut session));
                             if let Err(e) = result {
                                 while let Some(frame) = session.poll_transmit() {
                                     let _ = send(frame);
@@ -1508,11 +1504,8 @@ impl Replicator {
                 request, set, ids, ..
             } => {
                 // A Want names up to a thousand envelopes to read: off the worker.
-                let found = if ids.len() >= FETCH_OFF_WORKER_IDS_MIN {
-                    crate::office::off_worker(|| self.fetch(peer, set, &ids))
-                } else {
-                    self.fetch(peer, set, &ids)
-                };
+                let heavy = ids.len() >= FETCH_OFF_WORKER_IDS_MIN;
+                let found = crate::office::off_worker_if(heavy, || self.fetch(peer, set, &ids));
                 session.fetched(request, found);
             }
             Action::Reject { peer, set, reason } => {

@@ -66,6 +66,18 @@ pub struct IngestReport {
     pub keys: usize,
 }
 
+impl IngestReport {
+    /// Adds another part's merge counts (`keys` is counted once, after the parts are joined).
+    fn add(&mut self, part: &IngestReport) {
+        debug_assert_eq!(part.keys, 0, "keys are counted after the parts are joined");
+        self.stored += part.stored;
+        self.duplicates += part.duplicates;
+        self.tombstoned += part.tombstoned;
+        self.pending += part.pending;
+        self.records += part.records;
+    }
+}
+
 impl Office {
     /// Stores and applies envelopes other offices authored, with the subject keys sealing their
     /// records; returns once everything is durable.
@@ -162,11 +174,9 @@ impl Office {
             )));
         }
         // Thousands of lookups for a cold sync's batch: off the runtime's worker (`off_worker`).
-        let (mut report, mut by_doc) = if envelopes.len() >= OFF_WORKER_ENVELOPES_MIN {
-            super::off_worker(|| self.sort_new(envelopes, received))?
-        } else {
-            self.sort_new(envelopes, received)?
-        };
+        let heavy = envelopes.len() >= OFF_WORKER_ENVELOPES_MIN;
+        let (mut report, mut by_doc) =
+            super::off_worker_if(heavy, || self.sort_new(envelopes, received))?;
         for id in reopen {
             by_doc.entry(*id).or_default();
         }
@@ -181,17 +191,10 @@ impl Office {
         // worker, so the control socket answers meanwhile (`off_worker`).
         let docs: Vec<(DocId, Vec<VerifiedEnvelope>)> = by_doc.into_iter().collect();
         let threads = super::authoring_threads().min(docs.len() / PARALLEL_DOCS_MIN);
-        let docs_n = docs.len();
-        let merge = || self.merge_docs(docs, threads, received);
-        let (merged, batch, mut stored_keys) = if docs_n >= PARALLEL_DOCS_MIN {
-            super::off_worker(merge)?
-        } else {
-            merge()?
-        };
-        report.stored += merged.stored;
-        report.duplicates += merged.duplicates;
-        report.pending += merged.pending;
-        report.records += merged.records;
+        let heavy = docs.len() >= PARALLEL_DOCS_MIN;
+        let (merged, batch, mut stored_keys) =
+            super::off_worker_if(heavy, || self.merge_docs(docs, threads, received))?;
+        report.add(&merged);
         stored_keys.sort_unstable();
         stored_keys.dedup();
         report.keys = stored_keys.len();
@@ -320,10 +323,7 @@ impl Office {
             });
             for r in results {
                 let (part_report, part_batch, keys) = r?;
-                report.stored += part_report.stored;
-                report.duplicates += part_report.duplicates;
-                report.pending += part_report.pending;
-                report.records += part_report.records;
+                report.add(&part_report);
                 debug_assert!(
                     part_batch.meta.is_empty() && part_batch.log.is_empty(),
                     "merging records writes updates, expiries and keys only"
