@@ -65,6 +65,10 @@ pub const REWRAP_PAGE: usize = 4096;
 /// At 1 Mi it kept every subject key of a million-record office resident, in plain text: about
 /// 100 MB, a quarter of the memory row's excess over raw redb at 1,000,000 records.
 pub const KEY_CACHE_MAX: usize = 1 << 16;
+/// Reads of one wrapped key in [`KeyStore::key`] when rotations keep re-wrapping it under the
+/// reader (`KeyStore::unwrap_stored`). Each extra read means a whole rotation finished during
+/// the previous one, so two are already rare; the bound turns a livelock into an error.
+const KEY_READ_TRIES: usize = 4;
 
 const WRAP_DOMAIN: &[u8] = b"consentd/key-wrap/v1\0";
 const OWNER_DOMAIN: &[u8] = b"consentd/key-owner/v1\0";
@@ -219,6 +223,12 @@ pub struct KeyStore {
     /// destruction holds it exclusively while it decides which keys no record uses, so a key is
     /// never destroyed under a record being written.
     in_use: tokio::sync::RwLock<()>,
+}
+
+fn not_held(generation: u64) -> KeyError {
+    KeyError::Integrity(format!(
+        "a key is wrapped under KEK generation {generation}, which is not held"
+    ))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -405,22 +415,51 @@ impl KeyStore {
         if let Some(k) = lock(&self.cache).get(id) {
             return Ok(k.clone());
         }
-        let (owner, wrapped) = self.store.key(id)?.ok_or(KeyError::Missing)?;
-        let key = {
-            let keks = lock(&self.keks);
-            let generation = wrapped_generation(&wrapped)
-                .ok_or_else(|| KeyError::Integrity("a wrapped key has the wrong length".into()))?;
-            let kek = keks.get(generation).ok_or_else(|| {
-                KeyError::Integrity(format!(
-                    "a key is wrapped under KEK generation {generation}, which is not held"
-                ))
-            })?;
-            unwrap_with(kek, id, &owner, &wrapped).ok_or_else(|| {
-                KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
-            })?
-        };
+        let stored = self.store.key(id)?.ok_or(KeyError::Missing)?;
+        let key = self.unwrap_stored(id, stored)?;
         self.remember(*id, &key);
         Ok(key)
+    }
+
+    /// Unwraps `stored`, the `(owner, wrapped key)` of `id` as read from the store.
+    ///
+    /// The read and the KEKs are not taken together: a rotation may re-wrap the key and shred
+    /// the KEK it was under between the two (`using` holds off only the KEK swap, not the
+    /// re-wrap). The store then holds the key under a newer KEK, so a wrapped key naming a
+    /// generation older than the current one and no longer held is read again. Only when the
+    /// store still holds the same bytes is the key lost. Found by
+    /// tests/crash_keeps_acknowledged_writes.rs ("a key is wrapped under KEK generation 12,
+    /// which is not held" from a write racing an erasure's rotation).
+    fn unwrap_stored(
+        &self,
+        id: &KeyId,
+        mut stored: (IndexKey, Vec<u8>),
+    ) -> Result<Zeroizing<[u8; KEY_BYTES]>> {
+        for _ in 0..KEY_READ_TRIES {
+            let (owner, wrapped) = &stored;
+            let generation = wrapped_generation(wrapped)
+                .ok_or_else(|| KeyError::Integrity("a wrapped key has the wrong length".into()))?;
+            {
+                let keks = lock(&self.keks);
+                if let Some(kek) = keks.get(generation) {
+                    return unwrap_with(kek, id, owner, wrapped).ok_or_else(|| {
+                        KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
+                    });
+                }
+                if generation > keks.generation {
+                    return Err(not_held(generation));
+                }
+            }
+            let again = self.store.key(id)?.ok_or(KeyError::Missing)?;
+            if again == stored {
+                // Nothing re-wrapped it: it is under a KEK that is gone.
+                return Err(not_held(generation));
+            }
+            stored = again;
+        }
+        Err(KeyError::Integrity(format!(
+            "a key was re-wrapped {KEY_READ_TRIES} times while it was being read"
+        )))
     }
 
     /// Ids of the keys stored for `owner`.
@@ -511,11 +550,7 @@ impl KeyStore {
             if generation == keks.generation {
                 continue;
             }
-            let kek = keks.get(generation).ok_or_else(|| {
-                KeyError::Integrity(format!(
-                    "a key is wrapped under KEK generation {generation}, which is not held"
-                ))
-            })?;
+            let kek = keks.get(generation).ok_or_else(|| not_held(generation))?;
             let key = unwrap_with(kek, &id, &owner, &wrapped).ok_or_else(|| {
                 KeyError::Integrity("a wrapped key does not unwrap under its KEK".into())
             })?;
@@ -628,5 +663,63 @@ mod tests {
             *key,
             "the key written during the rotation is readable"
         );
+    }
+
+    /// Regression (tests/crash_keeps_acknowledged_writes.rs): a reader that read a wrapped key
+    /// just before a rotation re-wrapped it and shredded the old KEK reads it again instead of
+    /// calling the key lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_read_just_before_a_rotation_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (id, key, entry) = ks.new_key(&[7u8; 32]);
+        store
+            .commit(WriteBatch {
+                keys: vec![entry],
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+        // The reader's store read, under generation 1...
+        let stale = store.key(&id).unwrap().unwrap();
+        assert_eq!(wrapped_generation(&stale.1), Some(1));
+        // ...then a whole rotation: re-wrapped under 2, KEK 1 shredded...
+        ks.rotate().await.unwrap();
+        assert!(!dir.path().join("kek-1.key").exists());
+        // ...then the reader takes the KEKs.
+        let read = ks
+            .unwrap_stored(&id, stale)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(*read, *key);
+    }
+
+    /// A key under a KEK that is gone, with nothing re-wrapping it, is reported, not retried
+    /// forever; so is one naming a generation newer than any this office made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_under_a_kek_that_is_gone_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        ks.rotate().await.unwrap();
+        assert_eq!(ks.generation(), 2);
+        let o = [8u8; 32];
+        for (generation, id) in [(1u64, [1u8; 16]), (3, [3u8; 16])] {
+            let wrapped = wrap(&[9u8; 32], generation, &id, &o, &[4u8; 32]);
+            store
+                .commit(WriteBatch {
+                    keys: vec![(o, id, wrapped)],
+                    ..WriteBatch::default()
+                })
+                .await
+                .unwrap();
+            let err = ks.key(&id).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("KEK generation {generation}, which is not held")),
+                "{err}"
+            );
+        }
     }
 }
