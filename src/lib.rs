@@ -16,6 +16,7 @@ pub mod keystore;
 pub mod network;
 pub mod office;
 pub mod policy;
+pub mod projection;
 pub mod protocol;
 pub mod record;
 pub mod replicate;

@@ -1127,28 +1127,16 @@ impl Office {
                 continue;
             }
             // Only what decides: each event's action and time.
-            #[derive(serde::Deserialize)]
-            struct Decisive {
-                events: Vec<DecisiveEvent>,
-            }
-            #[derive(serde::Deserialize)]
-            struct DecisiveEvent {
-                action: String,
-                at: String,
-            }
-            let c: Decisive = serde_json::from_slice(&bytes)
-                .map_err(|e| OfficeError::Integrity(format!("corrupt projection: {e}")))?;
-            for e in &c.events {
-                let t = parse_stored_time(&e.at)?;
-                if t > at {
-                    continue;
+            crate::projection::consent_events(&bytes, |e| {
+                if e.at > at {
+                    return;
                 }
-                let withdraw = e.action == "withdraw";
                 // Order by time, then withdrawal after grant, so an equal-time withdrawal is "later".
-                if latest.is_none_or(|(lt, lw, _)| (t, withdraw) >= (lt, lw)) {
-                    latest = Some((t, withdraw, id));
+                if latest.is_none_or(|(lt, lw, _)| (e.at, e.withdraw) >= (lt, lw)) {
+                    latest = Some((e.at, e.withdraw, id));
                 }
-            }
+            })
+            .map_err(OfficeError::Integrity)?;
         }
         Ok(match latest {
             Some((_, withdraw, id)) => json!({ "granted": !withdraw, "record": doc_id_hex(&id) }),

@@ -2,8 +2,9 @@
 //!
 //! One Automerge document per record (DESIGN.md 1). A document's root map holds the record's fields
 //! as plain scalars, lists and maps, so that [`Record::from_doc`] can read any merge of concurrent
-//! changes back into the typed form through `AutoSerde`. The typed form, serialised as JSON, is also
-//! the *projection* stored beside the envelopes: queries read projections and never load documents.
+//! changes back into the typed form through `AutoSerde`. The typed form, encoded by `projection.rs`, is
+//! also the *projection* stored beside the envelopes: queries read projections and never load
+//! documents.
 //!
 //! Fields hold the normalised subject identifier in plain text for now; the erasure issue encrypts
 //! personal fields under per-subject keys (see ARCHITECTURE.md, "Where personal data lives").
@@ -222,18 +223,6 @@ pub struct RecordFacts {
     pub categories: Option<Vec<String>>,
 }
 
-/// The fields of a projection that [`RecordFacts`] reads; serde skips the others.
-#[derive(Deserialize)]
-struct FactFields {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    subject: Option<String>,
-    office: String,
-    #[serde(default)]
-    categories: Option<Vec<String>>,
-}
-
 impl RecordFacts {
     pub fn of(record: &Record) -> RecordFacts {
         let (office, categories) = match record {
@@ -250,27 +239,9 @@ impl RecordFacts {
         }
     }
 
+    /// The facts of a stored projection (`projection.rs`), without building the record.
     pub fn from_projection(bytes: &[u8]) -> Result<RecordFacts, String> {
-        let f: FactFields =
-            serde_json::from_slice(bytes).map_err(|e| format!("corrupt projection: {e}"))?;
-        let transfer = match f.kind.as_str() {
-            "transfer" => true,
-            "consent" | "request" | "hold" => false,
-            other => return Err(format!("corrupt projection: unknown record type {other:?}")),
-        };
-        if transfer && f.categories.is_none() {
-            return Err("corrupt projection: a transfer without categories".into());
-        }
-        Ok(RecordFacts {
-            office: f.office,
-            personal: f.subject.is_some(),
-            key: f
-                .subject
-                .as_deref()
-                .filter(|s| crate::sealed::is_sealed(s))
-                .and_then(crate::sealed::key_id),
-            categories: if transfer { f.categories } else { None },
-        })
+        crate::projection::facts(bytes)
     }
 }
 
@@ -313,12 +284,14 @@ impl Record {
         serde_json::from_value(value).map_err(|e| format!("document is not a valid record: {e}"))
     }
 
+    /// The record's projection: what is stored beside its envelopes (`projection.rs`).
     pub fn to_projection(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("records always serialise")
+        crate::projection::encode(self)
     }
 
+    /// A record from its stored projection (either version of `projection.rs`).
     pub fn from_projection(bytes: &[u8]) -> Result<Record, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("corrupt projection: {e}"))
+        crate::projection::decode(bytes)
     }
 
     /// Writes a new record's fields into an empty document's root.

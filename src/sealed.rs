@@ -55,7 +55,12 @@ fn raw(text: &str) -> Option<Vec<u8>> {
 
 /// The id of the key that opens a sealed field.
 pub fn key_id(text: &str) -> Option<KeyId> {
-    raw(text).map(|r| r[..16].try_into().expect("16 bytes"))
+    raw(text).and_then(|r| key_id_raw(&r))
+}
+
+/// [`key_id`] of a sealed field's decoded bytes (the projection's binary form keeps them so).
+pub fn key_id_raw(raw: &[u8]) -> Option<KeyId> {
+    (raw.len() >= 16 + NONCE_BYTES + TAG_BYTES).then(|| raw[..16].try_into().expect("16 bytes"))
 }
 
 /// The sealed bytes (nonce ‖ ciphertext ‖ tag) of a field, for tests that try keys on them.

@@ -96,8 +96,12 @@ fn an_erasure_leaves_nothing_readable_at_any_office() {
         let store = Store::open(&sg_data.join("consentd.redb")).unwrap();
         let doc: [u8; 16] = hex::decode(&erasable).unwrap().try_into().unwrap();
         let (_, projection) = store.projection(&doc).unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&projection).unwrap();
-        let evidence = v["events"][0]["evidence"].as_str().unwrap().to_string();
+        let consentd::record::Record::Consent(c) =
+            consentd::record::Record::from_projection(&projection).unwrap()
+        else {
+            panic!("the erasable record is a consent record")
+        };
+        let evidence = c.events[0].evidence.clone().unwrap();
         let kid = consentd::sealed::key_id(&evidence).unwrap();
         let (owner, wrapped) = store
             .key(&kid)

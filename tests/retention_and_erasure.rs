@@ -505,8 +505,12 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
         let store = Store::open(&data.join("consentd.redb")).unwrap();
         let doc: [u8; 16] = hex::decode(&erasable).unwrap().try_into().unwrap();
         let (_, proj) = store.projection(&doc).unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&proj).unwrap();
-        let ev = v["events"][0]["evidence"].as_str().unwrap().to_string();
+        let consentd::record::Record::Consent(c) =
+            consentd::record::Record::from_projection(&proj).unwrap()
+        else {
+            panic!("the erasable record is a consent record")
+        };
+        let ev = c.events[0].evidence.clone().unwrap();
         assert!(consentd::sealed::is_sealed(&ev), "{ev}");
         let kid = consentd::sealed::key_id(&ev).unwrap();
         let (owner, wrapped) = store.key(&kid).unwrap().unwrap();
