@@ -594,6 +594,15 @@ mod tests {
         assert!(unwrap_with(&kek, &id, &owner, &flipped).is_none());
     }
 
+    /// A new key store in a temporary data directory (call on a multi-threaded runtime).
+    fn open_key_store() -> (tempfile::TempDir, Store, KeyStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, store, ks)
+    }
+
     #[test]
     fn owners_differ_by_class() {
         let t = [4u8; 32];
@@ -602,10 +611,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rotation_rewraps_every_key_and_removes_the_old_kek() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (dir, store, ks) = open_key_store();
         let o = [5u8; 32];
         let (id, key, entry) = ks.new_key(&o);
         store
@@ -631,12 +637,8 @@ mod tests {
     /// commits while a rotation runs must not leave it under a KEK the rotation shreds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_wrapped_during_a_rotation_stays_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let ks = std::sync::Arc::new(
-            tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+        let (dir, store, ks) = open_key_store();
+        let ks = std::sync::Arc::new(ks);
         // A write picks (and wraps) its key under generation 1, holding `using`...
         let using = ks.using().await;
         let (id, key, entry) = ks.new_key(&[6u8; 32]);
@@ -670,10 +672,7 @@ mod tests {
     /// calling the key lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_read_just_before_a_rotation_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (dir, store, ks) = open_key_store();
         let (id, key, entry) = ks.new_key(&[7u8; 32]);
         store
             .commit(WriteBatch {
@@ -699,10 +698,7 @@ mod tests {
     /// forever; so is one naming a generation newer than any this office made.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_under_a_kek_that_is_gone_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let ks = tokio::task::block_in_place(|| KeyStore::open(dir.path(), store.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (dir, store, ks) = open_key_store();
         ks.rotate().await.unwrap();
         assert_eq!(ks.generation(), 2);
         let o = [8u8; 32];
