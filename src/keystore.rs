@@ -698,7 +698,7 @@ mod tests {
     /// forever; so is one naming a generation newer than any this office made.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_under_a_kek_that_is_gone_is_reported() {
-        let (dir, store, ks) = open_key_store();
+        let (_dir, store, ks) = open_key_store();
         ks.rotate().await.unwrap();
         assert_eq!(ks.generation(), 2);
         let o = [8u8; 32];
