@@ -426,6 +426,11 @@ impl Replicator {
         let snapshot = store.snapshot().map_err(|e| err(&e))?;
         let mut after = None;
         let mut touched = HashSet::new();
+        // Items go into the envelope and key sets once, at the end (`ItemSet::insert_many`):
+        // nothing reads the sets before the build is done (sessions start after it, and local
+        // commits wait in the subscription).
+        let mut envelope_items = Vec::new();
+        let mut key_items = Vec::new();
         loop {
             stopped()?;
             let page = snapshot
@@ -440,7 +445,7 @@ impl Replicator {
                 let env = Envelope::decode(&bytes).map_err(|e| err(&e))?;
                 let time = change_time(&env.change).ok_or_else(|| err(&"not a change"))?;
                 let item = Item::new(time, h);
-                sets.envelopes.insert(item);
+                envelope_items.push(item);
                 let info = sets.docs.entry(env.doc_id).or_default();
                 info.items.push(item);
                 if info.origin.is_none() {
@@ -463,7 +468,8 @@ impl Replicator {
             };
             for (doc, kind, bytes) in page {
                 if touched.remove(&doc) {
-                    self.set_facts(&doc, stored_facts(kind, &bytes).as_ref());
+                    let facts = stored_facts(kind, &bytes);
+                    self.set_facts_collecting(&doc, facts.as_ref(), Some(&mut key_items));
                 }
             }
             after = Some(last);
@@ -472,6 +478,11 @@ impl Replicator {
         // treats them.
         for doc in touched {
             self.set_facts(&doc, None);
+        }
+        {
+            let mut sets = lock(&self.sets);
+            sets.envelopes.insert_many(envelope_items);
+            sets.keys.insert_many(key_items);
         }
         let mut after = None;
         loop {
@@ -822,6 +833,17 @@ impl Replicator {
     /// Takes in what a record is (`None`: it cannot be read here yet), then recomputes what each
     /// peer may see of it.
     fn set_facts(&self, doc: &DocId, facts: Option<&RecordFacts>) {
+        self.set_facts_collecting(doc, facts, None)
+    }
+
+    /// [`Self::set_facts`]; with `new_keys`, the record's key item is pushed there instead of
+    /// into the key set, for one `insert_many` after start-up's walk over every record.
+    fn set_facts_collecting(
+        &self,
+        doc: &DocId,
+        facts: Option<&RecordFacts>,
+        new_keys: Option<&mut Vec<Item>>,
+    ) {
         let mut sets = lock(&self.sets);
         // Split borrows: the record's info is read while the peers' hidden sets change, without
         // cloning it (and its items) for every record absorbed.
@@ -847,7 +869,12 @@ impl Replicator {
         }
         if let Some(k) = info.key {
             let item = key_item(&k);
-            keys.insert(item);
+            match new_keys {
+                Some(later) => later.push(item),
+                None => {
+                    keys.insert(item);
+                }
+            }
             key_ids.insert(item.id, k);
             // Stored now: served from the store, no longer held apart (the two stay disjoint).
             received_keys.remove(&item);
