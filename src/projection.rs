@@ -27,6 +27,10 @@
 //! A text takes the word, sealed, time or date form only when decoding it gives back exactly the
 //! same text, so every projection decodes to the JSON value it was made from.
 //!
+//! Upgrading needs nothing (v1 stays readable; a record's projection becomes v2 when it next
+//! changes). Downgrading is not supported: a build from before v2 reports a v2 projection as
+//! corrupt (`0xC2` cannot start JSON) rather than misreading it.
+//!
 //! [`WORDS`] is on disk: never reorder or remove an entry, only append (at most 255).
 //! Limits: nesting depth [`DEPTH_MAX`] (a deeper value is stored as v1 JSON instead, which
 //! `serde_json` reads to depth 128), lengths bounded by the bytes present, varints by 10 bytes.
