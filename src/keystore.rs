@@ -603,6 +603,17 @@ mod tests {
         (dir, store, ks)
     }
 
+    /// Commits wrapped keys, as a write's batch would.
+    async fn store_keys(store: &Store, keys: Vec<KeyEntry>) {
+        store
+            .commit(WriteBatch {
+                keys,
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn owners_differ_by_class() {
         let t = [4u8; 32];
@@ -614,13 +625,7 @@ mod tests {
         let (dir, store, ks) = open_key_store();
         let o = [5u8; 32];
         let (id, key, entry) = ks.new_key(&o);
-        store
-            .commit(WriteBatch {
-                keys: vec![entry],
-                ..WriteBatch::default()
-            })
-            .await
-            .unwrap();
+        store_keys(&store, vec![entry]).await;
         let old_kek = std::fs::read(dir.path().join("kek-1.key")).unwrap();
         ks.rotate().await.unwrap();
         assert!(!dir.path().join("kek-1.key").exists());
@@ -649,13 +654,7 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         // The write commits and lets go; only then may the rotation swap KEKs and re-wrap.
-        store
-            .commit(WriteBatch {
-                keys: vec![entry],
-                ..WriteBatch::default()
-            })
-            .await
-            .unwrap();
+        store_keys(&store, vec![entry]).await;
         drop(using);
         rotation.await.unwrap().unwrap();
         assert!(!dir.path().join("kek-1.key").exists());
@@ -674,13 +673,7 @@ mod tests {
     async fn a_key_read_just_before_a_rotation_is_read_again() {
         let (dir, store, ks) = open_key_store();
         let (id, key, entry) = ks.new_key(&[7u8; 32]);
-        store
-            .commit(WriteBatch {
-                keys: vec![entry],
-                ..WriteBatch::default()
-            })
-            .await
-            .unwrap();
+        store_keys(&store, vec![entry]).await;
         // The reader's store read, under generation 1...
         let stale = store.key(&id).unwrap().unwrap();
         assert_eq!(wrapped_generation(&stale.1), Some(1));
@@ -704,13 +697,7 @@ mod tests {
         let o = [8u8; 32];
         for (generation, id) in [(1u64, [1u8; 16]), (3, [3u8; 16])] {
             let wrapped = wrap(&[9u8; 32], generation, &id, &o, &[4u8; 32]);
-            store
-                .commit(WriteBatch {
-                    keys: vec![(o, id, wrapped)],
-                    ..WriteBatch::default()
-                })
-                .await
-                .unwrap();
+            store_keys(&store, vec![(o, id, wrapped)]).await;
             let err = ks.key(&id).map(|_| ()).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("KEK generation {generation}, which is not held")),

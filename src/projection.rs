@@ -581,7 +581,7 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| corrupt("expected a text"))
     }
 
-    /// The element count after an array or object tag.
+    /// An array's or object's tag `tag`, then its element count.
     fn count(&mut self, tag: u8) -> Result<u64, String> {
         if self.byte()? != tag {
             return Err(corrupt(if tag == ARRAY {
@@ -590,6 +590,11 @@ impl<'a> Reader<'a> {
                 "expected an object"
             }));
         }
+        self.count_after_tag()
+    }
+
+    /// The element count after an array or object tag already read.
+    fn count_after_tag(&mut self) -> Result<u64, String> {
         let n = self.varint()?;
         // Every element takes at least one byte (an object's two).
         if n > (self.bytes.len() - self.pos) as u64 {
@@ -626,16 +631,14 @@ impl<'a> Reader<'a> {
                 if depth >= DEPTH_MAX {
                     return Err(corrupt("nested too deep"));
                 }
-                self.pos -= 1;
+                let n = self.count_after_tag()?;
                 if tag == ARRAY {
-                    let n = self.count(ARRAY)?;
                     let mut items = Vec::with_capacity(n.min(64) as usize);
                     for _ in 0..n {
                         items.push(self.value(depth + 1)?);
                     }
                     Value::Array(items)
                 } else {
-                    let n = self.count(OBJECT)?;
                     let mut map = Map::new();
                     for _ in 0..n {
                         let k = self.key()?.to_string();
@@ -670,8 +673,7 @@ impl<'a> Reader<'a> {
                 if depth >= DEPTH_MAX {
                     return Err(corrupt("nested too deep"));
                 }
-                self.pos -= 1;
-                let n = self.count(tag)?;
+                let n = self.count_after_tag()?;
                 for _ in 0..n {
                     if tag == OBJECT {
                         self.key()?;
