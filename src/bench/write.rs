@@ -115,6 +115,26 @@ pub(crate) fn vm_rss(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("/proc/{pid}/status has no VmRSS"))
 }
 
+/// CPU time a process has used so far, user and system, in seconds (`/proc/PID/stat`).
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, utime and stime are fields 14 and 15 (proc(5)), in clock ticks.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("/proc/{pid}/stat has no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    let (user, system) = ticks(14)
+        .zip(ticks(15))
+        .ok_or_else(|| format!("/proc/{pid}/stat has no utime and stime"))?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((user + system) as f64 / hz)
+}
+
 /// A file's size on disk: `(allocated bytes, length)`.
 ///
 /// Row 7 compares allocated bytes (`du`), not lengths (`ls -l`): redb grows a file by doubling
@@ -217,6 +237,21 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
     let mut lat = ours.latencies;
     lat.sort_unstable();
     let p99 = percentile(&lat, 0.99);
+    if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+        // The row takes p99 alone; the spread says whether a tail is a few stragglers or a
+        // wide distribution.
+        let ms = |q: f64| percentile(&lat, q) * 1e3;
+        eprintln!(
+            "writes_64_clients acknowledgement ms: p10 {:.2} p50 {:.2} p90 {:.2} p99 {:.2} \
+             max {:.2}; mean implied by the rate {:.2}",
+            ms(0.10),
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            ms(1.0),
+            CLIENTS as f64 / ours.concurrent_rate * 1e3
+        );
+    }
     let ours_mem = (ours.rss_growth / n as f64).max(1.0);
     let raw_mem = (raw.rss_growth / n as f64).max(0.0);
     let per_mib = |records: usize, bytes: u64| records as f64 / (bytes as f64 / MIB);
@@ -301,6 +336,7 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
     wait_for_socket(socket, Some(&mut daemon.0))?;
     let pid = daemon.0.id();
     let rss_before = vm_rss(pid)?;
+    let cpu_before = cpu_seconds(pid)?;
 
     // Row 1: the import, as `consentctl import` sends it.
     let lines: Vec<(usize, Request)> = (0..n)
@@ -313,6 +349,7 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
         return Err(format!("imported {imported} of {n} records"));
     }
     let rss_after = vm_rss(pid)?;
+    let cpu_import = cpu_seconds(pid)?;
     let file_bytes = disk_usage(db)?;
 
     // Row 2: 64 clients, one grant per request, each acknowledged after its durable commit.
@@ -350,6 +387,16 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
         Ok(())
     })?;
     let concurrent_rate = n as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+        // CPU per record is steadier than a rate on a shared machine: it does not count the time
+        // the daemon waited for a core.
+        let cpu_concurrent = cpu_seconds(pid)?;
+        eprintln!(
+            "daemon CPU per record: import {:.0} µs, 64 clients {:.0} µs",
+            (cpu_import - cpu_before) / n as f64 * 1e6,
+            (cpu_concurrent - cpu_import) / n as f64 * 1e6
+        );
+    }
     daemon.stop()?;
     Ok(Ours {
         import_rate,
