@@ -663,7 +663,7 @@ const IMPORT_IN_FLIGHT: usize = 2;
 /// chunks below the request limits; returns how many records were imported. `consentctl import`
 /// and `consentd bench` (batched ingest row) both use it.
 ///
-/// Up to [`IMPORT_IN_FLIGHT`] chunks are in flight, on separate connections, but a chunk that
+/// Up to `IMPORT_IN_FLIGHT` chunks are in flight, on separate connections, but a chunk that
 /// names a subject or record id of a chunk still in flight waits for it: lines about the same
 /// subject or record are applied in file order, as if sent one chunk at a time. On a failure no
 /// further chunk is sent; every chunk before the failing one was imported.

@@ -17,7 +17,7 @@
 //! | `control_request` | `protocol::parse_request`, `audit::export::is_export`, `protocol::read_frame` | a parsed request serialises and parses again to the same operation |
 //!
 //! The keys are fixed (a test network, `fuzz-net`, of offices `de` and `us`), so the seed
-//! corpus ([`seeds`]) holds validly signed values the fuzzer mutates from: envelopes, tombstones
+//! corpus (`seeds()`) holds validly signed values the fuzzer mutates from: envelopes, tombstones
 //! and checkpoints that pass verification, whole sessions' worth of frames.
 
 use std::collections::{BTreeMap, BTreeSet};

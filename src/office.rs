@@ -1,6 +1,6 @@
 //! One office's records: authoring signed changes and answering queries.
 //!
-//! Writes go through a [`Draft`]: the documents a write touches are loaded from their stored,
+//! Writes go through a `Draft`: the documents a write touches are loaded from their stored,
 //! *verified* envelopes, changed in one Automerge transaction per operation, signed, and turned into
 //! one `WriteBatch` whose projections and index entries are recomputed from the documents' new state.
 //! The batch is acknowledged only after the store's durable group commit returns.
@@ -1347,7 +1347,7 @@ impl Office {
     }
 
     /// Replicated records stored here that cannot be read yet: their key or part of their
-    /// history has not arrived (counted up to [`PENDING_COUNT_MAX`]).
+    /// history has not arrived (counted up to `PENDING_COUNT_MAX`).
     pub fn pending_records(&self) -> Result<usize> {
         Ok(self.store.count_of_kind(KIND_PENDING, PENDING_COUNT_MAX)?)
     }

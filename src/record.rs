@@ -307,7 +307,7 @@ impl Record {
     }
 }
 
-/// A document's root as JSON, exactly as `automerge::AutoSerde` renders it (see [`doc_json`]).
+/// A document's root as JSON, exactly as `automerge::AutoSerde` renders it (see `doc_json`).
 pub fn doc_value(doc: &Automerge) -> Value {
     let value = doc_json(doc, &ROOT, ObjType::Map);
     debug_assert_eq!(

@@ -1,7 +1,7 @@
 //! Replication between offices: the daemon side of the sync protocol (docs/sync-protocol.md).
 //!
 //! The protocol itself lives in `consentd_sync` as a sans-I/O [`Session`]; this module is its host.
-//! It keeps the replicated sets in memory ([`Sets`]: envelope items, subject-key items), decides
+//! It keeps the replicated sets in memory (`Sets`: envelope items, subject-key items), decides
 //! per peer what the transfer policy hides ([`crate::policy`]), runs one QUIC endpoint with a task
 //! per peer link, and turns the session's actions into storage work:
 //!
@@ -22,7 +22,7 @@
 //! [`CHECKPOINT_PUBLISH_INTERVAL`] of its log growing). A peer's checkpoint of another office is
 //! verified against that office's roster key; the session then fetches the leaves it covers in
 //! batches, each proven against the signed root, and this module appends them to that office's
-//! log in storage (one writer, [`Replicator::log_lock`]) with the checkpoint in the commit of the
+//! log in storage (one writer, `Replicator::log_lock`) with the checkpoint in the commit of the
 //! batch that completes it. Leaves name ids and hashes only, so every office gets every log,
 //! whatever the transfer policy withholds. Equivocation (an office's two signed histories) is
 //! logged at error level and kept as evidence in meta (`equivocation/v1/…`).

@@ -528,7 +528,7 @@ fn raw_child(db: &Path, input: &Path, n: usize) -> Result<RawFootprint, String> 
 
 /// `consentd bench-raw-redb --db PATH --input FILE --records N` (hidden): the raw side of row 7.
 /// Creates a plain redb file, reads its own `VmRSS`, streams the first `records` envelopes of
-/// FILE (as [`dump_envelopes`] wrote them) into it in durable commits of 1,000, reads `VmRSS`
+/// FILE (as `dump_envelopes` wrote them) into it in durable commits of 1,000, reads `VmRSS`
 /// again and prints `{"rss_before", "rss_after", "file_bytes"}`.
 pub fn raw_redb_child(db: &Path, input: &Path, records: usize) -> Result<(), String> {
     let raw = RawDb::create(db).map_err(|e| e.to_string())?;

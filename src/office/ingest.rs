@@ -92,7 +92,7 @@ impl Office {
     /// Opens the pending records whose key is now held here or in `received` (at most `limit`
     /// records per call). Records waiting for another key, or for the rest of their history, are
     /// left alone: re-merging one costs an Automerge load, and a cold sync calls this once per
-    /// batch of keys. Each call reads at most [`PENDING_SCAN_MAX`] pending records, continuing
+    /// batch of keys. Each call reads at most `PENDING_SCAN_MAX` pending records, continuing
     /// where the previous call stopped, so every pending record is looked at in turn however
     /// many there are.
     pub async fn reopen_pending(

@@ -2,7 +2,7 @@
 //!
 //! A pass walks the storage `expiry` index up to its date. A record whose subject is under an
 //! active legal hold is counted `held` and stays (it is looked at again by the next pass); every
-//! other expired record is deleted by [`delete`]:
+//! other expired record is deleted by `delete`:
 //!
 //! 1. under the record's write locks, load it (verifying its envelopes) and sign a tombstone
 //!    over its heads (`retention/<rule>` or `request/<id>`; no personal data);

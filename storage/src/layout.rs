@@ -12,7 +12,7 @@
 //! | `changes`     | `doc[16] ‖ position u32 BE` (20)      | `hash[32] ‖ envelope bytes`         |
 //! | `envelope_at` | `hash[32]`                            | `doc[16] ‖ position u32 BE` (20)    |
 //! | `projections` | `doc[16]`                             | `kind u8 ‖ projection bytes`        |
-//! | `doc_meta`    | `doc[16]`                             | [`DocMeta`] encoding (see below)    |
+//! | `doc_meta`    | `doc[16]`                             | `DocMeta` encoding (see below)      |
 //! | `index`       | `index_key[32] ‖ doc[16]` (48)        | `()`                                |
 //! | `due`         | `(day i32 BE, sign bit flipped) ‖ doc[16]` (20) | `()`                      |
 //! | `kinds`       | `kind u8 ‖ doc[16]` (17)              | `()`                                |
@@ -71,13 +71,13 @@ use redb::TableDefinition;
 
 use crate::{DocId, Hash, IndexKey, Result, StorageError};
 
-/// Version of the whole file layout, stored in `sys` under [`SYS_FORMAT_VERSION`]. Bump it on any
+/// Version of the whole file layout, stored in `sys` under `SYS_FORMAT_VERSION`. Bump it on any
 /// incompatible change to a table or encoding; [`crate::Store::open`] refuses other versions.
 /// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`; version 3 added `expiry`,
 /// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
 /// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
 /// position), with `envelope_at` replacing `doc_changes`. A version-3 file is migrated on open
-/// ([`crate::writer::init`]).
+/// (`writer::init`).
 pub const FORMAT_VERSION: u64 = 4;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.

@@ -1,7 +1,7 @@
 //! consentd's storage layer: the only crate that knows redb.
 //!
 //! It stores opaque bytes keyed by 16-byte document ids ([`DocId`]), 32-byte change hashes
-//! ([`Hash`]) and 32-byte keyed index hashes ([`IndexKey`]); it knows nothing of consent,
+//! ([`type@Hash`]) and 32-byte keyed index hashes ([`IndexKey`]); it knows nothing of consent,
 //! Automerge or signatures. The table layout and byte encodings are documented in [`layout`] and
 //! in `LAYOUT.md`.
 //!

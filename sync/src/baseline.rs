@@ -3,8 +3,8 @@
 //!
 //! Connections are made with [`Endpoint`] (so the TLS setup, congestion control and transport
 //! parameters are the daemon's); the handshake is not timed. The timed part writes raw bytes
-//! on the connection's one stream ([`FrameWriter::send_raw`]) and reads length-prefixed frames
-//! back ([`FrameReader::recv`]), which is the least a receiver must do to split envelopes.
+//! on the connection's one stream ([`crate::transport::FrameWriter::send_raw`]) and reads length-prefixed frames
+//! back ([`crate::transport::FrameReader::recv`]), which is the least a receiver must do to split envelopes.
 //! Keys are generated at run time; everything binds 127.0.0.1 only.
 
 use std::net::SocketAddr;

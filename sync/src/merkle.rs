@@ -57,7 +57,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
-/// PATH(m, D[n]): the audit path of leaf `index` in the tree of `leaves` (RFC 9162 §2.1.3.1).
+/// PATH(m, D\[n\]): the audit path of leaf `index` in the tree of `leaves` (RFC 9162 §2.1.3.1).
 /// `None` if `index` is out of range.
 pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Option<Vec<Hash>> {
     if index >= leaves.len() as u64 {
@@ -81,7 +81,7 @@ pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Option<Vec<Hash>> {
     Some(out)
 }
 
-/// PROOF(m, D[n]): shows the tree of the first `old_size` leaves is a prefix of the tree of all
+/// PROOF(m, D\[n\]): shows the tree of the first `old_size` leaves is a prefix of the tree of all
 /// `leaves` (RFC 9162 §2.1.4.1). `None` if `old_size` exceeds the tree.
 pub fn consistency_proof(leaves: &[Hash], old_size: u64) -> Option<Vec<Hash>> {
     let n = leaves.len() as u64;
