@@ -79,7 +79,7 @@ pub fn run(records: usize) -> Result<Vec<Row>, String> {
             continue;
         }
         let family = b(records.max(1)).map_err(|e| format!("{name}: {e}"))?;
-        if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+        if trace() {
             // A long run (1,000,000 records takes an hour or more) keeps what it measured so far
             // even if a later family fails.
             eprint!("{}", human(&family));
@@ -91,6 +91,11 @@ pub fn run(records: usize) -> Result<Vec<Row>, String> {
 
 /// Checks timed per latency row.
 pub(crate) const CHECK_SAMPLES: usize = 20_000;
+
+/// `CONSENTD_BENCH_TRACE=1`: progress and per-sample detail on stderr.
+pub(crate) fn trace() -> bool {
+    std::env::var_os("CONSENTD_BENCH_TRACE").is_some()
+}
 
 pub(crate) fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

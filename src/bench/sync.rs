@@ -60,7 +60,7 @@ use consentd_sync::VerifiedRoster;
 use tokio::runtime::Runtime;
 
 use super::write::grant;
-use super::{percentile, Row};
+use super::{percentile, trace, Row};
 
 /// Records each side writes while the other cannot hear it (delta rows): 100 differences.
 const DELTA_EACH_SIDE: usize = 50;
@@ -92,11 +92,6 @@ fn lower_is_better(
         target,
         met: ratio >= target,
     }
-}
-
-/// `CONSENTD_BENCH_TRACE=1`: progress and per-sample detail on stderr.
-fn trace() -> bool {
-    std::env::var_os("CONSENTD_BENCH_TRACE").is_some()
 }
 
 fn runtime() -> Result<Runtime, String> {

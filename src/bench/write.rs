@@ -237,7 +237,7 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
     let mut lat = ours.latencies;
     lat.sort_unstable();
     let p99 = percentile(&lat, 0.99);
-    if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+    if super::trace() {
         // The row takes p99 alone; the spread says whether a tail is a few stragglers or a
         // wide distribution.
         let ms = |q: f64| percentile(&lat, q) * 1e3;
@@ -387,7 +387,7 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
         Ok(())
     })?;
     let concurrent_rate = n as f64 / started.elapsed().as_secs_f64();
-    if std::env::var_os("CONSENTD_BENCH_TRACE").is_some() {
+    if super::trace() {
         // CPU per record is steadier than a rate on a shared machine: it does not count the time
         // the daemon waited for a core.
         let cpu_concurrent = cpu_seconds(pid)?;

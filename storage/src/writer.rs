@@ -11,7 +11,7 @@
 //! commit), plus a little per record. When several requests were already waiting as the previous
 //! commit finished (so writers are arriving faster than commits end) and the group drained so far
 //! is small, the writer waits [`LINGER`] once for more before committing. 64 clients each writing
-//! one consent then make groups of 11-20 instead of 4-6, and the daemon spends less CPU per
+//! one consent then make groups of 15-24 instead of 4-12, and the daemon spends less CPU per
 //! record (BENCHMARKS.md, thirteenth session). A lone write never waits, nor does a sequence of
 //! dependent ones ([`LINGER_WAITING_MIN`]).
 //!
