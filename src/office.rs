@@ -30,8 +30,11 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+pub(crate) mod heap;
 mod ingest;
 mod locks;
+
+use heap::release_free_heap;
 
 pub use ingest::{IngestReport, TravellingKey, INGEST_ENVELOPES_MAX, KIND_PENDING};
 use locks::{KeyGuard, KeyLocks};
@@ -41,21 +44,6 @@ const PARALLEL_OPS_MIN: usize = 64;
 
 /// Operations from which a write authors off the runtime's worker ([`off_worker`]).
 const OFF_WORKER_OPS_MIN: usize = 8;
-/// Returns free heap memory to the kernel (glibc keeps freed chunks resident in its arenas).
-/// Bounded cost: one walk of the arenas' free lists and an madvise per free run, so it runs
-/// after bulk work only: an import chunk, or an ingest batch merged on several threads (each up
-/// to about a thousand documents). That is 1-25 ms of CPU (measured per batch during a cold
-/// sync of 100,000 records), so it runs off the runtime's worker.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    off_worker(|| {
-        // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    });
-}
-
 /// Threads one write authors on: one per core.
 fn authoring_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -879,7 +867,8 @@ impl Office {
             // The drafts' documents (~17 KB each) were freed on the authoring threads and the
             // batch's encoded records and pages on the writer's, whose malloc arenas would
             // otherwise keep that memory resident after the import (measured: 15 MB of a
-            // 10,000-record import's 43 MB of growth).
+            // 10,000-record import's 43 MB of growth). Returned once the import pauses
+            // (`heap`).
             release_free_heap();
         }
         tracing::debug!(

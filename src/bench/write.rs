@@ -348,6 +348,9 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
     if imported != n as u64 {
         return Err(format!("imported {imported} of {n} records"));
     }
+    // The daemon returns the import's freed heap to the kernel once bulk work pauses
+    // (`office::heap`): read its resident memory after that, as it stays while it serves.
+    std::thread::sleep(crate::office::heap::TRIM_QUIET * 3);
     let rss_after = vm_rss(pid)?;
     let cpu_import = cpu_seconds(pid)?;
     let file_bytes = disk_usage(db)?;

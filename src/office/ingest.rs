@@ -205,7 +205,7 @@ impl Office {
         }
         if threads >= 2 {
             // A store batch of a cold sync loaded up to a thousand documents, as an import
-            // chunk authors them.
+            // chunk authors them; returned once the sync pauses (`heap`).
             super::release_free_heap();
         }
         Ok(report)
