@@ -1850,13 +1850,9 @@ impl<'o> Draft<'o> {
                 created: None,
             },
         );
+        // The document names itself in its first change (`Record::write_new` says why).
         self.change(id, |tx| {
-            // The document names itself in its first change. Without this, two records with the
-            // same content authored by one process have byte-identical first changes, hence the
-            // same change hash, and one would overwrite the other in a store keyed by hash.
-            tx.put(ROOT, record::DOC_ID_FIELD, doc_id_hex(&id).as_str())
-                .map_err(|e| e.to_string())?;
-            record.write_new(tx).map_err(|e| e.to_string())
+            record.write_new(tx, &id).map_err(|e| e.to_string())
         })?;
         let entry = self.docs.get_mut(&id).expect("just created");
         entry.created = Some(Box::new((record.clone(), plain)));

@@ -66,17 +66,8 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
             }],
         });
         let mut doc = Automerge::new().with_actor(actor.clone());
-        doc.transact::<_, _, automerge::AutomergeError>(|tx| {
-            // As the office does: the document names itself in its first change.
-            automerge::transaction::Transactable::put(
-                tx,
-                automerge::ROOT,
-                crate::record::DOC_ID_FIELD,
-                hex::encode(doc_id).as_str(),
-            )?;
-            record.write_new(tx)
-        })
-        .expect("writes");
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx, &doc_id))
+            .expect("writes");
         let change = doc.get_last_local_change().expect("one change");
         let env = envelope::sign(doc_id, &change, &signing);
         let hash = change.hash().0;

@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Automerge, ROOT};
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, Automerge};
 use consentd_storage::baseline::{self, RawDb};
 use consentd_sync::{envelope, keys};
 use ed25519_dalek::SigningKey;
@@ -478,9 +478,7 @@ fn author_and_sign(
         let id: [u8; 16] = rand::random();
         let mut doc = Automerge::new().with_actor(actor.clone());
         let mut tx = doc.transaction();
-        tx.put(ROOT, record::DOC_ID_FIELD, hex::encode(id).as_str())
-            .map_err(|e| e.to_string())?;
-        r.write_new(&mut tx).map_err(|e| e.to_string())?;
+        r.write_new(&mut tx, &id).map_err(|e| e.to_string())?;
         tx.commit_with(CommitOptions::default().with_time(now));
         let change = doc
             .get_last_local_change()
