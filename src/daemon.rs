@@ -9,7 +9,9 @@ use crate::calendar::Calendars;
 use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::office::{Office, OfficeError, OfficeParts, Purposes};
-use crate::protocol::{encode_frame, RequestRefusal, ResponseFrame, REQUEST_BYTES_MAX};
+use crate::protocol::{
+    encode_frame, RequestFrame, RequestRefusal, ResponseFrame, REQUEST_BYTES_MAX,
+};
 use consentd_storage::{Store, WriteBatch};
 use consentd_sync::{keys, roster::SignedRoster};
 use std::os::unix::fs::PermissionsExt;
@@ -599,7 +601,10 @@ async fn serve_connection(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        if crate::audit::export::is_export(&payload) {
+        // Parsed once, here; `handle` answers a request that does not parse (after the role).
+        let parsed = crate::protocol::parse_request(&payload);
+        drop(payload);
+        if parsed.as_ref().is_ok_and(crate::audit::export::is_export) {
             // Streams many frames, so it cannot go through `handle`'s one answer.
             if crate::audit::export::serve(&mut stream, uid, role, office)
                 .await
@@ -612,7 +617,7 @@ async fn serve_connection(
             }
             continue;
         }
-        let response = handle(&payload, uid, role, office, config).await;
+        let response = handle(parsed, uid, role, office, config).await;
         // A uid without a role gets its refusal and nothing more: the connection is not kept.
         if send(&mut stream, &response).await.is_err() || role.is_none() {
             return;
@@ -626,7 +631,7 @@ async fn send(stream: &mut UnixStream, frame: &ResponseFrame) -> std::io::Result
 }
 
 async fn handle(
-    payload: &[u8],
+    parsed: Result<RequestFrame, RequestRefusal>,
     uid: u32,
     role: Option<Role>,
     office: &Office,
@@ -640,7 +645,7 @@ async fn handle(
             config.office
         ));
     };
-    let frame = match crate::protocol::parse_request(payload) {
+    let frame = match parsed {
         Ok(f) => f,
         Err(e) => {
             match &e {

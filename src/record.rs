@@ -298,11 +298,13 @@ impl Record {
     /// ([`DOC_ID_FIELD`]), as one batch.
     ///
     /// Why one batch: a put per field splices Automerge's op set once per op (a consent record
-    /// writes ~20 ops), and that splicing was most of the cost of authoring a record (64 % of an
-    /// import's CPU in `consentd bench`). `init_root_from_hydrate` appends the whole tree with
-    /// two splices: 300 µs against 83 µs per record, measured on the same consent record. The
-    /// document is the same either way; only the op order inside the change differs (breadth
-    /// first), which `consentd_sync::first_change` reads too (tested below).
+    /// writes ~20 ops), and that splicing was most of the cost of authoring a record (an
+    /// import's `Draft::create` was 64 % of the daemon's CPU, `OpSet::splice` 34 %).
+    /// `init_root_from_hydrate` appends the whole tree with two splices. Measured in
+    /// `consentd bench`, alternated runs: the design floor (author and sign, all cores) went
+    /// from 4,005-4,424 to 12,083-13,193 records/s, the daemon's import from 2,745-2,878 to
+    /// 4,879-5,392. The document is the same either way; only the op order inside the change
+    /// differs (breadth first), which `consentd_sync::first_change` reads too (tested below).
     ///
     /// Why the id: without it, two records with the same content authored by one process have
     /// byte-identical first changes, hence the same change hash, and one would overwrite the

@@ -102,16 +102,10 @@ pub async fn checkpoint_timer(
     }
 }
 
-/// Whether a request payload asks for `audit.export` (which streams, so the daemon's ordinary
+/// Whether a parsed request asks for `audit.export` (which streams, so the daemon's ordinary
 /// one-answer path cannot serve it).
-pub fn is_export(payload: &[u8]) -> bool {
-    matches!(
-        serde_json::from_slice::<RequestFrame>(payload),
-        Ok(RequestFrame {
-            v: PROTOCOL_VERSION,
-            request: Request::AuditExport(_)
-        })
-    )
+pub fn is_export(frame: &RequestFrame) -> bool {
+    matches!(frame.request, Request::AuditExport(_))
 }
 
 async fn send(stream: &mut UnixStream, frame: &ResponseFrame) -> io::Result<()> {
