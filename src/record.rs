@@ -351,12 +351,22 @@ fn hydrate_map(fields: &serde_json::Map<String, Value>) -> automerge::hydrate::M
 fn hydrate_value(value: &Value) -> automerge::hydrate::Value {
     use automerge::hydrate::Value as H;
     match value {
-        Value::Null => H::scalar(automerge::ScalarValue::Null),
-        Value::Bool(b) => H::scalar(*b),
-        Value::Number(n) => H::scalar(n.as_i64().unwrap_or_default()),
-        Value::String(s) => H::scalar(s.as_str()),
         Value::Array(items) => items.iter().map(hydrate_value).collect::<Vec<_>>().into(),
         Value::Object(fields) => H::Map(hydrate_map(fields)),
+        scalar => H::scalar(json_scalar(scalar)),
+    }
+}
+
+/// The Automerge scalar a JSON scalar is written as, by every writer here (`put_json`,
+/// `insert_json`, `write_new`): a number as an integer (records hold no floats; one outside
+/// `i64` is 0). Containers are objects, not scalars, and map to null.
+fn json_scalar(value: &Value) -> automerge::ScalarValue {
+    use automerge::ScalarValue as S;
+    match value {
+        Value::Bool(b) => S::Boolean(*b),
+        Value::Number(n) => S::Int(n.as_i64().unwrap_or_default()),
+        Value::String(s) => S::Str(s.as_str().into()),
+        Value::Null | Value::Array(_) | Value::Object(_) => S::Null,
     }
 }
 
@@ -425,9 +435,6 @@ pub fn put_json(
 ) -> Result<(), automerge::AutomergeError> {
     match value {
         Value::Null => tx.delete(obj, key),
-        Value::Bool(b) => tx.put(obj, key, *b),
-        Value::Number(n) => tx.put(obj, key, n.as_i64().unwrap_or_default()),
-        Value::String(s) => tx.put(obj, key, s.as_str()),
         Value::Array(items) => {
             let list = tx.put_object(obj, key, ObjType::List)?;
             for (i, item) in items.iter().enumerate() {
@@ -442,6 +449,7 @@ pub fn put_json(
             }
             Ok(())
         }
+        scalar => tx.put(obj, key, json_scalar(scalar)),
     }
 }
 
@@ -467,10 +475,7 @@ pub fn insert_json(
             }
             Ok(())
         }
-        Value::String(s) => tx.insert(list, index, s.as_str()),
-        Value::Bool(b) => tx.insert(list, index, *b),
-        Value::Number(n) => tx.insert(list, index, n.as_i64().unwrap_or_default()),
-        Value::Null => tx.insert(list, index, automerge::ScalarValue::Null),
+        scalar => tx.insert(list, index, json_scalar(scalar)),
     }
 }
 
