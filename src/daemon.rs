@@ -143,6 +143,9 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         .audit()
         .open(office.store())
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
+    // A store written before token layout 2 is re-indexed before anything reads its index.
+    crate::office::tokens::upgrade(&office)
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     Ok(Prepared {
         config,
         office: Arc::new(office),

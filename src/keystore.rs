@@ -42,6 +42,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::subject::TOKEN_CLUSTER_LEN;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use consentd_storage::{IndexKey, KeyId, StorageError, Store, WriteBatch};
@@ -71,7 +72,9 @@ pub const KEY_CACHE_MAX: usize = 1 << 16;
 const KEY_READ_TRIES: usize = 4;
 
 const WRAP_DOMAIN: &[u8] = b"consentd/key-wrap/v1\0";
-const OWNER_DOMAIN: &[u8] = b"consentd/key-owner/v1\0";
+const OWNER_DOMAIN: &[u8] = b"consentd/key-owner/v2\0";
+/// The owner's domain before token layout 2 (read only by the re-index, `office::tokens`).
+const OWNER_DOMAIN_V1: &[u8] = b"consentd/key-owner/v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -107,11 +110,26 @@ pub enum KeyClass {
     Erasable = 2,
 }
 
-/// The storage owner of a subject's keys of one class: a hash of the subject's keyed token
-/// (never the subject itself).
+/// The storage owner of a subject's keys of one class: the subject token's first
+/// [`TOKEN_CLUSTER_LEN`] bytes, then a hash of the token and the class (never the subject
+/// itself). The shared start puts a new subject's key beside its record's index entries, in the
+/// same index leaf (`subject::TOKEN_CLUSTER_LEN`); the hash's own domain keeps an owner apart
+/// from every index key, which the storage requires (`Store::keys_of`).
 pub fn owner(subject_token: &[u8; 32], class: KeyClass) -> IndexKey {
+    let mut owner = *subject_token;
+    let tail = owner_hash(OWNER_DOMAIN, subject_token, class);
+    owner[TOKEN_CLUSTER_LEN..].copy_from_slice(&tail[..32 - TOKEN_CLUSTER_LEN]);
+    owner
+}
+
+/// The owner of token layout 1, for re-indexing a store written before layout 2.
+pub(crate) fn owner_v1(subject_token: &[u8; 32], class: KeyClass) -> IndexKey {
+    owner_hash(OWNER_DOMAIN_V1, subject_token, class)
+}
+
+fn owner_hash(domain: &[u8], subject_token: &[u8; 32], class: KeyClass) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(OWNER_DOMAIN);
+    h.update(domain);
     h.update(subject_token);
     h.update([class as u8]);
     h.finalize().into()
@@ -615,9 +633,19 @@ mod tests {
     }
 
     #[test]
-    fn owners_differ_by_class() {
+    fn owners_differ_by_class_and_start_with_their_subjects_cluster() {
         let t = [4u8; 32];
-        assert_ne!(owner(&t, KeyClass::Kept), owner(&t, KeyClass::Erasable));
+        let (kept, erasable) = (owner(&t, KeyClass::Kept), owner(&t, KeyClass::Erasable));
+        assert_ne!(kept, erasable);
+        for o in [kept, erasable] {
+            assert_eq!(o[..TOKEN_CLUSTER_LEN], t[..TOKEN_CLUSTER_LEN]);
+            assert_ne!(o, t, "an owner is never the subject's own token");
+        }
+        assert_ne!(
+            owner_v1(&t, KeyClass::Kept),
+            kept,
+            "layout 2 differs from layout 1"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ use std::time::Instant;
 pub(crate) mod heap;
 mod ingest;
 mod locks;
+pub(crate) mod tokens;
 
 use heap::release_free_heap;
 

@@ -22,7 +22,18 @@ pub const MIN_PHONE_DIGITS: usize = 8;
 pub const MAX_PHONE_DIGITS: usize = 15;
 
 const SUBJECT_DOMAIN: &[u8] = b"consentd/subject/v1\0";
-const CONSENT_DOMAIN: &[u8] = b"consentd/consent/v1\0";
+const CONSENT_DOMAIN: &[u8] = b"consentd/consent/v2\0";
+/// The consent token's domain before token layout 2: tests build layout-1 stores with it (the
+/// re-index in `office::tokens` recomputes layout-2 keys and needs no layout-1 token).
+#[cfg(test)]
+const CONSENT_DOMAIN_V1: &[u8] = b"consentd/consent/v1\0";
+
+/// Bytes of a subject's token that every other token of the subject starts with (its consent
+/// tokens, and its key owners in `keystore::owner`): the storage index is ordered by token, so a
+/// subject's entries sit side by side and a new record dirties one index leaf instead of three
+/// (consentd-storage's layout doc; BENCHMARKS.md, sixteenth session). 16 bytes keep the part of a
+/// consent token that tells purposes apart at 128 bits.
+pub const TOKEN_CLUSTER_LEN: usize = 16;
 
 /// What kind of identifier a subject was given as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,14 +247,22 @@ pub type Token = [u8; 32];
 /// Keyed hashing of subjects: HMAC-SHA256 under a 32-byte secret key.
 ///
 /// * subject token = HMAC(key, `"consentd/subject/v1\0"` ‖ normalised)
-/// * consent token = HMAC(key, `"consentd/consent/v1\0"` ‖ normalised ‖ `"\0"` ‖ purpose)
+/// * consent token = subject token\[..16\] ‖ HMAC(key, `"consentd/consent/v2\0"` ‖ normalised ‖
+///   `"\0"` ‖ purpose)\[..16\] (token layout 2; layout 1 was the whole HMAC under
+///   `"consentd/consent/v1\0"`)
+///
+/// A consent token starts with its subject's [`TOKEN_CLUSTER_LEN`] bytes so that the index keeps
+/// a subject's entries together. That links nothing new: the index already pairs every token
+/// with its record's id.
 ///
 /// A normalised subject never contains NUL (control characters are rejected), so the consent
 /// input is unambiguous whatever the purpose. Purposes are hashed as given: pass them in one
 /// canonical spelling.
 #[derive(Clone)]
 pub struct SubjectHasher {
-    key: [u8; 32],
+    /// HMAC keyed once: cloning it skips the two compressions that keying costs, and a consent
+    /// token takes two MACs.
+    keyed: Hmac<Sha256>,
 }
 
 /// Never prints the key.
@@ -255,11 +274,14 @@ impl fmt::Debug for SubjectHasher {
 
 impl SubjectHasher {
     pub fn new(key: [u8; 32]) -> Self {
-        SubjectHasher { key }
+        SubjectHasher {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key)
+                .expect("HMAC accepts any key length"),
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts any key length")
+        self.keyed.clone()
     }
 
     /// Token for a subject, for indexes keyed by person.
@@ -270,10 +292,23 @@ impl SubjectHasher {
         mac.finalize().into_bytes().into()
     }
 
-    /// Token for a subject's consent to one purpose.
+    /// Token for a subject's consent to one purpose: starts with the subject token's cluster.
     pub fn consent_token(&self, s: &Subject, purpose: &str) -> Token {
+        let mut token = self.subject_token(s);
+        let tail = self.consent_mac(CONSENT_DOMAIN, s, purpose);
+        token[TOKEN_CLUSTER_LEN..].copy_from_slice(&tail[..32 - TOKEN_CLUSTER_LEN]);
+        token
+    }
+
+    /// The consent token of token layout 1 (tests build layout-1 stores with it).
+    #[cfg(test)]
+    pub(crate) fn consent_token_v1(&self, s: &Subject, purpose: &str) -> Token {
+        self.consent_mac(CONSENT_DOMAIN_V1, s, purpose)
+    }
+
+    fn consent_mac(&self, domain: &[u8], s: &Subject, purpose: &str) -> Token {
         let mut mac = self.mac();
-        mac.update(CONSENT_DOMAIN);
+        mac.update(domain);
         mac.update(s.normalised.as_bytes());
         mac.update(b"\0");
         mac.update(purpose.as_bytes());
@@ -482,18 +517,35 @@ mod tests {
         );
         assert_ne!(h.subject_token(&a), h.subject_token(&ok("bob@example.com")));
         assert_eq!(h.subject_token_hex(&a), hex::encode(h.subject_token(&a)));
+        // Token layout 2: a subject's consent tokens start with its own token's cluster, so the
+        // index keeps them beside it; another subject's do not.
+        let c = h.consent_token(&a, "marketing");
+        assert_eq!(
+            c[..TOKEN_CLUSTER_LEN],
+            h.subject_token(&a)[..TOKEN_CLUSTER_LEN]
+        );
+        assert_ne!(
+            c[..TOKEN_CLUSTER_LEN],
+            h.subject_token(&ok("bob@example.com"))[..TOKEN_CLUSTER_LEN]
+        );
+        assert_ne!(c, h.consent_token_v1(&a, "marketing"));
     }
 
-    /// Pins the exact construction (domain strings, separators, HMAC-SHA256), computed
-    /// independently with Python's `hmac` module.
+    /// Pins the exact construction (domain strings, separators, HMAC-SHA256, the layout-2 splice),
+    /// computed independently with Python's `hmac` module.
     #[test]
     fn token_known_answers() {
         let h = SubjectHasher::new([0x42; 32]);
         let s = ok("alice@example.com");
         assert_eq!(h.subject_token_hex(&s), SUBJECT_KAT);
         assert_eq!(h.consent_token_hex(&s, "marketing"), CONSENT_KAT);
+        assert_eq!(
+            hex::encode(h.consent_token_v1(&s, "marketing")),
+            CONSENT_V1_KAT
+        );
     }
 
     const SUBJECT_KAT: &str = "b401741f5a5119543d0a6292062f993715931d47559c32acecdad3eadd5ea1cc";
-    const CONSENT_KAT: &str = "ab621228875f5b5d8a5ba22435f3722e48f97caba47b78b8341f2fab22f18cb8";
+    const CONSENT_KAT: &str = "b401741f5a5119543d0a6292062f9937a54896cf057f702baf1f7d7a0037ccd3";
+    const CONSENT_V1_KAT: &str = "ab621228875f5b5d8a5ba22435f3722e48f97caba47b78b8341f2fab22f18cb8";
 }

@@ -13,7 +13,7 @@
 //! | `envelope_at` | `hash[32]`                            | `doc[16] ‖ position u32 BE` (20)    |
 //! | `projections` | `doc[16]`                             | `kind u8 ‖ projection bytes`        |
 //! | `doc_meta`    | `doc[16]`                             | `DocMeta` encoding (see below)      |
-//! | `index`       | `index_key[32] ‖ doc[16]` (48)        | `()`                                |
+//! | `index`       | `index_key[32] ‖ doc[16]` (48), and `owner[32] ‖ key_id[16]` (48) | `()`       |
 //! | `due`         | `(day i32 BE, sign bit flipped) ‖ doc[16]` (20) | `()`                      |
 //! | `kinds`       | `kind u8 ‖ doc[16]` (17)              | `()`                                |
 //! | `meta`        | `&str` (caller's key)                 | caller's bytes                      |
@@ -24,7 +24,6 @@
 //! | `tombstones`  | `doc[16] ‖ hash[32]` (48)             | tombstone bytes (≤ 16 KiB)          |
 //! | `expiry`      | `(day i32 BE, sign bit flipped) ‖ doc[16]` (20) | `()`                      |
 //! | `keys`        | `key_id[16]`                          | `owner[32] ‖ wrapped key bytes`     |
-//! | `key_owners`  | `owner[32] ‖ key_id[16]` (48)         | `()`                                |
 //!
 //! Why each choice:
 //! - Composite keys are concatenated fixed-width arrays (`&[u8; N]`, compared by `memcmp`) rather
@@ -51,8 +50,18 @@
 //!   tombstone's hash, so two offices' tombstones for one doc are both kept.
 //! - `expiry` is the `due` layout again: "every doc expiring before day D" is one range.
 //! - `keys` holds the caller's wrapped secret keys by key id (the caller decrypts by the key id
-//!   written in its ciphertext); `key_owners` groups them under the caller's keyed hash of their
-//!   owner, so "every key of this owner" is one range. The storage crate never sees a plain key.
+//!   written in its ciphertext). The `index` table also groups them under the caller's keyed
+//!   hash of their owner (`owner ‖ key_id`), so "every key of this owner" is one range. The
+//!   storage crate never sees a plain key.
+//! - Key owners share the `index` table (format 5; format 4 had a `key_owners` table of the same
+//!   keys) so that a caller can place a key's owner entry in the same leaf as the index entries of
+//!   the record that uses it, by giving both hashes a common prefix (consentd gives a subject's
+//!   token, its consent tokens and its key owners the subject token's first 16 bytes). Every
+//!   random-key table a record touches costs a commit one more leaf page: measured at 100,000
+//!   records (`examples/commit_cost.rs`), a 20-record commit wrote 728 KiB with the subject's
+//!   entries in three unrelated places and 451 KiB with them side by side. The caller
+//!   must keep owner hashes and index keys apart (different hash domains): an owner equal to an
+//!   index key would list key ids among that key's docs.
 //!
 //! `DocMeta` value encoding (version 2, little-endian integers, 18 + 32·n bytes):
 //! ```text
@@ -76,9 +85,9 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// Version 2 added `log`, `log_sizes`, `checkpoints` and `tombstones`; version 3 added `expiry`,
 /// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
 /// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
-/// position), with `envelope_at` replacing `doc_changes`. A version-3 file is migrated on open
-/// (`writer::init`).
-pub const FORMAT_VERSION: u64 = 4;
+/// position), with `envelope_at` replacing `doc_changes`; version 5 moved the `key_owners` entries
+/// into `index`. Version-3 and version-4 files are migrated on open (`writer::init`).
+pub const FORMAT_VERSION: u64 = 5;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
 pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
@@ -104,7 +113,8 @@ pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const TOMBSTONES: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("tombstones");
 pub(crate) const EXPIRY: TableDefinition<&[u8; 20], ()> = TableDefinition::new("expiry");
 pub(crate) const KEYS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("keys");
-pub(crate) const KEY_OWNERS: TableDefinition<&[u8; 48], ()> = TableDefinition::new("key_owners");
+/// Format 4's key owners, read only by the migration to format 5 (now in [`INDEX`]).
+pub(crate) const V4_KEY_OWNERS: TableDefinition<&[u8; 48], ()> = TableDefinition::new("key_owners");
 
 /// `sys` keys. Counters are updated inside the same write transaction as the data they count,
 /// so they can never disagree with the tables after a crash.
@@ -118,7 +128,8 @@ pub(crate) const SYS_TOMBSTONES: &str = "tombstones";
 /// Envelopes refused because their doc has a tombstone (tombstones win forever).
 pub(crate) const SYS_DROPPED: &str = "dropped_after_tombstone";
 
-/// `key_owners` key: the owner's keyed hash first, so all keys of one owner are one range.
+/// A key owner's entry in [`INDEX`]: the owner's keyed hash first, so all keys of one owner are
+/// one range (the same shape as [`index_entry`], with the key id in the doc's place).
 #[inline]
 pub(crate) fn key_owner_key(owner: &IndexKey, key: &crate::KeyId) -> [u8; 48] {
     let mut k = [0u8; 48];

@@ -513,19 +513,19 @@ impl Store {
     }
 
     /// Ids of every key stored under `owner`.
+    ///
+    /// Key owners share the `index` table with index entries (format 5, `layout.rs`), so an owner
+    /// must never equal an index key: the caller derives the two in different hash domains.
     pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
         let r = self.read()?;
-        let t = r.open_table(KEY_OWNERS).ctx("opening table key_owners")?;
+        let t = r.open_table(INDEX).ctx("opening table index")?;
         let (lo, hi) = (
             key_owner_key(owner, &[0; 16]),
             key_owner_key(owner, &[0xff; 16]),
         );
         let mut out = Vec::new();
-        for item in t
-            .range::<&[u8; 48]>(&lo..=&hi)
-            .ctx("reading table key_owners")?
-        {
-            let (k, _) = item.ctx("reading table key_owners")?;
+        for item in t.range::<&[u8; 48]>(&lo..=&hi).ctx("reading table index")? {
+            let (k, _) = item.ctx("reading table index")?;
             out.push(doc_suffix(k.value()));
         }
         Ok(out)
@@ -894,9 +894,6 @@ impl Store {
                 });
                 dump!(DUE, "due", |k, _v, b| { b.extend_from_slice(k.value()) });
                 dump!(EXPIRY, "expiry", |k, _v, b| {
-                    b.extend_from_slice(k.value())
-                });
-                dump!(KEY_OWNERS, "key_owners", |k, _v, b| {
                     b.extend_from_slice(k.value())
                 });
                 dump!(KINDS, "kinds", |k, _v, b| {

@@ -196,7 +196,6 @@ struct Tables<'t> {
     tombstones: Table<'t, &'static [u8; 48], &'static [u8]>,
     expiry: Table<'t, &'static [u8; 20], ()>,
     keys: Table<'t, &'static [u8; 16], &'static [u8]>,
-    key_owners: Table<'t, &'static [u8; 48], ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -223,7 +222,6 @@ impl<'t> Tables<'t> {
             tombstones: txn.open_table(TOMBSTONES).ctx("opening table tombstones")?,
             expiry: txn.open_table(EXPIRY).ctx("opening table expiry")?,
             keys: txn.open_table(KEYS).ctx("opening table keys")?,
-            key_owners: txn.open_table(KEY_OWNERS).ctx("opening table key_owners")?,
         })
     }
 }
@@ -331,9 +329,9 @@ pub(crate) fn commit_group<'a>(
             }
             for (owner, id) in &batch.key_deletes {
                 t.keys.remove(id).ctx("writing table keys")?;
-                t.key_owners
+                t.index
                     .remove(&key_owner_key(owner, id))
-                    .ctx("writing table key_owners")?;
+                    .ctx("writing table index")?;
             }
             for (id, wrapped) in &batch.key_rewraps {
                 let owner = match t.keys.get(id).ctx("reading table keys")? {
@@ -362,9 +360,9 @@ pub(crate) fn commit_group<'a>(
                 t.keys
                     .insert(id, value.as_slice())
                     .ctx("writing table keys")?;
-                t.key_owners
+                t.index
                     .insert(&key_owner_key(owner, id), ())
-                    .ctx("writing table key_owners")?;
+                    .ctx("writing table index")?;
             }
             for (k, v) in &batch.meta {
                 t.meta
@@ -695,6 +693,7 @@ fn purge_doc(t: &mut Tables<'_>, c: &mut Counters, doc: &DocId) -> Result<bool> 
 
 /// Creates all tables and the `sys` counters in a new file, or checks the format of an existing one.
 pub(crate) fn init(db: &Database) -> Result<u64> {
+    let mut old = 0;
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
@@ -728,8 +727,12 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
                 Some(0)
             }
             Some(v) if v == FORMAT_VERSION => Some(read_sys(&sys, SYS_COMMIT_SEQ)?),
-            // Format 3 has the same tables but for the envelopes: migrated below.
-            Some(3) => None,
+            // Formats 3 and 4 have the same tables but for the envelopes (3) and the key owners
+            // (3 and 4): migrated below, one format at a time.
+            Some(v @ (3 | 4)) => {
+                old = v;
+                None
+            }
             Some(v) => {
                 return Err(StorageError::Format {
                     found: v,
@@ -742,7 +745,12 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
     match seq {
         Some(seq) => Ok(seq),
         None => {
-            migrate_v3(db, MIGRATE_CHUNK)?;
+            debug_assert!(old == 3 || old == 4, "only formats 3 and 4 migrate");
+            if old == 3 {
+                migrate_v3(db, MIGRATE_CHUNK)?;
+            } else {
+                migrate_v4(db, MIGRATE_CHUNK)?;
+            }
             init(db)
         }
     }
@@ -753,22 +761,14 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
 const MIGRATE_CHUNK: usize = 4_096;
 
 /// Moves a format-3 file's envelopes into format 4's tables, `chunk` changes per durable
-/// transaction, then drops the old tables and writes the new version.
-///
-/// Each transaction *moves* its changes (inserts them under format 4, removes them from format 3),
-/// so a migration stopped by a crash resumes where it stopped: the version stays 3 until the last
-/// transaction, and a change is in exactly one of the two layouts at every commit. Readers never
-/// see a half-migrated file because `Store::open` runs this before it returns.
+/// transaction, then drops the old tables and writes version 4 ([`migrate_in_steps`]).
 fn migrate_v3(db: &Database, chunk: usize) -> Result<()> {
     debug_assert!(chunk > 0, "a migration chunk must move something");
-    // Every envelope is rewritten once: say why this start is slow.
-    tracing::info!("migrating the storage file from format 3 to 4");
-    let mut moved = 0u64;
-    loop {
-        let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-        txn.set_durability(Durability::Immediate)
-            .ctx("setting durability")?;
-        let finished = {
+    migrate_in_steps(
+        db,
+        (3, 4),
+        "changes",
+        |txn| {
             let mut old_changes = txn
                 .open_table(V3_DOC_CHANGES)
                 .ctx("opening table doc_changes")?;
@@ -809,26 +809,91 @@ fn migrate_v3(db: &Database, chunk: usize) -> Result<()> {
                     .ctx("writing table envelope_at")?;
                 old_changes.remove(key).ctx("writing table doc_changes")?;
             }
-            moved += batch.len() as u64;
             if batch.is_empty() && !old_envelopes.is_empty_table()? {
                 // Format 3 stored every envelope with a change-list entry, in one transaction.
                 return Err(StorageError::Corrupt(
                     "format 3: envelopes stored without a change-list entry".into(),
                 ));
             }
-            batch.is_empty()
-        };
-        if finished {
+            Ok(batch.len())
+        },
+        |txn| {
             txn.delete_table(V3_DOC_CHANGES)
                 .ctx("deleting table doc_changes")?;
             txn.delete_table(V3_ENVELOPES)
                 .ctx("deleting table envelopes")?;
+            Ok(())
+        },
+    )
+}
+
+/// Moves a format-4 file's `key_owners` entries into `index`, `chunk` per durable transaction,
+/// then drops `key_owners` and writes version 5.
+fn migrate_v4(db: &Database, chunk: usize) -> Result<()> {
+    debug_assert!(chunk > 0, "a migration chunk must move something");
+    migrate_in_steps(
+        db,
+        (4, 5),
+        "key owners",
+        |txn| {
+            let mut owners = txn
+                .open_table(V4_KEY_OWNERS)
+                .ctx("opening table key_owners")?;
+            let mut index = txn.open_table(INDEX).ctx("opening table index")?;
+            let batch: Vec<[u8; 48]> = owners
+                .iter()
+                .ctx("reading table key_owners")?
+                .take(chunk)
+                .map(|r| r.map(|(k, _)| *k.value()))
+                .collect::<std::result::Result<_, _>>()
+                .ctx("reading table key_owners")?;
+            for key in &batch {
+                index.insert(key, ()).ctx("writing table index")?;
+                owners.remove(key).ctx("writing table key_owners")?;
+            }
+            Ok(batch.len())
+        },
+        |txn| {
+            txn.delete_table(V4_KEY_OWNERS)
+                .ctx("deleting table key_owners")?;
+            Ok(())
+        },
+    )
+}
+
+/// Runs one format migration as a sequence of durable transactions. Each runs `step`, which
+/// *moves* a chunk of entries (inserts them in the new layout and removes them from the old, in
+/// the same transaction) and returns how many; the first step that moves nothing also runs
+/// `finish` (drop the old tables) and writes the new version, in that same transaction.
+///
+/// So a migration stopped by a crash resumes where it stopped: every entry is in exactly one of
+/// the two layouts at every commit, and the version changes only with the last one. Readers never
+/// see a half-migrated file because `Store::open` runs this before it returns.
+fn migrate_in_steps(
+    db: &Database,
+    (from, to): (u64, u64),
+    what: &str,
+    mut step: impl FnMut(&WriteTransaction) -> Result<usize>,
+    finish: impl FnOnce(&WriteTransaction) -> Result<()>,
+) -> Result<()> {
+    debug_assert_eq!(from + 1, to, "migrations go one format at a time");
+    // Every entry is rewritten once: say why this start is slow.
+    tracing::info!(from, to, "migrating the storage file");
+    let mut moved = 0u64;
+    loop {
+        let mut txn = db.begin_write().ctx("beginning a write transaction")?;
+        txn.set_durability(Durability::Immediate)
+            .ctx("setting durability")?;
+        let n = step(&txn)?;
+        moved += n as u64;
+        if n == 0 {
+            finish(&txn)?;
             txn.open_table(SYS)
                 .ctx("opening table sys")?
-                .insert(SYS_FORMAT_VERSION, FORMAT_VERSION)
+                .insert(SYS_FORMAT_VERSION, to)
                 .ctx("writing table sys")?;
             txn.commit().ctx("committing")?;
-            tracing::info!(changes = moved, "storage file migrated from format 3 to 4");
+            tracing::info!(from, to, moved, what, "storage file migrated");
             return Ok(());
         }
         txn.commit().ctx("committing")?;
@@ -1009,6 +1074,11 @@ mod tests {
             let mut old_changes = txn.open_table(V3_DOC_CHANGES).unwrap();
             let mut new_changes = txn.open_table(CHANGES).unwrap();
             let mut at = txn.open_table(ENVELOPE_AT).unwrap();
+            // Format 3 had key owners too (format 5 moves them into `index`).
+            let mut owners = txn.open_table(V4_KEY_OWNERS).unwrap();
+            owners
+                .insert(&key_owner_key(&[9; 32], &[1; 16]), ())
+                .unwrap();
             for (i, (hash, bytes)) in changes.iter().enumerate() {
                 let key = change_key(&doc, i as u32);
                 if i < usize::from(moved) {
@@ -1057,7 +1127,88 @@ mod tests {
                 assert_eq!((&h, envelope), (hash, bytes.as_slice()), "change {i}");
             }
             assert_eq!(stored.len().unwrap(), 10);
+            assert!(
+                r.open_table(V4_KEY_OWNERS).is_err(),
+                "format 4's key owners table is dropped on the way to format 5"
+            );
+            let index = r.open_table(INDEX).unwrap();
+            assert!(index
+                .get(&key_owner_key(&[9; 32], &[1; 16]))
+                .unwrap()
+                .is_some());
         }
+    }
+
+    /// A format-4 file with `n` key owners (owner `[9; 32]`, key ids `[i; 16]`) and one record's
+    /// index entry (key `[8; 32]`), the first `moved` owners already in `index` (a migration stopped by a crash).
+    fn format_4_file(db: &Database, n: u8, moved: u8) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut sys = txn.open_table(SYS).unwrap();
+            sys.insert(SYS_FORMAT_VERSION, 4).unwrap();
+            for (k, v) in [
+                (SYS_RECORDS, 0),
+                (SYS_ENVELOPES, 0),
+                (SYS_COMMIT_SEQ, 5),
+                (SYS_TOMBSTONES, 0),
+                (SYS_DROPPED, 0),
+            ] {
+                sys.insert(k, v).unwrap();
+            }
+            let mut owners = txn.open_table(V4_KEY_OWNERS).unwrap();
+            let mut index = txn.open_table(INDEX).unwrap();
+            index
+                .insert(&index_entry(&[8; 32], &[200; 16]), ())
+                .unwrap();
+            for i in 0..n {
+                let key = key_owner_key(&[9; 32], &[i; 16]);
+                if i < moved {
+                    index.insert(&key, ()).unwrap();
+                } else {
+                    owners.insert(&key, ()).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn format_4_key_owners_move_into_the_index_in_chunks_and_resume() {
+        for moved in [0, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::create(dir.path().join("db.redb")).unwrap();
+            format_4_file(&db, 7, moved);
+            migrate_v4(&db, 2).unwrap();
+            assert_eq!(init(&db).unwrap(), 5, "the commit sequence survives");
+            let r = db.begin_read().unwrap();
+            let sys = r.open_table(SYS).unwrap();
+            assert_eq!(read_sys(&sys, SYS_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
+            assert!(
+                r.open_table(V4_KEY_OWNERS).is_err(),
+                "the old table is dropped"
+            );
+            let index = r.open_table(INDEX).unwrap();
+            let entries: Vec<[u8; 48]> = index
+                .iter()
+                .unwrap()
+                .map(|e| *e.unwrap().0.value())
+                .collect();
+            let mut expected = vec![index_entry(&[8; 32], &[200; 16])];
+            expected.extend((0..7).map(|i| key_owner_key(&[9; 32], &[i; 16])));
+            assert_eq!(
+                entries, expected,
+                "every owner moved once; the record's entry kept"
+            );
+        }
+    }
+
+    #[test]
+    fn a_format_4_file_migrates_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        format_4_file(&Database::create(&path).unwrap(), 2, 0);
+        let store = crate::Store::open(&path).unwrap();
+        assert_eq!(store.keys_of(&[9; 32]).unwrap(), vec![[0; 16], [1; 16]]);
     }
 
     #[test]

@@ -1,0 +1,312 @@
+//! Token layout 2: re-indexing a store written under layout 1.
+//!
+//! Layout 2 (`subject::TOKEN_CLUSTER_LEN`) makes a subject's consent tokens and key owners start
+//! with the first 16 bytes of the subject's token, so the storage index keeps a subject's
+//! entries in one leaf and a new record dirties one index page instead of three. A store written
+//! before it holds its consent entries and key owners under the layout-1 hashes, which the
+//! layout-2 derivations never look up: without this pass a `consent check` would find nothing.
+//!
+//! What changes, and so what the pass rewrites:
+//! - a consent record's consent token (its subject token is the same in both layouts): the
+//!   record's index keys are recomputed exactly as a write computes them (`index_entries`) and
+//!   stored with its unchanged projection;
+//! - each subject's key owners, both classes: every key under the layout-1 owner is moved to the
+//!   layout-2 owner. A wrapped key is bound to its owner (`keystore::wrap`), so it is unwrapped
+//!   and wrapped again under the current KEK for the new one.
+//!
+//! The pass runs at start-up, before the office serves anything, one durable batch per page of
+//! [`PAGE_RECORDS`] records. It is idempotent, so a crash in the middle only repeats work: a
+//! record re-indexed twice gets the same keys, and a key already moved is no longer under the
+//! old owner. The meta entry [`META_TOKEN_LAYOUT`] is written when it has finished, and a store
+//! that has it (every store created since) skips the pass. A record whose key is not held here
+//! (erased, or not yet received) cannot be read, so it cannot be re-indexed either; its old
+//! entries stay, unreachable, until its next change rewrites them, and the pass counts it.
+
+use std::collections::HashSet;
+
+use consentd_storage::{RecordUpdate, WriteBatch};
+
+use super::{Office, OfficeError, Result};
+use crate::keystore::{self, KeyClass, KeyError};
+use crate::record::Record;
+use crate::subject::Subject;
+
+/// Meta key holding the token layout the store's index was written under (absent: layout 1).
+pub(crate) const META_TOKEN_LAYOUT: &str = "token_layout";
+/// The layout this build writes.
+pub(crate) const TOKEN_LAYOUT: &[u8] = b"2";
+/// Records read and re-indexed per durable batch: about 0.5 MiB of projections.
+const PAGE_RECORDS: usize = 1_024;
+
+/// What [`upgrade`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Upgrade {
+    /// Records read.
+    pub records: u64,
+    /// Consent records whose index keys were rewritten.
+    pub reindexed: u64,
+    /// Keys moved to their layout-2 owner.
+    pub keys_moved: u64,
+    /// Records that could not be read because their key is not held here.
+    pub unreadable: u64,
+}
+
+/// Re-indexes a store written under token layout 1, if it is one; returns `None` when the store
+/// is already at layout 2. Blocking: call it before serving, outside the async runtime.
+pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
+    let store = office.store();
+    if store.meta(META_TOKEN_LAYOUT)?.as_deref() == Some(TOKEN_LAYOUT) {
+        return Ok(None);
+    }
+    let records = store.stats()?.records;
+    if records > 0 {
+        // Every consent record is rewritten once: say why this start is slow.
+        tracing::info!(records, "re-indexing the store for token layout 2");
+    }
+    let mut done = Upgrade::default();
+    let mut after = None;
+    loop {
+        let page = store
+            .snapshot()?
+            .projections_after(after.as_ref(), PAGE_RECORDS)?;
+        let Some(&(last, _, _)) = page.last() else {
+            break;
+        };
+        let mut batch = WriteBatch::default();
+        // Subjects whose keys this batch already moves (many records share a subject).
+        let mut subjects = HashSet::new();
+        for (doc, kind, bytes) in page {
+            done.records += 1;
+            let record = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+            let plain = match crate::sealed::open_record(&office.keys, record) {
+                Ok(plain) => plain,
+                Err(KeyError::Missing) => {
+                    done.unreadable += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(s) = plain.subject() {
+                let subject = Subject::parse(s).map_err(|e| {
+                    OfficeError::Integrity(format!("stored subject does not parse: {e}"))
+                })?;
+                let token = office.hasher.subject_token(&subject);
+                if subjects.insert(token) {
+                    for class in [KeyClass::Kept, KeyClass::Erasable] {
+                        let (old, new) = (
+                            keystore::owner_v1(&token, class),
+                            keystore::owner(&token, class),
+                        );
+                        for id in store.keys_of(&old)? {
+                            // A wrapped key is bound to its owner (the wrap's associated data),
+                            // so it moves unwrapped and wrapped again for the new owner.
+                            let key = office.keys.key(&id)?;
+                            batch.key_deletes.push((old, id));
+                            batch.keys.push(office.keys.wrap_for_store(&new, &id, &key));
+                            done.keys_moved += 1;
+                        }
+                    }
+                }
+            }
+            // Only a consent token differs between the layouts.
+            if matches!(plain, Record::Consent(_)) {
+                let (index_keys, due_day) = office.index_entries(&plain)?;
+                batch.updates.push(RecordUpdate {
+                    doc_id: doc,
+                    kind,
+                    envelopes: Vec::new(),
+                    projection: bytes,
+                    index_keys,
+                    due_day,
+                });
+                done.reindexed += 1;
+            }
+        }
+        store.commit_blocking(batch)?;
+        after = Some(last);
+    }
+    store.commit_blocking(WriteBatch {
+        meta: vec![(META_TOKEN_LAYOUT.into(), TOKEN_LAYOUT.to_vec())],
+        ..WriteBatch::default()
+    })?;
+    if records > 0 {
+        tracing::info!(
+            records = done.records,
+            reindexed = done.reindexed,
+            keys_moved = done.keys_moved,
+            unreadable = done.unreadable,
+            "store re-indexed for token layout 2"
+        );
+    }
+    Ok(Some(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, Request};
+    use crate::subject::SubjectHasher;
+
+    const GRANTS: [(&str, &str); 3] = [
+        ("anna@example.com", "marketing"),
+        ("anna@example.com", "sales"),
+        ("+31 20 555 0100", "marketing"),
+    ];
+
+    fn subject(s: &str) -> Subject {
+        Subject::parse(s).unwrap()
+    }
+
+    /// Rewrites a layout-2 store the way a build before layout 2 wrote it: consent entries under
+    /// the layout-1 consent token, keys under the layout-1 owner, no layout mark.
+    fn downgrade_to_layout_1(office: &Office) -> u64 {
+        let (store, hasher): (_, &SubjectHasher) = (office.store(), &office.hasher);
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for (s, purpose) in GRANTS {
+            let subject = subject(s);
+            let token = hasher.subject_token(&subject);
+            for (doc, kind, projection) in store
+                .projections_by_key(&hasher.consent_token(&subject, purpose))
+                .unwrap()
+            {
+                batch.updates.push(RecordUpdate {
+                    doc_id: doc,
+                    kind,
+                    envelopes: Vec::new(),
+                    projection,
+                    index_keys: vec![token, hasher.consent_token_v1(&subject, purpose)],
+                    due_day: None,
+                });
+            }
+        }
+        for s in ["anna@example.com", "+31 20 555 0100"] {
+            let token = hasher.subject_token(&subject(s));
+            for class in [KeyClass::Kept, KeyClass::Erasable] {
+                let new = keystore::owner(&token, class);
+                for id in store.keys_of(&new).unwrap() {
+                    let key = office.keys.key(&id).unwrap();
+                    let old = keystore::owner_v1(&token, class);
+                    batch.key_deletes.push((new, id));
+                    batch.keys.push(office.keys.wrap_for_store(&old, &id, &key));
+                    moved += 1;
+                }
+            }
+        }
+        batch.meta.push((META_TOKEN_LAYOUT.into(), b"1".to_vec()));
+        store.commit_blocking(batch).unwrap();
+        moved
+    }
+
+    /// A two-office network in `dir`; returns `de`'s config.
+    fn network(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let offices = crate::network::parse_offices("de,nl").unwrap();
+        crate::network::init(dir, &offices, None, name).unwrap();
+        dir.join("de").join("consentd.toml")
+    }
+
+    fn grant_all(office: &Office) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for (s, purpose) in GRANTS {
+            rt.block_on(
+                office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                    evidence: Some("web form v3".into()),
+                    ..protocol::ConsentGrant::new(s, purpose, "consent")
+                })),
+            )
+            .unwrap();
+        }
+    }
+
+    fn granted(office: &Office) -> Vec<bool> {
+        GRANTS
+            .iter()
+            .map(|(s, p)| office.consent_check(s, p, None).unwrap()["granted"] == true)
+            .collect()
+    }
+
+    #[test]
+    fn a_layout_1_store_is_reindexed_at_start_and_its_consents_and_keys_are_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = network(dir.path(), "tokens-upgrade");
+
+        let moved = {
+            let office = crate::daemon::prepare(&config).unwrap().office;
+            assert_eq!(
+                upgrade(&office).unwrap(),
+                None,
+                "a new store is marked layout 2 when it is first opened"
+            );
+            grant_all(&office);
+            assert_eq!(granted(&office), [true; 3]);
+            let moved = downgrade_to_layout_1(&office);
+            assert!(moved >= 2, "each subject has a key to move: {moved}");
+            assert_eq!(
+                granted(&office),
+                [false; 3],
+                "layout-1 entries are invisible to layout-2 lookups"
+            );
+            moved
+        };
+
+        // The daemon's start re-indexes; the pass itself is checked again below.
+        let office = crate::daemon::prepare(&config).unwrap().office;
+        assert_eq!(granted(&office), [true; 3]);
+        let store = office.store();
+        assert_eq!(
+            store.meta(META_TOKEN_LAYOUT).unwrap().as_deref(),
+            Some(TOKEN_LAYOUT)
+        );
+        for (s, purpose) in GRANTS {
+            let subject = subject(s);
+            let old = office.hasher.consent_token_v1(&subject, purpose);
+            assert!(store.docs_by_key(&old).unwrap().is_empty(), "{s} {purpose}");
+        }
+        let mut keys_now = 0;
+        for s in ["anna@example.com", "+31 20 555 0100"] {
+            let token = office.hasher.subject_token(&subject(s));
+            for class in [KeyClass::Kept, KeyClass::Erasable] {
+                assert!(store
+                    .keys_of(&keystore::owner_v1(&token, class))
+                    .unwrap()
+                    .is_empty());
+                let ids = store.keys_of(&keystore::owner(&token, class)).unwrap();
+                for id in &ids {
+                    let (owner, _) = store.key(id).unwrap().unwrap();
+                    assert_eq!(owner, keystore::owner(&token, class));
+                    // A fresh office holds no key in memory: this unwraps the moved key, which
+                    // is bound to its new owner.
+                    office.keys.key(id).unwrap();
+                }
+                keys_now += ids.len() as u64;
+            }
+        }
+        assert_eq!(keys_now, moved, "every key moved, none lost");
+        assert_eq!(upgrade(&office).unwrap(), None, "done once");
+    }
+
+    #[test]
+    fn the_pass_counts_what_it_rewrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = crate::daemon::prepare(&network(dir.path(), "tokens-count"))
+            .unwrap()
+            .office;
+        grant_all(&office);
+        let moved = downgrade_to_layout_1(&office);
+        let done = upgrade(&office).unwrap().expect("layout 1 is upgraded");
+        assert_eq!(
+            done,
+            Upgrade {
+                records: 3,
+                reindexed: 3,
+                keys_moved: moved,
+                unreadable: 0,
+            }
+        );
+        assert_eq!(granted(&office), [true; 3]);
+    }
+}

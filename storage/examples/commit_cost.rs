@@ -1,0 +1,133 @@
+//! What a durable group commit costs, by where a record's random-key entries land.
+//!
+//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered]`
+//!
+//! Fills a store with RECORDS (default 100,000) consent-like records, then times 300 durable
+//! commits of 20 more each, as 64 concurrent writers group them: bytes written to the disk
+//! (`/proc/self/io`), process CPU and wall time per commit. Each record has one 700-byte envelope,
+//! a 200-byte projection, two index keys (subject and consent token), a new key with its owner
+//! and an audit log leaf, like a consent grant of a new subject.
+//! - `scattered`: the subject token, the consent token and the key owner are unrelated hashes
+//!   (token layout 1), so they land in three leaves of `index`.
+//! - `clustered`: they share their first 16 bytes (token layout 2), so they land side by side.
+//!
+//! The figures are in storage/LAYOUT.md ("Key owners share `index`") and BENCHMARKS.md.
+
+use std::time::Instant;
+
+use consentd_storage::{LogId, RecordUpdate, Store, WriteBatch};
+
+const COMMITS: usize = 300;
+const RECORDS_PER_COMMIT: usize = 20;
+const FILL_PER_COMMIT: usize = 1_000;
+
+/// xorshift64: reproducible random hashes without a dependency.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn hash32(state: &mut u64) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    for c in h.chunks_mut(8) {
+        c.copy_from_slice(&next(state).to_le_bytes());
+    }
+    h
+}
+
+struct Records {
+    state: u64,
+    made: u64,
+    clustered: bool,
+}
+
+impl Records {
+    fn batch(&mut self, count: usize) -> WriteBatch {
+        const LOG: LogId = [7; 16];
+        let mut b = WriteBatch::default();
+        for _ in 0..count {
+            self.made += 1;
+            // Time-ordered ids, as consentd makes them.
+            let mut doc = [0u8; 16];
+            doc[..8].copy_from_slice(&self.made.to_be_bytes());
+            doc[8..].copy_from_slice(&next(&mut self.state).to_le_bytes());
+            let subject = hash32(&mut self.state);
+            let mut consent = hash32(&mut self.state);
+            let mut owner = hash32(&mut self.state);
+            if self.clustered {
+                consent[..16].copy_from_slice(&subject[..16]);
+                owner[..16].copy_from_slice(&subject[..16]);
+            }
+            b.updates.push(RecordUpdate {
+                doc_id: doc,
+                kind: 1,
+                envelopes: vec![(hash32(&mut self.state), vec![0xab; 700])],
+                projection: vec![0x11; 200],
+                index_keys: vec![subject, consent],
+                due_day: None,
+            });
+            b.keys.push((owner, doc, vec![0x22; 60]));
+            b.log.push((LOG, vec![0x33; 64]));
+        }
+        b
+    }
+}
+
+fn disk_bytes_written() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("write_bytes in /proc/self/io")
+}
+
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .expect("a stat line")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let records: u64 = args.next().map_or(100_000, |a| a.parse().expect("RECORDS"));
+    let clustered = match args.next().as_deref() {
+        None | Some("clustered") => true,
+        Some("scattered") => false,
+        Some(other) => panic!("layout {other:?}: expected scattered or clustered"),
+    };
+    let dir = tempfile::tempdir_in("/var/tmp").expect("a temporary directory");
+    let store = Store::open(&dir.path().join("commit_cost.redb")).expect("a store");
+    let mut gen = Records {
+        state: 0x9e37_79b9_7f4a_7c15,
+        made: 0,
+        clustered,
+    };
+    while gen.made < records {
+        store
+            .commit_blocking(gen.batch(FILL_PER_COMMIT))
+            .expect("fill");
+    }
+    let (written, cpu, started) = (disk_bytes_written(), cpu_ms(), Instant::now());
+    for _ in 0..COMMITS {
+        store
+            .commit_blocking(gen.batch(RECORDS_PER_COMMIT))
+            .expect("commit");
+    }
+    let per = |x: f64| x / COMMITS as f64;
+    println!(
+        "{records} records, {}: per {RECORDS_PER_COMMIT}-record commit {:.0} KiB written, \
+         {:.2} ms CPU, {:.2} ms wall",
+        if clustered { "clustered" } else { "scattered" },
+        per((disk_bytes_written() - written) as f64 / 1024.0),
+        per(cpu_ms() - cpu),
+        per(started.elapsed().as_secs_f64() * 1000.0),
+    );
+}
