@@ -97,6 +97,13 @@ pub(crate) fn trace() -> bool {
     std::env::var_os("CONSENTD_BENCH_TRACE").is_some()
 }
 
+/// `CONSENTD_BENCH_DAEMON_LOG=<filter>` (e.g. `consentd_storage=trace`): the write bench's daemon
+/// logs at that level to the bench's stderr (otherwise it logs warnings to nowhere), e.g. to see
+/// each group commit's size and time.
+pub(crate) fn daemon_log() -> Option<String> {
+    std::env::var("CONSENTD_BENCH_DAEMON_LOG").ok()
+}
+
 pub(crate) fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64()

@@ -322,14 +322,19 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
 /// Starts the daemon, imports n records, then writes n more from 64 clients; stops it.
 fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log = super::daemon_log();
     let child = Command::new(exe)
         .arg("--config")
         .arg(config)
-        .env("CONSENTD_LOG", "warn")
+        .env("CONSENTD_LOG", log.as_deref().unwrap_or("warn"))
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .map_err(|e| format!("cannot start the bench daemon: {e}"))?;
     let mut daemon = Daemon(child);
