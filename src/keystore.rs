@@ -42,12 +42,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::subject::TOKEN_CLUSTER_LEN;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use consentd_storage::{IndexKey, KeyId, StorageError, Store, WriteBatch};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::subject::TOKEN_CLUSTER_LEN;
 
 /// Bytes of a subject key and of a KEK.
 pub const KEY_BYTES: usize = 32;
