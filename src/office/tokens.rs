@@ -17,7 +17,7 @@
 //! The pass runs at start-up, before the office serves anything, one durable batch per page of
 //! [`PAGE_RECORDS`] records. It is idempotent, so a crash in the middle only repeats work: a
 //! record re-indexed twice gets the same keys, and a key already moved is no longer under the
-//! old owner. The meta entry [`META_TOKEN_LAYOUT`] is written when it has finished, and a store
+//! old owner (test: `an_interrupted_pass_is_finished_by_the_next_one`). The meta entry [`META_TOKEN_LAYOUT`] is written when it has finished, and a store
 //! that has it (every store created since) skips the pass. A record whose key is not held here
 //! (erased, or not yet received) cannot be read, so it cannot be re-indexed either; its old
 //! entries stay, unreachable, until its next change rewrites them, and the pass counts it.
@@ -54,6 +54,17 @@ pub(crate) struct Upgrade {
 /// Re-indexes a store written under token layout 1, if it is one; returns `None` when the store
 /// is already at layout 2. Blocking: call it before serving, outside the async runtime.
 pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
+    upgrade_in_pages(office, PAGE_RECORDS, None)
+}
+
+/// [`upgrade`] in durable pages of `page_records`, stopping without the done-mark after
+/// `pages_max` pages if given (how the tests interrupt it, as a crash would).
+fn upgrade_in_pages(
+    office: &Office,
+    page_records: usize,
+    pages_max: Option<usize>,
+) -> Result<Option<Upgrade>> {
+    debug_assert!(page_records > 0, "a page must hold a record");
     let store = office.store();
     if store.meta(META_TOKEN_LAYOUT)?.as_deref() == Some(TOKEN_LAYOUT) {
         return Ok(None);
@@ -65,11 +76,13 @@ pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
     }
     let mut done = Upgrade::default();
     let mut after = None;
-    loop {
+    let mut finished = false;
+    for _ in 0..pages_max.unwrap_or(usize::MAX) {
         let page = store
             .snapshot()?
-            .projections_after(after.as_ref(), PAGE_RECORDS)?;
+            .projections_after(after.as_ref(), page_records)?;
         let Some(&(last, _, _)) = page.last() else {
+            finished = true;
             break;
         };
         let mut batch = WriteBatch::default();
@@ -124,6 +137,9 @@ pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
         }
         store.commit_blocking(batch)?;
         after = Some(last);
+    }
+    if !finished {
+        return Ok(Some(done)); // interrupted: no mark, the next start runs the pass again
     }
     store.commit_blocking(WriteBatch {
         meta: vec![(META_TOKEN_LAYOUT.into(), TOKEN_LAYOUT.to_vec())],
@@ -287,6 +303,39 @@ mod tests {
         }
         assert_eq!(keys_now, moved, "every key moved, none lost");
         assert_eq!(upgrade(&office).unwrap(), None, "done once");
+    }
+
+    /// A pass stopped after two of three one-record pages (as a crash would stop it) leaves no
+    /// mark; the next pass finishes the job, and nothing is lost or left under layout 1.
+    #[test]
+    fn an_interrupted_pass_is_finished_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = crate::daemon::prepare(&network(dir.path(), "tokens-resume"))
+            .unwrap()
+            .office;
+        grant_all(&office);
+        let moved = downgrade_to_layout_1(&office);
+        let first = upgrade_in_pages(&office, 1, Some(2)).unwrap().unwrap();
+        assert_eq!(first.records, 2, "two pages of one record");
+        assert_eq!(
+            office.store().meta(META_TOKEN_LAYOUT).unwrap().as_deref(),
+            Some(&b"1"[..]),
+            "an interrupted pass does not mark the store done"
+        );
+        assert_eq!(
+            granted(&office).iter().filter(|g| **g).count(),
+            2,
+            "the first two records are re-indexed, the third is not yet"
+        );
+        let second = upgrade(&office).unwrap().expect("the pass runs again");
+        assert_eq!(second.records, 3, "the whole store is read again");
+        assert_eq!(
+            first.keys_moved + second.keys_moved,
+            moved,
+            "each key moved exactly once across the two passes"
+        );
+        assert_eq!(granted(&office), [true; 3]);
+        assert_eq!(upgrade(&office).unwrap(), None, "marked done");
     }
 
     #[test]
