@@ -17,8 +17,9 @@
 //! The pass runs at start-up, before the office serves anything, one durable batch per page of
 //! [`PAGE_RECORDS`] records. It is idempotent, so a crash in the middle only repeats work: a
 //! record re-indexed twice gets the same keys, and a key already moved is no longer under the
-//! old owner (test: `an_interrupted_pass_is_finished_by_the_next_one`). The meta entry [`META_TOKEN_LAYOUT`] is written when it has finished, and a store
-//! that has it (every store created since) skips the pass. A record whose key is not held here
+//! old owner (test: `an_interrupted_pass_is_finished_by_the_next_one`). The meta entry
+//! [`META_TOKEN_LAYOUT`] is written when it has finished, and a store that has it (every store
+//! created since) skips the pass. A record whose key is not held here
 //! (erased, or not yet received) cannot be read, so it cannot be re-indexed either; its old
 //! entries stay, unreachable, until its next change rewrites them, and the pass counts it.
 
@@ -29,7 +30,6 @@ use consentd_storage::{RecordUpdate, WriteBatch};
 use super::{Office, OfficeError, Result};
 use crate::keystore::{self, KeyClass, KeyError};
 use crate::record::Record;
-use crate::subject::Subject;
 
 /// Meta key holding the token layout the store's index was written under (absent: layout 1).
 pub(crate) const META_TOKEN_LAYOUT: &str = "token_layout";
@@ -99,11 +99,7 @@ fn upgrade_in_pages(
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(s) = plain.subject() {
-                let subject = Subject::parse(s).map_err(|e| {
-                    OfficeError::Integrity(format!("stored subject does not parse: {e}"))
-                })?;
-                let token = office.hasher.subject_token(&subject);
+            if let Some(token) = crate::retention::pass::subject_token(office, &plain)? {
                 if subjects.insert(token) {
                     for class in [KeyClass::Kept, KeyClass::Erasable] {
                         let (old, new) = (
@@ -161,7 +157,7 @@ fn upgrade_in_pages(
 mod tests {
     use super::*;
     use crate::protocol::{self, Request};
-    use crate::subject::SubjectHasher;
+    use crate::subject::{Subject, SubjectHasher};
 
     const GRANTS: [(&str, &str); 3] = [
         ("anna@example.com", "marketing"),
@@ -238,6 +234,15 @@ mod tests {
         }
     }
 
+    /// An office of a new network holding [`GRANTS`], turned back into layout 1; with the
+    /// number of keys moved to layout-1 owners.
+    fn layout_1_office(dir: &std::path::Path, name: &str) -> (std::sync::Arc<Office>, u64) {
+        let office = crate::daemon::prepare(&network(dir, name)).unwrap().office;
+        grant_all(&office);
+        let moved = downgrade_to_layout_1(&office);
+        (office, moved)
+    }
+
     fn granted(office: &Office) -> Vec<bool> {
         GRANTS
             .iter()
@@ -310,11 +315,7 @@ mod tests {
     #[test]
     fn an_interrupted_pass_is_finished_by_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let office = crate::daemon::prepare(&network(dir.path(), "tokens-resume"))
-            .unwrap()
-            .office;
-        grant_all(&office);
-        let moved = downgrade_to_layout_1(&office);
+        let (office, moved) = layout_1_office(dir.path(), "tokens-resume");
         let first = upgrade_in_pages(&office, 1, Some(2)).unwrap().unwrap();
         assert_eq!(first.records, 2, "two pages of one record");
         assert_eq!(
@@ -341,11 +342,7 @@ mod tests {
     #[test]
     fn the_pass_counts_what_it_rewrote() {
         let dir = tempfile::tempdir().unwrap();
-        let office = crate::daemon::prepare(&network(dir.path(), "tokens-count"))
-            .unwrap()
-            .office;
-        grant_all(&office);
-        let moved = downgrade_to_layout_1(&office);
+        let (office, moved) = layout_1_office(dir.path(), "tokens-count");
         let done = upgrade(&office).unwrap().expect("layout 1 is upgraded");
         assert_eq!(
             done,

@@ -1061,15 +1061,15 @@ mod tests {
         {
             let mut sys = txn.open_table(SYS).unwrap();
             sys.insert(SYS_FORMAT_VERSION, 3).unwrap();
-            for (k, v) in [
-                (SYS_RECORDS, 1),
-                (SYS_ENVELOPES, u64::from(n)),
-                (SYS_COMMIT_SEQ, 7),
-                (SYS_TOMBSTONES, 0),
-                (SYS_DROPPED, 0),
-            ] {
-                sys.insert(k, v).unwrap();
+            Counters {
+                records: 1,
+                envelopes: u64::from(n),
+                commit_seq: 7,
+                tombstones: 0,
+                dropped: 0,
             }
+            .store(&mut sys)
+            .unwrap();
             let mut old_env = txn.open_table(V3_ENVELOPES).unwrap();
             let mut old_changes = txn.open_table(V3_DOC_CHANGES).unwrap();
             let mut new_changes = txn.open_table(CHANGES).unwrap();
@@ -1146,15 +1146,15 @@ mod tests {
         {
             let mut sys = txn.open_table(SYS).unwrap();
             sys.insert(SYS_FORMAT_VERSION, 4).unwrap();
-            for (k, v) in [
-                (SYS_RECORDS, 0),
-                (SYS_ENVELOPES, 0),
-                (SYS_COMMIT_SEQ, 5),
-                (SYS_TOMBSTONES, 0),
-                (SYS_DROPPED, 0),
-            ] {
-                sys.insert(k, v).unwrap();
+            Counters {
+                records: 0,
+                envelopes: 0,
+                commit_seq: 5,
+                tombstones: 0,
+                dropped: 0,
             }
+            .store(&mut sys)
+            .unwrap();
             let mut owners = txn.open_table(V4_KEY_OWNERS).unwrap();
             let mut index = txn.open_table(INDEX).unwrap();
             index
