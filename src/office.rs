@@ -785,6 +785,7 @@ impl Office {
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
     async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
+        let started = Instant::now();
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -822,6 +823,7 @@ impl Office {
         docs.sort_unstable();
         docs.dedup();
         let _doc_guards = self.doc_locks.lock(&docs).await;
+        let locked = Instant::now();
 
         let at_line = |i: usize, e: OfficeError| match (lines, e) {
             (Some(lines), OfficeError::Invalid(m)) if i < lines.len() => {
@@ -861,8 +863,10 @@ impl Office {
             drop(authoring);
             authored.map_err(|(i, e)| at_line(i, e))?
         };
+        let authored = Instant::now();
         let announce = self.announcement(&batch);
         let receipt = self.store.commit(batch).await?;
+        let durable = Instant::now();
         self.announce(announce);
         if bulk {
             // The drafts' documents (~17 KB each) were freed on the authoring threads and the
@@ -872,9 +876,15 @@ impl Office {
             // (`heap`).
             release_free_heap();
         }
+        // Where a write's latency went (no personal data): waiting for its locks, authoring and
+        // signing, then queueing for and riding a durable group commit.
+        let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
         tracing::debug!(
             records = touched,
             commit = receipt.commit_seq,
+            lock_us = us(started, locked),
+            author_us = us(locked, authored),
+            durable_us = us(authored, durable),
             "write acknowledged"
         );
         Ok(answers)

@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -80,13 +80,57 @@ pub(crate) struct Request {
     pub _permit: Permit,
 }
 
-/// Counters shared between the writer and `Store::stats`.
+/// Counters shared between the writer and `Store::stats`, and the hot read snapshot.
 #[derive(Default)]
 pub(crate) struct Shared {
     pub commits_durable: AtomicU64,
     pub batches_committed: AtomicU64,
     pub commits_failed: AtomicU64,
     pub last_commit_seq: AtomicU64,
+    /// The snapshot the hot read paths share between commits (`Store::hot`).
+    pub hot: Mutex<HotSlot>,
+}
+
+/// The shared snapshot, and how many commits (or compactions, or a shutdown) are running.
+///
+/// Why none lives through a commit: a live read transaction keeps every page freed after its
+/// snapshot out of reuse. A snapshot shared the whole time would be live at every commit and
+/// hold back one commit's freed pages each time: measured, 8 % more file after a 30,000-record
+/// import. So the writer empties the slot as a commit starts and readers share nothing until it
+/// ends; during a commit each read takes a snapshot of its own for its own lookups, as before.
+#[derive(Default)]
+pub(crate) struct HotSlot {
+    /// A count, not a flag: a compaction may start while the writer waits to commit.
+    pub committing: u32,
+    pub tables: Option<Arc<crate::HotTables>>,
+}
+
+impl Shared {
+    fn hot_slot(&self) -> std::sync::MutexGuard<'_, HotSlot> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A commit (or compaction) starts: the shared snapshot is dropped and none is shared until
+    /// [`Shared::end_commit`]. Dropped outside the lock: the last reference ends a redb read
+    /// transaction, which takes redb's own locks.
+    pub fn begin_commit(&self) {
+        let old = {
+            let mut slot = self.hot_slot();
+            slot.committing += 1;
+            slot.tables.take()
+        };
+        drop(old);
+    }
+
+    pub fn end_commit(&self) {
+        let mut slot = self.hot_slot();
+        debug_assert!(slot.committing > 0, "end_commit without begin_commit");
+        debug_assert!(
+            slot.tables.is_none(),
+            "a snapshot was shared during a commit"
+        );
+        slot.committing -= 1;
+    }
 }
 
 pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
@@ -126,11 +170,17 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         }
 
         let started = Instant::now();
+        shared.begin_commit();
         // A read guard: only compaction takes the write side, and it must not run mid-commit.
         let result = {
             let db = db.read().unwrap_or_else(|p| p.into_inner());
             commit_group(&db, group.iter().map(|r| (r.purges.as_slice(), &r.batch)))
         };
+        if let Ok(seq) = &result {
+            // Before readers may share again, so a shared snapshot is tagged with this commit.
+            shared.last_commit_seq.store(*seq, Ordering::Release);
+        }
+        shared.end_commit();
         match result {
             Ok(seq) => {
                 // Stats first, so a caller that sees its receipt also sees its commit counted.
@@ -138,7 +188,6 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                 shared
                     .batches_committed
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
-                shared.last_commit_seq.store(seq, Ordering::Release);
                 tracing::trace!(
                     commit_seq = seq,
                     batches = group.len(),

@@ -275,6 +275,82 @@ fn projections_page_in_doc_order_within_one_snapshot() {
     );
 }
 
+/// The hot read paths share one snapshot between commits (`Store::hot`). Every read after an
+/// acknowledged commit must see that commit, however busy other readers keep a shared snapshot.
+#[test]
+fn hot_reads_see_every_acknowledged_commit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_dir, store) = open_temp();
+    let store = Arc::new(store);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Readers that share (and, after each commit, share again) a snapshot all the time.
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    store.projection(&doc(1)).unwrap();
+                    store.docs_by_key(&ikey(0)).unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 0..300u32 {
+        let update = RecordUpdate {
+            doc_id: doc(1),
+            kind: 1,
+            envelopes: vec![(hash(i, 0xbb), vec![i as u8])],
+            projection: format!("v{i}").into_bytes(),
+            index_keys: vec![ikey(i)],
+            due_day: None,
+        };
+        store.commit_blocking(batch(vec![update])).unwrap();
+        let want = format!("v{i}").into_bytes();
+        assert_eq!(
+            store.projection(&doc(1)).unwrap(),
+            Some((1, want.clone())),
+            "commit {i}"
+        );
+        assert_eq!(
+            store.projections_by_key(&ikey(i)).unwrap(),
+            vec![(doc(1), 1, want)],
+            "commit {i}"
+        );
+        if i > 0 {
+            assert!(
+                store.docs_by_key(&ikey(i - 1)).unwrap().is_empty(),
+                "commit {i}: the key it replaced is still found"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 0, "the readers never ran");
+}
+
+/// redb compacts only with no read transaction open: the shared snapshot of the hot read paths
+/// must not stand in the way (nor survive it).
+#[test]
+fn compaction_is_not_blocked_by_the_shared_snapshot() {
+    let (_dir, store) = open_temp();
+    store
+        .commit_blocking(batch((0..200).map(simple_update).collect()))
+        .unwrap();
+    store
+        .commit_purge_blocking((0..190).map(doc).collect(), WriteBatch::default())
+        .unwrap();
+    // Read after the last commit: the snapshot is shared and open now.
+    let want = Some((1, b"proj-195".to_vec()));
+    assert_eq!(store.projection(&doc(195)).unwrap(), want);
+    assert!(store.compact().unwrap(), "nothing was compacted");
+    assert_eq!(store.projection(&doc(195)).unwrap(), want);
+    assert_eq!(store.docs_by_key(&ikey(195)).unwrap(), vec![doc(195)]);
+    assert_eq!(store.projection(&doc(5)).unwrap(), None);
+}
+
 #[test]
 fn purge_removes_everything_of_a_doc() {
     let (_dir, store) = open_temp();
