@@ -39,12 +39,44 @@ pub type LogId = [u8; 16];
 /// Id of one of the caller's wrapped secret keys.
 pub type KeyId = [u8; 16];
 
-/// The tables of the hot read paths, open in one shared snapshot (see `Store::hot`).
+/// One snapshot of the hot read paths (see `Store::hot`); each table is opened on first use, so
+/// a read that is not shared (during a commit) opens only the table it needs.
 pub(crate) struct HotTables {
     /// `last_commit_seq` read before the snapshot began: it holds at least that commit.
     seq: u64,
-    index: ReadOnlyTable<&'static [u8; 48], ()>,
-    projections: ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    txn: ReadTransaction,
+    index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
+    projections: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
+}
+
+impl HotTables {
+    fn index(&self) -> Result<&ReadOnlyTable<&'static [u8; 48], ()>> {
+        open_once(&self.txn, &self.index, INDEX, "opening table index")
+    }
+
+    fn projections(&self) -> Result<&ReadOnlyTable<&'static [u8; 16], &'static [u8]>> {
+        open_once(
+            &self.txn,
+            &self.projections,
+            PROJECTIONS,
+            "opening table projections",
+        )
+    }
+}
+
+/// The table in `cell`, opened from `txn` the first time. Two readers racing both open it; one
+/// keeps its copy, which is harmless (same snapshot, same table).
+fn open_once<'a, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    cell: &'a std::sync::OnceLock<ReadOnlyTable<K, V>>,
+    def: redb::TableDefinition<'static, K, V>,
+    context: &'static str,
+) -> Result<&'a ReadOnlyTable<K, V>> {
+    if let Some(t) = cell.get() {
+        return Ok(t);
+    }
+    let _ = cell.set(txn.open_table(def).ctx(context)?);
+    Ok(cell.get().expect("set just now, or by the racing reader"))
 }
 
 /// Tables grouped by what they may hold.
@@ -265,7 +297,7 @@ impl Inner {
             }
         }
         // Its read transaction must end before the file is closed (and may be opened again).
-        self.shared.begin_commit();
+        self.shared.stop_sharing();
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>> {
@@ -464,28 +496,16 @@ impl Store {
     fn hot(&self) -> Result<Arc<HotTables>> {
         let shared = &self.inner.shared;
         let seq = shared.last_commit_seq.load(Ordering::Acquire);
-        {
-            let slot = lock(&shared.hot);
-            if let Some(h) = slot.tables.as_ref().filter(|h| h.seq == seq) {
-                return Ok(Arc::clone(h));
-            }
+        if let Some(h) = shared.shared_at(seq) {
+            return Ok(h);
         }
-        let r = self.read()?;
         let fresh = Arc::new(HotTables {
             seq,
-            index: r.open_table(INDEX).ctx("opening table index")?,
-            projections: r.open_table(PROJECTIONS).ctx("opening table projections")?,
+            txn: self.read()?,
+            index: Default::default(),
+            projections: Default::default(),
         });
-        let replaced = {
-            let mut slot = lock(&shared.hot);
-            // Not during a commit; and a slower reader must not replace a newer snapshot.
-            if slot.committing == 0 && slot.tables.as_ref().is_none_or(|h| h.seq <= seq) {
-                slot.tables.replace(Arc::clone(&fresh))
-            } else {
-                None
-            }
-        };
-        drop(replaced);
+        shared.offer(&fresh);
         Ok(fresh)
     }
 
@@ -588,9 +608,9 @@ impl Store {
         let mut db = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
         // Under the write lock, so no reader begins a read until compaction ends; and no shared
         // snapshot may stay open, as redb refuses to compact with a read transaction open.
-        self.inner.shared.begin_commit();
+        self.inner.shared.stop_sharing();
         let compacted = db.compact();
-        self.inner.shared.end_commit();
+        self.inner.shared.resume_sharing();
         compacted.map_err(|e| StorageError::Database {
             context: "compacting",
             source: e.into(),
@@ -708,7 +728,10 @@ impl Store {
     /// The record's projection: (kind, bytes). One point lookup.
     pub fn projection(&self, doc: &DocId) -> Result<Option<(u8, Vec<u8>)>> {
         let hot = self.hot()?;
-        let v = hot.projections.get(doc).ctx("reading table projections")?;
+        let v = hot
+            .projections()?
+            .get(doc)
+            .ctx("reading table projections")?;
         v.map(|g| split_projection(doc, g.value())).transpose()
     }
 
@@ -718,7 +741,7 @@ impl Store {
         let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
         let mut out = Vec::new();
         for item in hot
-            .index
+            .index()?
             .range::<&[u8; 48]>(&lo..=&hi)
             .ctx("reading table index")?
         {
@@ -732,7 +755,7 @@ impl Store {
     /// `(doc, kind, projection bytes)`. The "may we contact this person now?" path.
     pub fn projections_by_key(&self, key: &IndexKey) -> Result<Vec<(DocId, u8, Vec<u8>)>> {
         let hot = self.hot()?;
-        let (index, projections) = (&hot.index, &hot.projections);
+        let (index, projections) = (hot.index()?, hot.projections()?);
         let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
         let mut out = Vec::new();
         for item in index
@@ -1228,16 +1251,16 @@ mod tests {
             "a stale one was reused"
         );
 
-        shared.begin_commit();
+        shared.stop_sharing();
         assert!(!shared_now(), "dropped as a commit starts");
         store.hot().unwrap();
         assert!(!shared_now(), "shared during a commit");
         // A compaction waiting for the writer's commit counts too.
-        shared.begin_commit();
-        shared.end_commit();
+        shared.stop_sharing();
+        shared.resume_sharing();
         store.hot().unwrap();
         assert!(!shared_now(), "shared while a commit still runs");
-        shared.end_commit();
+        shared.resume_sharing();
         store.hot().unwrap();
         assert!(shared_now(), "not shared once the commits ended");
     }

@@ -106,25 +106,45 @@ pub(crate) struct HotSlot {
 }
 
 impl Shared {
-    fn hot_slot(&self) -> std::sync::MutexGuard<'_, HotSlot> {
-        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shared snapshot, if one is shared and tagged `seq`.
+    pub fn shared_at(&self, seq: u64) -> Option<Arc<crate::HotTables>> {
+        crate::lock(&self.hot)
+            .tables
+            .as_ref()
+            .filter(|h| h.seq == seq)
+            .cloned()
     }
 
-    /// A commit (or compaction) starts: the shared snapshot is dropped and none is shared until
-    /// [`Shared::end_commit`]. Dropped outside the lock: the last reference ends a redb read
-    /// transaction, which takes redb's own locks.
-    pub fn begin_commit(&self) {
+    /// Shares `fresh` unless a commit runs or a newer snapshot is shared already (a slower
+    /// reader must not replace it with an older one).
+    pub fn offer(&self, fresh: &Arc<crate::HotTables>) {
+        let replaced = {
+            let mut slot = crate::lock(&self.hot);
+            if slot.committing == 0 && slot.tables.as_ref().is_none_or(|h| h.seq <= fresh.seq) {
+                slot.tables.replace(Arc::clone(fresh))
+            } else {
+                None
+            }
+        };
+        // Outside the lock: the last reference ends a redb read transaction, which takes
+        // redb's own locks.
+        drop(replaced);
+    }
+
+    /// A commit, a compaction or a shutdown starts: the shared snapshot is dropped and none is
+    /// shared until the matching [`Shared::resume_sharing`] (a shutdown has none).
+    pub fn stop_sharing(&self) {
         let old = {
-            let mut slot = self.hot_slot();
+            let mut slot = crate::lock(&self.hot);
             slot.committing += 1;
             slot.tables.take()
         };
         drop(old);
     }
 
-    pub fn end_commit(&self) {
-        let mut slot = self.hot_slot();
-        debug_assert!(slot.committing > 0, "end_commit without begin_commit");
+    pub fn resume_sharing(&self) {
+        let mut slot = crate::lock(&self.hot);
+        debug_assert!(slot.committing > 0, "resume_sharing without stop_sharing");
         debug_assert!(
             slot.tables.is_none(),
             "a snapshot was shared during a commit"
@@ -170,7 +190,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         }
 
         let started = Instant::now();
-        shared.begin_commit();
+        shared.stop_sharing();
         // A read guard: only compaction takes the write side, and it must not run mid-commit.
         let result = {
             let db = db.read().unwrap_or_else(|p| p.into_inner());
@@ -180,7 +200,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
             // Before readers may share again, so a shared snapshot is tagged with this commit.
             shared.last_commit_seq.store(*seq, Ordering::Release);
         }
-        shared.end_commit();
+        shared.resume_sharing();
         match result {
             Ok(seq) => {
                 // Stats first, so a caller that sees its receipt also sees its commit counted.
