@@ -73,6 +73,19 @@ pub const BENCHES: &[(&str, Bench)] = &[
 pub fn run(records: usize) -> Result<Vec<Row>, String> {
     let only = std::env::var("CONSENTD_BENCH_ONLY").unwrap_or_default();
     let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
+    if let Some(filter) = daemon_log() {
+        // The sync families run their daemons in this process (the write family's daemon is a
+        // child and logs on its own); thread ids tell the offices' writers apart.
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+            .map_err(|e| format!("CONSENTD_BENCH_DAEMON_LOG: {e}"))?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+            .with_thread_ids(true)
+            .with_ansi(false)
+            .try_init();
+    }
     let mut rows = Vec::new();
     for (name, b) in BENCHES {
         if !only.is_empty() && !only.contains(name) {
@@ -97,9 +110,10 @@ pub(crate) fn trace() -> bool {
     std::env::var_os("CONSENTD_BENCH_TRACE").is_some()
 }
 
-/// `CONSENTD_BENCH_DAEMON_LOG=<filter>` (e.g. `consentd_storage=trace`): the write bench's daemon
-/// logs at that level to the bench's stderr (otherwise it logs warnings to nowhere), e.g. to see
-/// each group commit's size and time.
+/// `CONSENTD_BENCH_DAEMON_LOG=<filter>` (e.g. `consentd_storage=trace`): the daemons log at that
+/// level to the bench's stderr (otherwise the write bench's logs warnings to nowhere and the sync
+/// families' log nothing), e.g. to see each group commit's size, time and the writer's idle time
+/// before it.
 pub(crate) fn daemon_log() -> Option<String> {
     std::env::var("CONSENTD_BENCH_DAEMON_LOG").ok()
 }

@@ -1,25 +1,30 @@
-//! Token layout 2: re-indexing a store written under layout 1.
+//! Token layouts 2 and 3: re-indexing a store written under an earlier one.
 //!
 //! Layout 2 (`subject::TOKEN_CLUSTER_LEN`) makes a subject's consent tokens and key owners start
 //! with the first 16 bytes of the subject's token, so the storage index keeps a subject's
-//! entries in one leaf and a new record dirties one index page instead of three. A store written
-//! before it holds its consent entries and key owners under the layout-1 hashes, which the
-//! layout-2 derivations never look up: without this pass a `consent check` would find nothing.
+//! entries in one leaf and a new record dirties one index page instead of three. Layout 3 makes
+//! a replication event's markers start with the id of the record they name
+//! (`office::transfer_marker`), so the markers a sync writes append to the index. A store
+//! written before holds its entries under the earlier keys, which the current derivations never
+//! look up: without this pass a `consent check` would find nothing, and every record a sync had
+//! already reported would be reported again.
 //!
 //! What changes, and so what the pass rewrites:
-//! - a consent record's consent token (its subject token is the same in both layouts): the
-//!   record's index keys are recomputed exactly as a write computes them (`index_entries`) and
-//!   stored with its unchanged projection;
-//! - each subject's key owners, both classes: every key under the layout-1 owner is moved to the
-//!   layout-2 owner. A wrapped key is bound to its owner (`keystore::wrap`), so it is unwrapped
-//!   and wrapped again under the current KEK for the new one.
+//! - from layout 1: a consent record's consent token (its subject token is the same in every
+//!   layout); the record's index keys are recomputed exactly as a write computes them
+//!   (`index_entries`) and stored with its unchanged projection;
+//! - from layout 1: each subject's key owners, both classes: every key under the layout-1 owner
+//!   is moved to the current owner. A wrapped key is bound to its owner (`keystore::wrap`), so it
+//!   is unwrapped and wrapped again under the current KEK for the new one;
+//! - from layouts 1 and 2: a transfer record's markers, recomputed and stored the same way.
 //!
 //! The pass runs at start-up, before the office serves anything, one durable batch per page of
 //! [`PAGE_RECORDS`] records. It is idempotent, so a crash in the middle only repeats work: a
 //! record re-indexed twice gets the same keys, and a key already moved is no longer under the
 //! old owner (test: `an_interrupted_pass_is_finished_by_the_next_one`). The meta entry
-//! [`META_TOKEN_LAYOUT`] is written when it has finished, and a store that has it (every store
-//! created since) skips the pass. A record whose key is not held here
+//! [`META_TOKEN_LAYOUT`] is written when it has finished, and a store that has the current one
+//! (every store created since) skips the pass. A layout this build does not know (a newer
+//! build's) is refused rather than rewritten. A record whose key is not held here
 //! (erased, or not yet received) cannot be read, so it cannot be re-indexed either; its old
 //! entries stay, unreachable, until its next change rewrites them, and the pass counts it.
 
@@ -29,12 +34,12 @@ use consentd_storage::{RecordUpdate, WriteBatch};
 
 use super::{Office, OfficeError, Result};
 use crate::keystore::{self, KeyClass, KeyError};
-use crate::record::Record;
+use crate::record::{Record, KIND_TRANSFER};
 
 /// Meta key holding the token layout the store's index was written under (absent: layout 1).
 pub(crate) const META_TOKEN_LAYOUT: &str = "token_layout";
-/// The layout this build writes.
-pub(crate) const TOKEN_LAYOUT: &[u8] = b"2";
+/// The layout this build writes (stored as its decimal digits).
+pub(crate) const TOKEN_LAYOUT: u32 = 3;
 /// Records read and re-indexed per durable batch: about 0.5 MiB of projections.
 const PAGE_RECORDS: usize = 1_024;
 
@@ -43,16 +48,18 @@ const PAGE_RECORDS: usize = 1_024;
 pub(crate) struct Upgrade {
     /// Records read.
     pub records: u64,
-    /// Consent records whose index keys were rewritten.
+    /// Consent records (from layout 1) and transfer records (from layouts 1 and 2) whose index
+    /// keys were rewritten.
     pub reindexed: u64,
-    /// Keys moved to their layout-2 owner.
+    /// Keys moved to their current owner (from layout 1).
     pub keys_moved: u64,
     /// Records that could not be read because their key is not held here.
     pub unreadable: u64,
 }
 
-/// Re-indexes a store written under token layout 1, if it is one; returns `None` when the store
-/// is already at layout 2. Blocking: call it before serving, outside the async runtime.
+/// Re-indexes a store written under an earlier token layout, if it is one; returns `None` when
+/// the store is already at the current one. Blocking: call it before serving, outside the async
+/// runtime.
 pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
     upgrade_in_pages(office, PAGE_RECORDS, None)
 }
@@ -66,21 +73,36 @@ fn upgrade_in_pages(
 ) -> Result<Option<Upgrade>> {
     debug_assert!(page_records > 0, "a page must hold a record");
     let store = office.store();
-    if store.meta(META_TOKEN_LAYOUT)?.as_deref() == Some(TOKEN_LAYOUT) {
+    let from = stored_layout(store.meta(META_TOKEN_LAYOUT)?.as_deref())?;
+    if from == TOKEN_LAYOUT {
         return Ok(None);
     }
     let records = store.stats()?.records;
     if records > 0 {
-        // Every consent record is rewritten once: say why this start is slow.
-        tracing::info!(records, "re-indexing the store for token layout 2");
+        // Every consent or transfer record is rewritten once: say why this start is slow.
+        tracing::info!(
+            records,
+            from,
+            to = TOKEN_LAYOUT,
+            "re-indexing the store's tokens"
+        );
     }
     let mut done = Upgrade::default();
     let mut after = None;
     let mut finished = false;
     for _ in 0..pages_max.unwrap_or(usize::MAX) {
-        let page = store
-            .snapshot()?
-            .projections_after(after.as_ref(), page_records)?;
+        // From layout 2 only transfer records changed: read those alone.
+        let page = if from < 2 {
+            store
+                .snapshot()?
+                .projections_after(after.as_ref(), page_records)?
+        } else {
+            store
+                .projections_of_kind_after(KIND_TRANSFER, after.as_ref(), page_records)?
+                .into_iter()
+                .map(|(doc, bytes)| (doc, KIND_TRANSFER, bytes))
+                .collect()
+        };
         let Some(&(last, _, _)) = page.last() else {
             finished = true;
             break;
@@ -99,7 +121,12 @@ fn upgrade_in_pages(
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(token) = crate::retention::pass::subject_token(office, &plain)? {
+            let subject_token = if from < 2 {
+                crate::retention::pass::subject_token(office, &plain)?
+            } else {
+                None
+            };
+            if let Some(token) = subject_token {
                 if subjects.insert(token) {
                     for class in [KeyClass::Kept, KeyClass::Erasable] {
                         let (old, new) = (
@@ -117,8 +144,13 @@ fn upgrade_in_pages(
                     }
                 }
             }
-            // Only a consent token differs between the layouts.
-            if matches!(plain, Record::Consent(_)) {
+            // Only consent tokens (layout 2) and transfer markers (layout 3) changed.
+            let changed = match plain {
+                Record::Consent(_) => from < 2,
+                Record::Transfer(_) => from < 3,
+                _ => false,
+            };
+            if changed {
                 let (index_keys, due_day) = office.index_entries(&plain)?;
                 batch.updates.push(RecordUpdate {
                     doc_id: doc,
@@ -138,7 +170,10 @@ fn upgrade_in_pages(
         return Ok(Some(done)); // interrupted: no mark, the next start runs the pass again
     }
     store.commit_blocking(WriteBatch {
-        meta: vec![(META_TOKEN_LAYOUT.into(), TOKEN_LAYOUT.to_vec())],
+        meta: vec![(
+            META_TOKEN_LAYOUT.into(),
+            TOKEN_LAYOUT.to_string().into_bytes(),
+        )],
         ..WriteBatch::default()
     })?;
     if records > 0 {
@@ -147,10 +182,33 @@ fn upgrade_in_pages(
             reindexed = done.reindexed,
             keys_moved = done.keys_moved,
             unreadable = done.unreadable,
-            "store re-indexed for token layout 2"
+            "store's tokens re-indexed"
         );
     }
     Ok(Some(done))
+}
+
+/// The layout a store's meta entry names: 1 when absent; an error for one newer than this
+/// build's, whose keys this build would not know how to rewrite.
+fn stored_layout(mark: Option<&[u8]>) -> Result<u32> {
+    let Some(mark) = mark else { return Ok(1) };
+    let layout = std::str::from_utf8(mark)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|l| *l >= 1)
+        .ok_or_else(|| {
+            OfficeError::Integrity(format!(
+                "meta {META_TOKEN_LAYOUT} is {:?}, not a token layout",
+                String::from_utf8_lossy(mark)
+            ))
+        })?;
+    if layout > TOKEN_LAYOUT {
+        return Err(OfficeError::Integrity(format!(
+            "the store's index uses token layout {layout}, written by a newer consentd; this one \
+             knows layouts up to {TOKEN_LAYOUT} (run the newer consentd)"
+        )));
+    }
+    Ok(layout)
 }
 
 #[cfg(test)]
@@ -279,8 +337,8 @@ mod tests {
         assert_eq!(granted(&office), [true; 3]);
         let store = office.store();
         assert_eq!(
-            store.meta(META_TOKEN_LAYOUT).unwrap().as_deref(),
-            Some(TOKEN_LAYOUT)
+            store.meta(META_TOKEN_LAYOUT).unwrap(),
+            Some(TOKEN_LAYOUT.to_string().into_bytes())
         );
         for (s, purpose) in GRANTS {
             let subject = subject(s);
@@ -337,6 +395,139 @@ mod tests {
         );
         assert_eq!(granted(&office), [true; 3]);
         assert_eq!(upgrade(&office).unwrap(), None, "marked done");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Replication events for the first two consent records: "sent to nl".
+    fn sent_to_nl(office: &Office) -> Vec<crate::office::TransferEvent> {
+        let docs = office
+            .store()
+            .projections_of_kind(crate::record::KIND_CONSENT, 2)
+            .unwrap();
+        assert_eq!(docs.len(), 2);
+        docs.into_iter()
+            .map(|(doc, _)| crate::office::TransferEvent {
+                record: doc,
+                to_office: "nl".into(),
+                to_jurisdiction: "NL".into(),
+                status: "transferred",
+                detail: "adequacy".into(),
+                categories: vec!["contact".into()],
+            })
+            .collect()
+    }
+
+    /// A store written under layout 2 holds its replication events' markers under the plain
+    /// hash. The pass moves them to the markers led by the record's id, reading only transfer
+    /// records, so a record reported before the upgrade is not reported again after it.
+    #[test]
+    fn a_layout_2_store_has_its_transfer_markers_reindexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = crate::daemon::prepare(&network(dir.path(), "tokens-transfers"))
+            .unwrap()
+            .office;
+        grant_all(&office);
+        let rt = runtime();
+        let events = sent_to_nl(&office);
+        assert_eq!(
+            rt.block_on(office.record_transfer_events(events.clone()))
+                .unwrap(),
+            2
+        );
+        let store = office.store();
+        let marker = |e: &crate::office::TransferEvent, layout_2: bool| {
+            let id = crate::record::doc_id_hex(&e.record);
+            if layout_2 {
+                crate::office::transfer_marker_layout_2(&id, &e.to_office, e.status)
+            } else {
+                crate::office::transfer_marker(&id, &e.to_office, e.status)
+            }
+        };
+        for e in &events {
+            assert_eq!(
+                &marker(e, false)[..16],
+                &e.record[..],
+                "led by the record's id"
+            );
+            assert_eq!(store.docs_by_key(&marker(e, false)).unwrap().len(), 1);
+        }
+
+        // Downgrade: the transfer record indexed as layout 2 wrote it.
+        let transfers = store
+            .projections_of_kind(crate::record::KIND_TRANSFER, 10)
+            .unwrap();
+        assert_eq!(transfers.len(), 1, "one event record names both");
+        let mut batch = WriteBatch::default();
+        for (doc, projection) in transfers {
+            batch.updates.push(RecordUpdate {
+                doc_id: doc,
+                kind: crate::record::KIND_TRANSFER,
+                envelopes: Vec::new(),
+                projection,
+                index_keys: events.iter().map(|e| marker(e, true)).collect(),
+                due_day: None,
+            });
+        }
+        batch.meta.push((META_TOKEN_LAYOUT.into(), b"2".to_vec()));
+        store.commit_blocking(batch).unwrap();
+        for e in &events {
+            assert!(
+                store.docs_by_key(&marker(e, false)).unwrap().is_empty(),
+                "layout-2 markers are invisible to layout-3 lookups"
+            );
+        }
+
+        let done = upgrade(&office).unwrap().expect("layout 2 is upgraded");
+        assert_eq!(
+            done,
+            Upgrade {
+                records: 1,
+                reindexed: 1,
+                keys_moved: 0,
+                unreadable: 0,
+            },
+            "only the transfer record is read"
+        );
+        for e in &events {
+            assert_eq!(store.docs_by_key(&marker(e, false)).unwrap().len(), 1);
+            assert!(store.docs_by_key(&marker(e, true)).unwrap().is_empty());
+        }
+        assert_eq!(
+            rt.block_on(office.record_transfer_events(events)).unwrap(),
+            0,
+            "reported before the upgrade, so not again"
+        );
+        assert_eq!(granted(&office), [true; 3], "consent entries untouched");
+        assert_eq!(upgrade(&office).unwrap(), None, "done once");
+    }
+
+    #[test]
+    fn a_layout_from_a_newer_build_or_no_layout_at_all_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = crate::daemon::prepare(&network(dir.path(), "tokens-newer"))
+            .unwrap()
+            .office;
+        for (mark, says) in [
+            (&b"4"[..], "newer consentd"),
+            (b"two", "not a token layout"),
+        ] {
+            office
+                .store()
+                .commit_blocking(WriteBatch {
+                    meta: vec![(META_TOKEN_LAYOUT.into(), mark.to_vec())],
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+            let err = upgrade(&office).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

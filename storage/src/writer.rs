@@ -161,6 +161,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         let mut lingered = false;
         // Block for the first request; `None` means every sender is gone (shutdown) and the
         // queue is drained, so all accepted work has been answered.
+        let idle_from = Instant::now();
         let first = match carried.take() {
             Some(r) => r,
             None => match rx.blocking_recv() {
@@ -168,6 +169,9 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                 None => break,
             },
         };
+        // How long the writer had nothing to do before this group: with `micros`, its
+        // utilisation, which says whether a pipeline feeding it (a cold sync) is bound by it.
+        let idle_us = idle_from.elapsed().as_micros() as u64;
         let mut bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_BATCHES_PER_COMMIT {
@@ -213,6 +217,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     batches = group.len(),
                     bytes,
                     lingered,
+                    idle_us,
                     micros = started.elapsed().as_micros() as u64,
                     "group commit durable"
                 );
