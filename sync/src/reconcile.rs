@@ -53,9 +53,10 @@ const IDLIST_ITEM_BYTES_TYPICAL: u64 = 33;
 /// fingerprints now and then a listing of the one differing bucket's `count / b` items, so
 /// `b·F + (count/b)·I` bytes, least at `b = √(count·I/F)`. That is [`BUCKETS`] from about 160
 /// items up, and 8 to 15 below, where the last split before the listings happens in a set of
-/// tens of thousands. Measured on two sets of 10,000 items differing in 100 (in process, three
-/// seeds): 100 recent differences 3,149 → 2,773 bytes, 100 scattered 43,827 → 37,215; the same
-/// round trips; sets of 100,000 and 1,000,000 unchanged (their last split is of ranges over 160).
+/// tens of thousands. Measured on two sets of 10,000 items differing in 100 (the tests below,
+/// three seeds): 100 recent differences 3,148-3,150 → 2,772-2,774 bytes, 100 scattered
+/// 43,899-45,842 → 37,092-38,184; the same round trips. Sets of 100,000 and 1,000,000 items are
+/// unchanged: their last split is of ranges over 160 items.
 /// The split is the sender's choice: a peer reads any partition, so this needs no new version.
 fn buckets_for(count: u64) -> usize {
     debug_assert!(
@@ -911,8 +912,8 @@ mod tests {
     }
 
     /// The default bench's delta row in process: an office back from an hour offline. Under 1 %
-    /// of the full id list (3,200 bytes) in two round trips; 3,149 bytes on average over these
-    /// seeds when every split was 16-way, 2,773 with `buckets_for`.
+    /// of the full id list (3,200 bytes) in two round trips: 3,148-3,150 bytes over these seeds
+    /// when every split was 16-way, 2,772-2,774 with `buckets_for`.
     #[test]
     fn a_hundred_recent_differences_in_ten_thousand_cost_under_one_percent() {
         for seed in 0..3 {
@@ -922,8 +923,8 @@ mod tests {
         }
     }
 
-    /// The scattered case: 43,827 bytes on average over these seeds with 16-way splits, 37,215
-    /// with `buckets_for`.
+    /// The scattered case: 43,899-45,842 bytes over these seeds with 16-way splits,
+    /// 37,092-38,184 with `buckets_for`.
     #[test]
     fn a_hundred_scattered_differences_in_ten_thousand_cost_less_with_smaller_splits() {
         for seed in 0..3 {
