@@ -194,19 +194,24 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         }
 
         let started = Instant::now();
+        // What redb writes for this group (its `pwrite`s), for the trace only: reading it costs a
+        // file read per commit.
+        let wchar_before = tracing::enabled!(tracing::Level::TRACE)
+            .then(thread_wchar)
+            .flatten();
         shared.stop_sharing();
         // A read guard: only compaction takes the write side, and it must not run mid-commit.
         let result = {
             let db = db.read().unwrap_or_else(|p| p.into_inner());
             commit_group(&db, group.iter().map(|r| (r.purges.as_slice(), &r.batch)))
         };
-        if let Ok(seq) = &result {
+        if let Ok(c) = &result {
             // Before readers may share again, so a shared snapshot is tagged with this commit.
-            shared.last_commit_seq.store(*seq, Ordering::Release);
+            shared.last_commit_seq.store(c.seq, Ordering::Release);
         }
         shared.resume_sharing();
         match result {
-            Ok(seq) => {
+            Ok(Committed { seq, commit_us }) => {
                 // Stats first, so a caller that sees its receipt also sees its commit counted.
                 shared.commits_durable.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -218,6 +223,10 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     bytes,
                     lingered,
                     idle_us,
+                    commit_us,
+                    written = wchar_before
+                        .and_then(|b| Some(thread_wchar()?.saturating_sub(b)))
+                        .unwrap_or(0),
                     micros = started.elapsed().as_micros() as u64,
                     "group commit durable"
                 );
@@ -350,12 +359,29 @@ impl Counters {
     }
 }
 
+/// A durable group commit: its number, and how long redb's own commit took (writing the pages
+/// and syncing them; the rest of a group's time is applying its batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Committed {
+    pub seq: u64,
+    pub commit_us: u64,
+}
+
+/// Bytes this thread has passed to `write`-like calls so far (`wchar` of
+/// `/proc/thread-self/io`), where the platform says; for the writer's trace.
+fn thread_wchar() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Applies every (purges, batch) pair in one durable write transaction; returns its commit number.
 /// On any error the transaction is dropped, which makes redb abort it: nothing of the group lands.
 pub(crate) fn commit_group<'a>(
     db: &Database,
     work: impl IntoIterator<Item = (&'a [DocId], &'a WriteBatch)>,
-) -> Result<u64> {
+) -> Result<Committed> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     // Immediate is redb 4's default; set it explicitly because acknowledging only durable data is
     // this crate's central promise and must not depend on a library default.
@@ -469,8 +495,12 @@ pub(crate) fn commit_group<'a>(
         c.store(&mut t.sys)?;
         c.commit_seq
     };
+    let committing = Instant::now();
     txn.commit().ctx("committing")?;
-    Ok(seq)
+    Ok(Committed {
+        seq,
+        commit_us: committing.elapsed().as_micros() as u64,
+    })
 }
 
 /// Whether any tombstone names `doc`.
@@ -1052,7 +1082,7 @@ mod tests {
         assert_eq!(read_sys(&sys, SYS_ENVELOPES).unwrap(), 0);
 
         // The good batch alone commits.
-        assert_eq!(commit_group(&db, [(&[][..], &good)]).unwrap(), 1);
+        assert_eq!(commit_group(&db, [(&[][..], &good)]).unwrap().seq, 1);
     }
 
     /// New records' ids are time-ordered but arrive out of order within a batch (ids made in one
