@@ -1986,7 +1986,7 @@ pub const TRANSFER_EVENT_RECORDS_MAX: usize = 48;
 /// receiver, which indexes the same events, gains too. The hash's other 16 bytes keep the
 /// (record, office, status) triples of one record apart.
 pub fn transfer_marker(record: &str, to: &str, status: &str) -> [u8; 32] {
-    let mut marker = transfer_marker_hash(record, to, status);
+    let mut marker = transfer_marker_layout_2(record, to, status);
     if let Ok(doc) = crate::record::parse_doc_id(record) {
         marker[..16].copy_from_slice(&doc);
     }
@@ -1994,8 +1994,9 @@ pub fn transfer_marker(record: &str, to: &str, status: &str) -> [u8; 32] {
 }
 
 /// The marker of token layouts 1 and 2 (and still the whole marker of a `record` that is not a
-/// record id, which no replication event names).
-fn transfer_marker_hash(record: &str, to: &str, status: &str) -> [u8; 32] {
+/// record id, which no replication event names). Tests use it to build stores as earlier
+/// builds wrote them.
+pub(crate) fn transfer_marker_layout_2(record: &str, to: &str, status: &str) -> [u8; 32] {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(b"consentd/transfer-event/v1\0");
@@ -2004,12 +2005,6 @@ fn transfer_marker_hash(record: &str, to: &str, status: &str) -> [u8; 32] {
         h.update([0]);
     }
     h.finalize().into()
-}
-
-/// The layout-2 marker, to build stores as earlier builds wrote them.
-#[cfg(test)]
-pub(crate) fn transfer_marker_layout_2(record: &str, to: &str, status: &str) -> [u8; 32] {
-    transfer_marker_hash(record, to, status)
 }
 
 /// Transfer events recorded together: (to office, to jurisdiction, status, mechanism or reason).

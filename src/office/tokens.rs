@@ -275,12 +275,21 @@ mod tests {
         dir.join("de").join("consentd.toml")
     }
 
-    fn grant_all(office: &Office) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    /// `de` of a new two-office network in `dir`, prepared as the daemon prepares it.
+    fn new_office(dir: &std::path::Path, name: &str) -> std::sync::Arc<Office> {
+        crate::daemon::prepare(&network(dir, name)).unwrap().office
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn grant_all(office: &Office) {
+        let rt = runtime();
         for (s, purpose) in GRANTS {
             rt.block_on(
                 office.execute(Request::ConsentGrant(protocol::ConsentGrant {
@@ -295,7 +304,7 @@ mod tests {
     /// An office of a new network holding [`GRANTS`], turned back into layout 1; with the
     /// number of keys moved to layout-1 owners.
     fn layout_1_office(dir: &std::path::Path, name: &str) -> (std::sync::Arc<Office>, u64) {
-        let office = crate::daemon::prepare(&network(dir, name)).unwrap().office;
+        let office = new_office(dir, name);
         grant_all(&office);
         let moved = downgrade_to_layout_1(&office);
         (office, moved)
@@ -397,14 +406,6 @@ mod tests {
         assert_eq!(upgrade(&office).unwrap(), None, "marked done");
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     /// Replication events for the first two consent records: "sent to nl".
     fn sent_to_nl(office: &Office) -> Vec<crate::office::TransferEvent> {
         let docs = office
@@ -430,9 +431,7 @@ mod tests {
     #[test]
     fn a_layout_2_store_has_its_transfer_markers_reindexed() {
         let dir = tempfile::tempdir().unwrap();
-        let office = crate::daemon::prepare(&network(dir.path(), "tokens-transfers"))
-            .unwrap()
-            .office;
+        let office = new_office(dir.path(), "tokens-transfers");
         grant_all(&office);
         let rt = runtime();
         let events = sent_to_nl(&office);
@@ -511,9 +510,7 @@ mod tests {
     #[test]
     fn a_layout_from_a_newer_build_or_no_layout_at_all_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let office = crate::daemon::prepare(&network(dir.path(), "tokens-newer"))
-            .unwrap()
-            .office;
+        let office = new_office(dir.path(), "tokens-newer");
         for (mark, says) in [
             (&b"4"[..], "newer consentd"),
             (b"two", "not a token layout"),

@@ -40,11 +40,9 @@ const MODE_SKIP: u64 = 0;
 const MODE_FINGERPRINT: u64 = 1;
 const MODE_IDLIST: u64 = 2;
 
-/// What one fingerprint range costs on the wire, about: a bound of a few bytes, the mode, the
-/// fingerprint. Only for choosing how finely to split ([`buckets_for`]).
-const FINGERPRINT_RANGE_BYTES_TYPICAL: u64 = 21;
-/// What one listed item costs, about: a one-byte timestamp delta and the id.
-const IDLIST_ITEM_BYTES_TYPICAL: u64 = 33;
+/// What one fingerprint range costs on the wire, about: a bound of about four bytes, the mode,
+/// the fingerprint (21 bytes). Only for choosing how finely to split ([`buckets_for`]).
+const FINGERPRINT_RANGE_BYTES_TYPICAL: u64 = 4 + 1 + FINGERPRINT_LEN as u64;
 
 /// How many ranges a differing range of `count` items (at least [`IDLIST_THRESHOLD`]) is split
 /// into.
@@ -63,9 +61,9 @@ fn buckets_for(count: u64) -> usize {
         count >= IDLIST_THRESHOLD as u64,
         "a range this small is listed, not split"
     );
-    let best = (count.saturating_mul(IDLIST_ITEM_BYTES_TYPICAL) / FINGERPRINT_RANGE_BYTES_TYPICAL)
-        .isqrt()
-        + 1;
+    // A listed item costs its minimum in practice: a one-byte timestamp delta and the id.
+    let item_bytes = IDLIST_ITEM_BYTES_MIN as u64;
+    let best = (count.saturating_mul(item_bytes) / FINGERPRINT_RANGE_BYTES_TYPICAL).isqrt() + 1;
     (best as usize).clamp(2, BUCKETS)
 }
 
