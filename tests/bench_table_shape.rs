@@ -35,6 +35,7 @@ fn bench_prints_rows_with_the_interface_keys() {
         "delta_sync_bytes_core",
         "fan_out_p50",
         "fan_out_p99",
+        "fan_out_p99_vs_floors_alone",
     ] {
         assert!(rows.iter().any(|r| r["name"] == name), "no row {name}");
     }

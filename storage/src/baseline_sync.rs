@@ -37,21 +37,49 @@ pub fn bulk_insert(path: &Path, items: &[([u8; 32], &[u8])]) -> Result<Duration>
     Ok(started.elapsed())
 }
 
-/// Times `samples` durable transactions of one insert each (`value` under a fresh key) in a
-/// fresh database at `path`: the durable-commit floor of one replicated record.
-pub fn commit_latencies(path: &Path, value: &[u8], samples: usize) -> Result<Vec<Duration>> {
-    let db = Database::create(path).map_err(db_err)?;
-    let mut out = Vec::with_capacity(samples);
-    for s in 0..samples {
+/// A fresh raw database that takes one durable single-insert transaction at a time: one office's
+/// durable-commit floor for one replicated record.
+pub struct RawCommitter {
+    db: Database,
+    next_key: u64,
+}
+
+impl RawCommitter {
+    /// Creates the database at `path` (which must not exist yet).
+    pub fn create(path: &Path) -> Result<RawCommitter> {
+        Ok(RawCommitter {
+            db: Database::create(path).map_err(db_err)?,
+            next_key: 0,
+        })
+    }
+
+    /// Inserts `value` under a fresh (scattered) key in one `Immediate` transaction.
+    pub fn commit_one(&mut self, value: &[u8]) -> Result<()> {
         let mut k = [0u8; 32];
-        k[..8].copy_from_slice(&(s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-        let started = Instant::now();
-        let tx = db.begin_write().map_err(db_err)?;
+        k[..8].copy_from_slice(
+            &self
+                .next_key
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .to_be_bytes(),
+        );
+        self.next_key += 1;
+        let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(TABLE).map_err(db_err)?;
             t.insert(&k, value).map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+}
+
+/// Times `samples` durable transactions of one insert each (`value` under a fresh key) in a
+/// fresh database at `path`: the durable-commit floor of one replicated record, alone.
+pub fn commit_latencies(path: &Path, value: &[u8], samples: usize) -> Result<Vec<Duration>> {
+    let mut db = RawCommitter::create(path)?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        db.commit_one(value)?;
         out.push(started.elapsed());
     }
     Ok(out)
