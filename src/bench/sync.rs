@@ -762,7 +762,7 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
         });
     }
     let mut origin_db = raw("raw-origin.redb".into())?;
-    let together = rt.block_on(consentd_sync::baseline::fan_out(
+    let together = rt.block_on(consentd_sync::baseline::fan_out_with_work(
         &blob,
         receivers,
         samples,
@@ -775,12 +775,7 @@ pub(super) fn fan_out(n: usize) -> Result<Vec<Row>, String> {
     // For scale, the baseline of earlier sessions: each floor measured alone and added (a bare
     // fan-out with acks, one signature, one verification, two durable commits one after the
     // other). It leaves out that six receivers verify and commit at once on shared hardware.
-    let bare = rt.block_on(consentd_sync::baseline::fan_out(
-        &blob,
-        vec![|_: &[u8]| Ok(()); peers],
-        samples,
-        |_: &[u8]| Ok(()),
-    ))?;
+    let bare = rt.block_on(consentd_sync::baseline::fan_out(&blob, peers, samples))?;
     let commits = consentd_storage::baseline_sync::commit_latencies(
         &dir.path().join("raw-commit.redb"),
         &blob,

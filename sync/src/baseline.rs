@@ -126,23 +126,53 @@ pub async fn transfer(blobs: &[Vec<u8>]) -> Result<Duration, String> {
     Ok(took)
 }
 
-/// Fan-out latencies: for each of `samples` rounds, `origin` is run on `blob` (e.g. sign it and
-/// commit it durably), then `blob` is sent from one endpoint to each of `receivers.len()` others
-/// (one connection each); each receiver runs its own `receivers[i]` on the bytes it got (e.g.
-/// verify and commit durably) and answers with a one-byte ack. The sample is the time from
-/// before `origin` until the last ack arrived. Rounds are sequential. The receivers' work runs
-/// concurrently, as six offices' would, so it contends for the same cores and disk ours does.
-/// Call within a multi-threaded tokio runtime (the work blocks in place).
-pub async fn fan_out<O, R>(
+/// Fan-out latencies: for each of `samples` rounds, `blob` is sent from one endpoint to each of
+/// `peers` others (one connection each) and every receiver answers with a one-byte ack; the
+/// sample is the time until the last ack arrived. Rounds are sequential.
+pub async fn fan_out(blob: &[u8], peers: usize, samples: usize) -> Result<Vec<Duration>, String> {
+    let none = |_: &[u8]| Ok(());
+    fan_out_inner(blob, vec![none; peers], samples, none, false).await
+}
+
+/// [`fan_out`] with work at both ends: each round runs `origin` on `blob` first (e.g. sign it
+/// and commit it durably), and receiver `i` runs `receivers[i]` on the bytes it got (e.g. verify
+/// and commit durably) before it acks. The sample is the time from before `origin` until the
+/// last ack arrived. The receivers' work runs concurrently, as six offices' would, so it
+/// contends for the same cores and disk ours does. It blocks in place, so call this within a
+/// multi-threaded tokio runtime.
+pub async fn fan_out_with_work<O, R>(
     blob: &[u8],
     receivers: Vec<R>,
     samples: usize,
-    mut origin: O,
+    origin: O,
 ) -> Result<Vec<Duration>, String>
 where
     O: FnMut(&[u8]) -> Result<(), String>,
     R: FnMut(&[u8]) -> Result<(), String> + Send + 'static,
 {
+    fan_out_inner(blob, receivers, samples, origin, true).await
+}
+
+/// Both fan-outs. Without `blocking`, the work is run inline: a bare fan-out (no work) then
+/// costs no hand-off of the worker thread.
+async fn fan_out_inner<O, R>(
+    blob: &[u8],
+    receivers: Vec<R>,
+    samples: usize,
+    mut origin: O,
+    blocking: bool,
+) -> Result<Vec<Duration>, String>
+where
+    O: FnMut(&[u8]) -> Result<(), String>,
+    R: FnMut(&[u8]) -> Result<(), String> + Send + 'static,
+{
+    fn run<T>(blocking: bool, f: impl FnOnce() -> T) -> T {
+        if blocking {
+            tokio::task::block_in_place(f)
+        } else {
+            f()
+        }
+    }
     let eps = endpoints(receivers.len() + 1)?;
     let mut links = Vec::with_capacity(receivers.len());
     let mut servers = Vec::with_capacity(receivers.len());
@@ -152,7 +182,7 @@ where
         servers.push(tokio::spawn(async move {
             for _ in 0..samples {
                 let got = recv(&mut accepted).await?;
-                tokio::task::block_in_place(|| work(&got))?;
+                run(blocking, || work(&got))?;
                 accepted.writer.send(&[1]).await.map_err(err)?;
             }
             Ok::<Link, String>(accepted)
@@ -161,7 +191,7 @@ where
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
-        tokio::task::block_in_place(|| origin(blob))?;
+        run(blocking, || origin(blob))?;
         for l in links.iter_mut() {
             l.writer.send(blob).await.map_err(err)?;
         }
