@@ -1,15 +1,19 @@
 //! What a durable group commit costs, by where a record's random-key entries land.
 //!
-//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered]`
+//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered|ordered] [PER_COMMIT]`
 //!
-//! Fills a store with RECORDS (default 100,000) consent-like records, then times 300 durable
-//! commits of 20 more each, as 64 concurrent writers group them: bytes written to the disk
-//! (`/proc/self/io`), process CPU and wall time per commit. Each record has one 700-byte envelope,
-//! a 200-byte projection, two index keys (subject and consent token), a new key with its owner
-//! and an audit log leaf, like a consent grant of a new subject.
+//! Fills a store with RECORDS (default 100,000) consent-like records, then times durable commits
+//! of PER_COMMIT more each (default 20, as 64 concurrent writers group them; 6,000 records in
+//! all): bytes written to the disk (`/proc/self/io`), process CPU and wall time per commit. Each
+//! record has one 700-byte envelope, a 200-byte projection, two index keys (subject and consent
+//! token), a new key with its owner and an audit log leaf, like a consent grant of a new subject.
 //! - `scattered`: the subject token, the consent token and the key owner are unrelated hashes
 //!   (token layout 1), so they land in three leaves of `index`.
-//! - `clustered`: they share their first 16 bytes (token layout 2), so they land side by side.
+//! - `clustered` (the default): they share their first 16 bytes (token layout 2), so they land
+//!   side by side.
+//! - `ordered`: `clustered`, and each envelope hash starts with the record's number, so
+//!   `envelope_at` appends as it would keyed by time. Real hashes are random; this shows what
+//!   that table's random inserts cost (BENCHMARKS.md, nineteenth session).
 //!
 //! The figures are in storage/LAYOUT.md ("Key owners share `index`") and BENCHMARKS.md.
 
@@ -17,8 +21,8 @@ use std::time::Instant;
 
 use consentd_storage::{LogId, RecordUpdate, Store, WriteBatch};
 
-const COMMITS: usize = 300;
-const RECORDS_PER_COMMIT: usize = 20;
+/// Records the timed commits write in all.
+const TIMED_RECORDS: usize = 6_000;
 const FILL_PER_COMMIT: usize = 1_000;
 
 /// xorshift64: reproducible random hashes without a dependency.
@@ -41,9 +45,18 @@ struct Records {
     state: u64,
     made: u64,
     clustered: bool,
+    ordered_hashes: bool,
 }
 
 impl Records {
+    fn envelope_hash(&mut self) -> [u8; 32] {
+        let mut h = hash32(&mut self.state);
+        if self.ordered_hashes {
+            h[..8].copy_from_slice(&self.made.to_be_bytes());
+        }
+        h
+    }
+
     fn batch(&mut self, count: usize) -> WriteBatch {
         const LOG: LogId = [7; 16];
         let mut b = WriteBatch::default();
@@ -63,7 +76,7 @@ impl Records {
             b.updates.push(RecordUpdate {
                 doc_id: doc,
                 kind: 1,
-                envelopes: vec![(hash32(&mut self.state), vec![0xab; 700])],
+                envelopes: vec![(self.envelope_hash(), vec![0xab; 700])],
                 projection: vec![0x11; 200],
                 index_keys: vec![subject, consent],
                 due_day: None,
@@ -98,17 +111,26 @@ fn cpu_ms() -> f64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().map_or(100_000, |a| a.parse().expect("RECORDS"));
-    let clustered = match args.next().as_deref() {
-        None | Some("clustered") => true,
-        Some("scattered") => false,
-        Some(other) => panic!("layout {other:?}: expected scattered or clustered"),
+    let layout = args.next().unwrap_or_else(|| "clustered".into());
+    let (clustered, ordered_hashes) = match layout.as_str() {
+        "clustered" => (true, false),
+        "scattered" => (false, false),
+        "ordered" => (true, true),
+        other => panic!("layout {other:?}: expected scattered, clustered or ordered"),
     };
+    let per_commit: usize = args.next().map_or(20, |a| a.parse().expect("PER_COMMIT"));
+    assert!(
+        (1..=TIMED_RECORDS).contains(&per_commit),
+        "PER_COMMIT: 1 to {TIMED_RECORDS}"
+    );
+    let commits = TIMED_RECORDS / per_commit;
     let dir = tempfile::tempdir_in("/var/tmp").expect("a temporary directory");
     let store = Store::open(&dir.path().join("commit_cost.redb")).expect("a store");
     let mut gen = Records {
         state: 0x9e37_79b9_7f4a_7c15,
         made: 0,
         clustered,
+        ordered_hashes,
     };
     while gen.made < records {
         store
@@ -116,16 +138,15 @@ fn main() {
             .expect("fill");
     }
     let (written, cpu, started) = (disk_bytes_written(), cpu_ms(), Instant::now());
-    for _ in 0..COMMITS {
+    for _ in 0..commits {
         store
-            .commit_blocking(gen.batch(RECORDS_PER_COMMIT))
+            .commit_blocking(gen.batch(per_commit))
             .expect("commit");
     }
-    let per = |x: f64| x / COMMITS as f64;
+    let per = |x: f64| x / commits as f64;
     println!(
-        "{records} records, {}: per {RECORDS_PER_COMMIT}-record commit {:.0} KiB written, \
+        "{records} records, {layout}: per {per_commit}-record commit {:.0} KiB written, \
          {:.2} ms CPU, {:.2} ms wall",
-        if clustered { "clustered" } else { "scattered" },
         per((disk_bytes_written() - written) as f64 / 1024.0),
         per(cpu_ms() - cpu),
         per(started.elapsed().as_secs_f64() * 1000.0),
