@@ -208,3 +208,86 @@ where
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn every_receiver_works_on_every_round_before_it_acks() {
+        const ROUNDS: usize = 5;
+        let done: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let receivers: Vec<_> = done
+            .iter()
+            .map(|d| {
+                let d = d.clone();
+                move |bytes: &[u8]| {
+                    assert_eq!(bytes, b"blob", "a receiver got other bytes than were sent");
+                    d.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .collect();
+        let mut rounds = 0;
+        let origin = |bytes: &[u8]| {
+            assert_eq!(bytes, b"blob");
+            // A round ends at the last ack, and a receiver acks only after its work: so when a
+            // round starts, every receiver has worked on each earlier round.
+            for d in &done {
+                assert_eq!(
+                    d.load(Ordering::SeqCst),
+                    rounds,
+                    "a round ended before a receiver's work"
+                );
+            }
+            rounds += 1;
+            Ok(())
+        };
+        let samples = runtime()
+            .block_on(fan_out_with_work(b"blob", receivers, ROUNDS, origin))
+            .expect("the fan-out runs");
+        assert_eq!(samples.len(), ROUNDS);
+        assert_eq!(rounds, ROUNDS, "the origin works once a round");
+        for d in &done {
+            assert_eq!(
+                d.load(Ordering::SeqCst),
+                ROUNDS,
+                "each receiver works once a round"
+            );
+        }
+    }
+
+    #[test]
+    fn a_receivers_failure_fails_the_fan_out_instead_of_hanging() {
+        // The second of two receivers cannot store what it got.
+        let receivers: Vec<_> = (0..2)
+            .map(|i| {
+                move |_: &[u8]| match i {
+                    0 => Ok(()),
+                    _ => Err("disk full".to_string()),
+                }
+            })
+            .collect();
+        let outcome = runtime().block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                fan_out_with_work(b"blob", receivers, 3, |_: &[u8]| Ok(())),
+            )
+            .await
+        });
+        let result = outcome.expect("the fan-out ends when a receiver fails");
+        assert!(
+            result.is_err(),
+            "a failed receiver's work must fail the baseline"
+        );
+    }
+}
