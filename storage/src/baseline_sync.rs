@@ -45,7 +45,8 @@ pub struct RawCommitter {
 }
 
 impl RawCommitter {
-    /// Creates the database at `path` (which must not exist yet).
+    /// Creates the database at `path`, or opens the one already there (redb refuses a file that
+    /// another open database holds). The fan-out baseline gives each office a fresh path.
     pub fn create(path: &Path) -> Result<RawCommitter> {
         Ok(RawCommitter {
             db: Database::create(path).map_err(db_err)?,
