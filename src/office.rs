@@ -30,11 +30,13 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+mod bulk;
 pub(crate) mod heap;
 mod ingest;
 mod locks;
 pub(crate) mod tokens;
 
+pub(crate) use bulk::{off_worker, off_worker_if};
 use heap::release_free_heap;
 
 pub use ingest::{IngestReport, TravellingKey, INGEST_ENVELOPES_MAX, KIND_PENDING};
@@ -49,35 +51,6 @@ const OFF_WORKER_OPS_MIN: usize = 8;
 fn authoring_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Runs `work`, milliseconds of CPU or of storage reads, without holding a runtime worker.
-///
-/// On the daemon's multi-threaded runtime this is `tokio::task::block_in_place`: the worker's
-/// queue moves to another thread while `work` runs here, so the control socket keeps answering
-/// (measured before this existed: `consent check` p99 77 ms, max 220 ms, during a cold sync of
-/// 100,000 records, with both workers inside ingest merges, envelope verification or Want
-/// answers). `spawn_blocking` would need `'static` work, and the callers borrow `&self` and
-/// their batch. On a current-thread runtime (unit tests) `block_in_place` panics, and there is
-/// no other worker to keep free anyway, so `work` simply runs.
-///
-/// Not for microseconds: moving the worker costs a thread hand-off (tens of µs).
-pub(crate) fn off_worker<R>(work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
-    }
-}
-
-/// [`off_worker`] when `heavy`, in place otherwise: for work whose cost depends on its size,
-/// where moving off the worker would cost more than small work itself.
-pub(crate) fn off_worker_if<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
-    if heavy {
-        off_worker(work)
-    } else {
-        work()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -2204,42 +2177,6 @@ fn event_time(at: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Work run through `off_worker` leaves the runtime's only worker free: a task that can only
-    /// run on it answers while the work waits for that answer. Run in place, the work would wait
-    /// forever (here: until the timeout fails the test).
-    #[test]
-    fn work_off_the_worker_lets_other_tasks_run_meanwhile() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let answered = rt.block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel::<&str>();
-            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(async move {
-                let _ = go_rx.await;
-                let _ = tx.send("answered");
-            });
-            let waiting = tokio::spawn(async move {
-                off_worker(|| {
-                    let _ = go_tx.send(());
-                    rx.recv_timeout(std::time::Duration::from_secs(10))
-                })
-            });
-            waiting.await.unwrap()
-        });
-        assert_eq!(answered, Ok("answered"));
-    }
-
-    /// On a current-thread runtime (`#[tokio::test]`) there is no worker to free, and
-    /// `block_in_place` would panic: the work runs in place.
-    #[tokio::test]
-    async fn work_off_the_worker_runs_in_place_on_a_current_thread_runtime() {
-        let here = std::thread::current().id();
-        assert_eq!(off_worker(|| std::thread::current().id()), here);
-    }
 
     #[test]
     fn times_parse_both_forms_and_refuse_the_future() {
