@@ -1,6 +1,6 @@
 //! What a durable group commit costs, by where a record's random-key entries land.
 //!
-//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered|ordered] [PER_COMMIT]`
+//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered|ordered|seconds] [PER_COMMIT]`
 //!
 //! Fills a store with RECORDS (default 100,000) consent-like records, then times durable commits
 //! of PER_COMMIT more each (default 20, as 64 concurrent writers group them; 6,000 records in
@@ -14,6 +14,9 @@
 //! - `ordered`: `clustered`, and each envelope hash starts with the record's number, so
 //!   `envelope_at` appends as it would keyed by time. Real hashes are random; this shows what
 //!   that table's random inserts cost (BENCHMARKS.md, nineteenth session).
+//! - `seconds`: `clustered`, and each envelope hash starts with the second it was written in, at
+//!   5,000 records a second: `envelope_at` keyed by an item's timestamp (whole seconds) and hash,
+//!   at `writes_64_clients`' rate (BENCHMARKS.md, twentieth session).
 //!
 //! The figures are in storage/LAYOUT.md ("Key owners share `index`") and BENCHMARKS.md.
 
@@ -24,6 +27,8 @@ use consentd_storage::{LogId, RecordUpdate, Store, WriteBatch};
 /// Records the timed commits write in all.
 const TIMED_RECORDS: usize = 6_000;
 const FILL_PER_COMMIT: usize = 1_000;
+/// Records per second of the `seconds` layout: about `writes_64_clients`' rate.
+const SECONDS_RATE: u64 = 5_000;
 
 /// xorshift64: reproducible random hashes without a dependency.
 fn next(state: &mut u64) -> u64 {
@@ -46,6 +51,8 @@ struct Records {
     made: u64,
     clustered: bool,
     ordered_hashes: bool,
+    /// Records per second of authoring time when the hash starts with the second (`seconds`).
+    per_second: Option<u64>,
 }
 
 impl Records {
@@ -53,6 +60,9 @@ impl Records {
         let mut h = hash32(&mut self.state);
         if self.ordered_hashes {
             h[..8].copy_from_slice(&self.made.to_be_bytes());
+        }
+        if let Some(rate) = self.per_second {
+            h[..8].copy_from_slice(&(self.made / rate).to_be_bytes());
         }
         h
     }
@@ -112,11 +122,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().map_or(100_000, |a| a.parse().expect("RECORDS"));
     let layout = args.next().unwrap_or_else(|| "clustered".into());
-    let (clustered, ordered_hashes) = match layout.as_str() {
-        "clustered" => (true, false),
-        "scattered" => (false, false),
-        "ordered" => (true, true),
-        other => panic!("layout {other:?}: expected scattered, clustered or ordered"),
+    let (clustered, ordered_hashes, per_second) = match layout.as_str() {
+        "clustered" => (true, false, None),
+        "scattered" => (false, false, None),
+        "ordered" => (true, true, None),
+        "seconds" => (true, false, Some(SECONDS_RATE)),
+        other => panic!("layout {other:?}: expected scattered, clustered, ordered or seconds"),
     };
     let per_commit: usize = args.next().map_or(20, |a| a.parse().expect("PER_COMMIT"));
     assert!(
@@ -131,6 +142,7 @@ fn main() {
         made: 0,
         clustered,
         ordered_hashes,
+        per_second,
     };
     while gen.made < records {
         store
