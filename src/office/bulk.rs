@@ -8,7 +8,7 @@
 //! - **At a lower priority** ([`BULK_NICE_STEP`] above the caller's nice value), so that a check
 //!   arriving while bulk work holds the cores preempts it at once instead of waiting for its
 //!   time slice. Measured at 100,000 records (BENCHMARKS.md, twentieth session): checks over the
-//!   socket during a cold sync, p90 0.57-0.75 → 0.22-0.23 ms and p99 8.9-9.3 → 6.0-7.3 ms, the
+//!   socket during a cold sync, p90 0.77-0.85 → 0.21-0.36 ms and p99 9.4-10.9 → 5.3-6.6 ms, the
 //!   sync itself within its run-to-run spread. Nice values only weigh threads against each
 //!   other; with nothing else runnable, bulk work runs at full speed.
 //!
@@ -16,9 +16,10 @@
 //! threads bulk work fans out to (`std::thread::scope` in imports and merges) run at the same
 //! lower priority. The runtime's workers never change priority: an unprivileged process cannot
 //! raise a priority back, so the work runs on a thread started for it and ended with it
-//! (~30 µs, against the milliseconds that make work worth moving).
+//! (a thread start and join, tens of µs, against the milliseconds that make work worth moving).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 
 /// How much lower than its caller bulk work runs, in nice steps. 10 steps weigh a thread about
 /// 9× less (1024 against 110 in the kernel's table): a woken check runs at once, and bulk work
@@ -63,33 +64,26 @@ fn at_bulk_priority<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     let span = tracing::Span::current();
     // Borrowed by the thread, so that `work` is still here if no thread can be started.
     let slot = std::sync::Mutex::new(Some(work));
+    let take = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     let started = std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("consentd-bulk".into())
             .spawn_scoped(s, || {
-                let work = slot.lock().ok()?.take()?;
-                Some(tracing::dispatcher::with_default(&dispatch, || {
+                let work = take().expect("bulk work is taken once");
+                tracing::dispatcher::with_default(&dispatch, || {
                     let _entered = span.enter();
                     lower_this_thread();
                     work()
-                }))
+                })
             })
             .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     });
-    match started {
-        Ok(Some(done)) => done,
-        // The thread took `work` and ran it, or no thread could take it: `work` is in the slot.
-        Ok(None) | Err(_) => {
-            let work = slot
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("work that no thread ran is still in its slot");
-            tracing::warn!(
-                "cannot start a thread for bulk work: running it at the worker's priority"
-            );
-            work()
-        }
-    }
+    started.unwrap_or_else(|e| {
+        // No thread to be had (a limit on threads or memory): the work is still in its slot,
+        // and it still has to be done.
+        tracing::warn!(error = %e, "cannot start a thread for bulk work: running it at the worker's priority");
+        take().expect("work that no thread took is still in its slot")()
+    })
 }
 
 /// Lowers this thread's priority by [`BULK_NICE_STEP`]. Where that is refused (a seccomp filter
