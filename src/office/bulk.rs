@@ -12,6 +12,11 @@
 //!   sync itself within its run-to-run spread. Nice values only weigh threads against each
 //!   other; with nothing else runnable, bulk work runs at full speed.
 //!
+//! The price: bulk work also yields to other processes' normal-priority threads. With all seven
+//! demo offices on one 2-core machine, an import of 30,000 records at one office took 27 s
+//! instead of 18 s while the six others took it in; alone on the machine, it took as long as
+//! before (`tools/checks-during-import.py`).
+//!
 //! A thread's nice value is its own on Linux and is inherited by the threads it starts, so the
 //! threads bulk work fans out to (`std::thread::scope` in imports and merges) run at the same
 //! lower priority. The runtime's workers never change priority: an unprivileged process cannot
