@@ -46,24 +46,33 @@ fn hash32(state: &mut u64) -> [u8; 32] {
     h
 }
 
+/// What an envelope hash's first 8 bytes are.
+#[derive(Clone, Copy)]
+enum HashPrefix {
+    /// Random, as real change hashes are.
+    Random,
+    /// The record's number (`ordered`).
+    Record,
+    /// The second the record was written in, at this many records a second (`seconds`).
+    Second(u64),
+}
+
 struct Records {
     state: u64,
     made: u64,
     clustered: bool,
-    ordered_hashes: bool,
-    /// Records per second of authoring time when the hash starts with the second (`seconds`).
-    per_second: Option<u64>,
+    prefix: HashPrefix,
 }
 
 impl Records {
     fn envelope_hash(&mut self) -> [u8; 32] {
         let mut h = hash32(&mut self.state);
-        if self.ordered_hashes {
-            h[..8].copy_from_slice(&self.made.to_be_bytes());
-        }
-        if let Some(rate) = self.per_second {
-            h[..8].copy_from_slice(&(self.made / rate).to_be_bytes());
-        }
+        let prefix = match self.prefix {
+            HashPrefix::Random => return h,
+            HashPrefix::Record => self.made,
+            HashPrefix::Second(rate) => self.made / rate,
+        };
+        h[..8].copy_from_slice(&prefix.to_be_bytes());
         h
     }
 
@@ -122,11 +131,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().map_or(100_000, |a| a.parse().expect("RECORDS"));
     let layout = args.next().unwrap_or_else(|| "clustered".into());
-    let (clustered, ordered_hashes, per_second) = match layout.as_str() {
-        "clustered" => (true, false, None),
-        "scattered" => (false, false, None),
-        "ordered" => (true, true, None),
-        "seconds" => (true, false, Some(SECONDS_RATE)),
+    let (clustered, prefix) = match layout.as_str() {
+        "clustered" => (true, HashPrefix::Random),
+        "scattered" => (false, HashPrefix::Random),
+        "ordered" => (true, HashPrefix::Record),
+        "seconds" => (true, HashPrefix::Second(SECONDS_RATE)),
         other => panic!("layout {other:?}: expected scattered, clustered, ordered or seconds"),
     };
     let per_commit: usize = args.next().map_or(20, |a| a.parse().expect("PER_COMMIT"));
@@ -141,8 +150,7 @@ fn main() {
         state: 0x9e37_79b9_7f4a_7c15,
         made: 0,
         clustered,
-        ordered_hashes,
-        per_second,
+        prefix,
     };
     while gen.made < records {
         store
