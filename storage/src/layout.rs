@@ -11,6 +11,7 @@
 //! |---------------|---------------------------------------|-------------------------------------|
 //! | `changes`     | `doc[16] ‖ position u32 BE` (20)      | `hash[32] ‖ envelope bytes`         |
 //! | `envelope_at` | `hash[32]`                            | `doc[16] ‖ position u32 BE` (20)    |
+//! | `envelope_new`| sequence `u64`                        | `hash[32] ‖ doc[16] ‖ position u32 BE` (52) |
 //! | `projections` | `doc[16]`                             | `kind u8 ‖ projection bytes`        |
 //! | `doc_meta`    | `doc[16]`                             | `DocMeta` encoding (see below)      |
 //! | `index`       | `index_key[32] ‖ doc[16]` (48), and `owner[32] ‖ key_id[16]` (48) | `()`       |
@@ -39,6 +40,10 @@
 //!   68 % (random inserts split pages evenly): about 0.3 KiB more file per record than now.
 //!   A doc's history is one range read, and a walk over all changes (start-up) reads one table
 //!   in order.
+//! - New `envelope_at` entries go first to `envelope_new`, in commit order, and move into
+//!   `envelope_at` in bulk, in hash order (format 6; the journal, `journal.rs`): inserted one
+//!   commit at a time, each random hash cost a commit a whole leaf of `envelope_at`. A hash is in
+//!   exactly one of the two tables; `envelope_new` holds at most `journal::MERGE_MAX` entries.
 //! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
 //!   scanning: those entries are keyed by the indexed value, not by the doc.
 //! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
@@ -86,14 +91,19 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
 /// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
 /// position), with `envelope_at` replacing `doc_changes`; version 5 moved the `key_owners` entries
-/// into `index`. Version-3 and version-4 files are migrated on open (`writer::init`).
-pub const FORMAT_VERSION: u64 = 5;
+/// into `index`; version 6 added `envelope_new` (the journal of `envelope_at`). Version-3, -4
+/// and -5 files are migrated on open (`writer::init`).
+pub const FORMAT_VERSION: u64 = 6;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
 pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
 /// `hash` → `doc ‖ position` (the key of the envelope in [`CHANGES`]).
 pub(crate) const ENVELOPE_AT: TableDefinition<&[u8; 32], &[u8; 20]> =
     TableDefinition::new("envelope_at");
+/// `sequence` → `hash ‖ doc ‖ position`: `envelope_at`'s newest entries, in the order they were
+/// stored, until a merge moves them into [`ENVELOPE_AT`] (`journal.rs`).
+pub(crate) const ENVELOPE_NEW: TableDefinition<u64, &[u8; 52]> =
+    TableDefinition::new("envelope_new");
 /// Format 3's tables, read only by the migration to format 4.
 pub(crate) const V3_ENVELOPES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("envelopes");

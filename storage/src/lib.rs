@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod baseline;
 pub mod baseline_sync;
 mod budget;
+mod journal;
 pub mod layout;
 mod writer;
 
@@ -285,6 +286,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The journal's lock, for reading. Only the writer changes the journal, between whole map
+/// operations, so a panic elsewhere cannot leave it half-changed.
+fn lock_read(j: &RwLock<journal::Journal>) -> std::sync::RwLockReadGuard<'_, journal::Journal> {
+    j.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a snapshot may hold a change (see `Store::places`).
+struct Place {
+    /// The change's key in `changes`.
+    key: journal::Place,
+    /// Named by the journal, which may be ahead of the snapshot: absent there means not held.
+    from_journal: bool,
+}
+
 impl Inner {
     fn shutdown(&self) {
         // Drop our sender first: the writer drains what is queued, then sees the channel close.
@@ -387,8 +402,12 @@ impl Store {
                 source,
             })?;
         let last_seq = writer::init(&db)?;
+        let journal = journal::Journal::load(&db)?;
         let db = Arc::new(RwLock::new(db));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            journal: RwLock::new(journal),
+            ..Shared::default()
+        });
         shared.last_commit_seq.store(last_seq, Ordering::Release);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -634,32 +653,55 @@ impl Store {
     /// a transaction per envelope cost more than reading it), each with the doc it belongs to.
     pub fn envelopes(&self, hashes: &[Hash]) -> Result<Vec<Option<DocEnvelope>>> {
         let r = self.read()?;
-        let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let places = self.places(&r, hashes)?;
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
         hashes
             .iter()
-            .map(|h| {
-                let Some(key) = at.get(h).ctx("reading table envelope_at")? else {
+            .zip(places)
+            .map(|(h, place)| {
+                let Some(place) = place else {
                     return Ok(None);
                 };
-                let key = *key.value();
-                let v = changes
-                    .get(&key)
-                    .ctx("reading table changes")?
-                    .ok_or_else(|| {
-                        StorageError::Corrupt(format!(
+                let Some(v) = changes.get(&place.key).ctx("reading table changes")? else {
+                    return match place.from_journal {
+                        // Not yet (or no longer) in this snapshot.
+                        true => Ok(None),
+                        false => Err(StorageError::Corrupt(format!(
                             "change {} is indexed but not stored",
                             hex_prefix(h)
-                        ))
-                    })?;
-                let (stored, envelope) = split_change_value(&key, v.value())?;
+                        ))),
+                    };
+                };
+                let (stored, envelope) = split_change_value(&place.key, v.value())?;
                 if stored != *h {
                     return Err(StorageError::Corrupt(format!(
                         "change {} is indexed at another change's place",
                         hex_prefix(h)
                     )));
                 }
-                Ok(Some((split_change_key(&key).0, envelope.to_vec())))
+                Ok(Some((split_change_key(&place.key).0, envelope.to_vec())))
+            })
+            .collect()
+    }
+
+    /// Where `r`'s snapshot may hold each of `hashes`: the journal's place (checked by the
+    /// caller in `changes`, as the journal may be ahead of the snapshot) or `envelope_at`'s.
+    fn places(&self, r: &ReadTransaction, hashes: &[Hash]) -> Result<Vec<Option<Place>>> {
+        // Copied out first: the lock is not held across the table reads.
+        let journalled = lock_read(&self.inner.shared.journal).places(hashes);
+        let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        hashes
+            .iter()
+            .zip(journalled)
+            .map(|(h, j)| match j {
+                Some(key) => Ok(Some(Place {
+                    key,
+                    from_journal: true,
+                })),
+                None => Ok(at.get(h).ctx("reading table envelope_at")?.map(|v| Place {
+                    key: *v.value(),
+                    from_journal: false,
+                })),
             })
             .collect()
     }
@@ -668,10 +710,25 @@ impl Store {
     /// transaction and a table open per envelope cost more than the lookups).
     pub fn has_envelopes(&self, hashes: &[Hash]) -> Result<Vec<bool>> {
         let r = self.read()?;
-        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let places = self.places(&r, hashes)?;
+        let changes = r.open_table(CHANGES).ctx("opening table changes")?;
         hashes
             .iter()
-            .map(|h| Ok(t.get(h).ctx("reading table envelope_at")?.is_some()))
+            .zip(places)
+            .map(|(h, place)| match place {
+                None => Ok(false),
+                Some(Place {
+                    from_journal: false,
+                    ..
+                }) => Ok(true),
+                // The journal may be ahead of this snapshot: held if the snapshot has it there.
+                Some(Place { key, .. }) => {
+                    Ok(match changes.get(&key).ctx("reading table changes")? {
+                        Some(v) => split_change_value(&key, v.value())?.0 == *h,
+                        None => false,
+                    })
+                }
+            })
             .collect()
     }
 
@@ -860,22 +917,40 @@ impl Store {
     /// envelope set, e.g. to build a reconciliation set, without loading it all at once).
     pub fn envelope_hashes_after(&self, after: Option<&Hash>, limit: usize) -> Result<Vec<Hash>> {
         use std::ops::Bound;
+        // The snapshot first, then the journal: an entry published after the snapshot began is
+        // checked against it below; one published before is in the copy.
         let r = self.read()?;
+        let journalled = lock_read(&self.inner.shared.journal).after(after, limit);
+        // The journal's entries that this snapshot holds (it may be ahead of the snapshot).
+        let changes = r.open_table(CHANGES).ctx("opening table changes")?;
+        let mut held = Vec::with_capacity(journalled.len());
+        for (h, key) in journalled {
+            if let Some(v) = changes.get(&key).ctx("reading table changes")? {
+                if split_change_value(&key, v.value())?.0 == h {
+                    held.push((h, ()));
+                }
+            }
+        }
         let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
         let lower = match after {
             Some(h) => Bound::Excluded(h),
             None => Bound::Unbounded,
         };
-        let mut out = Vec::new();
+        let mut indexed = Vec::new();
         for item in t
             .range::<&Hash>((lower, Bound::Unbounded))
             .ctx("reading table envelope_at")?
             .take(limit)
         {
             let (k, _) = item.ctx("reading table envelope_at")?;
-            out.push(*k.value());
+            indexed.push((*k.value(), ()));
         }
-        Ok(out)
+        Ok(
+            journal::merge_sorted(indexed.into_iter(), held.into_iter(), limit)
+                .into_iter()
+                .map(|(h, ())| h)
+                .collect(),
+        )
     }
 
     /// A meta value.
@@ -960,6 +1035,10 @@ impl Store {
             TableClass::IndexOnly => {
                 dump!(ENVELOPE_AT, "envelope_at", |k, v, b| {
                     b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
+                dump!(ENVELOPE_NEW, "envelope_new", |k, v, b| {
+                    b.extend_from_slice(&k.value().to_be_bytes());
                     b.extend_from_slice(v.value());
                 });
                 dump!(DOC_META, "doc_meta", |k, v, b| {

@@ -32,6 +32,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budget::Permit;
+use crate::journal::{self, Journal, TxnJournal};
 use crate::layout::*;
 use crate::{
     CommitReceipt, Ctx, DocId, Hash, IndexKey, LogId, RecordUpdate, Result, StorageError,
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     pub last_commit_seq: AtomicU64,
     /// The snapshot the hot read paths share between commits (`Store::hot`).
     pub hot: Mutex<HotSlot>,
+    /// `envelope_at`'s journal (`journal.rs`); only the writer changes it.
+    pub journal: RwLock<Journal>,
 }
 
 /// The shared snapshot, and how many commits (or compactions, or a shutdown) are running.
@@ -203,7 +206,11 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         // A read guard: only compaction takes the write side, and it must not run mid-commit.
         let result = {
             let db = db.read().unwrap_or_else(|p| p.into_inner());
-            commit_group(&db, group.iter().map(|r| (r.purges.as_slice(), &r.batch)))
+            commit_group(
+                &db,
+                &shared.journal,
+                group.iter().map(|r| (r.purges.as_slice(), &r.batch)),
+            )
         };
         if let Ok(c) = &result {
             // Before readers may share again, so a shared snapshot is tagged with this commit.
@@ -211,7 +218,11 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         }
         shared.resume_sharing();
         match result {
-            Ok(Committed { seq, commit_us }) => {
+            Ok(Committed {
+                seq,
+                commit_us,
+                envelopes,
+            }) => {
                 // Stats first, so a caller that sees its receipt also sees its commit counted.
                 shared.commits_durable.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -244,6 +255,8 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     // A dropped receiver (cancelled caller) is fine: its data is committed anyway.
                     let _ = reply.send(Ok(CommitReceipt { commit_seq: seq }));
                 }
+                // After the answers: a merge is the journal's upkeep, not part of any commit.
+                merge_journal_if_due(&db, &shared, envelopes);
             }
             Err(e) => {
                 shared.commits_failed.fetch_add(1, Ordering::Relaxed);
@@ -262,10 +275,52 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
     tracing::debug!("storage writer stopped");
 }
 
+/// Merges the journal into `envelope_at` once it holds [`journal::merge_at`] entries. A failed
+/// merge changes nothing (the entries stay in the journal) and is tried again after the next
+/// commit.
+fn merge_journal_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
+    let entries = {
+        let j = shared.journal.read().unwrap_or_else(|p| p.into_inner());
+        if j.live_len() < journal::merge_at(envelopes) {
+            return;
+        }
+        j.to_merge()
+    };
+    let started = Instant::now();
+    // Like a commit: no snapshot may be shared through it, or it would hold back the pages the
+    // merge frees.
+    shared.stop_sharing();
+    let result = {
+        let db = db.read().unwrap_or_else(|p| p.into_inner());
+        journal::merge(&db, &entries)
+    };
+    if result.is_ok() {
+        shared
+            .journal
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .merged();
+    }
+    shared.resume_sharing();
+    match result {
+        Ok(()) => tracing::debug!(
+            entries = entries.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "journal merged into envelope_at"
+        ),
+        Err(e) => tracing::error!(
+            entries = entries.len(),
+            error = %e,
+            "journal merge failed; its entries stay in the journal"
+        ),
+    }
+}
+
 /// The tables one write transaction touches, opened once per transaction.
 struct Tables<'t> {
     changes: Table<'t, &'static [u8; 20], &'static [u8]>,
     envelope_at: Table<'t, &'static [u8; 32], &'static [u8; 20]>,
+    envelope_new: Table<'t, u64, &'static [u8; 52]>,
     projections: Table<'t, &'static [u8; 16], &'static [u8]>,
     doc_meta: Table<'t, &'static [u8; 16], &'static [u8]>,
     index: Table<'t, &'static [u8; 48], ()>,
@@ -288,6 +343,9 @@ impl<'t> Tables<'t> {
             envelope_at: txn
                 .open_table(ENVELOPE_AT)
                 .ctx("opening table envelope_at")?,
+            envelope_new: txn
+                .open_table(ENVELOPE_NEW)
+                .ctx("opening table envelope_new")?,
             projections: txn
                 .open_table(PROJECTIONS)
                 .ctx("opening table projections")?,
@@ -365,6 +423,8 @@ impl Counters {
 pub(crate) struct Committed {
     pub seq: u64,
     pub commit_us: u64,
+    /// Envelopes stored after this commit.
+    pub envelopes: u64,
 }
 
 /// Bytes this thread has passed to `write`-like calls so far (`wchar` of
@@ -380,6 +440,7 @@ fn thread_wchar() -> Option<u64> {
 /// On any error the transaction is dropped, which makes redb abort it: nothing of the group lands.
 pub(crate) fn commit_group<'a>(
     db: &Database,
+    journal: &RwLock<Journal>,
     work: impl IntoIterator<Item = (&'a [DocId], &'a WriteBatch)>,
 ) -> Result<Committed> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
@@ -388,12 +449,16 @@ pub(crate) fn commit_group<'a>(
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
     txn.set_quick_repair(QUICK_REPAIR);
-    let seq = {
+    let mut j = TxnJournal::default();
+    let (seq, envelopes) = {
+        // Only this thread changes the journal, so it reads it under a read lock while it
+        // builds the transaction (readers keep reading it).
+        let shared = journal.read().unwrap_or_else(|p| p.into_inner());
         let mut t = Tables::open(&txn)?;
         let mut c = Counters::load(&t.sys)?;
         for (purges, batch) in work {
             for doc in purges {
-                purge_doc(&mut t, &mut c, doc)?;
+                purge_doc(&mut t, &mut c, (&mut j, &shared), doc)?;
             }
             // In doc-id order: ids are time-ordered (`time_ordered_id` in the daemon), so in this
             // order a batch of new records appends to the id-keyed tables, and redb packs their
@@ -417,7 +482,7 @@ pub(crate) fn commit_group<'a>(
                     continue;
                 }
                 let expiry = expiry_of.get(&u.doc_id).copied();
-                apply_update(&mut t, &mut c, u, expiry)?;
+                apply_update(&mut t, &mut c, (&mut j, &shared), u, expiry)?;
                 if expiry.is_some() {
                     expiry_written.insert(&u.doc_id);
                 }
@@ -493,13 +558,22 @@ pub(crate) fn commit_group<'a>(
         }
         c.commit_seq += 1;
         c.store(&mut t.sys)?;
-        c.commit_seq
+        (c.commit_seq, c.envelopes)
     };
     let committing = Instant::now();
-    txn.commit().ctx("committing")?;
+    // Published before the commit, so that no snapshot taken after it misses an entry (readers
+    // check what the journal names in their own snapshot: `journal.rs`).
+    j.publish(&mut journal.write().unwrap_or_else(|p| p.into_inner()));
+    let committed = txn.commit().ctx("committing");
+    j.settle(
+        &mut journal.write().unwrap_or_else(|p| p.into_inner()),
+        committed.is_ok(),
+    );
+    committed?;
     Ok(Committed {
         seq,
         commit_us: committing.elapsed().as_micros() as u64,
+        envelopes,
     })
 }
 
@@ -593,6 +667,7 @@ fn load_doc_meta(t: &Tables<'_>, doc: &DocId) -> Result<Option<DocMeta>> {
 fn apply_update(
     t: &mut Tables<'_>,
     c: &mut Counters,
+    (j, shared): (&mut TxnJournal, &Journal),
     u: &RecordUpdate,
     expiry: Option<Option<i32>>,
 ) -> Result<()> {
@@ -606,19 +681,12 @@ fn apply_update(
     let mut value = Vec::new();
     for (hash, bytes) in &u.envelopes {
         let key = change_key(doc, next_pos);
-        // Inserted first and put back if it was there: one B-tree walk for a new envelope
-        // (nearly all of them; ingest filters what it holds) instead of a lookup and an insert.
-        let held = t
-            .envelope_at
-            .insert(hash, &key)
-            .ctx("writing table envelope_at")?
-            .map(|old| *old.value());
-        if let Some(old) = held {
-            t.envelope_at
-                .insert(hash, &old)
-                .ctx("writing table envelope_at")?;
+        // A lookup in `envelope_at` reads pages and writes none; the new entry is appended to
+        // the journal.
+        if j.find(shared, &t.envelope_at, hash)?.is_some() {
             continue;
         }
+        j.add(shared, &mut t.envelope_new, hash, &key)?;
         value.clear();
         value.extend_from_slice(hash);
         value.extend_from_slice(bytes);
@@ -739,7 +807,12 @@ fn apply_update(
 
 /// Deletes a doc and everything keyed by it: envelopes (`changes`, `envelope_at`), projection,
 /// index, due and kind entries. Returns whether the doc existed.
-fn purge_doc(t: &mut Tables<'_>, c: &mut Counters, doc: &DocId) -> Result<bool> {
+fn purge_doc(
+    t: &mut Tables<'_>,
+    c: &mut Counters,
+    (j, shared): (&mut TxnJournal, &Journal),
+    doc: &DocId,
+) -> Result<bool> {
     let Some(old) = load_doc_meta(t, doc)? else {
         return Ok(false);
     };
@@ -764,13 +837,10 @@ fn purge_doc(t: &mut Tables<'_>, c: &mut Counters, doc: &DocId) -> Result<bool> 
     );
     for (k, hash) in &changes {
         t.changes.remove(k).ctx("writing table changes")?;
-        let existed = t
-            .envelope_at
-            .remove(hash)
-            .ctx("writing table envelope_at")?
-            .is_some();
-        debug_assert!(existed, "a stored change had no envelope_at entry");
-        if existed {
+        let found = j.find(shared, &t.envelope_at, hash)?;
+        debug_assert!(found.is_some(), "a stored change had no envelope_at entry");
+        if let Some(found) = found {
+            j.remove(&mut t.envelope_new, &mut t.envelope_at, hash, found)?;
             Counters::decrement(&mut c.envelopes, "envelopes")?;
         }
     }
@@ -831,6 +901,13 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
                 Some(0)
             }
             Some(v) if v == FORMAT_VERSION => Some(read_sys(&sys, SYS_COMMIT_SEQ)?),
+            // Format 6 only added `envelope_new`, created empty above: an empty journal is a
+            // format-5 file's state.
+            Some(5) => {
+                sys.insert(SYS_FORMAT_VERSION, FORMAT_VERSION)
+                    .ctx("writing table sys")?;
+                Some(read_sys(&sys, SYS_COMMIT_SEQ)?)
+            }
             // Formats 3 and 4 have the same tables but for the envelopes (3) and the key owners
             // (3 and 4): migrated below, one format at a time.
             Some(v @ (3 | 4)) => {
@@ -1071,18 +1148,29 @@ mod tests {
             updates: vec![update(2, 2)],
             ..WriteBatch::default()
         };
-        let err = commit_group(&db, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
+        let journal = RwLock::new(Journal::default());
+        let err = commit_group(&db, &journal, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
 
         let r = db.begin_read().unwrap();
         let env = r.open_table(ENVELOPE_AT).unwrap();
         assert!(env.get(&[1u8; 32]).unwrap().is_none(), "good batch leaked");
+        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
+        assert_eq!(
+            journal.read().unwrap().places(&[[1; 32]]),
+            [None],
+            "the failed group's envelope stayed in the journal"
+        );
         let sys = r.open_table(SYS).unwrap();
         assert_eq!(read_sys(&sys, SYS_COMMIT_SEQ).unwrap(), 0);
         assert_eq!(read_sys(&sys, SYS_ENVELOPES).unwrap(), 0);
 
         // The good batch alone commits.
-        assert_eq!(commit_group(&db, [(&[][..], &good)]).unwrap().seq, 1);
+        assert_eq!(
+            commit_group(&db, &journal, [(&[][..], &good)]).unwrap().seq,
+            1
+        );
+        assert!(journal.read().unwrap().places(&[[1; 32]])[0].is_some());
     }
 
     /// New records' ids are time-ordered but arrive out of order within a batch (ids made in one
@@ -1102,6 +1190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("db.redb")).unwrap();
         init(&db).unwrap();
+        let journal = RwLock::new(Journal::default());
         for batch_no in 0u32..40 {
             let mut updates: Vec<RecordUpdate> = (0u32..250)
                 .map(|i| {
@@ -1133,7 +1222,7 @@ mod tests {
                 updates,
                 ..WriteBatch::default()
             };
-            commit_group(&db, [(&[][..], &batch)]).unwrap();
+            commit_group(&db, &journal, [(&[][..], &batch)]).unwrap();
         }
         let r = db.begin_read().unwrap();
         for (name, stats) in [
@@ -1313,6 +1402,71 @@ mod tests {
         format_4_file(&Database::create(&path).unwrap(), 2, 0);
         let store = crate::Store::open(&path).unwrap();
         assert_eq!(store.keys_of(&[9; 32]).unwrap(), vec![[0; 16], [1; 16]]);
+    }
+
+    /// Format 6 only added the journal (`envelope_new`): a format-5 file gets it, empty, and
+    /// keeps everything else.
+    #[test]
+    fn a_format_5_file_gains_an_empty_journal_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            init(&db).unwrap();
+            let journal = RwLock::new(Journal::default());
+            let stored = WriteBatch {
+                updates: vec![update(1, 1)],
+                ..WriteBatch::default()
+            };
+            commit_group(&db, &journal, [(&[][..], &stored)]).unwrap();
+            // Back to format 5: the envelope indexed in `envelope_at`, no journal table.
+            let txn = db.begin_write().unwrap();
+            {
+                let mut at = txn.open_table(ENVELOPE_AT).unwrap();
+                at.insert(&[1; 32], &change_key(&[1; 16], 0)).unwrap();
+                txn.open_table(SYS)
+                    .unwrap()
+                    .insert(SYS_FORMAT_VERSION, 5)
+                    .unwrap();
+            }
+            txn.delete_table(ENVELOPE_NEW).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = crate::Store::open(&path).unwrap();
+        assert_eq!(store.envelope(&[1; 32]).unwrap(), Some(vec![1; 10]));
+        let r = store.read().unwrap();
+        let sys = r.open_table(SYS).unwrap();
+        assert_eq!(read_sys(&sys, SYS_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
+        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
+    }
+
+    /// One group may store an envelope and purge its doc (two requests): neither table nor the
+    /// journal keeps a trace, and the counter is back to zero.
+    #[test]
+    fn an_envelope_stored_and_purged_in_one_group_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        init(&db).unwrap();
+        let journal = RwLock::new(Journal::default());
+        let stored = WriteBatch {
+            updates: vec![update(1, 1)],
+            ..WriteBatch::default()
+        };
+        let nothing = WriteBatch::default();
+        commit_group(
+            &db,
+            &journal,
+            [(&[][..], &stored), (&[[1u8; 16]][..], &nothing)],
+        )
+        .unwrap();
+        let r = db.begin_read().unwrap();
+        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
+        assert_eq!(r.open_table(ENVELOPE_AT).unwrap().len().unwrap(), 0);
+        assert_eq!(
+            read_sys(&r.open_table(SYS).unwrap(), SYS_ENVELOPES).unwrap(),
+            0
+        );
+        assert_eq!(journal.read().unwrap().places(&[[1; 32]]), [None]);
     }
 
     #[test]

@@ -603,6 +603,18 @@ async fn large_concurrent_batches_split_into_bounded_commits() {
 }
 
 const KILL_DB_ENV: &str = "CONSENTD_STORAGE_KILL_TEST_DB";
+/// Records per acknowledged batch of the kill test: 400 acks are 20,000 records, so the journal
+/// has been merged into `envelope_at` at least once (at 16,384) before the kill, which may land
+/// in a merge.
+const KILL_BATCH_RECORDS: u32 = 50;
+
+fn kill_batch(n: u32) -> WriteBatch {
+    batch(
+        (n * KILL_BATCH_RECORDS..(n + 1) * KILL_BATCH_RECORDS)
+            .map(simple_update)
+            .collect(),
+    )
+}
 
 /// Child half of `acknowledged_commits_survive_kill`: commits forever, printing each ack.
 #[test]
@@ -620,7 +632,7 @@ fn kill_test_child_writer() {
                 let s = store.clone();
                 let n = i * 4 + j;
                 std::thread::spawn(move || {
-                    s.commit_blocking(batch(vec![simple_update(n)])).unwrap();
+                    s.commit_blocking(kill_batch(n)).unwrap();
                     n
                 })
             })
@@ -653,7 +665,7 @@ fn acknowledged_commits_survive_kill() {
         .unwrap();
     let mut acked = Vec::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while acked.len() < 300 {
+    while acked.len() < 400 {
         let line = lines.next().expect("child ended early").unwrap();
         if let Some(n) = line.strip_prefix("acked ") {
             acked.push(n.parse::<u32>().unwrap());
@@ -663,15 +675,28 @@ fn acknowledged_commits_survive_kill() {
     child.wait().unwrap();
 
     let store = Store::open(&path).unwrap();
-    for n in &acked {
+    for n in acked
+        .iter()
+        .flat_map(|&b| b * KILL_BATCH_RECORDS..(b + 1) * KILL_BATCH_RECORDS)
+    {
         assert_eq!(
-            store.projection(&doc(*n)).unwrap(),
+            store.projection(&doc(n)).unwrap(),
             Some((1, format!("proj-{n}").into_bytes())),
             "acknowledged doc {n} lost"
         );
+        assert_eq!(
+            store.envelope(&hash(n, 0xaa)).unwrap(),
+            Some(format!("env-{n}").into_bytes()),
+            "acknowledged envelope {n} not found"
+        );
     }
     let s = store.stats().unwrap();
-    assert!(s.records >= acked.len() as u64);
+    assert!(s.records >= acked.len() as u64 * u64::from(KILL_BATCH_RECORDS));
+    assert_eq!(
+        all_envelope_hashes(&store, 4096).len() as u64,
+        s.envelopes,
+        "every envelope listed once"
+    );
     assert_eq!(
         s.records, s.envelopes,
         "counters match the data after recovery"
@@ -975,4 +1000,117 @@ fn tombstoned_docs_refuse_updates_expiry_pages_and_keys_rewrap_only_if_present()
     assert!(store.key(&[7; 16]).unwrap().is_none());
     assert!(store.keys_of(&owner).unwrap().is_empty());
     assert!(store.compact().is_ok());
+}
+
+/// A random-looking hash for record `n` (real change hashes are random; `hash` is ordered).
+fn scrambled_hash(n: u32) -> Hash {
+    let mut h = [0u8; 32];
+    let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in h.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    h
+}
+
+/// Every stored change hash, paged through `envelope_hashes_after` `page` at a time.
+fn all_envelope_hashes(store: &Store, page: usize) -> Vec<Hash> {
+    let mut all: Vec<Hash> = Vec::new();
+    loop {
+        let next = store.envelope_hashes_after(all.last(), page).unwrap();
+        if next.is_empty() {
+            return all;
+        }
+        all.extend(next);
+    }
+}
+
+/// Bytes of `envelope_at` and of its journal `envelope_new`, as `dump_tables` lists them.
+fn envelope_table_bytes(store: &Store) -> (usize, usize) {
+    let tables = store.dump_tables(TableClass::IndexOnly).unwrap();
+    let size = |name: &str| tables.iter().find(|(n, _)| *n == name).unwrap().1.len();
+    (size("envelope_at"), size("envelope_new"))
+}
+
+/// New envelopes go to the journal (`envelope_new`) and move into `envelope_at` in bulk once
+/// 16,384 are journalled. Wherever an envelope is, it is found, listed in order, purged, and
+/// still there after a reopen.
+#[test]
+fn journalled_and_merged_envelopes_are_found_listed_purged_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let update = |n: u32| RecordUpdate {
+        doc_id: doc(n),
+        kind: 1,
+        envelopes: vec![(scrambled_hash(n), format!("env-{n}").into_bytes())],
+        projection: vec![1],
+        index_keys: vec![],
+        due_day: None,
+    };
+    let commit_range = |store: &Store, from: u32, to: u32| {
+        for start in (from..to).step_by(500) {
+            let end = (start + 500).min(to);
+            store
+                .commit_blocking(batch((start..end).map(update).collect()))
+                .unwrap();
+        }
+        // The merge runs after the commit that fills the journal: one more commit waits for it.
+        store.commit_blocking(WriteBatch::default()).unwrap();
+    };
+    let check = |store: &Store, present: &[u32], absent: &[u32]| {
+        let hashes: Vec<Hash> = present.iter().map(|&n| scrambled_hash(n)).collect();
+        assert!(store.has_envelopes(&hashes).unwrap().iter().all(|&h| h));
+        for &n in present.iter().step_by(97) {
+            assert_eq!(
+                store.envelope(&scrambled_hash(n)).unwrap(),
+                Some(format!("env-{n}").into_bytes()),
+                "envelope of {n}"
+            );
+        }
+        for &n in absent {
+            assert!(!store.has_envelope(&scrambled_hash(n)).unwrap(), "{n}");
+            assert_eq!(store.envelope(&scrambled_hash(n)).unwrap(), None, "{n}");
+        }
+        let listed = all_envelope_hashes(store, 777);
+        let mut expected = hashes.clone();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "every held hash, once, in order");
+        assert_eq!(
+            store.stats().unwrap().envelopes,
+            present.len() as u64,
+            "envelope counter"
+        );
+    };
+
+    let store = Store::open(&path).unwrap();
+    commit_range(&store, 0, 16_500);
+    commit_range(&store, 16_500, 17_000);
+    assert_eq!(
+        envelope_table_bytes(&store),
+        (16_500 * 52, 500 * 60),
+        "the first 16,500 merged (the journal reached 16,384), the last 500 journalled"
+    );
+    let all: Vec<u32> = (0..17_000).collect();
+    check(&store, &all, &[17_000, 40_000]);
+
+    // Purged from either table; one more stored beside the purges.
+    store
+        .commit_purge_blocking(vec![doc(10), doc(16_999)], batch(vec![update(17_000)]))
+        .unwrap();
+    assert_eq!(envelope_table_bytes(&store), (16_499 * 52, 500 * 60));
+    let present: Vec<u32> = (0..17_001).filter(|n| ![10, 16_999].contains(n)).collect();
+    check(&store, &present, &[10, 16_999, 40_000]);
+
+    // The journal is read back at open.
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    check(&store, &present, &[10, 16_999, 40_000]);
+
+    // And merged again once full: everything in `envelope_at`, the journal empty.
+    commit_range(&store, 20_000, 36_000);
+    assert_eq!(envelope_table_bytes(&store).1, 0, "journal merged");
+    let present: Vec<u32> = present.into_iter().chain(20_000..36_000).collect();
+    check(&store, &present, &[10, 16_999, 40_000]);
 }

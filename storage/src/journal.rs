@@ -1,0 +1,415 @@
+//! `envelope_at`'s journal: where the newest envelopes are, appended in order and merged into
+//! `envelope_at` in bulk.
+//!
+//! **Why.** `envelope_at` is keyed by change hash, and hashes are random. Inserted one commit at a
+//! time, every new envelope lands in a leaf of its own, and redb's copy-on-write rewrites that
+//! whole 4 KiB leaf (and its branch path) in the commit. That was about half of what a commit
+//! wrote and took (`examples/commit_cost.rs`: at 300,000 records, 500-record commits wrote
+//! 6,505 KiB in 59.8 ms with random hashes, and 4,095 KiB in 28.9 ms had the hashes come in
+//! order). A `Want` names envelopes by hash alone, so the key cannot be made to follow time.
+//! Journalled, 64 writers acknowledged 20 % more records a second at 10,000 records and 15 % more
+//! at 100,000, and an import ran 15-20 % faster (BENCHMARKS.md, twenty-first session).
+//!
+//! **How.** A commit appends each new envelope's `hash ‖ place` to `envelope_new`, keyed by a
+//! sequence number: one leaf per commit, however many envelopes. The same entries are held in
+//! memory ([`Journal`]), where lookups by hash find them. Once the journal holds
+//! [`merge_at`] entries, the writer moves them all into `envelope_at` in one transaction, in hash
+//! order, and empties `envelope_new` in the same transaction: each leaf of `envelope_at` is then
+//! rewritten once for all the entries it gains, instead of once per entry.
+//!
+//! **Invariants.**
+//! - A hash is in at most one of `envelope_at` and `envelope_new` (a merge moves it in one
+//!   transaction; a purge removes it from whichever holds it).
+//! - The in-memory `live` map equals `envelope_new`, plus the entries of the commit in progress
+//!   (added before it commits, removed again if it fails). Entries are added *before* their
+//!   commit, so that no snapshot taken after a commit misses one; a reader therefore counts a place
+//!   found here only if its own snapshot holds that change at that place
+//!   ([`Journal::places`] callers check `changes`).
+//! - After a merge, the merged entries stay in `merged` until the next merge, for readers whose
+//!   snapshot began before the merge and so finds them neither in `live` nor in its
+//!   `envelope_at`. A read that spans two merges (at least [`MERGE_MIN`] envelopes written
+//!   meanwhile) can miss an envelope and call it not held: the caller fetches or asks for it again,
+//!   and the writer, which reads the current state, stores nothing twice.
+//!
+//! **Limits.** At most [`MERGE_MAX`] entries in each map, about 80-100 bytes each in memory
+//! (12 MiB for both at most); a merge rewrites at most every leaf of `envelope_at` once, and the
+//! writes queued meanwhile wait for it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table};
+
+use crate::layout::{ENVELOPE_AT, ENVELOPE_NEW};
+use crate::{Ctx, Hash, Result, StorageError};
+
+/// Where a change is stored: its `changes` key, `doc[16] ‖ position u32 BE`.
+pub(crate) type Place = [u8; 20];
+
+/// Fewest journal entries that trigger a merge. A merge's commit delays every write queued behind
+/// it (with 64 writers, 64 acknowledgements), so merges rarer than one per 6,400 writes stay out
+/// of the acknowledgements' p99: at 16,384, 0.4 % of them wait for one. At 20,000 envelopes
+/// (`envelope_at` of about 400 leaves) such a merge rewrites each leaf once: ~0.1 KiB a record,
+/// against ~4 KiB a record inserted one commit at a time. (4,096 measured the same throughput.)
+pub(crate) const MERGE_MIN: usize = 16_384;
+/// Most journal entries before a merge: bounds the journal's memory (two maps of at most this
+/// many entries) and a merge's size (at most every leaf of `envelope_at`, ~80 MiB at 1,000,000
+/// envelopes).
+pub(crate) const MERGE_MAX: usize = 65_536;
+/// Between those, a merge waits for one entry per this many stored envelopes: a merge rewrites
+/// up to every leaf of `envelope_at` (~70 entries a leaf), so at one new entry per 16 envelopes
+/// it costs about a quarter of a leaf per new envelope however large the table.
+const MERGE_EVERY_ENVELOPES: u64 = 16;
+
+/// How many journal entries trigger a merge when the store holds `envelopes` envelopes.
+pub(crate) fn merge_at(envelopes: u64) -> usize {
+    let scaled = usize::try_from(envelopes / MERGE_EVERY_ENVELOPES).unwrap_or(MERGE_MAX);
+    scaled.clamp(MERGE_MIN, MERGE_MAX)
+}
+
+/// The journal in memory, shared by the writer (which alone changes it) and readers.
+#[derive(Default, Debug)]
+pub(crate) struct Journal {
+    /// `envelope_new`, by hash: sequence number and place.
+    live: BTreeMap<Hash, (u64, Place)>,
+    /// What the last merge moved into `envelope_at` (see the module doc).
+    merged: BTreeMap<Hash, Place>,
+    /// The next sequence number of `envelope_new`.
+    next_seq: u64,
+}
+
+impl Journal {
+    /// Reads `envelope_new` (at open).
+    pub(crate) fn load(db: &Database) -> Result<Journal> {
+        let r = db.begin_read().ctx("beginning a read transaction")?;
+        let t = r
+            .open_table(ENVELOPE_NEW)
+            .ctx("opening table envelope_new")?;
+        let mut j = Journal::default();
+        for item in t.iter().ctx("reading table envelope_new")? {
+            let (k, v) = item.ctx("reading table envelope_new")?;
+            let (hash, place) = split_entry(v.value());
+            if j.live.insert(hash, (k.value(), place)).is_some() {
+                return Err(StorageError::Corrupt(format!(
+                    "change {} is twice in envelope_new",
+                    crate::hex_prefix(&hash)
+                )));
+            }
+            j.next_seq = k.value() + 1;
+        }
+        Ok(j)
+    }
+
+    pub(crate) fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The place the journal gives each hash, if any (the caller checks it in its snapshot).
+    pub(crate) fn places(&self, hashes: &[Hash]) -> Vec<Option<Place>> {
+        hashes.iter().map(|h| self.place(h)).collect()
+    }
+
+    fn place(&self, hash: &Hash) -> Option<Place> {
+        self.live
+            .get(hash)
+            .map(|(_, p)| *p)
+            .or_else(|| self.merged.get(hash).copied())
+    }
+
+    /// Up to `limit` hashes (with places) after `after`, ascending, from both maps.
+    pub(crate) fn after(&self, after: Option<&Hash>, limit: usize) -> Vec<(Hash, Place)> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let live = self
+            .live
+            .range::<Hash, _>((lower, Bound::Unbounded))
+            .map(|(h, (_, p))| (*h, *p));
+        let merged = self
+            .merged
+            .range::<Hash, _>((lower, Bound::Unbounded))
+            .map(|(h, p)| (*h, *p));
+        merge_sorted(live, merged, limit)
+    }
+
+    /// Everything in `envelope_new`, in hash order, for a merge.
+    pub(crate) fn to_merge(&self) -> Vec<(Hash, Place)> {
+        self.live.iter().map(|(h, (_, p))| (*h, *p)).collect()
+    }
+
+    /// A merge of everything in `live` committed: it is all in `envelope_at` now.
+    pub(crate) fn merged(&mut self) {
+        self.merged = std::mem::take(&mut self.live)
+            .into_iter()
+            .map(|(h, (_, p))| (h, p))
+            .collect();
+    }
+}
+
+/// Two ascending iterators merged into one ascending list without repeats, at most `limit` long.
+pub(crate) fn merge_sorted<T: Copy>(
+    a: impl Iterator<Item = (Hash, T)>,
+    b: impl Iterator<Item = (Hash, T)>,
+    limit: usize,
+) -> Vec<(Hash, T)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                b.next();
+                a.next()
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => None,
+        };
+        match next {
+            Some(item) => out.push(item),
+            None => break,
+        }
+    }
+    debug_assert!(
+        out.windows(2).all(|w| w[0].0 < w[1].0),
+        "merged list must be strictly ascending"
+    );
+    out
+}
+
+fn split_entry(v: &[u8; 52]) -> (Hash, Place) {
+    (
+        v[..32].try_into().expect("32 bytes"),
+        v[32..].try_into().expect("20 bytes"),
+    )
+}
+
+fn entry(hash: &Hash, place: &Place) -> [u8; 52] {
+    let mut v = [0u8; 52];
+    v[..32].copy_from_slice(hash);
+    v[32..].copy_from_slice(place);
+    v
+}
+
+/// One write transaction's changes to the journal: applied to `envelope_new` at once, and to
+/// the shared [`Journal`] around the commit ([`TxnJournal::publish`], [`TxnJournal::settle`]).
+#[derive(Default)]
+pub(crate) struct TxnJournal {
+    added: HashMap<Hash, (u64, Place)>,
+    /// Hashes taken out of the shared journal's maps by this transaction's purges.
+    removed: HashSet<Hash>,
+    next_seq: Option<u64>,
+}
+
+/// Where a stored hash was found by the writer.
+pub(crate) enum Found {
+    /// In `envelope_new`, at this sequence number.
+    Journal(u64),
+    /// In `envelope_at`.
+    Indexed,
+}
+
+impl TxnJournal {
+    /// Whether `hash` is stored, as this transaction sees it.
+    pub(crate) fn find(
+        &self,
+        shared: &Journal,
+        at: &Table<'_, &'static [u8; 32], &'static [u8; 20]>,
+        hash: &Hash,
+    ) -> Result<Option<Found>> {
+        if let Some((seq, _)) = self.added.get(hash) {
+            return Ok(Some(Found::Journal(*seq)));
+        }
+        if !self.removed.contains(hash) {
+            if let Some((seq, _)) = shared.live.get(hash) {
+                return Ok(Some(Found::Journal(*seq)));
+            }
+        }
+        Ok(at
+            .get(hash)
+            .ctx("reading table envelope_at")?
+            .map(|_| Found::Indexed))
+    }
+
+    /// Appends `hash` at `place` to `envelope_new` (the caller checked it is not stored).
+    pub(crate) fn add(
+        &mut self,
+        shared: &Journal,
+        table: &mut Table<'_, u64, &'static [u8; 52]>,
+        hash: &Hash,
+        place: &Place,
+    ) -> Result<()> {
+        let seq = self.next_seq.unwrap_or(shared.next_seq);
+        table
+            .insert(seq, &entry(hash, place))
+            .ctx("writing table envelope_new")?;
+        self.next_seq = Some(seq + 1);
+        let fresh = self.added.insert(*hash, (seq, *place)).is_none();
+        debug_assert!(fresh, "a hash added twice in one transaction");
+        Ok(())
+    }
+
+    /// Removes `hash`, found at `found`, from the journal or `envelope_at`.
+    pub(crate) fn remove(
+        &mut self,
+        table: &mut Table<'_, u64, &'static [u8; 52]>,
+        at: &mut Table<'_, &'static [u8; 32], &'static [u8; 20]>,
+        hash: &Hash,
+        found: Found,
+    ) -> Result<()> {
+        match found {
+            Found::Journal(seq) => {
+                let existed = table
+                    .remove(seq)
+                    .ctx("writing table envelope_new")?
+                    .is_some();
+                debug_assert!(existed, "a journal entry missing from envelope_new");
+                if self.added.remove(hash).is_none() {
+                    self.removed.insert(*hash);
+                }
+            }
+            Found::Indexed => {
+                at.remove(hash).ctx("writing table envelope_at")?;
+                // The last merge's map may still name it; drop it there too.
+                self.removed.insert(*hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the commit: readers see the added entries from now on (and check them in their
+    /// snapshot, which holds them once the commit is visible).
+    pub(crate) fn publish(&self, shared: &mut Journal) {
+        for (h, e) in &self.added {
+            shared.live.insert(*h, *e);
+        }
+        if let Some(seq) = self.next_seq {
+            debug_assert!(seq >= shared.next_seq, "journal sequence must grow");
+            shared.next_seq = seq;
+        }
+    }
+
+    /// After the commit: on success, the purged entries leave the maps; on failure, the added
+    /// ones do (nothing of the transaction landed).
+    pub(crate) fn settle(self, shared: &mut Journal, committed: bool) {
+        if committed {
+            for h in &self.removed {
+                shared.live.remove(h);
+                shared.merged.remove(h);
+            }
+        } else {
+            for h in self.added.keys() {
+                shared.live.remove(h);
+            }
+        }
+    }
+}
+
+/// Moves every journal entry into `envelope_at` and empties `envelope_new`, in one durable
+/// transaction. Returns how many moved. The caller (the writer, which alone changes the journal)
+/// then calls [`Journal::merged`].
+pub(crate) fn merge(db: &Database, entries: &[(Hash, Place)]) -> Result<()> {
+    debug_assert!(
+        entries.windows(2).all(|w| w[0].0 < w[1].0),
+        "a merge inserts in hash order"
+    );
+    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
+    txn.set_durability(redb::Durability::Immediate)
+        .ctx("setting durability")?;
+    txn.set_quick_repair(crate::writer::QUICK_REPAIR);
+    {
+        let mut at = txn
+            .open_table(ENVELOPE_AT)
+            .ctx("opening table envelope_at")?;
+        for (hash, place) in entries {
+            let was = at
+                .insert(hash, place)
+                .ctx("writing table envelope_at")?
+                .is_some();
+            if was {
+                // The invariant above; a file that breaks it must not be "repaired" silently.
+                return Err(StorageError::Corrupt(format!(
+                    "change {} is in both envelope_at and envelope_new",
+                    crate::hex_prefix(hash)
+                )));
+            }
+        }
+    }
+    // Dropping the table frees its pages at once; entry by entry would rewrite its leaves.
+    txn.delete_table(ENVELOPE_NEW)
+        .ctx("emptying table envelope_new")?;
+    txn.open_table(ENVELOPE_NEW)
+        .ctx("opening table envelope_new")?;
+    txn.commit().ctx("committing")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(b: u8) -> Hash {
+        [b; 32]
+    }
+
+    #[test]
+    fn merge_at_grows_with_the_store_between_its_bounds() {
+        assert_eq!(merge_at(0), MERGE_MIN);
+        assert_eq!(merge_at(100_000), MERGE_MIN);
+        assert_eq!(merge_at(400_000), 25_000);
+        assert_eq!(merge_at(1_000_000), 62_500);
+        assert_eq!(merge_at(u64::MAX), MERGE_MAX);
+    }
+
+    #[test]
+    fn merge_sorted_keeps_order_drops_repeats_and_stops_at_the_limit() {
+        let a = [(h(1), 'a'), (h(3), 'a'), (h(5), 'a')];
+        let b = [(h(2), 'b'), (h(3), 'b'), (h(6), 'b')];
+        let all = merge_sorted(a.into_iter(), b.into_iter(), 10);
+        let keys: Vec<u8> = all.iter().map(|(k, _)| k[0]).collect();
+        assert_eq!(keys, [1, 2, 3, 5, 6]);
+        assert_eq!(merge_sorted(a.into_iter(), b.into_iter(), 2).len(), 2);
+        assert!(merge_sorted(a.into_iter(), b.into_iter(), 0).is_empty());
+    }
+
+    #[test]
+    fn a_failed_commit_takes_its_entries_back_and_a_good_one_its_purges() {
+        let mut shared = Journal::default();
+        shared.live.insert(h(1), (0, [1; 20]));
+        shared.next_seq = 1;
+
+        let mut t = TxnJournal::default();
+        t.added.insert(h(2), (1, [2; 20]));
+        t.next_seq = Some(2);
+        t.publish(&mut shared);
+        assert_eq!(
+            shared.places(&[h(2)]),
+            [Some([2; 20])],
+            "visible once published"
+        );
+        t.settle(&mut shared, false);
+        assert_eq!(shared.places(&[h(1), h(2)]), [Some([1; 20]), None]);
+        assert_eq!(
+            shared.next_seq, 2,
+            "a sequence number is never handed out twice"
+        );
+
+        let mut t = TxnJournal::default();
+        t.removed.insert(h(1));
+        t.publish(&mut shared);
+        assert_eq!(shared.places(&[h(1)]), [Some([1; 20])], "until its commit");
+        t.settle(&mut shared, true);
+        assert_eq!(shared.places(&[h(1)]), [None]);
+    }
+
+    #[test]
+    fn merged_entries_stay_findable_until_the_next_merge() {
+        let mut shared = Journal::default();
+        shared.live.insert(h(1), (0, [1; 20]));
+        shared.merged();
+        assert_eq!(shared.live_len(), 0);
+        assert_eq!(shared.places(&[h(1)]), [Some([1; 20])]);
+        assert_eq!(shared.after(None, 10), [(h(1), [1; 20])]);
+        shared.live.insert(h(2), (1, [2; 20]));
+        shared.merged();
+        assert_eq!(shared.places(&[h(1), h(2)]), [None, Some([2; 20])]);
+    }
+}
