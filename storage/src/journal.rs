@@ -130,6 +130,15 @@ impl Journal {
         merge_sorted(live, merged, limit)
     }
 
+    /// Entries that no snapshot holds, as a commit's are between its publication and its
+    /// commit.
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&mut self, entries: &[(Hash, Place)]) {
+        for (h, p) in entries {
+            self.live.insert(*h, (u64::MAX, *p));
+        }
+    }
+
     /// Everything in `envelope_new`, in hash order, for a merge.
     pub(crate) fn to_merge(&self) -> Vec<(Hash, Place)> {
         self.live.iter().map(|(h, (_, p))| (*h, *p)).collect()
@@ -242,6 +251,9 @@ impl TxnJournal {
             .insert(seq, &entry(hash, place))
             .ctx("writing table envelope_new")?;
         self.next_seq = Some(seq + 1);
+        // Stored again after a purge in this transaction: the new entry must outlive the
+        // purge's clean-up in `settle` (the old one is replaced in `publish`).
+        self.removed.remove(hash);
         let fresh = self.added.insert(*hash, (seq, *place)).is_none();
         debug_assert!(fresh, "a hash added twice in one transaction");
         Ok(())

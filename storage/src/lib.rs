@@ -722,12 +722,14 @@ impl Store {
                     ..
                 }) => Ok(true),
                 // The journal may be ahead of this snapshot: held if the snapshot has it there.
-                Some(Place { key, .. }) => {
-                    Ok(match changes.get(&key).ctx("reading table changes")? {
-                        Some(v) => split_change_value(&key, v.value())?.0 == *h,
-                        None => false,
-                    })
-                }
+                Some(Place { key, .. }) => match changes.get(&key).ctx("reading table changes")? {
+                    Some(v) if split_change_value(&key, v.value())?.0 == *h => Ok(true),
+                    Some(_) => Err(StorageError::Corrupt(format!(
+                        "change {} is indexed at another change's place",
+                        hex_prefix(h)
+                    ))),
+                    None => Ok(false),
+                },
             })
             .collect()
     }
@@ -920,37 +922,55 @@ impl Store {
         // The snapshot first, then the journal: an entry published after the snapshot began is
         // checked against it below; one published before is in the copy.
         let r = self.read()?;
-        let journalled = lock_read(&self.inner.shared.journal).after(after, limit);
-        // The journal's entries that this snapshot holds (it may be ahead of the snapshot).
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
-        let mut held = Vec::with_capacity(journalled.len());
-        for (h, key) in journalled {
-            if let Some(v) = changes.get(&key).ctx("reading table changes")? {
-                if split_change_value(&key, v.value())?.0 == h {
-                    held.push((h, ()));
+        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let mut cursor = after.copied();
+        loop {
+            let journalled = lock_read(&self.inner.shared.journal).after(cursor.as_ref(), limit);
+            // The last hash a source was read to, if it had more: past it, that source was not
+            // read, so nothing past it may be returned.
+            let journal_to = (journalled.len() == limit)
+                .then(|| journalled.last().map(|(h, _)| *h))
+                .flatten();
+            // The journal's entries that this snapshot holds (it may be ahead of the snapshot).
+            let mut held = Vec::with_capacity(journalled.len());
+            for (h, key) in journalled {
+                if let Some(v) = changes.get(&key).ctx("reading table changes")? {
+                    if split_change_value(&key, v.value())?.0 == h {
+                        held.push((h, ()));
+                    }
                 }
             }
+            let lower = cursor.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut indexed = Vec::new();
+            for item in t
+                .range::<&Hash>((lower, Bound::Unbounded))
+                .ctx("reading table envelope_at")?
+                .take(limit)
+            {
+                let (k, _) = item.ctx("reading table envelope_at")?;
+                indexed.push((*k.value(), ()));
+            }
+            let indexed_to = (indexed.len() == limit)
+                .then(|| indexed.last().map(|(h, ())| *h))
+                .flatten();
+            let read_to = match (journal_to, indexed_to) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let out: Vec<Hash> =
+                journal::merge_sorted(indexed.into_iter(), held.into_iter(), limit)
+                    .into_iter()
+                    .map(|(h, ())| h)
+                    .filter(|h| read_to.is_none_or(|to| *h <= to))
+                    .collect();
+            match read_to {
+                // Every journal entry up to `to` was missing from the snapshot, and
+                // `envelope_at` has nothing before it: read on from there.
+                Some(to) if out.is_empty() => cursor = Some(to),
+                _ => return Ok(out),
+            }
         }
-        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
-        let lower = match after {
-            Some(h) => Bound::Excluded(h),
-            None => Bound::Unbounded,
-        };
-        let mut indexed = Vec::new();
-        for item in t
-            .range::<&Hash>((lower, Bound::Unbounded))
-            .ctx("reading table envelope_at")?
-            .take(limit)
-        {
-            let (k, _) = item.ctx("reading table envelope_at")?;
-            indexed.push((*k.value(), ()));
-        }
-        Ok(
-            journal::merge_sorted(indexed.into_iter(), held.into_iter(), limit)
-                .into_iter()
-                .map(|(h, ())| h)
-                .collect(),
-        )
     }
 
     /// A meta value.
@@ -1307,6 +1327,66 @@ fn assert_send_sync() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The journal may name changes a snapshot does not hold (published before their commit, or
+    /// purged since). A page of `envelope_hashes_after` skips them, and a page whose journal
+    /// entries were all such still ends where that source was read to, so no held hash past
+    /// them is skipped and the walk does not end early.
+    #[test]
+    fn a_walk_over_the_hashes_skips_journal_entries_the_snapshot_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let held: Vec<Hash> = (1..=10u8).map(|i| [i; 32]).collect();
+        let updates = held
+            .iter()
+            .map(|h| RecordUpdate {
+                doc_id: [h[0]; 16],
+                kind: 1,
+                envelopes: vec![(*h, vec![h[0]])],
+                projection: vec![1],
+                ..RecordUpdate::default()
+            })
+            .collect();
+        store
+            .commit_blocking(WriteBatch {
+                updates,
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        // Five entries before every held hash, at places no snapshot holds.
+        let lacking: Vec<(Hash, journal::Place)> = (0..5u8)
+            .map(|i| {
+                let mut h = [0u8; 32];
+                h[1] = i;
+                (h, [0xee; 20])
+            })
+            .collect();
+        store
+            .inner
+            .shared
+            .journal
+            .write()
+            .unwrap()
+            .insert_for_test(&lacking);
+
+        for limit in [1, 3, 5, 100] {
+            let mut walked: Vec<Hash> = Vec::new();
+            loop {
+                let page = store.envelope_hashes_after(walked.last(), limit).unwrap();
+                assert!(page.len() <= limit);
+                if page.is_empty() {
+                    break;
+                }
+                walked.extend(page);
+            }
+            assert_eq!(walked, held, "limit {limit}");
+        }
+        assert_eq!(
+            store.has_envelopes(&[lacking[0].0, held[0]]).unwrap(),
+            [false, true]
+        );
+        assert_eq!(store.envelopes(&[lacking[1].0]).unwrap(), [None]);
+    }
 
     /// A snapshot shared through a commit would keep that commit's freed pages out of reuse
     /// (measured: 8 % more file after an import), so none is shared while a commit runs.

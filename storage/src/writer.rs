@@ -1441,9 +1441,10 @@ mod tests {
     }
 
     /// One group may store an envelope and purge its doc (two requests): neither table nor the
-    /// journal keeps a trace, and the counter is back to zero.
+    /// journal keeps a trace, and the counter is back to zero. And one may purge a journalled
+    /// envelope's doc and store it again: the new entry stays.
     #[test]
-    fn an_envelope_stored_and_purged_in_one_group_leaves_no_trace() {
+    fn a_purge_in_the_storing_group_leaves_no_trace_and_a_store_after_a_purge_stays() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("db.redb")).unwrap();
         init(&db).unwrap();
@@ -1467,6 +1468,23 @@ mod tests {
             0
         );
         assert_eq!(journal.read().unwrap().places(&[[1; 32]]), [None]);
+
+        // Stored, then purged and stored again in one group: the new entry stays, in the table
+        // and in the journal (the purge's clean-up of the old one must not take it).
+        drop(r);
+        commit_group(&db, &journal, [(&[][..], &stored)]).unwrap();
+        commit_group(
+            &db,
+            &journal,
+            [(&[[1u8; 16]][..], &nothing), (&[][..], &stored)],
+        )
+        .unwrap();
+        let r = db.begin_read().unwrap();
+        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 1);
+        assert_eq!(
+            journal.read().unwrap().places(&[[1; 32]]),
+            [Some(change_key(&[1; 16], 0))]
+        );
     }
 
     #[test]
