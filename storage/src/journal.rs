@@ -7,8 +7,9 @@
 //! wrote and took (`examples/commit_cost.rs`: at 300,000 records, 500-record commits wrote
 //! 6,505 KiB in 59.8 ms with random hashes, and 4,095 KiB in 28.9 ms had the hashes come in
 //! order). A `Want` names envelopes by hash alone, so the key cannot be made to follow time.
-//! Journalled, 64 writers acknowledged 20 % more records a second at 10,000 records and 15 % more
-//! at 100,000, and an import ran 15-20 % faster (BENCHMARKS.md, twenty-first session).
+//! Journalled, 64 writers acknowledged 17 % more records a second at 10,000 records, 15 % more at
+//! 100,000 and 13 % more at 1,000,000; an import ran 12-17 % faster up to 100,000 and no faster
+//! at 1,000,000, nor did a cold sync (BENCHMARKS.md, twenty-first session).
 //!
 //! **How.** A commit appends each new envelope's `hash ‖ place` to `envelope_new`, keyed by a
 //! sequence number: one leaf per commit, however many envelopes. The same entries are held in
@@ -31,9 +32,11 @@
 //!   meanwhile) can miss an envelope and call it not held: the caller fetches or asks for it again,
 //!   and the writer, which reads the current state, stores nothing twice.
 //!
-//! **Limits.** At most [`MERGE_MAX`] entries in each map, about 80-100 bytes each in memory
-//! (12 MiB for both at most); a merge rewrites at most every leaf of `envelope_at` once, and the
-//! writes queued meanwhile wait for it.
+//! **Limits.** About [`MERGE_MAX`] entries in each map at most (a merge follows the commit that
+//! reaches it), 80-100 bytes each in memory: 12 MiB for both. A merge rewrites at most every
+//! leaf of `envelope_at` once, and the writes queued meanwhile wait for it: 0.5-1 s at 1,000,000
+//! envelopes. A merge that fails leaves its entries in the journal and is tried again after the
+//! next commit; a store whose merges fail has failing commits too, so the journal stops growing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -57,8 +60,9 @@ pub(crate) const MERGE_MIN: usize = 16_384;
 /// envelopes).
 pub(crate) const MERGE_MAX: usize = 65_536;
 /// Between those, a merge waits for one entry per this many stored envelopes: a merge rewrites
-/// up to every leaf of `envelope_at` (~70 entries a leaf), so at one new entry per 16 envelopes
-/// it costs about a quarter of a leaf per new envelope however large the table.
+/// up to every leaf of `envelope_at` (50-70 entries a leaf), so at one new entry per 16 envelopes
+/// it costs a quarter to a third of a leaf per new envelope however large the table, against a
+/// whole leaf each when inserted one commit at a time.
 const MERGE_EVERY_ENVELOPES: u64 = 16;
 
 /// How many journal entries trigger a merge when the store holds `envelopes` envelopes.
@@ -95,7 +99,9 @@ impl Journal {
                     crate::hex_prefix(&hash)
                 )));
             }
-            j.next_seq = k.value() + 1;
+            j.next_seq = k.value().checked_add(1).ok_or_else(|| {
+                StorageError::Corrupt("envelope_new's sequence is exhausted".into())
+            })?;
         }
         Ok(j)
     }
@@ -316,8 +322,8 @@ impl TxnJournal {
 }
 
 /// Moves every journal entry into `envelope_at` and empties `envelope_new`, in one durable
-/// transaction. Returns how many moved. The caller (the writer, which alone changes the journal)
-/// then calls [`Journal::merged`].
+/// transaction. The caller (the writer, which alone changes the journal) then calls
+/// [`Journal::merged`].
 pub(crate) fn merge(db: &Database, entries: &[(Hash, Place)]) -> Result<()> {
     debug_assert!(
         entries.windows(2).all(|w| w[0].0 < w[1].0),
