@@ -43,7 +43,7 @@
 //! - New `envelope_at` entries go first to `envelope_new`, in commit order, and move into
 //!   `envelope_at` in bulk, in hash order (format 6; the journal, `journal.rs`): inserted one
 //!   commit at a time, each random hash cost a commit a whole leaf of `envelope_at`. A hash is in
-//!   exactly one of the two tables; `envelope_new` holds at most `journal::MERGE_MAX` entries.
+//!   exactly one of the two tables; `envelope_new` holds about `journal::MERGE_MAX` entries at most.
 //! - `doc_meta` exists so an update can remove the doc's *old* index, due and kind entries without
 //!   scanning: those entries are keyed by the indexed value, not by the doc.
 //! - `sys` is separate from `meta` so a caller's meta key can never clobber our counters.
