@@ -8,8 +8,8 @@
 //! 6,505 KiB in 59.8 ms with random hashes, and 4,095 KiB in 28.9 ms had the hashes come in
 //! order). A `Want` names envelopes by hash alone, so the key cannot be made to follow time.
 //! Journalled, 64 writers acknowledged 17 % more records a second at 10,000 records, 15 % more at
-//! 100,000 and 13 % more at 1,000,000; an import ran 12-17 % faster up to 100,000 and no faster
-//! at 1,000,000, nor did a cold sync (BENCHMARKS.md, twenty-first session).
+//! 100,000 and 13 % more at 1,000,000; an import ran 12-17 % faster up to 100,000 and 8 % or
+//! less at 1,000,000, and a cold sync no faster (BENCHMARKS.md, twenty-first session).
 //!
 //! **How.** A commit appends each new envelope's `hash ‖ place` to `envelope_new`, keyed by a
 //! sequence number: one leaf per commit, however many envelopes. The same entries are held in
