@@ -27,7 +27,7 @@ use consentd_sync::envelope::{self, Envelope};
 use consentd_sync::roster::VerifiedRoster;
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 mod bulk;
@@ -788,6 +788,7 @@ impl Office {
                     let token = self.hasher.subject_token(subject);
                     for id in self.store.docs_by_key(&token)? {
                         docs.push(doc_lock_key(&id));
+                        draft.locked_holds.insert(id);
                     }
                 }
                 Op::RequestOpen(_) | Op::Transfer(_) | Op::HoldSet(_) => {}
@@ -831,7 +832,7 @@ impl Office {
             off_worker_if(ops_n >= OFF_WORKER_OPS_MIN, author)?
         } else {
             let authoring = self.authoring.lock().await;
-            let authored = off_worker(|| self.author_in_parallel(ops, draft.consent_docs, threads));
+            let authored = off_worker(|| self.author_in_parallel(ops, &draft, threads));
             // The ids are made: the next chunk may author while this one commits.
             drop(authoring);
             authored.map_err(|(i, e)| at_line(i, e))?
@@ -873,7 +874,7 @@ impl Office {
     fn author_in_parallel(
         &self,
         ops: Vec<Op>,
-        consent_docs: HashMap<[u8; 32], DocId>,
+        locked: &Draft<'_>,
         threads: usize,
     ) -> std::result::Result<(WriteBatch, usize, Vec<Value>), (usize, OfficeError)> {
         use std::hash::{Hash, Hasher};
@@ -897,7 +898,7 @@ impl Office {
             }
             parts[(h.finish() % threads as u64) as usize].push((i, op));
         }
-        let consent_docs = &consent_docs;
+        let (consent_docs, locked_holds) = (&locked.consent_docs, &locked.locked_holds);
         type Part =
             std::result::Result<(WriteBatch, usize, Vec<(usize, Value)>), (usize, OfficeError)>;
         let results: Vec<Part> = std::thread::scope(|s| {
@@ -908,6 +909,7 @@ impl Office {
                     s.spawn(move || -> Part {
                         let mut draft = Draft::new(self);
                         draft.consent_docs = consent_docs.clone();
+                        draft.locked_holds = locked_holds.clone();
                         let mut answers = Vec::with_capacity(part.len());
                         for (i, op) in part {
                             answers.push((i, draft.apply(op).map_err(|e| (i, e))?));
@@ -1421,7 +1423,12 @@ struct Draft<'o> {
     office: &'o Office,
     docs: BTreeMap<DocId, DraftDoc>,
     /// Consent records chosen or created in this draft, so an import can grant then withdraw.
+    /// `write` fills it with the records it found, and locked, under the consent tokens' locks;
+    /// an event goes to a record named here or to a new one, never to one found later (below).
     consent_docs: HashMap<[u8; 32], DocId>,
+    /// The holds `write` found, and locked, under the subject tokens' locks: the only ones a
+    /// `HoldClear` changes (a hold that arrived since is not locked; see `consent_docs`).
+    locked_holds: HashSet<DocId>,
     /// Subject keys made in this draft (key owner → key id), stored by its batch.
     new_keys: HashMap<[u8; 32], consentd_storage::KeyId>,
     key_entries: Vec<([u8; 32], consentd_storage::KeyId, Vec<u8>)>,
@@ -1442,6 +1449,7 @@ impl<'o> Draft<'o> {
             office,
             docs: BTreeMap::new(),
             consent_docs: HashMap::new(),
+            locked_holds: HashSet::new(),
             new_keys: HashMap::new(),
             key_entries: Vec::new(),
         }
@@ -1493,12 +1501,14 @@ impl<'o> Draft<'o> {
                 event,
             } => {
                 let token = self.office.hasher.consent_token(&subject, &purpose);
-                let existing = match self.consent_docs.get(&token) {
-                    Some(id) => Some(*id),
-                    // Offices that created the same (subject, purpose) concurrently leave several
-                    // records; all are read by `check`, and new events go to the smallest id.
-                    None => self.office.store.docs_by_key(&token)?.into_iter().min(),
-                };
+                // Only a record `write` found under the token's lock, and so locked, takes the
+                // event. One that arrived since (a peer's, stored by an ingest) is not locked:
+                // appending to it raced with that ingest's next change, and the later of the two
+                // projections dropped the other's event although both changes were stored
+                // (partition suite, seed 1859482077). A new record instead is what two offices
+                // creating the same (subject, purpose) at once leave: `check` reads every record
+                // of the token, and later events go to the smallest id.
+                let existing = self.consent_docs.get(&token).copied();
                 let mut event = serde_json::to_value(&event).expect("events serialise");
                 let id = match existing {
                     Some(id) => {
@@ -1750,6 +1760,9 @@ impl<'o> Draft<'o> {
                 let token = self.office.hasher.subject_token(&subject);
                 let mut cleared = Vec::new();
                 for (id, r) in self.office.records_by_key(&token)? {
+                    if !self.locked_holds.contains(&id) {
+                        continue;
+                    }
                     if let Record::Hold(h) = r {
                         if h.cleared_at.is_none() {
                             let at = fmt_time(at);
@@ -2203,6 +2216,63 @@ mod tests {
         assert!(check_consent_evidence(None, Some("v3")).is_err());
         assert!(check_consent_evidence(Some("  "), Some("v3")).is_err());
         assert!(!names_a_version("vague words only"));
+    }
+
+    /// A consent record that `write` did not find (and so did not lock) under the token's lock,
+    /// because a peer's copy arrived just after, must not take the event: an ingest may be
+    /// storing that record's next change at the same time. The event makes a record of its own.
+    #[test]
+    fn an_event_goes_only_to_a_record_the_write_found_and_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let offices = crate::network::parse_offices("de,nl").unwrap();
+        crate::network::init(dir.path(), &offices, None, "unlocked-record").unwrap();
+        let office = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml"))
+            .unwrap()
+            .office;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let grant = || {
+            Request::ConsentGrant(protocol::ConsentGrant {
+                evidence: Some("web form v3".into()),
+                ..protocol::ConsentGrant::new("p1@example.test", "marketing", "consent")
+            })
+        };
+        let first = rt.block_on(office.execute(grant())).unwrap();
+        // Through `write`, which finds the record under the token's lock: the same record.
+        let second = rt.block_on(office.execute(grant())).unwrap();
+        assert_eq!(second["id"], first["id"], "a found record takes the event");
+        // A draft whose write found nothing (the record arrived after the lookup).
+        let mut draft = Draft::new(&office);
+        let op = office.prepare(grant()).unwrap();
+        let answer = draft.apply(op).unwrap();
+        assert_ne!(
+            answer["id"], first["id"],
+            "an event went to a record the write had not locked"
+        );
+
+        // Likewise a hold: one the write did not find is not cleared by it.
+        rt.block_on(office.execute(Request::HoldSet(protocol::HoldSet {
+            subject: "p1@example.test".into(),
+            reason: "litigation".into(),
+            at: None,
+        })))
+        .unwrap();
+        let clear = || {
+            Request::HoldClear(protocol::HoldClear {
+                subject: "p1@example.test".into(),
+                at: None,
+            })
+        };
+        let mut draft = Draft::new(&office);
+        let op = office.prepare(clear()).unwrap();
+        assert!(
+            matches!(draft.apply(op), Err(OfficeError::NotFound(_))),
+            "a hold the write had not locked was cleared"
+        );
+        let cleared = rt.block_on(office.execute(clear())).unwrap();
+        assert_eq!(cleared["held"], false, "a found hold is cleared: {cleared}");
     }
 
     #[test]
