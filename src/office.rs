@@ -1426,8 +1426,9 @@ struct Draft<'o> {
     /// `write` fills it with the records it found, and locked, under the consent tokens' locks;
     /// an event goes to a record named here or to a new one, never to one found later (below).
     consent_docs: HashMap<[u8; 32], DocId>,
-    /// The holds `write` found, and locked, under the subject tokens' locks: the only ones a
-    /// `HoldClear` changes (a hold that arrived since is not locked; see `consent_docs`).
+    /// The records `write` found, and locked, under the subject tokens' locks: a `HoldClear`
+    /// changes only holds among them (a hold that arrived since is not locked; see
+    /// `consent_docs`).
     locked_holds: HashSet<DocId>,
     /// Subject keys made in this draft (key owner → key id), stored by its batch.
     new_keys: HashMap<[u8; 32], consentd_storage::KeyId>,

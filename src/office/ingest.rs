@@ -100,14 +100,10 @@ impl Office {
         received: &HashMap<KeyId, Zeroizing<[u8; 32]>>,
         limit: usize,
     ) -> Result<IngestReport> {
-        // Usually nothing is pending (a record's key travels before the record): one read
-        // says so, here. Bulk work yields to everything else (`office::bulk`), so running this
-        // one off the worker would make every key a peer pushes wait behind it.
-        if self
-            .store
-            .projections_of_kind_after(KIND_PENDING, None, 1)?
-            .is_empty()
-        {
+        // Usually nothing is pending (a record's key travels before the record): one read of
+        // the kind listing says so, here. Bulk work yields to everything else (`office::bulk`),
+        // so running this one off the worker would make every key a peer pushes wait behind it.
+        if self.store.count_of_kind(KIND_PENDING, 1)? == 0 {
             return Ok(IngestReport::default());
         }
         // Up to PENDING_SCAN_MAX reads: off the runtime's worker.

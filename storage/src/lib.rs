@@ -292,8 +292,8 @@ fn lock_read(j: &RwLock<journal::Journal>) -> std::sync::RwLockReadGuard<'_, jou
     j.read().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where a snapshot may hold a change (see `Store::places`).
-struct Place {
+/// Where a snapshot may hold a change, and who said so (see `Store::places`).
+struct Located {
     /// The change's key in `changes`.
     key: journal::Place,
     /// Named by the journal, which may be ahead of the snapshot: absent there means not held.
@@ -686,7 +686,7 @@ impl Store {
 
     /// Where `r`'s snapshot may hold each of `hashes`: the journal's place (checked by the
     /// caller in `changes`, as the journal may be ahead of the snapshot) or `envelope_at`'s.
-    fn places(&self, r: &ReadTransaction, hashes: &[Hash]) -> Result<Vec<Option<Place>>> {
+    fn places(&self, r: &ReadTransaction, hashes: &[Hash]) -> Result<Vec<Option<Located>>> {
         // Copied out first: the lock is not held across the table reads.
         let journalled = lock_read(&self.inner.shared.journal).places(hashes);
         let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
@@ -694,14 +694,17 @@ impl Store {
             .iter()
             .zip(journalled)
             .map(|(h, j)| match j {
-                Some(key) => Ok(Some(Place {
+                Some(key) => Ok(Some(Located {
                     key,
                     from_journal: true,
                 })),
-                None => Ok(at.get(h).ctx("reading table envelope_at")?.map(|v| Place {
-                    key: *v.value(),
-                    from_journal: false,
-                })),
+                None => Ok(at
+                    .get(h)
+                    .ctx("reading table envelope_at")?
+                    .map(|v| Located {
+                        key: *v.value(),
+                        from_journal: false,
+                    })),
             })
             .collect()
     }
@@ -717,19 +720,21 @@ impl Store {
             .zip(places)
             .map(|(h, place)| match place {
                 None => Ok(false),
-                Some(Place {
+                Some(Located {
                     from_journal: false,
                     ..
                 }) => Ok(true),
                 // The journal may be ahead of this snapshot: held if the snapshot has it there.
-                Some(Place { key, .. }) => match changes.get(&key).ctx("reading table changes")? {
-                    Some(v) if split_change_value(&key, v.value())?.0 == *h => Ok(true),
-                    Some(_) => Err(StorageError::Corrupt(format!(
-                        "change {} is indexed at another change's place",
-                        hex_prefix(h)
-                    ))),
-                    None => Ok(false),
-                },
+                Some(Located { key, .. }) => {
+                    match changes.get(&key).ctx("reading table changes")? {
+                        Some(v) if split_change_value(&key, v.value())?.0 == *h => Ok(true),
+                        Some(_) => Err(StorageError::Corrupt(format!(
+                            "change {} is indexed at another change's place",
+                            hex_prefix(h)
+                        ))),
+                        None => Ok(false),
+                    }
+                }
             })
             .collect()
     }
