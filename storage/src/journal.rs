@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use crate::layout::{ENVELOPE_AT, ENVELOPE_NEW};
 use crate::{Ctx, Hash, Result, StorageError};
@@ -321,18 +321,14 @@ impl TxnJournal {
     }
 }
 
-/// Moves every journal entry into `envelope_at` and empties `envelope_new`, in one durable
-/// transaction. The caller (the writer, which alone changes the journal) then calls
-/// [`Journal::merged`].
-pub(crate) fn merge(db: &Database, entries: &[(Hash, Place)]) -> Result<()> {
+/// Moves every journal entry into `envelope_at` and empties `envelope_new`, in the caller's
+/// transaction (the writer's merge, which also merges `index_journal`). After the commit the
+/// caller (the writer, which alone changes the journal) calls [`Journal::merged`].
+pub(crate) fn merge_into(txn: &WriteTransaction, entries: &[(Hash, Place)]) -> Result<()> {
     debug_assert!(
         entries.windows(2).all(|w| w[0].0 < w[1].0),
         "a merge inserts in hash order"
     );
-    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-    txn.set_durability(redb::Durability::Immediate)
-        .ctx("setting durability")?;
-    txn.set_quick_repair(crate::writer::QUICK_REPAIR);
     {
         let mut at = txn
             .open_table(ENVELOPE_AT)
@@ -356,7 +352,6 @@ pub(crate) fn merge(db: &Database, entries: &[(Hash, Place)]) -> Result<()> {
         .ctx("emptying table envelope_new")?;
     txn.open_table(ENVELOPE_NEW)
         .ctx("opening table envelope_new")?;
-    txn.commit().ctx("committing")?;
     Ok(())
 }
 

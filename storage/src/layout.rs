@@ -91,9 +91,10 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// `keys`, `key_owners`, the expiry in `DocMeta` (encoding 2) and the `tombstones` and `dropped`
 /// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
 /// position), with `envelope_at` replacing `doc_changes`; version 5 moved the `key_owners` entries
-/// into `index`; version 6 added `envelope_new` (the journal of `envelope_at`). Version-3, -4
-/// and -5 files are migrated on open (`writer::init`).
-pub const FORMAT_VERSION: u64 = 6;
+/// into `index`; version 6 added `envelope_new` (the journal of `envelope_at`); version 7 added
+/// `index_new` (the journal of `index`). Version-3 to -6 files are migrated on open
+/// (`writer::init`).
+pub const FORMAT_VERSION: u64 = 7;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
 pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
@@ -113,6 +114,9 @@ pub(crate) const PROJECTIONS: TableDefinition<&[u8; 16], &[u8]> =
     TableDefinition::new("projections");
 pub(crate) const DOC_META: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("doc_meta");
 pub(crate) const INDEX: TableDefinition<&[u8; 48], ()> = TableDefinition::new("index");
+/// `sequence` → an `index` entry: `index`'s newest entries, in the order they were written, until
+/// a merge moves them into [`INDEX`] (`index_journal.rs`).
+pub(crate) const INDEX_NEW: TableDefinition<u64, &[u8; 48]> = TableDefinition::new("index_new");
 pub(crate) const DUE: TableDefinition<&[u8; 20], ()> = TableDefinition::new("due");
 pub(crate) const KINDS: TableDefinition<&[u8; 17], ()> = TableDefinition::new("kinds");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

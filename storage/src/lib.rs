@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod baseline;
 pub mod baseline_sync;
 mod budget;
+mod index_journal;
 mod journal;
 pub mod layout;
 mod writer;
@@ -47,12 +48,42 @@ pub(crate) struct HotTables {
     seq: u64,
     txn: ReadTransaction,
     index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
+    index_new: std::sync::OnceLock<ReadOnlyTable<u64, &'static [u8; 48]>>,
     projections: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
 }
 
 impl HotTables {
     fn index(&self) -> Result<&ReadOnlyTable<&'static [u8; 48], ()>> {
         open_once(&self.txn, &self.index, INDEX, "opening table index")
+    }
+
+    fn index_new(&self) -> Result<&ReadOnlyTable<u64, &'static [u8; 48]>> {
+        open_once(
+            &self.txn,
+            &self.index_new,
+            INDEX_NEW,
+            "opening table index_new",
+        )
+    }
+
+    /// The docs (or key ids) under `key` in this snapshot, journalled ones included.
+    fn under(
+        &self,
+        key: &IndexKey,
+        journal: &RwLock<index_journal::IndexJournal>,
+    ) -> Result<Vec<[u8; 16]>> {
+        // After the snapshot began (it did when `self` was made): every entry it holds in
+        // `index_new` was published before its commit, so its pair is in memory by now.
+        let candidates = journal
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .candidates(key);
+        // `index_new` is opened only when the journal names something in the key's bucket.
+        let index_new = match candidates.is_empty() {
+            true => None,
+            false => Some(self.index_new()?),
+        };
+        index_journal::suffixes_under(self.index()?, index_new, &candidates, key)
     }
 
     fn projections(&self) -> Result<&ReadOnlyTable<&'static [u8; 16], &'static [u8]>> {
@@ -292,6 +323,16 @@ fn lock_read(j: &RwLock<journal::Journal>) -> std::sync::RwLockReadGuard<'_, jou
     j.read().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The index journal's lock, for reading (as [`lock_read`]).
+fn index_journal_read(
+    shared: &Shared,
+) -> std::sync::RwLockReadGuard<'_, index_journal::IndexJournal> {
+    shared
+        .index_journal
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where a snapshot may hold a change, and who said so (see `Store::places`).
 struct Located {
     /// The change's key in `changes`.
@@ -403,9 +444,11 @@ impl Store {
             })?;
         let last_seq = writer::init(&db)?;
         let journal = journal::Journal::load(&db)?;
+        let index_journal = index_journal::IndexJournal::load(&db)?;
         let db = Arc::new(RwLock::new(db));
         let shared = Arc::new(Shared {
             journal: RwLock::new(journal),
+            index_journal: RwLock::new(index_journal),
             ..Shared::default()
         });
         shared.last_commit_seq.store(last_seq, Ordering::Release);
@@ -522,6 +565,7 @@ impl Store {
             seq,
             txn: self.read()?,
             index: Default::default(),
+            index_new: Default::default(),
             projections: Default::default(),
         });
         shared.offer(&fresh);
@@ -604,18 +648,19 @@ impl Store {
     /// Key owners share the `index` table with index entries (format 5, `layout.rs`), so an owner
     /// must never equal an index key: the caller derives the two in different hash domains.
     pub fn keys_of(&self, owner: &IndexKey) -> Result<Vec<KeyId>> {
-        let r = self.read()?;
-        let t = r.open_table(INDEX).ctx("opening table index")?;
-        let (lo, hi) = (
-            key_owner_key(owner, &[0; 16]),
-            key_owner_key(owner, &[0xff; 16]),
+        debug_assert_eq!(
+            key_owner_key(owner, &[7; 16]),
+            index_entry(owner, &[7; 16]),
+            "a key owner's entry has an index entry's shape"
         );
-        let mut out = Vec::new();
-        for item in t.range::<&[u8; 48]>(&lo..=&hi).ctx("reading table index")? {
-            let (k, _) = item.ctx("reading table index")?;
-            out.push(doc_suffix(k.value()));
-        }
-        Ok(out)
+        let r = self.read()?;
+        let (index, index_new) = (
+            r.open_table(INDEX).ctx("opening table index")?,
+            r.open_table(INDEX_NEW).ctx("opening table index_new")?,
+        );
+        // After the snapshot began: see `HotTables::under`.
+        let candidates = index_journal_read(&self.inner.shared).candidates(owner);
+        index_journal::suffixes_under(&index, Some(&index_new), &candidates, owner)
     }
 
     /// Rewrites the file so that it holds only live pages and shrinks it (redb `compact`).
@@ -801,33 +846,17 @@ impl Store {
 
     /// Docs indexed under `key`: one seek to the key's range and a walk over exactly its entries.
     pub fn docs_by_key(&self, key: &IndexKey) -> Result<Vec<DocId>> {
-        let hot = self.hot()?;
-        let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
-        let mut out = Vec::new();
-        for item in hot
-            .index()?
-            .range::<&[u8; 48]>(&lo..=&hi)
-            .ctx("reading table index")?
-        {
-            let (k, _) = item.ctx("reading table index")?;
-            out.push(doc_suffix(k.value()));
-        }
-        Ok(out)
+        self.hot()?.under(key, &self.inner.shared.index_journal)
     }
 
     /// [`Store::docs_by_key`] plus each doc's projection, from one consistent snapshot:
     /// `(doc, kind, projection bytes)`. The "may we contact this person now?" path.
     pub fn projections_by_key(&self, key: &IndexKey) -> Result<Vec<(DocId, u8, Vec<u8>)>> {
         let hot = self.hot()?;
-        let (index, projections) = (hot.index()?, hot.projections()?);
-        let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
-        let mut out = Vec::new();
-        for item in index
-            .range::<&[u8; 48]>(&lo..=&hi)
-            .ctx("reading table index")?
-        {
-            let (k, _) = item.ctx("reading table index")?;
-            let doc = doc_suffix(k.value());
+        let docs = hot.under(key, &self.inner.shared.index_journal)?;
+        let projections = hot.projections()?;
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in docs {
             let v = projections
                 .get(&doc)
                 .ctx("reading table projections")?
@@ -1072,6 +1101,10 @@ impl Store {
                 });
                 dump!(INDEX, "index", |k, _v, b| {
                     b.extend_from_slice(k.value())
+                });
+                dump!(INDEX_NEW, "index_new", |k, v, b| {
+                    b.extend_from_slice(&k.value().to_be_bytes());
+                    b.extend_from_slice(v.value());
                 });
                 dump!(DUE, "due", |k, _v, b| { b.extend_from_slice(k.value()) });
                 dump!(EXPIRY, "expiry", |k, _v, b| {
@@ -1391,6 +1424,86 @@ mod tests {
             [false, true]
         );
         assert_eq!(store.envelopes(&[lacking[1].0]).unwrap(), [None]);
+    }
+
+    /// A reader counts a journalled index entry only where its own snapshot holds it: an entry
+    /// removed (or moved by a merge) after the snapshot began is still listed by that snapshot,
+    /// one added after it is not, and a pair in memory that names another key's entry (buckets
+    /// may be shared) or nothing is ignored.
+    #[test]
+    fn index_reads_through_the_journal_are_exact_for_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let (key, other) = ([5u8; 32], [6u8; 32]);
+        let update = |d: u8, keys: Vec<IndexKey>| RecordUpdate {
+            doc_id: [d; 16],
+            kind: 1,
+            envelopes: vec![([d; 32], vec![d])],
+            projection: vec![d],
+            index_keys: keys,
+            ..RecordUpdate::default()
+        };
+        let commit = |updates: Vec<RecordUpdate>, purges: Vec<DocId>| {
+            store
+                .commit_purge_blocking(
+                    purges,
+                    WriteBatch {
+                        updates,
+                        ..WriteBatch::default()
+                    },
+                )
+                .unwrap();
+        };
+        commit(vec![update(1, vec![key]), update(2, vec![other])], vec![]);
+        let before = store.hot().unwrap();
+        let journal = &store.inner.shared.index_journal;
+        // Slots in `key`'s bucket naming `other`'s entry (sequence 1) and nothing (99).
+        journal.write().unwrap().add_slot_for_test(&key, 1);
+        journal.write().unwrap().add_slot_for_test(&key, 99);
+        let mut candidates = journal.read().unwrap().candidates(&key);
+        candidates.sort_unstable();
+        assert_eq!(candidates, [0, 1, 99]);
+        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
+        assert_eq!(before.under(&other, journal).unwrap(), [[2; 16]]);
+
+        // Doc 1 purged, doc 3 added, doc 2 moved to `key`: the old snapshot does not see it.
+        let mut moved = update(2, vec![key]);
+        moved.envelopes = vec![([22; 32], vec![22])];
+        commit(vec![update(3, vec![key]), moved], vec![[1; 16]]);
+        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
+        assert_eq!(before.under(&other, journal).unwrap(), [[2; 16]]);
+        assert_eq!(store.docs_by_key(&key).unwrap(), [[2; 16], [3; 16]]);
+        assert!(store.docs_by_key(&other).unwrap().is_empty());
+
+        // Merged into `index`: the new snapshot finds them there, the old one in its journal.
+        let entries = lock_read(&store.inner.shared.journal).to_merge();
+        // As the writer merges: no snapshot shared through it.
+        store.inner.shared.stop_sharing();
+        {
+            let db = store.inner.db.read().unwrap();
+            assert_eq!(writer::merge_journals(&db, &entries).unwrap(), 2);
+        }
+        store.inner.shared.journal.write().unwrap().merged();
+        journal.write().unwrap().merged();
+        store.inner.shared.resume_sharing();
+        let after = store.hot().unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_eq!(after.under(&key, journal).unwrap(), [[2; 16], [3; 16]]);
+        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
+        let projections = store.projections_by_key(&key).unwrap();
+        assert_eq!(projections, [([2; 16], 1, vec![2]), ([3; 16], 1, vec![3])]);
+        assert_eq!(
+            store
+                .dump_tables(TableClass::IndexOnly)
+                .unwrap()
+                .iter()
+                .find(|(n, _)| *n == "index_new")
+                .unwrap()
+                .1
+                .len(),
+            0,
+            "the merge emptied index_new"
+        );
     }
 
     /// A snapshot shared through a commit would keep that commit's freed pages out of reuse

@@ -32,6 +32,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budget::Permit;
+use crate::index_journal::{self, IndexJournal, TxnIndex};
 use crate::journal::{self, Journal, TxnJournal};
 use crate::layout::*;
 use crate::{
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub hot: Mutex<HotSlot>,
     /// `envelope_at`'s journal (`journal.rs`); only the writer changes it.
     pub journal: RwLock<Journal>,
+    /// `index`'s journal (`index_journal.rs`); only the writer changes it.
+    pub index_journal: RwLock<IndexJournal>,
 }
 
 /// The shared snapshot, and how many commits (or compactions, or a shutdown) are running.
@@ -208,7 +211,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
             let db = db.read().unwrap_or_else(|p| p.into_inner());
             commit_group(
                 &db,
-                &shared.journal,
+                &shared,
                 group.iter().map(|r| (r.purges.as_slice(), &r.batch)),
             )
         };
@@ -255,8 +258,8 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     // A dropped receiver (cancelled caller) is fine: its data is committed anyway.
                     let _ = reply.send(Ok(CommitReceipt { commit_seq: seq }));
                 }
-                // After the answers: a merge is the journal's upkeep, not part of any commit.
-                merge_journal_if_due(&db, &shared, envelopes);
+                // After the answers: a merge is the journals' upkeep, not part of any commit.
+                merge_journals_if_due(&db, &shared, envelopes);
             }
             Err(e) => {
                 shared.commits_failed.fetch_add(1, Ordering::Relaxed);
@@ -275,13 +278,18 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
     tracing::debug!("storage writer stopped");
 }
 
-/// Merges the journal into `envelope_at` once it holds [`journal::merge_at`] entries. A failed
-/// merge changes nothing (the entries stay in the journal) and is tried again after the next
-/// commit.
-fn merge_journal_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
+/// Merges both journals, in one durable transaction, once the envelope journal holds
+/// [`journal::merge_at`] entries or the index journal [`index_journal::SLOTS_MAX`]: one stall of
+/// the writes queued behind it for both, where separate merges would make two. A failed merge
+/// changes nothing (the entries stay in the journals) and is tried again after the next commit.
+fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
     let entries = {
         let j = shared.journal.read().unwrap_or_else(|p| p.into_inner());
-        if j.live_len() < journal::merge_at(envelopes) {
+        let ix = shared
+            .index_journal
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if j.live_len() < journal::merge_at(envelopes) && ix.len() < index_journal::SLOTS_MAX {
             return;
         }
         j.to_merge()
@@ -292,7 +300,7 @@ fn merge_journal_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) 
     shared.stop_sharing();
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
-        journal::merge(&db, &entries)
+        merge_journals(&db, &entries)
     };
     if result.is_ok() {
         shared
@@ -300,20 +308,42 @@ fn merge_journal_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) 
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .merged();
+        shared
+            .index_journal
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .merged();
     }
     shared.resume_sharing();
     match result {
-        Ok(()) => tracing::debug!(
+        Ok(index_entries) => tracing::debug!(
             entries = entries.len(),
+            index_entries,
             micros = started.elapsed().as_micros() as u64,
-            "journal merged into envelope_at"
+            "journals merged into envelope_at and index"
         ),
         Err(e) => tracing::error!(
             entries = entries.len(),
             error = %e,
-            "journal merge failed; its entries stay in the journal"
+            "journal merge failed; its entries stay in the journals"
         ),
     }
+}
+
+/// The merge's transaction: `entries` (the envelope journal, in hash order) into `envelope_at`,
+/// and `index_new` into `index`; how many index entries moved.
+pub(crate) fn merge_journals(
+    db: &Database,
+    entries: &[(crate::Hash, journal::Place)],
+) -> Result<usize> {
+    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
+    txn.set_durability(Durability::Immediate)
+        .ctx("setting durability")?;
+    txn.set_quick_repair(QUICK_REPAIR);
+    journal::merge_into(&txn, entries)?;
+    let index_entries = index_journal::merge_into(&txn)?;
+    txn.commit().ctx("committing")?;
+    Ok(index_entries)
 }
 
 /// The tables one write transaction touches, opened once per transaction.
@@ -324,6 +354,7 @@ struct Tables<'t> {
     projections: Table<'t, &'static [u8; 16], &'static [u8]>,
     doc_meta: Table<'t, &'static [u8; 16], &'static [u8]>,
     index: Table<'t, &'static [u8; 48], ()>,
+    index_new: Table<'t, u64, &'static [u8; 48]>,
     due: Table<'t, &'static [u8; 20], ()>,
     kinds: Table<'t, &'static [u8; 17], ()>,
     meta: Table<'t, &'static str, &'static [u8]>,
@@ -351,6 +382,7 @@ impl<'t> Tables<'t> {
                 .ctx("opening table projections")?,
             doc_meta: txn.open_table(DOC_META).ctx("opening table doc_meta")?,
             index: txn.open_table(INDEX).ctx("opening table index")?,
+            index_new: txn.open_table(INDEX_NEW).ctx("opening table index_new")?,
             due: txn.open_table(DUE).ctx("opening table due")?,
             kinds: txn.open_table(KINDS).ctx("opening table kinds")?,
             meta: txn.open_table(META).ctx("opening table meta")?,
@@ -364,6 +396,27 @@ impl<'t> Tables<'t> {
             expiry: txn.open_table(EXPIRY).ctx("opening table expiry")?,
             keys: txn.open_table(KEYS).ctx("opening table keys")?,
         })
+    }
+}
+
+/// The journals as one transaction sees them: its own changes, and the shared state read-locked
+/// for the transaction's length.
+struct Journals<'a, 's> {
+    envelopes: (&'a mut TxnJournal, &'s Journal),
+    index: (&'a mut TxnIndex, &'s IndexJournal),
+}
+
+impl Journals<'_, '_> {
+    /// Stores an `index` entry unless it is stored (appended to `index_new`).
+    fn insert_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<()> {
+        let (ix, shared) = (&mut *self.index.0, self.index.1);
+        ix.insert(shared, &t.index, &mut t.index_new, e)
+    }
+
+    /// Removes an `index` entry from whichever table holds it; whether it was stored.
+    fn remove_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<bool> {
+        let (ix, shared) = (&mut *self.index.0, self.index.1);
+        ix.remove(shared, &mut t.index, &mut t.index_new, e)
     }
 }
 
@@ -440,7 +493,7 @@ fn thread_wchar() -> Option<u64> {
 /// On any error the transaction is dropped, which makes redb abort it: nothing of the group lands.
 pub(crate) fn commit_group<'a>(
     db: &Database,
-    journal: &RwLock<Journal>,
+    shared: &Shared,
     work: impl IntoIterator<Item = (&'a [DocId], &'a WriteBatch)>,
 ) -> Result<Committed> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
@@ -449,16 +502,23 @@ pub(crate) fn commit_group<'a>(
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
     txn.set_quick_repair(QUICK_REPAIR);
+    let (journal, index_journal) = (&shared.journal, &shared.index_journal);
     let mut j = TxnJournal::default();
+    let mut ix = TxnIndex::default();
     let (seq, envelopes) = {
-        // Only this thread changes the journal, so it reads it under a read lock while it
-        // builds the transaction (readers keep reading it).
+        // Only this thread changes the journals, so it reads them under read locks while it
+        // builds the transaction (readers keep reading them).
         let shared = journal.read().unwrap_or_else(|p| p.into_inner());
+        let ix_shared = index_journal.read().unwrap_or_else(|p| p.into_inner());
+        let mut js = Journals {
+            envelopes: (&mut j, &shared),
+            index: (&mut ix, &ix_shared),
+        };
         let mut t = Tables::open(&txn)?;
         let mut c = Counters::load(&t.sys)?;
         for (purges, batch) in work {
             for doc in purges {
-                purge_doc(&mut t, &mut c, (&mut j, &shared), doc)?;
+                purge_doc(&mut t, &mut c, &mut js, doc)?;
             }
             // In doc-id order: ids are time-ordered (`time_ordered_id` in the daemon), so in this
             // order a batch of new records appends to the id-keyed tables, and redb packs their
@@ -482,7 +542,7 @@ pub(crate) fn commit_group<'a>(
                     continue;
                 }
                 let expiry = expiry_of.get(&u.doc_id).copied();
-                apply_update(&mut t, &mut c, (&mut j, &shared), u, expiry)?;
+                apply_update(&mut t, &mut c, &mut js, u, expiry)?;
                 if expiry.is_some() {
                     expiry_written.insert(&u.doc_id);
                 }
@@ -494,9 +554,7 @@ pub(crate) fn commit_group<'a>(
             }
             for (owner, id) in &batch.key_deletes {
                 t.keys.remove(id).ctx("writing table keys")?;
-                t.index
-                    .remove(&key_owner_key(owner, id))
-                    .ctx("writing table index")?;
+                js.remove_index(&mut t, &key_owner_key(owner, id))?;
             }
             for (id, wrapped) in &batch.key_rewraps {
                 let owner = match t.keys.get(id).ctx("reading table keys")? {
@@ -525,9 +583,7 @@ pub(crate) fn commit_group<'a>(
                 t.keys
                     .insert(id, value.as_slice())
                     .ctx("writing table keys")?;
-                t.index
-                    .insert(&key_owner_key(owner, id), ())
-                    .ctx("writing table index")?;
+                js.insert_index(&mut t, &key_owner_key(owner, id))?;
             }
             for (k, v) in &batch.meta {
                 t.meta
@@ -564,9 +620,14 @@ pub(crate) fn commit_group<'a>(
     // Published before the commit, so that no snapshot taken after it misses an entry (readers
     // check what the journal names in their own snapshot: `journal.rs`).
     j.publish(&mut journal.write().unwrap_or_else(|p| p.into_inner()));
+    ix.publish(&mut index_journal.write().unwrap_or_else(|p| p.into_inner()));
     let committed = txn.commit().ctx("committing");
     j.settle(
         &mut journal.write().unwrap_or_else(|p| p.into_inner()),
+        committed.is_ok(),
+    );
+    ix.settle(
+        &mut index_journal.write().unwrap_or_else(|p| p.into_inner()),
         committed.is_ok(),
     );
     committed?;
@@ -667,7 +728,7 @@ fn load_doc_meta(t: &Tables<'_>, doc: &DocId) -> Result<Option<DocMeta>> {
 fn apply_update(
     t: &mut Tables<'_>,
     c: &mut Counters,
-    (j, shared): (&mut TxnJournal, &Journal),
+    js: &mut Journals<'_, '_>,
     u: &RecordUpdate,
     expiry: Option<Option<i32>>,
 ) -> Result<()> {
@@ -679,6 +740,7 @@ fn apply_update(
     // stored (for any doc, or earlier in this same update) is skipped, so re-delivery is harmless.
     let mut next_pos = old_pos;
     let mut value = Vec::new();
+    let (j, shared) = (&mut *js.envelopes.0, js.envelopes.1);
     for (hash, bytes) in &u.envelopes {
         let key = change_key(doc, next_pos);
         // A lookup in `envelope_at` reads pages and writes none; the new entry is appended to
@@ -719,19 +781,13 @@ fn apply_update(
     let old_keys: &[IndexKey] = old.as_ref().map_or(&[], |m| m.index_keys.as_slice());
     for k in old_keys {
         if keys.binary_search(k).is_err() {
-            let existed = t
-                .index
-                .remove(&index_entry(k, doc))
-                .ctx("writing table index")?
-                .is_some();
+            let existed = js.remove_index(t, &index_entry(k, doc))?;
             debug_assert!(existed, "index entry listed in doc_meta was missing");
         }
     }
     for k in &keys {
         if old_keys.binary_search(k).is_err() {
-            t.index
-                .insert(&index_entry(k, doc), ())
-                .ctx("writing table index")?;
+            js.insert_index(t, &index_entry(k, doc))?;
         }
     }
 
@@ -810,7 +866,7 @@ fn apply_update(
 fn purge_doc(
     t: &mut Tables<'_>,
     c: &mut Counters,
-    (j, shared): (&mut TxnJournal, &Journal),
+    js: &mut Journals<'_, '_>,
     doc: &DocId,
 ) -> Result<bool> {
     let Some(old) = load_doc_meta(t, doc)? else {
@@ -835,6 +891,7 @@ fn purge_doc(
         changes.len() <= old.next_pos as usize,
         "doc has more changes than positions handed out"
     );
+    let (j, shared) = (&mut *js.envelopes.0, js.envelopes.1);
     for (k, hash) in &changes {
         t.changes.remove(k).ctx("writing table changes")?;
         let found = j.find(shared, &t.envelope_at, hash)?;
@@ -845,9 +902,7 @@ fn purge_doc(
         }
     }
     for k in &old.index_keys {
-        t.index
-            .remove(&index_entry(k, doc))
-            .ctx("writing table index")?;
+        js.remove_index(t, &index_entry(k, doc))?;
     }
     if let Some(d) = old.due_day {
         t.due.remove(&due_key(d, doc)).ctx("writing table due")?;
@@ -901,9 +956,9 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
                 Some(0)
             }
             Some(v) if v == FORMAT_VERSION => Some(read_sys(&sys, SYS_COMMIT_SEQ)?),
-            // Format 6 only added `envelope_new`, created empty above: an empty journal is a
-            // format-5 file's state.
-            Some(5) => {
+            // Formats 6 and 7 only added `envelope_new` and `index_new`, created empty above:
+            // empty journals are a format-5 file's state.
+            Some(5 | 6) => {
                 sys.insert(SYS_FORMAT_VERSION, FORMAT_VERSION)
                     .ctx("writing table sys")?;
                 Some(read_sys(&sys, SYS_COMMIT_SEQ)?)
@@ -1148,8 +1203,8 @@ mod tests {
             updates: vec![update(2, 2)],
             ..WriteBatch::default()
         };
-        let journal = RwLock::new(Journal::default());
-        let err = commit_group(&db, &journal, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
+        let shared = Shared::default();
+        let err = commit_group(&db, &shared, [(&[][..], &good), (&[][..], &bad)]).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
 
         let r = db.begin_read().unwrap();
@@ -1157,7 +1212,7 @@ mod tests {
         assert!(env.get(&[1u8; 32]).unwrap().is_none(), "good batch leaked");
         assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
         assert_eq!(
-            journal.read().unwrap().places(&[[1; 32]]),
+            shared.journal.read().unwrap().places(&[[1; 32]]),
             [None],
             "the failed group's envelope stayed in the journal"
         );
@@ -1167,10 +1222,10 @@ mod tests {
 
         // The good batch alone commits.
         assert_eq!(
-            commit_group(&db, &journal, [(&[][..], &good)]).unwrap().seq,
+            commit_group(&db, &shared, [(&[][..], &good)]).unwrap().seq,
             1
         );
-        assert!(journal.read().unwrap().places(&[[1; 32]])[0].is_some());
+        assert!(shared.journal.read().unwrap().places(&[[1; 32]])[0].is_some());
     }
 
     /// New records' ids are time-ordered but arrive out of order within a batch (ids made in one
@@ -1190,7 +1245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("db.redb")).unwrap();
         init(&db).unwrap();
-        let journal = RwLock::new(Journal::default());
+        let shared = Shared::default();
         for batch_no in 0u32..40 {
             let mut updates: Vec<RecordUpdate> = (0u32..250)
                 .map(|i| {
@@ -1222,7 +1277,7 @@ mod tests {
                 updates,
                 ..WriteBatch::default()
             };
-            commit_group(&db, &journal, [(&[][..], &batch)]).unwrap();
+            commit_group(&db, &shared, [(&[][..], &batch)]).unwrap();
         }
         let r = db.begin_read().unwrap();
         for (name, stats) in [
@@ -1404,40 +1459,53 @@ mod tests {
         assert_eq!(store.keys_of(&[9; 32]).unwrap(), vec![[0; 16], [1; 16]]);
     }
 
-    /// Format 6 only added the journal (`envelope_new`): a format-5 file gets it, empty, and
-    /// keeps everything else.
+    /// Formats 6 and 7 only added the journals (`envelope_new`, `index_new`): a format-5 or -6
+    /// file gets what it lacks, empty, and keeps everything else.
     #[test]
-    fn a_format_5_file_gains_an_empty_journal_when_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            init(&db).unwrap();
-            let journal = RwLock::new(Journal::default());
-            let stored = WriteBatch {
-                updates: vec![update(1, 1)],
-                ..WriteBatch::default()
-            };
-            commit_group(&db, &journal, [(&[][..], &stored)]).unwrap();
-            // Back to format 5: the envelope indexed in `envelope_at`, no journal table.
-            let txn = db.begin_write().unwrap();
+    fn a_format_5_or_6_file_gains_empty_journals_when_opened() {
+        for version in [5, 6] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db.redb");
             {
-                let mut at = txn.open_table(ENVELOPE_AT).unwrap();
-                at.insert(&[1; 32], &change_key(&[1; 16], 0)).unwrap();
-                txn.open_table(SYS)
-                    .unwrap()
-                    .insert(SYS_FORMAT_VERSION, 5)
-                    .unwrap();
+                let db = Database::create(&path).unwrap();
+                init(&db).unwrap();
+                let shared = Shared::default();
+                let stored = WriteBatch {
+                    updates: vec![update(1, 1)],
+                    ..WriteBatch::default()
+                };
+                commit_group(&db, &shared, [(&[][..], &stored)]).unwrap();
+                // Back to the old format: the envelope in `envelope_at` (format 5 only), the
+                // index entry in `index`, no journal table the format lacks.
+                let txn = db.begin_write().unwrap();
+                {
+                    if version == 5 {
+                        let mut at = txn.open_table(ENVELOPE_AT).unwrap();
+                        at.insert(&[1; 32], &change_key(&[1; 16], 0)).unwrap();
+                    }
+                    let mut index = txn.open_table(INDEX).unwrap();
+                    index.insert(&index_entry(&[1; 32], &[1; 16]), ()).unwrap();
+                    txn.open_table(SYS)
+                        .unwrap()
+                        .insert(SYS_FORMAT_VERSION, version)
+                        .unwrap();
+                }
+                if version == 5 {
+                    txn.delete_table(ENVELOPE_NEW).unwrap();
+                }
+                txn.delete_table(INDEX_NEW).unwrap();
+                txn.commit().unwrap();
             }
-            txn.delete_table(ENVELOPE_NEW).unwrap();
-            txn.commit().unwrap();
+            let store = crate::Store::open(&path).unwrap();
+            assert_eq!(store.envelope(&[1; 32]).unwrap(), Some(vec![1; 10]));
+            assert_eq!(store.docs_by_key(&[1; 32]).unwrap(), [[1; 16]]);
+            let r = store.read().unwrap();
+            let sys = r.open_table(SYS).unwrap();
+            assert_eq!(read_sys(&sys, SYS_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
+            let journalled = r.open_table(ENVELOPE_NEW).unwrap().len().unwrap();
+            assert_eq!(journalled, u64::from(version == 6), "format {version}");
+            assert_eq!(r.open_table(INDEX_NEW).unwrap().len().unwrap(), 0);
         }
-        let store = crate::Store::open(&path).unwrap();
-        assert_eq!(store.envelope(&[1; 32]).unwrap(), Some(vec![1; 10]));
-        let r = store.read().unwrap();
-        let sys = r.open_table(SYS).unwrap();
-        assert_eq!(read_sys(&sys, SYS_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
-        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
     }
 
     /// One group may store an envelope and purge its doc (two requests): neither table nor the
@@ -1448,7 +1516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("db.redb")).unwrap();
         init(&db).unwrap();
-        let journal = RwLock::new(Journal::default());
+        let shared = Shared::default();
         let stored = WriteBatch {
             updates: vec![update(1, 1)],
             ..WriteBatch::default()
@@ -1456,7 +1524,7 @@ mod tests {
         let nothing = WriteBatch::default();
         commit_group(
             &db,
-            &journal,
+            &shared,
             [(&[][..], &stored), (&[[1u8; 16]][..], &nothing)],
         )
         .unwrap();
@@ -1467,22 +1535,22 @@ mod tests {
             read_sys(&r.open_table(SYS).unwrap(), SYS_ENVELOPES).unwrap(),
             0
         );
-        assert_eq!(journal.read().unwrap().places(&[[1; 32]]), [None]);
+        assert_eq!(shared.journal.read().unwrap().places(&[[1; 32]]), [None]);
 
         // Stored, then purged and stored again in one group: the new entry stays, in the table
         // and in the journal (the purge's clean-up of the old one must not take it).
         drop(r);
-        commit_group(&db, &journal, [(&[][..], &stored)]).unwrap();
+        commit_group(&db, &shared, [(&[][..], &stored)]).unwrap();
         commit_group(
             &db,
-            &journal,
+            &shared,
             [(&[[1u8; 16]][..], &nothing), (&[][..], &stored)],
         )
         .unwrap();
         let r = db.begin_read().unwrap();
         assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 1);
         assert_eq!(
-            journal.read().unwrap().places(&[[1; 32]]),
+            shared.journal.read().unwrap().places(&[[1; 32]]),
             [Some(change_key(&[1; 16], 0))]
         );
     }

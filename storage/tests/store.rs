@@ -689,6 +689,11 @@ fn acknowledged_commits_survive_kill() {
             Some(format!("env-{n}").into_bytes()),
             "acknowledged envelope {n} not found"
         );
+        assert_eq!(
+            store.docs_by_key(&ikey(n)).unwrap(),
+            [doc(n)],
+            "acknowledged index entry {n} not found"
+        );
     }
     let s = store.stats().unwrap();
     assert!(s.records >= acked.len() as u64 * u64::from(KILL_BATCH_RECORDS));
@@ -1113,4 +1118,166 @@ fn journalled_and_merged_envelopes_are_found_listed_purged_and_reopened() {
     assert_eq!(envelope_table_bytes(&store).1, 0, "journal merged");
     let present: Vec<u32> = present.into_iter().chain(20_000..36_000).collect();
     check(&store, &present, &[10, 16_999, 40_000]);
+}
+
+/// A random-looking index key in domain `d` (real index keys are keyed hashes).
+fn scrambled_key(n: u32, d: u8) -> IndexKey {
+    let mut k = [d; 32];
+    k[..32 - 1].copy_from_slice(&scrambled_hash(n.wrapping_mul(7) ^ u32::from(d))[..31]);
+    k
+}
+
+/// New index entries and key owners go to the journal (`index_new`) and move into `index` with
+/// the envelope journal's merge. Wherever an entry is, lookups by key find it, a change of a
+/// record's keys, a purge and a key deletion remove it, a repeated key put stores it once, and
+/// a reopen reads the journal back.
+#[test]
+fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    // Record n: keys of groups n % 4,000 (four or more docs a key) and n itself.
+    let keys_of_record = |n: u32| vec![scrambled_key(n % 4_000, 1), scrambled_key(n, 2)];
+    let owner = |n: u32| scrambled_key(n % 4_000, 3);
+    let key_id = |n: u32| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        id
+    };
+    let update = |n: u32, keys: Vec<IndexKey>, salt: u32| RecordUpdate {
+        doc_id: doc(n),
+        kind: 1,
+        envelopes: vec![(scrambled_hash(n ^ salt), vec![1])],
+        projection: n.to_be_bytes().to_vec(),
+        index_keys: keys,
+        due_day: None,
+    };
+    let mut docs: BTreeMap<IndexKey, BTreeSet<DocId>> = BTreeMap::new();
+    let mut owned: BTreeMap<IndexKey, BTreeSet<KeyId>> = BTreeMap::new();
+    let commit_range = |store: &Store,
+                        docs: &mut BTreeMap<IndexKey, BTreeSet<DocId>>,
+                        owned: &mut BTreeMap<IndexKey, BTreeSet<KeyId>>,
+                        from: u32,
+                        to: u32| {
+        for start in (from..to).step_by(500) {
+            let end = (start + 500).min(to);
+            let mut b = batch(
+                (start..end)
+                    .map(|n| update(n, keys_of_record(n), 0))
+                    .collect(),
+            );
+            for n in (start..end).filter(|n| n % 10 == 0) {
+                b.keys.push((owner(n), key_id(n), vec![9; 40]));
+                owned.entry(owner(n)).or_default().insert(key_id(n));
+            }
+            for n in start..end {
+                for k in keys_of_record(n) {
+                    docs.entry(k).or_default().insert(doc(n));
+                }
+            }
+            store.commit_blocking(b).unwrap();
+        }
+        // The merge runs after the commit that fills the journal: one more commit waits for it.
+        store.commit_blocking(WriteBatch::default()).unwrap();
+    };
+    let check = |store: &Store,
+                 docs: &BTreeMap<IndexKey, BTreeSet<DocId>>,
+                 owned: &BTreeMap<IndexKey, BTreeSet<KeyId>>| {
+        for (k, expected) in docs.iter().step_by(13) {
+            let expected: Vec<DocId> = expected.iter().copied().collect();
+            assert_eq!(store.docs_by_key(k).unwrap(), expected);
+            let with_projections = store.projections_by_key(k).unwrap();
+            let listed: Vec<DocId> = with_projections.iter().map(|p| p.0).collect();
+            assert_eq!(listed, expected);
+            for (d, _, projection) in &with_projections {
+                assert_eq!(projection[..], d[..4], "the doc's own projection");
+            }
+        }
+        for (o, expected) in owned.iter().step_by(7) {
+            let expected: Vec<KeyId> = expected.iter().copied().collect();
+            assert_eq!(store.keys_of(o).unwrap(), expected);
+        }
+    };
+    let index_rows = |store: &Store| {
+        let tables = store.dump_tables(TableClass::IndexOnly).unwrap();
+        let size = |name: &str| tables.iter().find(|(n, _)| *n == name).unwrap().1.len();
+        (size("index") / 48, size("index_new") / 56)
+    };
+
+    let store = Store::open(&path).unwrap();
+    commit_range(&store, &mut docs, &mut owned, 0, 16_500);
+    commit_range(&store, &mut docs, &mut owned, 16_500, 17_000);
+    assert_eq!(
+        index_rows(&store),
+        (16_500 * 2 + 1_650, 500 * 2 + 50),
+        "the first 16,500 records' entries merged with the envelopes, the last 500's journalled"
+    );
+    check(&store, &docs, &owned);
+
+    // Keys changed, docs purged and keys deleted, on both sides of the merge; a key put again.
+    let mut b = batch(vec![
+        update(5, vec![scrambled_key(77, 4)], 0xabcd),
+        update(16_905, vec![scrambled_key(77, 4)], 0xabcd),
+    ]);
+    for n in [5, 16_905] {
+        for k in keys_of_record(n) {
+            docs.get_mut(&k).unwrap().remove(&doc(n));
+        }
+        docs.entry(scrambled_key(77, 4)).or_default().insert(doc(n));
+    }
+    for n in [1, 16_901] {
+        for k in keys_of_record(n) {
+            docs.get_mut(&k).unwrap().remove(&doc(n));
+        }
+    }
+    for n in [30, 16_930] {
+        b.key_deletes.push((owner(n), key_id(n)));
+        owned.get_mut(&owner(n)).unwrap().remove(&key_id(n));
+    }
+    b.keys.push((owner(40), key_id(40), vec![8; 40]));
+    b.keys.push((owner(16_940), key_id(16_940), vec![8; 40]));
+    store
+        .commit_purge_blocking(vec![doc(1), doc(16_901)], b)
+        .unwrap();
+    for n in [5, 16_905, 1, 16_901] {
+        for k in keys_of_record(n) {
+            assert!(
+                !store.docs_by_key(&k).unwrap().contains(&doc(n)),
+                "doc {n} under an old key"
+            );
+        }
+    }
+    assert_eq!(
+        store.docs_by_key(&scrambled_key(77, 4)).unwrap(),
+        [doc(5), doc(16_905)]
+    );
+    for n in [30, 16_930] {
+        assert!(!store.keys_of(&owner(n)).unwrap().contains(&key_id(n)));
+    }
+    for n in [40, 16_940] {
+        let ids = store.keys_of(&owner(n)).unwrap();
+        assert_eq!(ids.iter().filter(|&&id| id == key_id(n)).count(), 1);
+    }
+    // Merged side: 2 entries moved to the new key, 2 purged, 1 key deleted; journal side: the
+    // same, the new key's two entries appended.
+    assert_eq!(
+        index_rows(&store),
+        (16_500 * 2 + 1_650 - 5, 500 * 2 + 50 - 5 + 2)
+    );
+    check(&store, &docs, &owned);
+
+    // The journal is read back at open.
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    check(&store, &docs, &owned);
+
+    // And merged again with the envelopes: everything in `index`, the journal empty.
+    commit_range(&store, &mut docs, &mut owned, 20_000, 36_000);
+    assert_eq!(index_rows(&store).1, 0, "journal merged");
+    check(&store, &docs, &owned);
+    assert_eq!(
+        index_rows(&store).0,
+        docs.values().map(BTreeSet::len).sum::<usize>()
+            + owned.values().map(BTreeSet::len).sum::<usize>()
+    );
 }

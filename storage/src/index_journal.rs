@@ -1,0 +1,384 @@
+//! `index`'s journal: the newest index entries, appended in order and merged into `index` in bulk.
+//!
+//! **Why.** `index` is keyed by the caller's keyed hashes (a subject's token, its consent tokens,
+//! its key owner), which are random. Written one commit at a time, each new subject's entries
+//! land in a leaf of their own, and redb's copy-on-write rewrites that whole 4 KiB leaf and its
+//! branch page in the commit: once `envelope_at` was journalled (`journal.rs`), that was most of
+//! what a single write still cost (`examples/commit_cost.rs`: 341 KiB per 20-record commit at
+//! 100,000 records, against 162 KiB had `index` been appended too). The key cannot follow time:
+//! a consent check looks a subject up by its token alone.
+//!
+//! **How.** A commit appends each new entry (`key[32] ‖ doc-or-key-id[16]`, unchanged) to
+//! `index_new` under the next sequence number: one leaf per commit, however many records. Memory
+//! holds only where to look, one [`Slot`] per entry: a hash of its key ([`bucket`]), a hash of
+//! its doc id and its sequence number (24 bytes, about 35 in a B-tree set). A reader asks for the
+//! sequence numbers in its key's bucket and reads each in its *own snapshot's* `index_new`: it
+//! counts an entry only if that snapshot holds it there, whole. So memory may hold more than any snapshot (a commit's slots
+//! are added before it commits, so that no snapshot taken after it misses one; a removed entry's
+//! slot stays until the next merge, for snapshots from before the removal) and a reader is still
+//! exact. The writer merges once the envelope journal is due ([`crate::journal::merge_at`]) or
+//! this one holds [`SLOTS_MAX`] slots: every entry of `index_new` goes into `index` in key order,
+//! and `index_new` is dropped and recreated, in one transaction with the envelope journal's merge
+//! (one stall for both).
+//!
+//! **Invariants.**
+//! - An entry is in at most one of `index` and `index_new`, and at most once in `index_new` (an
+//!   insert looks in both first; a merge moves in one transaction and refuses a file that breaks
+//!   it: [`StorageError::Corrupt`]).
+//! - Every entry of `index_new` has its slot in [`IndexJournal::slots`] (loaded at open, added
+//!   before each commit). Sequence numbers are never reused while the store is open, so a slot
+//!   names at most one entry ever.
+//! - After a merge, the merged slots stay in `previous` until the next merge, for readers whose
+//!   snapshot began before it. A read whose snapshot spans two merges (at least [`SLOTS_MAX`]
+//!   entries or [`crate::journal::MERGE_MIN`] envelopes written meanwhile) could miss an entry;
+//!   the hot read paths share a snapshot only between two commits.
+//!
+//! **Limits.** At most [`SLOTS_MAX`] slots in each of the two sets (a merge follows the commit
+//! that reaches it): about 18 MiB for both. A merge rewrites at most every leaf of `index` once.
+
+use std::collections::BTreeSet;
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+
+use crate::layout::{doc_suffix, index_entry, INDEX, INDEX_NEW};
+use crate::{Ctx, IndexKey, Result, StorageError};
+
+/// One `index` entry: a 32-byte key (an index key or a key owner) and the 16-byte doc or key id.
+pub(crate) type Entry = [u8; 48];
+
+/// Most slots the journal holds before the writer merges it whatever the envelope journal says.
+/// A new consent for a new subject adds three entries (its token, its consent token, its key's
+/// owner) and one envelope, so the envelope journal is normally due first; this bounds the memory
+/// of workloads that index much and store little.
+pub(crate) const SLOTS_MAX: usize = 4 * crate::journal::MERGE_MAX;
+
+/// The bucket an entry is found by: a hash of its 32-byte key. Of the whole key, not a slice of
+/// it: consentd starts all of one subject's keys with the same 16 bytes (`TOKEN_CLUSTER_LEN`)
+/// so that they share a leaf of `index`, and a caller's keys may share any other bytes too; a
+/// bucket shared by many keys would make every lookup of one read all their entries.
+fn bucket(key: &[u8]) -> u64 {
+    debug_assert!(key.len() >= 32, "a bucket is taken from a 32-byte key");
+    words(&key[..32])
+}
+
+/// FxHash's step over 8-byte words: fast, and spread enough for a bucket (correctness never
+/// depends on it, as readers check every entry they read).
+fn words(bytes: &[u8]) -> u64 {
+    bytes.chunks_exact(8).fold(0u64, |h, word| {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        (h.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
+    })
+}
+
+/// Where an entry was appended: `(bucket of its key, hash of its suffix, sequence number)`. Readers
+/// range over a bucket; the writer, which looks for one entry, over a bucket and a suffix hash,
+/// so that a key with many journalled docs does not make each of its inserts read them all.
+type Slot = (u64, u32, u64);
+
+/// The slot of entry `e` appended at `seq`.
+fn slot(e: &Entry, seq: u64) -> Slot {
+    (bucket(e), (words(&e[32..]) >> 32) as u32, seq)
+}
+
+/// Where readers look for journalled entries; only the writer changes it.
+#[derive(Default, Debug)]
+pub(crate) struct IndexJournal {
+    /// The slot of every entry appended to `index_new` since the last merge, including those
+    /// removed since and those of the commit in progress.
+    slots: BTreeSet<Slot>,
+    /// The same for the entries the last merge moved into `index`.
+    previous: BTreeSet<Slot>,
+    /// The next sequence number of `index_new`.
+    next_seq: u64,
+}
+
+impl IndexJournal {
+    /// Reads `index_new` (at open).
+    pub(crate) fn load(db: &Database) -> Result<IndexJournal> {
+        let r = db.begin_read().ctx("beginning a read transaction")?;
+        let t = r.open_table(INDEX_NEW).ctx("opening table index_new")?;
+        let mut j = IndexJournal::default();
+        for item in t.iter().ctx("reading table index_new")? {
+            let (k, v) = item.ctx("reading table index_new")?;
+            j.slots.insert(slot(v.value(), k.value()));
+            j.next_seq = k
+                .value()
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Corrupt("index_new's sequence is exhausted".into()))?;
+        }
+        Ok(j)
+    }
+
+    /// A slot as if an entry of `key` were appended at `seq` (which may hold anything or
+    /// nothing): what readers must see through.
+    #[cfg(test)]
+    pub(crate) fn add_slot_for_test(&mut self, key: &IndexKey, seq: u64) {
+        self.slots.insert((bucket(key), 0, seq));
+    }
+
+    /// Pairs held for the current generation (what [`SLOTS_MAX`] bounds).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The sequence numbers under which some snapshot may hold an entry of `key` in `index_new`.
+    pub(crate) fn candidates(&self, key: &IndexKey) -> Vec<u64> {
+        let b = bucket(key);
+        let range = (b, 0, 0)..=(b, u32::MAX, u64::MAX);
+        self.slots
+            .range(range.clone())
+            .chain(self.previous.range(range))
+            .map(|&(_, _, seq)| seq)
+            .collect()
+    }
+
+    /// A merge of everything in `index_new` committed: it is all in `index` now.
+    pub(crate) fn merged(&mut self) {
+        self.previous = std::mem::take(&mut self.slots);
+    }
+}
+
+/// The 16-byte suffixes (doc ids, or key ids under a key owner) of `key`'s entries in one
+/// snapshot: `index`'s range, plus each of `candidates` that the snapshot's `index_new` holds
+/// under `key`. Ascending, without repeats.
+pub(crate) fn suffixes_under(
+    index: &impl ReadableTable<&'static [u8; 48], ()>,
+    index_new: Option<&impl ReadableTable<u64, &'static [u8; 48]>>,
+    candidates: &[u64],
+    key: &IndexKey,
+) -> Result<Vec<[u8; 16]>> {
+    let (lo, hi) = (index_entry(key, &[0; 16]), index_entry(key, &[0xff; 16]));
+    let mut out = Vec::new();
+    for item in index
+        .range::<&[u8; 48]>(&lo..=&hi)
+        .ctx("reading table index")?
+    {
+        let (k, _) = item.ctx("reading table index")?;
+        out.push(doc_suffix(k.value()));
+    }
+    let Some(index_new) = index_new else {
+        debug_assert!(candidates.is_empty(), "candidates without index_new");
+        return Ok(out);
+    };
+    let indexed = out.len();
+    for seq in candidates {
+        if let Some(v) = index_new.get(seq).ctx("reading table index_new")? {
+            if v.value()[..32] == key[..] {
+                out.push(doc_suffix(v.value()));
+            }
+        }
+    }
+    if out.len() > indexed {
+        out.sort_unstable();
+        let found = out.len();
+        out.dedup();
+        if out.len() != found {
+            // The invariant above; never answered around.
+            return Err(StorageError::Corrupt(
+                "an index entry is in both index and index_new".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Where the writer found an entry.
+enum Found {
+    /// In `index_new`, at this sequence number.
+    Journal(u64),
+    /// In `index`.
+    Indexed,
+}
+
+/// One write transaction's entries: written to `index_new` at once, and published to the shared
+/// [`IndexJournal`] around the commit ([`TxnIndex::publish`], [`TxnIndex::settle`]).
+#[derive(Default)]
+pub(crate) struct TxnIndex {
+    /// The slots of the entries this transaction appended.
+    added: BTreeSet<Slot>,
+    next_seq: Option<u64>,
+}
+
+impl TxnIndex {
+    /// Where `e` is, as this transaction sees it. Every slot of its bucket is checked in this
+    /// transaction's `index_new`, so one removed meanwhile is not found.
+    fn find(
+        &self,
+        shared: &IndexJournal,
+        index: &Table<'_, &'static [u8; 48], ()>,
+        index_new: &Table<'_, u64, &'static [u8; 48]>,
+        e: &Entry,
+    ) -> Result<Option<Found>> {
+        let (b, s, _) = slot(e, 0);
+        let range = (b, s, 0)..=(b, s, u64::MAX);
+        for &(_, _, seq) in shared
+            .slots
+            .range(range.clone())
+            .chain(self.added.range(range))
+        {
+            if let Some(v) = index_new.get(seq).ctx("reading table index_new")? {
+                if v.value() == e {
+                    return Ok(Some(Found::Journal(seq)));
+                }
+            }
+        }
+        Ok(index
+            .get(e)
+            .ctx("reading table index")?
+            .map(|_| Found::Indexed))
+    }
+
+    /// Stores `e` unless it is stored already (in either table): an insert into `index` as it
+    /// was, appended to `index_new`.
+    pub(crate) fn insert(
+        &mut self,
+        shared: &IndexJournal,
+        index: &Table<'_, &'static [u8; 48], ()>,
+        index_new: &mut Table<'_, u64, &'static [u8; 48]>,
+        e: &Entry,
+    ) -> Result<()> {
+        if self.find(shared, index, index_new, e)?.is_some() {
+            return Ok(());
+        }
+        let seq = self.next_seq.unwrap_or(shared.next_seq);
+        index_new.insert(seq, e).ctx("writing table index_new")?;
+        self.next_seq =
+            Some(seq.checked_add(1).ok_or_else(|| {
+                StorageError::Corrupt("index_new's sequence is exhausted".into())
+            })?);
+        self.added.insert(slot(e, seq));
+        Ok(())
+    }
+
+    /// Removes `e` from whichever table holds it; whether it was stored.
+    pub(crate) fn remove(
+        &mut self,
+        shared: &IndexJournal,
+        index: &mut Table<'_, &'static [u8; 48], ()>,
+        index_new: &mut Table<'_, u64, &'static [u8; 48]>,
+        e: &Entry,
+    ) -> Result<bool> {
+        match self.find(shared, index, index_new, e)? {
+            // Its slot stays in memory: snapshots from before this commit still hold it.
+            Some(Found::Journal(seq)) => {
+                index_new.remove(seq).ctx("writing table index_new")?;
+                Ok(true)
+            }
+            Some(Found::Indexed) => {
+                index.remove(e).ctx("writing table index")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Before the commit: readers find the added entries from now on (and read them in their
+    /// own snapshot, which holds them once the commit is visible).
+    pub(crate) fn publish(&self, shared: &mut IndexJournal) {
+        shared.slots.extend(self.added.iter().copied());
+        if let Some(seq) = self.next_seq {
+            debug_assert!(seq >= shared.next_seq, "index_new's sequence must grow");
+            shared.next_seq = seq;
+        }
+    }
+
+    /// After the commit: a failed one's slots leave memory (nothing of it landed; its sequence
+    /// numbers are not handed out again).
+    pub(crate) fn settle(self, shared: &mut IndexJournal, committed: bool) {
+        if !committed {
+            for slot in &self.added {
+                shared.slots.remove(slot);
+            }
+        }
+    }
+}
+
+/// Moves every entry of `index_new` into `index`, in key order, and empties `index_new`, in the
+/// caller's transaction; how many entries moved. After the commit the caller calls
+/// [`IndexJournal::merged`].
+pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<usize> {
+    let mut entries: Vec<Entry> = {
+        let t = txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
+        let mut out = Vec::new();
+        for item in t.iter().ctx("reading table index_new")? {
+            out.push(*item.ctx("reading table index_new")?.1.value());
+        }
+        out
+    };
+    entries.sort_unstable();
+    if entries.windows(2).any(|w| w[0] == w[1]) {
+        return Err(StorageError::Corrupt(
+            "an index entry is twice in index_new".into(),
+        ));
+    }
+    {
+        let mut index = txn.open_table(INDEX).ctx("opening table index")?;
+        for e in &entries {
+            if index.insert(e, ()).ctx("writing table index")?.is_some() {
+                return Err(StorageError::Corrupt(
+                    "an index entry is in both index and index_new".into(),
+                ));
+            }
+        }
+    }
+    // Dropping the table frees its pages at once; entry by entry would rewrite its leaves.
+    txn.delete_table(INDEX_NEW)
+        .ctx("emptying table index_new")?;
+    txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
+    Ok(entries.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differing_in_any_byte_fall_in_different_buckets() {
+        let key = [7u8; 32];
+        let mut buckets = std::collections::HashSet::new();
+        for i in 0..32 {
+            for v in [0u8, 1, 0x80, 0xff] {
+                let mut k = key;
+                k[i] = v;
+                buckets.insert(bucket(&k));
+            }
+        }
+        // 32 positions × 4 values, none of them `key`'s own 7: 128 distinct keys.
+        assert_eq!(buckets.len(), 128);
+        let entry = index_entry(&key, &[9; 16]);
+        assert_eq!(
+            bucket(&entry),
+            bucket(&key),
+            "an entry's bucket is its key's"
+        );
+    }
+
+    #[test]
+    fn candidates_come_from_both_generations_and_a_failed_commit_takes_its_own_back() {
+        let key = [3u8; 32];
+        let mut shared = IndexJournal::default();
+        let mut t = TxnIndex::default();
+        t.added.insert(slot(&index_entry(&key, &[1; 16]), 0));
+        t.next_seq = Some(1);
+        t.publish(&mut shared);
+        assert_eq!(shared.candidates(&key), [0]);
+        t.settle(&mut shared, true);
+        shared.merged();
+        assert_eq!(shared.len(), 0);
+        assert_eq!(shared.candidates(&key), [0], "kept for older snapshots");
+
+        let mut t = TxnIndex::default();
+        t.added.insert(slot(&index_entry(&key, &[2; 16]), 1));
+        t.next_seq = Some(2);
+        t.publish(&mut shared);
+        assert_eq!(shared.candidates(&key), [1, 0]);
+        t.settle(&mut shared, false);
+        assert_eq!(shared.candidates(&key), [0]);
+        assert_eq!(
+            shared.next_seq, 2,
+            "a sequence number is never handed out twice"
+        );
+        shared.merged();
+        assert!(shared.candidates(&key).is_empty());
+    }
+}
