@@ -16,10 +16,9 @@
 //! counts an entry only if that snapshot holds it there, whole. So memory may hold more than any snapshot (a commit's slots
 //! are added before it commits, so that no snapshot taken after it misses one; a removed entry's
 //! slot stays until the next merge, for snapshots from before the removal) and a reader is still
-//! exact. The writer merges once the envelope journal is due ([`crate::journal::merge_at`]) or
-//! this one holds [`SLOTS_MAX`] slots: every entry of `index_new` goes into `index` in key order,
-//! and `index_new` is dropped and recreated, in one transaction with the envelope journal's merge
-//! (one stall for both).
+//! exact. The writer merges once the journal holds [`merge_at`] slots: every entry of `index_new`
+//! goes into `index` in key order, and `index_new` is dropped and recreated, in one transaction
+//! (with the envelope journal's merge, when that is due too).
 //!
 //! **Invariants.**
 //! - An entry is in at most one of `index` and `index_new`, and at most once in `index_new` (an
@@ -29,12 +28,12 @@
 //!   before each commit). Sequence numbers are never reused while the store is open, so a slot
 //!   names at most one entry ever.
 //! - After a merge, the merged slots stay in `previous` until the next merge, for readers whose
-//!   snapshot began before it. A read whose snapshot spans two merges (at least [`SLOTS_MAX`]
-//!   entries or [`crate::journal::MERGE_MIN`] envelopes written meanwhile) could miss an entry;
-//!   the hot read paths share a snapshot only between two commits.
+//!   snapshot began before it. A read whose snapshot spans two merges (at least 65,536 index
+//!   entries written meanwhile) could miss an entry; the hot read paths share a snapshot only
+//!   between two commits.
 //!
-//! **Limits.** At most [`SLOTS_MAX`] slots in each of the two sets (a merge follows the commit
-//! that reaches it): about 18 MiB for both. A merge rewrites at most every leaf of `index` once.
+//! **Limits.** At most 262,144 slots ([`merge_at`]'s largest) in each of the two sets (a merge
+//! follows the commit that reaches it): about 18 MiB for both. A merge rewrites at most every leaf of `index` once.
 
 use std::collections::BTreeSet;
 
@@ -46,11 +45,16 @@ use crate::{Ctx, IndexKey, Result, StorageError};
 /// One `index` entry: a 32-byte key (an index key or a key owner) and the 16-byte doc or key id.
 pub(crate) type Entry = [u8; 48];
 
-/// Most slots the journal holds before the writer merges it whatever the envelope journal says.
-/// A new consent for a new subject adds three entries (its token, its consent token, its key's
-/// owner) and one envelope, so the envelope journal is normally due first; this bounds the memory
-/// of workloads that index much and store little.
-pub(crate) const SLOTS_MAX: usize = 4 * crate::journal::MERGE_MAX;
+/// How many slots make the journal due for a merge when the store holds `envelopes` envelopes:
+/// four times the envelope journal's threshold (65,536 to 262,144). A new consent of a new
+/// subject adds three entries (its token, its consent token, its key's owner) to one envelope,
+/// so `index` grows about three times as fast as `envelope_at`: at four times the threshold a
+/// merge still adds about one entry per 16 in `index` (each merge rewrites up to every leaf of it
+/// once), and the two merges, each a stall of the writes queued behind it, come about as often.
+/// At 10,000 records (20,000 envelopes) `index` is not merged at all.
+pub(crate) fn merge_at(envelopes: u64) -> usize {
+    4 * crate::journal::merge_at(envelopes)
+}
 
 /// The bucket an entry is found by: a hash of its 32-byte key. Of the whole key, not a slice of
 /// it: consentd starts all of one subject's keys with the same 16 bytes (`TOKEN_CLUSTER_LEN`)
@@ -116,7 +120,7 @@ impl IndexJournal {
         self.slots.insert((bucket(key), 0, seq));
     }
 
-    /// Pairs held for the current generation (what [`SLOTS_MAX`] bounds).
+    /// Slots held for the current generation (what [`merge_at`] is compared with).
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
@@ -331,6 +335,13 @@ pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_at_is_four_times_the_envelope_journals_between_its_bounds() {
+        assert_eq!(merge_at(0), 65_536);
+        assert_eq!(merge_at(1_000_000), 250_000);
+        assert_eq!(merge_at(u64::MAX), 262_144);
+    }
 
     #[test]
     fn keys_differing_in_any_byte_fall_in_different_buckets() {

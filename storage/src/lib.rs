@@ -1481,7 +1481,10 @@ mod tests {
         store.inner.shared.stop_sharing();
         {
             let db = store.inner.db.read().unwrap();
-            assert_eq!(writer::merge_journals(&db, &entries).unwrap(), 2);
+            assert_eq!(
+                writer::merge_journals(&db, Some(&entries), true).unwrap(),
+                2
+            );
         }
         store.inner.shared.journal.write().unwrap().merged();
         journal.write().unwrap().merged();

@@ -278,21 +278,23 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
     tracing::debug!("storage writer stopped");
 }
 
-/// Merges both journals, in one durable transaction, once the envelope journal holds
-/// [`journal::merge_at`] entries or the index journal [`index_journal::SLOTS_MAX`]: one stall of
-/// the writes queued behind it for both, where separate merges would make two. A failed merge
-/// changes nothing (the entries stay in the journals) and is tried again after the next commit.
+/// Merges each journal that is due, in one durable transaction: the envelope journal once it
+/// holds [`journal::merge_at`] entries, the index journal once it holds
+/// [`index_journal::merge_at`]. A failed merge changes nothing (the entries stay in the
+/// journals) and is tried again after the next commit.
 fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
-    let entries = {
+    let (entries, index_due) = {
         let j = shared.journal.read().unwrap_or_else(|p| p.into_inner());
         let ix = shared
             .index_journal
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        if j.live_len() < journal::merge_at(envelopes) && ix.len() < index_journal::SLOTS_MAX {
+        let envelopes_due = j.live_len() >= journal::merge_at(envelopes);
+        let index_due = ix.len() >= index_journal::merge_at(envelopes);
+        if !envelopes_due && !index_due {
             return;
         }
-        j.to_merge()
+        (envelopes_due.then(|| j.to_merge()), index_due)
     };
     let started = Instant::now();
     // Like a commit: no snapshot may be shared through it, or it would hold back the pages the
@@ -300,48 +302,60 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
     shared.stop_sharing();
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
-        merge_journals(&db, &entries)
+        merge_journals(&db, entries.as_deref(), index_due)
     };
     if result.is_ok() {
-        shared
-            .journal
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .merged();
-        shared
-            .index_journal
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .merged();
+        if entries.is_some() {
+            shared
+                .journal
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .merged();
+        }
+        if index_due {
+            shared
+                .index_journal
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .merged();
+        }
     }
     shared.resume_sharing();
+    let entries = entries.map_or(0, |e| e.len());
     match result {
         Ok(index_entries) => tracing::debug!(
-            entries = entries.len(),
+            entries,
             index_entries,
             micros = started.elapsed().as_micros() as u64,
             "journals merged into envelope_at and index"
         ),
         Err(e) => tracing::error!(
-            entries = entries.len(),
+            entries,
+            index_due,
             error = %e,
             "journal merge failed; its entries stay in the journals"
         ),
     }
 }
 
-/// The merge's transaction: `entries` (the envelope journal, in hash order) into `envelope_at`,
-/// and `index_new` into `index`; how many index entries moved.
+/// The merge's transaction: `entries` (all of the envelope journal, in hash order), if given, into
+/// `envelope_at`, and `index_new` into `index` if `index`; how many index entries moved.
 pub(crate) fn merge_journals(
     db: &Database,
-    entries: &[(crate::Hash, journal::Place)],
+    entries: Option<&[(crate::Hash, journal::Place)]>,
+    index: bool,
 ) -> Result<usize> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
     txn.set_quick_repair(QUICK_REPAIR);
-    journal::merge_into(&txn, entries)?;
-    let index_entries = index_journal::merge_into(&txn)?;
+    if let Some(entries) = entries {
+        journal::merge_into(&txn, entries)?;
+    }
+    let index_entries = match index {
+        true => index_journal::merge_into(&txn)?,
+        false => 0,
+    };
     txn.commit().ctx("committing")?;
     Ok(index_entries)
 }

@@ -1127,10 +1127,10 @@ fn scrambled_key(n: u32, d: u8) -> IndexKey {
     k
 }
 
-/// New index entries and key owners go to the journal (`index_new`) and move into `index` with
-/// the envelope journal's merge. Wherever an entry is, lookups by key find it, a change of a
-/// record's keys, a purge and a key deletion remove it, a repeated key put stores it once, and
-/// a reopen reads the journal back.
+/// New index entries and key owners go to the journal (`index_new`) and move into `index` in bulk
+/// once 65,536 are journalled. Wherever an entry is, lookups by key find it, a change of a
+/// record's keys, a purge and a key deletion remove it, a repeated key put stores it once, and a
+/// reopen reads the journal back.
 #[test]
 fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
     use std::collections::{BTreeMap, BTreeSet};
@@ -1204,42 +1204,43 @@ fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
         (size("index") / 48, size("index_new") / 56)
     };
 
+    // 2.1 entries a record: the journal reaches 65,536 with the commit ending at 31,500.
     let store = Store::open(&path).unwrap();
-    commit_range(&store, &mut docs, &mut owned, 0, 16_500);
-    commit_range(&store, &mut docs, &mut owned, 16_500, 17_000);
+    commit_range(&store, &mut docs, &mut owned, 0, 31_500);
+    commit_range(&store, &mut docs, &mut owned, 31_500, 32_000);
     assert_eq!(
         index_rows(&store),
-        (16_500 * 2 + 1_650, 500 * 2 + 50),
-        "the first 16,500 records' entries merged with the envelopes, the last 500's journalled"
+        (31_500 * 2 + 3_150, 500 * 2 + 50),
+        "the first 31,500 records' entries merged, the last 500's journalled"
     );
     check(&store, &docs, &owned);
 
     // Keys changed, docs purged and keys deleted, on both sides of the merge; a key put again.
     let mut b = batch(vec![
         update(5, vec![scrambled_key(77, 4)], 0xabcd),
-        update(16_905, vec![scrambled_key(77, 4)], 0xabcd),
+        update(31_905, vec![scrambled_key(77, 4)], 0xabcd),
     ]);
-    for n in [5, 16_905] {
+    for n in [5, 31_905] {
         for k in keys_of_record(n) {
             docs.get_mut(&k).unwrap().remove(&doc(n));
         }
         docs.entry(scrambled_key(77, 4)).or_default().insert(doc(n));
     }
-    for n in [1, 16_901] {
+    for n in [1, 31_901] {
         for k in keys_of_record(n) {
             docs.get_mut(&k).unwrap().remove(&doc(n));
         }
     }
-    for n in [30, 16_930] {
+    for n in [30, 31_930] {
         b.key_deletes.push((owner(n), key_id(n)));
         owned.get_mut(&owner(n)).unwrap().remove(&key_id(n));
     }
     b.keys.push((owner(40), key_id(40), vec![8; 40]));
-    b.keys.push((owner(16_940), key_id(16_940), vec![8; 40]));
+    b.keys.push((owner(31_940), key_id(31_940), vec![8; 40]));
     store
-        .commit_purge_blocking(vec![doc(1), doc(16_901)], b)
+        .commit_purge_blocking(vec![doc(1), doc(31_901)], b)
         .unwrap();
-    for n in [5, 16_905, 1, 16_901] {
+    for n in [5, 31_905, 1, 31_901] {
         for k in keys_of_record(n) {
             assert!(
                 !store.docs_by_key(&k).unwrap().contains(&doc(n)),
@@ -1249,12 +1250,12 @@ fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
     }
     assert_eq!(
         store.docs_by_key(&scrambled_key(77, 4)).unwrap(),
-        [doc(5), doc(16_905)]
+        [doc(5), doc(31_905)]
     );
-    for n in [30, 16_930] {
+    for n in [30, 31_930] {
         assert!(!store.keys_of(&owner(n)).unwrap().contains(&key_id(n)));
     }
-    for n in [40, 16_940] {
+    for n in [40, 31_940] {
         let ids = store.keys_of(&owner(n)).unwrap();
         assert_eq!(ids.iter().filter(|&&id| id == key_id(n)).count(), 1);
     }
@@ -1262,7 +1263,7 @@ fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
     // same, the new key's two entries appended.
     assert_eq!(
         index_rows(&store),
-        (16_500 * 2 + 1_650 - 5, 500 * 2 + 50 - 5 + 2)
+        (31_500 * 2 + 3_150 - 5, 500 * 2 + 50 - 5 + 2)
     );
     check(&store, &docs, &owned);
 
@@ -1271,8 +1272,8 @@ fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
     let store = Store::open(&path).unwrap();
     check(&store, &docs, &owned);
 
-    // And merged again with the envelopes: everything in `index`, the journal empty.
-    commit_range(&store, &mut docs, &mut owned, 20_000, 36_000);
+    // And merged again once full (1,047 + 62 × 1,050 ≥ 65,536): everything in `index`.
+    commit_range(&store, &mut docs, &mut owned, 40_000, 71_000);
     assert_eq!(index_rows(&store).1, 0, "journal merged");
     check(&store, &docs, &owned);
     assert_eq!(
