@@ -67,17 +67,10 @@ impl HotTables {
     }
 
     /// The docs (or key ids) under `key` in this snapshot, journalled ones included.
-    fn under(
-        &self,
-        key: &IndexKey,
-        journal: &RwLock<index_journal::IndexJournal>,
-    ) -> Result<Vec<[u8; 16]>> {
+    fn under(&self, key: &IndexKey, shared: &Shared) -> Result<Vec<[u8; 16]>> {
         // After the snapshot began (it did when `self` was made): every entry it holds in
-        // `index_new` was published before its commit, so its pair is in memory by now.
-        let candidates = journal
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .candidates(key);
+        // `index_new` was published before its commit, so its slot is in memory by now.
+        let candidates = index_journal_read(shared).candidates(key);
         // `index_new` is opened only when the journal names something in the key's bucket.
         let index_new = match candidates.is_empty() {
             true => None,
@@ -844,16 +837,17 @@ impl Store {
         v.map(|g| split_projection(doc, g.value())).transpose()
     }
 
-    /// Docs indexed under `key`: one seek to the key's range and a walk over exactly its entries.
+    /// Docs indexed under `key`: one seek to the key's range and a walk over exactly its entries,
+    /// plus the journalled ones (`index_journal.rs`) this snapshot holds.
     pub fn docs_by_key(&self, key: &IndexKey) -> Result<Vec<DocId>> {
-        self.hot()?.under(key, &self.inner.shared.index_journal)
+        self.hot()?.under(key, &self.inner.shared)
     }
 
     /// [`Store::docs_by_key`] plus each doc's projection, from one consistent snapshot:
     /// `(doc, kind, projection bytes)`. The "may we contact this person now?" path.
     pub fn projections_by_key(&self, key: &IndexKey) -> Result<Vec<(DocId, u8, Vec<u8>)>> {
         let hot = self.hot()?;
-        let docs = hot.under(key, &self.inner.shared.index_journal)?;
+        let docs = hot.under(key, &self.inner.shared)?;
         let projections = hot.projections()?;
         let mut out = Vec::with_capacity(docs.len());
         for doc in docs {
@@ -1428,7 +1422,7 @@ mod tests {
 
     /// A reader counts a journalled index entry only where its own snapshot holds it: an entry
     /// removed (or moved by a merge) after the snapshot began is still listed by that snapshot,
-    /// one added after it is not, and a pair in memory that names another key's entry (buckets
+    /// one added after it is not, and a slot in memory that names another key's entry (buckets
     /// may be shared) or nothing is ignored.
     #[test]
     fn index_reads_through_the_journal_are_exact_for_their_snapshot() {
@@ -1456,22 +1450,23 @@ mod tests {
         };
         commit(vec![update(1, vec![key]), update(2, vec![other])], vec![]);
         let before = store.hot().unwrap();
-        let journal = &store.inner.shared.index_journal;
+        let shared = &store.inner.shared;
+        let journal = &shared.index_journal;
         // Slots in `key`'s bucket naming `other`'s entry (sequence 1) and nothing (99).
         journal.write().unwrap().add_slot_for_test(&key, 1);
         journal.write().unwrap().add_slot_for_test(&key, 99);
         let mut candidates = journal.read().unwrap().candidates(&key);
         candidates.sort_unstable();
         assert_eq!(candidates, [0, 1, 99]);
-        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
-        assert_eq!(before.under(&other, journal).unwrap(), [[2; 16]]);
+        assert_eq!(before.under(&key, shared).unwrap(), [[1; 16]]);
+        assert_eq!(before.under(&other, shared).unwrap(), [[2; 16]]);
 
         // Doc 1 purged, doc 3 added, doc 2 moved to `key`: the old snapshot does not see it.
         let mut moved = update(2, vec![key]);
         moved.envelopes = vec![([22; 32], vec![22])];
         commit(vec![update(3, vec![key]), moved], vec![[1; 16]]);
-        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
-        assert_eq!(before.under(&other, journal).unwrap(), [[2; 16]]);
+        assert_eq!(before.under(&key, shared).unwrap(), [[1; 16]]);
+        assert_eq!(before.under(&other, shared).unwrap(), [[2; 16]]);
         assert_eq!(store.docs_by_key(&key).unwrap(), [[2; 16], [3; 16]]);
         assert!(store.docs_by_key(&other).unwrap().is_empty());
 
@@ -1491,8 +1486,8 @@ mod tests {
         store.inner.shared.resume_sharing();
         let after = store.hot().unwrap();
         assert!(!Arc::ptr_eq(&before, &after));
-        assert_eq!(after.under(&key, journal).unwrap(), [[2; 16], [3; 16]]);
-        assert_eq!(before.under(&key, journal).unwrap(), [[1; 16]]);
+        assert_eq!(after.under(&key, shared).unwrap(), [[2; 16], [3; 16]]);
+        assert_eq!(before.under(&key, shared).unwrap(), [[1; 16]]);
         let projections = store.projections_by_key(&key).unwrap();
         assert_eq!(projections, [([2; 16], 1, vec![2]), ([3; 16], 1, vec![3])]);
         assert_eq!(

@@ -1225,6 +1225,16 @@ mod tests {
         let env = r.open_table(ENVELOPE_AT).unwrap();
         assert!(env.get(&[1u8; 32]).unwrap().is_none(), "good batch leaked");
         assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
+        assert_eq!(r.open_table(INDEX_NEW).unwrap().len().unwrap(), 0);
+        assert!(
+            shared
+                .index_journal
+                .read()
+                .unwrap()
+                .candidates(&[1; 32])
+                .is_empty(),
+            "the failed group's index entry stayed in the journal"
+        );
         assert_eq!(
             shared.journal.read().unwrap().places(&[[1; 32]]),
             [None],
@@ -1240,6 +1250,15 @@ mod tests {
             1
         );
         assert!(shared.journal.read().unwrap().places(&[[1; 32]])[0].is_some());
+        assert_eq!(
+            shared
+                .index_journal
+                .read()
+                .unwrap()
+                .candidates(&[1; 32])
+                .len(),
+            1
+        );
     }
 
     /// New records' ids are time-ordered but arrive out of order within a batch (ids made in one
