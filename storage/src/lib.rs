@@ -44,7 +44,8 @@ pub type KeyId = [u8; 16];
 /// One snapshot of the hot read paths (see `Store::hot`); each table is opened on first use, so
 /// a read that is not shared (during a commit) opens only the table it needs.
 pub(crate) struct HotTables {
-    /// `last_commit_seq` read before the snapshot began: it holds at least that commit.
+    /// `snapshot_tag` read before the snapshot began: it holds at least every commit and merge
+    /// that tag counts.
     seq: u64,
     txn: ReadTransaction,
     index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
@@ -543,14 +544,14 @@ impl Store {
     /// beginning a read transaction and opening two tables for each cost about as much as the
     /// lookups themselves (BENCHMARKS.md, seventeenth session).
     ///
-    /// Why it is current: the writer stores `last_commit_seq` before it answers a commit's
-    /// waiters, and a snapshot is tagged with the sequence read *before* it began, so a shared
-    /// snapshot whose tag equals the current sequence holds at least every answered commit.
-    /// Why it holds back no freed page: none is shared while a commit runs
-    /// ([`writer::HotSlot`]).
+    /// Why it is current: the writer bumps `snapshot_tag` after each commit (before it answers
+    /// the commit's waiters) and after each journal merge, and a snapshot is tagged with the
+    /// value read *before* it began, so a shared snapshot whose tag equals the current one holds
+    /// at least every answered commit and every merge. Why it holds back no freed page: none is
+    /// shared while a commit runs ([`writer::HotSlot`]), and a merge drops it when it ends.
     fn hot(&self) -> Result<Arc<HotTables>> {
         let shared = &self.inner.shared;
-        let seq = shared.last_commit_seq.load(Ordering::Acquire);
+        let seq = shared.snapshot_tag.load(Ordering::Acquire);
         if let Some(h) = shared.shared_at(seq) {
             return Ok(h);
         }
@@ -1472,8 +1473,8 @@ mod tests {
 
         // Merged into `index`: the new snapshot finds them there, the old one in its journal.
         let entries = lock_read(&store.inner.shared.journal).to_merge();
-        // As the writer merges: no snapshot shared through it.
-        store.inner.shared.stop_sharing();
+        // As the writer merges: the snapshot stays shared through the merge, then is replaced.
+        let current = store.hot().unwrap();
         {
             let db = store.inner.db.read().unwrap();
             assert_eq!(
@@ -1481,11 +1482,14 @@ mod tests {
                 2
             );
         }
-        store.inner.shared.journal.write().unwrap().merged();
-        journal.write().unwrap().merged();
-        store.inner.shared.resume_sharing();
+        assert!(
+            Arc::ptr_eq(&current, &store.hot().unwrap()),
+            "shared during it"
+        );
+        writer::merged(shared, true, true);
         let after = store.hot().unwrap();
-        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(!Arc::ptr_eq(&current, &after), "replaced after it");
+        assert_eq!(current.under(&key, shared).unwrap(), [[2; 16], [3; 16]]);
         assert_eq!(after.under(&key, shared).unwrap(), [[2; 16], [3; 16]]);
         assert_eq!(before.under(&key, shared).unwrap(), [[1; 16]]);
         let projections = store.projections_by_key(&key).unwrap();
