@@ -311,7 +311,8 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
     let started = Instant::now();
     // Unlike a commit, a merge leaves the shared snapshot shared while it runs: consent checks
     // keep their one-snapshot path through a merge of up to 2 s (a fresh read transaction and
-    // two table opens per check cost about 3 µs, measured at 1,000,000 records). That snapshot
+    // two table opens per check cost about as much as its lookups: BENCHMARKS.md, seventeenth
+    // session). That snapshot
     // holds back no page the merge reuses (it began after the last commit, which freed them),
     // and it is dropped right after the merge (`unshare` below), so it holds back the merge's
     // freed pages only from the next commit's in-flight readers.
