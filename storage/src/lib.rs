@@ -71,7 +71,7 @@ impl HotTables {
     fn under(&self, key: &IndexKey, shared: &Shared) -> Result<Vec<[u8; 16]>> {
         // After the snapshot began (it did when `self` was made): every entry it holds in
         // `index_new` was published before its commit, so its slot is in memory by now.
-        let candidates = index_journal_read(shared).candidates(key);
+        let candidates = lock_read(&shared.index_journal).candidates(key);
         // `index_new` is opened only when the journal names something in the key's bucket.
         let index_new = match candidates.is_empty() {
             true => None,
@@ -311,20 +311,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The journal's lock, for reading. Only the writer changes the journal, between whole map
-/// operations, so a panic elsewhere cannot leave it half-changed.
-fn lock_read(j: &RwLock<journal::Journal>) -> std::sync::RwLockReadGuard<'_, journal::Journal> {
+/// A journal's lock, for reading. Only the writer changes the journals, between whole map
+/// operations, so a panic elsewhere cannot leave one half-changed.
+pub(crate) fn lock_read<T>(j: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     j.read().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The index journal's lock, for reading (as [`lock_read`]).
-fn index_journal_read(
-    shared: &Shared,
-) -> std::sync::RwLockReadGuard<'_, index_journal::IndexJournal> {
-    shared
-        .index_journal
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
+/// A journal's lock, for the writer's changes (as [`lock_read`]).
+pub(crate) fn lock_write<T>(j: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    j.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where a snapshot may hold a change, and who said so (see `Store::places`).
@@ -653,7 +648,7 @@ impl Store {
             r.open_table(INDEX_NEW).ctx("opening table index_new")?,
         );
         // After the snapshot began: see `HotTables::under`.
-        let candidates = index_journal_read(&self.inner.shared).candidates(owner);
+        let candidates = lock_read(&self.inner.shared.index_journal).candidates(owner);
         index_journal::suffixes_under(&index, Some(&index_new), &candidates, owner)
     }
 

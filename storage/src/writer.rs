@@ -36,8 +36,8 @@ use crate::index_journal::{self, IndexJournal, TxnIndex};
 use crate::journal::{self, Journal, TxnJournal};
 use crate::layout::*;
 use crate::{
-    CommitReceipt, Ctx, DocId, Hash, IndexKey, LogId, RecordUpdate, Result, StorageError,
-    WriteBatch, MAX_BATCHES_PER_COMMIT, MAX_BYTES_PER_COMMIT,
+    lock_read, lock_write, CommitReceipt, Ctx, DocId, Hash, IndexKey, LogId, RecordUpdate, Result,
+    StorageError, WriteBatch, MAX_BATCHES_PER_COMMIT, MAX_BYTES_PER_COMMIT,
 };
 
 /// Whether each commit also records redb's allocator state ("quick repair", 2-phase commit).
@@ -296,11 +296,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
 /// journals) and is tried again after the next commit.
 fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
     let (entries, index_due) = {
-        let j = shared.journal.read().unwrap_or_else(|p| p.into_inner());
-        let ix = shared
-            .index_journal
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
         let envelopes_due = j.live_len() >= journal::merge_at(envelopes);
         let index_due = ix.len() >= index_journal::merge_at(envelopes);
         if !envelopes_due && !index_due {
@@ -345,18 +341,10 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
 /// offered late carries the older tag and is not shared again).
 pub(crate) fn merged(shared: &Shared, envelopes: bool, index: bool) {
     if envelopes {
-        shared
-            .journal
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .merged();
+        lock_write(&shared.journal).merged();
     }
     if index {
-        shared
-            .index_journal
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .merged();
+        lock_write(&shared.index_journal).merged();
     }
     shared.snapshot_tag.fetch_add(1, Ordering::Release);
     shared.unshare();
@@ -546,8 +534,7 @@ pub(crate) fn commit_group<'a>(
     let (seq, envelopes) = {
         // Only this thread changes the journals, so it reads them under read locks while it
         // builds the transaction (readers keep reading them).
-        let shared = journal.read().unwrap_or_else(|p| p.into_inner());
-        let ix_shared = index_journal.read().unwrap_or_else(|p| p.into_inner());
+        let (shared, ix_shared) = (lock_read(journal), lock_read(index_journal));
         let mut js = Journals {
             envelopes: (&mut j, &shared),
             index: (&mut ix, &ix_shared),
@@ -657,17 +644,11 @@ pub(crate) fn commit_group<'a>(
     let committing = Instant::now();
     // Published before the commit, so that no snapshot taken after it misses an entry (readers
     // check what the journal names in their own snapshot: `journal.rs`).
-    j.publish(&mut journal.write().unwrap_or_else(|p| p.into_inner()));
-    ix.publish(&mut index_journal.write().unwrap_or_else(|p| p.into_inner()));
+    j.publish(&mut lock_write(journal));
+    ix.publish(&mut lock_write(index_journal));
     let committed = txn.commit().ctx("committing");
-    j.settle(
-        &mut journal.write().unwrap_or_else(|p| p.into_inner()),
-        committed.is_ok(),
-    );
-    ix.settle(
-        &mut index_journal.write().unwrap_or_else(|p| p.into_inner()),
-        committed.is_ok(),
-    );
+    j.settle(&mut lock_write(journal), committed.is_ok());
+    ix.settle(&mut lock_write(index_journal), committed.is_ok());
     committed?;
     Ok(Committed {
         seq,
