@@ -566,3 +566,88 @@ fn import_applies_every_line_and_reports_the_bad_one() {
         false
     );
 }
+
+/// A chunk of at least 64 operations is authored in parts on several threads
+/// (`Office::author_in_parallel`). The error must still name the chunk's first bad line, as the
+/// sequential path would, and the chunk must land all or nothing, wherever its bad lines fall.
+#[test]
+fn a_parallel_import_chunk_reports_its_first_bad_line_and_lands_nothing() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let before = ok(&sock, &["status"])["records"].clone();
+    let bad_lines = [57, 120, 250, 299];
+    let mut lines = String::new();
+    for line in 1..=300 {
+        lines += &if bad_lines.contains(&line) {
+            format!(
+                "{{\"op\":\"request.close\",\"id\":\"{line:032x}\",\"outcome\":\"completed\"}}\n"
+            )
+        } else {
+            format!("{{\"op\":\"consent.grant\",\"subject\":\"bulk{line}@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"crm import v1\",\"at\":\"2025-01-01T00:00:00Z\"}}\n")
+        };
+    }
+    let file = net.path().join("bulk-bad.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let e = err(&sock, &["import", "--file", file.to_str().unwrap()]);
+    assert!(e.contains("line 57:") && e.contains("no request"), "{e}");
+    assert_eq!(
+        ok(&sock, &["status"])["records"],
+        before,
+        "the chunk is all or nothing"
+    );
+    let check = ok(
+        &sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            "bulk1@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    assert_eq!(check["granted"], false, "{check}");
+}
+
+/// Operations on one subject go to the same part of a parallel chunk, in file order: a grant
+/// and its withdrawal in one chunk are two events of one record, which ends withdrawn. (In
+/// different parts the withdrawal would not find the grant and would open a record of its own.)
+#[test]
+fn a_parallel_import_chunk_applies_each_subjects_lines_in_order() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let subjects = 150;
+    let mut lines = String::new();
+    for i in 0..subjects {
+        lines += &format!("{{\"op\":\"consent.grant\",\"subject\":\"order{i}@example.com\",\"purpose\":\"marketing\",\"basis\":\"consent\",\"evidence\":\"crm import v1\",\"at\":\"2025-01-01T00:00:00Z\"}}\n");
+    }
+    for i in 0..subjects {
+        lines += &format!("{{\"op\":\"consent.withdraw\",\"subject\":\"order{i}@example.com\",\"purpose\":\"marketing\",\"at\":\"2025-02-01T00:00:00Z\"}}\n");
+    }
+    let file = net.path().join("bulk-order.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    assert_eq!(
+        ok(&sock, &["import", "--file", file.to_str().unwrap()])["imported"],
+        2 * subjects
+    );
+    for i in 0..subjects {
+        let subject = format!("order{i}@example.com");
+        let check = ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                &subject,
+                "--purpose",
+                "marketing",
+            ],
+        );
+        assert_eq!(check["granted"], false, "{subject}: {check}");
+        let export = ok(&sock, &["subject", "export", "--subject", &subject]);
+        let consents = export["consents"].as_array().unwrap();
+        assert_eq!(consents.len(), 1, "{subject}: one record: {export}");
+    }
+}
