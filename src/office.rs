@@ -45,11 +45,6 @@ use locks::{KeyGuard, KeyLocks};
 /// Writes of at least this many operations (imports) author on several threads.
 const PARALLEL_OPS_MIN: usize = 64;
 
-/// Parts an import's operations are split into per authoring thread ([`Office::author_in_parallel`]
-/// says why more than one). 8: at the largest chunk (1,000 operations, 2 threads) a part is ~60
-/// operations, ~6 ms of authoring, against a chunk's ~90 ms.
-const PARTS_PER_THREAD: usize = 8;
-
 /// Operations from which a write authors off the runtime's worker ([`off_worker`]).
 const OFF_WORKER_OPS_MIN: usize = 8;
 /// Threads one write authors on: one per core.
@@ -873,15 +868,10 @@ impl Office {
     /// authoring and signing, which is per document and parallel) and merges the drafts into one
     /// batch for one durable commit. Operations that could touch the same document or the same
     /// subject key go to the same part, in their original order: those with a subject by subject,
-    /// those naming an existing record by its id. Each part is authored in a draft of its own;
-    /// the threads take parts in turn until none is left. The write's locks are already held. On
-    /// failure: the failing operation with the smallest index (as the sequential path would
-    /// report), or `usize::MAX` for a failure outside any operation.
-    ///
-    /// Why [`PARTS_PER_THREAD`] parts a thread and not one: the authoring threads run at bulk
-    /// priority, so the storage writer (committing the previous chunk meanwhile) and the socket
-    /// take their CPU from one of them. With one part each, the other thread then finished its
-    /// half early and its core idled while the delayed one caught up.
+    /// those naming an existing record by its id. Each part is authored in a draft of its own,
+    /// [`bulk::PARTS_PER_THREAD`] parts a thread, taken in turn ([`bulk::in_parts`] says why). The
+    /// write's locks are already held. On failure: the failing operation with the smallest index
+    /// (as the sequential path would report), or `usize::MAX` for a failure outside any operation.
     fn author_in_parallel(
         &self,
         ops: Vec<Op>,
@@ -890,7 +880,7 @@ impl Office {
     ) -> std::result::Result<(WriteBatch, usize, Vec<Value>), (usize, OfficeError)> {
         use std::hash::{Hash, Hasher};
         let n = ops.len();
-        let parts_n = threads * PARTS_PER_THREAD;
+        let parts_n = threads * bulk::PARTS_PER_THREAD;
         let mut parts: Vec<Vec<(usize, Op)>> = (0..parts_n).map(|_| Vec::new()).collect();
         for (i, op) in ops.into_iter().enumerate() {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -925,28 +915,8 @@ impl Office {
             Ok((batch, touched, answers))
         };
         // Every part is authored, even after one fails: the smallest failing index needs them all.
-        let queue = std::sync::Mutex::new(parts.into_iter().filter(|p| !p.is_empty()));
-        let results: Vec<Part> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            // Taken under the lock, authored outside it.
-                            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                            match next {
-                                Some(part) => done.push(author(part)),
-                                None => return done,
-                            }
-                        }
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let results: Vec<Part> = bulk::in_parts(parts, threads, author);
         let mut first_failure: Option<(usize, OfficeError)> = None;
         let mut batch = WriteBatch::default();
         let mut touched = 0;

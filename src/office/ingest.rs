@@ -289,8 +289,9 @@ impl Office {
                 )?;
             }
         } else {
-            let per = docs.len().div_ceil(threads);
-            let mut parts: Vec<Vec<(DocId, Vec<VerifiedEnvelope>)>> = Vec::with_capacity(threads);
+            // Parts taken in turn, as an import's (`bulk::in_parts`); each record is in one.
+            let per = docs.len().div_ceil(threads * super::bulk::PARTS_PER_THREAD);
+            let mut parts: Vec<Vec<(DocId, Vec<VerifiedEnvelope>)>> = Vec::new();
             let mut docs = docs.into_iter();
             loop {
                 let part: Vec<_> = docs.by_ref().take(per).collect();
@@ -300,32 +301,21 @@ impl Office {
                 parts.push(part);
             }
             type Part = Result<(IngestReport, WriteBatch, Vec<KeyId>)>;
-            let results: Vec<Part> = std::thread::scope(|s| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .map(|part| {
-                        s.spawn(move || -> Part {
-                            let mut report = IngestReport::default();
-                            let mut batch = WriteBatch::default();
-                            let mut keys = Vec::new();
-                            for (id, envs) in part {
-                                self.merge_doc(
-                                    id,
-                                    envs,
-                                    (received, held),
-                                    &mut report,
-                                    &mut batch,
-                                    &mut keys,
-                                )?;
-                            }
-                            Ok((report, batch, keys))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
+            let results: Vec<Part> = super::bulk::in_parts(parts, threads, |part| -> Part {
+                let mut report = IngestReport::default();
+                let mut batch = WriteBatch::default();
+                let mut keys = Vec::new();
+                for (id, envs) in part {
+                    self.merge_doc(
+                        id,
+                        envs,
+                        (received, held),
+                        &mut report,
+                        &mut batch,
+                        &mut keys,
+                    )?;
+                }
+                Ok((report, batch, keys))
             });
             for r in results {
                 let (part_report, part_batch, keys) = r?;
