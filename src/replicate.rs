@@ -305,7 +305,7 @@ pub struct Replicator {
     pushes: tokio::sync::broadcast::Sender<Arc<Push>>,
     /// Bumped when an ingest left records pending (a key or part of a history not held here):
     /// every link then starts a sync round early (rate-limited by the session), instead of at
-    /// the next periodic one. See [`Replicator::store_envelopes`].
+    /// the next periodic one. See [`Replicator::settle_pending`].
     rounds_wanted: tokio::sync::watch::Sender<u64>,
     /// Hashes of envelopes and tombstones being stored from a peer → that peer (see [`Push`]).
     received_from: Mutex<HashMap<[u8; 32], String>>,
