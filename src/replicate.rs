@@ -2045,6 +2045,18 @@ mod tests {
         (prepare("de"), prepare("nl"), rt)
     }
 
+    /// The replicator of a prepared office, not started: its methods are called directly.
+    fn replicator(office: &crate::daemon::Prepared) -> Arc<Replicator> {
+        let policy = TransferPolicy::from_config(&office.config.transfer).unwrap();
+        Replicator::new(
+            office.office.clone(),
+            office.roster.clone(),
+            policy,
+            peers_of(&office.config),
+        )
+        .unwrap()
+    }
+
     /// A new subject's grant at `nl`: its record's id, its envelopes as `de` verifies them, and
     /// the subject key sealing it.
     fn granted_at_nl(
@@ -2091,14 +2103,7 @@ mod tests {
     fn a_record_stored_without_its_key_asks_every_link_for_a_round() {
         let dir = tempfile::tempdir().unwrap();
         let (de, nl, rt) = two_offices(dir.path());
-        let policy = TransferPolicy::from_config(&de.config.transfer).unwrap();
-        let rep = Replicator::new(
-            de.office.clone(),
-            de.roster.clone(),
-            policy,
-            peers_of(&de.config),
-        )
-        .unwrap();
+        let rep = replicator(&de);
         let wanted = rep.rounds_wanted.subscribe();
         let batch = |envelopes| StoreBatch {
             id: 0,
@@ -2138,14 +2143,7 @@ mod tests {
     fn a_key_arriving_while_its_record_is_merged_still_opens_it() {
         let dir = tempfile::tempdir().unwrap();
         let (de, nl, rt) = two_offices(dir.path());
-        let policy = TransferPolicy::from_config(&de.config.transfer).unwrap();
-        let rep = Replicator::new(
-            de.office.clone(),
-            de.roster.clone(),
-            policy,
-            peers_of(&de.config),
-        )
-        .unwrap();
+        let rep = replicator(&de);
         let (doc, envelopes, (kid, key)) = granted_at_nl(&de, &nl, &rt, "racing@example.com");
         // The batch's copy, taken before the key came.
         let copy = lock(&rep.sets).received.clone();

@@ -69,6 +69,7 @@ pub(crate) const PARTS_PER_THREAD: usize = 8;
 
 /// Runs `work` on every part, on `threads` scoped threads that take the parts in turn until none
 /// is left; returns the results in no particular order. A panic in `work` reaches the caller.
+/// With one thread (or one part) the parts are worked on here, in order: no thread is started.
 ///
 /// Why parts taken in turn rather than one part per thread: bulk threads run at lower priority
 /// (module doc), so the storage writer (committing the previous batch meanwhile) and the socket
@@ -81,6 +82,9 @@ pub(crate) fn in_parts<T: Send, R: Send>(
     work: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
     debug_assert!(threads >= 1, "in_parts needs a thread");
+    if threads <= 1 || parts.len() <= 1 {
+        return parts.into_iter().map(work).collect();
+    }
     let queue = std::sync::Mutex::new(parts.into_iter());
     let take = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
     std::thread::scope(|s| {

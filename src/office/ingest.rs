@@ -273,62 +273,49 @@ impl Office {
         let held = &stored_meanwhile;
 
         // Each record is merged on its own (one document, one key, one projection), so large
-        // batches (a cold sync's) are split over one thread per core, as imports are.
-        let mut report = IngestReport::default();
-        let mut batch = WriteBatch::default();
-        let mut stored_keys: Vec<KeyId> = Vec::new();
-        if threads < 2 {
-            for (id, envs) in docs {
+        // batches (a cold sync's) are split into parts taken in turn by one thread per core, as
+        // imports are (`bulk::in_parts`); below two threads, one part merged here.
+        let docs_n = docs.len();
+        let mut docs = docs.into_iter();
+        let parts: Vec<Vec<(DocId, Vec<VerifiedEnvelope>)>> = if threads < 2 {
+            vec![docs.collect()]
+        } else {
+            let per = docs_n.div_ceil(threads * super::bulk::PARTS_PER_THREAD);
+            std::iter::from_fn(|| Some(docs.by_ref().take(per).collect::<Vec<_>>()))
+                .take_while(|part| !part.is_empty())
+                .collect()
+        };
+        type Part = Result<(IngestReport, WriteBatch, Vec<KeyId>)>;
+        let results: Vec<Part> = super::bulk::in_parts(parts, threads.max(1), |part| -> Part {
+            let mut report = IngestReport::default();
+            let mut batch = WriteBatch::default();
+            let mut keys = Vec::new();
+            for (id, envs) in part {
                 self.merge_doc(
                     id,
                     envs,
                     (received, held),
                     &mut report,
                     &mut batch,
-                    &mut stored_keys,
+                    &mut keys,
                 )?;
             }
-        } else {
-            // Parts taken in turn, as an import's (`bulk::in_parts`); each record is in one.
-            let per = docs.len().div_ceil(threads * super::bulk::PARTS_PER_THREAD);
-            let mut parts: Vec<Vec<(DocId, Vec<VerifiedEnvelope>)>> = Vec::new();
-            let mut docs = docs.into_iter();
-            loop {
-                let part: Vec<_> = docs.by_ref().take(per).collect();
-                if part.is_empty() {
-                    break;
-                }
-                parts.push(part);
-            }
-            type Part = Result<(IngestReport, WriteBatch, Vec<KeyId>)>;
-            let results: Vec<Part> = super::bulk::in_parts(parts, threads, |part| -> Part {
-                let mut report = IngestReport::default();
-                let mut batch = WriteBatch::default();
-                let mut keys = Vec::new();
-                for (id, envs) in part {
-                    self.merge_doc(
-                        id,
-                        envs,
-                        (received, held),
-                        &mut report,
-                        &mut batch,
-                        &mut keys,
-                    )?;
-                }
-                Ok((report, batch, keys))
-            });
-            for r in results {
-                let (part_report, part_batch, keys) = r?;
-                report.add(&part_report);
-                debug_assert!(
-                    part_batch.meta.is_empty() && part_batch.log.is_empty(),
-                    "merging records writes updates, expiries and keys only"
-                );
-                batch.updates.extend(part_batch.updates);
-                batch.expiries.extend(part_batch.expiries);
-                batch.keys.extend(part_batch.keys);
-                stored_keys.extend(keys);
-            }
+            Ok((report, batch, keys))
+        });
+        let mut report = IngestReport::default();
+        let mut batch = WriteBatch::default();
+        let mut stored_keys: Vec<KeyId> = Vec::new();
+        for r in results {
+            let (part_report, part_batch, keys) = r?;
+            report.add(&part_report);
+            debug_assert!(
+                part_batch.meta.is_empty() && part_batch.log.is_empty(),
+                "merging records writes updates, expiries and keys only"
+            );
+            batch.updates.extend(part_batch.updates);
+            batch.expiries.extend(part_batch.expiries);
+            batch.keys.extend(part_batch.keys);
+            stored_keys.extend(keys);
         }
         Ok((report, batch, stored_keys))
     }
