@@ -1,6 +1,6 @@
 //! What a durable group commit costs, by where a record's random-key entries land.
 //!
-//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered|ordered|seconds] [PER_COMMIT]`
+//! `cargo run --release -p consentd-storage --example commit_cost -- [RECORDS] [scattered|clustered|ordered|seconds|shuffled] [PER_COMMIT]`
 //!
 //! Fills a store with RECORDS (default 100,000) consent-like records, then times durable commits
 //! of PER_COMMIT more each (default 20, as 64 concurrent writers group them; 6,000 records in
@@ -17,6 +17,12 @@
 //! - `seconds`: `clustered`, and each envelope hash starts with the second it was written in, at
 //!   5,000 records a second: `envelope_at` keyed by an item's timestamp (whole seconds) and hash,
 //!   at `writes_64_clients`' rate (BENCHMARKS.md, twentieth session).
+//! - `shuffled`: `clustered`, but the timed records (made in id order) are committed in a random
+//!   order: what a cold sync's receiver does with records that were imported within one
+//!   second. A sync fetches them by item, (second, hash), so within the second the records come
+//!   in hash order, at random in their id-keyed tables (`changes`, `projections`, `doc_meta`,
+//!   `kinds`). Compare with `clustered` at the same PER_COMMIT (BENCHMARKS.md, twenty-fourth
+//!   session).
 //!
 //! Since storage format 6 the store journals new `envelope_at` entries and merges them in bulk
 //! (`src/journal.rs`), so `ordered` and `seconds` now differ from `clustered` only in how the
@@ -116,6 +122,32 @@ impl Records {
     }
 }
 
+/// `all`'s records (one key and one log leaf each, as [`Records::batch`] makes them) in a random
+/// order, `per_commit` to a batch (Fisher-Yates with [`next`]).
+fn shuffled(all: WriteBatch, per_commit: usize, state: &mut u64) -> Vec<WriteBatch> {
+    debug_assert!(
+        all.updates.len() == all.keys.len() && all.keys.len() == all.log.len(),
+        "one key and one log leaf per record"
+    );
+    let mut records: Vec<_> = all.updates.into_iter().zip(all.keys).zip(all.log).collect();
+    for i in (1..records.len()).rev() {
+        let j = usize::try_from(next(state) % (i as u64 + 1)).expect("an index");
+        records.swap(i, j);
+    }
+    records
+        .chunks(per_commit)
+        .map(|part| {
+            let mut b = WriteBatch::default();
+            for ((update, key), leaf) in part.iter().cloned() {
+                b.updates.push(update);
+                b.keys.push(key);
+                b.log.push(leaf);
+            }
+            b
+        })
+        .collect()
+}
+
 fn disk_bytes_written() -> u64 {
     let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
     io.lines()
@@ -145,7 +177,10 @@ fn main() {
         "scattered" => (false, HashPrefix::Random),
         "ordered" => (true, HashPrefix::Record),
         "seconds" => (true, HashPrefix::Second(SECONDS_RATE)),
-        other => panic!("layout {other:?}: expected scattered, clustered, ordered or seconds"),
+        "shuffled" => (true, HashPrefix::Random),
+        other => {
+            panic!("layout {other:?}: expected scattered, clustered, ordered, seconds or shuffled")
+        }
     };
     let per_commit: usize = args.next().map_or(20, |a| a.parse().expect("PER_COMMIT"));
     assert!(
@@ -167,10 +202,16 @@ fn main() {
             .expect("fill");
     }
     let (written, cpu, started) = (disk_bytes_written(), cpu_ms(), Instant::now());
-    for _ in 0..commits {
-        store
-            .commit_blocking(gen.batch(per_commit))
-            .expect("commit");
+    if layout == "shuffled" {
+        for batch in shuffled(gen.batch(TIMED_RECORDS), per_commit, &mut gen.state) {
+            store.commit_blocking(batch).expect("commit");
+        }
+    } else {
+        for _ in 0..commits {
+            store
+                .commit_blocking(gen.batch(per_commit))
+                .expect("commit");
+        }
     }
     let per = |x: f64| x / commits as f64;
     println!(
