@@ -26,11 +26,11 @@
 //!   after, with both daemons idle. No issue sets a target; the row keeps visible what an
 //!   operator waits for while an office takes in another's records.
 //! - `delta_sync_*_daemons`: after the cold sync, `de` stops; `nl` writes 50 records and `de`
-//!   (opened offline) 50 others; `de` starts again and reconciles. The counters are `de`'s last
-//!   envelope-set reconciliation that found the difference (`consentctl peers --json` →
-//!   `last_exchange.envelopes`; a periodic round after it finds nothing). These
-//!   differences are recent (the newest timestamps), the common case of an office that was
-//!   offline for a while.
+//!   (opened offline) 50 others, in a later second than `nl`'s; `de` starts again and
+//!   reconciles. The counters are `de`'s last envelope-set reconciliation that found the
+//!   difference (`consentctl peers --json` → `last_exchange.envelopes`; a periodic round after
+//!   it finds nothing). These differences are recent (the newest timestamps), the common case
+//!   of an office that was offline for a while.
 //! - `delta_sync_*_core`: the sync core in process (`reconcile::Reconciler` against
 //!   `reconcile::respond`), two sets of N items differing in 100 items scattered over a year:
 //!   the worst case for range reconciliation, and the only level measured at 1,000,000 when
@@ -383,6 +383,11 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     // Delta sync: 50 new records on each side while de is down, then de reconnects.
     b.stop(&rt)?;
     load(&rt, &a.office, "delta-nl", 0..DELTA_EACH_SIDE)?;
+    // de writes in a later second than nl, as an office back from being offline would. Items
+    // are timed in whole seconds, so back to back the two sides' records often shared one, and
+    // the row read about 1,400 bytes less than when they did not (BENCHMARKS.md, twenty-fourth
+    // session): a figure that depended on where a second began.
+    std::thread::sleep(until_next_second());
     {
         let offline = crate::daemon::prepare(&config(dir.path(), "de")).map_err(e)?;
         load(&rt, &offline.office, "delta-de", 0..DELTA_EACH_SIDE)?;
@@ -487,6 +492,15 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
             0.0,
         ),
     ])
+}
+
+/// How long until the wall clock's next whole second, plus a margin: whatever is written after
+/// this sleep is timed (in whole seconds) after whatever was written before it.
+fn until_next_second() -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(20)
 }
 
 /// Pause between two checks of [`CheckPoller`]: an operator's steady trickle, not a load test.

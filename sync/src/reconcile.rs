@@ -379,11 +379,36 @@ fn split_range(view: &dyn SetView, enc: &mut Encoder, lower: &Item, upper: &Item
             bounds.push(b);
         }
     }
-    bounds.push(*upper);
+    // The space after our newest item, said to be empty (see [`empty_tail`]).
+    let tail = empty_tail(view, upper).filter(|t| t > bounds.last().expect("starts with lower"));
+    bounds.push(tail.unwrap_or(*upper));
     for w in bounds.windows(2) {
         let fp = view.summary(&w[0], &w[1]).fingerprint();
         enc.range(&w[0], &w[1], &Mode::Fingerprint(fp));
     }
+    if let Some(t) = tail {
+        enc.range(&t, upper, &Mode::IdList(Vec::new()));
+    }
+}
+
+/// Where the empty space after our newest item in `[.., upper)` starts: the next timestamp
+/// after that item's, if it is below `upper`. Sent as an empty id list (about 4 bytes), it
+/// tells the peer at once that everything it holds there is new to us. The peer's newest writes
+/// are the usual difference (an office back from being offline), and without this they share
+/// our last bucket's fingerprint with our own newest items: measured in process, two offices
+/// each holding 50 recent items the other lacks, written in different seconds, took 3 round
+/// trips and about 5,030 bytes, against 2 and 4,365-4,369 with it
+/// (`a_hundred_recent_differences_in_separate_seconds`); at 1,000,000 items, 100 recent
+/// differences took 3 round trips and 5,364 bytes, against 1 and 3,847. Its price is about 4
+/// bytes per split range: 100 scattered differences among 1,000,000 items cost 1 % more.
+/// `None` when we hold nothing below `upper` or the next timestamp is not below it.
+fn empty_tail(view: &dyn SetView, upper: &Item) -> Option<Item> {
+    let newest = view.predecessor(upper)?;
+    let next = Item {
+        timestamp: newest.timestamp.checked_add(1)?,
+        id: [0; 32],
+    };
+    (next.timestamp <= TIMESTAMP_MAX && next < *upper).then_some(next)
 }
 
 /// Processes one received message; returns our reply and adds to `have`/`need` when we are the
@@ -907,6 +932,47 @@ mod tests {
         // Each message travels in a frame: its header and length prefix.
         let frames = 2 * rounds as usize * (crate::frame::RECON_HEADER_BYTES + 4);
         (up + down + frames, rounds)
+    }
+
+    /// Two sets of 10,000 items (an import over three seconds) and 50 new items on each side,
+    /// each side's written within a few milliseconds and the two sides in different seconds, as
+    /// when an office comes back from being offline. Returns bytes (frame headers included) and
+    /// round trips, after checking the exact difference was found.
+    fn ten_thousand_with_recent_blocks(seed: u64) -> (usize, u32) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let base = 1_764_800_000u64;
+        let common: ItemSet = (0..10_000u64)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                rng.fill(&mut id);
+                Item::new(base + i * 3 / 10_000, id)
+            })
+            .collect();
+        let (mut a, mut b) = (common.clone(), common);
+        for i in 0..100u64 {
+            let mut id = [0u8; 32];
+            rng.fill(&mut id);
+            if i % 2 == 0 {
+                a.insert(Item::new(base + 12, id));
+            } else {
+                b.insert(Item::new(base + 10, id));
+            }
+        }
+        let (rounds, up, down) = check_exact(&a, &b);
+        let frames = 2 * rounds as usize * (crate::frame::RECON_HEADER_BYTES + 4);
+        (up + down + frames, rounds)
+    }
+
+    /// Without the empty range after each side's newest item (`empty_tail`), the initiator's
+    /// 50 newest items shared the responder's last bucket and were split once more: 3 round
+    /// trips and about 5,030 bytes (5,025 for seed 0); with it 2 and 4,365-4,369.
+    #[test]
+    fn a_hundred_recent_differences_in_separate_seconds() {
+        for seed in 0..3 {
+            let (bytes, rounds) = ten_thousand_with_recent_blocks(seed);
+            assert!(rounds <= 2, "seed {seed}: {rounds} round trips");
+            assert!(bytes <= 4_600, "seed {seed}: {bytes} bytes");
+        }
     }
 
     /// The default bench's delta row in process: an office back from an hour offline. Under 1 %
