@@ -448,8 +448,7 @@ impl Replicator {
             let mut sets = lock(&self.sets);
             for (_, _, h, bytes) in page {
                 let env = Envelope::decode(&bytes).map_err(|e| err(&e))?;
-                let time = change_time(&env.change).ok_or_else(|| err(&"not a change"))?;
-                let item = Item::new(time, h);
+                let item = envelope_item(&env, h).ok_or_else(|| err(&"not a change"))?;
                 envelope_items.push(item);
                 let info = sets.docs.entry(env.doc_id).or_default();
                 info.items.push(item);
@@ -1198,10 +1197,9 @@ impl Replicator {
             let Ok(env) = Envelope::decode(bytes) else {
                 continue;
             };
-            let Some(time) = change_time(&env.change) else {
+            let Some(item) = envelope_item(&env, *hash) else {
                 continue;
             };
-            let item = Item::new(time, *hash);
             {
                 let mut sets = lock(&self.sets);
                 if sets.envelopes.insert(item) {
@@ -1860,9 +1858,19 @@ fn last_recon_json(r: &[ReconCounters; SetKind::COUNT]) -> Value {
     Value::Object(out)
 }
 
-/// A stored change's authoring time (its reconciliation item's timestamp; negative times count
-/// as 0). Read from the header without expanding the change (`change_chunk`); Automerge
-/// answers for a layout that reader does not expect. `None`: not a change.
+/// A stored envelope's item in the envelope set: as `VerifiedEnvelope::item` makes it, from the
+/// change's authoring time read without expanding the change. `None`: not a change.
+fn envelope_item(env: &Envelope, hash: [u8; 32]) -> Option<Item> {
+    let secs = change_time(&env.change)?;
+    Some(Item::new(
+        consentd_sync::envelope::item_time(&env.doc_id, secs),
+        hash,
+    ))
+}
+
+/// A stored change's authoring time in seconds (negative times count as 0). Read from the
+/// header without expanding the change (`change_chunk`); Automerge answers for a layout that
+/// reader does not expect. `None`: not a change.
 fn change_time(change: &[u8]) -> Option<u64> {
     let time = match consentd_sync::change_chunk::change_time(change) {
         Some(t) => t,

@@ -17,8 +17,10 @@ use crate::roster::{MAX_NETWORK_NAME_LEN, MAX_OFFICE_ID_LEN};
 use crate::tlog::{LogLeaf, LEAF_LEN};
 use crate::wire::{DecodeError, Reader};
 
-/// The protocol version this build speaks, sent in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks, sent in [`Hello`]. Version 2 times envelope items by
+/// millisecond (`envelope::item_time`); a version-1 peer would see every item as different, so
+/// the Hello refuses it.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame (kind byte and body; the u32 length prefix is extra).
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
 /// Largest item (envelope, tombstone or checkpoint) a frame may carry. Envelopes are the largest

@@ -248,6 +248,46 @@ async fn a_roster_key_whose_hello_claims_another_office_is_refused() {
     assert!(saw_error, "the peer is told why");
 }
 
+/// Version 2 times envelope items by millisecond, so a version-1 peer would find every item
+/// different: its Hello is refused, and it is told why (error code 2).
+#[test]
+fn a_hello_of_the_previous_protocol_version_is_refused() {
+    let net = net();
+    let mut s = Session::new(config(&net.roster, "de", "sg", false));
+    while s.poll_transmit().is_some() {}
+    let old = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION - 1,
+        network: "test-net".into(),
+        office: "sg".into(),
+        roster_serial: 1,
+    });
+    let err = s
+        .handle_frame(Instant::now(), &old.encode(), &Mem::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Version {
+                theirs: 1,
+                ours: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut told = false;
+    while let Some(f) = s.poll_transmit() {
+        told |= matches!(
+            Frame::decode(&f),
+            Ok(Frame::Error {
+                code: consentd_sync::frame::ErrorCode::Version,
+                ..
+            })
+        );
+    }
+    assert!(told, "the peer is told why");
+}
+
 #[tokio::test]
 async fn oversized_and_zero_frame_lengths_are_refused_without_allocating() {
     let net = net();
