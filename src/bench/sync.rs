@@ -383,10 +383,11 @@ pub(super) fn replication(n: usize) -> Result<Vec<Row>, String> {
     // Delta sync: 50 new records on each side while de is down, then de reconnects.
     b.stop(&rt)?;
     load(&rt, &a.office, "delta-nl", 0..DELTA_EACH_SIDE)?;
-    // de writes in a later second than nl, as an office back from being offline would. Items
-    // are timed in whole seconds, so back to back the two sides' records often shared one, and
-    // the row read about 1,400 bytes less than when they did not (BENCHMARKS.md, twenty-fourth
-    // session): a figure that depended on where a second began.
+    // de writes in a later second than nl, as an office back from being offline would. Under
+    // sync protocol version 1 (envelope items timed by the second) the two sides' records,
+    // written back to back, often shared a second, and the row then read about 1,400 bytes less
+    // than when they did not (BENCHMARKS.md, twenty-fourth session): a figure that depended on
+    // where a second began.
     std::thread::sleep(until_next_second());
     {
         let offline = crate::daemon::prepare(&config(dir.path(), "de")).map_err(e)?;
