@@ -409,7 +409,8 @@ fn snap_to_pause(view: &dyn SetView, p: &Item, lower: &Item, upper: &Item, reach
     if reach == 0 {
         return *p;
     }
-    // The window, in order: up to `reach` items before `p`, `p`, up to `reach` after it.
+    // The window, in order: up to `reach` + 1 items before `p` (the first one only for the gap
+    // after it), then from `p` on up to `reach` + 1 items.
     let mut window: Vec<Item> = Vec::with_capacity(2 * reach + 2);
     let mut cur = *p;
     for _ in 0..=reach {
@@ -1048,14 +1049,20 @@ mod tests {
         (set, points)
     }
 
-    #[test]
-    fn a_split_point_inside_a_burst_moves_to_where_the_burst_began() {
-        // 100 items a second apart, then a pause of an hour, then 40 items in one second.
+    /// 100 items a second apart, then a pause of about an hour, then a burst of 40 items in one
+    /// second (from index 100), in order.
+    fn burst_after_pause() -> Vec<Item> {
         let mut items: Vec<Item> = (0..100u64)
             .map(|i| Item::new(1_000 + i, [i as u8; 32]))
             .collect();
         items.extend((0..40u64).map(|i| Item::new(5_000, [100 + i as u8; 32])));
-        let (set, _) = set_and_points(items.clone(), 2);
+        items
+    }
+
+    #[test]
+    fn a_split_point_inside_a_burst_moves_to_where_the_burst_began() {
+        let items = burst_after_pause();
+        let set: ItemSet = items.iter().copied().collect();
         let burst_start = items[100];
         for offset in [1usize, 5, 16] {
             let p = items[100 + offset];
@@ -1082,10 +1089,7 @@ mod tests {
     /// to the office whose records are hidden from the others).
     #[test]
     fn a_hidden_split_point_is_snapped_within_the_view() {
-        let mut items: Vec<Item> = (0..100u64)
-            .map(|i| Item::new(1_000 + i, [i as u8; 32]))
-            .collect();
-        items.extend((0..40u64).map(|i| Item::new(5_000, [100 + i as u8; 32])));
+        let items = burst_after_pause();
         let all: ItemSet = items.iter().copied().collect();
         let hidden: ItemSet = [items[103], items[110]].into_iter().collect();
         let view = crate::item::Without::new(&all, &hidden);
@@ -1098,18 +1102,10 @@ mod tests {
             peer.insert(Item::new(5_000, [200 + i as u8; 32]));
         }
         let peer_view = crate::item::Without::new(&peer, &hidden);
-        let mut r = Reconciler::new(1_000);
-        let mut msg = r.initiate(&view);
-        for _ in 0..10 {
-            let reply = respond(&peer_view, &msg).unwrap();
-            match r.reconcile(&view, &reply).unwrap() {
-                Some(next) => msg = next,
-                None => break,
-            }
-        }
-        assert!(r.is_done());
-        assert_eq!(r.need().len(), 5);
-        assert!(r.have().is_empty());
+        let (have, need, ..) = run(&view, &peer_view, 1_000);
+        assert!(have.is_empty());
+        assert_eq!(need.len(), 5);
+        assert!(need.iter().all(|n| !all.contains(n) && peer.contains(n)));
     }
 
     /// Items written at random times have no pauses to find: moving split points to their
