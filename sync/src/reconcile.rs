@@ -1084,9 +1084,10 @@ mod tests {
         );
     }
 
-    /// A filtered view splits by its whole set, so a split point may be an item it hides
-    /// (found by the partition suite: a debug assertion that assumed otherwise ended every link
-    /// to the office whose records are hidden from the others).
+    /// A filtered view splits by its whole set, so a split point may be an item it hides. The
+    /// first version asserted otherwise (in debug builds): `filtered_view_hides_items_from_the_peer`,
+    /// the simulation and the partition suite all failed on it, the last with every link to the
+    /// office whose records are hidden from the others ended.
     #[test]
     fn a_hidden_split_point_is_snapped_within_the_view() {
         let items = burst_after_pause();
