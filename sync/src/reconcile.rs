@@ -965,10 +965,23 @@ mod tests {
         }
     }
 
+    /// Where the 100 differences of [`ten_thousand_with_100_differences`] fall.
+    #[derive(Clone, Copy)]
+    enum Differences {
+        /// After the import, interleaved: both sides' items in the same ten seconds.
+        Recent,
+        /// Within the import's three seconds.
+        Scattered,
+        /// Each side's 50 written within one second, the two sides in different seconds, as
+        /// when an office comes back from being offline.
+        RecentBlocks,
+    }
+
     /// Two sets of 10,000 items (an import spread over three seconds) where each side holds 50
-    /// items the other lacks; returns the bytes of the whole exchange, frame headers included,
-    /// and the round trips, after checking the exact difference was found.
-    fn ten_thousand_with_100_differences(seed: u64, recent: bool) -> (usize, u32) {
+    /// items the other lacks, placed as `differences` says; returns the bytes of the whole
+    /// exchange, frame headers included, and the round trips, after checking the exact
+    /// difference was found.
+    fn ten_thousand_with_100_differences(seed: u64, differences: Differences) -> (usize, u32) {
         let mut rng = StdRng::seed_from_u64(seed);
         let base = 1_764_800_000u64;
         let common: ItemSet = (0..10_000u64)
@@ -982,10 +995,11 @@ mod tests {
         for i in 0..100u64 {
             let mut id = [0u8; 32];
             rng.fill(&mut id);
-            let ts = if recent {
-                base + 60 + i / 10
-            } else {
-                base + rng.gen_range(0..3)
+            let ts = match differences {
+                Differences::Recent => base + 60 + i / 10,
+                Differences::Scattered => base + rng.gen_range(0..3),
+                Differences::RecentBlocks if i % 2 == 0 => base + 12,
+                Differences::RecentBlocks => base + 10,
             };
             if i % 2 == 0 {
                 a.insert(Item::new(ts, id));
@@ -999,35 +1013,6 @@ mod tests {
         (up + down + frames, rounds)
     }
 
-    /// Two sets of 10,000 items (an import over three seconds) and 50 new items on each side,
-    /// each side's written within a few milliseconds and the two sides in different seconds, as
-    /// when an office comes back from being offline. Returns bytes (frame headers included) and
-    /// round trips, after checking the exact difference was found.
-    fn ten_thousand_with_recent_blocks(seed: u64) -> (usize, u32) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let base = 1_764_800_000u64;
-        let common: ItemSet = (0..10_000u64)
-            .map(|i| {
-                let mut id = [0u8; 32];
-                rng.fill(&mut id);
-                Item::new(base + i * 3 / 10_000, id)
-            })
-            .collect();
-        let (mut a, mut b) = (common.clone(), common);
-        for i in 0..100u64 {
-            let mut id = [0u8; 32];
-            rng.fill(&mut id);
-            if i % 2 == 0 {
-                a.insert(Item::new(base + 12, id));
-            } else {
-                b.insert(Item::new(base + 10, id));
-            }
-        }
-        let (rounds, up, down) = check_exact(&a, &b);
-        let frames = 2 * rounds as usize * (crate::frame::RECON_HEADER_BYTES + 4);
-        (up + down + frames, rounds)
-    }
-
     /// Without the empty range after each side's newest item (`empty_tail`), the initiator's
     /// 50 newest items shared the responder's last bucket and were split once more: 3 round
     /// trips and about 5,030 bytes (5,025 for seed 0). With it, 2 and 4,365-4,369: a bucket
@@ -1036,17 +1021,11 @@ mod tests {
     #[test]
     fn a_hundred_recent_differences_in_separate_seconds() {
         for seed in 0..3 {
-            let (bytes, rounds) = ten_thousand_with_recent_blocks(seed);
+            let (bytes, rounds) =
+                ten_thousand_with_100_differences(seed, Differences::RecentBlocks);
             assert!(rounds <= 2, "seed {seed}: {rounds} round trips");
             assert!(bytes <= 3_000, "seed {seed}: {bytes} bytes");
         }
-    }
-
-    /// `items` sorted, and the split points `split_range` would start from for `buckets`.
-    fn set_and_points(items: Vec<Item>, buckets: usize) -> (ItemSet, Vec<Item>) {
-        let set: ItemSet = items.into_iter().collect();
-        let points = set.split_points(&Item::MIN, &Item::INFINITY, buckets);
-        (set, points)
     }
 
     /// 100 items a second apart, then a pause of about an hour, then a burst of 40 items in one
@@ -1118,7 +1097,9 @@ mod tests {
         let items: Vec<Item> = (0..10_000)
             .map(|_| rand_item(&mut rng, 365 * 86_400_000))
             .collect();
-        let (set, points) = set_and_points(items, 200);
+        let set: ItemSet = items.into_iter().collect();
+        // The points `split_range` starts from, for 200 buckets.
+        let points = set.split_points(&Item::MIN, &Item::INFINITY, 200);
         let moved = points
             .iter()
             .filter(|p| snap_to_pause(&set, p, &Item::MIN, &Item::INFINITY, 16) != **p)
@@ -1136,7 +1117,7 @@ mod tests {
     #[test]
     fn a_hundred_recent_differences_in_ten_thousand_cost_under_one_percent() {
         for seed in 0..3 {
-            let (bytes, rounds) = ten_thousand_with_100_differences(seed, true);
+            let (bytes, rounds) = ten_thousand_with_100_differences(seed, Differences::Recent);
             assert!(rounds <= 2, "seed {seed}: {rounds} round trips");
             assert!(bytes <= 3_000, "seed {seed}: {bytes} bytes");
         }
@@ -1147,7 +1128,7 @@ mod tests {
     #[test]
     fn a_hundred_scattered_differences_in_ten_thousand_cost_less_with_smaller_splits() {
         for seed in 0..3 {
-            let (bytes, rounds) = ten_thousand_with_100_differences(seed, false);
+            let (bytes, rounds) = ten_thousand_with_100_differences(seed, Differences::Scattered);
             assert!(rounds <= 2, "seed {seed}: {rounds} round trips");
             assert!(bytes <= 40_000, "seed {seed}: {bytes} bytes");
         }
