@@ -439,6 +439,12 @@ impl Journals<'_, '_> {
         ix.insert(shared, &t.index, &mut t.index_new, e)
     }
 
+    /// Adds an `index` entry known to be in neither table ([`index_journal::TxnIndex::insert_absent`]).
+    fn insert_absent_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<()> {
+        let (ix, shared) = (&mut *self.index.0, self.index.1);
+        ix.insert_absent(shared, &t.index, &mut t.index_new, e)
+    }
+
     /// Removes an `index` entry from whichever table holds it; whether it was stored.
     fn remove_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<bool> {
         let (ix, shared) = (&mut *self.index.0, self.index.1);
@@ -605,10 +611,18 @@ pub(crate) fn commit_group<'a>(
                 let mut value = Vec::with_capacity(32 + wrapped.len());
                 value.extend_from_slice(owner);
                 value.extend_from_slice(wrapped);
-                t.keys
+                let held = t
+                    .keys
                     .insert(id, value.as_slice())
-                    .ctx("writing table keys")?;
-                js.insert_index(&mut t, &key_owner_key(owner, id))?;
+                    .ctx("writing table keys")?
+                    .is_some();
+                // A key and its owner entry are stored and deleted together: a key not held
+                // had no owner entry.
+                if held {
+                    js.insert_index(&mut t, &key_owner_key(owner, id))?;
+                } else {
+                    js.insert_absent_index(&mut t, &key_owner_key(owner, id))?;
+                }
             }
             for (k, v) in &batch.meta {
                 t.meta
@@ -804,9 +818,11 @@ fn apply_update(
             debug_assert!(existed, "index entry listed in doc_meta was missing");
         }
     }
+    // Every entry of a record is listed in its metadata (`doc_meta`), so one it does not list is
+    // stored nowhere.
     for k in &keys {
         if old_keys.binary_search(k).is_err() {
-            js.insert_index(t, &index_entry(k, doc))?;
+            js.insert_absent_index(t, &index_entry(k, doc))?;
         }
     }
 
