@@ -355,7 +355,7 @@ fn run_daemon(config: &Path, socket: &Path, db: &Path, n: usize) -> Result<Ours,
     }
     // The daemon returns the import's freed heap to the kernel once bulk work pauses
     // (`office::heap`): read its resident memory after that, as it stays while it serves.
-    std::thread::sleep(crate::office::heap::TRIM_QUIET * 3);
+    std::thread::sleep(crate::office::heap::TRIM_SETTLED_MAX);
     let rss_after = vm_rss(pid)?;
     let cpu_import = cpu_seconds(pid)?;
     let file_bytes = disk_usage(db)?;

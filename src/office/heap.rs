@@ -14,15 +14,36 @@
 //! stop for [`TRIM_QUIET`], or at the latest [`TRIM_DELAY_MAX`] after the first unanswered ask,
 //! so memory during a long burst is still returned regularly. The trim runs on its own thread:
 //! nothing waits for it.
+//!
+//! **Why the pause is a second, and why trims are spaced.** A trim walks every free chunk of
+//! every arena and unmaps what it can, so it costs more as the heap grows: 2-15 ms after a
+//! 10,000-record import, 20-180 ms during a cold sync at 1,000,000 records. There a store batch
+//! took longer than the first rule's 100 ms pause, so every batch's ask looked like the end of
+//! the work: 331 trims in a 129 s sync, 23 s on the trimming thread, 9 % of all CPU samples
+//! (BENCHMARKS.md, twenty-fifth session), besides the arena locks the bulk threads waited on and
+//! the pages they faulted back in. Now the pause is [`TRIM_QUIET`] (a second, several batches
+//! of any sync), and after each trim the next waits [`TRIM_SPACING`] times as long as it took,
+//! at most [`TRIM_SPACING_MAX`]: the trimming thread uses at most about a twentieth of a core
+//! however large the heap.
 
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long bulk work must have stopped asking before the trim runs.
-pub(crate) const TRIM_QUIET: Duration = Duration::from_millis(100);
+/// How long bulk work must have stopped asking before the trim runs: longer than the gap
+/// between two batches of any bulk work (a cold sync's store batches, at most a few hundred
+/// milliseconds apart at 1,000,000 records, measured).
+pub(crate) const TRIM_QUIET: Duration = Duration::from_secs(1);
 /// The longest an ask waits for its trim, however busy the burst: bounds how much freed memory
-/// a long import or sync keeps resident between trims.
+/// a long import or sync keeps resident between trims (unless [`TRIM_SPACING`] defers it).
 pub(crate) const TRIM_DELAY_MAX: Duration = Duration::from_secs(2);
+/// After a trim that took `d`, the next starts no sooner than `TRIM_SPACING × d` after it
+/// ended (at most [`TRIM_SPACING_MAX`]): the trims' share of a core stays near 1 / 20.
+const TRIM_SPACING: u32 = 19;
+/// The longest [`TRIM_SPACING`] defers a trim.
+pub(crate) const TRIM_SPACING_MAX: Duration = Duration::from_secs(2);
+/// The longest from the last ask of a burst to the end of its trim, with the trim itself taking
+/// at most a second: what a reader of the process's resident memory waits once work stops.
+pub(crate) const TRIM_SETTLED_MAX: Duration = Duration::from_secs(4);
 
 /// Asks for free heap memory to be returned to the kernel soon. Cheap (a lock and a notify);
 /// the trim runs on the trimming thread. See the module doc.
@@ -38,11 +59,13 @@ pub(crate) fn release_free_heap() {
     }
 }
 
-/// The unanswered asks: the first and the latest since the last trim.
+/// The unanswered asks: the first and the latest since the last trim; and the soonest the next
+/// trim may start ([`TRIM_SPACING`]).
 #[derive(Default)]
 struct Asks {
     first: Option<Instant>,
     last: Option<Instant>,
+    not_before: Option<Instant>,
 }
 
 struct Trimmer {
@@ -50,12 +73,22 @@ struct Trimmer {
     wake: Condvar,
 }
 
-/// When the trim for these asks is due (`None`: nothing asked). Pure, so the policy is tested
-/// without a clock.
-fn trim_due(first: Option<Instant>, last: Option<Instant>) -> Option<Instant> {
+/// When the trim for these asks is due (`None`: nothing asked), and no sooner than
+/// `not_before`. Pure, so the policy is tested without a clock.
+fn trim_due(
+    first: Option<Instant>,
+    last: Option<Instant>,
+    not_before: Option<Instant>,
+) -> Option<Instant> {
     let (first, last) = (first?, last?);
     debug_assert!(first <= last, "the first ask cannot come after the latest");
-    Some((last + TRIM_QUIET).min(first + TRIM_DELAY_MAX))
+    let due = (last + TRIM_QUIET).min(first + TRIM_DELAY_MAX);
+    Some(not_before.map_or(due, |n| due.max(n)))
+}
+
+/// The soonest the trim after one that ended at `ended` and took `took` may start.
+fn next_trim_after(ended: Instant, took: Duration) -> Instant {
+    ended + (took * TRIM_SPACING).min(TRIM_SPACING_MAX)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -81,7 +114,7 @@ fn trimmer() -> &'static Trimmer {
 fn trim_loop(t: &'static Trimmer) {
     let mut asks = t.asks.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        match trim_due(asks.first, asks.last) {
+        match trim_due(asks.first, asks.last, asks.not_before) {
             None => asks = t.wake.wait(asks).unwrap_or_else(|p| p.into_inner()),
             Some(due) => {
                 let now = Instant::now();
@@ -93,14 +126,22 @@ fn trim_loop(t: &'static Trimmer) {
                         .0;
                     continue;
                 }
+                let quiet = asks.last.is_some_and(|l| now >= l + TRIM_QUIET);
                 *asks = Asks::default();
                 drop(asks);
+                let started = Instant::now();
                 // SAFETY: malloc_trim only returns free memory to the kernel; it has no
                 // preconditions, and glibc locks each arena while it walks it.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                let released = unsafe { libc::malloc_trim(0) } != 0;
+                let (ended, took) = (Instant::now(), started.elapsed());
+                tracing::debug!(
+                    micros = took.as_micros() as u64,
+                    quiet,
+                    released,
+                    "heap trimmed"
+                );
                 asks = t.asks.lock().unwrap_or_else(|p| p.into_inner());
+                asks.not_before = Some(next_trim_after(ended, took));
             }
         }
     }
@@ -113,15 +154,58 @@ mod tests {
     #[test]
     fn a_trim_waits_for_a_pause_but_never_longer_than_the_cap() {
         let t0 = Instant::now();
-        assert_eq!(trim_due(None, None), None, "nothing asked, nothing due");
+        assert_eq!(
+            trim_due(None, None, None),
+            None,
+            "nothing asked, nothing due"
+        );
         // One ask: due once the quiet period after it has passed.
-        assert_eq!(trim_due(Some(t0), Some(t0)), Some(t0 + TRIM_QUIET));
+        assert_eq!(trim_due(Some(t0), Some(t0), None), Some(t0 + TRIM_QUIET));
         // Asks keep coming: each pushes the trim back by the quiet period...
         let later = t0 + Duration::from_millis(500);
-        assert_eq!(trim_due(Some(t0), Some(later)), Some(later + TRIM_QUIET));
+        assert_eq!(
+            trim_due(Some(t0), Some(later), None),
+            Some(later + TRIM_QUIET)
+        );
         // ...but never past the cap counted from the first unanswered ask.
         let busy = t0 + TRIM_DELAY_MAX;
-        assert_eq!(trim_due(Some(t0), Some(busy)), Some(t0 + TRIM_DELAY_MAX));
+        assert_eq!(
+            trim_due(Some(t0), Some(busy), None),
+            Some(t0 + TRIM_DELAY_MAX)
+        );
+    }
+
+    #[test]
+    fn a_long_trim_defers_the_next_by_nineteen_times_its_length_at_most_two_seconds() {
+        let t0 = Instant::now();
+        // A trim of 50 ms ending at t0: the next waits 950 ms, though its asks were due sooner.
+        let not_before = next_trim_after(t0, Duration::from_millis(50));
+        assert_eq!(not_before, t0 + Duration::from_millis(950));
+        assert_eq!(
+            trim_due(Some(t0), Some(t0), Some(not_before)),
+            Some(t0 + Duration::from_millis(1_000)),
+            "the quiet period ends after the spacing: the quiet period rules"
+        );
+        let asked = t0 - Duration::from_millis(900);
+        assert_eq!(
+            trim_due(Some(asked), Some(asked), Some(not_before)),
+            Some(not_before),
+            "due 100 ms after t0 by the asks, deferred to the spacing"
+        );
+        // A trim of 180 ms (a heap of gigabytes): deferred by the cap, not 3.4 s.
+        assert_eq!(
+            next_trim_after(t0, Duration::from_millis(180)),
+            t0 + TRIM_SPACING_MAX
+        );
+        // However the asks fall, a burst's last ask is answered within the settling time.
+        let last_trim_took = Duration::from_secs(1);
+        let due = trim_due(
+            Some(t0),
+            Some(t0),
+            Some(next_trim_after(t0, last_trim_took)),
+        )
+        .expect("asked");
+        assert!(due + last_trim_took <= t0 + TRIM_SETTLED_MAX);
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
