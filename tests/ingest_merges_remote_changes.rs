@@ -369,3 +369,43 @@ async fn keys_that_arrive_later_reopen_exactly_the_records_they_seal() {
     close(&de);
     close(&sg);
 }
+
+/// Envelopes delivered again (two links, or a peer that lost its acknowledgement) are counted
+/// as duplicates and stored once; a pending record among them is merged again only when its key
+/// comes along, and then opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_delivered_again_open_their_pending_records_only_with_the_key() {
+    let net = Net::init("de,sg");
+    let roster = roster(&net);
+    let records = 40;
+    let (de, envs) = office_with_grants(&net, &roster, "again", records).await;
+    let sg = open_office(&net, "sg");
+    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
+    assert_eq!(
+        (r.stored, r.pending),
+        (records, records),
+        "no key: all pending"
+    );
+
+    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
+    assert_eq!(
+        (r.stored, r.duplicates, r.pending, r.records),
+        (0, records, 0, 0),
+        "again without keys: duplicates, and no record merged again"
+    );
+    assert_eq!(sg.status().unwrap()["pending_records"], records);
+
+    let r = sg.ingest(envs.clone(), &keys_of(&de, &envs)).await.unwrap();
+    assert_eq!(
+        (r.stored, r.duplicates, r.pending, r.records, r.keys),
+        (0, records, 0, records, records),
+        "again with their keys: every record opens, nothing is stored twice"
+    );
+    assert_eq!(sg.status().unwrap()["pending_records"], 0);
+    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
+    for i in 0..records {
+        assert_eq!(granted(&sg, &format!("again{i}@example.com")).await, true);
+    }
+    close(&de);
+    close(&sg);
+}
