@@ -17,7 +17,7 @@
 //!
 //! **Why the pause is a second, and why trims are spaced.** A trim walks every free chunk of
 //! every arena and unmaps what it can, so it costs more as the heap grows: 2-15 ms after a
-//! 10,000-record import, 20-180 ms during a cold sync at 1,000,000 records. There a store batch
+//! 10,000-record import, 20-300 ms during a cold sync at 1,000,000 records. There a store batch
 //! took longer than the first rule's 100 ms pause, so every batch's ask looked like the end of
 //! the work: 331 trims in a 129 s sync, 23 s on the trimming thread, 9 % of all CPU samples
 //! (BENCHMARKS.md, twenty-fifth session), besides the arena locks the bulk threads waited on and
