@@ -607,6 +607,8 @@ pub(crate) fn commit_group<'a>(
             // Key ids are time-ordered too: same reason as the updates above.
             let mut keys: Vec<&(IndexKey, crate::KeyId, Vec<u8>)> = batch.keys.iter().collect();
             keys.sort_by_key(|k| k.1);
+            let deleted: HashSet<&crate::KeyId> =
+                batch.key_deletes.iter().map(|(_, id)| id).collect();
             for (owner, id, wrapped) in keys {
                 let mut value = Vec::with_capacity(32 + wrapped.len());
                 value.extend_from_slice(owner);
@@ -616,9 +618,11 @@ pub(crate) fn commit_group<'a>(
                     .insert(id, value.as_slice())
                     .ctx("writing table keys")?
                     .is_some();
-                // A key and its owner entry are stored and deleted together: a key not held
-                // had no owner entry.
-                if held {
+                // A key id is made once (time-ordered, 80 random bits) and its owner entry is
+                // written with it, so a key stored for the first time has none. A key held
+                // already, or deleted in this batch (a token re-index moving it to a new
+                // owner), may: looked up, as any entry.
+                if held || deleted.contains(id) {
                     js.insert_index(&mut t, &key_owner_key(owner, id))?;
                 } else {
                     js.insert_absent_index(&mut t, &key_owner_key(owner, id))?;
