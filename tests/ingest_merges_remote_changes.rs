@@ -240,6 +240,39 @@ async fn office_with_grants(
     (de, envs)
 }
 
+/// `de` with `records` grants to `{prefix}{i}@example.com`, and `sg` holding their envelopes
+/// without the keys that seal them: every record pending at `sg`.
+async fn pending_at_sg(
+    prefix: &str,
+    records: usize,
+) -> (
+    Net,
+    std::sync::Arc<Office>,
+    std::sync::Arc<Office>,
+    Vec<VerifiedEnvelope>,
+) {
+    let net = Net::init("de,sg");
+    let roster = roster(&net);
+    let (de, envs) = office_with_grants(&net, &roster, prefix, records).await;
+    let sg = open_office(&net, "sg");
+    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
+    assert_eq!(
+        (r.stored, r.pending),
+        (records, records),
+        "no key: all pending"
+    );
+    (net, de, sg, envs)
+}
+
+/// Nothing pending at `sg`, the same state as `de`, and every grant readable there.
+async fn every_record_open(de: &Office, sg: &Office, prefix: &str, records: usize) {
+    assert_eq!(sg.status().unwrap()["pending_records"], 0);
+    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
+    for i in 0..records {
+        assert_eq!(granted(sg, &format!("{prefix}{i}@example.com")).await, true);
+    }
+}
+
 async fn granted(office: &Office, subject: &str) -> serde_json::Value {
     office
         .execute(Request::ConsentCheck(protocol::ConsentCheck {
@@ -313,17 +346,8 @@ async fn a_large_batch_merges_on_every_core_like_small_ones() {
 /// such record in turn (the scan continues where the last call stopped, wrapping around).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_arrive_later_reopen_exactly_the_records_they_seal() {
-    let net = Net::init("de,sg");
-    let roster = roster(&net);
     let records = 40;
-    let (de, envs) = office_with_grants(&net, &roster, "late", records).await;
-    let sg = open_office(&net, "sg");
-    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
-    assert_eq!(
-        (r.stored, r.pending),
-        (records, records),
-        "no key: all pending"
-    );
+    let (_net, de, sg, envs) = pending_at_sg("late", records).await;
     assert_eq!(sg.status().unwrap()["pending_records"], records);
 
     // Keys of every third record (in envelope order) arrive.
@@ -361,11 +385,7 @@ async fn keys_that_arrive_later_reopen_exactly_the_records_they_seal() {
         }
     }
     assert_eq!(opened, records - thirds.len());
-    assert_eq!(sg.status().unwrap()["pending_records"], 0);
-    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
-    for i in 0..records {
-        assert_eq!(granted(&sg, &format!("late{i}@example.com")).await, true);
-    }
+    every_record_open(&de, &sg, "late", records).await;
     close(&de);
     close(&sg);
 }
@@ -375,17 +395,8 @@ async fn keys_that_arrive_later_reopen_exactly_the_records_they_seal() {
 /// comes along, and then opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelopes_delivered_again_open_their_pending_records_only_with_the_key() {
-    let net = Net::init("de,sg");
-    let roster = roster(&net);
     let records = 40;
-    let (de, envs) = office_with_grants(&net, &roster, "again", records).await;
-    let sg = open_office(&net, "sg");
-    let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
-    assert_eq!(
-        (r.stored, r.pending),
-        (records, records),
-        "no key: all pending"
-    );
+    let (_net, de, sg, envs) = pending_at_sg("again", records).await;
 
     let r = sg.ingest(envs.clone(), &Keys::new()).await.unwrap();
     assert_eq!(
@@ -401,11 +412,7 @@ async fn envelopes_delivered_again_open_their_pending_records_only_with_the_key(
         (0, records, 0, records, records),
         "again with their keys: every record opens, nothing is stored twice"
     );
-    assert_eq!(sg.status().unwrap()["pending_records"], 0);
-    assert_eq!(sg.state_digest().unwrap(), de.state_digest().unwrap());
-    for i in 0..records {
-        assert_eq!(granted(&sg, &format!("again{i}@example.com")).await, true);
-    }
+    every_record_open(&de, &sg, "again", records).await;
     close(&de);
     close(&sg);
 }
