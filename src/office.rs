@@ -918,7 +918,11 @@ impl Office {
         let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
         let results: Vec<Part> = bulk::in_parts(parts, threads, author);
         let mut first_failure: Option<(usize, OfficeError)> = None;
-        let mut batch = WriteBatch::default();
+        // New envelopes only while every part's are (each part is a draft: they all are).
+        let mut batch = WriteBatch {
+            envelopes_new: true,
+            ..WriteBatch::default()
+        };
         let mut touched = 0;
         let mut answers: Vec<Value> = vec![Value::Null; n];
         for r in results {
@@ -943,7 +947,9 @@ impl Office {
                         keys,
                         key_deletes,
                         key_rewraps,
+                        envelopes_new,
                     } = b;
+                    batch.envelopes_new &= envelopes_new;
                     batch.updates.extend(updates);
                     batch.meta.extend(meta);
                     batch.log.extend(log);
@@ -1870,9 +1876,15 @@ impl<'o> Draft<'o> {
         }
         // The authoring time (Unix seconds) goes into the signed change, so an auditor can tell
         // when each event was recorded, not only when the operator says it happened.
-        tx.commit_with(
+        let (made, _) = tx.commit_with(
             automerge::transaction::CommitOptions::default().with_time(Utc::now().timestamp()),
         );
+        // A change that wrote nothing is not made (Automerge returns no hash), and has no
+        // envelope: the document's last local change would be an earlier one, which `finish`
+        // must not present to the writer as new.
+        if made.is_none() {
+            return Ok(());
+        }
         let change = entry
             .doc
             .get_last_local_change()
@@ -1886,6 +1898,8 @@ impl<'o> Draft<'o> {
     fn finish(self) -> Result<(WriteBatch, usize)> {
         let mut batch = WriteBatch {
             keys: self.key_entries,
+            // Each envelope is a change `change` authored and signed just now.
+            envelopes_new: true,
             ..WriteBatch::default()
         };
         let touched = self.docs.len();
@@ -2212,14 +2226,19 @@ mod tests {
         assert!(!names_a_version("vague words only"));
     }
 
-    /// A consent record that `write` did not find (and so did not lock) under the token's lock,
-    /// because a peer's copy arrived just after, must not take the event: an ingest may be
-    /// storing that record's next change at the same time. The event makes a record of its own.
-    #[test]
-    fn an_event_goes_only_to_a_record_the_write_found_and_locked() {
+    /// Office `de` of a new network of `offices` (its directory, to keep), and a runtime to
+    /// drive it.
+    fn office_de(
+        offices: &str,
+        network: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::sync::Arc<Office>,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let offices = crate::network::parse_offices("de,nl").unwrap();
-        crate::network::init(dir.path(), &offices, None, "unlocked-record").unwrap();
+        let offices = crate::network::parse_offices(offices).unwrap();
+        crate::network::init(dir.path(), &offices, None, network).unwrap();
         let office = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml"))
             .unwrap()
             .office;
@@ -2227,6 +2246,15 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        (dir, office, rt)
+    }
+
+    /// A consent record that `write` did not find (and so did not lock) under the token's lock,
+    /// because a peer's copy arrived just after, must not take the event: an ingest may be
+    /// storing that record's next change at the same time. The event makes a record of its own.
+    #[test]
+    fn an_event_goes_only_to_a_record_the_write_found_and_locked() {
+        let (_dir, office, rt) = office_de("de,nl", "unlocked-record");
         let grant = || {
             Request::ConsentGrant(protocol::ConsentGrant {
                 evidence: Some("web form v3".into()),
@@ -2267,6 +2295,52 @@ mod tests {
         );
         let cleared = rt.block_on(office.execute(clear())).unwrap();
         assert_eq!(cleared["held"], false, "a found hold is cleared: {cleared}");
+    }
+
+    /// A change that writes nothing is not made (Automerge returns no hash). The draft must not
+    /// take the document's last local change for it: that change is stored already, and the
+    /// draft's batch says every envelope in it is new (`WriteBatch::envelopes_new`).
+    #[test]
+    fn a_change_that_writes_nothing_makes_no_envelope() {
+        let (_dir, office, rt) = office_de("de", "empty-change");
+        let granted = rt
+            .block_on(
+                office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                    evidence: Some("web form v3".into()),
+                    ..protocol::ConsentGrant::new("p1@example.test", "marketing", "consent")
+                })),
+            )
+            .unwrap();
+        let id = crate::record::parse_doc_id(granted["id"].as_str().unwrap()).unwrap();
+
+        let mut draft = Draft::new(&office);
+        draft.change(id, |_| Ok(())).unwrap();
+        let (batch, touched) = draft.finish().unwrap();
+        assert_eq!(touched, 1, "the draft loaded the record");
+        assert!(
+            batch.updates.is_empty() && batch.log.is_empty(),
+            "a change that wrote nothing made an envelope: {} updates, {} log leaves",
+            batch.updates.len(),
+            batch.log.len()
+        );
+
+        // A change that writes something makes exactly one, new to the store.
+        let mut draft = Draft::new(&office);
+        draft
+            .change(id, |tx| {
+                tx.put(automerge::ROOT, "note", "checked")
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        let (batch, _) = draft.finish().unwrap();
+        assert_eq!(batch.updates.len(), 1);
+        let (hash, _) = &batch.updates[0].envelopes[0];
+        assert_eq!(batch.updates[0].envelopes.len(), 1);
+        assert!(batch.envelopes_new);
+        assert!(
+            office.store().envelope(hash).unwrap().is_none(),
+            "the new change's envelope is stored already"
+        );
     }
 
     #[test]

@@ -93,7 +93,12 @@ impl Records {
 
     fn batch(&mut self, count: usize) -> WriteBatch {
         const LOG: LogId = [7; 16];
-        let mut b = WriteBatch::default();
+        // Made here, as a daemon's own writes are; `CONSENTD_COMMIT_COST_LOOKUP=1` has the writer
+        // look each envelope up first, as for envelopes from a peer.
+        let mut b = WriteBatch {
+            envelopes_new: std::env::var_os("CONSENTD_COMMIT_COST_LOOKUP").is_none(),
+            ..WriteBatch::default()
+        };
         for _ in 0..count {
             self.made += 1;
             // Time-ordered ids, as consentd makes them.

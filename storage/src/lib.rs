@@ -257,6 +257,11 @@ pub struct WriteBatch {
     /// Wrapped bytes replaced (the owner stays), only for keys still stored: a re-wrap racing
     /// a deletion must not bring the deleted key back.
     pub key_rewraps: Vec<(KeyId, Vec<u8>)>,
+    /// Every envelope in `updates` was made for this batch (a change authored and signed just
+    /// now), so no store holds it: the writer stores them without first looking each hash up
+    /// (debug builds check that none is stored). Leave it false for envelopes from anywhere else
+    /// (a peer, a file), which are skipped when held, as the updates' docs say.
+    pub envelopes_new: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
