@@ -2334,9 +2334,9 @@ mod tests {
             .unwrap();
         let (batch, _) = draft.finish().unwrap();
         assert_eq!(batch.updates.len(), 1);
-        let (hash, _) = &batch.updates[0].envelopes[0];
         assert_eq!(batch.updates[0].envelopes.len(), 1);
         assert!(batch.envelopes_new);
+        let (hash, _) = &batch.updates[0].envelopes[0];
         assert!(
             office.store().envelope(hash).unwrap().is_none(),
             "the new change's envelope is stored already"

@@ -220,7 +220,7 @@ pub struct RecordUpdate {
     pub kind: u8,
     /// New envelopes for this document: (change hash, encoded envelope bytes). Appended to the
     /// doc's change list in this order; a hash already stored (for any doc) is skipped
-    /// (idempotent).
+    /// (idempotent), unless the batch says none can be ([`WriteBatch::envelopes_new`]).
     pub envelopes: Vec<(Hash, Vec<u8>)>,
     /// Replaces the record's projection (plain current state, opaque bytes).
     pub projection: Vec<u8>,
