@@ -181,7 +181,7 @@ impl Office {
         }
         // Thousands of lookups for a cold sync's batch: off the runtime's worker (`off_worker`).
         let heavy = envelopes.len() >= OFF_WORKER_ENVELOPES_MIN;
-        let (mut report, mut by_doc) = super::off_worker_if(heavy, || self.sort_new(envelopes))?;
+        let (mut report, mut by_doc) = super::off_worker_if(heavy, || self.by_record(envelopes))?;
         for id in reopen {
             by_doc.entry(*id).or_default();
         }
@@ -223,7 +223,7 @@ impl Office {
     /// records' locks ([`Office::merge_docs`]), not also before them: random reads in a table as
     /// large as the office, the two lookups were 4.2 % of all CPU samples of a cold sync at
     /// 1,000,000 records, and the first found only the rare envelope two links deliver.
-    fn sort_new(
+    fn by_record(
         &self,
         envelopes: Vec<VerifiedEnvelope>,
     ) -> Result<(IngestReport, BTreeMap<DocId, Vec<VerifiedEnvelope>>)> {

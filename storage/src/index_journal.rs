@@ -313,7 +313,7 @@ impl TxnIndex {
     }
 
     /// Stores `e`, which the caller knows is in neither table: what a record's metadata does not
-    /// list, or a key's owner entry when the key itself was not stored, is not indexed. Skips
+    /// list, or the owner entry of a key stored for the first time, is not indexed. Skips
     /// [`TxnIndex::insert`]'s lookup in `index`, a random read in a table as large as the office
     /// (3-4 % of all CPU samples of a cold sync at 1,000,000 records, most of them cache misses).
     pub(crate) fn insert_absent(
