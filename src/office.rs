@@ -1435,7 +1435,10 @@ struct Draft<'o> {
 }
 
 struct DraftDoc {
-    doc: Automerge,
+    /// `None` for a document this draft created and has not read or changed since: its one
+    /// change was written without Automerge (`Record::first_change`), and [`Draft::load`] makes
+    /// the document from it only if it is needed.
+    doc: Option<Automerge>,
     envelopes: Vec<([u8; 32], Vec<u8>)>,
     /// For a document this draft created and did not change again: the record its one change
     /// wrote (sealed) and the same record in clear. `finish` uses them instead of reading the
@@ -1481,7 +1484,7 @@ impl<'o> Draft<'o> {
     /// Seals a personal text for an existing document, under the key sealing its subject
     /// (plain for a record that names nobody).
     fn seal_for(&mut self, id: &DocId, text: &str) -> Result<String> {
-        let doc = &self.load(id)?.doc;
+        let doc = self.load(id)?;
         let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
         match sealed::record_key_id(&record) {
             Some(kid) => Ok(sealed::seal(&kid, &*self.office.keys.key(&kid)?, text)),
@@ -1790,7 +1793,7 @@ impl<'o> Draft<'o> {
     }
 
     fn request(&mut self, id: &DocId) -> Result<RequestRecord> {
-        let doc = &self.load(id)?.doc;
+        let doc = self.load(id)?;
         match Record::from_doc(doc).map_err(OfficeError::Integrity)? {
             Record::Request(r) => Ok(r),
             _ => Err(OfficeError::NotFound(format!(
@@ -1800,7 +1803,8 @@ impl<'o> Draft<'o> {
         }
     }
 
-    fn load(&mut self, id: &DocId) -> Result<&mut DraftDoc> {
+    /// The document `id` in this draft (loaded from the store if the draft has not touched it).
+    fn load(&mut self, id: &DocId) -> Result<&mut Automerge> {
         if !self.docs.contains_key(id) {
             let doc = self.office.load_doc(id)?.ok_or_else(|| {
                 OfficeError::NotFound(format!(
@@ -1811,13 +1815,17 @@ impl<'o> Draft<'o> {
             self.docs.insert(
                 *id,
                 DraftDoc {
-                    doc,
+                    doc: Some(doc),
                     envelopes: Vec::new(),
                     created: None,
                 },
             );
         }
-        Ok(self.docs.get_mut(id).expect("just inserted"))
+        let entry = self.docs.get_mut(id).expect("just inserted");
+        if entry.doc.is_none() {
+            entry.doc = Some(created_doc(&self.office.actor, &entry.envelopes)?);
+        }
+        Ok(entry.doc.as_mut().expect("just made"))
     }
 
     fn create(&mut self, id: DocId, record: &Record) -> Result<()> {
@@ -1838,21 +1846,21 @@ impl<'o> Draft<'o> {
             let (kid, key) = self.subject_key(&subject, class)?;
             sealed::seal_record(&mut record, &kid, &key);
         }
-        let record = &record;
+        // The document names itself in its first change (`Record::write_new` says why). The
+        // authoring time (Unix seconds) goes into the signed change, as in `change`.
+        let change = record
+            .first_change(&id, &self.office.actor, Utc::now().timestamp())
+            .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
+        let hash = change.hash;
+        let env = envelope::sign_authored(id, change, &self.office.signing);
         self.docs.insert(
             id,
             DraftDoc {
-                doc: Automerge::new().with_actor(self.office.actor.clone()),
-                envelopes: Vec::new(),
-                created: None,
+                doc: None,
+                envelopes: vec![(hash, env.encode())],
+                created: Some(Box::new((record, plain))),
             },
         );
-        // The document names itself in its first change (`Record::write_new` says why).
-        self.change(id, |tx| {
-            record.write_new(tx, &id).map_err(|e| e.to_string())
-        })?;
-        let entry = self.docs.get_mut(&id).expect("just created");
-        entry.created = Some(Box::new((record.clone(), plain)));
         Ok(())
     }
 
@@ -1863,10 +1871,12 @@ impl<'o> Draft<'o> {
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), String>,
     ) -> Result<()> {
         let signing = &self.office.signing;
-        let entry = self.load(&id)?;
+        self.load(&id)?;
+        let entry = self.docs.get_mut(&id).expect("loaded");
         // Changed again: `finish` must read the document back.
         entry.created = None;
-        let mut tx = entry.doc.transaction();
+        let doc = entry.doc.as_mut().expect("load makes the document");
+        let mut tx = doc.transaction();
         if let Err(e) = f(&mut tx) {
             tx.rollback();
             return Err(OfficeError::Integrity(format!(
@@ -1885,8 +1895,7 @@ impl<'o> Draft<'o> {
         if made.is_none() {
             return Ok(());
         }
-        let change = entry
-            .doc
+        let change = doc
             .get_last_local_change()
             .expect("a committed transaction has a change");
         let env = envelope::sign(id, &change, signing);
@@ -1913,14 +1922,18 @@ impl<'o> Draft<'o> {
                 // Automerge read per record.
                 Some(created) => {
                     debug_assert_eq!(
-                        Record::from_doc(&d.doc).as_ref(),
+                        created_doc(&self.office.actor, &d.envelopes)
+                            .map_err(|e| e.to_string())
+                            .and_then(|doc| Record::from_doc(&doc))
+                            .as_ref(),
                         Ok(&created.0),
                         "a new document reads back as the record that wrote it"
                     );
                     *created
                 }
                 None => {
-                    let record = Record::from_doc(&d.doc).map_err(OfficeError::Integrity)?;
+                    let doc = d.doc.as_ref().expect("a changed document is loaded");
+                    let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
                     let plain = sealed::open_record(&self.office.keys, record.clone())?;
                     (record, plain)
                 }
@@ -1963,6 +1976,20 @@ impl<'o> Draft<'o> {
         );
         Ok((batch, touched))
     }
+}
+
+/// The document a draft created, made from its one change (the only envelope in `envelopes`),
+/// for `actor` to change further.
+fn created_doc(actor: &automerge::ActorId, envelopes: &[([u8; 32], Vec<u8>)]) -> Result<Automerge> {
+    let [(_, bytes)] = envelopes else {
+        unreachable!("a created document has exactly its first change until it is loaded")
+    };
+    let env = Envelope::decode(bytes)
+        .map_err(|e| OfficeError::Integrity(format!("a draft's own envelope: {e}")))?;
+    let mut doc = Automerge::load(&env.change)
+        .map_err(|e| OfficeError::Integrity(format!("a draft's own change: {e}")))?;
+    doc.set_actor(actor.clone());
+    Ok(doc)
 }
 
 /// Most records one replication transfer event names (each is an index marker; the store allows

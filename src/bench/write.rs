@@ -16,8 +16,11 @@
 //! **Baselines**, all in the same run:
 //! - *design floor* (row 1): authoring and signing the same records' Automerge changes (a fresh
 //!   document naming itself, the sealed record's fields, the change signed into an envelope,
-//!   exactly what `Draft::create` does) on all cores, with nothing else: no storage, no socket,
-//!   no sealing, no projection. Measured on up to [`FLOOR_RECORDS_MAX`] records (a rate).
+//!   exactly what `Draft::create` does: `Record::first_change`, which writes the chunk without an
+//!   Automerge document) on all cores, with nothing else: no storage, no socket, no sealing, no
+//!   projection. Measured on up to [`FLOOR_RECORDS_MAX`] records (a rate). For scale, no target:
+//!   `ingest_vs_automerge_floor` is the same floor authored through an Automerge document and
+//!   transaction, as the daemon did before the twenty-seventh session.
 //! - *raw redb* (rows 1, 2 and 7): the same envelope bytes under their change hashes in a plain
 //!   one-table redb file with redb's default cache (as our store opens it): in commits of 1,000
 //!   (the import chunk) for row 1's "for scale" row, one durable commit per insert for row 2
@@ -221,7 +224,8 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
     }
 
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
-    let (floor_rate, envs) = floor(&records, threads)?;
+    let (floor_rate, envs) = floor(&records, threads, Authoring::AsDaemon)?;
+    let (floor_automerge_rate, _) = floor(&records, threads, Authoring::Automerge)?;
 
     let raw_batch = baseline::durable_inserts(&dir.path().join("raw-batch.redb"), &envs, RAW_BATCH)
         .map_err(|e| e.to_string())?;
@@ -262,6 +266,13 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
             "records/s",
             ours.import_rate,
             raw_batch_rate,
+            0.0,
+        ),
+        Row::new(
+            "ingest_vs_automerge_floor",
+            "records/s",
+            ours.import_rate,
+            floor_automerge_rate,
             0.0,
         ),
         Row::new(
@@ -445,9 +456,23 @@ fn dump_envelopes(store: &consentd_storage::Store, path: &Path) -> Result<u64, S
     Ok(count)
 }
 
+/// How the floor authors a record's first change.
+#[derive(Clone, Copy)]
+pub(crate) enum Authoring {
+    /// As `Draft::create` does: `Record::first_change` (the chunk written directly).
+    AsDaemon,
+    /// Through an Automerge document and transaction (`Record::write_new`), as the daemon did
+    /// until the twenty-seventh session: the `ingest_vs_automerge_floor` row, for scale.
+    Automerge,
+}
+
 /// The design floor: authors and signs every record as a new document on `threads` threads,
 /// nothing else. Returns records/s and the envelopes (hash, bytes) it made.
-pub(crate) fn floor(records: &[Record], threads: usize) -> Result<(f64, Encoded), String> {
+pub(crate) fn floor(
+    records: &[Record],
+    threads: usize,
+    authoring: Authoring,
+) -> Result<(f64, Encoded), String> {
     let signing = keys::generate();
     let actor = envelope::actor_for(&signing.verifying_key(), envelope::new_incarnation());
     let per = records.len().div_ceil(threads.max(1)).max(1);
@@ -457,7 +482,7 @@ pub(crate) fn floor(records: &[Record], threads: usize) -> Result<(f64, Encoded)
             .chunks(per)
             .map(|chunk| {
                 let (actor, signing) = (actor.clone(), &signing);
-                s.spawn(move || author_and_sign(chunk, &actor, signing))
+                s.spawn(move || author_and_sign(chunk, &actor, signing, authoring))
             })
             .collect();
         handles
@@ -476,11 +501,18 @@ fn author_and_sign(
     records: &[Record],
     actor: &ActorId,
     signing: &SigningKey,
+    authoring: Authoring,
 ) -> Result<Encoded, String> {
     let mut out = Vec::with_capacity(records.len());
     let now = chrono::Utc::now().timestamp();
     for r in records {
         let id: [u8; 16] = rand::random();
+        if let Authoring::AsDaemon = authoring {
+            let change = r.first_change(&id, actor, now).map_err(|e| e.to_string())?;
+            let hash = change.hash;
+            out.push((hash, envelope::sign_authored(id, change, signing).encode()));
+            continue;
+        }
         let mut doc = Automerge::new().with_actor(actor.clone());
         let mut tx = doc.transaction();
         r.write_new(&mut tx, &id).map_err(|e| e.to_string())?;

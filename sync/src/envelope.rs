@@ -54,6 +54,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey, SIGNATURE_LENGT
 use rand::rngs::OsRng;
 use rand::RngCore;
 
+use crate::authoring::Authored;
 use crate::roster::{Office, VerifiedRoster};
 
 /// Magic prefix of an encoded envelope, version 1.
@@ -365,6 +366,34 @@ pub fn sign(doc_id: [u8; 16], change: &Change, key: &SigningKey) -> Envelope {
         signer,
         signature: signature.to_bytes(),
         change: change.raw_bytes().to_vec(),
+    }
+}
+
+/// [`sign`] for a first change [`crate::authoring`] wrote, given as its bytes and hash (no
+/// Automerge `Change` is made for it). The same guarantees are the caller's, and debug builds
+/// check them the same way, plus that the hash is the chunk's.
+pub fn sign_authored(doc_id: [u8; 16], change: Authored, key: &SigningKey) -> Envelope {
+    let signer = key.verifying_key().to_bytes();
+    debug_assert!(
+        Change::try_from(&change.bytes[..])
+            .is_ok_and(|c| c.hash().0 == change.hash && actor_is_bound(c.actor_id(), &signer)),
+        "signing an authored change whose hash is not its own or whose actor is not bound to \
+         this office's key: every peer will reject it"
+    );
+    debug_assert!(
+        change.bytes.len() <= MAX_CHANGE_BYTES,
+        "signing a change larger than MAX_CHANGE_BYTES: every peer will reject it"
+    );
+    debug_assert!(
+        canonical_encoding_problem(&change.bytes, &change.hash).is_none(),
+        "authoring wrote a chunk that is not the canonical uncompressed change"
+    );
+    let signature = key.sign(&signed_message(&doc_id, &change.hash));
+    Envelope {
+        doc_id,
+        signer,
+        signature: signature.to_bytes(),
+        change: change.bytes,
     }
 }
 

@@ -7,7 +7,8 @@
 //!   equation and verdict, about half the work for one-signer batches).
 //! - [`envelope`]: signed change envelopes, the unit of replication, and their verification.
 //! - [`change_chunk`]: Automerge change chunks read without expanding them; [`first_change`]: the
-//!   document a record's first change makes, read from the chunk without Automerge.
+//!   document a record's first change makes, read from the chunk without Automerge;
+//!   [`authoring`]: that first change written without Automerge, byte for byte as Automerge would.
 //! - [`tombstone`]: signed statements that a record is deleted for good.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proofs (pure functions).
 //! - [`tlog`]: each office's transparency log: leaves and C2SP signed-note checkpoints.
@@ -24,6 +25,7 @@
 //! Everything but `transport` and the explicit load/save helpers in `keys` and `roster` does no
 //! I/O and reads no clock: time comes in as an argument, so a simulation can drive it.
 
+pub mod authoring;
 pub mod b64;
 pub mod backoff;
 pub mod baseline;
