@@ -15,6 +15,7 @@
 //! | `checkpoint` | `tlog::parse_note`, `parse_body`, `tlog::verify`, `LogLeaf::decode`, `b64::decode` | parsed bodies (less extension lines), leaves and base64 re-encode to the same bytes |
 //! | `audit_bundle` | `audit::bundle::Reader` + `audit::verify::verify` (32-byte root key ‖ bundle) | the bundle's own verdict is consistent |
 //! | `control_request` | `protocol::parse_request`, `protocol::read_frame` | a parsed request is at our version, and serialises and parses again to the same operation |
+//! | `authoring` | `authoring::first_change` on a JSON object (as records are written, with user text in their fields) | the chunk is Automerge's own for the same ops and reads back as the object; `first_change::new_document`, if it reads the chunk, reads what Automerge reads |
 //!
 //! The keys are fixed (a test network, `fuzz-net`, of offices `de` and `us`), so the seed
 //! corpus (`seeds()`) holds validly signed values the fuzzer mutates from: envelopes, tombstones
@@ -49,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint),
     ("audit_bundle", audit_bundle),
     ("control_request", control_request),
+    ("authoring", authoring),
 ];
 
 pub const NETWORK: &str = "fuzz-net";
@@ -568,6 +570,28 @@ pub fn control_request(data: &[u8]) {
     let _ = crate::protocol::read_frame(&mut &data[..], crate::protocol::REQUEST_BYTES_MAX);
 }
 
+/// `authoring`: bytes that parse as a JSON object are written as a new document's first change.
+pub fn authoring(data: &[u8]) {
+    let Ok(serde_json::Value::Object(root)) = serde_json::from_slice(data) else {
+        return;
+    };
+    let actor = [7u8; 40];
+    let Some(change) = consentd_sync::authoring::first_change(&actor, 1_700_000_000, &root) else {
+        return;
+    };
+    assert!(
+        consentd_sync::authoring::agrees_with_automerge(&actor, &change.bytes, &root),
+        "the writer's chunk is not Automerge's, or does not read back as the object"
+    );
+    // The reader may leave the change to Automerge (it is stricter in places), never misread it.
+    if let Some(read) = consentd_sync::first_change::new_document(&change.bytes) {
+        assert!(
+            consentd_sync::first_change::agrees_with_automerge(&change.bytes, &read),
+            "the first-change reader reads the writer's change otherwise than Automerge"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds: real encoded values for every target.
 
@@ -887,6 +911,19 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     .enumerate()
     {
         out.push(("control_request", format!("op-{i:02}"), r.as_bytes().to_vec()));
+    }
+
+    // Authoring: a record's document root as `Record::first_change` writes it, and small trees
+    // of every value kind.
+    for (i, tree) in [
+        r#"{"type":"consent","id":"0123456789abcdef0123456789abcdef","subject":"cx1:AAAA","subject_kind":"email","person":"cx1:BBBB","purpose":"marketing","role":"controller","office":"de","minor":false,"events":[{"action":"grant","at":"2026-01-31T00:00:00Z","basis":"consent","service":"sms","office":"de"}]}"#,
+        r#"{"a":1,"b":-1,"c":1.5,"d":null,"e":true,"f":"x","g":[null,[],{}],"h":{"i":{"j":[1,1,2]}}}"#,
+        r#"{"l":["a","a","b","b","b","c"],"ü":"ünïcode"}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        out.push(("authoring", format!("tree-{i}"), tree.as_bytes().to_vec()));
     }
     out
 }

@@ -327,10 +327,11 @@ impl Record {
     ///
     /// Why not through Automerge: `consentd_sync::authoring` writes the same chunk, byte for
     /// byte, without a document, a transaction or collecting the change back out of the op set.
-    /// Through Automerge, authoring was 36 % of an import's CPU (the floor's 75 %), three times
-    /// the signature; written directly it is about a tenth of that (BENCHMARKS.md, twenty-seventh
-    /// session). A record beyond that writer's limits (a list longer than 4,096 entries, deeper
-    /// than 16 levels) is authored by Automerge instead, with the same result.
+    /// Through Automerge, authoring was 36 % of an import's CPU and three quarters of the design
+    /// floor (about 48 µs a record against the signature's 15); written directly it costs about
+    /// 6 µs, the JSON tree included (BENCHMARKS.md, twenty-seventh session). A record beyond
+    /// that writer's limits (a list longer than 4,096 entries, nesting deeper than 16 levels) is
+    /// authored by Automerge instead, with the same result.
     ///
     /// [`write_new`]: Record::write_new
     pub fn first_change(
