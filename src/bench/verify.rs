@@ -5,7 +5,6 @@ use std::time::Instant;
 use crate::audit::bundle::{Line, Writer, FORMAT, VERSION};
 use crate::audit::verify;
 use crate::record::{ConsentEvent, ConsentRecord, Record};
-use automerge::Automerge;
 use consentd_sync::b64;
 use consentd_sync::batch_sig;
 use consentd_sync::envelope;
@@ -65,12 +64,12 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
                 office: "de".into(),
             }],
         });
-        let mut doc = Automerge::new().with_actor(actor.clone());
-        doc.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx, &doc_id))
+        // Authored as the daemon authors a new record (`Draft::create`).
+        let change = record
+            .first_change(&doc_id, &actor, AUTHORED_AT)
             .expect("writes");
-        let change = doc.get_last_local_change().expect("one change");
-        let env = envelope::sign(doc_id, &change, &signing);
-        let hash = change.hash().0;
+        let hash = change.hash;
+        let env = envelope::sign_authored(doc_id, change, &signing);
         triples.push((
             signing.verifying_key(),
             envelope::signed_message(&doc_id, &hash).to_vec(),
@@ -130,6 +129,8 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
 
 /// Rounds of `audit verify` and of the batch baseline, alternating; each side keeps its best.
 const VERIFY_ROUNDS: usize = 5;
+/// The synthetic records' authoring time (Unix seconds): 2026-01-31, their grants' day.
+const AUTHORED_AT: i64 = 1_769_817_600;
 
 /// Whole-bundle verification (every check, all cores, batch signatures) against a bare batch
 /// ed25519 verification loop over the same signatures on the same cores: the signatures split
