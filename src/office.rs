@@ -1803,7 +1803,8 @@ impl<'o> Draft<'o> {
         }
     }
 
-    /// The document `id` in this draft (loaded from the store if the draft has not touched it).
+    /// The document `id` in this draft: loaded from the store if the draft has not touched it,
+    /// made from its first change if the draft created it and has not needed it since.
     fn load(&mut self, id: &DocId) -> Result<&mut Automerge> {
         if !self.docs.contains_key(id) {
             let doc = self.office.load_doc(id)?.ok_or_else(|| {

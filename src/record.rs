@@ -328,7 +328,7 @@ impl Record {
     /// Why not through Automerge: `consentd_sync::authoring` writes the same chunk, byte for
     /// byte, without a document, a transaction or collecting the change back out of the op set.
     /// Through Automerge, authoring was 36 % of an import's CPU and three quarters of the design
-    /// floor (about 48 µs a record against the signature's 15); written directly it costs about
+    /// floor (42-47 µs a record against the signature's 15); written directly it costs about
     /// 6 µs, the JSON tree included (BENCHMARKS.md, twenty-seventh session). A record beyond
     /// that writer's limits (a list longer than 4,096 entries, nesting deeper than 16 levels) is
     /// authored by Automerge instead, with the same result.
