@@ -286,9 +286,21 @@ impl Office {
             let mut report = IngestReport::default();
             let mut batch = WriteBatch::default();
             let mut keys = Vec::new();
+            // The part's stored histories, verified in one batch (`Office::load_histories`):
+            // a record absent from a batch that succeeded has none. If the batch fails, each
+            // record loads alone, and the failing one fails the ingest as it did before.
+            let ids: Vec<DocId> = part.iter().map(|(id, _)| *id).collect();
+            let mut histories = self.load_histories(&ids).ok();
             for (id, envs) in part {
+                let history = match histories.as_mut() {
+                    Some(h) => h
+                        .remove(&id)
+                        .map(|changes| self.doc_from_changes(&id, changes))
+                        .transpose()?,
+                    None => self.load_history(&id)?,
+                };
                 self.merge_doc(
-                    id,
+                    (id, history),
                     envs,
                     (received, held, reopen),
                     &mut report,
@@ -316,17 +328,17 @@ impl Office {
         Ok((report, batch, stored_keys))
     }
 
-    /// Merges one record's new envelopes into its document and adds what to store to `batch`.
+    /// Merges one record's new envelopes into its document (`history`: what is stored of it,
+    /// verified) and adds what to store to `batch`.
     fn merge_doc(
         &self,
-        id: DocId,
+        (id, history): (DocId, Option<Automerge>),
         envs: Vec<VerifiedEnvelope>,
         (received, held, reopen): (&ReceivedKeys, &HashSet<[u8; 32]>, &HashSet<DocId>),
         report: &mut IngestReport,
         batch: &mut WriteBatch,
         stored_keys: &mut Vec<KeyId>,
     ) -> Result<()> {
-        let history = self.load_history(&id)?;
         let mut new = Vec::with_capacity(envs.len());
         let mut changes = Vec::with_capacity(envs.len());
         for env in envs {
@@ -366,7 +378,7 @@ impl Office {
                 (name, Value::Object(root))
             }
             None => {
-                let mut doc = history.unwrap_or_else(Automerge::new);
+                let mut doc = history.unwrap_or_default();
                 doc.apply_changes(changes).map_err(|e| {
                     OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
                 })?;
