@@ -290,6 +290,11 @@ impl Office {
             // a record absent from a batch that succeeded has none. If the batch fails, each
             // record loads alone, and the failing one fails the ingest as it did before.
             let ids: Vec<DocId> = part.iter().map(|(id, _)| *id).collect();
+            debug_assert_eq!(
+                ids.iter().collect::<HashSet<_>>().len(),
+                ids.len(),
+                "envelopes are grouped by record, so a record's history is taken once"
+            );
             let mut histories = self.load_histories(&ids).ok();
             for (id, envs) in part {
                 let history = match histories.as_mut() {
