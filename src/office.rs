@@ -1021,7 +1021,7 @@ impl Office {
     }
 
     /// Loads whatever history of a document is stored, verifying every envelope.
-    pub(crate) fn load_history(&self, id: &DocId) -> Result<Option<Automerge>> {
+    fn load_history(&self, id: &DocId) -> Result<Option<Automerge>> {
         let stored = self.store.doc_envelopes(id)?;
         if stored.is_empty() {
             return Ok(None);
@@ -1042,10 +1042,7 @@ impl Office {
     /// records (an import of withdrawals) verifies each record's one envelope at about a third
     /// of a single verification's cost (`batch_sig`, one signer's terms grouped). Any envelope
     /// that fails fails the whole call, as it would fail the record's load.
-    pub(crate) fn load_histories(
-        &self,
-        ids: &[DocId],
-    ) -> Result<HashMap<DocId, Vec<automerge::Change>>> {
+    fn load_histories(&self, ids: &[DocId]) -> Result<HashMap<DocId, Vec<automerge::Change>>> {
         let (mut envs, mut stored_for) = (Vec::new(), Vec::new());
         for id in ids {
             for bytes in self.store.doc_envelopes(id)? {
@@ -1070,11 +1067,7 @@ impl Office {
     }
 
     /// A document of this office's actor made from a record's verified history.
-    pub(crate) fn doc_from_changes(
-        &self,
-        id: &DocId,
-        changes: Vec<automerge::Change>,
-    ) -> Result<Automerge> {
+    fn doc_from_changes(&self, id: &DocId, changes: Vec<automerge::Change>) -> Result<Automerge> {
         let mut doc = Automerge::new().with_actor(self.actor.clone());
         doc.apply_changes(changes)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id))))?;

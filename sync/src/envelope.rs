@@ -346,54 +346,42 @@ pub fn signed_message(doc_id: &[u8; 16], change_hash: &[u8; 32]) -> [u8; SIGNED_
 /// [`MAX_CHANGE_BYTES`]; [`try_sign`] checks both instead. Automerge produces uncompressed chunks
 /// with a valid checksum, which is the canonical form [`verify`] requires.
 pub fn sign(doc_id: [u8; 16], change: &Change, key: &SigningKey) -> Envelope {
-    let signer = key.verifying_key().to_bytes();
     debug_assert!(
-        actor_is_bound(change.actor_id(), &signer),
+        actor_is_bound(change.actor_id(), &key.verifying_key().to_bytes()),
         "signing a change whose actor is not bound to this office's key: every peer will reject it"
     );
-    debug_assert!(
-        change.raw_bytes().len() <= MAX_CHANGE_BYTES,
-        "signing a change larger than MAX_CHANGE_BYTES: every peer will reject it"
-    );
-    debug_assert!(
-        canonical_encoding_problem(change.raw_bytes(), &change.hash().0).is_none(),
-        "automerge's raw_bytes is not the canonical uncompressed chunk"
-    );
-    let hash = change.hash().0;
-    let signature = key.sign(&signed_message(&doc_id, &hash));
-    Envelope {
-        doc_id,
-        signer,
-        signature: signature.to_bytes(),
-        change: change.raw_bytes().to_vec(),
-    }
+    sign_chunk(doc_id, change.raw_bytes().to_vec(), change.hash().0, key)
 }
 
 /// [`sign`] for a first change [`crate::authoring`] wrote, given as its bytes and hash (no
 /// Automerge `Change` is made for it). The same guarantees are the caller's, and debug builds
 /// check them the same way, plus that the hash is the chunk's.
 pub fn sign_authored(doc_id: [u8; 16], change: Authored, key: &SigningKey) -> Envelope {
-    let signer = key.verifying_key().to_bytes();
     debug_assert!(
-        Change::try_from(&change.bytes[..])
-            .is_ok_and(|c| c.hash().0 == change.hash && actor_is_bound(c.actor_id(), &signer)),
+        Change::try_from(&change.bytes[..]).is_ok_and(|c| c.hash().0 == change.hash
+            && actor_is_bound(c.actor_id(), &key.verifying_key().to_bytes())),
         "signing an authored change whose hash is not its own or whose actor is not bound to \
          this office's key: every peer will reject it"
     );
+    sign_chunk(doc_id, change.bytes, change.hash, key)
+}
+
+/// The envelope of a change chunk (`bytes`, whose change hash is `hash`) signed by `key`: what
+/// [`sign`] and [`sign_authored`] share once each has checked its own input.
+fn sign_chunk(doc_id: [u8; 16], bytes: Vec<u8>, hash: [u8; 32], key: &SigningKey) -> Envelope {
     debug_assert!(
-        change.bytes.len() <= MAX_CHANGE_BYTES,
+        bytes.len() <= MAX_CHANGE_BYTES,
         "signing a change larger than MAX_CHANGE_BYTES: every peer will reject it"
     );
     debug_assert!(
-        canonical_encoding_problem(&change.bytes, &change.hash).is_none(),
-        "authoring wrote a chunk that is not the canonical uncompressed change"
+        canonical_encoding_problem(&bytes, &hash).is_none(),
+        "signing a chunk that is not the canonical uncompressed change"
     );
-    let signature = key.sign(&signed_message(&doc_id, &change.hash));
     Envelope {
         doc_id,
-        signer,
-        signature: signature.to_bytes(),
-        change: change.bytes,
+        signer: key.verifying_key().to_bytes(),
+        signature: key.sign(&signed_message(&doc_id, &hash)).to_bytes(),
+        change: bytes,
     }
 }
 
