@@ -1283,22 +1283,26 @@ mod tests {
         assert!(!should_linger(64, false, 1_271_064));
     }
 
+    /// A new store whose doc_meta for doc 2 is corrupt, so that updating doc 2 fails inside the
+    /// transaction.
+    fn store_failing_doc_2() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        init(&db).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(DOC_META)
+            .unwrap()
+            .insert(&[2u8; 16], &[0xee_u8, 1, 2][..])
+            .unwrap();
+        txn.commit().unwrap();
+        (dir, db)
+    }
+
     /// A group containing one bad batch must fail as a whole: the good batch in the same group
     /// must not land either (no partial commits, so no partial acks are even possible).
     #[test]
     fn failing_batch_aborts_whole_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("db.redb")).unwrap();
-        init(&db).unwrap();
-        // Plant a corrupt doc_meta for doc 2 so updating doc 2 fails inside the transaction.
-        {
-            let txn = db.begin_write().unwrap();
-            txn.open_table(DOC_META)
-                .unwrap()
-                .insert(&[2u8; 16], &[0xee_u8, 1, 2][..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        let (_dir, db) = store_failing_doc_2();
         let good = WriteBatch {
             updates: vec![update(1, 1)],
             log: vec![([1; 16], vec![1; 49])],
@@ -1357,18 +1361,7 @@ mod tests {
     /// error and left nothing behind, and those still queued open the next group unharmed.
     #[test]
     fn a_failing_request_fails_its_group_and_the_queue_behind_it_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("db.redb")).unwrap();
-        init(&db).unwrap();
-        {
-            // A corrupt doc_meta for doc 2: updating doc 2 fails inside the transaction.
-            let txn = db.begin_write().unwrap();
-            txn.open_table(DOC_META)
-                .unwrap()
-                .insert(&[2u8; 16], &[0xee_u8, 1, 2][..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        let (_dir, db) = store_failing_doc_2();
         let budget = crate::budget::ByteBudget::new(1 << 20);
         let (tx, rx) = mpsc::channel(8);
         let mut replies = Vec::new();
