@@ -37,8 +37,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction,
+};
 
+use crate::key_filter::KeyFilter;
 use crate::layout::{doc_suffix, index_entry, INDEX, INDEX_NEW};
 use crate::{Ctx, IndexKey, Result, StorageError};
 
@@ -161,23 +164,59 @@ pub(crate) struct IndexJournal {
     previous: Slots,
     /// The next sequence number of `index_new`.
     next_seq: u64,
+    /// Every key either table holds (and some they no longer do): a lookup of any other key
+    /// skips redb (`key_filter.rs`).
+    filter: KeyFilter,
 }
 
 impl IndexJournal {
-    /// Reads `index_new` (at open).
+    /// Reads `index_new`, and the keys of both tables into the filter (at open).
     pub(crate) fn load(db: &Database) -> Result<IndexJournal> {
         let r = db.begin_read().ctx("beginning a read transaction")?;
         let t = r.open_table(INDEX_NEW).ctx("opening table index_new")?;
-        let mut j = IndexJournal::default();
+        let index = r.open_table(INDEX).ctx("opening table index")?;
+        let held =
+            index.len().ctx("reading table index")? + t.len().ctx("reading table index_new")?;
+        let held = usize::try_from(held).unwrap_or(usize::MAX);
+        let mut j = IndexJournal {
+            // A quarter more than the entries held (many share a key): room to grow before a
+            // second layer.
+            filter: KeyFilter::with_capacity(held.saturating_add(held / 4)),
+            ..IndexJournal::default()
+        };
+        // In key order: the entries of one key (a subject's docs) follow one another.
+        let mut last: Option<[u8; 32]> = None;
+        for item in index.iter().ctx("reading table index")? {
+            let (k, _) = item.ctx("reading table index")?;
+            let key: [u8; 32] = k.value()[..32].try_into().expect("32 bytes");
+            if last != Some(key) {
+                j.filter.insert(bucket(&key));
+                last = Some(key);
+            }
+        }
         for item in t.iter().ctx("reading table index_new")? {
             let (k, v) = item.ctx("reading table index_new")?;
+            j.filter.insert(bucket(v.value()));
             j.slots.insert(slot(v.value(), k.value()));
             j.next_seq = k
                 .value()
                 .checked_add(1)
                 .ok_or_else(|| StorageError::Corrupt("index_new's sequence is exhausted".into()))?;
         }
+        // Both tables as of this snapshot, and the writer, which adds every later entry before
+        // its commit, has not started: the filter holds every key a reader can find.
+        j.filter.set_ready();
         Ok(j)
+    }
+
+    /// Whether any snapshot may hold an entry under `key`; `false` is certain (`key_filter.rs`).
+    pub(crate) fn may_hold(&self, key: &IndexKey) -> bool {
+        self.filter.may_hold(bucket(key))
+    }
+
+    /// Bytes the key filter takes, for the open's log line.
+    pub(crate) fn filter_bytes(&self) -> usize {
+        self.filter.bytes()
     }
 
     /// A slot as if an entry of `key` were appended at `seq` (which may hold anything or
@@ -373,6 +412,7 @@ impl TxnIndex {
     pub(crate) fn publish(&self, shared: &mut IndexJournal) {
         for slot in &self.added {
             shared.slots.insert(*slot);
+            shared.filter.insert(slot.0);
         }
         if let Some(seq) = self.next_seq {
             debug_assert!(seq >= shared.next_seq, "index_new's sequence must grow");
@@ -478,6 +518,51 @@ mod tests {
             bucket(&key),
             "an entry's bucket is its key's"
         );
+    }
+
+    /// The key filter at open holds every key of `index` and of `index_new` (the invariant that
+    /// lets a lookup skip redb), and a published commit's keys from then on.
+    #[test]
+    fn the_filter_loaded_at_open_holds_both_tables_keys_and_each_published_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let key = |i: u32| -> IndexKey {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            k[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
+            k
+        };
+        {
+            let txn = db.begin_write().unwrap();
+            let mut index = txn.open_table(INDEX).unwrap();
+            let mut index_new = txn.open_table(INDEX_NEW).unwrap();
+            for i in 0..2_000u32 {
+                // Two docs under each key in `index`, as a subject's records are.
+                index.insert(&index_entry(&key(i), &[1; 16]), ()).unwrap();
+                index.insert(&index_entry(&key(i), &[2; 16]), ()).unwrap();
+            }
+            for i in 2_000..3_000u32 {
+                index_new
+                    .insert(u64::from(i), &index_entry(&key(i), &[3; 16]))
+                    .unwrap();
+            }
+            drop((index, index_new));
+            txn.commit().unwrap();
+        }
+        let mut j = IndexJournal::load(&db).unwrap();
+        assert!(
+            (0..3_000).all(|i| j.may_hold(&key(i))),
+            "a stored key is missing"
+        );
+        let strangers = (10_000..20_000).filter(|&i| j.may_hold(&key(i))).count();
+        assert!(strangers < 300, "{strangers} of 10,000 unknown keys held");
+
+        let fresh = key(50_000);
+        let mut t = TxnIndex::default();
+        t.added.insert(slot(&index_entry(&fresh, &[4; 16]), 3_000));
+        t.next_seq = Some(3_001);
+        t.publish(&mut j);
+        assert!(j.may_hold(&fresh), "a published key is missing");
     }
 
     #[test]

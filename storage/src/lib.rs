@@ -23,6 +23,7 @@ pub mod baseline_sync;
 mod budget;
 mod index_journal;
 mod journal;
+mod key_filter;
 pub mod layout;
 mod writer;
 
@@ -71,7 +72,14 @@ impl HotTables {
     fn under(&self, key: &IndexKey, shared: &Shared) -> Result<Vec<[u8; 16]>> {
         // After the snapshot began (it did when `self` was made): every entry it holds in
         // `index_new` was published before its commit, so its slot is in memory by now.
-        let candidates = lock_read(&shared.index_journal).candidates(key);
+        let candidates = {
+            let journal = lock_read(&shared.index_journal);
+            if !journal.may_hold(key) {
+                // Nothing under a key nobody indexed: no redb lookup (`key_filter.rs`).
+                return Ok(Vec::new());
+            }
+            journal.candidates(key)
+        };
         // `index_new` is opened only when the journal names something in the key's bucket.
         let index_new = match candidates.is_empty() {
             true => None,
@@ -438,7 +446,13 @@ impl Store {
             })?;
         let last_seq = writer::init(&db)?;
         let journal = journal::Journal::load(&db)?;
+        let loading = std::time::Instant::now();
         let index_journal = index_journal::IndexJournal::load(&db)?;
+        tracing::debug!(
+            filter_bytes = index_journal.filter_bytes(),
+            micros = loading.elapsed().as_micros() as u64,
+            "index journal and key filter loaded"
+        );
         let db = Arc::new(RwLock::new(db));
         let shared = Arc::new(Shared {
             journal: RwLock::new(journal),

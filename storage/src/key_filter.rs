@@ -1,0 +1,190 @@
+//! A Bloom filter over the keys `index` holds, so that a lookup of a key nobody indexed (a new
+//! subject's token, its consent tokens, its key owner) skips redb.
+//!
+//! **Why.** Every new record looks up keys that hold nothing yet: `Office::prepare` the consent
+//! token (a marketing grant's minor check), `Office::write` the same token under its locks, and
+//! the draft the subject's key owner. Each is a range over `index`, a table as large as the
+//! office, whose keys are random: a descent of three or four pages that finds nothing. In an
+//! import of 100,000 records those lookups were 7.7 % of all CPU samples, 4 % of them on the
+//! runtime thread that prepares a chunk's lines one after another (BENCHMARKS.md, twenty-eighth
+//! session).
+//!
+//! **How.** One hash per key: [`crate::index_journal`]'s bucket (a hash of the whole 32-byte key),
+//! mixed again here. A key sets [`PROBES`] bits in one 512-bit block (one cache line) of a
+//! layer; [`BITS_PER_KEY`] bits a key give about 1 % false positives. When a layer holds its
+//! capacity a new one twice the size of all before it is added, so a growing office never
+//! saturates one; a lookup checks each layer (one cache line each). Keys are never removed: a
+//! key whose entries are gone only costs the lookup it would have cost anyway.
+//!
+//! **Invariant.** While [`KeyFilter::ready`], every key that any snapshot's `index` or
+//! `index_new` holds was inserted: those stored at open by the scan in `Store::open` (which
+//! sets it ready), every entry appended since by the writer before its commit
+//! (`TxnIndex::publish`). So [`KeyFilter::may_hold`] answers `false` only for a key no reader
+//! can find. Before the scan it answers `true` for everything.
+//!
+//! **Limits.** About `BITS_PER_KEY` / 8 bytes an entry of `index` (the layers double, so at most
+//! twice that): 1.25-2.5 MB a million entries, about three a new subject's consent.
+
+/// Bits a key in a layer: with [`PROBES`] probes in one block, about 1 % false positives.
+pub(crate) const BITS_PER_KEY: usize = 10;
+/// Bits a key sets in its block.
+pub(crate) const PROBES: u32 = 7;
+/// The smallest layer, in keys (80 KiB).
+pub(crate) const LAYER_KEYS_MIN: usize = 65_536;
+const BLOCK_BITS: u64 = 512;
+const BLOCK_WORDS: usize = (BLOCK_BITS / 64) as usize;
+
+#[derive(Debug)]
+struct Layer {
+    blocks: Vec<[u64; BLOCK_WORDS]>,
+    capacity: usize,
+    keys: usize,
+}
+
+impl Layer {
+    fn new(capacity: usize) -> Layer {
+        let blocks = (capacity * BITS_PER_KEY)
+            .div_ceil(BLOCK_BITS as usize)
+            .max(1);
+        Layer {
+            blocks: vec![[0; BLOCK_WORDS]; blocks],
+            capacity,
+            keys: 0,
+        }
+    }
+
+    /// The block and the bits of hash `h` in it.
+    fn place(&self, h: u64) -> (usize, impl Iterator<Item = (usize, u64)>) {
+        // Multiply-shift onto the blocks (no modulo); the bits from a second, mixed hash.
+        let block = ((u128::from(h) * self.blocks.len() as u128) >> 64) as usize;
+        let g = mix(h);
+        let bits = (0..PROBES).map(move |i| {
+            let bit = (g >> (9 * i)) & (BLOCK_BITS - 1);
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        });
+        (block, bits)
+    }
+
+    fn insert(&mut self, h: u64) {
+        let (block, bits) = self.place(h);
+        let block = &mut self.blocks[block];
+        for (word, mask) in bits {
+            block[word] |= mask;
+        }
+        self.keys += 1;
+    }
+
+    fn may_hold(&self, h: u64) -> bool {
+        let (block, mut bits) = self.place(h);
+        let block = &self.blocks[block];
+        bits.all(|(word, mask)| block[word] & mask != 0)
+    }
+}
+
+/// splitmix64's finaliser: the probe bits must not follow the block index.
+fn mix(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The filter; see the module docs. Lives in the index journal, so readers consult it under the
+/// lock they take for the journal anyway, and only the writer (and the scan at open) changes it.
+#[derive(Debug, Default)]
+pub(crate) struct KeyFilter {
+    layers: Vec<Layer>,
+    ready: bool,
+}
+
+impl KeyFilter {
+    /// An empty filter sized for `keys` keys (at least [`LAYER_KEYS_MIN`]); not ready.
+    pub(crate) fn with_capacity(keys: usize) -> KeyFilter {
+        KeyFilter {
+            layers: vec![Layer::new(keys.max(LAYER_KEYS_MIN))],
+            ready: false,
+        }
+    }
+
+    /// Adds the key whose hash is `h`.
+    pub(crate) fn insert(&mut self, h: u64) {
+        let full = self.layers.last().is_none_or(|l| l.keys >= l.capacity);
+        if full {
+            let held: usize = self.layers.iter().map(|l| l.capacity).sum();
+            self.layers.push(Layer::new(held.max(LAYER_KEYS_MIN)));
+        }
+        let last = self.layers.last_mut().expect("a layer was just ensured");
+        debug_assert!(last.keys < last.capacity, "a full layer took a key");
+        last.insert(h);
+    }
+
+    /// Every key stored at open has been inserted: `false` answers may be given from now on.
+    pub(crate) fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
+    /// Whether a key whose hash is `h` may be held: `false` means no snapshot holds it.
+    pub(crate) fn may_hold(&self, h: u64) -> bool {
+        !self.ready || self.layers.iter().any(|l| l.may_hold(h))
+    }
+
+    /// Bytes the layers take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.blocks.len() * BLOCK_WORDS * 8)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: the storage crate has no `rand`.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn every_inserted_key_is_held_across_growing_layers_and_few_others_are() {
+        let mut f = KeyFilter::with_capacity(0);
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let keys: Vec<u64> = (0..300_000).map(|_| next(&mut state)).collect();
+        assert!(f.may_hold(keys[0]), "a filter not ready holds everything");
+        for &k in &keys {
+            f.insert(k);
+        }
+        assert!(f.may_hold(keys[0]), "still not ready");
+        f.set_ready();
+        // 300,000 keys from a first layer of 65,536: layers of 65,536, 65,536, 131,072, 262,144.
+        assert_eq!(f.layers.len(), 4);
+        assert!(
+            keys.iter().all(|&k| f.may_hold(k)),
+            "an inserted key was lost"
+        );
+        let others = 100_000;
+        let false_positives = (0..others).filter(|_| f.may_hold(next(&mut state))).count();
+        // About 1 % a layer that is full; four layers, the last half full: under 3 % in all.
+        assert!(
+            false_positives < others * 3 / 100,
+            "{false_positives} false positives in {others}"
+        );
+        assert!(f.bytes() <= 524_288 * BITS_PER_KEY / 8 + 4 * 64);
+    }
+
+    #[test]
+    fn a_ready_empty_filter_holds_nothing_and_one_key_only_itself() {
+        let mut f = KeyFilter::with_capacity(10);
+        f.set_ready();
+        assert!(!f.may_hold(42));
+        f.insert(42);
+        assert!(f.may_hold(42));
+        assert!(
+            !f.may_hold(43) || !f.may_hold(44),
+            "two neighbours both held"
+        );
+    }
+}
