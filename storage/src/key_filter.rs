@@ -23,7 +23,8 @@
 //! can find. Before the scan it answers `true` for everything.
 //!
 //! **Limits.** About `BITS_PER_KEY` / 8 bytes an entry of `index` (the layers double, so at most
-//! twice that): 1.25-2.5 MB a million entries, about three a new subject's consent.
+//! twice that): 1.25-2.5 MB a million entries, about three a new subject's consent. A layer holds
+//! [`LAYER_KEYS_MIN`] to [`LAYER_KEYS_MAX`] keys; past the largest, layers of that size are added.
 
 /// Bits a key in a layer: with [`PROBES`] probes in one block, about 1 % false positives.
 pub(crate) const BITS_PER_KEY: usize = 10;
@@ -31,6 +32,8 @@ pub(crate) const BITS_PER_KEY: usize = 10;
 pub(crate) const PROBES: u32 = 7;
 /// The smallest layer, in keys (80 KiB).
 pub(crate) const LAYER_KEYS_MIN: usize = 65_536;
+/// The largest layer, in keys (320 MiB): an office past it adds layers of this size.
+pub(crate) const LAYER_KEYS_MAX: usize = 1 << 28;
 const BLOCK_BITS: u64 = 512;
 const BLOCK_WORDS: usize = (BLOCK_BITS / 64) as usize;
 
@@ -43,6 +46,7 @@ struct Layer {
 
 impl Layer {
     fn new(capacity: usize) -> Layer {
+        let capacity = capacity.clamp(LAYER_KEYS_MIN, LAYER_KEYS_MAX);
         let blocks = (capacity * BITS_PER_KEY)
             .div_ceil(BLOCK_BITS as usize)
             .max(1);
@@ -97,10 +101,11 @@ pub(crate) struct KeyFilter {
 }
 
 impl KeyFilter {
-    /// An empty filter sized for `keys` keys (at least [`LAYER_KEYS_MIN`]); not ready.
+    /// An empty filter sized for `keys` keys (within [`LAYER_KEYS_MIN`] and [`LAYER_KEYS_MAX`]);
+    /// not ready.
     pub(crate) fn with_capacity(keys: usize) -> KeyFilter {
         KeyFilter {
-            layers: vec![Layer::new(keys.max(LAYER_KEYS_MIN))],
+            layers: vec![Layer::new(keys)],
             ready: false,
         }
     }
@@ -110,7 +115,7 @@ impl KeyFilter {
         let full = self.layers.last().is_none_or(|l| l.keys >= l.capacity);
         if full {
             let held: usize = self.layers.iter().map(|l| l.capacity).sum();
-            self.layers.push(Layer::new(held.max(LAYER_KEYS_MIN)));
+            self.layers.push(Layer::new(held));
         }
         let last = self.layers.last_mut().expect("a layer was just ensured");
         debug_assert!(last.keys < last.capacity, "a full layer took a key");

@@ -76,6 +76,10 @@ impl HotTables {
             let journal = lock_read(&shared.index_journal);
             if !journal.may_hold(key) {
                 // Nothing under a key nobody indexed: no redb lookup (`key_filter.rs`).
+                debug_assert!(
+                    journal.candidates(key).is_empty(),
+                    "the key filter lost a journalled key"
+                );
                 return Ok(Vec::new());
             }
             journal.candidates(key)

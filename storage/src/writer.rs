@@ -217,7 +217,8 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
             // the writer lingers for more instead of after: the wait hides the applying.
             commit_group_with(&db, &shared, |apply| {
                 let mut next = Some(first);
-                // When the linger began; it ends when the group commits.
+                // When the queue first ran dry under load; the linger ends when the group stops
+                // taking requests.
                 let mut linger_from: Option<Instant> = None;
                 loop {
                     if let Some(r) = next.take() {
