@@ -16,10 +16,10 @@
 //! saturates one; a lookup checks each layer (one cache line each). Keys are never removed: a
 //! key whose entries are gone only costs the lookup it would have cost anyway.
 //!
-//! **Invariant.** While [`KeyFilter::ready`], every key that any snapshot's `index` or
-//! `index_new` holds was inserted: those stored at open by the scan in `Store::open` (which
-//! sets it ready), every entry appended since by the writer before its commit
-//! (`TxnIndex::publish`). So [`KeyFilter::may_hold`] answers `false` only for a key no reader
+//! **Invariant.** Once the filter is ready ([`KeyFilter::set_ready`]), every key that any
+//! snapshot's `index` or `index_new` holds was inserted: those stored at open by the pass over
+//! both tables in `IndexJournal::load` (which then sets it ready, before the writer starts), and
+//! every entry appended since by the writer before its commit (`TxnIndex::publish`). So [`KeyFilter::may_hold`] answers `false` only for a key no reader
 //! can find. Before the scan it answers `true` for everything.
 //!
 //! **Limits.** About `BITS_PER_KEY` / 8 bytes an entry of `index` (the layers double, so at most

@@ -560,8 +560,7 @@ fn thread_wchar() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Applies every (purges, batch) pair in one durable write transaction; returns its commit number.
-/// On any error the transaction is dropped, which makes redb abort it: nothing of the group lands.
+/// [`commit_group_with`] for a group known in full (tests).
 #[cfg(test)]
 pub(crate) fn commit_group<'a>(
     db: &Database,
@@ -574,10 +573,11 @@ pub(crate) fn commit_group<'a>(
     })
 }
 
-/// [`commit_group`] for a group that is still arriving: `fill` is handed the function that
-/// applies one (purges, batch) pair inside the open transaction, and calls it for each pair in
-/// order as it comes (the writer applies requests while it lingers for more: `run`). An error
-/// from `fill` or from any pair aborts the whole transaction, as in `commit_group`.
+/// Applies (purges, batch) pairs in one durable write transaction as they arrive; returns its
+/// commit number. `fill` is handed the function that applies one pair inside the open
+/// transaction, and calls it for each pair in order as it comes (the writer applies requests
+/// while it lingers for more: [`run`]). On any error, from `fill` or from a pair, the
+/// transaction is dropped, which makes redb abort it: nothing of the group lands.
 pub(crate) fn commit_group_with(
     db: &Database,
     shared: &Shared,
