@@ -1478,9 +1478,18 @@ struct DraftDoc {
     doc: Option<Automerge>,
     envelopes: Vec<([u8; 32], Vec<u8>)>,
     /// For a document this draft created and did not change again: the record its one change
-    /// wrote (sealed) and the same record in clear. `finish` uses them instead of reading the
-    /// document back (tests check in debug builds that the document says the same).
-    created: Option<Box<(Record, Record)>>,
+    /// wrote (sealed), the same record in clear, and its projection. `finish` uses them instead
+    /// of reading the document back (tests check in debug builds that the document says the
+    /// same).
+    created: Option<Box<Created>>,
+}
+
+/// What [`DraftDoc::created`] keeps of a new record.
+struct Created {
+    sealed: Record,
+    plain: Record,
+    /// `sealed.to_projection()`, made from the same serialisation as its first change.
+    projection: Vec<u8>,
 }
 
 impl<'o> Draft<'o> {
@@ -1928,8 +1937,8 @@ impl<'o> Draft<'o> {
         }
         // The document names itself in its first change (`Record::write_new` says why). The
         // authoring time (Unix seconds) goes into the signed change, as in `change`.
-        let change = record
-            .first_change(&id, &self.office.actor, Utc::now().timestamp())
+        let (change, projection) = record
+            .first_change_and_projection(&id, &self.office.actor, Utc::now().timestamp())
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
         let hash = change.hash;
         let env = envelope::sign_authored(id, change, &self.office.signing);
@@ -1938,7 +1947,11 @@ impl<'o> Draft<'o> {
             DraftDoc {
                 doc: None,
                 envelopes: vec![(hash, env.encode())],
-                created: Some(Box::new((record, plain))),
+                created: Some(Box::new(Created {
+                    sealed: record,
+                    plain,
+                    projection,
+                })),
             },
         );
         Ok(())
@@ -1996,26 +2009,37 @@ impl<'o> Draft<'o> {
             if d.envelopes.is_empty() {
                 continue;
             }
-            let (record, plain) = match d.created {
+            let (record, plain, projection) = match d.created {
                 // Created by one change from this very record: reading the document back
                 // would give the same record (debug builds check) at the cost of a full
                 // Automerge read per record.
                 Some(created) => {
+                    let Created {
+                        sealed,
+                        plain,
+                        projection,
+                    } = *created;
                     debug_assert_eq!(
                         created_doc(&self.office.actor, &d.envelopes)
                             .map_err(|e| e.to_string())
                             .and_then(|doc| Record::from_doc(&doc))
                             .as_ref(),
-                        Ok(&created.0),
+                        Ok(&sealed),
                         "a new document reads back as the record that wrote it"
                     );
-                    *created
+                    debug_assert_eq!(
+                        projection,
+                        sealed.to_projection(),
+                        "a new record's projection is its own"
+                    );
+                    (sealed, plain, projection)
                 }
                 None => {
                     let doc = d.doc.as_ref().expect("a changed document is loaded");
                     let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
                     let plain = sealed::open_record(&self.office.keys, record.clone())?;
-                    (record, plain)
+                    let projection = record.to_projection();
+                    (record, plain, projection)
                 }
             };
             let (index_keys, due_day) = self.office.index_entries(&plain)?;
@@ -2036,7 +2060,7 @@ impl<'o> Draft<'o> {
                 doc_id: id,
                 kind: record.kind_tag(),
                 envelopes: d.envelopes,
-                projection: record.to_projection(),
+                projection,
                 index_keys,
                 due_day,
             });

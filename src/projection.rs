@@ -259,13 +259,17 @@ fn word_index(text: &str) -> Option<u8> {
 
 /// A record's projection, version 2 (version 1 JSON for a value nested beyond [`DEPTH_MAX`]).
 pub fn encode(record: &Record) -> Vec<u8> {
-    let value = serde_json::to_value(record).expect("records always serialise");
+    encode_value(&serde_json::to_value(record).expect("records always serialise"))
+}
+
+/// [`encode`] of a record already turned into its JSON tree (`serde_json::to_value`).
+pub fn encode_value(value: &serde_json::Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.push(V2);
-    if encode_value(&value, &mut out, 0) {
+    if put_value(value, &mut out, 0) {
         out
     } else {
-        serde_json::to_vec(&value).expect("records always serialise")
+        serde_json::to_vec(value).expect("records always serialise")
     }
 }
 
@@ -292,7 +296,7 @@ fn put_bytes(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends `value`; false when it nests deeper than [`DEPTH_MAX`].
-fn encode_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
+fn put_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
     match value {
         Value::Null => out.push(NULL),
         Value::Bool(false) => out.push(FALSE),
@@ -318,7 +322,7 @@ fn encode_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
             out.push(ARRAY);
             put_varint(items.len() as u64, out);
             for item in items {
-                if !encode_value(item, out, depth + 1) {
+                if !put_value(item, out, depth + 1) {
                     return false;
                 }
             }
@@ -334,7 +338,7 @@ fn encode_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
                     Some(i) => out.push(i),
                     None => put_bytes(KEY_TEXT, k.as_bytes(), out),
                 }
-                if !encode_value(v, out, depth + 1) {
+                if !put_value(v, out, depth + 1) {
                     return false;
                 }
             }

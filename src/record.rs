@@ -340,23 +340,26 @@ impl Record {
         actor: &automerge::ActorId,
         time: i64,
     ) -> Result<consentd_sync::authoring::Authored, automerge::AutomergeError> {
-        let root = self.document_root(id);
-        if let Some(authored) =
-            consentd_sync::authoring::first_change(actor.to_bytes(), time, &root)
-        {
-            return Ok(authored);
-        }
-        let mut doc = Automerge::new().with_actor(actor.clone());
-        let mut tx = doc.transaction();
-        tx.init_root_from_hydrate(&hydrate_map(&root))?;
-        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time));
-        let change = doc
-            .get_last_local_change()
-            .expect("a record writes at least its id, so its transaction makes a change");
-        Ok(consentd_sync::authoring::Authored {
-            bytes: change.raw_bytes().to_vec(),
-            hash: change.hash().0,
-        })
+        first_change_of(&self.document_root(id), actor, time)
+    }
+
+    /// [`Record::first_change`] and [`Record::to_projection`] from one serialisation of the
+    /// record: a new record's draft needs both, and turning the record into its JSON tree (and
+    /// dropping it) was about 2 % of an import's CPU each time (BENCHMARKS.md, twenty-eighth
+    /// session).
+    pub fn first_change_and_projection(
+        &self,
+        id: &DocId,
+        actor: &automerge::ActorId,
+        time: i64,
+    ) -> Result<(consentd_sync::authoring::Authored, Vec<u8>), automerge::AutomergeError> {
+        let value = serde_json::to_value(self).expect("records always serialise");
+        let projection = crate::projection::encode_value(&value);
+        let Value::Object(mut root) = value else {
+            unreachable!("records serialise to objects")
+        };
+        root.insert(DOC_ID_FIELD.to_owned(), Value::String(doc_id_hex(id)));
+        Ok((first_change_of(&root, actor, time)?, projection))
     }
 
     /// The root of a new document holding this record: its fields and [`DOC_ID_FIELD`].
@@ -369,6 +372,31 @@ impl Record {
         fields.insert(DOC_ID_FIELD.to_owned(), Value::String(doc_id_hex(id)));
         fields
     }
+}
+
+/// The first change of a new document whose root is `root` ([`Record::first_change`]).
+fn first_change_of(
+    root: &serde_json::Map<String, Value>,
+    actor: &automerge::ActorId,
+    time: i64,
+) -> Result<consentd_sync::authoring::Authored, automerge::AutomergeError> {
+    {
+        if let Some(authored) = consentd_sync::authoring::first_change(actor.to_bytes(), time, root)
+        {
+            return Ok(authored);
+        }
+    }
+    let mut doc = Automerge::new().with_actor(actor.clone());
+    let mut tx = doc.transaction();
+    tx.init_root_from_hydrate(&hydrate_map(root))?;
+    tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time));
+    let change = doc
+        .get_last_local_change()
+        .expect("a record writes at least its id, so its transaction makes a change");
+    Ok(consentd_sync::authoring::Authored {
+        bytes: change.raw_bytes().to_vec(),
+        hash: change.hash().0,
+    })
 }
 
 /// A JSON object as the tree `init_root_from_hydrate` writes, value for value as [`put_json`]
@@ -661,6 +689,15 @@ mod tests {
                 .transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx, &id))
                 .unwrap();
             assert_eq!(doc_value(&doc), doc_value(&batch));
+            // A draft takes both from one serialisation: the same change, the same projection.
+            let (shared, projection) = record
+                .first_change_and_projection(&id, &actor, 1_780_000_000)
+                .unwrap();
+            assert_eq!(
+                (shared.bytes, shared.hash),
+                (change.bytes.clone(), change.hash)
+            );
+            assert_eq!(projection, record.to_projection());
         }
     }
 
