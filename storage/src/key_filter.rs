@@ -14,7 +14,10 @@
 //! layer; [`BITS_PER_KEY`] bits a key give about 1 % false positives. When a layer holds its
 //! capacity a new one twice the size of all before it is added, so a growing office never
 //! saturates one; a lookup checks each layer (one cache line each). Keys are never removed: a
-//! key whose entries are gone only costs the lookup it would have cost anyway.
+//! key whose entries are gone only costs the lookup it would have cost anyway. `Store` asks
+//! before it takes a snapshot (`Store::may_hold`): a snapshot taken while the writer commits
+//! waits on redb's own locks, and in an import that wait, not the lookup, was where the
+//! authoring threads blocked most.
 //!
 //! **Invariant.** Once the filter is ready ([`KeyFilter::set_ready`]), every key that any
 //! snapshot's `index` or `index_new` holds was inserted: those stored at open by the pass over

@@ -72,18 +72,8 @@ impl HotTables {
     fn under(&self, key: &IndexKey, shared: &Shared) -> Result<Vec<[u8; 16]>> {
         // After the snapshot began (it did when `self` was made): every entry it holds in
         // `index_new` was published before its commit, so its slot is in memory by now.
-        let candidates = {
-            let journal = lock_read(&shared.index_journal);
-            if !journal.may_hold(key) {
-                // Nothing under a key nobody indexed: no redb lookup (`key_filter.rs`).
-                debug_assert!(
-                    journal.candidates(key).is_empty(),
-                    "the key filter lost a journalled key"
-                );
-                return Ok(Vec::new());
-            }
-            journal.candidates(key)
-        };
+        // (A key nobody indexed was ruled out before the snapshot was taken: `Store::may_hold`.)
+        let candidates = lock_read(&shared.index_journal).candidates(key);
         // `index_new` is opened only when the journal names something in the key's bucket.
         let index_new = match candidates.is_empty() {
             true => None,
@@ -680,7 +670,13 @@ impl Store {
     /// while the writer commits waits for redb's commit to let go of its locks: in an import
     /// those waits were where the authoring threads blocked most (twenty-eighth session).
     fn may_hold(&self, key: &IndexKey) -> bool {
-        lock_read(&self.inner.shared.index_journal).may_hold(key)
+        let journal = lock_read(&self.inner.shared.index_journal);
+        let may = journal.may_hold(key);
+        debug_assert!(
+            may || journal.candidates(key).is_empty(),
+            "the key filter lost a journalled key"
+        );
+        may
     }
 
     /// Rewrites the file so that it holds only live pages and shrinks it (redb `compact`).
