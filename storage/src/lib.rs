@@ -52,9 +52,24 @@ pub(crate) struct HotTables {
     index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
     index_new: std::sync::OnceLock<ReadOnlyTable<u64, &'static [u8; 48]>>,
     projections: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
+    keys: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
+    tombstones: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], &'static [u8]>>,
 }
 
 impl HotTables {
+    fn keys(&self) -> Result<&ReadOnlyTable<&'static [u8; 16], &'static [u8]>> {
+        open_once(&self.txn, &self.keys, KEYS, "opening table keys")
+    }
+
+    fn tombstones(&self) -> Result<&ReadOnlyTable<&'static [u8; 48], &'static [u8]>> {
+        open_once(
+            &self.txn,
+            &self.tombstones,
+            TOMBSTONES,
+            "opening table tombstones",
+        )
+    }
+
     fn index(&self) -> Result<&ReadOnlyTable<&'static [u8; 48], ()>> {
         open_once(&self.txn, &self.index, INDEX, "opening table index")
     }
@@ -569,6 +584,8 @@ impl Store {
             index: Default::default(),
             index_new: Default::default(),
             projections: Default::default(),
+            keys: Default::default(),
+            tombstones: Default::default(),
         });
         shared.offer(&fresh);
         Ok(fresh)
@@ -630,9 +647,10 @@ impl Store {
 
     /// A wrapped key and its owner: `(owner, wrapped bytes)`.
     pub fn key(&self, id: &KeyId) -> Result<Option<(IndexKey, Vec<u8>)>> {
-        let r = self.read()?;
-        let t = r.open_table(KEYS).ctx("opening table keys")?;
-        let v = t.get(id).ctx("reading table keys")?;
+        // The shared snapshot: a peer's sync asks once per record it is sent (a read
+        // transaction of its own, begun while the writer commits, waits on redb's locks).
+        let hot = self.hot()?;
+        let v = hot.keys()?.get(id).ctx("reading table keys")?;
         v.map(|g| split_key_value(id, g.value())).transpose()
     }
 
@@ -802,8 +820,9 @@ impl Store {
 
     /// [`Store::is_tombstoned`] for many docs in one read transaction.
     pub fn are_tombstoned(&self, docs: &[DocId]) -> Result<Vec<bool>> {
-        let r = self.read()?;
-        let t = r.open_table(TOMBSTONES).ctx("opening table tombstones")?;
+        // The shared snapshot, as `Store::key`: reconciliation asks per item.
+        let hot = self.hot()?;
+        let t = hot.tombstones()?;
         docs.iter()
             .map(|doc| {
                 let (lo, hi) = (
