@@ -1044,8 +1044,8 @@ impl Office {
     /// that fails fails the whole call, as it would fail the record's load.
     fn load_histories(&self, ids: &[DocId]) -> Result<HashMap<DocId, Vec<automerge::Change>>> {
         let (mut envs, mut stored_for) = (Vec::new(), Vec::new());
-        for id in ids {
-            for bytes in self.store.doc_envelopes(id)? {
+        for (id, stored) in ids.iter().zip(self.store.docs_envelopes(ids)?) {
+            for bytes in stored {
                 envs.push(Envelope::decode(&bytes).map_err(|e| {
                     OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(id)))
                 })?);

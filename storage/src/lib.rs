@@ -855,18 +855,32 @@ impl Store {
 
     /// Envelopes of a doc, in the order they were stored (one snapshot).
     pub fn doc_envelopes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .docs_envelopes(std::slice::from_ref(doc))?
+            .pop()
+            .expect("one list for one doc"))
+    }
+
+    /// [`Store::doc_envelopes`] of each of `docs`, from one snapshot: a batch of records an
+    /// ingest or a draft loads (their histories verified together) begins one read transaction
+    /// instead of one each, which while the writer commits waits on redb's locks.
+    pub fn docs_envelopes(&self, docs: &[DocId]) -> Result<Vec<Vec<Vec<u8>>>> {
         let r = self.read()?;
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
-        let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
-        let mut out = Vec::new();
-        for item in changes
-            .range::<&[u8; 20]>(&lo..=&hi)
-            .ctx("reading table changes")?
-        {
-            let (k, v) = item.ctx("reading table changes")?;
-            out.push(split_change_value(k.value(), v.value())?.1.to_vec());
-        }
-        Ok(out)
+        docs.iter()
+            .map(|doc| {
+                let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
+                let mut out = Vec::new();
+                for item in changes
+                    .range::<&[u8; 20]>(&lo..=&hi)
+                    .ctx("reading table changes")?
+                {
+                    let (k, v) = item.ctx("reading table changes")?;
+                    out.push(split_change_value(k.value(), v.value())?.1.to_vec());
+                }
+                Ok(out)
+            })
+            .collect()
     }
 
     /// The record's projection: (kind, bytes). One point lookup.

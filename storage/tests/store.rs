@@ -173,6 +173,15 @@ fn round_trip_update_and_idempotence() {
         }]))
         .unwrap();
     assert_eq!(store.doc_envelopes(&doc(2)).unwrap(), Vec::<Vec<u8>>::new());
+    // Many docs' envelopes from one snapshot: each list its doc's, in the order asked.
+    assert_eq!(
+        store.docs_envelopes(&[doc(2), d, doc(3)]).unwrap(),
+        vec![
+            vec![],
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()],
+            vec![]
+        ]
+    );
     assert_eq!(store.envelope(&h1).unwrap().as_deref(), Some(&b"one"[..]));
     let s = store.stats().unwrap();
     assert_eq!((s.records, s.envelopes), (2, 3));
