@@ -433,6 +433,26 @@ fn check_batch(purges: &[DocId], batch: &WriteBatch) -> Result<usize> {
     Ok(bytes)
 }
 
+/// `pick` of each of `doc`'s stored changes (its hash, its envelope), in the order they were
+/// stored.
+fn doc_changes<T>(
+    changes: &impl redb::ReadableTable<&'static [u8; 20], &'static [u8]>,
+    doc: &DocId,
+    pick: impl Fn(Hash, &[u8]) -> T,
+) -> Result<Vec<T>> {
+    let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
+    let mut out = Vec::new();
+    for item in changes
+        .range::<&[u8; 20]>(&lo..=&hi)
+        .ctx("reading table changes")?
+    {
+        let (k, v) = item.ctx("reading table changes")?;
+        let (hash, envelope) = split_change_value(k.value(), v.value())?;
+        out.push(pick(hash, envelope));
+    }
+    Ok(out)
+}
+
 fn split_projection(doc: &DocId, v: &[u8]) -> Result<(u8, Vec<u8>)> {
     match v.split_first() {
         Some((&kind, rest)) => Ok((kind, rest.to_vec())),
@@ -841,16 +861,7 @@ impl Store {
     pub fn doc_change_hashes(&self, doc: &DocId) -> Result<Vec<Hash>> {
         let r = self.read()?;
         let t = r.open_table(CHANGES).ctx("opening table changes")?;
-        let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
-        let mut out = Vec::new();
-        for item in t
-            .range::<&[u8; 20]>(&lo..=&hi)
-            .ctx("reading table changes")?
-        {
-            let (k, v) = item.ctx("reading table changes")?;
-            out.push(split_change_value(k.value(), v.value())?.0);
-        }
-        Ok(out)
+        doc_changes(&t, doc, |hash, _| hash)
     }
 
     /// Envelopes of a doc, in the order they were stored (one snapshot).
@@ -868,18 +879,7 @@ impl Store {
         let r = self.read()?;
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
         docs.iter()
-            .map(|doc| {
-                let (lo, hi) = (change_key(doc, 0), change_key(doc, u32::MAX));
-                let mut out = Vec::new();
-                for item in changes
-                    .range::<&[u8; 20]>(&lo..=&hi)
-                    .ctx("reading table changes")?
-                {
-                    let (k, v) = item.ctx("reading table changes")?;
-                    out.push(split_change_value(k.value(), v.value())?.1.to_vec());
-                }
-                Ok(out)
-            })
+            .map(|doc| doc_changes(&changes, doc, |_, envelope| envelope.to_vec()))
             .collect()
     }
 
