@@ -355,23 +355,27 @@ impl Record {
     ) -> Result<(consentd_sync::authoring::Authored, Vec<u8>), automerge::AutomergeError> {
         let value = serde_json::to_value(self).expect("records always serialise");
         let projection = crate::projection::encode_value(&value);
-        let Value::Object(mut root) = value else {
-            unreachable!("records serialise to objects")
-        };
-        root.insert(DOC_ID_FIELD.to_owned(), Value::String(doc_id_hex(id)));
+        let root = root_of(value, id);
         Ok((first_change_of(&root, actor, time)?, projection))
     }
 
     /// The root of a new document holding this record: its fields and [`DOC_ID_FIELD`].
     fn document_root(&self, id: &DocId) -> serde_json::Map<String, Value> {
-        let Value::Object(mut fields) =
-            serde_json::to_value(self).expect("records always serialise")
-        else {
-            unreachable!("records serialise to objects")
-        };
-        fields.insert(DOC_ID_FIELD.to_owned(), Value::String(doc_id_hex(id)));
-        fields
+        root_of(
+            serde_json::to_value(self).expect("records always serialise"),
+            id,
+        )
     }
+}
+
+/// A record's JSON tree (`serde_json::to_value`) as the root of its new document `id`: its
+/// fields and [`DOC_ID_FIELD`].
+fn root_of(record: Value, id: &DocId) -> serde_json::Map<String, Value> {
+    let Value::Object(mut fields) = record else {
+        unreachable!("records serialise to objects")
+    };
+    fields.insert(DOC_ID_FIELD.to_owned(), Value::String(doc_id_hex(id)));
+    fields
 }
 
 /// The first change of a new document whose root is `root` ([`Record::first_change`]).

@@ -696,10 +696,15 @@ impl Store {
         // The shared snapshot, as for `docs_by_key`, not a read transaction of its own with two
         // tables opened: an import asks once per new subject (`keys_of` was 2.5 % of an
         // import's authoring samples, twenty-third session).
-        if !self.may_hold(owner) {
+        self.under(owner)
+    }
+
+    /// The 16-byte suffixes under `key` in the shared snapshot, if the key filter lets any be.
+    fn under(&self, key: &IndexKey) -> Result<Vec<[u8; 16]>> {
+        if !self.may_hold(key) {
             return Ok(Vec::new());
         }
-        self.hot()?.under(owner, &self.inner.shared)
+        self.hot()?.under(key, &self.inner.shared)
     }
 
     /// Whether anything may be stored under `key` (`key_filter.rs`); `false` is certain for
@@ -896,10 +901,7 @@ impl Store {
     /// Docs indexed under `key`: one seek to the key's range and a walk over exactly its entries,
     /// plus the journalled ones (`index_journal.rs`) this snapshot holds.
     pub fn docs_by_key(&self, key: &IndexKey) -> Result<Vec<DocId>> {
-        if !self.may_hold(key) {
-            return Ok(Vec::new());
-        }
-        self.hot()?.under(key, &self.inner.shared)
+        self.under(key)
     }
 
     /// [`Store::docs_by_key`] plus each doc's projection, from one consistent snapshot:

@@ -185,9 +185,9 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
     loop {
         // Requests already waiting as the previous commit ended.
         let waiting = rx.len() + usize::from(carried.is_some());
-        let mut lingered = false;
-        // How long the group stayed open after the queue first ran dry, for the trace.
-        let mut linger_us = 0u64;
+        // How long the group stayed open after the queue first ran dry under load (`None`: it
+        // did not linger), for the trace.
+        let mut linger_us: Option<u64> = None;
         // Block for the first request; `None` means every sender is gone (shutdown) and the
         // queue is drained, so all accepted work has been answered.
         let idle_from = Instant::now();
@@ -240,8 +240,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                         }
                         Ok(r) => next = Some(r),
                         Err(_) => {
-                            if linger_from.is_none() && should_linger(waiting, lingered, bytes) {
-                                lingered = true;
+                            if should_linger(waiting, linger_from.is_some(), bytes) {
                                 linger_from = Some(Instant::now());
                             }
                             // The window counts from the group's first request: applying what
@@ -256,7 +255,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                         }
                     }
                 }
-                linger_us = linger_from.map_or(0, |from| from.elapsed().as_micros() as u64);
+                linger_us = linger_from.map(|from| from.elapsed().as_micros() as u64);
                 Ok(())
             })
         };
@@ -282,8 +281,8 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     commit_seq = seq,
                     batches = group.len(),
                     bytes,
-                    lingered,
-                    linger_us,
+                    lingered = linger_us.is_some(),
+                    linger_us = linger_us.unwrap_or(0),
                     idle_us,
                     apply_us,
                     commit_us,
