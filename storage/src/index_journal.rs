@@ -18,12 +18,16 @@
 //! slot stays until the next merge, for snapshots from before the removal) and a reader is still
 //! exact. The writer merges once the journal holds [`merge_at`] slots: every entry of `index_new`
 //! goes into `index` in key order, and `index_new` is dropped and recreated, in one transaction
-//! (with the envelope journal's merge, when that is due too).
+//! (with the envelope journal's merge, when that is due too). Once the store is large the merge
+//! goes into `index_mid` instead, and down into `index` with `index_mid`'s entries only when
+//! `index_mid` would hold a quarter as many as `index`, as the envelope journal's
+//! (`journal.rs`, "Levels", and [`crate::journal::MID_SHARE`]). Readers read `index_mid`'s range
+//! too.
 //!
 //! **Invariants.**
-//! - An entry is in at most one of `index` and `index_new`, and at most once in `index_new` (an
-//!   insert looks in both first; a merge moves in one transaction and refuses a file that breaks
-//!   it: [`StorageError::Corrupt`]).
+//! - An entry is in at most one of `index`, `index_mid` and `index_new`, and at most once in
+//!   `index_new` (an insert looks in all three first; a merge moves in one transaction and
+//!   refuses a file that breaks it: [`StorageError::Corrupt`]).
 //! - Every entry of `index_new` has its slot in [`IndexJournal::slots`] (loaded at open, added
 //!   before each commit). Sequence numbers are never reused while the store is open, so a slot
 //!   names at most one entry ever.
@@ -33,7 +37,8 @@
 //!   between two commits.
 //!
 //! **Limits.** At most 262,144 slots ([`merge_at`]'s largest) in each of the two sets (a merge
-//! follows the commit that reaches it): about 30 MiB for both at most. A merge rewrites at most every leaf of `index` once.
+//! follows the commit that reaches it): about 30 MiB for both at most. A merge rewrites at most
+//! every leaf of `index_mid`, or of both levels when it goes down, once.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -42,7 +47,7 @@ use redb::{
 };
 
 use crate::key_filter::KeyFilter;
-use crate::layout::{doc_suffix, index_entry, INDEX, INDEX_NEW};
+use crate::layout::{doc_suffix, index_entry, INDEX, INDEX_MID, INDEX_NEW};
 use crate::{Ctx, IndexKey, Result, StorageError};
 
 /// One `index` entry: a 32-byte key (an index key or a key owner) and the 16-byte doc or key id.
@@ -175,8 +180,10 @@ impl IndexJournal {
         let r = db.begin_read().ctx("beginning a read transaction")?;
         let t = r.open_table(INDEX_NEW).ctx("opening table index_new")?;
         let index = r.open_table(INDEX).ctx("opening table index")?;
-        let held =
-            index.len().ctx("reading table index")? + t.len().ctx("reading table index_new")?;
+        let mid = r.open_table(INDEX_MID).ctx("opening table index_mid")?;
+        let held = index.len().ctx("reading table index")?
+            + mid.len().ctx("reading table index_mid")?
+            + t.len().ctx("reading table index_new")?;
         let held = usize::try_from(held).unwrap_or(usize::MAX);
         let mut j = IndexJournal {
             // A quarter more than the entries held (many share a key): room to grow before a
@@ -184,14 +191,19 @@ impl IndexJournal {
             filter: KeyFilter::with_capacity(held.saturating_add(held / 4)),
             ..IndexJournal::default()
         };
-        // In key order: the entries of one key (a subject's docs) follow one another.
-        let mut last: Option<[u8; 32]> = None;
-        for item in index.iter().ctx("reading table index")? {
-            let (k, _) = item.ctx("reading table index")?;
-            let key: [u8; 32] = k.value()[..32].try_into().expect("32 bytes");
-            if last != Some(key) {
-                j.filter.insert(bucket(&key));
-                last = Some(key);
+        for (level, name) in [
+            (&index, "reading table index"),
+            (&mid, "reading table index_mid"),
+        ] {
+            // In key order: the entries of one key (a subject's docs) follow one another.
+            let mut last: Option<[u8; 32]> = None;
+            for item in level.iter().ctx(name)? {
+                let (k, _) = item.ctx(name)?;
+                let key: [u8; 32] = k.value()[..32].try_into().expect("32 bytes");
+                if last != Some(key) {
+                    j.filter.insert(bucket(&key));
+                    last = Some(key);
+                }
             }
         }
         for item in t.iter().ctx("reading table index_new")? {
@@ -203,7 +215,7 @@ impl IndexJournal {
                 .checked_add(1)
                 .ok_or_else(|| StorageError::Corrupt("index_new's sequence is exhausted".into()))?;
         }
-        // Both tables as of this snapshot, and the writer, which adds every later entry before
+        // All three tables as of this snapshot, and the writer, which adds every later entry before
         // its commit, has not started: the filter holds every key a reader can find.
         j.filter.set_ready();
         Ok(j)
@@ -249,10 +261,11 @@ impl IndexJournal {
 }
 
 /// The 16-byte suffixes (doc ids, or key ids under a key owner) of `key`'s entries in one
-/// snapshot: `index`'s range, plus each of `candidates` that the snapshot's `index_new` holds
-/// under `key`. Ascending, without repeats.
+/// snapshot: `index`'s and `index_mid`'s ranges, plus each of `candidates` that the snapshot's
+/// `index_new` holds under `key`. Ascending, without repeats.
 pub(crate) fn suffixes_under(
     index: &impl ReadableTable<&'static [u8; 48], ()>,
+    index_mid: &impl ReadableTable<&'static [u8; 48], ()>,
     index_new: Option<&impl ReadableTable<u64, &'static [u8; 48]>>,
     candidates: &[u64],
     key: &IndexKey,
@@ -266,17 +279,24 @@ pub(crate) fn suffixes_under(
         let (k, _) = item.ctx("reading table index")?;
         out.push(doc_suffix(k.value()));
     }
-    let Some(index_new) = index_new else {
-        debug_assert!(candidates.is_empty(), "candidates without index_new");
-        return Ok(out);
-    };
     let indexed = out.len();
-    for seq in candidates {
-        if let Some(v) = index_new.get(seq).ctx("reading table index_new")? {
-            if v.value()[..32] == key[..] {
-                out.push(doc_suffix(v.value()));
+    for item in index_mid
+        .range::<&[u8; 48]>(&lo..=&hi)
+        .ctx("reading table index_mid")?
+    {
+        let (k, _) = item.ctx("reading table index_mid")?;
+        out.push(doc_suffix(k.value()));
+    }
+    if let Some(index_new) = index_new {
+        for seq in candidates {
+            if let Some(v) = index_new.get(seq).ctx("reading table index_new")? {
+                if v.value()[..32] == key[..] {
+                    out.push(doc_suffix(v.value()));
+                }
             }
         }
+    } else {
+        debug_assert!(candidates.is_empty(), "candidates without index_new");
     }
     if out.len() > indexed {
         out.sort_unstable();
@@ -285,7 +305,7 @@ pub(crate) fn suffixes_under(
         if out.len() != found {
             // The invariant above; never answered around.
             return Err(StorageError::Corrupt(
-                "an index entry is in both index and index_new".into(),
+                "an index entry is in two of index, index_mid and index_new".into(),
             ));
         }
     }
@@ -296,6 +316,8 @@ pub(crate) fn suffixes_under(
 enum Found {
     /// In `index_new`, at this sequence number.
     Journal(u64),
+    /// In `index_mid`.
+    Mid,
     /// In `index`.
     Indexed,
 }
@@ -316,6 +338,7 @@ impl TxnIndex {
         &self,
         shared: &IndexJournal,
         index: &Table<'_, &'static [u8; 48], ()>,
+        index_mid: &Table<'_, &'static [u8; 48], ()>,
         index_new: &Table<'_, u64, &'static [u8; 48]>,
         e: &Entry,
     ) -> Result<Option<Found>> {
@@ -330,28 +353,32 @@ impl TxnIndex {
                 }
             }
         }
+        if index_mid.get(e).ctx("reading table index_mid")?.is_some() {
+            return Ok(Some(Found::Mid));
+        }
         Ok(index
             .get(e)
             .ctx("reading table index")?
             .map(|_| Found::Indexed))
     }
 
-    /// Stores `e` unless it is stored already (in either table): an insert into `index` as it
+    /// Stores `e` unless it is stored already (in any level): an insert into `index` as it
     /// was, appended to `index_new`.
     pub(crate) fn insert(
         &mut self,
         shared: &IndexJournal,
         index: &Table<'_, &'static [u8; 48], ()>,
+        index_mid: &Table<'_, &'static [u8; 48], ()>,
         index_new: &mut Table<'_, u64, &'static [u8; 48]>,
         e: &Entry,
     ) -> Result<()> {
-        if self.find(shared, index, index_new, e)?.is_some() {
+        if self.find(shared, index, index_mid, index_new, e)?.is_some() {
             return Ok(());
         }
         self.append(shared, index_new, e)
     }
 
-    /// Stores `e`, which the caller knows is in neither table: what a record's metadata does not
+    /// Stores `e`, which the caller knows is in no level: what a record's metadata does not
     /// list, or the owner entry of a key stored for the first time, is not indexed. Skips
     /// [`TxnIndex::insert`]'s lookup in `index`, a random read in a table as large as the office
     /// (3-4 % of all CPU samples of a cold sync at 1,000,000 records, most of them cache misses).
@@ -359,11 +386,12 @@ impl TxnIndex {
         &mut self,
         shared: &IndexJournal,
         index: &Table<'_, &'static [u8; 48], ()>,
+        index_mid: &Table<'_, &'static [u8; 48], ()>,
         index_new: &mut Table<'_, u64, &'static [u8; 48]>,
         e: &Entry,
     ) -> Result<()> {
         debug_assert!(
-            matches!(self.find(shared, index, index_new, e), Ok(None)),
+            matches!(self.find(shared, index, index_mid, index_new, e), Ok(None)),
             "an index entry said to be absent is stored"
         );
         self.append(shared, index_new, e)
@@ -385,18 +413,23 @@ impl TxnIndex {
         Ok(())
     }
 
-    /// Removes `e` from whichever table holds it; whether it was stored.
+    /// Removes `e` from whichever level holds it; whether it was stored.
     pub(crate) fn remove(
         &mut self,
         shared: &IndexJournal,
         index: &mut Table<'_, &'static [u8; 48], ()>,
+        index_mid: &mut Table<'_, &'static [u8; 48], ()>,
         index_new: &mut Table<'_, u64, &'static [u8; 48]>,
         e: &Entry,
     ) -> Result<bool> {
-        match self.find(shared, index, index_new, e)? {
+        match self.find(shared, index, index_mid, index_new, e)? {
             // Its slot stays in memory: snapshots from before this commit still hold it.
             Some(Found::Journal(seq)) => {
                 index_new.remove(seq).ctx("writing table index_new")?;
+                Ok(true)
+            }
+            Some(Found::Mid) => {
+                index_mid.remove(e).ctx("writing table index_mid")?;
                 Ok(true)
             }
             Some(Found::Indexed) => {
@@ -431,10 +464,12 @@ impl TxnIndex {
     }
 }
 
-/// Moves every entry of `index_new` into `index`, in key order, and empties `index_new`, in the
-/// caller's transaction; how many entries moved. After the commit the caller calls
+/// Moves every entry of `index_new` into `index_mid`, or (when [`crate::journal::merges_down`]
+/// says so) every entry of `index_mid` and of `index_new` into `index` and empties `index_mid`;
+/// in key order; and empties `index_new`. In the caller's transaction; how many entries left
+/// `index_new`, and whether the merge went down. After the commit the caller calls
 /// [`IndexJournal::merged`].
-pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<usize> {
+pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<(usize, bool)> {
     let mut entries: Vec<Entry> = {
         let t = txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
         let mut out = Vec::new();
@@ -449,21 +484,47 @@ pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<usize> {
             "an index entry is twice in index_new".into(),
         ));
     }
-    {
+    let down = {
+        let mut mid = txn.open_table(INDEX_MID).ctx("opening table index_mid")?;
         let mut index = txn.open_table(INDEX).ctx("opening table index")?;
-        for e in &entries {
-            if index.insert(e, ()).ctx("writing table index")?.is_some() {
-                return Err(StorageError::Corrupt(
-                    "an index entry is in both index and index_new".into(),
-                ));
+        let (mid_len, index_len) = (
+            mid.len().ctx("reading table index_mid")?,
+            index.len().ctx("reading table index")?,
+        );
+        let down = crate::journal::merges_down(mid_len, entries.len() as u64, index_len);
+        if down {
+            // As `journal::merge_into`: the middle level's entries first, then the journal's.
+            for item in mid.iter().ctx("reading table index_mid")? {
+                insert_new(&mut index, item.ctx("reading table index_mid")?.0.value())?;
             }
         }
+        let target = if down { &mut index } else { &mut mid };
+        for e in &entries {
+            insert_new(target, e)?;
+        }
+        down
+    };
+    // Dropping a table frees its pages at once; entry by entry would rewrite its leaves.
+    if down {
+        txn.delete_table(INDEX_MID)
+            .ctx("emptying table index_mid")?;
+        txn.open_table(INDEX_MID).ctx("opening table index_mid")?;
     }
-    // Dropping the table frees its pages at once; entry by entry would rewrite its leaves.
     txn.delete_table(INDEX_NEW)
         .ctx("emptying table index_new")?;
     txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
-    Ok(entries.len())
+    Ok((entries.len(), down))
+}
+
+/// Inserts `e` into a level that must not hold it (the invariant above; a file that breaks it
+/// is refused, not repaired).
+fn insert_new(level: &mut Table<'_, &'static [u8; 48], ()>, e: &Entry) -> Result<()> {
+    match level.insert(e, ()).ctx("writing an index level")?.is_some() {
+        true => Err(StorageError::Corrupt(
+            "an index entry is in two of index, index_mid and index_new".into(),
+        )),
+        false => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -520,10 +581,10 @@ mod tests {
         );
     }
 
-    /// The key filter at open holds every key of `index` and of `index_new` (the invariant that
-    /// lets a lookup skip redb), and a published commit's keys from then on.
+    /// The key filter at open holds every key of `index`, `index_mid` and `index_new` (the
+    /// invariant that lets a lookup skip redb), and a published commit's keys from then on.
     #[test]
-    fn the_filter_loaded_at_open_holds_both_tables_keys_and_each_published_key() {
+    fn the_filter_loaded_at_open_holds_every_levels_keys_and_each_published_key() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("db.redb")).unwrap();
         let key = |i: u32| -> IndexKey {
@@ -535,18 +596,25 @@ mod tests {
         {
             let txn = db.begin_write().unwrap();
             let mut index = txn.open_table(INDEX).unwrap();
+            let mut index_mid = txn.open_table(INDEX_MID).unwrap();
             let mut index_new = txn.open_table(INDEX_NEW).unwrap();
             for i in 0..2_000u32 {
-                // Two docs under each key in `index`, as a subject's records are.
-                index.insert(&index_entry(&key(i), &[1; 16]), ()).unwrap();
-                index.insert(&index_entry(&key(i), &[2; 16]), ()).unwrap();
+                // Two docs under each key, as a subject's records are; the last quarter's in
+                // the middle level.
+                let level = if i < 1_500 {
+                    &mut index
+                } else {
+                    &mut index_mid
+                };
+                level.insert(&index_entry(&key(i), &[1; 16]), ()).unwrap();
+                level.insert(&index_entry(&key(i), &[2; 16]), ()).unwrap();
             }
             for i in 2_000..3_000u32 {
                 index_new
                     .insert(u64::from(i), &index_entry(&key(i), &[3; 16]))
                     .unwrap();
             }
-            drop((index, index_new));
+            drop((index, index_mid, index_new));
             txn.commit().unwrap();
         }
         let mut j = IndexJournal::load(&db).unwrap();

@@ -20,10 +20,12 @@
 //! authoring threads blocked most.
 //!
 //! **Invariant.** Once the filter is ready ([`KeyFilter::set_ready`]), every key that any
-//! snapshot's `index` or `index_new` holds was inserted: those stored at open by the pass over
-//! both tables in `IndexJournal::load` (which then sets it ready, before the writer starts), and
-//! every entry appended since by the writer before its commit (`TxnIndex::publish`). So [`KeyFilter::may_hold`] answers `false` only for a key no reader
-//! can find. Before the scan it answers `true` for everything.
+//! snapshot's `index`, `index_mid` or `index_new` holds was inserted: those stored at open by
+//! the pass over all three in `IndexJournal::load` (which then sets it ready, before the writer
+//! starts), and every entry appended since by the writer before its commit
+//! (`TxnIndex::publish`); merges only move entries between the three. So
+//! [`KeyFilter::may_hold`] answers `false` only for a key no reader can find. Before the scan it
+//! answers `true` for everything.
 //!
 //! **Limits.** About `BITS_PER_KEY` / 8 bytes an entry of `index` (the layers double, so at most
 //! twice that): 1.25-2.5 MB a million entries, about three a new subject's consent. A layer holds

@@ -92,9 +92,9 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// counters; version 4 moved envelopes from `envelopes` (by hash) into `changes` (by doc and
 /// position), with `envelope_at` replacing `doc_changes`; version 5 moved the `key_owners` entries
 /// into `index`; version 6 added `envelope_new` (the journal of `envelope_at`); version 7 added
-/// `index_new` (the journal of `index`). Version-3 to -6 files are migrated on open
-/// (`writer::init`).
-pub const FORMAT_VERSION: u64 = 7;
+/// `index_new` (the journal of `index`); version 8 added `envelope_mid` and `index_mid` (the
+/// journals' middle level). Version-3 to -7 files are migrated on open (`writer::init`).
+pub const FORMAT_VERSION: u64 = 8;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
 pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
@@ -105,6 +105,10 @@ pub(crate) const ENVELOPE_AT: TableDefinition<&[u8; 32], &[u8; 20]> =
 /// stored, until a merge moves them into [`ENVELOPE_AT`] (`journal.rs`).
 pub(crate) const ENVELOPE_NEW: TableDefinition<u64, &[u8; 52]> =
     TableDefinition::new("envelope_new");
+/// `hash` → `doc ‖ position`, as [`ENVELOPE_AT`]: the journal's merged entries, until there are
+/// enough of them to merge down into [`ENVELOPE_AT`] (`journal.rs`, "levels").
+pub(crate) const ENVELOPE_MID: TableDefinition<&[u8; 32], &[u8; 20]> =
+    TableDefinition::new("envelope_mid");
 /// Format 3's tables, read only by the migration to format 4.
 pub(crate) const V3_ENVELOPES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("envelopes");
@@ -117,6 +121,9 @@ pub(crate) const INDEX: TableDefinition<&[u8; 48], ()> = TableDefinition::new("i
 /// `sequence` → an `index` entry: `index`'s newest entries, in the order they were written, until
 /// a merge moves them into [`INDEX`] (`index_journal.rs`).
 pub(crate) const INDEX_NEW: TableDefinition<u64, &[u8; 48]> = TableDefinition::new("index_new");
+/// An `index` entry → `()`, as [`INDEX`]: the journal's merged entries, until there are enough of
+/// them to merge down into [`INDEX`] (`index_journal.rs`).
+pub(crate) const INDEX_MID: TableDefinition<&[u8; 48], ()> = TableDefinition::new("index_mid");
 pub(crate) const DUE: TableDefinition<&[u8; 20], ()> = TableDefinition::new("due");
 pub(crate) const KINDS: TableDefinition<&[u8; 17], ()> = TableDefinition::new("kinds");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -50,6 +50,7 @@ pub(crate) struct HotTables {
     seq: u64,
     txn: ReadTransaction,
     index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
+    index_mid: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
     index_new: std::sync::OnceLock<ReadOnlyTable<u64, &'static [u8; 48]>>,
     projections: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
     keys: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>,
@@ -74,6 +75,15 @@ impl HotTables {
         open_once(&self.txn, &self.index, INDEX, "opening table index")
     }
 
+    fn index_mid(&self) -> Result<&ReadOnlyTable<&'static [u8; 48], ()>> {
+        open_once(
+            &self.txn,
+            &self.index_mid,
+            INDEX_MID,
+            "opening table index_mid",
+        )
+    }
+
     fn index_new(&self) -> Result<&ReadOnlyTable<u64, &'static [u8; 48]>> {
         open_once(
             &self.txn,
@@ -94,7 +104,13 @@ impl HotTables {
             true => None,
             false => Some(self.index_new()?),
         };
-        index_journal::suffixes_under(self.index()?, index_new, &candidates, key)
+        index_journal::suffixes_under(
+            self.index()?,
+            self.index_mid()?,
+            index_new,
+            &candidates,
+            key,
+        )
     }
 
     fn projections(&self) -> Result<&ReadOnlyTable<&'static [u8; 16], &'static [u8]>> {
@@ -602,6 +618,7 @@ impl Store {
             seq,
             txn: self.read()?,
             index: Default::default(),
+            index_mid: Default::default(),
             index_new: Default::default(),
             projections: Default::default(),
             keys: Default::default(),
@@ -794,6 +811,19 @@ impl Store {
         // Copied out first: the lock is not held across the table reads.
         let journalled = lock_read(&self.inner.shared.journal).places(hashes);
         let at = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let mid = r
+            .open_table(ENVELOPE_MID)
+            .ctx("opening table envelope_mid")?;
+        let indexed = |h: &Hash| -> Result<Option<Located>> {
+            let v = match mid.get(h).ctx("reading table envelope_mid")? {
+                Some(v) => Some(v),
+                None => at.get(h).ctx("reading table envelope_at")?,
+            };
+            Ok(v.map(|v| Located {
+                key: *v.value(),
+                from_journal: false,
+            }))
+        };
         hashes
             .iter()
             .zip(journalled)
@@ -802,13 +832,7 @@ impl Store {
                     key,
                     from_journal: true,
                 })),
-                None => Ok(at
-                    .get(h)
-                    .ctx("reading table envelope_at")?
-                    .map(|v| Located {
-                        key: *v.value(),
-                        from_journal: false,
-                    })),
+                None => indexed(h),
             })
             .collect()
     }
@@ -1015,13 +1039,23 @@ impl Store {
         // checked against it below; one published before is in the copy.
         let r = self.read()?;
         let changes = r.open_table(CHANGES).ctx("opening table changes")?;
-        let t = r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?;
+        let levels = [
+            (
+                r.open_table(ENVELOPE_AT).ctx("opening table envelope_at")?,
+                "reading table envelope_at",
+            ),
+            (
+                r.open_table(ENVELOPE_MID)
+                    .ctx("opening table envelope_mid")?,
+                "reading table envelope_mid",
+            ),
+        ];
         let mut cursor = after.copied();
         loop {
             let journalled = lock_read(&self.inner.shared.journal).after(cursor.as_ref(), limit);
             // The last hash a source was read to, if it had more: past it, that source was not
             // read, so nothing past it may be returned.
-            let journal_to = (journalled.len() == limit)
+            let mut read_to = (journalled.len() == limit)
                 .then(|| journalled.last().map(|(h, _)| *h))
                 .flatten();
             // The journal's entries that this snapshot holds (it may be ahead of the snapshot).
@@ -1034,31 +1068,34 @@ impl Store {
                 }
             }
             let lower = cursor.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut indexed = Vec::new();
-            for item in t
-                .range::<&Hash>((lower, Bound::Unbounded))
-                .ctx("reading table envelope_at")?
-                .take(limit)
-            {
-                let (k, _) = item.ctx("reading table envelope_at")?;
-                indexed.push((*k.value(), ()));
+            for (level, context) in &levels {
+                let mut indexed = Vec::new();
+                for item in level
+                    .range::<&Hash>((lower, Bound::Unbounded))
+                    .ctx(context)?
+                    .take(limit)
+                {
+                    let (k, _) = item.ctx(context)?;
+                    indexed.push((*k.value(), ()));
+                }
+                if indexed.len() == limit {
+                    let to = indexed.last().map(|(h, ())| *h);
+                    read_to = match (read_to, to) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                held = journal::merge_sorted(indexed.into_iter(), held.into_iter(), usize::MAX);
             }
-            let indexed_to = (indexed.len() == limit)
-                .then(|| indexed.last().map(|(h, ())| *h))
-                .flatten();
-            let read_to = match (journal_to, indexed_to) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let out: Vec<Hash> =
-                journal::merge_sorted(indexed.into_iter(), held.into_iter(), limit)
-                    .into_iter()
-                    .map(|(h, ())| h)
-                    .filter(|h| read_to.is_none_or(|to| *h <= to))
-                    .collect();
+            let out: Vec<Hash> = held
+                .into_iter()
+                .map(|(h, ())| h)
+                .filter(|h| read_to.is_none_or(|to| *h <= to))
+                .take(limit)
+                .collect();
             match read_to {
-                // Every journal entry up to `to` was missing from the snapshot, and
-                // `envelope_at` has nothing before it: read on from there.
+                // Every journal entry up to `to` was missing from the snapshot, and the levels
+                // have nothing before it: read on from there.
                 Some(to) if out.is_empty() => cursor = Some(to),
                 _ => return Ok(out),
             }
@@ -1149,6 +1186,10 @@ impl Store {
                     b.extend_from_slice(k.value());
                     b.extend_from_slice(v.value());
                 });
+                dump!(ENVELOPE_MID, "envelope_mid", |k, v, b| {
+                    b.extend_from_slice(k.value());
+                    b.extend_from_slice(v.value());
+                });
                 dump!(ENVELOPE_NEW, "envelope_new", |k, v, b| {
                     b.extend_from_slice(&k.value().to_be_bytes());
                     b.extend_from_slice(v.value());
@@ -1158,6 +1199,9 @@ impl Store {
                     b.extend_from_slice(v.value());
                 });
                 dump!(INDEX, "index", |k, _v, b| {
+                    b.extend_from_slice(k.value())
+                });
+                dump!(INDEX_MID, "index_mid", |k, _v, b| {
                     b.extend_from_slice(k.value())
                 });
                 dump!(INDEX_NEW, "index_new", |k, v, b| {
@@ -1541,7 +1585,9 @@ mod tests {
         {
             let db = store.inner.db.read().unwrap();
             assert_eq!(
-                writer::merge_journals(&db, Some(&entries), true).unwrap(),
+                writer::merge_journals(&db, Some(&entries), true)
+                    .unwrap()
+                    .index_entries,
                 2
             );
         }
@@ -1568,6 +1614,141 @@ mod tests {
                 .len(),
             0,
             "the merge emptied index_new"
+        );
+    }
+
+    /// Once the base tables are large, a merge goes into the middle level (`envelope_mid`,
+    /// `index_mid`): lookups by hash, the walk over hashes and index reads find its entries, a
+    /// purge takes them out of it, and the merge that would make it a quarter of the base takes
+    /// it down into the base, while a snapshot from before still reads it where it was.
+    #[test]
+    fn entries_in_the_middle_level_are_found_purged_and_merged_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let shared = &store.inner.shared;
+        // A base of 400 entries in each of `envelope_at` and `index`, as earlier merges leave.
+        let base: Vec<Hash> = (0..400u32)
+            .map(|i| {
+                let mut h = [0x80u8; 32];
+                h[1..5].copy_from_slice(&i.to_be_bytes());
+                h
+            })
+            .collect();
+        {
+            let db = store.inner.db.read().unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut at = txn.open_table(ENVELOPE_AT).unwrap();
+            let mut index = txn.open_table(INDEX).unwrap();
+            for h in &base {
+                at.insert(h, &[0xee; 20]).unwrap();
+                index.insert(&index_entry(h, &[0xee; 16]), ()).unwrap();
+            }
+            drop((at, index));
+            txn.commit().unwrap();
+        }
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let record = |d: u32, key: IndexKey| {
+            let mut doc = [0u8; 16];
+            doc[..4].copy_from_slice(&d.to_be_bytes());
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&d.to_be_bytes());
+            RecordUpdate {
+                doc_id: doc,
+                kind: 1,
+                envelopes: vec![(hash, vec![1])],
+                projection: vec![1],
+                index_keys: vec![key],
+                ..RecordUpdate::default()
+            }
+        };
+        let write = |range: std::ops::Range<u32>, key: IndexKey| {
+            let updates: Vec<RecordUpdate> = range.map(|d| record(d, key)).collect();
+            let hashes: Vec<Hash> = updates.iter().map(|u| u.envelopes[0].0).collect();
+            store
+                .commit_blocking(WriteBatch {
+                    updates,
+                    ..WriteBatch::default()
+                })
+                .unwrap();
+            hashes
+        };
+        let merge = || {
+            let entries = lock_read(&shared.journal).to_merge();
+            let m = {
+                let db = store.inner.db.read().unwrap();
+                writer::merge_journals(&db, Some(&entries), true).unwrap()
+            };
+            writer::merged(shared, true, true);
+            (m.envelopes_down, m.index_down)
+        };
+        let rows = |table: &str| {
+            let dump = store.dump_tables(TableClass::IndexOnly).unwrap();
+            let bytes = dump.iter().find(|(n, _)| *n == table).unwrap().1.len();
+            bytes
+                / if table.starts_with("envelope") {
+                    52
+                } else {
+                    48
+                }
+        };
+        let walk = || {
+            let mut all: Vec<Hash> = Vec::new();
+            loop {
+                let page = store.envelope_hashes_after(all.last(), 7).unwrap();
+                if page.is_empty() {
+                    return all;
+                }
+                all.extend(page);
+            }
+        };
+
+        let first = write(0..10, k1);
+        assert_eq!(
+            merge(),
+            (false, false),
+            "10 new against 400: the middle level"
+        );
+        assert_eq!((rows("envelope_mid"), rows("index_mid")), (10, 10));
+        assert_eq!((rows("envelope_at"), rows("index")), (400, 400));
+        assert!(store.has_envelopes(&first).unwrap().iter().all(|&h| h));
+        assert_eq!(
+            store.envelopes(&first[3..4]).unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .1,
+            [1]
+        );
+        let mut expected: Vec<Hash> = base.iter().chain(&first).copied().collect();
+        expected.sort_unstable();
+        assert_eq!(walk(), expected);
+        assert_eq!(store.docs_by_key(&k1).unwrap().len(), 10);
+
+        // A purge takes a record's entries out of the middle level.
+        store
+            .commit_purge_blocking(vec![record(0, k1).doc_id], WriteBatch::default())
+            .unwrap();
+        assert_eq!((rows("envelope_mid"), rows("index_mid")), (9, 9));
+        assert_eq!(store.has_envelopes(&first[..2]).unwrap(), [false, true]);
+        assert_eq!(store.docs_by_key(&k1).unwrap().len(), 9);
+        let before = store.hot().unwrap();
+
+        // 9 + 100 entries are more than a quarter of 400: down into the base.
+        let second = write(100..200, k2);
+        assert_eq!(merge(), (true, true));
+        assert_eq!((rows("envelope_mid"), rows("index_mid")), (0, 0));
+        assert_eq!((rows("envelope_at"), rows("index")), (509, 509));
+        assert!(store.has_envelopes(&second).unwrap().iter().all(|&h| h));
+        assert!(store.has_envelopes(&first[1..]).unwrap().iter().all(|&h| h));
+        expected.extend(&second);
+        expected.retain(|h| *h != first[0]);
+        expected.sort_unstable();
+        assert_eq!(walk(), expected);
+        assert_eq!(store.docs_by_key(&k1).unwrap().len(), 9);
+        assert_eq!(store.docs_by_key(&k2).unwrap().len(), 100);
+        assert_eq!(
+            before.under(&k1, shared).unwrap().len(),
+            9,
+            "a snapshot from before the merge reads its own middle level"
         );
     }
 

@@ -357,11 +357,13 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
     }
     let entries = entries.map_or(0, |e| e.len());
     match result {
-        Ok(index_entries) => tracing::debug!(
+        Ok(m) => tracing::debug!(
             entries,
-            index_entries,
+            index_entries = m.index_entries,
+            envelopes_down = m.envelopes_down,
+            index_down = m.index_down,
             micros = started.elapsed().as_micros() as u64,
-            "journals merged into envelope_at and index"
+            "journals merged"
         ),
         Err(e) => tracing::error!(
             entries,
@@ -387,35 +389,53 @@ pub(crate) fn merged(shared: &Shared, envelopes: bool, index: bool) {
 }
 
 /// The merge's transaction: `entries` (all of the envelope journal, in hash order), if given, into
-/// `envelope_at`, and `index_new` into `index` if `index`; how many index entries moved.
+/// `envelope_mid` or down into `envelope_at`, and `index_new` into `index_mid` or down into
+/// `index` if `index` (`journal.rs`, "Levels").
 pub(crate) fn merge_journals(
     db: &Database,
     entries: Option<&[(crate::Hash, journal::Place)]>,
     index: bool,
-) -> Result<usize> {
+) -> Result<Merged> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
     txn.set_quick_repair(QUICK_REPAIR);
-    if let Some(entries) = entries {
-        journal::merge_into(&txn, entries)?;
-    }
-    let index_entries = match index {
+    let envelopes_down = match entries {
+        Some(entries) => journal::merge_into(&txn, entries)?,
+        None => false,
+    };
+    let (index_entries, index_down) = match index {
         true => index_journal::merge_into(&txn)?,
-        false => 0,
+        false => (0, false),
     };
     txn.commit().ctx("committing")?;
-    Ok(index_entries)
+    Ok(Merged {
+        index_entries,
+        envelopes_down,
+        index_down,
+    })
+}
+
+/// What a merge of the journals did, for its log line.
+pub(crate) struct Merged {
+    /// Entries moved out of `index_new`.
+    pub(crate) index_entries: usize,
+    /// Whether the envelope journal's merge went down into `envelope_at`.
+    pub(crate) envelopes_down: bool,
+    /// Whether the index journal's went down into `index`.
+    pub(crate) index_down: bool,
 }
 
 /// The tables one write transaction touches, opened once per transaction.
 struct Tables<'t> {
     changes: Table<'t, &'static [u8; 20], &'static [u8]>,
     envelope_at: Table<'t, &'static [u8; 32], &'static [u8; 20]>,
+    envelope_mid: Table<'t, &'static [u8; 32], &'static [u8; 20]>,
     envelope_new: Table<'t, u64, &'static [u8; 52]>,
     projections: Table<'t, &'static [u8; 16], &'static [u8]>,
     doc_meta: Table<'t, &'static [u8; 16], &'static [u8]>,
     index: Table<'t, &'static [u8; 48], ()>,
+    index_mid: Table<'t, &'static [u8; 48], ()>,
     index_new: Table<'t, u64, &'static [u8; 48]>,
     due: Table<'t, &'static [u8; 20], ()>,
     kinds: Table<'t, &'static [u8; 17], ()>,
@@ -436,6 +456,9 @@ impl<'t> Tables<'t> {
             envelope_at: txn
                 .open_table(ENVELOPE_AT)
                 .ctx("opening table envelope_at")?,
+            envelope_mid: txn
+                .open_table(ENVELOPE_MID)
+                .ctx("opening table envelope_mid")?,
             envelope_new: txn
                 .open_table(ENVELOPE_NEW)
                 .ctx("opening table envelope_new")?,
@@ -444,6 +467,7 @@ impl<'t> Tables<'t> {
                 .ctx("opening table projections")?,
             doc_meta: txn.open_table(DOC_META).ctx("opening table doc_meta")?,
             index: txn.open_table(INDEX).ctx("opening table index")?,
+            index_mid: txn.open_table(INDEX_MID).ctx("opening table index_mid")?,
             index_new: txn.open_table(INDEX_NEW).ctx("opening table index_new")?,
             due: txn.open_table(DUE).ctx("opening table due")?,
             kinds: txn.open_table(KINDS).ctx("opening table kinds")?,
@@ -472,19 +496,19 @@ impl Journals<'_, '_> {
     /// Stores an `index` entry unless it is stored (appended to `index_new`).
     fn insert_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<()> {
         let (ix, shared) = (&mut *self.index.0, self.index.1);
-        ix.insert(shared, &t.index, &mut t.index_new, e)
+        ix.insert(shared, &t.index, &t.index_mid, &mut t.index_new, e)
     }
 
     /// Adds an `index` entry known to be in neither table ([`index_journal::TxnIndex::insert_absent`]).
     fn insert_absent_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<()> {
         let (ix, shared) = (&mut *self.index.0, self.index.1);
-        ix.insert_absent(shared, &t.index, &mut t.index_new, e)
+        ix.insert_absent(shared, &t.index, &t.index_mid, &mut t.index_new, e)
     }
 
     /// Removes an `index` entry from whichever table holds it; whether it was stored.
     fn remove_index(&mut self, t: &mut Tables<'_>, e: &index_journal::Entry) -> Result<bool> {
         let (ix, shared) = (&mut *self.index.0, self.index.1);
-        ix.remove(shared, &mut t.index, &mut t.index_new, e)
+        ix.remove(shared, &mut t.index, &mut t.index_mid, &mut t.index_new, e)
     }
 }
 
@@ -845,10 +869,14 @@ fn apply_update(
         // import chunk of 1,000 (`examples/commit_cost.rs`; BENCHMARKS.md, twenty-sixth session).
         if envelopes_new {
             debug_assert!(
-                j.find(shared, &t.envelope_at, hash)?.is_none(),
+                j.find(shared, &t.envelope_at, &t.envelope_mid, hash)?
+                    .is_none(),
                 "an envelope made for this batch is stored already"
             );
-        } else if j.find(shared, &t.envelope_at, hash)?.is_some() {
+        } else if j
+            .find(shared, &t.envelope_at, &t.envelope_mid, hash)?
+            .is_some()
+        {
             continue;
         }
         j.add(shared, &mut t.envelope_new, hash, &key)?;
@@ -999,10 +1027,16 @@ fn purge_doc(
     let (j, shared) = (&mut *js.envelopes.0, js.envelopes.1);
     for (k, hash) in &changes {
         t.changes.remove(k).ctx("writing table changes")?;
-        let found = j.find(shared, &t.envelope_at, hash)?;
+        let found = j.find(shared, &t.envelope_at, &t.envelope_mid, hash)?;
         debug_assert!(found.is_some(), "a stored change had no envelope_at entry");
         if let Some(found) = found {
-            j.remove(&mut t.envelope_new, &mut t.envelope_at, hash, found)?;
+            j.remove(
+                &mut t.envelope_new,
+                &mut t.envelope_at,
+                &mut t.envelope_mid,
+                hash,
+                found,
+            )?;
             Counters::decrement(&mut c.envelopes, "envelopes")?;
         }
     }
@@ -1061,9 +1095,10 @@ pub(crate) fn init(db: &Database) -> Result<u64> {
                 Some(0)
             }
             Some(v) if v == FORMAT_VERSION => Some(read_sys(&sys, SYS_COMMIT_SEQ)?),
-            // Formats 6 and 7 only added `envelope_new` and `index_new`, created empty above:
-            // empty journals are a format-5 file's state.
-            Some(5 | 6) => {
+            // Formats 6, 7 and 8 only added `envelope_new`, `index_new`, `envelope_mid` and
+            // `index_mid`, created empty above: empty journals and levels are a format-5 file's
+            // state.
+            Some(5..=7) => {
                 sys.insert(SYS_FORMAT_VERSION, FORMAT_VERSION)
                     .ctx("writing table sys")?;
                 Some(read_sys(&sys, SYS_COMMIT_SEQ)?)
@@ -1644,11 +1679,12 @@ mod tests {
         assert_eq!(store.keys_of(&[9; 32]).unwrap(), vec![[0; 16], [1; 16]]);
     }
 
-    /// Formats 6 and 7 only added the journals (`envelope_new`, `index_new`): a format-5 or -6
-    /// file gets what it lacks, empty, and keeps everything else.
+    /// Formats 6, 7 and 8 only added the journals (`envelope_new`, `index_new`) and their middle
+    /// levels (`envelope_mid`, `index_mid`): a format-5, -6 or -7 file gets what it lacks, empty,
+    /// and keeps everything else.
     #[test]
-    fn a_format_5_or_6_file_gains_empty_journals_when_opened() {
-        for version in [5, 6] {
+    fn a_format_5_6_or_7_file_gains_empty_journals_and_levels_when_opened() {
+        for version in [5, 6, 7] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("db.redb");
             {
@@ -1661,15 +1697,17 @@ mod tests {
                 };
                 commit_group(&db, &shared, [(&[][..], &stored)]).unwrap();
                 // Back to the old format: the envelope in `envelope_at` (format 5 only), the
-                // index entry in `index`, no journal table the format lacks.
+                // index entry in `index` (formats 5 and 6), no table the format lacks.
                 let txn = db.begin_write().unwrap();
                 {
                     if version == 5 {
                         let mut at = txn.open_table(ENVELOPE_AT).unwrap();
                         at.insert(&[1; 32], &change_key(&[1; 16], 0)).unwrap();
                     }
-                    let mut index = txn.open_table(INDEX).unwrap();
-                    index.insert(&index_entry(&[1; 32], &[1; 16]), ()).unwrap();
+                    if version < 7 {
+                        let mut index = txn.open_table(INDEX).unwrap();
+                        index.insert(&index_entry(&[1; 32], &[1; 16]), ()).unwrap();
+                    }
                     txn.open_table(SYS)
                         .unwrap()
                         .insert(SYS_FORMAT_VERSION, version)
@@ -1678,7 +1716,11 @@ mod tests {
                 if version == 5 {
                     txn.delete_table(ENVELOPE_NEW).unwrap();
                 }
-                txn.delete_table(INDEX_NEW).unwrap();
+                if version < 7 {
+                    txn.delete_table(INDEX_NEW).unwrap();
+                }
+                txn.delete_table(ENVELOPE_MID).unwrap();
+                txn.delete_table(INDEX_MID).unwrap();
                 txn.commit().unwrap();
             }
             let store = crate::Store::open(&path).unwrap();
@@ -1688,8 +1730,11 @@ mod tests {
             let sys = r.open_table(SYS).unwrap();
             assert_eq!(read_sys(&sys, SYS_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
             let journalled = r.open_table(ENVELOPE_NEW).unwrap().len().unwrap();
-            assert_eq!(journalled, u64::from(version == 6), "format {version}");
-            assert_eq!(r.open_table(INDEX_NEW).unwrap().len().unwrap(), 0);
+            assert_eq!(journalled, u64::from(version >= 6), "format {version}");
+            let journalled = r.open_table(INDEX_NEW).unwrap().len().unwrap();
+            assert_eq!(journalled, u64::from(version == 7), "format {version}");
+            assert_eq!(r.open_table(ENVELOPE_MID).unwrap().len().unwrap(), 0);
+            assert_eq!(r.open_table(INDEX_MID).unwrap().len().unwrap(), 0);
         }
     }
 
