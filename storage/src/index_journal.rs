@@ -20,9 +20,9 @@
 //! goes into `index` in key order, and `index_new` is dropped and recreated, in one transaction
 //! (with the envelope journal's merge, when that is due too). Once the store is large the merge
 //! goes into `index_mid` instead, and down into `index` with `index_mid`'s entries only when
-//! `index_mid` would hold a quarter as many as `index`, as the envelope journal's
-//! (`journal.rs`, "Levels", and [`crate::journal::MID_SHARE`]). Readers read `index_mid`'s range
-//! too.
+//! `index_mid` would hold a quarter as many as `index` (at once, or drained in steps after the
+//! group commits), as the envelope journal's (`journal.rs`, "Levels", and
+//! [`crate::journal::MID_SHARE`]). Readers read `index_mid`'s range too.
 //!
 //! **Invariants.**
 //! - An entry is in at most one of `index`, `index_mid` and `index_new`, and at most once in
@@ -46,6 +46,7 @@ use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction,
 };
 
+use crate::journal::Merge;
 use crate::key_filter::KeyFilter;
 use crate::layout::{doc_suffix, index_entry, INDEX, INDEX_MID, INDEX_NEW};
 use crate::{Ctx, IndexKey, Result, StorageError};
@@ -464,12 +465,11 @@ impl TxnIndex {
     }
 }
 
-/// Moves every entry of `index_new` into `index_mid`, or (when [`crate::journal::merges_down`]
-/// says so) every entry of `index_mid` and of `index_new` into `index` and empties `index_mid`;
-/// in key order; and empties `index_new`. In the caller's transaction; how many entries left
-/// `index_new`, and whether the merge went down. After the commit the caller calls
-/// [`IndexJournal::merged`].
-pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<(usize, bool)> {
+/// Moves every entry of `index_new` into `index_mid`, or (when [`Merge::of`] says so) every
+/// entry of `index_mid` and of `index_new` into `index` and empties `index_mid`; in key order;
+/// and empties `index_new`. In the caller's transaction; how many entries left `index_new`, and
+/// where they went. After the commit the caller calls [`IndexJournal::merged`].
+pub(crate) fn merge_into(txn: &WriteTransaction, step: usize) -> Result<(usize, Merge)> {
     let mut entries: Vec<Entry> = {
         let t = txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
         let mut out = Vec::new();
@@ -484,28 +484,32 @@ pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<(usize, bool)> {
             "an index entry is twice in index_new".into(),
         ));
     }
-    let down = {
+    let merge = {
         let mut mid = txn.open_table(INDEX_MID).ctx("opening table index_mid")?;
         let mut index = txn.open_table(INDEX).ctx("opening table index")?;
         let (mid_len, index_len) = (
             mid.len().ctx("reading table index_mid")?,
             index.len().ctx("reading table index")?,
         );
-        let down = crate::journal::merges_down(mid_len, entries.len() as u64, index_len);
-        if down {
+        let merge = Merge::of(mid_len, entries.len() as u64, index_len, step);
+        if merge == Merge::Down {
             // As `journal::merge_into`: the middle level's entries first, then the journal's.
             for item in mid.iter().ctx("reading table index_mid")? {
                 insert_new(&mut index, item.ctx("reading table index_mid")?.0.value())?;
             }
         }
-        let target = if down { &mut index } else { &mut mid };
+        let target = if merge == Merge::Down {
+            &mut index
+        } else {
+            &mut mid
+        };
         for e in &entries {
             insert_new(target, e)?;
         }
-        down
+        merge
     };
     // Dropping a table frees its pages at once; entry by entry would rewrite its leaves.
-    if down {
+    if merge == Merge::Down {
         txn.delete_table(INDEX_MID)
             .ctx("emptying table index_mid")?;
         txn.open_table(INDEX_MID).ctx("opening table index_mid")?;
@@ -513,7 +517,25 @@ pub(crate) fn merge_into(txn: &WriteTransaction) -> Result<(usize, bool)> {
     txn.delete_table(INDEX_NEW)
         .ctx("emptying table index_new")?;
     txn.open_table(INDEX_NEW).ctx("opening table index_new")?;
-    Ok((entries.len(), down))
+    Ok((entries.len(), merge))
+}
+
+/// Moves the first `step` entries of `index_mid` (in key order) into `index`, in the caller's
+/// transaction; how many entries `index_mid` holds after it (`journal::drain_step`).
+pub(crate) fn drain_step(txn: &WriteTransaction, step: usize) -> Result<u64> {
+    let mut mid = txn.open_table(INDEX_MID).ctx("opening table index_mid")?;
+    let mut index = txn.open_table(INDEX).ctx("opening table index")?;
+    let mut last: Option<Entry> = None;
+    for item in mid.iter().ctx("reading table index_mid")?.take(step) {
+        let e = *item.ctx("reading table index_mid")?.0.value();
+        insert_new(&mut index, &e)?;
+        last = Some(e);
+    }
+    if let Some(last) = last {
+        mid.retain_in::<&Entry, _>(..=&last, |_, _| false)
+            .ctx("writing table index_mid")?;
+    }
+    mid.len().ctx("reading table index_mid")
 }
 
 /// Inserts `e` into a level that must not hold it (the invariant above; a file that breaks it

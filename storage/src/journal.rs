@@ -20,9 +20,12 @@
 //!
 //! **Levels.** Once the store is large, a merge goes into `envelope_mid` (same layout as
 //! `envelope_at`) instead, and only when that would hold a quarter as many entries as
-//! `envelope_at` do its entries and the journal's go down into `envelope_at`, emptying it, in
-//! one transaction ([`MID_SHARE`] says why). Lookups look in the journal, then `envelope_mid`,
-//! then `envelope_at`.
+//! `envelope_at` do its entries and the journal's go down into `envelope_at` ([`MID_SHARE`] says
+//! why): in the merge's transaction, emptying `envelope_mid`, if they are at most
+//! [`DRAIN_STEP`]; otherwise the merge goes into `envelope_mid` and the writer then drains it
+//! into `envelope_at` in key order, [`DRAIN_STEP`] entries a transaction, one after each group
+//! commit ([`drain_step`]). Lookups look in the journal, then `envelope_mid`, then
+//! `envelope_at`.
 //!
 //! **Invariants.**
 //! - A hash is in at most one of `envelope_at`, `envelope_mid` and `envelope_new` (a merge moves
@@ -41,10 +44,12 @@
 //! **Limits.** About [`MERGE_MAX`] entries in each map at most (a merge follows the commit that
 //! reaches it), 80-100 bytes each in memory: 12 MiB for both. A merge rewrites at most every
 //! leaf of `envelope_mid`, or of both levels when it goes down, once, and the writes queued
-//! meanwhile wait for it: 0.5-1 s for a merge down at 2,000,000 envelopes. `envelope_mid` holds
-//! fewer than a quarter as many entries as `envelope_at` had at its last merge. A merge that
-//! fails leaves its entries in the journal and is tried again after the next commit; a store
-//! whose merges fail has failing commits too, so the journal stops growing.
+//! meanwhile wait for it; a drain step moves at most [`DRAIN_STEP`] entries. `envelope_mid`
+//! holds about a quarter as many entries as `envelope_at` at most (one journal's more while it
+//! drains). A merge that fails leaves its entries in the journal and is tried again after the
+//! next commit; a store whose merges fail has failing commits too, so the journal stops growing.
+//! A drain step that fails is tried again after the next commit; one a restart interrupted
+//! resumes with the next merge into the middle level, which finds it due again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -102,6 +107,37 @@ pub(crate) const MID_SHARE: u64 = 4;
 /// small store has one level as before.
 pub(crate) fn merges_down(mid: u64, new: u64, base: u64) -> bool {
     mid.saturating_add(new).saturating_mul(MID_SHARE) >= base
+}
+
+/// Most entries a merge takes down in one transaction, and a drain step moves from a middle
+/// level into its base. A larger merge down goes into the middle level as usual and then drains
+/// it in steps, one after each group commit ([`drain_step`]): the writes queued behind a merge
+/// wait for it, and taken down at once, the 1.3 million entries of `index_mid` at 2,000,000
+/// records held them 3-4 s. In key order, each step rewrites only its own range of the base's
+/// leaves, so the steps together rewrite each leaf about once, as one merge did.
+pub(crate) const DRAIN_STEP: usize = 131_072;
+
+/// Where a journal merge went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merge {
+    /// Into the middle level.
+    Mid,
+    /// Into the middle level, which is due to be drained into the base ([`drain_step`]).
+    MidThenDrain,
+    /// Down into the base, with the middle level's entries.
+    Down,
+}
+
+impl Merge {
+    /// Where a merge of `new` entries goes, with `mid` entries in the middle level and `base`
+    /// in the base, taking at most `step` entries down at once.
+    pub(crate) fn of(mid: u64, new: u64, base: u64, step: usize) -> Merge {
+        match merges_down(mid, new, base) {
+            false => Merge::Mid,
+            true if mid.saturating_add(new) <= step as u64 => Merge::Down,
+            true => Merge::MidThenDrain,
+        }
+    }
 }
 
 /// The journal in memory, shared by the writer (which alone changes it) and readers.
@@ -365,29 +401,28 @@ impl TxnJournal {
     }
 }
 
-/// Moves every journal entry into `envelope_mid`, or (when [`merges_down`] says so) every
-/// entry of `envelope_mid` and of the journal into `envelope_at` and empties `envelope_mid`; and
+/// Moves every journal entry into `envelope_mid`, or (when [`Merge::of`] says so) every entry
+/// of `envelope_mid` and of the journal into `envelope_at` and empties `envelope_mid`; and
 /// empties `envelope_new`. In the caller's transaction (the writer's merge, which also merges
-/// `index_journal`); whether it merged down. After the commit the caller (the writer, which alone
+/// `index_journal`); where the merge went. After the commit the caller (the writer, which alone
 /// changes the journal) calls [`Journal::merged`].
-pub(crate) fn merge_into(txn: &WriteTransaction, entries: &[(Hash, Place)]) -> Result<bool> {
+pub(crate) fn merge_into(
+    txn: &WriteTransaction,
+    entries: &[(Hash, Place)],
+    step: usize,
+) -> Result<Merge> {
     debug_assert!(
         entries.windows(2).all(|w| w[0].0 < w[1].0),
         "a merge inserts in hash order"
     );
-    let down = {
-        let mut mid = txn
-            .open_table(ENVELOPE_MID)
-            .ctx("opening table envelope_mid")?;
-        let mut at = txn
-            .open_table(ENVELOPE_AT)
-            .ctx("opening table envelope_at")?;
+    let merge = {
+        let (mut mid, mut at) = levels(txn)?;
         let (mid_len, at_len) = (
             mid.len().ctx("reading table envelope_mid")?,
             at.len().ctx("reading table envelope_at")?,
         );
-        let down = merges_down(mid_len, entries.len() as u64, at_len);
-        if down {
+        let merge = Merge::of(mid_len, entries.len() as u64, at_len, step);
+        if merge == Merge::Down {
             // The middle level's entries first (in hash order, read while `envelope_at` is
             // written: another table), then the journal's. A leaf both touch is rewritten once:
             // the transaction's own pages are changed in place.
@@ -396,14 +431,18 @@ pub(crate) fn merge_into(txn: &WriteTransaction, entries: &[(Hash, Place)]) -> R
                 insert_new(&mut at, k.value(), v.value(), "envelope_mid")?;
             }
         }
-        let target = if down { &mut at } else { &mut mid };
+        let target = if merge == Merge::Down {
+            &mut at
+        } else {
+            &mut mid
+        };
         for (hash, place) in entries {
             insert_new(target, hash, place, "envelope_new")?;
         }
-        down
+        merge
     };
     // Dropping a table frees its pages at once; entry by entry would rewrite its leaves.
-    if down {
+    if merge == Merge::Down {
         txn.delete_table(ENVELOPE_MID)
             .ctx("emptying table envelope_mid")?;
         txn.open_table(ENVELOPE_MID)
@@ -413,17 +452,43 @@ pub(crate) fn merge_into(txn: &WriteTransaction, entries: &[(Hash, Place)]) -> R
         .ctx("emptying table envelope_new")?;
     txn.open_table(ENVELOPE_NEW)
         .ctx("opening table envelope_new")?;
-    Ok(down)
+    Ok(merge)
+}
+
+/// Moves the first `step` entries of `envelope_mid` (in hash order) into `envelope_at`, in the
+/// caller's transaction; how many entries `envelope_mid` holds after it. Readers need nothing
+/// from memory for it: each snapshot finds an entry in exactly one of the two tables.
+pub(crate) fn drain_step(txn: &WriteTransaction, step: usize) -> Result<u64> {
+    let (mut mid, mut at) = levels(txn)?;
+    let mut last: Option<Hash> = None;
+    for item in mid.iter().ctx("reading table envelope_mid")?.take(step) {
+        let (k, v) = item.ctx("reading table envelope_mid")?;
+        insert_new(&mut at, k.value(), v.value(), "envelope_mid")?;
+        last = Some(*k.value());
+    }
+    if let Some(last) = last {
+        mid.retain_in::<&Hash, _>(..=&last, |_, _| false)
+            .ctx("writing table envelope_mid")?;
+    }
+    mid.len().ctx("reading table envelope_mid")
+}
+
+/// An envelope level: `hash` → `doc ‖ position`.
+type Level<'t> = Table<'t, &'static [u8; 32], &'static [u8; 20]>;
+
+/// `envelope_mid` and `envelope_at`, opened in `txn`.
+fn levels(txn: &WriteTransaction) -> Result<(Level<'_>, Level<'_>)> {
+    Ok((
+        txn.open_table(ENVELOPE_MID)
+            .ctx("opening table envelope_mid")?,
+        txn.open_table(ENVELOPE_AT)
+            .ctx("opening table envelope_at")?,
+    ))
 }
 
 /// Inserts `hash` at `place` into a level that must not hold it: a hash in two levels breaks
 /// the invariant above, and a file that breaks it must not be "repaired" silently.
-fn insert_new(
-    table: &mut Table<'_, &'static [u8; 32], &'static [u8; 20]>,
-    hash: &Hash,
-    place: &Place,
-    from: &str,
-) -> Result<()> {
+fn insert_new(table: &mut Level<'_>, hash: &Hash, place: &Place, from: &str) -> Result<()> {
     let was = table
         .insert(hash, place)
         .ctx("writing an envelope level")?
@@ -462,6 +527,54 @@ mod tests {
         assert!(!merges_down(3 * 65_536, 65_536, 2_000_000));
         assert!(merges_down(7 * 65_536, 65_536, 2_000_000));
         assert!(merges_down(u64::MAX, u64::MAX, u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn a_large_merge_down_goes_into_the_middle_level_and_drains_it_in_steps() {
+        assert_eq!(Merge::of(0, 10, 400, 100), Merge::Mid);
+        assert_eq!(Merge::of(90, 10, 400, 100), Merge::Down);
+        assert_eq!(Merge::of(91, 10, 400, 100), Merge::MidThenDrain);
+        assert_eq!(Merge::of(0, 101, 0, 100), Merge::MidThenDrain);
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let put = |table, from: u8, to: u8| {
+            let txn = db.begin_write().unwrap();
+            let mut t = txn.open_table(table).unwrap();
+            for i in from..to {
+                t.insert(&h(i), &[i; 20]).unwrap();
+            }
+            drop(t);
+            txn.commit().unwrap();
+        };
+        put(ENVELOPE_AT, 0, 40);
+        put(ENVELOPE_MID, 100, 110);
+        let journal: Vec<(Hash, Place)> = (200..205u8).map(|i| (h(i), [i; 20])).collect();
+        let txn = db.begin_write().unwrap();
+        assert_eq!(merge_into(&txn, &journal, 4).unwrap(), Merge::MidThenDrain);
+        txn.commit().unwrap();
+        let mut left = Vec::new();
+        loop {
+            let txn = db.begin_write().unwrap();
+            let n = drain_step(&txn, 4).unwrap();
+            txn.commit().unwrap();
+            left.push(n);
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(left, [11, 7, 3, 0], "four entries a step");
+        let r = db.begin_read().unwrap();
+        let at = r.open_table(ENVELOPE_AT).unwrap();
+        assert_eq!(at.len().unwrap(), 55);
+        assert_eq!(at.get(&h(203)).unwrap().unwrap().value(), &[203; 20]);
+        assert_eq!(r.open_table(ENVELOPE_MID).unwrap().len().unwrap(), 0);
+        assert_eq!(r.open_table(ENVELOPE_NEW).unwrap().len().unwrap(), 0);
+
+        // A hash in both levels is refused, not moved.
+        put(ENVELOPE_MID, 0, 1);
+        let txn = db.begin_write().unwrap();
+        assert!(matches!(drain_step(&txn, 4), Err(StorageError::Corrupt(_))));
     }
 
     #[test]

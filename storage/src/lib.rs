@@ -1585,7 +1585,7 @@ mod tests {
         {
             let db = store.inner.db.read().unwrap();
             assert_eq!(
-                writer::merge_journals(&db, Some(&entries), true)
+                writer::merge_journals(&db, Some(&entries), true, journal::DRAIN_STEP)
                     .unwrap()
                     .index_entries,
                 2
@@ -1672,15 +1672,25 @@ mod tests {
                 .unwrap();
             hashes
         };
-        let merge = || {
+        // As the writer merges, taking at most `step` entries down at once.
+        let merge = |step: usize| {
             let entries = lock_read(&shared.journal).to_merge();
             let m = {
                 let db = store.inner.db.read().unwrap();
-                writer::merge_journals(&db, Some(&entries), true).unwrap()
+                writer::merge_journals(&db, Some(&entries), true, step).unwrap()
             };
             writer::merged(shared, true, true);
-            (m.envelopes_down, m.index_down)
+            (m.envelopes.unwrap(), m.index.unwrap())
         };
+        let drain = |step: usize| {
+            let left = {
+                let db = store.inner.db.read().unwrap();
+                writer::drain_levels(&db, true, true, step).unwrap()
+            };
+            writer::merged(shared, false, false);
+            left
+        };
+        use journal::Merge;
         let rows = |table: &str| {
             let dump = store.dump_tables(TableClass::IndexOnly).unwrap();
             let bytes = dump.iter().find(|(n, _)| *n == table).unwrap().1.len();
@@ -1704,8 +1714,8 @@ mod tests {
 
         let first = write(0..10, k1);
         assert_eq!(
-            merge(),
-            (false, false),
+            merge(usize::MAX),
+            (Merge::Mid, Merge::Mid),
             "10 new against 400: the middle level"
         );
         assert_eq!((rows("envelope_mid"), rows("index_mid")), (10, 10));
@@ -1732,24 +1742,47 @@ mod tests {
         assert_eq!(store.docs_by_key(&k1).unwrap().len(), 9);
         let before = store.hot().unwrap();
 
-        // 9 + 100 entries are more than a quarter of 400: down into the base.
+        // 9 + 100 entries are more than a quarter of 400: down into the base, in one go or, when
+        // that is more than a step, drained in steps of 50 after the merge into the middle level.
         let second = write(100..200, k2);
-        assert_eq!(merge(), (true, true));
-        assert_eq!((rows("envelope_mid"), rows("index_mid")), (0, 0));
-        assert_eq!((rows("envelope_at"), rows("index")), (509, 509));
-        assert!(store.has_envelopes(&second).unwrap().iter().all(|&h| h));
-        assert!(store.has_envelopes(&first[1..]).unwrap().iter().all(|&h| h));
+        assert_eq!(merge(50), (Merge::MidThenDrain, Merge::MidThenDrain));
+        assert_eq!((rows("envelope_mid"), rows("index_mid")), (109, 109));
         expected.extend(&second);
         expected.retain(|h| *h != first[0]);
         expected.sort_unstable();
-        assert_eq!(walk(), expected);
-        assert_eq!(store.docs_by_key(&k1).unwrap().len(), 9);
-        assert_eq!(store.docs_by_key(&k2).unwrap().len(), 100);
+        let mut lefts = Vec::new();
+        loop {
+            let (envelopes, index) = drain(50);
+            assert_eq!(envelopes, index);
+            assert_eq!(rows("envelope_mid"), envelopes.unwrap() as usize);
+            assert!(store.has_envelopes(&second).unwrap().iter().all(|&h| h));
+            assert!(store.has_envelopes(&first[1..]).unwrap().iter().all(|&h| h));
+            assert_eq!(walk(), expected);
+            assert_eq!(store.docs_by_key(&k1).unwrap().len(), 9);
+            assert_eq!(store.docs_by_key(&k2).unwrap().len(), 100);
+            lefts.push(envelopes.unwrap());
+            if lefts.last() == Some(&0) {
+                break;
+            }
+        }
+        assert_eq!(lefts, [59, 9, 0]);
+        assert_eq!((rows("envelope_at"), rows("index")), (509, 509));
         assert_eq!(
             before.under(&k1, shared).unwrap().len(),
             9,
             "a snapshot from before the merge reads its own middle level"
         );
+
+        // And in one go when it is not more than a step.
+        let third = write(300..310, k2);
+        assert_eq!(merge(usize::MAX), (Merge::Mid, Merge::Mid));
+        let fourth = write(400..600, k2);
+        assert_eq!(merge(usize::MAX), (Merge::Down, Merge::Down));
+        assert_eq!((rows("envelope_mid"), rows("index_mid")), (0, 0));
+        assert_eq!((rows("envelope_at"), rows("index")), (719, 719));
+        assert!(store.has_envelopes(&third).unwrap().iter().all(|&h| h));
+        assert!(store.has_envelopes(&fourth).unwrap().iter().all(|&h| h));
+        assert_eq!(store.docs_by_key(&k2).unwrap().len(), 310);
     }
 
     /// A snapshot shared through a commit would keep that commit's freed pages out of reuse

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::budget::Permit;
 use crate::index_journal::{self, IndexJournal, TxnIndex};
+use crate::journal::Merge;
 use crate::journal::{self, Journal, TxnJournal};
 use crate::layout::*;
 use crate::{
@@ -108,7 +109,15 @@ pub(crate) struct Shared {
     pub journal: RwLock<Journal>,
     /// `index`'s journal (`index_journal.rs`); only the writer changes it.
     pub index_journal: RwLock<IndexJournal>,
+    /// Which middle levels are being drained into their base, a step after each commit
+    /// ([`DRAIN_ENVELOPES`], [`DRAIN_INDEX`]); only the writer uses it.
+    pub draining: std::sync::atomic::AtomicU8,
 }
+
+/// [`Shared::draining`]'s bit for `envelope_mid`.
+pub(crate) const DRAIN_ENVELOPES: u8 = 1;
+/// [`Shared::draining`]'s bit for `index_mid`.
+pub(crate) const DRAIN_INDEX: u8 = 2;
 
 /// The shared snapshot, and how many commits (or compactions, or a shutdown) are running.
 ///
@@ -336,6 +345,8 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
         let envelopes_due = j.live_len() >= journal::merge_at(envelopes);
         let index_due = ix.len() >= index_journal::merge_at(envelopes);
         if !envelopes_due && !index_due {
+            drop((j, ix));
+            drain_if_due(db, shared);
             return;
         }
         (envelopes_due.then(|| j.to_merge()), index_due)
@@ -350,18 +361,24 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
     // freed pages only from the next commit's in-flight readers.
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
-        merge_journals(&db, entries.as_deref(), index_due)
+        merge_journals(&db, entries.as_deref(), index_due, journal::DRAIN_STEP)
     };
-    if result.is_ok() {
+    if let Ok(m) = &result {
         merged(shared, entries.is_some(), index_due);
+        let drain = |merge: Option<Merge>, bit: u8| match merge {
+            Some(Merge::MidThenDrain) => bit,
+            _ => 0,
+        };
+        let due = drain(m.envelopes, DRAIN_ENVELOPES) | drain(m.index, DRAIN_INDEX);
+        shared.draining.fetch_or(due, Ordering::Relaxed);
     }
     let entries = entries.map_or(0, |e| e.len());
     match result {
         Ok(m) => tracing::debug!(
             entries,
             index_entries = m.index_entries,
-            envelopes_down = m.envelopes_down,
-            index_down = m.index_down,
+            envelopes = ?m.envelopes,
+            index = ?m.index,
             micros = started.elapsed().as_micros() as u64,
             "journals merged"
         ),
@@ -372,6 +389,72 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
             "journal merge failed; its entries stay in the journals"
         ),
     }
+}
+
+/// One drain step of each middle level being drained ([`journal::drain_step`]), in one durable
+/// transaction; a level whose middle table is empty afterwards stops draining. A failed step
+/// changes nothing and is tried again after the next commit.
+fn drain_if_due(db: &RwLock<Database>, shared: &Shared) {
+    let draining = shared.draining.load(Ordering::Relaxed);
+    if draining == 0 {
+        return;
+    }
+    let started = Instant::now();
+    // The shared snapshot stays shared through the step, as through a merge (above).
+    let result = {
+        let db = db.read().unwrap_or_else(|p| p.into_inner());
+        drain_levels(
+            &db,
+            draining & DRAIN_ENVELOPES != 0,
+            draining & DRAIN_INDEX != 0,
+            journal::DRAIN_STEP,
+        )
+    };
+    match result {
+        Ok((envelopes_left, index_left)) => {
+            merged(shared, false, false);
+            let done = |left: Option<u64>, bit: u8| match left {
+                Some(0) => bit,
+                _ => 0,
+            };
+            let done = done(envelopes_left, DRAIN_ENVELOPES) | done(index_left, DRAIN_INDEX);
+            shared.draining.fetch_and(!done, Ordering::Relaxed);
+            tracing::debug!(
+                envelopes_left,
+                index_left,
+                micros = started.elapsed().as_micros() as u64,
+                "middle levels drained a step"
+            );
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "draining a middle level failed; it is tried again after the next commit"
+        ),
+    }
+}
+
+/// The drain step's transaction: `step` entries of `envelope_mid` into `envelope_at` if
+/// `envelopes`, and of `index_mid` into `index` if `index`; how many each then holds.
+pub(crate) fn drain_levels(
+    db: &Database,
+    envelopes: bool,
+    index: bool,
+    step: usize,
+) -> Result<(Option<u64>, Option<u64>)> {
+    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
+    txn.set_durability(Durability::Immediate)
+        .ctx("setting durability")?;
+    txn.set_quick_repair(QUICK_REPAIR);
+    let envelopes_left = match envelopes {
+        true => Some(journal::drain_step(&txn, step)?),
+        false => None,
+    };
+    let index_left = match index {
+        true => Some(index_journal::drain_step(&txn, step)?),
+        false => None,
+    };
+    txn.commit().ctx("committing")?;
+    Ok((envelopes_left, index_left))
 }
 
 /// After a merge committed: the merged journals keep its entries for older snapshots only, and
@@ -390,40 +473,44 @@ pub(crate) fn merged(shared: &Shared, envelopes: bool, index: bool) {
 
 /// The merge's transaction: `entries` (all of the envelope journal, in hash order), if given, into
 /// `envelope_mid` or down into `envelope_at`, and `index_new` into `index_mid` or down into
-/// `index` if `index` (`journal.rs`, "Levels").
+/// `index` if `index`, taking at most `step` entries down at once (`journal.rs`, "Levels").
 pub(crate) fn merge_journals(
     db: &Database,
     entries: Option<&[(crate::Hash, journal::Place)]>,
     index: bool,
+    step: usize,
 ) -> Result<Merged> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
     txn.set_quick_repair(QUICK_REPAIR);
-    let envelopes_down = match entries {
-        Some(entries) => journal::merge_into(&txn, entries)?,
-        None => false,
+    let envelopes = match entries {
+        Some(entries) => Some(journal::merge_into(&txn, entries, step)?),
+        None => None,
     };
-    let (index_entries, index_down) = match index {
-        true => index_journal::merge_into(&txn)?,
-        false => (0, false),
+    let (index_entries, index) = match index {
+        true => {
+            let (n, merge) = index_journal::merge_into(&txn, step)?;
+            (n, Some(merge))
+        }
+        false => (0, None),
     };
     txn.commit().ctx("committing")?;
     Ok(Merged {
         index_entries,
-        envelopes_down,
-        index_down,
+        envelopes,
+        index,
     })
 }
 
-/// What a merge of the journals did, for its log line.
+/// What a merge of the journals did.
 pub(crate) struct Merged {
     /// Entries moved out of `index_new`.
     pub(crate) index_entries: usize,
-    /// Whether the envelope journal's merge went down into `envelope_at`.
-    pub(crate) envelopes_down: bool,
-    /// Whether the index journal's went down into `index`.
-    pub(crate) index_down: bool,
+    /// Where the envelope journal's merge went, if it merged.
+    pub(crate) envelopes: Option<Merge>,
+    /// Where the index journal's went, if it merged.
+    pub(crate) index: Option<Merge>,
 }
 
 /// The tables one write transaction touches, opened once per transaction.
