@@ -38,8 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::budget::Permit;
 use crate::index_journal::{self, IndexJournal, TxnIndex};
-use crate::journal::Merge;
-use crate::journal::{self, Journal, TxnJournal};
+use crate::journal::{self, Journal, Merge, TxnJournal};
 use crate::layout::*;
 use crate::{
     lock_read, lock_write, CommitReceipt, Ctx, DocId, Hash, IndexKey, LogId, RecordUpdate, Result,
@@ -337,8 +336,9 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
 
 /// Merges each journal that is due, in one durable transaction: the envelope journal once it
 /// holds [`journal::merge_at`] entries, the index journal once it holds
-/// [`index_journal::merge_at`]. A failed merge changes nothing (the entries stay in the
-/// journals) and is tried again after the next commit.
+/// [`index_journal::merge_at`]; when neither is due, takes a drain step of each middle level being
+/// drained ([`drain_if_due`]). A failed merge changes nothing (the entries stay in the journals)
+/// and is tried again after the next commit.
 fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
     let (entries, index_due) = {
         let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
@@ -1115,7 +1115,7 @@ fn purge_doc(
     for (k, hash) in &changes {
         t.changes.remove(k).ctx("writing table changes")?;
         let found = j.find(shared, &t.envelope_at, &t.envelope_mid, hash)?;
-        debug_assert!(found.is_some(), "a stored change had no envelope_at entry");
+        debug_assert!(found.is_some(), "a stored change is in no envelope level");
         if let Some(found) = found {
             j.remove(
                 &mut t.envelope_new,
