@@ -29,7 +29,7 @@
 //!   bound is carried over to start the next group, not reordered).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,7 @@ pub(crate) struct Shared {
     pub index_journal: RwLock<IndexJournal>,
     /// Which middle levels are being drained into their base, a step after each commit
     /// ([`DRAIN_ENVELOPES`], [`DRAIN_INDEX`]); only the writer uses it.
-    pub draining: std::sync::atomic::AtomicU8,
+    pub draining: AtomicU8,
 }
 
 /// [`Shared::draining`]'s bit for `envelope_mid`.
