@@ -24,8 +24,8 @@
 //! why): in the merge's transaction, emptying `envelope_mid`, if they are at most
 //! [`DRAIN_STEP`]; otherwise the merge goes into `envelope_mid` and the writer then drains it
 //! into `envelope_at` in key order, [`DRAIN_STEP`] entries a transaction, one after each group
-//! commit ([`drain_step`]). Lookups look in the journal, then `envelope_mid`, then
-//! `envelope_at`.
+//! commit and one after another while nothing is queued ([`drain_step`]). Lookups look in the
+//! journal, then `envelope_mid`, then `envelope_at`.
 //!
 //! **Invariants.**
 //! - A hash is in at most one of `envelope_at`, `envelope_mid` and `envelope_new` (a merge moves
@@ -112,10 +112,11 @@ pub(crate) fn merges_down(mid: u64, new: u64, base: u64) -> bool {
 
 /// Most entries a merge takes down in one transaction, and a drain step moves from a middle
 /// level into its base. A larger merge down goes into the middle level as usual and then drains
-/// it in steps, one after each group commit ([`drain_step`]): the writes queued behind a merge
-/// wait for it, and taken down at once, the 1.3 million entries of `index_mid` at 2,000,000
-/// records held them 3-4 s. In key order, each step rewrites only its own range of the base's
-/// leaves, so the steps together rewrite each leaf about once, as one merge did.
+/// it in steps, one after each group commit and more while nothing is queued ([`drain_step`]):
+/// the writes queued behind a merge wait for it, and taken down at once, the 1.3 million entries
+/// of `index_mid` at 2,000,000 records held them 3-4 s. In key order, each step rewrites only
+/// its own range of the base's leaves, so the steps together rewrite each leaf about once, as
+/// one merge did.
 pub(crate) const DRAIN_STEP: usize = 131_072;
 
 /// Where a journal merge went.

@@ -1785,6 +1785,63 @@ mod tests {
         assert_eq!(store.docs_by_key(&k2).unwrap().len(), 310);
     }
 
+    /// A middle level being drained keeps draining, a step at a time, once the writes stop:
+    /// one commit takes a step, and the writer, finding nothing queued, takes the rest.
+    #[test]
+    fn a_drain_finishes_while_the_writer_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let shared = &store.inner.shared;
+        // Two and a half steps' worth in `index_mid`, as a merge that went there leaves it.
+        let entries = journal::DRAIN_STEP * 5 / 2;
+        {
+            let db = store.inner.db.read().unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut mid = txn.open_table(INDEX_MID).unwrap();
+            for i in 0..entries as u64 {
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+                mid.insert(&index_entry(&key, &[7; 16]), ()).unwrap();
+            }
+            drop(mid);
+            txn.commit().unwrap();
+        }
+        shared
+            .draining
+            .fetch_or(writer::DRAIN_INDEX, Ordering::Relaxed);
+        let rows = |table: &str| {
+            let dump = store.dump_tables(TableClass::IndexOnly).unwrap();
+            dump.iter().find(|(n, _)| *n == table).unwrap().1.len() / 48
+        };
+        store
+            .commit_blocking(WriteBatch {
+                updates: vec![RecordUpdate {
+                    doc_id: [1; 16],
+                    kind: 1,
+                    envelopes: vec![([1; 32], vec![1])],
+                    projection: vec![1],
+                    ..RecordUpdate::default()
+                }],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while rows("index_mid") > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} entries still in index_mid with the writer idle",
+                rows("index_mid")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(rows("index"), entries);
+        assert_eq!(
+            shared.draining.load(Ordering::Relaxed),
+            0,
+            "drained: stopped"
+        );
+    }
+
     /// A snapshot shared through a commit would keep that commit's freed pages out of reuse
     /// (measured: 8 % more file after an import), so none is shared while a commit runs.
     #[test]

@@ -201,10 +201,21 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         let idle_from = Instant::now();
         let first = match carried.take() {
             Some(r) => r,
-            None => match rx.blocking_recv() {
-                Some(r) => r,
-                None => break,
-            },
+            None => {
+                // A middle level being drained takes its steps while nothing is queued too, so
+                // a drain ends when the writes stop instead of waiting for the next ones. Not
+                // once the queue is closed (a shutdown waits for nothing), nor after a failed
+                // step (retried after the next commit, not in a loop).
+                while shared.draining.load(Ordering::Relaxed) != 0
+                    && rx.is_empty()
+                    && !rx.is_closed()
+                    && drain_if_due(&db, &shared)
+                {}
+                match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                }
+            }
         };
         // How long the writer had nothing to do before this group: with `micros`, its
         // utilisation, which says whether a pipeline feeding it (a cold sync) is bound by it.
@@ -393,11 +404,11 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
 
 /// One drain step of each middle level being drained ([`journal::drain_step`]), in one durable
 /// transaction; a level whose middle table is empty afterwards stops draining. A failed step
-/// changes nothing and is tried again after the next commit.
-fn drain_if_due(db: &RwLock<Database>, shared: &Shared) {
+/// changes nothing and is tried again after the next commit. Whether a step was taken.
+fn drain_if_due(db: &RwLock<Database>, shared: &Shared) -> bool {
     let draining = shared.draining.load(Ordering::Relaxed);
     if draining == 0 {
-        return;
+        return false;
     }
     let started = Instant::now();
     // The shared snapshot stays shared through the step, as through a merge (above).
@@ -425,11 +436,15 @@ fn drain_if_due(db: &RwLock<Database>, shared: &Shared) {
                 micros = started.elapsed().as_micros() as u64,
                 "middle levels drained a step"
             );
+            true
         }
-        Err(e) => tracing::error!(
-            error = %e,
-            "draining a middle level failed; it is tried again after the next commit"
-        ),
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "draining a middle level failed; it is tried again after the next commit"
+            );
+            false
+        }
     }
 }
 
