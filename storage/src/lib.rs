@@ -324,6 +324,21 @@ pub struct Stats {
     pub dropped_after_tombstone: u64,
 }
 
+/// One table's shape ([`Store::table_shapes`]).
+#[derive(Debug, Clone)]
+pub struct TableShape {
+    pub name: &'static str,
+    pub entries: u64,
+    /// Levels of the B-tree, its root to a leaf: the pages a write to one leaf rewrites.
+    pub height: u32,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+    /// Bytes of its pages holding neither (half-empty leaves after splits, for example).
+    pub fragmented_bytes: u64,
+}
+
 /// Handle to the store. Cheap to clone; all clones share one database and one writer thread.
 /// The writer stops when [`Store::shutdown`] is called or the last clone is dropped.
 #[derive(Clone)]
@@ -1145,6 +1160,59 @@ impl Store {
         })
     }
 
+    /// The shape of every table, from one snapshot: entries, B-tree height and pages, bytes.
+    ///
+    /// For sizing and for explaining what a commit writes (each table a commit touches costs it
+    /// about its height in pages: `examples/table_shapes.rs`), not for serving: redb walks every
+    /// page of every table for it.
+    pub fn table_shapes(&self) -> Result<Vec<TableShape>> {
+        use redb::{ReadableTableMetadata, TableHandle};
+        let r = self.read()?;
+        let mut out = Vec::new();
+        macro_rules! shape {
+            ($($def:expr),* $(,)?) => {$({
+                let t = r.open_table($def).ctx("opening a table")?;
+                let s = t.stats().ctx("reading table stats")?;
+                out.push(TableShape {
+                    name: $def.name(),
+                    entries: t.len().ctx("reading a table")?,
+                    height: s.tree_height(),
+                    leaf_pages: s.leaf_pages(),
+                    branch_pages: s.branch_pages(),
+                    stored_bytes: s.stored_bytes(),
+                    fragmented_bytes: s.fragmented_bytes(),
+                });
+            })*};
+        }
+        shape!(
+            CHANGES,
+            ENVELOPE_AT,
+            ENVELOPE_MID,
+            ENVELOPE_NEW,
+            PROJECTIONS,
+            DOC_META,
+            INDEX,
+            INDEX_MID,
+            INDEX_NEW,
+            DUE,
+            KINDS,
+            META,
+            SYS,
+            LOG,
+            LOG_SIZES,
+            CHECKPOINTS,
+            TOMBSTONES,
+            EXPIRY,
+            KEYS,
+        );
+        debug_assert_eq!(
+            out.len(),
+            19,
+            "every table of format {FORMAT_VERSION} is listed"
+        );
+        Ok(out)
+    }
+
     /// A consistent read-only view of the whole store, for walks that must not see later writes
     /// halfway through (an audit export). Holds one redb read transaction until dropped.
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -1685,7 +1753,8 @@ mod tests {
         let drain = |step: usize| {
             let left = {
                 let db = store.inner.db.read().unwrap();
-                writer::drain_levels(&db, true, true, step).unwrap()
+                let d = writer::drain_levels(&db, true, true, step).unwrap();
+                (d.envelopes_left, d.index_left)
             };
             writer::merged(shared, false, false);
             left

@@ -390,6 +390,7 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
             index_entries = m.index_entries,
             envelopes = ?m.envelopes,
             index = ?m.index,
+            commit_us = m.commit_us,
             micros = started.elapsed().as_micros() as u64,
             "journals merged"
         ),
@@ -422,7 +423,11 @@ fn drain_if_due(db: &RwLock<Database>, shared: &Shared) -> bool {
         )
     };
     match result {
-        Ok((envelopes_left, index_left)) => {
+        Ok(Drained {
+            envelopes_left,
+            index_left,
+            commit_us,
+        }) => {
             merged(shared, false, false);
             let done = |left: Option<u64>, bit: u8| match left {
                 Some(0) => bit,
@@ -433,6 +438,7 @@ fn drain_if_due(db: &RwLock<Database>, shared: &Shared) -> bool {
             tracing::debug!(
                 envelopes_left,
                 index_left,
+                commit_us,
                 micros = started.elapsed().as_micros() as u64,
                 "middle levels drained a step"
             );
@@ -455,7 +461,7 @@ pub(crate) fn drain_levels(
     envelopes: bool,
     index: bool,
     step: usize,
-) -> Result<(Option<u64>, Option<u64>)> {
+) -> Result<Drained> {
     let mut txn = db.begin_write().ctx("beginning a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .ctx("setting durability")?;
@@ -468,8 +474,23 @@ pub(crate) fn drain_levels(
         true => Some(index_journal::drain_step(&txn, step)?),
         false => None,
     };
+    let committing = Instant::now();
     txn.commit().ctx("committing")?;
-    Ok((envelopes_left, index_left))
+    Ok(Drained {
+        envelopes_left,
+        index_left,
+        commit_us: committing.elapsed().as_micros() as u64,
+    })
+}
+
+/// What a drain step did.
+pub(crate) struct Drained {
+    /// Entries `envelope_mid` holds after it, if it was drained.
+    pub(crate) envelopes_left: Option<u64>,
+    /// Entries `index_mid` holds after it, if it was drained.
+    pub(crate) index_left: Option<u64>,
+    /// How long redb's commit took (pages written and synced), for the debug line.
+    pub(crate) commit_us: u64,
 }
 
 /// After a merge committed: the merged journals keep its entries for older snapshots only, and
@@ -510,11 +531,13 @@ pub(crate) fn merge_journals(
         }
         false => (0, None),
     };
+    let committing = Instant::now();
     txn.commit().ctx("committing")?;
     Ok(Merged {
         index_entries,
         envelopes,
         index,
+        commit_us: committing.elapsed().as_micros() as u64,
     })
 }
 
@@ -526,6 +549,8 @@ pub(crate) struct Merged {
     pub(crate) envelopes: Option<Merge>,
     /// Where the index journal's went, if it merged.
     pub(crate) index: Option<Merge>,
+    /// How long redb's commit took (pages written and synced), for the debug line.
+    pub(crate) commit_us: u64,
 }
 
 /// The tables one write transaction touches, opened once per transaction.

@@ -1291,3 +1291,39 @@ fn journalled_and_merged_index_entries_are_found_removed_and_reopened() {
             + owned.values().map(BTreeSet::len).sum::<usize>()
     );
 }
+
+/// `table_shapes` names every table once and counts what each holds: a record's change, its
+/// projection, meta and kind entry, its index entry (in the journal until a merge) and its due
+/// entry; tables nothing was written to are empty and have no pages.
+#[test]
+fn table_shapes_count_every_table_s_entries() {
+    let (_dir, store) = open_temp();
+    store
+        .commit_blocking(batch((1..=300).map(simple_update).collect()))
+        .unwrap();
+    let shapes = store.table_shapes().unwrap();
+    let mut names: Vec<&str> = shapes.iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), shapes.len(), "each table once");
+    let of = |name: &str| {
+        shapes
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} is listed"))
+    };
+    for name in ["changes", "projections", "doc_meta", "kinds", "due"] {
+        assert_eq!(of(name).entries, 300, "{name}");
+        assert!(of(name).leaf_pages >= 1 && of(name).height >= 1, "{name}");
+    }
+    assert_eq!(of("index").entries + of("index_new").entries, 300);
+    assert!(
+        of("changes").stored_bytes >= 300 * (20 + 32 + 5),
+        "keys, hashes and envelopes: {:?}",
+        of("changes")
+    );
+    for name in ["tombstones", "expiry", "envelope_mid", "index_mid"] {
+        let s = of(name);
+        assert_eq!((s.entries, s.height, s.leaf_pages), (0, 0, 0), "{name}");
+    }
+}
