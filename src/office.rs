@@ -2176,7 +2176,7 @@ pub struct TransferEvent {
 /// imported, 100,000 from the 64 clients), 47 MB of `changes`' pages unused, 15 of
 /// `projections`', 8 of `doc_meta`'s, 10 of `keys`'. An id that would not be greater than the
 /// last is the last plus one (a carry into the time bits is harmless: they only order), which
-/// halved that waste: 24, 7, 3 and 2 MB, 14 % fewer leaves (`storage/examples/table_shapes.rs`;
+/// halved that waste: 25, 7, 3 and 3 MB, 13 % fewer leaves (`storage/examples/table_shapes.rs`;
 /// BENCHMARKS.md, thirtieth session). What is left comes from two requests authored at once
 /// reaching the writer in the other order. If the clock steps back, ids go on from the last one
 /// until it catches up.
