@@ -1205,9 +1205,10 @@ impl Store {
             EXPIRY,
             KEYS,
         );
+        // A table the file holds and this list misses would go unreported.
         debug_assert_eq!(
             out.len(),
-            19,
+            r.list_tables().map_or(0, |t| t.count()),
             "every table of format {FORMAT_VERSION} is listed"
         );
         Ok(out)
