@@ -462,10 +462,7 @@ pub(crate) fn drain_levels(
     index: bool,
     step: usize,
 ) -> Result<Drained> {
-    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-    txn.set_durability(Durability::Immediate)
-        .ctx("setting durability")?;
-    txn.set_quick_repair(QUICK_REPAIR);
+    let txn = begin_durable(db)?;
     let envelopes_left = match envelopes {
         true => Some(journal::drain_step(&txn, step)?),
         false => None,
@@ -493,6 +490,19 @@ pub(crate) struct Drained {
     pub(crate) commit_us: u64,
 }
 
+/// A write transaction whose commit is durable when it returns, with redb's quick repair as
+/// [`QUICK_REPAIR`] says. Every write of this crate begins here: group commits, journal merges,
+/// drain steps, `init` and migrations.
+fn begin_durable(db: &Database) -> Result<WriteTransaction> {
+    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
+    // Immediate is redb 4's default; set it explicitly because acknowledging only durable data is
+    // this crate's central promise and must not depend on a library default.
+    txn.set_durability(Durability::Immediate)
+        .ctx("setting durability")?;
+    txn.set_quick_repair(QUICK_REPAIR);
+    Ok(txn)
+}
+
 /// After a merge committed: the merged journals keep its entries for older snapshots only, and
 /// readers share a snapshot of the merged state from now on (one begun before the merge and
 /// offered late carries the older tag and is not shared again).
@@ -516,10 +526,7 @@ pub(crate) fn merge_journals(
     index: bool,
     step: usize,
 ) -> Result<Merged> {
-    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-    txn.set_durability(Durability::Immediate)
-        .ctx("setting durability")?;
-    txn.set_quick_repair(QUICK_REPAIR);
+    let txn = begin_durable(db)?;
     let envelopes = match entries {
         Some(entries) => Some(journal::merge_into(&txn, entries, step)?),
         None => None,
@@ -734,12 +741,7 @@ pub(crate) fn commit_group_with(
     fill: impl FnOnce(&mut dyn FnMut(&[DocId], &WriteBatch) -> Result<()>) -> Result<()>,
 ) -> Result<Committed> {
     let began = Instant::now();
-    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-    // Immediate is redb 4's default; set it explicitly because acknowledging only durable data is
-    // this crate's central promise and must not depend on a library default.
-    txn.set_durability(Durability::Immediate)
-        .ctx("setting durability")?;
-    txn.set_quick_repair(QUICK_REPAIR);
+    let txn = begin_durable(db)?;
     let (journal, index_journal) = (&shared.journal, &shared.index_journal);
     let mut j = TxnJournal::default();
     let mut ix = TxnIndex::default();
@@ -1189,9 +1191,7 @@ fn purge_doc(
 /// Creates all tables and the `sys` counters in a new file, or checks the format of an existing one.
 pub(crate) fn init(db: &Database) -> Result<u64> {
     let mut old = 0;
-    let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-    txn.set_durability(Durability::Immediate)
-        .ctx("setting durability")?;
+    let txn = begin_durable(db)?;
     let seq = {
         let t = Tables::open(&txn)?; // creates missing tables
         let mut sys = t.sys;
@@ -1384,9 +1384,7 @@ fn migrate_in_steps(
     tracing::info!(from, to, "migrating the storage file");
     let mut moved = 0u64;
     loop {
-        let mut txn = db.begin_write().ctx("beginning a write transaction")?;
-        txn.set_durability(Durability::Immediate)
-            .ctx("setting durability")?;
+        let txn = begin_durable(db)?;
         let n = step(&txn)?;
         moved += n as u64;
         if n == 0 {
