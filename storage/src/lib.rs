@@ -25,6 +25,7 @@ mod index_journal;
 mod journal;
 mod key_filter;
 pub mod layout;
+mod syncer;
 mod writer;
 
 use budget::ByteBudget;
@@ -48,7 +49,7 @@ pub(crate) struct HotTables {
     /// `snapshot_tag` read before the snapshot began: it holds at least every commit and merge
     /// that tag counts.
     seq: u64,
-    txn: ReadTransaction,
+    txn: Arc<ReadTransaction>,
     index: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
     index_mid: std::sync::OnceLock<ReadOnlyTable<&'static [u8; 48], ()>>,
     index_new: std::sync::OnceLock<ReadOnlyTable<u64, &'static [u8; 48]>>,
@@ -394,7 +395,12 @@ impl Inner {
                 tracing::error!("storage writer thread had panicked");
             }
         }
-        // Its read transaction must end before the file is closed (and may be opened again).
+        // Every answer and snapshot of the last commits is out (they run on the syncer thread).
+        if let Some(syncer) = &self.shared.syncer {
+            let _ = syncer.wait_settled(syncer.submitted());
+        }
+        // Their read transactions must end before the file is closed (and may be opened again).
+        drop(self.shared.take_view());
         self.shared.stop_sharing();
     }
 
@@ -498,13 +504,27 @@ impl Store {
     /// Opens (creating if new) the database file at `path`, creates missing tables, and starts
     /// the writer thread. Fails if another process (or another `Store`) has the file open.
     pub fn open(path: &Path) -> Result<Store> {
+        let open_error = |source: redb::DatabaseError| StorageError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| open_error(e.into()))?;
+        let syncer = syncer::Syncer::start(file).map_err(|e| open_error(e.into()))?;
         let db = redb::Builder::new()
-            .create(path)
-            .map_err(|source| StorageError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .create_with_backend(syncer::Backend(Arc::clone(&syncer)))
+            .map_err(open_error)?;
         let last_seq = writer::init(&db)?;
+        // What `init` and the migrations committed is durable before anyone reads it.
+        syncer
+            .wait_durable(syncer.submitted())
+            .map_err(|e| StorageError::CommitFailed(e.to_string()))?;
+        let view = db.begin_read().ctx("beginning a read transaction")?;
         let journal = journal::Journal::load(&db)?;
         let loading = std::time::Instant::now();
         let index_journal = index_journal::IndexJournal::load(&db)?;
@@ -517,8 +537,10 @@ impl Store {
         let shared = Arc::new(Shared {
             journal: RwLock::new(journal),
             index_journal: RwLock::new(index_journal),
+            syncer: Some(syncer),
             ..Shared::default()
         });
+        shared.publish(0, view, None);
         shared.last_commit_seq.store(last_seq, Ordering::Release);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -539,6 +561,18 @@ impl Store {
                 path: path.to_path_buf(),
             }),
         })
+    }
+
+    /// What the writer does after each commit, for tests that commit around it (a merge, a drain
+    /// step): once everything is durable, readers get a snapshot of it.
+    #[cfg(test)]
+    fn publish_now(&self) {
+        let shared = &self.inner.shared;
+        if let Some(syncer) = &shared.syncer {
+            syncer.wait_settled(syncer.submitted()).unwrap();
+        }
+        let view = self.inner.db.read().unwrap().begin_read().unwrap();
+        shared.publish(shared.next_view_order(), view, None);
     }
 
     /// Path of the database file.
@@ -643,13 +677,21 @@ impl Store {
         Ok(fresh)
     }
 
-    fn read(&self) -> Result<ReadTransaction> {
-        self.inner
+    /// The snapshot of the newest durable commit (`writer::publish_when_durable`): a reader never
+    /// sees a commit before its writer is told it is durable. Without one (only while a
+    /// compaction runs, which the lock waits for), a read transaction of its own.
+    fn read(&self) -> Result<Arc<ReadTransaction>> {
+        if let Some(txn) = self.inner.shared.view() {
+            return Ok(txn);
+        }
+        let txn = self
+            .inner
             .db
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .begin_read()
-            .ctx("beginning a read transaction")
+            .ctx("beginning a read transaction")?;
+        Ok(Arc::new(txn))
     }
 
     /// Whether any tombstone names `doc` (tombstones win forever: the doc must never come back).
@@ -763,9 +805,25 @@ impl Store {
         let mut db = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
         // Under the write lock, so no reader begins a read until compaction ends; and no shared
         // snapshot may stay open, as redb refuses to compact with a read transaction open.
-        self.inner.shared.stop_sharing();
+        let shared = &self.inner.shared;
+        shared.stop_sharing();
+        // No snapshot may stay open: the last commits' are published first, then dropped.
+        if let Some(syncer) = &shared.syncer {
+            let _ = syncer.wait_settled(syncer.submitted());
+        }
+        drop(shared.take_view());
         let compacted = db.compact();
-        self.inner.shared.resume_sharing();
+        // Its commits are durable before anyone reads what they wrote.
+        let synced = shared.syncer.as_ref().map_or(Ok(()), |s| {
+            s.wait_durable(s.submitted())
+                .map_err(|e| StorageError::CommitFailed(e.to_string()))
+        });
+        let view = db.begin_read().ctx("beginning a read transaction");
+        if let Ok(view) = view {
+            shared.publish(shared.next_view_order(), view, None);
+        }
+        shared.resume_sharing();
+        synced?;
         compacted.map_err(|e| StorageError::Database {
             context: "compacting",
             source: e.into(),
@@ -1338,7 +1396,7 @@ pub type StoredChange = (DocId, u32, Hash, Vec<u8>);
 /// One consistent view of the store (see [`Store::snapshot`]). Paging reads: each call returns at
 /// most `limit` rows after a cursor, so callers walk any table in bounded memory.
 pub struct Snapshot {
-    txn: ReadTransaction,
+    txn: Arc<ReadTransaction>,
 }
 
 impl Snapshot {
@@ -1537,6 +1595,120 @@ fn assert_send_sync() {
 mod tests {
     use super::*;
 
+    fn grant(doc: u8) -> WriteBatch {
+        WriteBatch {
+            updates: vec![RecordUpdate {
+                doc_id: [doc; 16],
+                kind: 1,
+                envelopes: vec![([doc; 32], vec![doc])],
+                projection: vec![doc],
+                index_keys: vec![[doc; 32]],
+                due_day: None,
+            }],
+            ..WriteBatch::default()
+        }
+    }
+
+    /// Waits until the writer has committed `gen` generations in memory (the syncer held).
+    fn wait_submitted(syncer: &syncer::Syncer, gen: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while syncer.submitted() < gen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never committed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// A commit is answered, and readers see it, only once the syncer made it durable: held,
+    /// the syncer keeps back both the answer and the snapshot readers use; released, both come.
+    #[test]
+    fn a_commit_is_answered_and_seen_only_once_it_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store.commit_blocking(grant(1)).unwrap();
+        let syncer = Arc::clone(store.inner.shared.syncer.as_ref().unwrap());
+        let before = syncer.submitted();
+        syncer.pause(true);
+        // Released however the test ends: the store's shutdown waits for the syncer.
+        struct Release(Arc<syncer::Syncer>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.pause(false);
+            }
+        }
+        let _release = Release(Arc::clone(&syncer));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || tx.send(store.commit_blocking(grant(2))).unwrap())
+        };
+        wait_submitted(&syncer, before + 1);
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err(),
+            "answered before it was durable"
+        );
+        assert_eq!(
+            store.projection(&[2; 16]).unwrap(),
+            None,
+            "seen before durable"
+        );
+        assert!(
+            store.docs_by_key(&[2; 32]).unwrap().is_empty(),
+            "indexed before durable"
+        );
+        assert!(store.projection(&[1; 16]).unwrap().is_some());
+        syncer.pause(false);
+        rx.recv().unwrap().unwrap();
+        assert!(
+            store.projection(&[2; 16]).unwrap().is_some(),
+            "answered, not seen"
+        );
+        assert_eq!(store.docs_by_key(&[2; 32]).unwrap(), vec![[2; 16]]);
+        writer.join().unwrap();
+    }
+
+    /// A failed sync fails the commits it carried and every one after, and the store goes on
+    /// serving what was durable; reopened, the file holds that, and nothing written after.
+    #[test]
+    fn a_failed_sync_fails_its_commits_and_the_store_keeps_what_was_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        store.commit_blocking(grant(1)).unwrap();
+        let syncer = Arc::clone(store.inner.shared.syncer.as_ref().unwrap());
+        syncer.fail_next_sync();
+        let failed = store.commit_blocking(grant(2));
+        assert!(
+            matches!(failed, Err(StorageError::CommitFailed(_))),
+            "{failed:?}"
+        );
+        assert!(
+            store.commit_blocking(grant(3)).is_err(),
+            "a commit after the failure"
+        );
+        assert!(
+            store.projection(&[1; 16]).unwrap().is_some(),
+            "the durable state is gone"
+        );
+        assert_eq!(
+            store.projection(&[2; 16]).unwrap(),
+            None,
+            "a failed commit is seen"
+        );
+        assert_eq!(store.stats().unwrap().commits_failed, 2);
+        drop(syncer);
+        store.shutdown();
+        drop(store);
+        // The failed commit's pages may have reached the file (written straight through while
+        // nothing else waited): unanswered, it may land or not. Nothing after it was written.
+        let store = Store::open(&path).unwrap();
+        assert!(store.projection(&[1; 16]).unwrap().is_some());
+        assert_eq!(store.projection(&[3; 16]).unwrap(), None);
+    }
+
     /// The journal may name changes a snapshot does not hold (published before their commit, or
     /// purged since). A page of `envelope_hashes_after` skips them, and a page whose journal
     /// entries were all such still ends where that source was read to, so no held hash past
@@ -1665,6 +1837,7 @@ mod tests {
             "shared during it"
         );
         writer::merged(shared, true, true);
+        store.publish_now();
         let after = store.hot().unwrap();
         assert!(!Arc::ptr_eq(&current, &after), "replaced after it");
         assert_eq!(current.under(&key, shared).unwrap(), [[2; 16], [3; 16]]);
@@ -1749,6 +1922,7 @@ mod tests {
                 writer::merge_journals(&db, Some(&entries), true, step).unwrap()
             };
             writer::merged(shared, true, true);
+            store.publish_now();
             (m.envelopes.unwrap(), m.index.unwrap())
         };
         let drain = |step: usize| {
@@ -1758,6 +1932,7 @@ mod tests {
                 (d.envelopes_left, d.index_left)
             };
             writer::merged(shared, false, false);
+            store.publish_now();
             left
         };
         use journal::Merge;

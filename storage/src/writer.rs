@@ -3,9 +3,11 @@
 //! One OS thread owns every write. It blocks for the first queued request, opens ONE redb write
 //! transaction with `Durability::Immediate` and applies the request, then takes and applies
 //! whatever else is queued, one request at a time (bounded by [`MAX_BATCHES_PER_COMMIT`] and
-//! [`MAX_BYTES_PER_COMMIT`]), commits, and only then answers every waiter with the same commit
-//! number. The fsync is the expensive part (0.4-2 ms per commit measured here), so N concurrent
-//! writers share one fsync instead of paying N.
+//! [`MAX_BYTES_PER_COMMIT`]), commits, and hands the answers to the syncer (`syncer.rs`), which
+//! answers every waiter with the same commit number once it has written and synced the commit.
+//! The fsync is the expensive part (0.4-2 ms per commit measured here), so N concurrent writers
+//! share one fsync instead of paying N; and since the syncer makes it behind the writer, the
+//! writer applies the next group meanwhile.
 //!
 //! **Lingering under load.** A commit costs about a millisecond however little it holds (the
 //! pages of the ~12 tables a record touches are written and synced once per commit), plus a
@@ -21,7 +23,8 @@
 //!
 //! Invariants:
 //! - A waiter is answered only after `WriteTransaction::commit` returned Ok for a transaction that
-//!   contains its batch: never before its data is durable.
+//!   contains its batch and the syncer made that commit durable ([`publish_when_durable`]);
+//!   readers get the commit's snapshot at that moment too, before any answer.
 //! - If anything in the group fails, the transaction is dropped (redb aborts it) and every waiter
 //!   of the group (the requests taken so far) gets the error: no partial acknowledgements. The
 //!   requests behind the failing one were not taken: they stay queued for the next group.
@@ -33,13 +36,16 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budget::Permit;
 use crate::index_journal::{self, IndexJournal, TxnIndex};
 use crate::journal::{self, Journal, Merge, TxnJournal};
 use crate::layout::*;
+use crate::syncer::{OnDurable, SyncFailed, Syncer};
 use crate::{
     lock_read, lock_write, CommitReceipt, Ctx, DocId, Hash, IndexKey, LogId, RecordUpdate, Result,
     StorageError, WriteBatch, MAX_BATCHES_PER_COMMIT, MAX_BYTES_PER_COMMIT,
@@ -111,6 +117,20 @@ pub(crate) struct Shared {
     /// Which middle levels are being drained into their base, a step after each commit
     /// ([`DRAIN_ENVELOPES`], [`DRAIN_INDEX`]); only the writer uses it.
     pub draining: AtomicU8,
+    /// Makes each commit durable behind the writer (`syncer.rs`); `None` for a database opened
+    /// without it (this crate's unit tests), whose commits are durable when they return.
+    pub syncer: Option<Arc<Syncer>>,
+    /// The snapshot of the newest durable commit, which every read uses (`Store::read`).
+    pub view: Mutex<Option<View>>,
+    /// Numbers the snapshots in commit order ([`Shared::publish`]).
+    pub views_made: AtomicU64,
+}
+
+/// A snapshot readers may use: that of a commit made durable.
+pub(crate) struct View {
+    /// [`Shared::next_view_order`] when its commit was made: a later commit's view is newer.
+    order: u64,
+    txn: Arc<ReadTransaction>,
 }
 
 /// [`Shared::draining`]'s bit for `envelope_mid`.
@@ -118,13 +138,15 @@ pub(crate) const DRAIN_ENVELOPES: u8 = 1;
 /// [`Shared::draining`]'s bit for `index_mid`.
 pub(crate) const DRAIN_INDEX: u8 = 2;
 
-/// The shared snapshot, and how many commits (or compactions, or a shutdown) are running.
+/// The shared hot tables (opened on the durable view, [`Shared::view`]), and how many commits
+/// (or compactions, or a shutdown) are running.
 ///
-/// Why none lives through a commit: a live read transaction keeps every page freed after its
-/// snapshot out of reuse. A snapshot shared the whole time would be live at every commit and
-/// hold back one commit's freed pages each time: measured, 8 % more file after a 30,000-record
-/// import. So the writer empties the slot as a commit starts and readers share nothing until it
-/// ends; during a commit each read takes a snapshot of its own for its own lookups, as before.
+/// Why none is shared through a commit: a live read transaction keeps every page freed after its
+/// snapshot out of reuse, and one shared the whole time would hold back one commit's freed pages
+/// each time (8 % more file after a 30,000-record import, before the syncer). So the writer
+/// empties the slot as a commit starts and readers share nothing until it ends; during a commit
+/// each read opens the tables it needs on the durable view. The durable view itself lives until
+/// the next commit is durable, a commit or two.
 #[derive(Default)]
 pub(crate) struct HotSlot {
     /// A count, not a flag: a compaction may start while the writer waits to commit.
@@ -177,6 +199,49 @@ impl Shared {
         drop(old);
     }
 
+    /// The number of the view of a commit just made (before its durability is known).
+    pub fn next_view_order(&self) -> u64 {
+        self.views_made.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The snapshot of the newest durable commit.
+    pub fn view(&self) -> Option<Arc<ReadTransaction>> {
+        crate::lock(&self.view).as_ref().map(|v| Arc::clone(&v.txn))
+    }
+
+    /// Empties the view slot (a compaction, a shutdown): returned so that the caller drops it
+    /// outside the lock.
+    pub fn take_view(&self) -> Option<View> {
+        crate::lock(&self.view).take()
+    }
+
+    /// Makes `txn`, the snapshot of a durable commit, the one readers use, unless a newer one is
+    /// there already (callbacks of two commits may finish out of order), then tells the hot
+    /// paths: the tag changes after the view, so a snapshot shared under the new tag is never
+    /// older than the view.
+    pub fn publish(&self, order: u64, txn: ReadTransaction, commit_seq: Option<u64>) {
+        let old = {
+            let mut slot = crate::lock(&self.view);
+            if slot.as_ref().is_some_and(|v| v.order >= order) {
+                Some(View {
+                    order,
+                    txn: Arc::new(txn),
+                })
+            } else {
+                slot.replace(View {
+                    order,
+                    txn: Arc::new(txn),
+                })
+            }
+        };
+        if let Some(seq) = commit_seq {
+            self.last_commit_seq.fetch_max(seq, Ordering::Release);
+        }
+        self.snapshot_tag.fetch_add(1, Ordering::Release);
+        // Outside the lock, as in `offer`.
+        drop(old);
+    }
+
     pub fn resume_sharing(&self) {
         let mut slot = crate::lock(&self.hot);
         debug_assert!(slot.committing > 0, "resume_sharing without stop_sharing");
@@ -221,11 +286,6 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         // utilisation, which says whether a pipeline feeding it (a cold sync) is bound by it.
         let idle_us = idle_from.elapsed().as_micros() as u64;
         let started = Instant::now();
-        // What redb writes for this group (its `pwrite`s), for the trace only: reading it costs a
-        // file read per commit.
-        let wchar_before = tracing::enabled!(tracing::Level::TRACE)
-            .then(thread_wchar)
-            .flatten();
         let mut bytes = 0;
         let mut group: Vec<Request> = Vec::new();
         shared.stop_sharing();
@@ -234,7 +294,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
             let db = db.read().unwrap_or_else(|p| p.into_inner());
             // Each request is applied as it is taken, so that the transaction is built while
             // the writer lingers for more instead of after: the wait hides the applying.
-            commit_group_with(&db, &shared, |apply| {
+            let committed = commit_group_with(&db, &shared, |apply| {
                 let mut next = Some(first);
                 // When the queue first ran dry under load; the linger ends when the group stops
                 // taking requests.
@@ -276,26 +336,21 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                 }
                 linger_us = linger_from.map(|from| from.elapsed().as_micros() as u64);
                 Ok(())
-            })
+            });
+            // The snapshot of exactly this commit: only this thread commits.
+            committed.map(|c| (c, db.begin_read().ctx("beginning a read transaction")))
         };
-        if let Ok(c) = &result {
-            // Before readers may share again, so a shared snapshot is tagged with this commit.
-            shared.last_commit_seq.store(c.seq, Ordering::Release);
-            shared.snapshot_tag.fetch_add(1, Ordering::Release);
-        }
         shared.resume_sharing();
         match result {
-            Ok(Committed {
-                seq,
-                apply_us,
-                commit_us,
-                envelopes,
-            }) => {
-                // Stats first, so a caller that sees its receipt also sees its commit counted.
-                shared.commits_durable.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .batches_committed
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+            Ok((
+                Committed {
+                    seq,
+                    apply_us,
+                    commit_us,
+                    envelopes,
+                },
+                view,
+            )) => {
                 tracing::trace!(
                     commit_seq = seq,
                     batches = group.len(),
@@ -305,26 +360,50 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     idle_us,
                     apply_us,
                     commit_us,
-                    written = wchar_before
-                        .and_then(|b| Some(thread_wchar()?.saturating_sub(b)))
-                        .unwrap_or(0),
                     micros = started.elapsed().as_micros() as u64,
-                    "group commit durable"
+                    "group committed"
                 );
-                for r in group {
-                    let Request {
-                        purges,
-                        batch,
-                        reply,
-                        _permit,
-                        ..
-                    } = r;
-                    // Freed before the answer, so a caller that returns memory to the kernel
-                    // once its commit is durable (an import chunk) finds the batch gone.
-                    drop((purges, batch));
-                    // A dropped receiver (cancelled caller) is fine: its data is committed anyway.
-                    let _ = reply.send(Ok(CommitReceipt { commit_seq: seq }));
-                }
+                let answers: Vec<_> = group
+                    .into_iter()
+                    .map(|r| {
+                        let Request {
+                            purges,
+                            batch,
+                            reply,
+                            _permit,
+                            ..
+                        } = r;
+                        // Freed before the answer, so a caller that returns memory to the kernel
+                        // once its commit is durable (an import chunk) finds the batch gone.
+                        drop((purges, batch));
+                        (reply, _permit)
+                    })
+                    .collect();
+                let counters = Arc::clone(&shared);
+                let answer: OnDurable = Box::new(move |durable| {
+                    // Stats first, so a caller that sees its receipt also sees its commit counted.
+                    let batches = answers.len() as u64;
+                    match &durable {
+                        Ok(()) => {
+                            counters.commits_durable.fetch_add(1, Ordering::Relaxed);
+                            counters
+                                .batches_committed
+                                .fetch_add(batches, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            counters.commits_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    for (reply, permit) in answers {
+                        // A dropped receiver (cancelled caller) is fine: its data is durable anyway.
+                        let _ = reply.send(match &durable {
+                            Ok(()) => Ok(CommitReceipt { commit_seq: seq }),
+                            Err(e) => Err(StorageError::CommitFailed(e.to_string())),
+                        });
+                        drop(permit);
+                    }
+                });
+                publish_when_durable(&shared, view, Some(seq), answer);
                 // After the answers: a merge is the journals' upkeep, not part of any commit.
                 merge_journals_if_due(&db, &shared, envelopes);
             }
@@ -345,12 +424,43 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
     tracing::debug!("storage writer stopped");
 }
 
+/// Once the commit just made (the last one submitted to the syncer) is durable, hands readers
+/// `view`, its snapshot, and then runs `then`: nothing learns of a commit before it is durable
+/// (`syncer.rs`). Called after every commit the writer makes. Without a syncer the commit is
+/// durable already and both happen now.
+pub(crate) fn publish_when_durable(
+    shared: &Arc<Shared>,
+    view: Result<ReadTransaction>,
+    commit_seq: Option<u64>,
+    then: OnDurable,
+) {
+    let order = shared.next_view_order();
+    let to = Arc::clone(shared);
+    let publish: OnDurable = Box::new(move |durable: std::result::Result<(), SyncFailed>| {
+        if durable.is_ok() {
+            match view {
+                Ok(txn) => to.publish(order, txn, commit_seq),
+                Err(e) => {
+                    // Readers then begin their own transactions until the next commit's view.
+                    tracing::error!(error = %e, "no snapshot of a durable commit");
+                    drop(to.take_view());
+                }
+            }
+        }
+        then(durable);
+    });
+    match &shared.syncer {
+        Some(syncer) => syncer.on_durable(syncer.submitted(), publish),
+        None => publish(Ok(())),
+    }
+}
+
 /// Merges each journal that is due, in one durable transaction: the envelope journal once it
 /// holds [`journal::merge_at`] entries, the index journal once it holds
 /// [`index_journal::merge_at`]; when neither is due, takes a drain step of each middle level being
 /// drained ([`drain_if_due`]). A failed merge changes nothing (the entries stay in the journals)
 /// and is tried again after the next commit.
-fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64) {
+fn merge_journals_if_due(db: &RwLock<Database>, shared: &Arc<Shared>, envelopes: u64) {
     let (entries, index_due) = {
         let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
         let envelopes_due = j.live_len() >= journal::merge_at(envelopes);
@@ -373,7 +483,12 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
         merge_journals(&db, entries.as_deref(), index_due, journal::DRAIN_STEP)
+            .map(|m| (m, db.begin_read().ctx("beginning a read transaction")))
     };
+    let result = result.map(|(m, view)| {
+        publish_when_durable(shared, view, None, Box::new(|_| {}));
+        m
+    });
     if let Ok(m) = &result {
         merged(shared, entries.is_some(), index_due);
         let drain = |merge: Option<Merge>, bit: u8| match merge {
@@ -406,7 +521,7 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Shared, envelopes: u64)
 /// One drain step of each middle level being drained ([`journal::drain_step`]), in one durable
 /// transaction; a level whose middle table is empty afterwards stops draining. A failed step
 /// changes nothing and is tried again after the next commit. Whether a step was taken.
-fn drain_if_due(db: &RwLock<Database>, shared: &Shared) -> bool {
+fn drain_if_due(db: &RwLock<Database>, shared: &Arc<Shared>) -> bool {
     let draining = shared.draining.load(Ordering::Relaxed);
     if draining == 0 {
         return false;
@@ -421,7 +536,12 @@ fn drain_if_due(db: &RwLock<Database>, shared: &Shared) -> bool {
             draining & DRAIN_INDEX != 0,
             journal::DRAIN_STEP,
         )
+        .map(|d| (d, db.begin_read().ctx("beginning a read transaction")))
     };
+    let result = result.map(|(d, view)| {
+        publish_when_durable(shared, view, None, Box::new(|_| {}));
+        d
+    });
     match result {
         Ok(Drained {
             envelopes_left,
@@ -486,7 +606,7 @@ pub(crate) struct Drained {
     pub(crate) envelopes_left: Option<u64>,
     /// Entries `index_mid` holds after it, if it was drained.
     pub(crate) index_left: Option<u64>,
-    /// How long redb's commit took (pages written and synced), for the debug line.
+    /// How long redb's commit took (its pages handed to the syncer), for the debug line.
     pub(crate) commit_us: u64,
 }
 
@@ -556,7 +676,7 @@ pub(crate) struct Merged {
     pub(crate) envelopes: Option<Merge>,
     /// Where the index journal's went, if it merged.
     pub(crate) index: Option<Merge>,
-    /// How long redb's commit took (pages written and synced), for the debug line.
+    /// How long redb's commit took (its pages handed to the syncer), for the debug line.
     pub(crate) commit_us: u64,
 }
 
@@ -706,15 +826,6 @@ pub(crate) struct Committed {
     pub commit_us: u64,
     /// Envelopes stored after this commit.
     pub envelopes: u64,
-}
-
-/// Bytes this thread has passed to `write`-like calls so far (`wchar` of
-/// `/proc/thread-self/io`), where the platform says; for the writer's trace.
-fn thread_wchar() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("wchar:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// [`commit_group_with`] for a group known in full (tests).
