@@ -28,7 +28,8 @@
 //! (the writer's next commit) blocks until one is durable. While any wait, a generation buffers
 //! at most [`BUFFERED_BYTES_MAX`] of writes in memory; past that, its writer waits for the queue
 //! to empty and writes straight to the file (a journal merge rewrites up to ~80 MiB of leaves at
-//! 1,000,000 records). A generation written while none waits goes straight to the file. A read
+//! 1,000,000 records): at most 48 MiB of writes in memory in all. A generation written while
+//! none waits goes straight to the file. A read
 //! through the backend scans the buffered writes that overlap it (redb's cache serves most
 //! reads; a buffer holds at most 4,096 page writes).
 
@@ -474,11 +475,17 @@ impl StorageBackend for Backend {
             let s = self.0.lock();
             !s.building.is_empty() && s.failed.is_none()
         };
-        if pending {
-            self.sync_data()?;
-        }
+        // Even if this fails, the thread stops and the file's locks are released below.
+        let submitted = match pending {
+            true => self.sync_data(),
+            false => Ok(()),
+        };
         let last = self.0.submitted();
-        let durable = self.0.wait_durable(last);
+        let durable = submitted.and_then(|()| {
+            self.0
+                .wait_durable(last)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
         self.0.lock().stopping = true;
         self.0.changed.notify_all();
         let handle = self
@@ -493,7 +500,7 @@ impl StorageBackend for Backend {
             }
         }
         self.0.file.close()?;
-        durable.map_err(|e| std::io::Error::other(e.to_string()))
+        durable
     }
 
     fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
