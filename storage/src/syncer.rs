@@ -199,7 +199,12 @@ impl Syncer {
             gen <= s.submitted,
             "waiting for a generation never submitted"
         );
-        // Behind callbacks still waiting, even if durable: the order is the commits' order.
+        // Callbacks are registered in commit order and the syncer runs every one of a
+        // generation as it becomes durable, so those still waiting are all for later ones.
+        debug_assert!(
+            s.waiting.is_empty() || s.durable < gen,
+            "a callback registered behind later generations' would wait for the next sync"
+        );
         if s.waiting.is_empty() && s.durable >= gen {
             drop(s);
             return f(Ok(()));
