@@ -219,6 +219,14 @@ pub enum StorageError {
     /// The group commit that carried this batch failed; nothing of the group was written.
     #[error("commit failed, the batch was not written: {0}")]
     CommitFailed(String),
+    /// The commit was made, but writing or syncing the database file failed before it was
+    /// durable: the batch may or may not have reached the disk, and no further write is accepted
+    /// until a restart (`syncer.rs`).
+    #[error(
+        "the database file could not be written or synced ({0}); the batch may or may not be \
+         durable, and no write is accepted until the daemon restarts"
+    )]
+    NotDurable(String),
     /// `shutdown()` was called (or the store dropped); no further writes are accepted.
     #[error("store is closed")]
     Closed,
@@ -523,7 +531,7 @@ impl Store {
         // What `init` and the migrations committed is durable before anyone reads it.
         syncer
             .wait_durable(syncer.submitted())
-            .map_err(|e| StorageError::CommitFailed(e.to_string()))?;
+            .map_err(|e| StorageError::NotDurable(e.0.to_string()))?;
         let view = db.begin_read().ctx("beginning a read transaction")?;
         let journal = journal::Journal::load(&db)?;
         let loading = std::time::Instant::now();
@@ -652,11 +660,12 @@ impl Store {
     /// beginning a read transaction and opening two tables for each cost about as much as the
     /// lookups themselves (BENCHMARKS.md, seventeenth session).
     ///
-    /// Why it is current: the writer bumps `snapshot_tag` after each commit (before it answers
-    /// the commit's waiters) and after each journal merge, and a snapshot is tagged with the
-    /// value read *before* it began, so a shared snapshot whose tag equals the current one holds
-    /// at least every answered commit and every merge. Why it holds back no freed page: none is
-    /// shared while a commit runs ([`writer::HotSlot`]), and a merge drops it when it ends.
+    /// Why it is current: `snapshot_tag` changes after each durable view is published (before
+    /// the commit's waiters are answered) and after each journal merge, and the tables are
+    /// tagged with the value read *before* they were opened on the view, so shared tables whose
+    /// tag equals the current one hold at least every answered commit. Why they hold back no
+    /// page the view does not: they are opened on the view, none are shared while a commit runs
+    /// ([`writer::HotSlot`]), and a merge drops them when it ends.
     fn hot(&self) -> Result<Arc<HotTables>> {
         let shared = &self.inner.shared;
         let seq = shared.snapshot_tag.load(Ordering::Acquire);
@@ -816,7 +825,7 @@ impl Store {
         // Its commits are durable before anyone reads what they wrote.
         let synced = shared.syncer.as_ref().map_or(Ok(()), |s| {
             s.wait_durable(s.submitted())
-                .map_err(|e| StorageError::CommitFailed(e.to_string()))
+                .map_err(|e| StorageError::NotDurable(e.0.to_string()))
         });
         let view = db.begin_read().ctx("beginning a read transaction");
         if let Ok(view) = view {
@@ -1609,7 +1618,8 @@ mod tests {
         }
     }
 
-    /// Waits until the writer has committed `gen` generations in memory (the syncer held).
+    /// Waits until redb has handed the syncer generation `gen`: a commit made in memory, with
+    /// the syncer held.
     fn wait_submitted(syncer: &syncer::Syncer, gen: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while syncer.submitted() < gen {
@@ -1682,12 +1692,13 @@ mod tests {
         syncer.fail_next_sync();
         let failed = store.commit_blocking(grant(2));
         assert!(
-            matches!(failed, Err(StorageError::CommitFailed(_))),
+            matches!(failed, Err(StorageError::NotDurable(_))),
             "{failed:?}"
         );
+        let after = store.commit_blocking(grant(3));
         assert!(
-            store.commit_blocking(grant(3)).is_err(),
-            "a commit after the failure"
+            matches!(after, Err(StorageError::NotDurable(_))),
+            "a commit after the failure: {after:?}"
         );
         assert!(
             store.projection(&[1; 16]).unwrap().is_some(),

@@ -218,6 +218,11 @@ impl Syncer {
         s.waiting.push_back((gen, f));
     }
 
+    /// The write or sync error that stopped the syncer, if one did.
+    pub(crate) fn failure(&self) -> Option<SyncFailed> {
+        self.lock().failed.clone()
+    }
+
     /// Blocks until generation `gen` is durable.
     pub(crate) fn wait_durable(&self, gen: u64) -> Result<(), SyncFailed> {
         let mut s = self.lock();

@@ -286,8 +286,10 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         // utilisation, which says whether a pipeline feeding it (a cold sync) is bound by it.
         let idle_us = idle_from.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let mut bytes = 0;
-        let mut group: Vec<Request> = Vec::new();
+        let mut bytes = first.bytes;
+        // In the group before the transaction begins, so that a failure to begin it (redb after
+        // an I/O error) answers it with that error too, instead of dropping it unanswered.
+        let mut group: Vec<Request> = vec![first];
         shared.stop_sharing();
         // A read guard: only compaction takes the write side, and it must not run mid-commit.
         let result = {
@@ -295,7 +297,11 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
             // Each request is applied as it is taken, so that the transaction is built while
             // the writer lingers for more instead of after: the wait hides the applying.
             let committed = commit_group_with(&db, &shared, |apply| {
-                let mut next = Some(first);
+                {
+                    let r = group.first().expect("the group's first request");
+                    apply(&r.purges, &r.batch)?;
+                }
+                let mut next: Option<Request> = None;
                 // When the queue first ran dry under load; the linger ends when the group stops
                 // taking requests.
                 let mut linger_from: Option<Instant> = None;
@@ -398,7 +404,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                         // A dropped receiver (cancelled caller) is fine: its data is durable anyway.
                         let _ = reply.send(match &durable {
                             Ok(()) => Ok(CommitReceipt { commit_seq: seq }),
-                            Err(e) => Err(StorageError::CommitFailed(e.to_string())),
+                            Err(e) => Err(StorageError::NotDurable(e.0.to_string())),
                         });
                         drop(permit);
                     }
@@ -414,9 +420,16 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     error = %e,
                     "group commit failed; every batch in it is rejected"
                 );
+                // Once the file could not be written, part of this commit may have reached it
+                // before redb saw the error: not "not written", but "may or may not be durable".
+                let failure = shared.syncer.as_ref().and_then(|s| s.failure());
+                let error = |msg: String| match &failure {
+                    Some(f) => StorageError::NotDurable(f.0.to_string()),
+                    None => StorageError::CommitFailed(msg),
+                };
                 let msg = e.to_string();
                 for r in group {
-                    let _ = r.reply.send(Err(StorageError::CommitFailed(msg.clone())));
+                    let _ = r.reply.send(Err(error(msg.clone())));
                 }
             }
         }
