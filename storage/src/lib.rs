@@ -404,9 +404,7 @@ impl Inner {
             }
         }
         // Every answer and snapshot of the last commits is out (they run on the syncer thread).
-        if let Some(syncer) = &self.shared.syncer {
-            let _ = syncer.wait_settled(syncer.submitted());
-        }
+        let _ = self.shared.wait_settled();
         // Their read transactions must end before the file is closed (and may be opened again).
         drop(self.shared.take_view());
         self.shared.stop_sharing();
@@ -528,11 +526,6 @@ impl Store {
             .create_with_backend(syncer::Backend(Arc::clone(&syncer)))
             .map_err(open_error)?;
         let last_seq = writer::init(&db)?;
-        // What `init` and the migrations committed is durable before anyone reads it.
-        syncer
-            .wait_durable(syncer.submitted())
-            .map_err(|e| StorageError::NotDurable(e.0.to_string()))?;
-        let view = db.begin_read().ctx("beginning a read transaction")?;
         let journal = journal::Journal::load(&db)?;
         let loading = std::time::Instant::now();
         let index_journal = index_journal::IndexJournal::load(&db)?;
@@ -548,7 +541,8 @@ impl Store {
             syncer: Some(syncer),
             ..Shared::default()
         });
-        shared.publish(0, view, None);
+        // What `init` and the migrations committed is durable before anyone reads it.
+        shared.publish_settled(&db.read().unwrap_or_else(|p| p.into_inner()))?;
         shared.last_commit_seq.store(last_seq, Ordering::Release);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = std::thread::Builder::new()
@@ -575,12 +569,8 @@ impl Store {
     /// step): once everything is durable, readers get a snapshot of it.
     #[cfg(test)]
     fn publish_now(&self) {
-        let shared = &self.inner.shared;
-        if let Some(syncer) = &shared.syncer {
-            syncer.wait_settled(syncer.submitted()).unwrap();
-        }
-        let view = self.inner.db.read().unwrap().begin_read().unwrap();
-        shared.publish(shared.next_view_order(), view, None);
+        let db = self.inner.db.read().unwrap();
+        self.inner.shared.publish_settled(&db).unwrap();
     }
 
     /// Path of the database file.
@@ -817,22 +807,13 @@ impl Store {
         let shared = &self.inner.shared;
         shared.stop_sharing();
         // No snapshot may stay open: the last commits' are published first, then dropped.
-        if let Some(syncer) = &shared.syncer {
-            let _ = syncer.wait_settled(syncer.submitted());
-        }
+        let _ = shared.wait_settled();
         drop(shared.take_view());
         let compacted = db.compact();
         // Its commits are durable before anyone reads what they wrote.
-        let synced = shared.syncer.as_ref().map_or(Ok(()), |s| {
-            s.wait_durable(s.submitted())
-                .map_err(|e| StorageError::NotDurable(e.0.to_string()))
-        });
-        let view = db.begin_read().ctx("beginning a read transaction");
-        if let Ok(view) = view {
-            shared.publish(shared.next_view_order(), view, None);
-        }
+        let published = shared.publish_settled(&db);
         shared.resume_sharing();
-        synced?;
+        published?;
         compacted.map_err(|e| StorageError::Database {
             context: "compacting",
             source: e.into(),

@@ -64,6 +64,7 @@ impl std::fmt::Display for SyncFailed {
 /// Run once the generation it waits for is durable (`Ok`), or will never be (`Err`).
 pub(crate) type OnDurable = Box<dyn FnOnce(Result<(), SyncFailed>) + Send>;
 
+#[derive(Clone)]
 enum Op {
     Write { offset: u64, data: Vec<u8> },
     SetLen(u64),
@@ -412,13 +413,7 @@ impl StorageBackend for Backend {
                 .building
                 .iter()
                 .filter(|op| op.overlaps(offset, end))
-                .map(|op| match op {
-                    Op::Write { offset, data } => Op::Write {
-                        offset: *offset,
-                        data: data.clone(),
-                    },
-                    Op::SetLen(len) => Op::SetLen(*len),
-                })
+                .cloned()
                 .collect();
             (s.queue.iter().cloned().collect::<Vec<_>>(), building)
         };

@@ -220,18 +220,16 @@ impl Shared {
     /// paths: the tag changes after the view, so a snapshot shared under the new tag is never
     /// older than the view.
     pub fn publish(&self, order: u64, txn: ReadTransaction, commit_seq: Option<u64>) {
+        let fresh = View {
+            order,
+            txn: Arc::new(txn),
+        };
+        // The one not kept (the older), dropped outside the lock.
         let old = {
             let mut slot = crate::lock(&self.view);
-            if slot.as_ref().is_some_and(|v| v.order >= order) {
-                Some(View {
-                    order,
-                    txn: Arc::new(txn),
-                })
-            } else {
-                slot.replace(View {
-                    order,
-                    txn: Arc::new(txn),
-                })
+            match slot.as_ref().is_some_and(|v| v.order >= order) {
+                true => Some(fresh),
+                false => slot.replace(fresh),
             }
         };
         if let Some(seq) = commit_seq {
@@ -240,6 +238,24 @@ impl Shared {
         self.snapshot_tag.fetch_add(1, Ordering::Release);
         // Outside the lock, as in `offer`.
         drop(old);
+    }
+
+    /// Waits until every commit handed to the syncer is durable and its callbacks have run (at
+    /// once without a syncer).
+    pub fn wait_settled(&self) -> std::result::Result<(), SyncFailed> {
+        self.syncer
+            .as_ref()
+            .map_or(Ok(()), |s| s.wait_settled(s.submitted()))
+    }
+
+    /// Once everything committed is durable, makes a snapshot of it the view readers use: after
+    /// `init`, a compaction, or a test's own commits around the writer. Only while nothing else
+    /// commits (the caller holds off the writer), so the snapshot holds nothing undurable.
+    pub fn publish_settled(&self, db: &Database) -> Result<()> {
+        let settled = self.wait_settled();
+        let view = db.begin_read().ctx("beginning a read transaction")?;
+        self.publish(self.next_view_order(), view, None);
+        settled.map_err(|e| StorageError::NotDurable(e.0.to_string()))
     }
 
     pub fn resume_sharing(&self) {
@@ -468,6 +484,16 @@ pub(crate) fn publish_when_durable(
     }
 }
 
+/// After an upkeep commit (a merge, a drain step), still under `db`'s guard: if it committed,
+/// readers get its snapshot once it is durable, as after a group commit; nobody waits for it.
+fn publish_upkeep<T>(db: &Database, shared: &Arc<Shared>, committed: Result<T>) -> Result<T> {
+    if committed.is_ok() {
+        let view = db.begin_read().ctx("beginning a read transaction");
+        publish_when_durable(shared, view, None, Box::new(|_| {}));
+    }
+    committed
+}
+
 /// Merges each journal that is due, in one durable transaction: the envelope journal once it
 /// holds [`journal::merge_at`] entries, the index journal once it holds
 /// [`index_journal::merge_at`]; when neither is due, takes a drain step of each middle level being
@@ -495,13 +521,9 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Arc<Shared>, envelopes:
     // freed pages only from the next commit's in-flight readers.
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
-        merge_journals(&db, entries.as_deref(), index_due, journal::DRAIN_STEP)
-            .map(|m| (m, db.begin_read().ctx("beginning a read transaction")))
+        let merged = merge_journals(&db, entries.as_deref(), index_due, journal::DRAIN_STEP);
+        publish_upkeep(&db, shared, merged)
     };
-    let result = result.map(|(m, view)| {
-        publish_when_durable(shared, view, None, Box::new(|_| {}));
-        m
-    });
     if let Ok(m) = &result {
         merged(shared, entries.is_some(), index_due);
         let drain = |merge: Option<Merge>, bit: u8| match merge {
@@ -543,18 +565,14 @@ fn drain_if_due(db: &RwLock<Database>, shared: &Arc<Shared>) -> bool {
     // The shared snapshot stays shared through the step, as through a merge (above).
     let result = {
         let db = db.read().unwrap_or_else(|p| p.into_inner());
-        drain_levels(
+        let drained = drain_levels(
             &db,
             draining & DRAIN_ENVELOPES != 0,
             draining & DRAIN_INDEX != 0,
             journal::DRAIN_STEP,
-        )
-        .map(|d| (d, db.begin_read().ctx("beginning a read transaction")))
+        );
+        publish_upkeep(&db, shared, drained)
     };
-    let result = result.map(|(d, view)| {
-        publish_when_durable(shared, view, None, Box::new(|_| {}));
-        d
-    });
     match result {
         Ok(Drained {
             envelopes_left,
