@@ -451,7 +451,9 @@ impl Client {
         let written = self.stream.write_all(&encode_frame(payload));
         // If the daemon refused an oversized request it answers and closes early; our write then
         // fails, but its answer is already waiting to be read, and is the better error.
-        let response = read_frame(&mut self.stream, RESPONSE_BYTES_MAX);
+        let response = wait_readable(&self.stream, CLIENT_TIMEOUT)
+            .map_err(ClientError::Io)
+            .and_then(|()| read_frame(&mut self.stream, RESPONSE_BYTES_MAX));
         match (written, response) {
             (_, Ok(bytes)) => {
                 let frame: ResponseFrame = serde_json::from_slice(&bytes)
@@ -464,6 +466,42 @@ impl Client {
             }
             (Err(e), Err(_)) => Err(ClientError::Io(e)),
             (Ok(()), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Waits until `stream` has something to read (data, end of stream or an error), at most
+/// `timeout`.
+///
+/// Why not a blocking `read` straight away: Linux wakes a thread blocked in `read` on a Unix
+/// stream whenever the peer consumes what the thread wrote (the socket's "writable" wake-up
+/// reaches every sleeper on the socket). The daemon reads a request just after it is sent, so
+/// every call woke its client once for nothing, and the daemon paid for the wake-up (3 % of the
+/// machine's CPU under the 64 bench clients). `poll` for `POLLIN` is woken only for input.
+fn wait_readable(stream: &UnixStream, timeout: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one valid `pollfd` for a descriptor `stream` keeps open during the call.
+        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from consentd within {timeout:?}"),
+                ))
+            }
+            n if n > 0 => return Ok(()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
 }
@@ -536,6 +574,31 @@ mod tests {
     fn errors_stay_on_one_line() {
         let f = ResponseFrame::error("first\nsecond");
         assert_eq!(f.error.as_deref(), Some("first second"));
+    }
+
+    /// The client waits for its answer with `poll` (`wait_readable`): the peer reading what it
+    /// sent does not end the wait, data or the end of the stream does, and with nothing to read
+    /// it gives up at the timeout with an error that says so.
+    #[test]
+    fn a_client_waits_for_input_only_and_gives_up_at_its_timeout() {
+        use std::io::ErrorKind;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (&ours).write_all(b"request").unwrap();
+        let mut got = [0u8; 7];
+        (&theirs).read_exact(&mut got).unwrap();
+        let e = wait_readable(&ours, Duration::from_millis(20)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("no answer from consentd"), "{e}");
+
+        (&theirs).write_all(b"answer").unwrap();
+        wait_readable(&ours, Duration::from_secs(60)).unwrap();
+        let mut answer = [0u8; 6];
+        (&ours).read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"answer");
+
+        drop(theirs);
+        wait_readable(&ours, Duration::from_secs(60)).unwrap();
+        assert_eq!((&ours).read(&mut answer).unwrap(), 0, "end of stream");
     }
 
     #[test]
