@@ -485,10 +485,13 @@ fn wait_readable(stream: &UnixStream, timeout: Duration) -> std::io::Result<()> 
         events: libc::POLLIN,
         revents: 0,
     };
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // A signal interrupts `poll`; the wait then goes on to the same deadline, not a fresh one.
+    let deadline = std::time::Instant::now() + timeout;
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid `pollfd` for a descriptor `stream` keeps open during the call.
-        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
+        match unsafe { libc::poll(&mut fd, 1, left_ms) } {
             0 => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
