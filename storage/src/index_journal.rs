@@ -16,7 +16,8 @@
 //! counts an entry only if that snapshot holds it there, whole. So memory may hold more than any snapshot (a commit's slots
 //! are added before it commits, so that no snapshot taken after it misses one; a removed entry's
 //! slot stays until the next merge, for snapshots from before the removal) and a reader is still
-//! exact. The writer merges once the journal holds [`merge_at`] slots: every entry of `index_new`
+//! exact. The writer merges once the journal holds [`merge_at`] slots (half as many once the
+//! writes pause: [`crate::writer::MERGE_QUIET`]): every entry of `index_new`
 //! goes into `index` in key order, and `index_new` is dropped and recreated, in one transaction
 //! (with the envelope journal's merge, when that is due too). Once the store is large the merge
 //! goes into `index_mid` instead, and down into `index` with `index_mid`'s entries only when
@@ -32,7 +33,7 @@
 //!   before each commit). Sequence numbers are never reused while the store is open, so a slot
 //!   names at most one entry ever.
 //! - After a merge, the merged slots stay in `previous` until the next merge, for readers whose
-//!   snapshot began before it. A read whose snapshot spans two merges (at least 65,536 index
+//!   snapshot began before it. A read whose snapshot spans two merges (at least 32,768 index
 //!   entries written meanwhile) could miss an entry; the hot read paths share a snapshot only
 //!   between two commits.
 //!

@@ -16,7 +16,9 @@
 //! memory ([`Journal`]), where lookups by hash find them. Once the journal holds
 //! [`merge_at`] entries, the writer moves them all into `envelope_at` in one transaction, in hash
 //! order, and empties `envelope_new` in the same transaction: each leaf of `envelope_at` is then
-//! rewritten once for all the entries it gains, instead of once per entry.
+//! rewritten once for all the entries it gains, instead of once per entry. Once the writes pause
+//! for [`MERGE_QUIET`](crate::writer::MERGE_QUIET), the writer merges a journal that holds half
+//! that already, so that the stall of a merge falls in the pause rather than in the next burst.
 //!
 //! **Levels.** Once the store is large, a merge goes into `envelope_mid` (same layout as
 //! `envelope_at`) instead, and only when that would hold a quarter as many entries as
@@ -37,8 +39,8 @@
 //!   ([`Journal::places`] callers check `changes`).
 //! - After a merge, the merged entries stay in `merged` until the next merge, for readers whose
 //!   snapshot began before the merge and so finds them neither in `live` nor in its
-//!   `envelope_mid` or `envelope_at`. A read that spans two merges (at least [`MERGE_MIN`]
-//!   envelopes written meanwhile) can miss an envelope and call it not held: the caller fetches
+//!   `envelope_mid` or `envelope_at`. A read that spans two merges (at least half of
+//!   [`MERGE_MIN`] envelopes written meanwhile) can miss an envelope and call it not held: the caller fetches
 //!   or asks for it again, and the writer, which reads the current state, stores nothing twice.
 //!
 //! **Limits.** About [`MERGE_MAX`] entries in each map at most (a merge follows the commit that

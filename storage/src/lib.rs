@@ -2079,6 +2079,62 @@ mod tests {
         );
     }
 
+    /// Once the writes pause for `MERGE_QUIET`, a journal holding half its merge threshold is
+    /// merged without waiting for the next commit; one holding less is left alone.
+    #[test]
+    fn a_half_due_journal_is_merged_once_the_writes_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let live = || lock_read(&store.inner.shared.journal).live_len();
+        // An empty store merges at `journal::merge_at(0)`; the writer's thresholds count the
+        // envelopes stored, which this test keeps far below where they start to grow.
+        let half = journal::merge_at(0) / 2;
+        let batch = |from: usize, n: usize| WriteBatch {
+            updates: (from..from + n)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let mut doc = [0u8; 16];
+                    doc.copy_from_slice(&id[..16]);
+                    RecordUpdate {
+                        doc_id: doc,
+                        kind: 1,
+                        envelopes: vec![(id, vec![1])],
+                        projection: vec![1],
+                        ..RecordUpdate::default()
+                    }
+                })
+                .collect(),
+            ..WriteBatch::default()
+        };
+        let pause = writer::MERGE_QUIET * 4;
+
+        store.commit_blocking(batch(0, half - 1)).unwrap();
+        std::thread::sleep(pause);
+        assert_eq!(
+            live(),
+            half - 1,
+            "less than half due: left for the next burst"
+        );
+
+        store.commit_blocking(batch(half - 1, 1)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while live() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} entries still journalled with the writes paused",
+                live()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Merged, not lost: every envelope is found by its hash.
+        for i in [0, half / 2, half - 1] {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            assert!(store.envelope(&id).unwrap().is_some(), "envelope {i}");
+        }
+    }
+
     /// A snapshot shared through a commit would keep that commit's freed pages out of reuse
     /// (measured: 8 % more file after an import), so none is shared while a commit runs.
     #[test]

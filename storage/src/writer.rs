@@ -79,6 +79,21 @@ pub(crate) const LINGER_BYTES_MAX: usize = 64 << 10;
 /// ms against 3.8-4.0). Concurrent writers leave several waiting (4-20 with 64 clients).
 pub(crate) const LINGER_WAITING_MIN: usize = 2;
 
+/// How long the writer must have had nothing to do before it merges a journal that is only half
+/// due ([`merge_journals_when`] with [`MergeWhen::Quiet`]). A merge holds up every write queued
+/// behind it (with 64 clients, 64 acknowledgements for 10-60 ms at 20,000-100,000 envelopes);
+/// done once the writes pause, it holds up none, and the next burst starts with an emptier
+/// journal. A quarter of a second: long enough that a steady trickle of writes (each alone, as
+/// a lone write never lingers) seldom finds the writer inside such a merge, and short enough to
+/// come before the office returns a paused import's heap to the kernel (`TRIM_QUIET`, a
+/// second), which then takes the merge's freed memory too. Measured: BENCHMARKS.md,
+/// thirty-second session.
+pub(crate) const MERGE_QUIET: Duration = Duration::from_millis(250);
+/// A journal is merged once writes pause when it holds at least this share of its merge
+/// threshold: at most twice as many merges as without, each costing about the same (a merge
+/// rewrites each leaf of the table it goes into about once).
+const MERGE_QUIET_SHARE: usize = 2;
+
 /// Whether the writer keeps the group it has taken so far open for more requests ([`LINGER`]):
 /// only under load (`waiting` requests were queued when the previous commit ended),
 /// only once per group, and only for a group of small writes.
@@ -271,6 +286,14 @@ impl Shared {
 
 pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
     let mut carried: Option<Request> = None;
+    // The store's envelope count as of the last group commit, for the merge thresholds (0 until
+    // the first: the smallest thresholds).
+    let mut envelopes_stored: u64 = 0;
+    // For waiting at most `MERGE_QUIET` for a request (a Tokio channel has no blocking receive
+    // with a timeout): made the first time a journal is worth merging once writes pause.
+    let mut quiet_timer: Option<tokio::runtime::Runtime> = None;
+    // Whether the last merge tried in a pause failed: none is tried again before a commit.
+    let mut quiet_merge_failed = false;
     loop {
         // Requests already waiting as the previous commit ended.
         let waiting = rx.len() + usize::from(carried.is_some());
@@ -287,12 +310,40 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                 // a drain ends when the writes stop instead of waiting for the next ones. Not
                 // once the queue is closed (a shutdown waits for nothing), nor after a failed
                 // step (retried after the next commit, not in a loop).
-                while shared.draining.load(Ordering::Relaxed) != 0
-                    && rx.is_empty()
-                    && !rx.is_closed()
-                    && drain_if_due(&db, &shared)
-                {}
-                match rx.blocking_recv() {
+                let next = loop {
+                    while shared.draining.load(Ordering::Relaxed) != 0
+                        && rx.is_empty()
+                        && !rx.is_closed()
+                        && drain_if_due(&db, &shared)
+                    {}
+                    // Once the writes pause, a journal half due is merged in the pause
+                    // (`MERGE_QUIET`); then the drains it may have started, as above.
+                    let worth =
+                        !quiet_merge_failed && merge_is_worth_a_pause(&shared, envelopes_stored);
+                    let timer = if worth {
+                        quiet_runtime(&mut quiet_timer)
+                    } else {
+                        None
+                    };
+                    let Some(timer) = timer else {
+                        break rx.blocking_recv();
+                    };
+                    match timer
+                        .block_on(async { tokio::time::timeout(MERGE_QUIET, rx.recv()).await })
+                    {
+                        Ok(next) => break next,
+                        // A failed merge is tried again after the next commit, not in a loop.
+                        Err(_quiet) => {
+                            quiet_merge_failed = !merge_journals_when(
+                                &db,
+                                &shared,
+                                envelopes_stored,
+                                MergeWhen::Quiet,
+                            )
+                        }
+                    }
+                };
+                match next {
                     Some(r) => r,
                     None => break,
                 }
@@ -426,8 +477,10 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     }
                 });
                 publish_when_durable(&shared, view, Some(seq), answer);
+                envelopes_stored = envelopes;
+                quiet_merge_failed = false;
                 // After the answers: a merge is the journals' upkeep, not part of any commit.
-                merge_journals_if_due(&db, &shared, envelopes);
+                merge_journals_when(&db, &shared, envelopes, MergeWhen::Due);
             }
             Err(e) => {
                 shared.commits_failed.fetch_add(1, Ordering::Relaxed);
@@ -494,20 +547,72 @@ fn publish_upkeep<T>(db: &Database, shared: &Arc<Shared>, committed: Result<T>) 
     committed
 }
 
+/// When [`merge_journals_when`] merges a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MergeWhen {
+    /// After a group commit: once the journal holds its whole threshold.
+    Due,
+    /// Once writes have paused for [`MERGE_QUIET`]: at [`MERGE_QUIET_SHARE`] of it.
+    Quiet,
+}
+
+impl MergeWhen {
+    fn divisor(self) -> usize {
+        match self {
+            MergeWhen::Due => 1,
+            MergeWhen::Quiet => MERGE_QUIET_SHARE,
+        }
+    }
+}
+
+/// Whether a journal holds enough that a pause in the writes should merge it
+/// ([`MergeWhen::Quiet`]).
+fn merge_is_worth_a_pause(shared: &Shared, envelopes: u64) -> bool {
+    let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
+    j.live_len() >= journal::merge_at(envelopes) / MERGE_QUIET_SHARE
+        || ix.len() >= index_journal::merge_at(envelopes) / MERGE_QUIET_SHARE
+}
+
+/// The writer's timer for [`MERGE_QUIET`], made on first use; `None` (and never a merge on a
+/// pause) if the runtime cannot be made.
+fn quiet_runtime(slot: &mut Option<tokio::runtime::Runtime>) -> Option<&tokio::runtime::Runtime> {
+    if slot.is_none() {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => *slot = Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "no timer for merging journals while writes pause");
+                return None;
+            }
+        }
+    }
+    slot.as_ref()
+}
+
 /// Merges each journal that is due, in one durable transaction: the envelope journal once it
 /// holds [`journal::merge_at`] entries, the index journal once it holds
-/// [`index_journal::merge_at`]; when neither is due, takes a drain step of each middle level being
-/// drained ([`drain_if_due`]). A failed merge changes nothing (the entries stay in the journals)
-/// and is tried again after the next commit.
-fn merge_journals_if_due(db: &RwLock<Database>, shared: &Arc<Shared>, envelopes: u64) {
+/// [`index_journal::merge_at`] (each divided by [`MERGE_QUIET_SHARE`] when the writes have
+/// paused, [`MergeWhen::Quiet`]); after a commit with neither due, takes a drain step of each
+/// middle level being drained ([`drain_if_due`]). A failed merge changes nothing (the entries
+/// stay in the journals) and is tried again after the next commit. False if a merge failed.
+fn merge_journals_when(
+    db: &RwLock<Database>,
+    shared: &Arc<Shared>,
+    envelopes: u64,
+    when: MergeWhen,
+) -> bool {
     let (entries, index_due) = {
         let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
-        let envelopes_due = j.live_len() >= journal::merge_at(envelopes);
-        let index_due = ix.len() >= index_journal::merge_at(envelopes);
+        let envelopes_due = j.live_len() >= journal::merge_at(envelopes) / when.divisor();
+        let index_due = ix.len() >= index_journal::merge_at(envelopes) / when.divisor();
         if !envelopes_due && !index_due {
             drop((j, ix));
-            drain_if_due(db, shared);
-            return;
+            if when == MergeWhen::Due {
+                drain_if_due(db, shared);
+            }
+            return true;
         }
         (envelopes_due.then(|| j.to_merge()), index_due)
     };
@@ -535,21 +640,28 @@ fn merge_journals_if_due(db: &RwLock<Database>, shared: &Arc<Shared>, envelopes:
     }
     let entries = entries.map_or(0, |e| e.len());
     match result {
-        Ok(m) => tracing::debug!(
-            entries,
-            index_entries = m.index_entries,
-            envelopes = ?m.envelopes,
-            index = ?m.index,
-            commit_us = m.commit_us,
-            micros = started.elapsed().as_micros() as u64,
-            "journals merged"
-        ),
-        Err(e) => tracing::error!(
-            entries,
-            index_due,
-            error = %e,
-            "journal merge failed; its entries stay in the journals"
-        ),
+        Ok(m) => {
+            tracing::debug!(
+                entries,
+                index_entries = m.index_entries,
+                envelopes = ?m.envelopes,
+                index = ?m.index,
+                commit_us = m.commit_us,
+                micros = started.elapsed().as_micros() as u64,
+                quiet = when == MergeWhen::Quiet,
+                "journals merged"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                entries,
+                index_due,
+                error = %e,
+                "journal merge failed; its entries stay in the journals"
+            );
+            false
+        }
     }
 }
 
