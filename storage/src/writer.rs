@@ -83,8 +83,8 @@ pub(crate) const LINGER_WAITING_MIN: usize = 2;
 /// due ([`merge_journals_when`] with [`MergeWhen::Quiet`]). A merge holds up every write queued
 /// behind it (with 64 clients, 64 acknowledgements for 10-60 ms at 20,000-100,000 envelopes);
 /// done once the writes pause, it holds up none, and the next burst starts with an emptier
-/// journal. A quarter of a second: long enough that a steady trickle of writes (each alone, as
-/// a lone write never lingers) seldom finds the writer inside such a merge, and short enough to
+/// journal. A quarter of a second: long enough that writes arriving one by one seldom find the
+/// writer inside such a merge, and short enough to
 /// come before the office returns a paused import's heap to the kernel (`TRIM_QUIET`, a
 /// second), which then takes the merge's freed memory too. Measured: BENCHMARKS.md,
 /// thirty-second session.
@@ -351,6 +351,7 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
         };
         // How long the writer had nothing to do before this group: with `micros`, its
         // utilisation, which says whether a pipeline feeding it (a cold sync) is bound by it.
+        // (It includes a merge or drain steps taken in a pause.)
         let idle_us = idle_from.elapsed().as_micros() as u64;
         let started = Instant::now();
         let mut bytes = first.bytes;
