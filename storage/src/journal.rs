@@ -40,8 +40,9 @@
 //! - After a merge, the merged entries stay in `merged` until the next merge, for readers whose
 //!   snapshot began before the merge and so finds them neither in `live` nor in its
 //!   `envelope_mid` or `envelope_at`. A read that spans two merges (at least half of
-//!   [`MERGE_MIN`] envelopes written meanwhile) can miss an envelope and call it not held: the caller fetches
-//!   or asks for it again, and the writer, which reads the current state, stores nothing twice.
+//!   [`MERGE_MIN`] envelopes written meanwhile) can miss an envelope and call it not held: the
+//!   caller fetches or asks for it again, and the writer, which reads the current state, stores
+//!   nothing twice.
 //!
 //! **Limits.** About [`MERGE_MAX`] entries in each map at most (a merge follows the commit that
 //! reaches it), 80-100 bytes each in memory: 12 MiB for both. A merge rewrites at most every
@@ -68,8 +69,11 @@ pub(crate) type Place = [u8; 20];
 
 /// Fewest journal entries that trigger a merge. A merge's commit delays every write queued behind
 /// it (with 64 writers, 64 acknowledgements), so merges rarer than one per 6,400 writes stay out
-/// of the acknowledgements' p99: at 16,384, 0.4 % of them wait for one. At 20,000 envelopes
-/// (`envelope_at` of about 400 leaves) such a merge rewrites each leaf once: ~0.1 KiB a record,
+/// of the acknowledgements' p99: at 16,384, 0.4 % of them wait for one. (Not quite: those 64
+/// take most of the slowest 1 % of 10,000, and push the rest's p99 up; the thirty-second
+/// session measured p99 / mean 2.0-2.2 with the merge in the burst, 1.7-1.8 without. Hence
+/// merges in a pause, [`crate::writer::MERGE_QUIET`].) At 20,000 envelopes (`envelope_at` of
+/// about 400 leaves) such a merge rewrites each leaf once: ~0.1 KiB a record,
 /// against ~4 KiB a record inserted one commit at a time. (4,096 measured the same throughput.)
 pub(crate) const MERGE_MIN: usize = 16_384;
 /// Most journal entries before a merge: bounds the journal's memory (two maps of at most this
