@@ -403,10 +403,9 @@ impl Inner {
                 tracing::error!("storage writer thread had panicked");
             }
         }
-        // Every answer and snapshot of the last commits is out (they run on the syncer thread).
-        let _ = self.shared.wait_settled();
-        // Their read transactions must end before the file is closed (and may be opened again).
-        drop(self.shared.take_view());
+        // Every answer and snapshot of the last commits is out (they run on the syncer thread),
+        // and their read transactions end before the file is closed (and may be opened again).
+        self.shared.retire_view();
         self.shared.stop_sharing();
     }
 
@@ -807,8 +806,7 @@ impl Store {
         let shared = &self.inner.shared;
         shared.stop_sharing();
         // No snapshot may stay open: the last commits' are published first, then dropped.
-        let _ = shared.wait_settled();
-        drop(shared.take_view());
+        shared.retire_view();
         let compacted = db.compact();
         // Its commits are durable before anyone reads what they wrote.
         let published = shared.publish_settled(&db);

@@ -84,10 +84,9 @@ pub(crate) const LINGER_WAITING_MIN: usize = 2;
 /// behind it (with 64 clients, 64 acknowledgements for 10-60 ms at 20,000-100,000 envelopes);
 /// done once the writes pause, it holds up none, and the next burst starts with an emptier
 /// journal. A quarter of a second: long enough that writes arriving one by one seldom find the
-/// writer inside such a merge, and short enough to
-/// come before the office returns a paused import's heap to the kernel (`TRIM_QUIET`, a
-/// second), which then takes the merge's freed memory too. Measured: BENCHMARKS.md,
-/// thirty-second session.
+/// writer inside such a merge, and short enough to come before the office returns a paused
+/// import's heap to the kernel (`TRIM_QUIET`, a second), which then takes the merge's freed
+/// memory too. Measured: BENCHMARKS.md, thirty-second session.
 pub(crate) const MERGE_QUIET: Duration = Duration::from_millis(250);
 /// A journal is merged once writes pause when it holds at least this share of its merge
 /// threshold: at most twice as many merges as without, each costing about the same (a merge
@@ -242,9 +241,10 @@ impl Shared {
         // The one not kept (the older), dropped outside the lock.
         let old = {
             let mut slot = crate::lock(&self.view);
-            match slot.as_ref().is_some_and(|v| v.order >= order) {
-                true => Some(fresh),
-                false => slot.replace(fresh),
+            if slot.as_ref().is_some_and(|v| v.order >= order) {
+                Some(fresh)
+            } else {
+                slot.replace(fresh)
             }
         };
         if let Some(seq) = commit_seq {
@@ -261,6 +261,14 @@ impl Shared {
         self.syncer
             .as_ref()
             .map_or(Ok(()), |s| s.wait_settled(s.submitted()))
+    }
+
+    /// Waits for every commit handed to the syncer, then drops the view, so that no read
+    /// transaction of ours stays open (a compaction, a close). A failed sync is not reported
+    /// here: its commits were answered with it.
+    pub fn retire_view(&self) {
+        let _ = self.wait_settled();
+        drop(self.take_view());
     }
 
     /// Once everything committed is durable, makes a snapshot of it the view readers use: after
@@ -566,12 +574,21 @@ impl MergeWhen {
     }
 }
 
+/// Which journals are due for a merge `when` (the envelopes', the index's), with `envelopes`
+/// stored.
+fn journals_due(j: &Journal, ix: &IndexJournal, envelopes: u64, when: MergeWhen) -> (bool, bool) {
+    (
+        j.live_len() >= journal::merge_at(envelopes) / when.divisor(),
+        ix.len() >= index_journal::merge_at(envelopes) / when.divisor(),
+    )
+}
+
 /// Whether a journal holds enough that a pause in the writes should merge it
 /// ([`MergeWhen::Quiet`]).
 fn merge_is_worth_a_pause(shared: &Shared, envelopes: u64) -> bool {
     let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
-    j.live_len() >= journal::merge_at(envelopes) / MERGE_QUIET_SHARE
-        || ix.len() >= index_journal::merge_at(envelopes) / MERGE_QUIET_SHARE
+    let (envelopes_due, index_due) = journals_due(&j, &ix, envelopes, MergeWhen::Quiet);
+    envelopes_due || index_due
 }
 
 /// The writer's timer for [`MERGE_QUIET`], made on first use; `None` (and never a merge on a
@@ -606,8 +623,7 @@ fn merge_journals_when(
 ) -> bool {
     let (entries, index_due) = {
         let (j, ix) = (lock_read(&shared.journal), lock_read(&shared.index_journal));
-        let envelopes_due = j.live_len() >= journal::merge_at(envelopes) / when.divisor();
-        let index_due = ix.len() >= index_journal::merge_at(envelopes) / when.divisor();
+        let (envelopes_due, index_due) = journals_due(&j, &ix, envelopes, when);
         if !envelopes_due && !index_due {
             drop((j, ix));
             if when == MergeWhen::Due {
