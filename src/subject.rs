@@ -175,8 +175,16 @@ fn is_phone_char(c: char) -> bool {
     c.is_ascii_digit() || c.is_whitespace() || matches!(c, '-' | '.' | '(' | ')')
 }
 
+/// The characters of `s` that `keep` keeps, in one allocation: collected char by char, the
+/// string grew by reallocating, and each subject is parsed on every write that indexes it.
+fn kept(s: &str, keep: impl Fn(&char) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    out.extend(s.chars().filter(keep));
+    out
+}
+
 fn parse_email(s: &str) -> Result<Subject, SubjectError> {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact = kept(s, |c| !c.is_whitespace());
     let normalised = compact.to_lowercase();
     let mut parts = normalised.split('@');
     let (local, domain) = match (parts.next(), parts.next(), parts.next()) {
@@ -219,9 +227,9 @@ fn parse_email(s: &str) -> Result<Subject, SubjectError> {
 /// `body` is what follows the `+` or `00`, known to hold only phone characters.
 fn parse_phone(body: &str) -> Result<Subject, SubjectError> {
     // "+44 (0)20 7946 0000": the "(0)" is the national trunk prefix, not part of the number.
-    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact = kept(body, |c| !c.is_whitespace());
     let without_trunk = compact.replace("(0)", "");
-    let digits: String = without_trunk.chars().filter(char::is_ascii_digit).collect();
+    let digits = kept(&without_trunk, char::is_ascii_digit);
     if digits.starts_with('0') {
         return Err(SubjectError::Phone(
             "the country code cannot start with 0; write +CC followed by the number".to_string(),

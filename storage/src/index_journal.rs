@@ -42,6 +42,7 @@
 //! every leaf of `index_mid`, or of both levels when it goes down, once.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction,
@@ -73,6 +74,12 @@ pub(crate) fn merge_at(envelopes: u64) -> usize {
 fn bucket(key: &[u8]) -> u64 {
     debug_assert!(key.len() >= 32, "a bucket is taken from a 32-byte key");
     words(&key[..32])
+}
+
+/// Whether any snapshot may hold an entry under `key` by `filter`, an index journal's
+/// ([`IndexJournal::key_filter`]); `false` is certain (`key_filter.rs`).
+pub(crate) fn may_hold(filter: &KeyFilter, key: &IndexKey) -> bool {
+    filter.may_hold(bucket(key))
 }
 
 /// FxHash's step over 8-byte words: fast, and spread enough for a bucket (correctness never
@@ -172,8 +179,9 @@ pub(crate) struct IndexJournal {
     /// The next sequence number of `index_new`.
     next_seq: u64,
     /// Every key either table holds (and some they no longer do): a lookup of any other key
-    /// skips redb (`key_filter.rs`).
-    filter: KeyFilter,
+    /// skips redb (`key_filter.rs`). Shared with the store's readers, who ask it without this
+    /// journal's lock ([`IndexJournal::key_filter`]).
+    filter: Arc<KeyFilter>,
 }
 
 impl IndexJournal {
@@ -190,7 +198,7 @@ impl IndexJournal {
         let mut j = IndexJournal {
             // A quarter more than the entries held (many share a key): room to grow before a
             // second layer.
-            filter: KeyFilter::with_capacity(held.saturating_add(held / 4)),
+            filter: Arc::new(KeyFilter::with_capacity(held.saturating_add(held / 4))),
             ..IndexJournal::default()
         };
         for (level, name) in [
@@ -223,9 +231,15 @@ impl IndexJournal {
         Ok(j)
     }
 
-    /// Whether any snapshot may hold an entry under `key`; `false` is certain (`key_filter.rs`).
-    pub(crate) fn may_hold(&self, key: &IndexKey) -> bool {
-        self.filter.may_hold(bucket(key))
+    /// The key filter, for lookups that take no lock ([`may_hold`]); it keeps growing with
+    /// every commit this journal publishes.
+    pub(crate) fn key_filter(&self) -> Arc<KeyFilter> {
+        Arc::clone(&self.filter)
+    }
+
+    #[cfg(test)]
+    fn may_hold(&self, key: &IndexKey) -> bool {
+        may_hold(&self.filter, key)
     }
 
     /// Bytes the key filter takes, for the open's log line.

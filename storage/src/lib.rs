@@ -536,6 +536,7 @@ impl Store {
         let db = Arc::new(RwLock::new(db));
         let shared = Arc::new(Shared {
             journal: RwLock::new(journal),
+            key_filter: index_journal.key_filter(),
             index_journal: RwLock::new(index_journal),
             syncer: Some(syncer),
             ..Shared::default()
@@ -783,15 +784,21 @@ impl Store {
     /// every snapshot that could be taken from now on, since the filter only grows and a commit
     /// adds its keys before it commits. Asked before taking a snapshot, because taking one
     /// while the writer commits waits for redb's commit to let go of its locks: in an import
-    /// those waits were where the authoring threads blocked most (twenty-eighth session).
+    /// those waits were where the authoring threads blocked most (twenty-eighth session). Takes
+    /// no lock: the filter is shared with the index journal, not kept under its lock.
     fn may_hold(&self, key: &IndexKey) -> bool {
-        let journal = lock_read(&self.inner.shared.index_journal);
-        let may = journal.may_hold(key);
+        let shared = &self.inner.shared;
+        // Checked again under the journal's lock, not with `may`: a commit published between
+        // the two would be in the journal and not in `may`, rightly (it was not yet there).
         debug_assert!(
-            may || journal.candidates(key).is_empty(),
+            {
+                let journal = lock_read(&shared.index_journal);
+                index_journal::may_hold(&shared.key_filter, key)
+                    || journal.candidates(key).is_empty()
+            },
             "the key filter lost a journalled key"
         );
-        may
+        index_journal::may_hold(&shared.key_filter, key)
     }
 
     /// Rewrites the file so that it holds only live pages and shrinks it (redb `compact`).

@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::budget::Permit;
 use crate::index_journal::{self, IndexJournal, TxnIndex};
 use crate::journal::{self, Journal, Merge, TxnJournal};
+use crate::key_filter::KeyFilter;
 use crate::layout::*;
 use crate::syncer::{OnDurable, SyncFailed, Syncer};
 use crate::{
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     pub journal: RwLock<Journal>,
     /// `index`'s journal (`index_journal.rs`); only the writer changes it.
     pub index_journal: RwLock<IndexJournal>,
+    /// The journal's key filter, asked without its lock (`Store::may_hold`).
+    pub key_filter: Arc<KeyFilter>,
     /// Which middle levels are being drained into their base, a step after each commit
     /// ([`DRAIN_ENVELOPES`], [`DRAIN_INDEX`]); only the writer uses it.
     pub draining: AtomicU8,
