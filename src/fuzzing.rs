@@ -462,8 +462,10 @@ pub fn envelope(data: &[u8]) {
         let want = single
             .as_ref()
             .map(|v| {
-                let deps: Vec<[u8; 32]> = v.change().deps().iter().map(|h| h.0).collect();
-                (v.change().len(), deps, v.hash())
+                let change = v.change().expect("a verified change expands");
+                let deps: Vec<[u8; 32]> = change.deps().iter().map(|h| h.0).collect();
+                assert_eq!(v.is_first(), deps.is_empty(), "first without expanding");
+                (change.len(), deps, v.hash())
             })
             .map_err(|e| e.to_string());
         let got = c
@@ -474,7 +476,7 @@ pub fn envelope(data: &[u8]) {
     }
     if let Ok(v) = single {
         assert!(envelope::actor_is_bound(
-            v.change().actor_id(),
+            v.change().expect("a verified change expands").actor_id(),
             &v.envelope().signer
         ));
     }

@@ -2090,7 +2090,12 @@ fn stored_change(id: &DocId, verified: VerifiedEnvelope) -> Result<automerge::Ch
             doc_id_hex(id)
         )));
     }
-    Ok(verified.into_parts().1)
+    verified.into_change().ok_or_else(|| {
+        OfficeError::Integrity(format!(
+            "record {}: a verified change does not expand",
+            doc_id_hex(id)
+        ))
+    })
 }
 
 /// The document a draft created, made from its one change (the only envelope in `envelopes`),

@@ -183,10 +183,7 @@ async fn a_later_change_before_the_first_waits_then_completes() {
     let mut envs = all_envelopes(&de, &roster);
     assert_eq!(envs.len(), 2);
     // Deliver the closing change first: it depends on the creating one.
-    let first = envs
-        .iter()
-        .position(|e| e.change().deps().is_empty())
-        .unwrap();
+    let first = envs.iter().position(|e| e.is_first()).unwrap();
     let creating = envs.remove(first);
     let keys = keys_of(&de, &envs);
     let r = sg.ingest(envs, &keys).await.unwrap();

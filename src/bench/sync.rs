@@ -304,14 +304,17 @@ fn verify_apply_floor(
                     for v in envelope::verify_batch(envs, roster) {
                         let v = v.map_err(e)?;
                         let fast = match how {
-                            Apply::AsIngest if v.change().deps().is_empty() => {
-                                consentd_sync::first_change::new_document(v.change().raw_bytes())
+                            Apply::AsIngest if v.is_first() => {
+                                consentd_sync::first_change::new_document(&v.envelope().change)
                             }
                             _ => None,
                         };
                         if fast.is_none() {
+                            let change = v
+                                .into_change()
+                                .ok_or_else(|| "a verified change does not expand".to_string())?;
                             let mut doc = automerge::Automerge::new();
-                            doc.apply_changes([v.change().clone()]).map_err(e)?;
+                            doc.apply_changes([change]).map_err(e)?;
                         }
                     }
                     Ok(())

@@ -352,11 +352,8 @@ impl Office {
                 continue;
             }
             debug_assert_eq!(env.doc_id(), id, "grouped by record");
-            let hash = env.hash();
-            // Moved, not cloned: a change holds its bytes and op columns.
-            let (envelope, change, _) = env.into_parts();
-            new.push((hash, envelope.encode()));
-            changes.push(change);
+            new.push((env.hash(), env.envelope().encode()));
+            changes.push(env);
         }
         if new.is_empty() {
             // Nothing new (every envelope held already, or a record re-opened): merged again
@@ -371,7 +368,7 @@ impl Office {
         // read straight from the change; anything else is merged by Automerge. Either way the
         // record is what the document says (first_change's contract, asserted in debug builds).
         let fast = match (&history, changes.as_slice()) {
-            (None, [only]) => first_change::new_document(only.raw_bytes()),
+            (None, [only]) => first_change::new_document(&only.envelope().change),
             _ => None,
         };
         let (name, value) = match fast {
@@ -384,6 +381,17 @@ impl Office {
             }
             None => {
                 let mut doc = history.unwrap_or_default();
+                // Expanded only here: verification checked each change without expanding it.
+                let changes = changes
+                    .into_iter()
+                    .map(VerifiedEnvelope::into_change)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        OfficeError::Integrity(format!(
+                            "record {}: a verified change does not expand",
+                            doc_id_hex(&id)
+                        ))
+                    })?;
                 doc.apply_changes(changes).map_err(|e| {
                     OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
                 })?;

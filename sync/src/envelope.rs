@@ -48,6 +48,7 @@
 //! content is personal data.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use automerge::{ActorId, Change};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey, SIGNATURE_LENGTH};
@@ -226,11 +227,23 @@ impl Envelope {
 /// An envelope whose signer is a roster office, whose change parses, is canonically encoded and
 /// was authored under that office's actor, and whose signature verifies. Only [`verify`] and
 /// [`verify_batch`] make one.
+///
+/// The change is checked as [`check_batch`] checks it, without expanding it into Automerge's
+/// `Change`, which is made on first use ([`VerifiedEnvelope::change`]): a cold sync's receiver
+/// reads a record that arrives whole straight from the chunk (`first_change::new_document`) and
+/// never needs it. Expanding every change when it was verified was 8 % of the receiver's
+/// authoring threads' CPU (thirty-third session).
 #[derive(Clone)]
 pub struct VerifiedEnvelope {
     envelope: Envelope,
-    change: Change,
+    /// Automerge's expansion: made by the verification when the change reader did not vouch for
+    /// the change, else on first use.
+    change: OnceLock<Change>,
     hash: [u8; 32],
+    /// The change's authoring time (`Change::timestamp`).
+    time: i64,
+    /// The change has no dependencies (`Change::deps`): it starts its document.
+    first: bool,
     office: String,
 }
 
@@ -254,8 +267,32 @@ impl VerifiedEnvelope {
         self.hash
     }
 
-    pub fn change(&self) -> &Change {
-        &self.change
+    /// Automerge's `Change`, expanded from the bytes on first use. `None` only if the change
+    /// reader's contract were broken (`change_chunk.rs`; debug builds check it on every
+    /// verification).
+    pub fn change(&self) -> Option<&Change> {
+        if self.change.get().is_none() {
+            let _ = self.change.set(expand(&self.envelope.change, &self.hash)?);
+        }
+        self.change.get()
+    }
+
+    /// The change has no dependencies: it is its document's first (read without expanding it).
+    pub fn is_first(&self) -> bool {
+        self.first
+    }
+
+    /// [`VerifiedEnvelope::change`], taken.
+    pub fn into_change(self) -> Option<Change> {
+        let VerifiedEnvelope {
+            envelope,
+            change,
+            hash,
+            ..
+        } = self;
+        change
+            .into_inner()
+            .or_else(|| expand(&envelope.change, &hash))
     }
 
     /// Id of the office that authored and signed the change.
@@ -271,14 +308,24 @@ impl VerifiedEnvelope {
     /// change, and its hash. Every office derives the same item from the same envelope, which is
     /// what reconciliation needs.
     pub fn item(&self) -> crate::item::Item {
-        let change_secs = self.change.timestamp().max(0) as u64;
+        let change_secs = self.time.max(0) as u64;
         crate::item::Item::new(item_time(&self.envelope.doc_id, change_secs), self.hash)
     }
 
-    /// `(envelope, parsed change, office id)`.
-    pub fn into_parts(self) -> (Envelope, Change, String) {
-        (self.envelope, self.change, self.office)
+    /// `(envelope, office id)`.
+    pub fn into_parts(self) -> (Envelope, String) {
+        (self.envelope, self.office)
     }
+}
+
+/// Automerge's expansion of a change chunk already checked to have hash `hash`.
+fn expand(bytes: &[u8], hash: &[u8; 32]) -> Option<Change> {
+    let change = Change::try_from(bytes).ok();
+    debug_assert!(
+        change.as_ref().is_some_and(|c| c.hash().0 == *hash),
+        "a checked envelope's change does not parse to its hash"
+    );
+    change
 }
 
 /// An envelope's timestamp in the replicated envelope set (sync protocol version 2), in
@@ -505,12 +552,7 @@ impl CheckedEnvelope {
     /// The change as Automerge's `Change`, for a reader that needs its ops. `None` only if the
     /// change reader's contract were broken (debug builds assert it on every check).
     pub fn expand(&self) -> Option<Change> {
-        let change = Change::try_from(&self.envelope.change[..]).ok();
-        debug_assert!(
-            change.as_ref().is_some_and(|c| c.hash().0 == self.hash),
-            "a checked envelope's change does not parse to its hash"
-        );
-        change
+        expand(&self.envelope.change, &self.hash)
     }
 }
 
@@ -614,46 +656,44 @@ fn precheck(
     roster: &VerifiedRoster,
 ) -> Result<Pending<'_, VerifiedEnvelope>, EnvelopeError> {
     let (_, office) = signer_of(&env, roster)?;
-    // Recomputes the hash from the bytes; we never trust a hash someone else computed.
-    let change = parse(&env, office)?;
-    let hash = change.hash().0;
-    check_parsed(&env, office, &hash, change.actor_id().to_bytes())?;
+    let change = OnceLock::new();
+    let (hash, time, first) = match read_change(&env, office)? {
+        Read::Vouched(facts) => (facts.hash, facts.time, facts.deps().len() == 0),
+        Read::Expanded(expanded) => {
+            let facts = (
+                expanded.hash().0,
+                expanded.timestamp(),
+                expanded.deps().is_empty(),
+            );
+            let _ = change.set(*expanded);
+            facts
+        }
+    };
     let (doc, signature) = (env.doc_id, env.signature);
     let value = VerifiedEnvelope {
         envelope: env,
         change,
         hash,
+        time,
+        first,
         office: office.id.clone(),
     };
     Ok(Pending::new(value, office, doc, &signature, hash))
 }
 
-/// [`precheck`]'s checks, reading the change with [`crate::change_chunk`] (Automerge where that
-/// reader does not vouch for it).
+/// [`precheck`]'s checks for [`check_batch`].
 fn precheck_unexpanded(
     env: Envelope,
     roster: &VerifiedRoster,
 ) -> Result<Pending<'_, CheckedEnvelope>, EnvelopeError> {
     let (index, office) = signer_of(&env, roster)?;
-    let (hash, ops, deps) = match crate::change_chunk::read(&env.change) {
-        Some(facts) => {
-            debug_assert!(
-                crate::change_chunk::agrees_with_automerge(&env.change, &facts),
-                "change_chunk vouched for a change that Automerge refuses or reads otherwise"
-            );
-            check_parsed(&env, office, &facts.hash, facts.actor)?;
-            (facts.hash, facts.ops, facts.deps().collect())
-        }
-        None => {
-            let change = parse(&env, office)?;
-            let hash = change.hash().0;
-            check_parsed(&env, office, &hash, change.actor_id().to_bytes())?;
-            (
-                hash,
-                change.len(),
-                change.deps().iter().map(|h| h.0).collect(),
-            )
-        }
+    let (hash, ops, deps) = match read_change(&env, office)? {
+        Read::Vouched(facts) => (facts.hash, facts.ops, facts.deps().collect()),
+        Read::Expanded(change) => (
+            change.hash().0,
+            change.len(),
+            change.deps().iter().map(|h| h.0).collect(),
+        ),
     };
     let (doc, signature) = (env.doc_id, env.signature);
     let value = CheckedEnvelope {
@@ -702,6 +742,36 @@ fn signer_of<'r>(
         });
     }
     Ok((index, office))
+}
+
+/// An envelope's change as read by [`read_change`].
+enum Read<'e> {
+    /// Read by [`crate::change_chunk`], which vouches that Automerge accepts it.
+    Vouched(crate::change_chunk::ChunkFacts<'e>),
+    /// Expanded by Automerge, where that reader does not vouch for it (boxed: a `Change` is
+    /// several times the size of the facts).
+    Expanded(Box<Change>),
+}
+
+/// Reads the envelope's change and checks it (canonical bytes, the signer's actor), with
+/// [`crate::change_chunk`], or Automerge where that reader does not vouch for it. Either way
+/// the hash is recomputed from the bytes: we never trust a hash someone else computed.
+fn read_change<'e>(env: &'e Envelope, office: &Office) -> Result<Read<'e>, EnvelopeError> {
+    match crate::change_chunk::read(&env.change) {
+        Some(facts) => {
+            debug_assert!(
+                crate::change_chunk::agrees_with_automerge(&env.change, &facts),
+                "change_chunk vouched for a change that Automerge refuses or reads otherwise"
+            );
+            check_parsed(env, office, &facts.hash, facts.actor)?;
+            Ok(Read::Vouched(facts))
+        }
+        None => {
+            let change = parse(env, office)?;
+            check_parsed(env, office, &change.hash().0, change.actor_id().to_bytes())?;
+            Ok(Read::Expanded(Box::new(change)))
+        }
+    }
 }
 
 /// Automerge's parse of the envelope's change (which recomputes the hash from the bytes).
@@ -867,9 +937,19 @@ mod tests {
         assert_eq!(v.office(), "de");
         assert_eq!(v.doc_id(), doc_id);
         assert_eq!(v.hash(), change.hash().0);
-        assert_eq!(v.change().hash(), change.hash());
+        assert_eq!(v.change().map(Change::hash), Some(change.hash()));
+        // The item's time is the header's, read without expanding the change.
+        assert_eq!(
+            v.item(),
+            crate::item::Item::new(
+                item_time(&doc_id, change.timestamp().max(0) as u64),
+                change.hash().0
+            )
+        );
         assert_eq!(v.envelope(), &env);
-        let (e, c, office) = v.into_parts();
+        assert_eq!(v.is_first(), change.deps().is_empty());
+        let c = v.clone().into_change().expect("expands");
+        let (e, office) = v.into_parts();
         assert_eq!((e, c.hash(), office.as_str()), (env, change.hash(), "de"));
     }
 
@@ -877,7 +957,7 @@ mod tests {
     fn verified_change_applies_to_a_fresh_document() {
         let n = net(&["us"]);
         let env = envelope(&n.keys[0], [1; 16], "analytics");
-        let (_, change, _) = verify(env, &n.roster).unwrap().into_parts();
+        let change = verify(env, &n.roster).unwrap().into_change().unwrap();
         let mut doc = Automerge::new();
         doc.apply_changes([change]).unwrap();
         use automerge::ReadDoc;
@@ -1121,8 +1201,9 @@ mod tests {
                     assert_eq!(c.doc_id(), v.doc_id(), "{i}");
                     assert_eq!(c.hash(), v.hash(), "{i}");
                     assert_eq!(c.change_bytes(), &v.envelope().change[..], "{i}");
-                    assert_eq!(c.ops(), v.change().len(), "{i}");
-                    let deps: Vec<[u8; 32]> = v.change().deps().iter().map(|h| h.0).collect();
+                    let expanded = v.change().expect("expands");
+                    assert_eq!(c.ops(), expanded.len(), "{i}");
+                    let deps: Vec<[u8; 32]> = expanded.deps().iter().map(|h| h.0).collect();
                     assert_eq!(c.deps(), &deps[..], "{i}");
                     let office = n
                         .roster
