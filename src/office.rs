@@ -2090,6 +2090,12 @@ fn stored_change(id: &DocId, verified: VerifiedEnvelope) -> Result<automerge::Ch
             doc_id_hex(id)
         )));
     }
+    expanded(id, verified)
+}
+
+/// The change of a verified envelope of record `id`, expanded by Automerge (verification checks
+/// most changes without expanding them: `VerifiedEnvelope::change`).
+fn expanded(id: &DocId, verified: VerifiedEnvelope) -> Result<automerge::Change> {
     verified.into_change().ok_or_else(|| {
         OfficeError::Integrity(format!(
             "record {}: a verified change does not expand",

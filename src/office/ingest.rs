@@ -384,14 +384,8 @@ impl Office {
                 // Expanded only here: verification checked each change without expanding it.
                 let changes = changes
                     .into_iter()
-                    .map(VerifiedEnvelope::into_change)
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        OfficeError::Integrity(format!(
-                            "record {}: a verified change does not expand",
-                            doc_id_hex(&id)
-                        ))
-                    })?;
+                    .map(|env| super::expanded(&id, env))
+                    .collect::<Result<Vec<_>>>()?;
                 doc.apply_changes(changes).map_err(|e| {
                     OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
                 })?;
