@@ -17,6 +17,7 @@ fn bench_prints_rows_with_the_interface_keys() {
     for name in [
         "ingest",
         "ingest_vs_raw_redb",
+        "ingest_ceiling",
         "writes_64_clients",
         "writes_64_clients_vs_redb",
         "writes_64_clients_p99",
