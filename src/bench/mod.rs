@@ -71,6 +71,16 @@ pub const BENCHES: &[(&str, Bench)] = &[
 /// from [`BENCHES`], e.g. `replication,fan_out`). With `CONSENTD_BENCH_TRACE` set, each family's
 /// rows are also printed to stderr as soon as they are measured.
 pub fn run(records: usize) -> Result<Vec<Row>, String> {
+    if !cfg!(poly1305_force_soft) {
+        // `.cargo/config.toml` passes the cfg to every crate; a `RUSTFLAGS` in the environment
+        // replaces that list, and the build, as correct, seals slower (BENCHMARKS.md, thirty-third
+        // session): say so beside figures that would otherwise not be comparable.
+        eprintln!(
+            "warning: this build lacks .cargo/config.toml's `--cfg poly1305_force_soft` (a RUSTFLAGS \
+             in the environment replaces it): every seal costs about a microsecond more, and the \
+             ingest and writes rows show it"
+        );
+    }
     let only = std::env::var("CONSENTD_BENCH_ONLY").unwrap_or_default();
     let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
     if let Some(filter) = daemon_log() {
