@@ -1596,8 +1596,8 @@ impl<'o> Draft<'o> {
                 let id = match existing {
                     Some(id) => {
                         // Appended to an Automerge list as a JSON tree; a new record below takes
-                        // the event as it is (a round trip through the tree cost 2 % of a single
-                        // write's CPU).
+                        // the event as it is (the round trip through the tree was 1 % of the
+                        // workers' CPU with 64 clients, 3 % of an import's authoring threads).
                         let mut event = serde_json::to_value(&event).expect("events serialise");
                         let parental_consent = match &parental_consent {
                             Some(p) => Some(self.seal_for(&id, p)?),

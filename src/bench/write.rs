@@ -266,8 +266,6 @@ pub(super) fn writes(n: usize) -> Result<Vec<Row>, String> {
             ms(1.0),
             CLIENTS as f64 / ours.concurrent_rate * 1e3
         );
-    }
-    if super::trace() {
         eprintln!(
             "ingest ceiling: the floor {:.1} µs of a core a record ({threads} threads) + raw redb's \
              insert {:.1} µs of CPU ({:.1} µs of wall) = at most {:.0} records/s, {:.2} of the \
@@ -681,4 +679,48 @@ pub fn raw_redb_child(db: &Path, input: &Path, records: usize) -> Result<(), Str
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_adds_the_insert_cpu_to_the_floor_core_time() {
+        // Two threads authoring 50,000 records/s: 40 µs of a core a record; raw redb spent one
+        // second of CPU on 100,000 inserts: 10 µs. At most 2 / 50 µs = 40,000 records/s, 0.8 of
+        // the floor's rate.
+        let c = Ceiling::of(2, 50_000.0, Duration::from_secs(1), 100_000);
+        assert!((c.floor_us - 40.0).abs() < 1e-9, "{}", c.floor_us);
+        assert!((c.insert_us - 10.0).abs() < 1e-9, "{}", c.insert_us);
+        assert!((c.rate - 40_000.0).abs() < 1e-6, "{}", c.rate);
+        // More cores raise the floor's rate and the ceiling alike: the bound on row 1's ratio,
+        // floor / (floor + insert), does not move.
+        let c4 = Ceiling::of(4, 100_000.0, Duration::from_secs(1), 100_000);
+        assert!((c4.rate / 100_000.0 - 0.8).abs() < 1e-9, "{}", c4.rate);
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_counts_this_threads_work_and_not_its_sleep() {
+        let before = thread_cpu();
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = thread_cpu() - before;
+        assert!(
+            slept < Duration::from_millis(25),
+            "sleeping counted {slept:?}"
+        );
+        // Spin until the clock has counted 10 ms of work: on a loaded machine that takes longer
+        // than 10 ms of wall time, never forever (a clock that does not advance fails here).
+        let (mut x, started) = (0u64, Instant::now());
+        while thread_cpu() - before - slept < Duration::from_millis(10) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "a minute of spinning counted {:?}",
+                thread_cpu() - before - slept
+            );
+            for _ in 0..1_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+    }
 }
