@@ -311,11 +311,6 @@ impl VerifiedEnvelope {
         let change_secs = self.time.max(0) as u64;
         crate::item::Item::new(item_time(&self.envelope.doc_id, change_secs), self.hash)
     }
-
-    /// `(envelope, office id)`.
-    pub fn into_parts(self) -> (Envelope, String) {
-        (self.envelope, self.office)
-    }
 }
 
 /// Automerge's expansion of a change chunk already checked to have hash `hash`.
@@ -948,8 +943,8 @@ mod tests {
         );
         assert_eq!(v.envelope(), &env);
         assert_eq!(v.is_first(), change.deps().is_empty());
-        let c = v.clone().into_change().expect("expands");
-        let (e, office) = v.into_parts();
+        let (e, office) = (v.envelope().clone(), v.office().to_string());
+        let c = v.into_change().expect("expands");
         assert_eq!((e, c.hash(), office.as_str()), (env, change.hash(), "de"));
     }
 
