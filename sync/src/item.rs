@@ -22,8 +22,9 @@ pub const FINGERPRINT_LEN: usize = 16;
 /// Items per chunk of an [`ItemSet`] before the chunk splits in two. Small enough that an insert
 /// moves at most 10 KB (256 items of 40 bytes); a million-item set then has 4,000-8,000 chunks,
 /// which its chunk ranks ([`ChunkRanks`]) answer in ~13 steps. 1,024 until the thirty-fifth
-/// session: a million random inserts (a cold sync's subject keys) took 1.65 s with the ranks,
-/// 1.24 s with 256 (`512`: 1.34-1.43 s), and the set holds as much memory (57 MB against 53).
+/// session, when a million random inserts (a cold sync's subject keys; `examples/item_set.rs`)
+/// took 1.65-1.70 s with the chunk ranks and 1,024, 1.34-1.43 s with 512, 1.10-1.26 s with 256;
+/// a set filled at random holds 57 MB at 256 against 53 MB before.
 pub const CHUNK_ITEMS_MAX: usize = 256;
 
 /// One element of a replicated set. Ordered by timestamp, then id.
@@ -220,8 +221,9 @@ impl Chunk {
 /// Why not a plain array of each chunk's first rank (until the thirty-fifth session): every
 /// insert or remove then rewrote the ranks of all later chunks, O(chunks). A subject key's item
 /// lands anywhere in the key set, so a cold sync of a million records (a million new keys) spent
-/// 2.0-2.2 s inserting them, at a cost growing with the set's size, under the lock every sync
-/// session reads through; 1.1-1.3 s with these ranks and smaller chunks (BENCHMARKS.md).
+/// 1.5-2.2 s inserting them, the last quarter at 2.1-2.3 µs each, under the lock every sync
+/// session reads through; 1.0-1.1 s with these ranks and smaller chunks, 1.4-1.5 µs each
+/// (`examples/item_set.rs`; BENCHMARKS.md, thirty-fifth session).
 #[derive(Clone, Debug, Default)]
 struct ChunkRanks {
     /// 1-based: `tree[k]` counts the items of chunks `k - (k & -k) .. k` (0-based, half open).
@@ -247,23 +249,36 @@ impl ChunkRanks {
         self.tree.len().saturating_sub(1)
     }
 
-    /// One item more in chunk `ci`.
-    fn increment(&mut self, ci: usize) {
+    /// `n` items more in chunk `ci`.
+    fn add(&mut self, ci: usize, n: usize) {
         let mut k = ci + 1;
         while k < self.tree.len() {
-            self.tree[k] += 1;
+            self.tree[k] += n;
             k += k & k.wrapping_neg();
         }
     }
 
-    /// One item fewer in chunk `ci` (which holds at least one).
-    fn decrement(&mut self, ci: usize) {
+    /// `n` items fewer in chunk `ci` (which holds at least `n`).
+    fn sub(&mut self, ci: usize, n: usize) {
         let mut k = ci + 1;
         while k < self.tree.len() {
-            debug_assert!(self.tree[k] > 0, "a chunk's count would go negative");
-            self.tree[k] -= 1;
+            debug_assert!(self.tree[k] >= n, "a chunk's count would go negative");
+            self.tree[k] -= n;
             k += k & k.wrapping_neg();
         }
+    }
+
+    /// A new last chunk of `size` items, in O(log chunks): sets that grow at their end (items
+    /// made in time order) split their last chunk again and again.
+    fn push(&mut self, size: usize) {
+        if self.tree.is_empty() {
+            self.tree.push(0);
+        }
+        let k = self.tree.len();
+        // Node `k` counts chunks `k - lowbit(k) .. k`: the new one and those before it that
+        // nodes below `k` already count.
+        let covered = self.before(k - 1) - self.before(k - (k & k.wrapping_neg()));
+        self.tree.push(size + covered);
     }
 
     /// Items in chunks before `ci`: the rank of chunk `ci`'s first item.
@@ -412,10 +427,19 @@ impl ItemSet {
             // chunk's worth, or a set filled in random order holds twice its items' memory.
             chunk.items.shrink_to(CHUNK_ITEMS_MAX);
             chunk.sum.sub_acc(&tail.sum);
-            self.chunks.insert(ci + 1, tail);
-            self.reindex();
+            let moved = tail.items.len();
+            if ci + 1 == self.chunks.len() {
+                // The last chunk split: its tail becomes a new last chunk.
+                self.ranks.add(ci, 1);
+                self.ranks.sub(ci, moved);
+                self.ranks.push(moved);
+                self.chunks.push(tail);
+            } else {
+                self.chunks.insert(ci + 1, tail);
+                self.reindex();
+            }
         } else {
-            self.ranks.increment(ci);
+            self.ranks.add(ci, 1);
         }
         true
     }
@@ -471,7 +495,7 @@ impl ItemSet {
             self.chunks.remove(ci);
             self.reindex();
         } else {
-            self.ranks.decrement(ci);
+            self.ranks.sub(ci, 1);
         }
         true
     }
@@ -799,9 +823,9 @@ mod tests {
         }
     }
 
-    /// The chunk ranks answer what prefix sums over the chunk sizes would, through increments,
-    /// decrements and rebuilds, with empty chunks among them and every count of chunks up to
-    /// 40 (tree sizes that are and are not powers of two).
+    /// The chunk ranks answer what prefix sums over the chunk sizes would, through counts added
+    /// and taken, chunks pushed at the end, and rebuilds, with empty chunks among them, starting
+    /// from every count of chunks up to 40 (tree sizes that are and are not powers of two).
     #[test]
     fn chunk_ranks_match_prefix_sums() {
         let mut rng = StdRng::seed_from_u64(13);
@@ -816,34 +840,40 @@ mod tests {
                 })
                 .collect();
             let mut ranks = ChunkRanks::build(sizes.iter().copied());
-            for round in 0..50 {
+            for round in 0..60 {
                 let prefix: Vec<usize> = std::iter::once(0)
                     .chain(sizes.iter().scan(0, |acc, s| {
                         *acc += s;
                         Some(*acc)
                     }))
                     .collect();
+                assert_eq!(ranks.chunks(), sizes.len());
                 for (ci, want) in prefix.iter().enumerate() {
                     assert_eq!(ranks.before(ci), *want, "n {n}, round {round}, chunk {ci}");
                 }
-                let total = prefix[n];
-                for rank in 0..total {
+                for rank in 0..prefix[sizes.len()] {
                     let ci = ranks.chunk_of(rank);
                     assert!(
                         prefix[ci] <= rank && rank < prefix[ci + 1],
                         "n {n}, round {round}: rank {rank} placed in chunk {ci} of {sizes:?}"
                     );
                 }
-                if n == 0 {
-                    break;
+                let by = rng.gen_range(1..4);
+                if sizes.is_empty() || rng.gen_bool(0.2) {
+                    sizes.push(by);
+                    ranks.push(by);
+                    continue;
                 }
-                let ci = rng.gen_range(0..n);
-                if sizes[ci] > 0 && rng.gen_bool(0.5) {
-                    sizes[ci] -= 1;
-                    ranks.decrement(ci);
+                let ci = rng.gen_range(0..sizes.len());
+                if sizes[ci] >= by && rng.gen_bool(0.5) {
+                    sizes[ci] -= by;
+                    ranks.sub(ci, by);
                 } else {
-                    sizes[ci] += 1;
-                    ranks.increment(ci);
+                    sizes[ci] += by;
+                    ranks.add(ci, by);
+                }
+                if round % 20 == 19 {
+                    ranks = ChunkRanks::build(sizes.iter().copied());
                 }
             }
         }
