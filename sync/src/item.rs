@@ -311,8 +311,9 @@ impl ChunkRanks {
 }
 
 /// A sorted, de-duplicated set of items held in chunks of at most [`CHUNK_ITEMS_MAX`], each with
-/// its id sum, so that an insert costs O(chunk + log chunks) and a range fingerprint costs
-/// O(chunks + chunk) rather than O(range). A million items take ~42 MB built at once
+/// its id sum, so that an insert costs O(chunk + log chunks) (and O(chunks) once in ~128, when a
+/// chunk splits anywhere but at the end) and a range fingerprint costs O(chunks + chunk) rather
+/// than O(range). A million items take ~42 MB built at once
 /// ([`ItemSet::from_sorted_unique`]), ~57 MB inserted one by one in random order.
 ///
 /// The daemon keeps one per replicated set in memory (rebuilt from storage at start-up, updated on
@@ -394,8 +395,8 @@ impl ItemSet {
         after.saturating_sub(1)
     }
 
-    /// Rebuilds the chunk ranks after chunks were added or removed (O(chunks); once in about
-    /// [`CHUNK_ITEMS_MAX`] / 2 inserts).
+    /// Rebuilds the chunk ranks after a chunk was inserted before the last or removed
+    /// (O(chunks); a split of the last chunk pushes its rank instead, [`ChunkRanks::push`]).
     fn reindex(&mut self) {
         self.ranks = ChunkRanks::build(self.chunks.iter().map(|c| c.items.len()));
         debug_assert_eq!(
