@@ -124,7 +124,12 @@ fn trim_loop(t: &'static Trimmer) {
                         .0;
                     continue;
                 }
-                let quiet = asks.last.is_some_and(|l| now >= l + TRIM_QUIET);
+                // Due only once the asks paused (`trim_due`), so every trim is a quiet one: the
+                // debug line's `quiet` field, false for the trims the removed cap forced, is gone.
+                debug_assert!(
+                    asks.last.is_some_and(|l| now >= l + TRIM_QUIET),
+                    "a trim ran before the asks paused"
+                );
                 *asks = Asks::default();
                 drop(asks);
                 let started = Instant::now();
@@ -132,12 +137,7 @@ fn trim_loop(t: &'static Trimmer) {
                 // preconditions, and glibc locks each arena while it walks it.
                 let released = unsafe { libc::malloc_trim(0) } != 0;
                 let (ended, took) = (Instant::now(), started.elapsed());
-                tracing::debug!(
-                    micros = took.as_micros() as u64,
-                    quiet,
-                    released,
-                    "heap trimmed"
-                );
+                tracing::debug!(micros = took.as_micros() as u64, released, "heap trimmed");
                 asks = t.asks.lock().unwrap_or_else(|p| p.into_inner());
                 asks.not_before = Some(next_trim_after(ended, took));
             }

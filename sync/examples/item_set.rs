@@ -18,9 +18,17 @@ use consentd_sync::item::{Item, ItemSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// The heap glibc has handed out, in MB (0 where the C library is not glibc).
 fn heap_in_use_mb() -> f64 {
-    // SAFETY: mallinfo2 only reads glibc's counters.
-    unsafe { libc::mallinfo2() }.uordblks as f64 / 1e6
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads glibc's counters.
+        unsafe { libc::mallinfo2() }.uordblks as f64 / 1e6
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        0.0
+    }
 }
 
 fn main() {
