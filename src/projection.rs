@@ -41,6 +41,8 @@ use serde_json::{Map, Number, Value};
 use crate::record::{fmt_date, fmt_time, Record, RecordFacts};
 use consentd_sync::b64;
 
+mod direct;
+
 /// First byte of a version-2 projection (a v1 projection is a JSON object: `{`).
 pub const V2: u8 = 0xC2;
 /// Deepest nesting of arrays and objects encoded (records nest three deep; an erasure report
@@ -235,31 +237,93 @@ pub const WORDS: &[&str] = &[
     "us-company-policy-45-days",
 ];
 
+/// The longest of [`WORDS`]: a longer text (a sealed field, a time) is no word, unhashed.
+const WORD_LEN_MAX: usize = 29;
+/// Slots of [`word_index`]'s table: a power of two, about three per word, so that a probe
+/// mostly ends at its first slot.
+const WORD_SLOTS: usize = 512;
+
 fn word_index(text: &str) -> Option<u8> {
-    // A record has a few dozen texts to look up; a linear scan of 160 words cost ~3 µs each.
-    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, u8>> =
-        std::sync::OnceLock::new();
-    INDEX
-        .get_or_init(|| {
+    // A record has a few dozen texts and keys to look up, on every encoding: a linear scan of
+    // the 160 words cost ~3 µs a record, a `HashMap` (SipHash) ~0.5 µs; this open-addressed
+    // table hashes at most two words of the text. Slot `i` holds word `i - 1`, 0 is empty.
+    static TABLE: std::sync::OnceLock<[u8; WORD_SLOTS]> = std::sync::OnceLock::new();
+    let bytes = text.as_bytes();
+    if bytes.len() > WORD_LEN_MAX {
+        return None;
+    }
+    let table = TABLE.get_or_init(|| {
+        debug_assert!(
+            WORDS.len() < KEY_TEXT as usize && WORDS.len() < WORD_SLOTS / 2,
+            "word indexes fit below KEY_TEXT, and the table stays sparse"
+        );
+        let mut table = [0u8; WORD_SLOTS];
+        for (i, word) in WORDS.iter().enumerate() {
             debug_assert!(
-                WORDS.len() < KEY_TEXT as usize,
-                "word indexes fit below KEY_TEXT"
+                word.len() <= WORD_LEN_MAX,
+                "{word} is longer than WORD_LEN_MAX"
             );
-            WORDS
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (*w, i as u8))
-                .collect()
-        })
-        .get(text)
-        .copied()
+            let mut slot = word_slot(word.as_bytes());
+            while table[slot] != 0 {
+                slot = (slot + 1) % WORD_SLOTS;
+            }
+            table[slot] = i as u8 + 1;
+        }
+        table
+    });
+    let mut slot = word_slot(bytes);
+    loop {
+        let i = table[slot].checked_sub(1)?;
+        if WORDS[usize::from(i)] == text {
+            return Some(i);
+        }
+        slot = (slot + 1) % WORD_SLOTS;
+    }
+}
+
+/// The first slot of `word` in [`word_index`]'s table: a multiplicative hash of its length and
+/// its first and last eight bytes (overlapping; for a shorter word its first and last four, or
+/// first, middle and last byte), read without copying.
+fn word_slot(word: &[u8]) -> usize {
+    let n = word.len();
+    let u64_at = |i: usize| u64::from_le_bytes(word[i..i + 8].try_into().expect("eight bytes"));
+    let u32_at = |i: usize| {
+        u64::from(u32::from_le_bytes(
+            word[i..i + 4].try_into().expect("four bytes"),
+        ))
+    };
+    let (head, tail) = match n {
+        8.. => (u64_at(0), u64_at(n - 8)),
+        4..=7 => (u32_at(0), u32_at(n - 4)),
+        1..=3 => (
+            u64::from(word[0]) | u64::from(word[n / 2]) << 8 | u64::from(word[n - 1]) << 16,
+            0,
+        ),
+        0 => (0, 0),
+    };
+    let h = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - WORD_SLOTS.trailing_zeros())) as usize
 }
 
 // ---- encoding ----
 
 /// A record's projection, version 2 (version 1 JSON for a value nested beyond [`DEPTH_MAX`]).
+///
+/// Written straight from the record ([`direct`]): the same bytes as [`encode_value`] of its
+/// JSON tree, without building the tree (asserted in debug builds).
 pub fn encode(record: &Record) -> Vec<u8> {
-    encode_value(&serde_json::to_value(record).expect("records always serialise"))
+    let mut out = Vec::with_capacity(256);
+    out.push(V2);
+    if direct::put(record, &mut out).is_err() {
+        // Nested too deep for version 2, or a value only the tree's rules can spell.
+        return encode_value(&serde_json::to_value(record).expect("records always serialise"));
+    }
+    debug_assert_eq!(
+        out,
+        encode_value(&serde_json::to_value(record).expect("records always serialise")),
+        "the direct encoding is the JSON tree's"
+    );
+    out
 }
 
 /// [`encode`] of a record already turned into its JSON tree (`serde_json::to_value`).
@@ -440,7 +504,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
         return serde_json::from_slice(bytes).map_err(|e| format!("corrupt projection: {e}"));
     }
     let value = decode_value_all(bytes)?;
-    serde_json::from_value(value).map_err(|e| format!("corrupt projection: {e}"))
+    Record::from_tree(value).map_err(|e| format!("corrupt projection: {e}"))
 }
 
 /// The JSON value a version-2 projection was made from.
@@ -877,6 +941,7 @@ mod tests {
     use super::*;
     use crate::record::*;
     use rand::{Rng, SeedableRng};
+    use serde_json::json;
 
     fn sealed(n: usize) -> String {
         let raw: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
@@ -884,7 +949,7 @@ mod tests {
     }
 
     /// One record of each kind, with every optional field that changes the encoding.
-    fn records() -> Vec<Record> {
+    pub(super) fn records() -> Vec<Record> {
         let event = |action: &str, at: &str| ConsentEvent {
             action: action.into(),
             at: at.into(),
@@ -1061,6 +1126,81 @@ mod tests {
                 "000735",   // type: word 53, "hold"
             ]
             .concat()
+        );
+    }
+
+    /// `Record::from_tree` (what `decode` and a merge read records with) reads what serde's
+    /// derived reading reads, and refuses what it refuses, with the same message.
+    #[test]
+    fn a_record_reads_from_its_tree_as_serde_reads_it() {
+        let serde = |tree: &Value| serde_json::from_value::<Record>(tree.clone());
+        let mut trees = vec![json!(null), json!([]), json!("consent"), json!({})];
+        for record in records() {
+            let tree = serde_json::to_value(&record).unwrap();
+            let fields = tree.as_object().unwrap().clone();
+            trees.push(tree);
+            for key in fields.keys() {
+                let mut without = fields.clone();
+                without.remove(key);
+                trees.push(Value::Object(without));
+                let mut odd = fields.clone();
+                odd.insert(key.clone(), json!(3));
+                trees.push(Value::Object(odd));
+            }
+            for tag in [json!("unknown"), json!(1), json!(null), json!("Consent")] {
+                let mut odd = fields.clone();
+                odd.insert("type".into(), tag);
+                trees.push(Value::Object(odd));
+            }
+            let mut extra = fields.clone();
+            extra.insert("_doc".into(), json!("an id"));
+            extra.insert("later_field".into(), json!({"a": [1]}));
+            trees.push(Value::Object(extra));
+        }
+        let mut read = 0;
+        for tree in &trees {
+            match (Record::from_tree(tree.clone()), serde(tree)) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{tree}");
+                    read += 1;
+                }
+                (Err(ours), Err(theirs)) => {
+                    assert_eq!(ours.to_string(), theirs.to_string(), "{tree}")
+                }
+                (ours, theirs) => panic!("{tree}: {ours:?} against serde's {theirs:?}"),
+            }
+        }
+        assert!(
+            read > 10,
+            "only {read} of {} trees were records",
+            trees.len()
+        );
+    }
+
+    /// The table finds every word at its index and nothing else: what a scan of [`WORDS`]
+    /// finds, for the words, their neighbours and texts longer than any word.
+    #[test]
+    fn word_index_finds_what_a_scan_finds() {
+        let scan = |text: &str| WORDS.iter().position(|w| *w == text).map(|i| i as u8);
+        let mut texts = vec![String::new(), "x".repeat(WORD_LEN_MAX + 1), sealed(40)];
+        for word in WORDS {
+            texts.push(word.to_string());
+            texts.push(format!("{word}s"));
+            texts.push(format!("_{word}"));
+            texts.push(word[..word.len() - 1].to_string());
+            texts.push(word.to_uppercase());
+            texts.push(format!(
+                "{word}{}",
+                "-".repeat(WORD_LEN_MAX - word.len() + 1)
+            ));
+        }
+        for text in &texts {
+            assert_eq!(word_index(text), scan(text), "{text:?}");
+        }
+        assert_eq!(
+            WORDS.iter().map(|w| w.len()).max(),
+            Some(WORD_LEN_MAX),
+            "WORD_LEN_MAX is the longest word's length"
         );
     }
 

@@ -434,7 +434,8 @@ impl Office {
             },
             _ => None,
         };
-        let plain = sealed::open_record(&self.keys, record.clone())?;
+        let (kind, projection) = (record.kind_tag(), record.to_projection());
+        let plain = sealed::open_record(&self.keys, record)?;
         if let (Some((k, key)), Some(subject)) = (arriving, plain.subject()) {
             let subject = Subject::parse(subject).map_err(|e| {
                 OfficeError::Integrity(format!("record {}: subject: {e}", doc_id_hex(&id)))
@@ -460,9 +461,9 @@ impl Office {
         report.records += 1;
         batch.updates.push(RecordUpdate {
             doc_id: id,
-            kind: record.kind_tag(),
+            kind,
             envelopes: new,
-            projection: record.to_projection(),
+            projection,
             index_keys,
             due_day,
         });
