@@ -398,10 +398,7 @@ fn put_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
             out.push(OBJECT);
             put_varint(map.len() as u64, out);
             for (k, v) in map {
-                match word_index(k) {
-                    Some(i) => out.push(i),
-                    None => put_bytes(KEY_TEXT, k.as_bytes(), out),
-                }
+                put_key(k, out);
                 if !put_value(v, out, depth + 1) {
                     return false;
                 }
@@ -409,6 +406,14 @@ fn put_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
         }
     }
     true
+}
+
+/// An object's key: its word, or its text.
+fn put_key(key: &str, out: &mut Vec<u8>) {
+    match word_index(key) {
+        Some(i) => out.push(i),
+        None => put_bytes(KEY_TEXT, key.as_bytes(), out),
+    }
 }
 
 fn encode_text(s: &str, out: &mut Vec<u8>) {

@@ -301,20 +301,17 @@ impl Record {
                 return serde_json::from_value(Value::Object(fields));
             }
         };
-        let rest = Value::Object(fields);
-        match tag.as_str() {
-            "consent" => serde_json::from_value(rest).map(Record::Consent),
-            "request" => serde_json::from_value(rest).map(Record::Request),
-            "transfer" => serde_json::from_value(rest).map(Record::Transfer),
-            "hold" => serde_json::from_value(rest).map(Record::Hold),
+        let read: fn(Value) -> Result<Record, serde_json::Error> = match tag.as_str() {
+            "consent" => |rest| serde_json::from_value(rest).map(Record::Consent),
+            "request" => |rest| serde_json::from_value(rest).map(Record::Request),
+            "transfer" => |rest| serde_json::from_value(rest).map(Record::Transfer),
+            "hold" => |rest| serde_json::from_value(rest).map(Record::Hold),
             _ => {
-                let Value::Object(mut fields) = rest else {
-                    unreachable!("made an object above")
-                };
                 fields.insert("type".into(), Value::String(tag));
-                serde_json::from_value(Value::Object(fields))
+                return serde_json::from_value(Value::Object(fields));
             }
-        }
+        };
+        read(Value::Object(fields))
     }
 
     /// The record's projection: what is stored beside its envelopes (`projection.rs`).

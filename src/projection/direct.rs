@@ -11,9 +11,10 @@
 //! kept. A struct's fields arrive in declaration order, so each object's entries are written
 //! first and reordered once complete.
 //!
-//! Anything `serde_json::to_value` would refuse (a map key that is not a string or number, an
-//! integer beyond 64 bits) and a value nested beyond [`DEPTH_MAX`] is an error here; the caller
-//! then takes the JSON tree's path, which handles both as before.
+//! A value nested beyond [`DEPTH_MAX`], an integer beyond 64 bits (which `serde_json::to_value`
+//! refuses too) and a map key that is not a text (`serde_json` spells numbers and booleans as
+//! keys by rules of its own) are errors here; the caller then takes the JSON tree's path, which
+//! handles each as before.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -21,8 +22,8 @@ use std::ops::Range;
 use serde::ser::{self, Serialize};
 
 use super::{
-    encode_text, put_bytes, put_varint, word_index, zigzag, ARRAY, DEPTH_MAX, FALSE, FLOAT,
-    KEY_TEXT, NEG, NULL, OBJECT, TRUE, UINT,
+    encode_text, put_key, put_varint, zigzag, ARRAY, DEPTH_MAX, FALSE, FLOAT, NEG, NULL, OBJECT,
+    TRUE, UINT,
 };
 
 /// Appends `value`'s encoding (no version byte) to `out`; on an error `out` holds a partial
@@ -67,8 +68,8 @@ impl<'a> Writer<'a> {
     fn array(mut self, len_hint: Option<usize>) -> Result<Array<'a>, Refused> {
         let depth = self.nested()?;
         let start = self.out.len();
-        // The count is known only at the end for a sequence without a length: a placeholder
-        // header is replaced then (see `Array::end`).
+        // The header announces the length given; a sequence without one, or with a wrong one,
+        // gets the right header in `Array::finish`.
         Ok(Array {
             out: self.out,
             depth,
@@ -98,13 +99,6 @@ impl<'a> Writer<'a> {
         put_varint(1, self.out);
         put_key(variant, self.out);
         Ok(depth)
-    }
-}
-
-fn put_key(key: &str, out: &mut Vec<u8>) {
-    match word_index(key) {
-        Some(i) => out.push(i),
-        None => put_bytes(KEY_TEXT, key.as_bytes(), out),
     }
 }
 
@@ -339,7 +333,7 @@ impl Array<'_> {
         })
     }
 
-    /// Writes the header for the length announced; `end` rewrites it if the count differs.
+    /// Writes the header for the length announced; `finish` rewrites it if the count differs.
     fn header(&mut self) {
         debug_assert_eq!(self.out.len(), self.start, "the header comes first");
         self.out.push(ARRAY);
@@ -426,10 +420,10 @@ impl Object<'_> {
     }
 
     fn finish(mut self) -> Result<(), Refused> {
-        let mut header = Vec::with_capacity(11);
         if self.entries.windows(2).all(|w| w[0].0 < w[1].0) {
             // In order already, no key twice (a map's keys usually): only the header goes in
             // front.
+            let mut header = Vec::with_capacity(11);
             header.push(OBJECT);
             put_varint(self.entries.len() as u64, &mut header);
             self.out.splice(self.start..self.start, header);
