@@ -36,7 +36,7 @@ mod ingest;
 mod locks;
 pub(crate) mod tokens;
 
-pub(crate) use bulk::{across_cores, off_worker, off_worker_if};
+pub(crate) use bulk::{off_worker, off_worker_if};
 use heap::release_free_heap;
 
 pub use ingest::{IngestReport, TravellingKey, INGEST_ENVELOPES_MAX, KIND_PENDING};

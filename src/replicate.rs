@@ -91,9 +91,6 @@ const FRAME_OFF_WORKER_BYTES_MIN: usize = 32 * 1024;
 /// Wanted items at least this many are read off the runtime's worker (a stored envelope's read
 /// costs a few µs).
 const FETCH_OFF_WORKER_IDS_MIN: usize = 64;
-/// Keys of a Want from which its answer is read on more than one thread, per thread: starting
-/// a thread costs tens of µs, reading and unwrapping a key ~6.5 µs.
-const FETCH_KEYS_PER_THREAD_MIN: usize = 64;
 /// Envelopes and records of a local commit from which `absorb` runs off the runtime's worker
 /// (each costs a decode and a few map updates, microseconds).
 const ABSORB_OFF_WORKER_MIN: usize = 64;
@@ -1839,11 +1836,24 @@ impl Replicator {
                 self.queue_events(events);
             }
             SetKind::Keys => {
-                // A store read and an unwrap a key (~6.5 µs at 1,000,000 records), and the peer
-                // waits for its keys before it asks for records: on every core.
-                out = crate::office::across_cores(ids, FETCH_KEYS_PER_THREAD_MIN, |part| {
-                    self.fetch_keys(peer, part)
-                });
+                for id in ids {
+                    let (kid, hidden) = {
+                        let sets = lock(&self.sets);
+                        let kid = sets.key_ids.get(id).copied();
+                        let hidden = sets
+                            .hidden
+                            .get(peer)
+                            .is_some_and(|h| h.1.contains(&Item::new(0, *id)));
+                        (kid, hidden)
+                    };
+                    let Some(kid) = kid else { continue };
+                    if hidden {
+                        continue;
+                    }
+                    if let Ok(key) = self.office.keys.key(&kid) {
+                        out.push((*id, key_blob(&kid, &key)));
+                    }
+                }
             }
             SetKind::Tombstones => {
                 let sets = lock(&self.sets);
@@ -1867,26 +1877,6 @@ impl Replicator {
             }
         }
         out
-    }
-
-    /// The subject keys named by `ids` (key items) that policy lets `peer` hold, as key blobs.
-    fn fetch_keys(&self, peer: &str, ids: &[[u8; 32]]) -> Vec<([u8; 32], Vec<u8>)> {
-        // Which key each item names, and whether it is hidden from the peer: one lock for all.
-        let wanted: Vec<([u8; 32], KeyId)> = {
-            let sets = lock(&self.sets);
-            let hidden = sets.hidden.get(peer);
-            ids.iter()
-                .filter(|id| !hidden.is_some_and(|h| h.1.contains(&Item::new(0, **id))))
-                .filter_map(|id| Some((*id, *sets.key_ids.get(id)?)))
-                .collect()
-        };
-        wanted
-            .into_iter()
-            .filter_map(|(id, kid)| {
-                let key = self.office.keys.key(&kid).ok()?;
-                Some((id, key_blob(&kid, &key)))
-            })
-            .collect()
     }
 }
 
@@ -2248,13 +2238,13 @@ mod tests {
     }
 
     /// A Want of keys is answered with every key held here that the peer may hold, in the
-    /// Want's order, whether the keys are read on this thread or on every core; an item that
-    /// names no key held here, and a key hidden from the peer, are left out.
+    /// Want's order; an item that names no key held here, and a key hidden from the peer, are
+    /// left out.
     #[test]
     fn a_want_of_keys_is_answered_in_order_without_unknown_or_hidden_keys() {
         let dir = tempfile::tempdir().unwrap();
         let (de, nl, rt) = two_offices(dir.path());
-        let keys: Vec<(KeyId, Zeroizing<[u8; 32]>)> = (0..2 * FETCH_KEYS_PER_THREAD_MIN + 8)
+        let keys: Vec<(KeyId, Zeroizing<[u8; 32]>)> = (0..12)
             .map(|i| granted_at_nl(&de, &nl, &rt, &format!("subject{i}@example.com")).2)
             .collect();
         let rep = replicator(&nl);

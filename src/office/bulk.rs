@@ -107,31 +107,6 @@ pub(crate) fn in_parts<T: Send, R: Send>(
     })
 }
 
-/// Runs `work` on `items` split across one thread per core ([`in_parts`], parts taken in turn)
-/// when every thread gets at least `per_thread_min` items, on the calling thread otherwise;
-/// returns the parts' results joined in the items' order.
-///
-/// For work on a slice whose items cost the same and need nothing of each other: a peer's Want
-/// of a thousand subject keys is a thousand store reads and unwraps, ~6.5 ms on one core at
-/// 1,000,000 records, and the peer asks for nothing else until its keys are in (keys come
-/// before the records they open).
-pub(crate) fn across_cores<T: Sync, R: Send>(
-    items: &[T],
-    per_thread_min: usize,
-    work: impl Fn(&[T]) -> Vec<R> + Sync,
-) -> Vec<R> {
-    debug_assert!(per_thread_min >= 1, "a thread works on at least one item");
-    let threads = super::authoring_threads().min(items.len() / per_thread_min.max(1));
-    if threads < 2 {
-        return work(items);
-    }
-    let per_part = items.len().div_ceil(threads * PARTS_PER_THREAD);
-    let parts: Vec<(usize, &[T])> = items.chunks(per_part).enumerate().collect();
-    let mut done = in_parts(parts, threads, |(i, part)| (i, work(part)));
-    done.sort_unstable_by_key(|(i, _)| *i);
-    done.into_iter().flat_map(|(_, r)| r).collect()
-}
-
 /// Runs `work` on a new thread at [`BULK_NICE_STEP`] lower priority and waits for it. The
 /// thread logs to the caller's subscriber and inside the caller's span, as `work` would here.
 fn at_bulk_priority<R: Send>(work: impl FnOnce() -> R + Send) -> R {
@@ -262,36 +237,6 @@ mod tests {
             "the held-up thread worked {by_slow} of 40 parts"
         );
         assert!(in_parts(Vec::<u8>::new(), 2, |p| p).is_empty());
-    }
-
-    /// `across_cores` returns what one call on the whole slice returns, in the same order, for
-    /// slices too short to split and long ones; short ones are worked on here, long ones (on a
-    /// machine of several cores) on threads started for them.
-    #[test]
-    fn across_cores_keeps_the_items_order_and_splits_long_slices() {
-        let cores = super::super::authoring_threads();
-        let here = std::thread::current().id();
-        for len in [0, 1, 7, 63, 64, 65, 127, 128, 129, 1000, 1024] {
-            let items: Vec<u32> = (0..len).collect();
-            let parts_here = std::sync::atomic::AtomicUsize::new(0);
-            let parts = std::sync::atomic::AtomicUsize::new(0);
-            let got = across_cores(&items, 64, |part| {
-                parts.fetch_add(1, Ordering::SeqCst);
-                if std::thread::current().id() == here {
-                    parts_here.fetch_add(1, Ordering::SeqCst);
-                }
-                part.iter().map(|i| i * 3).collect()
-            });
-            let want: Vec<u32> = items.iter().map(|i| i * 3).collect();
-            assert_eq!(got, want, "{len} items");
-            let (parts, parts_here) = (parts.into_inner(), parts_here.into_inner());
-            if (len as usize) < 2 * 64 || cores < 2 {
-                assert_eq!((parts, parts_here), (1, 1), "{len} items");
-            } else {
-                assert!(parts > 1, "{len} items in {parts} parts");
-                assert_eq!(parts_here, 0, "{len} items: worked on the calling thread");
-            }
-        }
     }
 
     /// Work run through `off_worker` leaves the runtime's only worker free: a task that can only
