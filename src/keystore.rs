@@ -249,7 +249,8 @@ pub struct KeyStore {
     rotating: tokio::sync::Mutex<()>,
     /// Writes that seal under existing keys hold it shared until their commit is durable; key
     /// destruction holds it exclusively while it decides which keys no record uses, so a key is
-    /// never destroyed under a record being written.
+    /// never destroyed under a record being written. Taken before any record's lock
+    /// (`office::locks` gives the order and why).
     in_use: tokio::sync::RwLock<()>,
 }
 

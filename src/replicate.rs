@@ -2187,6 +2187,62 @@ mod tests {
         );
     }
 
+    /// A write holds the keys shared (`KeyStore::using`) from choosing its keys to its durable
+    /// commit and, within that, waits for its record's lock; a key destruction (after a tombstone
+    /// or a retention pass) queues for them exclusively, and Tokio's fair `RwLock` then makes every
+    /// new reader wait behind it. An ingest that took its records' locks before `using` closed a
+    /// cycle: the write waited for the ingest's record, the ingest for the destruction, the
+    /// destruction for the write, and every later write at the office waited forever
+    /// (tests/partition_heals.rs, seed 1254537357: an office answered nothing for 120 s). An
+    /// ingest must hold no record while it waits for the keys.
+    #[test]
+    fn an_ingest_behind_a_key_destruction_holds_no_record_a_write_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        let (doc, envelopes, (kid, key)) = granted_at_nl(&de, &nl, &rt, "cycle@example.com");
+        let received: HashMap<KeyId, Zeroizing<[u8; 32]>> = [(kid, key)].into();
+        let office = de.office.clone();
+        rt.block_on(async move {
+            // A write between choosing its keys and its durable commit.
+            let writing = office.keys.using().await;
+            let destroying = tokio::spawn({
+                let office = office.clone();
+                async move {
+                    drop(office.keys.destroying().await);
+                }
+            });
+            // Queued once a new reader has to wait.
+            let wait = Duration::from_millis(20);
+            while let Ok(g) = tokio::time::timeout(wait, office.keys.using()).await {
+                drop(g);
+                tokio::task::yield_now().await;
+            }
+            let ingest = tokio::spawn({
+                let office = office.clone();
+                async move { office.ingest(envelopes, &received).await }
+            });
+            // Time for the ingest to take what it takes before it waits.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                !ingest.is_finished(),
+                "the ingest waits behind the destruction"
+            );
+            // The write's next step: its record's lock.
+            let record = tokio::time::timeout(
+                Duration::from_secs(5),
+                office.lock_tokens_then_docs(&[], &[doc]),
+            )
+            .await
+            .expect("the write gets its record while the ingest waits for the keys");
+            drop(record);
+            drop(writing);
+            destroying.await.unwrap();
+            let report = ingest.await.unwrap().unwrap();
+            assert_eq!(report.pending, 0);
+        });
+        assert!(de.office.read_record(&doc).unwrap().is_some(), "ingested");
+    }
+
     /// The key of a record arrives while the record's batch is being merged, after the batch
     /// took its copy of the received keys: the key's own re-open ran before the record was
     /// pending, so the batch must open it itself once it is stored.
