@@ -189,11 +189,8 @@ impl Office {
             return Ok(report);
         }
         // Keys are neither destroyed nor rotated while this batch uses them. Taken before the
-        // records' locks, in the order writes take them (`office::locks`): a write holds
-        // `using` while it waits for a record, and a key destruction queued for `using`
-        // exclusively makes new readers wait behind it, so an ingest waiting for `using` with a
-        // record held would close a cycle that stops every write at the office (found by
-        // tests/partition_heals.rs; test
+        // records' locks, in the one order (`office::locks` says why: taken after them, a queued
+        // key destruction stopped every write at the office; test
         // `an_ingest_behind_a_key_destruction_holds_no_record_a_write_waits_for`).
         let _keys_in_use = self.keys.using().await;
         let lock_keys: Vec<[u8; 32]> = by_doc.keys().map(doc_lock_key).collect();
