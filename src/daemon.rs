@@ -8,7 +8,7 @@
 use crate::calendar::Calendars;
 use crate::clock::Clock;
 use crate::config::{Config, Role};
-use crate::office::{Office, OfficeError, OfficeParts, Purposes};
+use crate::office::{Office, OfficeError, OfficeParts, Purposes, WRITE_STALL_AFTER};
 use crate::protocol::{
     encode_frame, RequestFrame, RequestRefusal, ResponseFrame, REQUEST_BYTES_MAX,
 };
@@ -39,6 +39,9 @@ const DRAIN_BYTES_MAX: u64 = 64 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "consentd.redb";
+/// How often the write path is checked for a stall (`liveness`); under systemd also the longest
+/// time between two watchdog pings, whatever `WatchdogSec` allows.
+const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -244,7 +247,21 @@ pub async fn run(
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let watchdog = tokio::spawn(watchdog(stop_rx.clone()));
+    let watchdog = watchdog_usec();
+    let liveness = tokio::spawn(liveness(
+        office.clone(),
+        stop_rx.clone(),
+        watchdog.map_or(LIVENESS_EVERY, |usec| {
+            // At most half the interval systemd asked for, as sd_watchdog_enabled(3) recommends.
+            Duration::from_micros(usec / 2).min(LIVENESS_EVERY)
+        }),
+        WRITE_STALL_AFTER,
+        watchdog.map(|_| {
+            || {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }),
+    ));
     let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
     // Replication: one QUIC endpoint, a session per peer link (replicate.rs).
     let replication = if config.peers.is_empty() {
@@ -341,7 +358,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     office.store().shutdown();
-    watchdog.abort();
+    liveness.abort();
     reminders.abort();
     if let Some(r) = replication {
         // Links close on the stop signal; give them a moment to say goodbye.
@@ -482,14 +499,51 @@ fn watchdog_usec() -> Option<u64> {
     }
 }
 
-async fn watchdog(mut stop: watch::Receiver<bool>) {
-    let Some(usec) = watchdog_usec() else { return };
-    // Ping at half the interval systemd asked for, as sd_watchdog_enabled(3) recommends.
-    let every = Duration::from_micros(usec / 2);
+/// Every `every`, checks that the office's write path moves, and pings systemd's watchdog
+/// (`ping`, when systemd asked for pings) only while it does. A write or ingest in flight for
+/// `stall_after` or longer stops the pings, so systemd restarts the service, and is logged once
+/// per stall; why, in `office::in_flight`. The log names what kind of work stalled and for how
+/// long, nothing about whom it concerns.
+async fn liveness(
+    office: Arc<Office>,
+    mut stop: watch::Receiver<bool>,
+    every: Duration,
+    stall_after: Duration,
+    mut ping: Option<impl FnMut()>,
+) {
+    let mut stalled = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
+        }
+        match office.stalled(Instant::now(), stall_after) {
+            None => {
+                if stalled {
+                    stalled = false;
+                    tracing::info!("write path moving again");
+                }
+                if let Some(ping) = ping.as_mut() {
+                    ping();
+                }
+            }
+            Some((work, waited)) if !stalled => {
+                stalled = true;
+                let then = if ping.is_some() {
+                    "withholding the watchdog ping so that systemd restarts consentd"
+                } else {
+                    "restart consentd"
+                };
+                tracing::error!(
+                    oldest = work.name(),
+                    waited_s = waited.as_secs(),
+                    limit_s = stall_after.as_secs(),
+                    "write path stalled: the oldest {} has been in flight for {} s; {then} (acknowledged writes are durable)",
+                    work.name(),
+                    waited.as_secs()
+                );
+            }
+            Some(_) => {}
         }
     }
 }
@@ -883,5 +937,87 @@ mod tests {
                 .is_some_and(|e| e.contains("stopped")),
             "{peers}"
         );
+    }
+
+    /// A write that cannot finish stops the watchdog's pings once it has been in flight for the
+    /// stall limit, and they come back once it finishes (`office::in_flight`). The write waits
+    /// for the keys' shared lock behind a key destruction that waits for another holder of it,
+    /// which this test lets go of at the end.
+    #[test]
+    fn a_stalled_write_stops_the_watchdog_pings_until_it_moves() {
+        const EVERY: Duration = Duration::from_millis(20);
+        const STALL: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir().unwrap();
+        let offices = crate::network::parse_offices("de").unwrap();
+        crate::network::init(dir.path(), &offices, None, "stall").unwrap();
+        let office = prepare(&dir.path().join("de").join("consentd.toml"))
+            .unwrap()
+            .office;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (pinged, pings) = std::sync::mpsc::channel();
+        let (stop, stopped) = watch::channel(false);
+        let ping = move || {
+            let _ = pinged.send(());
+        };
+        rt.spawn(liveness(office.clone(), stopped, EVERY, STALL, Some(ping)));
+        let soon = Duration::from_secs(10);
+        pings.recv_timeout(soon).expect("pings while writes move");
+
+        let holder = rt.block_on(office.keys.using());
+        let destroying = rt.spawn({
+            let office = office.clone();
+            async move { drop(office.keys.destroying().await) }
+        });
+        rt.block_on(async {
+            // Queued once a new reader has to wait.
+            let wait = Duration::from_millis(20);
+            while let Ok(g) = tokio::time::timeout(wait, office.keys.using()).await {
+                drop(g);
+                tokio::task::yield_now().await;
+            }
+        });
+        let write = rt.spawn({
+            let office = office.clone();
+            async move {
+                office
+                    .execute(Request::ConsentGrant(protocol::ConsentGrant {
+                        evidence: Some("web form v3".into()),
+                        ..protocol::ConsentGrant::new("stall@example.com", "marketing", "consent")
+                    }))
+                    .await
+            }
+        });
+        // Pings go on until the write has waited `STALL`, then stop.
+        let deadline = Instant::now() + soon;
+        while pings.recv_timeout(2 * STALL).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "pings went on while a write stalled"
+            );
+        }
+        assert!(
+            pings.recv_timeout(3 * STALL).is_err(),
+            "no ping while the write stalls"
+        );
+        let (work, waited) = office
+            .stalled(Instant::now(), STALL)
+            .expect("the office says its write path stalled");
+        assert_eq!(work, crate::office::Work::Write);
+        assert!(waited >= STALL);
+        assert!(!write.is_finished());
+
+        drop(holder);
+        rt.block_on(destroying).unwrap();
+        let answer = rt.block_on(write).unwrap().unwrap();
+        assert!(answer["id"].is_string(), "{answer}");
+        pings
+            .recv_timeout(soon)
+            .expect("pings again once the write finished");
+        assert!(office.stalled(Instant::now(), Duration::ZERO).is_none());
+        stop.send(true).unwrap();
     }
 }

@@ -32,12 +32,14 @@ use std::time::Instant;
 
 mod bulk;
 pub(crate) mod heap;
+mod in_flight;
 mod ingest;
 mod locks;
 pub(crate) mod tokens;
 
 pub(crate) use bulk::{off_worker, off_worker_if};
 use heap::release_free_heap;
+pub use in_flight::{Work, WRITE_STALL_AFTER};
 
 pub use ingest::{IngestReport, TravellingKey, INGEST_ENVELOPES_MAX, KIND_PENDING};
 use locks::{KeyGuard, KeyLocks};
@@ -148,8 +150,10 @@ pub struct Office {
     /// purpose) record, until durable.
     locks: KeyLocks,
     /// Record-id locks: held by every write that changes an existing record, and by ingest.
-    /// Always taken after token locks, never before, so the two tables cannot deadlock.
+    /// Always taken after token locks and the keys' shared lock, never before (`office::locks`).
     doc_locks: KeyLocks,
+    /// Writes and ingests in flight, for noticing a stalled write path (`office::in_flight`).
+    in_flight: in_flight::InFlight,
     /// Held while a large write (an import chunk) authors on every core, and released before
     /// its commit. Chunks then author one after another, so each chunk's ids (time-ordered) are
     /// later than the previous chunk's and reach the store in that order: the id-keyed tables
@@ -232,6 +236,7 @@ impl Office {
             actor,
             locks: KeyLocks::default(),
             doc_locks: KeyLocks::default(),
+            in_flight: Default::default(),
             authoring: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             clock: parts.clock,
@@ -244,6 +249,24 @@ impl Office {
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
             pending_cursor: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The oldest write or ingest in flight and how long it has been, if that is `limit` or
+    /// more: the office's write path has stalled (`office::in_flight`).
+    pub fn stalled(
+        &self,
+        now: Instant,
+        limit: std::time::Duration,
+    ) -> Option<(Work, std::time::Duration)> {
+        let (work, started) = self.in_flight.oldest()?;
+        let waited = now.saturating_duration_since(started);
+        (waited >= limit).then_some((work, waited))
+    }
+
+    /// Marks maintenance that holds the whole store (a compaction) until dropped: writes that
+    /// wait for it are not a stalled write path (`office::in_flight`).
+    pub(crate) fn maintenance(&self) -> in_flight::Maintenance<'_> {
+        self.in_flight.maintenance()
     }
 
     /// Whether a record was deleted here for good. Replication ingest calls this before storing
@@ -758,6 +781,7 @@ impl Office {
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
     async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
+        let _in_flight = self.in_flight.enter(Work::Write);
         let started = Instant::now();
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();
         keys.sort_unstable();

@@ -179,6 +179,7 @@ impl Office {
                 "an ingest holds at most {INGEST_ENVELOPES_MAX} envelopes"
             )));
         }
+        let _in_flight = self.in_flight.enter(super::Work::Ingest);
         // Thousands of lookups for a cold sync's batch: off the runtime's worker (`off_worker`).
         let heavy = envelopes.len() >= OFF_WORKER_ENVELOPES_MIN;
         let (mut report, mut by_doc) = super::off_worker_if(heavy, || self.by_record(envelopes))?;

@@ -405,6 +405,8 @@ async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> 
 
 /// Compacts the store, retrying while read transactions are open. Returns whether it ran.
 async fn compact(office: &Office) -> bool {
+    // It holds the whole store, so writes wait for it: not a stalled write path.
+    let _maintenance = office.maintenance();
     for _ in 0..COMPACT_TRIES {
         let store = office.store().clone();
         match tokio::task::spawn_blocking(move || store.compact()).await {
