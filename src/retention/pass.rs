@@ -34,6 +34,13 @@ pub const SCAN_PAGE: usize = 4096;
 pub const DELETE_CHUNK: usize = 256;
 /// Compaction waits for open read transactions this many times before giving up for this pass.
 pub const COMPACT_TRIES: u32 = 20;
+/// Subjects whose unused keys are decided and destroyed under one exclusive hold of the keys'
+/// lock (`KeyStore::destroying`). Every write waits while it is held: a pass that deleted the
+/// records of a million subjects held it, in one piece, while it read every subject's records
+/// and keys and committed every key's deletion (not measured; by estimate tens of seconds), in
+/// which no write moved and the write path could look stalled (`office::in_flight`). A chunk is
+/// a few milliseconds of reads and one commit.
+pub const DESTROY_SUBJECTS_CHUNK: usize = 1024;
 
 /// One pass or erasure at a time: aggregates are read-modify-written and keys destroyed only
 /// after a full look at what remains.
@@ -372,35 +379,48 @@ pub(crate) async fn delete_exclusive(office: &Office, todo: Vec<Deletion>) -> Re
 
 /// Destroys every key of these subjects that no remaining record is sealed under.
 async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> Result<u64> {
-    if subjects.is_empty() {
-        return Ok(0);
-    }
-    // No write may pick a key while we decide which keys are unused (keystore.rs).
-    let _exclusive = office.keys.destroying().await;
-    let mut batch = WriteBatch::default();
-    let mut ids = Vec::new();
-    for token in subjects {
-        let mut in_use = BTreeSet::new();
-        for (_, _, bytes) in office.store().projections_by_key(token)? {
-            let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
-            in_use.extend(sealed::record_key_id(&r));
-        }
-        for class in [KeyClass::Kept, KeyClass::Erasable] {
-            let owner = keystore::owner(token, class);
-            for id in office.keys.keys_of(&owner)? {
-                if !in_use.contains(&id) {
-                    batch.key_deletes.push((owner, id));
-                    ids.push(id);
+    destroy_unused_keys_by(office, subjects, DESTROY_SUBJECTS_CHUNK).await
+}
+
+/// [`destroy_unused_keys`], `chunk` subjects at a time.
+async fn destroy_unused_keys_by(
+    office: &Office,
+    subjects: &BTreeSet<[u8; 32]>,
+    chunk: usize,
+) -> Result<u64> {
+    debug_assert!(chunk > 0, "a chunk holds a subject at least");
+    let subjects: Vec<&[u8; 32]> = subjects.iter().collect();
+    let mut destroyed = 0;
+    for part in subjects.chunks(chunk) {
+        // No write may pick a key while we decide which keys are unused (keystore.rs). A
+        // subject's keys are decided under one hold: its records and keys are read together.
+        let _exclusive = office.keys.destroying().await;
+        let mut batch = WriteBatch::default();
+        let mut ids = Vec::new();
+        for token in part {
+            let mut in_use = BTreeSet::new();
+            for (_, _, bytes) in office.store().projections_by_key(token)? {
+                let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+                in_use.extend(sealed::record_key_id(&r));
+            }
+            for class in [KeyClass::Kept, KeyClass::Erasable] {
+                let owner = keystore::owner(token, class);
+                for id in office.keys.keys_of(&owner)? {
+                    if !in_use.contains(&id) {
+                        batch.key_deletes.push((owner, id));
+                        ids.push(id);
+                    }
                 }
             }
         }
+        if ids.is_empty() {
+            continue;
+        }
+        office.store().commit(batch).await?;
+        office.keys.forget(&ids);
+        destroyed += ids.len() as u64;
     }
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    office.store().commit(batch).await?;
-    office.keys.forget(&ids);
-    Ok(ids.len() as u64)
+    Ok(destroyed)
 }
 
 /// Compacts the store, retrying while read transactions are open. Returns whether it ran.
@@ -421,4 +441,76 @@ async fn compact(office: &Office) -> bool {
     }
     tracing::warn!("compaction skipped: read transactions stayed open");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, Request};
+
+    /// Keys are destroyed a chunk of subjects at a time (the keys' lock is let go between
+    /// chunks), and every chunk's are: those of the subjects whose records are gone, none that
+    /// a remaining record is sealed under.
+    #[test]
+    fn unused_keys_are_destroyed_in_chunks_and_used_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let offices = crate::network::parse_offices("de").unwrap();
+        crate::network::init(dir.path(), &offices, None, "destroy-chunks").unwrap();
+        let de = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml")).unwrap();
+        let office = &de.office;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Seven subjects, a record each; the first five lose theirs.
+        let mut subjects = BTreeSet::new();
+        let mut records = Vec::new();
+        for i in 0..7 {
+            let subject = format!("s{i}@example.com");
+            let answer = rt
+                .block_on(
+                    office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                        evidence: Some("web form v3".into()),
+                        ..protocol::ConsentGrant::new(&subject, "marketing", "consent")
+                    })),
+                )
+                .unwrap();
+            let doc: DocId = hex::decode(answer["id"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let (_, projection) = office.store().projection(&doc).unwrap().unwrap();
+            let record = Record::from_projection(&projection).unwrap();
+            let key = sealed::record_key_id(&record).expect("a grant is sealed under a key");
+            subjects.insert(
+                office
+                    .hasher
+                    .subject_token(&crate::subject::Subject::parse(&subject).unwrap()),
+            );
+            records.push((doc, key));
+        }
+        let gone: Vec<DocId> = records[..5].iter().map(|(doc, _)| *doc).collect();
+        rt.block_on(office.store().commit_purge(gone, WriteBatch::default()))
+            .unwrap();
+
+        let destroyed = rt
+            .block_on(destroy_unused_keys_by(office, &subjects, 2))
+            .unwrap();
+        assert_eq!(
+            destroyed, 5,
+            "one key for each subject whose record is gone"
+        );
+        for (i, (_, key)) in records.iter().enumerate() {
+            assert_eq!(
+                office.keys.key(key).is_ok(),
+                i >= 5,
+                "subject {i}: kept exactly while its record remains"
+            );
+        }
+        // Nothing left to destroy.
+        let again = rt
+            .block_on(destroy_unused_keys_by(office, &subjects, 2))
+            .unwrap();
+        assert_eq!(again, 0);
+    }
 }
