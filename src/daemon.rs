@@ -263,6 +263,22 @@ pub async fn run(
         }),
     ));
     let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
+    // Keys destroyed just before a crash: their KEK's rotation is still due (keystore.rs).
+    tokio::spawn({
+        let office = office.clone();
+        async move {
+            match office.keys.rotate_if_due().await {
+                Ok(true) => tracing::info!(
+                    "finished the key-encryption key rotation that a restart interrupted"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot finish the key-encryption key rotation that a restart interrupted"
+                ),
+            }
+        }
+    });
     // Replication: one QUIC endpoint, a session per peer link (replicate.rs).
     let replication = if config.peers.is_empty() {
         None

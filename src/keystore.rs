@@ -24,6 +24,12 @@
 //! between 1 and 2) is shredded, and an older one (crash between 2 and 4) is used to finish the
 //! re-wrap and then shredded.
 //!
+//! A batch that destroys keys also commits [`META_KEK_ROTATION_DUE`] = the current generation
+//! ([`KeyStore::rotation_due_entry`]), so a crash before step 2 does not leave the destroyed
+//! keys' stale wrapped copies under a KEK that stays: the rotation is due while that value is
+//! not below the committed generation, and the daemon runs it at start
+//! ([`KeyStore::rotation_due`]). Step 2 ends it, so nothing clears the value.
+//!
 //! Limits, stated plainly: overwriting a file does not guarantee the old blocks are gone on a
 //! copy-on-write or log-structured filesystem, or on an SSD that remaps writes; backups and
 //! snapshots of the data directory keep what they copied; swap may hold keys. Put the data
@@ -58,6 +64,8 @@ const TAG_BYTES: usize = 16;
 pub const WRAPPED_BYTES: usize = 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES;
 /// Meta key holding the current KEK generation (u64 LE).
 pub const META_KEK_GENERATION: &str = "kek_generation";
+/// Meta key: the KEK generation a key destruction made due for rotation (module docs).
+pub const META_KEK_ROTATION_DUE: &str = "kek_rotation_due";
 /// Keys re-wrapped per durable commit during a rotation.
 pub const REWRAP_PAGE: usize = 4096;
 /// Most unwrapped subject keys kept in memory; beyond it the cache is cleared (keys are
@@ -249,8 +257,8 @@ pub struct KeyStore {
     rotating: tokio::sync::Mutex<()>,
     /// Writes that seal under existing keys hold it shared until their commit is durable; key
     /// destruction holds it exclusively while it decides which keys no record uses, so a key is
-    /// never destroyed under a record being written. Taken before any record's lock
-    /// (`office::locks` gives the order and why).
+    /// never destroyed under a record being written. Taken after the token locks and before any
+    /// record's lock (`office::locks` gives the order and why).
     in_use: tokio::sync::RwLock<()>,
 }
 
@@ -517,6 +525,39 @@ impl KeyStore {
         }
     }
 
+    /// The meta entry a batch that destroys keys carries: the current KEK is due for rotation
+    /// from its commit on (module docs). Taken while the keys are held exclusively
+    /// ([`KeyStore::destroying`]), so no rotation swaps the KEK meanwhile; one that committed its
+    /// generation and waits for the swap retires this KEK itself.
+    pub fn rotation_due_entry(&self) -> (String, Vec<u8>) {
+        (
+            META_KEK_ROTATION_DUE.into(),
+            self.generation().to_le_bytes().to_vec(),
+        )
+    }
+
+    /// Whether a committed key destruction still waits for its KEK rotation (a crash came
+    /// between the two).
+    pub fn rotation_due(&self) -> Result<bool> {
+        let Some(v) = self.store.meta(META_KEK_ROTATION_DUE)? else {
+            return Ok(false);
+        };
+        let due = <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| KeyError::Integrity("the KEK rotation due has the wrong length".into()))?;
+        Ok(due >= self.generation())
+    }
+
+    /// Runs the rotation a committed key destruction made due, if a crash came first (module
+    /// docs); whether it ran. The daemon calls it at start.
+    pub async fn rotate_if_due(&self) -> Result<bool> {
+        if !self.rotation_due()? {
+            return Ok(false);
+        }
+        self.rotate().await?;
+        Ok(true)
+    }
+
     /// Rotates the KEK (module docs, steps 1-4). Run after every pass that destroyed keys.
     pub async fn rotate(&self) -> Result<()> {
         let _one = self.rotating.lock().await;
@@ -670,6 +711,32 @@ mod tests {
             kept,
             "layout 2 differs from layout 1"
         );
+    }
+
+    /// A key destruction committed with its rotation due, and a crash before the rotation: the
+    /// rotation is due until one runs, and `rotate_if_due` runs it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_a_destruction_made_due_runs_once_at_start() {
+        let (dir, store, ks) = open_key_store();
+        assert!(!ks.rotation_due().unwrap(), "nothing destroyed yet");
+        assert!(!ks.rotate_if_due().await.unwrap());
+        store
+            .commit(WriteBatch {
+                meta: vec![ks.rotation_due_entry()],
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+        assert!(ks.rotation_due().unwrap());
+        assert!(ks.rotate_if_due().await.unwrap(), "the due rotation runs");
+        assert_eq!(ks.generation(), 2);
+        assert!(
+            !dir.path().join("kek-1.key").exists(),
+            "the old KEK is shredded"
+        );
+        assert!(!ks.rotation_due().unwrap());
+        assert!(!ks.rotate_if_due().await.unwrap(), "and only once");
+        assert_eq!(ks.generation(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

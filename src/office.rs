@@ -1010,7 +1010,28 @@ impl Office {
         }
     }
 
-    /// Takes the token locks, then the record locks, in the one order every writer uses.
+    /// Takes the token locks, the subject keys exclusively, then the record locks, in the one
+    /// order (`office::locks`): for a deletion that destroys the keys its records leave unused in
+    /// the batch that purges them.
+    pub(crate) async fn lock_for_shredding(
+        &self,
+        tokens: &[[u8; 32]],
+        docs: &[DocId],
+    ) -> (
+        KeyGuard<'_>,
+        tokio::sync::RwLockWriteGuard<'_, ()>,
+        KeyGuard<'_>,
+    ) {
+        let t = self.locks.lock(tokens).await;
+        let k = self.keys.destroying().await;
+        let keys: Vec<[u8; 32]> = docs.iter().map(doc_lock_key).collect();
+        let d = self.doc_locks.lock(&keys).await;
+        (t, k, d)
+    }
+
+    /// Takes the token locks, then the record locks, as a write does around its shared hold of
+    /// the keys: for tests that stand in for a write's steps.
+    #[cfg(test)]
     pub(crate) async fn lock_tokens_then_docs(
         &self,
         tokens: &[[u8; 32]],

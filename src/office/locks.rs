@@ -8,9 +8,10 @@
 //!
 //! A writer takes all its keys at once or none (it never holds some while waiting for others), so
 //! writers of one table cannot deadlock. Across the tables and the subject keys' lock every task
-//! takes them in one order: consent tokens, then the keys shared (`KeyStore::using`, writes and
-//! ingests), then records; a key destruction or a KEK rotation holds the keys exclusively and
-//! neither tokens nor records. The order matters for the keys' lock because it is Tokio's fair
+//! takes them in one order: consent tokens, then the keys (shared by writes and ingests,
+//! `KeyStore::using`; exclusively by a deletion, which destroys keys in the batch that purges
+//! their records, `KeyStore::destroying`), then records; a KEK rotation holds the keys
+//! exclusively and neither tokens nor records. The order matters for the keys' lock because it is Tokio's fair
 //! `RwLock`: once a destruction queues, new readers wait behind it, so a task holding a record
 //! while it waits for `using` and a write holding `using` while it waits for that record stop each
 //! other, and every later write with them (an ingest did this; `office::ingest`). Waiters are woken

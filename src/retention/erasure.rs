@@ -5,7 +5,8 @@
 //!
 //! The deletions run *before* the request is closed: if closing fails, the operator closes it
 //! again and the erasure (now finding only the kept records) runs again, so the two never
-//! disagree. Erasure runs for `request close` over the socket; an imported `request.close` line
+//! disagree. Run again, it still destroys the subject's unused keys: a crash between the
+//! deletions' commit and the keys' would otherwise leave them for good. Erasure runs for `request close` over the socket; an imported `request.close` line
 //! only closes (bulk imports carry history, not new decisions).
 
 use super::pass::{self, Deletion};
@@ -71,7 +72,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
             }),
         }
     }
-    let out = pass::delete_exclusive(office, todo).await?;
+    let out = pass::delete_exclusive(office, todo, token).await?;
     let report = json!({
         "deleted": out.deleted,
         "deleted_records": out.deleted_ids.iter().map(doc_id_hex).collect::<Vec<_>>(),

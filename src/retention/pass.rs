@@ -19,11 +19,12 @@ use crate::record::{doc_id_hex, epoch_day, fmt_time, DocId, Record};
 use crate::sealed;
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
+use consentd_storage::KeyId;
 use consentd_storage::WriteBatch;
 use consentd_sync::tlog::LogLeaf;
 use consentd_sync::tombstone::{Reason, Tombstone};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
@@ -34,13 +35,6 @@ pub const SCAN_PAGE: usize = 4096;
 pub const DELETE_CHUNK: usize = 256;
 /// Compaction waits for open read transactions this many times before giving up for this pass.
 pub const COMPACT_TRIES: u32 = 20;
-/// Subjects whose unused keys are decided and destroyed under one exclusive hold of the keys'
-/// lock (`KeyStore::destroying`). Every write waits while it is held: a pass that deleted the
-/// records of a million subjects held it, in one piece, while it read every subject's records
-/// and keys and committed every key's deletion (not measured; by estimate tens of seconds), in
-/// which no write moved and the write path could look stalled (`office::in_flight`). A chunk is
-/// a few milliseconds of reads and one commit.
-pub const DESTROY_SUBJECTS_CHUNK: usize = 1024;
 
 /// One pass or erasure at a time: aggregates are read-modify-written and keys destroyed only
 /// after a full look at what remains.
@@ -201,7 +195,7 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
     if dry_run {
         report.deleted = todo.len() as u64;
     } else {
-        let out = delete(office, todo).await?;
+        let out = delete(office, todo, BTreeSet::new()).await?;
         report.deleted = out.deleted;
         report.keys_destroyed = out.keys_destroyed;
         report.compacted = out.compacted;
@@ -227,11 +221,23 @@ fn lock_token(office: &Office, d: &Deletion) -> Result<Option<[u8; 32]>> {
     }
 }
 
-/// Deletes records through signed tombstones (module docs). Callers hold [`ONE_AT_A_TIME`]
-/// (erasure takes it through [`delete_exclusive`]).
-async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
+/// Deletes records through signed tombstones (module docs), destroying the keys of their
+/// subjects that no remaining record is sealed under in the same durable batch, then the unused
+/// keys of `subjects`; then rotates the KEK if keys were destroyed. Callers hold
+/// [`ONE_AT_A_TIME`] (erasure takes it through [`delete_exclusive`]).
+///
+/// Why the keys go in the purge's batch: as a commit of their own after the purges, a crash
+/// between the two left them for good (nothing looks at a purged record's subject again), and
+/// with them every stale copy of the records' personal fields in redb's freed pages readable.
+/// Deciding which keys are unused needs them held exclusively (no write may pick one meanwhile),
+/// so each chunk takes tokens, keys and records in the one order (`office::locks`), and writes
+/// wait for one chunk at a time (up to [`DELETE_CHUNK`] records loaded, signed and committed).
+async fn delete(
+    office: &Office,
+    todo: Vec<Deletion>,
+    subjects: BTreeSet<[u8; 32]>,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
-    let mut subjects: BTreeSet<[u8; 32]> = BTreeSet::new();
     for chunk in todo.chunks(DELETE_CHUNK) {
         let mut tokens = Vec::new();
         for d in chunk {
@@ -240,9 +246,10 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
         tokens.sort_unstable();
         tokens.dedup();
         let ids: Vec<DocId> = chunk.iter().map(|d| d.id).collect();
-        let _guards = office.lock_tokens_then_docs(&tokens, &ids).await;
+        let _guards = office.lock_for_shredding(&tokens, &ids).await;
         let mut batch = WriteBatch::default();
         let mut purges = Vec::with_capacity(chunk.len());
+        let mut chunk_subjects = BTreeSet::new();
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let now = Utc::now().timestamp();
         for d in chunk {
@@ -269,7 +276,7 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
                 .push(office.audit().entry(&LogLeaf::tombstone(d.id, hash)));
             *counts.entry(aggregates::key(&d.record)).or_default() += 1;
             purges.push(d.id);
-            subjects.extend(subject_token(office, &d.record)?);
+            chunk_subjects.extend(subject_token(office, &d.record)?);
             out.deleted_ids.push(d.id);
         }
         if purges.is_empty() {
@@ -281,12 +288,15 @@ async fn delete(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
             batch.log.len(),
             "every tombstone has its log leaf in the same batch"
         );
+        let destroyed = unused_keys(office, &chunk_subjects, &purges, &mut batch)?;
         out.deleted += purges.len() as u64;
         let announce = batch.tombstones.clone();
         office.store().commit_purge(purges, batch).await?;
+        office.keys.forget(&destroyed);
+        out.keys_destroyed += destroyed.len() as u64;
         office.announce_tombstones(announce);
     }
-    out.keys_destroyed = destroy_unused_keys(office, &subjects).await?;
+    out.keys_destroyed += destroy_unused_keys(office, &subjects).await?;
     if out.keys_destroyed > 0 {
         office.keys.rotate().await?;
     }
@@ -315,11 +325,11 @@ pub(crate) async fn apply_remote(
 ) -> Result<Outcome> {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut out = Outcome::default();
-    let mut subjects: BTreeSet<[u8; 32]> = BTreeSet::new();
     for chunk in tombstones.chunks(DELETE_CHUNK) {
         let mut todo = Vec::with_capacity(chunk.len());
         let mut more = Vec::new();
         let mut tokens = Vec::new();
+        let mut subjects = BTreeSet::new();
         for (doc, hash, bytes) in chunk {
             if office.is_tombstoned(doc)? {
                 // Already deleted (tombstones win once, forever): keep this tombstone too
@@ -343,17 +353,20 @@ pub(crate) async fn apply_remote(
         tokens.sort_unstable();
         tokens.dedup();
         let ids: Vec<DocId> = todo.iter().map(|t| t.0).collect();
-        let _guards = office.lock_tokens_then_docs(&tokens, &ids).await;
+        // The keys go in the purge's batch, as in `delete` (which says why).
+        let _guards = office.lock_for_shredding(&tokens, &ids).await;
         todo.extend(more);
-        let batch = WriteBatch {
+        let mut batch = WriteBatch {
             tombstones: todo,
             ..WriteBatch::default()
         };
+        let destroyed = unused_keys(office, &subjects, &ids, &mut batch)?;
         out.deleted += ids.len() as u64;
         out.deleted_ids.extend(ids.iter().copied());
         office.store().commit_purge(ids, batch).await?;
+        office.keys.forget(&destroyed);
+        out.keys_destroyed += destroyed.len() as u64;
     }
-    out.keys_destroyed = destroy_unused_keys(office, &subjects).await?;
     if out.keys_destroyed > 0 {
         office.keys.rotate().await?;
     }
@@ -371,56 +384,74 @@ fn lock_token_of(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
     }
 }
 
-/// [`delete`] for callers that do not hold the pass lock (erasure).
-pub(crate) async fn delete_exclusive(office: &Office, todo: Vec<Deletion>) -> Result<Outcome> {
+/// [`delete`] for callers that do not hold the pass lock (erasure), with the keys of `subject`
+/// looked at whatever `todo` holds. The records' deletion and their keys' destruction are two
+/// commits: an erasure that a crash stopped between them finds nothing left to delete when the
+/// operator closes its request again, and would otherwise leave the subject's key, which still
+/// opens what redb's freed pages keep of the records.
+pub(crate) async fn delete_exclusive(
+    office: &Office,
+    todo: Vec<Deletion>,
+    subject: [u8; 32],
+) -> Result<Outcome> {
     let _one = ONE_AT_A_TIME.lock().await;
-    delete(office, todo).await
+    delete(office, todo, BTreeSet::from([subject])).await
 }
 
-/// Destroys every key of these subjects that no remaining record is sealed under.
+/// Destroys every key of these subjects that no remaining record is sealed under, in a batch of
+/// its own (an erasure's subject, looked at again whatever was deleted: `delete_exclusive`).
 async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> Result<u64> {
-    destroy_unused_keys_by(office, subjects, DESTROY_SUBJECTS_CHUNK).await
+    if subjects.is_empty() {
+        return Ok(0);
+    }
+    // No write may pick a key while we decide which keys are unused (keystore.rs).
+    let _exclusive = office.keys.destroying().await;
+    let mut batch = WriteBatch::default();
+    let ids = unused_keys(office, subjects, &[], &mut batch)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    office.store().commit(batch).await?;
+    office.keys.forget(&ids);
+    Ok(ids.len() as u64)
 }
 
-/// [`destroy_unused_keys`], `chunk` subjects at a time.
-async fn destroy_unused_keys_by(
+/// Adds to `batch` the deletion of every key of `subjects` that no record is sealed under once
+/// `purged` (purged in the same batch) are gone, and the KEK rotation that makes due; returns
+/// the keys' ids. The caller holds the keys exclusively (`KeyStore::destroying`): no write picks
+/// a key while this decides.
+fn unused_keys(
     office: &Office,
     subjects: &BTreeSet<[u8; 32]>,
-    chunk: usize,
-) -> Result<u64> {
-    debug_assert!(chunk > 0, "a chunk holds a subject at least");
-    let subjects: Vec<&[u8; 32]> = subjects.iter().collect();
-    let mut destroyed = 0;
-    for part in subjects.chunks(chunk) {
-        // No write may pick a key while we decide which keys are unused (keystore.rs). A
-        // subject's keys are decided under one hold: its records and keys are read together.
-        let _exclusive = office.keys.destroying().await;
-        let mut batch = WriteBatch::default();
-        let mut ids = Vec::new();
-        for token in part {
-            let mut in_use = BTreeSet::new();
-            for (_, _, bytes) in office.store().projections_by_key(token)? {
-                let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
-                in_use.extend(sealed::record_key_id(&r));
+    purged: &[DocId],
+    batch: &mut WriteBatch,
+) -> Result<Vec<KeyId>> {
+    let purged: HashSet<&DocId> = purged.iter().collect();
+    let mut ids = Vec::new();
+    for token in subjects {
+        let mut in_use = BTreeSet::new();
+        for (doc, _, bytes) in office.store().projections_by_key(token)? {
+            if purged.contains(&doc) {
+                continue;
             }
-            for class in [KeyClass::Kept, KeyClass::Erasable] {
-                let owner = keystore::owner(token, class);
-                for id in office.keys.keys_of(&owner)? {
-                    if !in_use.contains(&id) {
-                        batch.key_deletes.push((owner, id));
-                        ids.push(id);
-                    }
+            let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+            in_use.extend(sealed::record_key_id(&r));
+        }
+        for class in [KeyClass::Kept, KeyClass::Erasable] {
+            let owner = keystore::owner(token, class);
+            for id in office.keys.keys_of(&owner)? {
+                if !in_use.contains(&id) {
+                    batch.key_deletes.push((owner, id));
+                    ids.push(id);
                 }
             }
         }
-        if ids.is_empty() {
-            continue;
-        }
-        office.store().commit(batch).await?;
-        office.keys.forget(&ids);
-        destroyed += ids.len() as u64;
     }
-    Ok(destroyed)
+    if !ids.is_empty() {
+        // A crash before the rotation leaves it due; the daemon runs it at start (keystore.rs).
+        batch.meta.push(office.keys.rotation_due_entry());
+    }
+    Ok(ids)
 }
 
 /// Compacts the store, retrying while read transactions are open. Returns whether it ran.
@@ -448,69 +479,141 @@ mod tests {
     use super::*;
     use crate::protocol::{self, Request};
 
-    /// Keys are destroyed a chunk of subjects at a time (the keys' lock is let go between
-    /// chunks), and every chunk's are: those of the subjects whose records are gone, none that
-    /// a remaining record is sealed under.
-    #[test]
-    fn unused_keys_are_destroyed_in_chunks_and_used_ones_kept() {
+    /// A new one-office network's office, as the daemon prepares it, and a runtime.
+    fn one_office(
+        network: &str,
+    ) -> (
+        tempfile::TempDir,
+        crate::daemon::Prepared,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let offices = crate::network::parse_offices("de").unwrap();
-        crate::network::init(dir.path(), &offices, None, "destroy-chunks").unwrap();
+        crate::network::init(dir.path(), &offices, None, network).unwrap();
         let de = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml")).unwrap();
-        let office = &de.office;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        // Seven subjects, a record each; the first five lose theirs.
-        let mut subjects = BTreeSet::new();
-        let mut records = Vec::new();
-        for i in 0..7 {
-            let subject = format!("s{i}@example.com");
-            let answer = rt
-                .block_on(
-                    office.execute(Request::ConsentGrant(protocol::ConsentGrant {
-                        evidence: Some("web form v3".into()),
-                        ..protocol::ConsentGrant::new(&subject, "marketing", "consent")
-                    })),
-                )
-                .unwrap();
-            let doc: DocId = hex::decode(answer["id"].as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
-            let (_, projection) = office.store().projection(&doc).unwrap().unwrap();
-            let record = Record::from_projection(&projection).unwrap();
-            let key = sealed::record_key_id(&record).expect("a grant is sealed under a key");
-            subjects.insert(
-                office
-                    .hasher
-                    .subject_token(&crate::subject::Subject::parse(&subject).unwrap()),
-            );
-            records.push((doc, key));
-        }
-        let gone: Vec<DocId> = records[..5].iter().map(|(doc, _)| *doc).collect();
-        rt.block_on(office.store().commit_purge(gone, WriteBatch::default()))
-            .unwrap();
+        (dir, de, rt)
+    }
 
-        let destroyed = rt
-            .block_on(destroy_unused_keys_by(office, &subjects, 2))
+    /// A new record granting `purpose` on `basis` for `subject`: its id and the key it is sealed
+    /// under.
+    fn granted(
+        office: &Office,
+        rt: &tokio::runtime::Runtime,
+        subject: &str,
+        purpose: &str,
+        basis: &str,
+    ) -> (DocId, consentd_storage::KeyId) {
+        let answer = rt
+            .block_on(
+                office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                    evidence: Some("web form v3".into()),
+                    ..protocol::ConsentGrant::new(subject, purpose, basis)
+                })),
+            )
             .unwrap();
-        assert_eq!(
-            destroyed, 5,
-            "one key for each subject whose record is gone"
+        let doc: DocId = hex::decode(answer["id"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let (_, projection) = office.store().projection(&doc).unwrap().unwrap();
+        let record = Record::from_projection(&projection).unwrap();
+        let key = sealed::record_key_id(&record).expect("a grant is sealed under a key");
+        (doc, key)
+    }
+
+    /// Deletions of `docs` as a pass makes them (record read back, erasure reason).
+    fn deletions(office: &Office, docs: &[DocId]) -> Vec<Deletion> {
+        docs.iter()
+            .map(|id| Deletion {
+                id: *id,
+                record: office.read_record(id).unwrap().expect("held"),
+                reason: Reason::Erasure,
+                policy: "test".into(),
+                still_expired_by: None,
+            })
+            .collect()
+    }
+
+    /// A deletion destroys, in the batch that purges the records, the keys no remaining record
+    /// is sealed under, and only those: a subject with a record left keeps its key until that
+    /// one goes too. Each destruction then rotates the KEK, and none is left due.
+    #[test]
+    fn a_deletion_destroys_the_keys_its_records_leave_unused_and_rotates() {
+        let (_dir, de, rt) = one_office("destroy-in-batch");
+        let office = &de.office;
+        let (a1, ka) = granted(office, &rt, "a@example.com", "marketing", "consent");
+        let (a2, ka2) = granted(office, &rt, "a@example.com", "sales", "consent");
+        assert_eq!(ka, ka2, "one subject key for the subject's consent records");
+        let (b, kb) = granted(office, &rt, "b@example.com", "marketing", "consent");
+        let (_c, kc) = granted(office, &rt, "c@example.com", "marketing", "consent");
+        let generation = office.keys.generation();
+
+        let out = rt
+            .block_on(delete(office, deletions(office, &[a1, b]), BTreeSet::new()))
+            .unwrap();
+        assert_eq!((out.deleted, out.keys_destroyed), (2, 1), "{out:?}");
+        assert!(office.keys.key(&kb).is_err(), "b's last record is gone");
+        assert!(
+            office.keys.key(&ka).is_ok(),
+            "a's other record still uses a's key"
         );
-        for (i, (_, key)) in records.iter().enumerate() {
-            assert_eq!(
-                office.keys.key(key).is_ok(),
-                i >= 5,
-                "subject {i}: kept exactly while its record remains"
-            );
-        }
-        // Nothing left to destroy.
-        let again = rt
-            .block_on(destroy_unused_keys_by(office, &subjects, 2))
+        assert!(office.keys.key(&kc).is_ok(), "c is not deleted");
+        assert_eq!(office.keys.generation(), generation + 1, "rotated");
+        assert!(!office.keys.rotation_due().unwrap());
+
+        let out = rt
+            .block_on(delete(office, deletions(office, &[a2]), BTreeSet::new()))
             .unwrap();
-        assert_eq!(again, 0);
+        assert_eq!((out.deleted, out.keys_destroyed), (1, 1), "{out:?}");
+        assert!(office.keys.key(&ka).is_err(), "a's last record is gone");
+        assert!(office.keys.key(&kc).is_ok());
+        assert_eq!(office.keys.generation(), generation + 2);
+    }
+
+    /// An erasure that a crash stopped after its deletions and before its keys' destruction
+    /// destroys the key when its request is closed again, though nothing is left to delete.
+    #[test]
+    fn an_erasure_closed_again_after_a_crash_destroys_the_key_it_left() {
+        let (_dir, de, rt) = one_office("erasure-again");
+        let office = &de.office;
+        let subject = "again@example.com";
+        let (doc, key) = granted(office, &rt, subject, "support", "legitimate_interest");
+        let open = rt
+            .block_on(office.execute(Request::RequestOpen(protocol::RequestOpen {
+                subject: subject.into(),
+                kind: "erasure".into(),
+                received: None,
+                jurisdiction: None,
+            })))
+            .unwrap();
+        // Where the crash stopped it: the record gone, its key not yet.
+        rt.block_on(
+            office
+                .store()
+                .commit_purge(vec![doc], WriteBatch::default()),
+        )
+        .unwrap();
+        assert!(office.keys.key(&key).is_ok(), "the key outlived its record");
+
+        let closed = rt
+            .block_on(
+                office.execute(Request::RequestClose(protocol::RequestClose {
+                    id: open["id"].as_str().unwrap().into(),
+                    outcome: "completed".into(),
+                    note: None,
+                    at: None,
+                })),
+            )
+            .unwrap();
+        assert_eq!(closed["erasure"]["deleted"], 0, "{closed}");
+        assert_eq!(closed["erasure"]["keys_destroyed"], 1, "{closed}");
+        assert!(
+            office.keys.key(&key).is_err(),
+            "the erasable key is destroyed"
+        );
     }
 }
