@@ -4,12 +4,15 @@
 //! active legal hold is counted `held` and stays (it is looked at again by the next pass); every
 //! other expired record is deleted by `delete`:
 //!
-//! 1. under the record's write locks, load it (verifying its envelopes) and sign a tombstone
-//!    over its heads (`retention/<rule>` or `request/<id>`; no personal data);
+//! 1. under the record's write locks and the subject keys held exclusively, load it (verifying
+//!    its envelopes) and sign a tombstone over its heads (`retention/<rule>` or `request/<id>`;
+//!    no personal data);
 //! 2. commit, in ONE durable batch: the purge of its envelopes, projection and index entries,
-//!    the tombstone, the tombstone's log leaf (kind 2) and the anonymous counts it adds;
-//! 3. destroy the subject keys no remaining record uses, then rotate the key-encryption key, so
-//!    copies left in freed pages are unreadable; compact after large passes.
+//!    the tombstone, the tombstone's log leaf (kind 2), the anonymous counts it adds, the
+//!    deletion of its subject's keys that no remaining record uses, and the key-encryption key's
+//!    rotation marked due;
+//! 3. rotate the key-encryption key (at the next start if a crash comes first), so copies left
+//!    in freed pages are unreadable; compact after large passes.
 
 use super::{aggregates, schedule};
 use crate::keystore::{self, KeyClass};
@@ -307,9 +310,9 @@ async fn delete(
 }
 
 /// Applies tombstones other offices signed (already verified against the roster by the caller):
-/// each record is purged in the same durable batch that stores its tombstone, then the subject
-/// keys no remaining record uses are destroyed and the key-encryption key rotated, exactly as
-/// for a local deletion. No log leaf: this office did not author them. Returns the records
+/// each record is purged in the same durable batch that stores its tombstone and destroys the
+/// subject keys no remaining record uses, then the key-encryption key is rotated, exactly as for
+/// a local deletion. No log leaf: this office did not author them. Returns the records
 /// purged.
 ///
 /// A tombstone for a record that is already deleted (two offices deleted it independently, e.g.
@@ -385,10 +388,10 @@ fn lock_token_of(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
 }
 
 /// [`delete`] for callers that do not hold the pass lock (erasure), with the keys of `subject`
-/// looked at whatever `todo` holds. The records' deletion and their keys' destruction are two
-/// commits: an erasure that a crash stopped between them finds nothing left to delete when the
-/// operator closes its request again, and would otherwise leave the subject's key, which still
-/// opens what redb's freed pages keep of the records.
+/// looked at whatever `todo` holds. Until the thirty-eighth session the keys were destroyed in a
+/// commit after the purges; an erasure that a crash stopped between the two finds nothing left
+/// to delete when the operator closes its request again, and would otherwise leave the
+/// subject's key, which still opens what redb's freed pages keep of the records.
 pub(crate) async fn delete_exclusive(
     office: &Office,
     todo: Vec<Deletion>,
