@@ -1010,37 +1010,28 @@ impl Office {
         }
     }
 
-    /// Takes the token locks, the subject keys exclusively, then the record locks, in the one
-    /// order (`office::locks`): for a deletion that destroys the keys its records leave unused in
-    /// the batch that purges them.
-    pub(crate) async fn lock_for_shredding(
+    /// Takes the token locks, the subject keys exclusively if `shred`, then the record locks, in
+    /// the one order (`office::locks`): for a deletion, which destroys the keys its records leave
+    /// unused in the batch that purges them. One with no subject to look at (tombstones for
+    /// records not held here) does not take the keys: that would wait for every write in flight.
+    pub(crate) async fn lock_for_deletion(
         &self,
         tokens: &[[u8; 32]],
         docs: &[DocId],
+        shred: bool,
     ) -> (
         KeyGuard<'_>,
-        tokio::sync::RwLockWriteGuard<'_, ()>,
+        Option<tokio::sync::RwLockWriteGuard<'_, ()>>,
         KeyGuard<'_>,
     ) {
         let t = self.locks.lock(tokens).await;
-        let k = self.keys.destroying().await;
+        let k = match shred {
+            true => Some(self.keys.destroying().await),
+            false => None,
+        };
         let keys: Vec<[u8; 32]> = docs.iter().map(doc_lock_key).collect();
         let d = self.doc_locks.lock(&keys).await;
         (t, k, d)
-    }
-
-    /// Takes the token locks, then the record locks, as a write does around its shared hold of
-    /// the keys: for tests that stand in for a write's steps.
-    #[cfg(test)]
-    pub(crate) async fn lock_tokens_then_docs(
-        &self,
-        tokens: &[[u8; 32]],
-        docs: &[DocId],
-    ) -> (KeyGuard<'_>, KeyGuard<'_>) {
-        let t = self.locks.lock(tokens).await;
-        let keys: Vec<[u8; 32]> = docs.iter().map(doc_lock_key).collect();
-        let d = self.doc_locks.lock(&keys).await;
-        (t, d)
     }
 
     /// Loads a document to author a change: its stored envelopes, each verified, must make a

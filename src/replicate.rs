@@ -2230,7 +2230,7 @@ mod tests {
             // The write's next step: its record's lock.
             let record = tokio::time::timeout(
                 Duration::from_secs(5),
-                office.lock_tokens_then_docs(&[], &[doc]),
+                office.lock_for_deletion(&[], &[doc], false),
             )
             .await
             .expect("the write gets its record while the ingest waits for the keys");

@@ -249,10 +249,15 @@ async fn delete(
         tokens.sort_unstable();
         tokens.dedup();
         let ids: Vec<DocId> = chunk.iter().map(|d| d.id).collect();
-        let _guards = office.lock_for_shredding(&tokens, &ids).await;
+        // Every subject the chunk may purge a record of (one skipped below keeps its key).
+        let mut chunk_subjects = BTreeSet::new();
+        for d in chunk {
+            chunk_subjects.extend(subject_token(office, &d.record)?);
+        }
+        let shred = !chunk_subjects.is_empty();
+        let _guards = office.lock_for_deletion(&tokens, &ids, shred).await;
         let mut batch = WriteBatch::default();
         let mut purges = Vec::with_capacity(chunk.len());
-        let mut chunk_subjects = BTreeSet::new();
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let now = Utc::now().timestamp();
         for d in chunk {
@@ -279,7 +284,6 @@ async fn delete(
                 .push(office.audit().entry(&LogLeaf::tombstone(d.id, hash)));
             *counts.entry(aggregates::key(&d.record)).or_default() += 1;
             purges.push(d.id);
-            chunk_subjects.extend(subject_token(office, &d.record)?);
             out.deleted_ids.push(d.id);
         }
         if purges.is_empty() {
@@ -357,7 +361,8 @@ pub(crate) async fn apply_remote(
         tokens.dedup();
         let ids: Vec<DocId> = todo.iter().map(|t| t.0).collect();
         // The keys go in the purge's batch, as in `delete` (which says why).
-        let _guards = office.lock_for_shredding(&tokens, &ids).await;
+        let shred = !subjects.is_empty();
+        let _guards = office.lock_for_deletion(&tokens, &ids, shred).await;
         todo.extend(more);
         let mut batch = WriteBatch {
             tombstones: todo,
@@ -575,6 +580,38 @@ mod tests {
         assert!(office.keys.key(&ka).is_err(), "a's last record is gone");
         assert!(office.keys.key(&kc).is_ok());
         assert_eq!(office.keys.generation(), generation + 2);
+    }
+
+    /// Tombstones for records this office does not hold (deleted already, or never received)
+    /// leave no key to look at: applying them does not wait for the writes in flight, as taking
+    /// the keys exclusively would.
+    #[test]
+    fn tombstones_for_records_not_held_do_not_wait_for_writes() {
+        let (_dir, de, rt) = one_office("tombstones-not-held");
+        let office = &de.office;
+        let doc: DocId = [7; 16];
+        let t = Tombstone::sign(
+            doc,
+            vec![[9; 32]],
+            Reason::Erasure,
+            "test",
+            0,
+            office.signing_key(),
+        )
+        .unwrap();
+        rt.block_on(async {
+            // A write between choosing its keys and its durable commit.
+            let _writing = office.keys.using().await;
+            let applied = tokio::time::timeout(
+                Duration::from_secs(5),
+                apply_remote(office, vec![(doc, t.hash(), t.encode())]),
+            )
+            .await
+            .expect("applied without waiting for the write")
+            .unwrap();
+            assert_eq!(applied.keys_destroyed, 0);
+        });
+        assert!(office.is_tombstoned(&doc).unwrap());
     }
 
     /// An erasure that a crash stopped after its deletions and before its keys' destruction
