@@ -298,9 +298,7 @@ async fn delete(
         let destroyed = unused_keys(office, &chunk_subjects, &purges, &mut batch)?;
         out.deleted += purges.len() as u64;
         let announce = batch.tombstones.clone();
-        office.store().commit_purge(purges, batch).await?;
-        office.keys.forget(&destroyed);
-        out.keys_destroyed += destroyed.len() as u64;
+        out.keys_destroyed += commit_shredding(office, purges, batch, &destroyed).await?;
         office.announce_tombstones(announce);
     }
     out.keys_destroyed += destroy_unused_keys(office, &subjects).await?;
@@ -371,9 +369,7 @@ pub(crate) async fn apply_remote(
         let destroyed = unused_keys(office, &subjects, &ids, &mut batch)?;
         out.deleted += ids.len() as u64;
         out.deleted_ids.extend(ids.iter().copied());
-        office.store().commit_purge(ids, batch).await?;
-        office.keys.forget(&destroyed);
-        out.keys_destroyed += destroyed.len() as u64;
+        out.keys_destroyed += commit_shredding(office, ids, batch, &destroyed).await?;
     }
     if out.keys_destroyed > 0 {
         office.keys.rotate().await?;
@@ -419,9 +415,21 @@ async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> 
     if ids.is_empty() {
         return Ok(0);
     }
-    office.store().commit(batch).await?;
-    office.keys.forget(&ids);
-    Ok(ids.len() as u64)
+    commit_shredding(office, Vec::new(), batch, &ids).await
+}
+
+/// Commits `batch` with `purges`, then drops `destroyed` (the keys its deletions name, from
+/// [`unused_keys`]) from the key cache: only once the deletion is durable, so a failed commit
+/// leaves them readable. Returns how many were destroyed.
+async fn commit_shredding(
+    office: &Office,
+    purges: Vec<DocId>,
+    batch: WriteBatch,
+    destroyed: &[KeyId],
+) -> Result<u64> {
+    office.store().commit_purge(purges, batch).await?;
+    office.keys.forget(destroyed);
+    Ok(destroyed.len() as u64)
 }
 
 /// Adds to `batch` the deletion of every key of `subjects` that no record is sealed under once
