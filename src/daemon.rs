@@ -263,22 +263,9 @@ pub async fn run(
         }),
     ));
     let reminders = tokio::spawn(due_soon_reminders(office.clone(), stop_rx.clone()));
-    // Keys destroyed just before a crash: their KEK's rotation is still due (keystore.rs).
-    tokio::spawn({
-        let office = office.clone();
-        async move {
-            match office.keys.rotate_if_due().await {
-                Ok(true) => tracing::info!(
-                    "finished the key-encryption key rotation that a restart interrupted"
-                ),
-                Ok(false) => {}
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "cannot finish the key-encryption key rotation that a restart interrupted"
-                ),
-            }
-        }
-    });
+    // Key-encryption key rotations that tombstones from peers asked for, and one that a crash
+    // cut off from the destruction that made it due (keystore.rs).
+    let rotations = tokio::spawn(rotations(office.clone(), stop_rx.clone()));
     // Replication: one QUIC endpoint, a session per peer link (replicate.rs).
     let replication = if config.peers.is_empty() {
         None
@@ -373,6 +360,8 @@ pub async fn run(
     while permits.available_permits() < CONNECTIONS_MAX && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Stopped before the store: a rotation cut off here is finished at the next start.
+    rotations.abort();
     office.store().shutdown();
     liveness.abort();
     reminders.abort();
@@ -568,6 +557,9 @@ async fn liveness(
 const REMINDER_DAYS: u64 = 3;
 /// How often the reminder runs.
 const REMINDER_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a failed key-encryption key rotation waits before it is tried again (sooner if
+/// another destruction asks for one).
+const ROTATION_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Once a day (and at start), warns in the log about open requests due within three days. The
 /// log names record ids and counts only, never who the requests are about.
@@ -584,6 +576,48 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
         }
         tokio::select! {
             _ = tokio::time::sleep(REMINDER_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs the key-encryption key rotations that key destructions made due
+/// (`KeyStore::rotate_if_due`): at start (a crash came between a destruction and its rotation),
+/// then whenever asked (`KeyStore::request_rotation`: tombstones from peers destroyed keys).
+/// Requests that come while one runs are served by at most one more. After a failure the
+/// rotation stays due and is tried again after [`ROTATION_RETRY_AFTER`] or the next request.
+async fn rotations(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
+    let mut first = true;
+    loop {
+        let retry = match office.keys.rotate_if_due().await {
+            Ok(ran) => {
+                if ran && first {
+                    tracing::info!(
+                        "finished the key-encryption key rotation a restart interrupted"
+                    );
+                } else if ran {
+                    tracing::info!(
+                        generation = office.keys.generation(),
+                        "rotated the key-encryption key after keys were destroyed"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rotate the key-encryption key; it stays due");
+                Some(ROTATION_RETRY_AFTER)
+            }
+        };
+        first = false;
+        let retry = async {
+            match retry {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = office.keys.rotation_requested() => {}
+            _ = retry => {}
             _ = stop.changed() => return,
         }
     }

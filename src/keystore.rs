@@ -6,8 +6,8 @@
 //! freed but did not zero (DESIGN.md 6 and 7). That is how deletion is physical.
 //!
 //! The subject keys themselves are stored in redb (`keys` table), *wrapped* under the KEK. A
-//! destroyed subject key's wrapped bytes may also linger in a freed redb page, so after every
-//! pass that destroyed keys the KEK is **rotated**: a new KEK file is written, every remaining
+//! destroyed subject key's wrapped bytes may also linger in a freed redb page, so once keys
+//! are destroyed the KEK is **rotated**: a new KEK file is written, every remaining
 //! subject key is re-wrapped under it, and the old KEK file is overwritten and removed. A stale
 //! wrapped key is then sealed under a KEK that no longer exists anywhere.
 //!
@@ -29,6 +29,13 @@
 //! keys' stale wrapped copies under a KEK that stays: the rotation is due while that value is
 //! not below the committed generation, and the daemon runs it at start
 //! ([`KeyStore::rotation_due`]). Step 2 ends it, so nothing clears the value.
+//!
+//! Rotations are shared: [`KeyStore::rotate_if_due`] runs one only if a destruction is still
+//! due once the rotation before it finished, so every destruction committed before a rotation
+//! swapped the KEK is served by that one. A local deletion (a retention pass, an erasure) waits
+//! for it before it answers; tombstones from peers, which arrive in batches of up to 256 and
+//! made one rotation each (every stored key re-wrapped, 3.2 s at 1,000,000 keys), only ask the
+//! daemon's rotation task for one ([`KeyStore::request_rotation`]).
 //!
 //! Limits, stated plainly: overwriting a file does not guarantee the old blocks are gone on a
 //! copy-on-write or log-structured filesystem, or on an SSD that remaps writes; backups and
@@ -253,8 +260,11 @@ pub struct KeyStore {
     keks: RwLock<Keks>,
     /// Shard `shard_of(id)` holds key `id` if any does.
     cache: [Mutex<HashMap<KeyId, Zeroizing<[u8; KEY_BYTES]>>>; KEY_CACHE_SHARDS],
-    /// One rotation at a time.
+    /// One rotation at a time. A rotation asked for while one runs waits here, then finds
+    /// whether that one already retired the KEK it needed retired (`rotate_if_due`).
     rotating: tokio::sync::Mutex<()>,
+    /// Wakes the office's rotation task ([`KeyStore::request_rotation`]).
+    rotation_wanted: tokio::sync::Notify,
     /// Writes that seal under existing keys hold it shared until their commit is durable; key
     /// destruction holds it exclusively while it decides which keys no record uses, so a key is
     /// never destroyed under a record being written. Taken after the token locks and before any
@@ -401,6 +411,7 @@ impl KeyStore {
             }),
             cache: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             rotating: tokio::sync::Mutex::new(()),
+            rotation_wanted: tokio::sync::Notify::new(),
             in_use: tokio::sync::RwLock::new(()),
         };
         if !read(&ks.keks).older.is_empty() {
@@ -536,8 +547,8 @@ impl KeyStore {
         )
     }
 
-    /// Whether a committed key destruction still waits for its KEK rotation (a crash came
-    /// between the two).
+    /// Whether a committed key destruction still waits for its KEK rotation: not yet run, or
+    /// cut off from it by a crash.
     pub fn rotation_due(&self) -> Result<bool> {
         let Some(v) = self.store.meta(META_KEK_ROTATION_DUE)? else {
             return Ok(false);
@@ -548,19 +559,59 @@ impl KeyStore {
         Ok(due >= self.generation())
     }
 
-    /// Runs the rotation a committed key destruction made due, if a crash came first (module
-    /// docs); whether it ran. The daemon calls it at start.
-    pub async fn rotate_if_due(&self) -> Result<bool> {
-        if !self.rotation_due()? {
-            return Ok(false);
-        }
-        self.rotate().await?;
-        Ok(true)
+    /// Whether a rotation is due or unfinished: a committed key destruction still waits for
+    /// one, or a rotation stopped (an I/O error) before it shredded the KEK it replaced.
+    /// `status` reports it as `kek_rotation_due`.
+    pub fn rotation_pending(&self) -> Result<bool> {
+        Ok(self.rotation_due()? || !read(&self.keks).older.is_empty())
     }
 
-    /// Rotates the KEK (module docs, steps 1-4). Run after every pass that destroyed keys.
+    /// Runs the rotation that committed key destructions made due, or finishes one that
+    /// stopped; whether anything ran. Callers that destroyed keys call it (or, not to wait,
+    /// [`KeyStore::request_rotation`]) after their commits; the daemon calls it at start, for a
+    /// destruction a crash cut off from its rotation (module docs).
+    ///
+    /// **One rotation serves every destruction committed before it swapped the KEK.** The
+    /// check is made holding `rotating`: a caller that waited for a rotation in progress finds
+    /// its destruction covered (the rotation retired the KEK it was committed under) and
+    /// returns, so a burst of destructions costs at most two rotations, not one each. Each
+    /// rotation re-wraps every stored key: 0.44 s at 100,000 keys and 3.2 s at 1,000,000
+    /// measured here, with ~128 MiB of the keys table rewritten.
+    pub async fn rotate_if_due(&self) -> Result<bool> {
+        let one = self.rotating.lock().await;
+        if self.rotation_due()? {
+            self.rotate_holding(&one).await?;
+            return Ok(true);
+        }
+        if !read(&self.keks).older.is_empty() {
+            // A rotation that stopped after its swap: finish its re-wrap and shredding.
+            self.rewrap().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Asks the office's rotation task (`daemon::rotations`) to run [`KeyStore::rotate_if_due`]
+    /// soon, without waiting for it: for destructions no caller waits on (tombstones from
+    /// peers). The rotation is due in the store already, so a crash before it runs loses
+    /// nothing; the daemon runs it at start.
+    pub fn request_rotation(&self) {
+        self.rotation_wanted.notify_one();
+    }
+
+    /// Resolves once a rotation has been requested since the last time it resolved.
+    pub async fn rotation_requested(&self) {
+        self.rotation_wanted.notified().await
+    }
+
+    /// Rotates the KEK (module docs, steps 1-4), due or not.
     pub async fn rotate(&self) -> Result<()> {
-        let _one = self.rotating.lock().await;
+        let one = self.rotating.lock().await;
+        self.rotate_holding(&one).await
+    }
+
+    /// Steps 1-4; `_one` is the `rotating` guard (one rotation at a time).
+    async fn rotate_holding(&self, _one: &tokio::sync::MutexGuard<'_, ()>) -> Result<()> {
         let next = self.generation() + 1;
         let path = kek_path(&self.dir, next);
         let kek: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
@@ -737,6 +788,45 @@ mod tests {
         assert!(!ks.rotation_due().unwrap());
         assert!(!ks.rotate_if_due().await.unwrap(), "and only once");
         assert_eq!(ks.generation(), 2);
+    }
+
+    /// Destructions whose rotation is asked for while another rotation runs share one: each
+    /// caller checks, once it holds the rotation lock, whether the rotation before it already
+    /// retired the KEK its destruction was committed under. A destruction committed after a
+    /// rotation still gets its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotations_asked_for_while_one_runs_are_served_by_one() {
+        let (dir, store, ks) = open_key_store();
+        let ks = std::sync::Arc::new(ks);
+        let due = |ks: &KeyStore| WriteBatch {
+            meta: vec![ks.rotation_due_entry()],
+            ..WriteBatch::default()
+        };
+        store.commit(due(&ks)).await.unwrap();
+        // A rotation in progress (its lock held) while three destructions ask for one.
+        let running = ks.rotating.lock().await;
+        let asked: Vec<_> = (0..3)
+            .map(|_| {
+                let ks = ks.clone();
+                tokio::spawn(async move { ks.rotate_if_due().await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(running);
+        let mut ran = 0;
+        for a in asked {
+            ran += usize::from(a.await.unwrap());
+        }
+        assert_eq!(ran, 1, "one rotation for the three");
+        assert_eq!(ks.generation(), 2);
+        assert!(!dir.path().join("kek-1.key").exists());
+        assert!(!ks.rotation_pending().unwrap());
+
+        store.commit(due(&ks)).await.unwrap();
+        assert!(ks.rotation_pending().unwrap(), "a later destruction is due");
+        assert!(ks.rotate_if_due().await.unwrap());
+        assert_eq!(ks.generation(), 3);
+        assert!(!dir.path().join("kek-2.key").exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1438,6 +1438,9 @@ impl Office {
             "dropped_after_tombstone": stats.dropped_after_tombstone
                 + self.dropped_replayed.load(std::sync::atomic::Ordering::Relaxed),
             "kek_generation": self.keys.generation(),
+            // Keys destroyed whose stale wrapped copies the current KEK still opens: the
+            // rotation that ends it runs in the background after tombstones from peers.
+            "kek_rotation_due": self.keys.rotation_pending()?,
             "deleted_aggregates": crate::retention::aggregates::list(&self.store)?,
             "durable_commits": stats.commits_durable,
             "batches_committed": stats.batches_committed,
