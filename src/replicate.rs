@@ -88,6 +88,16 @@ const STORE_QUEUE_ENVELOPES_MAX: usize = 1024;
 /// large reconciliation frame at 100,000 records 30 ms against the sets (measured), while moving
 /// off the worker costs tens of µs; pushes and small frames stay put.
 const FRAME_OFF_WORKER_BYTES_MIN: usize = 32 * 1024;
+/// Bytes of frames already received that a link handles in one turn before it acts on them
+/// (the first frame always). Pushed items come one a frame: a peer's retention pass of 2,000
+/// records arrived as 2,000 frames, each applied in a durable commit of its own (16 ms each,
+/// 33 s in all, measured). Frames waiting to be read are now handled together and their
+/// tombstones applied in one batch (up to [`TOMBSTONES_APPLIED_MAX`]). A cold sync's answers
+/// (up to 1 MiB each) are still taken one at a time.
+const TURN_BYTES_MAX: usize = 256 * 1024;
+/// Most tombstones applied in one call (`retention::pass::apply_remote`, which commits them in
+/// chunks of `DELETE_CHUNK`): consecutive tombstone batches are merged up to this.
+const TOMBSTONES_APPLIED_MAX: usize = 1024;
 /// Wanted items at least this many are read off the runtime's worker (a stored envelope's read
 /// costs a few µs).
 const FETCH_OFF_WORKER_IDS_MIN: usize = 64;
@@ -1365,12 +1375,37 @@ impl Replicator {
             tokio::sync::mpsc::channel::<StoreDone>(STORES_IN_FLIGHT_MAX);
         let mut storing = 0usize;
         let mut store_queue: VecDeque<StoreBatch> = VecDeque::new();
+        // Handles one received frame: verified and applied to the session, which queues what
+        // it asks of this office as actions.
+        let handle_frame = |session: &mut Session, bytes: &[u8]| -> Result<(), String> {
+            let handle = |session: &mut Session| {
+                // Decoding verifies a Want's answer (a thousand envelopes, ~30 ms) and needs no
+                // sets: done before locking them, so the other tasks that lock them (store
+                // tasks, the pushes of local commits) do not wait for it.
+                let decoded = session.decode(bytes);
+                let sets = lock(&self.sets);
+                session.handle_decoded(Instant::now(), decoded, &self.view(&sets))
+            };
+            let heavy = bytes.len() >= FRAME_OFF_WORKER_BYTES_MIN;
+            let result = crate::office::off_worker_if(heavy, || handle(session));
+            if let Err(e) = result {
+                while let Some(frame) = session.poll_transmit() {
+                    let _ = send(frame);
+                }
+                return Err(e.to_string());
+            }
+            Ok(())
+        };
+        // The stream ended (or failed) while frames before it were being taken in a turn.
+        let mut ended: Option<Result<(), String>> = None;
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
                     send(frame)?;
                 }
-                while let Some(action) = session.poll_action() {
+                // An action taken while merging tombstone batches that is not one of them.
+                let mut carried: Option<Action> = None;
+                while let Some(action) = carried.take().or_else(|| session.poll_action()) {
                     match action {
                         Action::Store(batch) if batch.set == SetKind::Envelopes => {
                             store_queue.push_back(batch);
@@ -1407,9 +1442,40 @@ impl Replicator {
                                     }
                                 }
                             }
+                            let action = match action {
+                                // Consecutive tombstone batches (pushes come one a frame) are
+                                // applied in one call: one purge commit a chunk, one rotation.
+                                Action::Store(mut merged) if merged.set == SetKind::Tombstones => {
+                                    let mut also = Vec::new();
+                                    while merged.blobs.len() < TOMBSTONES_APPLIED_MAX {
+                                        match session.poll_action() {
+                                            Some(Action::Store(b))
+                                                if b.set == SetKind::Tombstones =>
+                                            {
+                                                merged.blobs.extend(b.blobs);
+                                                also.push(b.id);
+                                            }
+                                            other => {
+                                                carried = other;
+                                                break;
+                                            }
+                                        }
+                                    }
+                                    self.act(&peer, &mut session, Action::Store(merged)).await?;
+                                    let sets = lock(&self.sets);
+                                    for id in also {
+                                        session.stored(Instant::now(), id, &self.view(&sets));
+                                    }
+                                    continue;
+                                }
+                                action => action,
+                            };
                             self.act(&peer, &mut session, action).await?;
                         }
                     }
+                }
+                if let Some(end) = ended.take() {
+                    return end;
                 }
                 if session.poll_transmit_pending() {
                     continue;
@@ -1447,23 +1513,29 @@ impl Replicator {
                 tokio::select! {
                     frame = reader.recv(), if session.can_receive() => match frame {
                         Ok(Some(bytes)) => {
-                            let handle = |session: &mut Session| {
-                                // Decoding verifies a Want's answer (a thousand envelopes,
-                                // ~30 ms) and needs no sets: done before locking them, so the
-                                // other tasks that lock them (store tasks, the pushes of local
-                                // commits) do not wait for it.
-                                let decoded = session.decode(&bytes);
-                                let sets = lock(&self.sets);
-                                session.handle_decoded(Instant::now(), decoded, &self.view(&sets))
-                            };
-                            let heavy = bytes.len() >= FRAME_OFF_WORKER_BYTES_MIN;
-                            let result =
-                                crate::office::off_worker_if(heavy, || handle(&mut session));
-                            if let Err(e) = result {
-                                while let Some(frame) = session.poll_transmit() {
-                                    let _ = send(frame);
+                            handle_frame(&mut session, &bytes)?;
+                            // Then the frames already here, before acting on any (see
+                            // `TURN_BYTES_MAX`). A polled `recv` that is not ready is dropped:
+                            // it is cancel-safe.
+                            let mut turn_bytes = bytes.len();
+                            while turn_bytes < TURN_BYTES_MAX && session.can_receive() {
+                                let ready = tokio::select! {
+                                    biased;
+                                    frame = reader.recv() => Some(frame),
+                                    () = std::future::ready(()) => None,
+                                };
+                                match ready {
+                                    None => break,
+                                    Some(Ok(Some(bytes))) => {
+                                        turn_bytes += bytes.len();
+                                        handle_frame(&mut session, &bytes)?;
+                                    }
+                                    // The stream's end is acted on once what came before it is.
+                                    Some(end) => {
+                                        ended = Some(end.map(|_| ()).map_err(|e| e.to_string()));
+                                        break;
+                                    }
                                 }
-                                return Err(e.to_string());
                             }
                         }
                         Ok(None) => return Ok(()),
