@@ -172,6 +172,9 @@ pub struct Office {
     committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
     /// Envelopes peers offered for records a tombstone deletes, dropped by ingest (since start).
     pub(crate) dropped_replayed: std::sync::atomic::AtomicU64,
+    /// Records purged here (locally or by peers' tombstones) since the last compaction or
+    /// start: whether the next compaction is worth its freeze (`retention::pass`).
+    pub(crate) deleted_since_compaction: std::sync::atomic::AtomicU64,
     /// Where replication stands (for `status` and `peers`).
     replication: std::sync::Mutex<Replication>,
     /// Where [`Office::reopen_pending`] stopped reading pending records (`None`: at the start).
@@ -247,6 +250,7 @@ impl Office {
             committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
             replication: std::sync::Mutex::new(Replication::Off),
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
+            deleted_since_compaction: std::sync::atomic::AtomicU64::new(0),
             pending_cursor: std::sync::Mutex::new(None),
         }
     }

@@ -18,6 +18,16 @@ use tokio::sync::watch;
 
 /// Default number of deletions after which a pass compacts the store.
 pub const COMPACT_AFTER_DEFAULT: u64 = 1000;
+/// A pass compacts only once the records deleted since the last compaction (or since start)
+/// are at least this share of the records held before them: 1 in 4.
+///
+/// Why: compaction gives freed pages back to the filesystem, and redb does it only with no
+/// read transaction open, so every consent check and write waits until it ends (`Store::compact`).
+/// At 1,000,000 records a pass deleting 2,000 froze consent checks for 24.3 s, to shrink the
+/// file by about 0.2 %. Pages freed and not given back are reused by later writes, so skipping
+/// compaction costs only file length until enough is free to be worth the freeze; personal data
+/// in freed pages is unreadable either way (its keys are destroyed and the KEK rotated).
+pub const COMPACT_FREED_SHARE_MIN: (u64, u64) = (1, 4);
 /// How often the daemon runs the pass.
 pub const PASS_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The first daily pass runs this long after start-up, not at once: a restart loop must not
@@ -28,7 +38,8 @@ pub const FIRST_PASS_AFTER: Duration = Duration::from_secs(60 * 60);
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub schedule: schedule::Schedule,
-    /// Compact the store after a pass or erasure that deleted at least this many records.
+    /// Compact the store after a pass or erasure that deleted at least this many records, once
+    /// the deletions since the last compaction are [`COMPACT_FREED_SHARE_MIN`] of the store.
     pub compact_after: u64,
     /// Run the pass daily in the daemon.
     pub daily: bool,

@@ -309,7 +309,8 @@ async fn delete(
         // rotation already running or waiting, if that one covers them (keystore.rs).
         office.keys.rotate_if_due().await?;
     }
-    if out.deleted > 0 && out.deleted >= office.retention.compact_after {
+    if out.deleted > 0 && out.deleted >= office.retention.compact_after && compaction_pays(office)?
+    {
         out.compacted = compact(office).await;
     }
     Ok(out)
@@ -436,7 +437,11 @@ async fn commit_shredding(
     batch: WriteBatch,
     destroyed: &[KeyId],
 ) -> Result<u64> {
+    let purged = purges.len() as u64;
     office.store().commit_purge(purges, batch).await?;
+    office
+        .deleted_since_compaction
+        .fetch_add(purged, std::sync::atomic::Ordering::Relaxed);
     office.keys.forget(destroyed);
     Ok(destroyed.len() as u64)
 }
@@ -480,13 +485,30 @@ fn unused_keys(
 }
 
 /// Compacts the store, retrying while read transactions are open. Returns whether it ran.
+/// Whether the records purged since the last compaction are at least
+/// [`super::COMPACT_FREED_SHARE_MIN`] of those held before them (why: that constant's docs).
+fn compaction_pays(office: &Office) -> Result<bool> {
+    let deleted = office
+        .deleted_since_compaction
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let held = office.store().stats()?.records;
+    let (num, den) = super::COMPACT_FREED_SHARE_MIN;
+    Ok(deleted * den >= (held + deleted) * num)
+}
+
 async fn compact(office: &Office) -> bool {
     // It holds the whole store, so writes wait for it: not a stalled write path.
     let _maintenance = office.maintenance();
     for _ in 0..COMPACT_TRIES {
         let store = office.store().clone();
         match tokio::task::spawn_blocking(move || store.compact()).await {
-            Ok(Ok(_)) => return true,
+            Ok(Ok(_)) => {
+                // Callers hold `ONE_AT_A_TIME`: no purge was counted meanwhile.
+                office
+                    .deleted_since_compaction
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                return true;
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "compaction deferred"),
             Err(e) => {
                 tracing::error!(error = %e, "compaction task failed");
@@ -512,10 +534,25 @@ mod tests {
         crate::daemon::Prepared,
         tokio::runtime::Runtime,
     ) {
+        one_office_configured(network, |config| config)
+    }
+
+    /// [`one_office`] with its config text rewritten by `edit` first.
+    fn one_office_configured(
+        network: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> (
+        tempfile::TempDir,
+        crate::daemon::Prepared,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let offices = crate::network::parse_offices("de").unwrap();
         crate::network::init(dir.path(), &offices, None, network).unwrap();
-        let de = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml")).unwrap();
+        let config = dir.path().join("de").join("consentd.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, edit(text)).unwrap();
+        let de = crate::daemon::prepare(&config).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -597,6 +634,54 @@ mod tests {
         assert!(office.keys.key(&ka).is_err(), "a's last record is gone");
         assert!(office.keys.key(&kc).is_ok());
         assert_eq!(office.keys.generation(), generation + 2);
+    }
+
+    /// A pass compacts (which freezes every read and write) only once the deletions since the
+    /// last compaction are a quarter of the store, however low `compact_after_deletions` is set.
+    #[test]
+    fn compaction_waits_until_a_quarter_of_the_records_are_deleted() {
+        let (_dir, de, rt) = one_office_configured("compact-share", |t| {
+            t.replace(
+                "compact_after_deletions = 1000",
+                "compact_after_deletions = 1",
+            )
+        });
+        let office = &de.office;
+        assert_eq!(office.retention.compact_after, 1, "the config was edited");
+        let docs: Vec<DocId> = (0..8)
+            .map(|i| {
+                granted(
+                    office,
+                    &rt,
+                    &format!("c{i}@example.com"),
+                    "marketing",
+                    "consent",
+                )
+                .0
+            })
+            .collect();
+        let held = office.store().stats().unwrap().records;
+        assert!(held >= 8, "{held} records");
+        // One at a time, until a quarter of what was held is gone.
+        let mut deleted = 0;
+        for doc in &docs {
+            let out = rt
+                .block_on(delete(office, deletions(office, &[*doc]), BTreeSet::new()))
+                .unwrap();
+            deleted += 1;
+            let due = deleted * 4 >= held;
+            assert_eq!(out.compacted, due, "after {deleted} of {held}: {out:?}");
+            if due {
+                break;
+            }
+        }
+        assert_eq!(
+            office
+                .deleted_since_compaction
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "the count starts again"
+        );
     }
 
     /// Tombstones from peers arrive in batches, and each that destroys keys used to rotate the
