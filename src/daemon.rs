@@ -589,7 +589,7 @@ async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>
 async fn rotations(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
     let mut first = true;
     loop {
-        let retry = match office.keys.rotate_if_due().await {
+        let retry_after = match office.keys.rotate_if_due().await {
             Ok(ran) => {
                 if ran && first {
                     tracing::info!(
@@ -610,7 +610,7 @@ async fn rotations(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
         };
         first = false;
         let retry = async {
-            match retry {
+            match retry_after {
                 Some(after) => tokio::time::sleep(after).await,
                 None => std::future::pending().await,
             }

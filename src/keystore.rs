@@ -33,9 +33,10 @@
 //! Rotations are shared: [`KeyStore::rotate_if_due`] runs one only if a destruction is still
 //! due once the rotation before it finished, so every destruction committed before a rotation
 //! swapped the KEK is served by that one. A local deletion (a retention pass, an erasure) waits
-//! for it before it answers; tombstones from peers, which arrive in batches of up to 256 and
-//! made one rotation each (every stored key re-wrapped, 2-3 s at 1,000,000 keys), only ask the
-//! daemon's rotation task for one ([`KeyStore::request_rotation`]).
+//! for it before it answers; tombstones from peers, which arrive one a frame (pushes) or a few
+//! hundred at a time (a round's answers) and made one rotation each (every stored key
+//! re-wrapped, 2-3 s at 1,000,000 keys), only ask the daemon's rotation task for one
+//! ([`KeyStore::request_rotation`]).
 //!
 //! Limits, stated plainly: overwriting a file does not guarantee the old blocks are gone on a
 //! copy-on-write or log-structured filesystem, or on an SSD that remaps writes; backups and

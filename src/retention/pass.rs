@@ -378,10 +378,10 @@ pub(crate) async fn apply_remote(
         out.keys_destroyed += commit_shredding(office, ids, batch, &destroyed).await?;
     }
     if out.keys_destroyed > 0 {
-        // Not waited for: a peer's retention pass arrives in batches of up to 256 tombstones,
-        // and a rotation each (every stored key re-wrapped: 2-3 s at 1,000,000 keys) held up
-        // the link and this office's passes for minutes. The rotation is due in the store
-        // already (`unused_keys`), so a crash loses nothing.
+        // Not waited for: a peer's retention pass arrives as many calls (a pushed tombstone
+        // is a frame of its own), and a rotation each (every stored key re-wrapped: 2-3 s at
+        // 1,000,000 keys) held up the link and this office's passes for minutes. The rotation
+        // is due in the store already (`unused_keys`), so a crash loses nothing.
         office.keys.request_rotation();
     }
     Ok(out)
