@@ -5,16 +5,12 @@
 //! different forever.
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn wait(what: &str, cond: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < WAIT, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(what, WAIT, cond)
 }
 
 #[test]

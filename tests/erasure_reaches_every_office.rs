@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use consentd_storage::Store;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SUBJECT: &str = "erase.me@example.com";
 const EVIDENCE: &str = "QWX-distinctive-evidence-4412";
@@ -27,14 +27,7 @@ fn windows_of(dir: &Path, f: &impl Fn(&[u8; 32]) -> bool) -> bool {
 }
 
 fn wait(what: &str, cond: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(what, Duration::from_secs(90), cond)
 }
 
 #[test]

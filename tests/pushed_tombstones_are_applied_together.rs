@@ -6,18 +6,14 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 /// Records de's retention pass deletes: two of its chunks of 256.
 const EXPIRED: u64 = 300;
 
 fn wait(what: &str, cond: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < WAIT, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(what, WAIT, cond)
 }
 
 #[test]

@@ -11,17 +11,10 @@
 //! the key-set view) and from reading `forget_doc`.
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn wait(what: &str, cond: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(what, Duration::from_secs(90), cond)
 }
 
 #[test]

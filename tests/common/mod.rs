@@ -218,6 +218,15 @@ pub fn ctl_as(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
     cmd.output().unwrap()
 }
 
+/// Polls `cond` every 100 ms until it holds; fails the test, naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs consentctl and expects success and one JSON value on stdout.
 pub fn ok(socket: &Path, args: &[&str]) -> Value {
     let out = ctl(socket, args);
