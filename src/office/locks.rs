@@ -11,11 +11,11 @@
 //! takes them in one order: consent tokens, then the keys (shared by writes and ingests,
 //! `KeyStore::using`; exclusively by a deletion, which destroys keys in the batch that purges
 //! their records, `KeyStore::destroying`), then records; a KEK rotation holds the keys
-//! exclusively and neither tokens nor records. The order matters for the keys' lock because it is Tokio's fair
-//! `RwLock`: once a destruction queues, new readers wait behind it, so a task holding a record
-//! while it waits for `using` and a write holding `using` while it waits for that record stop each
-//! other, and every later write with them (an ingest did this; `office::ingest`). Waiters are woken
-//! on every release and retry.
+//! exclusively and neither tokens nor records. The order matters for the keys' lock because it
+//! is Tokio's fair `RwLock`: once a destruction queues, new readers wait behind it, so a task
+//! holding a record while it waits for `using` and a write holding `using` while it waits for
+//! that record stop each other, and every later write with them (an ingest did this;
+//! `office::ingest`). Waiters are woken on every release and retry.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -6,8 +6,9 @@
 //! The deletions run *before* the request is closed: if closing fails, the operator closes it
 //! again and the erasure (now finding only the kept records) runs again, so the two never
 //! disagree. Run again, it still destroys the subject's unused keys, which a crash left behind
-//! under builds that destroyed keys in a commit after the deletions (`pass::delete_exclusive`). Erasure runs for `request close` over the socket; an imported `request.close` line
-//! only closes (bulk imports carry history, not new decisions).
+//! under builds that destroyed keys in a commit after the deletions (`pass::delete_exclusive`).
+//! Erasure runs for `request close` over the socket; an imported `request.close` line only
+//! closes (bulk imports carry history, not new decisions).
 
 use super::pass::{self, Deletion};
 use super::schedule;

@@ -22,11 +22,12 @@ pub const COMPACT_AFTER_DEFAULT: u64 = 1000;
 /// are at least this share of the records held before them: 1 in 4.
 ///
 /// Why: compaction gives freed pages back to the filesystem, and redb does it only with no
-/// read transaction open, so every consent check and write waits until it ends (`Store::compact`).
-/// At 1,000,000 records a pass deleting 2,000 froze consent checks for 24.3 s, to shrink the
-/// file by about 0.2 %. Pages freed and not given back are reused by later writes, so skipping
-/// compaction costs only file length until enough is free to be worth the freeze; personal data
-/// in freed pages is unreadable either way (its keys are destroyed and the KEK rotated).
+/// read transaction open, so every consent check and write waits until it ends
+/// (`Store::compact`). At 1,000,000 records a pass deleting 2,000 froze consent checks for
+/// 24.3 s, to shrink the file by about 0.2 %. Pages freed and not given back are reused by later
+/// writes, so skipping compaction costs only file length until enough is free to be worth the
+/// freeze; personal data in freed pages is unreadable either way (its keys are destroyed and
+/// the KEK rotated).
 pub const COMPACT_FREED_SHARE_MIN: (u64, u64) = (1, 4);
 /// How often the daemon runs the pass.
 pub const PASS_EVERY: Duration = Duration::from_secs(24 * 60 * 60);

@@ -484,7 +484,6 @@ fn unused_keys(
     Ok(ids)
 }
 
-/// Compacts the store, retrying while read transactions are open. Returns whether it ran.
 /// Whether the records purged since the last compaction are at least
 /// [`super::COMPACT_FREED_SHARE_MIN`] of those held before them (why: that constant's docs).
 fn compaction_pays(office: &Office) -> Result<bool> {
@@ -496,6 +495,7 @@ fn compaction_pays(office: &Office) -> Result<bool> {
     Ok(deleted * den >= (held + deleted) * num)
 }
 
+/// Compacts the store, retrying while read transactions are open. Returns whether it ran.
 async fn compact(office: &Office) -> bool {
     // It holds the whole store, so writes wait for it: not a stalled write path.
     let _maintenance = office.maintenance();
