@@ -1050,17 +1050,6 @@ impl Replicator {
         )
     }
 
-    /// A digest of the replicated state: equal at two offices exactly when they hold the same
-    /// envelopes (and, once replicated, tombstones).
-    pub fn digest(&self) -> String {
-        let sets = lock(&self.sets);
-        let mut h = Sha256::new();
-        h.update(b"consentd/state-digest/v1");
-        h.update(sets.envelopes.total().fingerprint());
-        h.update((sets.envelopes.len() as u64).to_be_bytes());
-        hex::encode(h.finalize())
-    }
-
     pub fn peers_json(&self) -> Value {
         let status = lock(&self.status);
         Value::Array(

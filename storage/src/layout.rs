@@ -93,8 +93,9 @@ use crate::{DocId, Hash, IndexKey, Result, StorageError};
 /// position), with `envelope_at` replacing `doc_changes`; version 5 moved the `key_owners` entries
 /// into `index`; version 6 added `envelope_new` (the journal of `envelope_at`); version 7 added
 /// `index_new` (the journal of `index`); version 8 added `envelope_mid` and `index_mid` (the
-/// journals' middle level). Version-3 to -7 files are migrated on open (`writer::init`).
-pub const FORMAT_VERSION: u64 = 8;
+/// journals' middle level); version 9 added the hash sums to `sys` ([`HashSum`]). Version-3 to -8
+/// files are migrated on open (`writer::init`).
+pub const FORMAT_VERSION: u64 = 9;
 
 /// `doc ‖ position` → `hash[32] ‖ envelope bytes`.
 pub(crate) const CHANGES: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("changes");
@@ -148,6 +149,78 @@ pub(crate) const SYS_COMMIT_SEQ: &str = "commit_seq";
 pub(crate) const SYS_TOMBSTONES: &str = "tombstones";
 /// Envelopes refused because their doc has a tombstone (tombstones win forever).
 pub(crate) const SYS_DROPPED: &str = "dropped_after_tombstone";
+/// The [`HashSum`] of the hashes in `envelope_at` (every stored change's), limb 0 first.
+pub(crate) const SYS_ENVELOPE_SUM: [&str; 4] = [
+    "envelope_sum_0",
+    "envelope_sum_1",
+    "envelope_sum_2",
+    "envelope_sum_3",
+];
+/// The [`HashSum`] of the hashes in the `tombstones` keys, limb 0 first.
+pub(crate) const SYS_TOMBSTONE_SUM: [&str; 4] = [
+    "tombstone_sum_0",
+    "tombstone_sum_1",
+    "tombstone_sum_2",
+    "tombstone_sum_3",
+];
+
+/// The sum modulo 2^256 of a set of 32-byte hashes, each read as a little-endian integer: a
+/// summary of the set that does not depend on the order its members came in, and that an insert
+/// or a removal updates in O(1) (add or subtract one hash). `sys` keeps one for the stored
+/// envelopes and one for the tombstones, as four `u64` limbs (limb 0 least significant), updated
+/// in the same transaction as the counters beside them, so [`crate::Store::held_sets`] is O(1).
+///
+/// Not a commitment against a chosen set: someone able to choose many members freely can find two
+/// sets with equal sums (a generalised-birthday search). Our members are hashes of envelopes and
+/// tombstones that only roster keys can sign, and the sums serve to check convergence (the same
+/// trust as reconciliation's range fingerprints).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct HashSum([u64; 4]);
+
+impl HashSum {
+    fn limbs(hash: &Hash) -> [u64; 4] {
+        std::array::from_fn(|i| {
+            u64::from_le_bytes(hash[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        })
+    }
+
+    pub(crate) fn add(&mut self, hash: &Hash) {
+        let mut carry = false;
+        for (a, b) in self.0.iter_mut().zip(Self::limbs(hash)) {
+            let (s1, c1) = a.overflowing_add(b);
+            let (s2, c2) = s1.overflowing_add(carry as u64);
+            *a = s2;
+            carry = c1 || c2;
+        }
+    }
+
+    pub(crate) fn sub(&mut self, hash: &Hash) {
+        let mut borrow = false;
+        for (a, b) in self.0.iter_mut().zip(Self::limbs(hash)) {
+            let (d1, b1) = a.overflowing_sub(b);
+            let (d2, b2) = d1.overflowing_sub(borrow as u64);
+            *a = d2;
+            borrow = b1 || b2;
+        }
+    }
+
+    /// The sum as 32 little-endian bytes.
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, limb) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn from_limbs(limbs: [u64; 4]) -> Self {
+        HashSum(limbs)
+    }
+
+    pub(crate) fn limbs_stored(self) -> [u64; 4] {
+        self.0
+    }
+}
 
 /// A key owner's entry in [`INDEX`]: the owner's keyed hash first, so all keys of one owner are
 /// one range (the same shape as [`index_entry`], with the key id in the doc's place).

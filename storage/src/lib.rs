@@ -1213,6 +1213,25 @@ impl Store {
         })
     }
 
+    /// What the store holds for replication, in O(1) (`sys`'s counters and [`layout::HashSum`]s,
+    /// kept in the write transactions), from one snapshot.
+    pub fn held_sets(&self) -> Result<HeldSets> {
+        let r = self.read()?;
+        let t = r.open_table(SYS).ctx("opening table sys")?;
+        let count = |k: &str| -> Result<u64> {
+            t.get(k)
+                .ctx("reading table sys")?
+                .map(|g| g.value())
+                .ok_or_else(|| StorageError::Corrupt(format!("sys counter {k:?} is missing")))
+        };
+        Ok(HeldSets {
+            envelopes: count(SYS_ENVELOPES)?,
+            envelope_sum: writer::read_sum(&t, SYS_ENVELOPE_SUM)?.to_bytes(),
+            tombstones: count(SYS_TOMBSTONES)?,
+            tombstone_sum: writer::read_sum(&t, SYS_TOMBSTONE_SUM)?.to_bytes(),
+        })
+    }
+
     /// The shape of every table, from one snapshot: entries, B-tree height and pages, bytes.
     ///
     /// For sizing and for explaining what a commit writes (each table a commit touches costs it
@@ -1387,6 +1406,18 @@ fn split_key_value(id: &KeyId, v: &[u8]) -> Result<(IndexKey, Vec<u8>)> {
 pub type DocEnvelope = (DocId, Vec<u8>);
 
 pub type StoredChange = (DocId, u32, Hash, Vec<u8>);
+
+/// The envelopes and tombstones a store holds, summarised ([`Store::held_sets`]): each set's size
+/// and the sum modulo 2^256 of its members' hashes read as little-endian integers (32 bytes,
+/// little-endian). Two stores that hold the same envelopes and tombstones have equal `HeldSets`,
+/// whatever order they stored them in; see [`layout::HashSum`] for what the sums do not promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSets {
+    pub envelopes: u64,
+    pub envelope_sum: [u8; 32],
+    pub tombstones: u64,
+    pub tombstone_sum: [u8; 32],
+}
 
 /// One consistent view of the store (see [`Store::snapshot`]). Paging reads: each call returns at
 /// most `limit` rows after a cursor, so callers walk any table in bounded memory.

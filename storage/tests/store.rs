@@ -1327,3 +1327,111 @@ fn table_shapes_count_every_table_s_entries() {
         assert_eq!((s.entries, s.height, s.leaf_pages), (0, 0, 0), "{name}");
     }
 }
+
+/// `held_sets` summarises what a store holds, not how it got there: two stores reaching the same
+/// envelopes and tombstones by different paths (other orders and groupings, duplicates offered
+/// again, docs stored and then purged, a reopen) agree, and one envelope more or less, or another
+/// tombstone, changes it.
+#[test]
+fn held_sets_depend_on_what_is_held_not_on_the_order_it_came_in() {
+    // Docs with two envelopes each, scrambled hashes (so sums carry across limbs).
+    let update = |n: u32| RecordUpdate {
+        doc_id: doc(n),
+        kind: 1,
+        envelopes: vec![
+            (scrambled_hash(2 * n), vec![1; 8]),
+            (scrambled_hash(2 * n + 1), vec![2; 8]),
+        ],
+        projection: vec![3],
+        index_keys: vec![ikey(n)],
+        due_day: None,
+    };
+    let tombstone = |n: u32| (doc(n), scrambled_hash(1_000_000 + n), vec![4; 8]);
+    let docs = 0..300u32;
+    let kept = |n: &u32| n % 7 != 3;
+    let tombstoned = |n: &u32| n % 7 == 3;
+
+    // a: everything in order, one commit per doc; then the tombstoned docs purged, with their
+    // tombstones.
+    let dir = tempfile::tempdir().unwrap();
+    let path_a = dir.path().join("a.redb");
+    let a = Store::open(&path_a).unwrap();
+    let empty = a.held_sets().unwrap();
+    assert_eq!((empty.envelopes, empty.tombstones), (0, 0));
+    for n in docs.clone() {
+        a.commit_blocking(batch(vec![update(n)])).unwrap();
+    }
+    let all = a.held_sets().unwrap();
+    assert_eq!(all.envelopes, 600);
+    a.commit_purge_blocking(
+        docs.clone().filter(tombstoned).map(doc).collect(),
+        WriteBatch {
+            tombstones: docs.clone().filter(tombstoned).map(tombstone).collect(),
+            ..WriteBatch::default()
+        },
+    )
+    .unwrap();
+
+    // b: the kept docs backwards in groups of 16, each group offered twice (duplicates are
+    // skipped); the tombstones first, so the tombstoned docs are never stored.
+    let (_dir_b, b) = open_temp();
+    b.commit_blocking(WriteBatch {
+        tombstones: docs
+            .clone()
+            .filter(tombstoned)
+            .rev()
+            .map(tombstone)
+            .collect(),
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    let backwards: Vec<u32> = docs.clone().rev().collect();
+    for group in backwards.chunks(16) {
+        for _ in 0..2 {
+            b.commit_blocking(batch(group.iter().map(|&n| update(n)).collect()))
+                .unwrap();
+        }
+    }
+    let held_a = a.held_sets().unwrap();
+    let held_b = b.held_sets().unwrap();
+    let kept_docs = docs.clone().filter(kept).count() as u64;
+    assert_eq!(held_a.envelopes, 2 * kept_docs);
+    assert_eq!(held_a.tombstones, 300 - kept_docs);
+    assert_eq!(held_a, held_b, "same envelopes and tombstones, other paths");
+    assert_ne!(held_a.envelope_sum, all.envelope_sum, "purges subtract");
+
+    // One envelope more, then that doc purged again: different, then equal again. A different
+    // tombstone for the same doc: different.
+    b.commit_blocking(batch(vec![update(1_000)])).unwrap();
+    let more = b.held_sets().unwrap();
+    assert_eq!(more.envelopes, held_a.envelopes + 2);
+    assert_ne!(more.envelope_sum, held_a.envelope_sum);
+    b.commit_purge_blocking(vec![doc(1_000)], WriteBatch::default())
+        .unwrap();
+    assert_eq!(b.held_sets().unwrap(), held_a);
+    let (_dir_c, c) = open_temp();
+    c.commit_blocking(batch(docs.clone().filter(kept).map(update).collect()))
+        .unwrap();
+    let mut other = docs
+        .clone()
+        .filter(tombstoned)
+        .map(tombstone)
+        .collect::<Vec<_>>();
+    other[0].1 = scrambled_hash(2_000_000);
+    c.commit_blocking(WriteBatch {
+        tombstones: other,
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    let held_c = c.held_sets().unwrap();
+    assert_eq!(
+        (held_c.envelopes, held_c.envelope_sum, held_c.tombstones),
+        (held_a.envelopes, held_a.envelope_sum, held_a.tombstones)
+    );
+    assert_ne!(held_c.tombstone_sum, held_a.tombstone_sum);
+
+    // Kept across a reopen (and, in debug builds, checked against the tables by the open).
+    drop(a);
+    let a = Store::open(&path_a).unwrap();
+    assert_eq!(a.held_sets().unwrap(), held_a);
+}
