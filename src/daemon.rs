@@ -140,7 +140,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         purposes,
         keys,
         retention,
-    });
+    })
+    .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     // Refuse to start (and so to sign) if the log no longer reproduces the last checkpoint.
     office
         .audit()

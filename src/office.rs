@@ -172,8 +172,9 @@ pub struct Office {
     committed: tokio::sync::broadcast::Sender<std::sync::Arc<Committed>>,
     /// Envelopes peers offered for records a tombstone deletes, dropped by ingest (since start).
     pub(crate) dropped_replayed: std::sync::atomic::AtomicU64,
-    /// Records purged here (locally or by peers' tombstones) since the last compaction or
-    /// start: whether the next compaction is worth its freeze (`retention::pass`).
+    /// Records purged here (locally or by peers' tombstones) since the last compaction: whether
+    /// the next compaction is worth its freeze (`retention::pass`). Kept in the store too
+    /// ([`crate::retention::META_DELETED_SINCE_COMPACTION`]), read back by [`Office::new`].
     pub(crate) deleted_since_compaction: std::sync::atomic::AtomicU64,
     /// Where replication stands (for `status` and `peers`).
     replication: std::sync::Mutex<Replication>,
@@ -225,11 +226,24 @@ const PENDING_COUNT_MAX: usize = 1 << 20;
 const COMMITTED_BACKLOG: usize = 4096;
 
 impl Office {
-    pub fn new(parts: OfficeParts) -> Office {
+    pub fn new(parts: OfficeParts) -> Result<Office> {
+        let deleted_since_compaction = match parts
+            .store
+            .meta(crate::retention::META_DELETED_SINCE_COMPACTION)?
+        {
+            None => 0,
+            Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                OfficeError::Integrity(format!(
+                    "meta {} is {} bytes, not 8",
+                    crate::retention::META_DELETED_SINCE_COMPACTION,
+                    bytes.len()
+                ))
+            })?),
+        };
         let incarnation: [u8; 8] = rand::random();
         let actor = envelope::actor_for(&parts.signing.verifying_key(), incarnation);
         let audit = crate::audit::AuditLog::new(&parts.roster.roster().network, &parts.id);
-        Office {
+        Ok(Office {
             id: parts.id,
             jurisdiction: parts.jurisdiction,
             store: parts.store,
@@ -250,9 +264,9 @@ impl Office {
             committed: tokio::sync::broadcast::channel(COMMITTED_BACKLOG).0,
             replication: std::sync::Mutex::new(Replication::Off),
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
-            deleted_since_compaction: std::sync::atomic::AtomicU64::new(0),
+            deleted_since_compaction: std::sync::atomic::AtomicU64::new(deleted_since_compaction),
             pending_cursor: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// The oldest write or ingest in flight and how long it has been, if that is `limit` or

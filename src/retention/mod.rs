@@ -18,8 +18,10 @@ use tokio::sync::watch;
 
 /// Default number of deletions after which a pass compacts the store.
 pub const COMPACT_AFTER_DEFAULT: u64 = 1000;
-/// A pass compacts only once the records deleted since the last compaction (or since start)
-/// are at least this share of the records held before them: 1 in 4.
+/// A pass compacts only once the records deleted since the last compaction are at least this
+/// share of the records held before them: 1 in 4. The count survives restarts
+/// ([`META_DELETED_SINCE_COMPACTION`]): an office restarted more often than it deletes a quarter
+/// of its records would otherwise never compact.
 ///
 /// Why: compaction gives freed pages back to the filesystem, and redb does it only with no
 /// read transaction open, so every consent check and write waits until it ends
@@ -29,6 +31,9 @@ pub const COMPACT_AFTER_DEFAULT: u64 = 1000;
 /// freeze; personal data in freed pages is unreadable either way (its keys are destroyed and
 /// the KEK rotated).
 pub const COMPACT_FREED_SHARE_MIN: (u64, u64) = (1, 4);
+/// Meta key: the records purged here since the last compaction (u64 LE), committed with each
+/// purge and set to 0 after a compaction; absent means none.
+pub const META_DELETED_SINCE_COMPACTION: &str = "retention/deleted_since_compaction";
 /// How often the daemon runs the pass.
 pub const PASS_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The first daily pass runs this long after start-up, not at once: a restart loop must not

@@ -434,14 +434,25 @@ async fn destroy_unused_keys(office: &Office, subjects: &BTreeSet<[u8; 32]>) -> 
 async fn commit_shredding(
     office: &Office,
     purges: Vec<DocId>,
-    batch: WriteBatch,
+    mut batch: WriteBatch,
     destroyed: &[KeyId],
 ) -> Result<u64> {
-    let purged = purges.len() as u64;
+    // Callers hold `ONE_AT_A_TIME`: no other purge changes the count between the load and the
+    // store.
+    let deleted = office
+        .deleted_since_compaction
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + purges.len() as u64;
+    if !purges.is_empty() {
+        batch.meta.push((
+            super::META_DELETED_SINCE_COMPACTION.to_string(),
+            deleted.to_le_bytes().to_vec(),
+        ));
+    }
     office.store().commit_purge(purges, batch).await?;
     office
         .deleted_since_compaction
-        .fetch_add(purged, std::sync::atomic::Ordering::Relaxed);
+        .store(deleted, std::sync::atomic::Ordering::Relaxed);
     office.keys.forget(destroyed);
     Ok(destroyed.len() as u64)
 }
@@ -503,7 +514,18 @@ async fn compact(office: &Office) -> bool {
         let store = office.store().clone();
         match tokio::task::spawn_blocking(move || store.compact()).await {
             Ok(Ok(_)) => {
-                // Callers hold `ONE_AT_A_TIME`: no purge was counted meanwhile.
+                // Callers hold `ONE_AT_A_TIME`: no purge was counted meanwhile. Should this
+                // commit fail, the next pass that deletes compacts again, at no harm.
+                let reset = WriteBatch {
+                    meta: vec![(
+                        super::META_DELETED_SINCE_COMPACTION.to_string(),
+                        0u64.to_le_bytes().to_vec(),
+                    )],
+                    ..WriteBatch::default()
+                };
+                if let Err(e) = office.store().commit(reset).await {
+                    tracing::warn!(error = %e, "the count of deletions since compaction was not reset");
+                }
                 office
                     .deleted_since_compaction
                     .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -637,10 +659,11 @@ mod tests {
     }
 
     /// A pass compacts (which freezes every read and write) only once the deletions since the
-    /// last compaction are a quarter of the store, however low `compact_after_deletions` is set.
+    /// last compaction are a quarter of the store, however low `compact_after_deletions` is set;
+    /// the deletions before a restart count.
     #[test]
     fn compaction_waits_until_a_quarter_of_the_records_are_deleted() {
-        let (_dir, de, rt) = one_office_configured("compact-share", |t| {
+        let (dir, mut de, rt) = one_office_configured("compact-share", |t| {
             t.replace(
                 "compact_after_deletions = 1000",
                 "compact_after_deletions = 1",
@@ -662,9 +685,10 @@ mod tests {
             .collect();
         let held = office.store().stats().unwrap().records;
         assert!(held >= 8, "{held} records");
-        // One at a time, until a quarter of what was held is gone.
+        // One at a time, until a quarter of what was held is gone; restarted after the first.
         let mut deleted = 0;
         for doc in &docs {
+            let office = &de.office;
             let out = rt
                 .block_on(delete(office, deletions(office, &[*doc]), BTreeSet::new()))
                 .unwrap();
@@ -674,9 +698,18 @@ mod tests {
             if due {
                 break;
             }
+            if deleted == 1 {
+                drop(de);
+                de = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml")).unwrap();
+                let count = &de.office.deleted_since_compaction;
+                assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 1);
+            }
         }
+        // Read back after a restart too: 0 since the compaction.
+        drop(de);
+        let de = crate::daemon::prepare(&dir.path().join("de").join("consentd.toml")).unwrap();
         assert_eq!(
-            office
+            de.office
                 .deleted_since_compaction
                 .load(std::sync::atomic::Ordering::Relaxed),
             0,
