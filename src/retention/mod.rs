@@ -10,6 +10,7 @@ pub mod aggregates;
 pub mod erasure;
 pub mod pass;
 pub mod schedule;
+pub mod withdrawals;
 
 use crate::office::Office;
 use std::sync::Arc;

@@ -16,7 +16,7 @@
 //!    rotation ran share the next one; tombstones from peers leave it to the daemon's rotation
 //!    task instead of waiting for it (`apply_remote`).
 
-use super::{aggregates, schedule};
+use super::{aggregates, schedule, withdrawals};
 use crate::keystore::{self, KeyClass};
 use crate::office::{parse_time, Office, OfficeError};
 use crate::protocol;
@@ -189,8 +189,15 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
             });
         }
     }
+    // A withdrawal goes with the grants it decides for, or waits for them (withdrawals.rs).
+    let kept_deciding = withdrawals::plan(office, &mut todo, today)?;
     for d in &todo {
         *report.by_reason.entry(d.policy.clone()).or_default() += 1;
+    }
+    if kept_deciding > 0 {
+        report
+            .by_reason
+            .insert("kept/withdrawal-decides".into(), kept_deciding);
     }
     if report.held > 0 {
         report
@@ -216,14 +223,7 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
 /// record, its (subject, purpose) token (consent writes).
 /// The consent token a deletion must hold (so no grant appends to a record being deleted).
 fn lock_token(office: &Office, d: &Deletion) -> Result<Option<[u8; 32]>> {
-    match &d.record {
-        Record::Consent(c) => {
-            let subject = Subject::parse(&c.subject)
-                .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
-            Ok(Some(office.hasher.consent_token(&subject, &c.purpose)))
-        }
-        _ => Ok(None),
-    }
+    withdrawals::token(office, &d.record)
 }
 
 /// Deletes records through signed tombstones (module docs), destroying the keys of their
@@ -262,7 +262,15 @@ async fn delete(
         let mut purges = Vec::with_capacity(chunk.len());
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let now = Utc::now().timestamp();
+        // With the consents' locks held: no deletion may turn an answer "granted".
+        let turning = withdrawals::tokens_turning_granted(office, chunk)?;
         for d in chunk {
+            if lock_token(office, d)?.is_some_and(|t| turning.contains(&t)) {
+                tracing::info!(
+                    "a withdrawal kept: the grant it decides for is not deleted with it"
+                );
+                continue;
+            }
             if let Some(day) = d.still_expired_by {
                 match office.store().expiry_of(&d.id)? {
                     Some(e) if e <= day => {}

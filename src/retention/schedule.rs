@@ -53,7 +53,7 @@ pub struct Rule {
 pub const RULES: &[Rule] = &[
     Rule {
         id: "consent-proof",
-        covers: "consent records holding a grant under basis consent",
+        covers: "consent records holding a grant under basis consent, or only withdrawals",
         anchor: Anchor::LastEventOnceWithdrawn,
         months: 60,
         max_months: 120,
@@ -166,12 +166,19 @@ fn grants_consent(c: &ConsentRecord) -> bool {
         .any(|e| e.action == "grant" && e.basis.as_deref() == Some("consent"))
 }
 
+/// A record of withdrawals only: made where the withdrawal was recorded before the grant had
+/// arrived, so the grant (and its basis) is in another record (`retention::withdrawals`). It is
+/// the proof of the withdrawal.
+fn only_withdraws(c: &ConsentRecord) -> bool {
+    !c.events.is_empty() && c.events.iter().all(|e| e.action == "withdraw")
+}
+
 /// The row that governs a record. `is_marketing` says whether a purpose counts as marketing.
 pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
     match record {
         Record::Consent(c) if c.minor && c.parental_consent.is_none() => must("child-data"),
         Record::Consent(c) if FINANCIAL_PURPOSES.contains(&c.purpose.as_str()) => must("financial"),
-        Record::Consent(c) if grants_consent(c) => must("consent-proof"),
+        Record::Consent(c) if grants_consent(c) || only_withdraws(c) => must("consent-proof"),
         Record::Consent(c) if is_marketing(&c.purpose) => must("marketing"),
         Record::Consent(_) => must("basis-end"),
         Record::Request(_) => must("request-confirmation"),
@@ -497,6 +504,24 @@ mod tests {
             s.expiry(&Record::Hold(h), marketing).unwrap().0,
             day("2031-06-01")
         );
+    }
+
+    /// A record of withdrawals only (the grant is in another office's record) is the proof of a
+    /// withdrawal: five years, not `basis-end`'s "at once" or `marketing`'s year.
+    #[test]
+    fn a_record_of_withdrawals_only_is_consent_proof() {
+        for purpose in ["support", "sales"] {
+            let r = Record::Consent(consent(
+                purpose,
+                vec![event("withdraw", "2026-12-02T09:00:00Z", None)],
+            ));
+            let (d, rule) = Schedule::default().expiry(&r, marketing).unwrap();
+            assert_eq!(
+                (d, rule.id),
+                (day("2031-12-02"), "consent-proof"),
+                "{purpose}"
+            );
+        }
     }
 
     #[test]
