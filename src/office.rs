@@ -763,16 +763,27 @@ impl Office {
     }
 
     /// Closes a request whose erasure already ran, recording what was deleted and kept.
+    /// Closes a request; for an erasure, with its report and the withdrawals it makes, all in
+    /// one durable batch (`retention::erasure`).
     pub(crate) async fn close_with_erasure_report(
         &self,
         a: protocol::RequestClose,
-        report: Option<Value>,
+        erasure: Option<(Value, Vec<protocol::ConsentWithdraw>)>,
     ) -> Result<Value> {
+        let (report, withdrawals) = match erasure {
+            Some((report, withdrawals)) => (Some(report), withdrawals),
+            None => (None, Vec::new()),
+        };
+        let mut ops = withdrawals
+            .into_iter()
+            .map(|w| self.prepare(Request::ConsentWithdraw(w)))
+            .collect::<Result<Vec<Op>>>()?;
         let mut op = self.prepare(Request::RequestClose(a))?;
         if let Op::RequestClose { erasure, .. } = &mut op {
             *erasure = report;
         }
-        let mut out = self.write(vec![op], None).await?;
+        ops.push(op);
+        let mut out = self.write(ops, None).await?;
         Ok(out.pop().expect("one answer per op"))
     }
 

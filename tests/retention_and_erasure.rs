@@ -564,6 +564,30 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
     );
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(report["keys_destroyed"].as_u64().unwrap() >= 1, "{closed}");
+    // The consent kept as proof is no longer a permission: the erasure withdrew it (it answered
+    // "granted" after an erasure, found by an exploratory session).
+    assert_eq!(
+        report["withdrawn"],
+        serde_json::json!(["marketing"]),
+        "{closed}"
+    );
+    let check = ok(
+        &s,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            SUBJECT,
+            "--purpose",
+            "marketing",
+        ],
+    );
+    assert_eq!(check["granted"], false, "{check}");
+    assert_eq!(
+        check["record"],
+        proof.as_str(),
+        "withdrawn in the kept record"
+    );
     // The kept records are still readable and list the outcome; the rest is gone.
     let export_v = ok(&s, &["subject", "export", "--subject", SUBJECT]);
     assert_eq!(export_v["consents"].as_array().unwrap().len(), 1);

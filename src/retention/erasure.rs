@@ -1,7 +1,8 @@
 //! Erasure requests (§8, right to erasure): completing an `erasure` request deletes every record
 //! of its subject except those a legal duty keeps, and the request records what was kept and why
 //! (§7: a deletion may be refused where a legal retention duty forbids it, and the refusal is
-//! explained).
+//! explained). A kept consent record is proof, not permission: every consent of the subject still
+//! granted afterwards is withdrawn, in the batch that closes the request.
 //!
 //! The deletions run *before* the request is closed: if closing fails, the operator closes it
 //! again and the erasure (now finding only the kept records) runs again, so the two never
@@ -40,6 +41,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         return office.close_with_erasure_report(a, None).await;
     };
     let marketing = |p: &str| office.purposes.is_marketing(p);
+    let subject = request.subject.clone();
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     let held = pass::is_held(office, &token)?;
@@ -74,11 +76,36 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         }
     }
     let out = pass::delete_exclusive(office, todo, token).await?;
+    // What a legal duty keeps is kept as proof, not as permission: erasure withdraws every
+    // consent of the subject still granted (Art. 17(1)(b), §8), in the batch that closes.
+    let mut purposes = std::collections::BTreeSet::new();
+    for (_, r) in office.records_by_key(&token)? {
+        if let Record::Consent(c) = r {
+            purposes.insert(c.purpose);
+        }
+    }
+    let mut withdrawn = Vec::new();
+    for purpose in purposes {
+        if office.consent_check(&subject, &purpose, None)?["granted"] == true {
+            withdrawn.push(purpose);
+        }
+    }
     let report = json!({
         "deleted": out.deleted,
         "deleted_records": out.deleted_ids.iter().map(doc_id_hex).collect::<Vec<_>>(),
         "kept": kept,
         "keys_destroyed": out.keys_destroyed,
+        "withdrawn": withdrawn,
     });
-    office.close_with_erasure_report(a, Some(report)).await
+    let withdrawals = withdrawn
+        .iter()
+        .map(|purpose| protocol::ConsentWithdraw {
+            subject: subject.clone(),
+            purpose: purpose.clone(),
+            at: None,
+        })
+        .collect();
+    office
+        .close_with_erasure_report(a, Some((report, withdrawals)))
+        .await
 }
