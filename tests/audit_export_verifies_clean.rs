@@ -7,7 +7,6 @@ use common::*;
 use consentd_storage::{Store, WriteBatch};
 use consentd_sync::tlog::{self, LogLeaf};
 use consentd_sync::tombstone::{Reason, Tombstone};
-use serde_json::Value;
 
 #[test]
 fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind() {
@@ -21,23 +20,7 @@ fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind
     assert_eq!(mode, 0o600);
 
     let root = net.path().join("root.pub");
-    let out = ctl(
-        &net.socket("de"),
-        &[
-            "audit",
-            "verify",
-            bundle.to_str().unwrap(),
-            "--root-pub",
-            root.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "verify failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = verified(&net, "de", &bundle);
     assert_eq!(report["ok"], true);
     assert_eq!(report["counts"]["envelopes"], 3000);
     assert_eq!(report["counts"]["records"], 3000);

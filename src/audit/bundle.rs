@@ -102,6 +102,9 @@ pub struct Summary {
     pub envelopes: u64,
     pub tombstones: u64,
     pub sha256: String,
+    /// Envelopes held but left out: their author's checkpoint in the bundle does not log them
+    /// yet, or they depend on one that it does not (`export.rs`).
+    pub not_yet_logged: u64,
 }
 
 /// Writes lines, hashing them for the `end` line.

@@ -42,6 +42,29 @@ pub fn export(net: &Net, office: &str, name: &str) -> PathBuf {
     out
 }
 
+/// `consentctl audit verify BUNDLE --root-pub` with the network's root key, through `office`'s
+/// consentctl: asserts it succeeds and returns its JSON report.
+pub fn verified(net: &Net, office: &str, bundle: &Path) -> Value {
+    let root = net.path().join("root.pub");
+    let out = ctl(
+        &net.socket(office),
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "verify failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn root_pub(net: &Net) -> VerifyingKey {
     consentd_sync::keys::read_public_key(net.path().join("root.pub").to_str().unwrap()).unwrap()
 }
