@@ -22,8 +22,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
-/// Most control connections served at once; further clients wait in the listen backlog.
+/// Most control connections served at once. A client beyond it waits for one to end, or for one
+/// idle [`IDLE_RECLAIM_AFTER`] or longer to be closed for it (its client reconnects): before,
+/// 256 idle connections (a pool, or a script that never closes) held every client back for the
+/// 60 s of [`IDLE_TIMEOUT`] (found by an exploratory session).
 pub const CONNECTIONS_MAX: usize = 256;
+/// How long a connection must have waited for its next request before a client beyond
+/// [`CONNECTIONS_MAX`] may take its place. Not at once: an application that opens hundreds of
+/// connections and then sends on all of them (`tests/concurrent_grants_share_commits.rs`) has
+/// each idle for a moment, and closing those failed its requests.
+pub const IDLE_RECLAIM_AFTER: Duration = Duration::from_secs(5);
 /// Most control connections held at once by all uids without a role together (each is refused
 /// after one request anyway; more are refused at once): strangers cannot crowd out the
 /// operators. Uids with a role are trusted with the whole [`CONNECTIONS_MAX`] (an operator's
@@ -322,12 +330,10 @@ pub async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let roleless_open: Arc<OpenConnections> = Arc::default();
+    // A client waits for a slot: one connection idle long enough closes for it (CONNECTIONS_MAX).
+    let reclaim = Arc::new(Reclaim::default());
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -339,10 +345,28 @@ pub async fn run(
             },
             _ = &mut shutdown => break,
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                reclaim
+                    .wanted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                reclaim.idle.notify_waiters();
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = &mut shutdown => break,
+                };
+                // Served (by a closed idle connection or a finished one): no other need close.
+                reclaim
+                    .wanted
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                permit
+            }
+        };
         let (office, config, stop) = (office.clone(), config.clone(), stop_rx.clone());
-        let open = roleless_open.clone();
+        let (open, reclaim) = (roleless_open.clone(), reclaim.clone());
         tokio::spawn(async move {
-            serve_connection(stream, &office, &config, stop, &open).await;
+            serve_connection(stream, &office, &config, stop, &open, &reclaim).await;
             drop(permit);
         });
     }
@@ -624,6 +648,43 @@ async fn rotations(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// A client waiting for a control connection slot, and the idle connections that may close for
+/// it ([`CONNECTIONS_MAX`]).
+#[derive(Default)]
+struct Reclaim {
+    /// Set while the accept loop waits for a slot; the one connection that clears it closes.
+    wanted: std::sync::atomic::AtomicBool,
+    /// Wakes the idle connections when a slot is wanted.
+    idle: tokio::sync::Notify,
+}
+
+impl Reclaim {
+    /// Returns once this connection, idle since the call, has been idle `after` and takes the
+    /// wanted slot's closing on itself: the caller then closes.
+    async fn claim_after(&self, after: Duration) {
+        tokio::time::sleep(after).await;
+        loop {
+            // Registered before the check, so a notification between the two is not missed.
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .wanted
+                .compare_exchange(
+                    true,
+                    false,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_ok()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Control connections open from uids without a role.
 type OpenConnections = std::sync::Mutex<usize>;
 
@@ -656,6 +717,7 @@ async fn serve_connection(
     config: &Config,
     mut stop: watch::Receiver<bool>,
     open: &OpenConnections,
+    reclaim: &Reclaim,
 ) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
@@ -683,8 +745,14 @@ async fn serve_connection(
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
+            // A request already arriving wins over a reclaim.
+            biased;
             r = tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut len)) => r,
             _ = stop.changed() => return,
+            _ = reclaim.claim_after(IDLE_RECLAIM_AFTER) => {
+                tracing::debug!(uid, "closed an idle control connection to make room");
+                return;
+            }
         };
         match read {
             Ok(Ok(_)) => {}
