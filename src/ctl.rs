@@ -814,8 +814,21 @@ fn conflict_key(r: &Request) -> Option<String> {
 
 // ---- human-readable output -------------------------------------------------------------------
 
+/// A JSON value as human output shows it. Text with control characters or bidi overrides (from
+/// records written before they were refused, or by a peer) is shown escaped (`\n`, `\u{1b}`),
+/// so it cannot forge lines or colours on the reader's terminal.
 fn scalar(v: &Value) -> String {
     match v {
+        Value::String(s) if s.chars().any(crate::office::unprintable) => s
+            .chars()
+            .map(|c| {
+                if crate::office::unprintable(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
@@ -1023,4 +1036,22 @@ fn human_network(v: &Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Text stored before control characters were refused (or signed by a peer running an
+    /// older build) is shown escaped, not interpreted by the terminal.
+    #[test]
+    fn human_output_escapes_control_and_bidi_characters() {
+        assert_eq!(
+            scalar(&json!("v3\nINJECTED \u{1b}[31mred \u{202e}x")),
+            "v3\\nINJECTED \\u{1b}[31mred \\u{202e}x"
+        );
+        assert_eq!(scalar(&json!("web form v3 — Zoë")), "web form v3 — Zoë");
+        assert_eq!(scalar(&Value::Null), "-");
+    }
 }

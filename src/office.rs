@@ -2349,14 +2349,34 @@ fn parse_days(text: &str) -> Result<u64> {
         .ok_or_else(|| invalid(format!("invalid --due-within {text:?}: use a number of days such as 7d (at most {DAYS_MAX})")))
 }
 
+/// Free text (evidence, notes, reasons, recipients): at most [`TEXT_BYTES_MAX`] bytes, one line
+/// of printable characters. Control characters and bidirectional overrides are refused: a
+/// newline or an escape sequence in evidence forged lines and colours in the access report a
+/// data subject receives (found by an exploratory session), and bidi overrides can make a
+/// report read otherwise than it is stored.
 fn check_text(field: &str, text: Option<&str>) -> Result<()> {
-    match text {
-        Some(t) if t.len() > TEXT_BYTES_MAX => Err(invalid(format!(
+    let Some(t) = text else {
+        return Ok(());
+    };
+    if t.len() > TEXT_BYTES_MAX {
+        return Err(invalid(format!(
             "{field} is {} bytes; the limit is {TEXT_BYTES_MAX}",
             t.len()
-        ))),
-        _ => Ok(()),
+        )));
     }
+    if let Some(c) = t.chars().find(|&c| unprintable(c)) {
+        return Err(invalid(format!(
+            "{field} contains U+{:04X}, a control or bidi override character; free text must be one line of printable characters",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+/// A control character (Unicode Cc, newlines and escapes among them) or a bidirectional
+/// embedding, override or isolate (U+202A–U+202E, U+2066–U+2069).
+pub fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn check_jurisdiction(code: &str) -> Result<()> {

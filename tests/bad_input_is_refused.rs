@@ -191,6 +191,49 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
             "invalid time",
         ),
         (&["consent", "grnt"], "unrecognized subcommand"),
+        // Free text is one line of printable characters: a newline forged a line of the access
+        // report, an escape sequence its colours (found by an exploratory session).
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "support",
+                "--basis",
+                "consent",
+                "--evidence",
+                "v3\nINJECTED LOG LINE",
+            ],
+            "evidence contains U+000A, a control",
+        ),
+        (
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                "a@example.com",
+                "--purpose",
+                "support",
+                "--basis",
+                "consent",
+                "--evidence",
+                "web form v3 \u{1b}[31mred",
+            ],
+            "U+001B",
+        ),
+        (
+            &[
+                "hold",
+                "set",
+                "--subject",
+                "a@example.com",
+                "--reason",
+                "litigation \u{202e}dloh",
+            ],
+            "reason contains U+202E",
+        ),
     ];
     for (args, needle) in cases {
         let e = err(&sock, args);
