@@ -710,7 +710,8 @@ impl Office {
                 if let Some(k) = &a.recipient_kind {
                     vocab::check("recipient kind", k, vocab::RECIPIENT_KINDS).map_err(invalid)?;
                 }
-                check_jurisdiction(&a.to)?;
+                let to = clock::normalise_jurisdiction(&a.to);
+                check_jurisdiction(&to)?;
                 if a.recipient.trim().is_empty() {
                     return Err(invalid("--recipient must name who receives the data"));
                 }
@@ -722,7 +723,7 @@ impl Office {
                     subject: subject.map(|s| s.as_str().into()),
                     categories: a.categories,
                     from: self.jurisdiction.clone(),
-                    to: a.to,
+                    to,
                     recipient: a.recipient,
                     recipient_kind: a.recipient_kind,
                     mechanism: a.mechanism,
@@ -2389,13 +2390,18 @@ fn check_jurisdiction(code: &str) -> Result<()> {
                 && code[3..]
                     .chars()
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
+    if !ok {
+        return Err(invalid(format!(
             "invalid jurisdiction {code:?}: use an ISO 3166 code such as DE, SG or US-CA"
-        )))
+        )));
     }
+    if vocab::COUNTRIES.binary_search(&&code[..2]).is_err() {
+        return Err(invalid(format!(
+            "unknown country {:?} in jurisdiction {code:?}: use an ISO 3166-1 code such as DE, SG or US-CA",
+            &code[..2]
+        )));
+    }
+    Ok(())
 }
 
 /// Parses an operator-supplied time: RFC 3339 (`2026-03-31T10:00:00Z`) or a date (`2026-03-31`,
@@ -2420,6 +2426,10 @@ fn parse_stored_time(text: &str) -> Result<DateTime<Utc>> {
 }
 
 /// The time of an event being recorded: now by default, never in the future.
+/// The time of an event being recorded: now, or `at` if it is neither in the future nor before
+/// 1970-01-01. Why the floor: every time the records carry becomes Unix seconds somewhere
+/// (tombstones, change timestamps), and nothing an office records happened before; year 0000
+/// was taken, and a request received then was due in year 0000 and overdue in every list.
 fn event_time(at: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     match at {
         None => Ok(now),
@@ -2428,6 +2438,11 @@ fn event_time(at: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
             if t > now {
                 Err(invalid(format!(
                     "time {} is in the future; events are recorded when they happened",
+                    fmt_time(t)
+                )))
+            } else if t < DateTime::UNIX_EPOCH {
+                Err(invalid(format!(
+                    "time {} is before 1970-01-01; events are recorded when they happened",
                     fmt_time(t)
                 )))
             } else {
@@ -2455,6 +2470,9 @@ mod tests {
         assert!(parse_time("31/03/2026").is_err());
         assert!(event_time(Some("2026-05-02"), now).is_err());
         assert_eq!(event_time(None, now).unwrap(), now);
+        assert!(event_time(Some("0000-01-01T00:00:00Z"), now).is_err());
+        assert!(event_time(Some("1969-12-31T23:59:59Z"), now).is_err());
+        assert!(event_time(Some("1970-01-01T00:00:00Z"), now).is_ok());
     }
 
     #[test]
@@ -2737,7 +2755,17 @@ mod tests {
         for ok in ["DE", "US-CA", "GB"] {
             assert!(check_jurisdiction(ok).is_ok(), "{ok}");
         }
-        for bad in ["de", "D", "US_CA", "USA-CA1234", "€€", "D€"] {
+        for bad in [
+            "de",
+            "D",
+            "US_CA",
+            "USA-CA1234",
+            "€€",
+            "D€",
+            "XX",
+            "ZZ-ZZ",
+            "EU",
+        ] {
             assert!(check_jurisdiction(bad).is_err(), "{bad}");
         }
     }

@@ -187,10 +187,38 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
             "category",
         ),
         (
+            &[
+                "transfer",
+                "record",
+                "--to",
+                "XX",
+                "--recipient",
+                "x",
+                "--categories",
+                "email_address",
+                "--mechanism",
+                "scc",
+            ],
+            "unknown country \"XX\"",
+        ),
+        (
             &["request", "list", "--as-of", "31/12/2026"],
             "invalid time",
         ),
         (&["consent", "grnt"], "unrecognized subcommand"),
+        (
+            &[
+                "request",
+                "open",
+                "--subject",
+                "r@example.com",
+                "--kind",
+                "access",
+                "--received",
+                "0000-01-01T00:00:00Z",
+            ],
+            "before 1970-01-01",
+        ),
         // Free text is one line of printable characters: a newline forged a line of the access
         // report, an escape sequence its colours (found by an exploratory session).
         (
