@@ -335,6 +335,22 @@ enum SubjectCmd {
 }
 
 /// Runs consentctl; returns the process exit code.
+/// Writes command output to stdout. A reader that went away (`consentctl … | head -1`) ends the
+/// command quietly with status 0, as ripgrep does: `print!` panicked with a backtrace (exit 101;
+/// found by an exploratory session).
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -365,9 +381,12 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok((value, human)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&value).expect("json")
+                ));
             } else {
-                print!("{}", human(&value));
+                emit(&human(&value));
             }
             0
         }
@@ -780,9 +799,16 @@ pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u6
                     .iter()
                     .find(|(c, _)| *c == idx)
                     .map_or(0, |(_, l)| *l);
-                Err(format!(
-                    "{e} ({imported} records were imported, including every line before {line})"
-                ))
+                let what = match (imported, line) {
+                    (0, _) => "nothing was imported".to_string(),
+                    (n, 0 | 1) => format!("{n} records of later lines were imported"),
+                    (n, line) => {
+                        format!(
+                            "{n} records were imported, every line before line {line} among them"
+                        )
+                    }
+                };
+                Err(format!("{e} ({what})"))
             }
         }
     })

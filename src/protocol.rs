@@ -485,6 +485,10 @@ pub enum ClientError {
     },
     #[error("connection to consentd failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The daemon closed the connection without an answer (it stopped, or made room for others
+    /// after a long idle time): "failed to fill whole buffer" said nothing of that.
+    #[error("consentd closed the connection before it answered (it may have stopped: see its log); retry once it is back")]
+    Closed,
     #[error("consentd sent a malformed response: {0}")]
     Malformed(String),
     /// The daemon refused the request; the message is its own one-line explanation.
@@ -540,7 +544,8 @@ impl Client {
                     (None, None) => Err(ClientError::Malformed("neither ok nor error".into())),
                 }
             }
-            (Err(e), Err(_)) => Err(ClientError::Io(e)),
+            (Err(e), Err(_)) => Err(closed_or(e)),
+            (Ok(()), Err(ClientError::Io(e))) => Err(closed_or(e)),
             (Ok(()), Err(e)) => Err(e),
         }
     }
@@ -585,6 +590,17 @@ fn wait_readable(stream: &UnixStream, timeout: Duration) -> std::io::Result<()> 
     }
 }
 
+/// [`ClientError::Closed`] for the errors of a connection the daemon closed, `Io` otherwise.
+fn closed_or(e: std::io::Error) -> ClientError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+            ClientError::Closed
+        }
+        _ => ClientError::Io(e),
+    }
+}
+
 /// Reads one frame from a blocking stream, refusing payloads over `limit` bytes.
 pub fn read_frame(stream: &mut impl Read, limit: usize) -> Result<Vec<u8>, ClientError> {
     let mut len = [0u8; 4];
@@ -603,6 +619,26 @@ pub fn read_frame(stream: &mut impl Read, limit: usize) -> Result<Vec<u8>, Clien
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon that closes the connection without answering reads as that, not as "failed to
+    /// fill whole buffer" (found by an exploratory session).
+    #[test]
+    fn a_connection_closed_before_the_answer_says_so() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let _ = read_frame(&mut theirs, REQUEST_BYTES_MAX);
+            // Half an answer, then gone.
+            theirs.write_all(&[0, 0]).unwrap();
+        });
+        let mut client = Client { stream: ours };
+        let e = client.call_raw(b"{}").unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(e, ClientError::Closed), "{e:?}");
+        assert!(e
+            .to_string()
+            .contains("closed the connection before it answered"));
+    }
 
     #[test]
     fn requests_are_tagged_by_op_and_refuse_unknown_fields() {

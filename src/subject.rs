@@ -104,7 +104,8 @@ impl Subject {
     ///   Write account ids that are all digits as `id:12345`.
     pub fn parse(raw: &str) -> Result<Subject, SubjectError> {
         let s = raw.trim();
-        if s.is_empty() {
+        // An account id with nothing after its prefix names no one (`id:` was taken).
+        if s.is_empty() || s.strip_prefix("id:").is_some_and(|id| id.trim().is_empty()) {
             return Err(SubjectError::Empty);
         }
         if s.len() > MAX_SUBJECT_BYTES {
@@ -433,6 +434,12 @@ mod tests {
 
     #[test]
     fn opaque_ids() {
+        for empty in ["id:", " id:  "] {
+            assert!(
+                matches!(Subject::parse(empty), Err(SubjectError::Empty)),
+                "{empty:?}"
+            );
+        }
         let s = ok("id:12345");
         assert_eq!((s.kind(), s.as_str()), (SubjectKind::Opaque, "id:12345"));
         let s = ok("  CUST-00A17  ");

@@ -468,3 +468,33 @@ fn other_uids_get_only_their_role() {
         "no write from another uid landed"
     );
 }
+
+/// A reader that goes away (`consentctl … | head -1`) ends consentctl quietly: it panicked with a
+/// backtrace and exit 101 (found by an exploratory session). The pipe's read end is closed before
+/// consentctl starts, so its first write fails.
+#[test]
+fn a_reader_that_goes_away_ends_consentctl_quietly() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    grant(&sock);
+    for json in [true, false] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(CONSENTCTL);
+        cmd.arg("--socket").arg(&sock);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args(["consent", "history", "--subject", "alice@example.com"])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json {json}: {stderr}");
+        assert!(stderr.is_empty(), "json {json}: {stderr}");
+    }
+    still_serving(&sock);
+}

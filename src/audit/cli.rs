@@ -179,9 +179,12 @@ pub fn main(cmd: AuditCmd, socket: &Path, json_out: bool) -> i32 {
 
 fn print(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+        crate::ctl::emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(v).expect("json")
+        ));
     } else {
-        print!("{}", human(v));
+        crate::ctl::emit(&human(v));
     }
 }
 
@@ -272,7 +275,7 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
             };
             let report = super::report::build(&verified, as_of);
             if csv {
-                print!("{}", super::report::csv(&report));
+                crate::ctl::emit(&super::report::csv(&report));
             } else {
                 print(json_out, &report, super::report::human);
             }
