@@ -1,6 +1,7 @@
 //! Every tampering with an export is caught and named: flipped bytes in envelopes, tombstones,
 //! checkpoints and roster entries; a removed envelope the checkpoint covers; a reordered log; a
-//! roster signed by a key other than the root; an older checkpoint presented as newer.
+//! roster signed by a key other than the root; an older checkpoint presented as newer; a record's
+//! envelopes apart, a tombstone twice, another office's log first; an edited header.
 //!
 //! The end line's digest is recomputed after every edit (see `rebuild`), so each case is caught
 //! by the check that matters, not by the unauthenticated digest.
@@ -373,4 +374,128 @@ fn an_older_checkpoint_presented_as_newer_fails_with_previous() {
     assert_eq!(f["check"], "consistency");
     assert_eq!(f["office"], "de");
     assert!(f["detail"].as_str().unwrap().contains("shrank"), "{f}");
+}
+
+/// The record a base64 envelope line belongs to (`CDE1` ‖ doc id ‖ …).
+fn envelope_doc(line: &str) -> [u8; 16] {
+    let v: Value = serde_json::from_str(line).unwrap();
+    let bytes = consentd_sync::b64::decode(v["data"].as_str().unwrap()).unwrap();
+    bytes[4..20].try_into().unwrap()
+}
+
+/// Orders the format states and an edited header, each of which verified until anyone could
+/// rewrite the end line (found by an exploratory session): a record's envelopes apart, a
+/// tombstone twice, the export time or the signature changed. A version-1 header (no signature)
+/// still verifies, reported unsigned.
+#[test]
+fn records_apart_a_tombstone_twice_and_an_edited_header_are_caught() {
+    let (net, l) = exported();
+    let root = root_pub(&net);
+    let envelopes = indexes_of(&l, "envelope");
+    // A record with two envelopes in a row: its second one moved after the last envelope.
+    let pair = envelopes
+        .windows(2)
+        .find(|w| envelope_doc(&l[w[0]]) == envelope_doc(&l[w[1]]))
+        .expect("the closed request has two envelopes");
+    let mut bad = l.clone();
+    let moved = bad.remove(pair[1]);
+    bad.insert(*envelopes.last().unwrap(), moved);
+    let o = verify_bytes(&rebuild(&bad), &root);
+    assert!(
+        o.failures
+            .iter()
+            .any(|f| f.check == "bundle_format" && f.detail.contains("not together")),
+        "{:?}",
+        o.failures
+    );
+
+    let t = indexes_of(&l, "tombstone")[0];
+    let mut bad = l.clone();
+    bad.insert(t + 1, l[t].clone());
+    assert!(checks(&verify_bytes(&rebuild(&bad), &root)).contains(&"tombstone_duplicate"));
+
+    let header = |edit: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_str(&l[0]).unwrap();
+        edit(&mut v);
+        let mut bad = l.clone();
+        bad[0] = v.to_string();
+        verify_bytes(&rebuild(&bad), &root)
+    };
+    for edit in [
+        &(|v: &mut Value| v["exported_at"] = "2025-01-01T00:00:00Z".into()) as &dyn Fn(&mut Value),
+        &|v: &mut Value| v["network"] = "elsewhere".into(),
+        &|v: &mut Value| {
+            v.as_object_mut().unwrap().remove("signature");
+        },
+        &|v: &mut Value| {
+            let mut sig = hex::decode(v["signature"].as_str().unwrap()).unwrap();
+            sig[0] ^= 1;
+            v["signature"] = hex::encode(sig).into();
+        },
+    ] {
+        let o = header(edit);
+        assert!(checks(&o).contains(&"header_signature"), "{:?}", o.failures);
+    }
+    // Version 1 had no signature: it verifies, and says its header is unsigned.
+    let o = header(&|v: &mut Value| {
+        v.as_object_mut().unwrap().remove("signature");
+        v["version"] = 1.into();
+    });
+    assert!(o.ok(), "{:?}", o.failures);
+    assert_eq!(o.report["header_signed"], false);
+    assert_eq!(
+        verify_bytes(&rebuild(&l), &root).report["header_signed"],
+        true
+    );
+}
+
+/// The exporter's log comes first and each office's leaves lines stay together.
+#[test]
+fn another_office_s_log_before_the_exporter_s_is_caught() {
+    let net = Net::init("de,uk");
+    let _de = net.start("de");
+    let _uk = net.start("uk");
+    populate(&net, "uk", 3, "u");
+    populate(&net, "de", 3, "d");
+    let path = net.path().join("both.jsonl");
+    wait_until(
+        "uk's log reaches de",
+        std::time::Duration::from_secs(90),
+        || {
+            ok(
+                &net.socket("de"),
+                &["audit", "export", "--out", path.to_str().unwrap()],
+            );
+            let l = lines(&path);
+            let leaves = indexes_of(&l, "leaves");
+            leaves.iter().any(|&i| l[i].contains("\"office\":\"uk\"")) && envelopes_logged(&l)
+        },
+    );
+    let l = lines(&path);
+    let root = root_pub(&net);
+    assert!(verify_bytes(&rebuild(&l), &root).ok());
+    let leaves = indexes_of(&l, "leaves");
+    let (de, uk): (Vec<usize>, Vec<usize>) = leaves
+        .iter()
+        .partition(|&&i| l[i].contains("\"office\":\"de\""));
+    assert!(!de.is_empty() && !uk.is_empty());
+    // uk's lines first.
+    let mut bad = l.clone();
+    let reordered: Vec<String> = uk.iter().chain(&de).map(|&i| l[i].clone()).collect();
+    for (slot, line) in leaves.iter().zip(reordered) {
+        bad[*slot] = line;
+    }
+    let o = verify_bytes(&rebuild(&bad), &root);
+    assert!(
+        o.failures
+            .iter()
+            .any(|f| f.check == "bundle_format" && f.detail.contains("exporter's log")),
+        "{:?}",
+        o.failures
+    );
+}
+
+/// Every envelope of the bundle lines is logged (its export left nothing out).
+fn envelopes_logged(l: &[String]) -> bool {
+    indexes_of(l, "envelope").len() == 6
 }

@@ -306,11 +306,16 @@ fn human_verify(v: &Value) -> String {
     let ok = v["ok"] == Value::Bool(true);
     let c = &v["counts"];
     let mut out = format!(
-        "{}: network {}, exported by {} at {}\n{} envelopes, {} records, {} tombstones, {} checkpoints, {} log leaves\n",
+        "{}: network {}, exported by {} at {}{}\n{} envelopes, {} records, {} tombstones, {} checkpoints, {} log leaves\n",
         if ok { "OK" } else { "FAILED" },
         v["network"].as_str().unwrap_or("-"),
         v["exported_by"].as_str().unwrap_or("-"),
         v["exported_at"].as_str().unwrap_or("-"),
+        if v["header_signed"] == Value::Bool(false) {
+            " (unsigned: a version-1 bundle, these two are its header's claims)"
+        } else {
+            ""
+        },
         c["envelopes"],
         c["records"],
         c["tombstones"],

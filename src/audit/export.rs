@@ -243,12 +243,21 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     let st = |e: consentd_storage::StorageError| format!("reading the store: {e}");
     let mut w = Writer::new(io::BufWriter::with_capacity(EXPORT_CHUNK_BYTES, out));
     let roster = office.roster();
+    let network = roster.roster().network.clone();
+    let exported_at = fmt_time(Utc::now());
+    let signature = {
+        use ed25519_dalek::Signer as _;
+        let message =
+            super::bundle::header_message(&network, office.id(), &exported_at, &signed.note);
+        hex::encode(office.signing_key().sign(&message).to_bytes())
+    };
     w.write(&Line::Header {
         format: FORMAT.into(),
         version: VERSION,
-        network: roster.roster().network.clone(),
+        network,
         office: office.id().to_string(),
-        exported_at: fmt_time(Utc::now()),
+        exported_at,
+        signature: Some(signature),
     })
     .map_err(io)?;
     w.write(&Line::Roster {

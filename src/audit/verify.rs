@@ -5,8 +5,9 @@
 //!
 //! | check                 | fails when                                                          |
 //! |-----------------------|---------------------------------------------------------------------|
-//! | `bundle_format`       | a line is not valid JSON of a known type, sections are out of order, the header or end line is missing or wrong, the file is truncated |
+//! | `bundle_format`       | a line is not valid JSON of a known type, sections are out of order, the header or end line is missing or wrong, the file is truncated, the exporter's log is not first, an office's leaves or a record's envelopes are not together |
 //! | `roster_signature`    | the roster does not verify against the root key (nothing else is checked then) |
+//! | `header_signature`    | the header (exporter, export time) is not signed by the exporter over its checkpoint in the bundle (version 2 on) |
 //! | `checkpoint_signature`| a checkpoint is malformed, not for a roster office, or its signature fails |
 //! | `log_root`            | an office's leaves do not reproduce its checkpoint (size or root): a reordered, shortened or altered log |
 //! | `envelope_encoding`   | an envelope is not valid base64 / `CDE1` / a canonical Automerge change |
@@ -20,6 +21,7 @@
 //! | `log_completeness`    | an office's log lists an envelope or tombstone the bundle lacks, no valid tombstone covers its record, and the office did not refuse (in a signed transfer record) to send the record to the exporter |
 //! | `tombstone_encoding`  | a tombstone is not valid base64 / `CDT1`                            |
 //! | `tombstone_signature` | a tombstone's signer is not a roster office or its signature fails  |
+//! | `tombstone_duplicate` | the same tombstone appears twice                                    |
 //! | `tombstone_authority` | a tombstone is not in its signer's checkpointed log                 |
 //! | `consistency`         | with `--previous`: an office's log did not only grow since the older bundle |
 //!
@@ -64,6 +66,7 @@ use super::cli::Progress;
 pub const CHECKS: &[&str] = &[
     "bundle_format",
     "roster_signature",
+    "header_signature",
     "checkpoint_signature",
     "log_root",
     "envelope_encoding",
@@ -77,6 +80,7 @@ pub const CHECKS: &[&str] = &[
     "log_completeness",
     "tombstone_encoding",
     "tombstone_signature",
+    "tombstone_duplicate",
     "tombstone_authority",
     "consistency",
 ];
@@ -172,6 +176,16 @@ pub struct Verified {
     /// Each record's verified changes in bundle order, with the authoring office.
     pub docs: BTreeMap<DocId, Vec<(String, Change)>>,
     pub tombstones: Vec<VerifiedTombstone>,
+}
+
+/// The header line's claims.
+struct Header {
+    network: String,
+    exporter: String,
+    exported_at: String,
+    version: u32,
+    /// Hex ed25519 signature by the exporter (version 2 on).
+    signature: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -559,7 +573,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     let mut progress = Progress::new(opts.progress, "verifying");
 
     // Header and roster first: without a verified roster nothing else can be checked.
-    let mut header: Option<(String, String, String)> = None;
+    let mut header: Option<Header> = None;
     let mut roster: Option<VerifiedRoster> = None;
     let mut lines_before_end = 0u64;
     let mut first_lines = Vec::new();
@@ -581,17 +595,26 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 network,
                 office,
                 exported_at,
+                signature,
             }) if *no == 1 => {
-                if format != FORMAT || version != VERSION {
+                if format != FORMAT || !(1..=VERSION).contains(&version) {
                     failures.push(
                         Failure::new(
                             "bundle_format",
-                            format!("not a {FORMAT} version {VERSION} (found {format} {version})"),
+                            format!(
+                                "not a {FORMAT} of version 1 to {VERSION} (found {format} {version})"
+                            ),
                         )
                         .line(*no),
                     );
                 }
-                header = Some((network, office, exported_at));
+                header = Some(Header {
+                    network,
+                    exporter: office,
+                    exported_at,
+                    version,
+                    signature,
+                });
             }
             Ok(Line::Roster { roster: signed }) if *no == 2 => {
                 match signed.verify(&opts.root_pub) {
@@ -612,7 +635,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 .push(Failure::new("bundle_format", format!("not a bundle line: {e}")).line(*no)),
         }
     }
-    let (Some((network, exporter, exported_at)), Some(roster)) = (header, roster) else {
+    let (Some(header), Some(roster)) = (header, roster) else {
         if failures.total == 0 {
             failures.push(Failure::new(
                 "bundle_format",
@@ -627,6 +650,16 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             logs: BTreeMap::new(),
         };
     };
+    let (network, exporter, exported_at) = (
+        header.network.clone(),
+        header.exporter.clone(),
+        header.exported_at.clone(),
+    );
+    // The exporter's checkpoint note, for the header's signature.
+    let mut exporter_note: Option<String> = None;
+    // Offices whose leaves lines were seen, and the last one's: each office's lines together.
+    let mut leaves_offices: HashSet<String> = HashSet::new();
+    let mut last_leaves_office: Option<String> = None;
     if network != roster.roster().network {
         failures.push(
             Failure::new(
@@ -763,6 +796,9 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 Line::Envelope { .. } => unreachable!("parsed as Parsed::Envelope"),
                 Line::Checkpoint { office, note } => {
                     counts.checkpoints += 1;
+                    if office == exporter && exporter_note.is_none() {
+                        exporter_note = Some(note.clone());
+                    }
                     match tlog::verify(&note, &roster) {
                         Ok(v) if v.office != office => failures.push(
                             Failure::new(
@@ -816,6 +852,20 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                         continue;
                     };
                     leaf_lines.entry(office.clone()).or_insert(no);
+                    // One office's lines together (`first` keeps them in order).
+                    if last_leaves_office.as_deref() != Some(office.as_str()) {
+                        if !leaves_offices.insert(office.clone()) {
+                            failures.push(
+                                Failure::new(
+                                    "bundle_format",
+                                    "this office's leaves lines are not together",
+                                )
+                                .office(&office)
+                                .line(no),
+                            );
+                        }
+                        last_leaves_office = Some(office.clone());
+                    }
                     if first != log.leaves.len() as u64 {
                         failures.push(
                             Failure::new(
@@ -916,6 +966,91 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     progress.done(|| format!("{} envelopes", counts.envelope_lines));
     // Workers finish out of order; report and cross-check in bundle order.
     facts.sort_unstable_by_key(|f| f.line);
+
+    // ---- order: the exporter's log first, each record's envelopes together, no tombstone twice
+    if let Some((first, no)) = leaf_lines.iter().min_by_key(|(_, no)| **no) {
+        if *first != exporter && leaf_lines.contains_key(&exporter) {
+            failures.push(
+                Failure::new(
+                    "bundle_format",
+                    "the exporter's log must come before the others",
+                )
+                .office(first)
+                .line(*no),
+            );
+        }
+    }
+    {
+        let mut done: HashSet<DocId> = HashSet::new();
+        let mut current: Option<DocId> = None;
+        for f in &facts {
+            if current == Some(f.doc) {
+                continue;
+            }
+            if let Some(previous) = current.replace(f.doc) {
+                done.insert(previous);
+            }
+            if done.contains(&f.doc) {
+                failures.push(
+                    Failure::new("bundle_format", "this record's envelopes are not together")
+                        .record(&f.doc)
+                        .line(f.line),
+                );
+            }
+        }
+        let mut seen: HashSet<[u8; 32]> = HashSet::with_capacity(tombstones.len());
+        for (no, t) in &tombstones {
+            if !seen.insert(t.tombstone().hash()) {
+                failures.push(
+                    Failure::new("tombstone_duplicate", "this tombstone appears twice")
+                        .record(&t.tombstone().doc_id)
+                        .line(*no),
+                );
+            }
+        }
+    }
+
+    // ---- the header is the exporter's word -------------------------------------------------
+    let header_signed = match (&header.signature, header.version) {
+        // Version 1 had no signature: read, and reported unsigned.
+        (None, 1) => false,
+        (None, _) => {
+            failures.push(
+                Failure::new("header_signature", "the header carries no signature")
+                    .office(&exporter)
+                    .line(1),
+            );
+            false
+        }
+        (Some(sig), _) => {
+            let problem = match (roster.office(&exporter), &exporter_note) {
+                (None, _) => Some(format!("office {exporter} is not in the roster")),
+                (_, None) => Some(format!("the bundle has no checkpoint of office {exporter}")),
+                (Some(o), Some(note)) => {
+                    let message =
+                        super::bundle::header_message(&network, &exporter, &exported_at, note);
+                    let signature = hex::decode(sig)
+                        .ok()
+                        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
+                    match signature {
+                        Some(s) if o.signing_key.verify_strict(&message, &s).is_ok() => None,
+                        _ => Some(format!(
+                            "the signature does not verify with office {exporter}'s key over \
+                             the network, exporter, export time and its checkpoint"
+                        )),
+                    }
+                }
+            };
+            if let Some(p) = &problem {
+                failures.push(
+                    Failure::new("header_signature", p.clone())
+                        .office(&exporter)
+                        .line(1),
+                );
+            }
+            problem.is_none()
+        }
+    };
 
     // ---- logs reproduce their checkpoints ------------------------------------------------
     for (office, log) in logs.iter_mut() {
@@ -1151,6 +1286,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
         network: &network,
         exported_by: &exporter,
         exported_at: &exported_at,
+        header_signed,
     };
     let report = summary_json(&failures, Some(&info), &by_office, &counts);
 
@@ -1271,6 +1407,8 @@ struct Info<'a> {
     network: &'a str,
     exported_by: &'a str,
     exported_at: &'a str,
+    /// Whether the exporter signed the two claims above (a version-1 bundle did not).
+    header_signed: bool,
 }
 
 fn summary_json(
@@ -1284,6 +1422,7 @@ fn summary_json(
         "network": info.map(|i| i.network),
         "exported_by": info.map(|i| i.exported_by),
         "exported_at": info.map(|i| i.exported_at),
+        "header_signed": info.map(|i| i.header_signed),
         "counts": {
             "envelopes": counts.envelope_lines,
             "envelopes_verified": counts.envelopes_verified,

@@ -12,6 +12,7 @@ use consentd_sync::keys;
 use consentd_sync::merkle;
 use consentd_sync::roster::{OfficeEntry, Roster};
 use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
+use ed25519_dalek::Signer as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::Row;
@@ -85,18 +86,22 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
         root: merkle::root(&hashes),
     };
     let mut w = Writer::new(Vec::new());
+    let note = cp.sign(&signing);
+    let exported_at = "2026-02-01T00:00:00Z";
+    let header = crate::audit::bundle::header_message("bench", "de", exported_at, &note);
     let lines = [
         Line::Header {
             format: FORMAT.into(),
             version: VERSION,
             network: "bench".into(),
             office: "de".into(),
-            exported_at: "2026-02-01T00:00:00Z".into(),
+            exported_at: exported_at.into(),
+            signature: Some(hex::encode(signing.sign(&header).to_bytes())),
         },
         Line::Roster { roster: signed },
         Line::Checkpoint {
             office: "de".into(),
-            note: cp.sign(&signing),
+            note,
         },
     ];
     for l in &lines {
