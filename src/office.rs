@@ -543,13 +543,21 @@ impl Office {
                 }
                 let parental = a.parental_consent.filter(|p| !p.trim().is_empty());
                 if self.purposes.is_marketing(&a.purpose) && parental.is_none() {
-                    // A minor flagged on this grant, or on the record already held for the pair.
-                    let token = self.hasher.consent_token(&subject, &a.purpose);
-                    let known_minor = self
-                        .records_by_key(&token)?
-                        .iter()
-                        .any(|(_, r)| matches!(r, Record::Consent(c) if c.minor && c.parental_consent.is_none()));
-                    if a.under_18 || known_minor {
+                    // A minor flagged on this grant or on any consent record of the person (being
+                    // under 18 is the person's, not one purpose's: flagged on `support`, a
+                    // `marketing` grant without the flag was taken; found by an exploratory
+                    // session), unless this purpose's record holds a parent's consent.
+                    let records = self.records_by_key(&self.hasher.subject_token(&subject))?;
+                    let consents = records.iter().filter_map(|(_, r)| match r {
+                        Record::Consent(c) => Some(c),
+                        _ => None,
+                    });
+                    let (mut known_minor, mut parent_consented) = (false, false);
+                    for c in consents {
+                        known_minor |= c.minor;
+                        parent_consented |= c.purpose == a.purpose && c.parental_consent.is_some();
+                    }
+                    if (a.under_18 || known_minor) && !parent_consented {
                         return Err(invalid(format!(
                             "{} is marketing and the person is under 18: record a parent's or guardian's consent with --parental-consent (privacy statement §10)",
                             a.purpose

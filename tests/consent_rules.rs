@@ -209,6 +209,40 @@ fn no_marketing_to_minors_without_parental_consent() {
     ])
     .status
     .success());
+
+    // Being under 18 is the person's: flagged on a support grant, a marketing grant without the
+    // flag is refused too (it was taken; found by an exploratory session).
+    let pat = |extra: &[&str]| {
+        let mut v = vec!["consent", "grant", "--subject", "pat.young@example.com"];
+        v.extend_from_slice(extra);
+        ctl(&sock, &v)
+    };
+    assert!(
+        pat(&["--purpose", "support", "--basis", "contract", "--under-18"])
+            .status
+            .success()
+    );
+    let e = assert_error(&pat(&[
+        "--purpose",
+        "marketing",
+        "--basis",
+        "consent",
+        "--evidence",
+        "app v2",
+    ]));
+    assert!(e.contains("under 18"), "{e}");
+    assert!(pat(&[
+        "--purpose",
+        "marketing",
+        "--basis",
+        "consent",
+        "--evidence",
+        "app v2",
+        "--parental-consent",
+        "signed form P-17 v1"
+    ])
+    .status
+    .success());
 }
 
 #[test]
