@@ -116,6 +116,15 @@ pub(crate) fn is_held(office: &Office, token: &[u8; 32]) -> Result<bool> {
         .any(|(_, r)| matches!(r, Record::Hold(h) if h.cleared_at.is_none())))
 }
 
+/// The tombstone reason of a deletion by schedule `rule`: §10 child data, or retention.
+pub(crate) fn reason_for(rule: &schedule::Rule) -> Reason {
+    if rule.child_data {
+        Reason::ChildData
+    } else {
+        Reason::Retention
+    }
+}
+
 /// Runs a pass judging expiry at `as_of`.
 pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result<Report> {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -162,11 +171,7 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
             todo.push(Deletion {
                 id,
                 record,
-                reason: if rule.child_data {
-                    Reason::ChildData
-                } else {
-                    Reason::Retention
-                },
+                reason: reason_for(rule),
                 policy: format!("retention/{}", rule.id),
                 still_expired_by: Some(today),
             });

@@ -20,8 +20,7 @@ use crate::office::{Office, OfficeError};
 use crate::record::{epoch_day, fmt_time, ConsentEvent, DocId, Record, KIND_CONSENT};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
-use consentd_sync::tombstone::Reason;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
 
@@ -126,7 +125,18 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
         return Ok(0);
     }
     let mut going: HashSet<DocId> = todo.iter().map(|d| d.id).collect();
-    let mut with: Vec<(usize, Deletion)> = Vec::new(); // (after todo[i], the grant)
+    // Each deletion's consent token, once (a pass may hold hundreds of thousands).
+    let tokens: Vec<Option<[u8; 32]>> = todo
+        .iter()
+        .map(|d| token(office, &d.record))
+        .collect::<Result<_>>()?;
+    let mut first_of: HashMap<[u8; 32], usize> = HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if let Some(t) = t {
+            first_of.entry(*t).or_insert(i);
+        }
+    }
+    let mut with: BTreeMap<usize, Vec<Deletion>> = BTreeMap::new(); // after todo[i], the grants
     let mut kept_tokens = BTreeSet::new();
     for t in &turning {
         // The withdrawal that decides: the group's latest event.
@@ -134,10 +144,7 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
         let Some((withdrawn_at, true)) = members.iter().filter_map(|m| m.1).max() else {
             continue;
         };
-        let at = todo
-            .iter()
-            .position(|d| token(office, &d.record).ok().flatten() == Some(*t))
-            .expect("a turning token is a deletion's");
+        let at = *first_of.get(t).expect("a turning token is a deletion's");
         let mut grants = Vec::new();
         let mut due = true;
         for (id, record) in office.records_by_key(t)? {
@@ -165,11 +172,7 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
                 Some((day, rule)) if epoch_day(day) <= today => grants.push(Deletion {
                     id,
                     record,
-                    reason: if rule.child_data {
-                        Reason::ChildData
-                    } else {
-                        Reason::Retention
-                    },
+                    reason: super::pass::reason_for(rule),
                     policy: format!("retention/{}", rule.id),
                     still_expired_by: None,
                 }),
@@ -178,24 +181,22 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
         }
         if due {
             going.extend(grants.iter().map(|g| g.id));
-            with.extend(grants.into_iter().map(|g| (at, g)));
+            with.entry(at).or_default().extend(grants);
         } else {
             kept_tokens.insert(*t);
         }
     }
     // Each grant right after its withdrawal, so the two usually share a deletion chunk (the
     // check under the lock keeps the withdrawal back when they do not).
-    let mut planned = Vec::with_capacity(todo.len() + with.len());
+    let mut planned = Vec::with_capacity(todo.len() + with.values().map(Vec::len).sum::<usize>());
     let mut kept = 0;
-    for (i, d) in std::mem::take(todo).into_iter().enumerate() {
-        if token(office, &d.record)?.is_some_and(|t| kept_tokens.contains(&t)) {
+    for (i, (d, t)) in std::mem::take(todo).into_iter().zip(tokens).enumerate() {
+        if t.is_some_and(|t| kept_tokens.contains(&t)) {
             kept += 1;
             continue;
         }
         planned.push(d);
-        while let Some(pos) = with.iter().position(|(after, _)| *after == i) {
-            planned.push(with.swap_remove(pos).1);
-        }
+        planned.extend(with.remove(&i).unwrap_or_default());
     }
     *todo = planned;
     if kept > 0 {
