@@ -750,6 +750,8 @@ pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u6
         let mut imported = 0u64;
         let mut failure: Option<(usize, String)> = None;
         let mut first_lines = Vec::new();
+        // Chunks imported: (chunk, records), to name the lines past a failure that landed.
+        let mut landed: Vec<(usize, u64)> = Vec::new();
         loop {
             while failure.is_none() && !free.is_empty() {
                 let Some((idx, _)) = chunks.peek() else { break };
@@ -783,7 +785,10 @@ pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u6
                 .expect("answers come for chunks in flight");
             free.push(in_flight.swap_remove(pos).1);
             match r {
-                Ok(n) => imported += n,
+                Ok(n) => {
+                    imported += n;
+                    landed.push((idx, n));
+                }
                 Err(e) => {
                     if failure.as_ref().is_none_or(|(j, _)| idx < *j) {
                         failure = Some((idx, e));
@@ -799,14 +804,30 @@ pub fn import_requests(socket: &Path, lines: Vec<(usize, Request)>) -> Result<u6
                     .iter()
                     .find(|(c, _)| *c == idx)
                     .map_or(0, |(_, l)| *l);
-                let what = match (imported, line) {
+                // Chunks after the failing one that were in flight with it landed too: name
+                // their lines, so the rest can be imported again without them.
+                let mut later: Vec<(usize, u64)> = landed
+                    .iter()
+                    .filter(|(c, _)| *c > idx)
+                    .filter_map(|(c, n)| {
+                        let first = first_lines.iter().find(|(f, _)| f == c)?.1;
+                        Some((first, *n))
+                    })
+                    .collect();
+                later.sort_unstable();
+                let later: Vec<String> = later
+                    .iter()
+                    .map(|(first, n)| format!("{first}-{}", *first as u64 + n - 1))
+                    .collect();
+                let what = match (imported, later.is_empty()) {
                     (0, _) => "nothing was imported".to_string(),
-                    (n, 0 | 1) => format!("{n} records of later lines were imported"),
-                    (n, line) => {
-                        format!(
-                            "{n} records were imported, every line before line {line} among them"
-                        )
-                    }
+                    (n, true) => format!(
+                        "{n} records were imported: every line before line {line}, none after"
+                    ),
+                    (n, false) => format!(
+                        "{n} records were imported: every line before line {line}, and lines {} after it",
+                        later.join(", ")
+                    ),
                 };
                 Err(format!("{e} ({what})"))
             }

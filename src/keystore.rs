@@ -271,6 +271,10 @@ pub struct KeyStore {
     /// never destroyed under a record being written. Taken after the token locks and before any
     /// record's lock (`office::locks` gives the order and why).
     in_use: tokio::sync::RwLock<()>,
+    /// Tests: the cache drops every key right after remembering it, as a full shard's clearing
+    /// may at any time (`office::made_or_stored`).
+    #[cfg(test)]
+    pub(crate) drop_remembered: std::sync::atomic::AtomicBool,
 }
 
 fn not_held(generation: u64) -> KeyError {
@@ -411,6 +415,8 @@ impl KeyStore {
                 older,
             }),
             cache: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            #[cfg(test)]
+            drop_remembered: std::sync::atomic::AtomicBool::new(false),
             rotating: tokio::sync::Mutex::new(()),
             rotation_wanted: tokio::sync::Notify::new(),
             in_use: tokio::sync::RwLock::new(()),
@@ -470,6 +476,13 @@ impl KeyStore {
             cache.clear();
         }
         cache.insert(id, Zeroizing::new(*key));
+        #[cfg(test)]
+        if self
+            .drop_remembered
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            cache.clear();
+        }
     }
 
     /// The plain subject key `id` (from memory, or unwrapped from the store). Also the

@@ -1508,6 +1508,19 @@ enum Op {
     },
 }
 
+/// Subject key `id`: from `made` (a draft's own new keys, not durable yet, which the key cache
+/// may have dropped), else from the key store.
+fn made_or_stored(
+    made: &HashMap<consentd_storage::KeyId, zeroize::Zeroizing<[u8; 32]>>,
+    keys: &crate::keystore::KeyStore,
+    id: &consentd_storage::KeyId,
+) -> std::result::Result<zeroize::Zeroizing<[u8; 32]>, crate::keystore::KeyError> {
+    match made.get(id) {
+        Some(k) => Ok(k.clone()),
+        None => keys.key(id),
+    }
+}
+
 /// The documents one write touches, with the envelopes it authored.
 struct Draft<'o> {
     office: &'o Office,
@@ -1522,6 +1535,11 @@ struct Draft<'o> {
     locked_holds: HashSet<DocId>,
     /// Subject keys made in this draft (key owner → key id), stored by its batch.
     new_keys: HashMap<[u8; 32], consentd_storage::KeyId>,
+    /// The keys this draft made, by id. Not durable until its batch is, and the key cache may
+    /// drop them before then (it clears a full shard): an import making its 65,536th key since
+    /// start lost keys of its own chunk and failed "the key of a sealed field is not held here"
+    /// (found by an exploratory session). So the draft keeps its own copies.
+    made_keys: HashMap<consentd_storage::KeyId, zeroize::Zeroizing<[u8; 32]>>,
     key_entries: Vec<([u8; 32], consentd_storage::KeyId, Vec<u8>)>,
     /// Stored histories read and verified ahead, in one batch ([`Draft::prefetch`]); `load`
     /// takes a record's from here instead of verifying its envelopes one at a time.
@@ -1557,6 +1575,7 @@ impl<'o> Draft<'o> {
             consent_docs: HashMap::new(),
             locked_holds: HashSet::new(),
             new_keys: HashMap::new(),
+            made_keys: HashMap::new(),
             key_entries: Vec::new(),
             histories: HashMap::new(),
         }
@@ -1608,15 +1627,24 @@ impl<'o> Draft<'o> {
         let owner = crate::keystore::owner(&self.office.hasher.subject_token(&subject), class);
         let keys = &self.office.keys;
         if let Some(id) = self.new_keys.get(&owner) {
-            return Ok((*id, keys.key(id)?));
+            return Ok((*id, self.made_keys[id].clone()));
         }
         if let Some(id) = keys.keys_of(&owner)?.into_iter().min() {
             return Ok((id, keys.key(&id)?));
         }
         let (id, key, entry) = keys.new_key(&owner);
         self.new_keys.insert(owner, id);
+        self.made_keys.insert(id, key.clone());
         self.key_entries.push(entry);
         Ok((id, key))
+    }
+
+    /// Subject key `id`: one this draft made, or the key store's ([`made_or_stored`]).
+    fn key(
+        &self,
+        id: &consentd_storage::KeyId,
+    ) -> std::result::Result<zeroize::Zeroizing<[u8; 32]>, crate::keystore::KeyError> {
+        made_or_stored(&self.made_keys, &self.office.keys, id)
     }
 
     /// Seals a personal text for an existing document, under the key sealing its subject
@@ -1625,7 +1653,7 @@ impl<'o> Draft<'o> {
         let doc = self.load(id)?;
         let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
         match sealed::record_key_id(&record) {
-            Some(kid) => Ok(sealed::seal(&kid, &*self.office.keys.key(&kid)?, text)),
+            Some(kid) => Ok(sealed::seal(&kid, &*self.key(&kid)?, text)),
             None => Ok(text.to_string()),
         }
     }
@@ -2096,7 +2124,10 @@ impl<'o> Draft<'o> {
                 None => {
                     let doc = d.doc.as_ref().expect("a changed document is loaded");
                     let record = Record::from_doc(doc).map_err(OfficeError::Integrity)?;
-                    let plain = sealed::open_record(&self.office.keys, record.clone())?;
+                    let (made, keys) = (&self.made_keys, &self.office.keys);
+                    let plain = sealed::open_record_with(record.clone(), |id| {
+                        made_or_stored(made, keys, id)
+                    })?;
                     let projection = record.to_projection();
                     (record, plain, projection)
                 }
@@ -2561,6 +2592,38 @@ mod tests {
             .build()
             .unwrap();
         (dir, office, rt)
+    }
+
+    /// A write reads the keys it made from its draft: the key cache may drop them before the
+    /// batch stores them (a full shard is cleared). An import making its 65,536th key since
+    /// start failed "the key of a sealed field is not held here" on a withdrawal of a subject
+    /// granted earlier in its chunk (found by an exploratory session).
+    #[test]
+    fn a_write_keeps_the_keys_it_made_when_the_cache_drops_them() {
+        let (_dir, office, rt) = office_de("de", "dropped-keys");
+        office
+            .keys
+            .drop_remembered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let subject = "drop.me@example.test";
+        let chunk = Request::Import(protocol::Import {
+            records: vec![
+                Request::ConsentGrant(protocol::ConsentGrant {
+                    evidence: Some("web form v3".into()),
+                    ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+                }),
+                Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                    subject: subject.into(),
+                    purpose: "marketing".into(),
+                    at: None,
+                }),
+            ],
+            first_line: 1,
+        });
+        let imported = rt.block_on(office.execute(chunk)).unwrap();
+        assert_eq!(imported["imported"], 2, "{imported}");
+        let check = office.consent_check(subject, "marketing", None).unwrap();
+        assert_eq!(check["granted"], false, "{check}");
     }
 
     /// A consent record that `write` did not find (and so did not lock) under the token's lock,

@@ -146,14 +146,23 @@ pub fn seal_record(record: &mut Record, id: &KeyId, key: &[u8; KEY_BYTES]) {
 }
 
 /// Opens every sealed personal field of a record with the keys held here.
-pub fn open_record(keys: &KeyStore, mut record: Record) -> Result<Record, KeyError> {
+pub fn open_record(keys: &KeyStore, record: Record) -> Result<Record, KeyError> {
+    open_record_with(record, |id| keys.key(id))
+}
+
+/// [`open_record`] with the keys `key_of` gives (a write's own new keys first: they are not
+/// durable yet, and the key cache may have dropped them).
+pub fn open_record_with(
+    mut record: Record,
+    key_of: impl Fn(&KeyId) -> Result<zeroize::Zeroizing<[u8; KEY_BYTES]>, KeyError>,
+) -> Result<Record, KeyError> {
     for_each_personal::<KeyError>(&mut record, |text| {
         if !is_sealed(text) {
             return Ok(());
         }
         let id =
             key_id(text).ok_or_else(|| KeyError::Integrity("malformed sealed field".into()))?;
-        let key = keys.key(&id)?;
+        let key = key_of(&id)?;
         *text = open_with(&key, text).ok_or_else(|| {
             KeyError::Integrity("a sealed field does not open under its key".into())
         })?;

@@ -542,6 +542,7 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     let before = ok(&sock, &["status"])["records"].clone();
     let e = err(&sock, &["import", "--file", unknown.to_str().unwrap()]);
     assert!(e.contains("line 2") && e.contains("no request"), "{e}");
+    assert!(e.contains("(nothing was imported)"), "{e}");
     assert_eq!(
         ok(&sock, &["status"])["records"],
         before,

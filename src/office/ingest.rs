@@ -439,7 +439,12 @@ impl Office {
             _ => None,
         };
         let (kind, projection) = (record.kind_tag(), record.to_projection());
-        let plain = sealed::open_record(&self.keys, record)?;
+        // The arriving key from this batch's own copy: the key cache may have dropped it since
+        // `hold_received` (another write filling its shard clears the shard).
+        let plain = sealed::open_record_with(record, |id| match arriving {
+            Some((k, key)) if k == *id => Ok(key.clone()),
+            _ => self.keys.key(id),
+        })?;
         if let (Some((k, key)), Some(subject)) = (arriving, plain.subject()) {
             let subject = Subject::parse(subject).map_err(|e| {
                 OfficeError::Integrity(format!("record {}: subject: {e}", doc_id_hex(&id)))
