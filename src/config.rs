@@ -60,6 +60,10 @@ pub struct RetentionConfig {
     /// Run the retention pass daily in the daemon.
     #[serde(default = "default_true")]
     pub daily_pass: bool,
+    /// Allow a real pass `--as-of` a future time (staging and tests only): it deletes now what
+    /// is due only then, records a legal duty keeps among them. Off: refused, use `--dry-run`.
+    #[serde(default)]
+    pub allow_future_passes: bool,
 }
 
 impl Default for RetentionConfig {
@@ -68,6 +72,7 @@ impl Default for RetentionConfig {
             periods: Default::default(),
             compact_after_deletions: default_compact_after(),
             daily_pass: true,
+            allow_future_passes: false,
         }
     }
 }

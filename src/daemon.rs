@@ -136,6 +136,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
             .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?,
         compact_after: config.retention.compact_after_deletions,
         daily: config.retention.daily_pass,
+        future_passes: config.retention.allow_future_passes,
     };
     let office = Office::new(OfficeParts {
         id: config.office.clone(),

@@ -498,3 +498,41 @@ fn a_reader_that_goes_away_ends_consentctl_quietly() {
     }
     still_serving(&sock);
 }
+
+/// A real retention pass as of a future time would delete now what is due only then, records a
+/// legal duty keeps among them (found by an exploratory session): refused, unless the office's
+/// config allows it (staging, tests); a dry run previews it.
+#[test]
+fn a_real_retention_pass_as_of_the_future_is_refused() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let d = net.start("de");
+    grant(&sock);
+    ok(
+        &sock,
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "alice@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    let e = err(&sock, &["retention", "run", "--as-of", "2035-01-01"]);
+    assert!(
+        e.contains("is in the future") && e.contains("--dry-run"),
+        "{e}"
+    );
+    let dry = ok(
+        &sock,
+        &["retention", "run", "--as-of", "2035-01-01", "--dry-run"],
+    );
+    assert_eq!(dry["deleted"], 1, "{dry}");
+    assert_eq!(ok(&sock, &["status"])["records"].as_u64(), Some(1));
+    assert!(d.stop());
+    net.allow_future_passes("de");
+    let _d = net.start("de");
+    let real = ok(&sock, &["retention", "run", "--as-of", "2035-01-01"]);
+    assert_eq!(real["deleted"], 1, "{real}");
+}

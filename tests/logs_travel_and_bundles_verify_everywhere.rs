@@ -191,8 +191,26 @@ fn bundles_from_every_office_verify_and_name_what_policy_withheld() {
         bundles.push((office, bundle));
     }
 
-    // The human report names the withheld count.
+    // cn's signed refusals are not transfers: `audit report` counted each as one "without
+    // mechanism" leaving China (found by an exploratory session).
     let root = net.path().join("root.pub");
+    let report = ok(
+        &net.socket("de"),
+        &[
+            "audit",
+            "report",
+            bundles[1].1.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+        ],
+    );
+    for row in report["transfers"].as_array().unwrap() {
+        if row["office"] == "cn" {
+            assert_eq!(row["without_mechanism"], 0, "{row}");
+        }
+    }
+
+    // The human report names the withheld count.
     let human = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
         .args(["audit", "verify"])
         .arg(&bundles[1].1)

@@ -87,6 +87,9 @@ fn purposes_left(net: &Net, office: &str) -> Vec<String> {
 #[test]
 fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() {
     let net = Net::init("de,uk");
+    // Passes as of years to come.
+    net.allow_future_passes("de");
+    net.allow_future_passes("uk");
     // de grants while uk is down; uk records its own while de is down: two records per purpose.
     // `support`: granted under consent at de, only withdrawn at uk. `marketing`: granted under
     // consent at de; at uk granted earlier on legitimate interest and withdrawn, a record the

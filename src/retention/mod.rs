@@ -50,6 +50,10 @@ pub struct Settings {
     pub compact_after: u64,
     /// Run the pass daily in the daemon.
     pub daily: bool,
+    /// Allow `retention run --as-of` a future time without `--dry-run` (staging and tests;
+    /// config `allow_future_passes`): such a pass deletes now what is due only then, records a
+    /// legal duty keeps among them.
+    pub future_passes: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +62,7 @@ impl Default for Settings {
             schedule: schedule::Schedule::default(),
             compact_after: COMPACT_AFTER_DEFAULT,
             daily: true,
+            future_passes: false,
         }
     }
 }

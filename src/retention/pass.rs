@@ -77,11 +77,22 @@ pub struct Report {
 }
 
 pub async fn run_request(office: &Office, a: &protocol::RetentionRun) -> Result<Value> {
-    // A date in the future is allowed: it previews (with --dry-run) what a later pass deletes.
+    // A date in the future previews (with --dry-run) what a later pass deletes. A real pass
+    // as of then would delete now what is due only then, legal duties' records among them
+    // (found by an exploratory session): refused unless the office allows it (staging, tests).
+    let now = Utc::now();
     let as_of = match &a.as_of {
         Some(t) => parse_time(t)?,
-        None => Utc::now(),
+        None => now,
     };
+    if as_of > now && !a.dry_run && !office.retention.future_passes {
+        return Err(OfficeError::Invalid(format!(
+            "--as-of {} is in the future: a pass deletes what is due now, and as of then it would \
+             delete records a legal duty still keeps; preview it with --dry-run \
+             ([retention] allow_future_passes is for staging and tests)",
+            fmt_time(as_of)
+        )));
+    }
     let r = run(office, as_of, a.dry_run).await?;
     Ok(json!({
         "as_of": fmt_time(as_of),

@@ -25,6 +25,8 @@ pub enum Anchor {
     RequestClosed,
     /// When the hold was cleared (active holds have no expiry).
     HoldCleared,
+    /// Never: the record explains something kept for ever.
+    Never,
 }
 
 /// One row of the schedule.
@@ -134,6 +136,18 @@ pub const RULES: &[Rule] = &[
             "policy: why records outlived their schedule is kept as long as request confirmations",
     },
     Rule {
+        id: "refusal",
+        covers: "signed refusals to send records to an office (transfer records with status \
+                 refused; ids only, no personal data)",
+        anchor: Anchor::Never,
+        months: 0,
+        max_months: 0,
+        legal_duty: true,
+        child_data: false,
+        source: "policy: a refusal explains log leaves every office keeps for ever (a withheld \
+                 record in an audit bundle); deleted, every bundle exported elsewhere failed",
+    },
+    Rule {
         id: "child-data",
         covers: "consent records of a person under 18 without recorded parental consent",
         anchor: Anchor::LastEvent,
@@ -183,6 +197,7 @@ pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'stati
         Record::Consent(_) => must("basis-end"),
         Record::Request(_) => must("request-confirmation"),
         Record::Hold(_) => must("hold-record"),
+        Record::Transfer(t) if t.status.as_deref() == Some("refused") => must("refusal"),
         Record::Transfer(t) => {
             let financial = t.categories.iter().any(|c| c == "payment_data")
                 || t.recipient_kind.as_deref() == Some("payment_provider");
@@ -288,6 +303,7 @@ fn parse(t: &str) -> Option<DateTime<Utc>> {
 /// The time a row's period runs from, if it runs yet.
 fn anchor_time(record: &Record, anchor: Anchor) -> Option<DateTime<Utc>> {
     match (record, anchor) {
+        (_, Anchor::Never) => None,
         (Record::Consent(c), Anchor::LastEvent | Anchor::LastEventOnceWithdrawn) => {
             // The latest event by time; a withdrawal wins a tie, as in `consent check`.
             let (t, withdraw) = c
@@ -504,6 +520,19 @@ mod tests {
             s.expiry(&Record::Hold(h), marketing).unwrap().0,
             day("2031-06-01")
         );
+    }
+
+    /// A signed refusal explains log leaves kept for ever: it never expires (as a transfer it
+    /// went after 12 months, and every bundle exported outside cn failed from then on).
+    #[test]
+    fn refusals_never_expire() {
+        let Record::Transfer(mut refusal) = transfer(&["email_address"], None) else {
+            unreachable!("transfer() makes a transfer record")
+        };
+        refusal.status = Some("refused".into());
+        let r = Record::Transfer(refusal);
+        assert_eq!(classify(&r, marketing).id, "refusal");
+        assert!(Schedule::default().expiry(&r, marketing).is_none());
     }
 
     /// A record of withdrawals only (the grant is in another office's record) is the proof of a

@@ -59,6 +59,15 @@ impl Net {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, f(text)).unwrap();
     }
+
+    /// Lets `office` run real retention passes `--as-of` a future time (off by default: such a
+    /// pass deletes now what is due only then).
+    pub fn allow_future_passes(&self, office: &str) {
+        self.edit_config(office, |t| {
+            assert!(t.contains("allow_future_passes = false"), "{t}");
+            t.replace("allow_future_passes = false", "allow_future_passes = true")
+        });
+    }
 }
 
 /// A running daemon process. Dropping it kills the process.
