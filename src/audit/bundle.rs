@@ -5,7 +5,7 @@
 //! JSON Lines: UTF-8, one JSON object per line, each ending in `\n`, each with a `type`:
 //!
 //! 1. `header` — format name and version, network, exporting office, export time, and the
-//!    exporter's signature over those and its checkpoint ([`header_message`]);
+//!    exporter's signature over those and every checkpoint in the bundle ([`header_message`]);
 //! 2. `roster` — the root-signed roster, exactly as `roster.json` holds it;
 //! 3. `checkpoint` — one per office seen: its latest signed checkpoint (a C2SP signed note);
 //! 4. `leaves` — every office's whole log up to its checkpoint (the exporter's first, then each
@@ -33,14 +33,24 @@ pub const VERSION: u32 = 2;
 /// Domain of the header signature.
 const HEADER_SIGN_DOMAIN: &[u8] = b"consentd/bundle-header/v1\0";
 
-/// The bytes an exporter signs for its header: the domain, then network, office, export time and
-/// the exporter's checkpoint note in the bundle, each as u32 big-endian length ‖ bytes. The
-/// checkpoint binds the claim to this export's log (a header cannot be moved to another bundle),
-/// and the signature makes the exporter and the time (which `audit report` judges deadlines at)
-/// the exporter's word rather than anyone's edit (found by an exploratory session).
-pub fn header_message(network: &str, office: &str, exported_at: &str, checkpoint: &str) -> Vec<u8> {
+/// The bytes an exporter signs for its header: the domain, then network, office and export
+/// time, then every `checkpoint` line of the bundle in order (office, note), each field as u32
+/// big-endian length ‖ bytes. The signature makes the exporter and the time (which `audit
+/// report` judges deadlines at) the exporter's word rather than anyone's edit, and the
+/// checkpoints bind it to this export: which offices' logs it carries, up to where. Without them
+/// in it, another office's checkpoint and log removed or swapped for an older one (its envelopes
+/// with them) still verified (both found by exploratory sessions).
+pub fn header_message(
+    network: &str,
+    office: &str,
+    exported_at: &str,
+    checkpoints: &[(&str, &str)],
+) -> Vec<u8> {
     let mut out = HEADER_SIGN_DOMAIN.to_vec();
-    for field in [network, office, exported_at, checkpoint] {
+    let fields = [network, office, exported_at]
+        .into_iter()
+        .chain(checkpoints.iter().flat_map(|(o, note)| [*o, *note]));
+    for field in fields {
         out.extend_from_slice(&(field.len() as u32).to_be_bytes());
         out.extend_from_slice(field.as_bytes());
     }

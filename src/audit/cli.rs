@@ -267,9 +267,19 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
                     describe(&outcome.failures[0])
                 ));
             }
+            let signed_header = outcome.report["header_signed"] == Value::Bool(true);
             let verified = outcome.verified.expect("collect was asked for");
             let as_of = match as_of {
                 Some(t) => crate::office::parse_time(&t).map_err(|e| e.to_string())?,
+                // A version-1 header's export time is anyone's edit: deadlines are not judged
+                // at it silently (found by an exploratory session).
+                None if !signed_header => {
+                    return Err(format!(
+                        "{} is a version-1 bundle: its export time is not signed, so the report \
+                         needs --as-of",
+                        file.display()
+                    ))
+                }
                 None => crate::office::parse_time(&verified.exported_at)
                     .map_err(|e| format!("bundle export time: {e}"))?,
             };

@@ -245,10 +245,36 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     let roster = office.roster();
     let network = roster.roster().network.clone();
     let exported_at = fmt_time(Utc::now());
+    // Every checkpoint the bundle carries, in its order: ours (the fresh one), then every other
+    // office's as replication stored it (leaves and checkpoint commit together, so the
+    // snapshot's log reaches the snapshot's checkpoint). The header's signature covers them.
+    let mut checkpoints: Vec<(String, String)> =
+        vec![(office.id().to_string(), signed.note.clone())];
+    let mut logs = vec![(
+        office.id().to_string(),
+        office.audit().log_id(),
+        signed.checkpoint.size,
+    )];
+    for (key, note) in snap.checkpoints().map_err(st)? {
+        if key == office.id() {
+            continue; // ours is the fresh one above
+        }
+        let text = String::from_utf8_lossy(&note).into_owned();
+        let size = consentd_sync::tlog::parse_note(&text)
+            .and_then(|n| consentd_sync::tlog::parse_body(n.text))
+            .map_err(|e| format!("the stored checkpoint of office {key}: {e}"))?
+            .size;
+        let origin = consentd_sync::tlog::origin(&network, &key);
+        logs.push((key.clone(), super::log::log_id(&origin), size));
+        checkpoints.push((key, text));
+    }
     let signature = {
         use ed25519_dalek::Signer as _;
-        let message =
-            super::bundle::header_message(&network, office.id(), &exported_at, &signed.note);
+        let listed: Vec<(&str, &str)> = checkpoints
+            .iter()
+            .map(|(o, n)| (o.as_str(), n.as_str()))
+            .collect();
+        let message = super::bundle::header_message(&network, office.id(), &exported_at, &listed);
         hex::encode(office.signing_key().sign(&message).to_bytes())
     };
     w.write(&Line::Header {
@@ -264,35 +290,8 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
         roster: roster.to_signed(),
     })
     .map_err(io)?;
-    w.write(&Line::Checkpoint {
-        office: office.id().to_string(),
-        note: signed.note.clone(),
-    })
-    .map_err(io)?;
-    // Every log to write: ours up to the fresh checkpoint, then every other office's, as
-    // replication stored it (leaves and checkpoint commit together, so the snapshot's log
-    // reaches the snapshot's checkpoint).
-    let mut logs = vec![(
-        office.id().to_string(),
-        office.audit().log_id(),
-        signed.checkpoint.size,
-    )];
-    for (key, note) in snap.checkpoints().map_err(st)? {
-        if key == office.id() {
-            continue; // ours is the fresh one above
-        }
-        let text = String::from_utf8_lossy(&note).into_owned();
-        let size = consentd_sync::tlog::parse_note(&text)
-            .and_then(|n| consentd_sync::tlog::parse_body(n.text))
-            .map_err(|e| format!("the stored checkpoint of office {key}: {e}"))?
-            .size;
-        let origin = consentd_sync::tlog::origin(&roster.roster().network, &key);
-        logs.push((key.clone(), super::log::log_id(&origin), size));
-        w.write(&Line::Checkpoint {
-            office: key,
-            note: text,
-        })
-        .map_err(io)?;
+    for (office, note) in checkpoints {
+        w.write(&Line::Checkpoint { office, note }).map_err(io)?;
     }
     // Every envelope leaf of every log in the bundle: what `log_inclusion` accepts.
     let mut logged: Vec<[u8; 32]> = Vec::new();

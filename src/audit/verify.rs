@@ -7,7 +7,7 @@
 //! |-----------------------|---------------------------------------------------------------------|
 //! | `bundle_format`       | a line is not valid JSON of a known type, sections are out of order, the header or end line is missing or wrong, the file is truncated, the exporter's log is not first, an office's leaves or a record's envelopes are not together |
 //! | `roster_signature`    | the roster does not verify against the root key (nothing else is checked then) |
-//! | `header_signature`    | the header (exporter, export time) is not signed by the exporter over its checkpoint in the bundle (version 2 on) |
+//! | `header_signature`    | the header (exporter, export time) and the bundle's checkpoints are not signed by the exporter (version 2 on) |
 //! | `checkpoint_signature`| a checkpoint is malformed, not for a roster office, or its signature fails |
 //! | `log_root`            | an office's leaves do not reproduce its checkpoint (size or root): a reordered, shortened or altered log |
 //! | `envelope_encoding`   | an envelope is not valid base64 / `CDE1` / a canonical Automerge change |
@@ -655,8 +655,8 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
         header.exporter.clone(),
         header.exported_at.clone(),
     );
-    // The exporter's checkpoint note, for the header's signature.
-    let mut exporter_note: Option<String> = None;
+    // Every checkpoint line (office, note), in order: what the header's signature covers.
+    let mut checkpoint_lines: Vec<(String, String)> = Vec::new();
     // Offices whose leaves lines were seen, and the last one's: each office's lines together.
     let mut leaves_offices: HashSet<String> = HashSet::new();
     let mut last_leaves_office: Option<String> = None;
@@ -796,9 +796,7 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                 Line::Envelope { .. } => unreachable!("parsed as Parsed::Envelope"),
                 Line::Checkpoint { office, note } => {
                     counts.checkpoints += 1;
-                    if office == exporter && exporter_note.is_none() {
-                        exporter_note = Some(note.clone());
-                    }
+                    checkpoint_lines.push((office.clone(), note.clone()));
                     match tlog::verify(&note, &roster) {
                         Ok(v) if v.office != office => failures.push(
                             Failure::new(
@@ -1023,12 +1021,19 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
             false
         }
         (Some(sig), _) => {
-            let problem = match (roster.office(&exporter), &exporter_note) {
-                (None, _) => Some(format!("office {exporter} is not in the roster")),
-                (_, None) => Some(format!("the bundle has no checkpoint of office {exporter}")),
-                (Some(o), Some(note)) => {
+            let has_own = checkpoint_lines.iter().any(|(o, _)| *o == exporter);
+            let problem = match roster.office(&exporter) {
+                None => Some(format!("office {exporter} is not in the roster")),
+                Some(_) if !has_own => {
+                    Some(format!("the bundle has no checkpoint of office {exporter}"))
+                }
+                Some(o) => {
+                    let listed: Vec<(&str, &str)> = checkpoint_lines
+                        .iter()
+                        .map(|(o, n)| (o.as_str(), n.as_str()))
+                        .collect();
                     let message =
-                        super::bundle::header_message(&network, &exporter, &exported_at, note);
+                        super::bundle::header_message(&network, &exporter, &exported_at, &listed);
                     let signature = hex::decode(sig)
                         .ok()
                         .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
@@ -1036,7 +1041,8 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
                         Some(s) if o.signing_key.verify_strict(&message, &s).is_ok() => None,
                         _ => Some(format!(
                             "the signature does not verify with office {exporter}'s key over \
-                             the network, exporter, export time and its checkpoint"
+                             the network, exporter, export time and the bundle's checkpoints \
+                             (edited, or an office's checkpoint removed or replaced)"
                         )),
                     }
                 }

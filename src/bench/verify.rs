@@ -88,7 +88,8 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
     let mut w = Writer::new(Vec::new());
     let note = cp.sign(&signing);
     let exported_at = "2026-02-01T00:00:00Z";
-    let header = crate::audit::bundle::header_message("bench", "de", exported_at, &note);
+    let header =
+        crate::audit::bundle::header_message("bench", "de", exported_at, &[("de", note.as_str())]);
     let lines = [
         Line::Header {
             format: FORMAT.into(),
