@@ -151,6 +151,11 @@ impl TransferPolicy {
     }
 
     /// May personal data that originated in `origin` move from an office in `from` to one in `to`?
+    ///
+    /// An onward transfer (data that came from `origin` to `from` and goes on to `to`) must also
+    /// be one `origin` may make itself: with DE→US forbidden, a DE record reached us through uk
+    /// (DE→GB adequacy, GB→US SCCs), its signed trail naming only the last hop (found by an
+    /// exploratory session). GDPR Art. 44: onward transfers keep the original protection.
     pub fn decide(&self, origin: &str, from: &str, to: &str, personal_data: bool) -> Verdict {
         if !personal_data {
             return Verdict::NoPersonalData;
@@ -165,6 +170,20 @@ impl TransferPolicy {
         if from == to {
             return Verdict::Domestic;
         }
+        if origin != from && origin != to {
+            if let Verdict::Forbidden { reason } = self.hop(origin, to) {
+                return Verdict::Forbidden {
+                    reason: format!(
+                        "onward transfer of personal data originating in {origin}: {reason}"
+                    ),
+                };
+            }
+        }
+        self.hop(from, to)
+    }
+
+    /// The verdict of the first rule for `from`→`to` (no rule: forbidden).
+    fn hop(&self, from: &str, to: &str) -> Verdict {
         match self
             .rules
             .iter()
@@ -254,6 +273,14 @@ mod tests {
         let p = TransferPolicy::from_config(&cfg).unwrap();
         assert_eq!(p.decide("DE", "DE", "US", true), allowed("adequacy", false));
         assert!(!p.decide("SG", "SG", "CO", true).may_send());
+        // Onward: SG data relayed by a DE office may not reach CO, which SG may not send to;
+        // DE data relayed by an SG office goes on under the hop's own mechanism.
+        assert!(
+            !p.decide("SG", "DE", "CO", true).may_send(),
+            "relayed to CO"
+        );
+        assert!(p.decide("DE", "SG", "US", true).may_send());
+        assert!(p.decide("SG", "DE", "SG", true).may_send(), "back home");
         let bad = TransferConfig {
             resident: vec![],
             rules: vec![PolicyRule {

@@ -233,6 +233,8 @@ struct Sets {
     key_ids: HashMap<[u8; 32], KeyId>,
     /// Per peer: envelope items and key items policy keeps from it.
     hidden: HashMap<String, (ItemSet, ItemSet)>,
+    /// Per peer: the records policy keeps from it (`peers` → `refusals`).
+    hidden_docs: HashMap<String, HashSet<DocId>>,
     /// Keys received from peers, held until a record using them is ingested. Shared with
     /// ingest by reference count (copied only if a key arrives while a batch is being stored),
     /// so storing a batch does not copy every key received so far.
@@ -274,7 +276,6 @@ struct PeerStatus {
     last_sync: Option<chrono::DateTime<chrono::Utc>>,
     lag_envelopes: usize,
     rejected: u64,
-    refusals: u64,
     stored: u64,
     /// Envelopes this peer offered for records a tombstone deletes, dropped by its links'
     /// sessions and by ingest, since start.
@@ -805,6 +806,9 @@ impl Replicator {
         let (item, bytes) = tombstone;
         sets.tombstones.insert(item);
         sets.tombstone_bytes.insert(item.id, (*doc, bytes));
+        for docs in sets.hidden_docs.values_mut() {
+            docs.remove(doc);
+        }
         if let Some(info) = sets.docs.remove(doc) {
             for i in &info.items {
                 sets.envelopes.remove(i);
@@ -867,6 +871,7 @@ impl Replicator {
             key_ids,
             received_keys,
             hidden: hidden_of,
+            hidden_docs,
             ..
         } = &mut *sets;
         let info = docs.entry(*doc).or_default();
@@ -903,6 +908,13 @@ impl Replicator {
             let verdict = self.verdict(info, peer);
             if let Verdict::Forbidden { reason } = &verdict {
                 self.raise(doc, info, peer, "refused", reason.clone());
+            }
+            if verdict.may_send() {
+                if let Some(docs) = hidden_docs.get_mut(peer) {
+                    docs.remove(doc);
+                }
+            } else {
+                hidden_docs.entry(peer.clone()).or_default().insert(*doc);
             }
             for item in &info.items {
                 if verdict.may_send() {
@@ -1051,6 +1063,12 @@ impl Replicator {
     }
 
     pub fn peers_json(&self) -> Value {
+        // Before the status lock: no path holds the two together.
+        let refusals: HashMap<String, usize> = lock(&self.sets)
+            .hidden_docs
+            .iter()
+            .map(|(peer, docs)| (peer.clone(), docs.len()))
+            .collect();
         let status = lock(&self.status);
         Value::Array(
             self.peers
@@ -1067,7 +1085,7 @@ impl Replicator {
                         "stored": s.stored,
                         "rejected": s.rejected,
                         "dropped": s.dropped_session + s.dropped_ingest,
-                        "refusals": s.refusals,
+                        "refusals": refusals.get(peer).copied().unwrap_or(0),
                         "last_error": s.last_error,
                         "last_recon": last_recon_json(&s.last_recon),
                         "last_exchange": last_recon_json(&s.last_exchange),
