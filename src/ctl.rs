@@ -284,7 +284,7 @@ enum RequestCmd {
     /// List requests
     List {
         /// Only open requests past their due date
-        #[arg(long)]
+        #[arg(long, conflicts_with = "due_within")]
         overdue: bool,
         /// Only open requests due within N days (e.g. 7d)
         #[arg(long, value_name = "DAYS")]
@@ -655,6 +655,12 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let n = i + 1;
         let line = line.map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
+        // A byte-order mark some editors write first (it refused line 1 as not JSON).
+        let line = if n == 1 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
@@ -979,8 +985,12 @@ pub(crate) fn human_check(v: &Value) -> String {
 }
 
 pub(crate) fn human_due(v: &Value) -> String {
+    let confirm = match &v["confirm_by"] {
+        Value::Null => String::new(),
+        c => format!(", confirm_by {}", scalar(c)),
+    };
     format!(
-        "{}\ndue {} ({})\n",
+        "{}\ndue {} ({}){confirm}\n",
         scalar(&v["id"]),
         scalar(&v["due"]),
         scalar(&v["due_rule"])

@@ -538,6 +538,9 @@ impl Office {
                 }
                 check_text("notice", a.notice.as_deref())?;
                 check_text("parental consent", a.parental_consent.as_deref())?;
+                // Its characters before what it must name, so a control character is reported
+                // as one (it was "needs the privacy notice version shown").
+                check_text("evidence", a.evidence.as_deref())?;
                 if a.basis == "consent" {
                     check_consent_evidence(a.evidence.as_deref(), a.notice.as_deref())?;
                 }
@@ -1238,6 +1241,12 @@ impl Office {
             None => Utc::now(),
         };
         let within_days = args.due_within.as_deref().map(parse_days).transpose()?;
+        if within_days.is_some() && args.overdue {
+            // Due within N days means not overdue yet: together they listed nothing, silently.
+            return Err(invalid(
+                "--overdue and --due-within select disjoint requests: ask for one, then the other",
+            ));
+        }
         let mut rows: Vec<(String, Value)> = Vec::new();
         if let Some(days) = within_days {
             // Open and due from today up to `days` days ahead (overdue ones are `--overdue`'s job).
@@ -1726,13 +1735,18 @@ impl<'o> Draft<'o> {
             }
             Op::RequestOpen(request) => {
                 let id: DocId = time_ordered_id();
-                let answer = json!({
+                let mut answer = json!({
                     "id": doc_id_hex(&id),
                     "due": request.due,
                     "due_rule": request.due_rule,
                     "due_explanation": request.due_explanation,
                     "jurisdiction": request.jurisdiction,
                 });
+                // CCPA's 10-business-day confirmation, where the law has one (README shows it;
+                // only `request list` did).
+                if let Some(c) = &request.confirm_by {
+                    answer["confirm_by"] = json!(c);
+                }
                 self.create(id, Record::Request(request))?;
                 Ok(answer)
             }

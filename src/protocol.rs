@@ -187,22 +187,25 @@ impl Request {
         }
     }
 
-    /// Whether the operation changes state (refused for the auditor role).
+    /// Whether the operation changes state (refused for the auditor role). A retention dry run
+    /// changes nothing: an auditor may preview what a pass would delete.
     pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Request::ConsentGrant(_)
-                | Request::ConsentWithdraw(_)
-                | Request::RequestOpen(_)
-                | Request::RequestExtend(_)
-                | Request::RequestClose(_)
-                | Request::RequestUpdate(_)
-                | Request::TransferRecord(_)
-                | Request::Import(_)
-                | Request::RetentionRun(_)
-                | Request::HoldSet(_)
-                | Request::HoldClear(_)
-        )
+        match self {
+            Request::RetentionRun(r) => !r.dry_run,
+            _ => matches!(
+                self,
+                Request::ConsentGrant(_)
+                    | Request::ConsentWithdraw(_)
+                    | Request::RequestOpen(_)
+                    | Request::RequestExtend(_)
+                    | Request::RequestClose(_)
+                    | Request::RequestUpdate(_)
+                    | Request::TransferRecord(_)
+                    | Request::Import(_)
+                    | Request::HoldSet(_)
+                    | Request::HoldClear(_)
+            ),
+        }
     }
 }
 

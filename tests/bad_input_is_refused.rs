@@ -459,6 +459,11 @@ fn other_uids_get_only_their_role() {
         Some(auditor),
     );
     assert!(read.status.success(), "{}", text(&read.stderr));
+    // A retention dry run changes nothing: an auditor may preview a pass, not run one.
+    let dry = ctl_as(&sock, &["retention", "run", "--dry-run"], Some(auditor));
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let e = assert_error(&ctl_as(&sock, &["retention", "run"], Some(auditor)));
+    assert!(e.contains("auditor"), "{e}");
     let e = assert_error(&ctl_as(&sock, &["status"], Some(stranger)));
     assert!(e.contains("no role"), "{e}");
     still_serving(&sock);

@@ -531,6 +531,13 @@ fn import_applies_every_line_and_reports_the_bad_one() {
     );
     assert_eq!(ok(&sock, &["request", "list"])[0]["due"], "2026-04-30");
 
+    // A byte-order mark before the first line (some editors write one) is not part of it.
+    let bom = net.path().join("bom.jsonl");
+    std::fs::write(&bom, "\u{feff}{\"op\":\"consent.grant\",\"subject\":\"bom@example.com\",\"purpose\":\"support\",\"basis\":\"contract\"}\n").unwrap();
+    assert_eq!(
+        ok(&sock, &["import", "--file", bom.to_str().unwrap()])["imported"],
+        1
+    );
     let bad = net.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"op\":\"consent.grant\",\"subject\":\"x@example.com\",\"purpose\":\"marketing\",\"basis\":\"vibes\"}\n").unwrap();
     let e = err(&sock, &["import", "--file", bad.to_str().unwrap()]);

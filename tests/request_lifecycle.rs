@@ -37,6 +37,9 @@ fn the_acceptance_example_gb_and_california() {
     let ca = open(&sock, "US-CA", "access", "2026-03-31T09:00:00Z");
     assert_eq!(ca["due"], "2026-05-15");
     assert_eq!(ca["due_rule"], "ccpa-45-days");
+    // The confirmation date is in the answer, as README shows (it was only in `request list`).
+    assert_eq!(ca["confirm_by"], "2026-04-14", "{ca}");
+    assert_eq!(gb["confirm_by"], serde_json::Value::Null, "{gb}");
     let ext = ok(
         &sock,
         &[
@@ -66,6 +69,12 @@ fn the_acceptance_example_gb_and_california() {
     );
     assert!(e.contains("too late"), "{e}");
 
+    // Due within N days means not overdue yet: both together listed nothing, silently.
+    let e = err(
+        &sock,
+        &["request", "list", "--overdue", "--due-within", "30d"],
+    );
+    assert!(e.contains("cannot be used with"), "{e}");
     let overdue = ok(
         &sock,
         &[
