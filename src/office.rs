@@ -1839,12 +1839,26 @@ impl<'o> Draft<'o> {
                 let restart = status == "identity_received"
                     && clock::restarts_on_identity(&r.jurisdiction, &r.kind);
                 let due = if restart {
-                    Some(
-                        self.office
-                            .clock
-                            .due(&r.jurisdiction, &r.kind, at)
-                            .map_err(|e| invalid(format!("request {}: {e}", doc_id_hex(&id))))?,
-                    )
+                    let clock = &self.office.clock;
+                    let bad =
+                        |e: clock::ClockError| invalid(format!("request {}: {e}", doc_id_hex(&id)));
+                    let base = clock.due(&r.jurisdiction, &r.kind, at).map_err(bad)?;
+                    if r.extension.is_none() {
+                        Some(base)
+                    } else {
+                        // An extension already announced holds from the new start too: the
+                        // restart gave the one-month deadline back while the person had been
+                        // told the extended one (found by an exploratory session). Where the
+                        // extension is a notified date, the later of that and the new deadline.
+                        match clock.extended(&r.jurisdiction, &r.kind, at, base.date, at, None) {
+                            Ok(extended) => Some(extended),
+                            Err(_) => {
+                                let current = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
+                                    .map_err(|e| OfficeError::Integrity(e.to_string()))?;
+                                (base.date > current).then_some(base)
+                            }
+                        }
+                    }
                 } else {
                     None
                 };

@@ -221,6 +221,36 @@ fn uk_identity_received_restarts_the_clock() {
         ]
     );
 
+    // Extended first, then restarted: the extension still holds from the new start (the
+    // restart gave the one-month deadline back; found by an exploratory session).
+    let r2 = open(&sock, "GB", "access", "2026-03-31T09:00:00Z");
+    let id2 = r2["id"].as_str().unwrap();
+    let ext = ok(
+        &sock,
+        &[
+            "request",
+            "extend",
+            id2,
+            "--reason",
+            "numerous requests",
+            "--at",
+            "2026-04-05T00:00:00Z",
+        ],
+    );
+    assert_eq!(ext["due"], "2026-06-30");
+    let update = |status: &str, at: &str| {
+        ok(
+            &sock,
+            &["request", "update", id2, "--status", status, "--at", at],
+        )
+    };
+    update("identity_requested", "2026-04-06T00:00:00Z");
+    let got = update("identity_received", "2026-04-10T12:00:00Z");
+    assert_eq!(
+        got["due"], "2026-07-10",
+        "three months from the restart: {got}"
+    );
+
     // Elsewhere the clock runs on from receipt.
     let de = open(&sock, "DE", "access", "2026-03-31T09:00:00Z");
     let de_id = de["id"].as_str().unwrap();
