@@ -543,10 +543,28 @@ async fn liveness(
     mut ping: Option<impl FnMut()>,
 ) {
     let mut stalled = false;
+    let mut failed = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
+        }
+        // A store that can write nothing more until it is opened again (`Store::write_failure`)
+        // is a stall no wait ends: reads go on, and systemd restarts the service.
+        if let Some(why) = office.store().write_failure() {
+            if !failed {
+                failed = true;
+                let then = if ping.is_some() {
+                    "withholding the watchdog ping so that systemd restarts consentd"
+                } else {
+                    "restart consentd"
+                };
+                tracing::error!(
+                    error = %why,
+                    "storage can write nothing more until it is opened again; {then} (acknowledged writes are durable, reads go on)"
+                );
+            }
+            continue;
         }
         match office.stalled(Instant::now(), stall_after) {
             None => {

@@ -1458,6 +1458,8 @@ impl Office {
             "envelopes": stats.envelopes,
             "tombstones": stats.tombstones,
             "digest": self.state_digest()?,
+            // Why no write can succeed until a restart (a full disk, say), or null.
+            "storage_failure": self.store.write_failure(),
             "replication": self.replication_state(),
             // Replicated records not readable here yet (waiting for their key or the rest of
             // their history); counted up to PENDING_COUNT_MAX.

@@ -1213,6 +1213,24 @@ impl Store {
         })
     }
 
+    /// Why the store can write nothing more until it is opened again, if it cannot: the file
+    /// could not be written or synced (`syncer.rs`), or a commit failed on an I/O error (redb
+    /// then refuses every write: "previous I/O error"). Reads go on. A daemon reports it and
+    /// stops pinging its watchdog, so systemd restarts it: after a full disk had space again,
+    /// every write still failed until a restart, and nothing said so (found by an exploratory
+    /// session).
+    pub fn write_failure(&self) -> Option<String> {
+        let shared = &self.inner.shared;
+        if let Some(f) = shared.syncer.as_ref().and_then(|s| s.failure()) {
+            return Some(f.to_string());
+        }
+        shared
+            .io_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// What the store holds for replication, in O(1) (`sys`'s counters and [`layout::HashSum`]s,
     /// kept in the write transactions), from one snapshot.
     pub fn held_sets(&self) -> Result<HeldSets> {
@@ -1727,6 +1745,10 @@ mod tests {
             "a failed commit is seen"
         );
         assert_eq!(store.stats().unwrap().commits_failed, 2);
+        let why = store
+            .write_failure()
+            .expect("the store says it cannot write");
+        assert!(why.contains("injected write failure"), "{why}");
         drop(syncer);
         store.shutdown();
         drop(store);
@@ -1735,6 +1757,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert!(store.projection(&[1; 16]).unwrap().is_some());
         assert_eq!(store.projection(&[3; 16]).unwrap(), None);
+        assert_eq!(store.write_failure(), None, "reopened, it writes again");
     }
 
     /// The journal may name changes a snapshot does not hold (published before their commit, or

@@ -139,6 +139,10 @@ pub(crate) struct Shared {
     pub syncer: Option<Arc<Syncer>>,
     /// The snapshot of the newest durable commit, which every read uses (`Store::read`).
     pub view: Mutex<Option<View>>,
+    /// The I/O error that failed a commit (a full disk, say): redb then refuses every later
+    /// write transaction ("previous I/O error") until the database is opened again, so the
+    /// store can write nothing more until a restart (`Store::write_failure`).
+    pub io_failure: Mutex<Option<String>>,
     /// Numbers the snapshots in commit order ([`Shared::publish`]).
     pub views_made: AtomicU64,
 }
@@ -501,6 +505,14 @@ pub(crate) fn run(db: Arc<RwLock<Database>>, mut rx: mpsc::Receiver<Request>, sh
                     error = %e,
                     "group commit failed; every batch in it is rejected"
                 );
+                if let StorageError::Database {
+                    source: redb::Error::Io(_) | redb::Error::PreviousIo,
+                    ..
+                } = &e
+                {
+                    let mut failure = shared.io_failure.lock().unwrap_or_else(|p| p.into_inner());
+                    failure.get_or_insert_with(|| e.to_string());
+                }
                 // Once the file could not be written, part of this commit may have reached it
                 // before redb saw the error: not "not written", but "may or may not be durable".
                 let failure = shared.syncer.as_ref().and_then(|s| s.failure());
