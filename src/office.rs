@@ -2470,6 +2470,13 @@ fn check_jurisdiction(code: &str) -> Result<()> {
             &code[..2]
         )));
     }
+    if let Some(state) = code.strip_prefix("US-") {
+        if vocab::US_SUBDIVISIONS.binary_search(&state).is_err() {
+            return Err(invalid(format!(
+                "unknown US state {state:?} in jurisdiction {code:?}: use its two-letter code, such as US-CA or US-NY"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -2866,6 +2873,7 @@ mod tests {
             "XX",
             "ZZ-ZZ",
             "EU",
+            "US-ZZ",
         ] {
             assert!(check_jurisdiction(bad).is_err(), "{bad}");
         }

@@ -6,6 +6,15 @@
 //! one-line error naming the allowed words instead of a record nobody can query later. Words are
 //! lowercase snake_case because they appear on command lines and in JSON.
 
+/// The United States' ISO 3166-2 subdivisions (50 states, DC, and the outlying areas), sorted:
+/// `US-XX` must name one (`US-ZZ` was taken under the company-policy rule).
+pub const US_SUBDIVISIONS: &[&str] = &[
+    "AK", "AL", "AR", "AS", "AZ", "CA", "CO", "CT", "DC", "DE", "FL", "GA", "GU", "HI", "IA", "ID",
+    "IL", "IN", "KS", "KY", "LA", "MA", "MD", "ME", "MI", "MN", "MO", "MP", "MS", "MT", "NC", "ND",
+    "NE", "NH", "NJ", "NM", "NV", "NY", "OH", "OK", "OR", "PA", "PR", "RI", "SC", "SD", "TN", "TX",
+    "UM", "UT", "VA", "VI", "VT", "WA", "WI", "WV", "WY",
+];
+
 /// The officially assigned ISO 3166-1 alpha-2 country codes (249), sorted: a jurisdiction's
 /// first two letters must be one of them (`XX` was taken as a transfer's destination).
 pub const COUNTRIES: &[&str] = &[
