@@ -55,6 +55,17 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 #[error("{0}")]
 pub struct StartupError(pub String);
 
+impl StartupError {
+    /// Whether the office's database is open in another process (a running consentd): every
+    /// other check passed, so `consentd check-config` reports the config valid.
+    pub fn store_in_use(&self) -> bool {
+        self.0.starts_with(STORE_IN_USE)
+    }
+}
+
+/// How [`prepare`]'s error begins when the data directory's database is open elsewhere.
+const STORE_IN_USE: &str = "the database is already open in another process";
+
 fn fail(message: impl Into<String>) -> StartupError {
     StartupError(message.into())
 }
@@ -107,6 +118,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         )));
     }
     let index_key = keys::read_secret32(&config.index_key).map_err(|e| fail(e.to_string()))?;
+    let mut peers_seen = std::collections::BTreeSet::new();
     for peer in &config.peers {
         if roster.office(&peer.office).is_none() {
             return Err(fail(format!(
@@ -115,7 +127,40 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
                 config.roster.display()
             )));
         }
+        if !peers_seen.insert(&peer.office) {
+            return Err(fail(format!(
+                "config {}: peer {:?} is listed twice",
+                config_path.display(),
+                peer.office
+            )));
+        }
     }
+    // Another office's address would have this office dial itself for it, and fail to bind
+    // beside that office on one host.
+    if let Some(other) = roster
+        .offices()
+        .find(|o| o.id != config.office && o.address == config.listen)
+    {
+        return Err(fail(format!(
+            "config {}: listen {} is office {}'s address in the roster",
+            config_path.display(),
+            config.listen,
+            other.id
+        )));
+    }
+    // Checked here, not only when serving starts, so `consentd check-config` finds them too
+    // (found by an exploratory session: these passed it and failed later, or never).
+    crate::policy::TransferPolicy::from_config(&config.transfer)
+        .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?;
+    tracing_subscriber::EnvFilter::try_new(&config.log.filter).map_err(|e| {
+        fail(format!(
+            "config {}: [log] filter {:?}: {e}",
+            config_path.display(),
+            config.log.filter
+        ))
+    })?;
+    let schedule = crate::retention::schedule::Schedule::new(&config.retention.periods)
+        .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?;
 
     let calendars = match &config.clock.calendar_dir {
         Some(dir) => Calendars::with_overrides(dir).map_err(|e| fail(e.to_string()))?,
@@ -125,15 +170,22 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     let purposes = Purposes::new(&config.consent.purposes, &config.consent.marketing_purposes);
 
     create_private_dir(&config.data_dir)?;
-    let store = Store::open(&config.data_dir.join(DB_FILE))
-        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
+    let store = Store::open(&config.data_dir.join(DB_FILE)).map_err(|e| {
+        if e.is_in_use() {
+            fail(format!(
+                "{STORE_IN_USE}: data directory {} (a running consentd?)",
+                config.data_dir.display()
+            ))
+        } else {
+            fail(format!("data directory {}: {e}", config.data_dir.display()))
+        }
+    })?;
     claim_store(&store, &config, &roster.roster().network)?;
 
     let keys = crate::keystore::KeyStore::open(&config.data_dir, store.clone())
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     let retention = crate::retention::Settings {
-        schedule: crate::retention::schedule::Schedule::new(&config.retention.periods)
-            .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?,
+        schedule,
         compact_after: config.retention.compact_after_deletions,
         daily: config.retention.daily_pass,
         future_passes: config.retention.allow_future_passes,

@@ -113,6 +113,21 @@ fn area_matches(area: &str, code: &str) -> bool {
     area == "*" || area == code || (area == "EEA" && EU_MEMBER_STATES.contains(&code))
 }
 
+/// A rule's area: `*`, `EEA`, or a jurisdiction whose country is an assigned ISO 3166-1 code
+/// (`DEU` and `ZZ` were taken by `consentd check-config`; found by an exploratory session).
+fn is_area(area: &str) -> bool {
+    if area == "*" || area == "EEA" {
+        return true;
+    }
+    let country = area.split('-').next().unwrap_or("");
+    area.len() <= 8
+        && country.len() == 2
+        && crate::vocab::COUNTRIES.binary_search(&country).is_ok()
+        && area
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+}
+
 impl TransferPolicy {
     pub fn builtin() -> TransferPolicy {
         TransferPolicy::from_config(&TransferConfig::default()).expect("built-in policy is valid")
@@ -137,9 +152,19 @@ impl TransferPolicy {
                 })?;
             }
             for area in [&rule.from, &rule.to] {
-                if area.is_empty() || area.len() > 8 {
-                    return Err(format!("transfer.rule: invalid jurisdiction {area:?}"));
+                if !is_area(area) {
+                    return Err(format!(
+                        "transfer.rule {}→{}: {area:?} is not `*`, `EEA` or an ISO 3166 code such as DE or US-CA",
+                        rule.from, rule.to
+                    ));
                 }
+            }
+        }
+        for r in &config.resident {
+            if !is_area(r) || r == "*" || r == "EEA" {
+                return Err(format!(
+                    "transfer.resident: {r:?} is not an ISO 3166 country code such as CN"
+                ));
             }
         }
         let mut rules = config.rules.clone();
@@ -291,5 +316,22 @@ mod tests {
             }],
         };
         assert!(TransferPolicy::from_config(&bad).is_err());
+        for (from, to) in [("DEU", "US"), ("DE", "ZZ"), ("", "US")] {
+            let bad = TransferConfig {
+                resident: vec![],
+                rules: vec![PolicyRule {
+                    from: from.into(),
+                    to: to.into(),
+                    mechanism: "scc".into(),
+                    tia: false,
+                }],
+            };
+            assert!(TransferPolicy::from_config(&bad).is_err(), "{from}→{to}");
+        }
+        let bad = TransferConfig {
+            resident: vec!["XX".into()],
+            rules: vec![],
+        };
+        assert!(TransferPolicy::from_config(&bad).is_err(), "resident XX");
     }
 }

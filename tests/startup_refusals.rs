@@ -117,3 +117,77 @@ fn check_config_validates_without_serving() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!net.socket("de").exists());
 }
+
+fn check_config(net: &Net, office: &str) -> std::process::Output {
+    Command::new(CONSENTD)
+        .arg("check-config")
+        .arg("--config")
+        .arg(net.config(office))
+        .env("CONSENTD_LOG", "off")
+        .output()
+        .unwrap()
+}
+
+/// `check-config` checks what serving would refuse or get wrong later: transfer rules and
+/// residency, the log filter, peers listed twice, another office's address to listen on
+/// (each passed it; found by an exploratory session). And on a running office it checks all
+/// but the database the daemon holds (it failed: "Database already open").
+#[test]
+fn check_config_finds_what_serving_would_refuse_and_runs_beside_a_running_office() {
+    let net = Net::init("de,sg");
+    let sg_address = std::fs::read_to_string(net.config("sg"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = ").map(str::to_string))
+        .unwrap();
+    let original = std::fs::read_to_string(net.config("de")).unwrap();
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let cases: [(&str, Edit); 5] = [
+        (
+            "DEU",
+            Box::new(|t| {
+                t.replace(
+                    "[transfer]\n",
+                    "[transfer]\nrule = [{ from = \"DEU\", to = \"US\", mechanism = \"scc\" }]\n",
+                )
+            }),
+        ),
+        (
+            "resident",
+            Box::new(|t| t.replace("resident = [\"CN\"]", "resident = [\"XX\"]")),
+        ),
+        (
+            "filter",
+            Box::new(|t| t.replace("filter = \"info\"", "filter = \"nonsense=;;\"")),
+        ),
+        (
+            "listed twice",
+            Box::new(|t| {
+                // The [[peer]] table, up to the next table header.
+                let start = t.find("[[peer]]").unwrap();
+                let rest = &t[start + 1..];
+                let end = rest.find("\n[").map_or(t.len(), |i| start + 1 + i + 1);
+                format!("{t}\n{}", &t[start..end])
+            }),
+        ),
+        (
+            "office sg's address",
+            Box::new(move |t| {
+                let own = t.lines().find(|l| l.starts_with("listen = ")).unwrap();
+                t.replace(own, &format!("listen = {sg_address}"))
+            }),
+        ),
+    ];
+    for (needle, edit) in &cases {
+        std::fs::write(net.config("de"), edit(&original)).unwrap();
+        let out = check_config(&net, "de");
+        let e = assert_error(&out);
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    std::fs::write(net.config("de"), &original).unwrap();
+    let _d = net.start("de");
+    let out = check_config(&net, "de");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("in use by a running consentd"));
+    still_ok(&net);
+}

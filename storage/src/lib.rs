@@ -239,6 +239,20 @@ pub enum StorageError {
     CommitUnconfirmed,
 }
 
+impl StorageError {
+    /// Whether opening failed because another process holds the database open (a running
+    /// daemon): `consentd check-config` on a running office checks all but the database.
+    pub fn is_in_use(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Open {
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+                ..
+            }
+        )
+    }
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Attaches what we were doing to a redb error.
