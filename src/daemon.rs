@@ -603,14 +603,14 @@ async fn liveness(
         }
         // A store that can write nothing more until it is opened again (`Store::write_failure`)
         // is a stall no wait ends: reads go on, and systemd restarts the service.
+        let then = if ping.is_some() {
+            "withholding the watchdog ping so that systemd restarts consentd"
+        } else {
+            "restart consentd"
+        };
         if let Some(why) = office.store().write_failure() {
             if !failed {
                 failed = true;
-                let then = if ping.is_some() {
-                    "withholding the watchdog ping so that systemd restarts consentd"
-                } else {
-                    "restart consentd"
-                };
                 tracing::error!(
                     error = %why,
                     "storage can write nothing more until it is opened again; {then} (acknowledged writes are durable, reads go on)"
@@ -630,11 +630,6 @@ async fn liveness(
             }
             Some((work, waited)) if !stalled => {
                 stalled = true;
-                let then = if ping.is_some() {
-                    "withholding the watchdog ping so that systemd restarts consentd"
-                } else {
-                    "restart consentd"
-                };
                 tracing::error!(
                     oldest = work.name(),
                     waited_s = waited.as_secs(),

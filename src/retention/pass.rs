@@ -375,7 +375,7 @@ pub(crate) async fn apply_remote(
             // Read before purging: its subject's keys may become unused.
             let record = office.read_record(doc).ok().flatten();
             if let Some(r) = &record {
-                if let Some(d) = lock_token_of(office, r)? {
+                if let Some(d) = withdrawals::token(office, r)? {
                     tokens.push(d);
                 }
                 subjects.extend(subject_token(office, r)?);
@@ -409,17 +409,6 @@ pub(crate) async fn apply_remote(
         office.keys.request_rotation();
     }
     Ok(out)
-}
-
-fn lock_token_of(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
-    match record {
-        Record::Consent(c) => {
-            let subject = Subject::parse(&c.subject)
-                .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
-            Ok(Some(office.hasher.consent_token(&subject, &c.purpose)))
-        }
-        _ => Ok(None),
-    }
 }
 
 /// [`delete`] for callers that do not hold the pass lock (erasure), with the keys of `subject`
