@@ -550,13 +550,21 @@ impl Office {
                     // under 18 is the person's, not one purpose's: flagged on `support`, a
                     // `marketing` grant without the flag was taken; found by an exploratory
                     // session), unless this purpose's record holds a parent's consent.
-                    let records = self.records_by_key(&self.hasher.subject_token(&subject))?;
-                    let consents = records.iter().filter_map(|(_, r)| match r {
-                        Record::Consent(c) => Some(c),
-                        _ => None,
-                    });
+                    // The flags are plain in the projections: nothing is unwrapped or opened
+                    // (this runs before every such marketing grant).
                     let (mut known_minor, mut parent_consented) = (false, false);
-                    for c in consents {
+                    for (_, kind, bytes) in self
+                        .store
+                        .projections_by_key(&self.hasher.subject_token(&subject))?
+                    {
+                        if kind != crate::record::KIND_CONSENT {
+                            continue;
+                        }
+                        let Record::Consent(c) =
+                            Record::from_projection(&bytes).map_err(OfficeError::Integrity)?
+                        else {
+                            continue;
+                        };
                         known_minor |= c.minor;
                         parent_consented |= c.purpose == a.purpose && c.parental_consent.is_some();
                     }

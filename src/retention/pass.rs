@@ -235,13 +235,6 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
     Ok(report)
 }
 
-/// Lock keys of a record: its id (request, transfer and hold writes) and, for a consent
-/// record, its (subject, purpose) token (consent writes).
-/// The consent token a deletion must hold (so no grant appends to a record being deleted).
-fn lock_token(office: &Office, d: &Deletion) -> Result<Option<[u8; 32]>> {
-    withdrawals::token(office, &d.record)
-}
-
 /// Deletes records through signed tombstones (module docs), destroying the keys of their
 /// subjects that no remaining record is sealed under in the same durable batch, then the unused
 /// keys of `subjects`; then rotates the KEK if keys were destroyed. Callers hold
@@ -262,7 +255,9 @@ async fn delete(
     for chunk in todo.chunks(DELETE_CHUNK) {
         let mut tokens = Vec::new();
         for d in chunk {
-            tokens.extend(lock_token(office, d)?);
+            // A deletion holds its record's id and, for a consent record, its consent token
+            // (consent writes take it), so no grant appends to a record being deleted.
+            tokens.extend(withdrawals::token(office, &d.record)?);
         }
         tokens.sort_unstable();
         tokens.dedup();
@@ -281,7 +276,7 @@ async fn delete(
         // With the consents' locks held: no deletion may turn an answer "granted".
         let turning = withdrawals::tokens_turning_granted(office, chunk)?;
         for d in chunk {
-            if lock_token(office, d)?.is_some_and(|t| turning.contains(&t)) {
+            if withdrawals::token(office, &d.record)?.is_some_and(|t| turning.contains(&t)) {
                 tracing::info!(
                     "a withdrawal kept: the grant it decides for is not deleted with it"
                 );
