@@ -77,6 +77,9 @@ pub struct Prepared {
     /// The QUIC transport key (checked against the roster), for replication.
     pub transport: ed25519_dalek::SigningKey,
     pub roster: Arc<consentd_sync::VerifiedRoster>,
+    /// What the config leaves undone though valid ([`assessment_warnings`]): `check-config`
+    /// prints them, the daemon logs them at start.
+    pub warnings: Vec<String>,
 }
 
 /// Loads and checks everything; opens the store. Touches no socket.
@@ -150,8 +153,9 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     }
     // Checked here, not only when serving starts, so `consentd check-config` finds them too
     // (found by an exploratory session: these passed it and failed later, or never).
-    crate::policy::TransferPolicy::from_config(&config.transfer)
+    let policy = crate::policy::TransferPolicy::from_config(&config.transfer)
         .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?;
+    let warnings = assessment_warnings(&config, &roster, &policy);
     tracing_subscriber::EnvFilter::try_new(&config.log.filter).map_err(|e| {
         fail(format!(
             "config {}: [log] filter {:?}: {e}",
@@ -216,7 +220,36 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         office: Arc::new(office),
         transport,
         roster: Arc::new(roster),
+        warnings,
     })
+}
+
+/// What a valid config still leaves undone, one line each: the peers this office's own records
+/// reach under a rule that needs a transfer impact assessment none is named for (replication
+/// still sends them, as the policy allows, and records each move without a TIA, which
+/// `audit report` then counts).
+fn assessment_warnings(
+    config: &Config,
+    roster: &consentd_sync::VerifiedRoster,
+    policy: &crate::policy::TransferPolicy,
+) -> Vec<String> {
+    let peers: Vec<(&str, &str)> = config
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let o = roster.office(&p.office)?;
+            Some((p.office.as_str(), o.jurisdiction.as_str()))
+        })
+        .collect();
+    policy
+        .missing_assessments(&config.jurisdiction, peers)
+        .into_iter()
+        .map(|(office, to, mechanism)| {
+            format!(
+                "office {office} ({to}) receives this office's records under {mechanism}, which needs a transfer impact assessment, and [transfer.assessments] names none for {to}: each move is recorded without one"
+            )
+        })
+        .collect()
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StartupError> {
@@ -294,7 +327,11 @@ pub async fn run(
         office,
         transport,
         roster,
+        warnings,
     } = prepared;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let (listener, activated) = match activated_control_socket(&config)? {
         Some(listener) => (listener, true),
         None => (bind_control_socket(&config)?, false),

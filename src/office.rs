@@ -1335,7 +1335,7 @@ impl Office {
                     continue; // reported before
                 }
                 groups
-                    .entry((e.to_office, e.to_jurisdiction, e.status, e.detail))
+                    .entry((e.to_office, e.to_jurisdiction, e.status, e.detail, e.tia))
                     .or_default()
                     .push((id, e.categories));
             }
@@ -1345,7 +1345,7 @@ impl Office {
         let mut reported = 0;
         let now = fmt_time(Utc::now());
         let mut ops = Vec::new();
-        for ((to_office, to, status, detail), records) in groups {
+        for ((to_office, to, status, detail, tia), records) in groups {
             for chunk in records.chunks(TRANSFER_EVENT_RECORDS_MAX) {
                 let mut categories: Vec<String> =
                     chunk.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
@@ -1366,7 +1366,7 @@ impl Office {
                     } else {
                         detail.clone()
                     },
-                    tia: None,
+                    tia: tia.clone(),
                     at: now.clone(),
                     office: self.id.clone(),
                     records: chunk.iter().map(|(id, _)| id.clone()).collect(),
@@ -2282,8 +2282,9 @@ pub(crate) fn transfer_marker_layout_2(record: &str, to: &str, status: &str) -> 
     h.finalize().into()
 }
 
-/// Transfer events recorded together: (to office, to jurisdiction, status, mechanism or reason).
-type EventGroup = (String, String, &'static str, String);
+/// Transfer events recorded together: (to office, to jurisdiction, status, mechanism or reason,
+/// TIA reference).
+type EventGroup = (String, String, &'static str, String, Option<String>);
 /// One record of a group: (record id, categories).
 type EventRecord = (String, Vec<String>);
 
@@ -2297,6 +2298,8 @@ pub struct TransferEvent {
     pub status: &'static str,
     /// The mechanism that allowed it, or for a refusal the reason.
     pub detail: String,
+    /// The transfer impact assessment on file for a move whose rule needs one.
+    pub tia: Option<String>,
     pub categories: Vec<String>,
 }
 

@@ -10,11 +10,17 @@
 //! localisation) never leaves it. A pair the table does not name is forbidden: a transfer nobody
 //! decided on is not made.
 
+use std::collections::BTreeMap;
+
 use crate::clock::EU_MEMBER_STATES;
 use serde::{Deserialize, Serialize};
 
 /// Most rules in a configured policy.
 pub const POLICY_RULES_MAX: usize = 1024;
+/// Most transfer impact assessments named in a config.
+pub const ASSESSMENTS_MAX: usize = 1024;
+/// Longest reference of one assessment, in bytes.
+pub const ASSESSMENT_REF_BYTES_MAX: usize = 200;
 
 /// One row: data may move `from` → `to` under `mechanism` (`forbidden` refuses it).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,12 @@ pub struct TransferConfig {
     /// Rules checked before the built-in table.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
+    /// The transfer impact assessments on file, by destination area (`US`, `US-CA`, `EEA` or
+    /// `*`): the reference replication records with every transfer whose rule needs one.
+    /// Without it such a transfer is still made (policy allows it), recorded without a TIA, and
+    /// `audit report` counts it as one lacking its assessment, as it is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assessments: BTreeMap<String, String>,
 }
 
 impl Default for TransferConfig {
@@ -47,6 +59,7 @@ impl Default for TransferConfig {
         TransferConfig {
             resident: default_resident(),
             rules: Vec::new(),
+            assessments: BTreeMap::new(),
         }
     }
 }
@@ -65,6 +78,9 @@ pub enum Verdict {
     Allowed {
         mechanism: String,
         tia_required: bool,
+        /// The reference of the assessment on file for the destination (`[transfer.assessments]`),
+        /// when one is required.
+        assessment: Option<String>,
     },
     Forbidden {
         reason: String,
@@ -82,6 +98,7 @@ impl Verdict {
 pub struct TransferPolicy {
     rules: Vec<PolicyRule>,
     resident: Vec<String>,
+    assessments: BTreeMap<String, String>,
 }
 
 /// The built-in table (privacy statement §4.4, §5).
@@ -167,12 +184,67 @@ impl TransferPolicy {
                 ));
             }
         }
+        if config.assessments.len() > ASSESSMENTS_MAX {
+            return Err(format!(
+                "transfer.assessments: more than {ASSESSMENTS_MAX} entries"
+            ));
+        }
+        for (area, reference) in &config.assessments {
+            if !is_area(area) {
+                return Err(format!(
+                    "transfer.assessments: {area:?} is not `*`, `EEA` or an ISO 3166 code such as US or US-CA"
+                ));
+            }
+            let printable = !reference.chars().any(crate::office::unprintable);
+            if reference.trim().is_empty()
+                || reference.len() > ASSESSMENT_REF_BYTES_MAX
+                || !printable
+            {
+                return Err(format!(
+                    "transfer.assessments.{area}: the reference must be 1 to {ASSESSMENT_REF_BYTES_MAX} bytes of printable text, such as \"TIA-2026-07\""
+                ));
+            }
+        }
         let mut rules = config.rules.clone();
         rules.extend(builtin_rules());
         Ok(TransferPolicy {
             rules,
             resident: config.resident.clone(),
+            assessments: config.assessments.clone(),
         })
+    }
+
+    /// The assessment on file for transfers to `to`: the most specific area that names it
+    /// (the jurisdiction, its country, `EEA`, then `*`).
+    fn assessment_for(&self, to: &str) -> Option<String> {
+        let country = to.split('-').next().unwrap_or(to);
+        let eea = EU_MEMBER_STATES.contains(&country).then_some("EEA");
+        [Some(to), Some(country), eea, Some("*")]
+            .into_iter()
+            .flatten()
+            .find_map(|area| self.assessments.get(area))
+            .cloned()
+    }
+
+    /// The offices in `peers` (office, jurisdiction) that this office's own records reach under
+    /// a rule needing a transfer impact assessment none is named for: (office, jurisdiction,
+    /// mechanism). Start-up and `consentd check-config` warn of them.
+    pub fn missing_assessments<'a>(
+        &self,
+        own: &str,
+        peers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(String, String, String)> {
+        peers
+            .into_iter()
+            .filter_map(|(office, to)| match self.decide(own, own, to, true) {
+                Verdict::Allowed {
+                    mechanism,
+                    tia_required: true,
+                    assessment: None,
+                } => Some((office.to_string(), to.to_string(), mechanism)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// May personal data that originated in `origin` move from an office in `from` to one in `to`?
@@ -220,6 +292,7 @@ impl TransferPolicy {
             Some(r) => Verdict::Allowed {
                 mechanism: r.mechanism.clone(),
                 tia_required: r.tia,
+                assessment: if r.tia { self.assessment_for(to) } else { None },
             },
             None => Verdict::Forbidden {
                 reason: format!("no transfer mechanism is configured for {from}→{to}"),
@@ -236,6 +309,7 @@ mod tests {
         Verdict::Allowed {
             mechanism: m.into(),
             tia_required: tia,
+            assessment: None,
         }
     }
 
@@ -267,7 +341,7 @@ mod tests {
         );
         let open = TransferPolicy::from_config(&TransferConfig {
             resident: vec![],
-            rules: vec![],
+            ..TransferConfig::default()
         })
         .unwrap();
         assert_eq!(
@@ -294,6 +368,7 @@ mod tests {
                     tia: false,
                 },
             ],
+            ..TransferConfig::default()
         };
         let p = TransferPolicy::from_config(&cfg).unwrap();
         assert_eq!(p.decide("DE", "DE", "US", true), allowed("adequacy", false));
@@ -314,6 +389,7 @@ mod tests {
                 mechanism: "handshake".into(),
                 tia: false,
             }],
+            ..TransferConfig::default()
         };
         assert!(TransferPolicy::from_config(&bad).is_err());
         for (from, to) in [("DEU", "US"), ("DE", "ZZ"), ("", "US")] {
@@ -325,13 +401,76 @@ mod tests {
                     mechanism: "scc".into(),
                     tia: false,
                 }],
+                ..TransferConfig::default()
             };
             assert!(TransferPolicy::from_config(&bad).is_err(), "{from}→{to}");
         }
         let bad = TransferConfig {
             resident: vec!["XX".into()],
-            rules: vec![],
+            ..TransferConfig::default()
         };
         assert!(TransferPolicy::from_config(&bad).is_err(), "resident XX");
+    }
+
+    #[test]
+    fn assessments_name_the_most_specific_destination_and_are_checked() {
+        let cfg = |pairs: &[(&str, &str)]| TransferConfig {
+            assessments: pairs
+                .iter()
+                .map(|(a, r)| (a.to_string(), r.to_string()))
+                .collect(),
+            ..TransferConfig::default()
+        };
+        let p = TransferPolicy::from_config(&cfg(&[
+            ("US", "TIA-US"),
+            ("US-CA", "TIA-CA"),
+            ("*", "TIA-ANY"),
+        ]))
+        .unwrap();
+        let with = |m: &str, r: Option<&str>| Verdict::Allowed {
+            mechanism: m.into(),
+            tia_required: true,
+            assessment: r.map(String::from),
+        };
+        assert_eq!(
+            p.decide("DE", "DE", "US", true),
+            with("scc", Some("TIA-US"))
+        );
+        assert_eq!(
+            p.decide("DE", "DE", "US-CA", true),
+            with("scc", Some("TIA-CA"))
+        );
+        assert_eq!(
+            p.decide("DE", "DE", "US-NY", true),
+            with("scc", Some("TIA-US"))
+        );
+        assert_eq!(
+            p.decide("GB", "GB", "SG", true),
+            with("scc", Some("TIA-ANY"))
+        );
+        // No assessment where the rule needs none.
+        assert_eq!(p.decide("SG", "SG", "US", true), allowed("bcr", false));
+        assert_eq!(p.decide("DE", "DE", "GB", true), allowed("adequacy", false));
+
+        let p = TransferPolicy::from_config(&cfg(&[("US", "TIA-US")])).unwrap();
+        let peers = [("us", "US"), ("sg", "SG"), ("uk", "GB"), ("nl", "NL")];
+        assert_eq!(
+            p.missing_assessments("DE", peers),
+            vec![("sg".to_string(), "SG".to_string(), "scc".to_string())]
+        );
+        assert!(
+            p.missing_assessments("US", peers).is_empty(),
+            "bcr needs none"
+        );
+
+        for bad in [
+            cfg(&[("USA", "TIA")]),
+            cfg(&[("US", "")]),
+            cfg(&[("US", "  ")]),
+            cfg(&[("US", "TIA\nforged")]),
+            cfg(&[("US", &"x".repeat(ASSESSMENT_REF_BYTES_MAX + 1))]),
+        ] {
+            assert!(TransferPolicy::from_config(&bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -935,7 +935,7 @@ impl Replicator {
 
     /// Queues a transfer event for `doc` and `peer` (recorded once, by the events task).
     fn raise(&self, doc: &DocId, info: &DocInfo, peer: &str, status: &'static str, detail: String) {
-        if let Some(event) = self.transfer_event(doc, info, peer, status, detail) {
+        if let Some(event) = self.transfer_event(doc, info, peer, status, detail, None) {
             self.queue_events([event]);
         }
     }
@@ -948,6 +948,7 @@ impl Replicator {
         peer: &str,
         status: &'static str,
         detail: String,
+        tia: Option<String>,
     ) -> Option<TransferEvent> {
         {
             let mut raised = lock(&self.raised);
@@ -964,6 +965,7 @@ impl Replicator {
             to_jurisdiction: self.jurisdiction_of(peer),
             status,
             detail,
+            tia,
             categories: info
                 .categories
                 .clone()
@@ -1006,9 +1008,11 @@ impl Replicator {
         let sets = lock(&self.sets);
         let info = sets.docs.get(doc)?;
         match self.verdict(info, peer) {
-            Verdict::Allowed { mechanism, .. } => {
-                self.transfer_event(doc, info, peer, "transferred", mechanism)
-            }
+            Verdict::Allowed {
+                mechanism,
+                assessment,
+                ..
+            } => self.transfer_event(doc, info, peer, "transferred", mechanism, assessment),
             _ => None,
         }
     }
@@ -2357,7 +2361,7 @@ mod tests {
         let event = |i: u32| {
             let mut doc = [0u8; 16];
             doc[..4].copy_from_slice(&i.to_le_bytes());
-            rep.transfer_event(&doc, &info, "nl", "transferred", "adequacy".into())
+            rep.transfer_event(&doc, &info, "nl", "transferred", "adequacy".into(), None)
         };
         let filling: Vec<TransferEvent> = (0..EVENTS_QUEUED_MAX as u32)
             .map(|i| event(i).expect("a first move raises its event"))

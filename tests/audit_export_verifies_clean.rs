@@ -33,16 +33,7 @@ fn a_clean_export_of_thousands_of_records_verifies_and_counts_by_office_and_kind
     assert_eq!(report["failures_total"], 0);
 
     // The report runs on the same bundle: every request is open and overdue as of export.
-    let rep = ok(
-        &net.socket("de"),
-        &[
-            "audit",
-            "report",
-            bundle.to_str().unwrap(),
-            "--root-pub",
-            root.to_str().unwrap(),
-        ],
-    );
+    let rep = audit_report(&net, "de", &bundle);
     assert_eq!(rep["requests"][0]["office"], "de");
     assert_eq!(rep["requests"][0]["total"], 1000);
     assert_eq!(rep["transfers"][0]["without_tia"], 0);

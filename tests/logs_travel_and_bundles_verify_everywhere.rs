@@ -194,16 +194,7 @@ fn bundles_from_every_office_verify_and_name_what_policy_withheld() {
     // cn's signed refusals are not transfers: `audit report` counted each as one "without
     // mechanism" leaving China (found by an exploratory session).
     let root = net.path().join("root.pub");
-    let report = ok(
-        &net.socket("de"),
-        &[
-            "audit",
-            "report",
-            bundles[1].1.to_str().unwrap(),
-            "--root-pub",
-            root.to_str().unwrap(),
-        ],
-    );
+    let report = audit_report(&net, "de", &bundles[1].1);
     for row in report["transfers"].as_array().unwrap() {
         if row["office"] == "cn" {
             assert_eq!(row["without_mechanism"], 0, "{row}");

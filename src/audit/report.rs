@@ -34,8 +34,24 @@ pub const EEA: &[&str] = &[
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
     "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
 ];
-/// Mechanisms that need a transfer impact assessment beside them (Schrems II, C-311/18).
+/// Mechanisms that need a transfer impact assessment beside them when data leaves the EEA or
+/// the UK (Schrems II, C-311/18; the UK's transfer risk assessment).
 pub const MECHANISMS_NEEDING_TIA: &[&str] = &["scc", "bcr"];
+
+/// Whether a transfer from `from` to `to` under `mechanism` needs an impact assessment: one
+/// leaving the EEA or the UK (GDPR / UK GDPR protection) under a mechanism in
+/// [`MECHANISMS_NEEDING_TIA`], or one leaving China under a CN instrument (PIPL art. 55: a
+/// personal-information protection impact assessment). The built-in transfer policy
+/// (`policy.rs`) marks the same routes; a transfer between two offices outside both, under the
+/// intra-group agreement, needs none (counted as one lacking it, every replicated move between
+/// non-EEA offices was a finding no config could clear).
+fn needs_tia(from: &str, to: &str, mechanism: &str) -> bool {
+    let protected = |j: &str| EEA.contains(&country(j)) || country(j) == "GB";
+    let leaves_protection =
+        protected(from) && !protected(to) && MECHANISMS_NEEDING_TIA.contains(&mechanism);
+    let leaves_cn = country(from) == "CN" && country(to) != "CN" && mechanism.starts_with("cn_");
+    leaves_protection || leaves_cn
+}
 
 fn country(j: &str) -> &str {
     j.get(..2).unwrap_or(j)
@@ -189,7 +205,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                 let leaves_cn = country(&t.from) == "CN" && country(&t.to) != "CN";
                 let no_mechanism = (leaves_eea && t.mechanism == "none_required")
                     || (leaves_cn && !t.mechanism.starts_with("cn_"));
-                let no_tia = MECHANISMS_NEEDING_TIA.contains(&t.mechanism.as_str())
+                let no_tia = needs_tia(&t.from, &t.to, &t.mechanism)
                     && t.tia.as_deref().is_none_or(|s| s.trim().is_empty());
                 if no_mechanism {
                     row.without_mechanism += 1;
@@ -434,4 +450,33 @@ pub fn csv(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_tia;
+
+    #[test]
+    fn an_impact_assessment_is_needed_where_data_leaves_gdpr_or_pipl_protection() {
+        for (from, to, mechanism, needed) in [
+            ("DE", "US", "scc", true),
+            ("NL", "SG", "bcr", true),
+            ("GB", "US-CA", "scc", true),
+            ("DE", "US", "adequacy", false),
+            ("DE", "GB", "scc", false),
+            ("GB", "NL", "bcr", false),
+            ("US", "SG", "bcr", false),
+            ("SG", "DE", "bcr", false),
+            ("US", "AU", "scc", false),
+            ("CN", "SG", "cn_standard_contract", true),
+            ("CN", "CN", "cn_standard_contract", false),
+            ("CN", "SG", "bcr", false), // no CN instrument: counted as lacking a mechanism
+        ] {
+            assert_eq!(
+                needs_tia(from, to, mechanism),
+                needed,
+                "{from}→{to} under {mechanism}"
+            );
+        }
+    }
 }

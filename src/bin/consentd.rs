@@ -73,6 +73,9 @@ fn main() {
         (None, Some(Command::CheckConfig { config })) => match consentd::daemon::prepare(&config) {
             Ok(p) => {
                 p.office.store().shutdown();
+                for warning in &p.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("config {} is valid for office {}", config.display(), p.config.office);
                 Ok(())
             }

@@ -420,6 +420,7 @@ mod tests {
                 to_jurisdiction: "NL".into(),
                 status: "transferred",
                 detail: "adequacy".into(),
+                tia: None,
                 categories: vec!["contact".into()],
             })
             .collect()

@@ -65,6 +65,22 @@ pub fn verified(net: &Net, office: &str, bundle: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `consentctl audit report BUNDLE --root-pub` with the network's root key, through `office`'s
+/// consentctl: asserts it succeeds and returns its JSON tables.
+pub fn audit_report(net: &Net, office: &str, bundle: &Path) -> Value {
+    let root = net.path().join("root.pub");
+    ok(
+        &net.socket(office),
+        &[
+            "audit",
+            "report",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            root.to_str().unwrap(),
+        ],
+    )
+}
+
 pub fn root_pub(net: &Net) -> VerifyingKey {
     consentd_sync::keys::read_public_key(net.path().join("root.pub").to_str().unwrap()).unwrap()
 }
