@@ -1774,6 +1774,43 @@ mod tests {
         assert_eq!(store.write_failure(), None, "reopened, it writes again");
     }
 
+    /// A commit whose write fails inside redb (a full disk as redb meets it) fails, and redb
+    /// then refuses every later write ("previous I/O error") though the syncer is healthy:
+    /// `write_failure` says so, so the daemon reports it and stops its watchdog pings, while
+    /// reads go on. Reopened, the store writes again.
+    #[test]
+    fn a_commit_that_fails_on_an_io_error_leaves_the_store_saying_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        store.commit_blocking(grant(1)).unwrap();
+        assert_eq!(store.write_failure(), None);
+        let syncer = Arc::clone(store.inner.shared.syncer.as_ref().unwrap());
+        syncer.fail_next_write();
+        let failed = store.commit_blocking(grant(2));
+        assert!(
+            matches!(failed, Err(StorageError::CommitFailed(_))),
+            "{failed:?}"
+        );
+        assert!(syncer.failure().is_none(), "the syncer itself is healthy");
+        let why = store
+            .write_failure()
+            .expect("a failed commit's I/O error leaves the store unable to write");
+        assert!(why.contains("No space left"), "{why}");
+        let after = store.commit_blocking(grant(3));
+        assert!(after.is_err(), "redb refuses writes after an I/O error");
+        assert!(store.projection(&[1; 16]).unwrap().is_some(), "reads go on");
+        assert_eq!(store.projection(&[2; 16]).unwrap(), None);
+        drop(syncer);
+        store.shutdown();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.write_failure(), None, "reopened, it writes again");
+        store.commit_blocking(grant(3)).unwrap();
+        assert!(store.projection(&[1; 16]).unwrap().is_some());
+        assert!(store.projection(&[3; 16]).unwrap().is_some());
+    }
+
     /// The journal may name changes a snapshot does not hold (published before their commit, or
     /// purged since). A page of `envelope_hashes_after` skips them, and a page whose journal
     /// entries were all such still ends where that source was read to, so no held hash past

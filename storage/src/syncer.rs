@@ -139,6 +139,8 @@ struct State {
     paused: bool,
     #[cfg(test)]
     fail_next_sync: bool,
+    #[cfg(test)]
+    fail_next_write: bool,
 }
 
 /// The state shared by the [`Backend`] redb writes through and the syncer thread.
@@ -353,11 +355,22 @@ impl Syncer {
         self.lock().fail_next_sync = true;
     }
 
+    /// Test hook: fail redb's next write through the backend (a full disk as redb meets it,
+    /// inside a commit, rather than behind it in the syncer).
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&self) {
+        self.lock().fail_next_write = true;
+    }
+
     /// Buffers `op` or, when no generation waits, applies it to the file at once.
     fn write_op(&self, op: Op) -> std::io::Result<()> {
         let mut s = self.lock();
         if let Some(failed) = &s.failed {
             return Err(std::io::Error::other(failed.to_string()));
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut s.fail_next_write) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
         }
         match &op {
             Op::SetLen(len) => s.len = *len,
