@@ -100,3 +100,136 @@ fn an_export_leaves_out_envelopes_no_checkpoint_logs_yet_and_verifies() {
         "{report}"
     );
 }
+
+/// The case leaving out cannot mend: a change logged by its author (de itself) made on another
+/// office's change that no checkpoint logs yet. Left out, its leaf fails `log_completeness`;
+/// carried, the change under it fails `log_inclusion`. The bundle was written anyway and failed
+/// `audit verify`, with only a warning in de's log. Now the export fails with one line naming
+/// the office whose checkpoint it waits for (after `consentctl` tried again for 10 s), leaves
+/// no file, and succeeds once that office is back.
+#[test]
+fn an_export_waiting_for_another_office_s_checkpoint_fails_rather_than_write_a_bad_bundle() {
+    let net = Net::init("de,uk");
+    let uk = net.start("uk");
+    let id = ok(
+        &net.socket("uk"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "lee@example.com",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(uk.stop());
+    // uk's envelopes, and the record's subject key as replication sends it (so de can open the
+    // record and write on it).
+    let doc: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
+    let mut items: Vec<(consentd_sync::SetKind, Vec<u8>)> = Vec::new();
+    {
+        let store =
+            consentd_storage::Store::open(&net.data_dir("uk").join("consentd.redb")).unwrap();
+        for e in store.doc_envelopes(&doc).unwrap() {
+            items.push((consentd_sync::SetKind::Envelopes, e));
+        }
+        let key_ids: Vec<_> = store
+            .snapshot()
+            .unwrap()
+            .keys_after(None, 16)
+            .unwrap()
+            .into_iter()
+            .map(|(kid, _, _)| kid)
+            .collect();
+        assert_eq!(key_ids.len(), 1, "one subject, one key");
+        let keys = consentd::keystore::KeyStore::open(&net.data_dir("uk"), store.clone()).unwrap();
+        let key = keys.key(&key_ids[0]).unwrap();
+        let mut blob = consentd::replicate::KEY_BLOB_MAGIC.to_vec();
+        blob.extend_from_slice(&key_ids[0]);
+        blob.extend_from_slice(&key[..]);
+        items.push((consentd_sync::SetKind::Keys, blob));
+        drop(keys);
+        store.shutdown();
+    }
+
+    let _de = net.start("de");
+    let granted = || {
+        ok(
+            &net.socket("de"),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "lee@example.com",
+                "--purpose",
+                "support",
+            ],
+        )["granted"]
+            == true
+    };
+    let runtime = peer::runtime();
+    runtime.block_on(peer::push_items(
+        net.path(),
+        "uk",
+        "uk",
+        "de",
+        items,
+        granted,
+    ));
+    drop(runtime);
+    assert!(granted(), "de opened uk's record");
+    // de writes on uk's record: its change depends on uk's, which no checkpoint at de logs.
+    let withdrawn = ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "lee@example.com",
+            "--purpose",
+            "support",
+        ],
+    );
+    assert_eq!(withdrawn["id"], id.as_str(), "the same record: {withdrawn}");
+
+    let out = net.path().join("waiting.jsonl");
+    let e = err(
+        &net.socket("de"),
+        &["audit", "export", "--out", out.to_str().unwrap()],
+    );
+    assert!(
+        e.contains("logged change(s) depend on changes their author's checkpoint does not log yet (office uk)"),
+        "{e}"
+    );
+    assert!(!out.exists(), "no bundle that would not verify");
+    assert!(!net.path().join("waiting.jsonl.partial").exists());
+
+    // uk comes back: its checkpoint reaches de and the export verifies, de's change included.
+    let _uk = net.start("uk");
+    wait_until(
+        "an export from de succeeds",
+        Duration::from_secs(90),
+        || {
+            ctl(
+                &net.socket("de"),
+                &["audit", "export", "--out", out.to_str().unwrap()],
+            )
+            .status
+            .success()
+        },
+    );
+    let report = verified(&net, "de", &out);
+    assert!(
+        report["by_office"]["de"]["envelopes"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["by_office"]["uk"]["envelopes"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}

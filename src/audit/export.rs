@@ -346,14 +346,27 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     write_record(&mut w, &record, &logged, &mut left_out).map_err(io)?;
     drop(logged);
     if left_out.logged > 0 {
-        // A logged change on top of one not logged yet: its leaf is in the bundle without it,
-        // which fails `log_completeness`. Only when a change was made on another office's
-        // change within the second before that office's checkpoint arrived.
+        // A logged change on top of one not logged yet: left out, its leaf would be in the
+        // bundle without it, which fails `log_completeness`; carried, the change it depends on
+        // would fail `log_inclusion`. Only when a change was made on another office's change
+        // before that office's checkpoint arrived. Failed rather than written (the bundle would
+        // not verify): `consentctl` tries again while the checkpoint is on its way.
+        let roster = office.roster();
+        let offices: Vec<&str> = left_out
+            .waiting_on
+            .iter()
+            .map(|k| roster.office_by_signer(k).map_or("?", |o| o.id.as_str()))
+            .collect();
         tracing::warn!(
             changes = left_out.logged,
-            "the bundle leaves out logged changes that depend on changes not logged yet: it \
-             will not verify; export again in a few seconds"
+            offices = %offices.join(","),
+            "audit export failed: logged changes depend on changes not logged yet"
         );
+        return Err(format!(
+            "{} logged change(s) depend on changes {NOT_LOGGED_YET} (office {}); export again once that office's checkpoint has arrived (seconds while it is connected)",
+            left_out.logged,
+            offices.join(", ")
+        ));
     }
     let mut cursor = None;
     loop {
@@ -377,11 +390,22 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     Ok(summary)
 }
 
-/// Changes an export left out, and how many of those were logged (see [`write_record`]).
+/// What an export's error says when a logged change depends on one its author's checkpoint does
+/// not log yet: `consentctl` tries again on it ([`EXPORT_ATTEMPTS_MAX`]).
+const NOT_LOGGED_YET: &str = "their author's checkpoint does not log yet";
+/// Most attempts `consentctl audit export` makes while changes wait for their checkpoint, one
+/// [`EXPORT_RETRY_PAUSE`] apart: an office signs a checkpoint within a second of writing and
+/// pushes it at once, so a connected one's arrives well inside this.
+pub const EXPORT_ATTEMPTS_MAX: u32 = 10;
+const EXPORT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Changes an export left out, how many of those were logged (see [`write_record`]), and the
+/// signers of the changes not logged yet that logged ones depend on.
 #[derive(Default)]
 struct LeftOut {
     changes: u64,
     logged: u64,
+    waiting_on: std::collections::BTreeSet<[u8; 32]>,
 }
 
 /// Writes one record's changes, except those `logged` (sorted) does not hold and every change
@@ -423,7 +447,16 @@ fn write_record<W: Write>(
             }
         }
         left_out.changes += out.len() as u64;
-        left_out.logged += out.iter().filter(|h| is_logged(h)).count() as u64;
+        let logged_out = out.iter().filter(|h| is_logged(h)).count() as u64;
+        if logged_out > 0 {
+            left_out.logged += logged_out;
+            left_out.waiting_on.extend(
+                changes
+                    .iter()
+                    .filter(|c| !is_logged(&c.2))
+                    .filter_map(|c| Envelope::decode(&c.3).ok().map(|e| e.signer)),
+            );
+        }
     }
     for (_, _, hash, env) in changes {
         if !out.contains(hash) {
@@ -436,9 +469,36 @@ fn write_record<W: Write>(
 }
 
 /// Client side: asks the daemon at `socket` for a bundle and writes it to `out` (mode 0600),
-/// atomically: a failed export leaves no file at `out`.
+/// atomically: a failed export leaves no file at `out`. Tries again, up to
+/// [`EXPORT_ATTEMPTS_MAX`] times, while logged changes wait for another office's checkpoint.
 pub fn export_to_file(socket: &Path, out: &Path, progress: bool) -> Result<Value, String> {
     let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        match export_once(socket, out, progress, started) {
+            Err(e) if e.contains(NOT_LOGGED_YET) && attempt < EXPORT_ATTEMPTS_MAX => {
+                if progress {
+                    eprintln!("waiting for another office's checkpoint: {e}");
+                }
+                attempt += 1;
+                std::thread::sleep(EXPORT_RETRY_PAUSE);
+            }
+            result => {
+                return result.map(|mut v| {
+                    v["attempts"] = json!(attempt);
+                    v
+                })
+            }
+        }
+    }
+}
+
+fn export_once(
+    socket: &Path,
+    out: &Path,
+    progress: bool,
+    started: Instant,
+) -> Result<Value, String> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
         ClientError::Connect {
             path: socket.to_owned(),
