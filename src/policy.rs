@@ -214,6 +214,11 @@ impl TransferPolicy {
         })
     }
 
+    /// Whether personal data originating in `jurisdiction` stays there (`[transfer] resident`).
+    pub fn is_resident(&self, jurisdiction: &str) -> bool {
+        self.resident.iter().any(|r| r == jurisdiction)
+    }
+
     /// The assessment on file for transfers to `to`: the most specific area that names it
     /// (the jurisdiction, its country, `EEA`, then `*`).
     fn assessment_for(&self, to: &str) -> Option<String> {
@@ -257,7 +262,7 @@ impl TransferPolicy {
         if !personal_data {
             return Verdict::NoPersonalData;
         }
-        if self.resident.iter().any(|r| r == origin) && to != origin {
+        if self.is_resident(origin) && to != origin {
             return Verdict::Forbidden {
                 reason: format!(
                     "personal data originating in {origin} stays there (data localisation, [transfer] resident)"

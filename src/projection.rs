@@ -38,7 +38,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Map, Number, Value};
 
-use crate::record::{fmt_date, fmt_time, Record, RecordFacts};
+use crate::record::{fmt_date, fmt_time, Record, RecordFacts, TransferWord};
 use consentd_sync::b64;
 
 mod direct;
@@ -784,12 +784,28 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut subject: Option<Option<consentd_storage::KeyId>> = None;
     let mut office: Option<String> = None;
     let mut categories: Option<Vec<String>> = None;
+    // A transfer's replication event fields (`TransferWord`); other kinds' `status` is ignored.
+    let mut status: Option<String> = None;
+    let mut to_office: Option<String> = None;
+    let mut records: Vec<String> = Vec::new();
     r.fields(|r, k| {
         match k {
             "type" => match r.text()? {
                 Text::Plain(s) => kind = Some(s),
                 _ => return Err(corrupt("record type is not a word")),
             },
+            "status" | "to_office" if r.rest().first() == Some(&NULL) => {
+                r.byte()?;
+            }
+            "status" => status = Some(r.text()?.into_string()),
+            "to_office" => to_office = Some(r.text()?.into_string()),
+            "records" => {
+                let n = r.count(ARRAY)?;
+                records.reserve(n.min(64) as usize);
+                for _ in 0..n {
+                    records.push(r.text()?.into_string());
+                }
+            }
             "subject" => {
                 // Null for a transfer that names nobody.
                 if r.rest().first() == Some(&NULL) {
@@ -819,7 +835,11 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     }
     let kind = kind.ok_or_else(|| corrupt("no record type"))?;
     let office = office.ok_or_else(|| corrupt("no office"))?;
-    facts_from(kind, subject, office, categories)
+    let mut facts = facts_from(kind, subject, office, categories)?;
+    if kind == "transfer" {
+        facts.event = TransferWord::of(status.as_deref(), to_office.as_deref(), &records);
+    }
+    Ok(facts)
 }
 
 /// The v1 (JSON) form of [`facts`].
@@ -834,6 +854,12 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         office: String,
         #[serde(default)]
         categories: Option<Vec<String>>,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        to_office: Option<String>,
+        #[serde(default)]
+        records: Vec<String>,
     }
     let f: FactFields = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let subject = f.subject.as_deref().map(|s| {
@@ -841,7 +867,11 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
             .filter(|s| crate::sealed::is_sealed(s))
             .and_then(crate::sealed::key_id)
     });
-    facts_from(&f.kind, subject, f.office, f.categories)
+    let mut facts = facts_from(&f.kind, subject, f.office, f.categories)?;
+    if f.kind == "transfer" {
+        facts.event = TransferWord::of(f.status.as_deref(), f.to_office.as_deref(), &f.records);
+    }
+    Ok(facts)
 }
 
 /// `subject`: None when the record names nobody, Some(key) when it does (key None when the
@@ -865,6 +895,7 @@ fn facts_from(
         personal: subject.is_some(),
         key: subject.flatten(),
         categories: if transfer { categories } else { None },
+        event: None,
     })
 }
 
@@ -1026,7 +1057,7 @@ mod tests {
                 tia: None,
                 at: "2026-03-01T00:00:00Z".into(),
                 office: "de".into(),
-                records: vec!["0011".into()],
+                records: vec!["0011".into(), "00112233445566778899aabbccddeeff".into()],
                 to_office: Some("sg".into()),
                 status: Some("transferred".into()),
                 reason: None,
@@ -1059,6 +1090,18 @@ mod tests {
             let want = RecordFacts::of(&record);
             assert_eq!(facts(&v2).unwrap(), want);
             assert_eq!(facts(&v1).unwrap(), want);
+            if let Record::Transfer(_) = record {
+                // A replication event's word, its one well-formed record id kept.
+                let word = want.event.expect("a transfer event's word");
+                assert_eq!((word.refused, word.to_office.as_str()), (false, "sg"));
+                assert_eq!(
+                    word.records,
+                    vec![[
+                        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb,
+                        0xcc, 0xdd, 0xee, 0xff
+                    ]]
+                );
+            }
         }
     }
 

@@ -221,6 +221,38 @@ pub struct RecordFacts {
     pub key: Option<consentd_storage::KeyId>,
     /// A transfer record's data categories; `None` for the other kinds (contact data).
     pub categories: Option<Vec<String>>,
+    /// A replication event's word on records it names: refused or transferred to an office.
+    pub event: Option<TransferWord>,
+}
+
+/// What a replication event (a transfer record with `status` and `to_office`) says its office
+/// did with the records it names. Relays honour a refusal signed by a record's origin
+/// (`replicate.rs`). No personal data: record ids and office ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferWord {
+    pub refused: bool,
+    pub to_office: String,
+    pub records: Vec<DocId>,
+}
+
+impl TransferWord {
+    /// The word of a transfer record with `status` `refused` or `transferred` naming
+    /// `to_office`; `None` for operator-recorded transfers.
+    pub fn of(status: Option<&str>, to_office: Option<&str>, records: &[String]) -> Option<Self> {
+        let refused = match status? {
+            "refused" => true,
+            "transferred" => false,
+            _ => return None,
+        };
+        Some(TransferWord {
+            refused,
+            to_office: to_office?.to_string(),
+            records: records
+                .iter()
+                .filter_map(|r| parse_doc_id(r).ok())
+                .collect(),
+        })
+    }
 }
 
 impl RecordFacts {
@@ -231,11 +263,18 @@ impl RecordFacts {
             Record::Transfer(t) => (&t.office, Some(t.categories.clone())),
             Record::Hold(h) => (&h.office, None),
         };
+        let event = match record {
+            Record::Transfer(t) => {
+                TransferWord::of(t.status.as_deref(), t.to_office.as_deref(), &t.records)
+            }
+            _ => None,
+        };
         RecordFacts {
             office: office.clone(),
             personal: record.subject().is_some(),
             key: crate::sealed::record_key_id(record),
             categories,
+            event,
         }
     }
 

@@ -235,6 +235,14 @@ struct Sets {
     hidden: HashMap<String, (ItemSet, ItemSet)>,
     /// Per peer: the records policy keeps from it (`peers` → `refusals`).
     hidden_docs: HashMap<String, HashSet<DocId>>,
+    /// Refusals other offices signed (replication events), by record: (signer, peer) roster
+    /// positions. A relay keeps a record from a peer its origin refused it to: each office has
+    /// its own `[transfer]` table, and with DE→SG forbidden only in de's, cn relayed de's
+    /// records to sg under its own (found by an exploratory session). Refusals signed by an
+    /// office in a jurisdiction this office's policy keeps resident are not held: they refuse
+    /// what this office's own residency rule refuses too, and they are the bulk (one per
+    /// resident record and peer).
+    origin_refusals: HashMap<DocId, Vec<(u8, u8)>>,
     /// Keys received from peers, held until a record using them is ingested. Shared with
     /// ingest by reference count (copied only if a key arrives while a batch is being stored),
     /// so storing a batch does not copy every key received so far.
@@ -872,8 +880,14 @@ impl Replicator {
             received_keys,
             hidden: hidden_of,
             hidden_docs,
+            origin_refusals,
             ..
         } = &mut *sets;
+        // A replication event: the records whose refusals it changes are judged again below.
+        let reconsider = match facts.and_then(|f| Some((f.office.as_str(), f.event.as_ref()?))) {
+            Some((signer, word)) => self.take_word(origin_refusals, signer, word),
+            None => Vec::new(),
+        };
         let info = docs.entry(*doc).or_default();
         if let Some(f) = facts {
             info.personal = f.personal;
@@ -898,14 +912,73 @@ impl Replicator {
             // Stored now: served from the store, no longer held apart (the two stay disjoint).
             received_keys.remove(&item);
         }
-        let info = &*info;
+        self.apply_verdicts(doc, info, hidden_of, hidden_docs, origin_refusals);
+        for other in reconsider {
+            if let Some(info) = docs.get(&other) {
+                self.apply_verdicts(&other, info, hidden_of, hidden_docs, origin_refusals);
+            }
+        }
+    }
+
+    /// Takes in a replication event `signer` signed: a refusal is held, a later "transferred"
+    /// for the same record and peer lifts it. Returns the records whose refusals changed.
+    ///
+    /// A "transferred" that arrives before an older refusal it followed does not lift it; the
+    /// origin itself then sends the record (its own policy allows it), so only relaying waits.
+    fn take_word(
+        &self,
+        origin_refusals: &mut HashMap<DocId, Vec<(u8, u8)>>,
+        signer: &str,
+        word: &crate::record::TransferWord,
+    ) -> Vec<DocId> {
+        let (Some(by), Some(to)) = (
+            self.roster.index_of(signer),
+            self.roster.index_of(&word.to_office),
+        ) else {
+            return Vec::new();
+        };
+        if signer == self.office.id() || self.policy.is_resident(&self.jurisdiction_of(signer)) {
+            return Vec::new();
+        }
+        let mut changed = Vec::new();
+        for record in &word.records {
+            if word.refused {
+                let list = origin_refusals.entry(*record).or_default();
+                if !list.contains(&(by, to)) {
+                    list.push((by, to));
+                    changed.push(*record);
+                }
+            } else if let Some(list) = origin_refusals.get_mut(record) {
+                let before = list.len();
+                list.retain(|&w| w != (by, to));
+                if list.len() != before {
+                    changed.push(*record);
+                }
+                if list.is_empty() {
+                    origin_refusals.remove(record);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Judges `doc` for every peer: hides its items and key from peers policy keeps it from,
+    /// and raises a refusal event for each.
+    fn apply_verdicts(
+        &self,
+        doc: &DocId,
+        info: &DocInfo,
+        hidden_of: &mut HashMap<String, (ItemSet, ItemSet)>,
+        hidden_docs: &mut HashMap<String, HashSet<DocId>>,
+        origin_refusals: &HashMap<DocId, Vec<(u8, u8)>>,
+    ) {
         for (peer, _) in &self.peers {
             // Not `entry(peer.clone())`: that allocates the peer's name for every record.
             if !hidden_of.contains_key(peer) {
                 hidden_of.insert(peer.clone(), Default::default());
             }
             let hidden = hidden_of.get_mut(peer).expect("inserted above");
-            let verdict = self.verdict(info, peer);
+            let verdict = self.verdict(doc, info, peer, origin_refusals);
             if let Verdict::Forbidden { reason } = &verdict {
                 self.raise(doc, info, peer, "refused", reason.clone());
             }
@@ -1007,7 +1080,7 @@ impl Replicator {
         // record's info for every envelope sent cost an allocation per item and field.
         let sets = lock(&self.sets);
         let info = sets.docs.get(doc)?;
-        match self.verdict(info, peer) {
+        match self.verdict(doc, info, peer, &sets.origin_refusals) {
             Verdict::Allowed {
                 mechanism,
                 assessment,
@@ -1052,18 +1125,42 @@ impl Replicator {
         }
     }
 
-    fn verdict(&self, info: &DocInfo, peer: &str) -> Verdict {
-        let origin = info
-            .origin
-            .and_then(|i| self.roster.office_at(i))
+    /// May `doc` go to `peer`? This office's policy, and, for a record another office
+    /// originated, that office's signed refusal to send it to `peer` (`Sets::origin_refusals`).
+    fn verdict(
+        &self,
+        doc: &DocId,
+        info: &DocInfo,
+        peer: &str,
+        origin_refusals: &HashMap<DocId, Vec<(u8, u8)>>,
+    ) -> Verdict {
+        let origin_office = info.origin.and_then(|i| self.roster.office_at(i));
+        let origin = origin_office
             .map(|o| o.jurisdiction.clone())
             .unwrap_or_else(|| self.jurisdiction.clone());
-        self.policy.decide(
+        let verdict = self.policy.decide(
             &origin,
             &self.jurisdiction,
             &self.jurisdiction_of(peer),
             info.personal,
-        )
+        );
+        if !verdict.may_send() || !info.personal {
+            return verdict;
+        }
+        let refused_by_origin = origin_refusals.get(doc).is_some_and(|list| {
+            let to = self.roster.index_of(peer);
+            list.iter()
+                .any(|&(by, p)| Some(by) == info.origin && Some(p) == to)
+        });
+        match (refused_by_origin, origin_office) {
+            (true, Some(o)) => Verdict::Forbidden {
+                reason: format!(
+                    "its origin office {} refused it to office {peer} (a signed transfer record)",
+                    o.id
+                ),
+            },
+            _ => verdict,
+        }
     }
 
     pub fn peers_json(&self) -> Value {
@@ -1643,7 +1740,9 @@ impl Replicator {
     fn may_send_doc(&self, doc: &DocId, peer: &str) -> bool {
         let sets = lock(&self.sets);
         match sets.docs.get(doc) {
-            Some(info) => self.verdict(info, peer).may_send(),
+            Some(info) => self
+                .verdict(doc, info, peer, &sets.origin_refusals)
+                .may_send(),
             None => false,
         }
     }

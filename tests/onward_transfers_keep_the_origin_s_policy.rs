@@ -24,8 +24,21 @@ fn refused_to_us(net: &Net, office: &str) -> Vec<Value> {
 
 #[test]
 fn a_record_a_policy_keeps_from_an_office_does_not_reach_it_through_another() {
+    keeps_the_record_from_us(&["de", "uk", "us"]);
+}
+
+/// Only de's table forbids DE→US; uk's own (built-in) allows it. uk relayed de's records to us
+/// under its own table, de's signed refusal notwithstanding (found by an exploratory session,
+/// DE→SG through cn). A relay now honours the refusal a record's origin signed.
+#[test]
+fn a_relay_honours_the_refusal_the_record_s_origin_signed() {
+    keeps_the_record_from_us(&["de"]);
+}
+
+/// de writes a record; `ruled` offices' tables forbid DE→US. Neither de nor uk lets it reach us.
+fn keeps_the_record_from_us(ruled: &[&str]) {
     let net = Net::init("de,uk,us");
-    for office in ["de", "uk", "us"] {
+    for office in ruled {
         net.edit_config(office, |t| {
             assert!(t.contains("[transfer]\n"), "{t}");
             t.replace(
@@ -34,7 +47,7 @@ fn a_record_a_policy_keeps_from_an_office_does_not_reach_it_through_another() {
             )
         });
     }
-    let _d: Vec<Daemon> = ["de", "uk", "us"].iter().map(|o| net.start(o)).collect();
+    let mut d: Vec<Daemon> = ["de", "uk", "us"].iter().map(|o| net.start(o)).collect();
     let id = ok(
         &net.socket("de"),
         &[
@@ -89,6 +102,16 @@ fn a_record_a_policy_keeps_from_an_office_does_not_reach_it_through_another() {
         || at("uk") == id.as_str() && held_back("uk") >= 1,
     );
     assert!(held_back("de") >= 1);
+    // us starts again and reconciles with uk and de afresh: still it is not offered the record.
+    assert!(d.pop().unwrap().stop());
+    let _us = net.start("us");
+    wait_until("us syncs with uk and de", Duration::from_secs(120), || {
+        ok(&net.socket("us"), &["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["last_sync"].is_null())
+    });
     // uk holds the record; us never does.
     assert_eq!(at("uk"), Value::String(id.clone()));
     assert_eq!(at("us"), Value::Null, "the record reached us");

@@ -549,3 +549,92 @@ fn another_office_s_log_before_the_exporter_s_is_caught() {
 fn envelopes_logged(l: &[String]) -> bool {
     indexes_of(l, "envelope").len() == 6
 }
+
+/// A record its origin sent to the exporter, then refused it (a policy changed since), cannot
+/// be dropped from the exporter's bundle as "withheld": the origin's own signed "transferred"
+/// says the exporter received it. Before, the late refusal excused the drop and the bundle
+/// verified (found by an exploratory session).
+#[test]
+fn a_record_sent_before_its_refusal_cannot_be_dropped_as_withheld() {
+    let net = Net::init("de,uk");
+    let de = net.start("de");
+    let _uk = net.start("uk");
+    let id = ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "sent@example.de",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // de's word on the record at uk: the event records replicate (they name no one).
+    let said = |status: &str| {
+        ok(&net.socket("uk"), &["transfer", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| {
+                t["office"] == "de"
+                    && t["to_office"] == "uk"
+                    && t["status"] == status
+                    && t["records"].as_array().unwrap().iter().any(|r| r == &id)
+            })
+    };
+    wait_until(
+        "de records sending it to uk",
+        std::time::Duration::from_secs(120),
+        || said("transferred"),
+    );
+    // de's policy now forbids DE→GB: at start it signs a refusal for the record uk holds.
+    assert!(de.stop());
+    net.edit_config("de", |t| {
+        t.replace(
+            "[transfer]\n",
+            "[transfer]\nrule = [{ from = \"DE\", to = \"GB\", mechanism = \"forbidden\" }]\n",
+        )
+    });
+    let _de = net.start("de");
+    wait_until(
+        "de's refusal reaches uk",
+        std::time::Duration::from_secs(120),
+        || said("refused"),
+    );
+
+    let out = net.path().join("uk.jsonl");
+    wait_until(
+        "an export from uk that leaves nothing out",
+        std::time::Duration::from_secs(60),
+        || {
+            ok(
+                &net.socket("uk"),
+                &["audit", "export", "--out", out.to_str().unwrap()],
+            )["not_yet_logged"]
+                == 0
+        },
+    );
+    let l = lines(&out);
+    let root = root_pub(&net);
+    let clean = verify_bytes(&rebuild(&l), &root);
+    assert!(clean.ok(), "{:?}", clean.failures);
+    let doc: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
+    let dropped: Vec<String> = l
+        .iter()
+        .filter(|line| !(line_type(line) == "envelope" && envelope_doc(line) == doc))
+        .cloned()
+        .collect();
+    assert!(dropped.len() < l.len(), "the bundle held the record");
+    let o = verify_bytes(&rebuild(&dropped), &root);
+    assert!(
+        checks(&o).contains(&"log_completeness"),
+        "a drop excused by a refusal after the send: {:?}",
+        o.failures
+    );
+}

@@ -31,10 +31,12 @@
 //! record (`status: "refused"`, `records`, `to_office`, `office`; no personal data) that
 //! replicates everywhere. A missing envelope leaf of office X's log is *withheld*, not dropped,
 //! exactly when the bundle holds a verified refusal signed by X itself naming the record and
-//! the exporting office: X authored the change, and X says it never sent the record there.
-//! Nobody else can sign that statement for X, and an exporter that received a record and
-//! dropped it has no such refusal (X sent it, so X did not refuse it), so a silent drop still
-//! fails `log_completeness`. Withheld leaves are reported as the `withheld` count.
+//! the exporting office, and no event of X's says X transferred it there: X authored the
+//! change, and X says it never sent the record there. Nobody else can sign that statement for
+//! X; relays honour it; and an exporter that received a record and dropped it has either no
+//! such refusal (X sent it) or X's "transferred" beside a later one (X's policy changed since),
+//! so a silent drop still fails `log_completeness`. Withheld leaves are reported as the
+//! `withheld` count.
 //!
 //! Envelopes are verified in batches of [`VERIFY_BATCH`] on a pool of worker threads (one per
 //! core) with batch ed25519 verification (`consentd_sync::envelope::check_batch`: every check of
@@ -205,32 +207,28 @@ struct EnvFact {
     deps: Vec<Hash>,
     /// The record type, when this change created the record.
     created: Option<&'static str>,
-    /// When this change created a replication refusal: (the office refused, the records).
-    refusal: Option<(String, Vec<DocId>)>,
+    /// When this change created a replication event the verifier reads ([`Creation::is_word_for`]):
+    /// what it says of which records.
+    word: Option<crate::record::TransferWord>,
     /// Boxed: a `Change` is several hundred bytes, and without `Options::collect` every fact
     /// would carry that much empty space through the workers' result vectors and `facts`.
     change: Option<Box<Change>>,
 }
 
-/// A creating change of a transfer record that says its office refused to send records to
-/// another office: (that office, the records). Such records hold no personal data, so their
-/// fields are plain.
-fn refusal_of(change: &Change, signer_office: &str) -> Option<(String, Vec<DocId>)> {
+/// A creating change of a replication event: what its office says it did (refused, or
+/// transferred) with which records, to which office. Such records hold no personal data, so
+/// their fields are plain.
+fn word_of(change: &Change, signer_office: &str) -> Option<crate::record::TransferWord> {
     let mut doc = automerge::Automerge::new();
     doc.apply_changes([change.clone()]).ok()?;
     let crate::record::Record::Transfer(t) = crate::record::Record::from_doc(&doc).ok()? else {
         return None;
     };
-    // The record's own office field must be its signer's: an office refuses for itself only.
-    if t.status.as_deref() != Some("refused") || t.office != signer_office {
+    // The record's own office field must be its signer's: an office speaks for itself only.
+    if t.office != signer_office {
         return None;
     }
-    let records = t
-        .records
-        .iter()
-        .filter_map(|r| hex::decode(r).ok()?.try_into().ok())
-        .collect();
-    Some((t.to_office?, records))
+    crate::record::TransferWord::of(t.status.as_deref(), t.to_office.as_deref(), &t.records)
 }
 
 /// A map key that is, or ends in, a SHA-256 hash, hashed by the hash's first 8 bytes only (and
@@ -291,7 +289,7 @@ fn envelope_check(e: &EnvelopeError) -> &'static str {
 
 /// For a creating change: the record type it writes at the root (`type`), and whether it writes
 /// `status: "refused"`. `None` for later changes.
-fn created_type(v: &CheckedEnvelope) -> Option<(&'static str, bool)> {
+fn created_type(v: &CheckedEnvelope) -> Option<Creation> {
     if !v.deps().is_empty() {
         return None;
     }
@@ -331,14 +329,17 @@ fn created_type(v: &CheckedEnvelope) -> Option<(&'static str, bool)> {
         }
         None => slow(),
     };
-    Some((creation.kind, creation.refused))
+    Some(creation)
 }
 
-/// What a creating change's root puts say: the record type and whether it is a refusal.
+/// What a creating change's root puts say: the record type, whether it is a replication
+/// event (`status` refused or transferred), and the office it names (`to_office`).
 #[derive(Debug, PartialEq, Eq)]
 struct Creation {
     kind: &'static str,
     refused: bool,
+    transferred: bool,
+    to_office: Option<String>,
 }
 
 impl Default for Creation {
@@ -346,6 +347,8 @@ impl Default for Creation {
         Creation {
             kind: "other",
             refused: false,
+            transferred: false,
+            to_office: None,
         }
     }
 }
@@ -358,8 +361,17 @@ impl Creation {
             ("type", "request") => self.kind = "request",
             ("type", "transfer") => self.kind = "transfer",
             ("status", "refused") => self.refused = true,
+            ("status", "transferred") => self.transferred = true,
+            ("to_office", office) => self.to_office = Some(office.to_string()),
             _ => {}
         }
+    }
+
+    /// Whether this creates a replication event whose records the verifier reads: every
+    /// refusal, and a "transferred" to the exporter (which a refusal cannot then excuse).
+    fn is_word_for(&self, exporter: &str) -> bool {
+        self.kind == "transfer"
+            && (self.refused || (self.transferred && self.to_office.as_deref() == Some(exporter)))
     }
 }
 
@@ -477,6 +489,7 @@ fn verify_lines(
     lines: &EnvelopeBatch,
     roster: &VerifiedRoster,
     office_index: &HashMap<String, u16>,
+    exporter: &str,
     collect: bool,
 ) -> (Vec<EnvFact>, Vec<Failure>) {
     let mut failures = Vec::new();
@@ -506,10 +519,12 @@ fn verify_lines(
                     .office_at(v.office_index())
                     .expect("a checked envelope's office is in the roster");
                 let creation = created_type(&v);
-                // Expanded into Automerge's `Change` only where its ops are read: a refusal's
-                // records, or every change when the report asked to keep them.
-                let refusal = (creation == Some(("transfer", true)))
-                    .then(|| refusal_of(&v.expand()?, &office.id))
+                // Expanded into Automerge's `Change` only where its ops are read: a replication
+                // event's records, or every change when the report asked to keep them.
+                let word = creation
+                    .as_ref()
+                    .is_some_and(|c| c.is_word_for(exporter))
+                    .then(|| word_of(&v.expand()?, &office.id))
                     .flatten();
                 let change = if collect {
                     match v.expand() {
@@ -539,8 +554,8 @@ fn verify_lines(
                         at
                     },
                     deps: v.deps().to_vec(),
-                    created: creation.map(|c| c.0),
-                    refusal,
+                    created: creation.map(|c| c.kind),
+                    word,
                     change,
                 });
             }
@@ -695,13 +710,19 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     std::thread::scope(|s| {
         for _ in 0..threads {
             let (work_rx, done_tx) = (&work_rx, done_tx.clone());
-            let (roster, office_index) = (&roster, &office_index);
+            let (roster, office_index, exporter) = (&roster, &office_index, &exporter);
             let collect = opts.collect;
             s.spawn(move || loop {
                 let item = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(lines) = item else { return };
                 if done_tx
-                    .send(verify_lines(&lines, roster, office_index, collect))
+                    .send(verify_lines(
+                        &lines,
+                        roster,
+                        office_index,
+                        exporter,
+                        collect,
+                    ))
                     .is_err()
                 {
                     return;
@@ -1179,15 +1200,27 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
     // ---- logs hold nothing the bundle lacks ------------------------------------------------
     let tomb_by_hash: HashMap<Hash, &VerifiedTombstone> =
         tombstones.iter().map(|(_, t)| (t.hash(), t)).collect();
-    // Records each office refused to send to the exporter (see the module docs).
+    // Records each office refused to send to the exporter (see the module docs), less those
+    // the same office says it did send there: a refusal signed after the record went (a
+    // policy changed since) excuses no drop (found by an exploratory session).
     let mut refused: HashMap<DocId, HashSet<u16>> = HashMap::new();
+    let mut sent: HashSet<(DocId, u16)> = HashSet::new();
     for f in &facts {
-        if let Some((to, records)) = &f.refusal {
-            if *to == exporter {
-                for r in records {
-                    refused.entry(*r).or_default().insert(f.office);
+        if let Some(word) = &f.word {
+            if word.to_office == exporter {
+                for r in &word.records {
+                    if word.refused {
+                        refused.entry(*r).or_default().insert(f.office);
+                    } else {
+                        sent.insert((*r, f.office));
+                    }
                 }
             }
+        }
+    }
+    for (record, by) in &sent {
+        if let Some(offices) = refused.get_mut(record) {
+            offices.remove(by);
         }
     }
     let mut withheld_records: HashSet<DocId> = HashSet::new();
