@@ -35,6 +35,7 @@ pub(crate) mod heap;
 mod in_flight;
 mod ingest;
 mod locks;
+pub(crate) mod resident;
 pub(crate) mod tokens;
 
 pub(crate) use bulk::{off_worker, off_worker_if};
@@ -599,6 +600,7 @@ impl Office {
                         notice: a.notice,
                         office: self.id.clone(),
                     },
+                    onto: None,
                 })
             }
             Request::ConsentWithdraw(a) => {
@@ -621,6 +623,7 @@ impl Office {
                         notice: None,
                         office: self.id.clone(),
                     },
+                    onto: None,
                 })
             }
             Request::RequestOpen(a) => {
@@ -826,10 +829,18 @@ impl Office {
         for op in &ops {
             match op {
                 Op::Consent {
-                    subject, purpose, ..
+                    subject,
+                    purpose,
+                    onto,
+                    ..
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
-                    if let Some(id) = self.store.docs_by_key(&token)?.into_iter().min() {
+                    let held = self.store.docs_by_key(&token)?;
+                    let target = match onto {
+                        Some(id) if held.contains(id) => Some(*id),
+                        _ => held.into_iter().min(),
+                    };
+                    if let Some(id) = target {
                         draft.consent_docs.insert(token, id);
                         docs.push(doc_lock_key(&id));
                     }
@@ -1497,6 +1508,10 @@ enum Op {
         minor: bool,
         parental_consent: Option<String>,
         event: ConsentEvent,
+        /// The record of the consent to take the event, if one of its records: otherwise the
+        /// smallest id (`write`). A resident office folds a withdrawal onto a record that
+        /// travels (`office/resident.rs`).
+        onto: Option<DocId>,
     },
     RequestOpen(RequestRecord),
     RequestExtend {
@@ -1687,6 +1702,7 @@ impl<'o> Draft<'o> {
                 minor,
                 parental_consent,
                 event,
+                onto: _,
             } => {
                 let token = self.office.hasher.consent_token(&subject, &purpose);
                 // Only a record `write` found under the token's lock, and so locked, takes the

@@ -47,7 +47,7 @@ use consentd_sync::{Envelope, Hello, SetKind, VerifiedEnvelope, VerifiedRoster};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -347,7 +347,25 @@ pub struct Replicator {
     log_lock: tokio::sync::Mutex<()>,
     /// Subtree roots of logs served to peers (see `audit::log::subtree_root_cached`).
     subtrees: Arc<Mutex<crate::audit::log::SubtreeCache>>,
+    /// At an office whose records stay home: its records holding only withdrawals, until a
+    /// record of the same consent that travels takes the withdrawal (`office/resident.rs`).
+    /// Empty elsewhere. Bounded by [`RESIDENT_WITHDRAWALS_MAX`].
+    resident_withdrawals: Mutex<BTreeSet<DocId>>,
+    /// Woken when records arrive while `resident_withdrawals` is not empty.
+    fold_wanted: tokio::sync::Notify,
 }
+
+/// Most withdrawal-only records a resident office watches for a record to fold them onto
+/// (16 bytes each); beyond it the newest are not watched (logged).
+const RESIDENT_WITHDRAWALS_MAX: usize = 1 << 20;
+/// How often the fold pass runs without being woken.
+const FOLD_EVERY: Duration = Duration::from_secs(300);
+/// Least time between two fold passes: a cold sync wakes the pass with every commit.
+const FOLD_PAUSE: Duration = Duration::from_secs(5);
+/// Watched records one fold pass looks at (each a read and an unsealing, ~50 µs), taken in turn
+/// from where the last pass stopped: an office's suppression list (withdrawals of people who
+/// never granted anywhere) stays watched for good.
+const FOLD_SCAN_MAX: usize = 4096;
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
 /// each event durable once).
@@ -411,6 +429,8 @@ impl Replicator {
             log_ids,
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
+            resident_withdrawals: Mutex::new(BTreeSet::new()),
+            fold_wanted: tokio::sync::Notify::new(),
         });
         Ok(rep)
     }
@@ -493,6 +513,7 @@ impl Replicator {
                 if touched.remove(&doc) {
                     let facts = stored_facts(kind, &bytes);
                     self.set_facts_collecting(&doc, facts.as_ref(), Some(&mut key_items));
+                    self.watch_if_resident_withdrawal(&doc, kind, &bytes, facts.as_ref());
                 }
             }
             after = Some(last);
@@ -1097,6 +1118,95 @@ impl Replicator {
             .unwrap_or_default()
     }
 
+    /// Whether this office's own records stay in its jurisdiction (`[transfer] resident`).
+    fn keeps_records_home(&self) -> bool {
+        self.policy.is_resident(&self.jurisdiction)
+    }
+
+    /// At an office that keeps its records home: watches `doc` if it is this office's consent
+    /// record holding only withdrawals (`office/resident.rs`).
+    fn watch_if_resident_withdrawal(
+        &self,
+        doc: &DocId,
+        kind: u8,
+        bytes: &[u8],
+        facts: Option<&RecordFacts>,
+    ) {
+        if kind != crate::record::KIND_CONSENT
+            || !self.keeps_records_home()
+            || facts.is_none_or(|f| f.office != self.me)
+            || !crate::office::resident::withdrawals_only(bytes)
+        {
+            return;
+        }
+        let mut watched = lock(&self.resident_withdrawals);
+        if watched.len() >= RESIDENT_WITHDRAWALS_MAX {
+            tracing::warn!(
+                limit = RESIDENT_WITHDRAWALS_MAX,
+                "too many withdrawal-only records to watch; a withdrawal recorded here may not reach other offices until a restart"
+            );
+            return;
+        }
+        watched.insert(*doc);
+        self.fold_wanted.notify_one();
+    }
+
+    /// Folds watched withdrawals onto records of the same consent that travel, when woken by
+    /// arriving records and every [`FOLD_EVERY`] (`office/resident.rs`).
+    async fn fold_withdrawals(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut cursor: Option<DocId> = None;
+        loop {
+            tokio::select! {
+                _ = self.fold_wanted.notified() => {}
+                _ = tokio::time::sleep(FOLD_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+            let watched: Vec<DocId> = {
+                use std::ops::Bound::{Excluded, Unbounded};
+                let w = lock(&self.resident_withdrawals);
+                let after = cursor.map_or(Unbounded, Excluded);
+                w.range((after, Unbounded))
+                    .chain(w.iter())
+                    .take(FOLD_SCAN_MAX.min(w.len()))
+                    .copied()
+                    .collect()
+            };
+            cursor = watched.last().copied();
+            if watched.is_empty() {
+                continue;
+            }
+            let stays = |office: &str| {
+                self.roster
+                    .office(office)
+                    .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
+            };
+            for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
+                match self.office.fold_resident_withdrawals(chunk, stays).await {
+                    Ok(f) => {
+                        let mut w = lock(&self.resident_withdrawals);
+                        for d in &f.done {
+                            w.remove(d);
+                        }
+                        if f.folded > 0 {
+                            tracing::info!(
+                                records = f.folded,
+                                "withdrawals recorded here apart folded onto records that reach the other offices"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot fold withdrawals onto travelling records");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLD_PAUSE) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
     /// Records queued transfer events, in batches.
     async fn record_events(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(mut rx) = lock(&self.events_rx).take() else {
@@ -1216,6 +1326,7 @@ impl Replicator {
         let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));
         let events = tokio::spawn(self.clone().record_events(stop.clone()));
         let checkpoints = tokio::spawn(self.clone().publish_checkpoints(stop.clone()));
+        let folds = tokio::spawn(self.clone().fold_withdrawals(stop.clone()));
         for (peer, address) in self.peers.clone() {
             if dials(&self.me, &peer) {
                 tokio::spawn(
@@ -1261,6 +1372,7 @@ impl Replicator {
         forward.abort();
         events.abort();
         checkpoints.abort();
+        folds.abort();
         endpoint.close();
         // Closed connections drain for a few round trips before the UDP port is free again;
         // wait for that (bounded), so a stopped office has released its address when `run`
@@ -1395,7 +1507,17 @@ impl Replicator {
             }
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
             if !local_docs.contains(doc) {
+                // Arrived from a peer: it may be the record a watched withdrawal folds onto.
+                if !lock(&self.resident_withdrawals).is_empty() {
+                    self.fold_wanted.notify_one();
+                }
                 continue;
+            }
+            if self.keeps_records_home() {
+                if let Ok(Some((kind, bytes))) = self.office.store().projection(doc) {
+                    let facts = stored_facts(kind, &bytes);
+                    self.watch_if_resident_withdrawal(doc, kind, &bytes, facts.as_ref());
+                }
             }
             if let (None, Some(kid)) = (had_key, key) {
                 if let Ok(k) = self.office.keys.key(&kid) {

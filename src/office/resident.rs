@@ -1,0 +1,143 @@
+//! A withdrawal a resident office recorded apart reaches the other offices.
+//!
+//! At an office whose own records stay in its jurisdiction (`[transfer] resident`, China by
+//! default), a withdrawal recorded before the grant arrived starts a record of its own
+//! (`retention/withdrawals.rs`), and that record is the office's: it never leaves. The grant's
+//! record, from another office, does leave, and every other office went on answering "granted"
+//! for good, while the person had withdrawn (found by two exploratory sessions). A withdrawal
+//! recorded at such an office onto a record that travels does reach them (the event is an
+//! instruction on that record, as any office's change to it is), so once a record of the
+//! consent arrives from an office whose records travel, the resident office records the same
+//! withdrawal, at its original time, onto that record: [`Office::fold_resident_withdrawals`].
+//!
+//! Which records to look at is the replicator's to say: it knows the transfer policy and sees
+//! both this office's writes and what arrives (`replicate.rs`).
+
+use super::{Office, Result};
+use crate::protocol::{ConsentWithdraw, Request};
+use crate::record::{fmt_time, DocId, Record, KIND_CONSENT};
+use crate::subject::Subject;
+use chrono::{DateTime, Utc};
+
+/// A consent record's latest event as `consent check` orders them: by time, a withdrawal after a
+/// grant at the same instant (`true` sorts after `false`).
+type Latest = Option<(DateTime<Utc>, bool)>;
+
+/// Most withdrawals folded in one write.
+pub const FOLD_BATCH_MAX: usize = 256;
+
+/// What a fold pass did with the records it was given.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Withdrawals recorded onto a record that travels.
+    pub folded: usize,
+    /// Records needing nothing more (folded now or before, superseded by a later grant, or no
+    /// longer this office's withdrawal-only record): the caller stops watching them.
+    pub done: Vec<DocId>,
+}
+
+/// Whether `bytes`, a consent projection, holds withdrawals only (at least one).
+pub fn withdrawals_only(bytes: &[u8]) -> bool {
+    let (mut withdrawals, mut grants) = (0, 0);
+    let read = crate::projection::consent_events(bytes, |e| match e.withdraw {
+        true => withdrawals += 1,
+        false => grants += 1,
+    });
+    read.is_ok() && withdrawals > 0 && grants == 0
+}
+
+impl Office {
+    /// For each of `records` (this office's records holding only withdrawals): when another
+    /// record of the same consent, written by an office `stays` says does not keep its records
+    /// home, still answers with a grant older than the withdrawal, records the withdrawal onto
+    /// it at its original time. `stays(office)`: whether that office's records stay in its
+    /// jurisdiction.
+    pub async fn fold_resident_withdrawals(
+        &self,
+        records: &[DocId],
+        stays: impl Fn(&str) -> bool,
+    ) -> Result<Folded> {
+        let mut out = Folded::default();
+        let mut ops = Vec::new();
+        let mut folding = Vec::new();
+        for id in records {
+            if ops.len() >= FOLD_BATCH_MAX {
+                break;
+            }
+            let Some(Record::Consent(c)) = self.read_record(id)? else {
+                out.done.push(*id);
+                continue;
+            };
+            let withdrawn: Option<DateTime<Utc>> = c
+                .events
+                .iter()
+                .filter(|e| e.action == "withdraw")
+                .filter_map(|e| super::parse_time(&e.at).ok())
+                .max();
+            let (Some(t_w), true, true) = (
+                withdrawn,
+                c.office == self.id,
+                c.events.iter().all(|e| e.action == "withdraw"),
+            ) else {
+                out.done.push(*id);
+                continue;
+            };
+            let subject = Subject::parse(&c.subject).map_err(|e| {
+                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
+            })?;
+            let token = self.hasher.consent_token(&subject, &c.purpose);
+            // Every other record of the consent: its office and latest event (by time, a
+            // withdrawal after a grant at the same instant, as `consent check` orders them).
+            let mut travelling: Vec<(DocId, Latest)> = Vec::new();
+            let mut latest_elsewhere: Latest = None;
+            for (other, kind, bytes) in self.store.projections_by_key(&token)? {
+                if other == *id || kind != KIND_CONSENT {
+                    continue;
+                }
+                let mut latest = None;
+                crate::projection::consent_events(&bytes, |e| {
+                    latest = latest.max(Some((e.at, e.withdraw)));
+                })
+                .map_err(super::OfficeError::Integrity)?;
+                latest_elsewhere = latest_elsewhere.max(latest);
+                let office = crate::projection::facts(&bytes)
+                    .map_err(super::OfficeError::Integrity)?
+                    .office;
+                if !stays(&office) {
+                    travelling.push((other, latest));
+                }
+            }
+            if latest_elsewhere.is_some_and(|l| l > (t_w, true)) {
+                out.done.push(*id); // a later event decides everywhere it reaches
+                continue;
+            }
+            // The records that travel and still answer with a grant the withdrawal followed.
+            let Some(&(onto, _)) = travelling
+                .iter()
+                .filter(|(_, l)| l.is_some_and(|(_, withdraw)| !withdraw))
+                .min_by_key(|(d, _)| *d)
+            else {
+                if !travelling.is_empty() {
+                    out.done.push(*id); // folded before: the travelling records are withdrawn
+                }
+                continue; // nothing that travels holds the consent yet: wait for it
+            };
+            let mut op = self.prepare(Request::ConsentWithdraw(ConsentWithdraw {
+                subject: c.subject.clone(),
+                purpose: c.purpose.clone(),
+                at: Some(fmt_time(t_w)),
+            }))?;
+            if let super::Op::Consent { onto: target, .. } = &mut op {
+                *target = Some(onto);
+            }
+            ops.push(op);
+            folding.push(*id);
+        }
+        if !ops.is_empty() {
+            out.folded = ops.len();
+            self.write(ops, None).await?;
+            out.done.extend(folding);
+        }
+        Ok(out)
+    }
+}
