@@ -774,6 +774,7 @@ impl Office {
                     set_at: fmt_time(at),
                     cleared_at: None,
                     office: self.id.clone(),
+                    origin: None,
                 }))
             }
             Request::HoldClear(a) => {

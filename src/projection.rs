@@ -788,6 +788,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut status: Option<String> = None;
     let mut to_office: Option<String> = None;
     let mut records: Vec<String> = Vec::new();
+    let mut origin: Option<String> = None;
     r.fields(|r, k| {
         match k {
             "type" => match r.text()? {
@@ -798,6 +799,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
                 r.byte()?;
             }
             "status" => status = Some(r.text()?.into_string()),
+            "origin" => origin = Some(r.text()?.into_string()),
             "to_office" => to_office = Some(r.text()?.into_string()),
             "records" => {
                 let n = r.count(ARRAY)?;
@@ -839,6 +841,9 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     if kind == "transfer" {
         facts.event = TransferWord::of(status.as_deref(), to_office.as_deref(), &records);
     }
+    if kind == "hold" {
+        facts.origin = origin;
+    }
     Ok(facts)
 }
 
@@ -860,6 +865,8 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         to_office: Option<String>,
         #[serde(default)]
         records: Vec<String>,
+        #[serde(default)]
+        origin: Option<String>,
     }
     let f: FactFields = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let subject = f.subject.as_deref().map(|s| {
@@ -870,6 +877,9 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut facts = facts_from(&f.kind, subject, f.office, f.categories)?;
     if f.kind == "transfer" {
         facts.event = TransferWord::of(f.status.as_deref(), f.to_office.as_deref(), &f.records);
+    }
+    if f.kind == "hold" {
+        facts.origin = f.origin;
     }
     Ok(facts)
 }
@@ -896,6 +906,7 @@ fn facts_from(
         key: subject.flatten(),
         categories: if transfer { categories } else { None },
         event: None,
+        origin: None,
     })
 }
 
@@ -1069,6 +1080,7 @@ mod tests {
                 set_at: "2026-04-01T00:00:00Z".into(),
                 cleared_at: None,
                 office: "an-office-not-in-the-words".into(),
+                origin: None,
             }),
         ]
     }
@@ -1127,6 +1139,7 @@ mod tests {
                 set_at: text.into(),
                 cleared_at: Some(text.into()),
                 office: text.into(),
+                origin: None,
             });
             assert_eq!(decode(&encode(&record)).unwrap(), record, "{text:?}");
         }
@@ -1160,6 +1173,7 @@ mod tests {
             set_at: "1970-01-01T00:00:01Z".into(),
             cleared_at: Some("1970-01-02".into()),
             office: "de".into(),
+            origin: None,
         });
         assert_eq!(
             hex::encode(encode(&record)),

@@ -87,6 +87,11 @@ pub struct HoldRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<String>,
     pub office: String,
+    /// On a copy an office whose records stay home (cn) makes of its own hold, so that the hold
+    /// reaches the offices holding office `origin`'s records of the subject: replication treats
+    /// the copy as that office's data (`office/resident.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Consent for one subject and one purpose, with every grant and withdrawal ever recorded for it.
@@ -223,6 +228,9 @@ pub struct RecordFacts {
     pub categories: Option<Vec<String>>,
     /// A replication event's word on records it names: refused or transferred to an office.
     pub event: Option<TransferWord>,
+    /// The office whose data the record is, when another than `office` (a hold's copy,
+    /// [`HoldRecord::origin`]).
+    pub origin: Option<String>,
 }
 
 /// What a replication event (a transfer record with `status` and `to_office`) says its office
@@ -275,6 +283,10 @@ impl RecordFacts {
             key: crate::sealed::record_key_id(record),
             categories,
             event,
+            origin: match record {
+                Record::Hold(h) => h.origin.clone(),
+                _ => None,
+            },
         }
     }
 
@@ -735,6 +747,7 @@ mod tests {
             set_at: "2026-12-06T05:00:00Z".into(),
             cleared_at: None,
             office: "de".into(),
+            origin: None,
         });
         let actor = automerge::ActorId::from(&[3u8; 40][..]);
         let beyond = consentd_sync::first_change::LIST_ELEMS_MAX + 1;
@@ -882,6 +895,7 @@ mod tests {
             set_at: "2026-01-31T00:00:00Z".into(),
             cleared_at: None,
             office: "uk".into(),
+            origin: None,
         });
         let records = [
             consent(),

@@ -351,7 +351,10 @@ pub struct Replicator {
     /// record of the same consent that travels takes the withdrawal (`office/resident.rs`).
     /// Empty elsewhere. Bounded by [`RESIDENT_WITHDRAWALS_MAX`].
     resident_withdrawals: Mutex<BTreeSet<DocId>>,
-    /// Woken when records arrive while `resident_withdrawals` is not empty.
+    /// At an office whose records stay home: its own active holds, copied for the offices
+    /// whose records of the subject arrive (`office/resident.rs`). Bounded likewise.
+    resident_holds: Mutex<BTreeSet<DocId>>,
+    /// Woken when records arrive while either is not empty.
     fold_wanted: tokio::sync::Notify,
 }
 
@@ -430,6 +433,7 @@ impl Replicator {
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
             resident_withdrawals: Mutex::new(BTreeSet::new()),
+            resident_holds: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
         });
         Ok(rep)
@@ -513,7 +517,7 @@ impl Replicator {
                 if touched.remove(&doc) {
                     let facts = stored_facts(kind, &bytes);
                     self.set_facts_collecting(&doc, facts.as_ref(), Some(&mut key_items));
-                    self.watch_if_resident_withdrawal(&doc, kind, &bytes, facts.as_ref());
+                    self.watch_if_resident(&doc, kind, &bytes, facts.as_ref());
                 }
             }
             after = Some(last);
@@ -914,7 +918,10 @@ impl Replicator {
             info.personal = f.personal;
             info.key = f.key;
             info.categories = f.categories.clone();
-            if let Some(origin) = self.roster.index_of(&f.office) {
+            if let Some(origin) = self
+                .roster
+                .index_of(f.origin.as_deref().unwrap_or(&f.office))
+            {
                 info.origin = Some(origin);
             }
         } else {
@@ -1124,22 +1131,28 @@ impl Replicator {
     }
 
     /// At an office that keeps its records home: watches `doc` if it is this office's consent
-    /// record holding only withdrawals (`office/resident.rs`).
-    fn watch_if_resident_withdrawal(
-        &self,
-        doc: &DocId,
-        kind: u8,
-        bytes: &[u8],
-        facts: Option<&RecordFacts>,
-    ) {
-        if kind != crate::record::KIND_CONSENT
-            || !self.keeps_records_home()
-            || facts.is_none_or(|f| f.office != self.me)
-            || !crate::office::resident::withdrawals_only(bytes)
+    /// record holding only withdrawals, or its own active hold (`office/resident.rs`).
+    fn watch_if_resident(&self, doc: &DocId, kind: u8, bytes: &[u8], facts: Option<&RecordFacts>) {
+        if !self.keeps_records_home()
+            || facts.is_none_or(|f| f.office != self.me || f.origin.is_some())
         {
             return;
         }
-        let mut watched = lock(&self.resident_withdrawals);
+        let set = match kind {
+            crate::record::KIND_CONSENT if crate::office::resident::withdrawals_only(bytes) => {
+                &self.resident_withdrawals
+            }
+            crate::record::KIND_HOLD
+                if matches!(
+                    crate::record::Record::from_projection(bytes),
+                    Ok(crate::record::Record::Hold(h)) if h.cleared_at.is_none()
+                ) =>
+            {
+                &self.resident_holds
+            }
+            _ => return,
+        };
+        let mut watched = lock(set);
         if watched.len() >= RESIDENT_WITHDRAWALS_MAX {
             tracing::warn!(
                 limit = RESIDENT_WITHDRAWALS_MAX,
@@ -1172,14 +1185,33 @@ impl Replicator {
                     .collect()
             };
             cursor = watched.last().copied();
-            if watched.is_empty() {
-                continue;
-            }
             let stays = |office: &str| {
                 self.roster
                     .office(office)
                     .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
             };
+            let holds: Vec<DocId> = lock(&self.resident_holds)
+                .iter()
+                .take(FOLD_SCAN_MAX)
+                .copied()
+                .collect();
+            if !holds.is_empty() {
+                match self.office.spread_resident_holds(&holds, stays).await {
+                    Ok(f) => {
+                        let mut w = lock(&self.resident_holds);
+                        for d in &f.done {
+                            w.remove(d);
+                        }
+                        if f.folded > 0 {
+                            tracing::info!(
+                                holds = f.folded,
+                                "holds set here copied for the offices whose records they keep"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot copy holds for other offices"),
+                }
+            }
             for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
                 match self.office.fold_resident_withdrawals(chunk, stays).await {
                     Ok(f) => {
@@ -1507,8 +1539,11 @@ impl Replicator {
             }
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
             if !local_docs.contains(doc) {
-                // Arrived from a peer: it may be the record a watched withdrawal folds onto.
-                if !lock(&self.resident_withdrawals).is_empty() {
+                // Arrived from a peer: it may be the record a watched withdrawal folds onto, or
+                // one a watched hold must reach.
+                if !lock(&self.resident_withdrawals).is_empty()
+                    || !lock(&self.resident_holds).is_empty()
+                {
                     self.fold_wanted.notify_one();
                 }
                 continue;
@@ -1516,7 +1551,7 @@ impl Replicator {
             if self.keeps_records_home() {
                 if let Ok(Some((kind, bytes))) = self.office.store().projection(doc) {
                     let facts = stored_facts(kind, &bytes);
-                    self.watch_if_resident_withdrawal(doc, kind, &bytes, facts.as_ref());
+                    self.watch_if_resident(doc, kind, &bytes, facts.as_ref());
                 }
             }
             if let (None, Some(kid)) = (had_key, key) {

@@ -10,14 +10,23 @@
 //! consent arrives from an office whose records travel, the resident office records the same
 //! withdrawal, at its original time, onto that record: [`Office::fold_resident_withdrawals`].
 //!
+//! A hold such an office sets is its own record too, and stayed home: another office's erasure or
+//! retention pass deleted the held subject's records everywhere, the office's own copies among
+//! them, while its hold was active (found by two exploratory sessions). So for each office whose
+//! records of the subject it holds travel, it writes a copy of its hold marked with that
+//! office as `origin` ([`crate::record::HoldRecord::origin`]): replication treats the copy as
+//! that office's data, so it reaches every office that may hold them, and their passes see it
+//! (`hold clear` there, or here, clears it as any hold): [`Office::spread_resident_holds`].
+//!
 //! Which records to look at is the replicator's to say: it knows the transfer policy and sees
 //! both this office's writes and what arrives (`replicate.rs`).
 
 use super::{Office, Result};
 use crate::protocol::{ConsentWithdraw, Request};
-use crate::record::{fmt_time, DocId, Record, KIND_CONSENT};
+use crate::record::{fmt_time, DocId, Record, KIND_CONSENT, KIND_HOLD};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
 
 /// A consent record's latest event as `consent check` orders them: by time, a withdrawal after a
 /// grant at the same instant (`true` sorts after `false`).
@@ -137,6 +146,75 @@ impl Office {
             out.folded = ops.len();
             self.write(ops, None).await?;
             out.done.extend(folding);
+        }
+        Ok(out)
+    }
+}
+
+impl Office {
+    /// For each of `records` (this office's own active holds): writes a copy of the hold for
+    /// every office `stays` says does not keep its records home whose records of the subject are
+    /// held here, unless a copy for it was written before (a cleared copy stays cleared: an
+    /// office that cleared it decided). A cleared or replaced hold is `done`; an active one is
+    /// watched on, for records of other offices arriving later.
+    pub async fn spread_resident_holds(
+        &self,
+        records: &[DocId],
+        stays: impl Fn(&str) -> bool,
+    ) -> Result<Folded> {
+        let mut out = Folded::default();
+        let mut ops = Vec::new();
+        for id in records {
+            if ops.len() >= FOLD_BATCH_MAX {
+                break;
+            }
+            let Some(Record::Hold(h)) = self.read_record(id)? else {
+                out.done.push(*id);
+                continue;
+            };
+            if h.office != self.id || h.origin.is_some() || h.cleared_at.is_some() {
+                out.done.push(*id);
+                continue;
+            }
+            let subject = Subject::parse(&h.subject).map_err(|e| {
+                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
+            })?;
+            let token = self.hasher.subject_token(&subject);
+            let (mut origins, mut copied) = (BTreeSet::new(), BTreeSet::new());
+            for (other, kind, bytes) in self.store.projections_by_key(&token)? {
+                if other == *id {
+                    continue;
+                }
+                let facts =
+                    crate::projection::facts(&bytes).map_err(super::OfficeError::Integrity)?;
+                if kind == KIND_HOLD {
+                    // This hold's copies: same office and setting time, an origin.
+                    let copy =
+                        Record::from_projection(&bytes).map_err(super::OfficeError::Integrity)?;
+                    if let Record::Hold(c) = copy {
+                        if let (true, true, Some(o)) =
+                            (c.office == self.id, c.set_at == h.set_at, c.origin)
+                        {
+                            copied.insert(o);
+                        }
+                    }
+                    continue; // a hold is not the data it keeps
+                }
+                let origin = facts.origin.unwrap_or(facts.office);
+                if !stays(&origin) {
+                    origins.insert(origin);
+                }
+            }
+            for origin in origins.difference(&copied) {
+                ops.push(super::Op::HoldSet(crate::record::HoldRecord {
+                    origin: Some(origin.clone()),
+                    ..h.clone()
+                }));
+            }
+        }
+        if !ops.is_empty() {
+            out.folded = ops.len();
+            self.write(ops, None).await?;
         }
         Ok(out)
     }

@@ -513,6 +513,7 @@ mod tests {
             set_at: "2026-01-01T00:00:00Z".into(),
             cleared_at: None,
             office: "de".into(),
+            origin: None,
         };
         assert!(s.expiry(&Record::Hold(h.clone()), marketing).is_none());
         h.cleared_at = Some("2026-06-01T00:00:00Z".into());
