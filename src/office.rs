@@ -491,6 +491,8 @@ impl Office {
                 for (i, r) in import.records.into_iter().enumerate() {
                     // Saturating: `first_line` is the client's number, any u64.
                     let line = import.first_line.saturating_add(i);
+                    self.refuse_imported_erasure(&r)
+                        .map_err(|e| invalid(format!("line {line}: {e}")))?;
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;
@@ -521,6 +523,31 @@ impl Office {
                 "audit.export streams its answer; use consentctl audit export --out FILE",
             )),
             other => unreachable!("{} is a write", other.op()),
+        }
+    }
+
+    /// An imported `request.close` line only closes (bulk imports carry history, not new
+    /// decisions), so completing an open erasure request that way would mark it answered with
+    /// nothing erased, and it could not be closed again to erase (found by an exploratory
+    /// session). Such a line is refused; the operator closes it with `request close`, which
+    /// erases first. Other outcomes and kinds import as before.
+    fn refuse_imported_erasure(&self, request: &Request) -> Result<()> {
+        let Request::RequestClose(a) = request else {
+            return Ok(());
+        };
+        if a.outcome != "completed" {
+            return Ok(());
+        }
+        // An id that does not parse or names no request is reported by `prepare` or the write.
+        let Ok(id) = record::parse_doc_id(&a.id) else {
+            return Ok(());
+        };
+        match self.read_record(&id)? {
+            Some(Record::Request(r)) if r.kind == "erasure" && r.is_open() => Err(invalid(format!(
+                "request {} is an erasure request: an import cannot complete it, since that would erase nothing; close it with consentctl request close {} --outcome completed, which erases",
+                a.id, a.id
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -9,7 +9,8 @@
 //! disagree. Run again, it still destroys the subject's unused keys, which a crash left behind
 //! under builds that destroyed keys in a commit after the deletions (`pass::delete_exclusive`).
 //! Erasure runs for `request close` over the socket; an imported `request.close` line only
-//! closes (bulk imports carry history, not new decisions).
+//! closes (bulk imports carry history, not new decisions), so one completing an open erasure
+//! request is refused (`Office::refuse_imported_erasure`).
 
 use super::pass::{self, Deletion};
 use super::schedule;
