@@ -356,15 +356,22 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            {
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 let _ = e.print();
-                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                    2
-                } else {
-                    0
-                };
+                return 0;
+            }
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+            ) {
+                // A command group without its subcommand is a failure like any other: one
+                // `error:` line, not the group's help without one (found by an exploratory
+                // session).
+                eprintln!(
+                    "error: {}",
+                    missing_subcommand_line(std::env::args().skip(1))
+                );
+                return 2;
             }
             eprintln!("error: {} (see consentctl --help)", clap_error_line(&e));
             return 2;
@@ -394,6 +401,58 @@ pub fn main() -> i32 {
             eprintln!("error: {}", message.replace('\n', " "));
             1
         }
+    }
+}
+
+/// `consentctl consent` (a command group, or nothing at all) without its subcommand: which
+/// group, the subcommands it has, and where its help is. The group is found by walking the
+/// arguments down the command tree, skipping options and the values they take.
+fn missing_subcommand_line(args: impl Iterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec![cmd.get_name().to_string()];
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if let Some(long) = arg.strip_prefix("--") {
+            let takes_value = !long.contains('=')
+                && cmd
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+            if takes_value {
+                args.next();
+            }
+            continue;
+        }
+        if arg.starts_with('-') {
+            continue;
+        }
+        match cmd.find_subcommand(&arg) {
+            Some(sub) => {
+                path.push(sub.get_name().to_string());
+                let sub = sub.clone();
+                cmd = sub;
+            }
+            None => break,
+        }
+    }
+    let names: Vec<&str> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .filter(|n| *n != "help")
+        .collect();
+    let path = path.join(" ");
+    if names.is_empty() {
+        format!("{path} is missing an argument (see {path} --help)")
+    } else {
+        let what = if path == "consentctl" {
+            "a command"
+        } else {
+            "a subcommand"
+        };
+        format!(
+            "{path} needs {what}: {} (see {path} --help)",
+            names.join(", ")
+        )
     }
 }
 

@@ -171,6 +171,16 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
             &["request", "extend", "not-an-id", "--reason", "x"],
             "record id",
         ),
+        // A command group without its subcommand printed the group's help, with no `error:`
+        // line (found by an exploratory session).
+        (
+            &["consent"],
+            "consentctl consent needs a subcommand: grant, withdraw, check, history (see consentctl consent --help)",
+        ),
+        (&["request"], "request needs a subcommand: open, extend, update, close, list"),
+        (&["audit"], "audit needs a subcommand: export"),
+        (&["roster"], "roster needs a subcommand: new"),
+        (&[], "consentctl needs a command: network, keygen"),
         (
             &[
                 "transfer",
