@@ -160,6 +160,20 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+impl Rule {
+    /// Why config cannot set this rule's period, if it cannot: its records are kept for ever,
+    /// or its limits leave one period only.
+    pub fn fixed_period(&self) -> Option<String> {
+        let shortest = if self.legal_duty { self.months } else { 0 };
+        match self.anchor {
+            Anchor::Never => Some("its records are kept for ever".into()),
+            _ if shortest < self.max_months => None,
+            _ if self.months == 0 => Some("its records are deleted at the first pass".into()),
+            _ => Some(format!("its records are kept {} months", self.months)),
+        }
+    }
+}
+
 /// SMS and voice data categories (§3).
 pub const SMS_VOICE_CATEGORIES: &[&str] =
     &["phone_number", "traffic_data", "location_data", "content"];
@@ -257,6 +271,17 @@ impl Schedule {
             let m = parse_months(text).ok_or_else(|| {
                 format!("[retention] periods.{id}: {text:?} is not a period such as 6m or 2y")
             })?;
+            if let Some(why) = r.fixed_period() {
+                // Said before the limits: "1y is longer than the 0 months the privacy
+                // statement allows" read as if refusals were deleted at once (found by an
+                // exploratory session). A fixed period's own value stays accepted (harmless).
+                if r.anchor == Anchor::Never || m != r.months {
+                    return Err(format!(
+                        "[retention] periods.{id}: this rule is not configurable: {why}; {}; remove the key",
+                        r.source
+                    ));
+                }
+            }
             if m > r.max_months {
                 return Err(format!(
                     "[retention] periods.{id}: {text} is longer than the {} months the privacy statement allows",
@@ -470,6 +495,49 @@ mod tests {
         o.clear();
         o.insert("marketing".to_string(), "a year".to_string());
         assert!(Schedule::new(&o).is_err());
+    }
+
+    /// Refusals are kept for ever, child data goes at once and financial records stay 10
+    /// years: config cannot change those, and says so rather than quote a limit ("1y is longer
+    /// than the 0 months the privacy statement allows").
+    #[test]
+    fn rules_with_a_fixed_period_are_not_configurable() {
+        let set = |id: &str, text: &str| {
+            Schedule::new(&BTreeMap::from([(id.to_string(), text.to_string())]))
+        };
+        let e = set("refusal", "1y").unwrap_err();
+        assert!(
+            e.contains(
+                "periods.refusal: this rule is not configurable: its records are kept for ever"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("longer"), "{e}");
+        assert!(set("refusal", "0")
+            .unwrap_err()
+            .contains("not configurable"));
+        let e = set("child-data", "6m").unwrap_err();
+        assert!(
+            e.contains("not configurable: its records are deleted at the first pass"),
+            "{e}"
+        );
+        let e = set("financial", "5y").unwrap_err();
+        assert!(
+            e.contains("not configurable: its records are kept 120 months"),
+            "{e}"
+        );
+        // A fixed period's own value is accepted, as before.
+        assert!(set("financial", "10y").is_ok());
+        assert!(set("child-data", "0").is_ok());
+        let fixed: Vec<&str> = RULES
+            .iter()
+            .filter(|r| r.fixed_period().is_some())
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(fixed, ["financial", "refusal", "child-data"]);
+        for r in RULES.iter().filter(|r| r.fixed_period().is_none()) {
+            assert!(set(r.id, &format!("{}m", r.max_months)).is_ok(), "{}", r.id);
+        }
     }
 
     #[test]
