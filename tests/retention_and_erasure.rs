@@ -626,3 +626,50 @@ fn erasure_keeps_legal_duties_lists_them_and_leaves_nothing_readable() {
     assert!(exists(&net, SUBJECT, &proof));
     assert!(exists(&net, "other@example.com", &other));
 }
+
+/// An erasure keeps the subject's other open requests, and says so: it listed one under the
+/// rule's reason for *handled* requests ("confirmations of handled data-subject requests are
+/// kept 5 years"), which it is not (found by an exploratory session). A closed one keeps that
+/// reason.
+#[test]
+fn an_erasure_says_an_open_request_is_kept_because_it_is_open() {
+    const SUBJECT: &str = "still.waiting@example.com";
+    let net = Net::init("de");
+    let _d = net.start("de");
+    let s = net.socket("de");
+    let open = |kind: &str| {
+        id_of(ok(
+            &s,
+            &["request", "open", "--subject", SUBJECT, "--kind", kind],
+        ))
+    };
+    let access = open("access");
+    let answered = open("rectification");
+    ok(
+        &s,
+        &["request", "close", &answered, "--outcome", "completed"],
+    );
+    let erasure = open("erasure");
+    let closed = ok(
+        &s,
+        &["request", "close", &erasure, "--outcome", "completed"],
+    );
+    let kept = closed["erasure"]["kept"].as_array().unwrap();
+    let why = |id: &str| {
+        let k = kept
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not kept: {closed}"));
+        assert_eq!(k["rule"], "request-confirmation", "{k}");
+        k["why"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        why(&access),
+        "an open data-subject request: kept until it is answered, then 5 years (§7)"
+    );
+    assert_eq!(
+        why(&answered),
+        "§7: confirmations of handled data-subject requests are kept 5 years"
+    );
+    assert_eq!(kept.len(), 3, "{closed}");
+}

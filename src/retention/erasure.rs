@@ -22,6 +22,10 @@ use serde_json::{json, Value};
 
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
 
+/// Why an erasure keeps another open request of the subject.
+pub const OPEN_REQUEST_KEPT: &str =
+    "an open data-subject request: kept until it is answered, then 5 years (§7)";
+
 fn kind_name(r: &Record) -> &'static str {
     match r {
         Record::Consent(_) => "consent",
@@ -57,6 +61,11 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
             ))
         } else if held {
             Some(("legal-hold", "the subject is under a legal hold"))
+        } else if matches!(&r, Record::Request(other) if other.is_open()) {
+            // Kept because it is still open, not as the confirmation of a handled request
+            // (the rule's own reason said so of an open request; found by an exploratory
+            // session). Once answered, the request-confirmation rule keeps it.
+            Some(("request-confirmation", OPEN_REQUEST_KEPT))
         } else {
             schedule::legally_kept(&r, marketing).map(|rule| (rule.id, rule.source))
         };
