@@ -689,10 +689,22 @@ const REMINDER_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// another destruction asks for one).
 const ROTATION_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// Once a day (and at start), warns in the log about open requests due within three days. The
-/// log names record ids and counts only, never who the requests are about.
+/// Once a day (and at start), warns in the log about open requests past their due date and
+/// those due within three days. The log names record ids and counts only, never who the
+/// requests are about.
 async fn due_soon_reminders(office: Arc<Office>, mut stop: watch::Receiver<bool>) {
     loop {
+        // The most urgent case: it went unlogged while requests due soon were (found by an
+        // exploratory session).
+        match office.overdue() {
+            Ok(overdue) if !overdue.is_empty() => tracing::warn!(
+                count = overdue.len(),
+                ids = %overdue.join(","),
+                "requests are overdue: still open after their due date"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot check overdue requests"),
+        }
         match office.due_soon(REMINDER_DAYS) {
             Ok(due) if !due.is_empty() => tracing::warn!(
                 count = due.len(),

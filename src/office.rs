@@ -1340,6 +1340,18 @@ impl Office {
         Ok(Value::Array(rows.into_iter().map(|(_, v)| v).collect()))
     }
 
+    /// Ids of open requests past their due date (for the daily reminder), most overdue first.
+    pub fn overdue(&self) -> Result<Vec<String>> {
+        // Due on day D means answered by the end of D: overdue once the date is past D.
+        let today = epoch_day(Utc::now().date_naive());
+        Ok(self
+            .store
+            .docs_due_before(today, LIST_ROWS_MAX)?
+            .iter()
+            .map(|(_, id)| doc_id_hex(id))
+            .collect())
+    }
+
     /// Ids of open requests due between today and `days` days ahead (for the daily reminder).
     pub fn due_soon(&self, days: u64) -> Result<Vec<String>> {
         let today = Utc::now().date_naive();

@@ -500,3 +500,45 @@ fn the_daemon_warns_about_requests_falling_due_without_naming_anyone() {
     );
     assert!(!log.contains("wei@"), "{log}");
 }
+
+/// The start-up reminder named requests falling due but said nothing of those already overdue,
+/// the most urgent case (found by an exploratory session).
+#[test]
+fn the_daemon_warns_about_overdue_requests_without_naming_anyone() {
+    let net = Net::init("sg");
+    let sock = net.socket("sg");
+    let d = net.start("sg");
+    // Singapore counts 30 calendar days: received 40 days ago was due 10 days ago.
+    let received = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    let late = ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "late.wei@example.sg",
+            "--kind",
+            "access",
+            "--received",
+            &received,
+        ],
+    );
+    assert!(d.stop());
+    let d = net.start("sg");
+    let id = late["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    while !d.log_text().contains(id) && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("requests are overdue"))
+        .unwrap_or_else(|| panic!("no overdue warning: {log}"));
+    assert!(
+        line.contains("WARN") && line.contains("count=1") && line.contains(id),
+        "{line}"
+    );
+    assert!(!log.contains("fall due within"), "not due soon: {log}");
+    assert!(!log.contains("late.wei"), "{log}");
+}
