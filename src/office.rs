@@ -551,6 +551,30 @@ impl Office {
         }
     }
 
+    /// A withdrawal of `subject`'s consent to `purpose`, as of `at` (default now).
+    fn withdraw_op(&self, subject: Subject, purpose: String, at: Option<&str>) -> Result<Op> {
+        self.purposes.check(&purpose)?;
+        let at = event_time(at, Utc::now())?;
+        Ok(Op::Consent {
+            subject,
+            purpose,
+            person: "end_user".into(),
+            role: vocab::default_role("end_user").into(),
+            minor: false,
+            parental_consent: None,
+            event: ConsentEvent {
+                action: "withdraw".into(),
+                at: fmt_time(at),
+                basis: None,
+                service: None,
+                evidence: None,
+                notice: None,
+                office: self.id.clone(),
+            },
+            onto: None,
+        })
+    }
+
     // ---- writes -------------------------------------------------------------------------------
 
     /// Validates one write request into an operation; touches no storage.
@@ -631,27 +655,7 @@ impl Office {
                 })
             }
             Request::ConsentWithdraw(a) => {
-                let subject = parse_subject(&a.subject)?;
-                self.purposes.check(&a.purpose)?;
-                let at = event_time(a.at.as_deref(), now)?;
-                Ok(Op::Consent {
-                    subject,
-                    purpose: a.purpose,
-                    person: "end_user".into(),
-                    role: vocab::default_role("end_user").into(),
-                    minor: false,
-                    parental_consent: None,
-                    event: ConsentEvent {
-                        action: "withdraw".into(),
-                        at: fmt_time(at),
-                        basis: None,
-                        service: None,
-                        evidence: None,
-                        notice: None,
-                        office: self.id.clone(),
-                    },
-                    onto: None,
-                })
+                self.withdraw_op(parse_subject(&a.subject)?, a.purpose, a.at.as_deref())
             }
             Request::RequestOpen(a) => {
                 let subject = parse_subject(&a.subject)?;
@@ -819,15 +823,17 @@ impl Office {
     pub(crate) async fn close_with_erasure_report(
         &self,
         a: protocol::RequestClose,
-        erasure: Option<(Value, Vec<protocol::ConsentWithdraw>)>,
+        erasure: Option<(Value, Vec<(Subject, String)>)>,
     ) -> Result<Value> {
         let (report, withdrawals) = match erasure {
             Some((report, withdrawals)) => (Some(report), withdrawals),
             None => (None, Vec::new()),
         };
+        // The subject as the request stores it: one written before today's input rules (a
+        // zero-width space, say) is withdrawn under the tokens its grants are indexed by.
         let mut ops = withdrawals
             .into_iter()
-            .map(|w| self.prepare(Request::ConsentWithdraw(w)))
+            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None))
             .collect::<Result<Vec<Op>>>()?;
         let mut op = self.prepare(Request::RequestClose(a))?;
         if let Op::RequestClose { erasure, .. } = &mut op {
@@ -1191,7 +1197,7 @@ impl Office {
             }
         }
         if let Some(s) = record.subject() {
-            let subject = Subject::parse(s).map_err(|e| {
+            let subject = Subject::parse_stored(s).map_err(|e| {
                 OfficeError::Integrity(format!("stored subject does not parse: {e}"))
             })?;
             keys.push(self.hasher.subject_token(&subject));
@@ -1231,13 +1237,22 @@ impl Office {
     /// "May we contact this person for this purpose at this time?" Granted only if the latest event at
     /// or before `at` is a grant; a withdrawal at the same instant as a grant wins.
     pub fn consent_check(&self, subject: &str, purpose: &str, at: Option<&str>) -> Result<Value> {
-        let subject = parse_subject(subject)?;
+        self.consent_check_of(&parse_subject(subject)?, purpose, at)
+    }
+
+    /// [`Self::consent_check`] of a parsed subject (an erasure checks its request's stored one).
+    pub(crate) fn consent_check_of(
+        &self,
+        subject: &Subject,
+        purpose: &str,
+        at: Option<&str>,
+    ) -> Result<Value> {
         self.purposes.check(purpose)?;
         let at = match at {
             Some(t) => parse_time(t)?,
             None => Utc::now(),
         };
-        let token = self.hasher.consent_token(&subject, purpose);
+        let token = self.hasher.consent_token(subject, purpose);
         let mut latest: Option<(DateTime<Utc>, bool, DocId)> = None;
         // The hot path: only actions and times decide, so the sealed personal fields stay sealed
         // (no decryption, no key lookup).
@@ -1696,7 +1711,7 @@ impl<'o> Draft<'o> {
         subject: &str,
         class: crate::keystore::KeyClass,
     ) -> Result<(consentd_storage::KeyId, zeroize::Zeroizing<[u8; 32]>)> {
-        let subject = Subject::parse(subject)
+        let subject = Subject::parse_stored(subject)
             .map_err(|e| OfficeError::Integrity(format!("subject does not parse: {e}")))?;
         let owner = crate::keystore::owner(&self.office.hasher.subject_token(&subject), class);
         let keys = &self.office.keys;

@@ -446,7 +446,7 @@ impl Office {
             _ => self.keys.key(id),
         })?;
         if let (Some((k, key)), Some(subject)) = (arriving, plain.subject()) {
-            let subject = Subject::parse(subject).map_err(|e| {
+            let subject = Subject::parse_stored(subject).map_err(|e| {
                 OfficeError::Integrity(format!("record {}: subject: {e}", doc_id_hex(&id)))
             })?;
             let is_marketing = |p: &str| self.purposes.is_marketing(p);

@@ -22,7 +22,6 @@
 //! both this office's writes and what arrives (`replicate.rs`).
 
 use super::{Office, Result};
-use crate::protocol::{ConsentWithdraw, Request};
 use crate::record::{fmt_time, DocId, Record, KIND_CONSENT, KIND_HOLD};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
@@ -91,7 +90,7 @@ impl Office {
                 out.done.push(*id);
                 continue;
             };
-            let subject = Subject::parse(&c.subject).map_err(|e| {
+            let subject = Subject::parse_stored(&c.subject).map_err(|e| {
                 super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
             })?;
             let token = self.hasher.consent_token(&subject, &c.purpose);
@@ -131,11 +130,7 @@ impl Office {
                 }
                 continue; // nothing that travels holds the consent yet: wait for it
             };
-            let mut op = self.prepare(Request::ConsentWithdraw(ConsentWithdraw {
-                subject: c.subject.clone(),
-                purpose: c.purpose.clone(),
-                at: Some(fmt_time(t_w)),
-            }))?;
+            let mut op = self.withdraw_op(subject, c.purpose.clone(), Some(&fmt_time(t_w)))?;
             if let super::Op::Consent { onto: target, .. } = &mut op {
                 *target = Some(onto);
             }
@@ -176,7 +171,7 @@ impl Office {
                 out.done.push(*id);
                 continue;
             }
-            let subject = Subject::parse(&h.subject).map_err(|e| {
+            let subject = Subject::parse_stored(&h.subject).map_err(|e| {
                 super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
             })?;
             let token = self.hasher.subject_token(&subject);

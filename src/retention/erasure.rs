@@ -17,6 +17,7 @@ use super::schedule;
 use crate::office::{Office, OfficeError};
 use crate::protocol;
 use crate::record::{self, doc_id_hex, Record};
+use crate::subject::Subject;
 use consentd_sync::tombstone::Reason;
 use serde_json::{json, Value};
 
@@ -46,7 +47,9 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         return office.close_with_erasure_report(a, None).await;
     };
     let marketing = |p: &str| office.purposes.is_marketing(p);
-    let subject = request.subject.clone();
+    // As stored: a request written under older input rules keeps the tokens it was indexed by.
+    let subject = Subject::parse_stored(&request.subject)
+        .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     let held = pass::is_held(office, &token)?;
@@ -96,7 +99,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     }
     let mut withdrawn = Vec::new();
     for purpose in purposes {
-        if office.consent_check(&subject, &purpose, None)?["granted"] == true {
+        if office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
             withdrawn.push(purpose);
         }
     }
@@ -109,11 +112,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     });
     let withdrawals = withdrawn
         .iter()
-        .map(|purpose| protocol::ConsentWithdraw {
-            subject: subject.clone(),
-            purpose: purpose.clone(),
-            at: None,
-        })
+        .map(|purpose| (subject.clone(), purpose.clone()))
         .collect();
     office
         .close_with_erasure_report(a, Some((report, withdrawals)))

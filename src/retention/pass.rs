@@ -112,7 +112,7 @@ pub(crate) fn subject_token(office: &Office, record: &Record) -> Result<Option<[
     match record.subject() {
         None => Ok(None),
         Some(s) => {
-            let subject = Subject::parse(s)
+            let subject = Subject::parse_stored(s)
                 .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
             Ok(Some(office.hasher.subject_token(&subject)))
         }

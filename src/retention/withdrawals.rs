@@ -49,7 +49,7 @@ fn group(office: &Office, token: &[u8; 32]) -> Result<Vec<(DocId, Option<Decisiv
 pub(crate) fn token(office: &Office, record: &Record) -> Result<Option<[u8; 32]>> {
     match record {
         Record::Consent(c) => {
-            let subject = Subject::parse(&c.subject)
+            let subject = Subject::parse_stored(&c.subject)
                 .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
             Ok(Some(office.hasher.consent_token(&subject, &c.purpose)))
         }
