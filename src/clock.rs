@@ -102,7 +102,8 @@ pub enum Authority {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Extension {
-    /// The extended deadline counts `period` from the clock's start (GDPR: three months in all).
+    /// The extended deadline counts `period` from the clock's start (privacy statement §8.4: two
+    /// months in all).
     FromStart {
         period: Period,
         rule: &'static str,
@@ -166,6 +167,12 @@ pub struct Rule {
     pub source: &'static str,
 }
 
+/// The extension the company's privacy statement promises (§8.4: "may be extended to two (2)
+/// months from the date of receipt", the person told). Under GDPR and UK GDPR it replaces Art.
+/// 12(3)'s two *further* months (three in all): the company promised less, and its promise
+/// binds it (found by an exploratory session; the extension was 3 months from receipt).
+const STATEMENT_EXTENSION: &str = "privacy statement §8.4: a complex request or many requests may extend the answer to two months from receipt, the person told within the first period (stricter than the law's extension, so the company's promise governs)";
+
 /// The table. The first row matching (jurisdiction, kind) applies.
 pub static RULES: &[Rule] = &[
     Rule {
@@ -175,9 +182,9 @@ pub static RULES: &[Rule] = &[
         period: Period::CalendarMonths(1),
         roll_to_working_day: true,
         extension: Extension::FromStart {
-            period: Period::CalendarMonths(3),
+            period: Period::CalendarMonths(2),
             rule: "uk-gdpr-art12-3-extension",
-            source: "UK GDPR Art. 12(3): two further months where requests are complex or numerous, if the person is told with reasons within the first month",
+            source: STATEMENT_EXTENSION,
         },
         confirm: None,
         restart_on_identity: true,
@@ -191,9 +198,9 @@ pub static RULES: &[Rule] = &[
         period: Period::CalendarMonths(1),
         roll_to_working_day: true,
         extension: Extension::FromStart {
-            period: Period::CalendarMonths(3),
+            period: Period::CalendarMonths(2),
             rule: "gdpr-art12-3-extension",
-            source: "GDPR Art. 12(3): two further months where requests are complex or numerous, if the person is told with reasons within the first month",
+            source: STATEMENT_EXTENSION,
         },
         confirm: None,
         restart_on_identity: false,
@@ -230,21 +237,25 @@ pub static RULES: &[Rule] = &[
         authority: Authority::Law,
         source: "Cal. Civ. Code § 1798.130(a)(2); Cal. Code Regs. tit. 11 § 7021 (respond within 45 calendar days; confirm receipt within 10 business days)",
     },
+    // No general federal deadline: the company's own, `[clock] company_policy_days` as in China
+    // (it was 45 days, 90 extended, "modelled on the CCPA", while the privacy statement §8.4
+    // promises one month, two at most, and README named this period for the US; found by an
+    // exploratory session). The extension is the statement's two months from receipt.
     Rule {
-        id: "us-company-policy-45-days",
+        id: "us-company-policy",
         jurisdictions: Jurisdictions::UsOther,
         kinds: None,
-        period: Period::CalendarDays(45),
+        period: Period::CompanyPolicyDays,
         roll_to_working_day: false,
         extension: Extension::FromStart {
-            period: Period::CalendarDays(90),
+            period: Period::CalendarMonths(2),
             rule: "us-company-policy-extension",
-            source: "company policy, modelled on the CCPA: once, by 45 more days, with notice within the first 45",
+            source: STATEMENT_EXTENSION,
         },
         confirm: None,
         restart_on_identity: false,
         authority: Authority::CompanyPolicy,
-        source: "company policy for US residents outside California (no general federal deadline), modelled on the CCPA's 45 days",
+        source: "company policy for US residents outside California: no general federal deadline; the company answers within [clock] company_policy_days (privacy statement §8.4: one month)",
     },
     Rule {
         id: "pdpa-access-30-days",
@@ -483,7 +494,13 @@ impl Clock {
             }
             Extension::NotAllowed { .. } => unreachable!("returned above"),
         };
-        debug_assert!(date > current_due, "an extension moves the deadline later");
+        if date <= current_due {
+            // `[clock] company_policy_days` may reach past the statement's two months already.
+            return Err(ClockError::ExtensionNotAllowed {
+                rule: rule.id,
+                reason: "the deadline already lies at or beyond the extended period's end (two months from receipt, privacy statement §8.4)",
+            });
+        }
         Ok(Due {
             date,
             rule: rule_id,
@@ -676,6 +693,48 @@ mod tests {
                 .unwrap()
                 .date,
             d("2026-03-16")
+        );
+    }
+
+    /// The US outside California follows `[clock] company_policy_days` like China (it had 45
+    /// days of its own, 90 extended); its extension is the statement's two months from receipt,
+    /// refused where the configured period reaches that far already.
+    #[test]
+    fn us_outside_california_follows_the_company_policy_days() {
+        let c = Clock::new(Calendars::builtin(), 15);
+        for j in ["US", "US-NY", "us-tx"] {
+            let due = c.due(j, "access", at("2026-03-01T00:00:00Z")).unwrap();
+            assert_eq!((due.date, due.rule), (d("2026-03-16"), "us-company-policy"));
+        }
+        let ext = c
+            .extended(
+                "US",
+                "access",
+                at("2026-03-01T00:00:00Z"),
+                d("2026-03-16"),
+                at("2026-03-10T00:00:00Z"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (ext.date, ext.rule),
+            (d("2026-05-01"), "us-company-policy-extension")
+        );
+        assert!(ext.explanation.contains("§8.4"), "{}", ext.explanation);
+        let long = Clock::new(Calendars::builtin(), 90);
+        let e = long
+            .extended(
+                "US",
+                "access",
+                at("2026-03-01T00:00:00Z"),
+                d("2026-05-30"),
+                at("2026-03-10T00:00:00Z"),
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, ClockError::ExtensionNotAllowed { .. }) && e.to_string().contains("§8.4"),
+            "{e}"
         );
     }
 

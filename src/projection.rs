@@ -234,6 +234,8 @@ pub const WORDS: &[&str] = &[
     "pdpa-access-30-days",
     "pdpa-company-30-days",
     "pipl-company-policy",
+    // Retired from the clock table (now `us-company-policy`); requests opened before keep it,
+    // and the word's index is part of the encoding.
     "us-company-policy-45-days",
 ];
 

@@ -289,7 +289,10 @@ fn requests_extend_close_and_fall_overdue() {
             "2026-02-10T00:00:00Z",
         ],
     );
-    assert_eq!(ext["due"], "2026-04-30");
+    assert_eq!(
+        ext["due"], "2026-03-31",
+        "two months from receipt (statement §8.4)"
+    );
     assert!(ext["due_rule"].as_str().is_some());
     let twice = err(
         &sock,
@@ -312,7 +315,7 @@ fn requests_extend_close_and_fall_overdue() {
             "list",
             "--overdue",
             "--as-of",
-            "2026-05-01T00:00:00Z",
+            "2026-04-01T00:00:00Z",
         ],
     );
     let ids: Vec<&str> = overdue
@@ -324,7 +327,7 @@ fn requests_extend_close_and_fall_overdue() {
     assert_eq!(
         ids,
         [a_id],
-        "only the extended request is past due on 2026-05-01"
+        "only the extended request is past due on 2026-04-01"
     );
     let on_due_day = ok(
         &sock,
@@ -333,7 +336,7 @@ fn requests_extend_close_and_fall_overdue() {
             "list",
             "--overdue",
             "--as-of",
-            "2026-04-30T23:00:00Z",
+            "2026-03-31T23:00:00Z",
         ],
     );
     assert!(

@@ -110,12 +110,12 @@ const DUE: &[Case] = &[
         rule: "ccpa-opt-out-15-business-days",
     },
     Case {
-        why: "US outside California: company policy, 45 days",
+        why: "US outside California: company policy days (30 by default), as in China",
         jurisdiction: "US",
         kind: "access",
         received: "2026-03-31T09:00:00Z",
-        due: "2026-05-15",
-        rule: "us-company-policy-45-days",
+        due: "2026-04-30",
+        rule: "us-company-policy",
     },
     Case {
         why: "PDPA access: 30 days",
@@ -193,31 +193,49 @@ struct Ext {
 
 const EXTENSIONS: &[Ext] = &[
     Ext {
-        why: "GDPR: three months from receipt in all",
+        why: "GDPR: two months from receipt in all (privacy statement §8.4, not Art. 12(3)'s three)",
         jurisdiction: "DE",
         kind: "access",
         received: "2026-01-31T10:00:00Z",
         notice: "2026-02-10T00:00:00Z",
         until: None,
-        due: Ok("2026-04-30"),
+        due: Ok("2026-03-31"),
     },
     Ext {
-        why: "GDPR: three months land on Sunday 30 Apr 2028, then May Day: 2 May",
+        why: "GDPR: two months land on Good Friday 3 Apr 2026, then the weekend and Easter Monday: 7 Apr",
         jurisdiction: "DE",
         kind: "access",
-        received: "2028-01-31T10:00:00Z",
-        notice: "2028-02-10T00:00:00Z",
+        received: "2026-02-03T10:00:00Z",
+        notice: "2026-02-10T00:00:00Z",
         until: None,
-        due: Ok("2028-05-02"),
+        due: Ok("2026-04-07"),
     },
     Ext {
-        why: "UK GDPR: three months from receipt",
+        why: "UK GDPR: two months from receipt land on Sunday 31 May: Monday 1 Jun",
         jurisdiction: "GB",
         kind: "access",
         received: "2026-03-31T09:00:00Z",
         notice: "2026-04-20T00:00:00Z",
         until: None,
-        due: Ok("2026-06-30"),
+        due: Ok("2026-06-01"),
+    },
+    Ext {
+        why: "US outside California: two months from receipt (statement §8.4), no roll",
+        jurisdiction: "US",
+        kind: "access",
+        received: "2026-03-31T09:00:00Z",
+        notice: "2026-04-20T00:00:00Z",
+        until: None,
+        due: Ok("2026-05-31"),
+    },
+    Ext {
+        why: "US outside California: notice after the company's period is too late",
+        jurisdiction: "US",
+        kind: "access",
+        received: "2026-03-31T09:00:00Z",
+        notice: "2026-05-01T00:00:00Z",
+        until: None,
+        due: Err("too late"),
     },
     Ext {
         why: "GDPR: notice after the first month is too late",
@@ -382,4 +400,53 @@ fn dates_outside_the_calendars_are_refused_not_guessed() {
     assert!(clock
         .due("SG", "access", at("2030-01-01T00:00:00Z"))
         .is_ok());
+}
+
+/// docs/legal-clocks.md's table against the code's: one row per rule, each naming its extension
+/// rule, and an extension counted from the start says its length as the code counts it (the
+/// doc and the code both said 3 months where the privacy statement promised two).
+#[test]
+fn the_documented_table_matches_the_rules() {
+    use consentd::clock::{Extension, Period, RULES};
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/legal-clocks.md"))
+        .unwrap();
+    let rows: Vec<Vec<&str>> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .filter(|cells: &Vec<&str>| cells.len() == 8 && cells[0] != "`due_rule`")
+        .collect();
+    let documented: Vec<&str> = rows.iter().map(|r| r[0].trim_matches('`')).collect();
+    let coded: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    assert_eq!(documented, coded, "the doc's rows are the code's, in order");
+    for (rule, row) in RULES.iter().zip(&rows) {
+        let extension = row[5];
+        let (id, period) = match rule.extension {
+            Extension::FromStart { rule, period, .. } => (Some(rule), Some(period)),
+            Extension::AfterDue { rule, .. } | Extension::NotifiedDate { rule, .. } => {
+                (Some(rule), None)
+            }
+            Extension::NotAllowed { .. } => (None, None),
+        };
+        match id {
+            Some(id) => assert!(
+                extension.contains(&format!("`{id}`")),
+                "{}: {extension}",
+                rule.id
+            ),
+            None => assert_eq!(extension, "none", "{}", rule.id),
+        }
+        let length = match period {
+            Some(Period::CalendarMonths(n)) => Some(format!("{n} months")),
+            Some(Period::CalendarDays(n)) => Some(format!("{n} days")),
+            _ => None,
+        };
+        if let Some(length) = length {
+            assert!(
+                extension.replace("calendar ", "").contains(&length),
+                "{}: the doc says {extension:?}, the code counts {length}",
+                rule.id
+            );
+        }
+    }
 }

@@ -189,7 +189,7 @@ fn uk_identity_received_restarts_the_clock() {
             "2026-04-11T00:00:00Z",
         ],
     );
-    // The extension then counts three months from the restart.
+    // The extension then counts two months from the restart (privacy statement §8.4).
     let ext = ok(
         &sock,
         &[
@@ -202,7 +202,7 @@ fn uk_identity_received_restarts_the_clock() {
             "2026-04-20T00:00:00Z",
         ],
     );
-    assert_eq!(ext["due"], "2026-07-10");
+    assert_eq!(ext["due"], "2026-06-10");
     let list = ok(&sock, &["request", "list"]);
     let statuses: Vec<&str> = list[0]["history"]
         .as_array()
@@ -237,7 +237,7 @@ fn uk_identity_received_restarts_the_clock() {
             "2026-04-05T00:00:00Z",
         ],
     );
-    assert_eq!(ext["due"], "2026-06-30");
+    assert_eq!(ext["due"], "2026-06-01", "31 May is a Sunday");
     let update = |status: &str, at: &str| {
         ok(
             &sock,
@@ -247,8 +247,8 @@ fn uk_identity_received_restarts_the_clock() {
     update("identity_requested", "2026-04-06T00:00:00Z");
     let got = update("identity_received", "2026-04-10T12:00:00Z");
     assert_eq!(
-        got["due"], "2026-07-10",
-        "three months from the restart: {got}"
+        got["due"], "2026-06-10",
+        "two months from the restart: {got}"
     );
 
     // Elsewhere the clock runs on from receipt.
