@@ -817,18 +817,14 @@ impl Office {
         }
     }
 
-    /// Closes a request whose erasure already ran, recording what was deleted and kept.
-    /// Closes a request; for an erasure, with its report and the withdrawals it makes, all in
-    /// one durable batch (`retention::erasure`).
+    /// Closes a request with the withdrawals its completion makes, and for an erasure the report
+    /// of what it deleted and kept, all in one durable batch (`retention::erasure`).
     pub(crate) async fn close_with_erasure_report(
         &self,
         a: protocol::RequestClose,
-        erasure: Option<(Value, Vec<(Subject, String)>)>,
+        report: Option<Value>,
+        withdrawals: Vec<(Subject, String)>,
     ) -> Result<Value> {
-        let (report, withdrawals) = match erasure {
-            Some((report, withdrawals)) => (Some(report), withdrawals),
-            None => (None, Vec::new()),
-        };
         // The subject as the request stores it: one written before today's input rules (a
         // zero-width space, say) is withdrawn under the tokens its grants are indexed by.
         let mut ops = withdrawals

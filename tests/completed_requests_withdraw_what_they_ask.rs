@@ -1,0 +1,126 @@
+//! Completing a withdrawal, objection or restriction request changed nothing: `consent check`
+//! still answered "granted" for what the person had asked to stop (found by an exploratory
+//! session). Completing one now withdraws, in the batch that closes it:
+//! - withdrawal: every consent of the subject;
+//! - objection: marketing whatever its basis, and every purpose granted on legitimate interest;
+//! - restriction: purposes granted on legitimate interest (consented processing may go on,
+//!   GDPR Art. 18(2)).
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn grant(sock: &std::path::Path, subject: &str, purpose: &str, basis: &str) {
+    ok(
+        sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            purpose,
+            "--basis",
+            basis,
+            "--evidence",
+            "web form v3",
+        ],
+    );
+}
+
+fn granted(sock: &std::path::Path, subject: &str, purpose: &str) -> bool {
+    ok(
+        sock,
+        &[
+            "consent",
+            "check",
+            "--subject",
+            subject,
+            "--purpose",
+            purpose,
+        ],
+    )["granted"]
+        == true
+}
+
+/// Grants marketing (consent), service_analytics (legitimate interest) and support (contract),
+/// then completes a request of `kind`; returns the close answer.
+fn complete(sock: &std::path::Path, subject: &str, kind: &str) -> Value {
+    grant(sock, subject, "marketing", "consent");
+    grant(sock, subject, "service_analytics", "legitimate_interest");
+    grant(sock, subject, "support", "contract");
+    let id = ok(
+        sock,
+        &["request", "open", "--subject", subject, "--kind", kind],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(sock, &["request", "close", &id, "--outcome", "completed"])
+}
+
+#[test]
+fn completed_withdrawal_objection_and_restriction_requests_withdraw_what_they_ask() {
+    let net = Net::init("nl");
+    let _d = net.start("nl");
+    let sock = net.socket("nl");
+    let states = |subject: &str| {
+        ["marketing", "service_analytics", "support"].map(|p| granted(&sock, subject, p))
+    };
+
+    let closed = complete(&sock, "wd@example.com", "withdrawal");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["marketing", "service_analytics", "support"]),
+        "{closed}"
+    );
+    assert_eq!(states("wd@example.com"), [false, false, false]);
+
+    let closed = complete(&sock, "obj@example.com", "objection");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["marketing", "service_analytics"]),
+        "{closed}"
+    );
+    assert_eq!(states("obj@example.com"), [false, false, true]);
+
+    let closed = complete(&sock, "rs@example.com", "restriction");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["service_analytics"]),
+        "{closed}"
+    );
+    assert_eq!(states("rs@example.com"), [true, false, true]);
+
+    // Other kinds withdraw nothing; a refused request withdraws nothing either.
+    let closed = complete(&sock, "acc@example.com", "access");
+    assert!(closed["withdrawn"].is_null(), "{closed}");
+    assert_eq!(states("acc@example.com"), [true, true, true]);
+    grant(&sock, "no@example.com", "marketing", "consent");
+    let id = ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "no@example.com",
+            "--kind",
+            "objection",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &sock,
+        &[
+            "request",
+            "close",
+            &id,
+            "--outcome",
+            "refused",
+            "--note",
+            "not the person",
+        ],
+    );
+    assert!(granted(&sock, "no@example.com", "marketing"));
+}
