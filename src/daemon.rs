@@ -47,6 +47,8 @@ const DRAIN_BYTES_MAX: u64 = 64 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "consentd.redb";
+/// How long replication waits before trying again to run (its listen address was in use).
+const RUN_RETRY: Duration = Duration::from_secs(10);
 /// How often the write path is checked for a stall (`liveness`); under systemd also the longest
 /// time between two watchdog pings, whatever `WatchdogSec` allows.
 const LIVENESS_EVERY: Duration = Duration::from_secs(5);
@@ -394,10 +396,30 @@ pub async fn run(
                         took_ms = started.elapsed().as_millis() as u64,
                         "replication sets built"
                     );
-                    office.attach_replicator(&replicator);
-                    match replicator.run(transport, listen, stop).await {
-                        Ok(()) => return,
-                        Err(e) => e.to_string(),
+                    // A listen address in use (an office restarted before its old socket
+                    // drained, another program) is tried again every RUN_RETRY until it is
+                    // free, `peers` and `status` saying why meanwhile; it was given up for good,
+                    // and `peers` listed no peer (found by an exploratory session).
+                    loop {
+                        office.attach_replicator(&replicator);
+                        let why = match replicator
+                            .clone()
+                            .run(transport.clone(), listen, stop.clone())
+                            .await
+                        {
+                            Ok(()) => return,
+                            Err(e) => e.to_string(),
+                        };
+                        if *stopping.borrow() {
+                            break why;
+                        }
+                        tracing::error!(error = %why, retry_in_s = RUN_RETRY.as_secs(), "replication cannot run; trying again");
+                        office.replication_failed(why.clone());
+                        let mut stop = stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(RUN_RETRY) => {}
+                            _ = stop.changed() => break why,
+                        }
                     }
                 }
                 Ok(Err(e)) => e.to_string(),

@@ -342,6 +342,14 @@ impl Office {
         }
     }
 
+    /// `status` → `replication_error`: why replication failed, or `None`.
+    pub fn replication_error(&self) -> Option<String> {
+        match &*self.replication_lock() {
+            Replication::Failed { why, .. } => Some(why.clone()),
+            _ => None,
+        }
+    }
+
     /// `consentctl peers`: every configured peer, or an empty list for a lone office.
     pub fn peers(&self) -> Value {
         let (peers, why) = match &*self.replication_lock() {
@@ -1531,6 +1539,8 @@ impl Office {
             // Why no write can succeed until a restart (a full disk, say), or null.
             "storage_failure": self.store.write_failure(),
             "replication": self.replication_state(),
+            // Why, when `replication` is `failed` (also on every peer in `peers`), or null.
+            "replication_error": self.replication_error(),
             // Replicated records not readable here yet (waiting for their key or the rest of
             // their history); counted up to PENDING_COUNT_MAX.
             "pending_records": self.pending_records()?,

@@ -1,5 +1,6 @@
 //! The daemon's life under a service manager: READY=1 once serving, watchdog pings while alive,
-//! STOPPING=1 on SIGTERM; and logs that never name a data subject.
+//! STOPPING=1 on SIGTERM; logs that never name a data subject; replication that waits for its
+//! listen address, saying why.
 mod common;
 use common::*;
 use std::os::unix::net::UnixDatagram;
@@ -137,4 +138,43 @@ fn debug_logs_name_no_subject() {
     ] {
         assert!(!log.contains(needle), "log contains {needle:?}:\n{log}");
     }
+}
+
+/// Replication whose listen address is taken failed for good, `status` gave no reason and
+/// `peers` said no peer was configured (found by an exploratory session). Now `status` says
+/// why, `peers` lists the peer with the reason, and replication runs once the address is free.
+#[test]
+fn replication_waits_for_its_address_and_says_why_meanwhile() {
+    let net = Net::init("de,uk");
+    let text = std::fs::read_to_string(net.config("de")).unwrap();
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let taken = std::net::UdpSocket::bind(&listen).unwrap();
+    let _de = net.start("de");
+    wait_until("replication to fail", Duration::from_secs(60), || {
+        ok(&net.socket("de"), &["status"])["replication"] == "failed"
+    });
+    let status = ok(&net.socket("de"), &["status"]);
+    let why = status["replication_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains(&listen), "{status}");
+    let peers = ok(&net.socket("de"), &["peers"]);
+    assert_eq!(peers[0]["office"], "uk", "{peers}");
+    assert_eq!(
+        peers[0]["last_error"],
+        format!("replication failed: {why}"),
+        "{peers}"
+    );
+
+    drop(taken);
+    wait_until("replication to run", Duration::from_secs(60), || {
+        ok(&net.socket("de"), &["status"])["replication"] == "running"
+    });
+    assert!(ok(&net.socket("de"), &["status"])["replication_error"].is_null());
 }
