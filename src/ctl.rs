@@ -1103,6 +1103,8 @@ pub(crate) fn human_requests(v: &Value) -> String {
             scalar(&r["jurisdiction"]),
             if r["overdue"] == Value::Bool(true) {
                 "  OVERDUE"
+            } else if r["clock_stopped"] == Value::Bool(true) {
+                "  clock stopped: waiting for the person"
             } else {
                 ""
             }

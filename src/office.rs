@@ -1210,7 +1210,8 @@ impl Office {
             }
         }
         let due = match record {
-            Record::Request(r) if r.is_open() => {
+            // Its clock stopped: not due until it starts again (`clock_stopped`).
+            Record::Request(r) if r.is_open() && !clock_stopped(r) => {
                 let d = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
                     .map_err(|e| OfficeError::Integrity(format!("stored due date: {e}")))?;
                 Some(epoch_day(d))
@@ -2429,9 +2430,22 @@ fn with_id<T: serde::Serialize>(id: &DocId, record: &T) -> Value {
 
 fn request_view(id: &DocId, r: &RequestRecord, as_of: DateTime<Utc>) -> Value {
     let mut v = with_id(id, r);
-    let overdue = r.is_open() && r.due.as_str() < fmt_date(as_of.date_naive()).as_str();
+    let stopped = clock_stopped(r);
+    let overdue = r.is_open() && !stopped && r.due.as_str() < fmt_date(as_of.date_naive()).as_str();
     v["overdue"] = json!(overdue);
+    v["clock_stopped"] = json!(stopped);
     v
+}
+
+/// Whether a request's clock is stopped: it waits for the person's identity (or clarification,
+/// or fee) where the law starts the clock again once that arrives (the UK: ICO guidance). Its
+/// due date then means nothing yet: it is neither overdue nor due soon, and leaves the due
+/// index until `identity_received` gives it a new one. It was listed OVERDUE (found by an
+/// exploratory session).
+fn clock_stopped(r: &RequestRecord) -> bool {
+    r.is_open()
+        && r.status == "identity_requested"
+        && clock::restarts_on_identity(&r.jurisdiction, &r.kind)
 }
 
 pub fn subject_kind_name(kind: SubjectKind) -> &'static str {

@@ -251,6 +251,49 @@ fn uk_identity_received_restarts_the_clock() {
         "two months from the restart: {got}"
     );
 
+    // While a UK request waits for the person's identity its clock is stopped: neither overdue
+    // nor due soon (it was listed OVERDUE; found by an exploratory session).
+    let r3 = open(&sock, "GB", "access", "2026-03-02T09:00:00Z");
+    let id3 = r3["id"].as_str().unwrap().to_string();
+    let update3 = |status: &str, at: &str| {
+        ok(
+            &sock,
+            &["request", "update", &id3, "--status", status, "--at", at],
+        )
+    };
+    update3("identity_requested", "2026-03-03T00:00:00Z");
+    let listed = |args: &[&str]| {
+        ok(&sock, args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id3.as_str())
+            .cloned()
+    };
+    let july = [
+        "request",
+        "list",
+        "--overdue",
+        "--as-of",
+        "2026-07-15T00:00:00Z",
+    ];
+    assert!(listed(&july).is_none(), "a stopped clock is not overdue");
+    let row = listed(&["request", "list", "--as-of", "2026-07-15T00:00:00Z"]).unwrap();
+    assert_eq!(row["overdue"], false, "{row}");
+    assert_eq!(row["clock_stopped"], true, "{row}");
+    update3("identity_received", "2026-07-01T00:00:00Z");
+    let august = [
+        "request",
+        "list",
+        "--overdue",
+        "--as-of",
+        "2026-08-15T00:00:00Z",
+    ];
+    assert!(
+        listed(&august).is_some(),
+        "its clock runs again from 1 July"
+    );
+
     // Elsewhere the clock runs on from receipt.
     let de = open(&sock, "DE", "access", "2026-03-31T09:00:00Z");
     let de_id = de["id"].as_str().unwrap();
