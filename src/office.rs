@@ -1329,7 +1329,11 @@ impl Office {
                     continue;
                 }
                 if let Some(Record::Request(r)) = self.read_record(&id)? {
-                    if r.is_open() && (!args.overdue || r.due.as_str() < fmt_date(today).as_str()) {
+                    // `clock_stopped`: a store written before it kept such requests indexed.
+                    if r.is_open()
+                        && !clock_stopped(&r)
+                        && (!args.overdue || r.due.as_str() < fmt_date(today).as_str())
+                    {
                         rows.push((r.due.clone(), request_view(&id, &r, as_of)));
                     }
                 }
@@ -1341,7 +1345,7 @@ impl Office {
                 .docs_due_before(epoch_day(as_of.date_naive()), LIST_ROWS_MAX)?
             {
                 if let Some(Record::Request(r)) = self.read_record(&id)? {
-                    if r.is_open() {
+                    if r.is_open() && !clock_stopped(&r) {
                         rows.push((r.due.clone(), request_view(&id, &r, as_of)));
                     }
                 }
