@@ -1046,6 +1046,12 @@ pub(crate) fn human_check(v: &Value) -> String {
         format!("granted (record {})\n", scalar(&v["record"]))
     } else if v["record"].is_null() {
         "not granted (no consent recorded)\n".into()
+    } else if let Some(reason) = v["reason"].as_str() {
+        format!(
+            "not granted (record {}): {}\n",
+            scalar(&v["record"]),
+            reason
+        )
     } else {
         format!("not granted (record {})\n", scalar(&v["record"]))
     }

@@ -23,6 +23,8 @@ pub const MAX_PHONE_DIGITS: usize = 15;
 
 const SUBJECT_DOMAIN: &[u8] = b"consentd/subject/v1\0";
 const CONSENT_DOMAIN: &[u8] = b"consentd/consent/v2\0";
+/// The domain of a subject's minor token (token layout 4).
+const MINOR_DOMAIN: &[u8] = b"consentd/minor/v1\0";
 /// The consent token's domain before token layout 2: tests build layout-1 stores with it (the
 /// re-index in `office::tokens` recomputes layout-2 keys and needs no layout-1 token).
 #[cfg(test)]
@@ -413,6 +415,16 @@ impl SubjectHasher {
     pub fn consent_token(&self, s: &Subject, purpose: &str) -> Token {
         let mut token = self.subject_token(s);
         let tail = self.consent_mac(CONSENT_DOMAIN, s, purpose);
+        token[TOKEN_CLUSTER_LEN..].copy_from_slice(&tail[..32 - TOKEN_CLUSTER_LEN]);
+        token
+    }
+
+    /// The token under which every consent record that flags its subject as under 18 is also
+    /// indexed (token layout 4): `consent check` asks it for a marketing purpose, so a minor
+    /// flag recorded at one office for one purpose holds for a grant recorded elsewhere.
+    pub fn minor_token(&self, s: &Subject) -> Token {
+        let mut token = self.subject_token(s);
+        let tail = self.consent_mac(MINOR_DOMAIN, s, "");
         token[TOKEN_CLUSTER_LEN..].copy_from_slice(&tail[..32 - TOKEN_CLUSTER_LEN]);
         token
     }

@@ -356,3 +356,90 @@ fn an_invisible_character_in_a_subject_is_refused_not_a_new_subject() {
     );
     assert_eq!(check("zw2@example.com"), false);
 }
+
+/// The under-18 rule was checked only when a marketing grant was recorded, against what that
+/// office had seen: a minor flag recorded at another office (or arriving later) left every
+/// office answering "granted" to marketing a child (found by an exploratory session). `consent
+/// check` now applies the person's flag, wherever it was recorded, to marketing purposes.
+#[test]
+fn a_minor_flag_recorded_elsewhere_stops_marketing_granted_without_a_parent() {
+    let subject = "kid@example.com";
+    let net = Net::init("de,us");
+    let de = net.start("de");
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+            "--under-18",
+        ],
+    );
+    assert!(de.stop());
+    // us has not seen the flag: it records a marketing grant.
+    let _us = net.start("us");
+    ok(
+        &net.socket("us"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+        ],
+    );
+    let check = |office: &str| {
+        ok(
+            &net.socket(office),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                subject,
+                "--purpose",
+                "marketing",
+            ],
+        )
+    };
+    assert_eq!(check("us")["granted"], true, "nothing says otherwise yet");
+    let _de = net.start("de");
+    wait_until(
+        "the flag reaches us and the grant reaches de",
+        std::time::Duration::from_secs(120),
+        || check("us")["granted"] == false && check("de")["granted"] == false,
+    );
+    let answer = check("us");
+    assert!(
+        answer["reason"].as_str().unwrap().contains("under 18"),
+        "{answer}"
+    );
+    // A parent's consent to the purpose makes the grant count.
+    ok(
+        &net.socket("us"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+            "--parental-consent",
+            "signed guardian form 7",
+        ],
+    );
+    assert_eq!(check("us")["granted"], true);
+}

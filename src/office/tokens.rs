@@ -1,10 +1,12 @@
-//! Token layouts 2 and 3: re-indexing a store written under an earlier one.
+//! Token layouts 2 to 4: re-indexing a store written under an earlier one.
 //!
 //! Layout 2 (`subject::TOKEN_CLUSTER_LEN`) makes a subject's consent tokens and key owners start
 //! with the first 16 bytes of the subject's token, so the storage index keeps a subject's
 //! entries in one leaf and a new record dirties one index page instead of three. Layout 3 makes
 //! a replication event's markers start with the id of the record they name
-//! (`office::transfer_marker`), so the markers a sync writes append to the index. A store
+//! (`office::transfer_marker`), so the markers a sync writes append to the index. Layout 4
+//! indexes every consent record flagged under 18 under its subject's minor token too
+//! (`SubjectHasher::minor_token`), which `consent check` asks for marketing purposes. A store
 //! written before holds its entries under the earlier keys, which the current derivations never
 //! look up: without this pass a `consent check` would find nothing, and every record a sync had
 //! already reported would be reported again.
@@ -16,7 +18,9 @@
 //! - from layout 1: each subject's key owners, both classes: every key under the layout-1 owner
 //!   is moved to the current owner. A wrapped key is bound to its owner (`keystore::wrap`), so it
 //!   is unwrapped and wrapped again under the current KEK for the new one;
-//! - from layouts 1 and 2: a transfer record's markers, recomputed and stored the same way.
+//! - from layouts 1 and 2: a transfer record's markers, recomputed and stored the same way;
+//! - from layouts 1 to 3: a consent record flagged under 18 (read from its projection's plain
+//!   flag: the others are not opened), re-indexed the same way.
 //!
 //! The pass runs at start-up, before the office serves anything, one durable batch per page of
 //! [`PAGE_RECORDS`] records. It is idempotent, so a crash in the middle only repeats work: a
@@ -34,12 +38,12 @@ use consentd_storage::{RecordUpdate, WriteBatch};
 
 use super::{Office, OfficeError, Result};
 use crate::keystore::{self, KeyClass, KeyError};
-use crate::record::{Record, KIND_TRANSFER};
+use crate::record::{Record, KIND_CONSENT, KIND_TRANSFER};
 
 /// Meta key holding the token layout the store's index was written under (absent: layout 1).
 pub(crate) const META_TOKEN_LAYOUT: &str = "token_layout";
 /// The layout this build writes (stored as its decimal digits).
-pub(crate) const TOKEN_LAYOUT: u32 = 3;
+pub(crate) const TOKEN_LAYOUT: u32 = 4;
 /// Records read and re-indexed per durable batch: about 0.5 MiB of projections.
 const PAGE_RECORDS: usize = 1_024;
 
@@ -88,24 +92,35 @@ fn upgrade_in_pages(
         );
     }
     let mut done = Upgrade::default();
+    // What to read: every record from layout 1; from layout 2 the transfer records, then the
+    // consent records; from layout 3 the consent records. `None`: every kind.
+    let mut kinds: Vec<Option<u8>> = match from {
+        1 => vec![None],
+        2 => vec![Some(KIND_TRANSFER), Some(KIND_CONSENT)],
+        _ => vec![Some(KIND_CONSENT)],
+    };
+    kinds.reverse(); // popped from the end
     let mut after = None;
     let mut finished = false;
     for _ in 0..pages_max.unwrap_or(usize::MAX) {
-        // From layout 2 only transfer records changed: read those alone.
-        let page = if from < 2 {
-            store
-                .snapshot()?
-                .projections_after(after.as_ref(), page_records)?
-        } else {
-            store
-                .projections_of_kind_after(KIND_TRANSFER, after.as_ref(), page_records)?
-                .into_iter()
-                .map(|(doc, bytes)| (doc, KIND_TRANSFER, bytes))
-                .collect()
-        };
-        let Some(&(last, _, _)) = page.last() else {
+        let Some(&reading) = kinds.last() else {
             finished = true;
             break;
+        };
+        let page = match reading {
+            None => store
+                .snapshot()?
+                .projections_after(after.as_ref(), page_records)?,
+            Some(kind) => store
+                .projections_of_kind_after(kind, after.as_ref(), page_records)?
+                .into_iter()
+                .map(|(doc, bytes)| (doc, kind, bytes))
+                .collect(),
+        };
+        let Some(&(last, _, _)) = page.last() else {
+            kinds.pop();
+            after = None;
+            continue;
         };
         let mut batch = WriteBatch::default();
         // Subjects whose keys this batch already moves (many records share a subject).
@@ -113,6 +128,11 @@ fn upgrade_in_pages(
         for (doc, kind, bytes) in page {
             done.records += 1;
             let record = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+            // From layout 2 on, a consent record changes only if flagged under 18: the others
+            // are not opened (a million of them would be a million unsealings).
+            if from >= 2 && matches!(&record, Record::Consent(c) if !c.minor) {
+                continue;
+            }
             let plain = match crate::sealed::open_record(&office.keys, record) {
                 Ok(plain) => plain,
                 Err(KeyError::Missing) => {
@@ -144,9 +164,10 @@ fn upgrade_in_pages(
                     }
                 }
             }
-            // Only consent tokens (layout 2) and transfer markers (layout 3) changed.
-            let changed = match plain {
-                Record::Consent(_) => from < 2,
+            // Only consent tokens (layout 2), transfer markers (layout 3) and minor tokens
+            // (layout 4) changed.
+            let changed = match &plain {
+                Record::Consent(c) => from < 2 || c.minor,
                 Record::Transfer(_) => from < 3,
                 _ => false,
             };
@@ -488,12 +509,12 @@ mod tests {
         assert_eq!(
             done,
             Upgrade {
-                records: 1,
+                records: 4,
                 reindexed: 1,
                 keys_moved: 0,
                 unreadable: 0,
             },
-            "only the transfer record is read"
+            "the transfer record re-indexed; the consent records read, none flagged under 18"
         );
         for e in &events {
             assert_eq!(store.docs_by_key(&marker(e, false)).unwrap().len(), 1);
@@ -513,7 +534,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let office = new_office(dir.path(), "tokens-newer");
         for (mark, says) in [
-            (&b"4"[..], "newer consentd"),
+            (&b"5"[..], "newer consentd"),
             (b"two", "not a token layout"),
         ] {
             office
@@ -526,6 +547,55 @@ mod tests {
             let err = upgrade(&office).unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    /// A layout-3 store indexed a consent record flagged under 18 without the subject's minor
+    /// token: the pass adds it (opening that record only), and `consent check` then refuses
+    /// marketing granted without a parent's consent.
+    #[test]
+    fn a_layout_3_store_has_its_minor_flags_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = new_office(dir.path(), "tokens-minor");
+        grant_all(&office);
+        let rt = runtime();
+        let kid = "kid@example.test";
+        rt.block_on(
+            office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                under_18: true,
+                ..protocol::ConsentGrant::new(kid, "support", "contract")
+            })),
+        )
+        .unwrap();
+        let subject = crate::subject::Subject::parse(kid).unwrap();
+        let minor = office.hasher.minor_token(&subject);
+        let flagged = office.store().docs_by_key(&minor).unwrap();
+        assert_eq!(flagged.len(), 1, "written with the minor token");
+
+        // Downgrade: the record indexed as layout 3 wrote it.
+        let (kind, projection) = office.store().projection(&flagged[0]).unwrap().unwrap();
+        let record = office.read_record(&flagged[0]).unwrap().unwrap();
+        let (keys, due_day) = office.index_entries(&record).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.updates.push(RecordUpdate {
+            doc_id: flagged[0],
+            kind,
+            envelopes: Vec::new(),
+            projection,
+            index_keys: keys.into_iter().filter(|k| *k != minor).collect(),
+            due_day,
+        });
+        batch.meta.push((META_TOKEN_LAYOUT.into(), b"3".to_vec()));
+        office.store().commit_blocking(batch).unwrap();
+        assert!(office.store().docs_by_key(&minor).unwrap().is_empty());
+
+        let done = upgrade(&office).unwrap().expect("layout 3 is upgraded");
+        assert_eq!(
+            (done.records, done.reindexed),
+            (4, 1),
+            "every consent record read, the flagged one re-indexed"
+        );
+        assert_eq!(office.store().docs_by_key(&minor).unwrap(), flagged);
+        assert_eq!(granted(&office), [true; 3], "the others untouched");
     }
 
     #[test]
