@@ -91,23 +91,30 @@ fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() 
     net.allow_future_passes("de");
     net.allow_future_passes("uk");
     // de grants while uk is down; uk records its own while de is down: two records per purpose.
-    // `support`: granted under consent at de, only withdrawn at uk. `marketing`: granted under
-    // consent at de; at uk granted earlier on legitimate interest and withdrawn, a record the
-    // `marketing` rule deletes a year after its last event, while de's grant, as withdrawn then,
-    // is consent proof for five years.
+    // `support`: granted under consent at de, only withdrawn at uk. `service_analytics`: granted
+    // under consent at de; at uk granted earlier on legitimate interest and withdrawn, a record
+    // the `basis-end` rule deletes once withdrawn, while de's grant, as withdrawn then, is
+    // consent proof for five years. (A marketing purpose would not do: its record ending in an
+    // objection is consent proof too.)
     let de = net.start("de");
     grant(&net, "de", "support", "consent", "2026-12-01T09:00:00Z");
-    grant(&net, "de", "marketing", "consent", "2026-12-01T09:00:00Z");
+    grant(
+        &net,
+        "de",
+        "service_analytics",
+        "consent",
+        "2026-12-01T09:00:00Z",
+    );
     assert!(de.stop());
     let uk = net.start("uk");
     grant(
         &net,
         "uk",
-        "marketing",
+        "service_analytics",
         "legitimate_interest",
         "2026-11-30T09:00:00Z",
     );
-    for purpose in ["support", "marketing"] {
+    for purpose in ["support", "service_analytics"] {
         ok(
             &net.socket("uk"),
             &[
@@ -125,7 +132,7 @@ fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() 
     let _de = net.start("de");
     converged(&net);
     for office in ["de", "uk"] {
-        for purpose in ["support", "marketing"] {
+        for purpose in ["support", "service_analytics"] {
             assert!(!granted(&net, office, purpose), "{office} {purpose}");
         }
     }
@@ -135,7 +142,7 @@ fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() 
         "three grants, two withdrawals"
     );
 
-    // A year and a month on: uk's marketing record is due, but de's grant, which its withdrawal
+    // A year and a month on: uk's service_analytics record is due, but de's grant, which its withdrawal
     // decides for, is not: both stay. `support`'s withdrawal is consent proof (not an ended
     // basis, due at once): nothing else is due.
     let year = retention_run(&net, "de", "2028-01-01T00:00:00Z");
@@ -143,7 +150,7 @@ fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() 
     assert_eq!(year["by_reason"]["kept/withdrawal-decides"], 1, "{year}");
     converged(&net);
     for office in ["de", "uk"] {
-        for purpose in ["support", "marketing"] {
+        for purpose in ["support", "service_analytics"] {
             assert!(
                 !granted(&net, office, purpose),
                 "{office} {purpose} after {year}"
@@ -156,10 +163,10 @@ fn a_withdrawal_recorded_before_its_grant_arrived_keeps_the_consent_withdrawn() 
     let five = retention_run(&net, "uk", "2032-01-01T00:00:00Z");
     assert_eq!(five["deleted"], 4, "{five}");
     assert_eq!(five["by_reason"]["retention/consent-proof"], 3, "{five}");
-    assert_eq!(five["by_reason"]["retention/marketing"], 1, "{five}");
+    assert_eq!(five["by_reason"]["retention/basis-end"], 1, "{five}");
     converged(&net);
     for office in ["de", "uk"] {
-        for purpose in ["support", "marketing"] {
+        for purpose in ["support", "service_analytics"] {
             assert!(
                 !granted(&net, office, purpose),
                 "{office} {purpose} after {five}"

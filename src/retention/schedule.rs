@@ -55,7 +55,7 @@ pub struct Rule {
 pub const RULES: &[Rule] = &[
     Rule {
         id: "consent-proof",
-        covers: "consent records holding a grant under basis consent, or only withdrawals",
+        covers: "consent records holding a grant under basis consent, or only withdrawals, or marketing ending in a withdrawal (an objection)",
         anchor: Anchor::LastEventOnceWithdrawn,
         months: 60,
         max_months: 120,
@@ -201,12 +201,32 @@ fn only_withdraws(c: &ConsentRecord) -> bool {
     !c.events.is_empty() && c.events.iter().all(|e| e.action == "withdraw")
 }
 
+/// Whether the record's latest event (by time, a withdrawal after a grant at the same instant)
+/// is a withdrawal.
+fn ends_withdrawn(c: &ConsentRecord) -> bool {
+    c.events
+        .iter()
+        .filter_map(|e| {
+            let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?;
+            Some((at, e.action == "withdraw"))
+        })
+        .max()
+        .is_some_and(|(_, withdraw)| withdraw)
+}
+
 /// The row that governs a record. `is_marketing` says whether a purpose counts as marketing.
 pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
     match record {
         Record::Consent(c) if c.minor && c.parental_consent.is_none() => must("child-data"),
         Record::Consent(c) if FINANCIAL_PURPOSES.contains(&c.purpose.as_str()) => must("financial"),
         Record::Consent(c) if grants_consent(c) || only_withdraws(c) => must("consent-proof"),
+        // An objection to marketing on another basis is the proof of it as a withdrawal is
+        // (the person must not be marketed to again): kept five years from it, as the same
+        // withdrawal recorded apart is. It went under `marketing`, 12 months from the
+        // objection (found by an exploratory session).
+        Record::Consent(c) if is_marketing(&c.purpose) && ends_withdrawn(c) => {
+            must("consent-proof")
+        }
         Record::Consent(c) if is_marketing(&c.purpose) => must("marketing"),
         Record::Consent(_) => must("basis-end"),
         Record::Request(_) => must("request-confirmation"),
@@ -463,6 +483,26 @@ mod tests {
         ));
         assert_eq!(classify(&other, marketing).id, "basis-end");
         assert!(Schedule::default().expiry(&other, marketing).is_none());
+        // An objection to it is kept as proof, 5 years from the objection, as a withdrawal
+        // recorded apart is; granted again, the marketing rule applies again.
+        let objected = Record::Consent(consent(
+            "sales",
+            vec![
+                event("grant", "2025-01-31T00:00:00Z", Some("legitimate_interest")),
+                event("withdraw", "2025-03-01T00:00:00Z", None),
+            ],
+        ));
+        let (d, rule) = Schedule::default().expiry(&objected, marketing).unwrap();
+        assert_eq!((d, rule.id), (day("2030-03-01"), "consent-proof"));
+        let again = Record::Consent(consent(
+            "sales",
+            vec![
+                event("grant", "2025-01-31T00:00:00Z", Some("legitimate_interest")),
+                event("withdraw", "2025-03-01T00:00:00Z", None),
+                event("grant", "2025-04-01T00:00:00Z", Some("legitimate_interest")),
+            ],
+        ));
+        assert_eq!(classify(&again, marketing).id, "marketing");
     }
 
     #[test]
