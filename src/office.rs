@@ -848,6 +848,15 @@ impl Office {
         Ok(out.pop().expect("one answer per op"))
     }
 
+    /// Withdraws each (subject, purpose), now, in one durable batch.
+    pub(crate) async fn withdraw_all(&self, withdrawals: Vec<(Subject, String)>) -> Result<()> {
+        let ops = withdrawals
+            .into_iter()
+            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None))
+            .collect::<Result<Vec<Op>>>()?;
+        self.write(ops, None).await.map(|_| ())
+    }
+
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
     async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {

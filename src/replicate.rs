@@ -354,7 +354,10 @@ pub struct Replicator {
     /// At an office whose records stay home: its own active holds, copied for the offices
     /// whose records of the subject arrive (`office/resident.rs`). Bounded likewise.
     resident_holds: Mutex<BTreeSet<DocId>>,
-    /// Woken when records arrive while either is not empty.
+    /// At an office whose records stay home: erasure requests other offices completed, to carry
+    /// out on this office's own records of the subject (`retention::erasure::carry_out`).
+    resident_erasures: Mutex<BTreeSet<DocId>>,
+    /// Woken when records arrive while any of them is not empty, or an erasure arrives.
     fold_wanted: tokio::sync::Notify,
 }
 
@@ -363,8 +366,10 @@ pub struct Replicator {
 const RESIDENT_WITHDRAWALS_MAX: usize = 1 << 20;
 /// How often the fold pass runs without being woken.
 const FOLD_EVERY: Duration = Duration::from_secs(300);
-/// Least time between two fold passes: a cold sync wakes the pass with every commit.
-const FOLD_PAUSE: Duration = Duration::from_secs(5);
+/// Least time between two fold passes: a cold sync wakes the pass with every commit. Short: a
+/// pass is what carries out an arriving erasure here, and offices converge only once it has
+/// (5 s let the partition suite see a settled state change across a restart).
+const FOLD_PAUSE: Duration = Duration::from_secs(1);
 /// Watched records one fold pass looks at (each a read and an unsealing, ~50 µs), taken in turn
 /// from where the last pass stopped: an office's suppression list (withdrawals of people who
 /// never granted anywhere) stays watched for good.
@@ -434,6 +439,7 @@ impl Replicator {
             subtrees: Arc::new(Mutex::new(Default::default())),
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
+            resident_erasures: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
         });
         Ok(rep)
@@ -518,6 +524,7 @@ impl Replicator {
                     let facts = stored_facts(kind, &bytes);
                     self.set_facts_collecting(&doc, facts.as_ref(), Some(&mut key_items));
                     self.watch_if_resident(&doc, kind, &bytes, facts.as_ref());
+                    self.watch_if_erasure(&doc, kind, &bytes);
                 }
             }
             after = Some(last);
@@ -1164,6 +1171,28 @@ impl Replicator {
         self.fold_wanted.notify_one();
     }
 
+    /// At an office that keeps its records home: watches `doc` if it is an erasure request
+    /// another office completed (`retention::erasure::carry_out`).
+    fn watch_if_erasure(&self, doc: &DocId, kind: u8, bytes: &[u8]) {
+        if kind != crate::record::KIND_REQUEST || !self.keeps_records_home() {
+            return;
+        }
+        let completed_elsewhere = matches!(
+            crate::record::Record::from_projection(bytes),
+            Ok(crate::record::Record::Request(r))
+                if r.kind == "erasure"
+                    && r.outcome.as_deref() == Some("completed")
+                    && r.office != self.me
+        );
+        if completed_elsewhere {
+            let mut watched = lock(&self.resident_erasures);
+            if watched.len() < RESIDENT_WITHDRAWALS_MAX {
+                watched.insert(*doc);
+            }
+            self.fold_wanted.notify_one();
+        }
+    }
+
     /// Folds watched withdrawals onto records of the same consent that travel, when woken by
     /// arriving records and every [`FOLD_EVERY`] (`office/resident.rs`).
     async fn fold_withdrawals(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -1190,6 +1219,29 @@ impl Replicator {
                     .office(office)
                     .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
             };
+            let erasures: Vec<DocId> = lock(&self.resident_erasures)
+                .iter()
+                .take(FOLD_SCAN_MAX)
+                .copied()
+                .collect();
+            for request in erasures {
+                match crate::retention::erasure::carry_out(&self.office, &request).await {
+                    Ok(deleted) => {
+                        lock(&self.resident_erasures).remove(&request);
+                        if deleted > 0 {
+                            tracing::info!(
+                                deleted,
+                                request = %crate::record::doc_id_hex(&request),
+                                "carried out another office's erasure on this office's own records"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot carry out another office's erasure here");
+                        break;
+                    }
+                }
+            }
             let holds: Vec<DocId> = lock(&self.resident_holds)
                 .iter()
                 .take(FOLD_SCAN_MAX)
@@ -1545,7 +1597,12 @@ impl Replicator {
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
             if !local_docs.contains(doc) {
                 // Arrived from a peer: it may be the record a watched withdrawal folds onto, or
-                // one a watched hold must reach.
+                // one a watched hold must reach, or an erasure to carry out here.
+                if self.keeps_records_home() {
+                    if let Ok(Some((kind, bytes))) = self.office.store().projection(doc) {
+                        self.watch_if_erasure(doc, kind, &bytes);
+                    }
+                }
                 if !lock(&self.resident_withdrawals).is_empty()
                     || !lock(&self.resident_holds).is_empty()
                 {

@@ -122,6 +122,98 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         .await
 }
 
+/// At an office whose own records stay home (cn): carries out, on those records, an erasure
+/// request another office completed. The erasing office never saw them (they never left), so
+/// the subject was told the erasure was complete while cn kept their data (found by an
+/// exploratory session). The same rules as [`close`] keep what a legal duty or a hold keeps;
+/// the deletions are this office's, signed for the request's policy (`request/<id>`), and any
+/// consent it granted before the erasure and still granted is withdrawn. Only what was there
+/// when the request was completed: a record made here since (its id's time) and a grant since
+/// are the person's new dealings, not the erased ones (a restart, which runs this again, deleted
+/// them; partition suite, seed 604519434). Returns the records deleted. Run again, it finds
+/// nothing more to do.
+pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u64> {
+    let Some(Record::Request(request)) = office.read_record(request_id)? else {
+        return Ok(0);
+    };
+    if request.kind != "erasure" || request.outcome.as_deref() != Some("completed") {
+        return Ok(0);
+    }
+    let Some(completed) = request
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.status == "completed")
+        .and_then(|h| chrono::DateTime::parse_from_rfc3339(&h.at).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+    else {
+        return Ok(0);
+    };
+    let made_before = |id: &record::DocId| {
+        let mut ms = [0u8; 8];
+        ms[2..].copy_from_slice(&id[..6]);
+        i64::try_from(u64::from_be_bytes(ms)).is_ok_and(|ms| ms <= completed.timestamp_millis())
+    };
+    let marketing = |p: &str| office.purposes.is_marketing(p);
+    let subject = Subject::parse_stored(&request.subject)
+        .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+    let token = pass::subject_token(office, &Record::Request(request))?
+        .expect("a request names its subject");
+    if pass::is_held(office, &token)? {
+        return Ok(0);
+    }
+    let policy = format!("request/{}", doc_id_hex(request_id));
+    let mut todo = Vec::new();
+    for (rid, r) in office.records_by_key(&token)? {
+        let own = match &r {
+            Record::Consent(c) => c.office == office.id(),
+            Record::Request(q) => q.office == office.id() && !q.is_open(),
+            Record::Transfer(t) => t.office == office.id(),
+            Record::Hold(_) => false,
+        };
+        if !own
+            || rid == *request_id
+            || !made_before(&rid)
+            || schedule::legally_kept(&r, marketing).is_some()
+        {
+            continue;
+        }
+        todo.push(Deletion {
+            id: rid,
+            record: r,
+            reason: Reason::Erasure,
+            policy: policy.clone(),
+            still_expired_by: None,
+        });
+    }
+    let deleted = if todo.is_empty() {
+        0
+    } else {
+        pass::delete_exclusive(office, todo, token).await?.deleted
+    };
+    // Purposes this office granted before the erasure, and whether any grant came after it.
+    let mut purposes: std::collections::BTreeMap<String, bool> = Default::default();
+    for (_, r) in office.records_by_key(&token)? {
+        if let Record::Consent(c) = r {
+            let regranted = c.events.iter().any(|e| {
+                e.action == "grant"
+                    && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > completed)
+            });
+            *purposes.entry(c.purpose).or_default() |= regranted;
+        }
+    }
+    let mut withdrawals = Vec::new();
+    for (purpose, regranted) in purposes {
+        if !regranted && office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
+            withdrawals.push((subject.clone(), purpose));
+        }
+    }
+    if !withdrawals.is_empty() {
+        office.withdraw_all(withdrawals).await?;
+    }
+    Ok(deleted)
+}
+
 /// Which of a subject's granted consents completing a request of `kind` withdraws:
 /// (every purpose, marketing purposes, purposes granted on legitimate interest); `None` for
 /// kinds that withdraw none.

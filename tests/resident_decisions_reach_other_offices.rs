@@ -1,8 +1,12 @@
-//! A withdrawal recorded at cn before the grant reached cn starts a record of cn's own, which
-//! China's data localisation keeps in China: de went on answering "granted" for good, while the
-//! person had withdrawn (found by two exploratory sessions). Now, once the grant's record
-//! arrives at cn, cn records the same withdrawal, at its original time, onto that record, which
-//! travels: de answers "not granted", and cn's own record still never leaves China.
+//! What an office whose records stay home (cn) decides about a subject reaches the offices that
+//! hold the subject's records, and what they decide reaches cn's own (found by two exploratory
+//! sessions):
+//! - a withdrawal cn recorded before the grant reached it started a record of cn's own, kept in
+//!   China: de went on answering "granted" for good. Once the grant's record arrives, cn records
+//!   the withdrawal, at its original time, onto it;
+//! - a hold set at cn never left China, and de's erasure deleted the held records everywhere:
+//!   cn now copies its hold for the offices whose records it keeps;
+//! - an erasure completed at de could not see cn's own records: cn carries it out on them.
 mod common;
 use common::*;
 use std::time::Duration;
@@ -170,4 +174,92 @@ fn a_hold_set_at_cn_keeps_the_subject_s_records_at_the_office_they_came_from() {
         Duration::from_secs(120),
         || holds("de").iter().all(|h| !h["cleared_at"].is_null()),
     );
+}
+
+/// An erasure completed at de deleted what de holds; cn's own records of the subject never left
+/// China, so de never saw them, and they stayed while the person was told the erasure was
+/// complete (found by an exploratory session). cn now carries out the completed erasure on its
+/// own records when the request reaches it.
+#[test]
+fn an_erasure_completed_elsewhere_is_carried_out_on_cn_s_own_records() {
+    let subject = "han@example.com";
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let cn = net.start("cn");
+    for (office, purpose) in [("cn", "service_delivery"), ("de", "support")] {
+        ok(
+            &net.socket(office),
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+                "--basis",
+                "contract",
+            ],
+        );
+    }
+    let consents = |office: &str| {
+        ok(
+            &net.socket(office),
+            &["subject", "export", "--subject", subject],
+        )["consents"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    wait_until("cn holds de's record too", Duration::from_secs(120), || {
+        consents("cn") == 2
+    });
+    assert_eq!(consents("de"), 1, "cn's record stays in China");
+    let id = ok(
+        &net.socket("de"),
+        &["request", "open", "--subject", subject, "--kind", "erasure"],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let closed = ok(
+        &net.socket("de"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
+    assert_eq!(closed["erasure"]["deleted"], 1, "{closed}");
+    wait_until(
+        "cn erases its own record of the subject",
+        Duration::from_secs(120),
+        || consents("cn") == 0,
+    );
+    assert_eq!(consents("de"), 0);
+    assert!(
+        cn.log_text()
+            .contains("carried out another office's erasure on this office's own records"),
+        "{}",
+        cn.log_text()
+    );
+    // The person deals with cn again after the erasure: a restart, which looks at the request
+    // again, leaves that alone (it deleted it: partition suite, seed 604519434).
+    ok(
+        &net.socket("cn"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "service_delivery",
+            "--basis",
+            "contract",
+        ],
+    );
+    assert!(cn.stop());
+    let cn = net.start("cn");
+    wait_until(
+        "cn's replication runs again",
+        Duration::from_secs(60),
+        || ok(&net.socket("cn"), &["status"])["replication"] == "running",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(consents("cn"), 1, "{}", cn.log_text());
 }
