@@ -1018,6 +1018,9 @@ fn partition_suite(netns: bool) {
     }
     let after = settled_digests(&c);
     let counts = counts(&c);
+    if digests != after {
+        eprintln!("network kept in {}", preserve(&c));
+    }
     assert_eq!(
         digests, after,
         "the converged state changed across kill -9 and restart (now {counts:?}; before {before_counts:?})"

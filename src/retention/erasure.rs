@@ -127,9 +127,9 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
 /// the subject was told the erasure was complete while cn kept their data (found by an
 /// exploratory session). The same rules as [`close`] keep what a legal duty or a hold keeps;
 /// the deletions are this office's, signed for the request's policy (`request/<id>`), and any
-/// consent it granted before the erasure and still granted is withdrawn. Only what was there
-/// when the request was completed: a record made here since (its id's time) and a grant since
-/// are the person's new dealings, not the erased ones (a restart, which runs this again, deleted
+/// consent one of its own kept records (made before the erasure) still grants is withdrawn.
+/// Only what was there when the request was completed: a record made here since (its id's time)
+/// is the person's new dealings, not the erased ones (a restart, which runs this again, deleted
 /// them; partition suite, seed 604519434). Returns the records deleted. Run again, it finds
 /// nothing more to do.
 pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u64> {
@@ -191,20 +191,35 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     } else {
         pass::delete_exclusive(office, todo, token).await?.deleted
     };
-    // Purposes this office granted before the erasure, and whether any grant came after it.
-    let mut purposes: std::collections::BTreeMap<String, bool> = Default::default();
-    for (_, r) in office.records_by_key(&token)? {
+    // A consent this office's own kept record (made before the erasure) still grants: withdrawn,
+    // as the erasing office withdrew what its kept records granted. Only its own: whether another
+    // office's record has reached this one yet is a matter of timing, and a restart (which runs
+    // this again) withdrew one that had arrived since (partition suite, seed 1177221320).
+    // A grant since the erasure is the person's new dealings: that purpose is left alone.
+    let mut own: std::collections::BTreeMap<String, Vec<record::DocId>> = Default::default();
+    let mut regranted = std::collections::BTreeSet::new();
+    for (rid, r) in office.records_by_key(&token)? {
         if let Record::Consent(c) = r {
-            let regranted = c.events.iter().any(|e| {
+            if c.events.iter().any(|e| {
                 e.action == "grant"
                     && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > completed)
-            });
-            *purposes.entry(c.purpose).or_default() |= regranted;
+            }) {
+                regranted.insert(c.purpose.clone());
+            }
+            if c.office == office.id() && made_before(&rid) {
+                own.entry(c.purpose).or_default().push(rid);
+            }
         }
     }
+    own.retain(|purpose, _| !regranted.contains(purpose));
     let mut withdrawals = Vec::new();
-    for (purpose, regranted) in purposes {
-        if !regranted && office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
+    for (purpose, records) in own {
+        let answer = office.consent_check_of(&subject, &purpose, None)?;
+        let decided_here = answer["record"]
+            .as_str()
+            .and_then(|r| record::parse_doc_id(r).ok())
+            .is_some_and(|r| records.contains(&r));
+        if answer["granted"] == true && decided_here {
             withdrawals.push((subject.clone(), purpose));
         }
     }
