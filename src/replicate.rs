@@ -1163,7 +1163,7 @@ impl Replicator {
         if watched.len() >= RESIDENT_WITHDRAWALS_MAX {
             tracing::warn!(
                 limit = RESIDENT_WITHDRAWALS_MAX,
-                "too many withdrawal-only records to watch; a withdrawal recorded here may not reach other offices until a restart"
+                "too many withdrawal-only records or holds to watch; one recorded here may not reach other offices until a restart"
             );
             return;
         }
@@ -1193,9 +1193,11 @@ impl Replicator {
         }
     }
 
-    /// Folds watched withdrawals onto records of the same consent that travel, when woken by
-    /// arriving records and every [`FOLD_EVERY`] (`office/resident.rs`).
-    async fn fold_withdrawals(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// At an office that keeps its records home, what it decided about other offices' records
+    /// reaches them and theirs reaches its own (`office/resident.rs`): carries out arriving
+    /// erasures, copies its holds, folds its withdrawals. Woken by arriving records, and every
+    /// [`FOLD_EVERY`]; at most one pass every [`FOLD_PAUSE`].
+    async fn resident_passes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut cursor: Option<DocId> = None;
         loop {
             tokio::select! {
@@ -1203,92 +1205,119 @@ impl Replicator {
                 _ = tokio::time::sleep(FOLD_EVERY) => {}
                 _ = stop.changed() => return,
             }
-            let watched: Vec<DocId> = {
-                use std::ops::Bound::{Excluded, Unbounded};
-                let w = lock(&self.resident_withdrawals);
-                let after = cursor.map_or(Unbounded, Excluded);
-                w.range((after, Unbounded))
-                    .chain(w.iter())
-                    .take(FOLD_SCAN_MAX.min(w.len()))
-                    .copied()
-                    .collect()
-            };
-            cursor = watched.last().copied();
-            let stays = |office: &str| {
-                self.roster
-                    .office(office)
-                    .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
-            };
-            let erasures: Vec<DocId> = lock(&self.resident_erasures)
-                .iter()
-                .take(FOLD_SCAN_MAX)
-                .copied()
-                .collect();
-            for request in erasures {
-                match crate::retention::erasure::carry_out(&self.office, &request).await {
-                    Ok(deleted) => {
-                        lock(&self.resident_erasures).remove(&request);
-                        if deleted > 0 {
-                            tracing::info!(
-                                deleted,
-                                request = %crate::record::doc_id_hex(&request),
-                                "carried out another office's erasure on this office's own records"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot carry out another office's erasure here");
-                        break;
-                    }
-                }
-            }
-            let holds: Vec<DocId> = lock(&self.resident_holds)
-                .iter()
-                .take(FOLD_SCAN_MAX)
-                .copied()
-                .collect();
-            if !holds.is_empty() {
-                match self.office.spread_resident_holds(&holds, stays).await {
-                    Ok(f) => {
-                        let mut w = lock(&self.resident_holds);
-                        for d in &f.done {
-                            w.remove(d);
-                        }
-                        if f.folded > 0 {
-                            tracing::info!(
-                                holds = f.folded,
-                                "holds set here copied for the offices whose records they keep"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot copy holds for other offices"),
-                }
-            }
-            for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
-                match self.office.fold_resident_withdrawals(chunk, stays).await {
-                    Ok(f) => {
-                        let mut w = lock(&self.resident_withdrawals);
-                        for d in &f.done {
-                            w.remove(d);
-                        }
-                        if f.folded > 0 {
-                            tracing::info!(
-                                records = f.folded,
-                                "withdrawals recorded here apart folded onto records that reach the other offices"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot fold withdrawals onto travelling records");
-                        break;
-                    }
-                }
-            }
+            self.carry_out_erasures().await;
+            self.spread_holds().await;
+            cursor = self.fold_withdrawals(cursor).await;
             tokio::select! {
                 _ = tokio::time::sleep(FOLD_PAUSE) => {}
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Whether `office`'s records stay in its jurisdiction (by this office's policy).
+    fn stays(&self, office: &str) -> bool {
+        self.roster
+            .office(office)
+            .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
+    }
+
+    /// Erasures other offices completed, carried out on this office's own records.
+    async fn carry_out_erasures(&self) {
+        let erasures: Vec<DocId> = lock(&self.resident_erasures)
+            .iter()
+            .take(FOLD_SCAN_MAX)
+            .copied()
+            .collect();
+        for request in erasures {
+            match crate::retention::erasure::carry_out(&self.office, &request).await {
+                Ok(deleted) => {
+                    lock(&self.resident_erasures).remove(&request);
+                    if deleted > 0 {
+                        tracing::info!(
+                            deleted,
+                            request = %crate::record::doc_id_hex(&request),
+                            "carried out another office's erasure on this office's own records"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot carry out another office's erasure here");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// This office's active holds, copied for the offices whose records they keep.
+    async fn spread_holds(&self) {
+        let holds: Vec<DocId> = lock(&self.resident_holds)
+            .iter()
+            .take(FOLD_SCAN_MAX)
+            .copied()
+            .collect();
+        if holds.is_empty() {
+            return;
+        }
+        match self
+            .office
+            .spread_resident_holds(&holds, |o| self.stays(o))
+            .await
+        {
+            Ok(f) => {
+                let mut w = lock(&self.resident_holds);
+                for d in &f.done {
+                    w.remove(d);
+                }
+                if f.folded > 0 {
+                    tracing::info!(
+                        holds = f.folded,
+                        "holds set here copied for the offices whose records they keep"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot copy holds for other offices"),
+        }
+    }
+
+    /// Up to [`FOLD_SCAN_MAX`] watched withdrawals after `cursor` (then from the start), folded
+    /// onto records of the same consent that travel; returns where it stopped.
+    async fn fold_withdrawals(&self, cursor: Option<DocId>) -> Option<DocId> {
+        let watched: Vec<DocId> = {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let w = lock(&self.resident_withdrawals);
+            let after = cursor.map_or(Unbounded, Excluded);
+            w.range((after, Unbounded))
+                .chain(w.iter())
+                .take(FOLD_SCAN_MAX.min(w.len()))
+                .copied()
+                .collect()
+        };
+        for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
+            match self
+                .office
+                .fold_resident_withdrawals(chunk, |o| self.stays(o))
+                .await
+            {
+                Ok(f) => {
+                    let mut w = lock(&self.resident_withdrawals);
+                    for d in &f.done {
+                        w.remove(d);
+                    }
+                    if f.folded > 0 {
+                        tracing::info!(
+                            records = f.folded,
+                            "withdrawals recorded here apart folded onto records that reach the other offices"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot fold withdrawals onto travelling records");
+                    break;
+                }
+            }
+        }
+        watched.last().copied()
     }
 
     /// Records queued transfer events, in batches.
@@ -1410,7 +1439,7 @@ impl Replicator {
         let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));
         let events = tokio::spawn(self.clone().record_events(stop.clone()));
         let checkpoints = tokio::spawn(self.clone().publish_checkpoints(stop.clone()));
-        let folds = tokio::spawn(self.clone().fold_withdrawals(stop.clone()));
+        let folds = tokio::spawn(self.clone().resident_passes(stop.clone()));
         for (peer, address) in self.peers.clone() {
             if dials(&self.me, &peer) {
                 tokio::spawn(

@@ -133,12 +133,38 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
 /// them; partition suite, seed 604519434). Returns the records deleted. Run again, it finds
 /// nothing more to do.
 pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u64> {
+    // Once per request (meta `erasure_carried_out/<id>`): what it finds depends on what had
+    // arrived by then (a hold, another office's records), and a restart must not find it anew.
+    let done_key = format!("{META_CARRIED_OUT}{}", doc_id_hex(request_id));
+    if office.store().meta(&done_key)?.is_some() {
+        return Ok(0);
+    }
     let Some(Record::Request(request)) = office.read_record(request_id)? else {
         return Ok(0);
     };
     if request.kind != "erasure" || request.outcome.as_deref() != Some("completed") {
         return Ok(0);
     }
+    let deleted = carry_out_once(office, request_id, request).await?;
+    office
+        .store()
+        .commit(consentd_storage::WriteBatch {
+            meta: vec![(done_key, b"1".to_vec())],
+            ..Default::default()
+        })
+        .await
+        .map_err(OfficeError::from)?;
+    Ok(deleted)
+}
+
+/// Meta key prefix marking an erasure request carried out here ([`carry_out`]).
+const META_CARRIED_OUT: &str = "erasure_carried_out/";
+
+async fn carry_out_once(
+    office: &Office,
+    request_id: &record::DocId,
+    request: record::RequestRecord,
+) -> Result<u64> {
     let Some(completed) = request
         .history
         .iter()
