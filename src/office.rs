@@ -1292,7 +1292,7 @@ impl Office {
         Ok(match latest {
             Some((_, false, id))
                 if self.purposes.is_marketing(purpose)
-                    && self.minor_without_parental_consent(subject, purpose)? =>
+                    && self.minor_without_parental_consent(subject, &token)? =>
             {
                 json!({
                     "granted": false,
@@ -1306,21 +1306,23 @@ impl Office {
     }
 
     /// Whether `subject` is flagged under 18 in any consent record (any purpose, any office:
-    /// the flag is the person's) and none of their records of `purpose` holds a parent's or
+    /// the flag is the person's) and none of their records under `token` (the purpose's
+    /// consent token) holds a parent's or
     /// guardian's consent. Checked at grant time only, it missed a minor flag recorded at another
     /// office or that arrived later: every office answered "granted" to marketing a child
     /// (found by an exploratory session). One index lookup, answered by the key filter for the
     /// subjects never flagged.
-    fn minor_without_parental_consent(&self, subject: &Subject, purpose: &str) -> Result<bool> {
-        if self
-            .store
-            .docs_by_key(&self.hasher.minor_token(subject))?
-            .is_empty()
-        {
+    fn minor_without_parental_consent(&self, subject: &Subject, token: &[u8; 32]) -> Result<bool> {
+        let minor = self.hasher.minor_token_beside(token, subject);
+        debug_assert_eq!(
+            minor,
+            self.hasher.minor_token(subject),
+            "one cluster per subject"
+        );
+        if self.store.docs_by_key(&minor)?.is_empty() {
             return Ok(false);
         }
-        let token = self.hasher.consent_token(subject, purpose);
-        for (_, kind, bytes) in self.store.projections_by_key(&token)? {
+        for (_, kind, bytes) in self.store.projections_by_key(token)? {
             if kind != crate::record::KIND_CONSENT {
                 continue;
             }
