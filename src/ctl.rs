@@ -1107,7 +1107,9 @@ pub(crate) fn human_requests(v: &Value) -> String {
             scalar(&r["status"]),
             scalar(&r["due"]),
             scalar(&r["jurisdiction"]),
-            if r["overdue"] == Value::Bool(true) {
+            if r["confirmation_overdue"] == Value::Bool(true) {
+                "  OVERDUE: confirm receipt"
+            } else if r["overdue"] == Value::Bool(true) {
                 "  OVERDUE"
             } else if r["clock_stopped"] == Value::Bool(true) {
                 "  clock stopped: waiting for the person"

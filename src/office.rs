@@ -1224,7 +1224,7 @@ impl Office {
         let due = match record {
             // Its clock stopped: not due until it starts again (`clock_stopped`).
             Record::Request(r) if r.is_open() && !clock_stopped(r) => {
-                let d = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
+                let d = NaiveDate::parse_from_str(&next_deadline(r), "%Y-%m-%d")
                     .map_err(|e| OfficeError::Integrity(format!("stored due date: {e}")))?;
                 Some(epoch_day(d))
             }
@@ -1386,9 +1386,9 @@ impl Office {
                     // `clock_stopped`: a store written before it kept such requests indexed.
                     if r.is_open()
                         && !clock_stopped(&r)
-                        && (!args.overdue || r.due.as_str() < fmt_date(today).as_str())
+                        && (!args.overdue || next_deadline(&r) < fmt_date(today))
                     {
-                        rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                        rows.push((next_deadline(&r), request_view(&id, &r, as_of)));
                     }
                 }
             }
@@ -1400,7 +1400,7 @@ impl Office {
             {
                 if let Some(Record::Request(r)) = self.read_record(&id)? {
                     if r.is_open() && !clock_stopped(&r) {
-                        rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                        rows.push((next_deadline(&r), request_view(&id, &r, as_of)));
                     }
                 }
             }
@@ -2489,10 +2489,33 @@ fn with_id<T: serde::Serialize>(id: &DocId, record: &T) -> Value {
 fn request_view(id: &DocId, r: &RequestRecord, as_of: DateTime<Utc>) -> Value {
     let mut v = with_id(id, r);
     let stopped = clock_stopped(r);
-    let overdue = r.is_open() && !stopped && r.due.as_str() < fmt_date(as_of.date_naive()).as_str();
+    let today = fmt_date(as_of.date_naive());
+    let overdue = r.is_open() && !stopped && next_deadline(r).as_str() < today.as_str();
     v["overdue"] = json!(overdue);
+    v["confirmation_overdue"] =
+        json!(r.is_open() && confirmation_pending(r).is_some_and(|c| c < today.as_str()));
     v["clock_stopped"] = json!(stopped);
     v
+}
+
+/// The date by which receipt must be confirmed, while nothing shows it was: a request still
+/// `received` with a `confirm_by` (California: 10 business days, CCPA regs. § 7021(a)). Any
+/// recorded step (`request update`, an extension) shows the business answered.
+fn confirmation_pending(r: &RequestRecord) -> Option<&str> {
+    (r.status == record::REQUEST_OPEN_STATUS)
+        .then_some(r.confirm_by.as_deref())
+        .flatten()
+}
+
+/// A request's next deadline: its receipt confirmation while one is pending, else its answer's
+/// due date. The due index, `--overdue`, `--due-within` and the daily reminder go by it: the
+/// confirmation deadline was tracked nowhere an operator looks (found by an exploratory
+/// session).
+fn next_deadline(r: &RequestRecord) -> String {
+    match confirmation_pending(r) {
+        Some(c) if c < r.due.as_str() => c.to_string(),
+        _ => r.due.clone(),
+    }
 }
 
 /// Whether a request's clock is stopped: it waits for the person's identity (or clarification,

@@ -93,11 +93,14 @@ fn the_acceptance_example_gb_and_california() {
         .collect();
     assert_eq!(
         ids,
-        [gb["id"].as_str().unwrap()],
-        "only the GB request is overdue on 1 May"
+        [ca2["id"].as_str().unwrap(), gb["id"].as_str().unwrap()],
+        "on 1 May the GB request is overdue, and the second California one for its receipt \
+         confirmation (due 14 April, never recorded)"
     );
+    assert_eq!(overdue[0]["confirmation_overdue"], true);
+    assert_eq!(overdue[1]["confirmation_overdue"], false);
 
-    // Closing it takes it off the overdue list.
+    // Closing it takes it off the overdue list; so does recording a step on the other.
     ok(
         &sock,
         &[
@@ -106,6 +109,18 @@ fn the_acceptance_example_gb_and_california() {
             gb["id"].as_str().unwrap(),
             "--outcome",
             "completed",
+            "--at",
+            "2026-05-02T00:00:00Z",
+        ],
+    );
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            ca2["id"].as_str().unwrap(),
+            "--status",
+            "in_progress",
             "--at",
             "2026-05-02T00:00:00Z",
         ],
@@ -584,4 +599,86 @@ fn the_daemon_warns_about_overdue_requests_without_naming_anyone() {
     );
     assert!(!log.contains("fall due within"), "not due soon: {log}");
     assert!(!log.contains("late.wei"), "{log}");
+}
+
+/// California's 10-business-day receipt confirmation (`confirm_by`) was tracked nowhere an
+/// operator looks: not in `--overdue`, `--due-within` or the reminder (found by an exploratory
+/// session). While a request is still `received`, its confirmation is its next deadline.
+#[test]
+fn a_pending_receipt_confirmation_is_a_deadline_of_its_own() {
+    let net = Net::init("us");
+    let _d = net.start("us");
+    let sock = net.socket("us");
+    let r = ok(
+        &sock,
+        &[
+            "request",
+            "open",
+            "--subject",
+            "ca@example.com",
+            "--kind",
+            "access",
+            "--received",
+            "2026-11-16T10:00:00Z",
+            "--jurisdiction",
+            "US-CA",
+        ],
+    );
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(r["confirm_by"], "2026-12-02", "{r}");
+    let listed = |args: &[&str]| {
+        ok(&sock, args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["id"] == id.as_str())
+            .cloned()
+    };
+    let soon = [
+        "request",
+        "list",
+        "--due-within",
+        "3d",
+        "--as-of",
+        "2026-11-30T00:00:00Z",
+    ];
+    assert!(
+        listed(&soon).is_some(),
+        "the confirmation falls due within 3 days"
+    );
+    let late = [
+        "request",
+        "list",
+        "--overdue",
+        "--as-of",
+        "2026-12-03T00:00:00Z",
+    ];
+    let row = listed(&late).expect("overdue by its confirmation");
+    assert_eq!(row["confirmation_overdue"], true, "{row}");
+    // A recorded step shows the business answered: only the answer's own deadline is left.
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            &id,
+            "--status",
+            "in_progress",
+            "--at",
+            "2026-12-03T12:00:00Z",
+        ],
+    );
+    let later = [
+        "request",
+        "list",
+        "--overdue",
+        "--as-of",
+        "2026-12-04T00:00:00Z",
+    ];
+    assert!(listed(&later).is_none());
+    let human = ctl_human(
+        &sock,
+        &["request", "list", "--as-of", "2026-12-04T00:00:00Z"],
+    );
+    assert!(!human.contains("confirm receipt"), "{human}");
 }
