@@ -965,7 +965,8 @@ fn human_object(v: &Value) -> String {
     }
 }
 
-/// A subject export in the words of the office's law (e.g. "individual" in Singapore).
+/// A subject export in the words of the law its `terms_jurisdiction` names: the one the person's
+/// latest request came under, else the office's (e.g. "individual" in Singapore).
 fn human_export(v: &Value) -> String {
     let t = &v["terms"];
     let mut out = format!(

@@ -1539,20 +1539,34 @@ impl Office {
         let subject = parse_subject(subject)?;
         let (mut consents, mut requests, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
         let mut holds = Vec::new();
+        // The law the person's latest request was received under names the roles (a California
+        // consumer at the US office is told of "personal information"; the office's own
+        // jurisdiction, US, gave "data subject"; found by an exploratory session).
+        let mut latest_request: Option<(String, String)> = None;
         for (id, r) in self.records_by_key(&self.hasher.subject_token(&subject))? {
             match r {
                 Record::Consent(c) => consents.push(with_id(&id, &c)),
-                Record::Request(q) => requests.push(with_id(&id, &q)),
+                Record::Request(q) => {
+                    if latest_request
+                        .as_ref()
+                        .is_none_or(|(at, _)| q.received > *at)
+                    {
+                        latest_request = Some((q.received.clone(), q.jurisdiction.clone()));
+                    }
+                    requests.push(with_id(&id, &q))
+                }
                 Record::Transfer(t) => transfers.push(with_id(&id, &t)),
                 Record::Hold(h) => holds.push(with_id(&id, &h)),
             }
         }
+        let terms_for = latest_request.map_or_else(|| self.jurisdiction.clone(), |(_, j)| j);
         Ok(json!({
             "subject": subject.as_str(),
             "subject_kind": subject_kind_name(subject.kind()),
             "office": self.id,
             "jurisdiction": self.jurisdiction,
-            "terms": vocab::terms(&self.jurisdiction),
+            "terms": vocab::terms(&terms_for),
+            "terms_jurisdiction": terms_for,
             "exported_at": fmt_time(Utc::now()),
             "consents": consents,
             "requests": requests,

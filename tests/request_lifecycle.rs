@@ -681,4 +681,15 @@ fn a_pending_receipt_confirmation_is_a_deadline_of_its_own() {
         &["request", "list", "--as-of", "2026-12-04T00:00:00Z"],
     );
     assert!(!human.contains("confirm receipt"), "{human}");
+
+    // The export speaks the CCPA's words to a California consumer at the US office (it used
+    // the office's jurisdiction, US: "data subject", "personal data").
+    let export = ok(&sock, &["subject", "export", "--subject", "ca@example.com"]);
+    assert_eq!(export["terms_jurisdiction"], "US-CA", "{export}");
+    assert_eq!(export["terms"]["data_subject"], "consumer");
+    let human = ctl_human(&sock, &["subject", "export", "--subject", "ca@example.com"]);
+    assert!(
+        human.starts_with("Personal information held about the consumer"),
+        "{human}"
+    );
 }
