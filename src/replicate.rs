@@ -361,6 +361,11 @@ pub struct Replicator {
     fold_wanted: tokio::sync::Notify,
 }
 
+/// The mechanism of a verdict that lets a record's changes follow it to an office it reached
+/// before its transfer was forbidden ([`Replicator::verdict`]); no event is recorded under it
+/// (the record's first move was).
+const SENT_BEFORE: &str = "sent_before";
+
 /// Most withdrawal-only records a resident office watches for a record to fold them onto
 /// (16 bytes each); beyond it the newest are not watched (logged).
 const RESIDENT_WITHDRAWALS_MAX: usize = 1 << 20;
@@ -1367,7 +1372,7 @@ impl Replicator {
             &self.jurisdiction_of(peer),
             info.personal,
         );
-        if !verdict.may_send() || !info.personal {
+        if !info.personal {
             return verdict;
         }
         let refused_by_origin = origin_refusals.get(doc).is_some_and(|list| {
@@ -1375,7 +1380,7 @@ impl Replicator {
             list.iter()
                 .any(|&(by, p)| Some(by) == info.origin && Some(p) == to)
         });
-        match (refused_by_origin, origin_office) {
+        let verdict = match (verdict.may_send() && refused_by_origin, origin_office) {
             (true, Some(o)) => Verdict::Forbidden {
                 reason: format!(
                     "its origin office {} refused it to office {peer} (a signed transfer record)",
@@ -1383,7 +1388,32 @@ impl Replicator {
                 ),
             },
             _ => verdict,
+        };
+        if verdict.may_send() || !self.sent_before(doc, peer) {
+            return verdict;
         }
+        // A record that lawfully reached the peer before its transfer was forbidden (a policy
+        // changed since) keeps receiving its changes: a withdrawal must reach where the grant is.
+        // Kept from it, the peer answered "granted" for good, and its honest bundles failed
+        // `audit verify` on the leaves it never got (found by an exploratory session). The
+        // refusal keeps every record not sent before.
+        Verdict::Allowed {
+            mechanism: SENT_BEFORE.into(),
+            tia_required: false,
+            assessment: None,
+        }
+    }
+
+    /// Whether a signed replication event (this office's or another's) says `doc` was
+    /// transferred to `peer`. An index lookup, answered by the key filter for records never
+    /// sent there; asked only for a verdict that forbids.
+    fn sent_before(&self, doc: &DocId, peer: &str) -> bool {
+        let marker =
+            crate::office::transfer_marker(&crate::record::doc_id_hex(doc), peer, "transferred");
+        self.office
+            .store()
+            .docs_by_key(&marker)
+            .is_ok_and(|d| !d.is_empty())
     }
 
     pub fn peers_json(&self) -> Value {
@@ -1433,7 +1463,7 @@ impl Replicator {
     ) -> Result<(), ReplicationError> {
         let endpoint = Arc::new(
             Endpoint::bind(self.roster.clone(), &self.me, &transport_key, listen)
-                .map_err(|e| ReplicationError(format!("cannot listen on {listen}: {e}")))?,
+                .map_err(|e| ReplicationError(e.to_string()))?,
         );
         tracing::info!(address = %listen, peers = self.peers.len(), "replication listening");
         let forward = tokio::spawn(self.clone().forward_commits(stop.clone()));

@@ -550,12 +550,14 @@ fn envelopes_logged(l: &[String]) -> bool {
     indexes_of(l, "envelope").len() == 6
 }
 
-/// A record its origin sent to the exporter, then refused it (a policy changed since), cannot
-/// be dropped from the exporter's bundle as "withheld": the origin's own signed "transferred"
-/// says the exporter received it. Before, the late refusal excused the drop and the bundle
-/// verified (found by an exploratory session).
+/// A record its origin sent to the exporter before a policy forbade that transfer keeps
+/// receiving its changes there (it was refused from then on: the exporter answered "granted"
+/// for good after the person withdrew, and its honest bundles failed on the leaves it never
+/// got; found by an exploratory session), while a record made after the rule is withheld. The
+/// record sent before cannot be dropped from the exporter's bundle as "withheld": no refusal
+/// covers it, and were one signed, the origin's own "transferred" would say it went.
 #[test]
-fn a_record_sent_before_its_refusal_cannot_be_dropped_as_withheld() {
+fn a_record_sent_before_its_transfer_was_forbidden_keeps_its_changes_and_cannot_be_dropped() {
     let net = Net::init("de,uk");
     let de = net.start("de");
     let _uk = net.start("uk");
@@ -593,7 +595,7 @@ fn a_record_sent_before_its_refusal_cannot_be_dropped_as_withheld() {
         std::time::Duration::from_secs(120),
         || said("transferred"),
     );
-    // de's policy now forbids DE→GB: at start it signs a refusal for the record uk holds.
+    // de's policy now forbids DE→GB.
     assert!(de.stop());
     net.edit_config("de", |t| {
         t.replace(
@@ -602,10 +604,69 @@ fn a_record_sent_before_its_refusal_cannot_be_dropped_as_withheld() {
         )
     });
     let _de = net.start("de");
+    // A record made now is refused to uk, and signed so.
+    let later = ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "later@example.de",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused_later = || {
+        ok(&net.socket("uk"), &["transfer", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| {
+                t["office"] == "de"
+                    && t["status"] == "refused"
+                    && t["records"].as_array().unwrap().iter().any(|r| r == &later)
+            })
+    };
     wait_until(
-        "de's refusal reaches uk",
+        "de's refusal of the later record reaches uk",
         std::time::Duration::from_secs(120),
-        || said("refused"),
+        refused_later,
+    );
+    assert!(!said("refused"), "the record sent before is not refused");
+    // The record reached uk before: its changes still do.
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "sent@example.de",
+            "--purpose",
+            "support",
+        ],
+    );
+    wait_until(
+        "the withdrawal reaches uk",
+        std::time::Duration::from_secs(120),
+        || {
+            ok(
+                &net.socket("uk"),
+                &[
+                    "consent",
+                    "check",
+                    "--subject",
+                    "sent@example.de",
+                    "--purpose",
+                    "support",
+                ],
+            )["granted"]
+                == false
+        },
     );
 
     let out = net.path().join("uk.jsonl");
