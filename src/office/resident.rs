@@ -16,7 +16,8 @@
 //! records of the subject it holds travel, it writes a copy of its hold marked with that
 //! office as `origin` ([`crate::record::HoldRecord::origin`]): replication treats the copy as
 //! that office's data, so it reaches every office that may hold them, and their passes see it
-//! (`hold clear` there, or here, clears it as any hold): [`Office::spread_resident_holds`].
+//! (`hold clear` here clears the copies too; a copy cleared elsewhere is written again while
+//! the hold here stands): [`Office::spread_resident_holds`].
 //!
 //! Which records to look at is the replicator's to say: it knows the transfer policy and sees
 //! both this office's writes and what arrives (`replicate.rs`).
@@ -149,9 +150,9 @@ impl Office {
 impl Office {
     /// For each of `records` (this office's own active holds): writes a copy of the hold for
     /// every office `stays` says does not keep its records home whose records of the subject are
-    /// held here, unless a copy for it was written before (a cleared copy stays cleared: an
-    /// office that cleared it decided). A cleared or replaced hold is `done`; an active one is
-    /// watched on, for records of other offices arriving later.
+    /// held here, unless an active copy for it exists (one cleared elsewhere is written again:
+    /// only clearing the hold here ends it). A cleared hold is `done`; an active one is watched
+    /// on, for records of other offices arriving later and copies cleared elsewhere.
     pub async fn spread_resident_holds(
         &self,
         records: &[DocId],
@@ -186,10 +187,16 @@ impl Office {
                     // This hold's copies: same office and setting time, an origin.
                     let copy =
                         Record::from_projection(&bytes).map_err(super::OfficeError::Integrity)?;
+                    // Only an active copy counts: one cleared elsewhere (`hold clear` there
+                    // clears every hold it holds) left the records there unprotected while this
+                    // office's hold stood (found by an exploratory session); it is written again.
                     if let Record::Hold(c) = copy {
-                        if let (true, true, Some(o)) =
-                            (c.office == self.id, c.set_at == h.set_at, c.origin)
-                        {
+                        if let (true, true, None, Some(o)) = (
+                            c.office == self.id,
+                            c.set_at == h.set_at,
+                            &c.cleared_at,
+                            c.origin,
+                        ) {
                             copied.insert(o);
                         }
                     }

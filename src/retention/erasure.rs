@@ -185,12 +185,13 @@ async fn carry_out_once(
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
-    if pass::is_held(office, &token)? {
-        return Ok(0);
-    }
+    // Under a hold nothing is deleted, but the consents are still withdrawn below, as `close`
+    // does: the erasure request stops the processing even where a hold keeps the data (it
+    // returned here, and being done once, never withdrew; found by an exploratory session).
+    let held = pass::is_held(office, &token)?;
     let policy = format!("request/{}", doc_id_hex(request_id));
     let mut todo = Vec::new();
-    for (rid, r) in office.records_by_key(&token)? {
+    for (rid, r) in office.records_by_key(&token)?.into_iter().filter(|_| !held) {
         let own = match &r {
             Record::Consent(c) => c.office == office.id(),
             Record::Request(q) => q.office == office.id() && !q.is_open(),
