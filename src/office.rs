@@ -2537,9 +2537,20 @@ fn next_deadline(r: &RequestRecord) -> String {
 /// due date then means nothing yet: it is neither overdue nor due soon, and leaves the due
 /// index until `identity_received` gives it a new one. It was listed OVERDUE (found by an
 /// exploratory session).
+///
+/// Only a clock still running when the request was made: asked after the due date, the deadline
+/// was already missed, and it stays overdue (it dropped off `--overdue` while `audit report`
+/// still counted it; found by an exploratory session).
 fn clock_stopped(r: &RequestRecord) -> bool {
+    let asked_in_time = r
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.status == "identity_requested")
+        .is_some_and(|h| h.at.get(..10).is_some_and(|day| day <= r.due.as_str()));
     r.is_open()
         && r.status == "identity_requested"
+        && asked_in_time
         && clock::restarts_on_identity(&r.jurisdiction, &r.kind)
 }
 

@@ -297,6 +297,30 @@ fn uk_identity_received_restarts_the_clock() {
     assert_eq!(row["overdue"], false, "{row}");
     assert_eq!(row["clock_stopped"], true, "{row}");
     update3("identity_received", "2026-07-01T00:00:00Z");
+    // Asked for after the due date, the deadline was already missed: it stays overdue.
+    let r4 = open(&sock, "GB", "access", "2026-03-02T09:00:00Z");
+    let id4 = r4["id"].as_str().unwrap().to_string();
+    ok(
+        &sock,
+        &[
+            "request",
+            "update",
+            &id4,
+            "--status",
+            "identity_requested",
+            "--at",
+            "2026-05-01T00:00:00Z",
+        ],
+    );
+    let overdue = ok(&sock, &july);
+    assert!(
+        overdue
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id4.as_str()),
+        "{overdue}"
+    );
     let august = [
         "request",
         "list",
