@@ -226,6 +226,22 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     })
 }
 
+/// [`assessment_warnings`] for a config `prepare` found valid but could not open the store of
+/// (a running office holds it): `check-config` beside a running office printed none.
+pub fn config_warnings(config_path: &Path) -> Vec<String> {
+    let Ok(config) = Config::load(config_path) else {
+        return Vec::new();
+    };
+    let roster = keys::parse_public_key(&config.root_pub)
+        .ok()
+        .and_then(|root| SignedRoster::load(&config.roster).ok()?.verify(&root).ok());
+    let policy = crate::policy::TransferPolicy::from_config(&config.transfer).ok();
+    match (roster, policy) {
+        (Some(roster), Some(policy)) => assessment_warnings(&config, &roster, &policy),
+        _ => Vec::new(),
+    }
+}
+
 /// What a valid config still leaves undone, one line each: the peers this office's own records
 /// reach under a rule that needs a transfer impact assessment none is named for (replication
 /// still sends them, as the policy allows, and records each move without a TIA, which

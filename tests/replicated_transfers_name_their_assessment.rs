@@ -84,6 +84,15 @@ fn replicated_moves_carry_the_configured_assessment_and_the_report_asks_only_whe
     });
 
     let d: Vec<Daemon> = ["de", "us", "sg"].iter().map(|o| net.start(o)).collect();
+    // Beside the running office too (the database is not checked then: the warning was lost).
+    let beside = check_config(&net, "de");
+    assert!(beside.status.success(), "{}", text(&beside.stderr));
+    assert!(
+        text(&beside.stdout).contains("in use"),
+        "{}",
+        text(&beside.stdout)
+    );
+    assert_eq!(text(&beside.stderr), warnings);
     grant(&net, "de", "anna@example.de");
     grant(&net, "us", "bob@example.com");
 

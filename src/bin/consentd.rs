@@ -81,6 +81,9 @@ fn main() {
             }
             // A running office holds its database: everything else was checked.
             Err(e) if e.store_in_use() => {
+                for warning in consentd::daemon::config_warnings(&config) {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "config {} is valid (its data directory is in use by a running consentd: the database was not checked)",
                     config.display()
