@@ -354,8 +354,9 @@ pub struct Replicator {
     /// At an office whose records stay home: its own active holds, copied for the offices
     /// whose records of the subject arrive (`office/resident.rs`). Bounded likewise.
     resident_holds: Mutex<BTreeSet<DocId>>,
-    /// At an office whose records stay home: erasure requests other offices completed, to carry
-    /// out on this office's own records of the subject (`retention::erasure::carry_out`).
+    /// At an office whose records stay home: erasure (and withdrawal, objection, restriction)
+    /// requests other offices completed, to carry out on this office's own records of the
+    /// subject (`retention::erasure::carry_out`).
     resident_erasures: Mutex<BTreeSet<DocId>>,
     /// Woken when records arrive while any of them is not empty, or an erasure arrives.
     fold_wanted: tokio::sync::Notify,
@@ -1176,8 +1177,9 @@ impl Replicator {
         self.fold_wanted.notify_one();
     }
 
-    /// At an office that keeps its records home: watches `doc` if it is an erasure request
-    /// another office completed (`retention::erasure::carry_out`).
+    /// At an office that keeps its records home: watches `doc` if it is an erasure, withdrawal,
+    /// objection or restriction request another office completed
+    /// (`retention::erasure::carry_out`).
     fn watch_if_erasure(&self, doc: &DocId, kind: u8, bytes: &[u8]) {
         if kind != crate::record::KIND_REQUEST || !self.keeps_records_home() {
             return;
@@ -1185,7 +1187,7 @@ impl Replicator {
         let completed_elsewhere = matches!(
             crate::record::Record::from_projection(bytes),
             Ok(crate::record::Record::Request(r))
-                if r.kind == "erasure"
+                if crate::retention::erasure::carried_out_elsewhere(&r.kind)
                     && r.outcome.as_deref() == Some("completed")
                     && r.office != self.me
         );

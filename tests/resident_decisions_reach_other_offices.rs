@@ -344,3 +344,73 @@ fn an_erasure_carried_out_at_cn_under_a_hold_still_withdraws_cn_s_consents() {
     );
     assert!(!check("de", "marketing"));
 }
+
+/// An objection completed at de withdrew what de sees; cn's own marketing and
+/// legitimate-interest grants of the person never left China and stayed in force (found by an
+/// exploratory session). cn carries it out on its own records, by the same rule.
+#[test]
+fn an_objection_completed_elsewhere_is_carried_out_on_cn_s_own_consents() {
+    let subject = "objects@example.com";
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let _cn = net.start("cn");
+    for (purpose, basis) in [
+        ("cookies_marketing", "consent"),
+        ("personalisation", "legitimate_interest"),
+        ("support", "contract"),
+    ] {
+        ok(
+            &net.socket("cn"),
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+                "--basis",
+                basis,
+                "--evidence",
+                "paper form v2",
+            ],
+        );
+    }
+    let check = |purpose: &str| {
+        ok(
+            &net.socket("cn"),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+            ],
+        )["granted"]
+            == true
+    };
+    let id = ok(
+        &net.socket("de"),
+        &[
+            "request",
+            "open",
+            "--subject",
+            subject,
+            "--kind",
+            "objection",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &net.socket("de"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
+    wait_until(
+        "cn carries the objection out",
+        Duration::from_secs(120),
+        || !check("cookies_marketing") && !check("personalisation"),
+    );
+    assert!(check("support"), "a contract is not objected to");
+}

@@ -142,7 +142,7 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     let Some(Record::Request(request)) = office.read_record(request_id)? else {
         return Ok(0);
     };
-    if request.kind != "erasure" || request.outcome.as_deref() != Some("completed") {
+    if !carried_out_elsewhere(&request.kind) || request.outcome.as_deref() != Some("completed") {
         return Ok(0);
     }
     let deleted = carry_out_once(office, request_id, request).await?;
@@ -157,8 +157,16 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     Ok(deleted)
 }
 
-/// Meta key prefix marking an erasure request carried out here ([`carry_out`]).
-const META_CARRIED_OUT: &str = "erasure_carried_out/";
+/// Meta key prefix marking a request carried out here ([`carry_out`]).
+const META_CARRIED_OUT: &str = "request_carried_out/";
+
+/// Whether a request of `kind` another office completed is carried out on a resident office's
+/// own records ([`carry_out`]): an erasure, and the requests that withdraw ([`withdraws`]; an
+/// objection completed at de left cn's own marketing grants in force: found by an exploratory
+/// session).
+pub fn carried_out_elsewhere(kind: &str) -> bool {
+    kind == "erasure" || withdraws(kind).is_some()
+}
 
 async fn carry_out_once(
     office: &Office,
@@ -183,15 +191,23 @@ async fn carry_out_once(
     let marketing = |p: &str| office.purposes.is_marketing(p);
     let subject = Subject::parse_stored(&request.subject)
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+    let request_kind_is_erasure = request.kind == "erasure";
+    let (all, marketing_purposes, legitimate_interest) =
+        withdraws(&request.kind).unwrap_or((true, true, true));
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     // Under a hold nothing is deleted, but the consents are still withdrawn below, as `close`
     // does: the erasure request stops the processing even where a hold keeps the data (it
     // returned here, and being done once, never withdrew; found by an exploratory session).
+    let erase = request_kind_is_erasure;
     let held = pass::is_held(office, &token)?;
     let policy = format!("request/{}", doc_id_hex(request_id));
     let mut todo = Vec::new();
-    for (rid, r) in office.records_by_key(&token)?.into_iter().filter(|_| !held) {
+    for (rid, r) in office
+        .records_by_key(&token)?
+        .into_iter()
+        .filter(|_| erase && !held)
+    {
         let own = match &r {
             Record::Consent(c) => c.office == office.id(),
             Record::Request(q) => q.office == office.id() && !q.is_open(),
@@ -223,7 +239,10 @@ async fn carry_out_once(
     // office's record has reached this one yet is a matter of timing, and a restart (which runs
     // this again) withdrew one that had arrived since (partition suite, seed 1177221320).
     // A grant since the erasure is the person's new dealings: that purpose is left alone.
-    let mut own: std::collections::BTreeMap<String, Vec<record::DocId>> = Default::default();
+    // Per purpose: this office's own records of it, and the basis of their latest grant (an
+    // objection or a restriction withdraws by basis).
+    type Own = (Vec<record::DocId>, Option<(String, String)>);
+    let mut own: std::collections::BTreeMap<String, Own> = Default::default();
     let mut regranted = std::collections::BTreeSet::new();
     for (rid, r) in office.records_by_key(&token)? {
         if let Record::Consent(c) = r {
@@ -234,13 +253,25 @@ async fn carry_out_once(
                 regranted.insert(c.purpose.clone());
             }
             if c.office == office.id() && made_before(&rid) {
-                own.entry(c.purpose).or_default().push(rid);
+                let entry = own.entry(c.purpose.clone()).or_default();
+                entry.0.push(rid);
+                for e in c.events.iter().filter(|e| e.action == "grant") {
+                    if entry.1.as_ref().is_none_or(|(at, _)| e.at > *at) {
+                        entry.1 = Some((e.at.clone(), e.basis.clone().unwrap_or_default()));
+                    }
+                }
             }
         }
     }
-    own.retain(|purpose, _| !regranted.contains(purpose));
+    own.retain(|purpose, (_, latest)| {
+        let basis = latest.as_ref().map_or("", |(_, b)| b.as_str());
+        !regranted.contains(purpose)
+            && (all
+                || (marketing_purposes && marketing(purpose))
+                || (legitimate_interest && basis == "legitimate_interest"))
+    });
     let mut withdrawals = Vec::new();
-    for (purpose, records) in own {
+    for (purpose, (records, _)) in own {
         let answer = office.consent_check_of(&subject, &purpose, None)?;
         let decided_here = answer["record"]
             .as_str()
