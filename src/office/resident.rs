@@ -1,4 +1,6 @@
-//! A withdrawal a resident office recorded apart reaches the other offices.
+//! What an office whose records stay home (cn) decides about a subject reaches the offices that
+//! hold the subject's records: its withdrawals recorded apart, and its holds. (Requests other
+//! offices completed are carried out on its own records: `retention::erasure::carry_out`.)
 //!
 //! At an office whose own records stay in its jurisdiction (`[transfer] resident`, China by
 //! default), a withdrawal recorded before the grant arrived starts a record of its own
@@ -40,8 +42,8 @@ pub const FOLD_BATCH_MAX: usize = 256;
 pub struct Folded {
     /// Withdrawals recorded onto a record that travels.
     pub folded: usize,
-    /// Records needing nothing more (folded now or before, superseded by a later grant, or no
-    /// longer this office's withdrawal-only record): the caller stops watching them.
+    /// Records needing nothing more (superseded by a later event, or no longer this office's
+    /// withdrawal-only record): the caller stops watching them.
     pub done: Vec<DocId>,
 }
 
@@ -68,7 +70,6 @@ impl Office {
     ) -> Result<Folded> {
         let mut out = Folded::default();
         let mut ops = Vec::new();
-        let mut folding = Vec::new();
         for id in records {
             if ops.len() >= FOLD_BATCH_MAX {
                 break;
@@ -126,22 +127,20 @@ impl Office {
                 .filter(|(_, l)| l.is_some_and(|(_, withdraw)| !withdraw))
                 .min_by_key(|(d, _)| *d)
             else {
-                if !travelling.is_empty() {
-                    out.done.push(*id); // folded before: the travelling records are withdrawn
-                }
-                continue; // nothing that travels holds the consent yet: wait for it
+                // Nothing that travels grants the consent (yet, or any more): watched on, for a
+                // record of it from another office arriving later.
+                continue;
             };
             let mut op = self.withdraw_op(subject, c.purpose.clone(), Some(&fmt_time(t_w)))?;
             if let super::Op::Consent { onto: target, .. } = &mut op {
                 *target = Some(onto);
             }
             ops.push(op);
-            folding.push(*id);
         }
         if !ops.is_empty() {
+            // Folded, still watched: a record of the consent from yet another office may arrive.
             out.folded = ops.len();
             self.write(ops, None).await?;
-            out.done.extend(folding);
         }
         Ok(out)
     }
