@@ -79,7 +79,7 @@ pub struct Prepared {
     /// The QUIC transport key (checked against the roster), for replication.
     pub transport: ed25519_dalek::SigningKey,
     pub roster: Arc<consentd_sync::VerifiedRoster>,
-    /// What the config leaves undone though valid ([`assessment_warnings`]): `check-config`
+    /// What the config leaves undone though valid (`assessment_warnings`): `check-config`
     /// prints them, the daemon logs them at start.
     pub warnings: Vec<String>,
 }
@@ -226,7 +226,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     })
 }
 
-/// [`assessment_warnings`] for a config `prepare` found valid but could not open the store of
+/// `assessment_warnings` for a config `prepare` found valid but could not open the store of
 /// (a running office holds it): `check-config` beside a running office printed none.
 pub fn config_warnings(config_path: &Path) -> Vec<String> {
     let Ok(config) = Config::load(config_path) else {

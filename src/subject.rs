@@ -108,7 +108,7 @@ impl Subject {
     ///   Write account ids that are all digits as `id:12345`.
     ///
     /// Before all that, full-width ASCII forms (U+FF01-U+FF5E, `ｍａｒｙ＠example.com`) become
-    /// ASCII, as NFKC maps them; an invisible formatting character ([`is_invisible`]: zero-width
+    /// ASCII, as NFKC maps them; an invisible formatting character (`is_invisible`: zero-width
     /// space, soft hyphen, bidi marks, …) is rejected; and a `mailto:` or `tel:` link scheme is
     /// dropped, the rest read as an e-mail address or an international phone number (a URI's
     /// `?` part or any other rest is rejected).

@@ -394,7 +394,7 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
 /// not log yet: `consentctl` tries again on it ([`EXPORT_ATTEMPTS_MAX`]).
 const NOT_LOGGED_YET: &str = "their author's checkpoint does not log yet";
 /// Most attempts `consentctl audit export` makes while changes wait for their checkpoint, one
-/// [`EXPORT_RETRY_PAUSE`] apart: an office signs a checkpoint within a second of writing and
+/// `EXPORT_RETRY_PAUSE` apart: an office signs a checkpoint within a second of writing and
 /// pushes it at once, so a connected one's arrives well inside this.
 pub const EXPORT_ATTEMPTS_MAX: u32 = 10;
 const EXPORT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);

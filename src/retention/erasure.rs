@@ -123,9 +123,10 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
 }
 
 /// At an office whose own records stay home (cn): carries out, on those records, an erasure
-/// request another office completed. The erasing office never saw them (they never left), so
-/// the subject was told the erasure was complete while cn kept their data (found by an
-/// exploratory session). The same rules as [`close`] keep what a legal duty or a hold keeps;
+/// (or withdrawal, objection, restriction: [`carried_out_elsewhere`]) request another office
+/// completed. The erasing office never saw them (they never left), so the subject was told the
+/// erasure was complete while cn kept their data (found by an exploratory session). The same
+/// rules as [`close`] keep what a legal duty or a hold keeps;
 /// the deletions are this office's, signed for the request's policy (`request/<id>`), and any
 /// consent one of its own kept records (made before the erasure) still grants is withdrawn.
 /// Only what was there when the request was completed: a record made here since (its id's time)
@@ -133,7 +134,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
 /// them; partition suite, seed 604519434). Returns the records deleted. Run again, it finds
 /// nothing more to do.
 pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u64> {
-    // Once per request (meta `erasure_carried_out/<id>`): what it finds depends on what had
+    // Once per request (meta `request_carried_out/<id>`): what it finds depends on what had
     // arrived by then (a hold, another office's records), and a restart must not find it anew.
     let done_key = format!("{META_CARRIED_OUT}{}", doc_id_hex(request_id));
     if office.store().meta(&done_key)?.is_some() {
@@ -161,13 +162,16 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
 const META_CARRIED_OUT: &str = "request_carried_out/";
 
 /// Whether a request of `kind` another office completed is carried out on a resident office's
-/// own records ([`carry_out`]): an erasure, and the requests that withdraw ([`withdraws`]; an
+/// own records ([`carry_out`]): an erasure, and the requests that withdraw (`withdraws`; an
 /// objection completed at de left cn's own marketing grants in force: found by an exploratory
 /// session).
 pub fn carried_out_elsewhere(kind: &str) -> bool {
     kind == "erasure" || withdraws(kind).is_some()
 }
 
+/// [`carry_out`]'s work, for a completed request of a kind it carries out: an erasure's
+/// deletions (none under a hold), then the withdrawals the kind makes, of this office's own
+/// records made before the completion. Returns the records deleted.
 async fn carry_out_once(
     office: &Office,
     request_id: &record::DocId,
