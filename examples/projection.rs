@@ -28,6 +28,7 @@ fn consent(i: usize) -> Record {
         role: "controller".into(),
         office: "de".into(),
         minor: false,
+        minor_elsewhere: false,
         parental_consent: None,
         events: vec![ConsentEvent {
             action: "grant".into(),

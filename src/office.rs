@@ -625,7 +625,7 @@ impl Office {
                         else {
                             continue;
                         };
-                        known_minor |= c.minor;
+                        known_minor |= c.minor || c.minor_elsewhere;
                         parent_consented |= c.purpose == a.purpose && c.parental_consent.is_some();
                     }
                     if (a.under_18 || known_minor) && !parent_consented {
@@ -894,7 +894,8 @@ impl Office {
                 }
                 Op::RequestExtend { id, .. }
                 | Op::RequestClose { id, .. }
-                | Op::RequestUpdate { id, .. } => docs.push(doc_lock_key(id)),
+                | Op::RequestUpdate { id, .. }
+                | Op::MarkMinorElsewhere { id } => docs.push(doc_lock_key(id)),
                 Op::HoldClear { subject, .. } => {
                     let token = self.hasher.subject_token(subject);
                     for id in self.store.docs_by_key(&token)? {
@@ -1007,7 +1008,8 @@ impl Office {
                 },
                 Op::RequestExtend { id, .. }
                 | Op::RequestUpdate { id, .. }
-                | Op::RequestClose { id, .. } => id.hash(&mut h),
+                | Op::RequestClose { id, .. }
+                | Op::MarkMinorElsewhere { id } => id.hash(&mut h),
             }
             parts[(h.finish() % parts_n as u64) as usize].push((i, op));
         }
@@ -1093,7 +1095,8 @@ impl Office {
             | Op::RequestClose { .. }
             | Op::RequestUpdate { .. }
             | Op::RequestOpen(_)
-            | Op::Transfer(_) => None,
+            | Op::Transfer(_)
+            | Op::MarkMinorElsewhere { .. } => None,
         }
     }
 
@@ -1216,7 +1219,7 @@ impl Office {
             keys.push(self.hasher.subject_token(&subject));
             if let Record::Consent(c) = record {
                 keys.push(self.hasher.consent_token(&subject, &c.purpose));
-                if c.minor {
+                if c.minor || c.minor_elsewhere {
                     keys.push(self.hasher.minor_token(&subject));
                 }
             }
@@ -1674,6 +1677,11 @@ enum Op {
         subject: Subject,
         at: DateTime<Utc>,
     },
+    /// Carries the person's under-18 flag, recorded here in a record that stays home, onto
+    /// another office's consent record of the person (`office/resident.rs`).
+    MarkMinorElsewhere {
+        id: DocId,
+    },
 }
 
 /// Subject key `id`: from `made` (a draft's own new keys, not durable yet, which the key cache
@@ -1768,7 +1776,8 @@ impl<'o> Draft<'o> {
                     .copied(),
                 Op::RequestExtend { id, .. }
                 | Op::RequestUpdate { id, .. }
-                | Op::RequestClose { id, .. } => Some(*id),
+                | Op::RequestClose { id, .. }
+                | Op::MarkMinorElsewhere { id } => Some(*id),
                 Op::RequestOpen(_) | Op::HoldSet(_) | Op::HoldClear { .. } | Op::Transfer(_) => {
                     None
                 }
@@ -1883,6 +1892,7 @@ impl<'o> Draft<'o> {
                             role,
                             office: self.office.id.clone(),
                             minor,
+                            minor_elsewhere: false,
                             parental_consent,
                             events: vec![event],
                         });
@@ -2110,6 +2120,13 @@ impl<'o> Draft<'o> {
                     answer["erasure"] = report;
                 }
                 Ok(answer)
+            }
+            Op::MarkMinorElsewhere { id } => {
+                self.change(id, |tx| {
+                    tx.put(ROOT, "minor_elsewhere", true)
+                        .map_err(|e| e.to_string())
+                })?;
+                Ok(json!({ "id": doc_id_hex(&id) }))
             }
             Op::HoldSet(hold) => {
                 let id: DocId = time_ordered_id();

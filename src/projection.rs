@@ -1018,6 +1018,7 @@ mod tests {
                 role: "processor".into(),
                 office: "de".into(),
                 minor: true,
+                minor_elsewhere: false,
                 parental_consent: Some(sealed(70)),
                 events: vec![
                     event("grant", "2026-01-31T00:00:00Z"),

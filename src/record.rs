@@ -106,6 +106,12 @@ pub struct ConsentRecord {
     /// The person is under 18 (§10).
     #[serde(default)]
     pub minor: bool,
+    /// Another office recorded the person as under 18 in a record of its own that stays home
+    /// (cn): the person's flag for `consent check` and later grants, carried on this record so
+    /// it reaches the offices holding it (`office/resident.rs`). Not this record's own flag: it
+    /// does not make it child data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub minor_elsewhere: bool,
     /// Evidence that a parent or guardian consented, for a minor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parental_consent: Option<String>,
@@ -655,6 +661,7 @@ mod tests {
             role: "processor".into(),
             office: "de".into(),
             minor: false,
+            minor_elsewhere: false,
             parental_consent: None,
             events: vec![ConsentEvent {
                 action: "grant".into(),

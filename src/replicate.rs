@@ -358,6 +358,9 @@ pub struct Replicator {
     /// requests other offices completed, to carry out on this office's own records of the
     /// subject (`retention::erasure::carry_out`).
     resident_erasures: Mutex<BTreeSet<DocId>>,
+    /// At an office whose records stay home: its own consent records flagging the person under
+    /// 18, until the flag rides on a record that travels (`Office::spread_minor_flags`).
+    resident_minors: Mutex<BTreeSet<DocId>>,
     /// Woken when records arrive while any of them is not empty, or an erasure arrives.
     fold_wanted: tokio::sync::Notify,
 }
@@ -446,6 +449,7 @@ impl Replicator {
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
             resident_erasures: Mutex::new(BTreeSet::new()),
+            resident_minors: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
         });
         Ok(rep)
@@ -1151,6 +1155,19 @@ impl Replicator {
         {
             return;
         }
+        if kind == crate::record::KIND_CONSENT
+            && matches!(
+                crate::record::Record::from_projection(bytes),
+                Ok(crate::record::Record::Consent(c)) if c.minor
+            )
+        {
+            let mut minors = lock(&self.resident_minors);
+            if minors.len() < RESIDENT_WITHDRAWALS_MAX {
+                minors.insert(*doc);
+            }
+            drop(minors);
+            self.fold_wanted.notify_one();
+        }
         let set = match kind {
             crate::record::KIND_CONSENT if crate::office::resident::withdrawals_only(bytes) => {
                 &self.resident_withdrawals
@@ -1214,6 +1231,7 @@ impl Replicator {
             }
             self.carry_out_erasures().await;
             self.spread_holds().await;
+            self.spread_minor_flags().await;
             cursor = self.fold_withdrawals(cursor).await;
             tokio::select! {
                 _ = tokio::time::sleep(FOLD_PAUSE) => {}
@@ -1284,6 +1302,37 @@ impl Replicator {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot copy holds for other offices"),
+        }
+    }
+
+    /// This office's under-18 flags, carried onto records of the person that travel.
+    async fn spread_minor_flags(&self) {
+        let minors: Vec<DocId> = lock(&self.resident_minors)
+            .iter()
+            .take(FOLD_SCAN_MAX)
+            .copied()
+            .collect();
+        if minors.is_empty() {
+            return;
+        }
+        match self
+            .office
+            .spread_minor_flags(&minors, |o| self.stays(o))
+            .await
+        {
+            Ok(f) => {
+                let mut w = lock(&self.resident_minors);
+                for d in &f.done {
+                    w.remove(d);
+                }
+                if f.folded > 0 {
+                    tracing::info!(
+                        records = f.folded,
+                        "under-18 flags recorded here carried onto records that reach the other offices"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot carry under-18 flags to other offices"),
         }
     }
 
@@ -1666,6 +1715,7 @@ impl Replicator {
                 }
                 if !lock(&self.resident_withdrawals).is_empty()
                     || !lock(&self.resident_holds).is_empty()
+                    || !lock(&self.resident_minors).is_empty()
                 {
                     self.fold_wanted.notify_one();
                 }

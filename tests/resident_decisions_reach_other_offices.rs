@@ -414,3 +414,88 @@ fn an_objection_completed_elsewhere_is_carried_out_on_cn_s_own_consents() {
     );
     assert!(check("support"), "a contract is not objected to");
 }
+
+/// A person flagged under 18 at cn, in a record of cn's own: the flag stayed in China, and de
+/// answered "granted" to marketing them (found by an exploratory session). cn now carries the
+/// flag onto de's record of the person (`minor_elsewhere`, not that record's own flag: it is
+/// not child data), and de applies it.
+#[test]
+fn an_under_18_flag_recorded_at_cn_reaches_the_other_offices() {
+    let subject = "young@example.com";
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let _cn = net.start("cn");
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+        ],
+    );
+    let check = |office: &str| {
+        ok(
+            &net.socket(office),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                subject,
+                "--purpose",
+                "marketing",
+            ],
+        )
+    };
+    wait_until("cn holds de's grant", Duration::from_secs(120), || {
+        check("cn")["granted"] == true
+    });
+    ok(
+        &net.socket("cn"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+            "--under-18",
+        ],
+    );
+    wait_until("de applies cn's flag", Duration::from_secs(120), || {
+        check("de")["granted"] == false
+    });
+    assert!(
+        check("de")["reason"].as_str().unwrap().contains("under 18"),
+        "{}",
+        check("de")
+    );
+    // de refuses a new marketing grant without a parent's consent, as cn would.
+    let e = err(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "sales",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+        ],
+    );
+    assert!(e.contains("under 18"), "{e}");
+    // de's record is not child data: a retention pass keeps it.
+    let dry = ok(&net.socket("de"), &["retention", "run", "--dry-run"]);
+    assert_eq!(dry["deleted"], 0, "{dry}");
+}

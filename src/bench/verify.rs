@@ -54,6 +54,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
             role: "processor".into(),
             office: "de".into(),
             minor: false,
+            minor_elsewhere: false,
             parental_consent: None,
             events: vec![ConsentEvent {
                 action: "grant".into(),

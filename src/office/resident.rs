@@ -1,5 +1,6 @@
 //! What an office whose records stay home (cn) decides about a subject reaches the offices that
-//! hold the subject's records: its withdrawals recorded apart, and its holds. (Requests other
+//! hold the subject's records: its withdrawals recorded apart, its holds, and its under-18
+//! flags ([`Office::spread_minor_flags`]). (Requests other
 //! offices completed are carried out on its own records: `retention::erasure::carry_out`.)
 //!
 //! At an office whose own records stay in its jurisdiction (`[transfer] resident`, China by
@@ -211,6 +212,75 @@ impl Office {
                     origin: Some(origin.clone()),
                     ..h.clone()
                 }));
+            }
+        }
+        if !ops.is_empty() {
+            out.folded = ops.len();
+            self.write(ops, None).await?;
+        }
+        Ok(out)
+    }
+}
+
+impl Office {
+    /// For each of `records` (this office's own consent records flagging the person under 18,
+    /// which stay home): carries the flag onto a consent record of the person from an office
+    /// `stays` says does not keep its records home (`minor_elsewhere`), so the offices holding
+    /// it index the person's minor token and `consent check` refuses marketing without a
+    /// parent's consent there too. The flag never left cn, and de and us answered "granted" to
+    /// marketing a person only cn knew was under 18 (found by an exploratory session). One such
+    /// record is enough (the token is the person's): `done` once one carries it.
+    pub async fn spread_minor_flags(
+        &self,
+        records: &[DocId],
+        stays: impl Fn(&str) -> bool,
+    ) -> Result<Folded> {
+        let mut out = Folded::default();
+        let mut ops = Vec::new();
+        for id in records {
+            if ops.len() >= FOLD_BATCH_MAX {
+                break;
+            }
+            let Some(Record::Consent(c)) = self.read_record(id)? else {
+                out.done.push(*id);
+                continue;
+            };
+            if c.office != self.id || !c.minor {
+                out.done.push(*id);
+                continue;
+            }
+            let subject = Subject::parse_stored(&c.subject).map_err(|e| {
+                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
+            })?;
+            let token = self.hasher.subject_token(&subject);
+            let mut carried = false;
+            let mut onto: Option<DocId> = None;
+            for (other, kind, bytes) in self.store.projections_by_key(&token)? {
+                if other == *id || kind != KIND_CONSENT {
+                    continue;
+                }
+                let Record::Consent(o) =
+                    Record::from_projection(&bytes).map_err(super::OfficeError::Integrity)?
+                else {
+                    continue;
+                };
+                if stays(&o.office) {
+                    continue;
+                }
+                if o.minor || o.minor_elsewhere {
+                    carried = true;
+                } else {
+                    onto = Some(onto.map_or(other, |o| o.min(other)));
+                }
+            }
+            match (carried, onto) {
+                (true, _) => out.done.push(*id),
+                (false, Some(onto)) => {
+                    ops.push(super::Op::MarkMinorElsewhere { id: onto });
+                    out.done.push(*id);
+                }
+                // Nothing of the person that travels yet: watched on.
+                (false, None) => {}
             }
         }
         if !ops.is_empty() {

@@ -395,6 +395,7 @@ mod tests {
             role: "processor".into(),
             office: "de".into(),
             minor: false,
+            minor_elsewhere: false,
             parental_consent: None,
             events,
         }
