@@ -791,6 +791,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut to_office: Option<String> = None;
     let mut records: Vec<String> = Vec::new();
     let mut origin: Option<String> = None;
+    let mut minor = false;
     r.fields(|r, k| {
         match k {
             "type" => match r.text()? {
@@ -802,6 +803,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
             }
             "status" => status = Some(r.text()?.into_string()),
             "origin" => origin = Some(r.text()?.into_string()),
+            "minor" => minor = r.byte()? == TRUE,
             "to_office" => to_office = Some(r.text()?.into_string()),
             "records" => {
                 let n = r.count(ARRAY)?;
@@ -846,6 +848,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     if kind == "hold" {
         facts.origin = origin;
     }
+    facts.minor = kind == "consent" && minor;
     Ok(facts)
 }
 
@@ -869,6 +872,8 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         records: Vec<String>,
         #[serde(default)]
         origin: Option<String>,
+        #[serde(default)]
+        minor: bool,
     }
     let f: FactFields = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let subject = f.subject.as_deref().map(|s| {
@@ -883,6 +888,7 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
     if f.kind == "hold" {
         facts.origin = f.origin;
     }
+    facts.minor = f.kind == "consent" && f.minor;
     Ok(facts)
 }
 
@@ -909,6 +915,7 @@ fn facts_from(
         categories: if transfer { categories } else { None },
         event: None,
         origin: None,
+        minor: false,
     })
 }
 

@@ -237,6 +237,9 @@ pub struct RecordFacts {
     /// The office whose data the record is, when another than `office` (a hold's copy,
     /// [`HoldRecord::origin`]).
     pub origin: Option<String>,
+    /// A consent record flagging its person under 18 (its own `minor`), read with the rest so a
+    /// resident office's start-up finds its flags without decoding every record.
+    pub minor: bool,
 }
 
 /// What a replication event (a transfer record with `status` and `to_office`) says its office
@@ -293,6 +296,7 @@ impl RecordFacts {
                 Record::Hold(h) => h.origin.clone(),
                 _ => None,
             },
+            minor: matches!(record, Record::Consent(c) if c.minor),
         }
     }
 

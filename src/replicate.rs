@@ -1155,12 +1155,7 @@ impl Replicator {
         {
             return;
         }
-        if kind == crate::record::KIND_CONSENT
-            && matches!(
-                crate::record::Record::from_projection(bytes),
-                Ok(crate::record::Record::Consent(c)) if c.minor
-            )
-        {
+        if kind == crate::record::KIND_CONSENT && facts.is_some_and(|f| f.minor) {
             let mut minors = lock(&self.resident_minors);
             if minors.len() < RESIDENT_WITHDRAWALS_MAX {
                 minors.insert(*doc);

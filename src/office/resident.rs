@@ -58,7 +58,22 @@ pub fn withdrawals_only(bytes: &[u8]) -> bool {
     read.is_ok() && withdrawals > 0 && grants == 0
 }
 
+/// A subject as a record stores it ([`Subject::parse_stored`]).
+fn stored_subject(stored: &str) -> Result<Subject> {
+    Subject::parse_stored(stored)
+        .map_err(|e| super::OfficeError::Integrity(format!("stored subject does not parse: {e}")))
+}
+
 impl Office {
+    /// Writes a pass's operations in one durable batch, counted in `out`.
+    async fn write_folds(&self, ops: Vec<super::Op>, mut out: Folded) -> Result<Folded> {
+        if !ops.is_empty() {
+            out.folded = ops.len();
+            self.write(ops, None).await?;
+        }
+        Ok(out)
+    }
+
     /// For each of `records` (this office's records holding only withdrawals): when another
     /// record of the same consent, written by an office `stays` says does not keep its records
     /// home, still answers with a grant older than the withdrawal, records the withdrawal onto
@@ -93,9 +108,7 @@ impl Office {
                 out.done.push(*id);
                 continue;
             };
-            let subject = Subject::parse_stored(&c.subject).map_err(|e| {
-                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
-            })?;
+            let subject = stored_subject(&c.subject)?;
             let token = self.hasher.consent_token(&subject, &c.purpose);
             // Every other record of the consent: its office and latest event (by time, a
             // withdrawal after a grant at the same instant, as `consent check` orders them).
@@ -138,16 +151,10 @@ impl Office {
             }
             ops.push(op);
         }
-        if !ops.is_empty() {
-            // Folded, still watched: a record of the consent from yet another office may arrive.
-            out.folded = ops.len();
-            self.write(ops, None).await?;
-        }
-        Ok(out)
+        // Folded, still watched: a record of the consent from yet another office may arrive.
+        self.write_folds(ops, out).await
     }
-}
 
-impl Office {
     /// For each of `records` (this office's own active holds): writes a copy of the hold for
     /// every office `stays` says does not keep its records home whose records of the subject are
     /// held here, unless an active copy for it exists (one cleared elsewhere is written again:
@@ -172,9 +179,7 @@ impl Office {
                 out.done.push(*id);
                 continue;
             }
-            let subject = Subject::parse_stored(&h.subject).map_err(|e| {
-                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
-            })?;
+            let subject = stored_subject(&h.subject)?;
             let token = self.hasher.subject_token(&subject);
             let (mut origins, mut copied) = (BTreeSet::new(), BTreeSet::new());
             for (other, kind, bytes) in self.store.projections_by_key(&token)? {
@@ -214,15 +219,9 @@ impl Office {
                 }));
             }
         }
-        if !ops.is_empty() {
-            out.folded = ops.len();
-            self.write(ops, None).await?;
-        }
-        Ok(out)
+        self.write_folds(ops, out).await
     }
-}
 
-impl Office {
     /// For each of `records` (this office's own consent records flagging the person under 18,
     /// which stay home): carries the flag onto a consent record of the person from an office
     /// `stays` says does not keep its records home (`minor_elsewhere`), so the offices holding
@@ -249,9 +248,7 @@ impl Office {
                 out.done.push(*id);
                 continue;
             }
-            let subject = Subject::parse_stored(&c.subject).map_err(|e| {
-                super::OfficeError::Integrity(format!("stored subject does not parse: {e}"))
-            })?;
+            let subject = stored_subject(&c.subject)?;
             let token = self.hasher.subject_token(&subject);
             let mut carried = false;
             let mut onto: Option<DocId> = None;
@@ -283,10 +280,6 @@ impl Office {
                 (false, None) => {}
             }
         }
-        if !ops.is_empty() {
-            out.folded = ops.len();
-            self.write(ops, None).await?;
-        }
-        Ok(out)
+        self.write_folds(ops, out).await
     }
 }
