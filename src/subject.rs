@@ -108,21 +108,25 @@ impl Subject {
     ///   Write account ids that are all digits as `id:12345`.
     ///
     /// Before all that, full-width ASCII forms (U+FF01-U+FF5E, `ｍａｒｙ＠example.com`) become
-    /// ASCII, as NFKC maps them; an invisible formatting character (`is_invisible`: zero-width
+    /// ASCII, as NFKC maps them; the text is put in Unicode normalization form C (`José` typed
+    /// as `e` and a combining accent is the precomposed `é`: the two look the same and are the
+    /// same name, so they must be one subject); an invisible formatting character (`is_invisible`: zero-width
     /// space, soft hyphen, bidi marks, …) is rejected; and a `mailto:` or `tel:` link scheme is
     /// dropped, the rest read as an e-mail address or an international phone number (a URI's
     /// `?` part or any other rest is rejected).
     ///
-    /// Those three came after identifiers were stored (found by an exploratory session: a
+    /// Those four came after identifiers were stored (found by an exploratory session: a
     /// withdrawal with a zero-width space, or in full-width letters, made a new subject and left
-    /// the grant it meant in force). The normalised form feeds the keyed tokens of the index, so
+    /// the grant it meant in force; a decomposed accent did the same). The normalised form feeds the keyed tokens of the index, so
     /// an identifier that normalised one way must keep doing so or its records are orphaned:
     /// the rules touch only inputs that are now refused (invisible characters) or that now
     /// normalise to the identifier the person evidently meant (`ｍａｒｙ@…` is `mary@…`,
-    /// `mailto:alice@…` is `alice@…`, `tel:+44…` is `+44…`). Records stored before under such
+    /// `mailto:alice@…` is `alice@…`, `tel:+44…` is `+44…`, `jose\u{301}@…` is `josé@…`).
+    /// Records stored before under such
     /// a spelling are reached by it no more; every other identifier normalises as before.
     pub fn parse(raw: &str) -> Result<Subject, SubjectError> {
-        Subject::parse_with(&fullwidth_to_ascii(raw), true)
+        let wide = fullwidth_to_ascii(raw);
+        Subject::parse_with(&composed(&wide), true)
     }
 
     /// A subject as a record stores it: normalised when it was written, by this build or an
@@ -252,6 +256,18 @@ fn fullwidth_to_ascii(s: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
+}
+
+/// `s` in Unicode normalization form C: canonically equivalent spellings (a precomposed letter,
+/// or the letter and its combining marks in any canonical order) become one. Borrowed when it
+/// already is, which the quick check answers for ASCII and almost all typed text without
+/// decomposing anything; a subject is parsed on every write that indexes it.
+fn composed(s: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+        return s.into();
+    }
+    s.nfc().collect::<String>().into()
 }
 
 /// Characters that show nothing (or only reorder what is shown) but make a different string:
@@ -676,6 +692,32 @@ mod tests {
         assert_eq!(Subject::parse("１２３４５"), Err(SubjectError::Ambiguous));
         // Only U+FF01-U+FF5E: the half-width katakana after them stay as given.
         assert_eq!(ok("id:ｱ").as_str(), "id:ｱ");
+    }
+
+    /// Canonically equivalent spellings are one subject: a letter and its combining accent are
+    /// the precomposed letter, whatever order the marks were typed in.
+    #[test]
+    fn canonically_equivalent_spellings_are_one_subject() {
+        assert_eq!(ok("jose\u{301}@example.com"), ok("jos\u{e9}@example.com"));
+        assert_eq!(
+            ok("jose\u{301}@example.com").as_str(),
+            "jos\u{e9}@example.com"
+        );
+        assert_eq!(ok("JOSE\u{301}@EXAMPLE.COM"), ok("jos\u{e9}@example.com"));
+        assert_eq!(ok("id:Mu\u{308}ller"), ok("id:M\u{fc}ller"));
+        // Two marks on one letter, typed in either order (dot below, then circumflex).
+        assert_eq!(ok("id:a\u{323}\u{302}"), ok("id:a\u{302}\u{323}"));
+        assert_eq!(ok("id:a\u{323}\u{302}").as_str(), "id:\u{1ead}");
+        // Hangul typed as jamo is the syllable.
+        assert_eq!(ok("id:\u{1100}\u{1161}"), ok("id:\u{ac00}"));
+        // Only canonical equivalence: a compatibility form (the ligature ﬁ) stays as given.
+        assert_ne!(ok("id:\u{fb01}le"), ok("id:file"));
+        // A stored subject is read as stored: records written under a decomposed spelling keep
+        // the tokens they are indexed under.
+        assert_eq!(
+            Subject::parse_stored("id:Mu\u{308}ller").unwrap().as_str(),
+            "id:Mu\u{308}ller"
+        );
     }
 
     /// A pasted link names the address or number it links to.

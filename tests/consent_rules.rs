@@ -286,8 +286,8 @@ fn the_decision_is_the_same_whichever_order_events_arrive() {
 
 /// A withdrawal whose subject holds an invisible character (here a zero-width space) made a new
 /// subject and left the grant it was meant for in force (found by an exploratory session): it
-/// is refused naming the code point, and the grant stays granted. Full-width letters and a
-/// `mailto:` link name the same person.
+/// is refused naming the code point, and the grant stays granted. Full-width letters, a
+/// `mailto:` link and a decomposed accent name the same person.
 #[test]
 fn an_invisible_character_in_a_subject_is_refused_not_a_new_subject() {
     let net = Net::init("nl");
@@ -355,6 +355,37 @@ fn an_invisible_character_in_a_subject_is_refused_not_a_new_subject() {
         ],
     );
     assert_eq!(check("zw2@example.com"), false);
+
+    // An accent typed as a combining mark is the precomposed letter (Unicode NFC): the
+    // withdrawal reaches the grant.
+    ok(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "jos\u{e9}@example.com",
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v3",
+        ],
+    );
+    assert_eq!(check("jose\u{301}@example.com"), true);
+    ok(
+        &sock,
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "JOSE\u{301}@example.com",
+            "--purpose",
+            "marketing",
+        ],
+    );
+    assert_eq!(check("jos\u{e9}@example.com"), false);
 }
 
 /// The under-18 rule was checked only when a marketing grant was recorded, against what that
