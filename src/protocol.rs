@@ -155,7 +155,16 @@ impl<'de> de::Visitor<'de> for RequestVisitor {
         };
         if first == "op" {
             let op: String = map.next_value()?;
-            return Request::read(&op, de::value::MapAccessDeserializer::new(map));
+            // The arguments refuse unknown fields, and no operation has an argument named
+            // `op`: their "unknown field `op`" can only be a second `op`, which the slow path
+            // below calls what it is. Renamed here rather than checked key by key, which would
+            // cost every import line a String per field.
+            return Request::read(&op, de::value::MapAccessDeserializer::new(map)).map_err(|e| {
+                match e.to_string().starts_with("unknown field `op`") {
+                    true => A::Error::custom("duplicate field `op`"),
+                    false => e,
+                }
+            });
         }
         let mut fields = serde_json::Map::new();
         fields.insert(first, map.next_value()?);
@@ -659,6 +668,16 @@ mod tests {
             serde_json::from_str(r#"{"op":"consent withdraw","subject":"a@b.co","purpose":"m"}"#)
                 .unwrap();
         assert_eq!(spaced.op(), "consent.withdraw");
+        // A second `op` is a duplicate, wherever the first one stands.
+        for twice in [
+            r#"{"op":"consent.grant","op":"consent.withdraw","subject":"a@b.co","purpose":"m"}"#,
+            r#"{"subject":"a@b.co","op":"consent.grant","purpose":"m","op":"consent.withdraw"}"#,
+        ] {
+            let e = serde_json::from_str::<Request>(twice)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("duplicate field `op`"), "{e}");
+        }
     }
 
     /// One parse on the common path, and the same refusal as before for everything else: the
