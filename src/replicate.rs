@@ -361,6 +361,12 @@ pub struct Replicator {
     /// At an office whose records stay home: its own consent records flagging the person under
     /// 18, until the flag rides on a record that travels (`Office::spread_minor_flags`).
     resident_minors: Mutex<BTreeSet<DocId>>,
+    /// At an office whose records stay home: all of its own consent records flagging the person
+    /// under 18 (bounded likewise). A flag rides on one record that travels; when a tombstone
+    /// deletes a record that travels (its origin's retention, say), the flag may have gone with
+    /// it, so these are watched again ([`Self::forget_doc`]) and carried onto another record
+    /// of the person, or onto the next to arrive.
+    resident_minors_all: Mutex<BTreeSet<DocId>>,
     /// Woken when records arrive while any of them is not empty, or an erasure arrives.
     fold_wanted: tokio::sync::Notify,
 }
@@ -450,6 +456,7 @@ impl Replicator {
             resident_holds: Mutex::new(BTreeSet::new()),
             resident_erasures: Mutex::new(BTreeSet::new()),
             resident_minors: Mutex::new(BTreeSet::new()),
+            resident_minors_all: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
         });
         Ok(rep)
@@ -860,6 +867,9 @@ impl Replicator {
             docs.remove(doc);
         }
         if let Some(info) = sets.docs.remove(doc) {
+            if self.keeps_records_home() {
+                self.rewatch_minors(doc, &info);
+            }
             for i in &info.items {
                 sets.envelopes.remove(i);
                 for hidden in sets.hidden.values_mut() {
@@ -882,6 +892,25 @@ impl Replicator {
                     }
                 }
             }
+        }
+    }
+
+    /// At an office whose records stay home, after a tombstone deleted `doc`: its own under-18
+    /// flags are watched again if `doc` held personal data and came from an office whose
+    /// records travel (any of them may have carried a flag: which one, the deleted projection
+    /// no longer says), and `doc` itself no longer if it was one of them. The next pass finds
+    /// each flag still carried, carries it again, or watches for the person's next record.
+    fn rewatch_minors(&self, doc: &DocId, info: &DocInfo) {
+        let mut all = lock(&self.resident_minors_all);
+        all.remove(doc);
+        lock(&self.resident_minors).remove(doc);
+        let travels = info
+            .origin
+            .and_then(|i| self.roster.office_at(i))
+            .is_some_and(|o| !self.policy.is_resident(&o.jurisdiction));
+        if info.personal && travels && !all.is_empty() {
+            lock(&self.resident_minors).extend(all.iter().copied());
+            self.fold_wanted.notify_one();
         }
     }
 
@@ -1156,11 +1185,12 @@ impl Replicator {
             return;
         }
         if kind == crate::record::KIND_CONSENT && facts.is_some_and(|f| f.minor) {
-            let mut minors = lock(&self.resident_minors);
-            if minors.len() < RESIDENT_WITHDRAWALS_MAX {
-                minors.insert(*doc);
+            let mut all = lock(&self.resident_minors_all);
+            if all.len() < RESIDENT_WITHDRAWALS_MAX {
+                all.insert(*doc);
+                lock(&self.resident_minors).insert(*doc);
             }
-            drop(minors);
+            drop(all);
             self.fold_wanted.notify_one();
         }
         let set = match kind {

@@ -423,6 +423,7 @@ fn an_objection_completed_elsewhere_is_carried_out_on_cn_s_own_consents() {
 fn an_under_18_flag_recorded_at_cn_reaches_the_other_offices() {
     let subject = "young@example.com";
     let net = Net::init("de,cn");
+    net.allow_future_passes("de");
     let _de = net.start("de");
     let _cn = net.start("cn");
     ok(
@@ -498,4 +499,54 @@ fn an_under_18_flag_recorded_at_cn_reaches_the_other_offices() {
     // de's record is not child data: a retention pass keeps it.
     let dry = ok(&net.socket("de"), &["retention", "run", "--dry-run"]);
     assert_eq!(dry["deleted"], 0, "{dry}");
+
+    // Once de's retention deletes the record that carried the flag (withdrawn, then past its
+    // proof period), the flag went with it: a new grant at de was "granted" for good. cn
+    // carries the flag again, onto the next record of the person that reaches it.
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+        ],
+    );
+    let run = ok(
+        &net.socket("de"),
+        &["retention", "run", "--as-of", "2040-01-01T00:00:00Z"],
+    );
+    assert_eq!(run["deleted"], 1, "{run}");
+    wait_until(
+        "cn applies de's tombstone",
+        Duration::from_secs(120),
+        || ok(&net.socket("cn"), &["status"])["tombstones"] == 1,
+    );
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "marketing",
+            "--basis",
+            "consent",
+            "--evidence",
+            "web form v4",
+        ],
+    );
+    wait_until(
+        "de applies cn's flag again",
+        Duration::from_secs(120),
+        || check("de")["granted"] == false,
+    );
+    assert!(
+        check("de")["reason"].as_str().unwrap().contains("under 18"),
+        "{}",
+        check("de")
+    );
 }
