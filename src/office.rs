@@ -99,6 +99,8 @@ pub struct OfficeParts {
     pub keys: KeyStore,
     /// Retention schedule and pass settings (retention/).
     pub retention: crate::retention::Settings,
+    /// Jurisdictions whose offices keep their records home (`[transfer] resident`).
+    pub resident_jurisdictions: Vec<String>,
 }
 
 /// The purposes this office records consent for: the built-in vocabulary plus its config.
@@ -140,6 +142,9 @@ impl Purposes {
 pub struct Office {
     id: String,
     jurisdiction: String,
+    /// Jurisdictions whose offices keep their records home (`[transfer] resident`): at such an
+    /// office, which of a consent's records takes an event depends on it (`write`).
+    resident_jurisdictions: Vec<String>,
     store: Store,
     signing: SigningKey,
     roster: VerifiedRoster,
@@ -247,6 +252,7 @@ impl Office {
         Ok(Office {
             id: parts.id,
             jurisdiction: parts.jurisdiction,
+            resident_jurisdictions: parts.resident_jurisdictions,
             store: parts.store,
             signing: parts.signing,
             roster: parts.roster,
@@ -857,6 +863,50 @@ impl Office {
         self.write(ops, None).await.map(|_| ())
     }
 
+    /// Whether this office keeps its own records in its jurisdiction (`[transfer] resident`).
+    pub(crate) fn keeps_records_home(&self) -> bool {
+        self.resident_jurisdictions.contains(&self.jurisdiction)
+    }
+
+    /// Whether `office`'s records stay in its jurisdiction; an office the roster does not name
+    /// counts as one whose records stay (nothing is sent on its behalf).
+    fn records_stay(&self, office: &str) -> bool {
+        self.roster
+            .office(office)
+            .is_none_or(|o| self.resident_jurisdictions.contains(&o.jurisdiction))
+    }
+
+    /// At an office that keeps its records home, which of `held` (the records of one consent
+    /// here) takes a new event. A grant goes onto this office's own record (`None`: a new one),
+    /// so its evidence, service and any under-18 or parental-consent fields stay home; a
+    /// withdrawal goes onto a record that travels, so it reaches the offices that hold the
+    /// grant, else onto this office's own. Both went onto the smallest id, whichever office's
+    /// it was: a grant cn recorded left China on de's record, and a withdrawal cn recorded on
+    /// its own record never reached de, which answered "granted" for good (found by an
+    /// exploratory session). `consent check` reads every record of the consent, so either way
+    /// the latest event decides here.
+    fn resident_target(&self, held: &[DocId], withdraw: bool) -> Result<Option<DocId>> {
+        let (mut own, mut travelling, mut other) = (None, None, None);
+        for id in held {
+            let Some((_, bytes)) = self.store.projection(id)? else {
+                continue;
+            };
+            let facts = crate::projection::facts(&bytes).map_err(OfficeError::Integrity)?;
+            let slot = if facts.office == self.id {
+                &mut own
+            } else if !self.records_stay(&facts.office) {
+                &mut travelling
+            } else {
+                &mut other
+            };
+            *slot = Some(slot.map_or(*id, |s: DocId| s.min(*id)));
+        }
+        Ok(match withdraw {
+            true => travelling.or(own).or(other),
+            false => own,
+        })
+    }
+
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
     async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
@@ -879,12 +929,16 @@ impl Office {
                     subject,
                     purpose,
                     onto,
+                    event,
                     ..
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
                     let held = self.store.docs_by_key(&token)?;
                     let target = match onto {
                         Some(id) if held.contains(id) => Some(*id),
+                        _ if self.keeps_records_home() && !held.is_empty() => {
+                            self.resident_target(&held, event.action == "withdraw")?
+                        }
                         _ => held.into_iter().min(),
                     };
                     if let Some(id) = target {

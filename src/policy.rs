@@ -214,6 +214,11 @@ impl TransferPolicy {
         })
     }
 
+    /// The jurisdictions whose offices keep their records home (`[transfer] resident`).
+    pub fn resident(&self) -> &[String] {
+        &self.resident
+    }
+
     /// Whether personal data originating in `jurisdiction` stays there (`[transfer] resident`).
     pub fn is_resident(&self, jurisdiction: &str) -> bool {
         self.resident.iter().any(|r| r == jurisdiction)

@@ -88,6 +88,113 @@ fn a_withdrawal_cn_recorded_before_the_grant_arrived_reaches_the_granting_office
     assert_eq!(check(&net, "cn")["granted"], false);
 }
 
+fn consent(net: &Net, office: &str, action: &str, subject: &str, evidence: Option<&str>) -> String {
+    let mut args = vec![
+        "consent",
+        action,
+        "--subject",
+        subject,
+        "--purpose",
+        "marketing",
+    ];
+    if let Some(evidence) = evidence {
+        args.extend(["--basis", "consent", "--evidence", evidence]);
+    }
+    ok(&net.socket(office), &args)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// cn wrote a consent event onto the smallest-id record of the consent, whoever's it was: a
+/// withdrawal cn recorded when its own record was the smaller never left China (de answered
+/// "granted" for good), and a grant cn recorded onto de's record left China with its evidence
+/// (found by an exploratory session). A grant at cn now goes onto cn's own record, a
+/// withdrawal onto one that travels.
+#[test]
+fn cn_s_grants_stay_home_and_its_withdrawals_reach_the_granting_office() {
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let _cn = net.start("cn");
+    let history = |office: &str, subject: &str| {
+        ok(
+            &net.socket(office),
+            &["consent", "history", "--subject", subject],
+        )
+        .as_array()
+        .unwrap()
+        .clone()
+    };
+    // cn's own record first (the smaller id), then de's grant of the same consent.
+    let own = consent(&net, "cn", "grant", "first@example.com", Some("cn form v1"));
+    let des = consent(&net, "de", "grant", "first@example.com", Some("de form v1"));
+    assert!(own < des, "time-ordered ids");
+    wait_until("cn holds de's record", Duration::from_secs(120), || {
+        history("cn", "first@example.com").len() == 2
+    });
+    let onto = consent(&net, "cn", "withdraw", "first@example.com", None);
+    assert_eq!(
+        onto, des,
+        "the withdrawal goes onto the record that travels"
+    );
+    wait_until("de answers not granted", Duration::from_secs(120), || {
+        ok(
+            &net.socket("de"),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "first@example.com",
+                "--purpose",
+                "marketing",
+            ],
+        )["granted"]
+            == false
+    });
+
+    // de's record first; cn's grant of the same consent goes onto a record of cn's own.
+    let des = consent(
+        &net,
+        "de",
+        "grant",
+        "second@example.com",
+        Some("de form v1"),
+    );
+    wait_until("cn holds de's record", Duration::from_secs(120), || {
+        history("cn", "second@example.com").len() == 1
+    });
+    let own = consent(
+        &net,
+        "cn",
+        "grant",
+        "second@example.com",
+        Some("cn-only wechat form v9"),
+    );
+    assert_ne!(own, des, "cn's grant stays on a record of its own");
+    // cn withdraws too (onto de's record): once de holds that, it holds what cn sent.
+    consent(&net, "cn", "withdraw", "second@example.com", None);
+    wait_until("de holds cn's withdrawal", Duration::from_secs(120), || {
+        history("de", "second@example.com").len() == 2
+    });
+    let at_de = history("de", "second@example.com");
+    assert!(
+        at_de
+            .iter()
+            .all(|e| e["office"] == "de" || e["action"] == "withdraw"),
+        "cn's grant left China: {at_de:?}"
+    );
+    assert!(
+        !serde_json::to_string(&at_de).unwrap().contains("wechat"),
+        "{at_de:?}"
+    );
+    assert!(
+        history("cn", "second@example.com")
+            .iter()
+            .any(|e| e["office"] == "cn" && e["action"] == "grant"),
+        "cn keeps its grant"
+    );
+}
+
 /// A hold set at cn was cn's own record, kept in China: de never saw it, and de's erasure of
 /// the subject deleted the held records at de and, by its tombstone, at cn too (found by two
 /// exploratory sessions). Now cn copies its hold for de, whose records of the subject cn holds:
