@@ -593,6 +593,7 @@ fn verify(dir: &Path, bundle: &Path) -> Result<AuditResult, String> {
         threads: 2,
         collect: false,
         progress: false,
+        accept_version_1: false,
     };
     let outcome = crate::audit::cli::verify_files(bundle, None, &opts)?;
     let c = &outcome.report["counts"];

@@ -542,6 +542,7 @@ pub fn audit_bundle(data: &[u8]) {
         threads: 1,
         collect: true,
         progress: false,
+        accept_version_1: false,
     };
     let outcome = crate::audit::verify::verify(bundle, &opts);
     assert_eq!(outcome.ok(), outcome.failures.is_empty());

@@ -8,7 +8,7 @@
 mod common;
 use common::audit::*;
 use common::*;
-use consentd::audit::verify::Outcome;
+use consentd::audit::verify::{self, Outcome};
 use consentd_storage::{Store, WriteBatch};
 use consentd_sync::tlog::{self, LogLeaf};
 use consentd_sync::tombstone::{Reason, Tombstone};
@@ -386,7 +386,9 @@ fn envelope_doc(line: &str) -> [u8; 16] {
 /// Orders the format states and an edited header, each of which verified until anyone could
 /// rewrite the end line (found by an exploratory session): a record's envelopes apart, a
 /// tombstone twice, the export time or the signature changed. A version-1 header (no signature)
-/// still verifies, reported unsigned.
+/// fails too: anyone can turn a version-2 bundle into one, and read by default it let whole
+/// offices be cut out (found by an exploratory session); with `--accept-version-1` it verifies,
+/// reported unsigned.
 #[test]
 fn records_apart_a_tombstone_twice_and_an_edited_header_are_caught() {
     let (net, l) = exported();
@@ -436,11 +438,32 @@ fn records_apart_a_tombstone_twice_and_an_edited_header_are_caught() {
         let o = header(edit);
         assert!(checks(&o).contains(&"header_signature"), "{:?}", o.failures);
     }
-    // Version 1 had no signature: it verifies, and says its header is unsigned.
-    let o = header(&|v: &mut Value| {
+    // Version 1 had no signature: refused unless asked for, then verified and reported unsigned.
+    let to_v1 = |v: &mut Value| {
         v.as_object_mut().unwrap().remove("signature");
         v["version"] = 1.into();
-    });
+    };
+    let o = header(&to_v1);
+    assert_eq!(checks(&o), ["header_signature"], "{:?}", o.failures);
+    assert!(
+        o.failures[0].detail.contains("--accept-version-1"),
+        "{:?}",
+        o.failures
+    );
+    let mut v: Value = serde_json::from_str(&l[0]).unwrap();
+    to_v1(&mut v);
+    let mut v1 = l.clone();
+    v1[0] = v.to_string();
+    let o = verify::verify(
+        rebuild(&v1).as_slice(),
+        &verify::Options {
+            root_pub: root,
+            threads: 2,
+            collect: false,
+            progress: false,
+            accept_version_1: true,
+        },
+    );
     assert!(o.ok(), "{:?}", o.failures);
     assert_eq!(o.report["header_signed"], false);
     assert_eq!(
@@ -469,8 +492,32 @@ fn records_apart_a_tombstone_twice_and_an_edited_header_are_caught() {
         ctl(&net.socket("de"), &args)
     };
     let e = assert_error(&report(&[]));
+    assert!(e.contains("does not verify"), "{e}");
+    let e = assert_error(&report(&["--accept-version-1"]));
     assert!(e.contains("needs --as-of"), "{e}");
-    assert!(report(&["--as-of", "2026-12-01"]).status.success());
+    assert!(report(&["--accept-version-1", "--as-of", "2026-12-01"])
+        .status
+        .success());
+    // `audit verify` says so in one line (beside its report) and exits 1.
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--root-pub",
+            root_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ctl(&net.socket("de"), &args)
+    };
+    let refused = verify(&[]);
+    let e = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("header_signature") && e.contains("version-1"),
+        "{e}"
+    );
+    assert!(verify(&["--accept-version-1"]).status.success());
 }
 
 /// The exporter's log comes first and each office's leaves lines stay together.

@@ -40,6 +40,9 @@ pub enum AuditCmd {
         /// Worker threads (default: one per core)
         #[arg(long)]
         threads: Option<usize>,
+        /// Read a version-1 bundle (unsigned header, from an older consentd) instead of failing it
+        #[arg(long)]
+        accept_version_1: bool,
     },
     /// Compliance tables computed from a bundle that verifies
     Report {
@@ -52,6 +55,9 @@ pub enum AuditCmd {
         /// Judge deadlines and retention at this time (default: the bundle's export time)
         #[arg(long)]
         as_of: Option<String>,
+        /// Read a version-1 bundle (unsigned header, from an older consentd) instead of failing it
+        #[arg(long)]
+        accept_version_1: bool,
     },
     /// Sign a checkpoint of the office's log now and print it
     Checkpoint,
@@ -219,6 +225,7 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
             root_pub,
             previous,
             threads,
+            accept_version_1,
         } => {
             let root_pub =
                 consentd_sync::keys::read_public_key(&root_pub).map_err(|e| e.to_string())?;
@@ -227,6 +234,7 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
                 threads: threads.unwrap_or_else(threads_default),
                 collect: false,
                 progress,
+                accept_version_1,
             };
             let outcome = verify_files(&file, previous.as_deref(), &opts)?;
             print(json_out, &outcome.report, human_verify);
@@ -248,6 +256,7 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
             root_pub,
             csv,
             as_of,
+            accept_version_1,
         } => {
             let root_pub =
                 consentd_sync::keys::read_public_key(&root_pub).map_err(|e| e.to_string())?;
@@ -256,6 +265,7 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
                 threads: threads_default(),
                 collect: true,
                 progress,
+                accept_version_1,
             };
             let outcome = verify_files(&file, None, &opts)?;
             if !outcome.ok() {

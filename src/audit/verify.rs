@@ -152,6 +152,8 @@ pub struct Options {
     pub collect: bool,
     /// Progress on stderr.
     pub progress: bool,
+    /// Read a version-1 bundle (an unsigned header) instead of failing it: `--accept-version-1`.
+    pub accept_version_1: bool,
 }
 
 /// What verification found. `verified` is filled only with `Options::collect`.
@@ -1031,8 +1033,22 @@ pub fn verify(input: impl BufRead, opts: &Options) -> Outcome {
 
     // ---- the header is the exporter's word -------------------------------------------------
     let header_signed = match (&header.signature, header.version) {
-        // Version 1 had no signature: read, and reported unsigned.
-        (None, 1) => false,
+        // Version 1 had no signature: read, and reported unsigned, only when asked. Anyone can
+        // turn a version-2 bundle into one (drop the signature, write 1): read by default, that
+        // let whole offices' logs be cut out, and the export time and exporter be rewritten,
+        // and the bundle still verified (found by an exploratory session).
+        (None, 1) if opts.accept_version_1 => false,
+        (None, 1) => {
+            failures.push(
+                Failure::new(
+                    "header_signature",
+                    "a version-1 bundle: its header is unsigned, so which offices' logs it carries and its export time are nobody's word (anyone can turn a version-2 bundle into one); only for a bundle an older consentd exported, verify with --accept-version-1",
+                )
+                .office(&exporter)
+                .line(1),
+            );
+            false
+        }
         (None, _) => {
             failures.push(
                 Failure::new("header_signature", "the header carries no signature")
@@ -1560,6 +1576,7 @@ mod tests {
             threads: 2,
             collect: false,
             progress: false,
+            accept_version_1: false,
         };
         assert!(
             verify(&s.bundle[..], &opts).ok(),

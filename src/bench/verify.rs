@@ -155,6 +155,7 @@ pub(super) fn audit_verify(n: usize) -> Result<Vec<Row>, String> {
         threads: std::thread::available_parallelism().map_or(2, |p| p.get()),
         collect: false,
         progress: false,
+        accept_version_1: false,
     };
     // Ours and the baseline alternate, round by round, and each side keeps its best round: this
     // machine's speed drifts by tens of percent over seconds (a shared host), and three of ours

@@ -120,6 +120,7 @@ pub fn verify_bytes(bytes: &[u8], root: &VerifyingKey) -> Outcome {
             threads: 2,
             collect: false,
             progress: false,
+            accept_version_1: false,
         },
     )
 }
