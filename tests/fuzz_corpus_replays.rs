@@ -130,6 +130,7 @@ fn seeds_are_real_valid_values() {
                     threads: 1,
                     collect: false,
                     progress: false,
+                    accept_version_1: true,
                 };
                 let out = consentd::audit::verify::verify(&data[32..], &opts);
                 if out.ok() {
