@@ -792,6 +792,9 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut records: Vec<String> = Vec::new();
     let mut origin: Option<String> = None;
     let mut minor = false;
+    // A request's kind and outcome (`RecordFacts::completed_request`).
+    let mut request_kind: Option<String> = None;
+    let mut outcome: Option<String> = None;
     r.fields(|r, k| {
         match k {
             "type" => match r.text()? {
@@ -804,6 +807,11 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
             "status" => status = Some(r.text()?.into_string()),
             "origin" => origin = Some(r.text()?.into_string()),
             "minor" => minor = r.byte()? == TRUE,
+            "kind" => request_kind = Some(r.text()?.into_string()),
+            "outcome" if r.rest().first() == Some(&NULL) => {
+                r.byte()?;
+            }
+            "outcome" => outcome = Some(r.text()?.into_string()),
             "to_office" => to_office = Some(r.text()?.into_string()),
             "records" => {
                 let n = r.count(ARRAY)?;
@@ -849,7 +857,15 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
         facts.origin = origin;
     }
     facts.minor = kind == "consent" && minor;
+    facts.completed_request =
+        kind == "request" && completed_request(request_kind.as_deref(), outcome.as_deref());
     Ok(facts)
+}
+
+/// Whether a request of `kind` with `outcome` is one every other office carries out.
+fn completed_request(kind: Option<&str>, outcome: Option<&str>) -> bool {
+    outcome == Some("completed")
+        && kind.is_some_and(crate::retention::erasure::carried_out_elsewhere)
 }
 
 /// The v1 (JSON) form of [`facts`].
@@ -874,6 +890,10 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         origin: Option<String>,
         #[serde(default)]
         minor: bool,
+        #[serde(default, rename = "kind")]
+        request_kind: Option<String>,
+        #[serde(default)]
+        outcome: Option<String>,
     }
     let f: FactFields = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
     let subject = f.subject.as_deref().map(|s| {
@@ -889,6 +909,8 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         facts.origin = f.origin;
     }
     facts.minor = f.kind == "consent" && f.minor;
+    facts.completed_request =
+        f.kind == "request" && completed_request(f.request_kind.as_deref(), f.outcome.as_deref());
     Ok(facts)
 }
 
@@ -916,6 +938,7 @@ fn facts_from(
         event: None,
         origin: None,
         minor: false,
+        completed_request: false,
     })
 }
 

@@ -240,6 +240,10 @@ pub struct RecordFacts {
     /// A consent record flagging its person under 18 (its own `minor`), read with the rest so a
     /// resident office's start-up finds its flags without decoding every record.
     pub minor: bool,
+    /// A request completed of a kind every other office carries out on its own records
+    /// (`retention::erasure::carried_out_elsewhere`): read with the rest, so arriving records
+    /// and a start-up find them without decoding every request.
+    pub completed_request: bool,
 }
 
 /// What a replication event (a transfer record with `status` and `to_office`) says its office
@@ -297,6 +301,9 @@ impl RecordFacts {
                 _ => None,
             },
             minor: matches!(record, Record::Consent(c) if c.minor),
+            completed_request: matches!(record, Record::Request(r)
+                if r.outcome.as_deref() == Some("completed")
+                    && crate::retention::erasure::carried_out_elsewhere(&r.kind)),
         }
     }
 

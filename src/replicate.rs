@@ -354,10 +354,9 @@ pub struct Replicator {
     /// At an office whose records stay home: its own active holds, copied for the offices
     /// whose records of the subject arrive (`office/resident.rs`). Bounded likewise.
     resident_holds: Mutex<BTreeSet<DocId>>,
-    /// At an office whose records stay home: erasure (and withdrawal, objection, restriction)
-    /// requests other offices completed, to carry out on this office's own records of the
-    /// subject (`retention::erasure::carry_out`).
-    resident_erasures: Mutex<BTreeSet<DocId>>,
+    /// Erasure (and withdrawal, objection, restriction) requests other offices completed, to
+    /// carry out on this office's own records of the subject (`retention::erasure::carry_out`).
+    erasures_elsewhere: Mutex<BTreeSet<DocId>>,
     /// At an office whose records stay home: its own consent records flagging the person under
     /// 18, until the flag rides on a record that travels (`Office::spread_minor_flags`).
     resident_minors: Mutex<BTreeSet<DocId>>,
@@ -454,7 +453,7 @@ impl Replicator {
             subtrees: Arc::new(Mutex::new(Default::default())),
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
-            resident_erasures: Mutex::new(BTreeSet::new()),
+            erasures_elsewhere: Mutex::new(BTreeSet::new()),
             resident_minors: Mutex::new(BTreeSet::new()),
             resident_minors_all: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
@@ -541,7 +540,7 @@ impl Replicator {
                     let facts = stored_facts(kind, &bytes);
                     self.set_facts_collecting(&doc, facts.as_ref(), Some(&mut key_items));
                     self.watch_if_resident(&doc, kind, &bytes, facts.as_ref());
-                    self.watch_if_erasure(&doc, kind, &bytes);
+                    self.watch_if_erasure(&doc, facts.as_ref());
                 }
             }
             after = Some(last);
@@ -915,8 +914,8 @@ impl Replicator {
     }
 
     /// Re-reads a record's origin, personal-data flag and key, then recomputes what each peer
-    /// may see of it.
-    fn refresh_doc(&self, doc: &DocId) -> Result<(), ReplicationError> {
+    /// may see of it. Returns what it read.
+    fn refresh_doc(&self, doc: &DocId) -> Result<Option<RecordFacts>, ReplicationError> {
         let projection = self
             .office
             .store()
@@ -924,7 +923,7 @@ impl Replicator {
             .map_err(|e| ReplicationError(e.to_string()))?;
         let facts = projection.and_then(|(kind, bytes)| stored_facts(kind, &bytes));
         self.set_facts(doc, facts.as_ref());
-        Ok(())
+        Ok(facts)
     }
 
     /// Takes in what a record is (`None`: it cannot be read here yet), then recomputes what each
@@ -1219,22 +1218,14 @@ impl Replicator {
         self.fold_wanted.notify_one();
     }
 
-    /// At an office that keeps its records home: watches `doc` if it is an erasure, withdrawal,
-    /// objection or restriction request another office completed
-    /// (`retention::erasure::carry_out`).
-    fn watch_if_erasure(&self, doc: &DocId, kind: u8, bytes: &[u8]) {
-        if kind != crate::record::KIND_REQUEST || !self.keeps_records_home() {
-            return;
-        }
-        let completed_elsewhere = matches!(
-            crate::record::Record::from_projection(bytes),
-            Ok(crate::record::Record::Request(r))
-                if crate::retention::erasure::carried_out_elsewhere(&r.kind)
-                    && r.outcome.as_deref() == Some("completed")
-                    && r.office != self.me
-        );
-        if completed_elsewhere {
-            let mut watched = lock(&self.resident_erasures);
+    /// Watches `doc` if it is an erasure, withdrawal, objection or restriction request another
+    /// office completed (`retention::erasure::carry_out`). At every office: one cut off from
+    /// the erasing office kept the records it made meanwhile, which the erasing office never
+    /// saw, and the subject key the erasure destroyed came back with them (found by an
+    /// exploratory session); an office that keeps its records home is always in that place.
+    fn watch_if_erasure(&self, doc: &DocId, facts: Option<&RecordFacts>) {
+        if facts.is_some_and(|f| f.completed_request && f.office != self.me) {
+            let mut watched = lock(&self.erasures_elsewhere);
             if watched.len() < RESIDENT_WITHDRAWALS_MAX {
                 watched.insert(*doc);
             }
@@ -1242,9 +1233,10 @@ impl Replicator {
         }
     }
 
-    /// At an office that keeps its records home, what it decided about other offices' records
-    /// reaches them and theirs reaches its own (`office/resident.rs`): carries out arriving
-    /// erasures, copies its holds, folds its withdrawals. Woken by arriving records, and every
+    /// What other offices completed is carried out on this office's own records (every office),
+    /// and at an office that keeps its records home, what it decided about other offices'
+    /// records reaches them (`office/resident.rs`): carries out arriving erasures, copies its
+    /// holds, folds its withdrawals. Woken by arriving records, and every
     /// [`FOLD_EVERY`]; at most one pass every [`FOLD_PAUSE`].
     async fn resident_passes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut cursor: Option<DocId> = None;
@@ -1274,7 +1266,7 @@ impl Replicator {
 
     /// Erasures other offices completed, carried out on this office's own records.
     async fn carry_out_erasures(&self) {
-        let erasures: Vec<DocId> = lock(&self.resident_erasures)
+        let erasures: Vec<DocId> = lock(&self.erasures_elsewhere)
             .iter()
             .take(FOLD_SCAN_MAX)
             .copied()
@@ -1282,7 +1274,7 @@ impl Replicator {
         for request in erasures {
             match crate::retention::erasure::carry_out(&self.office, &request).await {
                 Ok(deleted) => {
-                    lock(&self.resident_erasures).remove(&request);
+                    lock(&self.erasures_elsewhere).remove(&request);
                     if deleted > 0 {
                         tracing::info!(
                             deleted,
@@ -1721,23 +1713,24 @@ impl Replicator {
         docs.extend(facts.keys().copied());
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
+            let arrived = !local_docs.contains(doc);
             match facts.remove(doc) {
-                Some(f) => self.set_facts(doc, f),
-                None => {
-                    if let Err(e) = self.refresh_doc(doc) {
-                        tracing::error!(error = %e, "cannot update replication sets");
+                Some(f) => {
+                    self.set_facts(doc, f);
+                    if arrived {
+                        self.watch_if_erasure(doc, f);
                     }
                 }
+                None => match self.refresh_doc(doc) {
+                    Ok(f) if arrived => self.watch_if_erasure(doc, f.as_ref()),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot update replication sets"),
+                },
             }
             let key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
-            if !local_docs.contains(doc) {
+            if arrived {
                 // Arrived from a peer: it may be the record a watched withdrawal folds onto, or
-                // one a watched hold must reach, or an erasure to carry out here.
-                if self.keeps_records_home() {
-                    if let Ok(Some((kind, bytes))) = self.office.store().projection(doc) {
-                        self.watch_if_erasure(doc, kind, &bytes);
-                    }
-                }
+                // one a watched hold must reach (an erasure to carry out here is watched above).
                 if !lock(&self.resident_withdrawals).is_empty()
                     || !lock(&self.resident_holds).is_empty()
                     || !lock(&self.resident_minors).is_empty()

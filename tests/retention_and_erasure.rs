@@ -673,3 +673,73 @@ fn an_erasure_says_an_open_request_is_kept_because_it_is_open() {
     );
     assert_eq!(kept.len(), 3, "{closed}");
 }
+
+/// sg, cut off from de, recorded a grant of the person's; de completed their erasure without
+/// ever seeing it. The grant survived everywhere once the two met again, sealed under the
+/// subject key de's erasure had destroyed (found by an exploratory session). Every office now
+/// carries out an erasure another office completed on its own records made before it.
+#[test]
+fn an_erasure_reaches_a_record_made_while_cut_off_from_the_erasing_office() {
+    let subject = "cutoff@example.com";
+    let net = Net::init("de,sg");
+    let de = net.start("de");
+    let sg = net.start("sg");
+    let grant = |office: &str, purpose: &str, basis: &str| {
+        id_of(ok(
+            &net.socket(office),
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+                "--basis",
+                basis,
+            ],
+        ))
+    };
+    let history = |office: &str| {
+        ok(
+            &net.socket(office),
+            &["consent", "history", "--subject", subject],
+        )
+        .as_array()
+        .unwrap()
+        .len()
+    };
+    grant("de", "service_analytics", "legitimate_interest");
+    wait_until(
+        "sg holds de's grant",
+        std::time::Duration::from_secs(120),
+        || history("sg") == 1,
+    );
+    // Cut off: de stops while sg records a grant of its own, then sg stops.
+    assert!(de.stop());
+    let made_apart = grant("sg", "support", "contract");
+    assert!(sg.stop());
+    let _de = net.start("de");
+    let request = id_of(ok(
+        &net.socket("de"),
+        &["request", "open", "--subject", subject, "--kind", "erasure"],
+    ));
+    let closed = ok(
+        &net.socket("de"),
+        &["request", "close", &request, "--outcome", "completed"],
+    );
+    assert_eq!(closed["erasure"]["deleted"], 1, "{closed}");
+    // They meet again: sg carries the erasure out on the record de never saw.
+    let _sg = net.start("sg");
+    wait_until(
+        "no consent record of the person is left anywhere",
+        std::time::Duration::from_secs(120),
+        || history("de") == 0 && history("sg") == 0,
+    );
+    let status = |office: &str| ok(&net.socket(office), &["status"]);
+    wait_until(
+        "de and sg converge",
+        std::time::Duration::from_secs(120),
+        || status("de")["digest"] == status("sg")["digest"],
+    );
+    assert!(!exists(&net, subject, &made_apart));
+}

@@ -122,10 +122,14 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         .await
 }
 
-/// At an office whose own records stay home (cn): carries out, on those records, an erasure
-/// (or withdrawal, objection, restriction: [`carried_out_elsewhere`]) request another office
-/// completed. The erasing office never saw them (they never left), so the subject was told the
-/// erasure was complete while cn kept their data (found by an exploratory session). The same
+/// Carries out, on this office's own records, an erasure (or withdrawal, objection,
+/// restriction: [`carried_out_elsewhere`]) request another office completed, for the records
+/// the erasing office never saw: at an office whose records stay home (cn), all of them (they
+/// never left: the subject was told the erasure was complete while cn kept their data); at any
+/// other, those it made while cut off from the erasing office (they survived the erasure, and
+/// the subject key it destroyed came back with them). Both found by exploratory sessions. The
+/// erasing office's own tombstones usually arrive first (a sync reconciles tombstones before
+/// envelopes, and the erasure deletes before it closes), so elsewhere this finds nothing. The same
 /// rules as [`close`] keep what a legal duty or a hold keeps;
 /// the deletions are this office's, signed for the request's policy (`request/<id>`), and any
 /// consent one of its own kept records (made before the erasure) still grants is withdrawn.
@@ -161,8 +165,8 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
 /// Meta key prefix marking a request carried out here ([`carry_out`]).
 const META_CARRIED_OUT: &str = "request_carried_out/";
 
-/// Whether a request of `kind` another office completed is carried out on a resident office's
-/// own records ([`carry_out`]): an erasure, and the requests that withdraw (`withdraws`; an
+/// Whether a request of `kind` another office completed is carried out on this office's own
+/// records ([`carry_out`]): an erasure, and the requests that withdraw (`withdraws`; an
 /// objection completed at de left cn's own marketing grants in force: found by an exploratory
 /// session).
 pub fn carried_out_elsewhere(kind: &str) -> bool {
