@@ -215,6 +215,10 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         .audit()
         .open(office.store())
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
+    // The index key must be the one the store is indexed under, before anything reads the
+    // index or re-indexes it.
+    crate::office::tokens::check_index_key(&office)
+        .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     // A store written before token layout 2 is re-indexed before anything reads its index.
     crate::office::tokens::upgrade(&office)
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;

@@ -23,6 +23,8 @@ pub const MAX_PHONE_DIGITS: usize = 15;
 
 const SUBJECT_DOMAIN: &[u8] = b"consentd/subject/v1\0";
 const CONSENT_DOMAIN: &[u8] = b"consentd/consent/v2\0";
+/// The domain of the index key's check value ([`SubjectHasher::key_check`]).
+const KEY_CHECK_DOMAIN: &[u8] = b"consentd/index-key-check/v1\0";
 /// The domain of a subject's minor token (token layout 4).
 const MINOR_DOMAIN: &[u8] = b"consentd/minor/v1\0";
 /// The consent token's domain before token layout 2: tests build layout-1 stores with it (the
@@ -469,6 +471,14 @@ impl SubjectHasher {
     /// [`Self::subject_token`] as lower-case hex.
     pub fn subject_token_hex(&self, s: &Subject) -> String {
         hex::encode(self.subject_token(s))
+    }
+
+    /// A value that names the key without revealing it: what a store records to recognise the
+    /// index key it was indexed under (`office::tokens::check_index_key`).
+    pub fn key_check(&self) -> Token {
+        let mut mac = self.mac();
+        mac.update(KEY_CHECK_DOMAIN);
+        mac.finalize().into_bytes().into()
     }
 
     /// [`Self::consent_token`] as lower-case hex.

@@ -64,6 +64,64 @@ pub(crate) struct Upgrade {
 /// Re-indexes a store written under an earlier token layout, if it is one; returns `None` when
 /// the store is already at the current one. Blocking: call it before serving, outside the async
 /// runtime.
+/// Meta key of the check value of the index key the store is indexed under
+/// ([`crate::subject::SubjectHasher::key_check`]).
+const META_INDEX_KEY_CHECK: &str = "index_key_check";
+/// Records tried, when a store holds no check value yet, for one whose subject opens.
+const KEY_CHECK_SAMPLE_MAX: usize = 64;
+
+/// Refuses a store indexed under another index key than the office's `index.key`. With another
+/// key every subject is looked up under tokens nothing is indexed by: every answer was "not
+/// granted, no record", and an erasure completed deleting nothing, without a word (found by an
+/// exploratory session). The store records the key's check value at the first start; a store
+/// from before that is checked on one of its records whose subject opens (the token the key
+/// gives it must index it), then given the value. Before [`upgrade`], which would re-index
+/// under the wrong key.
+pub(crate) fn check_index_key(office: &Office) -> Result<()> {
+    let store = office.store();
+    let want = office.hasher.key_check();
+    match store.meta(META_INDEX_KEY_CHECK)? {
+        Some(held) if held == want => return Ok(()),
+        Some(_) => return Err(wrong_index_key()),
+        None if !indexed_under(office, &office.hasher)? => return Err(wrong_index_key()),
+        None => {}
+    }
+    store.commit_blocking(WriteBatch {
+        meta: vec![(META_INDEX_KEY_CHECK.to_string(), want.to_vec())],
+        ..Default::default()
+    })?;
+    Ok(())
+}
+
+/// Whether the first of the store's records whose subject opens (of the first
+/// [`KEY_CHECK_SAMPLE_MAX`]) is indexed under the token `hasher` gives its subject; true when
+/// none opens (nothing tells otherwise).
+fn indexed_under(office: &Office, hasher: &crate::subject::SubjectHasher) -> Result<bool> {
+    let store = office.store();
+    for (doc, _, bytes) in store
+        .snapshot()?
+        .projections_after(None, KEY_CHECK_SAMPLE_MAX)?
+    {
+        let record = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
+        let Ok(plain) = crate::sealed::open_record(&office.keys, record) else {
+            continue; // its key is not held here (yet): another record tells
+        };
+        let Some(Ok(subject)) = plain.subject().map(crate::subject::Subject::parse_stored) else {
+            continue;
+        };
+        return Ok(store
+            .docs_by_key(&hasher.subject_token(&subject))?
+            .contains(&doc));
+    }
+    Ok(true)
+}
+
+fn wrong_index_key() -> OfficeError {
+    OfficeError::Integrity(
+        "index.key is not the key this data directory is indexed under: every subject would be looked up where nothing is indexed (answers \"not granted\", erasures finding nothing); put back the office's own index.key".into(),
+    )
+}
+
 pub(crate) fn upgrade(office: &Office) -> Result<Option<Upgrade>> {
     upgrade_in_pages(office, PAGE_RECORDS, None)
 }
@@ -547,6 +605,29 @@ mod tests {
             let err = upgrade(&office).unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    /// A store indexed under another key than the office's `index.key` is refused at start:
+    /// by the check value it holds, or, from before that value, by one of its records.
+    #[test]
+    fn a_store_indexed_under_another_index_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = new_office(dir.path(), "tokens-index-key");
+        grant_all(&office);
+        assert!(indexed_under(&office, &office.hasher).unwrap());
+        let other = crate::subject::SubjectHasher::new(rand::random());
+        assert!(!indexed_under(&office, &other).unwrap());
+        drop(office);
+        let config = dir.path().join("de").join("consentd.toml");
+        let key = dir.path().join("de").join("index.key");
+        let own = dir.path().join("index.key.own");
+        std::fs::rename(&key, &own).unwrap();
+        consentd_sync::keys::write_secret32(&key, &rand::random()).unwrap();
+        let err = crate::daemon::prepare(&config).err().unwrap().to_string();
+        assert!(err.contains("index.key is not the key"), "{err}");
+        std::fs::rename(&own, &key).unwrap();
+        let office = crate::daemon::prepare(&config).unwrap().office;
+        assert!(granted(&office).iter().all(|g| *g));
     }
 
     /// A layout-3 store indexed a consent record flagged under 18 without the subject's minor
