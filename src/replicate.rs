@@ -1077,6 +1077,22 @@ impl Replicator {
                 }
             }
         }
+        // An office this one does not sync with directly still gets this office's refusal of
+        // its own records: relays honour the origin's signed refusal, and without one a relay
+        // sent de's records to an office de's policy forbade, because it was not among de's
+        // peers (found by an exploratory session).
+        if info.origin.is_some() && info.origin == self.roster.index_of(&self.me) {
+            for office in self.roster.offices() {
+                let id = office.id.as_str();
+                if id == self.me || self.peers.iter().any(|(p, _)| p == id) {
+                    continue;
+                }
+                if let Verdict::Forbidden { reason } = self.verdict(doc, info, id, origin_refusals)
+                {
+                    self.raise(doc, info, id, "refused", reason);
+                }
+            }
+        }
     }
 
     /// Queues a transfer event for `doc` and `peer` (recorded once, by the events task).
