@@ -239,6 +239,7 @@ fn fuzz_limits() -> Limits {
         request_timeout: Duration::from_millis(800),
         resync_interval: Duration::from_millis(2_000),
         resync_min_interval: Duration::from_millis(200),
+        clock_skew_max: consentd_sync::session::CLOCK_SKEW_MAX,
     }
 }
 
@@ -248,6 +249,7 @@ fn hello(office: &str) -> Hello {
         network: NETWORK.into(),
         office: office.into(),
         roster_serial: 1,
+        wall_ms: 1_700_000_000_000,
     }
 }
 

@@ -38,7 +38,7 @@ use consentd_sync::logsync;
 use consentd_sync::merkle::{Frontier, Hash};
 use consentd_sync::session::{
     dials, Action, BatchId, BlobInfo, Limits, Local, LogBatch, ReconCounters, Session,
-    SessionConfig, StoreBatch,
+    SessionConfig, StoreBatch, CLOCK_SKEW_MAX,
 };
 use consentd_sync::tlog::{self, Checkpoint, LogLeaf};
 use consentd_sync::tombstone::{self, Tombstone};
@@ -1829,6 +1829,7 @@ impl Replicator {
                 network: self.roster.roster().network.clone(),
                 office: self.me.clone(),
                 roster_serial: self.roster.roster().serial,
+                wall_ms: unix_ms_now(),
             },
             peer: peer.clone(),
             dialer,
@@ -2583,6 +2584,15 @@ impl Local for View<'_> {
             }
             SetKind::Tombstones => {
                 let t = Tombstone::decode(blob).map_err(|e| e.to_string())?;
+                // Dated in this office's future: signed by an office whose clock runs ahead (a
+                // relay passes it on), whose retention pass deleted what is due only then.
+                let ahead_s = t.time.saturating_sub(unix_s_now());
+                if ahead_s > CLOCK_SKEW_MAX.as_secs() as i64 {
+                    return Err(format!(
+                        "a tombstone dated {ahead_s} s ahead of this office's clock (at most {} s): its signer's clock runs ahead, and it would delete now what is due only then",
+                        CLOCK_SKEW_MAX.as_secs()
+                    ));
+                }
                 let hash = t.hash();
                 let verified = tombstone::verify(t, &self.rep.roster).map_err(|e| e.to_string())?;
                 Ok(BlobInfo {
@@ -2616,6 +2626,18 @@ impl Local for View<'_> {
         }
         Some(self.sets.logs.get(office).cloned().unwrap_or_default())
     }
+}
+
+/// This office's wall clock in Unix seconds (a clock before 1970 reads 0).
+fn unix_s_now() -> i64 {
+    i64::try_from(unix_ms_now() / 1000).unwrap_or(i64::MAX)
+}
+
+/// This office's wall clock in Unix milliseconds, for its Hellos (a clock before 1970 reads 0).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Resolves the peers of a config against the roster.

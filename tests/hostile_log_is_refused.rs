@@ -74,6 +74,7 @@ async fn play_sg<'a>(net: &Net, steps: Vec<(Step, Box<dyn Fn() -> bool + 'a>)>) 
             network: roster.roster().network.clone(),
             office: "sg".into(),
             roster_serial: roster.roster().serial,
+            wall_ms: common::peer::unix_ms_now(),
         },
         peer: "de".into(),
         dialer: false,

@@ -161,7 +161,23 @@ fn forged_and_replayed_envelopes_and_tombstones_never_take_effect() {
     .unwrap();
     let mut malformed = flipped.encode();
     malformed.truncate(malformed.len() - 5);
-    let forged_tombstones = [flipped.encode(), outsider.encode(), malformed];
+    // Genuinely sg's, but dated a day ahead: what an office whose clock runs ahead signs.
+    let tomorrow = (peer::unix_ms_now() / 1000) as i64 + 86_400;
+    let ahead = Tombstone::sign(
+        target,
+        vec![[7; 32]],
+        Reason::Retention,
+        "retention/marketing",
+        tomorrow,
+        &sg,
+    )
+    .unwrap();
+    let forged_tombstones = [
+        flipped.encode(),
+        outsider.encode(),
+        malformed,
+        ahead.encode(),
+    ];
 
     let rejected = || de.log_text().matches("rejected replicated item").count();
     let mut items: Vec<(SetKind, Vec<u8>)> = vec![
@@ -205,6 +221,10 @@ fn forged_and_replayed_envelopes_and_tombstones_never_take_effect() {
     assert!(
         log.contains("peer=sg"),
         "rejections name the sending office"
+    );
+    assert!(
+        log.contains("s ahead of this office's clock (at most 60 s)"),
+        "{log}"
     );
 
     // The real tombstone deletes sg's record; replaying it, and the record's envelope, after
@@ -376,6 +396,15 @@ fn broken_framing_and_random_bytes_are_cut_off_and_logged() {
         framed(&peer::hello(&dir, "de")),
         false,
     ));
+    cases.push((
+        "hello from a clock a day ahead".into(),
+        framed(&peer::hello_at(
+            &dir,
+            "sg",
+            peer::unix_ms_now() + 86_400_000,
+        )),
+        false,
+    ));
     const RANDOM_STREAMS: usize = 16;
     for i in 0..RANDOM_STREAMS {
         let mut junk = vec![0u8; rng.gen_range(1..8192)];
@@ -417,6 +446,12 @@ fn broken_framing_and_random_bytes_are_cut_off_and_logged() {
                 "{ended:?}"
             );
         }
+        if name.starts_with("hello from a clock") {
+            assert!(
+                ended.frames.iter().any(|f| f.starts_with("Error(Clock")),
+                "{ended:?}"
+            );
+        }
         summary.push(format!("{name}: {ended:?}"));
         assert!(
             de.is_running(),
@@ -438,6 +473,11 @@ fn broken_framing_and_random_bytes_are_cut_off_and_logged() {
         cases.len()
     );
     assert!(log.contains("frame of 1048577 bytes"), "{log}");
+    // A day ahead, less the moments between the two Hellos.
+    assert!(
+        log.contains("office sg's clock is 86") && log.contains("s ahead of this office's"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
     let rss_after = de.rss_kib();
     assert!(

@@ -19,8 +19,9 @@ use crate::wire::{DecodeError, Reader};
 
 /// The protocol version this build speaks, sent in [`Hello`]. Version 2 times envelope items by
 /// millisecond (`envelope::item_time`); a version-1 peer would see every item as different, so
-/// the Hello refuses it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// the Hello refuses it. Version 3 adds the sender's wall clock to the Hello
+/// ([`Hello::wall_ms`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame (kind byte and body; the u32 length prefix is extra).
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
 /// Largest item (envelope, tombstone or checkpoint) a frame may carry. Envelopes are the largest
@@ -114,6 +115,9 @@ pub struct Hello {
     pub network: String,
     pub office: String,
     pub roster_serial: u64,
+    /// The sender's wall clock when its session started, in Unix milliseconds: two offices
+    /// whose clocks disagree by more than `Limits::clock_skew_max` do not sync.
+    pub wall_ms: u64,
 }
 
 /// Why a session was refused or ended, as sent in [`Frame::Error`].
@@ -129,6 +133,8 @@ pub enum ErrorCode {
     Identity = 4,
     /// Shutting down; reconnect later.
     Shutdown = 5,
+    /// The two offices' clocks disagree by more than the limit.
+    Clock = 6,
     /// Anything else.
     Other = 255,
 }
@@ -141,6 +147,7 @@ impl ErrorCode {
             3 => ErrorCode::Network,
             4 => ErrorCode::Identity,
             5 => ErrorCode::Shutdown,
+            6 => ErrorCode::Clock,
             // Unknown codes from a newer peer are still an error, just an unnamed one.
             _ => ErrorCode::Other,
         }
@@ -373,6 +380,7 @@ impl Frame {
                 out.push(h.office.len() as u8);
                 out.extend_from_slice(h.office.as_bytes());
                 out.extend_from_slice(&h.roster_serial.to_be_bytes());
+                out.extend_from_slice(&h.wall_ms.to_be_bytes());
             }
             Frame::ReconQuery {
                 set,
@@ -565,11 +573,19 @@ impl Frame {
                 }
                 let office = check_name(r.bytes(n, "office id")?, "office id")?;
                 let roster_serial = r.u64("roster serial")?;
+                // Before version 3 the Hello ended here: read as such, it is refused for its
+                // version (error code 2), which says what to do, not as a malformed frame.
+                let wall_ms = if version >= 3 {
+                    r.u64("wall clock")?
+                } else {
+                    0
+                };
                 Frame::Hello(Hello {
                     version,
                     network,
                     office,
                     roster_serial,
+                    wall_ms,
                 })
             }
             KIND_RECON_QUERY | KIND_RECON_REPLY => {
@@ -808,6 +824,7 @@ mod tests {
                 network: "test-net".into(),
                 office: "de".into(),
                 roster_serial: 7,
+                wall_ms: 1_700_000_000_000,
             }),
             Frame::ReconQuery {
                 set: SetKind::Envelopes,
@@ -1020,6 +1037,7 @@ mod tests {
                 network: network.into(),
                 office: office.into(),
                 roster_serial: 0,
+                wall_ms: 1_700_000_000_000,
             });
             assert!(
                 Frame::decode(&f.encode()).is_err(),

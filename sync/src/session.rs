@@ -127,6 +127,13 @@ pub struct Limits {
     pub resync_interval: Duration,
     /// Least time between the start of two rounds (early rounds are rate-limited by it).
     pub resync_min_interval: Duration,
+    /// Most two offices' clocks may disagree by (their Hellos' `wall_ms`) and still sync. Each
+    /// office orders consent events and dates tombstones by its own clock: one running 400
+    /// days ahead deleted live records at every office through its retention pass, and one a
+    /// day ahead or behind made a later withdrawal lose to an earlier grant (found by an
+    /// exploratory session). The sessions start within the handshake's time of each other
+    /// (`transport::HELLO_TIMEOUT`, 10 s), well inside this.
+    pub clock_skew_max: Duration,
 }
 
 impl Default for Limits {
@@ -144,9 +151,14 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             resync_interval: Duration::from_secs(60),
             resync_min_interval: Duration::from_secs(1),
+            clock_skew_max: CLOCK_SKEW_MAX,
         }
     }
 }
+
+/// [`Limits::clock_skew_max`]'s default: far above what NTP keeps servers within (milliseconds),
+/// far below what reorders an operator's decisions.
+pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(60);
 
 /// Who this session is and who it talks to.
 #[derive(Clone)]
@@ -318,6 +330,14 @@ pub enum SessionError {
     #[error("peer authenticated as office {peer} but its hello claims office {claimed}")]
     Identity { peer: String, claimed: String },
 
+    #[error("office {peer}'s clock is {} s {} this office's (at most {} s apart): no records are exchanged until one of the two clocks is set right (NTP)", skew_ms / 1000, if *ahead { "ahead of" } else { "behind" }, max_s)]
+    Clock {
+        peer: String,
+        skew_ms: u64,
+        ahead: bool,
+        max_s: u64,
+    },
+
     #[error("peer {peer} ended the session ({code:?}): {text}")]
     PeerClosed {
         peer: String,
@@ -332,6 +352,7 @@ impl SessionError {
             SessionError::Version { .. } => ErrorCode::Version,
             SessionError::Network { .. } => ErrorCode::Network,
             SessionError::Identity { .. } => ErrorCode::Identity,
+            SessionError::Clock { .. } => ErrorCode::Clock,
             SessionError::PeerClosed { code, .. } => *code,
             _ => ErrorCode::Protocol,
         }
@@ -948,6 +969,15 @@ impl Session {
             return self.fail(SessionError::Identity {
                 peer,
                 claimed: h.office,
+            });
+        }
+        let skew_ms = h.wall_ms.abs_diff(self.cfg.hello.wall_ms);
+        if u128::from(skew_ms) > self.cfg.limits.clock_skew_max.as_millis() {
+            return self.fail(SessionError::Clock {
+                peer,
+                skew_ms,
+                ahead: h.wall_ms > self.cfg.hello.wall_ms,
+                max_s: self.cfg.limits.clock_skew_max.as_secs(),
             });
         }
         self.phase = Phase::Open;

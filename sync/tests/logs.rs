@@ -135,6 +135,7 @@ impl Victim {
                 network: NET.into(),
                 office: "de".into(),
                 roster_serial: 0,
+                wall_ms: 1_700_000_000_000,
             },
             peer: "us".into(),
             dialer: false,
@@ -162,6 +163,7 @@ impl Victim {
             network: NET.into(),
             office: "us".into(),
             roster_serial: 0,
+            wall_ms: 1_700_000_000_000,
         });
         v.feed(hello).unwrap();
         v

@@ -510,6 +510,7 @@ impl Sim {
             request_timeout: Duration::from_millis(800),
             resync_interval: Duration::from_millis(2_000),
             resync_min_interval: Duration::from_millis(200),
+            clock_skew_max: consentd_sync::session::CLOCK_SKEW_MAX,
         };
         Sim {
             rng,
@@ -568,6 +569,7 @@ impl Sim {
                     network: "sim-net".into(),
                     office: OFFICES[me].into(),
                     roster_serial: 1,
+                    wall_ms: 1_700_000_000_000,
                 },
                 peer: OFFICES[peer].into(),
                 dialer,
@@ -1269,6 +1271,7 @@ fn forged_and_tampered_items_from_a_hostile_peer_are_rejected_and_never_stored()
             network: "sim-net".into(),
             office: "de".into(),
             roster_serial: 1,
+            wall_ms: 1_700_000_000_000,
         },
         peer: "us".into(),
         dialer: false,
@@ -1287,6 +1290,7 @@ fn forged_and_tampered_items_from_a_hostile_peer_are_rejected_and_never_stored()
         network: "sim-net".into(),
         office: "us".into(),
         roster_serial: 1,
+        wall_ms: 1_700_000_000_000,
     }))
     .unwrap();
 
@@ -1393,7 +1397,7 @@ fn forged_and_tampered_items_from_a_hostile_peer_are_rejected_and_never_stored()
 }
 
 #[test]
-fn hello_must_match_the_authenticated_office_and_network() {
+fn hello_must_match_the_authenticated_office_network_and_clock() {
     let mut rng = StdRng::seed_from_u64(5);
     let net = make_net(&mut rng);
     let office = OfficeSim {
@@ -1417,6 +1421,7 @@ fn hello_must_match_the_authenticated_office_and_network() {
                 network: "sim-net".into(),
                 office: "de".into(),
                 roster_serial: 1,
+                wall_ms: 1_700_000_000_000,
             },
             peer: "us".into(),
             dialer: true,
@@ -1432,6 +1437,7 @@ fn hello_must_match_the_authenticated_office_and_network() {
                 network: "sim-net".into(),
                 office: "sg".into(),
                 roster_serial: 1,
+                wall_ms: 1_700_000_000_000,
             },
             "peer authenticated as office us but its hello claims office sg",
         ),
@@ -1441,6 +1447,7 @@ fn hello_must_match_the_authenticated_office_and_network() {
                 network: "other-net".into(),
                 office: "us".into(),
                 roster_serial: 1,
+                wall_ms: 1_700_000_000_000,
             },
             "is in network",
         ),
@@ -1450,8 +1457,30 @@ fn hello_must_match_the_authenticated_office_and_network() {
                 network: "sim-net".into(),
                 office: "us".into(),
                 roster_serial: 1,
+                wall_ms: 1_700_000_000_000,
             },
             "version 99",
+        ),
+        // A clock 61 s ahead, or a day behind: more than `clock_skew_max` (60 s) apart.
+        (
+            Hello {
+                version: PROTOCOL_VERSION,
+                network: "sim-net".into(),
+                office: "us".into(),
+                roster_serial: 1,
+                wall_ms: 1_700_000_061_000,
+            },
+            "office us's clock is 61 s ahead of this office's (at most 60 s apart)",
+        ),
+        (
+            Hello {
+                version: PROTOCOL_VERSION,
+                network: "sim-net".into(),
+                office: "us".into(),
+                roster_serial: 1,
+                wall_ms: 1_700_000_000_000 - 86_400_000,
+            },
+            "office us's clock is 86400 s behind this office's",
         ),
     ] {
         let mut s = new();
@@ -1464,6 +1493,19 @@ fn hello_must_match_the_authenticated_office_and_network() {
         assert!(matches!(f, Frame::Error { .. }), "{f:?}");
         assert!(s.is_closed());
     }
+    // 60 s apart is within the limit.
+    let mut s = new();
+    let _ = s.poll_transmit();
+    let within = Hello {
+        version: PROTOCOL_VERSION,
+        network: "sim-net".into(),
+        office: "us".into(),
+        roster_serial: 1,
+        wall_ms: 1_700_000_000_000 - 60_000,
+    };
+    s.handle_frame(now, &Frame::Hello(within).encode(), &office)
+        .unwrap();
+    assert!(!s.is_closed());
     // A frame before the hello is a protocol error too.
     let mut s = new();
     let err = s
@@ -1496,6 +1538,7 @@ fn open_session(net: &Net, office: &OfficeSim, limits: Limits, now: Instant) -> 
             network: "sim-net".into(),
             office: office.id.clone(),
             roster_serial: 1,
+            wall_ms: 1_700_000_000_000,
         },
         peer: "us".into(),
         dialer: false,
@@ -1507,6 +1550,7 @@ fn open_session(net: &Net, office: &OfficeSim, limits: Limits, now: Instant) -> 
         network: "sim-net".into(),
         office: "us".into(),
         roster_serial: 1,
+        wall_ms: 1_700_000_000_000,
     });
     s.handle_frame(now, &peer_hello.encode(), office).unwrap();
     while s.poll_transmit().is_some() {}
@@ -1795,6 +1839,7 @@ fn session_pair(net: &Net, limits: &Limits) -> Vec<Session> {
                     network: "sim-net".into(),
                     office: OFFICES[me].into(),
                     roster_serial: 1,
+                    wall_ms: 1_700_000_000_000,
                 },
                 peer: OFFICES[peer].into(),
                 dialer,

@@ -86,6 +86,7 @@ fn hello(office: &str) -> Frame {
         network: "test-net".into(),
         office: office.into(),
         roster_serial: 1,
+        wall_ms: 1_700_000_000_000,
     })
 }
 
@@ -248,8 +249,8 @@ async fn a_roster_key_whose_hello_claims_another_office_is_refused() {
     assert!(saw_error, "the peer is told why");
 }
 
-/// Version 2 times envelope items by millisecond, so a version-1 peer would find every item
-/// different: its Hello is refused, and it is told why (error code 2).
+/// Version 3 carries the sender's clock in its Hello (a version-2 Hello ends before it): a
+/// version-2 peer's Hello is refused for its version, and it is told why (error code 2).
 #[test]
 fn a_hello_of_the_previous_protocol_version_is_refused() {
     let net = net();
@@ -260,16 +261,20 @@ fn a_hello_of_the_previous_protocol_version_is_refused() {
         network: "test-net".into(),
         office: "sg".into(),
         roster_serial: 1,
+        wall_ms: 1_700_000_000_000,
     });
+    // Encoded as version 2 did: without the clock.
+    let mut bytes = old.encode();
+    bytes.truncate(bytes.len() - 8);
     let err = s
-        .handle_frame(Instant::now(), &old.encode(), &Mem::default())
+        .handle_frame(Instant::now(), &bytes, &Mem::default())
         .unwrap_err();
     assert!(
         matches!(
             err,
             SessionError::Version {
-                theirs: 1,
-                ours: 2,
+                theirs: 2,
+                ours: 3,
                 ..
             }
         ),
@@ -348,6 +353,7 @@ fn config(roster: &Arc<VerifiedRoster>, me: &str, peer: &str, dialer: bool) -> S
             network: "test-net".into(),
             office: me.into(),
             roster_serial: 1,
+            wall_ms: 1_700_000_000_000,
         },
         peer: peer.into(),
         dialer,

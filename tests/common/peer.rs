@@ -95,6 +95,7 @@ pub async fn push_items(
             network: roster.roster().network.clone(),
             office: claim.into(),
             roster_serial: roster.roster().serial,
+            wall_ms: unix_ms_now(),
         },
         peer: to.into(),
         dialer: false,
@@ -129,6 +130,14 @@ pub async fn push_items(
 }
 
 /// A current-thread-free runtime for a test body.
+/// The wall clock in Unix milliseconds, as a daemon's Hello carries it.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -186,12 +195,18 @@ pub fn address(dir: &Path, to: &str) -> SocketAddr {
 
 /// An encoded Hello frame claiming office `office` of the network.
 pub fn hello(dir: &Path, office: &str) -> Vec<u8> {
+    hello_at(dir, office, unix_ms_now())
+}
+
+/// [`hello`] from a peer whose wall clock reads `wall_ms`.
+pub fn hello_at(dir: &Path, office: &str, wall_ms: u64) -> Vec<u8> {
     let roster = roster(dir);
     Frame::Hello(Hello {
         version: consentd_sync::frame::PROTOCOL_VERSION,
         network: roster.roster().network.clone(),
         office: office.into(),
         roster_serial: roster.roster().serial,
+        wall_ms,
     })
     .encode()
 }
