@@ -743,3 +743,64 @@ fn an_erasure_reaches_a_record_made_while_cut_off_from_the_erasing_office() {
     );
     assert!(!exists(&net, subject, &made_apart));
 }
+
+/// A marketing grant recorded before the person was flagged under 18 is kept as consent proof
+/// when the pass deletes the child's other records, the flagged one among them; with the flag
+/// gone, `consent check` answered "granted" to marketing a child (found by an exploratory
+/// session). The pass withdraws what it keeps as proof.
+#[test]
+fn a_child_s_kept_marketing_grant_is_withdrawn_not_granted_again() {
+    let subject = "kid2@example.com";
+    let net = Net::init("de");
+    let _de = net.start("de");
+    let sock = net.socket("de");
+    let grant = |purpose: &str, extra: &[&str]| {
+        let mut args = vec![
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            purpose,
+            "--basis",
+            "consent",
+            "--evidence",
+            "form v1",
+        ];
+        args.extend_from_slice(extra);
+        ok(&sock, &args)
+    };
+    let check = |purpose: &str| {
+        ok(
+            &sock,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+            ],
+        )["granted"]
+            .clone()
+    };
+    grant("marketing", &["--at", "2026-11-02T00:00:00Z"]);
+    grant("support", &["--under-18", "--at", "2026-11-03T00:00:00Z"]);
+    assert_eq!(check("marketing"), false, "under 18");
+    let preview = ok(&sock, &["retention", "run", "--dry-run"]);
+    assert_eq!(preview["by_reason"]["withdrawn/child-data"], 1, "{preview}");
+    assert_eq!(check("marketing"), false, "a preview withdraws nothing");
+    let pass = ok(&sock, &["retention", "run"]);
+    assert!(pass["deleted"].as_u64().unwrap() >= 1, "{pass}");
+    assert_eq!(pass["by_reason"]["withdrawn/child-data"], 1, "{pass}");
+    assert_eq!(check("marketing"), false, "the kept grant is withdrawn");
+    let history = ok(&sock, &["consent", "history", "--subject", subject]);
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["purpose"] == "marketing" && e["action"] == "withdraw"),
+        "{history}"
+    );
+}

@@ -191,7 +191,9 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
     // §10: the rest of a child's records without parental consent go too, except those a
     // legal duty keeps.
     let queued: BTreeSet<DocId> = todo.iter().map(|d| d.id).collect();
+    let mut child_withdrawals = Vec::new();
     for t in children {
+        child_withdrawals.extend(child_grants_kept(office, &t, &queued)?);
         for (id, record) in office.records_by_key(&t)? {
             if queued.contains(&id) || schedule::legally_kept(&record, marketing).is_some() {
                 continue;
@@ -220,9 +222,20 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
             .by_reason
             .insert("held/legal-hold".into(), report.held);
     }
+    if !child_withdrawals.is_empty() {
+        report.by_reason.insert(
+            "withdrawn/child-data".into(),
+            child_withdrawals.len() as u64,
+        );
+    }
     if dry_run {
         report.deleted = todo.len() as u64;
     } else {
+        // Before the deletions: once the flagged record is gone, nothing says the person is
+        // under 18, and the grants kept as proof would answer "granted".
+        if !child_withdrawals.is_empty() {
+            office.withdraw_all(child_withdrawals).await?;
+        }
         let out = delete(office, todo, BTreeSet::new()).await?;
         report.deleted = out.deleted;
         report.keys_destroyed = out.keys_destroyed;
@@ -233,6 +246,56 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
         .saturating_sub(report.held);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The consents of a child (subject `token`) a pass keeps as proof, not as permission: those
+/// still granted, without a parent's consent, to a marketing purpose (whatever the basis) or on
+/// the basis of consent. The pass deletes the child's other records, the one flagging them under
+/// 18 among them, and with the flag gone `consent check` answered "granted" to marketing a child
+/// (found by an exploratory session). `deleting`: records the pass deletes (their events do not
+/// count). Returns (subject, purpose) to withdraw.
+fn child_grants_kept(
+    office: &Office,
+    token: &[u8; 32],
+    deleting: &BTreeSet<DocId>,
+) -> Result<Vec<(Subject, String)>> {
+    // Per purpose: the latest event (time, withdraws, basis), a parent's consent, the subject.
+    type Latest = (Option<(String, bool, String)>, bool, Option<Subject>);
+    let mut purposes: BTreeMap<String, Latest> = BTreeMap::new();
+    for (id, record) in office.records_by_key(token)? {
+        let Record::Consent(c) = record else { continue };
+        let entry = purposes.entry(c.purpose.clone()).or_default();
+        entry.1 |= c.parental_consent.is_some();
+        if deleting.contains(&id) {
+            continue;
+        }
+        if entry.2.is_none() {
+            entry.2 = Some(
+                Subject::parse_stored(&c.subject)
+                    .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?,
+            );
+        }
+        for e in c.events {
+            let this = (e.at, e.action == "withdraw", e.basis.unwrap_or_default());
+            if entry
+                .0
+                .as_ref()
+                .is_none_or(|l| (&this.0, this.1) >= (&l.0, l.1))
+            {
+                entry.0 = Some(this);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (purpose, (latest, parental, subject)) in purposes {
+        let (Some((_, false, basis)), false, Some(subject)) = (latest, parental, subject) else {
+            continue;
+        };
+        if office.purposes.is_marketing(&purpose) || basis == "consent" {
+            out.push((subject, purpose));
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes records through signed tombstones (module docs), destroying the keys of their
