@@ -502,6 +502,11 @@ impl Office {
                 let n = import.records.len();
                 let mut ops = Vec::with_capacity(n);
                 let mut lines = Vec::with_capacity(n);
+                // Subjects an earlier line of this request flags under 18 (subject token →
+                // line): `prepare` reads the flags stored, and a marketing grant after such a
+                // line in the same file was imported, where the two commands refuse it (found
+                // by an exploratory session).
+                let mut minors: HashMap<[u8; 32], usize> = HashMap::new();
                 for (i, r) in import.records.into_iter().enumerate() {
                     // Saturating: `first_line` is the client's number, any u64.
                     let line = import.first_line.saturating_add(i);
@@ -510,6 +515,30 @@ impl Office {
                     let op = self
                         .prepare(r)
                         .map_err(|e| invalid(format!("line {line}: {e}")))?;
+                    if let Op::Consent {
+                        subject,
+                        purpose,
+                        minor,
+                        parental_consent,
+                        event,
+                        ..
+                    } = &op
+                    {
+                        let token = self.hasher.subject_token(subject);
+                        if let Some(flagged) = minors.get(&token) {
+                            if event.action == "grant"
+                                && parental_consent.is_none()
+                                && self.purposes.is_marketing(purpose)
+                            {
+                                return Err(invalid(format!(
+                                    "line {line}: {purpose} is marketing and the person is under 18 (line {flagged}): record a parent's or guardian's consent with parental_consent (privacy statement §10)"
+                                )));
+                            }
+                        }
+                        if *minor {
+                            minors.entry(token).or_insert(line);
+                        }
+                    }
                     ops.push(op);
                     lines.push(line);
                 }

@@ -243,6 +243,30 @@ fn no_marketing_to_minors_without_parental_consent() {
     ])
     .status
     .success());
+
+    // The same two steps as lines of one import file: refused at the marketing line, naming
+    // the line that flags the person (both were imported: found by an exploratory session).
+    let file = net.path().join("minor.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"op":"consent.grant","subject":"kid3@example.com","purpose":"support","basis":"contract","under_18":true}"#,
+            "\n",
+            r#"{"op":"consent.grant","subject":"kid3@example.com","purpose":"marketing","basis":"consent","evidence":"app v2"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let e = err(&sock, &["import", "--file", file.to_str().unwrap()]);
+    assert!(
+        e.contains("line 2") && e.contains("under 18 (line 1)"),
+        "{e}"
+    );
+    let check = ok(
+        &sock,
+        &["consent", "history", "--subject", "kid3@example.com"],
+    );
+    assert_eq!(check, serde_json::json!([]), "nothing imported");
 }
 
 #[test]
