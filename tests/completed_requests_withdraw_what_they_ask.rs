@@ -1,7 +1,9 @@
 //! Completing a withdrawal, objection or restriction request changed nothing: `consent check`
 //! still answered "granted" for what the person had asked to stop (found by an exploratory
 //! session). Completing one now withdraws, in the batch that closes it:
-//! - withdrawal: every consent of the subject;
+//! - withdrawal: every purpose granted on basis consent (it withdrew contract, legal-obligation
+//!   and legitimate-interest processing too, which the next pass then deleted; found by an
+//!   exploratory session);
 //! - objection: marketing whatever its basis, and every purpose granted on legitimate interest;
 //! - restriction: purposes granted on legitimate interest (consented processing may go on,
 //!   GDPR Art. 18(2)).
@@ -70,10 +72,10 @@ fn completed_withdrawal_objection_and_restriction_requests_withdraw_what_they_as
     let closed = complete(&sock, "wd@example.com", "withdrawal");
     assert_eq!(
         closed["withdrawn"],
-        serde_json::json!(["marketing", "service_analytics", "support"]),
+        serde_json::json!(["marketing"]),
         "{closed}"
     );
-    assert_eq!(states("wd@example.com"), [false, false, false]);
+    assert_eq!(states("wd@example.com"), [false, true, true]);
 
     let closed = complete(&sock, "obj@example.com", "objection");
     assert_eq!(
@@ -123,4 +125,64 @@ fn completed_withdrawal_objection_and_restriction_requests_withdraw_what_they_as
         ],
     );
     assert!(granted(&sock, "no@example.com", "marketing"));
+}
+
+/// Completes a request of `kind` for `subject`; returns the close answer.
+fn open_and_complete(sock: &std::path::Path, subject: &str, kind: &str) -> Value {
+    let id = ok(
+        sock,
+        &["request", "open", "--subject", subject, "--kind", kind],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(sock, &["request", "close", &id, "--outcome", "completed"])
+}
+
+/// A withdrawal of consent reaches processing on basis consent only (GDPR Art. 7(3), §8.2), so
+/// the next pass deletes none of the contract and legal-obligation records; an erasure keeps,
+/// and does not withdraw, processing a legal obligation requires (Art. 17(3)(b)), and says why.
+#[test]
+fn withdrawal_ends_consent_only_and_erasure_keeps_legal_obligations() {
+    let net = Net::init("nl");
+    let _d = net.start("nl");
+    let sock = net.socket("nl");
+    let s = "wd2@example.com";
+    grant(&sock, s, "marketing", "consent");
+    grant(&sock, s, "service_delivery", "contract");
+    grant(&sock, s, "billing", "contract");
+    grant(&sock, s, "fraud_prevention", "legal_obligation");
+    let closed = open_and_complete(&sock, s, "withdrawal");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["marketing"]),
+        "{closed}"
+    );
+    let pass = ok(&sock, &["retention", "run"]);
+    assert_eq!(pass["deleted"], 0, "{pass}");
+    for p in ["service_delivery", "billing", "fraud_prevention"] {
+        assert!(
+            granted(&sock, s, p),
+            "{p} still in force after a withdrawal"
+        );
+    }
+    assert!(!granted(&sock, s, "marketing"));
+
+    let e = "er2@example.com";
+    grant(&sock, e, "fraud_prevention", "legal_obligation");
+    grant(&sock, e, "support", "contract");
+    let closed = open_and_complete(&sock, e, "erasure");
+    let erasure = &closed["erasure"];
+    assert_eq!(erasure["deleted"], 1, "{closed}");
+    assert_eq!(erasure["withdrawn"], serde_json::json!([]), "{closed}");
+    let kept = erasure["kept"].as_array().unwrap();
+    assert!(
+        kept.iter().any(|k| k["kind"] == "consent"
+            && k["why"].as_str().unwrap().contains("Art. 17(3)(b)")),
+        "{closed}"
+    );
+    assert!(granted(&sock, e, "fraud_prevention"));
+    let pass = ok(&sock, &["retention", "run"]);
+    assert_eq!(pass["deleted"], 0, "{pass}");
+    assert!(granted(&sock, e, "fraud_prevention"));
 }

@@ -41,7 +41,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     let id = record::parse_doc_id(&a.id).map_err(OfficeError::Invalid)?;
     let target = match office.read_record(&id)? {
         Some(Record::Request(r)) if r.kind == "erasure" && r.is_open() => Some(r),
-        Some(Record::Request(r)) if r.is_open() && withdraws(&r.kind).is_some() => {
+        Some(Record::Request(r)) if r.is_open() && withdraws(&r.kind) => {
             return close_withdrawing(office, a, r).await;
         }
         _ => None,
@@ -72,8 +72,18 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
             // (the rule's own reason said so of an open request; found by an exploratory
             // session). Once answered, the request-confirmation rule keeps it.
             Some(("request-confirmation", OPEN_REQUEST_KEPT))
+        } else if let Some(rule) = schedule::legally_kept(&r, marketing) {
+            Some((rule.id, rule.source))
+        } else if schedule::legal_obligation_in_force(&r) {
+            // Art. 17(3)(b): erasure does not reach what a legal obligation requires (a
+            // fraud_prevention grant on legal_obligation was deleted; found by an exploratory
+            // session).
+            Some((
+                schedule::classify(&r, marketing).id,
+                schedule::LEGAL_OBLIGATION_KEPT,
+            ))
         } else {
-            schedule::legally_kept(&r, marketing).map(|rule| (rule.id, rule.source))
+            None
         };
         match why {
             Some((rule, reason)) => kept.push(json!({
@@ -93,16 +103,13 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     }
     let out = pass::delete_exclusive(office, todo, token).await?;
     // What a legal duty keeps is kept as proof, not as permission: erasure withdraws every
-    // consent of the subject still granted (Art. 17(1)(b), §8), in the batch that closes.
-    let mut purposes = std::collections::BTreeSet::new();
-    for (_, r) in office.records_by_key(&token)? {
-        if let Record::Consent(c) = r {
-            purposes.insert(c.purpose);
-        }
-    }
+    // consent of the subject still granted (Art. 17(1)(b), §8), in the batch that closes,
+    // except processing a legal obligation requires (Art. 17(3)(b)), which it kept above.
     let mut withdrawn = Vec::new();
-    for purpose in purposes {
-        if office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
+    for (purpose, basis) in latest_grant_bases(office.records_by_key(&token)?) {
+        if withdraws_purpose("erasure", marketing(&purpose), &basis)
+            && office.consent_check_of(&subject, &purpose, None)?["granted"] == true
+        {
             withdrawn.push(purpose);
         }
     }
@@ -170,7 +177,7 @@ const META_CARRIED_OUT: &str = "request_carried_out/";
 /// objection completed at de left cn's own marketing grants in force: found by an exploratory
 /// session).
 pub fn carried_out_elsewhere(kind: &str) -> bool {
-    kind == "erasure" || withdraws(kind).is_some()
+    kind == "erasure" || withdraws(kind)
 }
 
 /// [`carry_out`]'s work, for a completed request of a kind it carries out: an erasure's
@@ -200,8 +207,7 @@ async fn carry_out_once(
     let subject = Subject::parse_stored(&request.subject)
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let request_kind_is_erasure = request.kind == "erasure";
-    let (all, marketing_purposes, legitimate_interest) =
-        withdraws(&request.kind).unwrap_or((true, true, true));
+    let kind = request.kind.clone();
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     // Under a hold nothing is deleted, but the consents are still withdrawn below, as `close`
@@ -226,6 +232,7 @@ async fn carry_out_once(
             || rid == *request_id
             || !made_before(&rid)
             || schedule::legally_kept(&r, marketing).is_some()
+            || schedule::legal_obligation_in_force(&r)
         {
             continue;
         }
@@ -273,10 +280,7 @@ async fn carry_out_once(
     }
     own.retain(|purpose, (_, latest)| {
         let basis = latest.as_ref().map_or("", |(_, b)| b.as_str());
-        !regranted.contains(purpose)
-            && (all
-                || (marketing_purposes && marketing(purpose))
-                || (legitimate_interest && basis == "legitimate_interest"))
+        !regranted.contains(purpose) && withdraws_purpose(&kind, marketing(purpose), basis)
     });
     let mut withdrawals = Vec::new();
     for (purpose, (records, _)) in own {
@@ -295,25 +299,58 @@ async fn carry_out_once(
     Ok(deleted)
 }
 
-/// Which of a subject's granted consents completing a request of `kind` withdraws:
-/// (every purpose, marketing purposes, purposes granted on legitimate interest); `None` for
-/// kinds that withdraw none.
+/// Whether completing a request of `kind` withdraws consents (besides an erasure's):
+/// [`withdraws_purpose`] says which. Before, completing one changed nothing: `consent check`
+/// still answered "granted" (found by an exploratory session).
+fn withdraws(kind: &str) -> bool {
+    matches!(kind, "withdrawal" | "objection" | "restriction")
+}
+
+/// Whether completing a request of `kind` withdraws a purpose still granted, by whether it is
+/// marketing and the basis of its latest grant:
 ///
-/// - `withdrawal` (withdrawal of consent, §8): every consent.
+/// - `erasure` (Art. 17(1)(b)): every purpose except one granted on legal obligation, which the
+///   erasure keeps (Art. 17(3)(b)).
+/// - `withdrawal` (withdrawal of consent, Art. 7(3), §8.2): purposes granted on basis `consent`
+///   only; processing on a contract, a legal obligation or legitimate interest is not consent
+///   to withdraw (it withdrew them all, and the next pass deleted contract and legal-obligation
+///   records; found by an exploratory session).
 /// - `objection` (Art. 21): marketing whatever its basis (Art. 21(3): an objection to direct
 ///   marketing is absolute), and every purpose granted on legitimate interest (Art. 21(1)).
 /// - `restriction` (Art. 18): purposes granted on legitimate interest; a restricted subject's
 ///   data may still be processed with their consent (Art. 18(2)).
-///
-/// Before, completing one changed nothing: `consent check` still answered "granted" (found by an
-/// exploratory session).
-fn withdraws(kind: &str) -> Option<(bool, bool, bool)> {
+fn withdraws_purpose(kind: &str, marketing: bool, basis: &str) -> bool {
     match kind {
-        "withdrawal" => Some((true, true, true)),
-        "objection" => Some((false, true, true)),
-        "restriction" => Some((false, false, true)),
-        _ => None,
+        "erasure" => basis != "legal_obligation",
+        "withdrawal" => basis == "consent",
+        "objection" => marketing || basis == "legitimate_interest",
+        "restriction" => basis == "legitimate_interest",
+        _ => false,
     }
+}
+
+/// Per purpose among `records`' consent records: the basis of its latest grant.
+fn latest_grant_bases(
+    records: Vec<(record::DocId, Record)>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut latest: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for (_, r) in records {
+        if let Record::Consent(c) = r {
+            for e in c.events.iter().filter(|e| e.action == "grant") {
+                let basis = e.basis.clone().unwrap_or_default();
+                let entry = latest
+                    .entry(c.purpose.clone())
+                    .or_insert_with(|| (e.at.clone(), basis.clone()));
+                if e.at > entry.0 {
+                    *entry = (e.at.clone(), basis);
+                }
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(p, (_, basis))| (p, basis))
+        .collect()
 }
 
 /// `request close ID --outcome completed` of an open withdrawal, objection or restriction
@@ -324,34 +361,16 @@ async fn close_withdrawing(
     a: protocol::RequestClose,
     request: record::RequestRecord,
 ) -> Result<Value> {
-    let (all, marketing, legitimate_interest) =
-        withdraws(&request.kind).expect("only kinds that withdraw come here");
+    let kind = request.kind.clone();
     let subject = Subject::parse_stored(&request.subject)
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
-    // Per purpose: the basis of its latest grant.
-    let mut latest_grant: std::collections::BTreeMap<String, (String, String)> =
-        std::collections::BTreeMap::new();
-    for (_, r) in office.records_by_key(&token)? {
-        if let Record::Consent(c) = r {
-            for e in c.events.iter().filter(|e| e.action == "grant") {
-                let basis = e.basis.clone().unwrap_or_default();
-                let entry = latest_grant
-                    .entry(c.purpose.clone())
-                    .or_insert_with(|| (e.at.clone(), basis.clone()));
-                if e.at > entry.0 {
-                    *entry = (e.at.clone(), basis);
-                }
-            }
-        }
-    }
     let mut withdrawn = Vec::new();
-    for (purpose, (_, basis)) in latest_grant {
-        let wanted = all
-            || (marketing && office.purposes.is_marketing(&purpose))
-            || (legitimate_interest && basis == "legitimate_interest");
-        if wanted && office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
+    for (purpose, basis) in latest_grant_bases(office.records_by_key(&token)?) {
+        if withdraws_purpose(&kind, office.purposes.is_marketing(&purpose), &basis)
+            && office.consent_check_of(&subject, &purpose, None)?["granted"] == true
+        {
             withdrawn.push(purpose);
         }
     }

@@ -250,6 +250,26 @@ pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'stati
     }
 }
 
+/// Why an erasure keeps a record of processing a legal obligation requires.
+pub const LEGAL_OBLIGATION_KEPT: &str = "GDPR Art. 17(3)(b): processing needed to comply with a legal obligation (granted on basis legal_obligation); kept, and not withdrawn, until that grant is withdrawn";
+
+/// Whether a consent record is processing a legal obligation still requires: its latest event
+/// is a grant on basis `legal_obligation`. An erasure neither deletes nor withdraws it (GDPR
+/// Art. 17(3)(b)); once withdrawn (the obligation ended) it goes under its rule as before.
+pub fn legal_obligation_in_force(record: &Record) -> bool {
+    let Record::Consent(c) = record else {
+        return false;
+    };
+    c.events
+        .iter()
+        .filter_map(|e| {
+            let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?;
+            Some(((at, e.action == "withdraw"), e))
+        })
+        .max_by_key(|(k, _)| *k)
+        .is_some_and(|(_, e)| e.action == "grant" && e.basis.as_deref() == Some("legal_obligation"))
+}
+
 /// Whether a legal duty keeps this record through an erasure request (§7, §8.4).
 pub fn legally_kept(record: &Record, is_marketing: impl Fn(&str) -> bool) -> Option<&'static Rule> {
     let r = classify(record, is_marketing);
