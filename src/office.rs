@@ -2089,7 +2089,14 @@ impl<'o> Draft<'o> {
                 }
                 // UK: the clock starts again on the day requested identity, clarification or a fee
                 // is received.
+                //
+                // Not when it was asked for after the due date: the deadline was missed before
+                // the clock could stop, so the request stays overdue and its due date does not
+                // move (the restart moved it a month on, off --overdue, and audit report counted
+                // the late answer in time; found by an exploratory session).
+                let missed = status == "identity_received" && identity_asked(&r) == Some(false);
                 let restart = status == "identity_received"
+                    && !missed
                     && clock::restarts_on_identity(&r.jurisdiction, &r.kind);
                 let due = if restart {
                     let clock = &self.office.clock;
@@ -2151,6 +2158,13 @@ impl<'o> Draft<'o> {
                     record::append_to_root_list(tx, "history", &history)
                 })?;
                 let mut answer = json!({ "id": doc_id_hex(&id), "status": status });
+                if missed && clock::restarts_on_identity(&r.jurisdiction, &r.kind) {
+                    answer["due"] = json!(r.due);
+                    answer["due_explanation"] = json!(format!(
+                        "clock not restarted: what was asked of the person was asked for after the due date {}, already missed; the request stays overdue",
+                        r.due
+                    ));
+                }
                 if let Some((date, rule, explanation)) = due_fields {
                     answer["due"] = json!(date);
                     answer["due_rule"] = json!(rule);
@@ -2642,16 +2656,20 @@ fn next_deadline(r: &RequestRecord) -> String {
 /// was already missed, and it stays overdue (it dropped off `--overdue` while `audit report`
 /// still counted it; found by an exploratory session).
 fn clock_stopped(r: &RequestRecord) -> bool {
-    let asked_in_time = r
-        .history
+    r.is_open()
+        && r.status == "identity_requested"
+        && identity_asked(r) == Some(true)
+        && clock::restarts_on_identity(&r.jurisdiction, &r.kind)
+}
+
+/// Whether the person's identity (or clarification, or fee) was last asked for on or before the
+/// due date (`Some(true)`), after it (`Some(false)`: the deadline was already missed), or never.
+fn identity_asked(r: &RequestRecord) -> Option<bool> {
+    r.history
         .iter()
         .rev()
         .find(|h| h.status == "identity_requested")
-        .is_some_and(|h| h.at.get(..10).is_some_and(|day| day <= r.due.as_str()));
-    r.is_open()
-        && r.status == "identity_requested"
-        && asked_in_time
-        && clock::restarts_on_identity(&r.jurisdiction, &r.kind)
+        .map(|h| h.at.get(..10).is_some_and(|day| day <= r.due.as_str()))
 }
 
 pub fn subject_kind_name(kind: SubjectKind) -> &'static str {

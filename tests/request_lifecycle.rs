@@ -717,3 +717,75 @@ fn a_pending_receipt_confirmation_is_a_deadline_of_its_own() {
         "{human}"
     );
 }
+
+/// A UK request asked for ID after its due date had passed: the identity arriving does not
+/// restart its clock. The restart moved the due date a month on, so it dropped off `--overdue`
+/// and `audit report` counted the late answer in time (found by an exploratory session).
+#[test]
+fn a_uk_request_asked_for_id_after_its_due_date_stays_late_once_the_id_arrives() {
+    let net = Net::init("uk");
+    let sock = net.socket("uk");
+    let _d = net.start("uk");
+    let r = open(&sock, "GB", "access", "2026-03-03T09:00:00Z");
+    assert_eq!(r["due"], "2026-04-07", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let update = |status: &str, at: &str| {
+        ok(
+            &sock,
+            &["request", "update", &id, "--status", status, "--at", at],
+        )
+    };
+    update("identity_requested", "2026-04-10T09:00:00Z");
+    let got = update("identity_received", "2026-04-15T09:00:00Z");
+    assert_eq!(got["due"], "2026-04-07", "the due date stays: {got}");
+    let overdue = ok(
+        &sock,
+        &[
+            "request",
+            "list",
+            "--overdue",
+            "--as-of",
+            "2026-04-20T00:00:00Z",
+        ],
+    );
+    let row = overdue
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["id"] == id.as_str())
+        .cloned();
+    assert_eq!(
+        row.as_ref().map(|row| row["due"].clone()),
+        Some(serde_json::json!("2026-04-07")),
+        "{overdue}"
+    );
+    ok(
+        &sock,
+        &[
+            "request",
+            "close",
+            &id,
+            "--outcome",
+            "completed",
+            "--at",
+            "2026-05-10T09:00:00Z",
+        ],
+    );
+    let bundle = net.path().join("uk.jsonl");
+    ok(
+        &sock,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    let rep = ok(
+        &sock,
+        &[
+            "audit",
+            "report",
+            bundle.to_str().unwrap(),
+            "--root-pub",
+            net.path().join("root.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rep["requests"][0]["answered_late"], 1, "{rep}");
+    assert_eq!(rep["requests"][0]["answered_in_time"], 0, "{rep}");
+}
