@@ -16,8 +16,13 @@ use chrono::{DateTime, Days, Months, NaiveDate, Utc};
 
 /// The default length of a company-policy period (China, US outside California), in days.
 pub const COMPANY_POLICY_DAYS_DEFAULT: u32 = 30;
-/// Longest company-policy period accepted from config.
-pub const COMPANY_POLICY_DAYS_MAX: u32 = 365;
+/// Longest company-policy period accepted from config: the privacy statement §8.4 promises an
+/// answer within one month of receipt wherever the person is, and no month is longer than 31
+/// days (it accepted 365; found by an exploratory session).
+pub const COMPANY_POLICY_DAYS_MAX: u32 = 31;
+/// The furthest an extension may reach where the deadline is the company's own (§8.4: "two (2)
+/// months from the date of receipt"), in calendar months from the clock's start.
+pub const STATEMENT_EXTENSION_MONTHS: u32 = 2;
 /// Furthest an operator-notified extension date may lie beyond the original due date.
 pub const NOTIFIED_EXTENSION_DAYS_MAX: u64 = 366;
 
@@ -74,6 +79,12 @@ pub enum ClockError {
     UntilNotAllowed { rule: &'static str },
     #[error("--until {until} must be after the current due date {due} and at most {NOTIFIED_EXTENSION_DAYS_MAX} days beyond it")]
     UntilOutOfRange { until: NaiveDate, due: NaiveDate },
+    #[error("--until {until} is later than {latest}, two calendar months after receipt: under {rule} the deadline is the company's own, and its privacy statement §8.4 promises an answer within two months of receipt at most, extension included")]
+    UntilBeyondStatement {
+        until: NaiveDate,
+        latest: NaiveDate,
+        rule: &'static str,
+    },
     #[error("date arithmetic overflow from {0}")]
     OutOfRange(NaiveDate),
 }
@@ -489,6 +500,23 @@ impl Clock {
                         due: current_due,
                     });
                 }
+                // Where the deadline is the company's own (no law sets one), its privacy
+                // statement is the only limit, and it says two months from receipt (§8.4); it
+                // accepted up to 366 days (found by an exploratory session). Statutory notified
+                // dates (PDPA s. 21 access, AU APP 12) keep the law's open-ended rule.
+                if rule.authority == Authority::CompanyPolicy {
+                    let start = start.date_naive();
+                    let latest = start
+                        .checked_add_months(Months::new(STATEMENT_EXTENSION_MONTHS))
+                        .ok_or(ClockError::OutOfRange(start))?;
+                    if until > latest {
+                        return Err(ClockError::UntilBeyondStatement {
+                            until,
+                            latest,
+                            rule: rule.id,
+                        });
+                    }
+                }
                 steps.push(format!("the person was told {until}"));
                 until
             }
@@ -721,7 +749,12 @@ mod tests {
             (d("2026-05-01"), "us-company-policy-extension")
         );
         assert!(ext.explanation.contains("§8.4"), "{}", ext.explanation);
-        let long = Clock::new(Calendars::builtin(), 90);
+        // Config no longer accepts a period this long (at most 31 days, §8.4); the check stays
+        // for a clock built otherwise.
+        let long = Clock {
+            calendars: Calendars::builtin(),
+            company_policy_days: 90,
+        };
         let e = long
             .extended(
                 "US",
@@ -736,6 +769,31 @@ mod tests {
             matches!(e, ClockError::ExtensionNotAllowed { .. }) && e.to_string().contains("§8.4"),
             "{e}"
         );
+    }
+
+    /// Where the deadline is company policy (CN, SG outside access), a notified extension date
+    /// may lie at most two calendar months after receipt (§8.4); it accepted 366 days. The
+    /// statutory notified dates (SG access, AU) keep the wider bound.
+    #[test]
+    fn company_policy_extensions_end_two_months_after_receipt() {
+        let c = Clock::builtin();
+        let received = at("2026-03-01T10:00:00Z");
+        let extend = |j: &str, kind: &str, until: &str| {
+            let due = c.due(j, kind, received).unwrap().date;
+            c.extended(j, kind, received, due, received, Some(d(until)))
+        };
+        for (j, kind) in [("CN", "access"), ("SG", "erasure")] {
+            assert_eq!(extend(j, kind, "2026-05-01").unwrap().date, d("2026-05-01"));
+            let e = extend(j, kind, "2026-05-02").unwrap_err();
+            assert!(
+                matches!(e, ClockError::UntilBeyondStatement { .. })
+                    && e.to_string().contains("privacy statement §8.4"),
+                "{j} {kind}: {e}"
+            );
+        }
+        for (j, kind) in [("SG", "access"), ("AU", "access")] {
+            assert_eq!(extend(j, kind, "2026-09-01").unwrap().date, d("2026-09-01"));
+        }
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl Config {
         let days = self.clock.company_policy_days;
         if !(1..=crate::clock::COMPANY_POLICY_DAYS_MAX).contains(&days) {
             return Err(format!(
-                "clock.company_policy_days = {days} is outside 1..={}",
+                "clock.company_policy_days = {days} is outside 1..={}: the privacy statement §8.4 promises an answer within one month of receipt",
                 crate::clock::COMPANY_POLICY_DAYS_MAX
             ));
         }
