@@ -676,6 +676,7 @@ impl Office {
                     .role
                     .unwrap_or_else(|| vocab::default_role(&person).into());
                 vocab::check("role", &role, vocab::ROLES).map_err(invalid)?;
+                vocab::check_role(&person, &role).map_err(invalid)?;
                 check_text("evidence", a.evidence.as_deref())?;
                 let at = event_time(a.at.as_deref(), now)?;
                 Ok(Op::Consent {

@@ -218,6 +218,22 @@ pub fn default_role(person: &str) -> &'static str {
     }
 }
 
+/// Checks that `role` can be the company's for a kind of `person` (§1.1): it is the controller
+/// of its own customers' account data and of its website visitors' data (each gives it their
+/// data directly), and a processor only for end users' data it handles for customers. An end
+/// user's data may still be the company's own to control (§4.1: fraud prevention, billing,
+/// retention the law requires), so `end_user` takes either role. `customer` and `visitor` with
+/// `processor` were accepted, a record saying the company answered to someone else for data
+/// it controls.
+pub fn check_role(person: &str, role: &str) -> Result<(), String> {
+    if role == "processor" && person != "end_user" {
+        return Err(format!(
+            "role processor contradicts kind of person {person}: the company is the controller of its own customers' and website visitors' data and a processor only for end users' data it handles for customers (privacy statement §1.1); drop --role or give --role controller"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `word` against `allowed`; the error names the field and every allowed word.
 pub fn check(field: &str, word: &str, allowed: &[&str]) -> Result<(), String> {
     if allowed.contains(&word) {
@@ -319,6 +335,15 @@ mod tests {
 
     #[test]
     fn roles_follow_persons() {
+        for person in PERSONS {
+            assert_eq!(check_role(person, default_role(person)), Ok(()), "{person}");
+            assert_eq!(check_role(person, "controller"), Ok(()), "{person}");
+        }
+        assert_eq!(check_role("end_user", "processor"), Ok(()));
+        for person in ["customer", "visitor"] {
+            let e = check_role(person, "processor").unwrap_err();
+            assert!(e.contains(person) && e.contains("§1.1"), "{e}");
+        }
         assert_eq!(default_role("end_user"), "processor");
         assert_eq!(default_role("customer"), "controller");
     }

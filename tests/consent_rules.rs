@@ -498,3 +498,25 @@ fn a_minor_flag_recorded_elsewhere_stops_marketing_granted_without_a_parent() {
     );
     assert_eq!(check("us")["granted"], true);
 }
+
+/// The company controls its own customers' and website visitors' data and processes only end
+/// users' data for its customers (privacy statement §1.1): `--role processor` for a customer or
+/// a visitor was accepted (found by an exploratory session).
+#[test]
+fn a_role_contradicting_the_kind_of_person_is_refused() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let base = ["--purpose", "support", "--basis", "contract"];
+    for person in ["customer", "visitor"] {
+        let args = [&base[..], &["--person", person, "--role", "processor"]].concat();
+        let e = assert_error(&run(&sock, grant(&args)));
+        assert!(e.contains(person) && e.contains("§1.1"), "{e}");
+        let args = [&base[..], &["--person", person]].concat();
+        assert!(run(&sock, grant(&args)).status.success());
+    }
+    for role in ["processor", "controller"] {
+        let args = [&base[..], &["--person", "end_user", "--role", role]].concat();
+        assert!(run(&sock, grant(&args)).status.success(), "{role}");
+    }
+}
