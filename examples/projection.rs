@@ -38,6 +38,7 @@ fn consent(i: usize) -> Record {
             evidence: Some(sealed(40)),
             notice: Some("notice-v3".into()),
             office: "de".into(),
+            restriction: None,
         }],
     })
 }

@@ -594,8 +594,16 @@ impl Office {
         }
     }
 
-    /// A withdrawal of `subject`'s consent to `purpose`, as of `at` (default now).
-    fn withdraw_op(&self, subject: Subject, purpose: String, at: Option<&str>) -> Result<Op> {
+    /// A withdrawal of `subject`'s consent to `purpose`, as of `at` (default now);
+    /// `restriction`: the completed restriction request it carries out, if one
+    /// ([`ConsentEvent::restriction`]).
+    fn withdraw_op(
+        &self,
+        subject: Subject,
+        purpose: String,
+        at: Option<&str>,
+        restriction: Option<String>,
+    ) -> Result<Op> {
         self.purposes.check(&purpose)?;
         let at = event_time(at, Utc::now())?;
         Ok(Op::Consent {
@@ -613,6 +621,7 @@ impl Office {
                 evidence: None,
                 notice: None,
                 office: self.id.clone(),
+                restriction,
             },
             onto: None,
         })
@@ -694,12 +703,13 @@ impl Office {
                         evidence: a.evidence,
                         notice: a.notice,
                         office: self.id.clone(),
+                        restriction: None,
                     },
                     onto: None,
                 })
             }
             Request::ConsentWithdraw(a) => {
-                self.withdraw_op(parse_subject(&a.subject)?, a.purpose, a.at.as_deref())
+                self.withdraw_op(parse_subject(&a.subject)?, a.purpose, a.at.as_deref(), None)
             }
             Request::RequestOpen(a) => {
                 let subject = parse_subject(&a.subject)?;
@@ -863,17 +873,19 @@ impl Office {
 
     /// Closes a request with the withdrawals its completion makes, and for an erasure the report
     /// of what it deleted and kept, all in one durable batch (`retention::erasure`).
+    /// `restriction`: the withdrawals carry out that restriction request.
     pub(crate) async fn close_with_erasure_report(
         &self,
         a: protocol::RequestClose,
         report: Option<Value>,
         withdrawals: Vec<(Subject, String)>,
+        restriction: Option<String>,
     ) -> Result<Value> {
         // The subject as the request stores it: one written before today's input rules (a
         // zero-width space, say) is withdrawn under the tokens its grants are indexed by.
         let mut ops = withdrawals
             .into_iter()
-            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None))
+            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None, restriction.clone()))
             .collect::<Result<Vec<Op>>>()?;
         let mut op = self.prepare(Request::RequestClose(a))?;
         if let Op::RequestClose { erasure, .. } = &mut op {
@@ -884,11 +896,16 @@ impl Office {
         Ok(out.pop().expect("one answer per op"))
     }
 
-    /// Withdraws each (subject, purpose), now, in one durable batch.
-    pub(crate) async fn withdraw_all(&self, withdrawals: Vec<(Subject, String)>) -> Result<()> {
+    /// Withdraws each (subject, purpose), now, in one durable batch; `restriction`: carrying out
+    /// that restriction request.
+    pub(crate) async fn withdraw_all(
+        &self,
+        withdrawals: Vec<(Subject, String)>,
+        restriction: Option<String>,
+    ) -> Result<()> {
         let ops = withdrawals
             .into_iter()
-            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None))
+            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None, restriction.clone()))
             .collect::<Result<Vec<Op>>>()?;
         self.write(ops, None).await.map(|_| ())
     }

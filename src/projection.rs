@@ -1038,6 +1038,7 @@ mod tests {
             evidence: Some(sealed(67)),
             notice: Some("notice 2026-01".into()),
             office: "de".into(),
+            restriction: None,
         };
         vec![
             Record::Consent(ConsentRecord {

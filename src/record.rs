@@ -134,6 +134,12 @@ pub struct ConsentEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     pub office: String,
+    /// On a withdrawal: the id of the completed restriction request (GDPR Art. 18) it carries
+    /// out. Processing stops (`consent check` answers "not granted"), but restricted data is
+    /// stored, not erased, so retention reads the record as it would stand without it
+    /// (`retention::schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restriction: Option<String>,
 }
 
 /// A data-subject request (§8) and its legal clock.
@@ -682,6 +688,7 @@ mod tests {
                 evidence: Some("web form v3".into()),
                 notice: None,
                 office: "de".into(),
+                restriction: None,
             }],
         })
     }

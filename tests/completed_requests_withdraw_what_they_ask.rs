@@ -186,3 +186,69 @@ fn withdrawal_ends_consent_only_and_erasure_keeps_legal_obligations() {
     assert_eq!(pass["deleted"], 0, "{pass}");
     assert!(granted(&sock, e, "fraud_prevention"));
 }
+
+/// Rows of `subject`'s consent history for `purpose`.
+fn history_of(sock: &std::path::Path, subject: &str, purpose: &str) -> usize {
+    ok(sock, &["consent", "history", "--subject", subject])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["purpose"] == purpose)
+        .count()
+}
+
+/// Completing a restriction stops the processing but stores the data (GDPR Art. 18): it
+/// withdrew the purposes and the next pass deleted service_analytics under basis-end, 0 months
+/// (found by an exploratory session). The records keep the schedule they would have without the
+/// restriction; an objection later ends the processing, and then retention deletes as usual.
+#[test]
+fn a_completed_restriction_stops_processing_but_retention_keeps_the_records() {
+    let net = Net::init("nl");
+    let _d = net.start("nl");
+    let sock = net.socket("nl");
+    let s = "restricted@example.com";
+    grant(&sock, s, "service_analytics", "legitimate_interest");
+    grant(&sock, s, "sales", "legitimate_interest");
+    grant(&sock, s, "marketing", "consent");
+    let closed = open_and_complete(&sock, s, "restriction");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["sales", "service_analytics"]),
+        "{closed}"
+    );
+    assert!(!granted(&sock, s, "service_analytics"));
+    assert!(!granted(&sock, s, "sales"));
+    assert!(granted(&sock, s, "marketing"), "Art. 18(2): with consent");
+
+    let pass = ok(&sock, &["retention", "run"]);
+    assert_eq!(pass["deleted"], 0, "{pass}");
+    assert_eq!(history_of(&sock, s, "service_analytics"), 2);
+    assert_eq!(history_of(&sock, s, "sales"), 2);
+    // Years on, only the schedule without the restriction deletes: sales as marketing data 12
+    // months from its grant; service_analytics, a grant still in force but for the restriction,
+    // not at all.
+    let later = ok(
+        &sock,
+        &[
+            "retention",
+            "run",
+            "--dry-run",
+            "--as-of",
+            "2029-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(later["deleted"], 1, "{later}");
+    assert_eq!(later["by_reason"]["retention/marketing"], 1, "{later}");
+
+    // An objection ends what the restriction stopped; the next pass deletes it as before.
+    let closed = open_and_complete(&sock, s, "objection");
+    assert_eq!(
+        closed["withdrawn"],
+        serde_json::json!(["marketing", "sales", "service_analytics"]),
+        "{closed}"
+    );
+    let pass = ok(&sock, &["retention", "run"]);
+    assert_eq!(pass["deleted"], 1, "{pass}");
+    assert_eq!(pass["by_reason"]["retention/basis-end"], 1, "{pass}");
+    assert_eq!(history_of(&sock, s, "service_analytics"), 0);
+}

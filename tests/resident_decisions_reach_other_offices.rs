@@ -657,3 +657,70 @@ fn an_under_18_flag_recorded_at_cn_reaches_the_other_offices() {
         check("de")
     );
 }
+
+/// A restriction completed at de, carried out at cn on cn's own legitimate-interest grant,
+/// stops the processing there but stores the record: cn's pass does not delete it for the
+/// restriction (GDPR Art. 18), as de's does not.
+#[test]
+fn a_restriction_completed_elsewhere_stops_cn_s_processing_but_keeps_its_record() {
+    let subject = "restricts@example.com";
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let _cn = net.start("cn");
+    let cn = net.socket("cn");
+    ok(
+        &cn,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "service_analytics",
+            "--basis",
+            "legitimate_interest",
+        ],
+    );
+    let granted = || {
+        ok(
+            &cn,
+            &[
+                "consent",
+                "check",
+                "--subject",
+                subject,
+                "--purpose",
+                "service_analytics",
+            ],
+        )["granted"]
+            == true
+    };
+    assert!(granted());
+    let id = ok(
+        &net.socket("de"),
+        &[
+            "request",
+            "open",
+            "--subject",
+            subject,
+            "--kind",
+            "restriction",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &net.socket("de"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
+    wait_until(
+        "cn carries the restriction out",
+        Duration::from_secs(120),
+        || !granted(),
+    );
+    let pass = ok(&cn, &["retention", "run"]);
+    assert_eq!(pass["deleted"], 0, "{pass}");
+    let history = ok(&cn, &["consent", "history", "--subject", subject]);
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+}

@@ -64,6 +64,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
                 evidence: Some("web form v3".into()),
                 notice: None,
                 office: "de".into(),
+                restriction: None,
             }],
         });
         // Authored as the daemon authors a new record (`Draft::create`).

@@ -94,12 +94,17 @@ impl Office {
                 out.done.push(*id);
                 continue;
             };
-            let withdrawn: Option<DateTime<Utc>> = c
+            // The latest withdrawal, and the restriction request it carries out if one: folded
+            // onto the travelling record it stays a restriction, which retention does not
+            // delete for (GDPR Art. 18: restricted data is stored).
+            let latest_withdrawal = c
                 .events
                 .iter()
                 .filter(|e| e.action == "withdraw")
-                .filter_map(|e| super::parse_time(&e.at).ok())
+                .filter_map(|e| Some((super::parse_time(&e.at).ok()?, e.restriction.clone())))
                 .max();
+            let restriction = latest_withdrawal.as_ref().and_then(|(_, r)| r.clone());
+            let withdrawn: Option<DateTime<Utc>> = latest_withdrawal.map(|(t, _)| t);
             let (Some(t_w), true, true) = (
                 withdrawn,
                 c.office == self.id,
@@ -145,7 +150,12 @@ impl Office {
                 // record of it from another office arriving later.
                 continue;
             };
-            let mut op = self.withdraw_op(subject, c.purpose.clone(), Some(&fmt_time(t_w)))?;
+            let mut op = self.withdraw_op(
+                subject,
+                c.purpose.clone(),
+                Some(&fmt_time(t_w)),
+                restriction,
+            )?;
             if let super::Op::Consent { onto: target, .. } = &mut op {
                 *target = Some(onto);
             }

@@ -47,7 +47,9 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         _ => None,
     };
     let Some(request) = target else {
-        return office.close_with_erasure_report(a, None, Vec::new()).await;
+        return office
+            .close_with_erasure_report(a, None, Vec::new(), None)
+            .await;
     };
     let marketing = |p: &str| office.purposes.is_marketing(p);
     // As stored: a request written under older input rules keeps the tokens it was indexed by.
@@ -106,7 +108,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     // consent of the subject still granted (Art. 17(1)(b), §8), in the batch that closes,
     // except processing a legal obligation requires (Art. 17(3)(b)), which it kept above.
     let mut withdrawn = Vec::new();
-    for (purpose, basis) in latest_grant_bases(office.records_by_key(&token)?) {
+    for (purpose, (basis, _)) in latest_grant_bases(office.records_by_key(&token)?) {
         if withdraws_purpose("erasure", marketing(&purpose), &basis)
             && office.consent_check_of(&subject, &purpose, None)?["granted"] == true
         {
@@ -125,7 +127,7 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         .map(|purpose| (subject.clone(), purpose.clone()))
         .collect();
     office
-        .close_with_erasure_report(a, Some(report), withdrawals)
+        .close_with_erasure_report(a, Some(report), withdrawals, None)
         .await
 }
 
@@ -208,6 +210,8 @@ async fn carry_out_once(
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let request_kind_is_erasure = request.kind == "erasure";
     let kind = request.kind.clone();
+    // A restriction's withdrawals say so: the records are stored, not deleted for it (Art. 18).
+    let restriction = (kind == "restriction").then(|| doc_id_hex(request_id));
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     // Under a hold nothing is deleted, but the consents are still withdrawn below, as `close`
@@ -282,6 +286,7 @@ async fn carry_out_once(
         let basis = latest.as_ref().map_or("", |(_, b)| b.as_str());
         !regranted.contains(purpose) && withdraws_purpose(&kind, marketing(purpose), basis)
     });
+    let restricted = latest_grant_bases(office.records_by_key(&token)?);
     let mut withdrawals = Vec::new();
     for (purpose, (records, _)) in own {
         let answer = office.consent_check_of(&subject, &purpose, None)?;
@@ -289,12 +294,15 @@ async fn carry_out_once(
             .as_str()
             .and_then(|r| record::parse_doc_id(r).ok())
             .is_some_and(|r| records.contains(&r));
-        if answer["granted"] == true && decided_here {
+        // A restricted purpose is stopped, not ended: a request that ends it withdraws it for
+        // good (`close_withdrawing`).
+        let stopped = restriction.is_none() && restricted.get(&purpose).is_some_and(|(_, r)| *r);
+        if (answer["granted"] == true || stopped) && decided_here {
             withdrawals.push((subject.clone(), purpose));
         }
     }
     if !withdrawals.is_empty() {
-        office.withdraw_all(withdrawals).await?;
+        office.withdraw_all(withdrawals, restriction).await?;
     }
     Ok(deleted)
 }
@@ -329,16 +337,30 @@ fn withdraws_purpose(kind: &str, marketing: bool, basis: &str) -> bool {
     }
 }
 
-/// Per purpose among `records`' consent records: the basis of its latest grant.
+/// Per purpose among `records`' consent records: the basis of its latest grant, and whether
+/// its latest event (as `consent check` orders them) is a withdrawal carrying out a restriction
+/// (the purpose is restricted: stopped and stored, GDPR Art. 18).
 fn latest_grant_bases(
     records: Vec<(record::DocId, Record)>,
-) -> std::collections::BTreeMap<String, String> {
-    let mut latest: std::collections::BTreeMap<String, (String, String)> = Default::default();
+) -> std::collections::BTreeMap<String, (String, bool)> {
+    type Latest = Option<((chrono::DateTime<chrono::FixedOffset>, bool), bool)>;
+    let mut grants: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    let mut latest: std::collections::BTreeMap<String, Latest> = Default::default();
     for (_, r) in records {
         if let Record::Consent(c) = r {
-            for e in c.events.iter().filter(|e| e.action == "grant") {
+            for e in &c.events {
+                let withdraw = e.action == "withdraw";
+                if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&e.at) {
+                    let entry = latest.entry(c.purpose.clone()).or_default();
+                    if entry.is_none_or(|(k, _)| (at, withdraw) >= k) {
+                        *entry = Some(((at, withdraw), withdraw && e.restriction.is_some()));
+                    }
+                }
+                if withdraw {
+                    continue;
+                }
                 let basis = e.basis.clone().unwrap_or_default();
-                let entry = latest
+                let entry = grants
                     .entry(c.purpose.clone())
                     .or_insert_with(|| (e.at.clone(), basis.clone()));
                 if e.at > entry.0 {
@@ -347,9 +369,12 @@ fn latest_grant_bases(
             }
         }
     }
-    latest
+    grants
         .into_iter()
-        .map(|(p, (_, basis))| (p, basis))
+        .map(|(p, (_, basis))| {
+            let restricted = latest.get(&p).copied().flatten().is_some_and(|(_, r)| r);
+            (p, (basis, restricted))
+        })
         .collect()
 }
 
@@ -362,14 +387,24 @@ async fn close_withdrawing(
     request: record::RequestRecord,
 ) -> Result<Value> {
     let kind = request.kind.clone();
+    // A restriction's withdrawals say so: the records are stored, not deleted for it (Art. 18).
+    let restriction = match kind.as_str() {
+        "restriction" => Some(doc_id_hex(
+            &record::parse_doc_id(&a.id).map_err(OfficeError::Invalid)?,
+        )),
+        _ => None,
+    };
     let subject = Subject::parse_stored(&request.subject)
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     let mut withdrawn = Vec::new();
-    for (purpose, basis) in latest_grant_bases(office.records_by_key(&token)?) {
+    for (purpose, (basis, restricted)) in latest_grant_bases(office.records_by_key(&token)?) {
+        // A restricted purpose is stopped and stored, not ended: a later objection (or other
+        // request that ends it) withdraws it for good, so retention then deletes it as usual.
+        let stopped = restricted && restriction.is_none();
         if withdraws_purpose(&kind, office.purposes.is_marketing(&purpose), &basis)
-            && office.consent_check_of(&subject, &purpose, None)?["granted"] == true
+            && (stopped || office.consent_check_of(&subject, &purpose, None)?["granted"] == true)
         {
             withdrawn.push(purpose);
         }
@@ -379,7 +414,7 @@ async fn close_withdrawing(
         .map(|purpose| (subject.clone(), purpose.clone()))
         .collect();
     let mut answer = office
-        .close_with_erasure_report(a, None, withdrawals)
+        .close_with_erasure_report(a, None, withdrawals, restriction)
         .await?;
     answer["withdrawn"] = json!(withdrawn);
     Ok(answer)

@@ -215,7 +215,16 @@ fn ends_withdrawn(c: &ConsentRecord) -> bool {
 }
 
 /// The row that governs a record. `is_marketing` says whether a purpose counts as marketing.
+/// A consent record is read without the withdrawals carrying out a restriction ([`unrestricted`]).
 pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
+    match unrestricted(record) {
+        Some(view) => classify_stored(&view, is_marketing),
+        None => classify_stored(record, is_marketing),
+    }
+}
+
+/// [`classify`] of a record as it is.
+fn classify_stored(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
     match record {
         Record::Consent(c) if c.minor && c.parental_consent.is_none() => must("child-data"),
         Record::Consent(c) if FINANCIAL_PURPOSES.contains(&c.purpose.as_str()) => must("financial"),
@@ -350,6 +359,8 @@ impl Schedule {
         record: &Record,
         is_marketing: impl Fn(&str) -> bool,
     ) -> Option<(NaiveDate, &'static Rule)> {
+        let unrestricted = unrestricted(record);
+        let record = unrestricted.as_ref().unwrap_or(record);
         let r = classify(record, is_marketing);
         let anchor = anchor_time(record, r.anchor)?;
         let day = anchor
@@ -357,6 +368,31 @@ impl Schedule {
             .checked_add_months(Months::new(self.months(r)))?;
         Some((day, r))
     }
+}
+
+/// A consent record as it would stand without the withdrawals that carry out a restriction
+/// request (`ConsentEvent::restriction`), if it holds any and other events besides. Restricted
+/// data is stored, not erased (GDPR Art. 18(1)): the restriction stops the processing
+/// (`consent check` still reads the withdrawal), but the record keeps the schedule it would
+/// have without it: a grant on legitimate interest stays while it would stay active, a
+/// marketing one for its 12 months from its last other event. Completing a restriction withdrew
+/// the purpose, and the next pass deleted it under `basis-end`, 0 months (found by an
+/// exploratory session). A later withdrawal (an objection, the operator's) ends it as before.
+/// A record of restriction withdrawals only (one recorded where the grant had not arrived) is
+/// left as it is: proof of the withdrawal, kept while it decides for a grant elsewhere
+/// (`retention::withdrawals`).
+fn unrestricted(record: &Record) -> Option<Record> {
+    let Record::Consent(c) = record else {
+        return None;
+    };
+    let restricts =
+        |e: &crate::record::ConsentEvent| e.action == "withdraw" && e.restriction.is_some();
+    if !c.events.iter().any(restricts) || c.events.iter().all(restricts) {
+        return None;
+    }
+    let mut c = c.clone();
+    c.events.retain(|e| !restricts(e));
+    Some(Record::Consent(c))
 }
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {
@@ -403,6 +439,7 @@ mod tests {
             evidence: None,
             notice: None,
             office: "de".into(),
+            restriction: None,
         }
     }
 
@@ -681,6 +718,50 @@ mod tests {
                 "{purpose}"
             );
         }
+    }
+
+    /// A withdrawal carrying out a restriction stops the processing but not the schedule: the
+    /// record keeps the expiry it would have without it (GDPR Art. 18: stored, not erased). A
+    /// later plain withdrawal ends it as before.
+    #[test]
+    fn a_restriction_leaves_the_schedule_as_it_was() {
+        let restricted = |at: &str| ConsentEvent {
+            restriction: Some("0123456789abcdef0123456789abcdef".into()),
+            ..event("withdraw", at, None)
+        };
+        let analytics = consent(
+            "service_analytics",
+            vec![
+                event("grant", "2026-03-01T10:00:00Z", Some("legitimate_interest")),
+                restricted("2026-04-01T10:00:00Z"),
+            ],
+        );
+        let r = Record::Consent(analytics.clone());
+        assert!(Schedule::default().expiry(&r, marketing).is_none());
+        assert_eq!(classify(&r, marketing).id, "basis-end");
+        let sales = consent(
+            "sales",
+            vec![
+                event("grant", "2026-03-01T10:00:00Z", Some("legitimate_interest")),
+                restricted("2026-04-01T10:00:00Z"),
+            ],
+        );
+        let (d, rule) = Schedule::default()
+            .expiry(&Record::Consent(sales), marketing)
+            .unwrap();
+        assert_eq!((d, rule.id), (day("2027-03-01"), "marketing"));
+        let mut ended = analytics;
+        ended
+            .events
+            .push(event("withdraw", "2026-05-01T10:00:00Z", None));
+        let (d, rule) = Schedule::default()
+            .expiry(&Record::Consent(ended), marketing)
+            .unwrap();
+        assert_eq!((d, rule.id), (day("2026-05-01"), "basis-end"));
+        // Restriction withdrawals only (the grant is in another record): proof, as before.
+        let only = Record::Consent(consent("support", vec![restricted("2026-12-02T09:00:00Z")]));
+        let (d, rule) = Schedule::default().expiry(&only, marketing).unwrap();
+        assert_eq!((d, rule.id), (day("2031-12-02"), "consent-proof"));
     }
 
     #[test]

@@ -147,7 +147,19 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
         let at = *first_of.get(t).expect("a turning token is a deletion's");
         let mut grants = Vec::new();
         let mut due = true;
-        for (id, record) in office.records_by_key(t)? {
+        let records = office.records_by_key(t)?;
+        // A deciding withdrawal that carries out a restriction restricts the grants too: as if
+        // withdrawn by it, they keep their schedule (GDPR Art. 18: stored, not erased).
+        let restriction = records
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Consent(c) => Some(&c.events),
+                _ => None,
+            })
+            .flatten()
+            .find(|e| e.action == "withdraw" && parse(&e.at) == Some(withdrawn_at))
+            .and_then(|e| e.restriction.clone());
+        for (id, record) in records {
             let Record::Consent(c) = &record else {
                 continue;
             };
@@ -163,6 +175,7 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
                 evidence: None,
                 notice: None,
                 office: office.id().to_string(),
+                restriction: restriction.clone(),
             });
             match office
                 .retention
