@@ -380,7 +380,11 @@ impl Frame {
                 out.push(h.office.len() as u8);
                 out.extend_from_slice(h.office.as_bytes());
                 out.extend_from_slice(&h.roster_serial.to_be_bytes());
-                out.extend_from_slice(&h.wall_ms.to_be_bytes());
+                // As each version lays it out (decoding reads it so): a Hello of an older
+                // version re-encodes to its own bytes.
+                if h.version >= 3 {
+                    out.extend_from_slice(&h.wall_ms.to_be_bytes());
+                }
             }
             Frame::ReconQuery {
                 set,
