@@ -1027,6 +1027,28 @@ fn human_export(v: &Value) -> String {
             scalar(&x["mechanism"])
         );
     }
+    let holds = v["holds"].as_array().cloned().unwrap_or_default();
+    out += &format!("\nlegal holds: {}\n", holds.len());
+    for h in &holds {
+        let state = match h["cleared_at"].as_str() {
+            Some(at) => format!("cleared {at}"),
+            None => "active".to_string(),
+        };
+        out += &format!(
+            "  {}  set {}  {}  reason: {}\n",
+            scalar(&h["id"]),
+            scalar(&h["set_at"]),
+            state,
+            scalar(&h["reason"])
+        );
+    }
+    for e in v["held_elsewhere"].as_array().into_iter().flatten() {
+        out += &format!(
+            "\nnot here: office {}: {}\n",
+            scalar(&e["office"]),
+            scalar(&e["why"])
+        );
+    }
     out
 }
 

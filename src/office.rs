@@ -1664,6 +1664,24 @@ impl Office {
             }
         }
         let terms_for = latest_request.map_or_else(|| self.jurisdiction.clone(), |(_, j)| j);
+        // Offices whose records never reach this one: what they hold of the person is not here,
+        // and an access request answered from this export alone said nothing of it (found by an
+        // exploratory session). Named, not asked: their records stay where they are.
+        let held_elsewhere: Vec<Value> = match self.keeps_records_home() {
+            true => Vec::new(),
+            false => self
+                .roster
+                .offices()
+                .filter(|o| o.id != self.id && self.records_stay(&o.id))
+                .map(|o| {
+                    json!({
+                        "office": o.id,
+                        "jurisdiction": o.jurisdiction,
+                        "why": format!("its own records stay in {} (transfer policy) and are not in this export: ask office {} for them", o.jurisdiction, o.id),
+                    })
+                })
+                .collect(),
+        };
         Ok(json!({
             "subject": subject.as_str(),
             "subject_kind": subject_kind_name(subject.kind()),
@@ -1676,6 +1694,7 @@ impl Office {
             "requests": requests,
             "transfers": transfers,
             "holds": holds,
+            "held_elsewhere": held_elsewhere,
         }))
     }
 

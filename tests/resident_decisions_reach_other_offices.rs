@@ -327,6 +327,26 @@ fn an_erasure_completed_elsewhere_is_carried_out_on_cn_s_own_records() {
         consents("cn") == 2
     });
     assert_eq!(consents("de"), 1, "cn's record stays in China");
+    // de's export says so: an access request answered from it alone said nothing of cn's.
+    let export = |office: &str| {
+        ok(
+            &net.socket(office),
+            &["subject", "export", "--subject", subject],
+        )
+    };
+    let elsewhere = export("de")["held_elsewhere"].clone();
+    assert_eq!(elsewhere.as_array().unwrap().len(), 1, "{elsewhere}");
+    assert_eq!(elsewhere[0]["office"], "cn");
+    assert!(elsewhere[0]["why"].as_str().unwrap().contains("stay in CN"));
+    assert_eq!(export("cn")["held_elsewhere"], serde_json::json!([]));
+    let human = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .arg("--socket")
+        .arg(net.socket("de"))
+        .args(["subject", "export", "--subject", subject])
+        .output()
+        .unwrap();
+    let human = text(&human.stdout);
+    assert!(human.contains("not here: office cn"), "{human}");
     let id = ok(
         &net.socket("de"),
         &["request", "open", "--subject", subject, "--kind", "erasure"],
