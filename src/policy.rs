@@ -12,7 +12,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::clock::EU_MEMBER_STATES;
+
+/// EEA member states (EU 27 plus Iceland, Liechtenstein, Norway): data leaving them needs a
+/// transfer mechanism (§5). The policy's area `EEA` is these; it was the EU 27 alone, while the
+/// audit report's EEA held all 30 (found by an exploratory session).
+pub const EEA: &[&str] = &[
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
+    "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+];
 use serde::{Deserialize, Serialize};
 
 /// Most rules in a configured policy.
@@ -127,7 +134,7 @@ fn builtin_rules() -> Vec<PolicyRule> {
 }
 
 fn area_matches(area: &str, code: &str) -> bool {
-    area == "*" || area == code || (area == "EEA" && EU_MEMBER_STATES.contains(&code))
+    area == "*" || area == code || (area == "EEA" && EEA.contains(&code))
 }
 
 /// A rule's area: `*`, `EEA`, or a jurisdiction whose country is an assigned ISO 3166-1 code
@@ -228,7 +235,7 @@ impl TransferPolicy {
     /// (the jurisdiction, its country, `EEA`, then `*`).
     fn assessment_for(&self, to: &str) -> Option<String> {
         let country = to.split('-').next().unwrap_or(to);
-        let eea = EU_MEMBER_STATES.contains(&country).then_some("EEA");
+        let eea = EEA.contains(&country).then_some("EEA");
         [Some(to), Some(country), eea, Some("*")]
             .into_iter()
             .flatten()
@@ -337,6 +344,13 @@ mod tests {
         assert_eq!(p.decide("SG", "SG", "AU", true), allowed("bcr", false));
         assert_eq!(p.decide("US", "US", "US", true), Verdict::Domestic);
         assert_eq!(p.decide("US", "US", "CO", false), Verdict::NoPersonalData);
+        // Norway, Iceland and Liechtenstein are in the EEA (they were "elsewhere").
+        assert_eq!(
+            p.decide("DE", "DE", "NO", true),
+            allowed("none_required", false)
+        );
+        assert_eq!(p.decide("NO", "NO", "US", true), allowed("scc", true));
+        assert_eq!(p.decide("IS", "IS", "GB", true), allowed("adequacy", false));
     }
 
     #[test]

@@ -28,12 +28,7 @@ pub const REQUEST_CONFIRMATION_RETENTION_DAYS: i64 = 5 * 365;
 pub const LATE_RECORDING_TOLERANCE_S: i64 = 60;
 /// Record ids listed per finding row (all are counted).
 pub const MAX_LISTED: usize = 100;
-/// EEA member states (EU 27 plus Iceland, Liechtenstein, Norway): data leaving them needs a
-/// transfer mechanism (§5).
-pub const EEA: &[&str] = &[
-    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
-    "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
-];
+use crate::policy::EEA;
 /// Mechanisms that need a transfer impact assessment beside them when data leaves the EEA or
 /// the UK (Schrems II, C-311/18; the UK's transfer risk assessment).
 pub const MECHANISMS_NEEDING_TIA: &[&str] = &["scc", "bcr"];
