@@ -207,7 +207,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         purposes,
         keys,
         retention,
-        resident_jurisdictions: policy.resident().to_vec(),
+        policy: policy.clone(),
     })
     .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
     // Refuse to start (and so to sign) if the log no longer reproduces the last checkpoint.

@@ -99,8 +99,9 @@ pub struct OfficeParts {
     pub keys: KeyStore,
     /// Retention schedule and pass settings (retention/).
     pub retention: crate::retention::Settings,
-    /// Jurisdictions whose offices keep their records home (`[transfer] resident`).
-    pub resident_jurisdictions: Vec<String>,
+    /// The transfer policy in force (`[transfer]`): which offices keep their records home, and
+    /// what a recorded transfer may name.
+    pub policy: crate::policy::TransferPolicy,
 }
 
 /// The purposes this office records consent for: the built-in vocabulary plus its config.
@@ -142,9 +143,10 @@ impl Purposes {
 pub struct Office {
     id: String,
     jurisdiction: String,
-    /// Jurisdictions whose offices keep their records home (`[transfer] resident`): at such an
-    /// office, which of a consent's records takes an event depends on it (`write`).
-    resident_jurisdictions: Vec<String>,
+    /// The transfer policy: at an office that keeps its records home, which of a consent's
+    /// records takes an event depends on it (`write`), and a recorded transfer is checked
+    /// against it.
+    policy: crate::policy::TransferPolicy,
     store: Store,
     signing: SigningKey,
     roster: VerifiedRoster,
@@ -252,7 +254,7 @@ impl Office {
         Ok(Office {
             id: parts.id,
             jurisdiction: parts.jurisdiction,
-            resident_jurisdictions: parts.resident_jurisdictions,
+            policy: parts.policy,
             store: parts.store,
             signing: parts.signing,
             roster: parts.roster,
@@ -819,6 +821,9 @@ impl Office {
                 }
                 let to = clock::normalise_jurisdiction(&a.to);
                 check_jurisdiction(&to)?;
+                self.policy
+                    .check_recorded(&self.jurisdiction, &to, &a.mechanism)
+                    .map_err(invalid)?;
                 if a.recipient.trim().is_empty() {
                     return Err(invalid("--recipient must name who receives the data"));
                 }
@@ -912,7 +917,7 @@ impl Office {
 
     /// Whether this office keeps its own records in its jurisdiction (`[transfer] resident`).
     pub(crate) fn keeps_records_home(&self) -> bool {
-        self.resident_jurisdictions.contains(&self.jurisdiction)
+        self.policy.is_resident(&self.jurisdiction)
     }
 
     /// Whether `office`'s records stay in its jurisdiction; an office the roster does not name
@@ -920,7 +925,7 @@ impl Office {
     fn records_stay(&self, office: &str) -> bool {
         self.roster
             .office(office)
-            .is_none_or(|o| self.resident_jurisdictions.contains(&o.jurisdiction))
+            .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
     }
 
     /// At an office that keeps its records home, which of `held` (the records of one consent

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 
-
 /// EEA member states (EU 27 plus Iceland, Liechtenstein, Norway): data leaving them needs a
 /// transfer mechanism (§5). The policy's area `EEA` is these; it was the EU 27 alone, while the
 /// audit report's EEA held all 30 (found by an exploratory session).
@@ -33,7 +32,7 @@ pub const ASSESSMENT_REF_BYTES_MAX: usize = 200;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
-    /// A jurisdiction code, `EEA` (the EU member states) or `*`.
+    /// A jurisdiction code, `EEA` (the EU member states, Iceland, Liechtenstein, Norway) or `*`.
     pub from: String,
     pub to: String,
     /// A transfer mechanism from the vocabulary, or `forbidden`.
@@ -221,11 +220,6 @@ impl TransferPolicy {
         })
     }
 
-    /// The jurisdictions whose offices keep their records home (`[transfer] resident`).
-    pub fn resident(&self) -> &[String] {
-        &self.resident
-    }
-
     /// Whether personal data originating in `jurisdiction` stays there (`[transfer] resident`).
     pub fn is_resident(&self, jurisdiction: &str) -> bool {
         self.resident.iter().any(|r| r == jurisdiction)
@@ -296,6 +290,37 @@ impl TransferPolicy {
         self.hop(from, to)
     }
 
+    /// Checks a transfer an operator records from `from` to `to` under `mechanism` against the
+    /// table (not the residency rule, which is about what replication sends: a transfer out of
+    /// China under its security assessment is the operator's to record). Refused: a move the
+    /// table forbids; `none_required` where the table needs a mechanism (it is for moves inside
+    /// one legal area); China's instruments for data not leaving China. Any other mechanism is
+    /// the operator's legal judgement (an adequacy decision the table does not know, a
+    /// derogation). Each of these was recorded without a word, and the audit report did not
+    /// flag the move (found by an exploratory session).
+    pub fn check_recorded(&self, from: &str, to: &str, mechanism: &str) -> Result<(), String> {
+        let country = |j: &str| j.split('-').next().unwrap_or(j).to_string();
+        if mechanism.starts_with("cn_") && country(from) != "CN" {
+            return Err(format!(
+                "{mechanism} is one of China's instruments for personal data leaving China (PIPL art. 38); this office is in {from}"
+            ));
+        }
+        if country(from) == country(to) {
+            return Ok(());
+        }
+        match self.hop(from, to) {
+            Verdict::Forbidden { reason } => Err(format!(
+                "{reason}: not recorded; if the move is lawful, the office's [transfer] rules must say so first"
+            )),
+            Verdict::Allowed {
+                mechanism: needed, ..
+            } if mechanism == "none_required" && needed != "none_required" => Err(format!(
+                "none_required is for moves inside one legal area; {from}→{to} needs a mechanism (the transfer policy names {needed})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The verdict of the first rule for `from`→`to` (no rule: forbidden).
     fn hop(&self, from: &str, to: &str) -> Verdict {
         match self
@@ -328,6 +353,40 @@ mod tests {
             tia_required: tia,
             assessment: None,
         }
+    }
+
+    #[test]
+    fn recorded_transfers_are_checked_against_the_table() {
+        let p = TransferPolicy::builtin();
+        assert_eq!(p.check_recorded("DE", "US", "scc"), Ok(()));
+        assert_eq!(p.check_recorded("DE", "NL", "none_required"), Ok(()));
+        assert_eq!(p.check_recorded("US", "US-CA", "none_required"), Ok(()));
+        let e = p.check_recorded("DE", "US", "none_required").unwrap_err();
+        assert!(e.contains("names scc"), "{e}");
+        let e = p.check_recorded("GB", "US", "none_required").unwrap_err();
+        assert!(e.contains("inside one legal area"), "{e}");
+        let e = p
+            .check_recorded("DE", "CN", "cn_standard_contract")
+            .unwrap_err();
+        assert!(e.contains("leaving China"), "{e}");
+        assert_eq!(
+            p.check_recorded("CN", "DE", "cn_security_assessment"),
+            Ok(())
+        );
+        // The operator's judgement: another mechanism than the table's.
+        assert_eq!(p.check_recorded("DE", "JP", "adequacy"), Ok(()));
+        let strict = TransferPolicy::from_config(&TransferConfig {
+            rules: vec![PolicyRule {
+                from: "DE".into(),
+                to: "IN".into(),
+                mechanism: "forbidden".into(),
+                tia: false,
+            }],
+            ..TransferConfig::default()
+        })
+        .unwrap();
+        let e = strict.check_recorded("DE", "IN", "scc").unwrap_err();
+        assert!(e.contains("forbidden by policy"), "{e}");
     }
 
     #[test]

@@ -212,6 +212,21 @@ fn each_bad_request_gets_one_error_line_and_the_daemon_keeps_serving() {
             "unknown country \"XX\"",
         ),
         (
+            &[
+                "transfer",
+                "record",
+                "--to",
+                "US",
+                "--recipient",
+                "x",
+                "--categories",
+                "email_address",
+                "--mechanism",
+                "none_required",
+            ],
+            "none_required is for moves inside one legal area",
+        ),
+        (
             &["request", "list", "--as-of", "31/12/2026"],
             "invalid time",
         ),
