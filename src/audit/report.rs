@@ -48,6 +48,22 @@ fn needs_tia(from: &str, to: &str, mechanism: &str) -> bool {
     leaves_protection || leaves_cn
 }
 
+/// Whether a transfer from `from` to `to` under `mechanism` names none that could permit it:
+/// `none_required` between two legal areas (the EEA is one; every other country its own: a
+/// UK→US move under it went unflagged, found by an exploratory session), or data leaving China
+/// without one of China's instruments.
+fn lacks_mechanism(from: &str, to: &str, mechanism: &str) -> bool {
+    fn area(j: &str) -> &str {
+        match EEA.contains(&country(j)) {
+            true => "EEA",
+            false => country(j),
+        }
+    }
+    let leaves_cn = country(from) == "CN" && country(to) != "CN";
+    (area(from) != area(to) && mechanism == "none_required")
+        || (leaves_cn && !mechanism.starts_with("cn_"))
+}
+
 fn country(j: &str) -> &str {
     j.get(..2).unwrap_or(j)
 }
@@ -196,10 +212,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                         ..TransferRow::default()
                     });
                 row.total += 1;
-                let leaves_eea = EEA.contains(&country(&t.from)) && !EEA.contains(&country(&t.to));
-                let leaves_cn = country(&t.from) == "CN" && country(&t.to) != "CN";
-                let no_mechanism = (leaves_eea && t.mechanism == "none_required")
-                    || (leaves_cn && !t.mechanism.starts_with("cn_"));
+                let no_mechanism = lacks_mechanism(&t.from, &t.to, &t.mechanism);
                 let no_tia = needs_tia(&t.from, &t.to, &t.mechanism)
                     && t.tia.as_deref().is_none_or(|s| s.trim().is_empty());
                 if no_mechanism {
@@ -449,7 +462,28 @@ pub fn csv(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::needs_tia;
+    use super::{lacks_mechanism, needs_tia};
+
+    #[test]
+    fn none_required_names_no_mechanism_between_legal_areas() {
+        for (from, to, mechanism, lacking) in [
+            ("DE", "NL", "none_required", false),
+            ("DE", "NO", "none_required", false),
+            ("US", "US-CA", "none_required", false),
+            ("DE", "US", "none_required", true),
+            ("GB", "US", "none_required", true),
+            ("US", "SG", "none_required", true),
+            ("GB", "US", "scc", false),
+            ("CN", "SG", "bcr", true),
+            ("CN", "SG", "cn_standard_contract", false),
+        ] {
+            assert_eq!(
+                lacks_mechanism(from, to, mechanism),
+                lacking,
+                "{from}→{to} under {mechanism}"
+            );
+        }
+    }
 
     #[test]
     fn an_impact_assessment_is_needed_where_data_leaves_gdpr_or_pipl_protection() {
