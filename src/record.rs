@@ -377,7 +377,20 @@ impl Record {
         };
         let read: fn(Value) -> Result<Record, serde_json::Error> = match tag.as_str() {
             "consent" => |rest| serde_json::from_value(rest).map(Record::Consent),
-            "request" => |rest| serde_json::from_value(rest).map(Record::Request),
+            "request" => |rest| {
+                serde_json::from_value(rest).map(|mut r: RequestRecord| {
+                    // Closed is final. Closed at one office while another, cut off from it,
+                    // moved it on (extended it, asked for ID), the merge took the other's
+                    // `status`: "identity_requested" beside outcome "completed" (found by an
+                    // exploratory session). The outcome is the status.
+                    if let Some(outcome) = &r.outcome {
+                        if r.status != *outcome {
+                            r.status = outcome.clone();
+                        }
+                    }
+                    Record::Request(r)
+                })
+            },
             "transfer" => |rest| serde_json::from_value(rest).map(Record::Transfer),
             "hold" => |rest| serde_json::from_value(rest).map(Record::Hold),
             _ => {
@@ -691,6 +704,32 @@ mod tests {
                 restriction: None,
             }],
         })
+    }
+
+    /// Two offices apart: one closed the request, the other asked for ID; the merge keeps
+    /// the outcome, and the request reads closed.
+    #[test]
+    fn a_closed_request_reads_closed_whatever_status_a_merge_kept() {
+        let tree = serde_json::json!({
+            "type": "request",
+            "subject": "alice@example.com",
+            "subject_kind": "email",
+            "kind": "access",
+            "jurisdiction": "DE",
+            "received": "2026-03-03T00:00:00Z",
+            "due": "2026-04-07",
+            "due_rule": "gdpr-art12-one-month",
+            "due_explanation": "…",
+            "status": "identity_requested",
+            "outcome": "completed",
+            "history": [],
+            "office": "us",
+        });
+        let Record::Request(r) = Record::from_tree(tree).unwrap() else {
+            panic!("a request")
+        };
+        assert_eq!(r.status, "completed");
+        assert!(!r.is_open());
     }
 
     #[test]
