@@ -1729,6 +1729,9 @@ impl Office {
         Ok(json!({
             "logs": logs,
             "equivocations": equivocations,
+            // Why this office signs no checkpoint and exports no bundle (a peer holds one of its
+            // own checkpoints its log does not reproduce: restored from an older backup), or null.
+            "own_log_contradicted": self.audit.contradiction(&self.store)?,
             "office": self.id,
             "jurisdiction": self.jurisdiction,
             "network": self.roster.roster().network,

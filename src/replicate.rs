@@ -153,6 +153,9 @@ impl Drop for LinkSlot {
 /// offices need it to account for the envelopes they already received (log_inclusion).
 pub const CHECKPOINT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 const CHECKPOINT_ITEM_DOMAIN: &[u8] = b"consentd/checkpoint-item/v1\0";
+/// Most ids kept in `Replicator::own_checkpoints_checked`.
+const OWN_CHECKPOINTS_CHECKED_MAX: usize = 1024;
+
 /// Meta key prefix of equivocation evidence.
 pub const EQUIVOCATION_META_PREFIX: &str = "equivocation/v1/";
 
@@ -347,6 +350,10 @@ pub struct Replicator {
     log_lock: tokio::sync::Mutex<()>,
     /// Subtree roots of logs served to peers (see `audit::log::subtree_root_cached`).
     subtrees: Arc<Mutex<crate::audit::log::SubtreeCache>>,
+    /// Ids of this office's own checkpoints that peers hold and its log was found to reproduce
+    /// (older ones): held, so not fetched and checked again. Cleared at
+    /// [`OWN_CHECKPOINTS_CHECKED_MAX`].
+    own_checkpoints_checked: Mutex<HashSet<[u8; 32]>>,
     /// At an office whose records stay home: its records holding only withdrawals, until a
     /// record of the same consent that travels takes the withdrawal (`office/resident.rs`).
     /// Empty elsewhere. Bounded by [`RESIDENT_WITHDRAWALS_MAX`].
@@ -451,6 +458,7 @@ impl Replicator {
             log_ids,
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
+            own_checkpoints_checked: Mutex::new(HashSet::new()),
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
             erasures_elsewhere: Mutex::new(BTreeSet::new()),
@@ -769,6 +777,69 @@ impl Replicator {
             sets.set_checkpoint(office, c, note);
         }
         Ok(())
+    }
+
+    /// How `cp`, a checkpoint signed by this office's key, contradicts this office's log: it is
+    /// larger than the log, or the log's first `cp.size` leaves do not reproduce its root. None
+    /// when the log reproduces it (an older checkpoint of ours) or the log cannot be read.
+    fn own_checkpoint_contradiction(&self, cp: &tlog::Checkpoint) -> Option<String> {
+        let snap = self.office.store().snapshot().ok()?;
+        let lid = self.office.audit().log_id();
+        let size = snap.log_size(&lid).ok()?;
+        if cp.size > size {
+            return Some(format!(
+                "a peer holds its checkpoint of {} leaves; its log holds {size}",
+                cp.size
+            ));
+        }
+        let root = {
+            let mut cache = lock(&self.subtrees);
+            crate::audit::log::subtree_root_cached(&snap, &lid, 0, cp.size, &mut cache).ok()?
+        };
+        (root != cp.root).then(|| {
+            format!(
+                "a peer holds its checkpoint of {} leaves whose root its log's first {} leaves do not reproduce",
+                cp.size, cp.size
+            )
+        })
+    }
+
+    /// This office's log contradicts a checkpoint it published (its data directory was put back
+    /// from an older copy): stops all signing, says so at error level once per run, and keeps
+    /// the evidence in meta ([`crate::audit::log::CONTRADICTED_META`]) so a restart, and
+    /// `status`, know it too.
+    fn own_log_contradicted(&self, note: &str, detail: &str) {
+        if !self.office.audit().contradicted_by(detail) {
+            return;
+        }
+        tracing::error!(detail = %detail, "this office's log contradicts a checkpoint it published (its data directory restored from an older backup?): it signs no checkpoint and exports no bundle from now on; see docs/reliability.md, \"Restoring an office\"");
+        let evidence = json!({
+            "note": note,
+            "detail": detail,
+            "detected_at": crate::record::fmt_time(chrono::Utc::now()),
+        });
+        let batch = consentd_storage::WriteBatch {
+            meta: vec![(
+                crate::audit::log::CONTRADICTED_META.to_string(),
+                evidence.to_string().into_bytes(),
+            )],
+            ..Default::default()
+        };
+        let office = self.office.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = office.store().commit(batch).await {
+                        tracing::error!(error = %e, "cannot store the evidence that this office's log contradicts its checkpoint");
+                    }
+                });
+            }
+            Err(_) => {
+                if let Err(e) = office.store().commit_blocking(batch) {
+                    tracing::error!(error = %e, "cannot store the evidence that this office's log contradicts its checkpoint");
+                }
+            }
+        }
     }
 
     /// Keeps evidence that `office` signed two inconsistent histories, and says so loudly.
@@ -2554,6 +2625,18 @@ impl Local for View<'_> {
                 let Some(office) = self.rep.log_ids.get(&prefix) else {
                     return false;
                 };
+                if *office == self.rep.me {
+                    // Ours: held only when it is our latest or our log was found to reproduce
+                    // it. Any other is fetched and checked against our log (`verify_blob`): a
+                    // data directory put back from an older copy signs checkpoints that do not
+                    // extend what it published, larger ones included.
+                    return self
+                        .sets
+                        .checkpoint_of
+                        .get(office)
+                        .is_some_and(|(held, _, _)| held.id == item.id)
+                        || lock(&self.rep.own_checkpoints_checked).contains(&item.id);
+                }
                 let held_leaves = self.sets.logs.get(office).map_or(0, Frontier::size);
                 match self.sets.checkpoint_of.get(office) {
                     Some((held, _, _)) => {
@@ -2605,8 +2688,21 @@ impl Local for View<'_> {
                 let note = std::str::from_utf8(blob).map_err(|_| "checkpoint is not UTF-8")?;
                 let v = tlog::verify(note, &self.rep.roster).map_err(|e| e.to_string())?;
                 if v.office == self.rep.me {
+                    // Ours, signed by our key, yet not what `holds` calls held: either older
+                    // than our latest (nothing to do) or one our log does not reproduce.
+                    if let Some(detail) = self.rep.own_checkpoint_contradiction(&v.checkpoint) {
+                        self.rep.own_log_contradicted(note, &detail);
+                        return Err(format!(
+                            "a checkpoint of this office's own log that its log does not reproduce: {detail}"
+                        ));
+                    }
+                    let mut checked = lock(&self.rep.own_checkpoints_checked);
+                    if checked.len() >= OWN_CHECKPOINTS_CHECKED_MAX {
+                        checked.clear();
+                    }
+                    checked.insert(checkpoint_item(&v.checkpoint).id);
                     return Err(format!(
-                        "a checkpoint of this office's own log of {} leaves that this office does not hold (restored from an old backup?)",
+                        "an older checkpoint of this office's own log ({} leaves)",
                         v.checkpoint.size
                     ));
                 }

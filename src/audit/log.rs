@@ -57,6 +57,22 @@ struct State {
     /// `None` until [`AuditLog::open`] rebuilt it from the store.
     frontier: Option<Frontier>,
     latest: Option<Signed>,
+    /// Why this office may sign no checkpoint: a peer holds one of its own that its log does
+    /// not reproduce ([`AuditLog::contradicted_by`]).
+    contradicted: Option<String>,
+}
+
+/// Meta key of the evidence that a peer holds a checkpoint signed by this office that its log
+/// does not reproduce (JSON: `note`, `detail`, `received_from`, `detected_at`). It lives in the
+/// database, so it goes away with this data directory and nothing else.
+pub const CONTRADICTED_META: &str = "own_log_contradicted/v1";
+
+/// What `status` (`own_log_contradicted`), the signing refusal and an export say while
+/// [`CONTRADICTED_META`] is set.
+pub fn contradiction_message(detail: &str) -> String {
+    format!(
+        "this office published a checkpoint of its own log that its data directory does not hold ({detail}; restored from an older backup?): it signs no checkpoint and exports no bundle, as each would contradict the published one; stop it and put back a copy of the data directory at least as new as that checkpoint (docs/reliability.md, \"Restoring an office\")"
+    )
 }
 
 /// The storage log id of a log origin: a hash, so storage never needs to know office names.
@@ -153,6 +169,27 @@ impl AuditLog {
         self.lock().latest.clone()
     }
 
+    /// Stops all signing from now on: a peer holds a checkpoint signed by this office's key
+    /// that this office's log does not reproduce (`detail` says how), so any checkpoint signed
+    /// now would contradict a published one. The caller persists [`CONTRADICTED_META`], which
+    /// [`AuditLog::contradiction`] reads after a restart.
+    /// Returns whether it was news (not already stopped in this run).
+    pub fn contradicted_by(&self, detail: &str) -> bool {
+        self.lock()
+            .contradicted
+            .replace(contradiction_message(detail))
+            .is_none()
+    }
+
+    /// Why this office may not sign (None when it may): set by
+    /// [`AuditLog::contradicted_by`] or found in the store's [`CONTRADICTED_META`].
+    pub fn contradiction(&self, store: &Store) -> Result<Option<String>, AuditError> {
+        if let Some(why) = self.lock().contradicted.clone() {
+            return Ok(Some(why));
+        }
+        persisted_contradiction(store)
+    }
+
     /// Signs (if the log grew) and persists a checkpoint of everything durable, and returns it
     /// with the snapshot it describes, so an export can walk exactly the data it covers.
     /// Blocking: call from a blocking thread.
@@ -162,6 +199,12 @@ impl AuditLog {
         key: &SigningKey,
     ) -> Result<(Signed, Snapshot), AuditError> {
         let mut state = self.lock();
+        if let Some(why) = state.contradicted.clone() {
+            return Err(AuditError::Integrity(why));
+        }
+        if let Some(why) = persisted_contradiction(store)? {
+            return Err(AuditError::Integrity(why));
+        }
         // Under the lock: no other checkpoint can interleave, so this snapshot is at least as
         // new as the one the frontier was last advanced from.
         let snap = store.snapshot()?;
@@ -200,6 +243,16 @@ impl AuditLog {
         state.latest = Some(signed.clone());
         Ok((signed, snap))
     }
+}
+
+fn persisted_contradiction(store: &Store) -> Result<Option<String>, AuditError> {
+    Ok(store.meta(CONTRADICTED_META)?.map(|bytes| {
+        let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "details unreadable".into());
+        contradiction_message(&detail)
+    }))
 }
 
 /// The frontier of the first `size` leaves of `log` (another office's, as replication stored

@@ -1,0 +1,131 @@
+//! An office whose data directory is put back from a copy older than a checkpoint it published
+//! holds a log that does not reproduce that checkpoint. It logged a warning and carried on: it
+//! signed checkpoints that did not extend the published one (which peers refused for good),
+//! every bundle it exported failed `tombstone_authority`, and bundles exported elsewhere quietly
+//! left out its new changes (found by an exploratory session). Now, once a peer shows it the
+//! published checkpoint, it says so at error level, signs no checkpoint, exports no bundle
+//! (one-line error), and `status` says why (`own_log_contradicted`), across a restart too.
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn grant(net: &Net, subject: &str) {
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    );
+}
+
+/// The size of `of`'s latest checkpoint as `at` holds it.
+fn log_size(net: &Net, at: &str, of: &str) -> u64 {
+    ok(&net.socket(at), &["status"])["logs"][of]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn a_restored_office_learning_of_its_newer_checkpoint_stops_signing_and_exporting() {
+    let net = Net::init("de,sg");
+    let _sg = net.start("sg");
+    let de = net.start("de");
+    grant(&net, "ann@example.com");
+    // (The grant's first move to sg adds a transfer record to de's log.)
+    wait_until("de's log reaches sg", Duration::from_secs(60), || {
+        let held = log_size(&net, "de", "de");
+        held > 0 && log_size(&net, "sg", "de") == held
+    });
+    assert!(de.stop());
+    let backup = net.path().join("de-backup");
+    copy_dir(&net.data_dir("de"), &backup);
+
+    // de goes on: two more grants, checkpointed and received by sg.
+    let de = net.start("de");
+    grant(&net, "bob@example.com");
+    grant(&net, "cy@example.com");
+    let first = log_size(&net, "sg", "de");
+    wait_until("de's newer log reaches sg", Duration::from_secs(60), || {
+        let held = log_size(&net, "de", "de");
+        held > first && log_size(&net, "sg", "de") == held
+    });
+    let published = log_size(&net, "sg", "de");
+    assert!(de.stop());
+
+    // The backup goes back in place of de's data directory.
+    std::fs::remove_dir_all(net.data_dir("de")).unwrap();
+    copy_dir(&backup, &net.data_dir("de"));
+    let de = net.start("de");
+    let why = || {
+        ok(&net.socket("de"), &["status"])["own_log_contradicted"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_until(
+        "de learns from sg of the checkpoint its log does not hold",
+        Duration::from_secs(60),
+        || why().is_some(),
+    );
+    let why = why().unwrap();
+    assert!(why.contains("restored from an older backup"), "{why}");
+    assert!(!why.contains('\n'), "{why:?}");
+
+    let out = net.path().join("restored.jsonl");
+    let e = err(
+        &net.socket("de"),
+        &["audit", "export", "--out", out.to_str().unwrap()],
+    );
+    assert!(e.contains("does not hold"), "{e}");
+    assert!(!out.exists(), "a failed export leaves no file");
+    let e = err(&net.socket("de"), &["audit", "checkpoint"]);
+    assert!(e.contains("does not hold"), "{e}");
+    // Writes still succeed, but no checkpoint that would contradict the published one.
+    let signed = log_size(&net, "de", "de");
+    grant(&net, "dee@example.com");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        log_size(&net, "de", "de"),
+        signed,
+        "no new checkpoint signed"
+    );
+    assert_eq!(
+        log_size(&net, "sg", "de"),
+        published,
+        "sg keeps de's published checkpoint"
+    );
+    let log = de.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("contradicts a checkpoint it published")),
+        "{log}"
+    );
+
+    // Kept across a restart, before any peer says it again.
+    assert!(de.stop());
+    let _de = net.start("de");
+    let status = ok(&net.socket("de"), &["status"]);
+    assert!(status["own_log_contradicted"].is_string(), "{status}");
+    err(
+        &net.socket("de"),
+        &["audit", "export", "--out", out.to_str().unwrap()],
+    );
+}
