@@ -233,3 +233,130 @@ fn an_export_waiting_for_another_office_s_checkpoint_fails_rather_than_write_a_b
         "{report}"
     );
 }
+
+/// A tombstone from another office reaches the exporter before the checkpoint that logs it, as
+/// its envelopes do. Written, it failed `tombstone_authority` (5 of 5 bundles exported right
+/// after an erasure at another office; found by an exploratory session); it cannot be left out,
+/// as the record's envelopes are gone here and their leaves would fail `log_completeness`. Now
+/// the export fails with one line naming the office (after `consentctl` tried again), leaves
+/// no file, and succeeds once that office's checkpoint has arrived.
+#[test]
+fn an_export_holding_a_tombstone_no_checkpoint_logs_yet_fails_rather_than_write_a_bad_bundle() {
+    let net = Net::init("de,uk");
+    let uk = net.start("uk");
+    let de = net.start("de");
+    ok(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "lee@example.com",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    );
+    wait_until("uk holds de's record", Duration::from_secs(60), || {
+        ok(
+            &net.socket("uk"),
+            &[
+                "consent",
+                "check",
+                "--subject",
+                "lee@example.com",
+                "--purpose",
+                "support",
+            ],
+        )["granted"]
+            == true
+    });
+    assert!(de.stop());
+    // uk erases the record while de is down; its tombstone is taken from its store.
+    let request = ok(
+        &net.socket("uk"),
+        &[
+            "request",
+            "open",
+            "--subject",
+            "lee@example.com",
+            "--kind",
+            "erasure",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let closed = ok(
+        &net.socket("uk"),
+        &["request", "close", &request, "--outcome", "completed"],
+    );
+    assert_eq!(closed["erasure"]["deleted"], 1, "{closed}");
+    assert!(uk.stop());
+    let tombstones: Vec<Vec<u8>> = {
+        let store =
+            consentd_storage::Store::open(&net.data_dir("uk").join("consentd.redb")).unwrap();
+        let all = store
+            .snapshot()
+            .unwrap()
+            .tombstones_after(None, 16)
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, t)| t)
+            .collect();
+        store.shutdown();
+        all
+    };
+    assert_eq!(tombstones.len(), 1);
+
+    // de receives it from a peer that sends no checkpoint.
+    let _de = net.start("de");
+    let held = || {
+        ok(&net.socket("de"), &["status"])["tombstones"]
+            .as_u64()
+            .unwrap()
+    };
+    let runtime = peer::runtime();
+    runtime.block_on(peer::push_items(
+        net.path(),
+        "uk",
+        "uk",
+        "de",
+        tombstones
+            .into_iter()
+            .map(|t| (consentd_sync::SetKind::Tombstones, t))
+            .collect(),
+        || held() == 1,
+    ));
+    drop(runtime);
+    assert_eq!(held(), 1, "de applied uk's tombstone");
+
+    let out = net.path().join("waiting.jsonl");
+    let e = err(
+        &net.socket("de"),
+        &["audit", "export", "--out", out.to_str().unwrap()],
+    );
+    assert!(
+        e.contains("1 tombstone(s) applied here that their author's checkpoint does not log yet (office uk)"),
+        "{e}"
+    );
+    assert!(!out.exists(), "no bundle that would not verify");
+
+    // uk comes back: its checkpoint reaches de and the export verifies, the tombstone included.
+    let _uk = net.start("uk");
+    wait_until(
+        "an export from de succeeds",
+        Duration::from_secs(90),
+        || {
+            ctl(
+                &net.socket("de"),
+                &["audit", "export", "--out", out.to_str().unwrap()],
+            )
+            .status
+            .success()
+        },
+    );
+    let report = verified(&net, "de", &out);
+    assert_eq!(report["counts"]["tombstones"], 1, "{report}");
+}

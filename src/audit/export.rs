@@ -30,6 +30,13 @@
 //! exploratory session). The exporter leaves out every envelope its author's checkpoint in the
 //! bundle does not cover, and every change of the same record that depends on one, and counts
 //! them (`not_yet_logged` in the summary); the next export carries them.
+//!
+//! A tombstone from another office arrives the same way, before the checkpoint that logs it,
+//! and would fail `tombstone_authority`. It cannot be left out: applying it deleted the record's
+//! envelopes here, and their leaves, in the bundle without envelope or tombstone, would fail
+//! `log_completeness`. So the export fails, as for a logged change on an unlogged one, and
+//! `consentctl` tries again (5 of 5 bundles exported right after an erasure at another office
+//! failed verification; found by an exploratory session).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -42,8 +49,9 @@ use consentd_storage::StoredChange;
 use consentd_sync::b64;
 use consentd_sync::change_chunk;
 use consentd_sync::envelope::Envelope;
-use consentd_sync::tlog::{LogLeaf, LEAF_ENVELOPE};
+use consentd_sync::tlog::{LogLeaf, LEAF_ENVELOPE, LEAF_TOMBSTONE};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -295,6 +303,9 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     }
     // Every envelope leaf of every log in the bundle: what `log_inclusion` accepts.
     let mut logged: Vec<[u8; 32]> = Vec::new();
+    // Every tombstone leaf of every log in the bundle: what `tombstone_authority` accepts (a
+    // tombstone is a leaf of its signer's log only).
+    let mut logged_tombstones: HashSet<[u8; 32]> = HashSet::new();
     for (log_office, log, size) in &logs {
         let mut next = 0u64;
         while next < *size {
@@ -308,13 +319,15 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
                 ));
             }
             debug_assert!(leaves.iter().all(|l| LogLeaf::decode(l).is_some()));
-            logged.extend(
-                leaves
-                    .iter()
-                    .filter_map(|l| LogLeaf::decode(l))
-                    .filter(|l| l.kind == LEAF_ENVELOPE)
-                    .map(|l| l.hash),
-            );
+            for l in leaves.iter().filter_map(|l| LogLeaf::decode(l)) {
+                match l.kind {
+                    LEAF_ENVELOPE => logged.push(l.hash),
+                    LEAF_TOMBSTONE => {
+                        logged_tombstones.insert(l.hash);
+                    }
+                    _ => {}
+                }
+            }
             let n = leaves.len() as u64;
             w.write(&Line::Leaves {
                 office: log_office.clone(),
@@ -368,6 +381,8 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
             offices.join(", ")
         ));
     }
+    let mut unlogged_tombstones = 0u64;
+    let mut tombstone_signers = std::collections::BTreeSet::new();
     let mut cursor = None;
     loop {
         let page = snap
@@ -376,11 +391,36 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
         let Some(last) = page.last() else { break };
         cursor = Some((last.0, last.1));
         for (_, _, t) in &page {
+            let hash: [u8; 32] = Sha256::digest(t).into();
+            if !logged_tombstones.contains(&hash) {
+                unlogged_tombstones += 1;
+                if let Some(signer) = t.get(20..52).and_then(|k| <[u8; 32]>::try_from(k).ok()) {
+                    tombstone_signers.insert(signer);
+                }
+                continue;
+            }
             w.write(&Line::Tombstone {
                 data: b64::encode(t),
             })
             .map_err(io)?;
         }
+    }
+    if unlogged_tombstones > 0 {
+        // Cannot be left out (module docs): fail, and `consentctl` tries again.
+        let roster = office.roster();
+        let offices: Vec<&str> = tombstone_signers
+            .iter()
+            .map(|k| roster.office_by_signer(k).map_or("?", |o| o.id.as_str()))
+            .collect();
+        tracing::warn!(
+            tombstones = unlogged_tombstones,
+            offices = %offices.join(","),
+            "audit export failed: tombstones not logged yet"
+        );
+        return Err(format!(
+            "{unlogged_tombstones} tombstone(s) applied here that {NOT_LOGGED_YET} (office {}); export again once that office's checkpoint has arrived (seconds while it is connected)",
+            offices.join(", ")
+        ));
     }
     let (mut out, mut summary) = w.finish().map_err(io)?;
     summary.not_yet_logged = left_out.changes;
