@@ -374,6 +374,22 @@ async fn delete(
             continue;
         }
         batch.meta = aggregates::increments(office.store(), &counts)?;
+        // An erasure's deletions are noted for its request in the batch that makes them, so a
+        // request closed again after a crash reports what every attempt deleted
+        // ([`erasure_deleted`]).
+        let erased: Vec<DocId> = chunk
+            .iter()
+            .filter(|d| d.reason == Reason::Erasure && purges.contains(&d.id))
+            .map(|d| d.id)
+            .collect();
+        if let (Some(first), Some(policy)) = (erased.first(), chunk.first().map(|d| &d.policy)) {
+            if let Some(request) = policy.strip_prefix("request/") {
+                batch.meta.push((
+                    format!("{ERASURE_DELETED_PREFIX}{request}/{}", doc_id_hex(first)),
+                    erased.concat(),
+                ));
+            }
+        }
         debug_assert_eq!(
             batch.tombstones.len(),
             batch.log.len(),
@@ -467,6 +483,31 @@ pub(crate) async fn apply_remote(
         office.keys.request_rotation();
     }
     Ok(out)
+}
+
+/// Meta key prefix of the records an erasure request deleted: `<prefix><request id>/<first
+/// record id>` → the ids (16 bytes each) one chunk deleted, written with that chunk.
+const ERASURE_DELETED_PREFIX: &str = "erasure_deleted/";
+/// Most chunk entries [`erasure_deleted`] reads (at [`DELETE_CHUNK`] records each: 25.6
+/// million records).
+const ERASURE_DELETED_ENTRIES_MAX: usize = 100_000;
+
+/// Every record the erasure request `request` (its id in hex) deleted here, over every attempt
+/// (a crash part way through leaves the earlier chunks deleted), sorted.
+pub(crate) fn erasure_deleted(office: &Office, request: &str) -> Result<Vec<DocId>> {
+    let mut ids: Vec<DocId> = office
+        .store()
+        .meta_with_prefix(
+            &format!("{ERASURE_DELETED_PREFIX}{request}/"),
+            ERASURE_DELETED_ENTRIES_MAX,
+        )?
+        .iter()
+        .flat_map(|(_, v)| v.chunks_exact(16))
+        .map(|c| c.try_into().expect("16 bytes"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// [`delete`] for callers that do not hold the pass lock (erasure), with the keys of `subject`
