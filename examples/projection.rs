@@ -39,6 +39,7 @@ fn consent(i: usize) -> Record {
             notice: Some("notice-v3".into()),
             office: "de".into(),
             restriction: None,
+            by_erasure: None,
         }],
     })
 }

@@ -624,6 +624,7 @@ impl Office {
                 notice: None,
                 office: self.id.clone(),
                 restriction,
+                by_erasure: None,
             },
             onto: None,
         })
@@ -706,6 +707,7 @@ impl Office {
                         notice: a.notice,
                         office: self.id.clone(),
                         restriction: None,
+                        by_erasure: None,
                     },
                     onto: None,
                 })
@@ -888,9 +890,16 @@ impl Office {
     ) -> Result<Value> {
         // The subject as the request stores it: one written before today's input rules (a
         // zero-width space, say) is withdrawn under the tokens its grants are indexed by.
+        // With a report, the request is an erasure: its withdrawals are marked as its own.
+        let by_erasure = report
+            .as_ref()
+            .and_then(|_| record::parse_doc_id(&a.id).ok())
+            .map(|id| doc_id_hex(&id));
         let mut ops = withdrawals
             .into_iter()
-            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None, restriction.clone()))
+            .map(|(subject, purpose)| {
+                self.marked_withdraw_op(subject, purpose, restriction.clone(), by_erasure.clone())
+            })
             .collect::<Result<Vec<Op>>>()?;
         let mut op = self.prepare(Request::RequestClose(a))?;
         if let Op::RequestClose { erasure, .. } = &mut op {
@@ -902,17 +911,39 @@ impl Office {
     }
 
     /// Withdraws each (subject, purpose), now, in one durable batch; `restriction`: carrying out
-    /// that restriction request.
+    /// that restriction request; `by_erasure`: the erasure request (id, hex) whose completion
+    /// makes them.
     pub(crate) async fn withdraw_all(
         &self,
         withdrawals: Vec<(Subject, String)>,
         restriction: Option<String>,
+        by_erasure: Option<String>,
     ) -> Result<()> {
         let ops = withdrawals
             .into_iter()
-            .map(|(subject, purpose)| self.withdraw_op(subject, purpose, None, restriction.clone()))
+            .map(|(subject, purpose)| {
+                self.marked_withdraw_op(subject, purpose, restriction.clone(), by_erasure.clone())
+            })
             .collect::<Result<Vec<Op>>>()?;
         self.write(ops, None).await.map(|_| ())
+    }
+
+    /// A withdrawal now, carrying out the restriction request `restriction` if any, marked as
+    /// made by the erasure request `by_erasure` if any: such a withdrawal ends the processing
+    /// but is not the person's, so it is no proof to keep five years
+    /// (`retention::schedule::classify`).
+    fn marked_withdraw_op(
+        &self,
+        subject: Subject,
+        purpose: String,
+        restriction: Option<String>,
+        by_erasure: Option<String>,
+    ) -> Result<Op> {
+        let mut op = self.withdraw_op(subject, purpose, None, restriction)?;
+        if let Op::Consent { event, .. } = &mut op {
+            event.by_erasure = by_erasure;
+        }
+        Ok(op)
     }
 
     /// Whether this office keeps its own records in its jurisdiction (`[transfer] resident`).

@@ -1039,6 +1039,7 @@ mod tests {
             notice: Some("notice 2026-01".into()),
             office: "de".into(),
             restriction: None,
+            by_erasure: None,
         };
         vec![
             Record::Consent(ConsentRecord {

@@ -140,6 +140,10 @@ pub struct ConsentEvent {
     /// (`retention::schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restriction: Option<String>,
+    /// A withdrawal an erasure request's completion made (the request's id, hex), not the
+    /// person's: it ends the processing but is no proof to keep (`retention::schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_erasure: Option<String>,
 }
 
 /// A data-subject request (§8) and its legal clock.
@@ -702,6 +706,7 @@ mod tests {
                 notice: None,
                 office: "de".into(),
                 restriction: None,
+                by_erasure: None,
             }],
         })
     }

@@ -891,3 +891,67 @@ fn an_erasure_closed_again_after_a_crash_reports_every_record_it_deleted() {
         listed.iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(distinct.len() as u64, RECORDS);
 }
+
+/// An erasure completed under a legal hold deletes nothing but withdraws the subject's
+/// consents. That withdrawal made a marketing grant on legitimate interest look like an
+/// objection, "consent proof" kept five years: once the hold was lifted, a second erasure
+/// deleted nothing of it and kept its evidence (found by an exploratory session). Now the
+/// erasure's own withdrawal is marked (`by_erasure`) and proves nothing: the second erasure
+/// deletes the record, as it does for a subject never held.
+#[test]
+fn an_erasure_after_a_hold_is_lifted_deletes_what_the_held_erasure_only_withdrew() {
+    let net = Net::init("de");
+    let _de = net.start("de");
+    let s = |args: &[&str]| ok(&net.socket("de"), args);
+    let erase = |subject: &str| {
+        let id = id_of(s(&[
+            "request",
+            "open",
+            "--subject",
+            subject,
+            "--kind",
+            "erasure",
+        ]));
+        s(&["request", "close", &id, "--outcome", "completed"])["erasure"].clone()
+    };
+    for subject in ["held@example.com", "free@example.com"] {
+        s(&[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "sales",
+            "--basis",
+            "legitimate_interest",
+            "--evidence",
+            "crm import 2026-01",
+        ]);
+    }
+    s(&[
+        "hold",
+        "set",
+        "--subject",
+        "held@example.com",
+        "--reason",
+        "litigation LIT-9",
+    ]);
+    let under_hold = erase("held@example.com");
+    assert_eq!(under_hold["deleted"], 0, "{under_hold}");
+    assert_eq!(under_hold["withdrawn"], serde_json::json!(["sales"]));
+    s(&["hold", "clear", "--subject", "held@example.com"]);
+
+    for subject in ["held@example.com", "free@example.com"] {
+        let e = erase(subject);
+        assert_eq!(e["deleted"], 1, "{subject}: {e}");
+        let kept_consents: Vec<_> = e["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kind"] == "consent")
+            .collect();
+        assert!(kept_consents.is_empty(), "{subject}: {e}");
+        let left = s(&["subject", "export", "--subject", subject]);
+        assert_eq!(left["consents"], serde_json::json!([]), "{subject}: {left}");
+    }
+}

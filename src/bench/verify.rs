@@ -65,6 +65,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
                 notice: None,
                 office: "de".into(),
                 restriction: None,
+                by_erasure: None,
             }],
         });
         // Authored as the daemon authors a new record (`Draft::create`).

@@ -312,7 +312,13 @@ async fn carry_out_once(
         }
     }
     if !withdrawals.is_empty() {
-        office.withdraw_all(withdrawals, restriction).await?;
+        office
+            .withdraw_all(
+                withdrawals,
+                restriction,
+                request_kind_is_erasure.then(|| doc_id_hex(request_id)),
+            )
+            .await?;
     }
     Ok(deleted)
 }

@@ -234,7 +234,7 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
         // Before the deletions: once the flagged record is gone, nothing says the person is
         // under 18, and the grants kept as proof would answer "granted".
         if !child_withdrawals.is_empty() {
-            office.withdraw_all(child_withdrawals, None).await?;
+            office.withdraw_all(child_withdrawals, None, None).await?;
         }
         let out = delete(office, todo, BTreeSet::new()).await?;
         report.deleted = out.deleted;

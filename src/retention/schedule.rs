@@ -198,14 +198,24 @@ fn grants_consent(c: &ConsentRecord) -> bool {
 /// arrived, so the grant (and its basis) is in another record (`retention::withdrawals`). It is
 /// the proof of the withdrawal.
 fn only_withdraws(c: &ConsentRecord) -> bool {
-    !c.events.is_empty() && c.events.iter().all(|e| e.action == "withdraw")
+    let mut own = persons_events(c).peekable();
+    own.peek().is_some() && own.all(|e| e.action == "withdraw")
 }
 
-/// Whether the record's latest event (by time, a withdrawal after a grant at the same instant)
-/// is a withdrawal.
+/// The record's events but the withdrawals an erasure's completion made (`by_erasure`): those
+/// end the processing, but are not the person's withdrawal or objection, so no proof to keep.
+/// Counted, an erasure completed under a legal hold (which withdraws, deleting nothing) made a
+/// marketing grant on legitimate interest "consent proof", and once the hold was lifted a
+/// second erasure kept it five years with its evidence (found by an exploratory session).
+fn persons_events(c: &ConsentRecord) -> impl Iterator<Item = &crate::record::ConsentEvent> {
+    c.events.iter().filter(|e| e.by_erasure.is_none())
+}
+
+/// Whether the record's latest event of the person's (by time, a withdrawal after a grant at
+/// the same instant; an erasure's withdrawal does not count: [`persons_events`]) is a
+/// withdrawal.
 fn ends_withdrawn(c: &ConsentRecord) -> bool {
-    c.events
-        .iter()
+    persons_events(c)
         .filter_map(|e| {
             let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?;
             Some((at, e.action == "withdraw"))
@@ -440,6 +450,7 @@ mod tests {
             notice: None,
             office: "de".into(),
             restriction: None,
+            by_erasure: None,
         }
     }
 
@@ -561,6 +572,20 @@ mod tests {
             ],
         ));
         assert_eq!(classify(&again, marketing).id, "marketing");
+        // An erasure's own withdrawal (made under a hold, which deleted nothing) is no
+        // objection: the record stays under the marketing rule, which no legal duty keeps.
+        let erased = Record::Consent(consent(
+            "sales",
+            vec![
+                event("grant", "2025-01-31T00:00:00Z", Some("legitimate_interest")),
+                ConsentEvent {
+                    by_erasure: Some("01".repeat(16)),
+                    ..event("withdraw", "2025-03-01T00:00:00Z", None)
+                },
+            ],
+        ));
+        assert_eq!(classify(&erased, marketing).id, "marketing");
+        assert!(legally_kept(&erased, marketing).is_none());
     }
 
     #[test]

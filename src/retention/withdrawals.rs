@@ -176,6 +176,7 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
                 notice: None,
                 office: office.id().to_string(),
                 restriction: restriction.clone(),
+                by_erasure: None,
             });
             match office
                 .retention
