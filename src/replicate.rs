@@ -354,6 +354,9 @@ pub struct Replicator {
     /// (older ones): held, so not fetched and checked again. Cleared at
     /// [`OWN_CHECKPOINTS_CHECKED_MAX`].
     own_checkpoints_checked: Mutex<HashSet<[u8; 32]>>,
+    /// The size of this office's latest checkpoint when replication started: its log
+    /// reproduces every checkpoint of this office up to it (`AuditLog::open` checked).
+    own_start_size: std::sync::atomic::AtomicU64,
     /// At an office whose records stay home: its records holding only withdrawals, until a
     /// record of the same consent that travels takes the withdrawal (`office/resident.rs`).
     /// Empty elsewhere. Bounded by [`RESIDENT_WITHDRAWALS_MAX`].
@@ -459,6 +462,7 @@ impl Replicator {
             log_lock: tokio::sync::Mutex::new(()),
             subtrees: Arc::new(Mutex::new(Default::default())),
             own_checkpoints_checked: Mutex::new(HashSet::new()),
+            own_start_size: std::sync::atomic::AtomicU64::new(0),
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
             erasures_elsewhere: Mutex::new(BTreeSet::new()),
@@ -628,6 +632,8 @@ impl Replicator {
             }
         }
         if let Some(own) = self.office.audit().latest() {
+            self.own_start_size
+                .store(own.checkpoint.size, std::sync::atomic::Ordering::Relaxed);
             sets.set_checkpoint(&self.me, own.checkpoint, own.note.into_bytes());
         }
         Ok(())
@@ -665,6 +671,14 @@ impl Replicator {
                 continue;
             }
             published = Some(signed.note.clone());
+            // Signed from our log in this run: peers holding it hold nothing to check.
+            {
+                let mut checked = lock(&self.own_checkpoints_checked);
+                if checked.len() >= OWN_CHECKPOINTS_CHECKED_MAX {
+                    checked.clear();
+                }
+                checked.insert(checkpoint_item(&signed.checkpoint).id);
+            }
             let note = signed.note.into_bytes();
             lock(&self.sets).set_checkpoint(&self.me, signed.checkpoint, note.clone());
             let _ = self
@@ -2626,15 +2640,22 @@ impl Local for View<'_> {
                     return false;
                 };
                 if *office == self.rep.me {
-                    // Ours: held only when it is our latest or our log was found to reproduce
-                    // it. Any other is fetched and checked against our log (`verify_blob`): a
-                    // data directory put back from an older copy signs checkpoints that do not
-                    // extend what it published, larger ones included.
+                    // Ours: held when it is our latest, no larger than the one our log
+                    // reproduced at start, signed in this run or found reproduced since. Any
+                    // other is fetched and checked against our log (`verify_blob`): a data
+                    // directory put back from an older copy signs checkpoints that do not
+                    // extend what it published, larger ones included, so "older than our
+                    // latest" proves nothing.
+                    let start = self
+                        .rep
+                        .own_start_size
+                        .load(std::sync::atomic::Ordering::Relaxed);
                     return self
                         .sets
                         .checkpoint_of
                         .get(office)
                         .is_some_and(|(held, _, _)| held.id == item.id)
+                        || item.timestamp <= start
                         || lock(&self.rep.own_checkpoints_checked).contains(&item.id);
                 }
                 let held_leaves = self.sets.logs.get(office).map_or(0, Frontier::size);
