@@ -659,7 +659,16 @@ impl Replicator {
             let signed = match signed {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot sign a checkpoint");
+                    // Said once at error level when found (`own_log_contradicted`), not at
+                    // every write since.
+                    if matches!(
+                        self.office.audit().contradiction(self.office.store()),
+                        Ok(Some(_))
+                    ) {
+                        tracing::debug!(error = %e, "cannot sign a checkpoint");
+                    } else {
+                        tracing::error!(error = %e, "cannot sign a checkpoint");
+                    }
                     continue;
                 }
                 Err(e) => {

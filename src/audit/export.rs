@@ -118,6 +118,10 @@ pub async fn checkpoint_timer(
         .await;
         match r {
             Ok(Ok(s)) => tracing::debug!(size = s.checkpoint.size, "checkpoint signed"),
+            // Said once at error level when found, not every minute since.
+            Ok(Err(e)) if matches!(office.audit().contradiction(office.store()), Ok(Some(_))) => {
+                tracing::debug!(error = %e, "cannot sign a checkpoint")
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot sign a checkpoint"),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
         }

@@ -558,6 +558,45 @@ mod tests {
     }
 
     #[test]
+    fn a_contradiction_stops_signing_now_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let key = consentd_sync::keys::generate();
+        let log = AuditLog::new("net", "de");
+        append(&store, &log, 0, 3);
+        log.checkpoint(&store, &key).unwrap();
+        assert_eq!(log.contradiction(&store).unwrap(), None);
+        assert!(log.contradicted_by("a peer holds its checkpoint of 9 leaves"));
+        assert!(!log.contradicted_by("again"), "news once");
+        append(&store, &log, 3, 4);
+        let Err(e) = log.checkpoint(&store, &key) else {
+            panic!("signed after a contradiction")
+        };
+        let e = e.to_string();
+        assert!(e.contains("restored from an older backup"), "{e}");
+        // After a restart, from the evidence in meta.
+        store
+            .commit_blocking(WriteBatch {
+                meta: vec![(
+                    CONTRADICTED_META.into(),
+                    br#"{"detail":"a peer holds its checkpoint of 9 leaves"}"#.to_vec(),
+                )],
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        let fresh = AuditLog::new("net", "de");
+        fresh.open(&store).unwrap();
+        assert!(fresh
+            .contradiction(&store)
+            .unwrap()
+            .is_some_and(|m| m.contains("checkpoint of 9 leaves")));
+        assert!(matches!(
+            fresh.checkpoint(&store, &key),
+            Err(AuditError::Integrity(_))
+        ));
+    }
+
+    #[test]
     fn a_stored_checkpoint_the_log_does_not_reproduce_stops_all_signing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
