@@ -953,7 +953,7 @@ impl Office {
 
     /// Whether `office`'s records stay in its jurisdiction; an office the roster does not name
     /// counts as one whose records stay (nothing is sent on its behalf).
-    fn records_stay(&self, office: &str) -> bool {
+    pub(crate) fn records_stay(&self, office: &str) -> bool {
         self.roster
             .office(office)
             .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))

@@ -1000,7 +1000,7 @@ impl Replicator {
         let travels = info
             .origin
             .and_then(|i| self.roster.office_at(i))
-            .is_some_and(|o| !self.policy.is_resident(&o.jurisdiction));
+            .is_some_and(|o| !self.stays(&o.id));
         if info.personal && travels && !all.is_empty() {
             lock(&self.resident_minors).extend(all.iter().copied());
             self.fold_wanted.notify_one();
@@ -1280,9 +1280,10 @@ impl Replicator {
             .unwrap_or_default()
     }
 
-    /// Whether this office's own records stay in its jurisdiction (`[transfer] resident`).
+    /// Whether this office's own records stay in its jurisdiction (`[transfer] resident`): the
+    /// office's answer, from the same policy.
     fn keeps_records_home(&self) -> bool {
-        self.policy.is_resident(&self.jurisdiction)
+        self.office.keeps_records_home()
     }
 
     /// At an office that keeps its records home: watches `doc` if it is this office's consent
@@ -1369,9 +1370,7 @@ impl Replicator {
 
     /// Whether `office`'s records stay in its jurisdiction (by this office's policy).
     fn stays(&self, office: &str) -> bool {
-        self.roster
-            .office(office)
-            .is_none_or(|o| self.policy.is_resident(&o.jurisdiction))
+        self.office.records_stay(office)
     }
 
     /// Erasures other offices completed, carried out on this office's own records.

@@ -398,8 +398,9 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
             let hash: [u8; 32] = Sha256::digest(t).into();
             if !logged_tombstones.contains(&hash) {
                 unlogged_tombstones += 1;
-                if let Some(signer) = t.get(20..52).and_then(|k| <[u8; 32]>::try_from(k).ok()) {
-                    tombstone_signers.insert(signer);
+                // Decoded for its signer (only these: the rest are copied as stored).
+                if let Ok(t) = consentd_sync::tombstone::Tombstone::decode(t) {
+                    tombstone_signers.insert(t.signer);
                 }
                 continue;
             }
