@@ -300,9 +300,9 @@ impl TransferPolicy {
     /// flag the move (found by an exploratory session).
     pub fn check_recorded(&self, from: &str, to: &str, mechanism: &str) -> Result<(), String> {
         let country = |j: &str| j.split('-').next().unwrap_or(j).to_string();
-        if mechanism.starts_with("cn_") && country(from) != "CN" {
+        if mechanism.starts_with("cn_") && (country(from) != "CN" || country(to) == "CN") {
             return Err(format!(
-                "{mechanism} is one of China's instruments for personal data leaving China (PIPL art. 38); this office is in {from}"
+                "{mechanism} is one of China's instruments for personal data leaving China (PIPL art. 38); this move is {from}→{to}"
             ));
         }
         if country(from) == country(to) {
@@ -373,6 +373,10 @@ mod tests {
             p.check_recorded("CN", "DE", "cn_security_assessment"),
             Ok(())
         );
+        let e = p
+            .check_recorded("CN", "CN", "cn_standard_contract")
+            .unwrap_err();
+        assert!(e.contains("leaving China"), "{e}");
         // The operator's judgement: another mechanism than the table's.
         assert_eq!(p.check_recorded("DE", "JP", "adequacy"), Ok(()));
         let strict = TransferPolicy::from_config(&TransferConfig {
