@@ -946,6 +946,16 @@ impl Office {
         Ok(op)
     }
 
+    /// Marks each of `ids` (consent records) as carrying its person's under-18 flag
+    /// (`minor_elsewhere`), in one durable batch.
+    pub(crate) async fn mark_minor_elsewhere(&self, ids: Vec<DocId>) -> Result<()> {
+        let ops = ids
+            .into_iter()
+            .map(|id| Op::MarkMinorElsewhere { id })
+            .collect();
+        self.write(ops, None).await.map(|_| ())
+    }
+
     /// Whether this office keeps its own records in its jurisdiction (`[transfer] resident`).
     pub(crate) fn keeps_records_home(&self) -> bool {
         self.policy.is_resident(&self.jurisdiction)

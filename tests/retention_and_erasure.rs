@@ -747,7 +747,7 @@ fn an_erasure_reaches_a_record_made_while_cut_off_from_the_erasing_office() {
 /// A marketing grant recorded before the person was flagged under 18 is kept as consent proof
 /// when the pass deletes the child's other records, the flagged one among them; with the flag
 /// gone, `consent check` answered "granted" to marketing a child (found by an exploratory
-/// session). The pass withdraws what it keeps as proof.
+/// session). The pass withdraws what it keeps as proof, and a kept record carries the flag.
 #[test]
 fn a_child_s_kept_marketing_grant_is_withdrawn_not_granted_again() {
     let subject = "kid2@example.com";
@@ -803,6 +803,26 @@ fn a_child_s_kept_marketing_grant_is_withdrawn_not_granted_again() {
             .any(|e| e["purpose"] == "marketing" && e["action"] == "withdraw"),
         "{history}"
     );
+    // The office still knows the person is under 18: a kept record carries the flag, and a new
+    // marketing grant without a parent's consent is refused (it was taken, and answered
+    // "granted": found by an exploratory session).
+    let e = err(
+        &sock,
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "sales",
+            "--basis",
+            "consent",
+            "--evidence",
+            "form v2",
+        ],
+    );
+    assert!(e.contains("under 18"), "{e}");
+    assert_eq!(check("marketing"), false);
 }
 
 /// An erasure that a crash stops part way deleted some records for good; closing the request

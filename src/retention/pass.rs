@@ -192,7 +192,8 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
     // legal duty keeps.
     let queued: BTreeSet<DocId> = todo.iter().map(|d| d.id).collect();
     let mut child_withdrawals = Vec::new();
-    for t in children {
+    for t in &children {
+        let t = *t;
         child_withdrawals.extend(child_grants_kept(office, &t, &queued)?);
         for (id, record) in office.records_by_key(&t)? {
             if queued.contains(&id) || schedule::legally_kept(&record, marketing).is_some() {
@@ -235,6 +236,11 @@ pub async fn run(office: &Office, as_of: DateTime<Utc>, dry_run: bool) -> Result
         // under 18, and the grants kept as proof would answer "granted".
         if !child_withdrawals.is_empty() {
             office.withdraw_all(child_withdrawals, None, None).await?;
+        }
+        let going: BTreeSet<DocId> = todo.iter().map(|d| d.id).collect();
+        let carriers = minor_flag_carriers(office, &children, &going)?;
+        if !carriers.is_empty() {
+            office.mark_minor_elsewhere(carriers).await?;
         }
         let out = delete(office, todo, BTreeSet::new()).await?;
         report.deleted = out.deleted;
@@ -293,6 +299,36 @@ fn child_grants_kept(
         };
         if office.purposes.is_marketing(&purpose) || basis == "consent" {
             out.push((subject, purpose));
+        }
+    }
+    Ok(out)
+}
+
+/// For each child (subject token) whose flagged records the pass deletes while it keeps other
+/// consent records of theirs: one kept record (the smallest id) to carry the person's under-18
+/// flag (`minor_elsewhere`, which indexes the minor token without making the record child
+/// data). With the flag gone, this office forgot the person was under 18 and took a new
+/// marketing grant without a parent's consent (found by an exploratory session); cn already
+/// carries its flags so (`office::resident`). None where a kept record still carries it.
+fn minor_flag_carriers(
+    office: &Office,
+    children: &BTreeSet<[u8; 32]>,
+    going: &BTreeSet<DocId>,
+) -> Result<Vec<DocId>> {
+    let mut out = Vec::new();
+    for t in children {
+        let mut carrier: Option<DocId> = None;
+        let mut carried = false;
+        for (id, record) in office.records_by_key(t)? {
+            let Record::Consent(c) = record else { continue };
+            if going.contains(&id) {
+                continue;
+            }
+            carried |= c.minor || c.minor_elsewhere;
+            carrier = Some(carrier.map_or(id, |k| k.min(id)));
+        }
+        if let (false, Some(id)) = (carried, carrier) {
+            out.push(id);
         }
     }
     Ok(out)
