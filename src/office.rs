@@ -1003,6 +1003,9 @@ impl Office {
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
     async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
+        if let Some(why) = self.audit.refuses_writes() {
+            return Err(OfficeError::Integrity(why));
+        }
         let _in_flight = self.in_flight.enter(Work::Write);
         let started = Instant::now();
         let mut keys: Vec<[u8; 32]> = ops.iter().filter_map(|op| self.lock_key(op)).collect();

@@ -3,9 +3,10 @@
 //! signed checkpoints that did not extend the published one (which peers refused for good),
 //! every bundle it exported failed `tombstone_authority`, and bundles exported elsewhere quietly
 //! left out its new changes (found by an exploratory session). Now, once a peer shows it the
-//! published checkpoint, it says so at error level, signs no checkpoint, exports no bundle
-//! (one-line error), and `status` says why (`own_log_contradicted`), across a restart too; also
-//! when it had already signed a larger checkpoint of its own before the peer told it.
+//! published checkpoint, it says so at error level, signs no checkpoint, exports no bundle and
+//! takes no write (one-line errors; a change it made then reached the other offices and broke
+//! their exports for good), and `status` says why (`own_log_contradicted`), across a restart
+//! too; also when it had already signed a larger checkpoint of its own before the peer told it.
 mod common;
 use common::*;
 use std::path::Path;
@@ -108,9 +109,24 @@ fn a_restored_office_learning_of_its_newer_checkpoint_stops_signing_and_exportin
     assert!(!out.exists(), "a failed export leaves no file");
     let e = err(&net.socket("de"), &["audit", "checkpoint"]);
     assert!(e.contains("does not hold"), "{e}");
-    // Writes still succeed, but no checkpoint that would contradict the published one.
+    // Writes and local deletions are refused, and no checkpoint is signed.
     let signed = log_size(&net, "de", "de");
-    grant(&net, "dee@example.com");
+    let e = err(
+        &net.socket("de"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            "dee@example.com",
+            "--purpose",
+            "support",
+            "--basis",
+            "contract",
+        ],
+    );
+    assert!(e.contains("takes no write"), "{e}");
+    let e = err(&net.socket("de"), &["retention", "run"]);
+    assert!(e.contains("takes no write"), "{e}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         log_size(&net, "de", "de"),
@@ -138,4 +154,16 @@ fn a_restored_office_learning_of_its_newer_checkpoint_stops_signing_and_exportin
         &net.socket("de"),
         &["audit", "export", "--out", out.to_str().unwrap()],
     );
+    let e = err(
+        &net.socket("de"),
+        &[
+            "consent",
+            "withdraw",
+            "--subject",
+            "dee@example.com",
+            "--purpose",
+            "support",
+        ],
+    );
+    assert!(e.contains("takes no write"), "{e}");
 }

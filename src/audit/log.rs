@@ -50,6 +50,9 @@ pub struct AuditLog {
     origin: String,
     log_id: LogId,
     state: Mutex<State>,
+    /// Set with `State::contradicted` (and at `open` from meta): read by every write, which
+    /// it refuses ([`AuditLog::refuses_writes`]), without taking the state's lock.
+    contradicted_flag: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -71,7 +74,7 @@ pub const CONTRADICTED_META: &str = "own_log_contradicted/v1";
 /// [`CONTRADICTED_META`] is set.
 pub fn contradiction_message(detail: &str) -> String {
     format!(
-        "this office published a checkpoint of its own log that its data directory does not hold ({detail}; restored from an older backup?): it signs no checkpoint and exports no bundle, as each would contradict the published one; stop it and put back a copy of the data directory at least as new as that checkpoint (docs/reliability.md, \"Restoring an office\")"
+        "this office published a checkpoint of its own log that its data directory does not hold ({detail}; restored from an older backup?): it takes no write, signs no checkpoint and exports no bundle, as each would contradict the published one; stop it and put back a copy of the data directory at least as new as that checkpoint (docs/reliability.md, \"Restoring an office\")"
     )
 }
 
@@ -91,6 +94,7 @@ impl AuditLog {
             log_id: log_id(&origin),
             origin,
             state: Mutex::new(State::default()),
+            contradicted_flag: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -118,7 +122,29 @@ impl AuditLog {
     pub fn open(&self, store: &Store) -> Result<Option<Signed>, AuditError> {
         let mut state = self.lock();
         self.open_locked(&mut state, &store.snapshot()?)?;
+        if state.contradicted.is_none() {
+            state.contradicted = persisted_contradiction(store)?;
+        }
+        if state.contradicted.is_some() {
+            self.contradicted_flag
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(state.latest.clone())
+    }
+
+    /// Why this office takes no write that appends to its log (None when it does): its log
+    /// contradicts a checkpoint it published ([`AuditLog::contradicted_by`]). Every change it
+    /// made since could never be logged consistently: signed by its key, it reached the other
+    /// offices, and their exports failed for good, even once a newer copy of the data directory
+    /// was put back (found by an exploratory session). One atomic load while none.
+    pub fn refuses_writes(&self) -> Option<String> {
+        if !self
+            .contradicted_flag
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.lock().contradicted.clone()
     }
 
     fn open_locked(&self, state: &mut State, snap: &Snapshot) -> Result<(), AuditError> {
@@ -175,10 +201,14 @@ impl AuditLog {
     /// [`AuditLog::contradiction`] reads after a restart.
     /// Returns whether it was news (not already stopped in this run).
     pub fn contradicted_by(&self, detail: &str) -> bool {
-        self.lock()
+        let news = self
+            .lock()
             .contradicted
             .replace(contradiction_message(detail))
-            .is_none()
+            .is_none();
+        self.contradicted_flag
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        news
     }
 
     /// Why this office may not sign (None when it may): set by

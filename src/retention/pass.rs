@@ -351,6 +351,11 @@ async fn delete(
     subjects: BTreeSet<[u8; 32]>,
 ) -> Result<Outcome> {
     let mut out = Outcome::default();
+    // A local deletion appends to this office's log: refused with the writes
+    // (`AuditLog::refuses_writes`).
+    if let Some(why) = office.audit().refuses_writes() {
+        return Err(OfficeError::Integrity(why));
+    }
     for chunk in todo.chunks(DELETE_CHUNK) {
         let mut tokens = Vec::new();
         for d in chunk {
