@@ -52,7 +52,7 @@ use consentd_sync::envelope::Envelope;
 use consentd_sync::tlog::{LogLeaf, LEAF_ENVELOPE, LEAF_TOMBSTONE};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -307,9 +307,11 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
     }
     // Every envelope leaf of every log in the bundle: what `log_inclusion` accepts.
     let mut logged: Vec<[u8; 32]> = Vec::new();
-    // Every tombstone leaf of every log in the bundle: what `tombstone_authority` accepts (a
-    // tombstone is a leaf of its signer's log only).
-    let mut logged_tombstones: HashSet<[u8; 32]> = HashSet::new();
+    // Every tombstone leaf of every log in the bundle, with the office whose log lists it: what
+    // `tombstone_authority` accepts (a tombstone is a leaf of its signer's log only). Taken out
+    // as the tombstones held here are written; what is left, a log lists and this office does
+    // not hold.
+    let mut tombstone_logs: HashMap<[u8; 32], &str> = HashMap::new();
     for (log_office, log, size) in &logs {
         let mut next = 0u64;
         while next < *size {
@@ -327,7 +329,7 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
                 match l.kind {
                     LEAF_ENVELOPE => logged.push(l.hash),
                     LEAF_TOMBSTONE => {
-                        logged_tombstones.insert(l.hash);
+                        tombstone_logs.insert(l.hash, log_office.as_str());
                     }
                     _ => {}
                 }
@@ -396,7 +398,7 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
         cursor = Some((last.0, last.1));
         for (_, _, t) in &page {
             let hash: [u8; 32] = Sha256::digest(t).into();
-            if !logged_tombstones.contains(&hash) {
+            if tombstone_logs.remove(&hash).is_none() {
                 unlogged_tombstones += 1;
                 // Decoded for its signer (only these: the rest are copied as stored).
                 if let Ok(t) = consentd_sync::tombstone::Tombstone::decode(t) {
@@ -427,6 +429,25 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
             offices.join(", ")
         ));
     }
+    if !tombstone_logs.is_empty() {
+        // A log lists a tombstone this office does not hold: in the bundle, its leaf would
+        // fail `log_completeness`. Either it has not arrived yet (`consentctl` tries again), or
+        // this office refused it: one dated ahead of its clock is (the signer's clock ran
+        // ahead, docs/sync-protocol.md), and such a bundle failed verification with nothing
+        // said at export (found by an exploratory session).
+        let offices: std::collections::BTreeSet<&str> = tombstone_logs.values().copied().collect();
+        let offices: Vec<&str> = offices.into_iter().collect();
+        tracing::warn!(
+            tombstones = tombstone_logs.len(),
+            offices = %offices.join(","),
+            "audit export failed: logged tombstones not held here"
+        );
+        return Err(format!(
+            "{} tombstone(s) logged by office {} {NOT_HELD_YET} (not arrived yet, or refused: this office rejects a tombstone dated ahead of its clock, and its log says so); export again once they have arrived",
+            tombstone_logs.len(),
+            offices.join(", ")
+        ));
+    }
     let (mut out, mut summary) = w.finish().map_err(io)?;
     summary.not_yet_logged = left_out.changes;
     out.flush().map_err(io)?;
@@ -438,6 +459,8 @@ pub fn write_bundle(office: &Office, out: impl Write) -> Result<Summary, String>
 /// What an export's error says when a logged change depends on one its author's checkpoint does
 /// not log yet: `consentctl` tries again on it ([`EXPORT_ATTEMPTS_MAX`]).
 const NOT_LOGGED_YET: &str = "their author's checkpoint does not log yet";
+/// What it says when a log lists tombstones this office does not hold (yet): tried again too.
+const NOT_HELD_YET: &str = "are not held here";
 /// Most attempts `consentctl audit export` makes while changes wait for their checkpoint, one
 /// `EXPORT_RETRY_PAUSE` apart: an office signs a checkpoint within a second of writing and
 /// pushes it at once, so a connected one's arrives well inside this.
@@ -521,7 +544,10 @@ pub fn export_to_file(socket: &Path, out: &Path, progress: bool) -> Result<Value
     let mut attempt = 1;
     loop {
         match export_once(socket, out, progress, started) {
-            Err(e) if e.contains(NOT_LOGGED_YET) && attempt < EXPORT_ATTEMPTS_MAX => {
+            Err(e)
+                if (e.contains(NOT_LOGGED_YET) || e.contains(NOT_HELD_YET))
+                    && attempt < EXPORT_ATTEMPTS_MAX =>
+            {
                 if progress {
                     eprintln!("waiting for another office's checkpoint: {e}");
                 }
