@@ -859,6 +859,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     facts.minor = kind == "consent" && minor;
     facts.completed_request =
         kind == "request" && completed_request(request_kind.as_deref(), outcome.as_deref());
+    facts.completed_erasure = facts.completed_request && request_kind.as_deref() == Some("erasure");
     Ok(facts)
 }
 
@@ -911,6 +912,8 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
     facts.minor = f.kind == "consent" && f.minor;
     facts.completed_request =
         f.kind == "request" && completed_request(f.request_kind.as_deref(), f.outcome.as_deref());
+    facts.completed_erasure =
+        facts.completed_request && f.request_kind.as_deref() == Some("erasure");
     Ok(facts)
 }
 
@@ -939,6 +942,7 @@ fn facts_from(
         origin: None,
         minor: false,
         completed_request: false,
+        completed_erasure: false,
     })
 }
 

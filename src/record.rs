@@ -254,6 +254,9 @@ pub struct RecordFacts {
     /// (`retention::erasure::carried_out_elsewhere`): read with the rest, so arriving records
     /// and a start-up find them without decoding every request.
     pub completed_request: bool,
+    /// Of those, an erasure request: an office that keeps its records home sweeps its own for
+    /// good (`retention::erasure::sweep_late_arrivals`).
+    pub completed_erasure: bool,
 }
 
 /// What a replication event (a transfer record with `status` and `to_office`) says its office
@@ -314,6 +317,8 @@ impl RecordFacts {
             completed_request: matches!(record, Record::Request(r)
                 if r.outcome.as_deref() == Some("completed")
                     && crate::retention::erasure::carried_out_elsewhere(&r.kind)),
+            completed_erasure: matches!(record, Record::Request(r)
+                if r.outcome.as_deref() == Some("completed") && r.kind == "erasure"),
         }
     }
 

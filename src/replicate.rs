@@ -367,6 +367,10 @@ pub struct Replicator {
     /// Erasure (and withdrawal, objection, restriction) requests other offices completed, to
     /// carry out on this office's own records of the subject (`retention::erasure::carry_out`).
     erasures_elsewhere: Mutex<BTreeSet<DocId>>,
+    /// At an office whose records stay home: erasure requests it completed itself, swept for
+    /// good for records of the subject that other offices made before the completion and that
+    /// arrive later (`retention::erasure::sweep_late_arrivals`). Bounded likewise.
+    own_erasures: Mutex<BTreeSet<DocId>>,
     /// At an office whose records stay home: its own consent records flagging the person under
     /// 18, until the flag rides on a record that travels (`Office::spread_minor_flags`).
     resident_minors: Mutex<BTreeSet<DocId>>,
@@ -398,6 +402,10 @@ const FOLD_PAUSE: Duration = Duration::from_secs(1);
 /// from where the last pass stopped: an office's suppression list (withdrawals of people who
 /// never granted anywhere) stays watched for good.
 const FOLD_SCAN_MAX: usize = 4096;
+/// Own erasures swept per pass (`Replicator::sweep_own_erasures`), from a rotating cursor: each
+/// reads the request and its subject's records (tens of µs), and a pass runs after every burst
+/// of arrivals, so the whole set is gone through over several passes instead.
+const SWEEP_SCAN_MAX: usize = 256;
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
 /// each event durable once).
@@ -466,6 +474,7 @@ impl Replicator {
             resident_withdrawals: Mutex::new(BTreeSet::new()),
             resident_holds: Mutex::new(BTreeSet::new()),
             erasures_elsewhere: Mutex::new(BTreeSet::new()),
+            own_erasures: Mutex::new(BTreeSet::new()),
             resident_minors: Mutex::new(BTreeSet::new()),
             resident_minors_all: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
@@ -1335,6 +1344,15 @@ impl Replicator {
     /// saw, and the subject key the erasure destroyed came back with them (found by an
     /// exploratory session); an office that keeps its records home is always in that place.
     fn watch_if_erasure(&self, doc: &DocId, facts: Option<&RecordFacts>) {
+        if facts.is_some_and(|f| f.completed_erasure && f.office == self.me)
+            && self.keeps_records_home()
+        {
+            let mut watched = lock(&self.own_erasures);
+            if watched.len() < RESIDENT_WITHDRAWALS_MAX {
+                watched.insert(*doc);
+            }
+            return;
+        }
         if facts.is_some_and(|f| f.completed_request && f.office != self.me) {
             let mut watched = lock(&self.erasures_elsewhere);
             if watched.len() < RESIDENT_WITHDRAWALS_MAX {
@@ -1347,10 +1365,11 @@ impl Replicator {
     /// What other offices completed is carried out on this office's own records (every office),
     /// and at an office that keeps its records home, what it decided about other offices'
     /// records reaches them (`office/resident.rs`): carries out arriving erasures, copies its
-    /// holds, folds its withdrawals. Woken by arriving records, and every
-    /// [`FOLD_EVERY`]; at most one pass every [`FOLD_PAUSE`].
+    /// holds, folds its withdrawals, sweeps its own erasures for records arriving late. Woken by
+    /// arriving records, and every [`FOLD_EVERY`]; at most one pass every [`FOLD_PAUSE`].
     async fn resident_passes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut cursor: Option<DocId> = None;
+        let mut sweep_cursor: Option<DocId> = None;
         loop {
             tokio::select! {
                 _ = self.fold_wanted.notified() => {}
@@ -1361,6 +1380,7 @@ impl Replicator {
             self.spread_holds().await;
             self.spread_minor_flags().await;
             cursor = self.fold_withdrawals(cursor).await;
+            sweep_cursor = self.sweep_own_erasures(sweep_cursor).await;
             tokio::select! {
                 _ = tokio::time::sleep(FOLD_PAUSE) => {}
                 _ = stop.changed() => return,
@@ -1460,6 +1480,36 @@ impl Replicator {
             }
             Err(e) => tracing::error!(error = %e, "cannot carry under-18 flags to other offices"),
         }
+    }
+
+    /// Up to [`SWEEP_SCAN_MAX`] watched own erasures after `cursor` (then from the start), swept
+    /// for records other offices made before them that arrived since; returns where it stopped.
+    async fn sweep_own_erasures(&self, cursor: Option<DocId>) -> Option<DocId> {
+        let watched: Vec<DocId> = {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let w = lock(&self.own_erasures);
+            let after = cursor.map_or(Unbounded, Excluded);
+            w.range((after, Unbounded))
+                .chain(w.iter())
+                .take(SWEEP_SCAN_MAX.min(w.len()))
+                .copied()
+                .collect()
+        };
+        for request in &watched {
+            match crate::retention::erasure::sweep_late_arrivals(&self.office, request).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
+                    deleted,
+                    request = %crate::record::doc_id_hex(request),
+                    "erased records of another office's that arrived after this office's erasure"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sweep this office's erasures");
+                    return cursor;
+                }
+            }
+        }
+        watched.last().copied().or(cursor)
     }
 
     /// Up to [`FOLD_SCAN_MAX`] watched withdrawals after `cursor` (then from the start), folded
@@ -1823,16 +1873,15 @@ impl Replicator {
         for doc in &docs {
             let had_key = lock(&self.sets).docs.get(doc).and_then(|i| i.key);
             let arrived = !local_docs.contains(doc);
+            // Arrived or written here: an erasure completed elsewhere, or here at an office
+            // that keeps its records home (`watch_if_erasure`).
             match facts.remove(doc) {
                 Some(f) => {
                     self.set_facts(doc, f);
-                    if arrived {
-                        self.watch_if_erasure(doc, f);
-                    }
+                    self.watch_if_erasure(doc, f);
                 }
                 None => match self.refresh_doc(doc) {
-                    Ok(f) if arrived => self.watch_if_erasure(doc, f.as_ref()),
-                    Ok(_) => {}
+                    Ok(f) => self.watch_if_erasure(doc, f.as_ref()),
                     Err(e) => tracing::error!(error = %e, "cannot update replication sets"),
                 },
             }
@@ -1843,6 +1892,7 @@ impl Replicator {
                 if !lock(&self.resident_withdrawals).is_empty()
                     || !lock(&self.resident_holds).is_empty()
                     || !lock(&self.resident_minors).is_empty()
+                    || !lock(&self.own_erasures).is_empty()
                 {
                     self.fold_wanted.notify_one();
                 }

@@ -743,3 +743,66 @@ fn a_restriction_completed_elsewhere_stops_cn_s_processing_but_keeps_its_record(
     let history = ok(&cn, &["consent", "history", "--subject", subject]);
     assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
 }
+
+/// cn's own erasure request stays in China, so no other office carries it out: a record de made
+/// while cut off from cn reached cn after cn's erasure and stayed, at cn and at de, beside the
+/// completed request (found by an exploratory session). cn now sweeps its own erasures for
+/// records other offices made before them that arrive later.
+#[test]
+fn an_erasure_completed_at_cn_reaches_records_made_while_cut_off_from_it() {
+    let subject = "wu@example.com";
+    let net = Net::init("de,cn");
+    let de = net.start("de");
+    let cn = net.start("cn");
+    let grant = |purpose: &str| {
+        ok(
+            &net.socket("de"),
+            &[
+                "consent",
+                "grant",
+                "--subject",
+                subject,
+                "--purpose",
+                purpose,
+                "--basis",
+                "legitimate_interest",
+            ],
+        )
+    };
+    let consents = |office: &str| {
+        ok(
+            &net.socket(office),
+            &["subject", "export", "--subject", subject],
+        )["consents"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    grant("support");
+    wait_until("cn holds de's record", Duration::from_secs(120), || {
+        consents("cn") == 1
+    });
+    // Cut off from cn, de records more of the person.
+    assert!(cn.stop());
+    grant("service_analytics");
+    assert!(de.stop());
+    let _cn = net.start("cn");
+    let id = ok(
+        &net.socket("cn"),
+        &["request", "open", "--subject", subject, "--kind", "erasure"],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let closed = ok(
+        &net.socket("cn"),
+        &["request", "close", &id, "--outcome", "completed"],
+    );
+    assert_eq!(closed["erasure"]["deleted"], 1, "{closed}");
+    let _de = net.start("de");
+    wait_until(
+        "nothing of the person is left at de or cn",
+        Duration::from_secs(120),
+        || consents("de") == 0 && consents("cn") == 0,
+    );
+}

@@ -181,6 +181,112 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     Ok(deleted)
 }
 
+/// When `request` was completed (its history's latest `completed` step).
+fn completed_at(request: &record::RequestRecord) -> Option<chrono::DateTime<chrono::Utc>> {
+    request
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.status == "completed")
+        .and_then(|h| chrono::DateTime::parse_from_rfc3339(&h.at).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Whether record `id` was made by `when` (its id's first six bytes are its creation's Unix
+/// milliseconds).
+fn made_by(id: &record::DocId, when: chrono::DateTime<chrono::Utc>) -> bool {
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&id[..6]);
+    i64::try_from(u64::from_be_bytes(ms)).is_ok_and(|ms| ms <= when.timestamp_millis())
+}
+
+/// At an office whose records stay home, for an erasure request it completed itself: deletes
+/// the records of the subject that other offices made before the completion and that reached
+/// it since, and withdraws what such a kept record still grants. Its request never leaves, so
+/// no other office carries it out: a record another office made while cut off from this one
+/// arrived after the erasure and stayed, everywhere, beside the completed request (found by an
+/// exploratory session). The same rules as [`close`] keep what a legal duty, an open request
+/// or a hold keeps; the tombstones, signed for the request's policy, and the withdrawals reach
+/// the offices that made the records. Run for good, after arrivals: most runs find nothing.
+/// Returns the records deleted.
+pub async fn sweep_late_arrivals(office: &Office, request_id: &record::DocId) -> Result<u64> {
+    let Some(Record::Request(request)) = office.read_record(request_id)? else {
+        return Ok(0);
+    };
+    if request.kind != "erasure"
+        || request.outcome.as_deref() != Some("completed")
+        || request.office != office.id()
+    {
+        return Ok(0);
+    }
+    let Some(completed) = completed_at(&request) else {
+        return Ok(0);
+    };
+    let subject = Subject::parse_stored(&request.subject)
+        .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
+    let token = pass::subject_token(office, &Record::Request(request))?
+        .expect("a request names its subject");
+    if pass::is_held(office, &token)? {
+        return Ok(0);
+    }
+    let marketing = |p: &str| office.purposes.is_marketing(p);
+    let policy = format!("request/{}", doc_id_hex(request_id));
+    let mut todo = Vec::new();
+    let mut kept_purposes = std::collections::BTreeSet::new();
+    // A grant since the erasure is the person's new dealings: its purpose is left alone.
+    let mut regranted = std::collections::BTreeSet::new();
+    for (rid, r) in office.records_by_key(&token)? {
+        if let Record::Consent(c) = &r {
+            if c.events.iter().any(|e| {
+                e.action == "grant"
+                    && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > completed)
+            }) {
+                regranted.insert(c.purpose.clone());
+            }
+        }
+        let elsewhere = match &r {
+            Record::Consent(c) => c.office != office.id(),
+            Record::Request(q) => q.office != office.id() && !q.is_open(),
+            Record::Transfer(t) => t.office != office.id(),
+            Record::Hold(_) => false,
+        };
+        if !elsewhere || !made_by(&rid, completed) {
+            continue;
+        }
+        if schedule::legally_kept(&r, marketing).is_some() {
+            if let Record::Consent(c) = &r {
+                kept_purposes.insert(c.purpose.clone());
+            }
+            continue;
+        }
+        todo.push(Deletion {
+            id: rid,
+            record: r,
+            reason: Reason::Erasure,
+            policy: policy.clone(),
+            still_expired_by: None,
+        });
+    }
+    let deleted = if todo.is_empty() {
+        0
+    } else {
+        pass::delete_exclusive(office, todo, token).await?.deleted
+    };
+    let mut withdrawals = Vec::new();
+    for purpose in kept_purposes.difference(&regranted) {
+        let purpose = purpose.clone();
+        if office.consent_check_of(&subject, &purpose, None)?["granted"] == true {
+            withdrawals.push((subject.clone(), purpose));
+        }
+    }
+    if !withdrawals.is_empty() {
+        office
+            .withdraw_all(withdrawals, None, Some(doc_id_hex(request_id)))
+            .await?;
+    }
+    Ok(deleted)
+}
+
 /// Meta key prefix marking a request carried out here ([`carry_out`]).
 const META_CARRIED_OUT: &str = "request_carried_out/";
 
@@ -200,21 +306,10 @@ async fn carry_out_once(
     request_id: &record::DocId,
     request: record::RequestRecord,
 ) -> Result<u64> {
-    let Some(completed) = request
-        .history
-        .iter()
-        .rev()
-        .find(|h| h.status == "completed")
-        .and_then(|h| chrono::DateTime::parse_from_rfc3339(&h.at).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
-    else {
+    let Some(completed) = completed_at(&request) else {
         return Ok(0);
     };
-    let made_before = |id: &record::DocId| {
-        let mut ms = [0u8; 8];
-        ms[2..].copy_from_slice(&id[..6]);
-        i64::try_from(u64::from_be_bytes(ms)).is_ok_and(|ms| ms <= completed.timestamp_millis())
-    };
+    let made_before = |id: &record::DocId| made_by(id, completed);
     let marketing = |p: &str| office.purposes.is_marketing(p);
     let subject = Subject::parse_stored(&request.subject)
         .map_err(|e| OfficeError::Integrity(format!("stored subject: {e}")))?;
