@@ -250,7 +250,9 @@ pub async fn sweep_late_arrivals(office: &Office, request_id: &record::DocId) ->
             Record::Transfer(t) => t.office != office.id(),
             Record::Hold(_) => false,
         };
-        if !elsewhere || !made_by(&rid, completed) {
+        // A grant on a legal obligation in force is neither deleted nor withdrawn, as `close`
+        // keeps it (Art. 17(3)(b)).
+        if !elsewhere || !made_by(&rid, completed) || schedule::legal_obligation_in_force(&r) {
             continue;
         }
         if schedule::legally_kept(&r, marketing).is_some() {
