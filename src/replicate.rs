@@ -1009,7 +1009,7 @@ impl Replicator {
         let travels = info
             .origin
             .and_then(|i| self.roster.office_at(i))
-            .is_some_and(|o| !self.stays(&o.id));
+            .is_some_and(|o| !self.office.records_stay(&o.id));
         if info.personal && travels && !all.is_empty() {
             lock(&self.resident_minors).extend(all.iter().copied());
             self.fold_wanted.notify_one();
@@ -1388,11 +1388,6 @@ impl Replicator {
         }
     }
 
-    /// Whether `office`'s records stay in its jurisdiction (by this office's policy).
-    fn stays(&self, office: &str) -> bool {
-        self.office.records_stay(office)
-    }
-
     /// Erasures other offices completed, carried out on this office's own records.
     async fn carry_out_erasures(&self) {
         let erasures: Vec<DocId> = lock(&self.erasures_elsewhere)
@@ -1430,11 +1425,7 @@ impl Replicator {
         if holds.is_empty() {
             return;
         }
-        match self
-            .office
-            .spread_resident_holds(&holds, |o| self.stays(o))
-            .await
-        {
+        match self.office.spread_resident_holds(&holds).await {
             Ok(f) => {
                 let mut w = lock(&self.resident_holds);
                 for d in &f.done {
@@ -1461,11 +1452,7 @@ impl Replicator {
         if minors.is_empty() {
             return;
         }
-        match self
-            .office
-            .spread_minor_flags(&minors, |o| self.stays(o))
-            .await
-        {
+        match self.office.spread_minor_flags(&minors).await {
             Ok(f) => {
                 let mut w = lock(&self.resident_minors);
                 for d in &f.done {
@@ -1526,11 +1513,7 @@ impl Replicator {
                 .collect()
         };
         for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
-            match self
-                .office
-                .fold_resident_withdrawals(chunk, |o| self.stays(o))
-                .await
-            {
+            match self.office.fold_resident_withdrawals(chunk).await {
                 Ok(f) => {
                     let mut w = lock(&self.resident_withdrawals);
                     for d in &f.done {

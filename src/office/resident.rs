@@ -75,15 +75,10 @@ impl Office {
     }
 
     /// For each of `records` (this office's records holding only withdrawals): when another
-    /// record of the same consent, written by an office `stays` says does not keep its records
-    /// home, still answers with a grant older than the withdrawal, records the withdrawal onto
-    /// it at its original time. `stays(office)`: whether that office's records stay in its
-    /// jurisdiction.
-    pub async fn fold_resident_withdrawals(
-        &self,
-        records: &[DocId],
-        stays: impl Fn(&str) -> bool,
-    ) -> Result<Folded> {
+    /// record of the same consent, written by an office whose records do not stay home
+    /// ([`Office::records_stay`]), still answers with a grant older than the withdrawal, records
+    /// the withdrawal onto it at its original time.
+    pub async fn fold_resident_withdrawals(&self, records: &[DocId]) -> Result<Folded> {
         let mut out = Folded::default();
         let mut ops = Vec::new();
         for id in records {
@@ -132,7 +127,7 @@ impl Office {
                 let office = crate::projection::facts(&bytes)
                     .map_err(super::OfficeError::Integrity)?
                     .office;
-                if !stays(&office) {
+                if !self.records_stay(&office) {
                     travelling.push((other, latest));
                 }
             }
@@ -166,15 +161,11 @@ impl Office {
     }
 
     /// For each of `records` (this office's own active holds): writes a copy of the hold for
-    /// every office `stays` says does not keep its records home whose records of the subject are
+    /// every office that does not keep its records home whose records of the subject are
     /// held here, unless an active copy for it exists (one cleared elsewhere is written again:
     /// only clearing the hold here ends it). A cleared hold is `done`; an active one is watched
     /// on, for records of other offices arriving later and copies cleared elsewhere.
-    pub async fn spread_resident_holds(
-        &self,
-        records: &[DocId],
-        stays: impl Fn(&str) -> bool,
-    ) -> Result<Folded> {
+    pub async fn spread_resident_holds(&self, records: &[DocId]) -> Result<Folded> {
         let mut out = Folded::default();
         let mut ops = Vec::new();
         for id in records {
@@ -218,7 +209,7 @@ impl Office {
                     continue; // a hold is not the data it keeps
                 }
                 let origin = facts.origin.unwrap_or(facts.office);
-                if !stays(&origin) {
+                if !self.records_stay(&origin) {
                     origins.insert(origin);
                 }
             }
@@ -234,16 +225,12 @@ impl Office {
 
     /// For each of `records` (this office's own consent records flagging the person under 18,
     /// which stay home): carries the flag onto a consent record of the person from an office
-    /// `stays` says does not keep its records home (`minor_elsewhere`), so the offices holding
+    /// that does not keep its records home (`minor_elsewhere`), so the offices holding
     /// it index the person's minor token and `consent check` refuses marketing without a
     /// parent's consent there too. The flag never left cn, and de and us answered "granted" to
     /// marketing a person only cn knew was under 18 (found by an exploratory session). One such
     /// record is enough (the token is the person's): `done` once one carries it.
-    pub async fn spread_minor_flags(
-        &self,
-        records: &[DocId],
-        stays: impl Fn(&str) -> bool,
-    ) -> Result<Folded> {
+    pub async fn spread_minor_flags(&self, records: &[DocId]) -> Result<Folded> {
         let mut out = Folded::default();
         let mut ops = Vec::new();
         for id in records {
@@ -271,7 +258,7 @@ impl Office {
                 else {
                     continue;
                 };
-                if stays(&o.office) {
+                if self.records_stay(&o.office) {
                     continue;
                 }
                 if o.minor || o.minor_elsewhere {

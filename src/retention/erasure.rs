@@ -192,6 +192,14 @@ fn completed_at(request: &record::RequestRecord) -> Option<chrono::DateTime<chro
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// Whether `c` holds a grant after `when`: the person's new dealings since a request completed,
+/// which carrying the request out leaves alone.
+fn granted_since(c: &record::ConsentRecord, when: chrono::DateTime<chrono::Utc>) -> bool {
+    c.events.iter().any(|e| {
+        e.action == "grant" && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > when)
+    })
+}
+
 /// Whether record `id` was made by `when` (its id's first six bytes are its creation's Unix
 /// milliseconds).
 fn made_by(id: &record::DocId, when: chrono::DateTime<chrono::Utc>) -> bool {
@@ -237,10 +245,7 @@ pub async fn sweep_late_arrivals(office: &Office, request_id: &record::DocId) ->
     let mut regranted = std::collections::BTreeSet::new();
     for (rid, r) in office.records_by_key(&token)? {
         if let Record::Consent(c) = &r {
-            if c.events.iter().any(|e| {
-                e.action == "grant"
-                    && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > completed)
-            }) {
+            if granted_since(c, completed) {
                 regranted.insert(c.purpose.clone());
             }
         }
@@ -372,10 +377,7 @@ async fn carry_out_once(
     let mut regranted = std::collections::BTreeSet::new();
     for (rid, r) in office.records_by_key(&token)? {
         if let Record::Consent(c) = r {
-            if c.events.iter().any(|e| {
-                e.action == "grant"
-                    && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > completed)
-            }) {
+            if granted_since(&c, completed) {
                 regranted.insert(c.purpose.clone());
             }
             if c.office == office.id() && made_before(&rid) {
