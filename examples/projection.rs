@@ -40,6 +40,7 @@ fn consent(i: usize) -> Record {
             office: "de".into(),
             restriction: None,
             by_erasure: None,
+            follows: None,
         }],
     })
 }

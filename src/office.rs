@@ -607,6 +607,7 @@ impl Office {
         restriction: Option<String>,
     ) -> Result<Op> {
         self.purposes.check(&purpose)?;
+        let at_now = at.is_none();
         let at = event_time(at, Utc::now())?;
         Ok(Op::Consent {
             subject,
@@ -625,8 +626,10 @@ impl Office {
                 office: self.id.clone(),
                 restriction,
                 by_erasure: None,
+                follows: None,
             },
             onto: None,
+            at_now,
         })
     }
 
@@ -690,6 +693,7 @@ impl Office {
                 vocab::check("role", &role, vocab::ROLES).map_err(invalid)?;
                 vocab::check_role(&person, &role).map_err(invalid)?;
                 check_text("evidence", a.evidence.as_deref())?;
+                let at_now = a.at.is_none();
                 let at = event_time(a.at.as_deref(), now)?;
                 Ok(Op::Consent {
                     subject,
@@ -708,8 +712,10 @@ impl Office {
                         office: self.id.clone(),
                         restriction: None,
                         by_erasure: None,
+                        follows: None,
                     },
                     onto: None,
+                    at_now,
                 })
             }
             Request::ConsentWithdraw(a) => {
@@ -1002,7 +1008,7 @@ impl Office {
 
     /// Applies operations as one durable batch; answers once it is durable. `lines` numbers the
     /// operations of an import in its errors.
-    async fn write(&self, ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
+    async fn write(&self, mut ops: Vec<Op>, lines: Option<&[usize]>) -> Result<Vec<Value>> {
         if let Some(why) = self.audit.refuses_writes() {
             return Err(OfficeError::Integrity(why));
         }
@@ -1019,17 +1025,21 @@ impl Office {
         // every existing record touched, so ingest cannot change one between load and commit.
         let mut draft = Draft::new(self);
         let mut docs: Vec<[u8; 32]> = Vec::new();
-        for op in &ops {
+        // The latest rank this batch gave each consent token, for an event after it in the batch.
+        let mut ranked: HashMap<[u8; 32], DateTime<Utc>> = HashMap::new();
+        for op in &mut ops {
             match op {
                 Op::Consent {
                     subject,
                     purpose,
                     onto,
                     event,
+                    at_now,
                     ..
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
                     let held = self.store.docs_by_key(&token)?;
+                    self.rank_after_held(&token, &held, event, *at_now, &mut ranked)?;
                     let target = match onto {
                         Some(id) if held.contains(id) => Some(*id),
                         _ if self.keeps_records_home() && !held.is_empty() => {
@@ -1232,6 +1242,48 @@ impl Office {
         }
     }
 
+    /// Sets `event.follows` (an event dated now, `at_now`) to the latest rank among the events of
+    /// its consent held here (`held`, read under the token's lock) and written before it in this
+    /// batch (`ranked`), when that rank is not before the event's time; records the event's rank
+    /// in `ranked`. The held records are read only when there are some, so a new consent (every
+    /// line of a first import) costs nothing more.
+    fn rank_after_held(
+        &self,
+        token: &[u8; 32],
+        held: &[DocId],
+        event: &mut ConsentEvent,
+        at_now: bool,
+        ranked: &mut HashMap<[u8; 32], DateTime<Utc>>,
+    ) -> Result<()> {
+        let at = parse_stored_time(&event.at)?;
+        if at_now {
+            let mut latest = ranked.get(token).copied();
+            if !held.is_empty() {
+                for (_, kind, bytes) in self.store.projections_by_key(token)? {
+                    if kind != crate::record::KIND_CONSENT {
+                        continue;
+                    }
+                    crate::projection::consent_events(&bytes, |e| {
+                        latest = latest.max(Some(e.rank));
+                    })
+                    .map_err(OfficeError::Integrity)?;
+                }
+            }
+            if latest.is_some_and(|l| l >= at) {
+                event.follows = latest.map(fmt_time);
+            }
+        }
+        let follows = event
+            .follows
+            .as_deref()
+            .map(parse_stored_time)
+            .transpose()?;
+        let rank = record::rank_after(at, follows);
+        let entry = ranked.entry(*token).or_insert(rank);
+        *entry = (*entry).max(rank);
+        Ok(())
+    }
+
     fn lock_key(&self, op: &Op) -> Option<[u8; 32]> {
         match op {
             Op::Consent {
@@ -1404,8 +1456,9 @@ impl Office {
             .collect()
     }
 
-    /// "May we contact this person for this purpose at this time?" Granted only if the latest event at
-    /// or before `at` is a grant; a withdrawal at the same instant as a grant wins.
+    /// "May we contact this person for this purpose at this time?" Granted only if, of the events
+    /// dated at or before `at`, the latest by rank ([`ConsentEvent::follows`]) is a grant; a
+    /// withdrawal of the same rank as a grant wins.
     pub fn consent_check(&self, subject: &str, purpose: &str, at: Option<&str>) -> Result<Value> {
         self.consent_check_of(&parse_subject(subject)?, purpose, at)
     }
@@ -1435,9 +1488,10 @@ impl Office {
                 if e.at > at {
                     return;
                 }
-                // Order by time, then withdrawal after grant, so an equal-time withdrawal is "later".
-                if latest.is_none_or(|(lt, lw, _)| (e.at, e.withdraw) >= (lt, lw)) {
-                    latest = Some((e.at, e.withdraw, id));
+                // Order by rank (the time, or just after an event written knowing of it), then
+                // withdrawal after grant, so an equal-rank withdrawal is "later".
+                if latest.is_none_or(|(lt, lw, _)| e.order() >= (lt, lw)) {
+                    latest = Some((e.rank, e.withdraw, id));
                 }
             })
             .map_err(OfficeError::Integrity)?;
@@ -1497,12 +1551,14 @@ impl Office {
         for (id, record) in self.records_by_key(&token)? {
             let Record::Consent(c) = record else { continue };
             for e in c.events {
-                let t = parse_stored_time(&e.at)?;
-                let withdraw = e.action == "withdraw";
+                // In the order `consent check` reads them: by rank, a withdrawal after a grant.
+                let order = e.order().ok_or_else(|| {
+                    OfficeError::Integrity(format!("stored event time {:?} does not parse", e.at))
+                })?;
                 let mut row = serde_json::to_value(&e).expect("events serialise");
                 row["id"] = json!(doc_id_hex(&id));
                 row["purpose"] = json!(c.purpose);
-                rows.push(((t, withdraw), row));
+                rows.push((order, row));
             }
         }
         rows.sort_by_key(|a| a.0);
@@ -1821,6 +1877,10 @@ enum Op {
         /// smallest id (`write`). A resident office folds a withdrawal onto a record that
         /// travels (`office/resident.rs`).
         onto: Option<DocId>,
+        /// The event is dated this office's now (no time was stated): `write` ranks it after
+        /// every event of its consent held here ([`ConsentEvent::follows`]). An event with a
+        /// stated time is history, ranked by that time alone.
+        at_now: bool,
     },
     RequestOpen(RequestRecord),
     RequestExtend {
@@ -2018,6 +2078,7 @@ impl<'o> Draft<'o> {
                 parental_consent,
                 event,
                 onto: _,
+                at_now: _,
             } => {
                 let token = self.office.hasher.consent_token(&subject, &purpose);
                 // Only a record `write` found under the token's lock, and so locked, takes the
@@ -3124,6 +3185,113 @@ mod tests {
         );
         let cleared = rt.block_on(office.execute(clear())).unwrap();
         assert_eq!(cleared["held"], false, "a found hold is cleared: {cleared}");
+    }
+
+    /// A withdrawal recorded now ranks after a grant dated later by an office whose clock ran
+    /// ahead (within the sync's skew allowance), which this office held when it recorded it:
+    /// dated by the clocks alone, the grant was the latest event and `consent check` answered
+    /// "granted" once its time came, after the person had withdrawn. A withdrawal with a stated
+    /// time is history and ranks by that time; a grant recorded now after the withdrawal ranks
+    /// after it in turn.
+    #[test]
+    fn a_withdrawal_recorded_after_a_later_dated_grant_beats_it() {
+        let (_dir, office, rt) = office_de("de,nl", "ranked-withdrawal");
+        let ahead = Utc::now() + chrono::Duration::seconds(50);
+        let grant_at = |subject: &str, at: DateTime<Utc>| {
+            let Op::Consent {
+                subject,
+                purpose,
+                person,
+                role,
+                minor,
+                parental_consent,
+                mut event,
+                ..
+            } = office
+                .prepare(Request::ConsentGrant(protocol::ConsentGrant {
+                    evidence: Some("web form v3".into()),
+                    ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+                }))
+                .unwrap()
+            else {
+                unreachable!("a grant is a consent event")
+            };
+            // As another office whose clock ran 50 s ahead wrote it (a stated time in the
+            // future is refused at `prepare`).
+            event.at = fmt_time(at);
+            event.office = "nl".into();
+            Op::Consent {
+                subject,
+                purpose,
+                person,
+                role,
+                minor,
+                parental_consent,
+                event,
+                onto: None,
+                at_now: false,
+            }
+        };
+        let withdraw = |subject: &str, at: Option<&str>| {
+            Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                subject: subject.into(),
+                purpose: "marketing".into(),
+                at: at.map(str::to_string),
+            })
+        };
+        let check_later = |subject: &str| {
+            let later = fmt_time(ahead + chrono::Duration::seconds(1));
+            office
+                .consent_check(subject, "marketing", Some(&later))
+                .unwrap()["granted"]
+                .clone()
+        };
+
+        rt.block_on(office.write(vec![grant_at("p1@example.test", ahead)], None))
+            .unwrap();
+        assert_eq!(check_later("p1@example.test"), json!(true));
+        rt.block_on(office.execute(withdraw("p1@example.test", None)))
+            .unwrap();
+        assert_eq!(
+            check_later("p1@example.test"),
+            json!(false),
+            "a withdrawal recorded after the grant arrived lost to its later date"
+        );
+        let history = office.consent_history("p1@example.test").unwrap();
+        let last = &history.as_array().unwrap()[1];
+        assert_eq!(
+            last["action"], "withdraw",
+            "history in rank order: {history}"
+        );
+        assert_eq!(last["follows"], json!(fmt_time(ahead)), "{history}");
+        let at = parse_stored_time(last["at"].as_str().unwrap()).unwrap();
+        assert!(at < ahead, "the withdrawal keeps its own time: {history}");
+        // A grant recorded now ranks after that withdrawal in turn.
+        rt.block_on(
+            office.execute(Request::ConsentGrant(protocol::ConsentGrant {
+                evidence: Some("web form v4".into()),
+                ..protocol::ConsentGrant::new("p1@example.test", "marketing", "consent")
+            })),
+        )
+        .unwrap();
+        assert_eq!(check_later("p1@example.test"), json!(true));
+
+        // A withdrawal with a stated time is history: ranked by its time, it follows nothing.
+        rt.block_on(office.write(vec![grant_at("p2@example.test", ahead)], None))
+            .unwrap();
+        let stated = fmt_time(Utc::now() - chrono::Duration::seconds(5));
+        rt.block_on(office.execute(withdraw("p2@example.test", Some(&stated))))
+            .unwrap();
+        assert_eq!(check_later("p2@example.test"), json!(true));
+        let history = office.consent_history("p2@example.test").unwrap();
+        assert!(
+            history
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e.get("follows").is_none()),
+            "{history}"
+        );
     }
 
     /// A change that writes nothing is not made (Automerge returns no hash). The draft must not

@@ -946,11 +946,20 @@ fn facts_from(
     })
 }
 
-/// A consent event as the consent check reads it: whether it withdraws, and when.
+/// A consent event as the consent check reads it: whether it withdraws, when, and its rank
+/// among the consent's events ([`crate::record::rank_after`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decisive {
     pub withdraw: bool,
     pub at: DateTime<Utc>,
+    pub rank: DateTime<Utc>,
+}
+
+impl Decisive {
+    /// What `consent check` orders events by ([`crate::record::ConsentEvent::order`]).
+    pub fn order(&self) -> (DateTime<Utc>, bool) {
+        (self.rank, self.withdraw)
+    }
 }
 
 /// Each event of a consent record's projection (either version), as [`Decisive`]: the consent
@@ -970,12 +979,17 @@ pub fn consent_events(bytes: &[u8], mut each: impl FnMut(Decisive)) -> Result<()
         struct Event {
             action: String,
             at: String,
+            #[serde(default)]
+            follows: Option<String>,
         }
         let c: Events = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
         for e in &c.events {
+            let at = parse_at(&e.at)?;
+            let follows = e.follows.as_deref().map(parse_at).transpose()?;
             each(Decisive {
                 withdraw: e.action == "withdraw",
-                at: parse_at(&e.at)?,
+                at,
+                rank: crate::record::rank_after(at, follows),
             });
         }
         return Ok(());
@@ -989,25 +1003,32 @@ pub fn consent_events(bytes: &[u8], mut each: impl FnMut(Decisive)) -> Result<()
         seen = true;
         let n = r.count(ARRAY)?;
         for _ in 0..n {
-            let (mut withdraw, mut at) = (None, None);
+            let (mut withdraw, mut at, mut follows) = (None, None, None);
+            let time =
+                |r: &mut Reader, parse_at: &dyn Fn(&str) -> Result<DateTime<Utc>, String>| {
+                    Ok(match r.text()? {
+                        Text::Time(t) => t,
+                        Text::Plain(s) => parse_at(s)?,
+                        _ => return Err(corrupt("an event's time is not a time")),
+                    })
+                };
             r.fields(|r, k| {
                 match k {
                     "action" => {
                         withdraw = Some(matches!(r.text()?, Text::Plain(a) if a == "withdraw"))
                     }
-                    "at" => {
-                        at = Some(match r.text()? {
-                            Text::Time(t) => t,
-                            Text::Plain(s) => parse_at(s)?,
-                            _ => return Err(corrupt("an event's time is not a time")),
-                        })
-                    }
+                    "at" => at = Some(time(r, &parse_at)?),
+                    "follows" => follows = Some(time(r, &parse_at)?),
                     _ => r.skip(2)?,
                 }
                 Ok(())
             })?;
             match (withdraw, at) {
-                (Some(withdraw), Some(at)) => each(Decisive { withdraw, at }),
+                (Some(withdraw), Some(at)) => each(Decisive {
+                    withdraw,
+                    at,
+                    rank: crate::record::rank_after(at, follows),
+                }),
                 _ => return Err(corrupt("an event without action or time")),
             }
         }
@@ -1044,6 +1065,7 @@ mod tests {
             office: "de".into(),
             restriction: None,
             by_erasure: None,
+            follows: None,
         };
         vec![
             Record::Consent(ConsentRecord {
@@ -1200,6 +1222,37 @@ mod tests {
         assert_eq!(fmt_time(from[0][1].at), "2026-02-01T10:11:12.123456789Z");
         let not_consent = encode(&records()[2]);
         assert!(consent_events(&not_consent, |_| {}).is_err());
+    }
+
+    /// An event's `follows` ranks it just after that time, read alike from either version; an
+    /// event without one, or following an earlier time, ranks at its own time.
+    #[test]
+    fn an_event_ranks_after_the_event_it_follows() {
+        let Record::Consent(mut c) = records()[0].clone() else {
+            unreachable!("the first record is a consent")
+        };
+        c.events[0].follows = Some("2026-01-30T00:00:00Z".into()); // before its own time
+        c.events[1].follows = Some("2026-02-01T10:11:13Z".into()); // after its own time
+        let record = Record::Consent(c.clone());
+        let mut from = [Vec::new(), Vec::new()];
+        for (i, bytes) in [encode(&record), serde_json::to_vec(&record).unwrap()]
+            .iter()
+            .enumerate()
+        {
+            consent_events(bytes, |e| from[i].push(e)).unwrap();
+        }
+        assert_eq!(from[0], from[1]);
+        assert_eq!(from[0][0].rank, from[0][0].at);
+        assert_eq!(fmt_time(from[0][1].at), "2026-02-01T10:11:12.123456789Z");
+        assert_eq!(fmt_time(from[0][1].rank), "2026-02-01T10:11:13.000000001Z");
+        for (e, d) in c.events.iter().zip(&from[0]) {
+            assert_eq!(
+                e.rank(),
+                Some(d.rank),
+                "the record's and the hot path's rank agree"
+            );
+        }
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
     }
 
     /// The layout and [`WORDS`] are on disk: this pins both.

@@ -144,6 +144,49 @@ pub struct ConsentEvent {
     /// person's: it ends the processing but is no proof to keep (`retention::schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by_erasure: Option<String>,
+    /// The rank of the latest event of this consent the writing office held when it wrote this
+    /// one at its own "now", set only when that rank was not before this event's `at`: this
+    /// event was written knowing of that one, so it ranks just after it ([`rank_after`]).
+    /// Without it a withdrawal written after a grant arrived from an office whose clock ran
+    /// ahead (within the sync's 60 s skew, or further through a relay) was dated before the
+    /// grant and lost to it: `consent check` answered "granted" after the person withdrew. An
+    /// event with a stated time (`--at`, an import's history) is ranked by that time alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
+}
+
+/// The rank of an event at `at` written knowing of an event ranked `follows`: just after it (by
+/// one nanosecond, the finest a stored time holds) when that is not before `at`, else `at`.
+/// Ranks order a consent's events (a withdrawal after a grant of the same rank); `at` stays the
+/// event's own time, which retention and the audit report date from.
+pub fn rank_after(at: DateTime<Utc>, follows: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    match follows {
+        Some(f) if f >= at => f + chrono::Duration::nanoseconds(1),
+        _ => at,
+    }
+}
+
+impl ConsentEvent {
+    /// The event's rank among its consent's events ([`rank_after`]); None if a time does not
+    /// parse (such an event is skipped, as before ranks).
+    pub fn rank(&self) -> Option<DateTime<Utc>> {
+        let parse = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|d| d.with_timezone(&Utc))
+        };
+        let follows = match &self.follows {
+            Some(f) => Some(parse(f)?),
+            None => None,
+        };
+        Some(rank_after(parse(&self.at)?, follows))
+    }
+
+    /// The key `consent check` orders events by: the rank, then a withdrawal after a grant of
+    /// the same rank (`true` sorts after `false`). The maximum decides.
+    pub fn order(&self) -> Option<(DateTime<Utc>, bool)> {
+        Some((self.rank()?, self.action == "withdraw"))
+    }
 }
 
 /// A data-subject request (§8) and its legal clock.
@@ -712,6 +755,7 @@ mod tests {
                 office: "de".into(),
                 restriction: None,
                 by_erasure: None,
+                follows: None,
             }],
         })
     }

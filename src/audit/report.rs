@@ -231,7 +231,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                 let withdrawn = c
                     .events
                     .iter()
-                    .filter_map(|e| Some((time(&e.at)?, e.action == "withdraw")))
+                    .filter_map(|e| e.order())
                     .max()
                     .is_some_and(|(_, w)| w);
                 if let Some(last) = c.events.iter().filter_map(|e| time(&e.at)).max() {

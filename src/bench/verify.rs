@@ -66,6 +66,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
                 office: "de".into(),
                 restriction: None,
                 by_erasure: None,
+                follows: None,
             }],
         });
         // Authored as the daemon authors a new record (`Draft::create`).

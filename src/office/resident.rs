@@ -26,7 +26,7 @@
 //! both this office's writes and what arrives (`replicate.rs`).
 
 use super::{Office, Result};
-use crate::record::{fmt_time, DocId, Record, KIND_CONSENT, KIND_HOLD};
+use crate::record::{DocId, Record, KIND_CONSENT, KIND_HOLD};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
@@ -89,17 +89,19 @@ impl Office {
                 out.done.push(*id);
                 continue;
             };
-            // The latest withdrawal, and the restriction request it carries out if one: folded
-            // onto the travelling record it stays a restriction, which retention does not
-            // delete for (GDPR Art. 18: restricted data is stored).
+            // The latest withdrawal by rank, and the restriction request it carries out if one:
+            // folded onto the travelling record it stays a restriction, which retention does not
+            // delete for (GDPR Art. 18: restricted data is stored). The copy keeps its time and
+            // rank (`follows`).
             let latest_withdrawal = c
                 .events
                 .iter()
                 .filter(|e| e.action == "withdraw")
-                .filter_map(|e| Some((super::parse_time(&e.at).ok()?, e.restriction.clone())))
-                .max();
-            let restriction = latest_withdrawal.as_ref().and_then(|(_, r)| r.clone());
-            let withdrawn: Option<DateTime<Utc>> = latest_withdrawal.map(|(t, _)| t);
+                .filter_map(|e| Some((e.rank()?, e)))
+                .max_by_key(|(rank, _)| *rank);
+            let copied = latest_withdrawal
+                .map(|(_, e)| (e.at.clone(), e.restriction.clone(), e.follows.clone()));
+            let withdrawn: Option<DateTime<Utc>> = latest_withdrawal.map(|(rank, _)| rank);
             let (Some(t_w), true, true) = (
                 withdrawn,
                 c.office == self.id,
@@ -110,8 +112,8 @@ impl Office {
             };
             let subject = stored_subject(&c.subject)?;
             let token = self.hasher.consent_token(&subject, &c.purpose);
-            // Every other record of the consent: its office and latest event (by time, a
-            // withdrawal after a grant at the same instant, as `consent check` orders them).
+            // Every other record of the consent: its office and latest event (by rank, a
+            // withdrawal after a grant of the same rank, as `consent check` orders them).
             let mut travelling: Vec<(DocId, Latest)> = Vec::new();
             let mut latest_elsewhere: Latest = None;
             for (other, kind, bytes) in self.store.projections_by_key(&token)? {
@@ -120,7 +122,7 @@ impl Office {
                 }
                 let mut latest = None;
                 crate::projection::consent_events(&bytes, |e| {
-                    latest = latest.max(Some((e.at, e.withdraw)));
+                    latest = latest.max(Some(e.order()));
                 })
                 .map_err(super::OfficeError::Integrity)?;
                 latest_elsewhere = latest_elsewhere.max(latest);
@@ -145,14 +147,16 @@ impl Office {
                 // record of it from another office arriving later.
                 continue;
             };
-            let mut op = self.withdraw_op(
-                subject,
-                c.purpose.clone(),
-                Some(&fmt_time(t_w)),
-                restriction,
-            )?;
-            if let super::Op::Consent { onto: target, .. } = &mut op {
+            let (at, restriction, follows) = copied.expect("a latest withdrawal was found");
+            let mut op = self.withdraw_op(subject, c.purpose.clone(), Some(&at), restriction)?;
+            if let super::Op::Consent {
+                onto: target,
+                event,
+                ..
+            } = &mut op
+            {
                 *target = Some(onto);
+                event.follows = follows;
             }
             ops.push(op);
         }

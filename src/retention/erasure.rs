@@ -192,12 +192,12 @@ fn completed_at(request: &record::RequestRecord) -> Option<chrono::DateTime<chro
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
-/// Whether `c` holds a grant after `when`: the person's new dealings since a request completed,
-/// which carrying the request out leaves alone.
+/// Whether `c` holds a grant ranked after `when` ([`record::ConsentEvent::rank`]): the person's
+/// new dealings since a request completed, which carrying the request out leaves alone.
 fn granted_since(c: &record::ConsentRecord, when: chrono::DateTime<chrono::Utc>) -> bool {
-    c.events.iter().any(|e| {
-        e.action == "grant" && chrono::DateTime::parse_from_rfc3339(&e.at).is_ok_and(|t| t > when)
-    })
+    c.events
+        .iter()
+        .any(|e| e.action == "grant" && e.rank().is_some_and(|t| t > when))
 }
 
 /// Whether record `id` was made by `when` (its id's first six bytes are its creation's Unix
@@ -458,28 +458,31 @@ fn withdraws_purpose(kind: &str, marketing: bool, basis: &str) -> bool {
 fn latest_grant_bases(
     records: Vec<(record::DocId, Record)>,
 ) -> std::collections::BTreeMap<String, (String, bool)> {
-    type Latest = Option<((chrono::DateTime<chrono::FixedOffset>, bool), bool)>;
-    let mut grants: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    type Latest = Option<((chrono::DateTime<chrono::Utc>, bool), bool)>;
+    // Per purpose: the latest grant's rank and basis (ranks, not the time texts, which compare
+    // wrongly as text when one has sub-second digits and the other none).
+    let mut grants: std::collections::BTreeMap<String, (chrono::DateTime<chrono::Utc>, String)> =
+        Default::default();
     let mut latest: std::collections::BTreeMap<String, Latest> = Default::default();
     for (_, r) in records {
         if let Record::Consent(c) = r {
             for e in &c.events {
                 let withdraw = e.action == "withdraw";
-                if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&e.at) {
+                if let Some(order) = e.order() {
                     let entry = latest.entry(c.purpose.clone()).or_default();
-                    if entry.is_none_or(|(k, _)| (at, withdraw) >= k) {
-                        *entry = Some(((at, withdraw), withdraw && e.restriction.is_some()));
+                    if entry.is_none_or(|(k, _)| order >= k) {
+                        *entry = Some((order, withdraw && e.restriction.is_some()));
                     }
                 }
-                if withdraw {
+                let (false, Some(rank)) = (withdraw, e.rank()) else {
                     continue;
-                }
+                };
                 let basis = e.basis.clone().unwrap_or_default();
                 let entry = grants
                     .entry(c.purpose.clone())
-                    .or_insert_with(|| (e.at.clone(), basis.clone()));
-                if e.at > entry.0 {
-                    *entry = (e.at.clone(), basis);
+                    .or_insert_with(|| (rank, basis.clone()));
+                if rank > entry.0 {
+                    *entry = (rank, basis);
                 }
             }
         }

@@ -265,8 +265,12 @@ fn child_grants_kept(
     token: &[u8; 32],
     deleting: &BTreeSet<DocId>,
 ) -> Result<Vec<(Subject, String)>> {
-    // Per purpose: the latest event (time, withdraws, basis), a parent's consent, the subject.
-    type Latest = (Option<(String, bool, String)>, bool, Option<Subject>);
+    // Per purpose: the latest event ((rank, withdraws), basis), a parent's consent, the subject.
+    type Latest = (
+        Option<((chrono::DateTime<chrono::Utc>, bool), String)>,
+        bool,
+        Option<Subject>,
+    );
     let mut purposes: BTreeMap<String, Latest> = BTreeMap::new();
     for (id, record) in office.records_by_key(token)? {
         let Record::Consent(c) = record else { continue };
@@ -282,19 +286,15 @@ fn child_grants_kept(
             );
         }
         for e in c.events {
-            let this = (e.at, e.action == "withdraw", e.basis.unwrap_or_default());
-            if entry
-                .0
-                .as_ref()
-                .is_none_or(|l| (&this.0, this.1) >= (&l.0, l.1))
-            {
-                entry.0 = Some(this);
+            let Some(order) = e.order() else { continue };
+            if entry.0.as_ref().is_none_or(|l| order >= l.0) {
+                entry.0 = Some((order, e.basis.unwrap_or_default()));
             }
         }
     }
     let mut out = Vec::new();
     for (purpose, (latest, parental, subject)) in purposes {
-        let (Some((_, false, basis)), false, Some(subject)) = (latest, parental, subject) else {
+        let (Some(((_, false), basis)), false, Some(subject)) = (latest, parental, subject) else {
             continue;
         };
         if office.purposes.is_marketing(&purpose) || basis == "consent" {

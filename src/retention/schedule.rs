@@ -211,15 +211,12 @@ fn persons_events(c: &ConsentRecord) -> impl Iterator<Item = &crate::record::Con
     c.events.iter().filter(|e| e.by_erasure.is_none())
 }
 
-/// Whether the record's latest event of the person's (by time, a withdrawal after a grant at
-/// the same instant; an erasure's withdrawal does not count: [`persons_events`]) is a
+/// Whether the record's latest event of the person's (by rank, a withdrawal after a grant of
+/// the same rank; an erasure's withdrawal does not count: [`persons_events`]) is a
 /// withdrawal.
 fn ends_withdrawn(c: &ConsentRecord) -> bool {
     persons_events(c)
-        .filter_map(|e| {
-            let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?;
-            Some((at, e.action == "withdraw"))
-        })
+        .filter_map(|e| e.order())
         .max()
         .is_some_and(|(_, withdraw)| withdraw)
 }
@@ -281,10 +278,7 @@ pub fn legal_obligation_in_force(record: &Record) -> bool {
     };
     c.events
         .iter()
-        .filter_map(|e| {
-            let at = chrono::DateTime::parse_from_rfc3339(&e.at).ok()?;
-            Some(((at, e.action == "withdraw"), e))
-        })
+        .filter_map(|e| Some((e.order()?, e)))
         .max_by_key(|(k, _)| *k)
         .is_some_and(|(_, e)| e.action == "grant" && e.basis.as_deref() == Some("legal_obligation"))
 }
@@ -416,12 +410,10 @@ fn anchor_time(record: &Record, anchor: Anchor) -> Option<DateTime<Utc>> {
     match (record, anchor) {
         (_, Anchor::Never) => None,
         (Record::Consent(c), Anchor::LastEvent | Anchor::LastEventOnceWithdrawn) => {
-            // The latest event by time; a withdrawal wins a tie, as in `consent check`.
-            let (t, withdraw) = c
-                .events
-                .iter()
-                .filter_map(|e| Some((parse(&e.at)?, e.action == "withdraw")))
-                .max()?;
+            // The latest event by rank; a withdrawal wins a tie, as in `consent check`. The
+            // period runs from that rank: the event's time, or (written knowing of a later-dated
+            // event, `ConsentEvent::follows`) just after that event's.
+            let (t, withdraw) = c.events.iter().filter_map(|e| e.order()).max()?;
             (anchor == Anchor::LastEvent || withdraw).then_some(t)
         }
         (Record::Transfer(t), _) => parse(&t.at),
@@ -451,6 +443,7 @@ mod tests {
             office: "de".into(),
             restriction: None,
             by_erasure: None,
+            follows: None,
         }
     }
 

@@ -24,9 +24,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
 
-/// An event as `consent check` orders them: by time, a withdrawal after a grant at the same
-/// instant (`true` sorts after `false`). The maximum decides.
-type Decisive = (DateTime<Utc>, bool);
+/// An event as `consent check` orders them: by rank, a withdrawal after a grant of the same rank
+/// (`true` sorts after `false`; [`crate::record::ConsentEvent::order`]), then its own time. The
+/// maximum decides.
+type Decisive = ((DateTime<Utc>, bool), DateTime<Utc>);
 
 /// The latest event of every consent record under `token`, without opening sealed fields.
 fn group(office: &Office, token: &[u8; 32]) -> Result<Vec<(DocId, Option<Decisive>)>> {
@@ -37,7 +38,7 @@ fn group(office: &Office, token: &[u8; 32]) -> Result<Vec<(DocId, Option<Decisiv
         }
         let mut latest: Option<Decisive> = None;
         crate::projection::consent_events(&bytes, |e| {
-            latest = latest.max(Some((e.at, e.withdraw)));
+            latest = latest.max(Some((e.order(), e.at)));
         })
         .map_err(OfficeError::Integrity)?;
         out.push((id, latest));
@@ -65,15 +66,9 @@ fn ends_withdrawn(record: &Record) -> bool {
     };
     c.events
         .iter()
-        .filter_map(|e| Some((parse(&e.at)?, e.action == "withdraw")))
+        .filter_map(|e| e.order())
         .max()
         .is_some_and(|(_, withdraw)| withdraw)
-}
-
-fn parse(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t)
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
 }
 
 /// Whether deleting `going` turns the answer for `token`'s (subject, purpose) from "not
@@ -91,7 +86,8 @@ pub(crate) fn turns_granted(
         .filter(|m| !going.contains(&m.0))
         .filter_map(|m| m.1)
         .max();
-    Ok(all.is_some_and(|(_, withdraw)| withdraw) && rest.is_some_and(|(_, withdraw)| !withdraw))
+    Ok(all.is_some_and(|((_, withdraw), _)| withdraw)
+        && rest.is_some_and(|((_, withdraw), _)| !withdraw))
 }
 
 /// The deletion tokens of `todo` under which a deletion would turn an answer "granted" (the
@@ -141,7 +137,8 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
     for t in &turning {
         // The withdrawal that decides: the group's latest event.
         let members = group(office, t)?;
-        let Some((withdrawn_at, true)) = members.iter().filter_map(|m| m.1).max() else {
+        let Some(((withdrawn_rank, true), withdrawn_at)) = members.iter().filter_map(|m| m.1).max()
+        else {
             continue;
         };
         let at = *first_of.get(t).expect("a turning token is a deletion's");
@@ -149,16 +146,18 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
         let mut due = true;
         let records = office.records_by_key(t)?;
         // A deciding withdrawal that carries out a restriction restricts the grants too: as if
-        // withdrawn by it, they keep their schedule (GDPR Art. 18: stored, not erased).
-        let restriction = records
+        // withdrawn by it, they keep their schedule (GDPR Art. 18: stored, not erased). Each
+        // grant is read as withdrawn by it: same time, same rank.
+        let decider = records
             .iter()
             .filter_map(|(_, r)| match r {
                 Record::Consent(c) => Some(&c.events),
                 _ => None,
             })
             .flatten()
-            .find(|e| e.action == "withdraw" && parse(&e.at) == Some(withdrawn_at))
-            .and_then(|e| e.restriction.clone());
+            .find(|e| e.action == "withdraw" && e.rank() == Some(withdrawn_rank));
+        let restriction = decider.and_then(|e| e.restriction.clone());
+        let follows = decider.and_then(|e| e.follows.clone());
         for (id, record) in records {
             let Record::Consent(c) = &record else {
                 continue;
@@ -177,6 +176,7 @@ pub(crate) fn plan(office: &Office, todo: &mut Vec<Deletion>, today: i32) -> Res
                 office: office.id().to_string(),
                 restriction: restriction.clone(),
                 by_erasure: None,
+                follows: follows.clone(),
             });
             match office
                 .retention
