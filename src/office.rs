@@ -758,6 +758,7 @@ impl Office {
                         at: received,
                         note: None,
                         office: self.id.clone(),
+                        recorded: None,
                     }],
                     office: self.id.clone(),
                     erasure: None,
@@ -811,6 +812,7 @@ impl Office {
                     outcome: a.outcome,
                     note: a.note,
                     at,
+                    recorded: a.at.is_some().then_some(now),
                     erasure: None,
                 })
             }
@@ -1900,6 +1902,8 @@ enum Op {
         outcome: String,
         note: Option<String>,
         at: DateTime<Utc>,
+        /// When this office records the close, if `at` was stated ([`StatusEvent::recorded`]).
+        recorded: Option<DateTime<Utc>>,
         /// What an erasure deleted and kept (set by `close_with_erasure_report`).
         erasure: Option<Value>,
     },
@@ -2195,6 +2199,7 @@ impl<'o> Draft<'o> {
                     at: fmt_time(at),
                     note: Some(reason),
                     office: self.office.id.clone(),
+                    recorded: None,
                 })
                 .expect("serialises");
                 let date = fmt_date(due.date);
@@ -2281,6 +2286,7 @@ impl<'o> Draft<'o> {
                     at: fmt_time(at),
                     note: note.clone(),
                     office: self.office.id.clone(),
+                    recorded: None,
                 })
                 .expect("serialises");
                 let due_fields = due.as_ref().map(|d| {
@@ -2327,6 +2333,7 @@ impl<'o> Draft<'o> {
                 outcome,
                 note,
                 at,
+                recorded,
                 erasure,
             } => {
                 let r = self.request(&id)?;
@@ -2347,6 +2354,7 @@ impl<'o> Draft<'o> {
                     at: fmt_time(at),
                     note: note.clone(),
                     office: self.office.id.clone(),
+                    recorded: recorded.map(fmt_time),
                 })
                 .expect("serialises");
                 self.change(id, |tx| {

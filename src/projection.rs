@@ -1107,6 +1107,7 @@ mod tests {
                     at: "2026-12-03T15:49:03.854570384Z".into(),
                     note: Some(sealed(58)),
                     office: "de".into(),
+                    recorded: None,
                 }],
                 office: "de".into(),
                 erasure: Some(serde_json::json!({

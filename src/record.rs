@@ -236,6 +236,13 @@ pub struct StatusEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     pub office: String,
+    /// When the office recorded the step, for a step whose time was stated (`request close
+    /// --at`, entered late): `at` is when it happened, this when the office acted on it. An
+    /// erasure carried out elsewhere takes the records that existed when the completion was
+    /// recorded (`retention::erasure`); by `at` alone, every record made between the stated
+    /// time and the recording escaped it (found by an exploratory session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<String>,
 }
 
 /// A cross-border transfer of personal data (§5).

@@ -396,6 +396,82 @@ fn an_erasure_completed_elsewhere_is_carried_out_on_cn_s_own_records() {
     assert_eq!(consents("cn"), 1, "{}", cn.log_text());
 }
 
+/// A completion entered late (`request close --at` a past day) is carried out on every record
+/// cn held when the close was recorded: dated by its stated day alone, it left cn's record made
+/// since that day in force, though the grant in it was older than the erasure (found by an
+/// exploratory session).
+#[test]
+fn an_erasure_closed_with_a_past_date_is_carried_out_on_cn_s_records_made_before_the_close() {
+    let subject = "zed@example.com";
+    let net = Net::init("de,cn");
+    let _de = net.start("de");
+    let _cn = net.start("cn");
+    let days_ago = |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let id = ok(
+        &net.socket("de"),
+        &[
+            "request",
+            "open",
+            "--subject",
+            subject,
+            "--kind",
+            "erasure",
+            "--received",
+            &days_ago(10),
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The person's grant, entered at cn today with its own (earlier) day.
+    ok(
+        &net.socket("cn"),
+        &[
+            "consent",
+            "grant",
+            "--subject",
+            subject,
+            "--purpose",
+            "sales",
+            "--basis",
+            "legitimate_interest",
+            "--at",
+            &days_ago(9),
+        ],
+    );
+    let consents = |office: &str| {
+        ok(
+            &net.socket(office),
+            &["subject", "export", "--subject", subject],
+        )["consents"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(consents("cn"), 1);
+    let closed = ok(
+        &net.socket("de"),
+        &[
+            "request",
+            "close",
+            &id,
+            "--outcome",
+            "completed",
+            "--at",
+            &days_ago(5),
+        ],
+    );
+    assert_eq!(closed["status"], "completed", "{closed}");
+    wait_until(
+        "cn erases its record made before the close was recorded",
+        Duration::from_secs(120),
+        || consents("cn") == 0,
+    );
+}
+
 /// Under a hold, an erasure deletes nothing but still withdraws the consents (as at the office
 /// that completes it): cn, carrying out de's erasure under its own hold, withdrew nothing, and
 /// being done once, never did (found by an exploratory session).

@@ -181,15 +181,27 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     Ok(deleted)
 }
 
-/// When `request` was completed (its history's latest `completed` step).
+/// When `request`'s completion was recorded (its history's latest `completed` step: when the
+/// office recorded it, else its time): the records there were then are the ones it erased or
+/// withdrew, and a grant since is the person's new dealings. A completion entered late (`request
+/// close --at` a past day) dated by its stated time alone left every record made between that
+/// day and the close in force at the offices carrying it out (found by an exploratory session).
 fn completed_at(request: &record::RequestRecord) -> Option<chrono::DateTime<chrono::Utc>> {
-    request
+    let step = request
         .history
         .iter()
         .rev()
-        .find(|h| h.status == "completed")
-        .and_then(|h| chrono::DateTime::parse_from_rfc3339(&h.at).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
+        .find(|h| h.status == "completed")?;
+    let at = chrono::DateTime::parse_from_rfc3339(&step.at).ok()?;
+    let recorded = step
+        .recorded
+        .as_deref()
+        .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok());
+    Some(
+        recorded
+            .map_or(at, |r| r.max(at))
+            .with_timezone(&chrono::Utc),
+    )
 }
 
 /// Whether `c` holds a grant ranked after `when` ([`record::ConsentEvent::rank`]): the person's

@@ -686,6 +686,7 @@ mod tests {
             at: "2026-01-20T12:00:00Z".into(),
             note: None,
             office: "de".into(),
+            recorded: None,
         });
         let (d, rule) = s.expiry(&Record::Request(r), marketing).unwrap();
         assert_eq!((d, rule.id), (day("2031-01-20"), "request-confirmation"));
