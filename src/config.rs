@@ -138,6 +138,10 @@ pub struct ControlConfig {
     pub auditors: Vec<u32>,
 }
 
+/// Longest control socket path, in bytes: `sockaddr_un.sun_path` is 108 bytes on Linux, one of
+/// them the terminating NUL.
+pub const SOCKET_PATH_BYTES_MAX: usize = 107;
+
 fn default_socket_mode() -> String {
     "0660".into()
 }
@@ -255,6 +259,15 @@ impl Config {
             return Err(format!("jurisdiction {:?} is not valid", self.jurisdiction));
         }
         self.socket_mode()?;
+        // A Unix socket's path must fit `sockaddr_un.sun_path` with its NUL: longer ones passed
+        // `check-config` and failed at start with "path must be shorter than SUN_LEN".
+        let socket_len = self.control.socket.as_os_str().len();
+        if socket_len > SOCKET_PATH_BYTES_MAX {
+            return Err(format!(
+                "control.socket {} is {socket_len} bytes long; a Unix socket path is at most {SOCKET_PATH_BYTES_MAX} bytes (sockaddr_un): choose a shorter path",
+                self.control.socket.display()
+            ));
+        }
         for (name, list) in [
             ("control.operators", &self.control.operators),
             ("control.auditors", &self.control.auditors),

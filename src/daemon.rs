@@ -511,7 +511,11 @@ pub async fn run(
     // A socket systemd passed us belongs to consentd.socket: it stays, so that operators'
     // connections queue while the service restarts. Our own socket file goes with us.
     if !activated {
-        let _ = std::fs::remove_file(&socket_path);
+        use std::os::unix::fs::FileTypeExt;
+        // Only if it is still a socket: what stands there now may have replaced ours.
+        if std::fs::symlink_metadata(&socket_path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&socket_path);
+        }
     }
     // Requests already being served finish (their writes become durable and are acknowledged).
     let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -616,7 +620,16 @@ fn check_activated_socket(
 
 fn bind_control_socket(config: &Config) -> Result<UnixListener, StartupError> {
     let path = &config.control.socket;
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ours to replace: `[control] socket` naming the config file, a key
+        // or any other file deleted it at start (found by an exploratory session).
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(fail(format!(
+                "[control] socket {} exists and is not a socket; refusing to replace it: name a path of its own",
+                path.display()
+            )));
+        }
         // A live daemon answers; a stale file from a crash does not and is replaced.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(fail(format!(

@@ -76,6 +76,52 @@ fn an_unknown_config_key_is_refused_by_name() {
     assert!(e.contains("retention_dayz"), "{e}");
 }
 
+/// `[control] socket` naming an existing file that is not a socket: start deleted it, whatever
+/// it was (the config file itself, found by an exploratory session). It is refused and kept.
+#[test]
+fn a_control_socket_path_naming_another_file_is_refused_and_the_file_kept() {
+    let net = Net::init("de");
+    let precious = net.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let line = format!("socket = {:?}", precious.display().to_string());
+    net.edit_config("de", |t| {
+        t.lines()
+            .map(|l| {
+                if l.starts_with("socket = ") {
+                    line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let e = start_error(&net, "de");
+    assert!(e.contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}
+
+/// A socket path too long for `sockaddr_un` is refused by the config check, not at bind.
+#[test]
+fn a_control_socket_path_too_long_for_unix_sockets_is_refused() {
+    let net = Net::init("de");
+    let long = format!("socket = \"/tmp/{}/control.sock\"", "d".repeat(120));
+    net.edit_config("de", |t| {
+        t.lines()
+            .map(|l| {
+                if l.starts_with("socket = ") {
+                    long.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let e = start_error(&net, "de");
+    assert!(e.contains("at most 107 bytes"), "{e}");
+}
+
 #[test]
 fn a_data_directory_of_another_office_is_refused() {
     let net = Net::init("de,sg");
