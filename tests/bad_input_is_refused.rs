@@ -376,6 +376,48 @@ fn malformed_frames_are_refused() {
     still_serving(&sock);
 }
 
+/// `audit export --out` names a symlink, a FIFO or a directory: refused, and what was there is
+/// left as it was (the bundle was renamed over it: a symlink became a 4 MB file, and as root
+/// `/dev/full` a regular file; found by an exploratory session). An earlier bundle (a regular
+/// file) is replaced.
+#[test]
+fn an_export_refuses_to_replace_anything_but_a_regular_file() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    grant(&sock);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "kept").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (path, what) in [(&link, "a symbolic link"), (&fifo, "a FIFO")] {
+        let e = err(&sock, &["audit", "export", "--out", path.to_str().unwrap()]);
+        assert!(e.contains(what), "{e}");
+    }
+    let e = err(
+        &sock,
+        &["audit", "export", "--out", dir.path().to_str().unwrap()],
+    );
+    assert!(e.contains("a directory"), "{e}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "kept");
+    let bundle = dir.path().join("bundle.cdab");
+    std::fs::write(&bundle, "an earlier bundle").unwrap();
+    ok(
+        &sock,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    assert_ne!(std::fs::read(&bundle).unwrap(), b"an earlier bundle");
+    still_serving(&sock);
+}
+
 #[test]
 fn a_daemon_that_is_not_running_is_named_in_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,8 @@ const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(10);
 pub enum AuditCmd {
     /// Write everything an auditor needs into one file (streamed from the daemon)
     Export {
+        /// The bundle's file: an earlier bundle there is replaced (atomically); a symbolic
+        /// link, FIFO, device or directory is refused
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },

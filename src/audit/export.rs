@@ -594,10 +594,16 @@ fn export_once(
     let expected = first["envelopes"].as_u64();
 
     let tmp = partial_path(out);
+    check_replaceable(out)?;
+    check_replaceable(&tmp)?;
+    if tmp.exists() {
+        // A partial file a killed export left behind.
+        std::fs::remove_file(&tmp).map_err(|e| format!("cannot remove {}: {e}", tmp.display()))?;
+    }
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -621,6 +627,36 @@ fn export_once(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+/// Refuses a path that holds anything but a regular file: the bundle is renamed over `--out`,
+/// which replaced a symlink, a FIFO or a device node (`/dev/full`, as root) with the bundle
+/// (found by an exploratory session). A regular file there (an earlier bundle) is replaced.
+fn check_replaceable(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            let what = if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            Err(format!(
+                "refusing to write the bundle to {}: it is {what}; name a regular file (an earlier bundle there is replaced)",
+                path.display()
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
