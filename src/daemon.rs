@@ -1050,17 +1050,112 @@ async fn handle(
     }
 }
 
-/// Sets up logging to stderr (journald captures it under systemd).
-pub fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONSENTD_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// The environment variables that set the log filter, first found wins, over `[log] filter`.
+pub const LOG_FILTER_ENV: [&str; 2] = ["CONSENTD_LOG", "RUST_LOG"];
+
+/// The log filter in force, which the config may set once read ([`LogFilter::apply_config`]).
+pub struct LogFilter {
+    handle: Option<
+        tracing_subscriber::reload::Handle<
+            tracing_subscriber::EnvFilter,
+            tracing_subscriber::Registry,
+        >,
+    >,
+    from_env: bool,
+}
+
+impl LogFilter {
+    /// Applies `[log] filter` unless the environment set one (`CONSENTD_LOG`, else `RUST_LOG`).
+    /// Before, the config's filter was validated and never applied, and `RUST_LOG` (which
+    /// docs/systemd.md suggests) was ignored: every setting logged the same INFO lines (found by
+    /// an exploratory session).
+    pub fn apply_config(&self, filter: &str) -> Result<(), String> {
+        let (Some(handle), false) = (&self.handle, self.from_env) else {
+            return Ok(());
+        };
+        let filter = tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|e| format!("[log] filter {filter:?}: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot apply [log] filter: {e}"))
+    }
+}
+
+/// Whether stderr is connected to the journal (`JOURNAL_STREAM` names its device and inode):
+/// lines then start with a syslog priority (`<3>` for errors), which journald reads as the
+/// entry's priority, and carry no time (the journal stamps each).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let stderr = std::fs::metadata("/proc/self/fd/2").or_else(|_| std::fs::metadata("/dev/stderr"));
+    stderr.is_ok_and(|m| dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()))
+}
+
+/// A log line's syslog priority prefix (sd-daemon(3)): journald files it under that priority,
+/// so `journalctl -p err` finds storage failures.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Sets up logging to stderr (journald captures it under systemd), with `filter` until the
+/// config's applies, unless the environment sets one ([`LOG_FILTER_ENV`]).
+pub fn init_tracing(filter: &str) -> LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = LOG_FILTER_ENV
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok());
+    let env_set = from_env.is_some();
+    let filter = from_env
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let journal = stderr_is_journal();
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = if journal {
+        let format = tracing_subscriber::fmt::format()
+            .with_target(false)
+            .without_time();
+        registry
+            .with(fmt.event_format(JournalPriority(format)))
+            .try_init()
+    } else {
+        registry.with(fmt).try_init()
+    };
+    LogFilter {
+        handle: installed.is_ok().then_some(handle),
+        from_env: env_set,
+    }
 }
 
 /// The default control socket for clients.

@@ -114,9 +114,10 @@ fn main() {
 
 fn serve(config: PathBuf) -> Result<(), String> {
     // Logging starts before the config is read so start-up refusals are logged too; the config's
-    // filter applies from the first line only when set through CONSENTD_LOG.
-    consentd::daemon::init_tracing("info");
+    // `[log] filter` applies once read, unless CONSENTD_LOG or RUST_LOG sets one.
+    let log = consentd::daemon::init_tracing("info");
     let prepared = consentd::daemon::prepare(&config).map_err(|e| e.to_string())?;
+    log.apply_config(&prepared.config.log.filter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
