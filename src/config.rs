@@ -208,13 +208,22 @@ impl Config {
             path: path.to_owned(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        if meta.len() > CONFIG_BYTES_MAX {
+        // Read through the limit, not by the file's size: a pipe (`--config /dev/stdin`) has
+        // none, and 3 GB piped in took 11.7 GB of memory (found by an exploratory session).
+        let mut text = String::new();
+        {
+            use std::io::Read;
+            std::fs::File::open(path)
+                .map_err(read_err)?
+                .take(CONFIG_BYTES_MAX + 1)
+                .read_to_string(&mut text)
+                .map_err(read_err)?;
+        }
+        if text.len() as u64 > CONFIG_BYTES_MAX {
             return Err(ConfigError::TooLarge {
                 path: path.to_owned(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
             message,

@@ -8,7 +8,6 @@ use crate::network::{self, NewOffice};
 use crate::protocol::{self, Client, Empty, Request, IMPORT_CHUNK_RECORDS_MAX, REQUEST_BYTES_MAX};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -714,19 +713,55 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
     })
 }
 
+/// Longest line of an import file: one write, which must fit one request to the daemon.
+pub const IMPORT_LINE_BYTES_MAX: usize = protocol::REQUEST_BYTES_MAX - 1024;
+/// Most lines of one import file: every line is checked before the first is sent, so the file
+/// is held in memory (about 1 KiB a line); split larger files.
+pub const IMPORT_LINES_MAX: usize = 5_000_000;
+
 /// Reads a JSON Lines file, checks every line, then sends it in chunks below the request limit.
+/// Lines and their count are bounded ([`IMPORT_LINE_BYTES_MAX`], [`IMPORT_LINES_MAX`]): a file
+/// with no line end (`--file /dev/zero`) was read until the kernel killed the client at 23 GB
+/// (found by an exploratory session).
 fn import(socket: &Path, file: &Path) -> Result<Value, String> {
+    use std::io::{BufRead, Read};
     let f =
         std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut reader = std::io::BufReader::new(f);
     let mut lines: Vec<(usize, Request)> = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
+    let mut buf = Vec::new();
+    for n in 1.. {
+        buf.clear();
+        let read = (&mut reader)
+            .take(IMPORT_LINE_BYTES_MAX as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{}: line {n}: {e}", file.display()))?;
+        if read == 0 {
+            break;
+        }
+        if buf.len() > IMPORT_LINE_BYTES_MAX {
+            return Err(format!(
+                "{}: line {n} is longer than {IMPORT_LINE_BYTES_MAX} bytes (one write must fit one request); shorten its texts",
+                file.display()
+            ));
+        }
+        if n > IMPORT_LINES_MAX {
+            return Err(format!(
+                "{} has more than {IMPORT_LINES_MAX} lines; split it and import the parts in order",
+                file.display()
+            ));
+        }
+        let line = std::str::from_utf8(&buf).map_err(|_| {
+            format!(
+                "{}: line {n}: stream did not contain valid UTF-8",
+                file.display()
+            )
+        })?;
         // A byte-order mark some editors write first (it refused line 1 as not JSON).
         let line = if n == 1 {
             line.trim_start_matches('\u{feff}')
         } else {
-            &line
+            line
         };
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {

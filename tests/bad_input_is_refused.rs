@@ -418,6 +418,45 @@ fn an_export_refuses_to_replace_anything_but_a_regular_file() {
     still_serving(&sock);
 }
 
+/// Reads are bounded: an import line with no end (`--file /dev/zero` was read until the kernel
+/// killed the client at 23 GB) and a config piped in (3 GB took 11.7 GB; the size check read
+/// the file's length, which a pipe has not) stop at their limit with one line (found by an
+/// exploratory session).
+#[test]
+fn endless_input_stops_at_its_limit() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long.jsonl");
+    std::fs::write(&long, vec![b'a'; 2 << 20]).unwrap();
+    let e = err(&sock, &["import", "--file", long.to_str().unwrap()]);
+    assert!(e.contains("line 1 is longer than"), "{e}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consentd"))
+        .args(["check-config", "--config", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![b'#'; 1 << 16];
+        // Until the reader stops reading (a broken pipe), at most 64 MiB.
+        for _ in 0..1024 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let e = assert_error(&out);
+    assert!(e.contains("larger than"), "{e}");
+    ok(&sock, &["status"]);
+}
+
 #[test]
 fn a_daemon_that_is_not_running_is_named_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
