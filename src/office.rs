@@ -2945,7 +2945,8 @@ fn check_jurisdiction(code: &str) -> Result<()> {
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())));
     if !ok {
         return Err(invalid(format!(
-            "invalid jurisdiction {code:?}: use an ISO 3166 code such as DE, SG or US-CA"
+            "invalid jurisdiction {}: use an ISO 3166 code such as DE, SG or US-CA",
+            vocab::shown(code)
         )));
     }
     if vocab::COUNTRIES.binary_search(&&code[..2]).is_err() {

@@ -488,9 +488,23 @@ pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What to do about a failed connection: a socket that refuses this user is not a stopped
+/// daemon (the hint asked whether it was running; found by an exploratory session).
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "this user may not use the socket: it must be in the socket's group, and its uid listed under [control] operators or auditors"
+        }
+        _ => "is the daemon running? set --socket or CONSENTD_SOCKET",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to consentd at {path}: {source} (is the daemon running? set --socket or CONSENTD_SOCKET)")]
+    #[error(
+        "cannot connect to consentd at {path}: {source} ({})",
+        connect_hint(source)
+    )]
     Connect {
         path: PathBuf,
         source: std::io::Error,

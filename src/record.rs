@@ -32,7 +32,8 @@ pub fn parse_doc_id(text: &str) -> Result<DocId, String> {
     match bytes {
         Some(b) => Ok(b.try_into().expect("length checked")),
         None => Err(format!(
-            "invalid record id {text:?}: expected 32 hexadecimal characters as printed by consentctl"
+            "invalid record id {}: expected 32 hexadecimal characters as printed by consentctl",
+            crate::vocab::shown(text)
         )),
     }
 }

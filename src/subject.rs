@@ -72,8 +72,14 @@ impl fmt::Display for SubjectKind {
 pub enum SubjectError {
     #[error("subject is empty: give an e-mail address, a phone number in international format (+CC...), or an account id (id:...)")]
     Empty,
-    #[error("subject is too long ({len} bytes; at most {max})")]
-    TooLong { len: usize, max: usize },
+    /// `what`: the subject as a whole, or its kind's own limit (an account id is shorter than
+    /// the longest e-mail address: "320 bytes; at most 256" read as a contradiction).
+    #[error("{what} is too long ({len} bytes; at most {max})")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error(
         "subject contains a control character (such as a tab or newline inside it); remove it"
     )]
@@ -147,6 +153,7 @@ impl Subject {
         }
         if s.len() > MAX_SUBJECT_BYTES {
             return Err(SubjectError::TooLong {
+                what: "subject",
                 len: s.len(),
                 max: MAX_SUBJECT_BYTES,
             });
@@ -220,6 +227,7 @@ fn parse_kind(s: &str) -> Result<Subject, SubjectError> {
     }
     if s.len() > MAX_OPAQUE_BYTES {
         return Err(SubjectError::TooLong {
+            what: "an account id (id:…)",
             len: s.len(),
             max: MAX_OPAQUE_BYTES,
         });
@@ -343,6 +351,7 @@ fn parse_email(s: &str) -> Result<Subject, SubjectError> {
     }
     if normalised.len() > MAX_SUBJECT_BYTES {
         return Err(SubjectError::TooLong {
+            what: "an e-mail address",
             len: normalised.len(),
             max: MAX_SUBJECT_BYTES,
         });

@@ -240,9 +240,22 @@ pub fn check(field: &str, word: &str, allowed: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "unknown {field} {word:?}: expected one of {}",
+            "unknown {field} {}: expected one of {}",
+            shown(word),
             allowed.join(", ")
         ))
+    }
+}
+
+/// Most characters of an operator's input an error message quotes.
+pub const SHOWN_CHARS_MAX: usize = 64;
+
+/// Input quoted in an error message: all of it if short, else its start and its length (a
+/// 100 KB `--jurisdiction` came back as a 100 KB error line; found by an exploratory session).
+pub fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS_MAX) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
     }
 }
 
@@ -260,7 +273,8 @@ pub fn check_purpose_syntax(purpose: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid purpose {purpose:?}: use 1-{PURPOSE_BYTES_MAX} characters a-z 0-9 _ - . : starting with a letter (e.g. marketing)"
+            "invalid purpose {}: use 1-{PURPOSE_BYTES_MAX} characters a-z 0-9 _ - . : starting with a letter (e.g. marketing)",
+            shown(purpose)
         ))
     }
 }

@@ -457,6 +457,73 @@ fn endless_input_stops_at_its_limit() {
     ok(&sock, &["status"]);
 }
 
+/// An error quotes at most the start of an over-long input (a 100 KB value came back as a 100 KB
+/// error line), and `--json` with `--csv` is refused (it printed CSV, not one JSON value);
+/// found by an exploratory session.
+#[test]
+fn errors_quote_long_input_short_and_json_is_one_value() {
+    let net = Net::init("de");
+    let sock = net.socket("de");
+    let _d = net.start("de");
+    let long = "X".repeat(100_000);
+    for args in [
+        vec![
+            "request",
+            "open",
+            "--subject",
+            "a@example.com",
+            "--kind",
+            "access",
+            "--jurisdiction",
+            &long,
+        ],
+        vec![
+            "request",
+            "open",
+            "--subject",
+            "a@example.com",
+            "--kind",
+            &long,
+        ],
+        vec!["request", "extend", &long, "--reason", "complex"],
+        vec![
+            "transfer",
+            "record",
+            "--to",
+            "US",
+            "--recipient",
+            "r",
+            "--categories",
+            &long,
+            "--mechanism",
+            "scc",
+        ],
+    ] {
+        let e = err(&sock, &args);
+        assert!(
+            e.len() < 1_000 && e.contains("100000 bytes"),
+            "{} bytes: {}",
+            e.len(),
+            &e[..200]
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args([
+            "--json",
+            "audit",
+            "report",
+            "missing.cdab",
+            "--root-pub",
+            &"0".repeat(64),
+            "--csv",
+        ])
+        .output()
+        .unwrap();
+    let e = assert_error(&out);
+    assert!(e.contains("--csv") && e.contains("--json"), "{e}");
+    ok(&sock, &["status"]);
+}
+
 #[test]
 fn a_daemon_that_is_not_running_is_named_in_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -260,6 +260,11 @@ fn run(cmd: AuditCmd, socket: &Path, json_out: bool) -> Result<i32, String> {
             as_of,
             accept_version_1,
         } => {
+            // `--json` promises exactly one JSON value on stdout; CSV is not one (it printed CSV;
+            // found by an exploratory session).
+            if csv && json_out {
+                return Err("--csv and --json each choose the output's form: give one".into());
+            }
             let root_pub =
                 consentd_sync::keys::read_public_key(&root_pub).map_err(|e| e.to_string())?;
             let opts = Options {
