@@ -1861,6 +1861,9 @@ impl Office {
             "batches_committed": stats.batches_committed,
             "uptime_s": self.started.elapsed().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
+            // The version offices must share to sync: `version` alone did not tell a build
+            // that speaks protocol 3 from one that speaks 2 (found by an exploratory session).
+            "sync_protocol": consentd_sync::frame::PROTOCOL_VERSION,
         }))
     }
 }

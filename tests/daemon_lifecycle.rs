@@ -42,7 +42,12 @@ fn notifies_ready_watchdog_and_stopping() {
     // Pings come at half the interval; two in a row show the timer runs.
     receive_until(&notify, "WATCHDOG=1", Duration::from_secs(10));
     receive_until(&notify, "WATCHDOG=1", Duration::from_secs(10));
-    assert_eq!(ok(&net.socket("de"), &["status"])["office"], "de");
+    let status = ok(&net.socket("de"), &["status"]);
+    assert_eq!(status["office"], "de");
+    assert_eq!(
+        status["sync_protocol"],
+        consentd_sync::frame::PROTOCOL_VERSION
+    );
     let pid = d.pid();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     receive_until(&notify, "STOPPING=1", Duration::from_secs(10));
