@@ -2268,7 +2268,22 @@ impl<'o> Draft<'o> {
                         // restart gave the one-month deadline back while the person had been
                         // told the extended one (found by an exploratory session). Where the
                         // extension is a notified date, the later of that and the new deadline.
-                        match clock.extended(&r.jurisdiction, &r.kind, at, base.date, at, None) {
+                        // Announced when it was, not at this restart (the explanation said
+                        // "announced" on the day the identity arrived; found by an exploratory
+                        // session).
+                        let announced = r
+                            .extension
+                            .as_ref()
+                            .and_then(|e| parse_time(&e.at).ok())
+                            .unwrap_or(at);
+                        match clock.extended(
+                            &r.jurisdiction,
+                            &r.kind,
+                            at,
+                            base.date,
+                            announced,
+                            None,
+                        ) {
                             Ok(extended) => Some(extended),
                             Err(_) => {
                                 let current = NaiveDate::parse_from_str(&r.due, "%Y-%m-%d")
