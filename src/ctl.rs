@@ -741,7 +741,7 @@ fn import(socket: &Path, file: &Path) -> Result<Value, String> {
         }
         if buf.len() > IMPORT_LINE_BYTES_MAX {
             return Err(format!(
-                "{}: line {n} is longer than {IMPORT_LINE_BYTES_MAX} bytes (one write must fit one request); shorten its texts",
+                "{}: line {n} exceeds the limit of {IMPORT_LINE_BYTES_MAX} bytes for one import line (one write must fit one request); shorten its texts",
                 file.display()
             ));
         }

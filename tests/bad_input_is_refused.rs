@@ -431,7 +431,7 @@ fn endless_input_stops_at_its_limit() {
     let long = dir.path().join("long.jsonl");
     std::fs::write(&long, vec![b'a'; 2 << 20]).unwrap();
     let e = err(&sock, &["import", "--file", long.to_str().unwrap()]);
-    assert!(e.contains("line 1 is longer than"), "{e}");
+    assert!(e.contains("line 1 exceeds the limit"), "{e}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consentd"))
         .args(["check-config", "--config", "/dev/stdin"])
         .stdin(std::process::Stdio::piped())
