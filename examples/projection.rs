@@ -29,6 +29,7 @@ fn consent(i: usize) -> Record {
         office: "de".into(),
         minor: false,
         minor_elsewhere: false,
+        marketing: false,
         parental_consent: None,
         events: vec![ConsentEvent {
             action: "grant".into(),

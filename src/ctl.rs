@@ -566,7 +566,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                     purpose: sp.purpose,
                     at,
                 }))?,
-                human_id,
+                human_withdraw,
             ),
             ConsentCmd::Check { sp, at } => (
                 call(Request::ConsentCheck(protocol::ConsentCheck {
@@ -1097,6 +1097,15 @@ fn capitalise(s: &str) -> String {
 
 pub(crate) fn human_id(v: &Value) -> String {
     format!("{}\n", scalar(&v["id"]))
+}
+
+/// A withdrawal's record id, and its note (no grant of the consent held here) on a line of
+/// its own.
+pub(crate) fn human_withdraw(v: &Value) -> String {
+    match v["note"].as_str() {
+        Some(note) => format!("{}\nnote: {note}\n", scalar(&v["id"])),
+        None => human_id(v),
+    }
 }
 
 pub(crate) fn human_check(v: &Value) -> String {

@@ -104,7 +104,11 @@ pub struct OfficeParts {
     pub policy: crate::policy::TransferPolicy,
 }
 
-/// The purposes this office records consent for: the built-in vocabulary plus its config.
+/// The purposes this office records consent for: the built-in vocabulary plus its config. A
+/// purpose another office added in its config reaches this one with that office's records:
+/// `consent check` and `consent withdraw` accept it for a subject whose records of it are held
+/// here ([`Office::check_purpose_of`]), and a record says whether its granting office counted
+/// it as marketing ([`ConsentRecord::marketing`], [`Office::marketing_held`]).
 #[derive(Debug, Clone)]
 pub struct Purposes {
     allowed: Vec<String>,
@@ -139,6 +143,9 @@ impl Purposes {
         self.marketing.iter().any(|p| p == purpose)
     }
 }
+
+/// The note a withdrawal's answer carries when no grant of the consent is held here.
+pub const NO_GRANT_HELD: &str = "no grant of this consent is held here: the withdrawal is recorded and decides once a grant of it arrives; if the person gave it, check the subject's spelling (consent history) and the purpose";
 
 pub struct Office {
     id: String,
@@ -530,7 +537,7 @@ impl Office {
                         if let Some(flagged) = minors.get(&token) {
                             if event.action == "grant"
                                 && parental_consent.is_none()
-                                && self.purposes.is_marketing(purpose)
+                                && self.is_marketing_for(subject, purpose)?
                             {
                                 return Err(invalid(format!(
                                     "line {line}: {purpose} is marketing and the person is under 18 (line {flagged}): record a parent's or guardian's consent with parental_consent (privacy statement §10)"
@@ -598,7 +605,11 @@ impl Office {
 
     /// A withdrawal of `subject`'s consent to `purpose`, as of `at` (default now);
     /// `restriction`: the completed restriction request it carries out, if one
-    /// ([`ConsentEvent::restriction`]).
+    /// ([`ConsentEvent::restriction`]). The purpose is not checked here: an operator's is
+    /// checked by `prepare` ([`Self::check_purpose_of`]); the others (completing a request,
+    /// carrying one out, a resident office's folds) name purposes of records held here, which
+    /// another office's config may have added: refused, a completion failed and the request
+    /// stayed open (found by an exploratory session).
     fn withdraw_op(
         &self,
         subject: Subject,
@@ -606,7 +617,6 @@ impl Office {
         at: Option<&str>,
         restriction: Option<String>,
     ) -> Result<Op> {
-        self.purposes.check(&purpose)?;
         let at_now = at.is_none();
         let at = event_time(at, Utc::now())?;
         Ok(Op::Consent {
@@ -616,6 +626,7 @@ impl Office {
             role: vocab::default_role("end_user").into(),
             minor: false,
             parental_consent: None,
+            marketing: false,
             event: ConsentEvent {
                 action: "withdraw".into(),
                 at: fmt_time(at),
@@ -640,7 +651,7 @@ impl Office {
         let now = Utc::now();
         match request {
             Request::ConsentGrant(a) => {
-                let subject = parse_subject(&a.subject)?;
+                let subject = self.input_subject(&a.subject)?;
                 self.purposes.check(&a.purpose)?;
                 vocab::check("basis", &a.basis, vocab::BASES).map_err(invalid)?;
                 if let Some(s) = &a.service {
@@ -655,7 +666,18 @@ impl Office {
                     check_consent_evidence(a.evidence.as_deref(), a.notice.as_deref())?;
                 }
                 let parental = a.parental_consent.filter(|p| !p.trim().is_empty());
-                if self.purposes.is_marketing(&a.purpose) && parental.is_none() {
+                let marketing = self.purposes.is_marketing(&a.purpose);
+                // Marketing here, or by a record of it held here that another office granted
+                // counting it so (`ConsentRecord::marketing`): that is asked only of a person
+                // flagged under 18 (one key-filter probe for everyone else).
+                if parental.is_none()
+                    && (marketing
+                        || a.under_18
+                        || !self
+                            .store
+                            .docs_by_key(&self.hasher.minor_token(&subject))?
+                            .is_empty())
+                {
                     // A minor flagged on this grant or on any consent record of the person (being
                     // under 18 is the person's, not one purpose's: flagged on `support`, a
                     // `marketing` grant without the flag was taken; found by an exploratory
@@ -663,6 +685,7 @@ impl Office {
                     // The flags are plain in the projections: nothing is unwrapped or opened
                     // (this runs before every such marketing grant).
                     let (mut known_minor, mut parent_consented) = (false, false);
+                    let mut held_marketing = false;
                     for (_, kind, bytes) in self
                         .store
                         .projections_by_key(&self.hasher.subject_token(&subject))?
@@ -677,8 +700,12 @@ impl Office {
                         };
                         known_minor |= c.minor || c.minor_elsewhere;
                         parent_consented |= c.purpose == a.purpose && c.parental_consent.is_some();
+                        held_marketing |= c.purpose == a.purpose && c.marketing;
                     }
-                    if (a.under_18 || known_minor) && !parent_consented {
+                    if (marketing || held_marketing)
+                        && (a.under_18 || known_minor)
+                        && !parent_consented
+                    {
                         return Err(invalid(format!(
                             "{} is marketing and the person is under 18: record a parent's or guardian's consent with --parental-consent (privacy statement §10)",
                             a.purpose
@@ -702,6 +729,7 @@ impl Office {
                     role,
                     minor: a.under_18,
                     parental_consent: parental,
+                    marketing,
                     event: ConsentEvent {
                         action: "grant".into(),
                         at: fmt_time(at),
@@ -719,10 +747,12 @@ impl Office {
                 })
             }
             Request::ConsentWithdraw(a) => {
-                self.withdraw_op(parse_subject(&a.subject)?, a.purpose, a.at.as_deref(), None)
+                let subject = self.input_subject(&a.subject)?;
+                self.check_purpose_of(&subject, &a.purpose)?;
+                self.withdraw_op(subject, a.purpose, a.at.as_deref(), None)
             }
             Request::RequestOpen(a) => {
-                let subject = parse_subject(&a.subject)?;
+                let subject = self.input_subject(&a.subject)?;
                 vocab::check("request kind", &a.kind, vocab::REQUEST_KINDS).map_err(invalid)?;
                 let received = event_time(a.received.as_deref(), now)?;
                 let jurisdiction = match a.jurisdiction {
@@ -817,7 +847,11 @@ impl Office {
                 })
             }
             Request::TransferRecord(a) => {
-                let subject = a.subject.as_deref().map(parse_subject).transpose()?;
+                let subject = a
+                    .subject
+                    .as_deref()
+                    .map(|s| self.input_subject(s))
+                    .transpose()?;
                 if a.categories.is_empty() {
                     return Err(invalid("--categories needs at least one data category"));
                 }
@@ -859,7 +893,7 @@ impl Office {
                 }))
             }
             Request::HoldSet(a) => {
-                let subject = parse_subject(&a.subject)?;
+                let subject = self.input_subject(&a.subject)?;
                 if a.reason.trim().is_empty() {
                     return Err(invalid(
                         "--reason is required: say which legal duty keeps the records (e.g. a court order)",
@@ -878,7 +912,7 @@ impl Office {
                 }))
             }
             Request::HoldClear(a) => {
-                let subject = parse_subject(&a.subject)?;
+                let subject = self.input_subject(&a.subject)?;
                 let at = event_time(a.at.as_deref(), now)?;
                 Ok(Op::HoldClear { subject, at })
             }
@@ -1029,7 +1063,14 @@ impl Office {
         let mut docs: Vec<[u8; 32]> = Vec::new();
         // The latest rank this batch gave each consent token, for an event after it in the batch.
         let mut ranked: HashMap<[u8; 32], DateTime<Utc>> = HashMap::new();
-        for op in &mut ops {
+        // Withdrawals (op indexes) of a consent no record here grants, nor an earlier grant of
+        // this batch: recorded all the same (one decides once a grant of it arrives), and
+        // answered with [`NO_GRANT_HELD`]. A withdrawal of a spelling of the subject other than
+        // the grant's made a new record and left the grant in force, silently (found by an
+        // exploratory session).
+        let mut ungranted: Vec<usize> = Vec::new();
+        let mut granted_here: std::collections::HashSet<[u8; 32]> = Default::default();
+        for (i, op) in ops.iter_mut().enumerate() {
             match op {
                 Op::Consent {
                     subject,
@@ -1041,6 +1082,13 @@ impl Office {
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
                     let held = self.store.docs_by_key(&token)?;
+                    if event.action == "withdraw" {
+                        if !granted_here.contains(&token) && !self.grant_held(&token, &held)? {
+                            ungranted.push(i);
+                        }
+                    } else {
+                        granted_here.insert(token);
+                    }
                     self.rank_after_held(&token, &held, event, *at_now, &mut ranked)?;
                     let target = match onto {
                         Some(id) if held.contains(id) => Some(*id),
@@ -1135,7 +1183,29 @@ impl Office {
             durable_us = us(authored, durable),
             "write acknowledged"
         );
+        let mut answers = answers;
+        for i in ungranted {
+            if let Some(answer) = answers.get_mut(i) {
+                answer["note"] = json!(NO_GRANT_HELD);
+            }
+        }
         Ok(answers)
+    }
+
+    /// Whether a record of the consent (token `token`; `held`: its records) holds a grant.
+    fn grant_held(&self, token: &[u8; 32], held: &[DocId]) -> Result<bool> {
+        if held.is_empty() {
+            return Ok(false);
+        }
+        let mut granted = false;
+        for (_, kind, bytes) in self.store.projections_by_key(token)? {
+            if kind != crate::record::KIND_CONSENT {
+                continue;
+            }
+            crate::projection::consent_events(&bytes, |e| granted |= !e.withdraw)
+                .map_err(OfficeError::Integrity)?;
+        }
+        Ok(granted)
     }
 
     /// Authors an import's operations on `threads` threads (the design floor's work is
@@ -1462,17 +1532,102 @@ impl Office {
     /// dated at or before `at`, the latest by rank ([`ConsentEvent::follows`]) is a grant; a
     /// withdrawal of the same rank as a grant wins.
     pub fn consent_check(&self, subject: &str, purpose: &str, at: Option<&str>) -> Result<Value> {
-        self.consent_check_of(&parse_subject(subject)?, purpose, at)
+        let subject = self.input_subject(subject)?;
+        self.check_purpose_of(&subject, purpose)?;
+        self.consent_check_of(&subject, purpose, at)
+    }
+
+    /// A subject an operator names, as [`Subject::parse`] normalises it; but where this office
+    /// holds no record under that form and does under a spelling an older build stored the
+    /// same input under ([`Subject::earlier_spellings`]: `ID:Acct-77`, `acct-991` for
+    /// `id:acct-991`, a punycode domain), that spelling, so that the records stored before the
+    /// account-id and punycode rules stay reachable, and new writes join them.
+    pub(crate) fn input_subject(&self, raw: &str) -> Result<Subject> {
+        let subject = Subject::parse(raw).map_err(|e| invalid(e.to_string()))?;
+        let earlier = Subject::earlier_spellings(raw);
+        if earlier.is_empty() {
+            return Ok(subject);
+        }
+        let holds = |s: &Subject| -> Result<bool> {
+            Ok(!self
+                .store
+                .docs_by_key(&self.hasher.subject_token(s))?
+                .is_empty())
+        };
+        if holds(&subject)? {
+            return Ok(subject);
+        }
+        for e in earlier {
+            if holds(&e)? {
+                return Ok(e);
+            }
+        }
+        Ok(subject)
+    }
+
+    /// Checks a purpose an operator names for `subject` (`consent check`, `consent withdraw`):
+    /// one of this office's purposes (built in or its `[consent] purposes`), or one it holds a
+    /// consent record of for that subject. Another office may add a purpose in its config; its
+    /// records replicate here, and refusing the purpose here left the person's withdrawal
+    /// depending on which office received it (found by an exploratory session). A purpose
+    /// neither configured nor held for the subject is refused, naming the configured ones.
+    pub(crate) fn check_purpose_of(&self, subject: &Subject, purpose: &str) -> Result<()> {
+        let Err(unknown) = self.purposes.check(purpose) else {
+            return Ok(());
+        };
+        vocab::check_purpose_syntax(purpose).map_err(invalid)?;
+        let token = self.hasher.consent_token(subject, purpose);
+        let held = self
+            .store
+            .projections_by_key(&token)?
+            .iter()
+            .any(|(_, kind, _)| *kind == crate::record::KIND_CONSENT);
+        if held {
+            Ok(())
+        } else {
+            Err(unknown)
+        }
+    }
+
+    /// Whether a consent record of `subject`'s `purpose` held here says the purpose is
+    /// marketing (its granting office's config counted it so: [`ConsentRecord::marketing`]).
+    /// A purpose is marketing here if this office's config says so or this does.
+    pub(crate) fn marketing_held(&self, subject: &Subject, purpose: &str) -> Result<bool> {
+        let token = self.hasher.consent_token(subject, purpose);
+        self.marketing_held_under(&token)
+    }
+
+    /// [`Self::marketing_held`] by the consent's token.
+    fn marketing_held_under(&self, token: &[u8; 32]) -> Result<bool> {
+        for (_, kind, bytes) in self.store.projections_by_key(token)? {
+            if kind != crate::record::KIND_CONSENT {
+                continue;
+            }
+            if let Record::Consent(c) =
+                Record::from_projection(&bytes).map_err(OfficeError::Integrity)?
+            {
+                if c.marketing {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `subject`'s `purpose` is marketing here: this office's config, or a record of it
+    /// held here ([`Self::marketing_held`]).
+    pub(crate) fn is_marketing_for(&self, subject: &Subject, purpose: &str) -> Result<bool> {
+        Ok(self.purposes.is_marketing(purpose) || self.marketing_held(subject, purpose)?)
     }
 
     /// [`Self::consent_check`] of a parsed subject (an erasure checks its request's stored one).
+    /// The purpose is not checked: callers name one of records held, or checked it.
     pub(crate) fn consent_check_of(
         &self,
         subject: &Subject,
         purpose: &str,
         at: Option<&str>,
     ) -> Result<Value> {
-        self.purposes.check(purpose)?;
         let at = match at {
             Some(t) => parse_time(t)?,
             None => Utc::now(),
@@ -1499,10 +1654,7 @@ impl Office {
             .map_err(OfficeError::Integrity)?;
         }
         Ok(match latest {
-            Some((_, false, id))
-                if self.purposes.is_marketing(purpose)
-                    && self.minor_without_parental_consent(subject, &token)? =>
-            {
+            Some((_, false, id)) if self.minor_refuses(subject, &token, purpose)? => {
                 json!({
                     "granted": false,
                     "record": doc_id_hex(&id),
@@ -1521,6 +1673,18 @@ impl Office {
     /// office or that arrived later: every office answered "granted" to marketing a child
     /// (found by an exploratory session). One index lookup, answered by the key filter for the
     /// subjects never flagged.
+    /// Whether `consent check` answers "not granted" to a grant of `purpose` (consent token
+    /// `token`) because the person is under 18 without a parent's consent and the purpose is
+    /// marketing: by this office's config, or by a record of it held here (the office that
+    /// granted counted it so; asked only of a person flagged under 18).
+    fn minor_refuses(&self, subject: &Subject, token: &[u8; 32], purpose: &str) -> Result<bool> {
+        if self.purposes.is_marketing(purpose) {
+            return self.minor_without_parental_consent(subject, token);
+        }
+        Ok(self.minor_without_parental_consent(subject, token)?
+            && self.marketing_held_under(token)?)
+    }
+
     fn minor_without_parental_consent(&self, subject: &Subject, token: &[u8; 32]) -> Result<bool> {
         let minor = self.hasher.minor_token_beside(token, subject);
         debug_assert_eq!(
@@ -1547,7 +1711,7 @@ impl Office {
     }
 
     pub fn consent_history(&self, subject: &str) -> Result<Value> {
-        let subject = parse_subject(subject)?;
+        let subject = self.input_subject(subject)?;
         let token = self.hasher.subject_token(&subject);
         let mut rows = Vec::new();
         for (id, record) in self.records_by_key(&token)? {
@@ -1726,7 +1890,7 @@ impl Office {
         let mut rows: Vec<(String, Value)> = Vec::new();
         let records: Vec<(DocId, Record)> = match subject {
             Some(s) => {
-                let subject = parse_subject(s)?;
+                let subject = self.input_subject(s)?;
                 self.records_by_key(&self.hasher.subject_token(&subject))?
             }
             None => self
@@ -1747,7 +1911,7 @@ impl Office {
 
     /// Everything held about one subject (rights of access and portability).
     pub fn subject_export(&self, subject: &str) -> Result<Value> {
-        let subject = parse_subject(subject)?;
+        let subject = self.input_subject(subject)?;
         let (mut consents, mut requests, mut transfers) = (Vec::new(), Vec::new(), Vec::new());
         let mut holds = Vec::new();
         // The law the person's latest request was received under names the roles (a California
@@ -1877,6 +2041,9 @@ enum Op {
         role: String,
         minor: bool,
         parental_consent: Option<String>,
+        /// A grant of a purpose this office's config counts as marketing: the record says so
+        /// ([`ConsentRecord::marketing`]), so every office holding it does too.
+        marketing: bool,
         event: ConsentEvent,
         /// The record of the consent to take the event, if one of its records: otherwise the
         /// smallest id (`write`). A resident office folds a withdrawal onto a record that
@@ -2083,6 +2250,7 @@ impl<'o> Draft<'o> {
                 role,
                 minor,
                 parental_consent,
+                marketing,
                 event,
                 onto: _,
                 at_now: _,
@@ -2115,6 +2283,10 @@ impl<'o> Draft<'o> {
                             if minor {
                                 tx.put(ROOT, "minor", true).map_err(e)?;
                             }
+                            // Likewise marketing, by the config of an office that granted.
+                            if marketing {
+                                tx.put(ROOT, "marketing", true).map_err(e)?;
+                            }
                             if let Some(p) = &parental_consent {
                                 tx.put(ROOT, "parental_consent", p.as_str()).map_err(e)?;
                             }
@@ -2133,6 +2305,7 @@ impl<'o> Draft<'o> {
                             office: self.office.id.clone(),
                             minor,
                             minor_elsewhere: false,
+                            marketing,
                             parental_consent,
                             events: vec![event],
                         });
@@ -2856,10 +3029,6 @@ pub fn subject_kind_name(kind: SubjectKind) -> &'static str {
     }
 }
 
-fn parse_subject(raw: &str) -> Result<Subject> {
-    Subject::parse(raw).map_err(|e| invalid(e.to_string()))
-}
-
 /// Basis `consent` needs evidence of how it was collected and the notice version shown: from
 /// `--notice`, or named in the evidence itself ("web form v3").
 fn check_consent_evidence(evidence: Option<&str>, notice: Option<&str>) -> Result<()> {
@@ -3232,6 +3401,7 @@ mod tests {
                 role,
                 minor,
                 parental_consent,
+                marketing,
                 mut event,
                 ..
             } = office
@@ -3254,6 +3424,7 @@ mod tests {
                 role,
                 minor,
                 parental_consent,
+                marketing,
                 event,
                 onto: None,
                 at_now: false,
@@ -3487,5 +3658,89 @@ mod tests {
         ] {
             assert!(check_jurisdiction(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A subject's records stored under a spelling an older build normalised the input to
+    /// (`acct-991`, before an account id became `id:acct-991`) stay reachable by every
+    /// spelling of it, and a withdrawal lands on their grant; a withdrawal of a consent no
+    /// record here grants is recorded and says so (found by an exploratory session: a
+    /// withdrawal spelt `id:acct-991` made a new record and left the grant of `acct-991` in
+    /// force, silently).
+    #[test]
+    fn earlier_spellings_stay_reachable_and_a_withdrawal_without_a_grant_says_so() {
+        let (_dir, office, rt) = office_de("de,nl", "earlier-spellings");
+        let Op::Consent {
+            purpose,
+            person,
+            role,
+            minor,
+            parental_consent,
+            marketing,
+            event,
+            ..
+        } = office
+            .prepare(Request::ConsentGrant(protocol::ConsentGrant {
+                evidence: Some("web form v3".into()),
+                ..protocol::ConsentGrant::new("acct-991", "marketing", "consent")
+            }))
+            .unwrap()
+        else {
+            unreachable!("a grant is a consent event")
+        };
+        assert!(marketing, "marketing is marketing by the built-in list");
+        // As a build before the account-id rule stored it.
+        let legacy = Subject::parse_stored("acct-991").unwrap();
+        assert_ne!(legacy, Subject::parse("acct-991").unwrap());
+        let granted = Op::Consent {
+            subject: legacy,
+            purpose,
+            person,
+            role,
+            minor,
+            parental_consent,
+            marketing,
+            event,
+            onto: None,
+            at_now: true,
+        };
+        rt.block_on(office.write(vec![granted], None)).unwrap();
+        for spelling in ["acct-991", "id:acct-991", "ID:acct-991"] {
+            assert_eq!(
+                office.consent_check(spelling, "marketing", None).unwrap()["granted"],
+                json!(true),
+                "{spelling}"
+            );
+        }
+        let withdraw = |subject: &str| {
+            Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                subject: subject.into(),
+                purpose: "marketing".into(),
+                at: None,
+            })
+        };
+        let answer = rt
+            .block_on(office.execute(withdraw("ID:acct-991")))
+            .unwrap();
+        assert!(answer.get("note").is_none(), "{answer}");
+        assert_eq!(
+            office.consent_check("acct-991", "marketing", None).unwrap()["granted"],
+            json!(false)
+        );
+        let record = office
+            .consent_history("id:acct-991")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(record.len(), 1, "one record takes both events");
+
+        // Nothing granted here: recorded, and said.
+        let answer = rt
+            .block_on(office.execute(withdraw("id:nobody-1")))
+            .unwrap();
+        assert_eq!(answer["note"], json!(NO_GRANT_HELD), "{answer}");
+        assert!(answer["id"].is_string(), "{answer}");
     }
 }

@@ -1077,6 +1077,7 @@ mod tests {
                 office: "de".into(),
                 minor: true,
                 minor_elsewhere: false,
+                marketing: false,
                 parental_consent: Some(sealed(70)),
                 events: vec![
                     event("grant", "2026-01-31T00:00:00Z"),

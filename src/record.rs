@@ -113,6 +113,14 @@ pub struct ConsentRecord {
     /// does not make it child data.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub minor_elsewhere: bool,
+    /// The office that recorded a grant on this record counted its purpose as marketing (the
+    /// built-in list or its `[consent] marketing_purposes`): set at grant time, never cleared.
+    /// Every office treats a purpose as marketing if its own config says so or a record of it
+    /// held there says so (`Office::marketing_held`), so a purpose one office added in its
+    /// config is marketing wherever its records go (objection, retention, under-18 rules).
+    /// Records from builds before it lack it: their office's config alone decides, as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub marketing: bool,
     /// Evidence that a parent or guardian consented, for a minor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parental_consent: Option<String>,
@@ -752,6 +760,7 @@ mod tests {
             office: "de".into(),
             minor: false,
             minor_elsewhere: false,
+            marketing: false,
             parental_consent: None,
             events: vec![ConsentEvent {
                 action: "grant".into(),
@@ -802,6 +811,38 @@ mod tests {
             .unwrap();
         assert_eq!(Record::from_doc(&doc).unwrap(), record);
         assert_eq!(doc_names(&doc), Some(doc_id_hex(&[7; 16])));
+    }
+
+    /// A record marked marketing by its granting office (`ConsentRecord::marketing`) keeps the
+    /// mark through its document, its first change and its projection; unmarked, the key is
+    /// left out, so records written before it read as they did.
+    #[test]
+    fn the_marketing_mark_travels_with_the_record() {
+        let mut record = consent();
+        if let Record::Consent(c) = &mut record {
+            c.purpose = "loyalty_programme".into();
+            c.marketing = true;
+        }
+        let mut doc = Automerge::new();
+        doc.transact::<_, _, automerge::AutomergeError>(|tx| record.write_new(tx, &[5; 16]))
+            .unwrap();
+        assert_eq!(Record::from_doc(&doc).unwrap(), record);
+        let change = doc.get_last_local_change().unwrap();
+        let fast = consentd_sync::first_change::new_document(change.raw_bytes()).unwrap();
+        assert_eq!(fast["marketing"], serde_json::json!(true));
+        assert_eq!(
+            Record::from_projection(&record.to_projection()).unwrap(),
+            record
+        );
+        let plain = consent();
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("marketing")
+            .is_none());
+        assert_eq!(
+            Record::from_projection(&plain.to_projection()).unwrap(),
+            plain
+        );
     }
 
     /// `write_new` writes the tree in one batch; the document must be the one a put per field

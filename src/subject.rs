@@ -46,7 +46,8 @@ pub enum SubjectKind {
     Email,
     /// A phone number in E.164 form: `+` and 8 to 15 digits.
     Phone,
-    /// An account or customer identifier, kept as given (after trimming).
+    /// An account or customer identifier: `id:` and the id as given (after trimming), whether
+    /// it was written with the prefix (in any case) or without.
     Opaque,
 }
 
@@ -132,9 +133,52 @@ impl Subject {
     /// `mailto:alice@…` is `alice@…`, `tel:+44…` is `+44…`, `jose\u{301}@…` is `josé@…`).
     /// Records stored before under such
     /// a spelling are reached by it no more; every other identifier normalises as before.
+    ///
+    /// Two more came later still (found by an exploratory session: a withdrawal spelt another
+    /// way made a new record and left the grant in force). An account id is `id:` and the id
+    /// as given: the prefix is read in any case (`ID:Acct-77` is `id:Acct-77`), and an id
+    /// written without it is the same id (`acct-991` is `id:acct-991`); an e-mail domain
+    /// written in punycode is its Unicode form (`kunde@xn--bcher-kva.de` is
+    /// `kunde@bücher.de`). Records stored before under another spelling keep their tokens:
+    /// [`Self::earlier_spellings`] names the spellings older builds stored an input under, so
+    /// that an office can find a subject whose records are all under one of them.
     pub fn parse(raw: &str) -> Result<Subject, SubjectError> {
         let wide = fullwidth_to_ascii(raw);
-        Subject::parse_with(&composed(&wide), true)
+        let subject = Subject::parse_with(&composed(&wide), true)?;
+        match subject.kind {
+            SubjectKind::Opaque => account_id(&subject.normalised),
+            SubjectKind::Email => Ok(unicode_domain(subject)),
+            SubjectKind::Phone => Ok(subject),
+        }
+    }
+
+    /// The forms other than [`Self::parse`]'s that builds before the account-id and punycode
+    /// rules normalised `raw` to (empty when there are none, or `raw` does not parse): the
+    /// spelling as given (`ID:Acct-77`, `acct-991`, `kunde@xn--bcher-kva.de`), and for an
+    /// account id the other of its prefixed and bare forms (`acct-991` for `id:acct-991`).
+    pub fn earlier_spellings(raw: &str) -> Vec<Subject> {
+        let Ok(now) = Subject::parse(raw) else {
+            return Vec::new();
+        };
+        let wide = fullwidth_to_ascii(raw);
+        let mut out: Vec<Subject> = Vec::new();
+        if let Ok(given) = Subject::parse_with(&composed(&wide), true) {
+            out.push(given);
+        }
+        if let Some(bare) = now.normalised.strip_prefix("id:") {
+            if let Ok(b) = Subject::parse_stored(bare) {
+                if b.kind == SubjectKind::Opaque && b.normalised == bare {
+                    out.push(b);
+                }
+            }
+        }
+        let mut seen = vec![now];
+        out.retain(|s| {
+            let new = !seen.contains(s);
+            seen.push(s.clone());
+            new
+        });
+        out
     }
 
     /// A subject as a record stores it: normalised when it was written, by this build or an
@@ -250,6 +294,128 @@ impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Subject({:?}, <redacted>)", self.kind)
     }
+}
+
+/// An account id (`opaque`: trimmed, read as one by [`parse_kind`]) as `id:` and the id: the
+/// prefix in any case, or none, names the same id.
+fn account_id(opaque: &str) -> Result<Subject, SubjectError> {
+    let id = strip_scheme(opaque, "id:").map_or(opaque, str::trim);
+    if id.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    let normalised = format!("id:{id}");
+    if normalised.len() > MAX_OPAQUE_BYTES {
+        return Err(SubjectError::TooLong {
+            len: normalised.len(),
+            max: MAX_OPAQUE_BYTES,
+        });
+    }
+    Ok(Subject {
+        kind: SubjectKind::Opaque,
+        normalised,
+    })
+}
+
+/// An e-mail address with each punycode label of its domain (`xn--…`) in its Unicode form, as
+/// typed in Unicode it normalises: one domain, one subject. A label that does not decode to
+/// lower-case NFC text a domain may hold (no dot, `@`, space, control, full-width or invisible
+/// character: what `parse` returns parses to itself) stays as given.
+fn unicode_domain(subject: Subject) -> Subject {
+    let Some((local, domain)) = subject.normalised.rsplit_once('@') else {
+        return subject;
+    };
+    if !domain.split('.').any(|l| l.starts_with("xn--")) {
+        return subject;
+    }
+    let labels: Vec<String> = domain
+        .split('.')
+        .map(|label| {
+            label
+                .strip_prefix("xn--")
+                .and_then(punycode_decode)
+                .filter(|u| {
+                    !u.is_ascii()
+                        && *u == u.to_lowercase()
+                        && composed(u) == u.as_str()
+                        && !u.chars().any(|c| {
+                            matches!(
+                                c,
+                                '.' | '@' | '<' | '>' | ',' | ';' | '\u{FF01}'..='\u{FF5E}'
+                            ) || c.is_whitespace()
+                                || c.is_control()
+                                || is_invisible(c)
+                        })
+                })
+                .unwrap_or_else(|| label.to_string())
+        })
+        .collect();
+    let normalised = format!("{local}@{}", labels.join("."));
+    if normalised.len() > MAX_SUBJECT_BYTES {
+        return subject;
+    }
+    Subject {
+        kind: SubjectKind::Email,
+        normalised,
+    }
+}
+
+/// RFC 3492 punycode: the Unicode text a label's part after `xn--` encodes, or None.
+fn punycode_decode(input: &str) -> Option<String> {
+    const BASE: u32 = 36;
+    const TMIN: u32 = 1;
+    const TMAX: u32 = 26;
+    const SKEW: u32 = 38;
+    const DAMP: u32 = 700;
+    fn adapt(delta: u32, points: u32, first: bool) -> u32 {
+        let mut delta = if first { delta / DAMP } else { delta / 2 };
+        delta += delta / points;
+        let mut k = 0;
+        while delta > ((BASE - TMIN) * TMAX) / 2 {
+            delta /= BASE - TMIN;
+            k += BASE;
+        }
+        k + (BASE - TMIN + 1) * delta / (delta + SKEW)
+    }
+    let (basic, extended) = match input.rfind('-') {
+        Some(i) => (&input[..i], &input[i + 1..]),
+        None => ("", input),
+    };
+    if !basic.is_ascii() || extended.is_empty() {
+        return None;
+    }
+    let mut out: Vec<char> = basic.chars().collect();
+    let (mut n, mut i, mut bias) = (128u32, 0u32, 72u32);
+    let mut digits = extended.bytes().peekable();
+    while digits.peek().is_some() {
+        let (old_i, mut w, mut k) = (i, 1u32, BASE);
+        loop {
+            let digit = match digits.next()? {
+                c @ b'a'..=b'z' => u32::from(c - b'a'),
+                c @ b'0'..=b'9' => u32::from(c - b'0') + 26,
+                _ => return None,
+            };
+            i = i.checked_add(digit.checked_mul(w)?)?;
+            let t = if k <= bias {
+                TMIN
+            } else if k >= bias + TMAX {
+                TMAX
+            } else {
+                k - bias
+            };
+            if digit < t {
+                break;
+            }
+            w = w.checked_mul(BASE - t)?;
+            k += BASE;
+        }
+        let len = u32::try_from(out.len()).ok()? + 1;
+        bias = adapt(i - old_i, len, old_i == 0);
+        n = n.checked_add(i / len)?;
+        i %= len;
+        out.insert(i as usize, char::from_u32(n)?);
+        i += 1;
+    }
+    Some(out.into_iter().collect())
 }
 
 /// Full-width ASCII forms (U+FF01-U+FF5E) as ASCII (what NFKC does to them); anything else as
@@ -604,7 +770,10 @@ mod tests {
         let s = ok("id:12345");
         assert_eq!((s.kind(), s.as_str()), (SubjectKind::Opaque, "id:12345"));
         let s = ok("  CUST-00A17  ");
-        assert_eq!((s.kind(), s.as_str()), (SubjectKind::Opaque, "CUST-00A17"));
+        assert_eq!(
+            (s.kind(), s.as_str()),
+            (SubjectKind::Opaque, "id:CUST-00A17")
+        );
         // Opaque identifiers keep their case.
         assert_ne!(ok("id:AbC"), ok("id:abc"));
         assert_eq!(ok("00A123").kind(), SubjectKind::Opaque);
@@ -768,7 +937,7 @@ mod tests {
             );
         }
         // Other prefixes are account ids, as before.
-        assert_eq!(ok("telco:42").as_str(), "telco:42");
+        assert_eq!(ok("telco:42").as_str(), "id:telco:42");
         assert_eq!(ok("id:tel:42").as_str(), "id:tel:42");
     }
 
@@ -803,6 +972,86 @@ mod tests {
             assert_eq!(stored, parsed, "{raw:?}");
             assert_eq!(hasher.subject_token(&stored), hasher.subject_token(&parsed));
         }
+    }
+
+    /// One account id, however its prefix is written: `ID:Acct-77` withdrew nothing of a grant
+    /// to `id:Acct-77`, nor `id:acct-991` of one to `acct-991` (found by an exploratory
+    /// session). The id itself keeps its case.
+    #[test]
+    fn an_account_id_is_one_subject_with_or_without_its_prefix() {
+        assert_eq!(ok("ID:Acct-77"), ok("id:Acct-77"));
+        assert_eq!(ok("Id: Acct-77 ").as_str(), "id:Acct-77");
+        assert_eq!(ok("acct-991"), ok("id:acct-991"));
+        assert_eq!(ok("acct-991").as_str(), "id:acct-991");
+        assert_ne!(ok("id:Acct-77"), ok("id:acct-77"));
+        assert_eq!(ok("ID:12345").as_str(), "id:12345");
+        for empty in ["ID:", "iD:  "] {
+            assert_eq!(Subject::parse(empty), Err(SubjectError::Empty), "{empty:?}");
+        }
+        // The prefix counts towards the limit, so what is stored reads back.
+        let bare_254 = "x".repeat(254);
+        assert!(matches!(
+            Subject::parse(&bare_254),
+            Err(SubjectError::TooLong { max: 256, .. })
+        ));
+        assert_eq!(ok(&"x".repeat(253)).as_str().len(), 256);
+        // Stored under older rules: read as stored, and named among the earlier spellings.
+        assert_eq!(
+            Subject::parse_stored("ID:Acct-77").unwrap().as_str(),
+            "ID:Acct-77"
+        );
+        assert_eq!(
+            Subject::parse_stored("acct-991").unwrap().as_str(),
+            "acct-991"
+        );
+        let earlier = |raw: &str| -> Vec<String> {
+            Subject::earlier_spellings(raw)
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(earlier("ID:Acct-77"), ["ID:Acct-77", "Acct-77"]);
+        assert_eq!(earlier("acct-991"), ["acct-991"]);
+        assert_eq!(earlier("id:acct-991"), ["acct-991"]);
+        // "12345" alone is no account id: nothing earlier to look under.
+        assert!(earlier("id:12345").is_empty());
+        assert!(earlier("alice@example.com").is_empty());
+        assert!(earlier("+49 30 1234 5678").is_empty());
+    }
+
+    /// A domain written in punycode is the domain written in Unicode (`kunde@bücher.de` and
+    /// `kunde@xn--bcher-kva.de` were two subjects; found by an exploratory session).
+    #[test]
+    fn a_punycode_domain_is_its_unicode_form() {
+        assert_eq!(ok("kunde@xn--bcher-kva.de"), ok("kunde@bücher.de"));
+        assert_eq!(ok("Kunde@XN--BCHER-KVA.DE").as_str(), "kunde@bücher.de");
+        assert_eq!(
+            ok("a@xn--mnchen-3ya.xn--bcher-kva.de").as_str(),
+            "a@münchen.bücher.de"
+        );
+        // RFC 3492's sample (Chinese, simplified) and one more, both ways of writing them.
+        assert_eq!(
+            punycode_decode("ihqwcrb4cv8a8dqg056pqjye").as_deref(),
+            Some("他们为什么不说中文")
+        );
+        assert_eq!(ok("x@xn--fiqs8s.cn"), ok("x@中国.cn"));
+        // Not punycode, or not a domain's text: as given.
+        assert_eq!(ok("a@xn--.de").as_str(), "a@xn--.de");
+        assert_eq!(ok("a@xn--abc-.de").as_str(), "a@xn--abc-.de");
+        assert_eq!(ok("a@xn--99999999999.de").as_str(), "a@xn--99999999999.de");
+        let stored = ok("kunde@xn--bcher-kva.de");
+        assert_eq!(Subject::parse_stored(stored.as_str()).unwrap(), stored);
+        assert_eq!(
+            Subject::parse_stored("kunde@xn--bcher-kva.de")
+                .unwrap()
+                .as_str(),
+            "kunde@xn--bcher-kva.de"
+        );
+        let earlier: Vec<String> = Subject::earlier_spellings("kunde@xn--bcher-kva.de")
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(earlier, ["kunde@xn--bcher-kva.de"]);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
             office: "de".into(),
             minor: false,
             minor_elsewhere: false,
+            marketing: false,
             parental_consent: None,
             events: vec![ConsentEvent {
                 action: "grant".into(),

@@ -108,8 +108,8 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     // consent of the subject still granted (Art. 17(1)(b), §8), in the batch that closes,
     // except processing a legal obligation requires (Art. 17(3)(b)), which it kept above.
     let mut withdrawn = Vec::new();
-    for (purpose, (basis, _)) in latest_grant_bases(office.records_by_key(&token)?) {
-        if withdraws_purpose("erasure", marketing(&purpose), &basis)
+    for (purpose, (basis, _, flagged)) in latest_grant_bases(office.records_by_key(&token)?) {
+        if withdraws_purpose("erasure", flagged || marketing(&purpose), &basis)
             && office.consent_check_of(&subject, &purpose, None)?["granted"] == true
         {
             withdrawn.push(purpose);
@@ -387,10 +387,16 @@ async fn carry_out_once(
     type Own = (Vec<record::DocId>, Option<(String, String)>);
     let mut own: std::collections::BTreeMap<String, Own> = Default::default();
     let mut regranted = std::collections::BTreeSet::new();
+    // Purposes a record held here says are marketing (`ConsentRecord::marketing`): the granting
+    // office's config counted them so, whether or not this office's does.
+    let mut flagged = std::collections::BTreeSet::new();
     for (rid, r) in office.records_by_key(&token)? {
         if let Record::Consent(c) = r {
             if granted_since(&c, completed) {
                 regranted.insert(c.purpose.clone());
+            }
+            if c.marketing {
+                flagged.insert(c.purpose.clone());
             }
             if c.office == office.id() && made_before(&rid) {
                 let entry = own.entry(c.purpose.clone()).or_default();
@@ -405,7 +411,8 @@ async fn carry_out_once(
     }
     own.retain(|purpose, (_, latest)| {
         let basis = latest.as_ref().map_or("", |(_, b)| b.as_str());
-        !regranted.contains(purpose) && withdraws_purpose(&kind, marketing(purpose), basis)
+        let marketing = flagged.contains(purpose) || marketing(purpose);
+        !regranted.contains(purpose) && withdraws_purpose(&kind, marketing, basis)
     });
     let restricted = latest_grant_bases(office.records_by_key(&token)?);
     let mut withdrawals = Vec::new();
@@ -417,7 +424,7 @@ async fn carry_out_once(
             .is_some_and(|r| records.contains(&r));
         // A restricted purpose is stopped, not ended: a request that ends it withdraws it for
         // good (`close_withdrawing`).
-        let stopped = restriction.is_none() && restricted.get(&purpose).is_some_and(|(_, r)| *r);
+        let stopped = restriction.is_none() && restricted.get(&purpose).is_some_and(|(_, r, _)| *r);
         if (answer["granted"] == true || stopped) && decided_here {
             withdrawals.push((subject.clone(), purpose));
         }
@@ -464,20 +471,26 @@ fn withdraws_purpose(kind: &str, marketing: bool, basis: &str) -> bool {
     }
 }
 
-/// Per purpose among `records`' consent records: the basis of its latest grant, and whether
+/// Per purpose among `records`' consent records: the basis of its latest grant, whether
 /// its latest event (as `consent check` orders them) is a withdrawal carrying out a restriction
-/// (the purpose is restricted: stopped and stored, GDPR Art. 18).
+/// (the purpose is restricted: stopped and stored, GDPR Art. 18), and whether a record of it
+/// says it is marketing (`ConsentRecord::marketing`: the granting office's config counted it
+/// so; an objection elsewhere withdrew nothing of a purpose only that office's config named).
 fn latest_grant_bases(
     records: Vec<(record::DocId, Record)>,
-) -> std::collections::BTreeMap<String, (String, bool)> {
+) -> std::collections::BTreeMap<String, (String, bool, bool)> {
     type Latest = Option<((chrono::DateTime<chrono::Utc>, bool), bool)>;
     // Per purpose: the latest grant's rank and basis (ranks, not the time texts, which compare
     // wrongly as text when one has sub-second digits and the other none).
     let mut grants: std::collections::BTreeMap<String, (chrono::DateTime<chrono::Utc>, String)> =
         Default::default();
     let mut latest: std::collections::BTreeMap<String, Latest> = Default::default();
+    let mut flagged = std::collections::BTreeSet::new();
     for (_, r) in records {
         if let Record::Consent(c) = r {
+            if c.marketing {
+                flagged.insert(c.purpose.clone());
+            }
             for e in &c.events {
                 let withdraw = e.action == "withdraw";
                 if let Some(order) = e.order() {
@@ -503,7 +516,8 @@ fn latest_grant_bases(
         .into_iter()
         .map(|(p, (_, basis))| {
             let restricted = latest.get(&p).copied().flatten().is_some_and(|(_, r)| r);
-            (p, (basis, restricted))
+            let marketing = flagged.contains(&p);
+            (p, (basis, restricted, marketing))
         })
         .collect()
 }
@@ -529,11 +543,14 @@ async fn close_withdrawing(
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
     let mut withdrawn = Vec::new();
-    for (purpose, (basis, restricted)) in latest_grant_bases(office.records_by_key(&token)?) {
+    for (purpose, (basis, restricted, flagged)) in
+        latest_grant_bases(office.records_by_key(&token)?)
+    {
         // A restricted purpose is stopped and stored, not ended: a later objection (or other
         // request that ends it) withdraws it for good, so retention then deletes it as usual.
         let stopped = restricted && restriction.is_none();
-        if withdraws_purpose(&kind, office.purposes.is_marketing(&purpose), &basis)
+        let marketing = flagged || office.purposes.is_marketing(&purpose);
+        if withdraws_purpose(&kind, marketing, &basis)
             && (stopped || office.consent_check_of(&subject, &purpose, None)?["granted"] == true)
         {
             withdrawn.push(purpose);

@@ -265,17 +265,20 @@ fn child_grants_kept(
     token: &[u8; 32],
     deleting: &BTreeSet<DocId>,
 ) -> Result<Vec<(Subject, String)>> {
-    // Per purpose: the latest event ((rank, withdraws), basis), a parent's consent, the subject.
+    // Per purpose: the latest event ((rank, withdraws), basis), a parent's consent, the subject,
+    // whether a record of it says it is marketing (`ConsentRecord::marketing`).
     type Latest = (
         Option<((chrono::DateTime<chrono::Utc>, bool), String)>,
         bool,
         Option<Subject>,
+        bool,
     );
     let mut purposes: BTreeMap<String, Latest> = BTreeMap::new();
     for (id, record) in office.records_by_key(token)? {
         let Record::Consent(c) = record else { continue };
         let entry = purposes.entry(c.purpose.clone()).or_default();
         entry.1 |= c.parental_consent.is_some();
+        entry.3 |= c.marketing;
         if deleting.contains(&id) {
             continue;
         }
@@ -293,11 +296,11 @@ fn child_grants_kept(
         }
     }
     let mut out = Vec::new();
-    for (purpose, (latest, parental, subject)) in purposes {
+    for (purpose, (latest, parental, subject, flagged)) in purposes {
         let (Some(((_, false), basis)), false, Some(subject)) = (latest, parental, subject) else {
             continue;
         };
-        if office.purposes.is_marketing(&purpose) || basis == "consent" {
+        if flagged || office.purposes.is_marketing(&purpose) || basis == "consent" {
             out.push((subject, purpose));
         }
     }

@@ -221,7 +221,9 @@ fn ends_withdrawn(c: &ConsentRecord) -> bool {
         .is_some_and(|(_, withdraw)| withdraw)
 }
 
-/// The row that governs a record. `is_marketing` says whether a purpose counts as marketing.
+/// The row that governs a record. `is_marketing` says whether a purpose counts as marketing
+/// here (this office's config); a consent record whose granting office counted it as marketing
+/// (`ConsentRecord::marketing`) is marketing too.
 /// A consent record is read without the withdrawals carrying out a restriction ([`unrestricted`]).
 pub fn classify(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'static Rule {
     match unrestricted(record) {
@@ -240,10 +242,10 @@ fn classify_stored(record: &Record, is_marketing: impl Fn(&str) -> bool) -> &'st
         // (the person must not be marketed to again): kept five years from it, as the same
         // withdrawal recorded apart is. It went under `marketing`, 12 months from the
         // objection (found by an exploratory session).
-        Record::Consent(c) if is_marketing(&c.purpose) && ends_withdrawn(c) => {
+        Record::Consent(c) if (c.marketing || is_marketing(&c.purpose)) && ends_withdrawn(c) => {
             must("consent-proof")
         }
-        Record::Consent(c) if is_marketing(&c.purpose) => must("marketing"),
+        Record::Consent(c) if c.marketing || is_marketing(&c.purpose) => must("marketing"),
         Record::Consent(_) => must("basis-end"),
         Record::Request(_) => must("request-confirmation"),
         Record::Hold(_) => must("hold-record"),
@@ -457,6 +459,7 @@ mod tests {
             office: "de".into(),
             minor: false,
             minor_elsewhere: false,
+            marketing: false,
             parental_consent: None,
             events,
         }
