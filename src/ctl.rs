@@ -313,6 +313,10 @@ enum TransferCmd {
         /// Comma-separated data categories
         #[arg(long, value_delimiter = ',')]
         categories: Vec<String>,
+        /// Transfer mechanism: adequacy (only where the exporter's law has an adequacy decision
+        /// for the destination; for the US, the Data Privacy Framework covers certified
+        /// recipients only), scc, bcr, derogation, cn_standard_contract,
+        /// cn_security_assessment, cn_certification, none_required (inside one legal area)
         #[arg(long)]
         mechanism: String,
         #[arg(long)]

@@ -21,6 +21,119 @@ pub const EEA: &[&str] = &[
 ];
 use serde::{Deserialize, Serialize};
 
+/// Destinations the European Commission has found adequate (GDPR Art. 45), decisions in force:
+/// Andorra (2010/625/EU), Argentina (2003/490/EC), Canada (2002/2/EC: commercial organisations
+/// under PIPEDA only), Faroe Islands (2010/146/EU), Guernsey (2003/821/EC), Israel
+/// (2011/61/EU), Isle of Man (2004/411/EC), Japan (2019/419), Jersey (2008/393/EC), New Zealand
+/// (2013/65/EU), Republic of Korea (2022/254), Switzerland (2000/518/EC), United Kingdom
+/// (2021/1772, as extended), United States (2023/1795, the EU-US Data Privacy Framework: only
+/// organisations certified under it, which the product cannot check), Uruguay (2012/484/EU).
+/// Moves inside the EEA need none.
+pub const EU_ADEQUATE: &[&str] = &[
+    "AD", "AR", "CA", "FO", "GG", "IL", "IM", "JP", "JE", "NZ", "KR", "CH", "GB", "US", "UY",
+];
+
+/// Destinations the UK's adequacy regulations cover (UK GDPR Art. 45, Data Protection Act 2018
+/// s. 17A and Sch. 21 para. 4-5): the EEA states and Gibraltar, the EU's decisions the UK kept
+/// (Andorra, Argentina, Canada, Faroe Islands, Guernsey, Israel, Isle of Man, Japan, Jersey, New
+/// Zealand, Switzerland, Uruguay), the Republic of Korea (the Data Protection (Adequacy)
+/// (Republic of Korea) Regulations 2022) and the United States (the Data Protection (Adequacy)
+/// (United States of America) Regulations 2023, the UK Extension to the EU-US Data Privacy
+/// Framework: certified organisations only, which the product cannot check).
+pub const UK_ADEQUATE: &[&str] = &[
+    "GI", "AD", "AR", "CA", "FO", "GG", "IL", "IM", "JP", "JE", "NZ", "CH", "UY", "KR", "US",
+];
+
+/// Countries Colombia's Superintendence of Industry and Commerce (SIC) lists as adequate (Law
+/// 1581 of 2012 art. 26; SIC Circular Única, Title V, ch. 3, numeral 3.2, as set by External
+/// Circulars 005 and 008 of 2017 and 002 of 2018): its 38 named countries and those the European
+/// Commission had found adequate (Switzerland, Canada, Argentina, Guernsey, Isle of Man, Jersey,
+/// Faroe Islands, Andorra, Israel, Uruguay, New Zealand). Liechtenstein is not named.
+pub const CO_ADEQUATE: &[&str] = &[
+    "DE", "AU", "AT", "BE", "BG", "CY", "CR", "HR", "DK", "SK", "SI", "EE", "ES", "US", "FI", "FR",
+    "GR", "HU", "IE", "IS", "IT", "JP", "LV", "LT", "LU", "MT", "MX", "NO", "NL", "PE", "PL", "PT",
+    "GB", "CZ", "KR", "RO", "RS", "SE", "CH", "CA", "AR", "GG", "IM", "JE", "FO", "AD", "IL", "UY",
+    "NZ",
+];
+
+/// Whether an exporter in `from` may rest a move to `to` on `adequacy`: the destination is on
+/// the adequacy list of the exporter's law (or in the exporter's own legal area), or why not,
+/// as one line starting `adequacy: `. The lists are [`EU_ADEQUATE`] for EEA exporters,
+/// [`UK_ADEQUATE`] for GB and [`CO_ADEQUATE`] for CO; China's PIPL has no adequacy concept, and
+/// the laws of Singapore, Australia and the United States (and any other jurisdiction) keep no
+/// list of adequate countries, so `adequacy` is refused for their exports. A US destination is
+/// accepted under the EU's and the UK's lists: the Data Privacy Framework covers certified
+/// organisations only, which is the operator's to check. `adequacy` was accepted for DE→CN,
+/// DE→AU, GB→CN and the like, and the audit report counted them compliant (found by an
+/// exploratory session).
+pub fn adequacy(from: &str, to: &str) -> Result<(), String> {
+    let country = |j: &str| j.split('-').next().unwrap_or(j).to_string();
+    let (from_c, to_c) = (country(from), country(to));
+    if from_c == to_c {
+        return Ok(());
+    }
+    let eea = |c: &str| EEA.contains(&c);
+    let others = "use scc, bcr or a derogation (GDPR Art. 46, 47, 49)";
+    if eea(&from_c) {
+        if eea(&to_c) || EU_ADEQUATE.contains(&to_c.as_str()) {
+            return Ok(());
+        }
+        return Err(format!(
+            "adequacy: the European Commission has no adequacy decision for {to} (GDPR Art. 45); {others}"
+        ));
+    }
+    match from_c.as_str() {
+        "GB" if eea(&to_c) || UK_ADEQUATE.contains(&to_c.as_str()) => Ok(()),
+        "GB" => Err(format!(
+            "adequacy: the UK has no adequacy regulations for {to} (UK GDPR Art. 45, DPA 2018 s. 17A); use scc (the IDTA or the UK addendum), bcr or a derogation (UK GDPR Art. 46, 47, 49)"
+        )),
+        "CO" if CO_ADEQUATE.contains(&to_c.as_str()) => Ok(()),
+        "CO" => Err(format!(
+            "adequacy: Colombia's SIC does not list {to} as adequate (Law 1581 of 2012 art. 26; SIC Circular Única title V, 3.2); use bcr, a derogation (art. 26's exceptions) or the SIC's declaration of conformity"
+        )),
+        "CN" => Err(format!(
+            "adequacy: China's PIPL has no adequacy decisions; personal information leaving China for {to} needs cn_standard_contract, cn_security_assessment or cn_certification (PIPL art. 38)"
+        )),
+        "SG" => Err(format!(
+            "adequacy: Singapore's PDPA keeps no list of adequate countries (s. 26; PDP Regulations 2021 reg. 10); a move to {to} rests on what binds the recipient: use scc, bcr or a derogation"
+        )),
+        "AU" => Err(format!(
+            "adequacy: the transfer policy holds no adequacy list for Australia's Privacy Act 1988 (APP 8: the exporter's own belief that {to}'s law is substantially similar is not an adequacy decision); use scc, bcr or a derogation"
+        )),
+        "US" => Err(format!(
+            "adequacy: US law keeps no list of adequate countries for personal data leaving the US; for {to} use scc, bcr or a derogation"
+        )),
+        _ => Err(format!(
+            "adequacy: the transfer policy holds no adequacy list for exports from {from}; for {to} use scc, bcr or a derogation"
+        )),
+    }
+}
+
+/// Why a configured rule may not claim `adequacy`: every move it covers must be one
+/// [`adequacy`] accepts (a rule's `*` covers China, whose law has none).
+fn check_adequacy_rule(rule: &PolicyRule) -> Result<(), String> {
+    let expand = |area: &str| -> Option<Vec<String>> {
+        match area {
+            "*" => None,
+            "EEA" => Some(EEA.iter().map(|c| c.to_string()).collect()),
+            code => Some(vec![code.to_string()]),
+        }
+    };
+    let (Some(froms), Some(tos)) = (expand(&rule.from), expand(&rule.to)) else {
+        return Err(format!(
+            "transfer.rule {}→{}: adequacy is decided per exporter and destination; a rule under adequacy names both (not *)",
+            rule.from, rule.to
+        ));
+    };
+    for from in &froms {
+        for to in &tos {
+            adequacy(from, to)
+                .map_err(|e| format!("transfer.rule {}→{}: {e}", rule.from, rule.to))?;
+        }
+    }
+    Ok(())
+}
+
 /// Most rules in a configured policy.
 pub const POLICY_RULES_MAX: usize = 1024;
 /// Most transfer impact assessments named in a config.
@@ -182,6 +295,11 @@ impl TransferPolicy {
                     ));
                 }
             }
+            // The replicator records the rule's mechanism with every move it makes: a rule
+            // claiming adequacy where there is none would sign that claim into the trail.
+            if rule.mechanism == "adequacy" {
+                check_adequacy_rule(rule)?;
+            }
         }
         for r in &config.resident {
             if !is_area(r) || r == "*" || r == "EEA" {
@@ -294,10 +412,11 @@ impl TransferPolicy {
     /// table (not the residency rule, which is about what replication sends: a transfer out of
     /// China under its security assessment is the operator's to record). Refused: a move the
     /// table forbids; `none_required` where the table needs a mechanism (it is for moves inside
-    /// one legal area); China's instruments for data not leaving China. Any other mechanism is
-    /// the operator's legal judgement (an adequacy decision the table does not know, a
-    /// derogation). Each of these was recorded without a word, and the audit report did not
-    /// flag the move (found by an exploratory session).
+    /// one legal area); China's instruments for data not leaving China; `adequacy` where the
+    /// exporter's law has no adequacy decision for the destination ([`adequacy`]). Any other
+    /// mechanism is the operator's legal judgement (a derogation, SCCs where the table names
+    /// BCRs). Each of these was recorded without a word, and the audit report did not flag the
+    /// move (found by exploratory sessions).
     pub fn check_recorded(&self, from: &str, to: &str, mechanism: &str) -> Result<(), String> {
         let country = |j: &str| j.split('-').next().unwrap_or(j).to_string();
         if mechanism.starts_with("cn_") && (country(from) != "CN" || country(to) == "CN") {
@@ -317,6 +436,7 @@ impl TransferPolicy {
             } if mechanism == "none_required" && needed != "none_required" => Err(format!(
                 "none_required is for moves inside one legal area; {from}→{to} needs a mechanism (the transfer policy names {needed})"
             )),
+            _ if mechanism == "adequacy" => adequacy(from, to),
             _ => Ok(()),
         }
     }
@@ -391,6 +511,97 @@ mod tests {
         .unwrap();
         let e = strict.check_recorded("DE", "IN", "scc").unwrap_err();
         assert!(e.contains("forbidden by policy"), "{e}");
+    }
+
+    /// `adequacy` only where the exporter's law has a decision for the destination: DE→CN,
+    /// DE→CO, DE→AU, DE→SG and GB→CN were recorded under it (found by an exploratory session).
+    #[test]
+    fn adequacy_is_checked_against_the_exporter_s_list() {
+        let p = TransferPolicy::builtin();
+        for (from, to) in [
+            ("DE", "JP"),
+            ("DE", "GB"),
+            ("DE", "US"),
+            ("DE", "US-CA"),
+            ("NO", "CH"),
+            ("DE", "NL"),
+            ("GB", "NL"),
+            ("GB", "GI"),
+            ("GB", "KR"),
+            ("GB", "US"),
+            ("CO", "US"),
+            ("CO", "DE"),
+            ("CO", "AU"),
+        ] {
+            assert_eq!(
+                p.check_recorded(from, to, "adequacy"),
+                Ok(()),
+                "{from}→{to}"
+            );
+        }
+        for (from, to, says) in [
+            ("DE", "CN", "the European Commission has no adequacy decision for CN (GDPR Art. 45); use scc, bcr or a derogation"),
+            ("DE", "CO", "no adequacy decision for CO"),
+            ("DE", "AU", "no adequacy decision for AU"),
+            ("DE", "SG", "no adequacy decision for SG"),
+            ("DE", "GI", "no adequacy decision for GI"),
+            ("GB", "CN", "the UK has no adequacy regulations for CN"),
+            ("GB", "SG", "the UK has no adequacy regulations for SG"),
+            ("CO", "CN", "SIC does not list CN"),
+            ("CO", "LI", "SIC does not list LI"),
+            ("CN", "DE", "PIPL has no adequacy decisions"),
+            ("SG", "DE", "PDPA keeps no list"),
+            ("AU", "GB", "no adequacy list for Australia"),
+            ("US", "DE", "US law keeps no list"),
+        ] {
+            let e = p.check_recorded(from, to, "adequacy").unwrap_err();
+            assert!(e.starts_with("adequacy: ") && e.contains(says), "{from}→{to}: {e}");
+        }
+        // One list: the report reads the same function.
+        assert!(adequacy("DE", "AU").is_err());
+        assert!(adequacy("IS", "GB").is_ok());
+    }
+
+    /// A configured rule under adequacy is one the exporter's law allows for every move it
+    /// covers: the replicator signs the rule's mechanism into each transfer it records.
+    #[test]
+    fn configured_adequacy_rules_are_checked_at_load() {
+        let with = |from: &str, to: &str| TransferConfig {
+            rules: vec![PolicyRule {
+                from: from.into(),
+                to: to.into(),
+                mechanism: "adequacy".into(),
+                tia: false,
+            }],
+            ..TransferConfig::default()
+        };
+        for (from, to) in [
+            ("DE", "JP"),
+            ("EEA", "GB"),
+            ("GB", "EEA"),
+            ("EEA", "CH"),
+            ("GB", "US"),
+        ] {
+            assert!(
+                TransferPolicy::from_config(&with(from, to)).is_ok(),
+                "{from}→{to}"
+            );
+        }
+        for (from, to, says) in [
+            ("DE", "AU", "transfer.rule DE→AU: adequacy: the European Commission has no adequacy decision for AU"),
+            ("EEA", "SG", "transfer.rule EEA→SG: adequacy:"),
+            ("SG", "AU", "PDPA keeps no list"),
+            ("*", "GB", "names both (not *)"),
+            ("DE", "*", "names both (not *)"),
+            ("CO", "EEA", "SIC does not list LI"),
+        ] {
+            let e = TransferPolicy::from_config(&with(from, to)).unwrap_err();
+            assert!(e.contains(says), "{from}→{to}: {e}");
+        }
+        // The built-in table's own adequacy rows (EEA↔GB) pass the same check.
+        for r in builtin_rules().iter().filter(|r| r.mechanism == "adequacy") {
+            assert_eq!(check_adequacy_rule(r), Ok(()), "{r:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   the original period or not), still open (within time / overdue), refused;
 //! - transfers per office and route: without a mechanism where one is needed, without a TIA
 //!   where one is needed;
-//! - records past their retention (§7) that still exist;
+//! - records past their retention (§7) that still exist: past the built-in schedule
+//!   (`retention::schedule`, every rule; an office's `[retention]` overrides and extra marketing
+//!   purposes are not in the bundle), unless their subject is under an active legal hold;
 //! - consent withdrawals recorded late: `consent check` answered "granted" between the moment
 //!   the person withdrew and the moment the office recorded it (the change's signed authoring
 //!   time), so checks in that window would have answered differently;
@@ -50,8 +52,10 @@ fn needs_tia(from: &str, to: &str, mechanism: &str) -> bool {
 
 /// Whether a transfer from `from` to `to` under `mechanism` names none that could permit it:
 /// `none_required` between two legal areas (the EEA is one; every other country its own: a
-/// UK→US move under it went unflagged, found by an exploratory session), or data leaving China
-/// without one of China's instruments.
+/// UK→US move under it went unflagged, found by an exploratory session), data leaving China
+/// without one of China's instruments, or `adequacy` where the exporter's law has no adequacy
+/// decision for the destination ([`crate::policy::adequacy`], the table `transfer record`
+/// checks; a DE→AU move under it, recorded by a build that did not check, read compliant).
 fn lacks_mechanism(from: &str, to: &str, mechanism: &str) -> bool {
     fn area(j: &str) -> &str {
         match EEA.contains(&country(j)) {
@@ -62,6 +66,16 @@ fn lacks_mechanism(from: &str, to: &str, mechanism: &str) -> bool {
     let leaves_cn = country(from) == "CN" && country(to) != "CN";
     (area(from) != area(to) && mechanism == "none_required")
         || (leaves_cn && !mechanism.starts_with("cn_"))
+        || (mechanism == "adequacy" && crate::policy::adequacy(from, to).is_err())
+}
+
+fn record_office(record: &Record) -> &str {
+    match record {
+        Record::Consent(c) => &c.office,
+        Record::Request(r) => &r.office,
+        Record::Transfer(t) => &t.office,
+        Record::Hold(h) => &h.office,
+    }
 }
 
 fn country(j: &str) -> &str {
@@ -72,6 +86,47 @@ fn time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// What ties a record to a legal hold offline. Subjects are sealed (`sealed.rs`) and a bundle
+/// carries no keys, so the report cannot read them: it compares the id of the subject key a
+/// field is sealed under. A hold is sealed under its subject's key for records a legal duty
+/// keeps (`KeyClass::Kept`), which that office's consent proof, financial records and request
+/// confirmations of the subject share; the subject's other records are sealed under another
+/// key and cannot be tied to the hold offline. A plain (unsealed) subject is compared as
+/// normalised.
+fn subject_key(s: &str) -> String {
+    match crate::sealed::key_id(s) {
+        Some(kid) => format!("key:{}", hex::encode(kid)),
+        None => crate::subject::Subject::parse_stored(s)
+            .map(|x| format!("subject:{}", x.as_str()))
+            .unwrap_or_else(|_| format!("subject:{s}")),
+    }
+}
+
+/// A schedule period for people: `at once`, `5 years`, `6 months`.
+fn period(months: u32) -> String {
+    match months {
+        0 => "at once".into(),
+        m if m % 12 == 0 && m > 12 => format!("{} years", m / 12),
+        m => format!("{m} months"),
+    }
+}
+
+/// Whether `record` is past its built-in schedule as of `today` (the row, its period and the
+/// first day it could be deleted), read as the retention pass reads it (`Schedule::expiry`)
+/// with the built-in periods and marketing purposes: a bundle does not carry an office's
+/// `[retention]` overrides or `[consent] marketing_purposes`. Past once its deletion day is
+/// before `today` (the daily pass has had its day). Only the consent-proof and
+/// request-confirmation rules were checked: a 6-month sms-voice transfer and a 12-month
+/// marketing grant two years old went unreported (found by an exploratory session).
+fn past_schedule(
+    record: &Record,
+    today: NaiveDate,
+) -> Option<(NaiveDate, &'static crate::retention::schedule::Rule)> {
+    let marketing = |p: &str| crate::vocab::MARKETING_PURPOSES.contains(&p);
+    let (day, rule) = crate::retention::schedule::Schedule::default().expiry(record, marketing)?;
+    (day < today).then_some((day, rule))
 }
 
 fn date(s: &str) -> Option<NaiveDate> {
@@ -115,7 +170,10 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
     let tombstoned: HashSet<[u8; 16]> = v.tombstones.iter().map(|t| t.tombstone().doc_id).collect();
     let mut requests: BTreeMap<(String, String), RequestRow> = BTreeMap::new();
     let mut transfers: BTreeMap<(String, String, String), TransferRow> = BTreeMap::new();
-    let mut retention = Vec::new();
+    // Past-retention findings with their record's subject: a subject under an active legal
+    // hold in the bundle keeps its records (the pass counts them `held`).
+    let mut retention: Vec<(Option<String>, Finding)> = Vec::new();
+    let mut held_subjects: HashSet<String> = HashSet::new();
     let mut late = Vec::new();
     let mut still_held = Vec::new();
     let mut unreadable = 0u64;
@@ -135,6 +193,8 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
             unreadable += 1;
             continue;
         };
+        let subject = record.subject().map(subject_key);
+        let reported = retention.len();
         if tombstoned.contains(doc) {
             still_held.push(Finding {
                 office: String::new(),
@@ -185,14 +245,17 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                         }
                         if let Some(c) = closed {
                             if (as_of - c).num_days() > REQUEST_CONFIRMATION_RETENTION_DAYS {
-                                retention.push(Finding {
-                                    office: r.office.clone(),
-                                    record: id.clone(),
-                                    detail: format!(
-                                        "request closed {} is past its 5-year retention",
-                                        fmt_time(c)
-                                    ),
-                                });
+                                retention.push((
+                                    subject.clone(),
+                                    Finding {
+                                        office: r.office.clone(),
+                                        record: id.clone(),
+                                        detail: format!(
+                                            "request closed {} is past its 5-year retention",
+                                            fmt_time(c)
+                                        ),
+                                    },
+                                ));
                             }
                         }
                     }
@@ -236,23 +299,63 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                     .is_some_and(|(_, w)| w);
                 if let Some(last) = c.events.iter().filter_map(|e| time(&e.at)).max() {
                     if withdrawn && (as_of - last).num_days() > CONSENT_PROOF_RETENTION_DAYS {
-                        retention.push(Finding {
-                            office: c.office.clone(),
-                            record: id.clone(),
-                            detail: format!(
-                                "consent proof last changed {} is past its 5-year retention",
-                                fmt_time(last)
-                            ),
-                        });
+                        retention.push((
+                            subject.clone(),
+                            Finding {
+                                office: c.office.clone(),
+                                record: id.clone(),
+                                detail: format!(
+                                    "consent proof last changed {} is past its 5-year retention",
+                                    fmt_time(last)
+                                ),
+                            },
+                        ));
                     }
                 }
                 if c.events.iter().any(|e| e.action == "withdraw") {
                     late.extend(late_withdrawals(&id, changes));
                 }
             }
-            Record::Hold(_) => {}
+            Record::Hold(h) => {
+                if h.cleared_at.is_none() {
+                    held_subjects.insert(subject_key(&h.subject));
+                }
+            }
+        }
+        // Every other rule of the schedule, for a record the two checks above did not report
+        // (and not one a tombstone deleted, reported as still held).
+        if retention.len() == reported && !tombstoned.contains(doc) {
+            if let Some((day, rule)) = past_schedule(&record, today) {
+                retention.push((
+                    subject,
+                    Finding {
+                        office: record_office(&record).to_string(),
+                        record: id.clone(),
+                        detail: format!(
+                            "past its retention under the built-in rule {} ({}): deletable from {day}",
+                            rule.id,
+                            period(rule.months)
+                        ),
+                    },
+                ));
+            }
         }
     }
+    // A record tied to an active hold is kept by it. One that names a subject the report cannot
+    // tie (sealed under another key) may be held all the same: said beside it.
+    let holds = held_subjects.len();
+    let retention: Vec<Finding> = retention
+        .into_iter()
+        .filter(|(subject, _)| subject.as_ref().is_none_or(|s| !held_subjects.contains(s)))
+        .map(|(subject, mut f)| {
+            if holds > 0 && subject.is_some() {
+                f.detail += &format!(
+                    " (unless its subject is under one of the bundle's {holds} active legal holds: sealed subjects are tied to a hold offline only under the same key)"
+                );
+            }
+            f
+        })
+        .collect();
     json!({
         "network": v.network,
         "as_of": fmt_time(as_of),
@@ -462,7 +565,107 @@ pub fn csv(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{lacks_mechanism, needs_tia};
+    use super::{lacks_mechanism, needs_tia, past_schedule};
+    use crate::record::{ConsentEvent, ConsentRecord, Record, TransferRecord};
+    use chrono::NaiveDate;
+
+    /// `adequacy` where the exporter's law has no decision for the destination lacks a
+    /// mechanism, as `transfer record` now refuses it (older builds recorded DE→AU under it).
+    #[test]
+    fn adequacy_without_a_decision_names_no_mechanism() {
+        for (from, to, lacking) in [
+            ("DE", "AU", true),
+            ("DE", "CN", true),
+            ("DE", "SG", true),
+            ("DE", "CO", true),
+            ("GB", "CN", true),
+            ("SG", "AU", true),
+            ("DE", "JP", false),
+            ("DE", "GB", false),
+            ("GB", "NL", false),
+            ("DE", "US", false),
+            ("GB", "US-CA", false),
+            ("DE", "NL", false),
+            ("CO", "US", false),
+        ] {
+            assert_eq!(
+                lacks_mechanism(from, to, "adequacy"),
+                lacking,
+                "{from}→{to}"
+            );
+        }
+    }
+
+    fn transfer(categories: &[&str], at: &str) -> Record {
+        Record::Transfer(TransferRecord {
+            subject: Some("t@example.com".into()),
+            subject_kind: Some("email".into()),
+            categories: categories.iter().map(|c| c.to_string()).collect(),
+            from: "DE".into(),
+            to: "US".into(),
+            recipient: "x".into(),
+            recipient_kind: None,
+            mechanism: "scc".into(),
+            tia: Some("TIA".into()),
+            at: at.into(),
+            office: "de".into(),
+            records: vec![],
+            to_office: None,
+            status: None,
+            reason: None,
+        })
+    }
+
+    fn grant(purpose: &str, basis: &str, at: &str) -> Record {
+        Record::Consent(ConsentRecord {
+            subject: "t@example.com".into(),
+            subject_kind: "email".into(),
+            person: "end_user".into(),
+            purpose: purpose.into(),
+            role: "controller".into(),
+            office: "de".into(),
+            minor: false,
+            minor_elsewhere: false,
+            parental_consent: None,
+            events: vec![ConsentEvent {
+                action: "grant".into(),
+                at: at.into(),
+                basis: Some(basis.into()),
+                service: None,
+                evidence: None,
+                notice: None,
+                office: "de".into(),
+                restriction: None,
+                by_erasure: None,
+                follows: None,
+            }],
+        })
+    }
+
+    /// Every rule of the built-in schedule, not only the two 5-year ones: a 6-month sms-voice
+    /// transfer and a 12-month marketing grant, both of 2025-01-01, went unreported.
+    #[test]
+    fn records_past_any_built_in_rule_are_past_retention() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let today = day("2026-12-07");
+        let sms = transfer(&["phone_number"], "2025-01-01T10:00:00Z");
+        let (d, rule) = past_schedule(&sms, today).expect("sms-voice, 6 months");
+        assert_eq!((d, rule.id), (day("2025-07-01"), "sms-voice"));
+        let m = grant("marketing", "legitimate_interest", "2025-01-01T10:00:00Z");
+        let (d, rule) = past_schedule(&m, today).expect("marketing, 12 months");
+        assert_eq!((d, rule.id), (day("2026-01-01"), "marketing"));
+        // Not yet: a recent transfer, an active consent, a transfer on its deletion day.
+        assert!(
+            past_schedule(&transfer(&["email_address"], "2026-06-01T00:00:00Z"), today).is_none()
+        );
+        assert!(past_schedule(
+            &grant("marketing", "consent", "2019-01-01T00:00:00Z"),
+            today
+        )
+        .is_none());
+        assert!(past_schedule(&sms, day("2025-07-01")).is_none());
+        assert!(past_schedule(&sms, day("2025-07-02")).is_some());
+    }
 
     #[test]
     fn none_required_names_no_mechanism_between_legal_areas() {
