@@ -558,6 +558,24 @@ impl Office {
             Request::RequestClose(a) if a.outcome == "completed" => {
                 crate::retention::erasure::close(self, a).await
             }
+            r @ Request::HoldClear(_) => {
+                // Erasures the cleared holds postponed are carried out now (GDPR Art. 17(3)(e)
+                // postpones them; it does not drop them): the answer says which.
+                let op = self.prepare(r)?;
+                let mut out = self.write(vec![op], None).await?;
+                let mut out = out.pop().expect("one answer per op");
+                let mut carried = Vec::new();
+                for id in out["cleared"].as_array().into_iter().flatten() {
+                    let id = record::parse_doc_id(id.as_str().unwrap_or_default())
+                        .map_err(OfficeError::Integrity)?;
+                    // Beyond its limit a hold's remaining erasures are the replicator's
+                    // (it watches every ended hold until done).
+                    let resumed = crate::retention::erasure::after_hold_cleared(self, &id).await?;
+                    carried.extend(resumed.carried);
+                }
+                out["erasures_carried_out"] = json!(carried);
+                Ok(out)
+            }
             r if r.is_write() => {
                 let op = self.prepare(r)?;
                 let mut out = self.write(vec![op], None).await?;
@@ -909,6 +927,7 @@ impl Office {
                     cleared_at: None,
                     office: self.id.clone(),
                     origin: None,
+                    cleared_by: None,
                 }))
             }
             Request::HoldClear(a) => {
@@ -2589,8 +2608,13 @@ impl<'o> Draft<'o> {
                     if let Record::Hold(h) = r {
                         if h.cleared_at.is_none() {
                             let at = fmt_time(at);
+                            // Who cleared it: a copy cleared elsewhere than at its own office
+                            // does not end the hold (`HoldRecord::ended`).
+                            let by = self.office.id.clone();
                             self.change(id, |tx| {
                                 tx.put(ROOT, "cleared_at", at.as_str())
+                                    .map_err(|e| e.to_string())?;
+                                tx.put(ROOT, "cleared_by", by.as_str())
                                     .map_err(|e| e.to_string())
                             })?;
                             cleared.push(doc_id_hex(&id));

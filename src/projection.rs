@@ -791,6 +791,9 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
     let mut to_office: Option<String> = None;
     let mut records: Vec<String> = Vec::new();
     let mut origin: Option<String> = None;
+    // A hold's clearing (`RecordFacts::ended_hold`).
+    let mut cleared = false;
+    let mut cleared_by: Option<String> = None;
     let mut minor = false;
     // A request's kind and outcome (`RecordFacts::completed_request`).
     let mut request_kind: Option<String> = None;
@@ -806,6 +809,14 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
             }
             "status" => status = Some(r.text()?.into_string()),
             "origin" => origin = Some(r.text()?.into_string()),
+            "cleared_at" | "cleared_by" if r.rest().first() == Some(&NULL) => {
+                r.byte()?;
+            }
+            "cleared_at" => {
+                r.text()?;
+                cleared = true;
+            }
+            "cleared_by" => cleared_by = Some(r.text()?.into_string()),
             "minor" => minor = r.byte()? == TRUE,
             "kind" => request_kind = Some(r.text()?.into_string()),
             "outcome" if r.rest().first() == Some(&NULL) => {
@@ -854,6 +865,7 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
         facts.event = TransferWord::of(status.as_deref(), to_office.as_deref(), &records);
     }
     if kind == "hold" {
+        facts.ended_hold = hold_ended(cleared, &origin, cleared_by.as_deref(), &facts.office);
         facts.origin = origin;
     }
     facts.minor = kind == "consent" && minor;
@@ -861,6 +873,16 @@ pub fn facts(bytes: &[u8]) -> Result<RecordFacts, String> {
         kind == "request" && completed_request(request_kind.as_deref(), outcome.as_deref());
     facts.completed_erasure = facts.completed_request && request_kind.as_deref() == Some("erasure");
     Ok(facts)
+}
+
+/// [`crate::record::HoldRecord::ended`] of a hold's fields.
+fn hold_ended(
+    cleared: bool,
+    origin: &Option<String>,
+    cleared_by: Option<&str>,
+    office: &str,
+) -> bool {
+    cleared && (origin.is_none() || cleared_by == Some(office))
 }
 
 /// Whether a request of `kind` with `outcome` is one every other office carries out.
@@ -890,6 +912,10 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         #[serde(default)]
         origin: Option<String>,
         #[serde(default)]
+        cleared_at: Option<String>,
+        #[serde(default)]
+        cleared_by: Option<String>,
+        #[serde(default)]
         minor: bool,
         #[serde(default, rename = "kind")]
         request_kind: Option<String>,
@@ -907,6 +933,12 @@ fn facts_v1(bytes: &[u8]) -> Result<RecordFacts, String> {
         facts.event = TransferWord::of(f.status.as_deref(), f.to_office.as_deref(), &f.records);
     }
     if f.kind == "hold" {
+        facts.ended_hold = hold_ended(
+            f.cleared_at.is_some(),
+            &f.origin,
+            f.cleared_by.as_deref(),
+            &facts.office,
+        );
         facts.origin = f.origin;
     }
     facts.minor = f.kind == "consent" && f.minor;
@@ -943,6 +975,7 @@ fn facts_from(
         minor: false,
         completed_request: false,
         completed_erasure: false,
+        ended_hold: false,
     })
 }
 
@@ -1144,6 +1177,29 @@ mod tests {
                 cleared_at: None,
                 office: "an-office-not-in-the-words".into(),
                 origin: None,
+                cleared_by: None,
+            }),
+            // A copy of a resident office's hold, cleared by that office (it ends the hold:
+            // `RecordFacts::ended_hold`), and one cleared elsewhere (it does not).
+            Record::Hold(HoldRecord {
+                subject: "plain-not-sealed".into(),
+                subject_kind: "id".into(),
+                reason: sealed(90),
+                set_at: "2026-04-01T00:00:00Z".into(),
+                cleared_at: Some("2026-05-01T00:00:00Z".into()),
+                office: "cn".into(),
+                origin: Some("de".into()),
+                cleared_by: Some("cn".into()),
+            }),
+            Record::Hold(HoldRecord {
+                subject: "plain-not-sealed".into(),
+                subject_kind: "id".into(),
+                reason: sealed(90),
+                set_at: "2026-04-01T00:00:00Z".into(),
+                cleared_at: Some("2026-05-01T00:00:00Z".into()),
+                office: "cn".into(),
+                origin: Some("de".into()),
+                cleared_by: Some("de".into()),
             }),
         ]
     }
@@ -1165,6 +1221,13 @@ mod tests {
             let want = RecordFacts::of(&record);
             assert_eq!(facts(&v2).unwrap(), want);
             assert_eq!(facts(&v1).unwrap(), want);
+            if let Record::Hold(h) = &record {
+                assert_eq!(
+                    want.ended_hold,
+                    h.cleared_by.as_deref() == Some("cn"),
+                    "{h:?}"
+                );
+            }
             if let Record::Transfer(_) = record {
                 // A replication event's word, its one well-formed record id kept.
                 let word = want.event.expect("a transfer event's word");
@@ -1203,6 +1266,7 @@ mod tests {
                 cleared_at: Some(text.into()),
                 office: text.into(),
                 origin: None,
+                cleared_by: None,
             });
             assert_eq!(decode(&encode(&record)).unwrap(), record, "{text:?}");
         }
@@ -1268,6 +1332,7 @@ mod tests {
             cleared_at: Some("1970-01-02".into()),
             office: "de".into(),
             origin: None,
+            cleared_by: None,
         });
         assert_eq!(
             hex::encode(encode(&record)),

@@ -93,6 +93,22 @@ pub struct HoldRecord {
     /// the copy as that office's data (`office/resident.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The office that cleared the hold (absent on holds cleared before it was recorded). A
+    /// copy ([`HoldRecord::origin`]) cleared at another office than its own is written again
+    /// while the original stands, so only its own office's clear ends it
+    /// ([`HoldRecord::ended`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_by: Option<String>,
+}
+
+impl HoldRecord {
+    /// Whether this cleared hold has ended, so the erasures it postponed are carried out
+    /// (`retention::erasure::after_hold_cleared`): cleared, and if a copy, by its own office
+    /// (one cleared elsewhere is written again while the original stands).
+    pub fn ended(&self) -> bool {
+        self.cleared_at.is_some()
+            && (self.origin.is_none() || self.cleared_by.as_deref() == Some(self.office.as_str()))
+    }
 }
 
 /// Consent for one subject and one purpose, with every grant and withdrawal ever recorded for it.
@@ -316,6 +332,9 @@ pub struct RecordFacts {
     /// Of those, an erasure request: an office that keeps its records home sweeps its own for
     /// good (`retention::erasure::sweep_late_arrivals`).
     pub completed_erasure: bool,
+    /// A hold that has ended ([`HoldRecord::ended`]): the erasures of its subject it postponed
+    /// are carried out (`retention::erasure::after_hold_cleared`).
+    pub ended_hold: bool,
 }
 
 /// What a replication event (a transfer record with `status` and `to_office`) says its office
@@ -378,6 +397,7 @@ impl RecordFacts {
                     && crate::retention::erasure::carried_out_elsewhere(&r.kind)),
             completed_erasure: matches!(record, Record::Request(r)
                 if r.outcome.as_deref() == Some("completed") && r.kind == "erasure"),
+            ended_hold: matches!(record, Record::Hold(h) if h.ended()),
         }
     }
 
@@ -915,6 +935,7 @@ mod tests {
             cleared_at: None,
             office: "de".into(),
             origin: None,
+            cleared_by: None,
         });
         let actor = automerge::ActorId::from(&[3u8; 40][..]);
         let beyond = consentd_sync::first_change::LIST_ELEMS_MAX + 1;
@@ -1063,6 +1084,7 @@ mod tests {
             cleared_at: None,
             office: "uk".into(),
             origin: None,
+            cleared_by: None,
         });
         let records = [
             consent(),

@@ -371,6 +371,10 @@ pub struct Replicator {
     /// good for records of the subject that other offices made before the completion and that
     /// arrive later (`retention::erasure::sweep_late_arrivals`). Bounded likewise.
     own_erasures: Mutex<BTreeSet<DocId>>,
+    /// Holds that ended (cleared here or elsewhere, `HoldRecord::ended`): the erasures of the
+    /// subject they postponed are carried out (`retention::erasure::after_hold_cleared`, once
+    /// per hold). Bounded likewise.
+    ended_holds: Mutex<BTreeSet<DocId>>,
     /// At an office whose records stay home: its own consent records flagging the person under
     /// 18, until the flag rides on a record that travels (`Office::spread_minor_flags`).
     resident_minors: Mutex<BTreeSet<DocId>>,
@@ -406,6 +410,9 @@ const FOLD_SCAN_MAX: usize = 4096;
 /// reads the request and its subject's records (tens of µs), and a pass runs after every burst
 /// of arrivals, so the whole set is gone through over several passes instead.
 const SWEEP_SCAN_MAX: usize = 256;
+/// Ended holds one pass looks at (`Replicator::carry_out_after_holds`); each already done is a
+/// meta read, so a restart's look at every cleared hold held here spreads over passes.
+const ENDED_HOLDS_SCAN_MAX: usize = 256;
 
 /// Most remembered raised events; the set is cleared when full (the store's markers still make
 /// each event durable once).
@@ -475,6 +482,7 @@ impl Replicator {
             resident_holds: Mutex::new(BTreeSet::new()),
             erasures_elsewhere: Mutex::new(BTreeSet::new()),
             own_erasures: Mutex::new(BTreeSet::new()),
+            ended_holds: Mutex::new(BTreeSet::new()),
             resident_minors: Mutex::new(BTreeSet::new()),
             resident_minors_all: Mutex::new(BTreeSet::new()),
             fold_wanted: tokio::sync::Notify::new(),
@@ -1344,6 +1352,15 @@ impl Replicator {
     /// saw, and the subject key the erasure destroyed came back with them (found by an
     /// exploratory session); an office that keeps its records home is always in that place.
     fn watch_if_erasure(&self, doc: &DocId, facts: Option<&RecordFacts>) {
+        if facts.is_some_and(|f| f.ended_hold) {
+            let mut watched = lock(&self.ended_holds);
+            if watched.len() < RESIDENT_WITHDRAWALS_MAX {
+                watched.insert(*doc);
+            }
+            drop(watched);
+            self.fold_wanted.notify_one();
+            return;
+        }
         if facts.is_some_and(|f| f.completed_erasure && f.office == self.me)
             && self.keeps_records_home()
         {
@@ -1377,6 +1394,7 @@ impl Replicator {
                 _ = stop.changed() => return,
             }
             self.carry_out_erasures().await;
+            self.carry_out_after_holds().await;
             self.spread_holds().await;
             self.spread_minor_flags().await;
             cursor = self.fold_withdrawals(cursor).await;
@@ -1409,6 +1427,38 @@ impl Replicator {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot carry out another office's erasure here");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Erasures the holds that ended postponed, carried out (`after_hold_cleared`; a hold
+    /// already done costs a meta read).
+    async fn carry_out_after_holds(&self) {
+        let holds: Vec<DocId> = lock(&self.ended_holds)
+            .iter()
+            .take(ENDED_HOLDS_SCAN_MAX)
+            .copied()
+            .collect();
+        for hold in holds {
+            match crate::retention::erasure::after_hold_cleared(&self.office, &hold).await {
+                Ok(resumed) => {
+                    if resumed.done {
+                        lock(&self.ended_holds).remove(&hold);
+                    } else {
+                        self.fold_wanted.notify_one();
+                    }
+                    for c in resumed.carried.iter().filter(|_| resumed.now) {
+                        tracing::info!(
+                            deleted = c["deleted"].as_u64().unwrap_or(0),
+                            request = c["request"].as_str().unwrap_or_default(),
+                            "carried out an erasure a legal hold postponed, the hold having ended"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot carry out erasures a legal hold postponed");
                     return;
                 }
             }

@@ -4,6 +4,10 @@
 //! explained). A kept consent record is proof, not permission: every consent of the subject still
 //! granted afterwards is withdrawn, in the batch that closes the request.
 //!
+//! Under a legal hold an erasure deletes nothing (GDPR Art. 17(3)(e)) but is postponed, not
+//! dropped: its report lists what the hold alone keeps (`postponed`), and once the hold ends
+//! [`after_hold_cleared`] carries it out, at every office the clearing reaches.
+//!
 //! The deletions run *before* the request is closed: if closing fails, the operator closes it
 //! again and the erasure (now finding only the kept records) runs again, so the two never
 //! disagree. Run again, it still destroys the subject's unused keys, which a crash left behind
@@ -22,6 +26,13 @@ use consentd_sync::tombstone::Reason;
 use serde_json::{json, Value};
 
 type Result<T, E = OfficeError> = std::result::Result<T, E>;
+
+/// Why an erasure under a legal hold keeps a record nothing else keeps: postponed, not dropped.
+pub const HOLD_POSTPONES: &str = "the subject is under a legal hold: GDPR Art. 17(3)(e) postpones the erasure of this record, not drops it; it is deleted when the hold ends";
+/// Why an erasure under a legal hold keeps a record another legal duty keeps as well.
+pub const HOLD_KEEPS: &str = "the subject is under a legal hold";
+/// The `kept` rule of a record a legal hold keeps through an erasure.
+const HOLD_RULE: &str = "legal-hold";
 
 /// Why an erasure keeps another open request of the subject.
 pub const OPEN_REQUEST_KEPT: &str =
@@ -61,14 +72,14 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
     let policy = format!("request/{}", doc_id_hex(&id));
     let mut kept = Vec::new();
     let mut todo = Vec::new();
+    // Records the hold alone keeps: deleted once it ends (`after_hold_cleared`).
+    let mut postponed = Vec::new();
     for (rid, r) in office.records_by_key(&token)? {
         let why = if rid == id {
             Some((
                 "request-confirmation",
                 "this request's confirmation (§7: 5 years)",
             ))
-        } else if held {
-            Some(("legal-hold", "the subject is under a legal hold"))
         } else if matches!(&r, Record::Request(other) if other.is_open()) {
             // Kept because it is still open, not as the confirmation of a handled request
             // (the rule's own reason said so of an open request; found by an exploratory
@@ -86,6 +97,17 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
             ))
         } else {
             None
+        };
+        // Under a hold everything is kept (GDPR Art. 17(3)(e)); what nothing else keeps is
+        // postponed, not dropped: it was never deleted, even once the hold was lifted (found by
+        // an exploratory session).
+        let why = match why {
+            None if held => {
+                postponed.push(doc_id_hex(&rid));
+                Some((HOLD_RULE, HOLD_POSTPONES))
+            }
+            Some(_) if held && rid != id => Some((HOLD_RULE, HOLD_KEEPS)),
+            other => other,
         };
         match why {
             Some((rule, reason)) => kept.push(json!({
@@ -131,6 +153,8 @@ pub async fn close(office: &Office, a: protocol::RequestClose) -> Result<Value> 
         "kept": kept,
         "keys_destroyed": out.keys_destroyed,
         "withdrawn": withdrawn,
+        // Kept by the hold alone: deleted when it ends (docs/retention.md).
+        "postponed": postponed,
     });
     let withdrawals = withdrawn
         .iter()
@@ -169,11 +193,13 @@ pub async fn carry_out(office: &Office, request_id: &record::DocId) -> Result<u6
     if !carried_out_elsewhere(&request.kind) || request.outcome.as_deref() != Some("completed") {
         return Ok(0);
     }
-    let deleted = carry_out_once(office, request_id, request).await?;
+    let (deleted, postponed) = carry_out_once(office, request_id, request).await?;
+    // `held`: an erasure a hold postponed here, carried out once it ends (`after_hold_cleared`).
+    let done: &[u8] = if postponed { CARRIED_OUT_HELD } else { b"1" };
     office
         .store()
         .commit(consentd_storage::WriteBatch {
-            meta: vec![(done_key, b"1".to_vec())],
+            meta: vec![(done_key, done.to_vec())],
             ..Default::default()
         })
         .await
@@ -319,14 +345,15 @@ pub fn carried_out_elsewhere(kind: &str) -> bool {
 
 /// [`carry_out`]'s work, for a completed request of a kind it carries out: an erasure's
 /// deletions (none under a hold), then the withdrawals the kind makes, of this office's own
-/// records made before the completion. Returns the records deleted.
+/// records made before the completion. Returns the records deleted, and whether a hold
+/// postponed the deletions.
 async fn carry_out_once(
     office: &Office,
     request_id: &record::DocId,
     request: record::RequestRecord,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let Some(completed) = completed_at(&request) else {
-        return Ok(0);
+        return Ok((0, false));
     };
     let made_before = |id: &record::DocId| made_by(id, completed);
     let marketing = |p: &str| office.purposes.is_marketing(p);
@@ -338,9 +365,10 @@ async fn carry_out_once(
     let restriction = (kind == "restriction").then(|| doc_id_hex(request_id));
     let token = pass::subject_token(office, &Record::Request(request))?
         .expect("a request names its subject");
-    // Under a hold nothing is deleted, but the consents are still withdrawn below, as `close`
-    // does: the erasure request stops the processing even where a hold keeps the data (it
-    // returned here, and being done once, never withdrew; found by an exploratory session).
+    // Under a hold nothing is deleted (postponed: `after_hold_cleared` deletes once it ends),
+    // but the consents are still withdrawn below, as `close` does: the erasure request stops
+    // the processing even where a hold keeps the data (it returned here, and being done once,
+    // never withdrew; found by an exploratory session).
     let erase = request_kind_is_erasure;
     let held = pass::is_held(office, &token)?;
     let policy = format!("request/{}", doc_id_hex(request_id));
@@ -438,7 +466,7 @@ async fn carry_out_once(
             )
             .await?;
     }
-    Ok(deleted)
+    Ok((deleted, erase && held))
 }
 
 /// Whether completing a request of `kind` withdraws consents (besides an erasure's):
@@ -565,4 +593,277 @@ async fn close_withdrawing(
         .await?;
     answer["withdrawn"] = json!(withdrawn);
     Ok(answer)
+}
+
+/// Meta value of `request_carried_out/<id>` for an erasure a hold postponed here.
+const CARRIED_OUT_HELD: &[u8] = b"held";
+/// Meta key prefix marking a completed erasure carried out here after the hold that postponed
+/// it ended ([`after_hold_cleared`]).
+const META_RESUMED: &str = "erasure_resumed/";
+/// Meta key prefix marking an ended hold whose postponed erasures were carried out here; the
+/// value lists them (`[{"request", "deleted"}]`, ids and counts).
+const META_HOLD_ENDED: &str = "hold_ended/";
+/// Most postponed erasure requests one call of [`after_hold_cleared`] carries out; the hold is
+/// marked done only once none is left, so the next call goes on.
+pub const RESUMED_PER_HOLD_MAX: usize = 64;
+
+/// What [`after_hold_cleared`] did for a hold.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// `{"request", "deleted"}` per erasure carried out for this hold (by this call, or by an
+    /// earlier one, as noted).
+    pub carried: Vec<Value>,
+    /// Carried out by this call (not only noted earlier).
+    pub now: bool,
+    /// Nothing more to do for this hold.
+    pub done: bool,
+}
+
+/// One at a time: the local `hold clear` and the replicator's pass may look at the same hold.
+static RESUMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether this office postponed, under a legal hold, the erasure `request` (completed): at the
+/// office that completed it, its report keeps records for the hold; elsewhere, this office
+/// carried it out under a hold ([`carry_out`] notes `held`; one noted by an older build counts
+/// when the report shows the erasing office held too).
+fn postponed_here(
+    office: &Office,
+    request_id: &record::DocId,
+    request: &record::RequestRecord,
+) -> Result<bool> {
+    let report_held = request
+        .erasure
+        .as_ref()
+        .and_then(|e| e["kept"].as_array())
+        .is_some_and(|kept| kept.iter().any(|k| k["rule"] == HOLD_RULE));
+    if request.office == office.id() {
+        return Ok(report_held);
+    }
+    let done_key = format!("{META_CARRIED_OUT}{}", doc_id_hex(request_id));
+    Ok(match office.store().meta(&done_key)? {
+        Some(v) if v == CARRIED_OUT_HELD => true,
+        Some(_) => report_held,
+        None => false, // not carried out yet: `carry_out` will, with the hold ended
+    })
+}
+
+/// Once hold `hold_id` has ended ([`record::HoldRecord::ended`]: cleared here, or its clearing
+/// arrived from another office), carries out every completed erasure of its subject that a
+/// hold postponed here (GDPR Art. 17(3)(e) postpones an erasure while a legal claim needs the
+/// data; it does not drop it). An erasure completed under a hold deleted nothing, answered
+/// `completed`, and was never carried out once the hold was lifted (found by an exploratory
+/// session). Deletes what the erasure's completion would have deleted without the hold: at the
+/// office that completed it, every record of the subject made by then, elsewhere this office's
+/// own (as [`carry_out`]), except what another legal duty keeps, a legal obligation in force,
+/// an open request, and a consent record holding a grant since the completion (the person's new
+/// dealings). While another hold covers the subject, nothing (its end carries them out).
+/// Once per erasure and per hold (meta), at most [`RESUMED_PER_HOLD_MAX`] erasures a call.
+pub async fn after_hold_cleared(office: &Office, hold_id: &record::DocId) -> Result<Resumed> {
+    let _one = RESUMING.lock().await;
+    let hold_key = format!("{META_HOLD_ENDED}{}", doc_id_hex(hold_id));
+    if let Some(done) = office.store().meta(&hold_key)? {
+        // Done already (by the replicator's pass, say, before `hold clear` answered): what it
+        // carried out, as noted.
+        let carried: Vec<Value> = serde_json::from_slice(&done).unwrap_or_default();
+        return Ok(Resumed {
+            carried,
+            now: false,
+            done: true,
+        });
+    }
+    let mark = |key: String, value: Vec<u8>| async move {
+        office
+            .store()
+            .commit(consentd_storage::WriteBatch {
+                meta: vec![(key, value)],
+                ..Default::default()
+            })
+            .await
+            .map_err(OfficeError::from)
+    };
+    let hold = match office.read_record(hold_id)? {
+        Some(Record::Hold(h)) => h,
+        // Deleted, or not a hold: nothing to end.
+        _ => {
+            return Ok(Resumed {
+                done: true,
+                ..Default::default()
+            })
+        }
+    };
+    if !hold.ended() {
+        // Active, or a copy cleared away from its own office (written again while the
+        // original stands): nothing ends here.
+        if hold.cleared_at.is_some() {
+            mark(hold_key, b"[]".to_vec()).await?;
+        }
+        return Ok(Resumed {
+            done: true,
+            ..Default::default()
+        });
+    }
+    let token =
+        pass::subject_token(office, &Record::Hold(hold))?.expect("a hold names its subject");
+    let records = office.records_by_key(&token)?;
+    if a_hold_stands(&records) {
+        // Another hold still covers the subject: its end carries the erasures out.
+        mark(hold_key, b"[]".to_vec()).await?;
+        return Ok(Resumed {
+            done: true,
+            ..Default::default()
+        });
+    }
+    let mut due = Vec::new();
+    for (rid, r) in &records {
+        let Record::Request(q) = r else { continue };
+        if q.kind != "erasure" || q.outcome.as_deref() != Some("completed") {
+            continue;
+        }
+        let resumed = format!("{META_RESUMED}{}", doc_id_hex(rid));
+        if office.store().meta(&resumed)?.is_some() || !postponed_here(office, rid, q)? {
+            continue;
+        }
+        due.push((*rid, q.clone(), resumed));
+    }
+    let more = due.len() > RESUMED_PER_HOLD_MAX;
+    let mut out = Vec::new();
+    for (request_id, request, resumed) in due.into_iter().take(RESUMED_PER_HOLD_MAX) {
+        let deleted = resume(office, &request_id, &request, &records, token).await?;
+        mark(resumed, b"1".to_vec()).await?;
+        out.push(json!({"request": doc_id_hex(&request_id), "deleted": deleted}));
+    }
+    if !more {
+        // Ids and counts only: nothing personal.
+        mark(hold_key, serde_json::to_vec(&out).expect("json")).await?;
+    }
+    Ok(Resumed {
+        carried: out,
+        now: true,
+        done: !more,
+    })
+}
+
+/// Whether a hold among `records` (a subject's) still stands: one active, or a resident
+/// office's hold whose copies here were cleared only elsewhere than at that office (each is
+/// written again while the original stands; `office/resident.rs`). A hold and its copies share
+/// their office and setting time; they have ended once all are cleared and one has ended
+/// ([`record::HoldRecord::ended`]). A copy cleared at de while cn's hold stood left de without
+/// an active hold until cn's copy came again, and de's postponed erasure would have deleted
+/// meanwhile what cn's hold keeps.
+fn a_hold_stands(records: &[(record::DocId, Record)]) -> bool {
+    // (office, set at) → (all cleared, one ended)
+    let mut holds: std::collections::BTreeMap<(&str, &str), (bool, bool)> = Default::default();
+    for (_, r) in records {
+        if let Record::Hold(h) = r {
+            let e = holds
+                .entry((h.office.as_str(), h.set_at.as_str()))
+                .or_insert((true, false));
+            e.0 &= h.cleared_at.is_some();
+            e.1 |= h.ended();
+        }
+    }
+    holds.values().any(|&(cleared, ended)| !(cleared && ended))
+}
+
+/// [`after_hold_cleared`]'s deletions for one postponed erasure, among `records` (the
+/// subject's). Returns the records deleted.
+async fn resume(
+    office: &Office,
+    request_id: &record::DocId,
+    request: &record::RequestRecord,
+    records: &[(record::DocId, Record)],
+    token: [u8; 32],
+) -> Result<u64> {
+    let Some(completed) = completed_at(request) else {
+        return Ok(0);
+    };
+    let marketing = |p: &str| office.purposes.is_marketing(p);
+    let erasing_office = request.office == office.id();
+    let policy = format!("request/{}", doc_id_hex(request_id));
+    let mut todo = Vec::new();
+    for (rid, r) in records {
+        let own = match r {
+            Record::Consent(c) => c.office == office.id(),
+            Record::Request(q) => q.office == office.id(),
+            Record::Transfer(t) => t.office == office.id(),
+            Record::Hold(_) => false,
+        };
+        if rid == request_id
+            || !(erasing_office || own)
+            || !made_by(rid, completed)
+            || matches!(r, Record::Request(q) if q.is_open())
+            || matches!(r, Record::Consent(c) if granted_since(c, completed))
+            || schedule::legally_kept(r, marketing).is_some()
+            || schedule::legal_obligation_in_force(r)
+        {
+            continue;
+        }
+        todo.push(Deletion {
+            id: *rid,
+            record: r.clone(),
+            reason: Reason::Erasure,
+            policy: policy.clone(),
+            still_expired_by: None,
+        });
+    }
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    Ok(pass::delete_exclusive(office, todo, token).await?.deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::HoldRecord;
+
+    fn hold(office: &str, origin: Option<&str>, cleared_by: Option<&str>) -> Record {
+        Record::Hold(HoldRecord {
+            subject: "a@example.com".into(),
+            subject_kind: "email".into(),
+            reason: "court order".into(),
+            set_at: "2026-01-01T00:00:00Z".into(),
+            cleared_at: cleared_by.map(|_| "2026-02-01T00:00:00Z".into()),
+            office: office.into(),
+            origin: origin.map(Into::into),
+            cleared_by: cleared_by.map(Into::into),
+        })
+    }
+
+    fn stands(holds: &[Record]) -> bool {
+        let records: Vec<_> = holds.iter().map(|h| ([0u8; 16], h.clone())).collect();
+        a_hold_stands(&records)
+    }
+
+    /// A hold stands while active; a resident office's copy cleared elsewhere (written again
+    /// while the original stands) keeps standing until that office clears one; a hold cleared
+    /// before the clearing office was recorded still ends if it is no copy.
+    #[test]
+    fn a_hold_ends_when_cleared_and_a_copy_only_when_its_own_office_clears_it() {
+        assert!(!stands(&[]));
+        assert!(stands(&[hold("de", None, None)]));
+        assert!(!stands(&[hold("de", None, Some("uk"))]));
+        let mut legacy = hold("de", None, Some("de"));
+        if let Record::Hold(h) = &mut legacy {
+            h.cleared_by = None;
+        }
+        assert!(!stands(&[legacy]));
+        // cn's copy for de, cleared at de: cn's hold stands.
+        assert!(stands(&[hold("cn", Some("de"), Some("de"))]));
+        // Written again by cn and cleared by cn: ended.
+        assert!(!stands(&[
+            hold("cn", Some("de"), Some("de")),
+            hold("cn", Some("de"), Some("cn")),
+        ]));
+        // Written again and still active: stands.
+        assert!(stands(&[
+            hold("cn", Some("de"), Some("de")),
+            hold("cn", Some("de"), None),
+        ]));
+        // de's own hold cleared, cn's copy cleared at de only: cn's stands.
+        assert!(stands(&[
+            hold("de", None, Some("de")),
+            hold("cn", Some("de"), Some("de")),
+        ]));
+    }
 }

@@ -702,6 +702,7 @@ mod tests {
             cleared_at: None,
             office: "de".into(),
             origin: None,
+            cleared_by: None,
         };
         assert!(s.expiry(&Record::Hold(h.clone()), marketing).is_none());
         h.cleared_at = Some("2026-06-01T00:00:00Z".into());
