@@ -1041,6 +1041,7 @@ fn human_export(v: &Value) -> String {
                 scalar(&e["evidence"])
             );
         }
+        out += &retention_line(&c["retention"]);
     }
     let requests = v["requests"].as_array().cloned().unwrap_or_default();
     out += &format!("\nrequests: {}\n", requests.len());
@@ -1053,6 +1054,7 @@ fn human_export(v: &Value) -> String {
             scalar(&r["due"]),
             scalar(&r["due_rule"])
         );
+        out += &retention_line(&r["retention"]);
     }
     let transfers = v["transfers"].as_array().cloned().unwrap_or_default();
     out += &format!("\ntransfers: {}\n", transfers.len());
@@ -1065,6 +1067,7 @@ fn human_export(v: &Value) -> String {
             scalar(&x["recipient"]),
             scalar(&x["mechanism"])
         );
+        out += &retention_line(&x["retention"]);
     }
     let holds = v["holds"].as_array().cloned().unwrap_or_default();
     out += &format!("\nlegal holds: {}\n", holds.len());
@@ -1080,6 +1083,7 @@ fn human_export(v: &Value) -> String {
             state,
             scalar(&h["reason"])
         );
+        out += &retention_line(&h["retention"]);
     }
     for e in v["held_elsewhere"].as_array().into_iter().flatten() {
         out += &format!(
@@ -1089,6 +1093,24 @@ fn human_export(v: &Value) -> String {
         );
     }
     out
+}
+
+/// A record's line of how long it is kept (`retention` in `subject export`, GDPR Art.
+/// 15(1)(d)): the day it is deleted on, or the criterion while its period has not started, and
+/// whether a legal hold keeps it. Empty when the daemon sent none (an older one).
+fn retention_line(r: &Value) -> String {
+    if r.is_null() {
+        return String::new();
+    }
+    let mut line = match r["until"].as_str() {
+        Some(day) => format!("    kept until {day} ({})", scalar(&r["criterion"])),
+        None => format!("    {}", scalar(&r["criterion"])),
+    };
+    line += &format!("  [rule {}: {}]", scalar(&r["rule"]), scalar(&r["source"]));
+    if r["held"] == true {
+        line += "\n    held: a legal hold keeps it past that until the hold is cleared";
+    }
+    line + "\n"
 }
 
 fn capitalise(s: &str) -> String {

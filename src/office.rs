@@ -1937,9 +1937,17 @@ impl Office {
         // consumer at the US office is told of "personal information"; the office's own
         // jurisdiction, US, gave "data subject"; found by an exploratory session).
         let mut latest_request: Option<(String, String)> = None;
-        for (id, r) in self.records_by_key(&self.hasher.subject_token(&subject))? {
-            match r {
-                Record::Consent(c) => consents.push(with_id(&id, &c)),
+        let records = self.records_by_key(&self.hasher.subject_token(&subject))?;
+        let held = records
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Hold(h) if h.cleared_at.is_none()));
+        let marketing = |p: &str| self.purposes.is_marketing(p);
+        for (id, r) in records {
+            // How long each record is kept, or the criterion (GDPR Art. 15(1)(d): the right of
+            // access said nothing of it; found by an exploratory session).
+            let retention = self.retention.schedule.retention_view(&r, marketing, held);
+            let (list, mut view) = match r {
+                Record::Consent(c) => (&mut consents, with_id(&id, &c)),
                 Record::Request(q) => {
                     if latest_request
                         .as_ref()
@@ -1947,11 +1955,13 @@ impl Office {
                     {
                         latest_request = Some((q.received.clone(), q.jurisdiction.clone()));
                     }
-                    requests.push(with_id(&id, &q))
+                    (&mut requests, with_id(&id, &q))
                 }
-                Record::Transfer(t) => transfers.push(with_id(&id, &t)),
-                Record::Hold(h) => holds.push(with_id(&id, &h)),
-            }
+                Record::Transfer(t) => (&mut transfers, with_id(&id, &t)),
+                Record::Hold(h) => (&mut holds, with_id(&id, &h)),
+            };
+            view["retention"] = retention;
+            list.push(view);
         }
         let terms_for = latest_request.map_or_else(|| self.jurisdiction.clone(), |(_, j)| j);
         // Offices whose records never reach this one: what they hold of the person is not here,

@@ -376,6 +376,76 @@ impl Schedule {
     }
 }
 
+/// A period of `months` for people: "5 years", "12 months", "0 months" reads "at once".
+fn period_text(months: u32) -> String {
+    match months {
+        0 => "at once".into(),
+        m if m % 12 == 0 && m >= 24 => format!("{} years", m / 12),
+        12 => "12 months".into(),
+        1 => "1 month".into(),
+        m => format!("{m} months"),
+    }
+}
+
+impl Schedule {
+    /// The criterion that sets how long a record under `r` is kept, for people (GDPR Art.
+    /// 15(1)(d): "the envisaged period …, or, if not possible, the criteria used to determine
+    /// that period"), with this office's period.
+    pub fn criterion(&self, r: &Rule) -> String {
+        let months = self.months(r);
+        let period = period_text(months);
+        let after = |event: &str| match months {
+            0 => format!("deleted when {event}"),
+            _ => format!("kept {period} after {event}"),
+        };
+        match r.anchor {
+            Anchor::LastEventOnceWithdrawn => format!(
+                "{}; no end while the consent stands",
+                after("the consent is withdrawn or the processing ends")
+            ),
+            Anchor::LastEvent => after("its last event"),
+            Anchor::TransferTime => after("the transfer"),
+            Anchor::RequestClosed => format!(
+                "{}; no end while it is open",
+                after("the request is answered")
+            ),
+            Anchor::HoldCleared => format!(
+                "{}; no end while it is active",
+                after("the hold is cleared")
+            ),
+            Anchor::Never => "kept for good".into(),
+        }
+    }
+
+    /// What `subject export` tells the person of how long `record` is kept (GDPR Art.
+    /// 15(1)(d)): the rule, the day it is deleted on (`until`, the first day a pass deletes
+    /// it) or `null` while its period has not started, the criterion and the rule's source;
+    /// `held` when a legal hold on the subject keeps it past that day, until the hold ends.
+    pub fn retention_view(
+        &self,
+        record: &Record,
+        is_marketing: impl Fn(&str) -> bool,
+        held: bool,
+    ) -> serde_json::Value {
+        let expiry = self.expiry(record, &is_marketing);
+        let rule = expiry.map_or_else(|| classify(record, &is_marketing), |(_, r)| r);
+        let mut v = serde_json::json!({
+            "rule": rule.id,
+            "until": expiry.map(|(d, _)| crate::record::fmt_date(d)),
+            "criterion": self.criterion(rule),
+            "source": rule.source,
+            "held": held,
+        });
+        if held {
+            v["held_why"] = serde_json::json!(HELD_WHY);
+        }
+        v
+    }
+}
+
+/// What a subject export says of a record a legal hold keeps.
+pub const HELD_WHY: &str = "a legal hold on the subject keeps this record past its period until the hold is cleared; an erasure completed meanwhile is carried out then (GDPR Art. 17(3)(e))";
+
 /// A consent record as it would stand without the withdrawals that carry out a restriction
 /// request (`ConsentEvent::restriction`), if it holds any and other events besides. Restricted
 /// data is stored, not erased (GDPR Art. 18(1)): the restriction stops the processing
@@ -785,6 +855,61 @@ mod tests {
         let only = Record::Consent(consent("support", vec![restricted("2026-12-02T09:00:00Z")]));
         let (d, rule) = Schedule::default().expiry(&only, marketing).unwrap();
         assert_eq!((d, rule.id), (day("2031-12-02"), "consent-proof"));
+    }
+
+    /// `subject export` tells the person how long each record is kept (GDPR Art. 15(1)(d)):
+    /// the day, or the criterion while the period has not started, and a hold.
+    #[test]
+    fn a_record_s_retention_names_its_day_or_its_criterion() {
+        let s = Schedule::default();
+        let sales = Record::Consent(consent(
+            "sales",
+            vec![event(
+                "grant",
+                "2025-01-10T10:00:00Z",
+                Some("legitimate_interest"),
+            )],
+        ));
+        let v = s.retention_view(&sales, marketing, false);
+        assert_eq!(v["rule"], "marketing");
+        assert_eq!(v["until"], "2026-01-10");
+        assert_eq!(v["criterion"], "kept 12 months after its last event");
+        assert_eq!(v["held"], false);
+        assert!(v.get("held_why").is_none());
+        let active = Record::Consent(consent(
+            "marketing",
+            vec![event("grant", "2025-01-10T10:00:00Z", Some("consent"))],
+        ));
+        let v = s.retention_view(&active, marketing, true);
+        assert_eq!(v["rule"], "consent-proof");
+        assert!(v["until"].is_null(), "{v}");
+        assert_eq!(
+            v["criterion"],
+            "kept 5 years after the consent is withdrawn or the processing ends; no end while the consent stands"
+        );
+        assert_eq!(v["held"], true);
+        assert!(v["held_why"].as_str().unwrap().contains("legal hold"));
+        let support = Record::Consent(consent(
+            "support",
+            vec![event("grant", "2025-01-10T10:00:00Z", Some("contract"))],
+        ));
+        assert!(s.retention_view(&support, marketing, false)["criterion"]
+            .as_str()
+            .unwrap()
+            .starts_with("deleted when the consent is withdrawn"));
+        // The office's own period is the one told.
+        let longer = Schedule::new(&BTreeMap::from([(
+            "sms-voice".to_string(),
+            "2y".to_string(),
+        )]))
+        .unwrap();
+        let sms = transfer(&["phone_number"], None);
+        let v = longer.retention_view(&sms, marketing, false);
+        assert_eq!(
+            (v["rule"].as_str(), v["until"].as_str()),
+            (Some("sms-voice"), Some("2028-01-31"))
+        );
+        assert_eq!(v["criterion"], "kept 2 years after the transfer");
     }
 
     #[test]
