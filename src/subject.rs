@@ -306,6 +306,7 @@ fn account_id(opaque: &str) -> Result<Subject, SubjectError> {
     let normalised = format!("id:{id}");
     if normalised.len() > MAX_OPAQUE_BYTES {
         return Err(SubjectError::TooLong {
+            what: "an account id (id:…)",
             len: normalised.len(),
             max: MAX_OPAQUE_BYTES,
         });

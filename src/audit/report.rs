@@ -627,6 +627,7 @@ mod tests {
             minor: false,
             minor_elsewhere: false,
             parental_consent: None,
+            marketing: false,
             events: vec![ConsentEvent {
                 action: "grant".into(),
                 at: at.into(),
