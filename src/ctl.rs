@@ -688,7 +688,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
             human_export,
         ),
         Command::Import { file } => (import(&socket, &file)?, human_object),
-        Command::Status => (call(Request::Status(Empty {}))?, human_object),
+        Command::Status => (call(Request::Status(Empty {}))?, human_status),
         Command::Peers => (call(Request::Peers(Empty {}))?, human_peers),
         Command::Retention(RetentionCmd::Run { as_of, dry_run }) => (
             call(Request::RetentionRun(protocol::RetentionRun {
@@ -994,6 +994,15 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// `status`: every field, and `replication` saying so when it runs in sync with no peer.
+pub(crate) fn human_status(v: &Value) -> String {
+    let mut v = v.clone();
+    if v["replication"] == "running" && v["replication_peers_in_sync"] == 0 {
+        v["replication"] = "running (no peer in sync: see `consentctl peers`)".into();
+    }
+    human_object(&v)
+}
+
 fn human_object(v: &Value) -> String {
     match v {
         Value::Object(map) => map
@@ -1228,22 +1237,47 @@ pub(crate) fn human_peers(v: &Value) -> String {
         return "no peers configured\n".into();
     }
     let mut out = format!(
-        "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8}\n",
-        "OFFICE", "ADDRESS", "CONNECTED", "LAST SYNC", "LAG", "STORED", "REJECTED"
+        "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8} {:>8}  {}\n",
+        "OFFICE",
+        "ADDRESS",
+        "CONNECTED",
+        "LAST SYNC",
+        "LAG",
+        "STORED",
+        "REJECTED",
+        "REFUSALS",
+        "LAST ERROR"
     );
     for r in rows {
         out += &format!(
-            "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8}\n",
+            "{:<8} {:<22} {:<10} {:<22} {:>6} {:>8} {:>8} {:>8}  {}\n",
             scalar(&r["office"]),
             scalar(&r["address"]),
             scalar(&r["connected"]),
             scalar(&r["last_sync"]),
             scalar(&r["lag"]),
             scalar(&r["stored"]),
-            scalar(&r["rejected"])
+            scalar(&r["rejected"]),
+            scalar(&r["refusals"]),
+            shortened(&scalar(&r["last_error"]), LAST_ERROR_SHOWN_MAX)
         );
     }
     out
+}
+
+/// Characters of a peer's `last_error` the `peers` table shows (`--json` has all of it): the
+/// reasons name the peer and the cause first ("peer uk speaks sync protocol version 2; …",
+/// "cannot store envelopes from de: …").
+const LAST_ERROR_SHOWN_MAX: usize = 100;
+
+/// `text` cut to `max` characters, with "…" when cut.
+fn shortened(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut t: String = text.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
 }
 
 fn human_network(v: &Value) -> String {
@@ -1280,6 +1314,38 @@ mod tests {
         );
         assert_eq!(scalar(&json!("web form v3 — Zoë")), "web form v3 — Zoë");
         assert_eq!(scalar(&Value::Null), "-");
+    }
+
+    /// The `peers` table shows why a link is down and what policy keeps from the peer, and
+    /// `status` says when replication runs in sync with nobody (found by an exploratory
+    /// session: the table hid `last_error`, and `status` said `running` at an office whose every
+    /// peer was skewed).
+    #[test]
+    fn peers_table_shows_the_last_error_and_refusals_and_status_no_peer_in_sync() {
+        let long = format!(
+            "office uk's clock is 3600 s ahead of this office's {}",
+            "x".repeat(200)
+        );
+        let table = human_peers(&json!([{
+            "office": "uk", "address": "127.0.0.1:7000", "connected": false,
+            "last_sync": null, "lag": null, "stored": 3, "rejected": 0, "refusals": 7,
+            "last_error": long,
+        }]));
+        let header = table.lines().next().unwrap();
+        assert!(
+            header.contains("REFUSALS") && header.contains("LAST ERROR"),
+            "{table}"
+        );
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("office uk's clock is 3600 s ahead"), "{table}");
+        assert!(row.contains(" 7  "), "{table}");
+        assert!(row.ends_with('…') && !row.contains(&long), "{table}");
+        assert!(row.chars().count() <= 101 + LAST_ERROR_SHOWN_MAX, "{table}");
+
+        let status = json!({"replication": "running", "replication_peers_in_sync": 0});
+        assert!(human_status(&status).contains("replication: running (no peer in sync"));
+        let status = json!({"replication": "running", "replication_peers_in_sync": 2});
+        assert!(human_status(&status).contains("replication: running\n"));
     }
 
     /// `request open --help` named 7 kinds and left out `opt_out`, which the daemon accepts.

@@ -365,6 +365,15 @@ impl Office {
         }
     }
 
+    /// `status` → `replication_peers_in_sync`: while replication runs, how many peers it is in
+    /// sync with; else `None`.
+    pub fn replication_peers_in_sync(&self) -> Option<usize> {
+        match &*self.replication_lock() {
+            Replication::Running(r) => r.upgrade().map(|r| r.peers_in_sync()),
+            _ => None,
+        }
+    }
+
     /// `consentctl peers`: every configured peer, or an empty list for a lone office.
     pub fn peers(&self) -> Value {
         let (peers, why) = match &*self.replication_lock() {
@@ -2040,6 +2049,11 @@ impl Office {
             "replication": self.replication_state(),
             // Why, when `replication` is `failed` (also on every peer in `peers`), or null.
             "replication_error": self.replication_error(),
+            // While `replication` is `running`: how many peers a round completed with, everything
+            // it brought stored, in the last 3 minutes, on a link still up with no error since
+            // (`peers` → `in_sync`); 0 at an office that syncs with nobody (every peer's clock
+            // skewed, say). Null otherwise.
+            "replication_peers_in_sync": self.replication_peers_in_sync(),
             // Replicated records not readable here yet (waiting for their key or the rest of
             // their history); counted up to PENDING_COUNT_MAX.
             "pending_records": self.pending_records()?,

@@ -32,7 +32,7 @@ use crate::policy::{TransferPolicy, Verdict};
 use crate::record::{DocId, RecordFacts};
 use consentd_storage::KeyId;
 use consentd_sync::backoff::reconnect_delay;
-use consentd_sync::frame::PROTOCOL_VERSION;
+use consentd_sync::frame::{ErrorCode, PROTOCOL_VERSION};
 use consentd_sync::item::{Item, ItemSet, SetView, Union, Without};
 use consentd_sync::logsync;
 use consentd_sync::merkle::{Frontier, Hash};
@@ -284,8 +284,18 @@ struct PeerStatus {
     /// end cleared, so `peers` showed the peer disconnected while its new link ran
     /// (tests/partition_heals.rs, seed 2535193643).
     links: u32,
+    /// The end of the last sync round with this peer that completed with everything it
+    /// brought stored here ([`Replicator::run_link`]).
     last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    /// Envelopes this office lacked at the start of that round (fetched during it; known at
+    /// the end of a round this office started): `peers` → `lag_last_round`.
     lag_envelopes: usize,
+    /// The size of this office's own log at that round's end: `peers` → `lag` counts the
+    /// leaves written since (this office's changes and deletions no completed round has
+    /// confirmed the peer holds).
+    own_log_at_sync: Option<u64>,
+    /// Links opened with this peer since start (tests: the reconnect backoff).
+    links_opened: u64,
     rejected: u64,
     stored: u64,
     /// Envelopes this peer offered for records a tombstone deletes, dropped by its links'
@@ -334,8 +344,18 @@ pub struct Replicator {
     /// Transfers and refusals to record (one task writes them, so each is checked once).
     events: tokio::sync::mpsc::Sender<TransferEvent>,
     events_rx: Mutex<Option<tokio::sync::mpsc::Receiver<TransferEvent>>>,
-    /// Events already queued by this process, so a bulk sync queues each once.
+    /// Events already queued by this process (refusals), or recorded by it (transfers), so a
+    /// bulk sync queues or records each once.
     raised: Mutex<HashSet<(DocId, String, &'static str)>>,
+    /// Per peer, held while recording the transfer events of records about to be sent to it
+    /// ([`Replicator::record_before_sending`]).
+    sent_events_lock: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tests: recording events before sending fails as on a full disk.
+    #[cfg(test)]
+    events_fail: std::sync::atomic::AtomicBool,
+    /// Tests: every envelope store fails as on a full disk.
+    #[cfg(test)]
+    stores_fail: std::sync::atomic::AtomicBool,
     /// Local commits, subscribed to *before* the sets are built from the store, so a commit
     /// made between the build and `forward_commits` starting is not missed. (It was: a write
     /// acknowledged right after a restart was in neither the built sets nor the stream, and
@@ -421,6 +441,14 @@ const RAISED_REMEMBERED_MAX: usize = 1 << 20;
 /// Transfer events waiting to be recorded; beyond this they are dropped and raised again by
 /// the next sync of the same records.
 const EVENTS_QUEUED_MAX: usize = 1 << 16;
+/// Pushes a link takes from the broadcast at once (their transfer events are recorded in one
+/// commit before they are sent).
+const PUSHES_TOGETHER_MAX: usize = 1024;
+/// How recent a peer's last completed round must be for it to count as in sync: rounds run
+/// every minute (`Limits::resync_interval`) on a link that stays up.
+const IN_SYNC_WITHIN: Duration = Duration::from_secs(180);
+/// How long after a failed recording of transfer events it is tried again.
+const EVENTS_RETRY: Duration = Duration::from_secs(5);
 /// Events recorded per batch.
 const EVENTS_BATCH_MAX: usize = 4096;
 /// How long events are collected before they are recorded together.
@@ -472,6 +500,11 @@ impl Replicator {
             events: events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             raised: Mutex::new(HashSet::new()),
+            sent_events_lock: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            events_fail: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            stores_fail: std::sync::atomic::AtomicBool::new(false),
             committed_rx: Mutex::new(Some(committed_rx)),
             log_ids,
             log_lock: tokio::sync::Mutex::new(()),
@@ -1232,7 +1265,19 @@ impl Replicator {
                 return None;
             }
         }
-        Some(TransferEvent {
+        Some(self.event_of(doc, info, peer, status, detail, tia))
+    }
+
+    fn event_of(
+        &self,
+        doc: &DocId,
+        info: &DocInfo,
+        peer: &str,
+        status: &'static str,
+        detail: String,
+        tia: Option<String>,
+    ) -> TransferEvent {
+        TransferEvent {
             record: *doc,
             to_office: peer.to_string(),
             to_jurisdiction: self.jurisdiction_of(peer),
@@ -1243,7 +1288,7 @@ impl Replicator {
                 .categories
                 .clone()
                 .unwrap_or_else(|| vec!["contact_data".into()]),
-        })
+        }
     }
 
     /// Hands events to the events task, one after another without a pause between them: the
@@ -1273,8 +1318,10 @@ impl Replicator {
         }
     }
 
-    /// The transfer event to raise if sending `doc` to `peer` moves personal data across a
-    /// border (and none was raised before).
+    /// The transfer event that must be durable before `doc` is sent to `peer`: sending it
+    /// moves personal data across a border, and this process has not recorded it yet. It is
+    /// not remembered as raised here: [`Self::record_before_sending`] does that once it is
+    /// durable.
     fn note_sent(&self, doc: &DocId, peer: &str) -> Option<TransferEvent> {
         // Under the sets lock (then `raised`'s, the order `set_facts` takes them in): cloning the
         // record's info for every envelope sent cost an allocation per item and field.
@@ -1285,9 +1332,57 @@ impl Replicator {
                 mechanism,
                 assessment,
                 ..
-            } => self.transfer_event(doc, info, peer, "transferred", mechanism, assessment),
+            } if mechanism != SENT_BEFORE => {
+                if lock(&self.raised).contains(&(*doc, peer.to_string(), "transferred")) {
+                    return None;
+                }
+                Some(self.event_of(doc, info, peer, "transferred", mechanism, assessment))
+            }
             _ => None,
         }
+    }
+
+    /// Makes the transfer events of records about to be sent durable first (write-ahead): a
+    /// record leaves for another jurisdiction only once its signed transfer record is stored.
+    /// They were recorded after sending, by the events task: with the store failing (a full
+    /// disk) the records were sent, the events lost, and nothing could tell after a restart
+    /// which records had left (found by an exploratory session: 15 of 191 records moved from
+    /// uk had no event, for good). On an error the caller sends none of the records the events
+    /// name; the peer asks for them again at its next round, which records them then.
+    async fn record_before_sending(&self, events: Vec<TransferEvent>) -> Result<(), String> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One recording at a time per peer: each checks the store's markers before it writes,
+        // so two links sending the same record to one peer (a restarted peer's old and new
+        // links) record it once. Links to different peers record theirs together.
+        let peer_lock = lock(&self.sent_events_lock)
+            .entry(events[0].to_office.clone())
+            .or_default()
+            .clone();
+        let _one = peer_lock.lock().await;
+        let keys: Vec<(DocId, String, &'static str)> = events
+            .iter()
+            .map(|e| (e.record, e.to_office.clone(), e.status))
+            .collect();
+        #[cfg(test)]
+        if self.events_fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("cannot record transfer events: storage: commit failed (test)".into());
+        }
+        let recorded = self
+            .office
+            .record_transfer_events(events)
+            .await
+            .map_err(|e| format!("cannot record transfer events: {e}"))?;
+        if recorded > 0 {
+            tracing::info!(records = recorded, "recorded cross-border transfer events");
+        }
+        let mut raised = lock(&self.raised);
+        if raised.len() + keys.len() >= RAISED_REMEMBERED_MAX {
+            raised.clear();
+        }
+        raised.extend(keys);
+        Ok(())
     }
 
     fn jurisdiction_of(&self, office: &str) -> String {
@@ -1590,14 +1685,28 @@ impl Replicator {
         let Some(mut rx) = lock(&self.events_rx).take() else {
             return;
         };
+        // Events a failed recording left (a full disk): tried again, with any that came since,
+        // every `EVENTS_RETRY`. Refusals come this way (a transfer is recorded before its record
+        // is sent, `record_before_sending`); a restart raises every refusal again anyway
+        // (`apply_verdicts` at build), and the store's markers record each once.
+        let mut retry: Vec<TransferEvent> = Vec::new();
         loop {
-            let first = tokio::select! {
-                e = rx.recv() => match e { Some(e) => e, None => return },
-                _ = stop.changed() => return,
+            let first = if retry.is_empty() {
+                tokio::select! {
+                    e = rx.recv() => match e { Some(e) => Some(e), None => return },
+                    _ = stop.changed() => return,
+                }
+            } else {
+                tokio::select! {
+                    e = rx.recv() => match e { Some(e) => Some(e), None => return },
+                    _ = tokio::time::sleep(EVENTS_RETRY) => None,
+                    _ = stop.changed() => return,
+                }
             };
             // Collect for a moment: a sync moves records in bursts, and one signed record per
             // (peer, mechanism) per burst is far less noise than one per record.
-            let mut batch = vec![first];
+            let mut batch = std::mem::take(&mut retry);
+            batch.extend(first);
             let window = tokio::time::Instant::now() + EVENTS_WINDOW;
             while batch.len() < EVENTS_BATCH_MAX {
                 match tokio::time::timeout_at(window, rx.recv()).await {
@@ -1605,10 +1714,21 @@ impl Replicator {
                     Ok(None) | Err(_) => break,
                 }
             }
-            match self.office.record_transfer_events(batch).await {
+            match self.office.record_transfer_events(batch.clone()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(records = n, "recorded cross-border transfer events"),
-                Err(e) => tracing::error!(error = %e, "cannot record transfer events"),
+                Err(e) => {
+                    tracing::error!(error = %e, events = batch.len(), retry_in_s = EVENTS_RETRY.as_secs(), "cannot record transfer events; trying again");
+                    if batch.len() > EVENTS_QUEUED_MAX {
+                        // Bounded: the rest are forgotten as raised, so the next sync (or a
+                        // restart's build) raises them again.
+                        let mut raised = lock(&self.raised);
+                        for e in batch.drain(EVENTS_QUEUED_MAX..) {
+                            raised.remove(&(e.record, e.to_office, e.status));
+                        }
+                    }
+                    retry = batch;
+                }
             }
         }
     }
@@ -1683,19 +1803,26 @@ impl Replicator {
             .iter()
             .map(|(peer, docs)| (peer.clone(), docs.len()))
             .collect();
+        let own_log = self.own_log_size();
         let status = lock(&self.status);
         Value::Array(
             self.peers
                 .iter()
                 .map(|(peer, address)| {
                     let s = status.get(peer).cloned().unwrap_or_default();
+                    let lag = match (own_log, s.own_log_at_sync) {
+                        (Some(now), Some(then)) => Some(now.saturating_sub(then)),
+                        _ => None,
+                    };
                     json!({
                         "office": peer,
                         "address": address.to_string(),
                         "connected": s.links > 0,
                         "links": s.links,
                         "last_sync": s.last_sync.map(crate::record::fmt_time),
-                        "lag": s.lag_envelopes,
+                        "lag": lag,
+                        "lag_last_round": s.lag_envelopes,
+                        "in_sync": in_sync(&s),
                         "stored": s.stored,
                         "rejected": s.rejected,
                         "dropped": s.dropped_session + s.dropped_ingest,
@@ -1707,6 +1834,47 @@ impl Replicator {
                 })
                 .collect(),
         )
+    }
+
+    /// How many peers this office is in sync with ([`in_sync`]): `status` →
+    /// `replication_peers_in_sync`.
+    pub fn peers_in_sync(&self) -> usize {
+        let status = lock(&self.status);
+        self.peers
+            .iter()
+            .filter(|(p, _)| status.get(p).is_some_and(in_sync))
+            .count()
+    }
+
+    /// The number of leaves of this office's own log (what it authored and deleted).
+    fn own_log_size(&self) -> Option<u64> {
+        self.office
+            .store()
+            .log_size(&self.office.audit().log_id())
+            .ok()
+    }
+
+    /// A sync round with `peer` completed with everything it brought stored: `last_sync`, the
+    /// lag it found (`None`: not known on this side), and the link's error cleared.
+    /// Returns the state it replaced (taken back if the link then fails, on the answering side).
+    fn synced(&self, peer: &str, lag: Option<usize>) -> SyncMark {
+        let own_log = self.own_log_size();
+        let mut before = SyncMark::default();
+        self.set_status(peer, |s| {
+            before = SyncMark {
+                last_sync: s.last_sync,
+                own_log_at_sync: s.own_log_at_sync,
+            };
+            s.last_sync = Some(chrono::Utc::now());
+            if let Some(lag) = lag {
+                s.lag_envelopes = lag;
+            }
+            if own_log.is_some() {
+                s.own_log_at_sync = own_log;
+            }
+            s.last_error = None;
+        });
+        before
     }
 
     fn set_status(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
@@ -1954,7 +2122,8 @@ impl Replicator {
     }
 
     /// Runs one peer link until it closes or `stop`.
-    /// Returns whether a sync round completed on it (the dialer's backoff restarts only then).
+    /// Returns whether a sync round completed on it with everything stored, and the link did
+    /// not end in a failure either side reported (the dialer's backoff restarts only then).
     async fn run_link(
         self: Arc<Self>,
         link: Link,
@@ -2016,6 +2185,7 @@ impl Replicator {
         let mut rounds_wanted = self.rounds_wanted.subscribe();
         self.set_status(&peer, |s| {
             s.links += 1;
+            s.links_opened += 1;
             s.last_error = None;
         });
         tracing::info!(peer = %peer, dialer, "replication link up");
@@ -2032,6 +2202,9 @@ impl Replicator {
         let mut store_queue: VecDeque<StoreBatch> = VecDeque::new();
         // Handles one received frame: verified and applied to the session, which queues what
         // it asks of this office as actions.
+        // The link ended because one side failed (a store here, or the peer's Error frame),
+        // not because the connection did.
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let handle_frame = |session: &mut Session, bytes: &[u8]| -> Result<(), String> {
             let handle = |session: &mut Session| {
                 // Decoding verifies a Want's answer (a thousand envelopes, ~30 ms) and needs no
@@ -2047,6 +2220,16 @@ impl Replicator {
                 while let Some(frame) = session.poll_transmit() {
                     let _ = send(frame);
                 }
+                // A peer shutting down is not a failure.
+                if !matches!(
+                    e,
+                    consentd_sync::session::SessionError::PeerClosed {
+                        code: consentd_sync::frame::ErrorCode::Shutdown,
+                        ..
+                    }
+                ) {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Err(e.to_string());
             }
             Ok(())
@@ -2054,6 +2237,14 @@ impl Replicator {
         // The stream ended (or failed) while frames before it were being taken in a turn.
         let mut ended: Option<Result<(), String>> = None;
         let mut synced = false;
+        // A round completed (with the lag it found, when this side started it) and waits for
+        // what it brought to be stored before it counts as `last_sync`: with every store failing
+        // (a full disk), `peers` showed fresh syncs at both ends (found by an exploratory
+        // session).
+        let mut round_done: Option<Option<usize>> = None;
+        // On the answering side: the state before the last round recorded on this link.
+        let mut answered_mark: Option<SyncMark> = None;
+        let mut transport_ended = false;
         let outcome: Result<(), String> = async {
             loop {
                 while let Some(frame) = session.poll_transmit() {
@@ -2126,10 +2317,28 @@ impl Replicator {
                                 }
                                 action => action,
                             };
-                            synced |= matches!(action, Action::Synced { .. });
+                            if let Action::Synced { lag, .. } = &action {
+                                round_done = Some(Some(lag[SetKind::Envelopes.index()]));
+                            }
                             self.act(&peer, &mut session, action).await?;
                         }
                     }
+                }
+                // The side that answered the round (it learns of the items it lacks after its
+                // last answer) waits until nothing is in flight either. Checked after the actions: a
+                // store's `stored` may complete the round.
+                if round_done.is_some()
+                    && storing == 0
+                    && store_queue.is_empty()
+                    && (dialer || session.is_idle())
+                {
+                    let lag = round_done.take().flatten();
+                    let before = self.synced(&peer, lag);
+                    if !dialer {
+                        // The peer coming back for a later round confirms the earlier ones.
+                        answered_mark = Some(before);
+                    }
+                    synced = true;
                 }
                 if let Some(end) = ended.take() {
                     return end;
@@ -2161,7 +2370,8 @@ impl Replicator {
                 // The acceptor learns a round ended when it answers the last set's query.
                 if !dialer && session.stats().last_answered != answered {
                     answered = session.stats().last_answered;
-                    self.set_status(&peer, |s| s.last_sync = Some(chrono::Utc::now()));
+                    round_done = Some(round_done.flatten());
+                    continue; // recorded at the top of the loop once stored
                 }
                 let deadline = session
                     .poll_timeout()
@@ -2189,6 +2399,7 @@ impl Replicator {
                                     }
                                     // The stream's end is acted on once what came before it is.
                                     Some(end) => {
+                                        transport_ended |= end.is_err();
                                         ended = Some(end.map(|_| ()).map_err(|e| e.to_string()));
                                         break;
                                     }
@@ -2196,24 +2407,52 @@ impl Replicator {
                             }
                         }
                         Ok(None) => return Ok(()),
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => {
+                            transport_ended = true;
+                            return Err(e.to_string());
+                        }
                     },
                     push = pushes.recv() => {
-                        if let Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) = push {
-                            // More local items came than this link took in time (a bulk import
-                            // while it was busy): they were not pushed, so reconcile soon.
-                            tracing::warn!(peer = %peer, missed, "pushes to a busy link were dropped; a sync round will carry them");
-                            session.request_round(Instant::now());
+                        // The pushes already waiting go together: their transfer events are
+                        // recorded in one commit before any of them is sent.
+                        let mut ready = vec![push];
+                        while ready.len() < PUSHES_TOGETHER_MAX {
+                            match pushes.try_recv() {
+                                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                                    ready.push(Err(tokio::sync::broadcast::error::RecvError::Lagged(n)));
+                                }
+                                Err(_) => break,
+                                Ok(p) => ready.push(Ok(p)),
+                            }
                         }
-                        if let Ok(push) = push {
-                            let (doc, set, blob, source) = &*push;
-                            let echo = source.as_deref() == Some(peer.as_str());
-                            if !echo && doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
-                                session.push_local(Instant::now(), *set, blob.clone());
-                                if let (Some(d), SetKind::Envelopes) = (doc, set) {
-                                    self.queue_events(self.note_sent(d, &peer));
+                        let mut sendable = Vec::new();
+                        let mut events = Vec::new();
+                        for push in ready {
+                            if let Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) = push {
+                                // More local items came than this link took in time (a bulk import
+                                // while it was busy): they were not pushed, so reconcile soon.
+                                tracing::warn!(peer = %peer, missed, "pushes to a busy link were dropped; a sync round will carry them");
+                                session.request_round(Instant::now());
+                            }
+                            if let Ok(push) = push {
+                                let (doc, set, _, source) = &*push;
+                                let echo = source.as_deref() == Some(peer.as_str());
+                                if !echo && doc.is_none_or(|d| self.may_send_doc(&d, &peer)) {
+                                    if let (Some(d), SetKind::Envelopes) = (doc, set) {
+                                        events.extend(self.note_sent(d, &peer));
+                                    }
+                                    sendable.push(push);
                                 }
                             }
+                        }
+                        // Events of one record named twice are recorded once (markers).
+                        let held = self.held_back(&peer, events).await;
+                        for push in sendable {
+                            let (doc, set, blob, _) = &*push;
+                            if doc.is_some_and(|d| held.contains(&d)) {
+                                continue; // a later round carries it, its event recorded first
+                            }
+                            session.push_local(Instant::now(), *set, blob.clone());
                         }
                     }
                     Some((ids, result)) = stored_rx.recv(), if storing > 0 => {
@@ -2235,7 +2474,10 @@ impl Replicator {
                         session.handle_timeout(Instant::now(), &self.view(&sets));
                     }
                     Ok(()) = rounds_wanted.changed() => session.request_round(Instant::now()),
-                    _ = out.closed() => return Err("link writer stopped".to_string()),
+                    _ = out.closed() => {
+                        transport_ended = true;
+                        return Err("link writer stopped".to_string());
+                    }
                     _ = stop.changed() => return Ok(()),
                 }
             }
@@ -2251,6 +2493,21 @@ impl Replicator {
             },
             outcome => outcome,
         };
+        // A failure of this side (a store that failed, say) is told to the peer in an Error
+        // frame, so it shows the reason in `peers` and backs off, instead of seeing the link
+        // merely closed and dialing again at once. The session sent one already for a frame it
+        // refused.
+        if let Err(e) = &outcome {
+            if !session.is_closed() {
+                if !writer_stopped && !transport_ended {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                session.close(ErrorCode::Other, &error_text(e));
+                while let Some(frame) = session.poll_transmit() {
+                    let _ = send(frame);
+                }
+            }
+        }
         self.set_status(&peer, |s| {
             debug_assert!(s.links > 0, "a link ends that was never counted up");
             s.links = s.links.saturating_sub(1);
@@ -2258,6 +2515,16 @@ impl Replicator {
             // peer's error.
             if let (Err(e), 0) = (&outcome, s.links) {
                 s.last_error = Some(e.clone());
+            }
+            // The side that answered the round cannot tell that the other stored what it
+            // fetched: a link that ends in a failure (the peer's store failed and said so)
+            // does not leave its last round as `last_sync`.
+            if let (true, Some(before)) = (
+                failed.load(std::sync::atomic::Ordering::Relaxed),
+                answered_mark,
+            ) {
+                s.last_sync = before.last_sync;
+                s.own_log_at_sync = before.own_log_at_sync;
             }
         });
         match outcome {
@@ -2272,7 +2539,7 @@ impl Replicator {
             let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
         }
         connection.close(0u32.into(), b"bye");
-        synced
+        synced && !failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Notes which peer sent the items about to be stored, so their announcement is not pushed
@@ -2310,19 +2577,26 @@ impl Replicator {
             } => {
                 // A Want names up to a thousand envelopes to read: off the worker.
                 let heavy = ids.len() >= FETCH_OFF_WORKER_IDS_MIN;
-                let found = crate::office::off_worker_if(heavy, || self.fetch(peer, set, &ids));
+                let found = if set == SetKind::Envelopes {
+                    let (found, events) =
+                        crate::office::off_worker_if(heavy, || self.fetch_envelopes(peer, &ids));
+                    let held = self.held_back(peer, events).await;
+                    found
+                        .into_iter()
+                        .filter(|(_, _, doc)| !held.contains(doc))
+                        .map(|(id, bytes, _)| (id, bytes))
+                        .collect()
+                } else {
+                    crate::office::off_worker_if(heavy, || self.fetch(peer, set, &ids))
+                };
                 session.fetched(request, found);
             }
             Action::Reject { peer, set, reason } => {
                 self.set_status(&peer, |s| s.rejected += 1);
                 tracing::warn!(peer = %peer, set = set.name(), reason = %reason, "rejected replicated item");
             }
-            Action::Synced { lag, .. } => {
-                self.set_status(peer, |s| {
-                    s.last_sync = Some(chrono::Utc::now());
-                    s.lag_envelopes = lag[SetKind::Envelopes.index()];
-                });
-            }
+            // Recorded by `run_link` once what the round brought is stored.
+            Action::Synced { .. } => {}
             Action::FetchLeaves {
                 request,
                 office,
@@ -2465,6 +2739,12 @@ impl Replicator {
         );
         let envelopes: Vec<VerifiedEnvelope> =
             batches.into_iter().flat_map(|b| b.envelopes).collect();
+        #[cfg(test)]
+        if self.stores_fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(format!(
+                "cannot store envelopes from {peer}: storage: commit failed: Previous I/O error occurred (test)"
+            ));
+        }
         let received = lock(&self.sets).received.clone();
         self.remember_sources(peer, envelopes.iter().map(|e| e.hash()));
         let mut report = self
@@ -2542,6 +2822,58 @@ impl Replicator {
         Ok(())
     }
 
+    /// The envelopes `peer` asks for that policy lets it have, each with its record, and the
+    /// transfer events to make durable before they are sent ([`Self::held_back`]).
+    #[allow(clippy::type_complexity)]
+    fn fetch_envelopes(
+        &self,
+        peer: &str,
+        ids: &[[u8; 32]],
+    ) -> (Vec<([u8; 32], Vec<u8>, DocId)>, Vec<TransferEvent>) {
+        let found = match self.office.store().envelopes(ids) {
+            Ok(found) => found,
+            Err(e) => {
+                // Answered as missing: the peer asks again next round.
+                tracing::error!(error = %e, "cannot read envelopes a peer asked for");
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let mut docs = HashSet::new();
+        for (id, found) in ids.iter().zip(found) {
+            let Some((doc, bytes)) = found else { continue };
+            if !self.may_send_doc(&doc, peer) {
+                continue; // policy: answered as missing
+            }
+            if docs.insert(doc) {
+                events.extend(self.note_sent(&doc, peer));
+            }
+            out.push((*id, bytes, doc));
+        }
+        (out, events)
+    }
+
+    /// Records `events` before their records are sent to `peer` ([`Self::record_before_sending`]);
+    /// returns the records that must not be sent: all those the events name if they could not
+    /// be recorded (the peer still lacks them, so it asks again at its next round).
+    async fn held_back(&self, peer: &str, events: Vec<TransferEvent>) -> HashSet<DocId> {
+        let docs: HashSet<DocId> = events.iter().map(|e| e.record).collect();
+        match self.record_before_sending(events).await {
+            Ok(()) => HashSet::new(),
+            Err(e) => {
+                tracing::error!(peer = %peer, records = docs.len(), error = %e, "records held back: their transfer events must be recorded before they are sent");
+                self.set_status(peer, |s| {
+                    s.last_error = Some(format!(
+                        "{} records held back from this peer until their transfer events are recorded: {e}",
+                        docs.len()
+                    ))
+                });
+                docs
+            }
+        }
+    }
+
     fn fetch(&self, peer: &str, set: SetKind, ids: &[[u8; 32]]) -> Vec<([u8; 32], Vec<u8>)> {
         let mut out = Vec::new();
         match set {
@@ -2556,16 +2888,13 @@ impl Replicator {
                         return out;
                     }
                 };
-                let mut events = Vec::new();
                 for (id, found) in ids.iter().zip(found) {
                     let Some((doc, bytes)) = found else { continue };
                     if !self.may_send_doc(&doc, peer) {
                         continue; // policy: answered as missing
                     }
                     out.push((*id, bytes));
-                    events.extend(self.note_sent(&doc, peer));
                 }
-                self.queue_events(events);
             }
             SetKind::Keys => {
                 for id in ids {
@@ -2612,8 +2941,48 @@ impl Replicator {
     }
 }
 
+/// `last_sync` and what goes with it, as before a round was recorded.
+#[derive(Debug, Default, Clone, Copy)]
+struct SyncMark {
+    last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    own_log_at_sync: Option<u64>,
+}
+
+/// Whether this office is in sync with a peer: a link is up, no error since it came up, and a
+/// round completed on it with everything stored within [`IN_SYNC_WITHIN`].
+fn in_sync(s: &PeerStatus) -> bool {
+    s.links > 0
+        && s.last_error.is_none()
+        && s.last_sync.is_some_and(|t| {
+            chrono::Utc::now()
+                .signed_duration_since(t)
+                .to_std()
+                .unwrap_or_default()
+                <= IN_SYNC_WITHIN
+        })
+}
+
 /// `{"envelopes": {"round_trips", "bytes_sent", "bytes_received", "have", "need",
 /// "complete"}, …}`: the last reconciliation of each set this office initiated on a link.
+/// An Error frame's text: at most `frame::ERROR_TEXT_BYTES_MAX` bytes of printable ASCII.
+fn error_text(e: &str) -> String {
+    let mut t: String = e
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if t.len() > consentd_sync::frame::ERROR_TEXT_BYTES_MAX {
+        t.truncate(consentd_sync::frame::ERROR_TEXT_BYTES_MAX - 3);
+        t.push_str("...");
+    }
+    t
+}
+
 fn last_recon_json(r: &[ReconCounters; SetKind::COUNT]) -> Value {
     let mut out = serde_json::Map::new();
     for set in SetKind::ALL {
@@ -2870,7 +3239,20 @@ mod tests {
         crate::daemon::Prepared,
         tokio::runtime::Runtime,
     ) {
-        let offices = crate::network::parse_offices("de,nl").unwrap();
+        offices_of(dir, "de", "nl")
+    }
+
+    /// Offices `a` and `b` of a new two-office network, prepared, and a runtime.
+    fn offices_of(
+        dir: &std::path::Path,
+        a: &str,
+        b: &str,
+    ) -> (
+        crate::daemon::Prepared,
+        crate::daemon::Prepared,
+        tokio::runtime::Runtime,
+    ) {
+        let offices = crate::network::parse_offices(&format!("{a},{b}")).unwrap();
         crate::network::init(dir, &offices, None, "early-round").unwrap();
         let prepare = |o: &str| crate::daemon::prepare(&dir.join(o).join("consentd.toml")).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -2878,7 +3260,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        (prepare("de"), prepare("nl"), rt)
+        (prepare(a), prepare(b), rt)
     }
 
     /// The replicator of a prepared office, not started: its methods are called directly.
@@ -3076,6 +3458,184 @@ mod tests {
             event(late).is_some(),
             "the refused event is raised again by the next sync"
         );
+    }
+
+    /// The transfer events of `doc` to office `to` that `office` recorded.
+    fn transfers_of(office: &crate::daemon::Prepared, doc: &DocId, to: &str) -> usize {
+        let id = crate::record::doc_id_hex(doc);
+        office
+            .office
+            .transfer_list(None)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                t["to_office"] == to
+                    && t["status"] == "transferred"
+                    && t["records"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r == id.as_str()))
+            })
+            .count()
+    }
+
+    /// A record leaves for another jurisdiction only once its transfer event is durable. With
+    /// the store failing (a full disk), events were recorded after sending, lost, and nothing
+    /// told after a restart which records had left: 15 of 191 records uk moved had no transfer
+    /// record, for good (found by an exploratory session). Now a record whose event cannot be
+    /// recorded is held back (answered as missing: the peer asks again), and the next try, in
+    /// this process or after a restart, records the event before the record leaves.
+    #[test]
+    fn a_record_whose_transfer_event_cannot_be_recorded_is_held_back_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uk, _us, rt) = offices_of(dir.path(), "uk", "us");
+        let answer = rt
+            .block_on(
+                uk.office
+                    .execute(Request::ConsentGrant(protocol::ConsentGrant {
+                        evidence: Some("web form v3".into()),
+                        ..protocol::ConsentGrant::new("abroad@example.com", "marketing", "consent")
+                    })),
+            )
+            .unwrap();
+        let doc: DocId = hex::decode(answer["id"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let ids: Vec<[u8; 32]> = uk
+            .office
+            .store()
+            .doc_envelopes(&doc)
+            .unwrap()
+            .iter()
+            .map(|b| {
+                consentd_sync::envelope::verify(Envelope::decode(b).unwrap(), &uk.roster)
+                    .unwrap()
+                    .hash()
+            })
+            .collect();
+        assert!(!ids.is_empty());
+
+        // The store cannot record the event: us's Want is answered without the record.
+        let rep = replicator(&uk);
+        rep.build(None).unwrap();
+        rep.events_fail
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (found, events) = rep.fetch_envelopes("us", &ids);
+        assert_eq!(found.len(), ids.len());
+        assert_eq!(events.len(), 1, "one event per record: {events:?}");
+        let held = rt.block_on(rep.held_back("us", events));
+        assert!(held.contains(&doc), "the record is held back");
+        assert_eq!(transfers_of(&uk, &doc, "us"), 0);
+        let peers = rep.peers_json();
+        assert!(
+            peers[0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("held back")),
+            "{peers}"
+        );
+
+        // Still failing: asked again, it is held back again (not forgotten as raised).
+        let (_, events) = rep.fetch_envelopes("us", &ids);
+        assert_eq!(events.len(), 1, "raised again: {events:?}");
+        assert!(rt.block_on(rep.held_back("us", events)).contains(&doc));
+
+        // The failure passes: the event is recorded before the record is sent, once.
+        rep.events_fail
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let (found, events) = rep.fetch_envelopes("us", &ids);
+        assert_eq!(found.len(), ids.len());
+        assert!(rt.block_on(rep.held_back("us", events)).is_empty());
+        assert_eq!(transfers_of(&uk, &doc, "us"), 1);
+        let (_, events) = rep.fetch_envelopes("us", &ids);
+        assert!(events.is_empty(), "recorded once: {events:?}");
+
+        // After a restart (a new replicator, nothing remembered as raised): asked again, the
+        // store's marker says it is recorded, and nothing is recorded twice.
+        drop(rep);
+        let rep = replicator(&uk);
+        rep.build(None).unwrap();
+        let (_, events) = rep.fetch_envelopes("us", &ids);
+        assert!(rt.block_on(rep.held_back("us", events)).is_empty());
+        assert_eq!(transfers_of(&uk, &doc, "us"), 1);
+    }
+
+    /// `last_sync` is a round that completed with everything stored. With one office's store
+    /// failing (a full disk), `peers` showed fresh syncs and no error at both ends while every
+    /// link failed on its first store, and the dialer redialed four times a second (found by an
+    /// exploratory session). Now neither end counts the round, both say why, and the backoff
+    /// grows.
+    #[test]
+    fn a_round_whose_envelopes_cannot_be_stored_is_no_sync_and_both_ends_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        // de dials nl (the lower id dials) and must fetch nl's record.
+        granted_at_nl(&de, &nl, &rt, "unstorable@example.com");
+        let (de_rep, nl_rep) = (replicator(&de), replicator(&nl));
+        de_rep.build(None).unwrap();
+        nl_rep.build(None).unwrap();
+        de_rep
+            .stores_fail
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (stop_tx, stop) = watch::channel(false);
+        let started = Instant::now();
+        for (rep, office) in [(&de_rep, &de), (&nl_rep, &nl)] {
+            rt.spawn(
+                rep.clone()
+                    .run(office.transport.clone(), office.config.listen, stop.clone()),
+            );
+        }
+        let peer = |rep: &Replicator| rep.peers_json()[0].clone();
+        let says_why = |p: &Value| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot store envelopes from nl"))
+        };
+        // Both ends say why while the links fail; neither counts a sync.
+        let (mut de_saw, mut nl_saw) = (false, false);
+        while started.elapsed() < Duration::from_secs(8) {
+            let (d, n) = (peer(&de_rep), peer(&nl_rep));
+            de_saw |= says_why(&d);
+            nl_saw |= says_why(&n);
+            assert!(d["last_sync"].is_null(), "de counted a sync: {d}");
+            assert_eq!(d["in_sync"], false, "{d}");
+            if n["connected"] == false {
+                assert!(n["last_sync"].is_null(), "nl counted a sync: {n}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(de_saw, "de never said why: {}", peer(&de_rep));
+        assert!(
+            nl_saw,
+            "nl never said why (its peer's Error frame): {}",
+            peer(&nl_rep)
+        );
+        assert_eq!(de_rep.peers_in_sync(), 0);
+        // 250 ms doubling: 5 or 6 links in 8 s, not 4 a second.
+        let opened = lock(&de_rep.status)["nl"].links_opened;
+        assert!((2..=8).contains(&opened), "{opened} links in 8 s");
+
+        // The store works again: the next link syncs, and both ends say so.
+        de_rep
+            .stores_fail
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let healed = Instant::now();
+        loop {
+            let (d, n) = (peer(&de_rep), peer(&nl_rep));
+            if !d["last_sync"].is_null() && !n["last_sync"].is_null() {
+                assert_eq!(d["last_error"], Value::Null, "{d}");
+                assert_eq!(d["in_sync"], true, "{d}");
+                assert_eq!(d["lag"], 0, "{d}");
+                break;
+            }
+            assert!(
+                healed.elapsed() < Duration::from_secs(40),
+                "no sync after the store healed: {d} {n}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop_tx.send(true).unwrap();
     }
 
     /// A Want of keys is answered with every key held here that the peer may hold, in the
