@@ -1033,6 +1033,14 @@ async fn handle(
                 OfficeError::Invalid(_) | OfficeError::NotFound(_) => {
                     tracing::info!(uid, op, elapsed_us, "refused: invalid input")
                 }
+                OfficeError::Full(_) => {
+                    tracing::warn!(
+                        uid,
+                        op,
+                        elapsed_us,
+                        "refused: a record would pass its limit"
+                    )
+                }
                 OfficeError::Storage(_) => {
                     tracing::error!(uid, op, error = %e, "storage failure")
                 }

@@ -50,6 +50,47 @@ const PARALLEL_OPS_MIN: usize = 64;
 
 /// Operations from which a write authors off the runtime's worker ([`off_worker`]).
 const OFF_WORKER_OPS_MIN: usize = 8;
+
+/// A consent record holding this many events is full: the consent's next event starts a new
+/// record of the same consent (`consent check` reads every record under the consent token).
+/// Every write to a record loads and re-encodes its whole history: at 6,000 events one took
+/// ~1.3 s, and the record's projection reached the store's 1 MiB limit
+/// (`consentd_storage::MAX_PROJECTION_BYTES`), after which no event, not even a withdrawal, could
+/// be written (found by an exploratory session).
+pub const CONSENT_RECORD_EVENTS_MAX: usize = 1_000;
+
+/// A consent record whose projection is this large is full (as [`CONSENT_RECORD_EVENTS_MAX`]).
+/// Half the store's limit: one event adds a few KiB at most (its 4 KiB texts, the evidence
+/// sealed), and a write counts the events it appends as it goes ([`Fill`], an estimate from
+/// their serialised size), so a record is closed long before its projection could reach the
+/// store's limit.
+pub const CONSENT_RECORD_BYTES_MAX: usize = consentd_storage::MAX_PROJECTION_BYTES / 2;
+
+/// How full a consent record is: its projection's bytes (estimated for events a draft appends)
+/// and its events.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fill {
+    bytes: usize,
+    events: usize,
+}
+
+impl Fill {
+    /// Of a stored consent record's projection.
+    fn of_projection(bytes: &[u8]) -> Result<Fill> {
+        let mut events = 0;
+        crate::projection::consent_events(bytes, |_| events += 1)
+            .map_err(OfficeError::Integrity)?;
+        Ok(Fill {
+            bytes: bytes.len(),
+            events,
+        })
+    }
+
+    /// Whether the record takes no further event: the next starts a new record.
+    fn full(&self) -> bool {
+        self.events >= CONSENT_RECORD_EVENTS_MAX || self.bytes >= CONSENT_RECORD_BYTES_MAX
+    }
+}
 /// Threads one write authors on: one per core.
 fn authoring_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -65,6 +106,11 @@ pub enum OfficeError {
     NotFound(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// A change would take a record past a per-record limit of the store (its projection's
+    /// 1 MiB): the caller's input, not a storage failure; the message names the record and the
+    /// limit. Nothing was written.
+    #[error("{0}")]
+    Full(String),
     /// A stored envelope or document failed verification: the store was tampered with or corrupted.
     #[error("integrity: {0}")]
     Integrity(String),
@@ -1110,24 +1156,59 @@ impl Office {
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
                     let held = self.store.docs_by_key(&token)?;
+                    // Read once, for whether a grant is held, the event's rank and how full each
+                    // record is.
+                    let projections = match held.is_empty() {
+                        true => Vec::new(),
+                        false => self.store.projections_by_key(&token)?,
+                    };
                     if event.action == "withdraw" {
-                        if !granted_here.contains(&token) && !self.grant_held(&token, &held)? {
+                        if !granted_here.contains(&token) && !grant_held(&projections)? {
                             ungranted.push(i);
                         }
                     } else {
                         granted_here.insert(token);
                     }
-                    self.rank_after_held(&token, &held, event, *at_now, &mut ranked)?;
-                    let target = match onto {
-                        Some(id) if held.contains(id) => Some(*id),
-                        _ if self.keeps_records_home() && !held.is_empty() => {
-                            self.resident_target(&held, event.action == "withdraw")?
+                    self.rank_after_held(&token, &projections, event, *at_now, &mut ranked)?;
+                    // A full record takes no further event (`CONSENT_RECORD_EVENTS_MAX`,
+                    // `CONSENT_RECORD_BYTES_MAX`): the event goes to the smallest record that is
+                    // not full, or starts a new one. Sent to the smallest id, the events of a
+                    // consent piled onto one record until its projection passed the store's
+                    // 1 MiB, and then no withdrawal could be written at all.
+                    let mut fills = HashMap::new();
+                    for (id, kind, bytes) in &projections {
+                        if *kind == crate::record::KIND_CONSENT {
+                            fills.insert(*id, Fill::of_projection(bytes)?);
                         }
-                        _ => held.into_iter().min(),
+                    }
+                    let open: Vec<DocId> = held
+                        .into_iter()
+                        .filter(|id| !fills.get(id).is_some_and(Fill::full))
+                        .collect();
+                    let (target, spares) = match onto {
+                        Some(id) if open.contains(id) => (Some(*id), Vec::new()),
+                        _ if self.keeps_records_home() && !open.is_empty() => (
+                            self.resident_target(&open, event.action == "withdraw")?,
+                            Vec::new(),
+                        ),
+                        _ => {
+                            // The others that are not full, in order, take the events after
+                            // the first fills up in this write (an import chunk).
+                            let mut open = open;
+                            open.sort_unstable();
+                            let first = (!open.is_empty()).then(|| open.remove(0));
+                            (first, open)
+                        }
                     };
                     if let Some(id) = target {
                         draft.consent_docs.insert(token, id);
-                        docs.push(doc_lock_key(&id));
+                        for id in std::iter::once(id).chain(spares.iter().copied()) {
+                            draft
+                                .consent_fill
+                                .insert(id, fills.get(&id).copied().unwrap_or_default());
+                            docs.push(doc_lock_key(&id));
+                        }
+                        draft.consent_spares.insert(token, spares);
                     }
                 }
                 Op::RequestExtend { id, .. }
@@ -1155,6 +1236,9 @@ impl Office {
             }
             (Some(lines), OfficeError::NotFound(m)) if i < lines.len() => {
                 OfficeError::NotFound(format!("line {}: {m}", lines[i]))
+            }
+            (Some(lines), OfficeError::Full(m)) if i < lines.len() => {
+                OfficeError::Full(format!("line {}: {m}", lines[i]))
             }
             (_, e) => e,
         };
@@ -1220,22 +1304,6 @@ impl Office {
         Ok(answers)
     }
 
-    /// Whether a record of the consent (token `token`; `held`: its records) holds a grant.
-    fn grant_held(&self, token: &[u8; 32], held: &[DocId]) -> Result<bool> {
-        if held.is_empty() {
-            return Ok(false);
-        }
-        let mut granted = false;
-        for (_, kind, bytes) in self.store.projections_by_key(token)? {
-            if kind != crate::record::KIND_CONSENT {
-                continue;
-            }
-            crate::projection::consent_events(&bytes, |e| granted |= !e.withdraw)
-                .map_err(OfficeError::Integrity)?;
-        }
-        Ok(granted)
-    }
-
     /// Authors an import's operations on `threads` threads (the design floor's work is
     /// authoring and signing, which is per document and parallel) and merges the drafts into one
     /// batch for one durable commit. Operations that could touch the same document or the same
@@ -1273,12 +1341,19 @@ impl Office {
             }
             parts[(h.finish() % parts_n as u64) as usize].push((i, op));
         }
-        let (consent_docs, locked_holds) = (&locked.consent_docs, &locked.locked_holds);
+        let (consent_docs, consent_fill, consent_spares, locked_holds) = (
+            &locked.consent_docs,
+            &locked.consent_fill,
+            &locked.consent_spares,
+            &locked.locked_holds,
+        );
         type Part =
             std::result::Result<(WriteBatch, usize, Vec<(usize, Value)>), (usize, OfficeError)>;
         let author = |part: Vec<(usize, Op)>| -> Part {
             let mut draft = Draft::new(self);
             draft.consent_docs = consent_docs.clone();
+            draft.consent_fill = consent_fill.clone();
+            draft.consent_spares = consent_spares.clone();
             draft.locked_holds = locked_holds.clone();
             draft.prefetch(&part);
             let mut answers = Vec::with_capacity(part.len());
@@ -1343,14 +1418,13 @@ impl Office {
     }
 
     /// Sets `event.follows` (an event dated now, `at_now`) to the latest rank among the events of
-    /// its consent held here (`held`, read under the token's lock) and written before it in this
-    /// batch (`ranked`), when that rank is not before the event's time; records the event's rank
-    /// in `ranked`. The held records are read only when there are some, so a new consent (every
-    /// line of a first import) costs nothing more.
+    /// its consent held here (`projections`, the projections of its records, read under the
+    /// token's lock, none for a new consent) and written before it in this batch (`ranked`),
+    /// when that rank is not before the event's time; records the event's rank in `ranked`.
     fn rank_after_held(
         &self,
         token: &[u8; 32],
-        held: &[DocId],
+        projections: &[(DocId, u8, Vec<u8>)],
         event: &mut ConsentEvent,
         at_now: bool,
         ranked: &mut HashMap<[u8; 32], DateTime<Utc>>,
@@ -1358,16 +1432,14 @@ impl Office {
         let at = parse_stored_time(&event.at)?;
         if at_now {
             let mut latest = ranked.get(token).copied();
-            if !held.is_empty() {
-                for (_, kind, bytes) in self.store.projections_by_key(token)? {
-                    if kind != crate::record::KIND_CONSENT {
-                        continue;
-                    }
-                    crate::projection::consent_events(&bytes, |e| {
-                        latest = latest.max(Some(e.rank));
-                    })
-                    .map_err(OfficeError::Integrity)?;
+            for (_, kind, bytes) in projections {
+                if *kind != crate::record::KIND_CONSENT {
+                    continue;
                 }
+                crate::projection::consent_events(bytes, |e| {
+                    latest = latest.max(Some(e.rank));
+                })
+                .map_err(OfficeError::Integrity)?;
             }
             if latest.is_some_and(|l| l >= at) {
                 event.follows = latest.map(fmt_time);
@@ -2154,6 +2226,12 @@ struct Draft<'o> {
     /// `write` fills it with the records it found, and locked, under the consent tokens' locks;
     /// an event goes to a record named here or to a new one, never to one found later (below).
     consent_docs: HashMap<[u8; 32], DocId>,
+    /// How full each record in `consent_docs` is, counting the events this draft appended: a
+    /// full one takes no further event ([`Fill::full`]), the next starts a new record.
+    consent_fill: HashMap<DocId, Fill>,
+    /// Further records of a consent `write` found not full, and locked, in id order: they take
+    /// its events once the one in `consent_docs` is full, before a new record is started.
+    consent_spares: HashMap<[u8; 32], Vec<DocId>>,
     /// The records `write` found, and locked, under the subject tokens' locks: a `HoldClear`
     /// changes only holds among them (a hold that arrived since is not locked; see
     /// `consent_docs`).
@@ -2198,6 +2276,8 @@ impl<'o> Draft<'o> {
             office,
             docs: BTreeMap::new(),
             consent_docs: HashMap::new(),
+            consent_fill: HashMap::new(),
+            consent_spares: HashMap::new(),
             locked_holds: HashSet::new(),
             new_keys: HashMap::new(),
             made_keys: HashMap::new(),
@@ -2305,8 +2385,17 @@ impl<'o> Draft<'o> {
                 // projections dropped the other's event although both changes were stored
                 // (partition suite, seed 1859482077). A new record instead is what two offices
                 // creating the same (subject, purpose) at once leave: `check` reads every record
-                // of the token, and later events go to the smallest id.
-                let existing = self.consent_docs.get(&token).copied();
+                // of the token, and later events go to the smallest id that is not full.
+                // A full record (`Fill::full`) takes no further event: the event starts a new
+                // record of the consent, which takes the events after it, unless `write` found
+                // and locked another that is not full (`consent_spares`).
+                let existing = self
+                    .consent_docs
+                    .get(&token)
+                    .into_iter()
+                    .chain(self.consent_spares.get(&token).into_iter().flatten())
+                    .copied()
+                    .find(|id| !self.consent_fill.get(id).is_some_and(Fill::full));
                 let id = match existing {
                     Some(id) => {
                         // Appended to an Automerge list as a JSON tree; a new record below takes
@@ -2335,6 +2424,11 @@ impl<'o> Draft<'o> {
                             }
                             record::append_to_root_list(tx, "events", &event)
                         })?;
+                        // What the event adds to the projection, about: its serialised size.
+                        let fill = self.consent_fill.entry(id).or_default();
+                        fill.events += 1;
+                        fill.bytes += serde_json::to_vec(&event).map_or(0, |v| v.len())
+                            + parental_consent.as_ref().map_or(0, String::len);
                         id
                     }
                     None => {
@@ -2353,6 +2447,11 @@ impl<'o> Draft<'o> {
                             events: vec![event],
                         });
                         self.create(id, record)?;
+                        let bytes = self.docs[&id]
+                            .created
+                            .as_ref()
+                            .map_or(0, |c| c.projection.len());
+                        self.consent_fill.insert(id, Fill { bytes, events: 1 });
                         id
                     }
                 };
@@ -2831,6 +2930,16 @@ impl<'o> Draft<'o> {
                     (record, plain, projection)
                 }
             };
+            // The store refuses a projection over its limit (`StorageError::TooLarge`), which
+            // reads as a storage failure; it is the record's size, from the operator's input.
+            if projection.len() > consentd_storage::MAX_PROJECTION_BYTES {
+                return Err(OfficeError::Full(format!(
+                    "record {} is full (its projection would be {} bytes, over the limit of {} bytes a record): nothing was written",
+                    doc_id_hex(&id),
+                    projection.len(),
+                    consentd_storage::MAX_PROJECTION_BYTES
+                )));
+            }
             let (index_keys, due_day) = self.office.index_entries(&plain)?;
             // The expiry is recomputed on every change (retention/schedule.rs).
             let expiry = self
@@ -2996,6 +3105,19 @@ pub(crate) fn time_ordered_id() -> [u8; 16] {
     let next = if fresh > *last { fresh } else { *last + 1 };
     *last = next;
     next.to_be_bytes()
+}
+
+/// Whether a record of a consent (`projections`: its records' projections) holds a grant.
+fn grant_held(projections: &[(DocId, u8, Vec<u8>)]) -> Result<bool> {
+    let mut granted = false;
+    for (_, kind, bytes) in projections {
+        if *kind != crate::record::KIND_CONSENT {
+            continue;
+        }
+        crate::projection::consent_events(bytes, |e| granted |= !e.withdraw)
+            .map_err(OfficeError::Integrity)?;
+    }
+    Ok(granted)
 }
 
 /// The lock key of a record id.
@@ -3381,6 +3503,165 @@ mod tests {
         assert_eq!(imported["imported"], 2, "{imported}");
         let check = office.consent_check(subject, "marketing", None).unwrap();
         assert_eq!(check["granted"], false, "{check}");
+    }
+
+    /// The consent records of `subject`'s `purpose` held by `office`: (id, projection bytes,
+    /// events), smallest id first.
+    fn consent_records(
+        office: &Office,
+        subject: &str,
+        purpose: &str,
+    ) -> Vec<(DocId, usize, usize)> {
+        let token = office
+            .hasher
+            .consent_token(&parse_subject(subject).unwrap(), purpose);
+        let mut records: Vec<_> = office
+            .store
+            .projections_by_key(&token)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _, bytes)| (id, bytes.len(), Fill::of_projection(&bytes).unwrap().events))
+            .collect();
+        records.sort_unstable();
+        records
+    }
+
+    /// A consent record near the store's 1 MiB projection limit takes no further event: the next
+    /// starts a new record of the consent. The events of a consent all went to its smallest
+    /// record, and once its projection passed 1 MiB no withdrawal could be written ("storage
+    /// failure ... projection bytes: 1048595 exceeds the limit of 1048576"), and `consent check`
+    /// answered granted for good (found by an exploratory session).
+    #[test]
+    fn a_withdrawal_is_written_when_the_consent_record_is_full() {
+        let (_dir, office, rt) = office_de("de", "full-record");
+        let subject = "hot3@example.org";
+        let grant = || {
+            Request::ConsentGrant(protocol::ConsentGrant {
+                evidence: Some(format!("web form v3 {}", "z".repeat(4000))),
+                ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+            })
+        };
+        // 300 grants with 4 KiB of evidence: more than 1 MiB of projection for one record.
+        for chunk in 0..6 {
+            let imported = rt
+                .block_on(office.execute(Request::Import(protocol::Import {
+                    records: (0..50).map(|_| grant()).collect(),
+                    first_line: 1 + chunk * 50,
+                })))
+                .unwrap();
+            assert_eq!(imported["imported"], 50, "{imported}");
+        }
+        let withdraw = || {
+            Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                subject: subject.into(),
+                purpose: "marketing".into(),
+                at: None,
+            })
+        };
+        rt.block_on(office.execute(withdraw())).unwrap();
+        let check = office.consent_check(subject, "marketing", None).unwrap();
+        assert_eq!(check["granted"], false, "{check}");
+        rt.block_on(office.execute(grant())).unwrap();
+        let check = office.consent_check(subject, "marketing", None).unwrap();
+        assert_eq!(check["granted"], true, "{check}");
+        rt.block_on(office.execute(withdraw())).unwrap();
+        let check = office.consent_check(subject, "marketing", None).unwrap();
+        assert_eq!(check["granted"], false, "{check}");
+
+        let records = consent_records(&office, subject, "marketing");
+        assert!(
+            records.len() >= 3,
+            "the consent took new records: {records:?}"
+        );
+        assert_eq!(
+            records.iter().map(|r| r.2).sum::<usize>(),
+            303,
+            "every event is held"
+        );
+        for (id, bytes, _) in &records {
+            assert!(
+                *bytes < CONSENT_RECORD_BYTES_MAX + (16 << 10),
+                "record {} was filled past its limit: {bytes} bytes",
+                doc_id_hex(id)
+            );
+        }
+        // The full records take no event; those that are not take the events before a new one
+        // is started (one record more per write filled them: 5 records here).
+        assert!(records.len() <= 4, "{records:?}");
+    }
+
+    /// A consent record holding `CONSENT_RECORD_EVENTS_MAX` events is full too, counted within
+    /// one import as well as across writes: every write to a record loads its whole history
+    /// (one took ~1.3 s at 6,000 events).
+    #[test]
+    fn a_consent_record_takes_at_most_its_events_max() {
+        let (_dir, office, rt) = office_de("de", "many-events");
+        let subject = "flip@example.org";
+        let event = |i: usize| match i % 2 {
+            0 => Request::ConsentGrant(protocol::ConsentGrant {
+                evidence: Some("web form v3".into()),
+                ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+            }),
+            _ => Request::ConsentWithdraw(protocol::ConsentWithdraw {
+                subject: subject.into(),
+                purpose: "marketing".into(),
+                at: None,
+            }),
+        };
+        let n = CONSENT_RECORD_EVENTS_MAX + 11;
+        // Import chunks (of at most 1,000 lines) past the limit, then one write more.
+        for (from, to) in [(0, 990), (990, n - 1)] {
+            let imported = rt
+                .block_on(office.execute(Request::Import(protocol::Import {
+                    records: (from..to).map(event).collect(),
+                    first_line: from + 1,
+                })))
+                .unwrap();
+            assert_eq!(imported["imported"], to - from, "{imported}");
+        }
+        rt.block_on(office.execute(event(n - 1))).unwrap();
+        let records = consent_records(&office, subject, "marketing");
+        let events: Vec<usize> = records.iter().map(|r| r.2).collect();
+        assert_eq!(events, [CONSENT_RECORD_EVENTS_MAX, 11], "{records:?}");
+        let check = office.consent_check(subject, "marketing", None).unwrap();
+        assert_eq!(check["granted"], n % 2 == 1, "{check}");
+    }
+
+    /// A change that would take a record's projection past the store's limit is refused as the
+    /// record being full, naming it, not as a storage failure (the operator's input, not the
+    /// store, is at fault).
+    #[test]
+    fn a_record_past_the_projection_limit_is_refused_as_full() {
+        let (_dir, office, rt) = office_de("de", "full-request");
+        let opened = rt
+            .block_on(office.execute(Request::RequestOpen(protocol::RequestOpen {
+                subject: "notes@example.org".into(),
+                kind: "access".into(),
+                received: None,
+                jurisdiction: None,
+            })))
+            .unwrap();
+        let id = opened["id"].as_str().unwrap().to_string();
+        let update = |i: usize| {
+            Request::RequestUpdate(protocol::RequestUpdate {
+                id: id.clone(),
+                status: ["identity_requested", "identity_received"][i % 2].into(),
+                note: Some("n".repeat(4000)),
+                at: None,
+            })
+        };
+        let refused = rt
+            .block_on(office.execute(Request::Import(protocol::Import {
+                records: (0..400).map(update).collect(),
+                first_line: 1,
+            })))
+            .unwrap_err();
+        assert!(matches!(refused, OfficeError::Full(_)), "{refused:?}");
+        let message = refused.to_string();
+        assert!(
+            message.starts_with(&format!("record {id} is full (")),
+            "{message}"
+        );
     }
 
     /// A consent record that `write` did not find (and so did not lock) under the token's lock,
