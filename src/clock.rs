@@ -7,12 +7,16 @@
 //! ([`crate::calendar`]); it never guesses: a jurisdiction without a calendar, or a date outside
 //! the loaded years, is an error. docs/legal-clocks.md lists every row with its source.
 //!
-//! Days are counted from the **UTC calendar date** on which the clock starts (receipt, or for the
-//! UK the day requested identity, clarification or fee arrives). The clock reads no time itself:
+//! Days are counted from the **local calendar date**, in the jurisdiction's time zone
+//! ([`ZONES`], else the office's own, `[clock] time_zone`), on which the clock starts (receipt,
+//! or for the UK the day requested identity, clarification or fee arrives); "today" for overdue
+//! requests is that zone's date too. They counted from the UTC date: a request received at 20:00
+//! in California (04:00 UTC the next day) was due a day late. The clock reads no time itself:
 //! every instant is an argument, so the table is tested deterministically.
 
 use crate::calendar::{Calendar, Calendars, DayKind};
 use chrono::{DateTime, Days, Months, NaiveDate, Utc};
+use chrono_tz::Tz;
 
 /// The default length of a company-policy period (China, US outside California), in days.
 pub const COMPANY_POLICY_DAYS_DEFAULT: u32 = 30;
@@ -31,6 +35,68 @@ pub const EU_MEMBER_STATES: &[&str] = &[
     "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IT",
     "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
 ];
+
+/// The time zone whose calendar date a jurisdiction's clocks count from, one per jurisdiction
+/// that lies in one zone. A jurisdiction spanning several zones (US, other US-xx, AU) or not
+/// listed uses the office's own zone ([`Clock::office_zone`], `[clock] time_zone`).
+pub static ZONES: &[(&str, Tz)] = &[
+    ("GB", Tz::Europe__London),
+    ("DE", Tz::Europe__Berlin),
+    ("NL", Tz::Europe__Amsterdam),
+    ("SG", Tz::Asia__Singapore),
+    ("CN", Tz::Asia__Shanghai),
+    ("CO", Tz::America__Bogota),
+    ("US-CA", Tz::America__Los_Angeles),
+];
+
+/// The zone of a jurisdiction in [`ZONES`], if it has one of its own.
+pub fn jurisdiction_zone(jurisdiction: &str) -> Option<Tz> {
+    let j = normalise_jurisdiction(jurisdiction);
+    ZONES.iter().find(|(code, _)| *code == j).map(|(_, z)| *z)
+}
+
+/// The default `[clock] time_zone` of an office in `office_jurisdiction`: its zone in [`ZONES`],
+/// else America/New_York for the US (and any other US-xx), Australia/Sydney for AU, else UTC.
+pub fn office_zone_default(office_jurisdiction: &str) -> Tz {
+    let j = normalise_jurisdiction(office_jurisdiction);
+    if let Some(z) = jurisdiction_zone(&j) {
+        z
+    } else if Jurisdictions::UsOther.matches(&j) {
+        Tz::America__New_York
+    } else if j == "AU" {
+        Tz::Australia__Sydney
+    } else {
+        Tz::UTC
+    }
+}
+
+/// Parses `[clock] time_zone`: an IANA zone name such as `America/New_York`.
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        format!(
+            "clock.time_zone = {name:?} is not an IANA time zone name such as \"America/New_York\" or \"Australia/Sydney\" (docs/legal-clocks.md)"
+        )
+    })
+}
+
+/// The zone a request under `jurisdiction` counts in at an office whose own zone is
+/// `office_zone`.
+pub fn zone_for(jurisdiction: &str, office_zone: Tz) -> Tz {
+    jurisdiction_zone(jurisdiction).unwrap_or(office_zone)
+}
+
+/// The calendar date in `zone` at the instant `at`.
+pub fn local_date(zone: Tz, at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&zone).date_naive()
+}
+
+/// The earliest and latest calendar date anywhere on Earth at `at` (zones run from UTC-12 to
+/// UTC+14): a search of the due index by "today" widens its bounds to these, then takes each
+/// request by its own jurisdiction's date.
+pub fn local_dates_anywhere(at: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let utc = at.date_naive();
+    (utc.pred_opt().unwrap_or(utc), utc.succ_opt().unwrap_or(utc))
+}
 
 /// A due date and what produced it, shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,10 +451,12 @@ pub fn rule_for(jurisdiction: &str, kind: &str) -> Result<&'static Rule, ClockEr
 pub struct Clock {
     calendars: Calendars,
     company_policy_days: u32,
+    /// The office's own zone (`[clock] time_zone`), for jurisdictions without one in [`ZONES`].
+    office_zone: Tz,
 }
 
 impl Clock {
-    pub fn new(calendars: Calendars, company_policy_days: u32) -> Clock {
+    pub fn new(calendars: Calendars, company_policy_days: u32, office_zone: Tz) -> Clock {
         debug_assert!(
             (1..=COMPANY_POLICY_DAYS_MAX).contains(&company_policy_days),
             "config validation bounds the policy period"
@@ -396,15 +464,33 @@ impl Clock {
         Clock {
             calendars,
             company_policy_days,
+            office_zone,
         }
     }
 
+    /// The built-in calendars and policy, at an office in UTC.
     pub fn builtin() -> Clock {
-        Clock::new(Calendars::builtin(), COMPANY_POLICY_DAYS_DEFAULT)
+        Clock::new(Calendars::builtin(), COMPANY_POLICY_DAYS_DEFAULT, Tz::UTC)
     }
 
     pub fn calendars(&self) -> &Calendars {
         &self.calendars
+    }
+
+    /// The office's own zone, for jurisdictions without one in [`ZONES`].
+    pub fn office_zone(&self) -> Tz {
+        self.office_zone
+    }
+
+    /// The zone `jurisdiction`'s clocks count in: its own in [`ZONES`], else the office's.
+    pub fn zone(&self, jurisdiction: &str) -> Tz {
+        zone_for(jurisdiction, self.office_zone)
+    }
+
+    /// The legal date under `jurisdiction` at the instant `at`: its calendar date in the
+    /// jurisdiction's zone (receipt, notice, "today").
+    pub fn local_date(&self, jurisdiction: &str, at: DateTime<Utc>) -> NaiveDate {
+        local_date(self.zone(jurisdiction), at)
     }
 
     /// The deadline for a request of `kind` under `jurisdiction` whose clock starts at `start`.
@@ -416,8 +502,18 @@ impl Clock {
     ) -> Result<Due, ClockError> {
         let j = normalise_jurisdiction(jurisdiction);
         let rule = rule_for(&j, kind)?;
-        let day = start.date_naive();
-        let mut steps = Vec::new();
+        let zone = self.zone(&j);
+        let local = start.with_timezone(&zone);
+        let day = local.date_naive();
+        let mut steps = vec![if day == start.date_naive() {
+            format!("received {} {zone}", local.format("%Y-%m-%d %H:%M"))
+        } else {
+            format!(
+                "received {} {zone} ({} UTC), so days count from {day}, the date there",
+                local.format("%Y-%m-%d %H:%M"),
+                start.format("%Y-%m-%d %H:%M")
+            )
+        }];
         let date = self.count(&j, rule.period, day, rule.roll_to_working_day, &mut steps)?;
         let confirm_by = match rule.confirm {
             Some(p) => Some(self.count(&j, p, day, false, &mut Vec::new())?),
@@ -461,12 +557,15 @@ impl Clock {
             | Extension::AfterDue { rule, source, .. }
             | Extension::NotifiedDate { rule, source } => (rule, source),
         };
-        // Every extension here must be announced within the period it extends.
-        if notice.date_naive() > current_due {
+        // Every extension here must be announced within the period it extends, by the date in
+        // the jurisdiction's zone.
+        let notice_day = self.local_date(&j, notice);
+        let start_day = self.local_date(&j, start);
+        if notice_day > current_due {
             return Err(ClockError::ExtensionWindowPassed {
                 rule: rule.id,
                 due: current_due,
-                notice: notice.date_naive(),
+                notice: notice_day,
             });
         }
         let mut steps = Vec::new();
@@ -475,13 +574,7 @@ impl Clock {
                 if until.is_some() {
                     return Err(ClockError::UntilNotAllowed { rule: rule_id });
                 }
-                self.count(
-                    &j,
-                    period,
-                    start.date_naive(),
-                    rule.roll_to_working_day,
-                    &mut steps,
-                )?
+                self.count(&j, period, start_day, rule.roll_to_working_day, &mut steps)?
             }
             Extension::AfterDue { period, .. } => {
                 if until.is_some() {
@@ -505,7 +598,7 @@ impl Clock {
                 // accepted up to 366 days (found by an exploratory session). Statutory notified
                 // dates (PDPA s. 21 access, AU APP 12) keep the law's open-ended rule.
                 if rule.authority == Authority::CompanyPolicy {
-                    let start = start.date_naive();
+                    let start = start_day;
                     let latest = start
                         .checked_add_months(Months::new(STATEMENT_EXTENSION_MONTHS))
                         .ok_or(ClockError::OutOfRange(start))?;
@@ -533,9 +626,9 @@ impl Clock {
             date,
             rule: rule_id,
             explanation: format!(
-                "{source}: {} (announced {}, before {current_due}){}",
+                "{source}: {} (announced {notice_day} {}, before {current_due}){}",
                 steps.join("; "),
-                notice.date_naive(),
+                self.zone(&j),
                 authority_note(rule.authority)
             ),
             confirm_by: None,
@@ -715,7 +808,7 @@ mod tests {
 
     #[test]
     fn policy_days_come_from_config() {
-        let c = Clock::new(Calendars::builtin(), 15);
+        let c = Clock::new(Calendars::builtin(), 15, Tz::UTC);
         assert_eq!(
             c.due("CN", "access", at("2026-03-01T00:00:00Z"))
                 .unwrap()
@@ -729,7 +822,7 @@ mod tests {
     /// refused where the configured period reaches that far already.
     #[test]
     fn us_outside_california_follows_the_company_policy_days() {
-        let c = Clock::new(Calendars::builtin(), 15);
+        let c = Clock::new(Calendars::builtin(), 15, Tz::UTC);
         for j in ["US", "US-NY", "us-tx"] {
             let due = c.due(j, "access", at("2026-03-01T00:00:00Z")).unwrap();
             assert_eq!((due.date, due.rule), (d("2026-03-16"), "us-company-policy"));
@@ -754,6 +847,7 @@ mod tests {
         let long = Clock {
             calendars: Calendars::builtin(),
             company_policy_days: 90,
+            office_zone: Tz::UTC,
         };
         let e = long
             .extended(
@@ -793,6 +887,153 @@ mod tests {
         }
         for (j, kind) in [("SG", "access"), ("AU", "access")] {
             assert_eq!(extend(j, kind, "2026-09-01").unwrap().date, d("2026-09-01"));
+        }
+    }
+
+    /// California is UTC-8 in winter: received 20:00 on 31 January there (04:00 UTC on 1
+    /// February), the 45 days count from 31 January; they counted from the UTC date, a day
+    /// late. The extension's notice is judged by the date there too.
+    #[test]
+    fn a_california_evening_receipt_counts_from_the_local_date() {
+        let c = Clock::builtin();
+        let received = at("2026-02-01T04:00:00Z");
+        let due = c.due("US-CA", "access", received).unwrap();
+        assert_eq!((due.date, due.rule), (d("2026-03-17"), "ccpa-45-days"));
+        assert!(
+            due.explanation
+                .contains("received 2026-01-31 20:00 America/Los_Angeles (2026-02-01 04:00 UTC)"),
+            "{}",
+            due.explanation
+        );
+        let midday = c
+            .due("US-CA", "access", at("2026-01-31T20:00:00Z"))
+            .unwrap();
+        assert_eq!(
+            due.confirm_by, midday.confirm_by,
+            "confirm_by counts from 31 Jan too"
+        );
+        // 22:00 on 17 March in California is 05:00 UTC on the 18th: still in time to extend.
+        let ext = c
+            .extended(
+                "US-CA",
+                "access",
+                received,
+                due.date,
+                at("2026-03-18T05:00:00Z"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(ext.date, d("2026-05-01"), "90 days from 31 January");
+        // Colombia (UTC-5): 22:00 on Monday 2 February is 03:00 UTC on the Tuesday.
+        let co = |t: &str| c.due("CO", "access", at(t)).unwrap().date;
+        assert_eq!(co("2026-02-03T03:00:00Z"), co("2026-02-02T15:00:00Z"));
+        assert_ne!(co("2026-02-03T03:00:00Z"), co("2026-02-03T15:00:00Z"));
+    }
+
+    /// Singapore is UTC+8: received 07:00 on 1 February there (23:00 UTC on 31 January), the
+    /// 30 days count from 1 February, not a day early from the UTC date.
+    #[test]
+    fn a_singapore_morning_receipt_counts_from_the_local_date() {
+        let c = Clock::builtin();
+        let due = c.due("SG", "access", at("2026-01-31T23:00:00Z")).unwrap();
+        assert_eq!(due.date, d("2026-03-03"));
+        assert!(
+            due.explanation
+                .contains("received 2026-02-01 07:00 Asia/Singapore (2026-01-31 23:00 UTC)"),
+            "{}",
+            due.explanation
+        );
+        // When the dates agree, the explanation still names the zone.
+        let noon = c.due("SG", "access", at("2026-02-01T04:00:00Z")).unwrap();
+        assert_eq!(noon.date, d("2026-03-03"));
+        assert!(
+            noon.explanation
+                .contains("received 2026-02-01 12:00 Asia/Singapore"),
+            "{}",
+            noon.explanation
+        );
+        assert_eq!(
+            c.local_date("CN", at("2026-01-31T16:30:00Z")),
+            d("2026-02-01")
+        );
+    }
+
+    /// Britain moves to BST (UTC+1) at 01:00 UTC on 29 March 2026: 23:30 UTC on the 28th is
+    /// still the 28th there, 23:30 UTC on the 29th is already the 30th.
+    #[test]
+    fn the_day_british_summer_time_starts_counts_by_the_london_date() {
+        let c = Clock::builtin();
+        let before = c.due("GB", "access", at("2026-03-28T23:30:00Z")).unwrap();
+        assert_eq!(before.date, d("2026-04-28"));
+        let after = c.due("GB", "access", at("2026-03-29T23:30:00Z")).unwrap();
+        assert_eq!(after.date, d("2026-04-30"), "from 30 March, not 29");
+        assert!(
+            after.explanation.contains("2026-03-30 00:30 Europe/London"),
+            "{}",
+            after.explanation
+        );
+        // And back to GMT on 25 October: 23:30 UTC is 23:30 in London again.
+        assert_eq!(
+            c.local_date("GB", at("2026-10-25T23:30:00Z")),
+            d("2026-10-25")
+        );
+        assert_eq!(
+            c.local_date("GB", at("2026-10-24T23:30:00Z")),
+            d("2026-10-25")
+        );
+    }
+
+    /// Jurisdictions spanning several zones count in the office's own zone, whose default
+    /// follows the office's jurisdiction; US-CA keeps its own wherever the office is.
+    #[test]
+    fn the_us_and_australia_count_in_the_office_s_zone() {
+        assert_eq!(office_zone_default("US"), Tz::America__New_York);
+        assert_eq!(office_zone_default("us-ny"), Tz::America__New_York);
+        assert_eq!(office_zone_default("AU"), Tz::Australia__Sydney);
+        assert_eq!(office_zone_default("US-CA"), Tz::America__Los_Angeles);
+        assert_eq!(office_zone_default("uk"), Tz::Europe__London);
+        assert_eq!(office_zone_default("FR"), Tz::UTC);
+
+        let us = Clock::new(Calendars::builtin(), 30, office_zone_default("US"));
+        // 22:00 on 28 February in New York.
+        let due = us.due("US", "access", at("2026-03-01T03:00:00Z")).unwrap();
+        assert_eq!(due.date, d("2026-03-30"), "30 days from 28 February");
+        assert!(
+            due.explanation.contains("America/New_York"),
+            "{}",
+            due.explanation
+        );
+        assert_eq!(
+            us.due("US-CA", "access", at("2026-02-01T04:00:00Z"))
+                .unwrap()
+                .date,
+            d("2026-03-17")
+        );
+
+        let au = Clock::new(Calendars::builtin(), 30, office_zone_default("AU"));
+        // 01:00 on 1 March in Sydney (daylight time, UTC+11).
+        let due = au.due("AU", "access", at("2026-02-28T14:00:00Z")).unwrap();
+        assert_eq!(due.date, d("2026-03-31"), "30 days from 1 March");
+        assert_eq!(
+            Clock::builtin()
+                .due("AU", "access", at("2026-02-28T14:00:00Z"))
+                .unwrap()
+                .date,
+            d("2026-03-30"),
+            "an office in UTC counts from 28 February"
+        );
+    }
+
+    /// `[clock] time_zone` takes an IANA name; anything else is a one-line error naming the key.
+    #[test]
+    fn an_unknown_time_zone_is_a_config_error_naming_the_key() {
+        assert_eq!(parse_zone("Asia/Tokyo").unwrap(), Tz::Asia__Tokyo);
+        for bad in ["Mars/Olympus", "EST-ish", "", "europe/london "] {
+            let e = parse_zone(bad).unwrap_err();
+            assert!(
+                e.starts_with("clock.time_zone = ") && e.contains("IANA") && !e.contains('\n'),
+                "{bad:?}: {e}"
+            );
         }
     }
 

@@ -95,6 +95,11 @@ pub struct ClockConfig {
     /// Days for deadlines the law leaves open (China; US outside California).
     #[serde(default = "default_policy_days")]
     pub company_policy_days: u32,
+    /// The office's IANA time zone (e.g. `America/New_York`): legal dates of jurisdictions
+    /// without a zone of their own (US, other US-xx, AU, unlisted) are its local dates. Default:
+    /// the zone of the office's jurisdiction (`clock::office_zone_default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl Default for ClockConfig {
@@ -102,6 +107,7 @@ impl Default for ClockConfig {
         ClockConfig {
             calendar_dir: None,
             company_policy_days: default_policy_days(),
+            time_zone: None,
         }
     }
 }
@@ -302,6 +308,7 @@ impl Config {
                 crate::clock::COMPANY_POLICY_DAYS_MAX
             ));
         }
+        self.time_zone()?;
         for p in self
             .consent
             .purposes
@@ -337,6 +344,14 @@ impl Config {
                     self.control.socket_mode
                 )
             })
+    }
+
+    /// The office's time zone: `[clock] time_zone`, else the default for its jurisdiction.
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
+        match &self.clock.time_zone {
+            Some(name) => crate::clock::parse_zone(name),
+            None => Ok(crate::clock::office_zone_default(&self.jurisdiction)),
+        }
     }
 
     pub fn role_of(&self, uid: u32) -> Option<Role> {
@@ -431,6 +446,32 @@ address = "127.0.0.1:7401"
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    /// `[clock] time_zone` must name an IANA zone; without it, the office's jurisdiction's.
+    #[test]
+    fn time_zone_is_validated_and_defaults_to_the_jurisdiction_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), GOOD)).unwrap();
+        assert_eq!(c.time_zone().unwrap(), chrono_tz::Tz::Europe__Berlin);
+        let text = GOOD.replace(
+            "[control]",
+            "[clock]\ntime_zone = \"Asia/Tokyo\"\n[control]",
+        );
+        let c = Config::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(c.time_zone().unwrap(), chrono_tz::Tz::Asia__Tokyo);
+        let text = GOOD.replace(
+            "[control]",
+            "[clock]\ntime_zone = \"Mars/Olympus\"\n[control]",
+        );
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clock.time_zone") && err.contains("Mars/Olympus"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "one line: {err}");
     }
 

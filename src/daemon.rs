@@ -172,7 +172,10 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         Some(dir) => Calendars::with_overrides(dir).map_err(|e| fail(e.to_string()))?,
         None => Calendars::builtin(),
     };
-    let clock = Clock::new(calendars, config.clock.company_policy_days);
+    let zone = config
+        .time_zone()
+        .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?;
+    let clock = Clock::new(calendars, config.clock.company_policy_days, zone);
     let purposes = Purposes::new(&config.consent.purposes, &config.consent.marketing_purposes);
 
     create_private_dir(&config.data_dir)?;

@@ -4,7 +4,7 @@
 //! step (for tests and demos); the production path is `keygen` on each office's host, `roster add`
 //! for each office's public keys, and `roster sign` on the machine that holds the root key.
 
-use crate::config::{Config, ControlConfig, LogConfig, PeerConfig};
+use crate::config::{ClockConfig, Config, ControlConfig, LogConfig, PeerConfig};
 use consentd_sync::keys;
 use consentd_sync::roster::{OfficeEntry, Roster, SignedRoster};
 use serde_json::{json, Value};
@@ -170,7 +170,15 @@ pub fn init(
                 })
                 .collect(),
             log: LogConfig::default(),
-            clock: Default::default(),
+            // Written out so that the operator sees which zone the office's own dates are in.
+            clock: ClockConfig {
+                time_zone: Some(
+                    crate::clock::office_zone_default(jurisdiction)
+                        .name()
+                        .into(),
+                ),
+                ..ClockConfig::default()
+            },
             consent: Default::default(),
             transfer: Default::default(),
             retention: Default::default(),

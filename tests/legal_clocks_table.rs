@@ -54,11 +54,11 @@ const DUE: &[Case] = &[
         rule: "gdpr-art12-one-month",
     },
     Case {
-        why: "GDPR receipt late in the day counts by its UTC date",
+        why: "GDPR receipt late in the day counts by the date in Berlin: 23:30 UTC on 31 Mar is 01:30 on 1 Apr (CEST); 1 May is Labour Day, a Friday, so Monday 4 May (by the UTC date it was 30 Apr)",
         jurisdiction: "DE",
         kind: "access",
         received: "2026-03-31T23:30:00Z",
-        due: "2026-04-30",
+        due: "2026-05-04",
         rule: "gdpr-art12-one-month",
     },
     Case {
