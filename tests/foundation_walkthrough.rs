@@ -336,12 +336,12 @@ fn requests_extend_close_and_fall_overdue() {
             "list",
             "--overdue",
             "--as-of",
-            "2026-03-31T23:00:00Z",
+            "2026-03-31T21:00:00Z",
         ],
     );
     assert!(
         on_due_day.as_array().unwrap().is_empty(),
-        "not overdue on its due day"
+        "not overdue on its due day (23:00 in Berlin, CEST)"
     );
 
     let refused = err(&sock, &["request", "close", a_id, "--outcome", "refused"]);
