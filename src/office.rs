@@ -1600,7 +1600,7 @@ impl Office {
         }
         let due = match record {
             // Its clock stopped: not due until it starts again (`clock_stopped`).
-            Record::Request(r) if r.is_open() && !clock_stopped(r) => {
+            Record::Request(r) if r.is_open() && !clock_stopped(r, &self.clock) => {
                 let d = NaiveDate::parse_from_str(&next_deadline(r), "%Y-%m-%d")
                     .map_err(|e| OfficeError::Integrity(format!("stored due date: {e}")))?;
                 Some(epoch_day(d))
@@ -1846,38 +1846,12 @@ impl Office {
         let mut rows: Vec<(String, Value)> = Vec::new();
         if let Some(days) = within_days {
             // Open and due from today up to `days` days ahead (overdue ones are `--overdue`'s job).
-            let today = as_of.date_naive();
-            let last = today
-                .checked_add_days(chrono::Days::new(days))
-                .ok_or_else(|| invalid("--due-within is too far ahead"))?;
-            for (day, id) in self
-                .store
-                .docs_due_before(epoch_day(last) + 1, LIST_ROWS_MAX)?
-            {
-                if day < epoch_day(today) {
-                    continue;
-                }
-                if let Some(Record::Request(r)) = self.read_record(&id)? {
-                    // `clock_stopped`: a store written before it kept such requests indexed.
-                    if r.is_open()
-                        && !clock_stopped(&r)
-                        && (!args.overdue || next_deadline(&r) < fmt_date(today))
-                    {
-                        rows.push((next_deadline(&r), request_view(&id, &r, as_of)));
-                    }
-                }
+            for (id, r) in self.due_from_today(as_of, days)? {
+                rows.push((next_deadline(&r), request_view(&id, &r, as_of, &self.clock)));
             }
         } else if args.overdue {
-            // Due on day D means answered by the end of D: overdue once the date is past D.
-            for (_, id) in self
-                .store
-                .docs_due_before(epoch_day(as_of.date_naive()), LIST_ROWS_MAX)?
-            {
-                if let Some(Record::Request(r)) = self.read_record(&id)? {
-                    if r.is_open() && !clock_stopped(&r) {
-                        rows.push((next_deadline(&r), request_view(&id, &r, as_of)));
-                    }
-                }
+            for (id, r) in self.overdue_at(as_of)? {
+                rows.push((next_deadline(&r), request_view(&id, &r, as_of, &self.clock)));
             }
         } else {
             for (id, bytes) in self
@@ -1885,7 +1859,7 @@ impl Office {
                 .projections_of_kind(KIND_REQUEST, LIST_ROWS_MAX)?
             {
                 if let Record::Request(r) = self.open_projection(&bytes)? {
-                    rows.push((r.due.clone(), request_view(&id, &r, as_of)));
+                    rows.push((r.due.clone(), request_view(&id, &r, as_of, &self.clock)));
                 }
             }
         }
@@ -1893,32 +1867,82 @@ impl Office {
         Ok(Value::Array(rows.into_iter().map(|(_, v)| v).collect()))
     }
 
+    /// Open requests past their next deadline at `as_of`, by the date then in each one's
+    /// jurisdiction's zone. Due on day D means answered by the end of D: overdue once that date
+    /// is past D. The due index keys on the date alone, so the search reaches the latest date
+    /// anywhere and each request is then judged by its own (it went by the UTC date).
+    fn overdue_at(&self, as_of: DateTime<Utc>) -> Result<Vec<(DocId, RequestRecord)>> {
+        let (_, latest) = clock::local_dates_anywhere(as_of);
+        let mut found = Vec::new();
+        for (_, id) in self
+            .store
+            .docs_due_before(epoch_day(latest), LIST_ROWS_MAX)?
+        {
+            if let Some(Record::Request(r)) = self.read_record(&id)? {
+                let today = fmt_date(self.clock.local_date(&r.jurisdiction, as_of));
+                // `clock_stopped`: a store written before it kept such requests indexed.
+                if r.is_open() && !clock_stopped(&r, &self.clock) && next_deadline(&r) < today {
+                    found.push((id, r));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Open requests whose next deadline lies from today up to `days` days ahead at `as_of`, by
+    /// the date then in each one's jurisdiction's zone (the search widened as in `overdue_at`).
+    fn due_from_today(
+        &self,
+        as_of: DateTime<Utc>,
+        days: u64,
+    ) -> Result<Vec<(DocId, RequestRecord)>> {
+        let too_far = || invalid("--due-within is too far ahead");
+        let (earliest, latest) = clock::local_dates_anywhere(as_of);
+        let last = latest
+            .checked_add_days(chrono::Days::new(days))
+            .ok_or_else(too_far)?;
+        let mut found = Vec::new();
+        for (day, id) in self
+            .store
+            .docs_due_before(epoch_day(last) + 1, LIST_ROWS_MAX)?
+        {
+            if day < epoch_day(earliest) {
+                continue;
+            }
+            if let Some(Record::Request(r)) = self.read_record(&id)? {
+                let today = self.clock.local_date(&r.jurisdiction, as_of);
+                let last = today
+                    .checked_add_days(chrono::Days::new(days))
+                    .ok_or_else(too_far)?;
+                let next = next_deadline(&r);
+                if r.is_open()
+                    && !clock_stopped(&r, &self.clock)
+                    && next >= fmt_date(today)
+                    && next <= fmt_date(last)
+                {
+                    found.push((id, r));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Ids of open requests past their due date (for the daily reminder), most overdue first.
     pub fn overdue(&self) -> Result<Vec<String>> {
-        // Due on day D means answered by the end of D: overdue once the date is past D.
-        let today = epoch_day(Utc::now().date_naive());
         Ok(self
-            .store
-            .docs_due_before(today, LIST_ROWS_MAX)?
+            .overdue_at(Utc::now())?
             .iter()
-            .map(|(_, id)| doc_id_hex(id))
+            .map(|(id, _)| doc_id_hex(id))
             .collect())
     }
 
     /// Ids of open requests due between today and `days` days ahead (for the daily reminder).
     pub fn due_soon(&self, days: u64) -> Result<Vec<String>> {
-        let today = Utc::now().date_naive();
-        let last = today + chrono::Days::new(days);
-        let mut ids = Vec::new();
-        for (day, id) in self
-            .store
-            .docs_due_before(epoch_day(last) + 1, LIST_ROWS_MAX)?
-        {
-            if day >= epoch_day(today) {
-                ids.push(doc_id_hex(&id));
-            }
-        }
-        Ok(ids)
+        Ok(self
+            .due_from_today(Utc::now(), days)?
+            .iter()
+            .map(|(id, _)| doc_id_hex(id))
+            .collect())
     }
 
     /// Records replication events (module `replicate`), each (record, office, status) once: a
@@ -2567,7 +2591,8 @@ impl<'o> Draft<'o> {
                 // the clock could stop, so the request stays overdue and its due date does not
                 // move (the restart moved it a month on, off --overdue, and audit report counted
                 // the late answer in time; found by an exploratory session).
-                let missed = status == "identity_received" && identity_asked(&r) == Some(false);
+                let missed = status == "identity_received"
+                    && identity_asked(&r, &self.office.clock) == Some(false);
                 let restart = status == "identity_received"
                     && !missed
                     && clock::restarts_on_identity(&r.jurisdiction, &r.kind);
@@ -2628,7 +2653,7 @@ impl<'o> Draft<'o> {
                         d.rule,
                         format!(
                             "clock restarted on {} when what was asked of the person arrived; {}",
-                            at.date_naive(),
+                            self.office.clock.local_date(&r.jurisdiction, at),
                             d.explanation
                         ),
                     )
@@ -3133,10 +3158,11 @@ fn with_id<T: serde::Serialize>(id: &DocId, record: &T) -> Value {
     v
 }
 
-fn request_view(id: &DocId, r: &RequestRecord, as_of: DateTime<Utc>) -> Value {
+/// A request as listed at `as_of`: overdue by the date then in its jurisdiction's zone.
+fn request_view(id: &DocId, r: &RequestRecord, as_of: DateTime<Utc>, clock: &Clock) -> Value {
     let mut v = with_id(id, r);
-    let stopped = clock_stopped(r);
-    let today = fmt_date(as_of.date_naive());
+    let stopped = clock_stopped(r, clock);
+    let today = fmt_date(clock.local_date(&r.jurisdiction, as_of));
     let overdue = r.is_open() && !stopped && next_deadline(r).as_str() < today.as_str();
     v["overdue"] = json!(overdue);
     v["confirmation_overdue"] =
@@ -3174,21 +3200,25 @@ fn next_deadline(r: &RequestRecord) -> String {
 /// Only a clock still running when the request was made: asked after the due date, the deadline
 /// was already missed, and it stays overdue (it dropped off `--overdue` while `audit report`
 /// still counted it; found by an exploratory session).
-fn clock_stopped(r: &RequestRecord) -> bool {
+fn clock_stopped(r: &RequestRecord, clock: &Clock) -> bool {
     r.is_open()
         && r.status == "identity_requested"
-        && identity_asked(r) == Some(true)
+        && identity_asked(r, clock) == Some(true)
         && clock::restarts_on_identity(&r.jurisdiction, &r.kind)
 }
 
 /// Whether the person's identity (or clarification, or fee) was last asked for on or before the
-/// due date (`Some(true)`), after it (`Some(false)`: the deadline was already missed), or never.
-fn identity_asked(r: &RequestRecord) -> Option<bool> {
+/// due date (`Some(true)`), after it (`Some(false)`: the deadline was already missed), or never;
+/// by the date in the jurisdiction's zone.
+fn identity_asked(r: &RequestRecord, clock: &Clock) -> Option<bool> {
     r.history
         .iter()
         .rev()
         .find(|h| h.status == "identity_requested")
-        .map(|h| h.at.get(..10).is_some_and(|day| day <= r.due.as_str()))
+        .map(|h| match parse_stored_time(&h.at) {
+            Ok(at) => fmt_date(clock.local_date(&r.jurisdiction, at)) <= r.due,
+            Err(_) => h.at.get(..10).is_some_and(|day| day <= r.due.as_str()),
+        })
 }
 
 pub fn subject_kind_name(kind: SubjectKind) -> &'static str {

@@ -673,12 +673,13 @@ fn a_pending_receipt_confirmation_is_a_deadline_of_its_own() {
         listed(&soon).is_some(),
         "the confirmation falls due within 3 days"
     );
+    // Midnight on 3 December in California (PST, UTC-8): overdue by the date there.
     let late = [
         "request",
         "list",
         "--overdue",
         "--as-of",
-        "2026-12-03T00:00:00Z",
+        "2026-12-03T08:00:00Z",
     ];
     let row = listed(&late).expect("overdue by its confirmation");
     assert_eq!(row["confirmation_overdue"], true, "{row}");

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::verify::Verified;
+use crate::clock;
 use crate::record::{fmt_time, Record};
 
 /// Proof that consent was given or withdrawn is kept 5 years (§7).
@@ -177,7 +178,15 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
     let mut late = Vec::new();
     let mut still_held = Vec::new();
     let mut unreadable = 0u64;
-    let today = as_of.date_naive();
+    // Legal dates are each jurisdiction's local dates (src/clock.rs `ZONES`); one without a
+    // zone of its own takes its office's default zone (the office's `[clock] time_zone` is not
+    // in the bundle). They were UTC dates.
+    let zone = |r: &crate::record::RequestRecord| {
+        let office_zone = v.roster.office(&r.office).map_or(chrono_tz::Tz::UTC, |o| {
+            clock::office_zone_default(&o.jurisdiction)
+        });
+        clock::zone_for(&r.jurisdiction, office_zone)
+    };
 
     for (doc, changes) in &v.docs {
         let id = hex::encode(doc);
@@ -212,11 +221,13 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                         ..RequestRow::default()
                     });
                 row.total += 1;
+                let zone = zone(r);
+                let today = clock::local_date(zone, as_of);
                 let due = date(&r.due);
                 if let Some(ext) = &r.extension {
                     row.extended += 1;
                     if let (Some(at), Some(prev)) = (time(&ext.at), date(&ext.previous_due)) {
-                        if at.date_naive() <= prev {
+                        if clock::local_date(zone, at) <= prev {
                             row.extended_with_timely_notice += 1;
                         }
                     }
@@ -240,7 +251,9 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                             .find(|h| h.status == *outcome)
                             .and_then(|h| time(&h.at));
                         match (closed, due) {
-                            (Some(c), Some(d)) if c.date_naive() <= d => row.answered_in_time += 1,
+                            (Some(c), Some(d)) if clock::local_date(zone, c) <= d => {
+                                row.answered_in_time += 1
+                            }
                             _ => row.answered_late += 1,
                         }
                         if let Some(c) = closed {
