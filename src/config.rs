@@ -32,6 +32,11 @@ pub struct Config {
     pub index_key: PathBuf,
     /// QUIC listen address.
     pub listen: SocketAddr,
+    /// Start on a roster whose serial is lower than the highest this office has run with: a
+    /// deliberate rollback (off by default; an older roster could re-admit a retired office).
+    /// Remove it again once the office has started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_roster_rollback: bool,
     pub control: ControlConfig,
     #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,

@@ -151,6 +151,14 @@ enum RosterCmd {
         #[arg(long)]
         address: String,
     },
+    /// Retire an office: it stays listed so what it signed still verifies, but is no longer a
+    /// peer (the roster must be signed again; offices never go back to an older serial)
+    Retire {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long)]
+        office: String,
+    },
     /// Sign the roster with the root key
     Sign {
         #[arg(long)]
@@ -529,6 +537,7 @@ fn run(cli: Cli) -> Result<(Value, Human), String> {
                         address,
                     },
                 ),
+                RosterCmd::Retire { roster, office } => network::roster_retire(&roster, &office),
                 RosterCmd::Sign { roster, root_key } => network::roster_sign(&roster, &root_key),
                 RosterCmd::Verify { roster, root_pub } => {
                     network::roster_verify(&roster, &root_pub)

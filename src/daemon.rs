@@ -99,6 +99,14 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
             config.roster.display()
         ))
     })?;
+    if entry.retired {
+        return Err(fail(format!(
+            "office {} is retired in the roster {} (serial {}): a retired office does not run",
+            config.office,
+            config.roster.display(),
+            roster.roster().serial
+        )));
+    }
     if entry.jurisdiction != config.jurisdiction {
         return Err(fail(format!(
             "config says jurisdiction {} but the roster says {} for office {}",
@@ -157,7 +165,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
     // (found by an exploratory session: these passed it and failed later, or never).
     let policy = crate::policy::TransferPolicy::from_config(&config.transfer)
         .map_err(|e| fail(format!("config {}: {e}", config_path.display())))?;
-    let warnings = assessment_warnings(&config, &roster, &policy);
+    let mut warnings = assessment_warnings(&config, &roster, &policy);
+    warnings.extend(retired_peer_warnings(&config, &roster));
     tracing_subscriber::EnvFilter::try_new(&config.log.filter).map_err(|e| {
         fail(format!(
             "config {}: [log] filter {:?}: {e}",
@@ -190,6 +199,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, StartupError> {
         }
     })?;
     claim_store(&store, &config, &roster.roster().network)?;
+    claim_roster(&store, &config, &roster)?;
 
     let keys = crate::keystore::KeyStore::open(&config.data_dir, store.clone())
         .map_err(|e| fail(format!("data directory {}: {e}", config.data_dir.display())))?;
@@ -245,7 +255,11 @@ pub fn config_warnings(config_path: &Path) -> Vec<String> {
         .and_then(|root| SignedRoster::load(&config.roster).ok()?.verify(&root).ok());
     let policy = crate::policy::TransferPolicy::from_config(&config.transfer).ok();
     match (roster, policy) {
-        (Some(roster), Some(policy)) => assessment_warnings(&config, &roster, &policy),
+        (Some(roster), Some(policy)) => {
+            let mut warnings = assessment_warnings(&config, &roster, &policy);
+            warnings.extend(retired_peer_warnings(&config, &roster));
+            warnings
+        }
         _ => Vec::new(),
     }
 }
@@ -311,6 +325,104 @@ fn claim_store(store: &Store, config: &Config, network: &str) -> Result<(), Star
                 .map_err(|e| fail(e.to_string()))
         }
     }
+}
+
+/// Meta key: the highest roster serial this office has started with (decimal).
+pub const META_ROSTER_SERIAL: &str = "roster_serial";
+/// Meta key: the offices of that roster, one `id` or `id retired` a line.
+pub const META_ROSTER_OFFICES: &str = "roster_offices";
+
+/// One line per `[[peer]]` the roster lists as retired: it is neither dialed nor accepted.
+fn retired_peer_warnings(config: &Config, roster: &consentd_sync::VerifiedRoster) -> Vec<String> {
+    config
+        .peers
+        .iter()
+        .filter(|p| roster.is_retired(&p.office))
+        .map(|p| {
+            format!(
+                "peer {} is retired in the roster (serial {}): it is not dialed and its connections are refused; remove its [[peer]] section",
+                p.office,
+                roster.roster().serial
+            )
+        })
+        .collect()
+}
+
+/// Roster serials only go forward, an office listed once stays listed, and a retired office
+/// stays retired: an older or trimmed roster could re-admit a retired office, or leave records
+/// and checkpoints held here signed by a key no roster lists (every change to them refused and
+/// every bundle failing). Records the roster started with in meta.
+fn claim_roster(
+    store: &Store,
+    config: &Config,
+    roster: &consentd_sync::VerifiedRoster,
+) -> Result<(), StartupError> {
+    let serial = roster.roster().serial;
+    let path = config.roster.display();
+    let meta = |key: &str| store.meta(key).map_err(|e| fail(e.to_string()));
+    let held_serial = match meta(META_ROSTER_SERIAL)? {
+        Some(bytes) => Some(
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| fail("data directory: meta roster_serial is not a number".to_string()))?,
+        ),
+        None => None,
+    };
+    let held_offices = meta(META_ROSTER_OFFICES)?.unwrap_or_default();
+    let held_offices = String::from_utf8_lossy(&held_offices);
+    for line in held_offices.lines() {
+        let mut words = line.split(' ');
+        let id = words.next().unwrap_or_default();
+        let was_retired = words.next() == Some("retired");
+        match roster.office(id) {
+            None => {
+                return Err(fail(format!(
+                    "roster {path} (serial {serial}) drops office {id}, which the roster this office ran with (serial {}) lists: what it signed and this office holds could no longer be verified; keep it listed and retire it instead (consentctl roster retire --office {id})",
+                    held_serial.unwrap_or(0)
+                )))
+            }
+            Some(o) if was_retired && !o.retired => {
+                return Err(fail(format!(
+                    "roster {path} (serial {serial}) lists office {id} as active, but it was retired in the roster this office ran with (serial {}): a retired office stays retired",
+                    held_serial.unwrap_or(0)
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(held) = held_serial {
+        if serial < held {
+            if !config.allow_roster_rollback {
+                return Err(fail(format!(
+                    "roster {path} has serial {serial}, older than serial {held} this office has run with: install the newest signed roster (or, for a deliberate rollback, set allow_roster_rollback = true in the config)"
+                )));
+            }
+            tracing::warn!(serial, held, "starting on an older roster: allow_roster_rollback is set");
+            return Ok(());
+        }
+    }
+    let offices: String = roster
+        .offices()
+        .map(|o| match o.retired {
+            true => format!("{} retired\n", o.id),
+            false => format!("{}\n", o.id),
+        })
+        .collect();
+    if held_serial == Some(serial) && held_offices == offices {
+        return Ok(());
+    }
+    let batch = WriteBatch {
+        meta: vec![
+            (META_ROSTER_SERIAL.into(), serial.to_string().into_bytes()),
+            (META_ROSTER_OFFICES.into(), offices.into_bytes()),
+        ],
+        ..WriteBatch::default()
+    };
+    store
+        .commit_blocking(batch)
+        .map(|_| ())
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on either.

@@ -81,6 +81,7 @@ pub fn net() -> &'static Net {
                     signing_key: hex::encode(s.verifying_key().as_bytes()),
                     transport_key: hex::encode(t.verifying_key().as_bytes()),
                     address: format!("127.0.0.1:{}", 7400 + i),
+                    retired: false,
                 })
                 .expect("valid office");
             signing.push(s);

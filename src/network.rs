@@ -143,6 +143,7 @@ pub fn init(
             signing_key: keys::public_hex(&signing.verifying_key()),
             transport_key: keys::public_hex(&transport.verifying_key()),
             address: addresses[i].to_string(),
+            retired: false,
         })?;
         let config = Config {
             office: id.clone(),
@@ -154,6 +155,7 @@ pub fn init(
             transport_key: office_dir.join("transport.key"),
             index_key: office_dir.join("index.key"),
             listen: addresses[i],
+            allow_roster_rollback: false,
             control: ControlConfig {
                 socket: office_dir.join("control.sock"),
                 socket_mode: "0660".into(),
@@ -278,6 +280,7 @@ pub fn roster_add(path: &Path, office: NewOffice) -> Result<Value, NetworkError>
         signing_key: keys::public_hex(&signing),
         transport_key: keys::public_hex(&transport),
         address: office.address,
+        retired: false,
     })?;
     // A changed roster is a new version; offices prefer the highest serial they have verified.
     roster.serial += 1;
@@ -285,6 +288,19 @@ pub fn roster_add(path: &Path, office: NewOffice) -> Result<Value, NetworkError>
     SignedRoster::draft(roster).save(path)?;
     Ok(json!({
         "roster": path, "added": office.id, "serial": serial, "signed": false,
+        "next": format!("consentctl roster sign --roster {} --root-key ROOT.KEY", path.display()),
+    }))
+}
+
+/// `consentctl roster retire`: marks an office retired and bumps the serial; the roster must be
+/// signed again. The office stays listed: its keys still verify what it signed.
+pub fn roster_retire(path: &Path, office: &str) -> Result<Value, NetworkError> {
+    let mut roster = SignedRoster::load(path)?.roster;
+    roster.retire_office(office)?;
+    let serial = roster.serial;
+    SignedRoster::draft(roster).save(path)?;
+    Ok(json!({
+        "roster": path, "retired": office, "serial": serial, "signed": false,
         "next": format!("consentctl roster sign --roster {} --root-key ROOT.KEY", path.display()),
     }))
 }
@@ -312,6 +328,7 @@ pub fn roster_verify(path: &Path, root_pub: &str) -> Result<Value, NetworkError>
         "offices": r.offices.iter().map(|o| json!({
             "office": o.id, "jurisdiction": o.jurisdiction, "address": o.address,
             "signing_key": o.signing_key, "transport_key": o.transport_key,
+            "retired": o.retired,
         })).collect::<Vec<_>>(),
     }))
 }

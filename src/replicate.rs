@@ -473,6 +473,17 @@ impl Replicator {
             .office(&me)
             .map(|o| o.jurisdiction.clone())
             .ok_or_else(|| ReplicationError(format!("office {me} is not in the roster")))?;
+        // A retired office is no longer a peer: never dialed, its sessions refused (transport).
+        let peers: Vec<(String, SocketAddr)> = peers
+            .into_iter()
+            .filter(|(peer, _)| {
+                let retired = roster.is_retired(peer);
+                if retired {
+                    tracing::warn!(peer = %peer, serial = roster.roster().serial, "not syncing with office {peer}: it is retired in the roster; remove its [[peer]] section");
+                }
+                !retired
+            })
+            .collect();
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUED_MAX);
         let committed_rx = office.subscribe_committed();
         let network = roster.roster().network.clone();
@@ -3186,6 +3197,25 @@ impl Local for View<'_> {
                         "an older checkpoint of this office's own log ({} leaves)",
                         v.checkpoint.size
                     ));
+                }
+                // A retired office's log as last checkpointed here is final: it takes part in
+                // no session, so a larger checkpoint of it can only be one signed after it left
+                // (or one that did not reach this office before), and is refused.
+                if self.rep.roster.is_retired(&v.office) {
+                    let held = self
+                        .sets
+                        .checkpoint_of
+                        .get(&v.office)
+                        .map(|(_, cp, _)| cp.size);
+                    if held.is_none_or(|h| v.checkpoint.size > h) {
+                        return Err(format!(
+                            "a checkpoint of office {} ({} leaves), which is retired in the roster (serial {}): its log as last checkpointed here ({} leaves) is final",
+                            v.office,
+                            v.checkpoint.size,
+                            self.rep.roster.roster().serial,
+                            held.unwrap_or(0)
+                        ));
+                    }
                 }
                 Ok(BlobInfo {
                     item: checkpoint_item(&v.checkpoint),

@@ -36,6 +36,7 @@ pub fn synthetic_bundle(n: usize) -> Synthetic {
             signing_key: keys::public_hex(&signing.verifying_key()),
             transport_key: keys::public_hex(&keys::generate().verifying_key()),
             address: "127.0.0.1:7400".into(),
+            retired: false,
         })
         .expect("valid office");
     roster.serial = 1;

@@ -34,6 +34,7 @@ fn endpoints(n: usize) -> Result<Vec<Endpoint>, String> {
                 signing_key: keys::public_hex(&keys::generate().verifying_key()),
                 transport_key: keys::public_hex(&t.verifying_key()),
                 address: "127.0.0.1:9".into(),
+                retired: false,
             })
             .map_err(err)?;
     }

@@ -57,6 +57,19 @@ pub struct OfficeEntry {
     pub transport_key: String,
     /// `ip:port` the office listens on for QUIC.
     pub address: String,
+    /// A retired office (`consentctl roster retire`) is no longer a peer: no session is accepted
+    /// from it or dialed to it, and no checkpoint of it newer than the one an office holds is
+    /// taken. Its keys still verify everything it signed (envelopes, tombstones, checkpoints,
+    /// log leaves), so its records stay readable and changeable at every other office.
+    ///
+    /// Absent means `false` and `false` is never serialised, so the signed bytes of every roster
+    /// without a retired office are exactly those of a roster written before this field existed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retired: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -75,6 +88,8 @@ pub struct Office {
     pub signing_key: VerifyingKey,
     pub transport_key: VerifyingKey,
     pub address: SocketAddr,
+    /// See [`OfficeEntry::retired`].
+    pub retired: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +121,12 @@ pub enum RosterError {
         address: String,
         reason: String,
     },
+
+    #[error("office {id} is not in the roster")]
+    UnknownOffice { id: String },
+
+    #[error("office {id} is already retired in this roster")]
+    AlreadyRetired { id: String },
 
     #[error("office id {id} appears more than once in the roster")]
     DuplicateOffice { id: String },
@@ -180,6 +201,22 @@ impl Roster {
             self.offices.pop();
         }
         checked
+    }
+
+    /// Marks office `id` retired (see [`OfficeEntry::retired`]) and bumps `serial`: a retired
+    /// office stays listed, so what it signed still verifies, but is no longer a peer.
+    pub fn retire_office(&mut self, id: &str) -> Result<(), RosterError> {
+        let entry = self
+            .offices
+            .iter_mut()
+            .find(|o| o.id == id)
+            .ok_or_else(|| RosterError::UnknownOffice { id: id.to_string() })?;
+        if entry.retired {
+            return Err(RosterError::AlreadyRetired { id: id.to_string() });
+        }
+        entry.retired = true;
+        self.serial += 1;
+        Ok(())
     }
 
     /// The exact bytes the root key signs (see the module docs for why they are canonical).
@@ -414,9 +451,15 @@ impl VerifiedRoster {
         self.offices.get(usize::from(index))
     }
 
-    /// Offices in roster order.
+    /// Offices in roster order, retired ones included (their keys still verify what they
+    /// signed).
     pub fn offices(&self) -> impl Iterator<Item = &Office> {
         self.offices.iter()
+    }
+
+    /// Whether office `id` is listed and retired: no longer a peer (see [`OfficeEntry::retired`]).
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.office(id).is_some_and(|o| o.retired)
     }
 }
 
@@ -527,6 +570,7 @@ fn parse_entry(entry: &OfficeEntry) -> Result<Office, RosterError> {
         signing_key,
         transport_key,
         address,
+        retired: entry.retired,
     })
 }
 
@@ -543,6 +587,7 @@ pub(crate) mod tests {
             signing_key: public_hex(&signing.verifying_key()),
             transport_key: public_hex(&generate().verifying_key()),
             address: format!("127.0.0.1:{port}"),
+            retired: false,
         };
         (entry, signing)
     }
@@ -849,6 +894,7 @@ pub(crate) mod tests {
                 signing_key: "aa".into(),
                 transport_key: "bb".into(),
                 address: "127.0.0.1:1".into(),
+                retired: false,
             }],
         };
         assert_eq!(
@@ -857,6 +903,126 @@ pub(crate) mod tests {
              \"jurisdiction\":\"US-CA\",\"signing_key\":\"aa\",\"transport_key\":\"bb\",\
              \"address\":\"127.0.0.1:1\"}]}"
         );
+    }
+
+    #[test]
+    fn canonical_bytes_of_a_retired_office_are_pinned() {
+        let roster = Roster {
+            network: "n".into(),
+            serial: 8,
+            offices: vec![OfficeEntry {
+                id: "nl".into(),
+                jurisdiction: "NL".into(),
+                signing_key: "aa".into(),
+                transport_key: "bb".into(),
+                address: "127.0.0.1:1".into(),
+                retired: true,
+            }],
+        };
+        assert_eq!(
+            String::from_utf8(roster.signing_bytes()).unwrap(),
+            "consentd/roster/v1\n{\"network\":\"n\",\"serial\":8,\"offices\":[{\"id\":\"nl\",\
+             \"jurisdiction\":\"NL\",\"signing_key\":\"aa\",\"transport_key\":\"bb\",\
+             \"address\":\"127.0.0.1:1\",\"retired\":true}]}"
+        );
+    }
+
+    /// A roster signed by a build without `retired` (its bytes written out here by hand, not by
+    /// this build's serializer) still loads, verifies and lists every office as active.
+    #[test]
+    fn a_roster_signed_before_retirement_existed_still_verifies() {
+        let root = generate();
+        let (us, _) = entry("us", "US", 7000);
+        let (de, _) = entry("de", "DE", 7001);
+        let office = |e: &OfficeEntry| {
+            format!(
+                "{{\"id\":\"{}\",\"jurisdiction\":\"{}\",\"signing_key\":\"{}\",\"transport_key\":\"{}\",\"address\":\"{}\"}}",
+                e.id, e.jurisdiction, e.signing_key, e.transport_key, e.address
+            )
+        };
+        let old_json = format!(
+            "{{\"network\":\"test-net\",\"serial\":3,\"offices\":[{},{}]}}",
+            office(&us),
+            office(&de)
+        );
+        let mut signed_bytes = ROSTER_SIGN_DOMAIN.to_vec();
+        signed_bytes.extend_from_slice(old_json.as_bytes());
+        let signature = hex::encode(root.sign(&signed_bytes).to_bytes());
+        // As the old build saved it: pretty-printed, no `retired` anywhere.
+        let file = serde_json::to_string_pretty(&serde_json::json!({
+            "roster": serde_json::from_str::<serde_json::Value>(&old_json).unwrap(),
+            "signature": signature,
+        }))
+        .unwrap();
+        assert!(!file.contains("retired"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roster.json");
+        std::fs::write(&path, file).unwrap();
+
+        let loaded = SignedRoster::load(&path).unwrap();
+        assert_eq!(loaded.roster.signing_bytes(), signed_bytes);
+        let verified = loaded.verify(&root.verifying_key()).unwrap();
+        assert!(verified.offices().all(|o| !o.retired));
+        assert!(!verified.is_retired("de"));
+        // Saved again by this build, it still has no `retired` and still verifies.
+        verified.to_signed().save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("retired"));
+        SignedRoster::load(&path)
+            .unwrap()
+            .verify(&root.verifying_key())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_retired_office_is_signed_for_and_still_verifies_what_it_signed() {
+        let root = generate();
+        let (mut roster, keys) = roster_with(&["de", "nl"]);
+        let serial = roster.serial;
+        roster.retire_office("nl").unwrap();
+        assert_eq!(roster.serial, serial + 1, "retiring is a new roster version");
+        assert!(roster.offices[1].retired && !roster.offices[0].retired);
+        assert!(matches!(
+            roster.clone().retire_office("nl"),
+            Err(RosterError::AlreadyRetired { .. })
+        ));
+        assert!(matches!(
+            roster.clone().retire_office("sg"),
+            Err(RosterError::UnknownOffice { .. })
+        ));
+
+        let signed = roster.sign(&root).unwrap();
+        let verified = signed.clone().verify(&root.verifying_key()).unwrap();
+        assert!(verified.is_retired("nl"));
+        assert!(!verified.is_retired("de"));
+        assert!(!verified.is_retired("sg"));
+        // Its signing key still names it, by id, by signer and by position.
+        let nl = verified
+            .office_by_signer(&keys[1].verifying_key().to_bytes())
+            .unwrap();
+        assert_eq!(nl.id, "nl");
+        assert!(nl.retired);
+        assert_eq!(verified.index_of("nl"), Some(1));
+
+        // The flag is signed: clearing it (re-admitting the office) breaks the signature.
+        let mut readmitted = signed.clone();
+        readmitted.roster.offices[1].retired = false;
+        assert!(matches!(
+            readmitted.verify(&root.verifying_key()),
+            Err(RosterError::BadSignature { .. })
+        ));
+
+        // It survives a save and a load.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roster.json");
+        signed.save(&path).unwrap();
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"retired\": true"));
+        let loaded = SignedRoster::load(&path)
+            .unwrap()
+            .verify(&root.verifying_key())
+            .unwrap();
+        assert!(loaded.is_retired("nl"));
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub enum TransportError {
     #[error("office {0} is not in the roster")]
     UnknownOffice(String),
 
+    #[error("office {0} is retired in the roster (roster serial {1}): a retired office is no longer a peer")]
+    Retired(String, u64),
+
     #[error(
         "this office's transport key does not match the roster's transport key for office {0}"
     )]
@@ -316,11 +319,26 @@ impl ClientCertVerifier for RosterClients {
                 hex::encode(key)
             )));
         }
-        if office_by_transport_key(&self.roster, &key).is_none() {
-            return Err(refuse(format!(
-                "client transport key {} is not in the roster",
-                hex::encode(key)
-            )));
+        match self
+            .roster
+            .offices()
+            .find(|o| o.transport_key.as_bytes() == &key)
+        {
+            None => {
+                return Err(refuse(format!(
+                    "client transport key {} is not in the roster",
+                    hex::encode(key)
+                )))
+            }
+            Some(o) if o.retired => {
+                return Err(refuse(format!(
+                    "client transport key {} is office {}'s, which is retired in the roster (serial {}): a retired office is no longer a peer",
+                    hex::encode(key),
+                    o.id,
+                    self.roster.roster().serial
+                )))
+            }
+            Some(_) => {}
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -352,11 +370,11 @@ impl ClientCertVerifier for RosterClients {
     }
 }
 
-/// The office whose roster transport key is `key`.
+/// The office, not retired, whose roster transport key is `key`.
 pub fn office_by_transport_key(roster: &VerifiedRoster, key: &[u8; 32]) -> Option<String> {
     roster
         .offices()
-        .find(|o| o.transport_key.as_bytes() == key)
+        .find(|o| !o.retired && o.transport_key.as_bytes() == key)
         .map(|o| o.id.clone())
 }
 
@@ -442,6 +460,12 @@ impl Endpoint {
         if entry.transport_key != transport_key.verifying_key() {
             return Err(TransportError::OwnKeyMismatch(office.to_string()));
         }
+        if entry.retired {
+            return Err(TransportError::Retired(
+                office.to_string(),
+                roster.roster().serial,
+            ));
+        }
         let provider = provider();
         let certified = certified_key(transport_key, &provider)?;
         let verifier = Arc::new(RosterClients {
@@ -501,12 +525,17 @@ impl Endpoint {
     /// Dials office `peer` at `addr` (tests, or an address override); the server must still
     /// present `peer`'s roster transport key.
     pub async fn connect_addr(&self, peer: &str, addr: SocketAddr) -> Result<Link, TransportError> {
-        let expected = self
+        let entry = self
             .roster
             .office(peer)
-            .ok_or_else(|| TransportError::UnknownOffice(peer.to_string()))?
-            .transport_key
-            .to_bytes();
+            .ok_or_else(|| TransportError::UnknownOffice(peer.to_string()))?;
+        if entry.retired {
+            return Err(TransportError::Retired(
+                peer.to_string(),
+                self.roster.roster().serial,
+            ));
+        }
+        let expected = entry.transport_key.to_bytes();
         let verifier = Arc::new(PinnedServer {
             office: peer.to_string(),
             expected,

@@ -71,6 +71,7 @@ fn make_net(rng: &mut StdRng) -> Net {
                 signing_key: hex::encode(signing.verifying_key().as_bytes()),
                 transport_key: hex::encode(transport.verifying_key().as_bytes()),
                 address: format!("127.0.0.1:{}", 7000 + i),
+                retired: false,
             })
             .unwrap();
         keys.push(signing);

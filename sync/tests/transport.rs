@@ -34,6 +34,7 @@ fn roster(ids: &[&str], offices: &[Office], root: &SigningKey) -> Arc<VerifiedRo
             signing_key: hex::encode(o.signing.verifying_key().as_bytes()),
             transport_key: hex::encode(o.transport.verifying_key().as_bytes()),
             address: format!("127.0.0.1:{}", 9000 + i),
+            retired: false,
         })
         .unwrap();
     }

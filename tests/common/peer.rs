@@ -165,6 +165,7 @@ pub fn stranger_roster(dir: &Path, claim: &str) -> (Arc<VerifiedRoster>, Signing
             signing_key: hex::encode(o.signing_key.as_bytes()),
             transport_key: hex::encode(transport.as_bytes()),
             address: o.address.to_string(),
+            retired: false,
         })
         .unwrap();
     }
