@@ -365,10 +365,18 @@ fn claim_roster(
             std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|t| t.parse::<u64>().ok())
-                .ok_or_else(|| fail("data directory: meta roster_serial is not a number".to_string()))?,
+                .ok_or_else(|| {
+                    fail("data directory: meta roster_serial is not a number".to_string())
+                })?,
         ),
         None => None,
     };
+    let rollback = held_serial.is_some_and(|held| serial < held);
+    if let Some(held) = held_serial.filter(|_| rollback && !config.allow_roster_rollback) {
+        return Err(fail(format!(
+            "roster {path} has serial {serial}, older than serial {held} this office has run with: install the newest signed roster (or, for a deliberate rollback, set allow_roster_rollback = true in the config)"
+        )));
+    }
     let held_offices = meta(META_ROSTER_OFFICES)?.unwrap_or_default();
     let held_offices = String::from_utf8_lossy(&held_offices);
     for line in held_offices.lines() {
@@ -391,16 +399,13 @@ fn claim_roster(
             Some(_) => {}
         }
     }
-    if let Some(held) = held_serial {
-        if serial < held {
-            if !config.allow_roster_rollback {
-                return Err(fail(format!(
-                    "roster {path} has serial {serial}, older than serial {held} this office has run with: install the newest signed roster (or, for a deliberate rollback, set allow_roster_rollback = true in the config)"
-                )));
-            }
-            tracing::warn!(serial, held, "starting on an older roster: allow_roster_rollback is set");
-            return Ok(());
-        }
+    if rollback {
+        tracing::warn!(
+            serial,
+            held = held_serial,
+            "starting on an older roster: allow_roster_rollback is set"
+        );
+        return Ok(());
     }
     let offices: String = roster
         .offices()

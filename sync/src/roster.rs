@@ -979,7 +979,11 @@ pub(crate) mod tests {
         let (mut roster, keys) = roster_with(&["de", "nl"]);
         let serial = roster.serial;
         roster.retire_office("nl").unwrap();
-        assert_eq!(roster.serial, serial + 1, "retiring is a new roster version");
+        assert_eq!(
+            roster.serial,
+            serial + 1,
+            "retiring is a new roster version"
+        );
         assert!(roster.offices[1].retired && !roster.offices[0].retired);
         assert!(matches!(
             roster.clone().retire_office("nl"),
