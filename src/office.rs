@@ -3544,7 +3544,7 @@ mod tests {
     ) -> Vec<(DocId, usize, usize)> {
         let token = office
             .hasher
-            .consent_token(&parse_subject(subject).unwrap(), purpose);
+            .consent_token(&office.input_subject(subject).unwrap(), purpose);
         let mut records: Vec<_> = office
             .store
             .projections_by_key(&token)

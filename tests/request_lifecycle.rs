@@ -267,7 +267,10 @@ fn uk_identity_received_restarts_the_clock() {
     );
     // Explained as announced when it was (it said the day the identity arrived).
     let explanation = got["due_explanation"].as_str().unwrap();
-    assert!(explanation.contains("announced 2026-04-05"), "{explanation}");
+    assert!(
+        explanation.contains("announced 2026-04-05"),
+        "{explanation}"
+    );
 
     // While a UK request waits for the person's identity its clock is stopped: neither overdue
     // nor due soon (it was listed OVERDUE; found by an exploratory session).

@@ -178,6 +178,8 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
     let mut late = Vec::new();
     let mut still_held = Vec::new();
     let mut unreadable = 0u64;
+    // Retention days are UTC dates, as the pass counts them (`retention::pass`).
+    let retention_today = as_of.date_naive();
     // Legal dates are each jurisdiction's local dates (src/clock.rs `ZONES`); one without a
     // zone of its own takes its office's default zone (the office's `[clock] time_zone` is not
     // in the bundle). They were UTC dates.
@@ -338,7 +340,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
         // Every other rule of the schedule, for a record the two checks above did not report
         // (and not one a tombstone deleted, reported as still held).
         if retention.len() == reported && !tombstoned.contains(doc) {
-            if let Some((day, rule)) = past_schedule(&record, today) {
+            if let Some((day, rule)) = past_schedule(&record, retention_today) {
                 retention.push((
                     subject,
                     Finding {
