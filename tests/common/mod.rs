@@ -285,3 +285,15 @@ pub fn occurrences_under(dir: &Path, needle: &[u8]) -> usize {
     count
 }
 pub mod audit;
+
+/// The records a `retention run` answer says it deleted, but the transfer records (replication's
+/// signed transfer events, 12 months: `retention/transfer-other`, `sms-voice`, `refusal`): how
+/// many of those a sync leaves depends on how its moves were batched, and since each is made
+/// durable before its records leave, they are there by the time offices have converged.
+pub fn deleted_besides_transfer_records(run: &Value) -> u64 {
+    let transfers: u64 = ["transfer-other", "sms-voice", "refusal"]
+        .iter()
+        .filter_map(|rule| run["by_reason"][format!("retention/{rule}")].as_u64())
+        .sum();
+    run["deleted"].as_u64().expect("a retention run answer") - transfers
+}
