@@ -43,6 +43,16 @@
 //! snapshots of the data directory keep what they copied; swap may hold keys. Put the data
 //! directory on an encrypted volume for defence in depth.
 //!
+//! **A destroyed key never comes back.** The batch that destroys keys also writes each
+//! destroyed key's id to meta ([`KeyStore::destroyed_entry`], `key_destroyed/v1/<id>`, empty
+//! value): one entry of about 35 bytes per key ever destroyed, which grows with the deletions
+//! and is never pruned (a million erased subjects: about 35 MB of meta). A peer that still
+//! holds the key (or took a copy before the erasure) and offers it again is refused
+//! ([`KeyStore::was_destroyed`], checked by replication before a received key is held, and
+//! again by [`KeyStore::hold_received`]): records sealed under it stay unreadable here. Found
+//! by an exploratory session: a roster office pushed an erased subject's key with a record
+//! sealed under it, and the erased grant was readable again at every office.
+//!
 //! Replication hook: records sealed here must stay readable at the other offices allowed to
 //! hold them, so a subject key has to travel with its subject's records (over the authenticated
 //! peer channel, never in an envelope or a bundle). [`KeyStore::key`] gives the plain key to
@@ -74,6 +84,9 @@ pub const WRAPPED_BYTES: usize = 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES;
 pub const META_KEK_GENERATION: &str = "kek_generation";
 /// Meta key: the KEK generation a key destruction made due for rotation (module docs).
 pub const META_KEK_ROTATION_DUE: &str = "kek_rotation_due";
+/// Meta key prefix of a destroyed subject key's id (`<prefix><hex id>`, empty value; module
+/// docs): one entry per key ever destroyed here.
+pub const META_KEY_DESTROYED_PREFIX: &str = "key_destroyed/v1/";
 /// Keys re-wrapped per durable commit during a rotation.
 pub const REWRAP_PAGE: usize = 4096;
 /// Most unwrapped subject keys kept in memory; beyond it the cache is cleared (keys are
@@ -115,6 +128,9 @@ pub enum KeyError {
     /// The record's key was destroyed (the record was erased) or never reached this office.
     #[error("the key of a sealed field is not held here (erased, or not yet received)")]
     Missing,
+    /// A peer offered a subject key this office destroyed (module docs).
+    #[error("a subject key this office destroyed was received again; refused")]
+    Destroyed,
 }
 
 type Result<T, E = KeyError> = std::result::Result<T, E>;
@@ -155,6 +171,10 @@ fn owner_hash(domain: &[u8], subject_token: &[u8; 32], class: KeyClass) -> [u8; 
     h.update(subject_token);
     h.update([class as u8]);
     h.finalize().into()
+}
+
+fn destroyed_meta_key(id: &KeyId) -> String {
+    format!("{META_KEY_DESTROYED_PREFIX}{}", hex::encode(id))
 }
 
 fn kek_path(dir: &Path, generation: u64) -> PathBuf {
@@ -465,9 +485,26 @@ impl KeyStore {
 
     /// Holds a subject key received from a peer in memory, so the records it arrived with can
     /// be opened before the batch that stores it (wrapped, via [`KeyStore::wrap_for_store`]) is
-    /// durable. [`KeyStore::forget`] drops it again.
-    pub fn hold_received(&self, id: KeyId, key: &[u8; KEY_BYTES]) {
+    /// durable. [`KeyStore::forget`] drops it again. A key this office destroyed is refused
+    /// ([`KeyError::Destroyed`]): what it seals stays unreadable here.
+    pub fn hold_received(&self, id: KeyId, key: &[u8; KEY_BYTES]) -> Result<()> {
+        if self.was_destroyed(&id)? {
+            return Err(KeyError::Destroyed);
+        }
         self.remember(id, key);
+        Ok(())
+    }
+
+    /// The meta entry that remembers `id` as destroyed, for the batch that deletes the key
+    /// (module docs).
+    pub fn destroyed_entry(id: &KeyId) -> (String, Vec<u8>) {
+        (destroyed_meta_key(id), Vec::new())
+    }
+
+    /// Whether this office destroyed the subject key `id` (an erasure or a retention pass
+    /// deleted every record here sealed under it).
+    pub fn was_destroyed(&self, id: &KeyId) -> Result<bool> {
+        Ok(self.store.meta(&destroyed_meta_key(id))?.is_some())
     }
 
     fn remember(&self, id: KeyId, key: &[u8; KEY_BYTES]) {
@@ -914,7 +951,7 @@ mod tests {
             let mut id = [0u8; 16];
             id[..4].copy_from_slice(&i.to_le_bytes());
             id[15] = i as u8;
-            ks.hold_received(id, &[9u8; KEY_BYTES]);
+            ks.hold_received(id, &[9u8; KEY_BYTES]).unwrap();
             last = id;
         }
         let cached: usize = ks.cache.iter().map(|c| lock(c).len()).sum();

@@ -3151,6 +3151,17 @@ impl Local for View<'_> {
             SetKind::Keys => {
                 let (id, _) =
                     parse_key_blob(blob).ok_or_else(|| "malformed subject key".to_string())?;
+                // A key an erasure or a retention pass destroyed here stays destroyed: whoever
+                // offers it again (a peer that kept a copy) is refused (keystore.rs).
+                let destroyed = self.rep.office.keys.was_destroyed(&id).map_err(|e| {
+                    format!("subject key {}: cannot tell whether it was destroyed here: {e}", hex::encode(id))
+                })?;
+                if destroyed {
+                    return Err(format!(
+                        "subject key {} was destroyed here (an erasure or a retention pass): refused",
+                        hex::encode(id)
+                    ));
+                }
                 Ok(BlobInfo {
                     item: key_item(&id),
                     office: String::new(),
@@ -3313,12 +3324,23 @@ mod tests {
         rt: &tokio::runtime::Runtime,
         subject: &str,
     ) -> (DocId, Vec<VerifiedEnvelope>, (KeyId, Zeroizing<[u8; 32]>)) {
+        granted_at_nl_for(de, nl, rt, subject, "marketing")
+    }
+
+    /// [`granted_at_nl`] for `purpose`.
+    fn granted_at_nl_for(
+        de: &crate::daemon::Prepared,
+        nl: &crate::daemon::Prepared,
+        rt: &tokio::runtime::Runtime,
+        subject: &str,
+        purpose: &str,
+    ) -> (DocId, Vec<VerifiedEnvelope>, (KeyId, Zeroizing<[u8; 32]>)) {
         let answer = rt
             .block_on(
                 nl.office
                     .execute(Request::ConsentGrant(protocol::ConsentGrant {
                         evidence: Some("web form v3".into()),
-                        ..protocol::ConsentGrant::new(subject, "marketing", "consent")
+                        ..protocol::ConsentGrant::new(subject, purpose, "consent")
                     })),
             )
             .unwrap();
@@ -3381,6 +3403,64 @@ mod tests {
         assert!(
             wanted.has_changed().unwrap(),
             "a pending record asks for a round"
+        );
+    }
+
+    /// A subject key a deletion destroyed here is refused when a peer offers it again, and a
+    /// record sealed under it stays unreadable (pending). Found by an exploratory session: an
+    /// office that kept an erased subject's key pushed it with a record sealed under it, and
+    /// the erased grant was readable again at every office.
+    #[test]
+    fn a_subject_key_destroyed_here_is_refused_when_offered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        let rep = replicator(&de);
+        let (doc, envelopes, (kid, key)) = granted_at_nl(&de, &nl, &rt, "erin@example.com");
+        let heads: Vec<[u8; 32]> = envelopes.iter().map(VerifiedEnvelope::hash).collect();
+        let received: HashMap<KeyId, Zeroizing<[u8; 32]>> = [(kid, key.clone())].into();
+        rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
+        assert!(de.office.read_record(&doc).unwrap().is_some());
+        // An erasure reaches de: the record goes, and the key no record here uses any more.
+        let t = Tombstone::sign(
+            doc,
+            heads,
+            tombstone::Reason::Erasure,
+            "request/erasure",
+            unix_s_now(),
+            nl.office.signing_key(),
+        )
+        .unwrap();
+        rt.block_on(
+            de.office
+                .apply_remote_tombstones(vec![(doc, t.hash(), t.encode())]),
+        )
+        .unwrap();
+        assert!(de.office.keys.key(&kid).is_err(), "destroyed");
+        assert!(de.office.keys.was_destroyed(&kid).unwrap(), "remembered");
+
+        // nl kept the key: it offers it again, and a new record sealed under it.
+        let (again, envelopes, (same, _)) =
+            granted_at_nl_for(&de, &nl, &rt, "erin@example.com", "sales");
+        assert_eq!(same, kid, "the subject's key at nl seals the new record too");
+        let refused = {
+            let sets = lock(&rep.sets);
+            rep.view(&sets)
+                .verify_blob(SetKind::Keys, &key_blob(&kid, &key))
+        };
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("destroyed here")),
+            "{refused:?}"
+        );
+        // Even if it were held in memory (received before the destruction), ingest refuses it.
+        let report = rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
+        assert_eq!(report.pending, 1);
+        assert!(de.office.read_record(&again).unwrap().is_none(), "unreadable");
+        assert!(de.office.keys.key(&kid).is_err(), "still destroyed");
+        let subject = crate::subject::Subject::parse("erin@example.com").unwrap();
+        let token = de.office.hasher.subject_token(&subject);
+        assert!(
+            de.office.records_by_key(&token).unwrap().is_empty(),
+            "nothing of the subject reads here"
         );
     }
 

@@ -422,15 +422,14 @@ impl Office {
         }
         let record = Record::from_value(value)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
-        // The key sealing the record: held here already, or arriving with it.
+        // The key sealing the record: held here already, or arriving with it. A key this
+        // office destroyed is refused (`KeyStore::hold_received`): the record waits for a key
+        // that never comes, unreadable as its erased predecessors are.
         let kid = sealed::record_key_id(&record);
         let arriving = match kid {
             Some(k) if self.keys.key(&k).is_err() => match received.get(&k) {
-                Some(key) => {
-                    self.keys.hold_received(k, key);
-                    Some((k, key))
-                }
-                None => {
+                Some(key) if self.keys.hold_received(k, key).is_ok() => Some((k, key)),
+                _ => {
                     report.pending += 1;
                     batch.updates.push(pending(new, Some(k)));
                     return Ok(());

@@ -639,6 +639,8 @@ fn unused_keys(
             for id in office.keys.keys_of(&owner)? {
                 if !in_use.contains(&id) {
                     batch.key_deletes.push((owner, id));
+                    // Remembered in the same batch: a peer that offers it again is refused.
+                    batch.meta.push(keystore::KeyStore::destroyed_entry(&id));
                     ids.push(id);
                 }
             }
