@@ -2764,9 +2764,15 @@ impl Replicator {
             .await
             .map_err(|e| format!("cannot store envelopes from {peer}: {e}"))?;
         self.settle_pending(peer, &received, &mut report).await?;
+        // Refused records: reported as the session reports what fails verification, and
+        // acknowledged like them (a push is not sent again; a round offers them again later).
+        for reason in &report.rejected {
+            tracing::warn!(peer = %peer, set = SetKind::Envelopes.name(), reason = %reason, "rejected replicated item");
+        }
         self.set_status(peer, |s| {
             s.stored += report.stored as u64;
             s.dropped_ingest += report.tombstoned as u64;
+            s.rejected += report.rejected.len() as u64;
         });
         Ok(())
     }
@@ -3462,6 +3468,83 @@ mod tests {
             de.office.records_by_key(&token).unwrap().is_empty(),
             "nothing of the subject reads here"
         );
+    }
+
+    /// nl's grant of `subject`, authored again as a first change nl signs with `edits` merged
+    /// into its root (a `null` removes the field), under a new record id: what a roster office
+    /// holding nl's keys can push. Returns the record and its envelope as de verifies it.
+    fn resigned_at_nl(
+        de: &crate::daemon::Prepared,
+        nl: &crate::daemon::Prepared,
+        rt: &tokio::runtime::Runtime,
+        subject: &str,
+        edits: Value,
+    ) -> (DocId, VerifiedEnvelope, (KeyId, Zeroizing<[u8; 32]>)) {
+        let (_, envelopes, key) = granted_at_nl(de, nl, rt, subject);
+        let mut root =
+            consentd_sync::first_change::new_document(&envelopes[0].envelope().change).unwrap();
+        let doc: DocId = crate::office::time_ordered_id();
+        root.insert("id".into(), Value::String(hex::encode(doc)));
+        for (k, v) in edits.as_object().unwrap() {
+            if v.is_null() {
+                root.remove(k);
+            } else {
+                root.insert(k.clone(), v.clone());
+            }
+        }
+        let signing = nl.office.signing_key();
+        let actor = consentd_sync::envelope::actor_for(
+            &signing.verifying_key(),
+            consentd_sync::envelope::new_incarnation(),
+        );
+        let authored =
+            consentd_sync::authoring::first_change(&actor.to_bytes(), unix_s_now(), &root)
+                .unwrap();
+        let env = consentd_sync::envelope::sign_authored(doc, authored, signing);
+        let verified = consentd_sync::envelope::verify(env, &de.roster).unwrap();
+        (doc, verified, key)
+    }
+
+    /// One envelope batch of a peer's.
+    fn batch_of(envelopes: Vec<VerifiedEnvelope>) -> StoreBatch {
+        StoreBatch {
+            id: 0,
+            set: SetKind::Envelopes,
+            envelopes,
+            blobs: Vec::new(),
+            log: None,
+        }
+    }
+
+    fn rejected_from(rep: &Replicator, peer: &str) -> u64 {
+        lock(&rep.status).get(peer).map_or(0, |s| s.rejected)
+    }
+
+    /// A record's origin is the office that signed its first change: a record nl signed that
+    /// names de as its office is refused (logged, counted), not stored as de's. Found by an
+    /// exploratory session: cn re-signed a consent record with `"office":"de"`, and de relayed
+    /// it to uk and us, though cn's records stay in China.
+    #[test]
+    fn a_record_naming_another_office_than_its_first_signer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        let rep = replicator(&de);
+        let (doc, env, (kid, key)) =
+            resigned_at_nl(&de, &nl, &rt, "wang@example.com", json!({"office": "de"}));
+        Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
+        rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
+            .unwrap();
+        assert!(de.office.store().projection(&doc).unwrap().is_none(), "not stored");
+        assert_eq!(rejected_from(&rep, "nl"), 1);
+
+        // The same record naming nl, its signer, is nl's record.
+        let (doc, env, (kid, key)) =
+            resigned_at_nl(&de, &nl, &rt, "li@example.com", json!({"office": "nl"}));
+        Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
+        rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
+            .unwrap();
+        assert!(de.office.read_record(&doc).unwrap().is_some(), "stored");
+        assert_eq!(rejected_from(&rep, "nl"), 1);
     }
 
     /// A write holds the keys shared (`KeyStore::using`) from choosing its keys to its durable

@@ -15,6 +15,16 @@
 //! they seal, [`Office::reopen_pending`]). The next ingest that completes it makes it a record
 //! like any other. A record a tombstone deletes is
 //! never stored again (the store drops it inside the transaction; it is counted here).
+//!
+//! A record's origin is the office that signed its first change (the change without
+//! dependencies), and the record's `office` field must name it: a roster office re-signed
+//! another office's record as its own creation with `"office":"de"`, and de relayed it
+//! wherever de's records go, though the signer's records must stay in China (found by an
+//! exploratory session). Every office writes its own id there when it creates a record (a
+//! resident office's hold copies too: their `origin` names the office whose data they are,
+//! their `office` the office that wrote them), and no later change writes it. So a record whose
+//! first change another office signed, or a change that names another office, is rejected
+//! whole: none of its new envelopes is stored ([`IngestReport::rejected`]).
 
 use super::{doc_lock_key, Office, OfficeError, Result};
 use crate::keystore::{self, KeyClass};
@@ -64,6 +74,10 @@ pub struct IngestReport {
     pub records: usize,
     /// Subject keys stored by this ingest.
     pub keys: usize,
+    /// Records whose new envelopes were refused, none of them stored: why, naming the record
+    /// and offices only (no personal data). The caller logs and counts each, and acknowledges
+    /// them as processed (docs/sync-protocol.md, "Verification").
+    pub rejected: Vec<String>,
 }
 
 impl IngestReport {
@@ -75,6 +89,7 @@ impl IngestReport {
         self.tombstoned += part.tombstoned;
         self.pending += part.pending;
         self.records += part.records;
+        self.rejected.extend(part.rejected.iter().cloned());
     }
 }
 
@@ -368,6 +383,14 @@ impl Office {
                 return Ok(());
             }
         }
+        // The offices that signed the record's first change(s) among the new envelopes, and
+        // the office the record named before them (its origin, checked when it arrived).
+        let first_signers: Vec<String> = changes
+            .iter()
+            .filter(|e| e.is_first())
+            .map(|e| e.office().to_string())
+            .collect();
+        let office_before = history.as_ref().and_then(|d| root_string(d, "office"));
         // A record arriving whole, as its one creating change (a cold sync's usual case), is
         // read straight from the change; anything else is merged by Automerge. Either way the
         // record is what the document says (first_change's contract, asserted in debug builds).
@@ -396,7 +419,7 @@ impl Office {
                 (doc_names(&doc), doc_value(&doc))
             }
         };
-        report.stored += new.len();
+        let stored = new.len();
         // A pending record's projection says what it waits for (see the module docs).
         let pending = |new, waiting_for: Option<KeyId>| RecordUpdate {
             doc_id: id,
@@ -408,6 +431,7 @@ impl Office {
         };
         match name {
             None => {
+                report.stored += stored;
                 report.pending += 1;
                 batch.updates.push(pending(new, None));
                 return Ok(());
@@ -422,6 +446,11 @@ impl Office {
         }
         let record = Record::from_value(value)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
+        if let Some(reason) = foreign_origin(&id, &record, &first_signers, office_before) {
+            report.rejected.push(reason);
+            return Ok(());
+        }
+        report.stored += stored;
         // The key sealing the record: held here already, or arriving with it. A key this
         // office destroyed is refused (`KeyStore::hold_received`): the record waits for a key
         // that never comes, unreadable as its erased predecessors are.
@@ -503,5 +532,51 @@ impl Office {
             }
         }
         Ok(out.into_iter().collect())
+    }
+}
+
+/// The string at `field` of a document's root, if any.
+fn root_string(doc: &Automerge, field: &str) -> Option<String> {
+    use automerge::ReadDoc;
+    match doc.get(automerge::ROOT, field).ok()?? {
+        (automerge::Value::Scalar(s), _) => match s.as_ref() {
+            automerge::ScalarValue::Str(text) => Some(text.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The office a record names as the one that wrote it (its `office` field).
+fn record_office(record: &Record) -> &str {
+    match record {
+        Record::Consent(c) => &c.office,
+        Record::Request(r) => &r.office,
+        Record::Transfer(t) => &t.office,
+        Record::Hold(h) => &h.office,
+    }
+}
+
+/// Why `record` (merged with new envelopes whose first changes `first_signers` signed; it named
+/// `office_before` before them) is refused as another office's record, if it is (module docs).
+fn foreign_origin(
+    id: &DocId,
+    record: &Record,
+    first_signers: &[String],
+    office_before: Option<String>,
+) -> Option<String> {
+    let office = record_office(record);
+    if let Some(signer) = first_signers.iter().find(|s| *s != office) {
+        return Some(format!(
+            "record {}: its first change is signed by office {signer}, but the record names office {office:?} as its origin",
+            doc_id_hex(id)
+        ));
+    }
+    match office_before {
+        Some(before) if before != office => Some(format!(
+            "record {}: a change names office {office:?} as the origin of office {before}'s record",
+            doc_id_hex(id)
+        )),
+        _ => None,
     }
 }
