@@ -3179,6 +3179,14 @@ impl Local for View<'_> {
                 // Dated in this office's future: signed by an office whose clock runs ahead (a
                 // relay passes it on), whose retention pass deleted what is due only then.
                 let ahead_s = t.time.saturating_sub(unix_s_now());
+                // And dated before 1970: nothing an office records happened before (local
+                // times have the same floor, `office::event_time`); i64::MIN was accepted.
+                if t.time < 0 {
+                    return Err(format!(
+                        "a tombstone dated {} s before 1970-01-01: no office deleted anything then",
+                        t.time.unsigned_abs()
+                    ));
+                }
                 if ahead_s > CLOCK_SKEW_MAX.as_secs() as i64 {
                     return Err(format!(
                         "a tombstone dated {ahead_s} s ahead of this office's clock (at most {} s): its signer's clock runs ahead, and it would delete now what is due only then",
@@ -3470,28 +3478,22 @@ mod tests {
         );
     }
 
-    /// nl's grant of `subject`, authored again as a first change nl signs with `edits` merged
-    /// into its root (a `null` removes the field), under a new record id: what a roster office
+    /// nl's grant of `subject`, authored again as a first change nl signs with `edit` made to
+    /// its root, under a new record id: what a roster office
     /// holding nl's keys can push. Returns the record and its envelope as de verifies it.
     fn resigned_at_nl(
         de: &crate::daemon::Prepared,
         nl: &crate::daemon::Prepared,
         rt: &tokio::runtime::Runtime,
         subject: &str,
-        edits: Value,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
     ) -> (DocId, VerifiedEnvelope, (KeyId, Zeroizing<[u8; 32]>)) {
         let (_, envelopes, key) = granted_at_nl(de, nl, rt, subject);
         let mut root =
             consentd_sync::first_change::new_document(&envelopes[0].envelope().change).unwrap();
         let doc: DocId = crate::office::time_ordered_id();
         root.insert("id".into(), Value::String(hex::encode(doc)));
-        for (k, v) in edits.as_object().unwrap() {
-            if v.is_null() {
-                root.remove(k);
-            } else {
-                root.insert(k.clone(), v.clone());
-            }
-        }
+        edit(&mut root);
         let signing = nl.office.signing_key();
         let actor = consentd_sync::envelope::actor_for(
             &signing.verifying_key(),
@@ -3530,7 +3532,9 @@ mod tests {
         let (de, nl, rt) = two_offices(dir.path());
         let rep = replicator(&de);
         let (doc, env, (kid, key)) =
-            resigned_at_nl(&de, &nl, &rt, "wang@example.com", json!({"office": "de"}));
+            resigned_at_nl(&de, &nl, &rt, "wang@example.com", |r| {
+                r.insert("office".into(), json!("de"));
+            });
         Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
         rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
             .unwrap();
@@ -3539,12 +3543,72 @@ mod tests {
 
         // The same record naming nl, its signer, is nl's record.
         let (doc, env, (kid, key)) =
-            resigned_at_nl(&de, &nl, &rt, "li@example.com", json!({"office": "nl"}));
+            resigned_at_nl(&de, &nl, &rt, "li@example.com", |_| {});
         Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
         rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
             .unwrap();
         assert!(de.office.read_record(&doc).unwrap().is_some(), "stored");
         assert_eq!(rejected_from(&rep, "nl"), 1);
+    }
+
+    /// A record with an event dated more than `CLOCK_SKEW_MAX` ahead of this office's clock is
+    /// refused (logged, counted), as a tombstone so dated is; and a tombstone dated before 1970
+    /// is refused. Found by an exploratory session: a withdrawal dated 2027-11-30 was stored,
+    /// and a tombstone dated i64::MIN accepted.
+    #[test]
+    fn records_with_events_ahead_of_the_clock_and_tombstones_before_1970_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        let rep = replicator(&de);
+        let dated = |subject: &str, ahead: i64| {
+            resigned_at_nl(&de, &nl, &rt, subject, |r| {
+                let events = r.get_mut("events").unwrap().as_array_mut().unwrap();
+                let mut withdrawal = events[0].clone();
+                withdrawal["action"] = json!("withdraw");
+                withdrawal["at"] = json!(crate::record::fmt_time(
+                    chrono::Utc::now() + chrono::Duration::seconds(ahead)
+                ));
+                events.push(withdrawal);
+            })
+        };
+        let (ahead, env, (kid, key)) = dated("ahead@example.com", 86_400);
+        let (within, env2, (kid2, key2)) = dated("within@example.com", 30);
+        {
+            let mut sets = lock(&rep.sets);
+            Arc::make_mut(&mut sets.received).insert(kid, key);
+            Arc::make_mut(&mut sets.received).insert(kid2, key2);
+        }
+        rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env, env2])]))
+            .unwrap();
+        assert!(de.office.store().projection(&ahead).unwrap().is_none(), "refused");
+        assert!(de.office.read_record(&within).unwrap().is_some(), "within the skew");
+        assert_eq!(rejected_from(&rep, "nl"), 1);
+
+        let sets = lock(&rep.sets);
+        let view = rep.view(&sets);
+        let tombstone = |time: i64| {
+            Tombstone::sign(
+                [1; 16],
+                vec![[2; 32]],
+                tombstone::Reason::Erasure,
+                "request/x",
+                time,
+                nl.office.signing_key(),
+            )
+            .unwrap()
+            .encode()
+        };
+        for time in [i64::MIN, -1] {
+            let refused = view.verify_blob(SetKind::Tombstones, &tombstone(time));
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains("before 1970")),
+                "{time}: {refused:?}"
+            );
+        }
+        assert!(view.verify_blob(SetKind::Tombstones, &tombstone(0)).is_ok());
+        assert!(view
+            .verify_blob(SetKind::Tombstones, &tombstone(unix_s_now()))
+            .is_ok());
     }
 
     /// A write holds the keys shared (`KeyStore::using`) from choosing its keys to its durable

@@ -25,6 +25,13 @@
 //! their `office` the office that wrote them), and no later change writes it. So a record whose
 //! first change another office signed, or a change that names another office, is rejected
 //! whole: none of its new envelopes is stored ([`IngestReport::rejected`]).
+//!
+//! So is a record with an event dated more than [`CLOCK_SKEW_MAX`] (60 s) ahead of this
+//! office's clock (a consent event, a request's receipt or history step, a transfer, a hold's
+//! setting or clearing): this office records nothing in its own future (`event_time`), a
+//! withdrawal dated next year outranks every grant until then, and its signer's clock runs
+//! ahead or it lies (found by an exploratory session). A later round offers it again; once
+//! its time has come it is taken.
 
 use super::{doc_lock_key, Office, OfficeError, Result};
 use crate::keystore::{self, KeyClass};
@@ -33,6 +40,7 @@ use crate::sealed;
 use crate::subject::Subject;
 use automerge::Automerge;
 use consentd_storage::{KeyId, RecordUpdate, WriteBatch};
+use consentd_sync::session::CLOCK_SKEW_MAX;
 use consentd_sync::{first_change, VerifiedEnvelope};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -446,7 +454,9 @@ impl Office {
         }
         let record = Record::from_value(value)
             .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
-        if let Some(reason) = foreign_origin(&id, &record, &first_signers, office_before) {
+        let refused = foreign_origin(&id, &record, &first_signers, office_before)
+            .or_else(|| dated_ahead(&id, &record, chrono::Utc::now()));
+        if let Some(reason) = refused {
             report.rejected.push(reason);
             return Ok(());
         }
@@ -579,4 +589,31 @@ fn foreign_origin(
         )),
         _ => None,
     }
+}
+
+/// Why `record` is refused as dated ahead of this office's clock (`now`), if it is (module
+/// docs). Times that do not parse are left to the record's readers, as before.
+fn dated_ahead(id: &DocId, record: &Record, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let times: Vec<(&str, &str)> = match record {
+        Record::Consent(c) => c.events.iter().map(|e| ("a consent event", e.at.as_str())).collect(),
+        Record::Request(r) => std::iter::once(("the request's receipt", r.received.as_str()))
+            .chain(r.history.iter().map(|h| ("a request history step", h.at.as_str())))
+            .collect(),
+        Record::Transfer(t) => vec![("the transfer", t.at.as_str())],
+        Record::Hold(h) => std::iter::once(("the hold's setting", h.set_at.as_str()))
+            .chain(h.cleared_at.iter().map(|c| ("the hold's clearing", c.as_str())))
+            .collect(),
+    };
+    let skew = chrono::Duration::from_std(CLOCK_SKEW_MAX).expect("60 s");
+    times.into_iter().find_map(|(what, at)| {
+        let t = super::parse_time(at).ok()?;
+        let ahead = (t - now).num_seconds();
+        (t - now > skew).then(|| {
+            format!(
+                "record {}: {what} is dated {ahead} s ahead of this office's clock (at most {} s): its signer's clock runs ahead, or it dates an event that has not happened",
+                doc_id_hex(id),
+                CLOCK_SKEW_MAX.as_secs()
+            )
+        })
+    })
 }
