@@ -3611,6 +3611,37 @@ mod tests {
             .is_ok());
     }
 
+    /// A validly signed envelope whose record fails the record checks (its `id` names another
+    /// record; its `office` is missing) is refused alone (logged, counted): the batch's other
+    /// records are stored and the link goes on. Found by an exploratory session: such an
+    /// envelope failed the whole store, and the link with it, without a word to the peer.
+    #[test]
+    fn an_envelope_that_is_no_record_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (de, nl, rt) = two_offices(dir.path());
+        let rep = replicator(&de);
+        let other = hex::encode(crate::office::time_ordered_id());
+        let (misnamed, env1, k1) = resigned_at_nl(&de, &nl, &rt, "a@example.com", |r| {
+            r.insert("id".into(), json!(other));
+        });
+        let (officeless, env2, k2) = resigned_at_nl(&de, &nl, &rt, "b@example.com", |r| {
+            r.remove("office");
+        });
+        let (good, env3, k3) = resigned_at_nl(&de, &nl, &rt, "c@example.com", |_| {});
+        {
+            let mut sets = lock(&rep.sets);
+            for (kid, key) in [k1, k2, k3] {
+                Arc::make_mut(&mut sets.received).insert(kid, key);
+            }
+        }
+        rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env1, env2, env3])]))
+            .expect("the batch is stored, its bad records refused");
+        assert!(de.office.store().projection(&misnamed).unwrap().is_none());
+        assert!(de.office.store().projection(&officeless).unwrap().is_none());
+        assert!(de.office.read_record(&good).unwrap().is_some());
+        assert_eq!(rejected_from(&rep, "nl"), 2);
+    }
+
     /// A write holds the keys shared (`KeyStore::using`) from choosing its keys to its durable
     /// commit and, within that, waits for its record's lock; a key destruction (after a tombstone
     /// or a retention pass) queues for them exclusively, and Tokio's fair `RwLock` then makes every

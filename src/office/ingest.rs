@@ -24,7 +24,11 @@
 //! resident office's hold copies too: their `origin` names the office whose data they are,
 //! their `office` the office that wrote them), and no later change writes it. So a record whose
 //! first change another office signed, or a change that names another office, is rejected
-//! whole: none of its new envelopes is stored ([`IngestReport::rejected`]).
+//! whole: none of its new envelopes is stored ([`IngestReport::rejected`]). The same goes for
+//! a record that is not one (validly signed, but its document names another record, lacks a
+//! required field such as `office`, or a sealed field does not open under its key): such a
+//! record failed the whole ingest, and the link with it, at every round (found by an
+//! exploratory session).
 //!
 //! So is a record with an event dated more than [`CLOCK_SKEW_MAX`] (60 s) ahead of this
 //! office's clock (a consent event, a request's receipt or history step, a transfer, a hold's
@@ -417,13 +421,19 @@ impl Office {
             None => {
                 let mut doc = history.unwrap_or_default();
                 // Expanded only here: verification checked each change without expanding it.
-                let changes = changes
+                let merged = changes
                     .into_iter()
                     .map(|env| super::expanded(&id, env))
-                    .collect::<Result<Vec<_>>>()?;
-                doc.apply_changes(changes).map_err(|e| {
-                    OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
-                })?;
+                    .collect::<Result<Vec<_>>>()
+                    .and_then(|changes| {
+                        doc.apply_changes(changes).map_err(|e| {
+                            OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id)))
+                        })
+                    });
+                if let Err(e) = merged {
+                    report.rejected.push(e.to_string());
+                    return Ok(());
+                }
                 (doc_names(&doc), doc_value(&doc))
             }
         };
@@ -445,22 +455,29 @@ impl Office {
                 return Ok(());
             }
             Some(name) if name != doc_id_hex(&id) => {
-                return Err(OfficeError::Integrity(format!(
+                report.rejected.push(format!(
                     "record {}: the document names another record",
                     doc_id_hex(&id)
-                )))
+                ));
+                return Ok(());
             }
             Some(_) => {}
         }
-        let record = Record::from_value(value)
-            .map_err(|e| OfficeError::Integrity(format!("record {}: {e}", doc_id_hex(&id))))?;
+        let record = match Record::from_value(value) {
+            Ok(record) => record,
+            Err(e) => {
+                report
+                    .rejected
+                    .push(format!("record {}: {}", doc_id_hex(&id), without_values(&e)));
+                return Ok(());
+            }
+        };
         let refused = foreign_origin(&id, &record, &first_signers, office_before)
             .or_else(|| dated_ahead(&id, &record, chrono::Utc::now()));
         if let Some(reason) = refused {
             report.rejected.push(reason);
             return Ok(());
         }
-        report.stored += stored;
         // The key sealing the record: held here already, or arriving with it. A key this
         // office destroyed is refused (`KeyStore::hold_received`): the record waits for a key
         // that never comes, unreadable as its erased predecessors are.
@@ -469,6 +486,7 @@ impl Office {
             Some(k) if self.keys.key(&k).is_err() => match received.get(&k) {
                 Some(key) if self.keys.hold_received(k, key).is_ok() => Some((k, key)),
                 _ => {
+                    report.stored += stored;
                     report.pending += 1;
                     batch.updates.push(pending(new, Some(k)));
                     return Ok(());
@@ -479,14 +497,36 @@ impl Office {
         let (kind, projection) = (record.kind_tag(), record.to_projection());
         // The arriving key from this batch's own copy: the key cache may have dropped it since
         // `hold_received` (another write filling its shard clears the shard).
-        let plain = sealed::open_record_with(record, |id| match arriving {
+        // What fails from here on is the record's (fields that do not open under their key, a
+        // subject that does not parse), refused as above; only the store's failures fail the
+        // ingest. A key held for it alone is dropped from memory again.
+        let refuse = |report: &mut IngestReport, reason: String| {
+            if let Some((k, _)) = arriving {
+                self.keys.forget(&[k]);
+            }
+            report
+                .rejected
+                .push(format!("record {}: {reason}", doc_id_hex(&id)));
+        };
+        let plain = match sealed::open_record_with(record, |id| match arriving {
             Some((k, key)) if k == *id => Ok(key.clone()),
             _ => self.keys.key(id),
-        })?;
+        }) {
+            Ok(plain) => plain,
+            Err(keystore::KeyError::Storage(e)) => return Err(OfficeError::Storage(e)),
+            Err(e) => {
+                refuse(report, e.to_string());
+                return Ok(());
+            }
+        };
         if let (Some((k, key)), Some(subject)) = (arriving, plain.subject()) {
-            let subject = Subject::parse_stored(subject).map_err(|e| {
-                OfficeError::Integrity(format!("record {}: subject: {e}", doc_id_hex(&id)))
-            })?;
+            let subject = match Subject::parse_stored(subject) {
+                Ok(subject) => subject,
+                Err(_) => {
+                    refuse(report, "its subject does not parse".into());
+                    return Ok(());
+                }
+            };
             let is_marketing = |p: &str| self.purposes.is_marketing(p);
             let class = if crate::retention::schedule::legally_kept(&plain, is_marketing).is_some()
             {
@@ -498,13 +538,21 @@ impl Office {
             batch.keys.push(self.keys.wrap_for_store(&owner, &k, key));
             stored_keys.push(k);
         }
-        let (index_keys, due_day) = self.index_entries(&plain)?;
+        let (index_keys, due_day) = match self.index_entries(&plain) {
+            Ok(entries) => entries,
+            Err(OfficeError::Integrity(_)) => {
+                refuse(report, "its subject or due date does not parse".into());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let expiry = self
             .retention
             .schedule
             .expiry(&plain, |p| self.purposes.is_marketing(p))
             .map(|(day, _)| epoch_day(day));
         batch.expiries.push((id, expiry));
+        report.stored += stored;
         report.records += 1;
         batch.updates.push(RecordUpdate {
             doc_id: id,
@@ -616,4 +664,14 @@ fn dated_ahead(id: &DocId, record: &Record, now: chrono::DateTime<chrono::Utc>) 
             )
         })
     })
+}
+
+/// A record parse error's text for the log, unless it quotes a value (serde quotes what it
+/// found, which may be personal data: logs carry none).
+fn without_values(error: &str) -> &str {
+    if error.contains('"') {
+        "document is not a valid record (a field holds a value of the wrong type)"
+    } else {
+        error
+    }
 }
