@@ -241,6 +241,10 @@ pub struct Office {
     replication: std::sync::Mutex<Replication>,
     /// Where [`Office::reopen_pending`] stopped reading pending records (`None`: at the start).
     pending_cursor: std::sync::Mutex<Option<DocId>>,
+    /// [`ingest::PENDING_RECORDS_MAX`], lowered by tests.
+    pub(crate) pending_records_max: std::sync::atomic::AtomicUsize,
+    /// When ingest last warned that the pending records reached their limit.
+    pending_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Where an office's replication stands.
@@ -328,6 +332,10 @@ impl Office {
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
             deleted_since_compaction: std::sync::atomic::AtomicU64::new(deleted_since_compaction),
             pending_cursor: std::sync::Mutex::new(None),
+            pending_records_max: std::sync::atomic::AtomicUsize::new(
+                ingest::PENDING_RECORDS_MAX,
+            ),
+            pending_warned: std::sync::Mutex::new(None),
         })
     }
 

@@ -216,6 +216,12 @@ struct DocInfo {
     /// record's projection names its office, the office that signed its first envelope.
     origin: Option<u8>,
     personal: bool,
+    /// Readable here: its first change and its key are held. Until then no transfer event is
+    /// raised for it (neither a refusal nor a move): its origin is only a guess from whichever
+    /// envelope arrived first, and a record whose first change never comes is never read. A
+    /// roster office pushed 300 such records and the receiver signed 600 refusals for them
+    /// (found by an exploratory session).
+    readable: bool,
     items: Vec<Item>,
     key: Option<KeyId>,
     /// A transfer record's data categories, for transfer events; `None`: contact data (the
@@ -1114,6 +1120,7 @@ impl Replicator {
             None => Vec::new(),
         };
         let info = docs.entry(*doc).or_default();
+        info.readable = facts.is_some();
         if let Some(f) = facts {
             info.personal = f.personal;
             info.key = f.key;
@@ -1207,7 +1214,7 @@ impl Replicator {
             }
             let hidden = hidden_of.get_mut(peer).expect("inserted above");
             let verdict = self.verdict(doc, info, peer, origin_refusals);
-            if let Verdict::Forbidden { reason } = &verdict {
+            if let (Verdict::Forbidden { reason }, true) = (&verdict, info.readable) {
                 self.raise(doc, info, peer, "refused", reason.clone());
             }
             if verdict.may_send() {
@@ -1236,7 +1243,8 @@ impl Replicator {
         // its own records: relays honour the origin's signed refusal, and without one a relay
         // sent de's records to an office de's policy forbade, because it was not among de's
         // peers (found by an exploratory session).
-        if info.origin.is_some() && info.origin == self.roster.index_of(&self.me) {
+        if info.readable && info.origin.is_some() && info.origin == self.roster.index_of(&self.me)
+        {
             for office in self.roster.offices() {
                 let id = office.id.as_str();
                 if id == self.me || self.peers.iter().any(|(p, _)| p == id) {
@@ -1337,7 +1345,7 @@ impl Replicator {
         // Under the sets lock (then `raised`'s, the order `set_facts` takes them in): cloning the
         // record's info for every envelope sent cost an allocation per item and field.
         let sets = lock(&self.sets);
-        let info = sets.docs.get(doc)?;
+        let info = sets.docs.get(doc).filter(|i| i.readable)?;
         match self.verdict(doc, info, peer, &sets.origin_refusals) {
             Verdict::Allowed {
                 mechanism,
@@ -3640,6 +3648,67 @@ mod tests {
         assert!(de.office.store().projection(&officeless).unwrap().is_none());
         assert!(de.office.read_record(&good).unwrap().is_some());
         assert_eq!(rejected_from(&rep, "nl"), 2);
+    }
+
+    /// Records whose first change never comes are held pending up to a limit (the rest are not
+    /// stored), and raise no transfer event. Found by an exploratory session: cn pushed 300
+    /// second changes whose first never came; de stored them all, said nothing, and signed a
+    /// refusal to uk and to us for each.
+    #[test]
+    fn pending_records_are_bounded_and_raise_no_transfer_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let offices = crate::network::parse_offices("cn,de,uk").unwrap();
+        crate::network::init(dir.path(), &offices, None, "orphans").unwrap();
+        let prepare =
+            |o: &str| crate::daemon::prepare(&dir.path().join(o).join("consentd.toml")).unwrap();
+        let (cn, de) = (prepare("cn"), prepare("de"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        de.office
+            .pending_records_max
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let rep = replicator(&de);
+        // Second changes whose first change is never sent.
+        let signing = cn.office.signing_key();
+        let orphans: Vec<VerifiedEnvelope> = (0..5u64)
+            .map(|i| {
+                let actor = consentd_sync::envelope::actor_for(
+                    &signing.verifying_key(),
+                    consentd_sync::envelope::new_incarnation(),
+                );
+                let mut doc = automerge::Automerge::new().with_actor(actor);
+                for field in ["n", "m"] {
+                    doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+                        automerge::transaction::Transactable::put(
+                            tx,
+                            automerge::ROOT,
+                            field,
+                            i,
+                        )?;
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+                let change = doc.get_last_local_change().unwrap().clone();
+                let env = consentd_sync::envelope::sign(
+                    crate::office::time_ordered_id(),
+                    &change,
+                    signing,
+                );
+                consentd_sync::envelope::verify(env, &de.roster).unwrap()
+            })
+            .collect();
+        rt.block_on(rep.store_envelopes("cn", vec![batch_of(orphans)]))
+            .unwrap();
+        assert_eq!(de.office.pending_records().unwrap(), 3, "bounded");
+        // Their facts, as at a restart: unreadable, they raise no event (cn's records would
+        // be refused to uk).
+        rep.build(None).unwrap();
+        assert_eq!(lock(&rep.sets).docs.len(), 3);
+        assert!(lock(&rep.raised).is_empty(), "no transfer event for them");
     }
 
     /// A write holds the keys shared (`KeyStore::using`) from choosing its keys to its durable
