@@ -332,9 +332,7 @@ impl Office {
             dropped_replayed: std::sync::atomic::AtomicU64::new(0),
             deleted_since_compaction: std::sync::atomic::AtomicU64::new(deleted_since_compaction),
             pending_cursor: std::sync::Mutex::new(None),
-            pending_records_max: std::sync::atomic::AtomicUsize::new(
-                ingest::PENDING_RECORDS_MAX,
-            ),
+            pending_records_max: std::sync::atomic::AtomicUsize::new(ingest::PENDING_RECORDS_MAX),
             pending_warned: std::sync::Mutex::new(None),
         })
     }

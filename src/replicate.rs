@@ -1243,8 +1243,7 @@ impl Replicator {
         // its own records: relays honour the origin's signed refusal, and without one a relay
         // sent de's records to an office de's policy forbade, because it was not among de's
         // peers (found by an exploratory session).
-        if info.readable && info.origin.is_some() && info.origin == self.roster.index_of(&self.me)
-        {
+        if info.readable && info.origin.is_some() && info.origin == self.roster.index_of(&self.me) {
             for office in self.roster.offices() {
                 let id = office.id.as_str();
                 if id == self.me || self.peers.iter().any(|(p, _)| p == id) {
@@ -3168,7 +3167,10 @@ impl Local for View<'_> {
                 // A key an erasure or a retention pass destroyed here stays destroyed: whoever
                 // offers it again (a peer that kept a copy) is refused (keystore.rs).
                 let destroyed = self.rep.office.keys.was_destroyed(&id).map_err(|e| {
-                    format!("subject key {}: cannot tell whether it was destroyed here: {e}", hex::encode(id))
+                    format!(
+                        "subject key {}: cannot tell whether it was destroyed here: {e}",
+                        hex::encode(id)
+                    )
                 })?;
                 if destroyed {
                     return Err(format!(
@@ -3463,20 +3465,28 @@ mod tests {
         // nl kept the key: it offers it again, and a new record sealed under it.
         let (again, envelopes, (same, _)) =
             granted_at_nl_for(&de, &nl, &rt, "erin@example.com", "sales");
-        assert_eq!(same, kid, "the subject's key at nl seals the new record too");
+        assert_eq!(
+            same, kid,
+            "the subject's key at nl seals the new record too"
+        );
         let refused = {
             let sets = lock(&rep.sets);
             rep.view(&sets)
                 .verify_blob(SetKind::Keys, &key_blob(&kid, &key))
         };
         assert!(
-            refused.as_ref().is_err_and(|e| e.contains("destroyed here")),
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("destroyed here")),
             "{refused:?}"
         );
         // Even if it were held in memory (received before the destruction), ingest refuses it.
         let report = rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
         assert_eq!(report.pending, 1);
-        assert!(de.office.read_record(&again).unwrap().is_none(), "unreadable");
+        assert!(
+            de.office.read_record(&again).unwrap().is_none(),
+            "unreadable"
+        );
         assert!(de.office.keys.key(&kid).is_err(), "still destroyed");
         let subject = crate::subject::Subject::parse("erin@example.com").unwrap();
         let token = de.office.hasher.subject_token(&subject);
@@ -3508,8 +3518,7 @@ mod tests {
             consentd_sync::envelope::new_incarnation(),
         );
         let authored =
-            consentd_sync::authoring::first_change(&actor.to_bytes(), unix_s_now(), &root)
-                .unwrap();
+            consentd_sync::authoring::first_change(actor.to_bytes(), unix_s_now(), &root).unwrap();
         let env = consentd_sync::envelope::sign_authored(doc, authored, signing);
         let verified = consentd_sync::envelope::verify(env, &de.roster).unwrap();
         (doc, verified, key)
@@ -3539,19 +3548,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (de, nl, rt) = two_offices(dir.path());
         let rep = replicator(&de);
-        let (doc, env, (kid, key)) =
-            resigned_at_nl(&de, &nl, &rt, "wang@example.com", |r| {
-                r.insert("office".into(), json!("de"));
-            });
+        let (doc, env, (kid, key)) = resigned_at_nl(&de, &nl, &rt, "wang@example.com", |r| {
+            r.insert("office".into(), json!("de"));
+        });
         Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
         rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
             .unwrap();
-        assert!(de.office.store().projection(&doc).unwrap().is_none(), "not stored");
+        assert!(
+            de.office.store().projection(&doc).unwrap().is_none(),
+            "not stored"
+        );
         assert_eq!(rejected_from(&rep, "nl"), 1);
 
         // The same record naming nl, its signer, is nl's record.
-        let (doc, env, (kid, key)) =
-            resigned_at_nl(&de, &nl, &rt, "li@example.com", |_| {});
+        let (doc, env, (kid, key)) = resigned_at_nl(&de, &nl, &rt, "li@example.com", |_| {});
         Arc::make_mut(&mut lock(&rep.sets).received).insert(kid, key);
         rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env])]))
             .unwrap();
@@ -3588,8 +3598,14 @@ mod tests {
         }
         rt.block_on(rep.store_envelopes("nl", vec![batch_of(vec![env, env2])]))
             .unwrap();
-        assert!(de.office.store().projection(&ahead).unwrap().is_none(), "refused");
-        assert!(de.office.read_record(&within).unwrap().is_some(), "within the skew");
+        assert!(
+            de.office.store().projection(&ahead).unwrap().is_none(),
+            "refused"
+        );
+        assert!(
+            de.office.read_record(&within).unwrap().is_some(),
+            "within the skew"
+        );
         assert_eq!(rejected_from(&rep, "nl"), 1);
 
         let sets = lock(&rep.sets);
@@ -3682,12 +3698,7 @@ mod tests {
                 let mut doc = automerge::Automerge::new().with_actor(actor);
                 for field in ["n", "m"] {
                     doc.transact::<_, _, automerge::AutomergeError>(|tx| {
-                        automerge::transaction::Transactable::put(
-                            tx,
-                            automerge::ROOT,
-                            field,
-                            i,
-                        )?;
+                        automerge::transaction::Transactable::put(tx, automerge::ROOT, field, i)?;
                         Ok(())
                     })
                     .unwrap();

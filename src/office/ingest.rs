@@ -488,9 +488,11 @@ impl Office {
         let record = match Record::from_value(value) {
             Ok(record) => record,
             Err(e) => {
-                report
-                    .rejected
-                    .push(format!("record {}: {}", doc_id_hex(&id), without_values(&e)));
+                report.rejected.push(format!(
+                    "record {}: {}",
+                    doc_id_hex(&id),
+                    without_values(&e)
+                ));
                 return Ok(());
             }
         };
@@ -718,13 +720,25 @@ fn foreign_origin(
 /// docs). Times that do not parse are left to the record's readers, as before.
 fn dated_ahead(id: &DocId, record: &Record, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
     let times: Vec<(&str, &str)> = match record {
-        Record::Consent(c) => c.events.iter().map(|e| ("a consent event", e.at.as_str())).collect(),
+        Record::Consent(c) => c
+            .events
+            .iter()
+            .map(|e| ("a consent event", e.at.as_str()))
+            .collect(),
         Record::Request(r) => std::iter::once(("the request's receipt", r.received.as_str()))
-            .chain(r.history.iter().map(|h| ("a request history step", h.at.as_str())))
+            .chain(
+                r.history
+                    .iter()
+                    .map(|h| ("a request history step", h.at.as_str())),
+            )
             .collect(),
         Record::Transfer(t) => vec![("the transfer", t.at.as_str())],
         Record::Hold(h) => std::iter::once(("the hold's setting", h.set_at.as_str()))
-            .chain(h.cleared_at.iter().map(|c| ("the hold's clearing", c.as_str())))
+            .chain(
+                h.cleared_at
+                    .iter()
+                    .map(|c| ("the hold's clearing", c.as_str())),
+            )
             .collect(),
     };
     let skew = chrono::Duration::from_std(CLOCK_SKEW_MAX).expect("60 s");
