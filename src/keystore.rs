@@ -45,11 +45,13 @@
 //!
 //! **A destroyed key never comes back.** The batch that destroys keys also writes each
 //! destroyed key's id to meta ([`KeyStore::destroyed_entry`], `key_destroyed/v1/<id>`, empty
-//! value): one entry of about 35 bytes per key ever destroyed, which grows with the deletions
+//! value but the offices whose records it sealed): one entry of about 40 bytes per key ever
+//! destroyed, which grows with the deletions
 //! and is never pruned (a million erased subjects: about 35 MB of meta). A peer that still
 //! holds the key (or took a copy before the erasure) and offers it again is refused
-//! ([`KeyStore::was_destroyed`], checked by replication before a received key is held, and
-//! again by [`KeyStore::hold_received`]): records sealed under it stay unreadable here. Found
+//! ([`KeyStore::hold_received`]) for any record but one of the office whose records it sealed
+//! here (which made the key, and may still use it): the record is refused, and nothing sealed
+//! under the key reads here again. Found
 //! by an exploratory session: a roster office pushed an erased subject's key with a record
 //! sealed under it, and the erased grant was readable again at every office.
 //!
@@ -487,24 +489,47 @@ impl KeyStore {
     /// be opened before the batch that stores it (wrapped, via [`KeyStore::wrap_for_store`]) is
     /// durable. [`KeyStore::forget`] drops it again. A key this office destroyed is refused
     /// ([`KeyError::Destroyed`]): what it seals stays unreadable here.
-    pub fn hold_received(&self, id: KeyId, key: &[u8; KEY_BYTES]) -> Result<()> {
-        if self.was_destroyed(&id)? {
-            return Err(KeyError::Destroyed);
+    ///
+    /// `origin` is the office whose record the key arrived to open. A destroyed key is taken
+    /// again only for a record of an office whose records it sealed here before: that office
+    /// made it and still uses it (its record made while cut off from an erasure here arrives
+    /// later, and the erasure's sweep must read it to delete it, `erasure::sweep_late_arrivals`).
+    /// Another office cannot sign such a record, so it cannot bring the key back.
+    pub fn hold_received(&self, id: KeyId, key: &[u8; KEY_BYTES], origin: &str) -> Result<()> {
+        if let Some(offices) = self.destroyed_for(&id)? {
+            if !offices.iter().any(|o| o == origin) {
+                return Err(KeyError::Destroyed);
+            }
         }
         self.remember(id, key);
         Ok(())
     }
 
     /// The meta entry that remembers `id` as destroyed, for the batch that deletes the key
-    /// (module docs).
-    pub fn destroyed_entry(id: &KeyId) -> (String, Vec<u8>) {
-        (destroyed_meta_key(id), Vec::new())
+    /// (module docs): the offices whose records it sealed here (comma-separated).
+    pub fn destroyed_entry<'a>(
+        id: &KeyId,
+        offices: impl IntoIterator<Item = &'a String>,
+    ) -> (String, Vec<u8>) {
+        let offices: Vec<&str> = offices.into_iter().map(String::as_str).collect();
+        (destroyed_meta_key(id), offices.join(",").into_bytes())
     }
 
-    /// Whether this office destroyed the subject key `id` (an erasure or a retention pass
-    /// deleted every record here sealed under it).
+    /// The offices whose records the subject key `id` sealed here, if this office destroyed it
+    /// (an erasure or a retention pass deleted every record here sealed under it).
+    pub fn destroyed_for(&self, id: &KeyId) -> Result<Option<Vec<String>>> {
+        Ok(self.store.meta(&destroyed_meta_key(id))?.map(|v| {
+            String::from_utf8_lossy(&v)
+                .split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }))
+    }
+
+    /// Whether this office destroyed the subject key `id`.
     pub fn was_destroyed(&self, id: &KeyId) -> Result<bool> {
-        Ok(self.store.meta(&destroyed_meta_key(id))?.is_some())
+        Ok(self.destroyed_for(id)?.is_some())
     }
 
     fn remember(&self, id: KeyId, key: &[u8; KEY_BYTES]) {
@@ -951,7 +976,7 @@ mod tests {
             let mut id = [0u8; 16];
             id[..4].copy_from_slice(&i.to_le_bytes());
             id[15] = i as u8;
-            ks.hold_received(id, &[9u8; KEY_BYTES]).unwrap();
+            ks.hold_received(id, &[9u8; KEY_BYTES], "nl").unwrap();
             last = id;
         }
         let cached: usize = ks.cache.iter().map(|c| lock(c).len()).sum();

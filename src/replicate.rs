@@ -3164,20 +3164,8 @@ impl Local for View<'_> {
             SetKind::Keys => {
                 let (id, _) =
                     parse_key_blob(blob).ok_or_else(|| "malformed subject key".to_string())?;
-                // A key an erasure or a retention pass destroyed here stays destroyed: whoever
-                // offers it again (a peer that kept a copy) is refused (keystore.rs).
-                let destroyed = self.rep.office.keys.was_destroyed(&id).map_err(|e| {
-                    format!(
-                        "subject key {}: cannot tell whether it was destroyed here: {e}",
-                        hex::encode(id)
-                    )
-                })?;
-                if destroyed {
-                    return Err(format!(
-                        "subject key {} was destroyed here (an erasure or a retention pass): refused",
-                        hex::encode(id)
-                    ));
-                }
+                // A key an erasure or a retention pass destroyed here is refused by ingest, for
+                // any record but one of the office whose records it sealed (keystore.rs).
                 Ok(BlobInfo {
                     item: key_item(&id),
                     office: String::new(),
@@ -3430,16 +3418,28 @@ mod tests {
         );
     }
 
-    /// A subject key a deletion destroyed here is refused when a peer offers it again, and a
-    /// record sealed under it stays unreadable (pending). Found by an exploratory session: an
-    /// office that kept an erased subject's key pushed it with a record sealed under it, and
-    /// the erased grant was readable again at every office.
+    /// A subject key a deletion destroyed here is refused when a peer offers it again with a
+    /// record of another office than the one whose records it sealed: the record is refused,
+    /// and the erased grant stays unreadable. Found by an exploratory session: an office that
+    /// kept an erased subject's key pushed it with a record sealed under it, and the erased
+    /// grant was readable again at every office. The office whose records it sealed (which
+    /// made the key) may still bring one it made before: an erasure's sweep must read it.
     #[test]
     fn a_subject_key_destroyed_here_is_refused_when_offered_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (de, nl, rt) = two_offices(dir.path());
-        let rep = replicator(&de);
+        let offices = crate::network::parse_offices("de,nl,uk").unwrap();
+        crate::network::init(dir.path(), &offices, None, "destroyed").unwrap();
+        let prepare =
+            |o: &str| crate::daemon::prepare(&dir.path().join(o).join("consentd.toml")).unwrap();
+        let (de, nl, uk) = (prepare("de"), prepare("nl"), prepare("uk"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let (doc, envelopes, (kid, key)) = granted_at_nl(&de, &nl, &rt, "erin@example.com");
+        let root =
+            consentd_sync::first_change::new_document(&envelopes[0].envelope().change).unwrap();
         let heads: Vec<[u8; 32]> = envelopes.iter().map(VerifiedEnvelope::hash).collect();
         let received: HashMap<KeyId, Zeroizing<[u8; 32]>> = [(kid, key.clone())].into();
         rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
@@ -3462,31 +3462,24 @@ mod tests {
         assert!(de.office.keys.key(&kid).is_err(), "destroyed");
         assert!(de.office.keys.was_destroyed(&kid).unwrap(), "remembered");
 
-        // nl kept the key: it offers it again, and a new record sealed under it.
-        let (again, envelopes, (same, _)) =
-            granted_at_nl_for(&de, &nl, &rt, "erin@example.com", "sales");
-        assert_eq!(
-            same, kid,
-            "the subject's key at nl seals the new record too"
+        // uk kept the key: it signs the erased grant again as a record of its own.
+        let mut forged = root.clone();
+        let again: DocId = crate::office::time_ordered_id();
+        forged.insert("id".into(), Value::String(hex::encode(again)));
+        forged.insert("office".into(), json!("uk"));
+        let signing = uk.office.signing_key();
+        let actor = consentd_sync::envelope::actor_for(
+            &signing.verifying_key(),
+            consentd_sync::envelope::new_incarnation(),
         );
-        let refused = {
-            let sets = lock(&rep.sets);
-            rep.view(&sets)
-                .verify_blob(SetKind::Keys, &key_blob(&kid, &key))
-        };
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("destroyed here")),
-            "{refused:?}"
-        );
-        // Even if it were held in memory (received before the destruction), ingest refuses it.
-        let report = rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
-        assert_eq!(report.pending, 1);
-        assert!(
-            de.office.read_record(&again).unwrap().is_none(),
-            "unreadable"
-        );
+        let authored =
+            consentd_sync::authoring::first_change(actor.to_bytes(), unix_s_now(), &forged)
+                .unwrap();
+        let env = consentd_sync::envelope::sign_authored(again, authored, signing);
+        let env = consentd_sync::envelope::verify(env, &de.roster).unwrap();
+        let report = rt.block_on(de.office.ingest(vec![env], &received)).unwrap();
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert!(de.office.store().projection(&again).unwrap().is_none());
         assert!(de.office.keys.key(&kid).is_err(), "still destroyed");
         let subject = crate::subject::Subject::parse("erin@example.com").unwrap();
         let token = de.office.hasher.subject_token(&subject);
@@ -3494,6 +3487,17 @@ mod tests {
             de.office.records_by_key(&token).unwrap().is_empty(),
             "nothing of the subject reads here"
         );
+
+        // nl, whose records the key sealed, still uses it: its record opens.
+        let (own, envelopes, (same, _)) =
+            granted_at_nl_for(&de, &nl, &rt, "erin@example.com", "sales");
+        assert_eq!(
+            same, kid,
+            "nl's key for the subject seals its new record too"
+        );
+        let report = rt.block_on(de.office.ingest(envelopes, &received)).unwrap();
+        assert!(report.rejected.is_empty(), "{report:?}");
+        assert!(de.office.read_record(&own).unwrap().is_some());
     }
 
     /// nl's grant of `subject`, authored again as a first change nl signs with `edit` made to

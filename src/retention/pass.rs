@@ -627,11 +627,21 @@ fn unused_keys(
     let mut ids = Vec::new();
     for token in subjects {
         let mut in_use = BTreeSet::new();
+        // Key → the offices whose records (purged now) it sealed, remembered with its
+        // destruction (`KeyStore::hold_received` says why).
+        let mut sealed_for: HashMap<KeyId, BTreeSet<String>> = HashMap::new();
         for (doc, _, bytes) in office.store().projections_by_key(token)? {
+            let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
             if purged.contains(&doc) {
+                if let Some(k) = sealed::record_key_id(&r) {
+                    let facts = crate::record::RecordFacts::of(&r);
+                    sealed_for
+                        .entry(k)
+                        .or_default()
+                        .insert(facts.origin.unwrap_or(facts.office));
+                }
                 continue;
             }
-            let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
             in_use.extend(sealed::record_key_id(&r));
         }
         for class in [KeyClass::Kept, KeyClass::Erasable] {
@@ -640,7 +650,10 @@ fn unused_keys(
                 if !in_use.contains(&id) {
                     batch.key_deletes.push((owner, id));
                     // Remembered in the same batch: a peer that offers it again is refused.
-                    batch.meta.push(keystore::KeyStore::destroyed_entry(&id));
+                    batch.meta.push(keystore::KeyStore::destroyed_entry(
+                        &id,
+                        sealed_for.get(&id).into_iter().flatten(),
+                    ));
                     ids.push(id);
                 }
             }
