@@ -490,7 +490,8 @@ impl KeyStore {
     /// durable. [`KeyStore::forget`] drops it again. A key this office destroyed is refused
     /// ([`KeyError::Destroyed`]): what it seals stays unreadable here.
     ///
-    /// `origin` is the office whose record the key arrived to open. A destroyed key is taken
+    /// `origin` is the office that wrote the record the key arrived to open (its `office`, the
+    /// first change's signer; a hold copy's too, whatever its `origin` says). A destroyed key is taken
     /// again only for a record of an office whose records it sealed here before: that office
     /// made it and still uses it (its record made while cut off from an erasure here arrives
     /// later, and the erasure's sweep must read it to delete it, `erasure::sweep_late_arrivals`).

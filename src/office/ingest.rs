@@ -508,14 +508,14 @@ impl Office {
         let kid = sealed::record_key_id(&record);
         let arriving = match kid {
             Some(k) if self.keys.key(&k).is_err() => match received.get(&k) {
-                Some(key) => match self.keys.hold_received(k, key, record_origin(&record)) {
+                Some(key) => match self.keys.hold_received(k, key, record_office(&record)) {
                     Ok(()) => Some((k, key)),
                     Err(keystore::KeyError::Destroyed) => {
                         report.rejected.push(format!(
                             "record {}: sealed under subject key {}, which this office destroyed (an erasure or a retention pass) and which sealed no record of office {} here",
                             doc_id_hex(&id),
                             hex::encode(k),
-                            record_origin(&record)
+                            record_office(&record)
                         ));
                         return Ok(());
                     }
@@ -702,14 +702,6 @@ fn record_office(record: &Record) -> &str {
         Record::Request(r) => &r.office,
         Record::Transfer(t) => &t.office,
         Record::Hold(h) => &h.office,
-    }
-}
-
-/// The office whose data a record is: its `office`, or a hold copy's `origin`.
-fn record_origin(record: &Record) -> &str {
-    match record {
-        Record::Hold(h) => h.origin.as_deref().unwrap_or(&h.office),
-        other => record_office(other),
     }
 }
 

@@ -634,11 +634,12 @@ fn unused_keys(
             let r = Record::from_projection(&bytes).map_err(OfficeError::Integrity)?;
             if purged.contains(&doc) {
                 if let Some(k) = sealed::record_key_id(&r) {
-                    let facts = crate::record::RecordFacts::of(&r);
+                    // The office that wrote it (a hold copy's too, not its `origin`): the one
+                    // whose signature a record under this key needs to bring it back.
                     sealed_for
                         .entry(k)
                         .or_default()
-                        .insert(facts.origin.unwrap_or(facts.office));
+                        .insert(crate::record::RecordFacts::of(&r).office);
                 }
                 continue;
             }
