@@ -808,7 +808,11 @@ fn converge(c: &Cluster) -> (Duration, Vec<Held>) {
             let extra: Vec<_> = all[cn].envelopes.difference(&other.envelopes).collect();
             let cn_complete = other.envelopes.is_subset(&all[cn].envelopes)
                 && all[cn].tombstoned == other.tombstoned;
-            if cn_complete {
+            // The exports are read one office after another, seconds apart: a deletion made
+            // after the statuses agreed (an office carrying out a completed erasure that reached
+            // it last) reaches some of them first. Converged means the exports agree too.
+            let same_tombstones = all.iter().all(|h| h.tombstoned == all[0].tombstoned);
+            if cn_complete && same_tombstones {
                 // What only cn holds: whole records, signed by cn alone.
                 let cn_signer: BTreeSet<[u8; 32]> = extra.iter().map(|e| e.1).collect();
                 assert!(
@@ -824,8 +828,9 @@ fn converge(c: &Cluster) -> (Duration, Vec<Held>) {
                 return (started.elapsed(), all);
             }
             let last = format!(
-                "non-CN digests equal; cn lacks {} of their envelopes",
-                other.envelopes.difference(&all[cn].envelopes).count()
+                "non-CN digests equal; cn lacks {} of their envelopes; tombstone sets per office {:?}",
+                other.envelopes.difference(&all[cn].envelopes).count(),
+                all.iter().map(|h| h.tombstoned.len()).collect::<Vec<_>>()
             );
             if started.elapsed() > CONVERGE_TIMEOUT {
                 print_peers(c);
@@ -861,10 +866,17 @@ fn converge(c: &Cluster) -> (Duration, Vec<Held>) {
 fn check(c: &Cluster, m: &Model, all: &[Held]) -> (u64, u64) {
     let cn = OFFICES.iter().position(|o| *o == "cn").unwrap();
     let tombstoned = &all[0].tombstoned;
-    for h in all {
+    for (i, h) in all.iter().enumerate() {
         assert_eq!(
-            &h.tombstoned, tombstoned,
-            "every office holds every tombstone"
+            &h.tombstoned,
+            tombstoned,
+            "every office holds every tombstone: {} against {}; only at {}: {:?}; only at {}: {:?}",
+            OFFICES[i],
+            OFFICES[0],
+            OFFICES[i],
+            h.tombstoned.difference(tombstoned).collect::<Vec<_>>(),
+            OFFICES[0],
+            tombstoned.difference(&h.tombstoned).collect::<Vec<_>>(),
         );
         let back: Vec<&String> = h.docs.intersection(tombstoned).collect();
         assert!(back.is_empty(), "DELETED RECORDS CAME BACK: {back:?}");
