@@ -1650,6 +1650,9 @@ impl Office {
     /// account-id and punycode rules stay reachable, and new writes join them.
     pub(crate) fn input_subject(&self, raw: &str) -> Result<Subject> {
         let subject = Subject::parse(raw).map_err(|e| invalid(e.to_string()))?;
+        if !subject.may_have_earlier_spellings(raw) {
+            return Ok(subject);
+        }
         let earlier = Subject::earlier_spellings(raw);
         if earlier.is_empty() {
             return Ok(subject);
