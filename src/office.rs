@@ -75,22 +75,41 @@ struct Fill {
 }
 
 impl Fill {
-    /// Of a stored consent record's projection.
-    fn of_projection(bytes: &[u8]) -> Result<Fill> {
-        let mut events = 0;
-        crate::projection::consent_events(bytes, |_| events += 1)
-            .map_err(OfficeError::Integrity)?;
-        Ok(Fill {
-            bytes: bytes.len(),
-            events,
-        })
-    }
-
     /// Whether the record takes no further event: the next starts a new record.
     fn full(&self) -> bool {
         self.events >= CONSENT_RECORD_EVENTS_MAX || self.bytes >= CONSENT_RECORD_BYTES_MAX
     }
 }
+/// What `write` reads of a stored consent record, under the consent token's lock: how full it
+/// is ([`Fill`]), its latest event's rank ([`ConsentEvent::follows`]), and whether it holds a
+/// grant (a withdrawal of a consent none grants says so). One decode of the projection serves
+/// all three; each was a pass of its own.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeldConsent {
+    fill: Fill,
+    latest: Option<DateTime<Utc>>,
+    granted: bool,
+}
+
+impl HeldConsent {
+    fn of_projection(bytes: &[u8]) -> Result<HeldConsent> {
+        let mut held = HeldConsent {
+            fill: Fill {
+                bytes: bytes.len(),
+                events: 0,
+            },
+            ..HeldConsent::default()
+        };
+        crate::projection::consent_events(bytes, |e| {
+            held.fill.events += 1;
+            held.latest = held.latest.max(Some(e.rank));
+            held.granted |= !e.withdraw;
+        })
+        .map_err(OfficeError::Integrity)?;
+        Ok(held)
+    }
+}
+
 /// Threads one write authors on: one per core.
 fn authoring_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -1162,35 +1181,31 @@ impl Office {
                 } => {
                     let token = self.hasher.consent_token(subject, purpose);
                     let held = self.store.docs_by_key(&token)?;
-                    // Read once, for whether a grant is held, the event's rank and how full each
-                    // record is.
-                    let projections = match held.is_empty() {
-                        true => Vec::new(),
-                        false => self.store.projections_by_key(&token)?,
-                    };
+                    // Read once ([`HeldConsent`]), and only if there is a record to read.
+                    let mut records: HashMap<DocId, HeldConsent> = HashMap::new();
+                    if !held.is_empty() {
+                        for (id, kind, bytes) in self.store.projections_by_key(&token)? {
+                            if kind == crate::record::KIND_CONSENT {
+                                records.insert(id, HeldConsent::of_projection(&bytes)?);
+                            }
+                        }
+                    }
                     if event.action == "withdraw" {
-                        if !granted_here.contains(&token) && !grant_held(&projections)? {
+                        if !granted_here.contains(&token) && !records.values().any(|r| r.granted) {
                             ungranted.push(i);
                         }
                     } else {
                         granted_here.insert(token);
                     }
-                    self.rank_after_held(&token, &projections, event, *at_now, &mut ranked)?;
+                    let latest = records.values().filter_map(|r| r.latest).max();
+                    self.rank_after_held(&token, latest, event, *at_now, &mut ranked)?;
                     // A full record takes no further event (`CONSENT_RECORD_EVENTS_MAX`,
                     // `CONSENT_RECORD_BYTES_MAX`): the event goes to the smallest record that is
                     // not full, or starts a new one. Sent to the smallest id, the events of a
                     // consent piled onto one record until its projection passed the store's
                     // 1 MiB, and then no withdrawal could be written at all.
-                    let mut fills = HashMap::new();
-                    for (id, kind, bytes) in &projections {
-                        if *kind == crate::record::KIND_CONSENT {
-                            fills.insert(*id, Fill::of_projection(bytes)?);
-                        }
-                    }
-                    let open: Vec<DocId> = held
-                        .into_iter()
-                        .filter(|id| !fills.get(id).is_some_and(Fill::full))
-                        .collect();
+                    let fill = |id: &DocId| records.get(id).map(|r| r.fill).unwrap_or_default();
+                    let open: Vec<DocId> = held.into_iter().filter(|id| !fill(id).full()).collect();
                     let (target, spares) = match onto {
                         Some(id) if open.contains(id) => (Some(*id), Vec::new()),
                         _ if self.keeps_records_home() && !open.is_empty() => (
@@ -1209,9 +1224,7 @@ impl Office {
                     if let Some(id) = target {
                         draft.consent_docs.insert(token, id);
                         for id in std::iter::once(id).chain(spares.iter().copied()) {
-                            draft
-                                .consent_fill
-                                .insert(id, fills.get(&id).copied().unwrap_or_default());
+                            draft.consent_fill.insert(id, fill(&id));
                             docs.push(doc_lock_key(&id));
                         }
                         draft.consent_spares.insert(token, spares);
@@ -1424,29 +1437,20 @@ impl Office {
     }
 
     /// Sets `event.follows` (an event dated now, `at_now`) to the latest rank among the events of
-    /// its consent held here (`projections`, the projections of its records, read under the
-    /// token's lock, none for a new consent) and written before it in this batch (`ranked`),
+    /// its consent held here (`latest_held`, read under the token's lock: [`HeldConsent`]) and
+    /// written before it in this batch (`ranked`),
     /// when that rank is not before the event's time; records the event's rank in `ranked`.
     fn rank_after_held(
         &self,
         token: &[u8; 32],
-        projections: &[(DocId, u8, Vec<u8>)],
+        latest_held: Option<DateTime<Utc>>,
         event: &mut ConsentEvent,
         at_now: bool,
         ranked: &mut HashMap<[u8; 32], DateTime<Utc>>,
     ) -> Result<()> {
         let at = parse_stored_time(&event.at)?;
         if at_now {
-            let mut latest = ranked.get(token).copied();
-            for (_, kind, bytes) in projections {
-                if *kind != crate::record::KIND_CONSENT {
-                    continue;
-                }
-                crate::projection::consent_events(bytes, |e| {
-                    latest = latest.max(Some(e.rank));
-                })
-                .map_err(OfficeError::Integrity)?;
-            }
+            let latest = ranked.get(token).copied().max(latest_held);
             if latest.is_some_and(|l| l >= at) {
                 event.follows = latest.map(fmt_time);
             }
@@ -3141,19 +3145,6 @@ pub(crate) fn time_ordered_id() -> [u8; 16] {
     next.to_be_bytes()
 }
 
-/// Whether a record of a consent (`projections`: its records' projections) holds a grant.
-fn grant_held(projections: &[(DocId, u8, Vec<u8>)]) -> Result<bool> {
-    let mut granted = false;
-    for (_, kind, bytes) in projections {
-        if *kind != crate::record::KIND_CONSENT {
-            continue;
-        }
-        crate::projection::consent_events(bytes, |e| granted |= !e.withdraw)
-            .map_err(OfficeError::Integrity)?;
-    }
-    Ok(granted)
-}
-
 /// The lock key of a record id.
 fn doc_lock_key(id: &DocId) -> [u8; 32] {
     let mut key = [0u8; 32];
@@ -3559,7 +3550,10 @@ mod tests {
             .projections_by_key(&token)
             .unwrap()
             .into_iter()
-            .map(|(id, _, bytes)| (id, bytes.len(), Fill::of_projection(&bytes).unwrap().events))
+            .map(|(id, _, bytes)| {
+                let events = HeldConsent::of_projection(&bytes).unwrap().fill.events;
+                (id, bytes.len(), events)
+            })
             .collect();
         records.sort_unstable();
         records

@@ -1272,16 +1272,20 @@ mod tests {
         }
     }
 
+    /// The consent check's events of `record` from its version-2 projection and from its
+    /// version-1 (JSON) one.
+    fn events_of_both_versions(record: &Record) -> [Vec<Decisive>; 2] {
+        [encode(record), serde_json::to_vec(record).unwrap()].map(|bytes| {
+            let mut events = Vec::new();
+            consent_events(&bytes, |e| events.push(e)).unwrap();
+            events
+        })
+    }
+
     #[test]
     fn the_consent_check_reads_the_same_events_from_either_version() {
         let record = &records()[0];
-        let mut from = [Vec::new(), Vec::new()];
-        for (i, bytes) in [encode(record), serde_json::to_vec(record).unwrap()]
-            .iter()
-            .enumerate()
-        {
-            consent_events(bytes, |e| from[i].push(e)).unwrap();
-        }
+        let from = events_of_both_versions(record);
         assert_eq!(from[0], from[1]);
         assert_eq!(from[0].len(), 2);
         assert!(!from[0][0].withdraw && from[0][1].withdraw);
@@ -1300,13 +1304,7 @@ mod tests {
         c.events[0].follows = Some("2026-01-30T00:00:00Z".into()); // before its own time
         c.events[1].follows = Some("2026-02-01T10:11:13Z".into()); // after its own time
         let record = Record::Consent(c.clone());
-        let mut from = [Vec::new(), Vec::new()];
-        for (i, bytes) in [encode(&record), serde_json::to_vec(&record).unwrap()]
-            .iter()
-            .enumerate()
-        {
-            consent_events(bytes, |e| from[i].push(e)).unwrap();
-        }
+        let from = events_of_both_versions(&record);
         assert_eq!(from[0], from[1]);
         assert_eq!(from[0][0].rank, from[0][0].at);
         assert_eq!(fmt_time(from[0][1].at), "2026-02-01T10:11:12.123456789Z");

@@ -435,6 +435,17 @@ impl Record {
         }
     }
 
+    /// The office that wrote the record (its `office` field; ingest checks it names the signer
+    /// of the record's first change).
+    pub fn office(&self) -> &str {
+        match self {
+            Record::Consent(c) => &c.office,
+            Record::Request(r) => &r.office,
+            Record::Transfer(t) => &t.office,
+            Record::Hold(h) => &h.office,
+        }
+    }
+
     /// Reads a record back from any merge of its document's changes.
     pub fn from_doc(doc: &Automerge) -> Result<Record, String> {
         Record::from_value(doc_value(doc))

@@ -1635,16 +1635,7 @@ impl Replicator {
     /// Up to [`SWEEP_SCAN_MAX`] watched own erasures after `cursor` (then from the start), swept
     /// for records other offices made before them that arrived since; returns where it stopped.
     async fn sweep_own_erasures(&self, cursor: Option<DocId>) -> Option<DocId> {
-        let watched: Vec<DocId> = {
-            use std::ops::Bound::{Excluded, Unbounded};
-            let w = lock(&self.own_erasures);
-            let after = cursor.map_or(Unbounded, Excluded);
-            w.range((after, Unbounded))
-                .chain(w.iter())
-                .take(SWEEP_SCAN_MAX.min(w.len()))
-                .copied()
-                .collect()
-        };
+        let watched = in_turn(&lock(&self.own_erasures), cursor, SWEEP_SCAN_MAX);
         for request in &watched {
             match crate::retention::erasure::sweep_late_arrivals(&self.office, request).await {
                 Ok(0) => {}
@@ -1665,16 +1656,7 @@ impl Replicator {
     /// Up to [`FOLD_SCAN_MAX`] watched withdrawals after `cursor` (then from the start), folded
     /// onto records of the same consent that travel; returns where it stopped.
     async fn fold_withdrawals(&self, cursor: Option<DocId>) -> Option<DocId> {
-        let watched: Vec<DocId> = {
-            use std::ops::Bound::{Excluded, Unbounded};
-            let w = lock(&self.resident_withdrawals);
-            let after = cursor.map_or(Unbounded, Excluded);
-            w.range((after, Unbounded))
-                .chain(w.iter())
-                .take(FOLD_SCAN_MAX.min(w.len()))
-                .copied()
-                .collect()
-        };
+        let watched = in_turn(&lock(&self.resident_withdrawals), cursor, FOLD_SCAN_MAX);
         for chunk in watched.chunks(crate::office::resident::FOLD_BATCH_MAX) {
             match self.office.fold_resident_withdrawals(chunk).await {
                 Ok(f) => {
@@ -3256,6 +3238,19 @@ impl Local for View<'_> {
         }
         Some(self.sets.logs.get(office).cloned().unwrap_or_default())
     }
+}
+
+/// Up to `max` ids of `watched` after `cursor`, then from the start: a pass over a watched set
+/// too large for one pass takes them in turn.
+fn in_turn(watched: &BTreeSet<DocId>, cursor: Option<DocId>, max: usize) -> Vec<DocId> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let after = cursor.map_or(Unbounded, Excluded);
+    watched
+        .range((after, Unbounded))
+        .chain(watched.iter())
+        .take(max.min(watched.len()))
+        .copied()
+        .collect()
 }
 
 /// This office's wall clock in Unix seconds (a clock before 1970 reads 0).

@@ -70,15 +70,6 @@ fn lacks_mechanism(from: &str, to: &str, mechanism: &str) -> bool {
         || (mechanism == "adequacy" && crate::policy::adequacy(from, to).is_err())
 }
 
-fn record_office(record: &Record) -> &str {
-    match record {
-        Record::Consent(c) => &c.office,
-        Record::Request(r) => &r.office,
-        Record::Transfer(t) => &t.office,
-        Record::Hold(h) => &h.office,
-    }
-}
-
 fn country(j: &str) -> &str {
     j.get(..2).unwrap_or(j)
 }
@@ -344,7 +335,7 @@ pub fn build(v: &Verified, as_of: DateTime<Utc>) -> Value {
                 retention.push((
                     subject,
                     Finding {
-                        office: record_office(&record).to_string(),
+                        office: record.office().to_string(),
                         record: id.clone(),
                         detail: format!(
                             "past its retention under the built-in rule {} ({}): deletable from {day}",

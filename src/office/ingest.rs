@@ -508,14 +508,14 @@ impl Office {
         let kid = sealed::record_key_id(&record);
         let arriving = match kid {
             Some(k) if self.keys.key(&k).is_err() => match received.get(&k) {
-                Some(key) => match self.keys.hold_received(k, key, record_office(&record)) {
+                Some(key) => match self.keys.hold_received(k, key, record.office()) {
                     Ok(()) => Some((k, key)),
                     Err(keystore::KeyError::Destroyed) => {
                         report.rejected.push(format!(
                             "record {}: sealed under subject key {}, which this office destroyed (an erasure or a retention pass) and which sealed no record of office {} here",
                             doc_id_hex(&id),
                             hex::encode(k),
-                            record_office(&record)
+                            record.office()
                         ));
                         return Ok(());
                     }
@@ -695,16 +695,6 @@ fn root_string(doc: &Automerge, field: &str) -> Option<String> {
     }
 }
 
-/// The office a record names as the one that wrote it (its `office` field).
-fn record_office(record: &Record) -> &str {
-    match record {
-        Record::Consent(c) => &c.office,
-        Record::Request(r) => &r.office,
-        Record::Transfer(t) => &t.office,
-        Record::Hold(h) => &h.office,
-    }
-}
-
 /// Why `record` (merged with new envelopes whose first changes `first_signers` signed; it named
 /// `office_before` before them) is refused as another office's record, if it is (module docs).
 fn foreign_origin(
@@ -713,7 +703,7 @@ fn foreign_origin(
     first_signers: &[String],
     office_before: Option<String>,
 ) -> Option<String> {
-    let office = record_office(record);
+    let office = record.office();
     if let Some(signer) = first_signers.iter().find(|s| *s != office) {
         return Some(format!(
             "record {}: its first change is signed by office {signer}, but the record names office {office:?} as its origin",
